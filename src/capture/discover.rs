@@ -1,0 +1,248 @@
+//! Reading a live database's catalog: which tables and sequences exist, what
+//! their replication keys are, what columns they have. Used by `add all
+//! tables`, `add table` and `validate`; read-only.
+
+use postgres::GenericClient;
+
+use crate::error::{Context, Result};
+use crate::pg::ident::QualName;
+
+/// A replication key found in a live table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    /// Column names in key order.
+    pub columns: Vec<String>,
+    /// Column types (`format_type` with modifiers), same order.
+    pub types: Vec<String>,
+    /// `primary` or `unique`.
+    pub kind: String,
+}
+
+/// A table or sequence found in a live database.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// Schema and name.
+    pub name: QualName,
+    /// `table` or `sequence`.
+    pub reltype: &'static str,
+    /// The key: the primary key, else the narrowest unique index whose
+    /// columns are all NOT NULL (a nullable unique key cannot identify rows).
+    pub key: Option<Key>,
+}
+
+/// `server_version_num` of the connected server.
+pub fn server_version(c: &mut impl GenericClient) -> Result<i32> {
+    let v: String = c
+        .query_one("SHOW server_version_num", &[])
+        .ctx(|| "reading the server version".into())?
+        .get(0);
+    Ok(v.parse().unwrap_or(0))
+}
+
+/// Schemas never offered for replication.
+const SYSTEM_SCHEMA_FILTER: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'capra')
+     AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT LIKE 'bucardo%'";
+
+/// Every user table (plain and partitioned parents; partitions themselves are
+/// reached through their parent) with its key.
+pub fn tables(c: &mut impl GenericClient) -> Result<Vec<Found>> {
+    let v = server_version(c)?;
+    let (kinds, not_partition, nkey) = if v >= 100000 {
+        (
+            "'r','p'",
+            "AND NOT c.relispartition",
+            if v >= 110000 { "indnkeyatts" } else { "indnatts" },
+        )
+    } else {
+        ("'r'", "", "indnatts")
+    };
+    let sql = format!(
+        "SELECT n.nspname::text, c.relname::text, k.cols, k.types, k.kind
+           FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN LATERAL (
+                SELECT array_agg(a.attname::text ORDER BY s.i) AS cols,
+                       array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY s.i) AS types,
+                       CASE WHEN i.indisprimary THEN 'primary' ELSE 'unique' END AS kind
+                  FROM pg_index i
+                  CROSS JOIN LATERAL generate_series(0, i.{nkey} - 1) AS s(i)
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[s.i]
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+                   AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND (i.indisprimary OR NOT EXISTS (
+                        SELECT 1 FROM pg_attribute a2
+                         WHERE a2.attrelid = i.indrelid AND a2.attnum = ANY (i.indkey::int2[]) AND NOT a2.attnotnull))
+                 GROUP BY i.indexrelid, i.indisprimary, i.{nkey}
+                 ORDER BY i.indisprimary DESC, i.{nkey}, i.indexrelid
+                 LIMIT 1) k ON true
+          WHERE c.relkind IN ({kinds}) {not_partition} AND c.relpersistence <> 't'
+            AND {SYSTEM_SCHEMA_FILTER}
+          ORDER BY 1, 2"
+    );
+    let rows = c.query(&sql, &[]).ctx(|| "listing tables".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let cols: Option<Vec<String>> = r.get(2);
+            Found {
+                name: QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                reltype: "table",
+                key: cols.map(|columns| Key {
+                    columns,
+                    types: r.get(3),
+                    kind: r.get(4),
+                }),
+            }
+        })
+        .collect())
+}
+
+/// Every user sequence.
+pub fn sequences(c: &mut impl GenericClient) -> Result<Vec<Found>> {
+    let sql = format!(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'S' AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+    );
+    let rows = c.query(&sql, &[]).ctx(|| "listing sequences".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| Found {
+            name: QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            reltype: "sequence",
+            key: None,
+        })
+        .collect())
+}
+
+/// A column of a live table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Type with modifiers.
+    pub type_name: String,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// Has a default (or is generated/identity).
+    pub has_default: bool,
+    /// Generated column (never written by COPY).
+    pub generated: bool,
+}
+
+/// What kind of relation a name is in a live database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Ordinary table.
+    Table,
+    /// Partitioned table.
+    Partitioned,
+    /// Sequence.
+    Sequence,
+    /// Something else (view, matview, foreign table).
+    Other,
+}
+
+/// Looks one relation up; None when it does not exist.
+pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kind>> {
+    let row = c
+        .query_opt(
+            "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&name.schema, &name.name],
+        )
+        .ctx(|| format!("looking up {}", name.human()))?;
+    Ok(row.map(|r| match r.get::<_, String>(0).as_str() {
+        "r" => Kind::Table,
+        "p" => Kind::Partitioned,
+        "S" => Kind::Sequence,
+        _ => Kind::Other,
+    }))
+}
+
+/// The live columns of a table, in attribute order (dropped columns skipped).
+pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column>> {
+    let v = server_version(c)?;
+    let generated = if v >= 120000 { "a.attgenerated <> ''" } else { "false" };
+    let identity = if v >= 100000 { "a.attidentity <> ''" } else { "false" };
+    let rows = c
+        .query(
+            &format!(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                        a.atthasdef OR {identity}, {generated}
+                   FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum"
+            ),
+            &[&name.schema, &name.name],
+        )
+        .ctx(|| format!("reading the columns of {}", name.human()))?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_name: r.get(1),
+            not_null: r.get(2),
+            has_default: r.get(3),
+            generated: r.get(4),
+        })
+        .collect())
+}
+
+/// Whether the named columns form the primary key or a unique key of the
+/// live table whose columns are all NOT NULL (used when a user declares
+/// `pkey=`); a nullable unique key cannot identify a row.
+pub fn is_unique_key(c: &mut impl GenericClient, name: &QualName, cols: &[String]) -> Result<Option<Key>> {
+    let rows = c
+        .query(
+            "SELECT i.indisprimary,
+                    array_agg(a.attname::text ORDER BY s.i), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY s.i),
+                    bool_and(a.attnotnull)
+               FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               CROSS JOIN LATERAL generate_series(0, i.indnatts - 1) AS s(i)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[s.i]
+              WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+                AND i.indpred IS NULL AND i.indexprs IS NULL
+              GROUP BY i.indexrelid, i.indisprimary",
+            &[&name.schema, &name.name],
+        )
+        .ctx(|| format!("reading the unique keys of {}", name.human()))?;
+    for r in rows {
+        let kcols: Vec<String> = r.get(1);
+        let mut a = kcols.clone();
+        let mut b = cols.to_vec();
+        a.sort();
+        b.sort();
+        if a == b && r.get::<_, bool>(3) {
+            let types: Vec<String> = r.get(2);
+            // Keep the user's column order.
+            let ordered_types = cols
+                .iter()
+                .map(|c| types[kcols.iter().position(|k| k == c).unwrap()].clone())
+                .collect();
+            return Ok(Some(Key {
+                columns: cols.to_vec(),
+                types: ordered_types,
+                kind: if r.get::<_, bool>(0) { "primary" } else { "unique" }.into(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Short type names for display, as Bucardo lists keys (`varchar`, `timestamptz`).
+pub fn short_type(t: &str) -> String {
+    let base = t.split('(').next().unwrap_or(t).trim();
+    match base {
+        "character varying" => "varchar".into(),
+        "character" => "char".into(),
+        "timestamp without time zone" => "timestamp".into(),
+        "timestamp with time zone" => "timestamptz".into(),
+        "time without time zone" => "time".into(),
+        "time with time zone" => "timetz".into(),
+        "double precision" => "float8".into(),
+        "bit varying" => "varbit".into(),
+        other => other.to_string(),
+    }
+}

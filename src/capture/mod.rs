@@ -1,0 +1,5 @@
+//! Change capture on source databases: what capra finds there (discovery),
+//! checks there (validation) and installs there.
+
+pub mod discover;
+pub mod validate;

@@ -1,0 +1,690 @@
+//! Catalog changes. Each function runs inside the caller's transaction and
+//! returns the lines to show the user; any error leaves the transaction to
+//! be rolled back, so a failed command changes nothing.
+
+use postgres::Transaction;
+
+use super::model::{self, DbGroup, Relation};
+use crate::capture::discover::Found;
+use crate::error::{Context, Error, Result};
+use crate::pg::ident::{split_user_name, QualName};
+
+/// A database to add.
+#[derive(Clone, Debug, Default)]
+pub struct NewDb {
+    /// capra's name.
+    pub name: String,
+    /// Real database name.
+    pub dbname: Option<String>,
+    /// Host.
+    pub host: Option<String>,
+    /// Port.
+    pub port: Option<i32>,
+    /// Role.
+    pub user: Option<String>,
+    /// Password (stored, never shown).
+    pub pass: Option<String>,
+    /// Extra libpq keywords.
+    pub conn: String,
+    /// Service.
+    pub service: Option<String>,
+    /// active or inactive.
+    pub status: String,
+    /// makedelta.
+    pub makedelta: bool,
+    /// server_side_prepares.
+    pub server_side_prepares: bool,
+}
+
+fn exists(tx: &mut Transaction<'_>, sql: &str, name: &str) -> Result<bool> {
+    Ok(tx
+        .query_opt(sql, &[&name])
+        .ctx(|| format!("looking up \"{name}\""))?
+        .is_some())
+}
+
+/// Adds a database entry.
+pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
+    if exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", &db.name)? {
+        return Err(Error::Rejected(format!(
+            "Cannot add database: the name \"{}\" already exists (see: capra list dbs)",
+            db.name
+        )));
+    }
+    tx.execute(
+        "INSERT INTO capra.db (name, dbname, host, port, dbuser, dbpass, conn, service, status, makedelta, server_side_prepares)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &db.name,
+            &db.dbname,
+            &db.host,
+            &db.port,
+            &db.user,
+            &db.pass,
+            &db.conn,
+            &db.service,
+            &db.status,
+            &db.makedelta,
+            &db.server_side_prepares,
+        ],
+    )
+    .ctx(|| format!("adding database \"{}\"", db.name))?;
+    Ok(())
+}
+
+/// A change to one column of a database entry: (column, new value, shown value).
+pub type DbChange = (&'static str, Option<String>, String);
+
+/// Applies changes to a database entry; returns one line per column.
+pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> Result<Vec<String>> {
+    let Some(old) = model::db(tx, name)? else {
+        return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
+    };
+    let mut out = Vec::new();
+    for (col, val, shown) in changes {
+        let before = match *col {
+            "dbname" => old.dbname.clone(),
+            "host" => old.host.clone(),
+            "port" => old.port.map(|p| p.to_string()),
+            "dbuser" => old.user.clone(),
+            "dbpass" => None,
+            "conn" => Some(old.conn.clone()),
+            "service" => old.service.clone(),
+            "status" => Some(old.status.clone()),
+            "makedelta" => Some(old.makedelta.to_string()),
+            "server_side_prepares" => Some(old.server_side_prepares.to_string()),
+            _ => None,
+        };
+        if *col != "dbpass" && before.as_deref() == val.as_deref() {
+            out.push(format!("No change needed for database \"{name}\" {col}"));
+            continue;
+        }
+        let sql = match *col {
+            "port" => "UPDATE capra.db SET port = $1::text::int WHERE name = $2".to_string(),
+            "makedelta" | "server_side_prepares" => {
+                format!("UPDATE capra.db SET {col} = $1::text::boolean WHERE name = $2")
+            }
+            "conn" => "UPDATE capra.db SET conn = coalesce($1, '') WHERE name = $2".to_string(),
+            c => format!("UPDATE capra.db SET {c} = $1 WHERE name = $2"),
+        };
+        tx.execute(sql.as_str(), &[val, &name])
+            .ctx(|| format!("changing {col} of database \"{name}\""))?;
+        if *col == "dbpass" {
+            out.push(format!("Changed database \"{name}\" password"));
+        } else {
+            out.push(format!(
+                "Changed database \"{name}\" {col} from {} to {shown}",
+                before.unwrap_or_else(|| "(none)".into())
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Names of active syncs whose dbgroup contains `db`.
+fn active_syncs_using_db(tx: &mut Transaction<'_>, db: &str) -> Result<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup
+              WHERE m.db = $1 AND s.status = 'active' ORDER BY 1",
+            &[&db],
+        )
+        .ctx(|| format!("finding syncs that use database \"{db}\""))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Removes a database entry; with `force`, also its tables and group memberships.
+pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+    if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", name)? {
+        return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
+    }
+    let active = active_syncs_using_db(tx, name)?;
+    if !active.is_empty() {
+        return Err(Error::Rejected(format!(
+            "cannot remove database \"{name}\": active sync {} uses it; deactivate it first (capra deactivate {})",
+            quote_list(&active),
+            active.join(" ")
+        )));
+    }
+    let rels: i64 = tx
+        .query_one("SELECT count(*) FROM capra.relation WHERE db = $1", &[&name])
+        .ctx(|| "counting tables".into())?
+        .get(0);
+    let groups: Vec<String> = tx
+        .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1 ORDER BY 1", &[&name])
+        .ctx(|| "finding dbgroups".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if (rels > 0 || !groups.is_empty()) && !force {
+        let mut what = Vec::new();
+        if rels > 0 {
+            what.push(format!("{rels} table(s) or sequence(s)"));
+        }
+        if !groups.is_empty() {
+            what.push(format!("dbgroup {}", quote_list(&groups)));
+        }
+        return Err(Error::Rejected(format!(
+            "cannot remove database \"{name}\": {} reference it; remove them first or use --force",
+            what.join(" and ")
+        )));
+    }
+    let mut out = Vec::new();
+    if force {
+        tx.execute("DELETE FROM capra.relation WHERE db = $1", &[&name])
+            .ctx(|| "removing its tables".into())?;
+        tx.execute("DELETE FROM capra.dbmap WHERE db = $1", &[&name])
+            .ctx(|| "removing its group memberships".into())?;
+        for g in &groups {
+            out.push(format!("Removed database \"{name}\" from dbgroup \"{g}\""));
+        }
+    }
+    tx.execute("DELETE FROM capra.db WHERE name = $1", &[&name])
+        .ctx(|| format!("removing database \"{name}\""))?;
+    out.push(format!("Removed database \"{name}\""));
+    Ok(out)
+}
+
+fn quote_list(v: &[String]) -> String {
+    v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// What `add all tables` / `add table` did.
+#[derive(Debug, Default)]
+pub struct AddedRelations {
+    /// Whether the relgroup was created.
+    pub created_relgroup: bool,
+    /// Relations new to the catalog.
+    pub added: Vec<QualName>,
+    /// Relations already there.
+    pub already: Vec<QualName>,
+    /// Relations newly put in the relgroup (new or not).
+    pub grouped: Vec<QualName>,
+}
+
+/// Makes sure a relgroup exists; returns whether it was created.
+pub fn ensure_relgroup(tx: &mut Transaction<'_>, name: &str, created_for: Option<&str>) -> Result<bool> {
+    if exists(tx, "SELECT 1 FROM capra.relgroup WHERE name = $1", name)? {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO capra.relgroup (name, created_for) VALUES ($1, $2)",
+        &[&name, &created_for],
+    )
+    .ctx(|| format!("creating relgroup \"{name}\""))?;
+    Ok(true)
+}
+
+/// The database a relgroup's members come from, if it has members.
+fn relgroup_db(tx: &mut Transaction<'_>, name: &str) -> Result<Option<String>> {
+    Ok(tx
+        .query_one(
+            "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+            &[&name],
+        )
+        .ctx(|| format!("reading relgroup \"{name}\""))?
+        .get(0))
+}
+
+/// Adds live tables or sequences of `db` to the catalog (refreshing the key
+/// of those already there) and, if given, to a relgroup.
+pub fn add_relations(
+    tx: &mut Transaction<'_>,
+    db: &str,
+    relgroup: Option<&str>,
+    found: &[Found],
+    conflict_strategy: Option<&str>,
+) -> Result<AddedRelations> {
+    let mut out = AddedRelations::default();
+    if let Some(g) = relgroup {
+        if let Some(other) = relgroup_db(tx, g)? {
+            if other != db {
+                return Err(Error::Rejected(format!(
+                    "relgroup \"{g}\" holds tables from database \"{other}\", not \"{db}\": all tables of a relgroup come from one database; use another relgroup name"
+                )));
+            }
+        }
+        out.created_relgroup = ensure_relgroup(tx, g, None)?;
+    }
+    for f in found {
+        let (cols, types, kind) = match &f.key {
+            Some(k) => (k.columns.clone(), k.types.clone(), Some(k.kind.clone())),
+            None => (Vec::new(), Vec::new(), None),
+        };
+        let row = tx
+            .query_one(
+                "INSERT INTO capra.relation (db, schemaname, relname, reltype, pkey, pkeytype, keykind, conflict_strategy)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (db, schemaname, relname) DO UPDATE
+                    SET pkey = EXCLUDED.pkey, pkeytype = EXCLUDED.pkeytype, keykind = EXCLUDED.keykind,
+                        conflict_strategy = coalesce(EXCLUDED.conflict_strategy, capra.relation.conflict_strategy)
+                 RETURNING id, (xmax = 0)",
+                &[&db, &f.name.schema, &f.name.name, &f.reltype, &cols, &types, &kind, &conflict_strategy],
+            )
+            .ctx(|| format!("adding {} {}", f.reltype, f.name.human()))?;
+        let id: i32 = row.get(0);
+        if row.get::<_, bool>(1) {
+            out.added.push(f.name.clone());
+        } else {
+            out.already.push(f.name.clone());
+        }
+        if let Some(g) = relgroup {
+            let n = tx
+                .execute(
+                    "INSERT INTO capra.relgroup_member (relgroup, relation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&g, &id],
+                )
+                .ctx(|| format!("adding {} to relgroup \"{g}\"", f.name.human()))?;
+            if n > 0 {
+                out.grouped.push(f.name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Finds catalog relations matching a user-typed name (exact, then
+/// case-insensitive for unquoted names; `*`/`%` wildcards).
+pub fn match_relations<'a>(all: &'a [Relation], term: &str, db: Option<&str>) -> Result<Vec<&'a Relation>> {
+    let (schema, name) = split_user_name(term).map_err(Error::Usage)?;
+    let pick = |folded: bool| -> Vec<&'a Relation> {
+        all.iter()
+            .filter(|r| db.is_none_or(|d| r.db == d))
+            .filter(|r| {
+                let name_ok = if folded {
+                    name.matches_folded(&r.name.name)
+                } else {
+                    name.matches(&r.name.name)
+                };
+                let schema_ok = schema.as_ref().is_none_or(|s| {
+                    if folded {
+                        s.matches_folded(&r.name.schema) || s.matches(&r.name.schema)
+                    } else {
+                        s.matches(&r.name.schema)
+                    }
+                });
+                name_ok && schema_ok
+            })
+            .collect()
+    };
+    let exact = pick(false);
+    Ok(if exact.is_empty() { pick(true) } else { exact })
+}
+
+/// Removes tables or sequences from the catalog (and from every relgroup).
+pub fn remove_relations(
+    tx: &mut Transaction<'_>,
+    terms: &[String],
+    db: Option<&str>,
+    reltype: &str,
+) -> Result<Vec<(QualName, String)>> {
+    let all = model::relations(tx, Some(reltype))?;
+    let mut ids = Vec::new();
+    let mut removed = Vec::new();
+    for t in terms {
+        let hits = match_relations(&all, t, db)?;
+        if hits.is_empty() {
+            return Err(Error::not_found_hint(
+                if reltype == "table" { "table" } else { "sequence" },
+                t.clone(),
+                format!("see: capra list {reltype}s"),
+            ));
+        }
+        let dbs: std::collections::BTreeSet<&str> = hits.iter().map(|r| r.db.as_str()).collect();
+        if dbs.len() > 1 && db.is_none() {
+            return Err(Error::Rejected(format!(
+                "{reltype} {t} is in several databases ({}); say which with db=NAME",
+                dbs.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for r in hits {
+            if !ids.contains(&r.id) {
+                ids.push(r.id);
+                removed.push((r.name.clone(), r.db.clone()));
+            }
+        }
+    }
+    tx.execute("DELETE FROM capra.relation WHERE id = ANY($1)", &[&ids])
+        .ctx(|| format!("removing {reltype}s"))?;
+    Ok(removed)
+}
+
+/// Adds catalog relations (by id) to a relgroup, enforcing one source database.
+pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]) -> Result<Vec<QualName>> {
+    let mut added = Vec::new();
+    for r in rels {
+        if let Some(other) = relgroup_db(tx, group)? {
+            if other != r.db {
+                return Err(Error::Rejected(format!(
+                    "relgroup \"{group}\" holds tables from database \"{other}\"; {} comes from \"{}\": all tables of a relgroup come from one database",
+                    r.name.human(),
+                    r.db
+                )));
+            }
+        }
+        let n = tx
+            .execute(
+                "INSERT INTO capra.relgroup_member (relgroup, relation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&group, &r.id],
+            )
+            .ctx(|| format!("adding {} to relgroup \"{group}\"", r.name.human()))?;
+        if n > 0 {
+            added.push(r.name.clone());
+        }
+    }
+    Ok(added)
+}
+
+/// Removes a relgroup (refused while a sync uses it).
+pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
+    if !exists(tx, "SELECT 1 FROM capra.relgroup WHERE name = $1", name)? {
+        return Err(Error::not_found_hint("relgroup", name, "see: capra list relgroups"));
+    }
+    let users: Vec<String> = tx
+        .query("SELECT name FROM capra.sync WHERE relgroup = $1 ORDER BY 1", &[&name])
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !users.is_empty() {
+        return Err(Error::Rejected(format!(
+            "cannot remove relgroup \"{name}\": sync {} uses it; remove the sync first",
+            quote_list(&users)
+        )));
+    }
+    tx.execute("DELETE FROM capra.relgroup WHERE name = $1", &[&name])
+        .ctx(|| format!("removing relgroup \"{name}\""))?;
+    Ok(())
+}
+
+/// Canonical role from what users type (Bucardo's aliases).
+pub fn parse_role(s: &str) -> Result<&'static str> {
+    match s.trim().to_lowercase().as_str() {
+        "source" | "s" | "master" | "primary" | "src" => Ok("source"),
+        "target" | "t" | "slave" | "replica" | "rep" | "standby" | "tgt" => Ok("target"),
+        "fullcopy" | "f" | "copy" | "full" => Ok("fullcopy"),
+        other => Err(Error::Usage(format!(
+            "invalid role {other:?}: use source, target or fullcopy"
+        ))),
+    }
+}
+
+/// Splits `DB[:role]` (also `DB=role`).
+pub fn parse_member(s: &str) -> Result<(String, Option<&'static str>)> {
+    let (db, role) = match s.split_once([':', '=']) {
+        Some((d, r)) => (d, Some(parse_role(r.split(':').next().unwrap_or(r))?)),
+        None => (s, None),
+    };
+    crate::cli::kv::check_name("database", db)?;
+    Ok((db.to_string(), role))
+}
+
+/// Creates a dbgroup with members; a member without a role is a target,
+/// except the first member of a new group, which is the source.
+pub fn add_dbgroup(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    members: &[(String, Option<&'static str>)],
+    created_for: Option<&str>,
+) -> Result<Vec<String>> {
+    if exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
+        return Err(Error::Duplicate {
+            kind: "dbgroup",
+            name: name.into(),
+            hint: "; change its members with capra update dbgroup".into(),
+        });
+    }
+    tx.execute(
+        "INSERT INTO capra.dbgroup (name, created_for) VALUES ($1, $2)",
+        &[&name, &created_for],
+    )
+    .ctx(|| format!("creating dbgroup \"{name}\""))?;
+    let mut out = vec![format!("Created dbgroup \"{name}\"")];
+    out.extend(set_members(tx, name, members, true)?);
+    Ok(out)
+}
+
+fn set_members(
+    tx: &mut Transaction<'_>,
+    group: &str,
+    members: &[(String, Option<&'static str>)],
+    first_is_source: bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for (i, (db, role)) in members.iter().enumerate() {
+        if seen.contains(db) {
+            return Err(Error::Rejected(format!(
+                "database \"{db}\" is listed twice for dbgroup \"{group}\"; a database has one role in a group"
+            )));
+        }
+        seen.push(db.clone());
+        if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", db)? {
+            return Err(Error::not_found_hint(
+                "database",
+                db.clone(),
+                "add it first with capra add db NAME dbname=...",
+            ));
+        }
+        let role = role.unwrap_or(if i == 0 && first_is_source { "source" } else { "target" });
+        tx.execute(
+            "INSERT INTO capra.dbmap (dbgroup, db, role, position) VALUES ($1, $2, $3, $4)",
+            &[&group, db, &role, &(i as i32)],
+        )
+        .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
+        out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+    }
+    Ok(out)
+}
+
+/// Replaces a dbgroup's members (refused while an active sync uses it).
+pub fn update_dbgroup(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    members: &[(String, Option<&'static str>)],
+) -> Result<Vec<String>> {
+    let Some(old) = model::dbgroup(tx, name)? else {
+        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
+    };
+    let active = active_syncs_using_group(tx, name)?;
+    if !active.is_empty() {
+        return Err(Error::Rejected(format!(
+            "cannot change dbgroup \"{name}\": active sync {} uses it; deactivate it first",
+            quote_list(&active)
+        )));
+    }
+    tx.execute("DELETE FROM capra.dbmap WHERE dbgroup = $1", &[&name])
+        .ctx(|| format!("clearing dbgroup \"{name}\""))?;
+    // Unlisted roles keep what they were.
+    let resolved: Vec<(String, Option<&'static str>)> = members
+        .iter()
+        .map(|(db, role)| {
+            let kept = old.members.iter().find(|m| &m.db == db).map(|m| match m.role.as_str() {
+                "source" => "source",
+                "fullcopy" => "fullcopy",
+                _ => "target",
+            });
+            (db.clone(), role.or(kept))
+        })
+        .collect();
+    let mut out = set_members(tx, name, &resolved, false)?;
+    for m in &old.members {
+        if !members.iter().any(|(d, _)| d == &m.db) {
+            out.push(format!("Removed database \"{}\" from dbgroup \"{name}\"", m.db));
+        }
+    }
+    Ok(out)
+}
+
+fn active_syncs_using_group(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
+    Ok(tx
+        .query(
+            "SELECT name FROM capra.sync WHERE dbgroup = $1 AND status = 'active' ORDER BY 1",
+            &[&group],
+        )
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Removes a dbgroup; with `force`, also the inactive syncs that use it.
+pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+    if !exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
+        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
+    }
+    let users: Vec<(String, String)> = tx
+        .query(
+            "SELECT name, status FROM capra.sync WHERE dbgroup = $1 ORDER BY 1",
+            &[&name],
+        )
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut out = Vec::new();
+    if !users.is_empty() {
+        let names: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
+        if !force {
+            return Err(Error::Rejected(format!(
+                "Cannot remove dbgroup \"{name}\": it is being used by sync {}; remove the sync first or use --force",
+                quote_list(&names)
+            )));
+        }
+        if let Some((s, _)) = users.iter().find(|u| u.1 == "active") {
+            return Err(Error::Rejected(format!(
+                "cannot remove dbgroup \"{name}\": sync \"{s}\" uses it and is active; deactivate it first (capra deactivate {s})"
+            )));
+        }
+        for (s, _) in &users {
+            tx.execute("DELETE FROM capra.sync WHERE name = $1", &[s])
+                .ctx(|| format!("removing sync \"{s}\""))?;
+            out.push(format!("Removed sync \"{s}\""));
+        }
+    }
+    tx.execute("DELETE FROM capra.dbgroup WHERE name = $1", &[&name])
+        .ctx(|| format!("removing dbgroup \"{name}\""))?;
+    out.push(format!("Removed dbgroup \"{name}\""));
+    Ok(out)
+}
+
+/// Finds a dbgroup with exactly these members and roles, or creates one named
+/// after the sync (with a numeric suffix if that name is taken).
+pub fn group_for_list(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    members: &[(String, Option<&'static str>)],
+    out: &mut Vec<String>,
+) -> Result<String> {
+    let resolved: Vec<(String, &'static str)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (d, r))| (d.clone(), r.unwrap_or(if i == 0 { "source" } else { "target" })))
+        .collect();
+    let mut want: Vec<(String, String)> = resolved.iter().map(|(d, r)| (d.clone(), r.to_string())).collect();
+    want.sort();
+    for g in model::dbgroups(tx)? {
+        let mut have: Vec<(String, String)> = g.members.iter().map(|m| (m.db.clone(), m.role.clone())).collect();
+        have.sort();
+        if have == want {
+            out.push(format!("Using existing dbgroup \"{}\"", g.name));
+            return Ok(g.name);
+        }
+    }
+    let mut name = sync.to_string();
+    let mut n = 2;
+    while exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", &name)? {
+        name = format!("{sync}_{n}");
+        n += 1;
+    }
+    let with_roles: Vec<(String, Option<&'static str>)> = resolved.into_iter().map(|(d, r)| (d, Some(r))).collect();
+    out.extend(add_dbgroup(tx, &name, &with_roles, Some(sync))?);
+    Ok(name)
+}
+
+/// Whether a sync over this group replicates deltas (needs keys and capture):
+/// it has a target, or more than one source.
+pub fn is_delta(group: &DbGroup) -> bool {
+    !group.with_role("target").is_empty() || group.with_role("source").len() > 1
+}
+
+/// Checks the rules a sync's relgroup and dbgroup must meet together.
+pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, group: &DbGroup) -> Result<()> {
+    if group.with_role("source").is_empty() {
+        return Err(Error::Rejected(format!(
+            "sync \"{sync}\": dbgroup \"{}\" has no source database; give one database the role source (capra update dbgroup {} DB:source ...)",
+            group.name, group.name
+        )));
+    }
+    if group.members.len() < 2 {
+        return Err(Error::Rejected(format!(
+            "sync \"{sync}\": dbgroup \"{}\" has only one database; a sync needs a source and at least one other database",
+            group.name
+        )));
+    }
+    let rg = model::relgroups(tx)?
+        .into_iter()
+        .find(|g| g.name == relgroup)
+        .ok_or_else(|| {
+            Error::not_found_hint(
+                "relgroup",
+                relgroup,
+                "create it with capra add all tables db=DB relgroup=NAME, or capra add relgroup NAME TABLE...",
+            )
+        })?;
+    if rg.members.is_empty() {
+        return Err(Error::Rejected(format!(
+            "sync \"{sync}\": relgroup \"{relgroup}\" is empty; add tables to it first (capra add table T relgroup={relgroup})"
+        )));
+    }
+    if is_delta(group) {
+        let rels = model::relations(tx, Some("table"))?;
+        for r in rels.iter().filter(|r| rg.members.contains(&r.id)) {
+            if r.pkey.is_empty() {
+                return Err(Error::Rejected(format!(
+                    "sync \"{sync}\": table {} has no primary key or unique key, which delta replication needs; add a key (ALTER TABLE {} ADD PRIMARY KEY (...)), declare one (capra update table {} pkey=COL[,COL]), or replicate it with a fullcopy sync (dbs=SOURCE:source,TARGET:fullcopy)",
+                    r.name.human(),
+                    r.name.sql(),
+                    r.name.human()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a sync (refused while active), with the groups created just for it.
+pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> {
+    let Some(s) = model::sync(tx, name)? else {
+        return Err(Error::not_found_hint("sync", name, "see: capra list syncs"));
+    };
+    if s.status == "active" {
+        return Err(Error::Rejected(format!(
+            "Cannot remove active sync \"{name}\": please deactivate it first (capra deactivate {name})"
+        )));
+    }
+    tx.execute("DELETE FROM capra.sync WHERE name = $1", &[&name])
+        .ctx(|| format!("removing sync \"{name}\""))?;
+    let mut out = vec![format!("Removed sync \"{name}\"")];
+    let n = tx
+        .execute(
+            "DELETE FROM capra.dbgroup g WHERE g.created_for = $1
+                AND NOT EXISTS (SELECT 1 FROM capra.sync s WHERE s.dbgroup = g.name)",
+            &[&name],
+        )
+        .ctx(|| "removing the sync's own dbgroup".into())?;
+    if n > 0 {
+        out.push(format!("Removed dbgroup \"{}\" (created for this sync)", s.dbgroup));
+    }
+    let n = tx
+        .execute(
+            "DELETE FROM capra.relgroup g WHERE g.created_for = $1
+                AND NOT EXISTS (SELECT 1 FROM capra.sync s WHERE s.relgroup = g.name)",
+            &[&name],
+        )
+        .ctx(|| "removing the sync's own relgroup".into())?;
+    if n > 0 {
+        out.push(format!("Removed relgroup \"{}\" (created for this sync)", s.relgroup));
+    }
+    Ok(out)
+}

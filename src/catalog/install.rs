@@ -1,0 +1,196 @@
+//! `capra install`: create the control database (or upgrade it in place).
+
+use std::io::Write;
+
+use postgres::Client;
+
+use super::{current_version, settings, MIGRATIONS};
+use crate::error::{Context, Error, Result};
+use crate::pg::{self, connect::ConnSpec, ident::quote_ident};
+
+/// What install did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new catalog was created at this version.
+    Created(i32),
+    /// An older catalog was upgraded.
+    Upgraded {
+        /// Version found.
+        from: i32,
+        /// Version now.
+        to: i32,
+    },
+    /// Nothing to do.
+    Current(i32),
+}
+
+/// The owner role capra creates for its control database.
+pub const OWNER_ROLE: &str = "capra";
+
+/// Connects to `spec`'s database; if it does not exist, connects to the
+/// `postgres` database instead and creates it. Progress goes to `out`.
+pub fn install(spec: &ConnSpec, piddir: Option<&str>, out: &mut dyn Write) -> Result<Outcome> {
+    let target_db = spec.dbname.clone().unwrap_or_else(|| "capra".into());
+    let mut client = match open(spec, &target_db) {
+        Ok(c) => c,
+        Err(e) if e.sqlstate().as_deref() == Some("3D000") => {
+            writeln!(out, "Failed to connect to database '{target_db}', will try 'postgres'").ok();
+            let mut fallback = spec.clone();
+            fallback.dbname = Some("postgres".into());
+            let mut admin = open(&fallback, "postgres")?;
+            create_database(&mut admin, &target_db, out)?;
+            open(spec, &target_db)?
+        }
+        Err(e) => return Err(e),
+    };
+    let version: String = client
+        .query_one("SHOW server_version", &[])
+        .ctx(|| "reading the server version".into())?
+        .get(0);
+    writeln!(out, "Postgres version is: {version}").ok();
+    upgrade(&mut client, &target_db, piddir, out)
+}
+
+fn open(spec: &ConnSpec, dbname: &str) -> Result<Client> {
+    let mut s = spec.clone();
+    s.dbname = Some(dbname.into());
+    let r = pg::connect::resolve(&s, "capra install").map_err(|source| Error::ConnSpec {
+        target: format!("database \"{dbname}\""),
+        source,
+    })?;
+    pg::connect::connect(&r).map_err(|source| Error::Connect {
+        target: format!("database \"{dbname}\""),
+        summary: r.summary.clone(),
+        detail: pg::error::describe(&source),
+        source,
+    })
+}
+
+/// Whether the connected role is a superuser.
+fn is_superuser(c: &mut Client) -> Result<bool> {
+    Ok(
+        c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+            .ctx(|| "checking privileges".into())?
+            .get(0),
+    )
+}
+
+fn create_database(admin: &mut Client, name: &str, out: &mut dyn Write) -> Result<()> {
+    let me: String = admin
+        .query_one("SELECT current_user::text", &[])
+        .ctx(|| "checking the current role".into())?
+        .get(0);
+    let mut owner = me.clone();
+    if me != OWNER_ROLE && is_superuser(admin)? {
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&OWNER_ROLE])
+            .ctx(|| "looking for the capra role".into())?
+            .is_some();
+        if !exists {
+            writeln!(out, "Creating role '{OWNER_ROLE}' (owner of the control database; give it a password with ALTER ROLE {OWNER_ROLE} PASSWORD '...')").ok();
+            admin
+                .batch_execute(&format!("CREATE ROLE {} LOGIN", quote_ident(OWNER_ROLE)))
+                .ctx(|| format!("creating role {OWNER_ROLE}"))?;
+        }
+        owner = OWNER_ROLE.into();
+    }
+    writeln!(out, "Creating database '{name}' owned by '{owner}'").ok();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} OWNER {}",
+            quote_ident(name),
+            quote_ident(&owner)
+        ))
+        .ctx(|| format!("creating database \"{name}\""))
+}
+
+/// Brings the catalog in the connected database to this build's version.
+pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn Write) -> Result<Outcome> {
+    let mut tx = c.transaction().ctx(|| "starting the install transaction".into())?;
+    // One installer at a time per control database.
+    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('capra install'))")
+        .ctx(|| "locking the control database for install".into())?;
+    let found: Option<i32> = if tx
+        .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
+        .ctx(|| "looking for an existing catalog".into())?
+        .get(0)
+    {
+        Some(
+            tx.query_one("SELECT version FROM capra.meta", &[])
+                .ctx(|| "reading the catalog version".into())?
+                .get(0),
+        )
+    } else {
+        None
+    };
+    let target = current_version();
+    if let Some(v) = found {
+        if v > target {
+            return Err(Error::Catalog(format!(
+                "the catalog in \"{dbname}\" is version {v}, newer than this capra understands ({target}); upgrade the capra package"
+            )));
+        }
+    }
+    // When a superuser installs on behalf of the capra role, the objects must
+    // belong to that role so it can use them.
+    let owner_is_capra: bool = tx
+        .query_one(
+            "SELECT d.datdba::regrole::text = $1 AND current_user <> $1 FROM pg_database d WHERE d.datname = current_database()",
+            &[&OWNER_ROLE],
+        )
+        .ctx(|| "checking the database owner".into())?
+        .get(0);
+    if owner_is_capra {
+        tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(OWNER_ROLE)))
+            .ctx(|| format!("switching to role {OWNER_ROLE}"))?;
+    }
+    let from = found.unwrap_or(0);
+    if from == 0 {
+        writeln!(
+            out,
+            "Attempting to create and populate the capra catalog (version {target}) in database \"{dbname}\""
+        )
+        .ok();
+    }
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        tx.batch_execute(sql)
+            .ctx(|| format!("applying catalog migration {v}"))?;
+        if *v == 1 {
+            tx.execute(
+                "INSERT INTO capra.meta (version, installation)
+                 VALUES (1, substr(md5(random()::text || clock_timestamp()::text || pg_backend_pid()), 1, 16))",
+                &[],
+            )
+            .ctx(|| "recording the installation".into())?;
+        } else {
+            tx.execute("UPDATE capra.meta SET version = $1, upgraded_at = now()", &[v])
+                .ctx(|| format!("recording catalog version {v}"))?;
+        }
+    }
+    // Settings added by newer builds appear on upgrade; set values are kept.
+    for s in settings::SETTINGS {
+        tx.execute(
+            "INSERT INTO capra.config (name, setting, defval, about) VALUES ($1, $2, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET defval = EXCLUDED.defval, about = EXCLUDED.about",
+            &[&s.name, &s.default, &s.about],
+        )
+        .ctx(|| format!("adding setting {}", s.name))?;
+    }
+    if let Some(dir) = piddir {
+        let changed = tx
+            .execute(
+                "UPDATE capra.config SET setting = $1 WHERE name = 'piddir' AND setting <> $1",
+                &[&dir],
+            )
+            .ctx(|| "setting piddir".into())?;
+        if changed > 0 {
+            writeln!(out, "Updated configuration setting \"piddir\"").ok();
+        }
+    }
+    tx.commit().ctx(|| "committing the install".into())?;
+    Ok(match found {
+        None => Outcome::Created(target),
+        Some(v) if v < target => Outcome::Upgraded { from: v, to: target },
+        Some(v) => Outcome::Current(v),
+    })
+}

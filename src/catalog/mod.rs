@@ -1,0 +1,96 @@
+//! The control database: capra's catalog of databases, tables, groups,
+//! syncs and hooks, its settings, and (from the engine) run history.
+//!
+//! Every catalog-changing command runs in one transaction, so a failed
+//! command leaves the catalog exactly as it was.
+
+pub mod edit;
+pub mod install;
+pub mod model;
+pub mod settings;
+pub mod sync_opts;
+
+use postgres::Client;
+
+use crate::config::Settings;
+use crate::error::{Context, Error, Result};
+use crate::pg;
+
+/// Numbered migrations; `capra install` applies the ones a database lacks.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_catalog.sql"))];
+
+/// The catalog version this build expects.
+pub fn current_version() -> i32 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
+
+/// An open connection to the control database, checked to hold a catalog of
+/// this build's version.
+pub struct Catalog {
+    /// The connection.
+    pub client: Client,
+    /// This installation's identity (tags capra's objects in replicated databases).
+    pub installation: String,
+    /// Name of the control database, for messages.
+    pub dbname: String,
+    /// Connection summary without the password.
+    pub summary: String,
+}
+
+impl Catalog {
+    /// Connects to the control database named by the settings and checks it.
+    pub fn open(settings: &Settings, application_name: &str) -> Result<Catalog> {
+        let resolved = pg::connect::resolve(&settings.control, application_name).map_err(|source| Error::ConnSpec {
+            target: "control database".into(),
+            source,
+        })?;
+        let dbname = resolved.config.get_dbname().unwrap_or("capra").to_string();
+        let mut client = pg::connect::connect(&resolved).map_err(|source| Error::Connect {
+            target: format!("the control database \"{dbname}\""),
+            summary: resolved.summary.clone(),
+            detail: pg::error::describe(&source),
+            source,
+        })?;
+        let row = client
+            .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
+            .ctx(|| "checking the control database".into())?;
+        if !row.get::<_, bool>(0) {
+            return Err(Error::Catalog(format!(
+                "database \"{dbname}\" ({}) holds no capra catalog; run 'capra install' first, or name the control database with -d/--dbname",
+                resolved.summary
+            )));
+        }
+        let row = client
+            .query_one("SELECT version, installation FROM capra.meta", &[])
+            .ctx(|| "reading the catalog version".into())?;
+        let version: i32 = row.get(0);
+        let cur = current_version();
+        if version < cur {
+            return Err(Error::Catalog(format!(
+                "the catalog in \"{dbname}\" is version {version} but this capra needs version {cur}; run 'capra install' to upgrade it in place"
+            )));
+        }
+        if version > cur {
+            return Err(Error::Catalog(format!(
+                "the catalog in \"{dbname}\" is version {version}, newer than this capra understands ({cur}); upgrade the capra package"
+            )));
+        }
+        Ok(Catalog {
+            client,
+            installation: row.get(1),
+            dbname,
+            summary: resolved.summary,
+        })
+    }
+
+    /// Runs `f` in one transaction: commit if it returns Ok, roll back otherwise.
+    pub fn edit<T>(&mut self, f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut tx = self
+            .client
+            .transaction()
+            .ctx(|| "starting a catalog transaction".into())?;
+        let out = f(&mut tx)?;
+        tx.commit().ctx(|| "committing the catalog change".into())?;
+        Ok(out)
+    }
+}

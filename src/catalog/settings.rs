@@ -1,0 +1,383 @@
+//! Runtime settings kept in `capra.config` (`capra show all`, `capra set`).
+//!
+//! Bucardo's settings keep their names and defaults so a Bucardo user finds
+//! what they know. Where capra's design has no counterpart (no forked
+//! controllers, no kid processes) the `about` text says so plainly rather
+//! than pretending the knob does something.
+
+/// How a setting's value is checked by `capra set`.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// `0`/`1` (also true/false/on/off/yes/no, stored as 0/1).
+    Bool,
+    /// Whole number within bounds.
+    Int(i64, i64),
+    /// Non-negative decimal seconds (Bucardo's sleeps); `-1` allowed when flagged.
+    Seconds {
+        /// Whether -1 ("never"/"fail instead") is allowed.
+        allow_minus_one: bool,
+    },
+    /// One of a fixed list (stored lower-case).
+    Enum(&'static [&'static str]),
+    /// Free text.
+    Text,
+    /// An absolute path, or empty.
+    Path,
+}
+
+/// One setting.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// Name as shown by `show all`.
+    pub name: &'static str,
+    /// Default value.
+    pub default: &'static str,
+    /// What it controls in capra.
+    pub about: &'static str,
+    /// How values are checked.
+    pub kind: Kind,
+}
+
+const COMPAT: &str = "Bucardo compatibility only: no effect in capra";
+
+macro_rules! s {
+    ($n:expr, $d:expr, $k:expr, $a:expr) => {
+        Setting {
+            name: $n,
+            default: $d,
+            kind: $k,
+            about: $a,
+        }
+    };
+}
+
+/// Every setting, in `show all` order (alphabetical).
+pub const SETTINGS: &[Setting] = &[
+    s!(
+        "autosync_ddl",
+        "newcol",
+        Kind::Text,
+        "Bucardo compatibility only: no effect in capra (DDL is not replicated; validate reports drift)"
+    ),
+    s!(
+        "bucardo_vac",
+        "1",
+        Kind::Bool,
+        "Whether the daemon purges replicated change rows from sources on its own (every vac_sleep seconds)"
+    ),
+    s!(
+        "connect_timeout",
+        "10",
+        Kind::Int(1, 3600),
+        "Seconds to wait when connecting to any database before giving up"
+    ),
+    s!(
+        "ctl_checkonkids_time",
+        "10",
+        Kind::Seconds { allow_minus_one: false },
+        COMPAT
+    ),
+    s!(
+        "ctl_createkid_time",
+        "0.5",
+        Kind::Seconds { allow_minus_one: false },
+        COMPAT
+    ),
+    s!("ctl_sleep", "0.2", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "default_conflict_strategy",
+        "bucardo_latest",
+        Kind::Text,
+        "Conflict strategy for multi-source syncs that do not set conflict_strategy"
+    ),
+    s!(
+        "default_email_from",
+        "nobody@example.com",
+        Kind::Text,
+        "From address of alert mail"
+    ),
+    s!(
+        "default_email_host",
+        "localhost",
+        Kind::Text,
+        "SMTP host for alert mail"
+    ),
+    s!(
+        "default_email_port",
+        "25",
+        Kind::Int(1, 65535),
+        "SMTP port for alert mail"
+    ),
+    s!(
+        "default_email_to",
+        "nobody@example.com",
+        Kind::Text,
+        "Recipients of alert mail; nothing is sent while this is nobody@example.com"
+    ),
+    s!("email_auth_pass", "", Kind::Text, "SMTP AUTH password for alert mail"),
+    s!("email_auth_user", "", Kind::Text, "SMTP AUTH user for alert mail"),
+    s!(
+        "email_debug_file",
+        "",
+        Kind::Path,
+        "Also append every alert mail to this file"
+    ),
+    s!("endsync_sleep", "1.0", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "host_safety_check",
+        "",
+        Kind::Text,
+        "Refuse to start the daemon unless the host name matches: exact name, =a,b,c or ~regex"
+    ),
+    s!(
+        "isolation_level",
+        "repeatable read",
+        Kind::Enum(&["repeatable read", "serializable"]),
+        "Isolation of the snapshot a run reads each source in"
+    ),
+    s!(
+        "kid_deadlock_sleep",
+        "0.5",
+        Kind::Seconds { allow_minus_one: true },
+        "Seconds before re-running after a deadlock; -1 treats it as an ordinary failure"
+    ),
+    s!(
+        "kid_nodeltarows_sleep",
+        "0.5",
+        Kind::Seconds { allow_minus_one: false },
+        COMPAT
+    ),
+    s!("kid_pingtime", "60", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "kid_restart_sleep",
+        "1",
+        Kind::Seconds { allow_minus_one: false },
+        "First retry delay after a failed run; doubles on each failure up to retry_max_sleep"
+    ),
+    s!(
+        "kid_serial_sleep",
+        "0.5",
+        Kind::Seconds { allow_minus_one: true },
+        "Seconds before re-running after a serialization failure; -1 treats it as an ordinary failure"
+    ),
+    s!("kid_sleep", "0.5", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!("log_conflict_file", "bucardo_conflict.log", Kind::Text, COMPAT),
+    s!(
+        "log_level",
+        "normal",
+        Kind::Enum(&["terse", "normal", "verbose", "debug"]),
+        "How much the daemon logs"
+    ),
+    s!(
+        "log_microsecond",
+        "0",
+        Kind::Bool,
+        "Add milliseconds to log time stamps"
+    ),
+    s!("log_showlevel", "0", Kind::Bool, "Start each log line with its level"),
+    s!("log_showline", "0", Kind::Bool, COMPAT),
+    s!("log_showpid", "1", Kind::Bool, "Start each log line with (PID)"),
+    s!(
+        "log_showsyncname",
+        "1",
+        Kind::Bool,
+        "Show the sync name after the role in log lines: KID (sync)"
+    ),
+    s!(
+        "log_showtime",
+        "3",
+        Kind::Int(0, 3),
+        "Log time stamps: 0 none, 1 epoch seconds, 2 UTC, 3 local time"
+    ),
+    s!(
+        "log_timer_format",
+        "",
+        Kind::Text,
+        "strftime format for log time stamps (log_showtime 2 or 3)"
+    ),
+    s!(
+        "mcp_dbproblem_sleep",
+        "15",
+        Kind::Seconds { allow_minus_one: false },
+        "Seconds between reconnection attempts when the control database is unreachable"
+    ),
+    s!(
+        "mcp_loop_sleep",
+        "0.2",
+        Kind::Seconds { allow_minus_one: false },
+        COMPAT
+    ),
+    s!(
+        "mcp_pingtime",
+        "60",
+        Kind::Seconds { allow_minus_one: false },
+        "How often the daemon checks the databases of active syncs and reconnects listeners"
+    ),
+    s!("mcp_vactime", "60", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "piddir",
+        "/var/run/capra",
+        Kind::Path,
+        "Directory for the daemon's PID file and stop file"
+    ),
+    s!(
+        "quick_delta_check",
+        "1",
+        Kind::Bool,
+        "Check which tables have pending changes before reading their keys"
+    ),
+    s!(
+        "reason_file",
+        "capra.restart.reason.log",
+        Kind::Text,
+        "File in piddir where start and stop reasons are appended"
+    ),
+    s!(
+        "reload_config_timeout",
+        "30",
+        Kind::Seconds { allow_minus_one: false },
+        "How long reload waits for the daemon to confirm"
+    ),
+    s!(
+        "retry_max_sleep",
+        "60",
+        Kind::Seconds { allow_minus_one: false },
+        "Longest wait between retries of a failing sync"
+    ),
+    s!(
+        "run_history_days",
+        "30",
+        Kind::Int(1, 36500),
+        "Days of run history kept in the control database (the last good and last bad run are always kept)"
+    ),
+    s!(
+        "statement_chunk_size",
+        "6000",
+        Kind::Int(1, 1_000_000),
+        "Most keys sent in one DELETE statement"
+    ),
+    s!("stats_script_url", "http://www.bucardo.org/", Kind::Text, COMPAT),
+    s!(
+        "stopfile",
+        "fullstopcapra",
+        Kind::Text,
+        "File in piddir whose appearance makes the daemon stop"
+    ),
+    s!("syslog_facility", "log_local1", Kind::Text, COMPAT),
+    s!(
+        "tcp_keepalives_count",
+        "0",
+        Kind::Int(0, 1000),
+        "TCP keepalive probes before a connection is declared dead (0: system default)"
+    ),
+    s!(
+        "tcp_keepalives_idle",
+        "0",
+        Kind::Int(0, 86400),
+        "Seconds of idle before TCP keepalives start (0: system default)"
+    ),
+    s!(
+        "tcp_keepalives_interval",
+        "0",
+        Kind::Int(0, 86400),
+        "Seconds between TCP keepalive probes (0: system default)"
+    ),
+    s!("vac_run", "30", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "vac_sleep",
+        "120",
+        Kind::Seconds { allow_minus_one: false },
+        "Seconds between the daemon's purges of replicated change rows"
+    ),
+    s!("warning_file", "capra.warning.log", Kind::Text, COMPAT),
+    s!(
+        "worker_threads",
+        "4",
+        Kind::Int(1, 256),
+        "Runs that may execute at once (the worker pool size); takes effect at daemon start"
+    ),
+];
+
+/// Looks a setting up by name (case-insensitive).
+pub fn find(name: &str) -> Option<&'static Setting> {
+    let lower = name.to_lowercase();
+    SETTINGS.iter().find(|s| s.name == lower)
+}
+
+/// Checks and normalises a value for a setting; the error says what is allowed.
+pub fn normalise(s: &Setting, value: &str) -> Result<String, String> {
+    let v = value.trim();
+    match s.kind {
+        Kind::Bool => crate::cli::kv::parse_bool(v)
+            .map(|b| if b { "1" } else { "0" }.to_string())
+            .ok_or_else(|| format!("invalid value for '{}': {v:?} (must be true or false)", s.name)),
+        Kind::Int(lo, hi) => match v.parse::<i64>() {
+            Ok(n) if n >= lo && n <= hi => Ok(n.to_string()),
+            _ => Err(format!(
+                "invalid value for '{}': {v:?} (must be a whole number from {lo} to {hi})",
+                s.name
+            )),
+        },
+        Kind::Seconds { allow_minus_one } => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && (n >= 0.0 || (allow_minus_one && n == -1.0)) => Ok(v.to_string()),
+            _ => Err(format!(
+                "invalid value for '{}': {v:?} (must be a number of seconds{})",
+                s.name,
+                if allow_minus_one { ", or -1" } else { "" }
+            )),
+        },
+        Kind::Enum(choices) => {
+            let norm = v.to_lowercase().replace('_', " ");
+            choices
+                .iter()
+                .find(|c| **c == norm)
+                .map(|c| c.to_string())
+                .ok_or_else(|| {
+                    format!(
+                        "invalid value for '{}': {v:?} (must be one of: {})",
+                        s.name,
+                        choices.join(", ")
+                    )
+                })
+        }
+        Kind::Text => Ok(v.to_string()),
+        Kind::Path => {
+            if v.is_empty() || v.starts_with('/') {
+                Ok(v.to_string())
+            } else {
+                Err(format!(
+                    "invalid value for '{}': {v:?} (must be an absolute path)",
+                    s.name
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_and_valid_defaults() {
+        let names: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        for s in SETTINGS {
+            assert_eq!(normalise(s, s.default).as_deref(), Ok(s.default), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn checks_values() {
+        let lvl = find("LOG_LEVEL").unwrap();
+        assert_eq!(normalise(lvl, "Verbose").unwrap(), "verbose");
+        assert!(normalise(lvl, "loud").is_err());
+        let b = find("bucardo_vac").unwrap();
+        assert_eq!(normalise(b, "off").unwrap(), "0");
+        assert!(normalise(find("worker_threads").unwrap(), "0").is_err());
+        assert!(normalise(find("kid_serial_sleep").unwrap(), "-1").is_ok());
+        assert!(normalise(find("ctl_sleep").unwrap(), "-1").is_err());
+    }
+}

@@ -1,0 +1,447 @@
+//! `capra list ...` and `capra show ...`: the catalog as people read it
+//! (Bucardo's layouts) or as scripts read it (`--json`).
+
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::capture::discover::short_type;
+use crate::catalog::model::{self, Relation};
+use crate::error::{Error, Result};
+use crate::pg::ident::wildcard_match;
+
+/// `list WHAT [NAME|PATTERN...]`.
+#[derive(ClapArgs, Debug)]
+pub struct ListArgs {
+    /// dbs, tables, sequences, relgroups (herds), dbgroups, syncs, customcodes or all.
+    pub what: Option<String>,
+    /// Names or patterns (`*`, `%`); for tables also db=NAME.
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum What {
+    Dbs,
+    Tables,
+    Sequences,
+    Relgroups { herd: bool },
+    Dbgroups,
+    Syncs,
+    Customcodes,
+    All,
+}
+
+fn parse_what(w: &str) -> Option<What> {
+    Some(match w.to_lowercase().as_str() {
+        "db" | "dbs" | "database" | "databases" => What::Dbs,
+        "table" | "tables" | "tab" => What::Tables,
+        "sequence" | "sequences" | "seq" | "seqs" => What::Sequences,
+        "relgroup" | "relgroups" => What::Relgroups { herd: false },
+        "herd" | "herds" => What::Relgroups { herd: true },
+        "dbgroup" | "dbgroups" => What::Dbgroups,
+        "sync" | "syncs" => What::Syncs,
+        "customcode" | "customcodes" | "code" | "codes" => What::Customcodes,
+        "all" => What::All,
+        _ => return None,
+    })
+}
+
+const LIST_USAGE: &str =
+    "usage: capra list dbs|tables|sequences|relgroups|herds|dbgroups|syncs|customcodes|all [NAME|PATTERN...]";
+
+/// Whether a name passes the user's name/pattern filters.
+fn wanted(name: &str, filters: &[String]) -> bool {
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            if f.contains(['*', '%']) {
+                wildcard_match(&f.replace('%', "*"), name)
+            } else {
+                f == name || f.eq_ignore_ascii_case(name)
+            }
+        })
+}
+
+/// `capra list ...`.
+pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
+    let Some(w) = a.what.as_deref() else {
+        return Err(Error::Usage(LIST_USAGE.into()));
+    };
+    let what = parse_what(w).ok_or_else(|| Error::Usage(format!("cannot list {w:?}; {LIST_USAGE}")))?;
+    let db_filter: Option<String> = a.names.iter().find_map(|n| n.strip_prefix("db=").map(String::from));
+    let mut status_filter: Option<&str> = None;
+    let mut filters: Vec<String> = Vec::new();
+    for n in &a.names {
+        if n.starts_with("db=") {
+            continue;
+        }
+        if what == What::Syncs && (n == "active" || n == "inactive") {
+            status_filter = Some(n.as_str());
+            continue;
+        }
+        if n.contains('=') {
+            return Err(Error::Usage(format!(
+                "unexpected {n:?} for list: give names or patterns (tables also db=NAME)"
+            )));
+        }
+        filters.push(n.clone());
+    }
+    let mut cat = ctx.catalog()?;
+    let c = &mut cat.client;
+    if what == What::All {
+        let doc = json!({
+            "dbs": model::dbs(c)?,
+            "dbgroups": model::dbgroups(c)?,
+            "tables": model::relations(c, Some("table"))?,
+            "sequences": model::relations(c, Some("sequence"))?,
+            "relgroups": model::relgroups(c)?,
+            "syncs": model::syncs(c)?,
+            "customcodes": model::customcodes(c)?,
+            "config": model::config(c)?,
+        });
+        if ctx.json {
+            println!("{}", serde_json::to_string_pretty(&doc).expect("serialisable"));
+            return Ok(());
+        }
+        for (i, w) in [
+            What::Dbs,
+            What::Dbgroups,
+            What::Tables,
+            What::Sequences,
+            What::Relgroups { herd: false },
+            What::Syncs,
+            What::Customcodes,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                println!();
+            }
+            print_list(ctx, c, w, &filters, db_filter.as_deref(), None)?;
+        }
+        return Ok(());
+    }
+    print_list(ctx, c, what, &filters, db_filter.as_deref(), status_filter)
+}
+
+fn emit_json(v: Value) {
+    println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"));
+}
+
+fn print_list(
+    ctx: &Ctx,
+    c: &mut postgres::Client,
+    what: What,
+    filters: &[String],
+    db_filter: Option<&str>,
+    status: Option<&str>,
+) -> Result<()> {
+    match what {
+        What::Dbs => {
+            let dbs: Vec<_> = model::dbs(c)?
+                .into_iter()
+                .filter(|d| wanted(&d.name, filters))
+                .collect();
+            if ctx.json {
+                emit_json(json!(dbs));
+                return Ok(());
+            }
+            if dbs.is_empty() {
+                println!("There are no databases.");
+                return Ok(());
+            }
+            let groups = model::dbgroups(c)?;
+            let syncs = model::syncs(c)?;
+            let w = dbs.iter().map(|d| d.name.len()).max().unwrap_or(0);
+            let sw = dbs.iter().map(|d| d.status.len()).max().unwrap_or(0);
+            for d in &dbs {
+                let mut line = format!(
+                    "Database: {:<w$}  Status: {:<sw$}  Conn: {}",
+                    d.name,
+                    d.status,
+                    d.psql_line()
+                );
+                if !d.server_side_prepares {
+                    line.push_str(" (SSP is off)");
+                }
+                if d.makedelta {
+                    line.push_str(" (makedelta on)");
+                }
+                println!("{}", line.trim_end());
+                if ctx.verbose > 0 {
+                    for g in &groups {
+                        if let Some(m) = g.members.iter().find(|m| m.db == d.name) {
+                            println!("  Belongs to dbgroup {} ({})", g.name, m.role);
+                            for s in syncs.iter().filter(|s| s.dbgroup == g.name) {
+                                println!("  Used in sync {} in a role of {}", s.name, m.role);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        What::Tables | What::Sequences => {
+            let kind = if what == What::Tables { "table" } else { "sequence" };
+            let rels: Vec<Relation> = model::relations(c, Some(kind))?
+                .into_iter()
+                .filter(|r| db_filter.is_none_or(|d| r.db == d))
+                .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
+                .collect();
+            if ctx.json {
+                emit_json(json!(rels));
+                return Ok(());
+            }
+            if rels.is_empty() {
+                println!("There are no {kind}s.");
+                return Ok(());
+            }
+            let syncs = model::syncs(c)?;
+            let idw = rels.iter().map(|r| r.id.to_string().len()).max().unwrap_or(1) + 1;
+            let nw = rels.iter().map(|r| r.name.human().len()).max().unwrap_or(0);
+            let dw = rels.iter().map(|r| r.db.len()).max().unwrap_or(0);
+            for r in &rels {
+                let num = format!("{}.", r.id);
+                let label = if kind == "table" { "Table" } else { "Sequence" };
+                let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.human(), r.db);
+                if kind == "table" {
+                    let key = if r.pkey.is_empty() {
+                        "none".to_string()
+                    } else {
+                        format!(
+                            "{} ({})",
+                            r.pkey.join("|"),
+                            r.pkeytype.iter().map(|t| short_type(t)).collect::<Vec<_>>().join("|")
+                        )
+                    };
+                    line.push_str(&format!("  PK: {key}"));
+                }
+                println!("{}", line.trim_end());
+                if ctx.verbose > 0 {
+                    let used: Vec<&str> = syncs
+                        .iter()
+                        .filter(|s| r.relgroups.contains(&s.relgroup))
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    if !r.relgroups.is_empty() {
+                        println!("  Relgroups: {}", r.relgroups.join(", "));
+                    }
+                    if !used.is_empty() {
+                        println!("  Syncs: {}", used.join(", "));
+                    }
+                }
+            }
+        }
+        What::Relgroups { herd } => {
+            let groups: Vec<_> = model::relgroups(c)?
+                .into_iter()
+                .filter(|g| wanted(&g.name, filters))
+                .collect();
+            if ctx.json {
+                emit_json(json!(groups));
+                return Ok(());
+            }
+            let label = if herd { "Herd" } else { "Relgroup" };
+            if groups.is_empty() {
+                println!("There are no {}s.", label.to_lowercase());
+                return Ok(());
+            }
+            let rels = model::relations(c, None)?;
+            for g in &groups {
+                let members: Vec<String> = g
+                    .members
+                    .iter()
+                    .filter_map(|id| rels.iter().find(|r| r.id == *id))
+                    .map(|r| r.name.human())
+                    .collect();
+                println!(
+                    "{label}: {}  DB: {}  Members: {}",
+                    g.name,
+                    g.db.as_deref().unwrap_or("(none)"),
+                    if members.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        members.join(", ")
+                    }
+                );
+                if !g.syncs.is_empty() {
+                    println!("  Used in syncs: {}", g.syncs.join(", "));
+                }
+            }
+        }
+        What::Dbgroups => {
+            let groups: Vec<_> = model::dbgroups(c)?
+                .into_iter()
+                .filter(|g| wanted(&g.name, filters))
+                .collect();
+            if ctx.json {
+                emit_json(json!(groups));
+                return Ok(());
+            }
+            if groups.is_empty() {
+                println!("There are no dbgroups.");
+                return Ok(());
+            }
+            let syncs = model::syncs(c)?;
+            let w = groups.iter().map(|g| g.name.len()).max().unwrap_or(0);
+            for g in &groups {
+                let m: Vec<String> = g.members.iter().map(|m| format!("{}:{}", m.db, m.role)).collect();
+                println!(
+                    "Dbgroup: {:<w$}  Members: {}",
+                    g.name,
+                    if m.is_empty() { "(none)".into() } else { m.join(" ") }
+                );
+                let used: Vec<&str> = syncs
+                    .iter()
+                    .filter(|s| s.dbgroup == g.name)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if !used.is_empty() {
+                    println!("  Used in syncs: {}", used.join(", "));
+                }
+            }
+        }
+        What::Syncs => {
+            let syncs: Vec<_> = model::syncs(c)?
+                .into_iter()
+                .filter(|s| wanted(&s.name, filters))
+                .filter(|s| status.is_none_or(|st| s.status == st))
+                .collect();
+            if ctx.json {
+                emit_json(json!(syncs));
+                return Ok(());
+            }
+            if syncs.is_empty() {
+                println!("There are no syncs.");
+                return Ok(());
+            }
+            let groups = model::dbgroups(c)?;
+            let rels = model::relations(c, None)?;
+            let rgs = model::relgroups(c)?;
+            for s in &syncs {
+                let g = groups.iter().find(|g| g.name == s.dbgroup);
+                let members = g
+                    .map(|g| {
+                        g.members
+                            .iter()
+                            .map(|m| format!("{}:{}", m.db, m.role))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                let kind = g.map(sync_kind).unwrap_or("sync");
+                let st = if s.status == "active" { "Active" } else { "Inactive" };
+                println!(
+                    "Sync \"{}\"  Relgroup \"{}\"  DB group \"{}\" {}  ({})  [{st}]",
+                    s.name, s.relgroup, s.dbgroup, members, kind
+                );
+                if ctx.verbose > 0 {
+                    if let Some(rg) = rgs.iter().find(|r| r.name == s.relgroup) {
+                        for id in &rg.members {
+                            if let Some(r) = rels.iter().find(|r| r.id == *id) {
+                                println!(
+                                    "  {} {}",
+                                    if r.reltype == "table" { "Table" } else { "Sequence" },
+                                    r.name.human()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        What::Customcodes => {
+            let codes: Vec<_> = model::customcodes(c)?
+                .into_iter()
+                .filter(|x| wanted(&x.name, filters))
+                .collect();
+            if ctx.json {
+                emit_json(json!(codes));
+                return Ok(());
+            }
+            if codes.is_empty() {
+                println!("There are no customcodes.");
+                return Ok(());
+            }
+            for x in &codes {
+                println!(
+                    "Code: {}  When run: {}  Status: {}  Priority: {}  File: {}",
+                    x.name, x.whenrun, x.status, x.priority, x.src_file
+                );
+                if !x.syncs.is_empty() {
+                    println!("  Syncs: {}", x.syncs.join(", "));
+                }
+                if !x.relations.is_empty() {
+                    println!("  Relations: {}", x.relations.join(", "));
+                }
+                if ctx.verbose > 2 {
+                    println!("{}", x.src_code);
+                }
+            }
+        }
+        What::All => unreachable!("handled by run"),
+    }
+    Ok(())
+}
+
+/// What a sync does, from its roles (Bucardo 4's type names).
+pub fn sync_kind(g: &model::DbGroup) -> &'static str {
+    let sources = g.with_role("source").len();
+    let targets = g.with_role("target").len();
+    let full = g.with_role("fullcopy").len();
+    match (sources, targets, full) {
+        (s, _, _) if s > 1 => "multi-master",
+        (1, 0, f) if f > 0 => "fullcopy",
+        (1, t, 0) if t > 0 => "pushdelta",
+        (1, _, _) => "pushdelta+fullcopy",
+        _ => "incomplete",
+    }
+}
+
+/// `capra show all | changed | NAME...`.
+pub fn show(ctx: &Ctx, names: &[String]) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    let rows = model::config(&mut cat.client)?;
+    let pick: Vec<_> = if names.is_empty() || names.iter().any(|n| n == "all") {
+        rows
+    } else if names.iter().any(|n| n == "changed") {
+        rows.into_iter().filter(|r| r.setting != r.defval).collect()
+    } else {
+        let sel: Vec<_> = rows
+            .into_iter()
+            .filter(|r| {
+                names.iter().any(|n| {
+                    let n = n.to_lowercase();
+                    if n.contains(['*', '%']) {
+                        wildcard_match(&n.replace('%', "*"), &r.name)
+                    } else {
+                        r.name.contains(&n)
+                    }
+                })
+            })
+            .collect();
+        if sel.is_empty() {
+            return Err(Error::Usage(format!(
+                "no setting matches {}; see: capra show all",
+                names.join(", ")
+            )));
+        }
+        sel
+    };
+    if ctx.json {
+        let m: serde_json::Map<String, Value> = pick
+            .iter()
+            .map(|r| (r.name.clone(), Value::String(r.setting.clone())))
+            .collect();
+        emit_json(Value::Object(m));
+        return Ok(());
+    }
+    let w = pick.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &pick {
+        if ctx.verbose > 0 {
+            println!("{:<w$} = {}   # {}", r.name, r.setting, r.about);
+        } else {
+            println!("{:<w$} = {}", r.name, r.setting);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Everything a user types and sees: the command grammar (Bucardo 5 and the
+//! Bucardo 4 forms of the field reports), output formats, and the mapping
+//! from errors to one line and an exit status. No SQL lives here; commands
+//! call the catalog, capture and daemon modules.
+
+pub mod catalog_cmds;
+pub mod install;
+pub mod kv;
+pub mod list;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::catalog::Catalog;
+use crate::config::{self, Settings};
+use crate::error::{Error, Result};
+
+/// capra's command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "capra",
+    version,
+    about = "Asynchronous, trigger-based PostgreSQL replication (the Rust successor to Bucardo)",
+    disable_help_flag = true,
+    after_help = "Global options name the control database; they may also come from CAPRA_DBHOST, CAPRA_DBPORT,\nCAPRA_DBUSER, CAPRA_DBNAME, CAPRA_DBPASS, --config FILE, ~/.caprarc, /etc/capra/capra.conf, then PGHOST etc."
+)]
+pub struct Cli {
+    /// Control database host or socket directory.
+    #[arg(
+        short = 'h',
+        long = "dbhost",
+        visible_alias = "db-host",
+        global = true,
+        env = "CAPRA_DBHOST",
+        value_name = "HOST"
+    )]
+    pub dbhost: Option<String>,
+    /// Control database port.
+    #[arg(
+        short = 'p',
+        long = "dbport",
+        visible_alias = "db-port",
+        global = true,
+        env = "CAPRA_DBPORT",
+        value_name = "PORT"
+    )]
+    pub dbport: Option<u16>,
+    /// Control database user (default capra).
+    #[arg(
+        short = 'U',
+        long = "dbuser",
+        visible_alias = "db-user",
+        global = true,
+        env = "CAPRA_DBUSER",
+        value_name = "USER"
+    )]
+    pub dbuser: Option<String>,
+    /// Control database name (default capra).
+    #[arg(
+        short = 'd',
+        long = "dbname",
+        visible_alias = "db-name",
+        global = true,
+        env = "CAPRA_DBNAME",
+        value_name = "DB"
+    )]
+    pub dbname: Option<String>,
+    /// Control database password (also CAPRA_DBPASS or .pgpass).
+    #[arg(
+        short = 'P',
+        long = "dbpass",
+        visible_alias = "db-pass",
+        global = true,
+        env = "CAPRA_DBPASS",
+        hide_env_values = true,
+        value_name = "PASS"
+    )]
+    pub dbpass: Option<String>,
+    /// Config file of `key = value` lines.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output for list, show and status.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail (repeatable).
+    #[arg(short = 'v', long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+    /// Print help.
+    #[arg(long, global = true, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create (or upgrade in place) the control database.
+    #[command(alias = "upgrade")]
+    Install(install::InstallArgs),
+    /// Add a database, table, sequence, relgroup, dbgroup, sync or customcode.
+    Add {
+        /// What to add.
+        #[command(subcommand)]
+        noun: AddNoun,
+    },
+    /// Change a database, table, sequence, dbgroup, sync or customcode.
+    #[command(alias = "upd")]
+    Update {
+        /// What to change.
+        #[command(subcommand)]
+        noun: Noun,
+    },
+    /// Remove a database, table, sequence, relgroup, dbgroup, sync or customcode.
+    #[command(alias = "delete", alias = "del")]
+    Remove {
+        /// What to remove.
+        #[command(subcommand)]
+        noun: Noun,
+    },
+    /// List catalog objects.
+    #[command(alias = "l")]
+    List(list::ListArgs),
+    /// Show settings: `show all`, `show changed`, `show NAME...`.
+    Show {
+        /// Setting names or patterns, `all` or `changed`.
+        names: Vec<String>,
+    },
+    /// Change settings: `set name=value...`.
+    Set {
+        /// `name=value` pairs.
+        pairs: Vec<String>,
+    },
+    /// Bucardo 4 spelling: `config show ...` / `config set ...`.
+    Config {
+        /// `show ...` or `set ...`.
+        words: Vec<String>,
+    },
+    /// Check syncs against their live databases: `validate SYNC... | all`.
+    Validate {
+        /// Sync names, or `all`.
+        names: Vec<String>,
+    },
+    /// Activate syncs.
+    Activate {
+        /// Sync names.
+        names: Vec<String>,
+    },
+    /// Deactivate syncs.
+    Deactivate {
+        /// Sync names.
+        names: Vec<String>,
+    },
+}
+
+/// Nouns of `add`.
+#[derive(Subcommand, Debug)]
+pub enum AddNoun {
+    /// `add db NAME dbname=D [host=H] [port=P] [user=U] [pass=X] [conn=K=V] [service=S]`.
+    #[command(visible_alias = "database", alias = "dbs", alias = "databases")]
+    Db(Words),
+    /// `add all tables|sequences db=NAME [relgroup=RG] [-T T] [-t T] [-N S] [-n S]`.
+    All(AddAll),
+    /// `add table T [T...] db=NAME [relgroup=RG]`.
+    #[command(alias = "tables")]
+    Table(Words),
+    /// `add sequence S [S...] db=NAME [relgroup=RG]`.
+    #[command(alias = "sequences", alias = "seq")]
+    Sequence(Words),
+    /// `add relgroup NAME [T...]` (Bucardo 4: herd).
+    #[command(visible_alias = "herd", alias = "relgroups", alias = "herds")]
+    Relgroup(Words),
+    /// `add dbgroup NAME DB[:role]...`.
+    #[command(alias = "dbgroups")]
+    Dbgroup(Words),
+    /// `add sync NAME relgroup=RG dbs=GROUP|DB:role,... [options]`.
+    #[command(alias = "syncs")]
+    Sync(Words),
+    /// `add customcode NAME whenrun=HOOK src_code=FILE.lua (sync=S | relation=T)`.
+    #[command(alias = "customcodes", alias = "code", alias = "codes")]
+    Customcode(Words),
+}
+
+/// Nouns of `update` and `remove`.
+#[derive(Subcommand, Debug)]
+pub enum Noun {
+    /// A database.
+    #[command(visible_alias = "database", alias = "dbs", alias = "databases")]
+    Db(Words),
+    /// A table.
+    #[command(alias = "tables")]
+    Table(Words),
+    /// A sequence.
+    #[command(alias = "sequences", alias = "seq")]
+    Sequence(Words),
+    /// A relgroup (herd).
+    #[command(visible_alias = "herd", alias = "relgroups", alias = "herds")]
+    Relgroup(Words),
+    /// A dbgroup.
+    #[command(alias = "dbgroups")]
+    Dbgroup(Words),
+    /// A sync.
+    #[command(alias = "syncs")]
+    Sync(Words),
+    /// A customcode.
+    #[command(alias = "customcodes", alias = "code", alias = "codes")]
+    Customcode(Words),
+}
+
+/// Positional names and `key=value` pairs.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Words {
+    /// Skip safety checks: add a database without a test connection, remove
+    /// objects with their dependents.
+    #[arg(long)]
+    pub force: bool,
+    /// Names and key=value pairs, in any order.
+    pub words: Vec<String>,
+}
+
+/// What `add all` adds.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllWhat {
+    /// Every table.
+    #[value(alias = "table")]
+    Tables,
+    /// Every sequence.
+    #[value(alias = "sequence")]
+    Sequences,
+}
+
+/// `add all tables|sequences`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct AddAll {
+    /// tables or sequences.
+    pub what: AllWhat,
+    /// Leave out this table (repeatable; comma lists allowed).
+    #[arg(short = 'T', long = "exclude-table", value_name = "TABLE")]
+    pub exclude_table: Vec<String>,
+    /// Only this table (repeatable; comma lists allowed).
+    #[arg(short = 't', long = "table", value_name = "TABLE")]
+    pub table: Vec<String>,
+    /// Leave out this schema (repeatable).
+    #[arg(short = 'N', long = "exclude-schema", value_name = "SCHEMA")]
+    pub exclude_schema: Vec<String>,
+    /// Only this schema (repeatable).
+    #[arg(short = 'n', long = "schema", value_name = "SCHEMA")]
+    pub schema: Vec<String>,
+    /// Relgroup to put them in (Bucardo 4: --herd).
+    #[arg(long = "relgroup", alias = "herd", value_name = "RELGROUP")]
+    pub relgroup: Option<String>,
+    /// Database to read them from.
+    #[arg(long = "db", alias = "database", value_name = "DB")]
+    pub db: Option<String>,
+    /// key=value pairs (db=, relgroup=, herd=, standard_conflict=).
+    pub words: Vec<String>,
+}
+
+/// What every command gets: settings and output flags.
+pub struct Ctx {
+    /// Where the control database is, and daemon file settings.
+    pub settings: Settings,
+    /// `--json`.
+    pub json: bool,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Prints a normal output line unless `--quiet`.
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}", line.as_ref());
+        }
+    }
+
+    /// Opens the control database.
+    pub fn catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.settings, "capra")
+    }
+
+    /// The control connection's user: the default role for `add db`.
+    pub fn control_user(&self) -> String {
+        self.settings
+            .control
+            .user
+            .clone()
+            .or_else(|| std::env::var("PGUSER").ok())
+            .unwrap_or_else(|| "capra".into())
+    }
+}
+
+/// Parses the command line and runs it; returns the exit status.
+pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return 0;
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                    let _ = e.print();
+                    return 2;
+                }
+                _ => {
+                    eprintln!("capra: {}", usage_line(&e));
+                    return 2;
+                }
+            }
+        }
+    };
+    let verbose = cli.verbose;
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&e, verbose);
+            e.exit_code()
+        }
+    }
+}
+
+/// One line from a clap error: its message plus where to read more.
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad usage")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    let tip = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("tip:"))
+        .map(|l| format!(" ({})", l.trim()))
+        .unwrap_or_default();
+    format!("{first}{tip}; see 'capra --help'")
+}
+
+/// Prints an error as one line (and its causes with -v).
+pub fn report(e: &Error, verbose: u8) {
+    match e {
+        Error::Validation { sync, problems } => {
+            for p in problems {
+                eprintln!("capra: sync \"{sync}\": {p}");
+            }
+        }
+        _ => eprintln!("capra: {}", crate::pg::error::flatten(&e.to_string())),
+    }
+    if verbose > 0 {
+        let mut cur = std::error::Error::source(e);
+        while let Some(c) = cur {
+            eprintln!("  caused by: {c}");
+            cur = c.source();
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let flags = config::Flags {
+        dbhost: cli.dbhost.clone(),
+        dbport: cli.dbport,
+        dbuser: cli.dbuser.clone(),
+        dbname: cli.dbname.clone(),
+        dbpass: cli.dbpass.clone(),
+        config: cli.config.clone(),
+    };
+    let settings = config::load(&flags)?;
+    let ctx = Ctx {
+        settings,
+        json: cli.json,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Install(a) => install::run(&ctx, &flags, a),
+        Command::Add { noun } => catalog_cmds::add(&ctx, noun),
+        Command::Update { noun } => catalog_cmds::update(&ctx, noun),
+        Command::Remove { noun } => catalog_cmds::remove(&ctx, noun),
+        Command::List(a) => list::run(&ctx, a),
+        Command::Show { names } => list::show(&ctx, &names),
+        Command::Set { pairs } => catalog_cmds::set(&ctx, &pairs),
+        Command::Config { words } => match words.split_first() {
+            None => list::show(&ctx, &["all".to_string()]),
+            Some((w, rest)) if w == "show" => list::show(&ctx, rest),
+            Some((w, rest)) if w == "set" => catalog_cmds::set(&ctx, rest),
+            Some((w, _)) => Err(Error::Usage(format!(
+                "unknown config action '{w}': use 'capra show ...' or 'capra set name=value'"
+            ))),
+        },
+        Command::Validate { names } => validate::run(&ctx, &names),
+        Command::Activate { names } => catalog_cmds::set_status(&ctx, &names, true),
+        Command::Deactivate { names } => catalog_cmds::set_status(&ctx, &names, false),
+    }
+}
+
+/// Drops Bucardo's noise words (`sync`, `syncs`) from a list of sync names.
+pub fn strip_noise(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !matches!(n.to_lowercase().as_str(), "sync" | "syncs"))
+        .cloned()
+        .collect()
+}

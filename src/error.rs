@@ -1,0 +1,188 @@
+//! capra's error type. Each variant names the object involved and, where
+//! there is one, what to do next; `main` prints it as one line and maps it to
+//! the exit status (2 for bad usage, 1 for everything else).
+
+use crate::pg;
+
+/// Everything that can go wrong in a capra command or the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line itself is wrong (unknown key, bad value, bad name).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A named object does not exist.
+    #[error("{kind} \"{name}\" does not exist{hint}")]
+    NotFound {
+        /// What kind of object (`sync`, `database`, ...).
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// What to do, starting with "; " (may be empty).
+        hint: String,
+    },
+
+    /// A name is taken.
+    #[error("{kind} \"{name}\" already exists{hint}")]
+    Duplicate {
+        /// What kind of object.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What to do, starting with "; " (may be empty).
+        hint: String,
+    },
+
+    /// The request is well-formed but breaks a rule; the text says which and
+    /// what to do.
+    #[error("{0}")]
+    Rejected(String),
+
+    /// A database could not be reached or refused the login.
+    #[error("cannot connect to {target} ({summary}): {detail}")]
+    Connect {
+        /// Which database, in words (`database "source_db"`, `the control database`).
+        target: String,
+        /// Connection summary without the password.
+        summary: String,
+        /// The cause, on one line.
+        detail: String,
+        /// The driver error.
+        #[source]
+        source: postgres::Error,
+    },
+
+    /// A statement failed.
+    #[error("{context}: {detail}")]
+    Db {
+        /// What capra was doing.
+        context: String,
+        /// The server's message on one line.
+        detail: String,
+        /// The driver error.
+        #[source]
+        source: postgres::Error,
+    },
+
+    /// A connection description cannot work (bad keyword, missing service).
+    #[error("{target}: {source}")]
+    ConnSpec {
+        /// Which database.
+        target: String,
+        /// Why.
+        #[source]
+        source: pg::connect::ConnSpecError,
+    },
+
+    /// A config file is unreadable or malformed.
+    #[error(transparent)]
+    ConfigFile(#[from] crate::config::file::FileError),
+
+    /// The control database has no catalog or an older/newer one.
+    #[error("{0}")]
+    Catalog(String),
+
+    /// A sync failed validation; one finding per line of the vector.
+    #[error("sync \"{sync}\" failed validation: {}", .problems.join("; "))]
+    Validation {
+        /// The sync.
+        sync: String,
+        /// What is wrong, each naming the table or database.
+        problems: Vec<String>,
+    },
+
+    /// A Lua hook is wrong.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+
+    /// File or process trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What capra was doing.
+        context: String,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Exit status for this error: 2 for usage, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// A not-found error with no hint.
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            hint: String::new(),
+        }
+    }
+
+    /// A not-found error with a hint ("see capra list syncs").
+    pub fn not_found_hint(kind: &'static str, name: impl Into<String>, hint: impl AsRef<str>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            hint: format!("; {}", hint.as_ref()),
+        }
+    }
+
+    /// A duplicate-name error.
+    pub fn duplicate(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::Duplicate {
+            kind,
+            name: name.into(),
+            hint: String::new(),
+        }
+    }
+
+    /// The SQLSTATE behind this error, if a server produced it.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Db { source, .. } | Error::Connect { source, .. } => pg::error::sqlstate(source),
+            _ => None,
+        }
+    }
+
+    /// Whether the error means a database connection is gone.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Db { source, .. } => pg::error::is_connection_loss(source),
+            _ => false,
+        }
+    }
+
+    /// Whether the error is a serialization failure or deadlock.
+    pub fn is_serialization(&self) -> bool {
+        match self {
+            Error::Db { source, .. } => pg::error::is_serialization(source),
+            _ => false,
+        }
+    }
+}
+
+/// Result with capra's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds "what capra was doing" to driver errors.
+pub trait Context<T> {
+    /// Wraps a `postgres::Error` as [`Error::Db`] with this context.
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, postgres::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Db {
+            context: context(),
+            detail: pg::error::describe(&source),
+            source,
+        })
+    }
+}

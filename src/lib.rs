@@ -1,0 +1,33 @@
+//! # capra
+//!
+//! Asynchronous, trigger-based PostgreSQL replication, the Rust successor to
+//! Bucardo: one source to many targets, several sources with conflict
+//! resolution, table-level selection, full copies, and a systemd-native
+//! daemon that runs syncs when a change commits, when kicked, or on a cron
+//! schedule.
+//!
+//! ## The parts (Bucardo's names in brackets)
+//!
+//! - [`catalog`]: the control database: databases, tables, groups, syncs,
+//!   hooks, settings, run history.
+//! - [`capture`]: what capra reads, checks and installs in source databases.
+//! - [`schedule`]: when runs happen (cron, checktime, kicks, retries) \[CTL\].
+//! - [`hooks`]: sandboxed Lua custom code.
+//! - [`cli`]: everything a user types and sees.
+//! - [`config`]: where settings come from.
+//! - [`pg`]: PostgreSQL plumbing shared by all of the above.
+//!
+//! Errors are typed ([`Error`]) and turned into one line at the CLI edge.
+
+#![warn(missing_docs)]
+
+pub mod capture;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod pg;
+pub mod schedule;
+
+pub use error::{Error, Result};

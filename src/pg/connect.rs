@@ -1,0 +1,620 @@
+//! Connecting the way libpq does.
+//!
+//! postgres 0.19 reads no `PGHOST`, `.pgpass` or service file and knows only
+//! three `sslmode`s, while capra's users expect everything `psql` honours.
+//! This module resolves a [`ConnSpec`] into a ready `postgres::Config` plus a
+//! TLS connector, in libpq's order: explicit values, then the service file,
+//! then `PG*` environment variables, then built-in defaults; the password
+//! last from `PGPASSWORD` or the password file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use postgres::config::SslMode;
+use postgres_openssl::MakeTlsConnector;
+
+/// Default bound on establishing a connection; libpq waits forever, which is
+/// exactly the hang capra promises never to have.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the catalog (or the command line) says about a database.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConnSpec {
+    /// Host name, address, or socket directory.
+    pub host: Option<String>,
+    /// TCP port.
+    pub port: Option<u16>,
+    /// Role to log in as.
+    pub user: Option<String>,
+    /// Database name.
+    pub dbname: Option<String>,
+    /// Password; never printed.
+    pub password: Option<String>,
+    /// Extra libpq keywords, `key=value` separated by spaces or `;`.
+    pub conn: String,
+    /// libpq service name (from `pg_service.conf`).
+    pub service: Option<String>,
+}
+
+impl fmt::Debug for ConnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnSpec")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("conn", &self.conn)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+/// Why a connection could not even be attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnSpecError {
+    /// A `conn=` keyword libpq has but capra cannot honour, or a typo.
+    #[error("unknown connection keyword '{0}' (known: {known})", known = KNOWN_KEYWORDS.join(", "))]
+    UnknownKeyword(String),
+    /// A keyword with a value that cannot work.
+    #[error("invalid value for connection keyword '{key}': {value:?} ({why})")]
+    BadValue {
+        /// The keyword.
+        key: String,
+        /// What was given.
+        value: String,
+        /// Why it is wrong.
+        why: String,
+    },
+    /// `conn=` text that is not `key=value` pairs.
+    #[error("malformed connection keywords {0:?}: expected key=value pairs separated by spaces or ';'")]
+    Malformed(String),
+    /// `service=` names a service that no service file defines.
+    #[error("service \"{0}\" not found in any service file (looked in {1})")]
+    UnknownService(String, String),
+    /// TLS set-up failed (bad certificate path, unreadable key).
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+const KNOWN_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "connect_timeout",
+    "application_name",
+    "options",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "target_session_attrs",
+    "service",
+];
+
+/// A connection ready to open: the driver config and the TLS connector.
+#[derive(Clone)]
+pub struct Resolved {
+    /// The driver configuration (holds the password; never print it).
+    pub config: postgres::Config,
+    /// TLS connector honouring sslmode, root certificate and client keys.
+    pub tls: MakeTlsConnector,
+    /// Human summary without the password, for messages: `host=… port=… dbname=… user=…`.
+    pub summary: String,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+/// Parses `conn=` text: `sslmode=require`, `sslmode=require;connect_timeout=5`,
+/// `sslmode=require sslrootcert='/etc/x y.crt'`.
+pub fn parse_keywords(text: &str) -> Result<BTreeMap<String, String>, ConnSpecError> {
+    let mut out = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ';') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') || key.is_empty() {
+            return Err(ConnSpecError::Malformed(text.to_string()));
+        }
+        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n)
+                        }
+                    }
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    _ => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(ConnSpecError::Malformed(text.to_string()));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() || c == ';' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        let key = key.to_lowercase();
+        if !KNOWN_KEYWORDS.contains(&key.as_str()) {
+            return Err(ConnSpecError::UnknownKeyword(key));
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn home() -> Option<PathBuf> {
+    env("HOME").map(PathBuf::from)
+}
+
+/// Candidate service files, in libpq's order.
+fn service_files() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(f) = env("PGSERVICEFILE") {
+        v.push(PathBuf::from(f));
+    } else if let Some(h) = home() {
+        v.push(h.join(".pg_service.conf"));
+    }
+    if let Some(d) = env("PGSYSCONFDIR") {
+        v.push(Path::new(&d).join("pg_service.conf"));
+    } else {
+        v.push(PathBuf::from("/etc/postgresql-common/pg_service.conf"));
+        v.push(PathBuf::from("/etc/pg_service.conf"));
+    }
+    v
+}
+
+/// Reads one service's keywords from the first service file that has it.
+fn lookup_service(name: &str) -> Result<BTreeMap<String, String>, ConnSpecError> {
+    let files = service_files();
+    for f in &files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let mut in_section = false;
+        let mut found = false;
+        let mut map = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('[') && line.ends_with(']') {
+                if in_section {
+                    break;
+                }
+                in_section = &line[1..line.len() - 1] == name;
+                found |= in_section;
+                continue;
+            }
+            if in_section {
+                if let Some((k, v)) = line.split_once('=') {
+                    map.insert(k.trim().to_lowercase(), v.trim().to_string());
+                }
+            }
+        }
+        if found {
+            return Ok(map);
+        }
+    }
+    Err(ConnSpecError::UnknownService(
+        name.to_string(),
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
+}
+
+/// The OS user name, libpq's default role.
+fn os_user() -> String {
+    if let Some(u) = env("USER").or_else(|| env("LOGNAME")) {
+        return u;
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; we copy
+    // the name out immediately and call it from one thread at start-up.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() {
+            if let Ok(s) = std::ffi::CStr::from_ptr((*pw).pw_name).to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    "postgres".to_string()
+}
+
+/// libpq's default socket directory on Debian-family systems, else /tmp.
+fn default_socket_dir() -> String {
+    for d in ["/var/run/postgresql", "/run/postgresql"] {
+        if Path::new(d).is_dir() {
+            return d.to_string();
+        }
+    }
+    "/tmp".to_string()
+}
+
+/// Reads the password from a pgpass-format file, as libpq does: first line
+/// whose host, port, database and user match (`*` matches anything, `\`
+/// escapes `:` and `\`). Files readable by group or others are ignored.
+pub fn pgpass_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} has group or world access; permissions should be u=rw (0600) or less, ignoring it",
+            file.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let host_key = if host.starts_with('/') { "localhost" } else { host };
+    let port_s = port.to_string();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        cur.push(n)
+                    }
+                }
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let m = |pat: &str, v: &str| pat == "*" || pat == v;
+        if m(&fields[0], host_key) && m(&fields[1], &port_s) && m(&fields[2], db) && m(&fields[3], user) {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+/// Resolves a spec into a connectable config, applying libpq's defaults.
+pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, ConnSpecError> {
+    let mut kw = parse_keywords(&spec.conn)?;
+    // Explicit fields override conn= keywords of the same name.
+    let mut set = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            kw.insert(k.to_string(), v.clone());
+        }
+    };
+    set("host", &spec.host);
+    set("port", &spec.port.map(|p| p.to_string()));
+    set("user", &spec.user);
+    set("dbname", &spec.dbname);
+    set("password", &spec.password);
+    set("service", &spec.service);
+    let service = kw.get("service").cloned().or_else(|| env("PGSERVICE"));
+    if let Some(svc) = service {
+        for (k, v) in lookup_service(&svc)? {
+            kw.entry(k).or_insert(v);
+        }
+    }
+    for (k, e) in [
+        ("host", "PGHOST"),
+        ("hostaddr", "PGHOSTADDR"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+        ("password", "PGPASSWORD"),
+        ("passfile", "PGPASSFILE"),
+        ("sslmode", "PGSSLMODE"),
+        ("sslrootcert", "PGSSLROOTCERT"),
+        ("sslcert", "PGSSLCERT"),
+        ("sslkey", "PGSSLKEY"),
+        ("connect_timeout", "PGCONNECT_TIMEOUT"),
+        ("options", "PGOPTIONS"),
+        ("application_name", "PGAPPNAME"),
+        ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+    ] {
+        if !kw.contains_key(k) {
+            if let Some(v) = env(e) {
+                kw.insert(k.to_string(), v);
+            }
+        }
+    }
+    let host = kw
+        .get("host")
+        .cloned()
+        .or_else(|| kw.get("hostaddr").cloned())
+        .unwrap_or_else(default_socket_dir);
+    let port: u16 = match kw.get("port") {
+        Some(p) => p.parse().map_err(|_| ConnSpecError::BadValue {
+            key: "port".into(),
+            value: p.clone(),
+            why: "must be a number between 1 and 65535".into(),
+        })?,
+        None => 5432,
+    };
+    let user = kw.get("user").cloned().unwrap_or_else(os_user);
+    let dbname = kw.get("dbname").cloned().unwrap_or_else(|| user.clone());
+
+    let mut cfg = postgres::Config::new();
+    for h in host.split(',') {
+        cfg.host(h.trim());
+    }
+    if let Some(addr) = kw.get("hostaddr") {
+        for a in addr.split(',') {
+            let ip = a.trim().parse().map_err(|_| ConnSpecError::BadValue {
+                key: "hostaddr".into(),
+                value: a.to_string(),
+                why: "must be an IP address".into(),
+            })?;
+            cfg.hostaddr(ip);
+        }
+    }
+    cfg.port(port).user(&user).dbname(&dbname);
+    let app = kw
+        .get("application_name")
+        .cloned()
+        .unwrap_or_else(|| application_name.to_string());
+    cfg.application_name(&app);
+    if let Some(o) = kw.get("options") {
+        cfg.options(o);
+    }
+    let secs = |k: &str, v: &str| -> Result<Duration, ConnSpecError> {
+        v.trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| ConnSpecError::BadValue {
+                key: k.into(),
+                value: v.into(),
+                why: "must be a whole number of seconds".into(),
+            })
+    };
+    let timeout = match kw.get("connect_timeout") {
+        Some(v) => match secs("connect_timeout", v)? {
+            // libpq: 0 means wait forever; capra keeps its bound instead.
+            d if d.is_zero() => DEFAULT_CONNECT_TIMEOUT,
+            d => d.max(Duration::from_secs(2)),
+        },
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
+    cfg.connect_timeout(timeout);
+    if let Some(v) = kw.get("keepalives") {
+        cfg.keepalives(v != "0");
+    }
+    if let Some(v) = kw.get("keepalives_idle") {
+        cfg.keepalives_idle(secs("keepalives_idle", v)?);
+    }
+    if let Some(v) = kw.get("keepalives_interval") {
+        cfg.keepalives_interval(secs("keepalives_interval", v)?);
+    }
+    if let Some(v) = kw.get("keepalives_count") {
+        cfg.keepalives_retries(v.parse().map_err(|_| ConnSpecError::BadValue {
+            key: "keepalives_count".into(),
+            value: v.clone(),
+            why: "must be a number".into(),
+        })?);
+    }
+    if let Some(v) = kw.get("tcp_user_timeout") {
+        let ms: u64 = v.parse().map_err(|_| ConnSpecError::BadValue {
+            key: "tcp_user_timeout".into(),
+            value: v.clone(),
+            why: "must be milliseconds".into(),
+        })?;
+        cfg.tcp_user_timeout(Duration::from_millis(ms));
+    }
+    if let Some(v) = kw.get("target_session_attrs") {
+        use postgres::config::TargetSessionAttrs as T;
+        cfg.target_session_attrs(match v.as_str() {
+            "any" => T::Any,
+            "read-write" => T::ReadWrite,
+            "read-only" => T::ReadOnly,
+            _ => {
+                return Err(ConnSpecError::BadValue {
+                    key: "target_session_attrs".into(),
+                    value: v.clone(),
+                    why: "capra supports any, read-write, read-only".into(),
+                })
+            }
+        });
+    }
+
+    // Password: explicit, PGPASSWORD (already folded in), then the password file.
+    let password = match kw.get("password") {
+        Some(p) => Some(p.clone()),
+        None => {
+            let file = kw
+                .get("passfile")
+                .map(PathBuf::from)
+                .or_else(|| home().map(|h| h.join(".pgpass")));
+            file.and_then(|f| {
+                host.split(',')
+                    .find_map(|h| pgpass_lookup(&f, h.trim(), port, &dbname, &user))
+            })
+        }
+    };
+    if let Some(p) = &password {
+        cfg.password(p.as_bytes());
+    }
+
+    let sslmode = kw.get("sslmode").map(|s| s.as_str()).unwrap_or("prefer");
+    let tls = tls_connector(sslmode, &kw)?;
+    cfg.ssl_mode(match sslmode {
+        "disable" => SslMode::Disable,
+        "allow" | "prefer" => SslMode::Prefer,
+        _ => SslMode::Require,
+    });
+
+    let mut summary = format!("host={host} port={port} dbname={dbname} user={user}");
+    if sslmode != "prefer" {
+        summary.push_str(&format!(" sslmode={sslmode}"));
+    }
+    Ok(Resolved {
+        config: cfg,
+        tls,
+        summary,
+    })
+}
+
+/// Builds the TLS connector for an sslmode, with libpq's certificate files.
+fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTlsConnector, ConnSpecError> {
+    let tls_err = |e: openssl::error::ErrorStack| ConnSpecError::Tls(e.to_string());
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
+    let pgdir = home().map(|h| h.join(".postgresql"));
+    let root = kw
+        .get("sslrootcert")
+        .map(PathBuf::from)
+        .or_else(|| pgdir.as_ref().map(|d| d.join("root.crt")));
+    let root = root.filter(|p| p.exists());
+    let verify = match sslmode {
+        "disable" | "allow" | "prefer" => false,
+        // libpq: require verifies the CA when a root certificate file exists.
+        "require" => root.is_some(),
+        "verify-ca" | "verify-full" => {
+            if root.is_none() {
+                return Err(ConnSpecError::BadValue {
+                    key: "sslmode".into(),
+                    value: sslmode.into(),
+                    why: "needs a root certificate: set sslrootcert=FILE or create ~/.postgresql/root.crt".into(),
+                });
+            }
+            true
+        }
+        other => {
+            return Err(ConnSpecError::BadValue {
+                key: "sslmode".into(),
+                value: other.into(),
+                why: "use disable, allow, prefer, require, verify-ca or verify-full".into(),
+            })
+        }
+    };
+    if verify {
+        let root = root.expect("checked above");
+        b.set_ca_file(&root)
+            .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", root.display())))?;
+        b.set_verify(SslVerifyMode::PEER);
+    } else {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    let cert = kw
+        .get("sslcert")
+        .map(PathBuf::from)
+        .or_else(|| pgdir.as_ref().map(|d| d.join("postgresql.crt")))
+        .filter(|p| p.exists());
+    if let Some(cert) = cert {
+        let key = kw
+            .get("sslkey")
+            .map(PathBuf::from)
+            .or_else(|| pgdir.as_ref().map(|d| d.join("postgresql.key")))
+            .ok_or_else(|| ConnSpecError::Tls("sslcert given without sslkey".into()))?;
+        b.set_certificate_chain_file(&cert)
+            .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", cert.display())))?;
+        b.set_private_key_file(&key, SslFiletype::PEM)
+            .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", key.display())))?;
+    }
+    let mut connector = MakeTlsConnector::new(b.build());
+    let full = sslmode == "verify-full";
+    connector.set_callback(move |c, _domain| {
+        if !full {
+            c.set_verify_hostname(false);
+        }
+        Ok(())
+    });
+    Ok(connector)
+}
+
+/// Opens one connection (direct, not pooled), bounded by the connect timeout.
+pub fn connect(r: &Resolved) -> Result<postgres::Client, postgres::Error> {
+    r.config.connect(r.tls.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords() {
+        let k = parse_keywords("sslmode=require").unwrap();
+        assert_eq!(k["sslmode"], "require");
+        let k = parse_keywords("sslmode=require;connect_timeout=5").unwrap();
+        assert_eq!(k["connect_timeout"], "5");
+        let k = parse_keywords(" sslrootcert='/a b/c.crt'  sslmode = verify-ca ").unwrap();
+        assert_eq!(k["sslrootcert"], "/a b/c.crt");
+        assert_eq!(k["sslmode"], "verify-ca");
+        assert!(matches!(
+            parse_keywords("sslmod=x"),
+            Err(ConnSpecError::UnknownKeyword(_))
+        ));
+        assert!(parse_keywords("sslmode").is_err());
+        assert!(parse_keywords("a='x").is_err());
+    }
+
+    #[test]
+    fn pgpass() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("pgpass");
+        std::fs::write(&f, "# c\nh1:5432:db:u:one\n*:*:*:u2:t\\:wo\nlocalhost:5433:*:*:three\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(pgpass_lookup(&f, "h1", 5432, "db", "u").as_deref(), Some("one"));
+        assert_eq!(pgpass_lookup(&f, "x", 1, "y", "u2").as_deref(), Some("t:wo"));
+        assert_eq!(pgpass_lookup(&f, "/tmp", 5433, "z", "q").as_deref(), Some("three"));
+        assert_eq!(pgpass_lookup(&f, "h1", 5432, "db", "nobody"), None);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(pgpass_lookup(&f, "h1", 5432, "db", "u"), None);
+    }
+}

@@ -1,0 +1,60 @@
+//! Turning `postgres::Error` into text a DBA can act on.
+//!
+//! The crate's `Display` is deliberately terse ("db error", "error connecting
+//! to server"); the useful part sits in `as_db_error()` and the source chain.
+
+use std::error::Error as StdError;
+
+/// SQLSTATE of a server error, if the error came from the server.
+pub fn sqlstate(e: &postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+/// One line describing a PostgreSQL client error: the server's message with
+/// detail and hint, or the chain of causes for connection-level failures.
+pub fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" (detail: {d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!(" (hint: {h})"));
+        }
+        return flatten(&s);
+    }
+    let mut parts = vec![e.to_string()];
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = c.source();
+    }
+    flatten(&parts.join(": "))
+}
+
+/// Puts multi-line server messages on one line.
+pub fn flatten(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether an error means the connection itself is gone (server down,
+/// network cut, backend terminated), as opposed to a problem with the SQL.
+pub fn is_connection_loss(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code().map(|c| c.code()) {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, connection_failure classes
+        Some(code) => code.starts_with("08") || code == "57P01" || code == "57P02" || code == "57P03",
+        None => true,
+    }
+}
+
+/// Whether retrying the same work is the right answer (serialization
+/// failure or deadlock), as Bucardo does with `kid_serial_sleep`.
+pub fn is_serialization(e: &postgres::Error) -> bool {
+    matches!(e.code().map(|c| c.code()), Some("40001") | Some("40P01"))
+}

@@ -1,0 +1,3 @@
+//! When runs happen: cron schedules, checktime, kicks and retries.
+
+pub mod cron;

@@ -1,0 +1,417 @@
+//! The two field reports (../shared/seeds/), replayed command by command
+//! against capra with `bucardo`/`bucardo_ctl` replaced by `capra`.
+
+use crate::support::{cluster, fixtures, Capra};
+
+/// Confluence report (Bucardo 5): a TLS source with a password user, a local
+/// target, every table but clustersafety, all sequences, a dbgroup with
+/// roles, a sync with autokick=0, validate, then autokick=1.
+#[test]
+fn confluence_catalog_replay() {
+    let (a, b, t) = (cluster::a(), cluster::b(), cluster::tls());
+    // server1: the Confluence source (TLS required), with the fix the report
+    // applies first: hibernate_unique_key gets a primary key.
+    let confluence = fixtures::confluence(t);
+    t.exec(
+        &confluence,
+        "ALTER TABLE hibernate_unique_key ADD PRIMARY KEY (next_hi)",
+    );
+    // server2: schema copied over (pg_dump --schema-only | psql).
+    let target = fixtures::confluence_schema_only(b);
+    b.exec(&target, "ALTER TABLE hibernate_unique_key ADD PRIMARY KEY (next_hi)");
+    let mut c = Capra::install(a);
+    // `capra -U capra -d capra -P <password> ...` as in the report.
+    c.global = vec![
+        "-h".into(),
+        a.host().into(),
+        "-p".into(),
+        a.port.to_string(),
+        "-U".into(),
+        "capra".into(),
+        "-d".into(),
+        c.ctl_db.clone(),
+        "-P".into(),
+        "ctl-password".into(),
+    ];
+    let out = c.ok(&[
+        "add",
+        "db",
+        "source_db",
+        &format!("dbname={confluence}"),
+        "host=127.0.0.1",
+        &format!("port={}", t.port),
+        "user=pwuser",
+        "pass=s3cret-pw",
+        "conn=sslmode=require",
+    ]);
+    assert_eq!(out, "Added database \"source_db\"\n");
+    let out = c.ok(&[
+        "add",
+        "db",
+        "target_db",
+        &format!("dbname={target}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=capra",
+        "pass=whatever",
+    ]);
+    assert_eq!(out, "Added database \"target_db\"\n");
+
+    let out = c.ok(&[
+        "add",
+        "all",
+        "tables",
+        "--exclude-table",
+        "clustersafety",
+        "db=source_db",
+        "relgroup=confluence_db_group",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "Creating relgroup: confluence_db_group");
+    assert!(
+        lines.contains(&"Added table public.AO_92296B_AORECENTLY_VIEWED to relgroup confluence_db_group"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"Added table public.hibernate_unique_key to relgroup confluence_db_group"),
+        "{out}"
+    );
+    assert!(!out.contains("clustersafety"), "{out}");
+    assert_eq!(*lines.last().unwrap(), "New tables added: 10");
+
+    let out = c.ok(&[
+        "add",
+        "all",
+        "sequences",
+        "db=source_db",
+        "relgroup=confluence_db_group",
+    ]);
+    assert!(
+        out.contains("Added sequence public.AO_92296B_AORECENTLY_VIEWED_ID_seq to relgroup confluence_db_group"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Added sequence public.AO_187CCC_SIDEBAR_LINK_ID_seq to relgroup confluence_db_group"),
+        "{out}"
+    );
+    assert!(out.ends_with("New sequences added: 4\n"), "{out}");
+
+    // "In case we have added all tables by mistake":
+    c.ok(&[
+        "add",
+        "table",
+        "clustersafety",
+        "db=source_db",
+        "relgroup=confluence_db_group",
+    ]);
+    let out = c.ok(&["remove", "table", "public.clustersafety", "db=source_db"]);
+    assert_eq!(
+        out,
+        "Removed the following tables:\n  public.clustersafety (DB: source_db)\n"
+    );
+
+    let out = c.ok(&[
+        "add",
+        "dbgroup",
+        "confluence_db_group",
+        "source_db:source",
+        "target_db:target",
+    ]);
+    assert_eq!(
+        out,
+        "Created dbgroup \"confluence_db_group\"\nAdded database \"source_db\" to dbgroup \"confluence_db_group\" as source\nAdded database \"target_db\" to dbgroup \"confluence_db_group\" as target\n"
+    );
+    let out = c.ok(&[
+        "add",
+        "sync",
+        "confluence_sync",
+        "relgroup=confluence_db_group",
+        "dbs=confluence_db_group",
+        "autokick=0",
+    ]);
+    assert_eq!(out, "Added sync \"confluence_sync\"\n");
+    let out = c.ok(&["validate", "confluence_sync"]);
+    assert_eq!(out, "Validating sync confluence_sync ... OK\n");
+    let out = c.ok(&["update", "sync", "confluence_sync", "autokick=1"]);
+    assert!(out.contains("autokick 0 -> 1"), "{out}");
+
+    let out = c.ok(&["list", "tables"]);
+    assert!(
+        out.contains("Table: public.AO_92296B_AORECENTLY_VIEWED  DB: source_db  PK: ID (bigint)"),
+        "{out}"
+    );
+    assert!(out.contains("Table: public.confancestors"), "{out}");
+    assert!(
+        out.contains("PK: descendentid|ancestorposition (bigint|integer)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("PK: entity_name|entity_id|entity_key (varchar|bigint|varchar)"),
+        "{out}"
+    );
+    assert!(!out.contains("clustersafety"), "{out}");
+    // Sorted in byte order like the report: upper-case AO_ tables first.
+    let first = out.lines().next().unwrap();
+    assert!(first.contains("public.AO_187CCC_SIDEBAR_LINK"), "{out}");
+    // Numbered lines are aligned on "Table:".
+    let cols: std::collections::BTreeSet<usize> = out.lines().map(|l| l.find("Table:").unwrap()).collect();
+    assert_eq!(cols.len(), 1, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&c.ok(&["list", "relgroups", "--json"])).unwrap();
+    assert_eq!(json[0]["members"].as_array().unwrap().len(), 14);
+}
+
+/// French report (Bucardo 4.5, pgbench): `add database DBNAME name=`, herds
+/// with -T/-t and --herd=, type=pushdelta|fullcopy|swap syncs with targetdb=
+/// and targetgroup=, the list commands, and the deactivate/remove dance.
+#[test]
+fn pgbench_bucardo4_catalog_replay() {
+    let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
+    // Three hosts, each with its own test1 database filled by pgbench -i.
+    let test1 = crate::support::unique("test1");
+    for cl in [a, b, cc] {
+        cl.create_db(&test1);
+        fixtures::pgbench_init(cl, &test1, 1);
+    }
+    // bucardo_ctl reads its control settings from an rc file; no -U anywhere,
+    // so capra uses its default role (capra) everywhere, as Bucardo used bucardo.
+    let c = Capra::install(a);
+    c.home_file(
+        ".caprarc",
+        &format!("dbhost = 127.0.0.1\ndbport = {}\ndbname = {}\n", a.port, c.ctl_db),
+    );
+    let run = |args: &[&str]| -> String {
+        let r = c.run_raw(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(r.code, Some(0), "{}: {}{}", r.cmd, r.stdout, r.stderr);
+        r.stdout
+    };
+    let fail = |args: &[&str]| -> String {
+        let r = c.run_raw(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(r.code, Some(1), "{}: {}{}", r.cmd, r.stdout, r.stderr);
+        r.stderr
+    };
+    assert!(run(&["show", "all"]).contains("piddir"));
+    let pa = format!("port={}", a.port);
+    let pb = format!("port={}", b.port);
+    let pc = format!("port={}", cc.port);
+    assert_eq!(
+        run(&["add", "database", &test1, "name=test1_master", &pa, "host=127.0.0.1"]),
+        "Added database \"test1_master\"\n"
+    );
+    assert_eq!(
+        run(&["add", "database", &test1, "name=test1_slave", &pb, "host=127.0.0.1"]),
+        "Added database \"test1_slave\"\n"
+    );
+    let out = run(&[
+        "add",
+        "all",
+        "tables",
+        "db=test1_master",
+        "-T",
+        "pgbench_history",
+        "--herd=alpha",
+        "--verbose",
+    ]);
+    assert!(out.contains("Creating relgroup: alpha"), "{out}");
+    assert!(out.contains("New tables added: 3"), "{out}");
+    // The report types db=test1_slave here, then syncs beta *to* test1_slave;
+    // Bucardo 4.5 itself refuses that ("Source and target databases cannot be
+    // the same"), and the report's own later `list herds` shows beta on
+    // test1_master. capra refuses it with one line saying what to do:
+    run(&[
+        "add",
+        "all",
+        "tables",
+        "db=test1_slave",
+        "-t",
+        "pgbench_history",
+        "--herd=betawrong",
+    ]);
+    let err = fail(&[
+        "add",
+        "sync",
+        "wrong",
+        "source=betawrong",
+        "targetdb=test1_slave",
+        "type=fullcopy",
+    ]);
+    assert!(
+        err.contains("Source and target databases cannot be the same: test1_slave"),
+        "{err}"
+    );
+    // ... and the intended command works:
+    let out = run(&[
+        "add",
+        "all",
+        "tables",
+        "db=test1_master",
+        "-t",
+        "pgbench_history",
+        "--herd=beta",
+        "--verbose",
+    ]);
+    assert!(
+        out.contains("Added table public.pgbench_history to relgroup beta"),
+        "{out}"
+    );
+
+    assert!(run(&[
+        "add",
+        "sync",
+        "benchdelta",
+        "source=alpha",
+        "targetdb=test1_slave",
+        "type=pushdelta"
+    ])
+    .starts_with("Added sync \"benchdelta\"\n"));
+    assert!(run(&[
+        "add",
+        "sync",
+        "benchcopy",
+        "source=beta",
+        "targetdb=test1_slave",
+        "type=fullcopy"
+    ])
+    .starts_with("Added sync \"benchcopy\"\n"));
+    let herds = run(&["list", "herds"]);
+    assert!(herds.contains("Herd: alpha  DB: test1_master  Members: public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers\n  Used in syncs: benchdelta"), "{herds}");
+    assert!(
+        herds.contains("Herd: beta  DB: test1_master  Members: public.pgbench_history\n  Used in syncs: benchcopy"),
+        "{herds}"
+    );
+    let syncs = run(&["list", "syncs"]);
+    assert!(syncs.contains("Sync \"benchcopy\"  Relgroup \"beta\"  DB group \"benchcopy\" test1_master:source test1_slave:fullcopy  (fullcopy)  [Active]"), "{syncs}");
+    assert!(syncs.contains("Sync \"benchdelta\"  Relgroup \"alpha\"  DB group \"benchdelta\" test1_master:source test1_slave:target  (pushdelta)  [Active]"), "{syncs}");
+    let dbs = run(&["list", "dbs"]);
+    assert!(
+        dbs.contains(&format!(
+            "Database: test1_master  Status: active  Conn: psql -p {} -U capra -d {test1} -h 127.0.0.1",
+            a.port
+        )),
+        "{dbs}"
+    );
+    let tables = run(&["list", "tables"]);
+    assert!(
+        tables.contains("Table: public.pgbench_accounts  DB: test1_master  PK: aid (integer)"),
+        "{tables}"
+    );
+    assert!(
+        tables.contains("Table: public.pgbench_history   DB: test1_master  PK: none"),
+        "{tables}"
+    );
+    // A fullcopy sync defaults to autokick off: it runs when kicked, as in the report.
+    let j: serde_json::Value = serde_json::from_str(&run(&["list", "sync", "benchcopy", "--json"])).unwrap();
+    assert_eq!(j[0]["autokick"], false);
+    assert!(run(&["list", "sequences"]).contains("There are no sequences."));
+    assert!(run(&["list", "herd", "alpha", "--verbose"]).starts_with("Herd: alpha"));
+
+    // master-2 gets its own capra (a second control database) for the swap sync.
+    let c2 = Capra::install(cc);
+    let pa2 = format!("port={}", a.port);
+    let ok2 = |args: &[&str]| c2.ok(args);
+    ok2(&["add", "database", &test1, "name=test1_master2", "host=127.0.0.1", &pc]);
+    ok2(&["add", "database", &test1, "name=test1_master", "host=127.0.0.1", &pa2]);
+    assert!(ok2(&["list", "db"]).contains("Database: test1_master2"));
+    for noun in ["code", "dbgroup", "sequence", "sync", "customcode"] {
+        assert!(ok2(&["list", noun]).starts_with("There are no"), "{noun}");
+    }
+    let out = ok2(&[
+        "add",
+        "all",
+        "table",
+        "-T",
+        "pgbench_history",
+        "db=test1_master2",
+        "standard_conflict=source",
+        "herd=gamma",
+        "--verbose",
+    ]);
+    assert!(
+        out.contains("Creating relgroup: gamma") && out.contains("New tables added: 3"),
+        "{out}"
+    );
+    assert!(ok2(&[
+        "add",
+        "sync",
+        "benchswap",
+        "source=gamma",
+        "targetdb=test1_master",
+        "type=swap"
+    ])
+    .starts_with("Added sync \"benchswap\""));
+    assert!(ok2(&["list", "syncs"]).contains("test1_master2:source test1_master:source  (multi-master)"));
+    let j: serde_json::Value = serde_json::from_str(&ok2(&["list", "tables", "--json"])).unwrap();
+    assert_eq!(j[0]["conflict_strategy"], "source");
+
+    // Back on master: history to both slave and master-2 through a dbgroup.
+    run(&[
+        "add",
+        "db",
+        &test1,
+        "name=test1_master2",
+        "host=127.0.0.1",
+        "user=capra",
+        &pc,
+    ]);
+    let out = run(&["add", "dbgroup", "test1_history", "test1_slave", "test1_master2"]);
+    assert!(out.contains("Created dbgroup \"test1_history\""), "{out}");
+    assert!(
+        out.contains("Added database \"test1_master2\" to dbgroup \"test1_history\" as target"),
+        "{out}"
+    );
+    assert_eq!(run(&["deactivate", "benchcopy"]), "Deactivating sync benchcopy\n");
+    assert!(run(&["remove", "sync", "benchcopy"]).starts_with("Removed sync \"benchcopy\"\n"));
+    assert!(run(&[
+        "add",
+        "sync",
+        "benchcopy",
+        "source=beta",
+        "targetgroup=test1_history",
+        "type=fullcopy"
+    ])
+    .starts_with("Added sync \"benchcopy\""));
+    assert!(
+        run(&["list", "sync"]).contains("test1_master:source test1_slave:fullcopy test1_master2:fullcopy  (fullcopy)")
+    );
+
+    // The renaming dance.
+    let err = fail(&["remove", "sync", "benchdelta"]);
+    assert!(
+        err.contains("Cannot remove active sync \"benchdelta\": please deactivate it first"),
+        "{err}"
+    );
+    run(&["deactivate", "benchdelta"]);
+    run(&["deactivate", "benchcopy"]);
+    run(&["remove", "sync", "benchdelta"]);
+    run(&["remove", "sync", "benchcopy"]);
+    assert_eq!(run(&["list", "sync"]), "There are no syncs.\n");
+    assert!(run(&[
+        "add",
+        "sync",
+        "benchdeltaalpha",
+        "source=alpha",
+        "targetdb=test1_slave",
+        "type=pushdelta"
+    ])
+    .starts_with("Added sync \"benchdeltaalpha\""));
+    assert!(run(&["list", "dbgroup"]).contains("Dbgroup: test1_history"));
+    assert!(run(&[
+        "add",
+        "sync",
+        "benchcopybeta",
+        "source=beta",
+        "targetgroup=test1_history",
+        "type=fullcopy"
+    ])
+    .starts_with("Added sync \"benchcopybeta\""));
+    let syncs = run(&["list", "sync"]);
+    assert!(
+        syncs.contains("Sync \"benchcopybeta\"") && syncs.contains("Sync \"benchdeltaalpha\""),
+        "{syncs}"
+    );
+    let herd = run(&["list", "herd"]);
+    assert!(
+        herd.contains("Used in syncs: benchdeltaalpha") && herd.contains("Used in syncs: benchcopybeta"),
+        "{herd}"
+    );
+    assert!(run(&["validate", "all"]).contains("Validating sync benchdeltaalpha ... OK"));
+}

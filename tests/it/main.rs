@@ -1,0 +1,10 @@
+//! capra's integration tests: one binary, so the throwaway clusters are
+//! shared and the crate is linked once. Every test makes its own databases.
+
+mod support;
+
+mod catalog_cli;
+mod connections;
+mod field_reports;
+mod install;
+mod validate;

@@ -1,0 +1,45 @@
+//! Databases with known contents for the tests.
+
+use super::cluster::{bin_dir, unique, Cluster};
+
+/// Creates a database holding the Confluence-like schema; returns its name.
+pub fn confluence(c: &Cluster) -> String {
+    let db = c.create_db(&unique("confluence"));
+    c.exec(&db, include_str!("../fixtures/confluence.sql"));
+    db
+}
+
+/// Creates a database with the Confluence-like schema but no rows.
+pub fn confluence_schema_only(c: &Cluster) -> String {
+    let db = c.create_db(&unique("confluence"));
+    let ddl: String = include_str!("../fixtures/confluence.sql")
+        .lines()
+        .filter(|l| !l.starts_with("INSERT"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    c.exec(&db, &ddl);
+    db
+}
+
+/// Creates a database and fills it with `pgbench -i` (scale 1) as the
+/// French report does; returns its name.
+pub fn pgbench(c: &Cluster, name_prefix: &str) -> String {
+    let db = c.create_db(&unique(name_prefix));
+    pgbench_init(c, &db, 1);
+    db
+}
+
+/// Runs `pgbench -i -s SCALE` against an existing database.
+pub fn pgbench_init(c: &Cluster, db: &str, scale: u32) {
+    let out = std::process::Command::new(bin_dir().join("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(&c.socket_dir)
+        .args(["-p", &c.port.to_string(), "-U", "postgres", db])
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,9 @@
+#![allow(dead_code)] // helpers are shared by many test modules; not all use each one
+//! Test harness: clusters, the capra binary, fixtures.
+
+pub mod capra;
+pub mod cluster;
+pub mod fixtures;
+
+pub use capra::Capra;
+pub use cluster::unique;

@@ -1,0 +1,137 @@
+//! `capra validate`: each finding names the table and database; nothing in
+//! the catalog or the databases changes.
+
+use crate::support::{cluster, fixtures, Capra};
+
+fn setup() -> (Capra, String, String) {
+    let a = cluster::a();
+    let b = cluster::b();
+    let c = Capra::install(a);
+    let src = fixtures::confluence(a);
+    let tgt = fixtures::confluence_schema_only(b);
+    c.ok(&[
+        "add",
+        "db",
+        "src",
+        &format!("dbname={src}"),
+        "host=127.0.0.1",
+        &format!("port={}", a.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={tgt}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "all",
+        "tables",
+        "db=src",
+        "relgroup=rg",
+        "-T",
+        "hibernate_unique_key",
+    ]);
+    c.ok(&["add", "all", "sequences", "db=src", "relgroup=rg"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s1",
+        "relgroup=rg",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    (c, src, tgt)
+}
+
+#[test]
+fn ok_then_each_kind_of_drift() {
+    let (c, src, tgt) = setup();
+    let b = cluster::b();
+    let out = c.ok(&["validate", "s1"]);
+    assert_eq!(out.trim(), "Validating sync s1 ... OK");
+    assert_eq!(c.ok(&["validate", "all"]).trim(), "Validating sync s1 ... OK");
+
+    b.exec(&tgt, "DROP TABLE bandana");
+    b.exec(&tgt, "ALTER TABLE content ALTER COLUMN title TYPE integer USING 0");
+    b.exec(&tgt, "ALTER TABLE user_mapping DROP COLUMN username");
+    b.exec(&tgt, "ALTER TABLE confancestors ADD COLUMN must integer NOT NULL");
+    let before = c.snapshot();
+    let r = c.run(&["validate", "s1"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stdout.contains("Validating sync s1 ... FAILED"), "{}", r.stdout);
+    let e = &r.stderr;
+    assert!(
+        e.contains("table public.bandana does not exist in database \"tgt\""),
+        "{e}"
+    );
+    assert!(e.contains("column \"title\" of table public.content is character varying(255) in database \"src\" but integer in \"tgt\""), "{e}");
+    assert!(
+        e.contains("column \"username\" of table public.user_mapping is missing in database \"tgt\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("column \"must\" of table public.confancestors exists only in database \"tgt\" and is NOT NULL"),
+        "{e}"
+    );
+    assert_eq!(before, c.snapshot());
+    // A key dropped on the source after the table was added.
+    cluster::a().exec(&src, "ALTER TABLE clustersafety DROP CONSTRAINT clustersafety_pkey");
+    let r = c.run(&["validate", "s1"]);
+    assert!(
+        r.stderr
+            .contains("key clustersafetyid of table public.clustersafety is no longer a primary or unique key"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn rights_and_unreachable() {
+    let (c, _, tgt) = setup();
+    let b = cluster::b();
+    b.exec("postgres", &format!("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'weak_{tgt}') THEN CREATE ROLE \"weak_{tgt}\" LOGIN; END IF; END $$"));
+    b.exec(
+        &tgt,
+        &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"weak_{tgt}\""),
+    );
+    c.ok(&["update", "db", "tgt", &format!("user=weak_{tgt}")]);
+    let r = c.run(&["validate", "s1"]);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("the role lacks INSERT, DELETE on table public.bandana in database \"tgt\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("the role lacks SELECT, UPDATE on sequence public.content_contentid_seq in database \"tgt\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("cannot set session_replication_role in database \"tgt\""),
+        "{}",
+        r.stderr
+    );
+    // An unreachable database is one clear finding, quickly.
+    c.ok(&[
+        "update",
+        "db",
+        "tgt",
+        "user=postgres",
+        &format!("port={}", cluster::free_port()),
+        "--force",
+    ]);
+    let t0 = std::time::Instant::now();
+    let r = c.run(&["validate", "s1"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("cannot connect to database \"tgt\""), "{}", r.stderr);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+}
