@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod capture;
 pub mod catalog;
 pub mod cli;

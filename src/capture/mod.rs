@@ -2,4 +2,7 @@
 //! checks there (validation) and installs there.
 
 pub mod discover;
+pub mod install;
+pub mod purge;
+pub mod reconcile;
 pub mod validate;

@@ -7,6 +7,7 @@
 pub mod edit;
 pub mod install;
 pub mod model;
+pub mod runs;
 pub mod settings;
 pub mod sync_opts;
 
@@ -17,7 +18,10 @@ use crate::error::{Context, Error, Result};
 use crate::pg;
 
 /// Numbered migrations; `capra install` applies the ones a database lacks.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_catalog.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_catalog.sql")),
+    (2, include_str!("migrations/0002_runs.sql")),
+];
 
 /// The catalog version this build expects.
 pub fn current_version() -> i32 {

@@ -6,6 +6,7 @@ use postgres::Transaction;
 use super::kv::{self, check_name, key, Key};
 use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
 use crate::capture::discover::{self, Found};
+use crate::capture::reconcile;
 use crate::catalog::edit::{self, NewDb};
 use crate::catalog::model::{self, Relation};
 use crate::catalog::{settings, sync_opts, Catalog};
@@ -58,6 +59,26 @@ const CODE_KEYS: &[Key] = &[
     key("about", &[]),
 ];
 
+/// Runs a catalog edit that may change what syncs capture: notes the
+/// affected syncs' sources first, then brings capture on the sources in line
+/// inside open transactions committed right after the catalog.
+fn edit_with_capture<T>(
+    cat: &mut Catalog,
+    affected: impl FnOnce(&mut Transaction<'_>) -> Result<Vec<String>>,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let inst = cat.installation.clone();
+    let (out, pending) = cat.edit(|tx| {
+        let syncs = affected(tx)?;
+        let before = reconcile::before(tx, &syncs)?;
+        let out = f(tx)?;
+        let pending = reconcile::apply(tx, &inst, &before)?;
+        Ok((out, pending))
+    })?;
+    pending.commit()?;
+    Ok(out)
+}
+
 /// `capra add ...`.
 pub fn add(ctx: &Ctx, noun: AddNoun) -> Result<()> {
     match noun {
@@ -91,13 +112,29 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
     let lines = match noun {
         Noun::Db(w) => {
             let names = names_only(&w, "remove db")?;
-            cat.edit(|tx| {
-                let mut out = Vec::new();
-                for n in &names {
-                    out.extend(edit::remove_db(tx, n, w.force)?);
-                }
-                Ok(out)
-            })?
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |tx| {
+                    let mut v = Vec::new();
+                    for n in &n2 {
+                        for g in tx
+                            .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1", &[n])
+                            .ctx(|| "finding dbgroups".into())?
+                        {
+                            v.extend(reconcile::syncs_of_dbgroup(tx, &g.get::<_, String>(0))?);
+                        }
+                    }
+                    Ok(v)
+                },
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_db(tx, n, w.force)?);
+                    }
+                    Ok(out)
+                },
+            )?
         }
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
@@ -115,23 +152,39 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
         }
         Noun::Dbgroup(w) => {
             let names = names_only(&w, "remove dbgroup")?;
-            cat.edit(|tx| {
-                let mut out = Vec::new();
-                for n in &names {
-                    out.extend(edit::remove_dbgroup(tx, n, w.force)?);
-                }
-                Ok(out)
-            })?
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |tx| {
+                    let mut v = Vec::new();
+                    for n in &n2 {
+                        v.extend(reconcile::syncs_of_dbgroup(tx, n)?);
+                    }
+                    Ok(v)
+                },
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_dbgroup(tx, n, w.force)?);
+                    }
+                    Ok(out)
+                },
+            )?
         }
         Noun::Sync(w) => {
             let names = super::strip_noise(&names_only(&w, "remove sync")?);
-            cat.edit(|tx| {
-                let mut out = Vec::new();
-                for n in &names {
-                    out.extend(edit::remove_sync(tx, n)?);
-                }
-                Ok(out)
-            })?
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |_| Ok(n2),
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_sync(tx, n)?);
+                    }
+                    Ok(out)
+                },
+            )?
         }
         Noun::Customcode(w) => {
             let names = names_only(&w, "remove customcode")?;
@@ -550,7 +603,12 @@ fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
             )));
         }
     }
-    let report = cat.edit(|tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()))?;
+    let rgs: Vec<String> = relgroup.iter().cloned().collect();
+    let report = edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
+        |tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()),
+    )?;
     if report.created_relgroup {
         ctx.say(format!(
             "Creating relgroup: {}",
@@ -645,7 +703,12 @@ fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
         discover::sequences(&mut client)?
     };
     let chosen = match_live(&live, &a.positional, kind, &db.name)?;
-    let report = cat.edit(|tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()))?;
+    let rgs: Vec<String> = relgroup.iter().cloned().collect();
+    let report = edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
+        |tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()),
+    )?;
     if report.created_relgroup {
         ctx.say(format!(
             "Creating relgroup: {}",
@@ -667,7 +730,19 @@ fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
 fn remove_relations(cat: &mut Catalog, w: &Words, kind: &str) -> Result<Vec<String>> {
     let a = kv::split(&w.words, &[key("db", &["database"])], &format!("remove {kind}"))?;
     let db = a.get("db").map(String::from);
-    let removed = cat.edit(|tx| edit::remove_relations(tx, &a.positional, db.as_deref(), kind))?;
+    let (terms, db2) = (a.positional.clone(), db.clone());
+    let removed = edit_with_capture(
+        cat,
+        |tx| {
+            let all = model::relations(tx, Some(kind))?;
+            let mut ids = Vec::new();
+            for t in &terms {
+                ids.extend(edit::match_relations(&all, t, db2.as_deref())?.iter().map(|r| r.id));
+            }
+            reconcile::syncs_of_relations(tx, &ids)
+        },
+        |tx| edit::remove_relations(tx, &a.positional, db.as_deref(), kind),
+    )?;
     let mut out = vec![format!("Removed the following {kind}s:")];
     for (n, d) in removed {
         out.push(format!("  {} (DB: {d})", n.human()));
@@ -763,16 +838,21 @@ fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
             "nothing to change for {kind} {term}: give key=value pairs"
         )));
     }
-    cat.edit(|tx| {
-        for (col, val, cast) in &sets {
-            tx.execute(
-                &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
-                &[val, &rel.id],
-            )
-            .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
-        }
-        Ok(())
-    })?;
+    let rel_id = rel.id;
+    edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_relations(tx, &[rel_id]),
+        |tx| {
+            for (col, val, cast) in &sets {
+                tx.execute(
+                    &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
+                    &[val, &rel.id],
+                )
+                .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
+            }
+            Ok(())
+        },
+    )?;
     for l in lines {
         ctx.say(l);
     }
@@ -829,25 +909,30 @@ fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         live_found = match_live(&live, &unknown, "table or sequence", &db.name)?;
         live_db = Some(db.name);
     }
-    let lines = cat.edit(|tx| {
-        let mut out = Vec::new();
-        if edit::ensure_relgroup(tx, name, None)? {
-            out.push(format!("Created relgroup \"{name}\""));
-        } else {
-            out.push(format!("Relgroup \"{name}\" already exists"));
-        }
-        let refs: Vec<&Relation> = known.iter().collect();
-        for n in edit::add_to_relgroup(tx, name, &refs)? {
-            out.push(format!("Added {} to relgroup {name}", n.human()));
-        }
-        if let Some(db) = &live_db {
-            let r = edit::add_relations(tx, db, Some(name), &live_found, None)?;
-            for n in r.grouped {
+    let rgs = vec![name.clone()];
+    let lines = edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
+        |tx| {
+            let mut out = Vec::new();
+            if edit::ensure_relgroup(tx, name, None)? {
+                out.push(format!("Created relgroup \"{name}\""));
+            } else {
+                out.push(format!("Relgroup \"{name}\" already exists"));
+            }
+            let refs: Vec<&Relation> = known.iter().collect();
+            for n in edit::add_to_relgroup(tx, name, &refs)? {
                 out.push(format!("Added {} to relgroup {name}", n.human()));
             }
-        }
-        Ok(out)
-    })?;
+            if let Some(db) = &live_db {
+                let r = edit::add_relations(tx, db, Some(name), &live_found, None)?;
+                for n in r.grouped {
+                    out.push(format!("Added {} to relgroup {name}", n.human()));
+                }
+            }
+            Ok(out)
+        },
+    )?;
     for l in lines {
         ctx.say(l);
     }
@@ -902,7 +987,11 @@ fn update_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         ));
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| edit::update_dbgroup(tx, name, &members))?;
+    let lines = edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_dbgroup(tx, name),
+        |tx| edit::update_dbgroup(tx, name, &members),
+    )?;
     for l in lines {
         ctx.say(l);
     }
@@ -1040,64 +1129,68 @@ fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
         }
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| {
-        let mut out = Vec::new();
-        if model::sync(tx, name)?.is_some() {
-            return Err(Error::Rejected(format!(
-                "A sync with the name \"{name}\" already exists (see: capra list syncs)"
-            )));
-        }
-        let relgroup = match &rg_arg {
-            Some(r) => {
-                if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
-                    return Err(Error::not_found_hint(
-                        "relgroup",
-                        r.clone(),
-                        "create it with capra add all tables db=DB relgroup=NAME",
-                    ));
-                }
-                r.clone()
+    let lines = edit_with_capture(
+        &mut cat,
+        |_| Ok(vec![name.clone()]),
+        |tx| {
+            let mut out = Vec::new();
+            if model::sync(tx, name)?.is_some() {
+                return Err(Error::Rejected(format!(
+                    "A sync with the name \"{name}\" already exists (see: capra list syncs)"
+                )));
             }
-            None => {
-                let all = model::relations(tx, None)?;
-                let mut rels: Vec<Relation> = Vec::new();
-                for t in a.get("tables").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-                    let hits = edit::match_relations(&all, t, None)?;
-                    if hits.is_empty() {
-                        return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
+            let relgroup = match &rg_arg {
+                Some(r) => {
+                    if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
+                        return Err(Error::not_found_hint(
+                            "relgroup",
+                            r.clone(),
+                            "create it with capra add all tables db=DB relgroup=NAME",
+                        ));
                     }
-                    rels.extend(hits.into_iter().cloned());
+                    r.clone()
                 }
-                let mut rg = name.clone();
-                let mut n = 2;
-                while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
-                    rg = format!("{name}_{n}");
-                    n += 1;
+                None => {
+                    let all = model::relations(tx, None)?;
+                    let mut rels: Vec<Relation> = Vec::new();
+                    for t in a.get("tables").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+                        let hits = edit::match_relations(&all, t, None)?;
+                        if hits.is_empty() {
+                            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
+                        }
+                        rels.extend(hits.into_iter().cloned());
+                    }
+                    let mut rg = name.clone();
+                    let mut n = 2;
+                    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
+                        rg = format!("{name}_{n}");
+                        n += 1;
+                    }
+                    edit::ensure_relgroup(tx, &rg, Some(name))?;
+                    let refs: Vec<&Relation> = rels.iter().collect();
+                    edit::add_to_relgroup(tx, &rg, &refs)?;
+                    out.push(format!("Created a new relgroup named \"{rg}\""));
+                    rg
                 }
-                edit::ensure_relgroup(tx, &rg, Some(name))?;
-                let refs: Vec<&Relation> = rels.iter().collect();
-                edit::add_to_relgroup(tx, &rg, &refs)?;
-                out.push(format!("Created a new relgroup named \"{rg}\""));
-                rg
-            }
-        };
-        let (dbgroup, synctype) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
-        let group = model::dbgroup(tx, &dbgroup)?.expect("resolved above");
-        edit::check_sync_shape(tx, name, &relgroup, &group)?;
-        let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
-        let pure_fullcopy = !edit::is_delta(&group);
-        tx.execute(
-            "INSERT INTO capra.sync (name, relgroup, dbgroup, synctype, autokick, stayalive, kidsalive)
+            };
+            let (dbgroup, synctype) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
+            let group = model::dbgroup(tx, &dbgroup)?.expect("resolved above");
+            edit::check_sync_shape(tx, name, &relgroup, &group)?;
+            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+            let pure_fullcopy = !edit::is_delta(&group);
+            tx.execute(
+                "INSERT INTO capra.sync (name, relgroup, dbgroup, synctype, autokick, stayalive, kidsalive)
              VALUES ($1, $2, $3, $4, $5, $5, $5)",
-            &[name, &relgroup, &dbgroup, &synctype, &!pure_fullcopy],
-        )
-        .ctx(|| format!("adding sync \"{name}\""))?;
-        for (k, v) in &opts {
-            set_sync_option(tx, name, k, v, &dbs)?;
-        }
-        out.insert(0, format!("Added sync \"{name}\""));
-        Ok(out)
-    })?;
+                &[name, &relgroup, &dbgroup, &synctype, &!pure_fullcopy],
+            )
+            .ctx(|| format!("adding sync \"{name}\""))?;
+            for (k, v) in &opts {
+                set_sync_option(tx, name, k, v, &dbs)?;
+            }
+            out.insert(0, format!("Added sync \"{name}\""));
+            Ok(out)
+        },
+    )?;
     for l in lines {
         ctx.say(l);
     }
@@ -1169,54 +1262,58 @@ fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
         }
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| {
-        let Some(s) = model::sync(tx, name)? else {
-            return Err(Error::not_found_hint("sync", name.clone(), "see: capra list syncs"));
-        };
-        let mut out = Vec::new();
-        let mut relgroup = s.relgroup.clone();
-        let mut dbgroup = s.dbgroup.clone();
-        if let Some(r) = a.get("relgroup") {
-            relgroup = r.to_string();
-            if !model::relgroups(tx)?.iter().any(|g| g.name == relgroup) {
-                return Err(Error::not_found_hint("relgroup", relgroup, "see: capra list relgroups"));
-            }
-        }
-        if a.has("dbs") {
-            let (g, _) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
-            dbgroup = g;
-        }
-        let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
-        if relgroup != s.relgroup || dbgroup != s.dbgroup {
-            edit::check_sync_shape(tx, name, &relgroup, &group)?;
-            tx.execute(
-                "UPDATE capra.sync SET relgroup = $1, dbgroup = $2 WHERE name = $3",
-                &[&relgroup, &dbgroup, name],
-            )
-            .ctx(|| format!("changing sync \"{name}\""))?;
-            if relgroup != s.relgroup {
-                out.push(format!(
-                    "Updated sync \"{name}\": relgroup {} -> {relgroup}",
-                    s.relgroup
-                ));
-            }
-            if dbgroup != s.dbgroup {
-                out.push(format!("Updated sync \"{name}\": dbgroup {} -> {dbgroup}", s.dbgroup));
-            }
-        }
-        let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
-        for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
-            let (old, new) = set_sync_option(tx, name, k, v, &dbs)?;
-            let show = |x: Option<String>| match x.as_deref() {
-                None => "none".to_string(),
-                Some("true") => "1".into(),
-                Some("false") => "0".into(),
-                Some(t) => t.to_string(),
+    let lines = edit_with_capture(
+        &mut cat,
+        |_| Ok(vec![name.clone()]),
+        |tx| {
+            let Some(s) = model::sync(tx, name)? else {
+                return Err(Error::not_found_hint("sync", name.clone(), "see: capra list syncs"));
             };
-            out.push(format!("Updated sync \"{name}\": {k} {} -> {}", show(old), show(new)));
-        }
-        Ok(out)
-    })?;
+            let mut out = Vec::new();
+            let mut relgroup = s.relgroup.clone();
+            let mut dbgroup = s.dbgroup.clone();
+            if let Some(r) = a.get("relgroup") {
+                relgroup = r.to_string();
+                if !model::relgroups(tx)?.iter().any(|g| g.name == relgroup) {
+                    return Err(Error::not_found_hint("relgroup", relgroup, "see: capra list relgroups"));
+                }
+            }
+            if a.has("dbs") {
+                let (g, _) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
+                dbgroup = g;
+            }
+            let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
+            if relgroup != s.relgroup || dbgroup != s.dbgroup {
+                edit::check_sync_shape(tx, name, &relgroup, &group)?;
+                tx.execute(
+                    "UPDATE capra.sync SET relgroup = $1, dbgroup = $2 WHERE name = $3",
+                    &[&relgroup, &dbgroup, name],
+                )
+                .ctx(|| format!("changing sync \"{name}\""))?;
+                if relgroup != s.relgroup {
+                    out.push(format!(
+                        "Updated sync \"{name}\": relgroup {} -> {relgroup}",
+                        s.relgroup
+                    ));
+                }
+                if dbgroup != s.dbgroup {
+                    out.push(format!("Updated sync \"{name}\": dbgroup {} -> {dbgroup}", s.dbgroup));
+                }
+            }
+            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+            for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
+                let (old, new) = set_sync_option(tx, name, k, v, &dbs)?;
+                let show = |x: Option<String>| match x.as_deref() {
+                    None => "none".to_string(),
+                    Some("true") => "1".into(),
+                    Some("false") => "0".into(),
+                    Some(t) => t.to_string(),
+                };
+                out.push(format!("Updated sync \"{name}\": {k} {} -> {}", show(old), show(new)));
+            }
+            Ok(out)
+        },
+    )?;
     for l in lines {
         ctx.say(l);
     }
@@ -1233,23 +1330,28 @@ pub fn set_status(ctx: &Ctx, names: &[String], active: bool) -> Result<()> {
         )));
     }
     let mut cat = ctx.catalog()?;
-    cat.edit(|tx| {
-        for n in &names {
-            let Some(s) = model::sync(tx, n)? else {
-                return Err(Error::not_found_hint("sync", n.clone(), "see: capra list syncs"));
-            };
-            if active {
-                let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
-                edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
+    let n2 = names.clone();
+    edit_with_capture(
+        &mut cat,
+        |_| Ok(n2),
+        |tx| {
+            for n in &names {
+                let Some(s) = model::sync(tx, n)? else {
+                    return Err(Error::not_found_hint("sync", n.clone(), "see: capra list syncs"));
+                };
+                if active {
+                    let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
+                    edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
+                }
+                tx.execute(
+                    "UPDATE capra.sync SET status = $1 WHERE name = $2",
+                    &[&if active { "active" } else { "inactive" }, n],
+                )
+                .ctx(|| format!("changing the status of sync \"{n}\""))?;
             }
-            tx.execute(
-                "UPDATE capra.sync SET status = $1 WHERE name = $2",
-                &[&if active { "active" } else { "inactive" }, n],
-            )
-            .ctx(|| format!("changing the status of sync \"{n}\""))?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     for n in &names {
         ctx.say(format!(
             "{} sync {n}",

@@ -4,3 +4,4 @@
 pub mod connect;
 pub mod error;
 pub mod ident;
+pub mod pool;

@@ -113,7 +113,7 @@ CREATE TABLE capra.sync (
     analyze_after_copy boolean NOT NULL DEFAULT true,
     vacuum_after_copy  boolean NOT NULL DEFAULT false,
     makedelta   boolean NOT NULL DEFAULT false,
-    deletemethod text NOT NULL DEFAULT 'delete'
+    deletemethod text NOT NULL DEFAULT 'truncate'
                 CHECK (deletemethod IN ('delete', 'truncate', 'truncate_cascade')),
     isolation_level text CHECK (isolation_level IN ('repeatable read', 'serializable')),
     overdue     interval NOT NULL DEFAULT '0',

@@ -1,0 +1,4 @@
+//! Applying changes: one run of a sync (Bucardo's KID).
+
+pub mod plan;
+pub mod run;

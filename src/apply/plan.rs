@@ -1,0 +1,102 @@
+//! What one sync's runs need to know, read from the catalog once per
+//! controller (and again on reload), not on every run.
+
+use postgres::GenericClient;
+
+use crate::capture::install::Target;
+use crate::catalog::model::{self, Db, Relation};
+use crate::error::{Error, Result};
+
+/// A sync resolved into databases by role and relations in order.
+#[derive(Clone, Debug)]
+pub struct SyncPlan {
+    /// The sync's catalog row.
+    pub sync: model::Sync,
+    /// Active source databases (one today; several for multi-master).
+    pub sources: Vec<Db>,
+    /// Active `target` databases (receive changes).
+    pub targets: Vec<Db>,
+    /// Active `fullcopy` databases (receive a full copy every run).
+    pub fullcopy: Vec<Db>,
+    /// Databases skipped because they are inactive.
+    pub skipped: Vec<String>,
+    /// Tables, in relgroup order.
+    pub tables: Vec<Relation>,
+    /// Sequences.
+    pub sequences: Vec<Relation>,
+}
+
+impl SyncPlan {
+    /// Loads a sync's plan from the catalog.
+    pub fn load(c: &mut impl GenericClient, name: &str) -> Result<SyncPlan> {
+        let sync = model::sync(c, name)?.ok_or_else(|| Error::not_found("sync", name))?;
+        let group =
+            model::dbgroup(c, &sync.dbgroup)?.ok_or_else(|| Error::not_found("dbgroup", sync.dbgroup.clone()))?;
+        let rg = model::relgroups(c)?
+            .into_iter()
+            .find(|g| g.name == sync.relgroup)
+            .ok_or_else(|| Error::not_found("relgroup", sync.relgroup.clone()))?;
+        let rels = model::relations(c, None)?;
+        let ordered: Vec<Relation> = rg
+            .members
+            .iter()
+            .filter_map(|id| rels.iter().find(|r| r.id == *id).cloned())
+            .collect();
+        let mut plan = SyncPlan {
+            sync,
+            sources: Vec::new(),
+            targets: Vec::new(),
+            fullcopy: Vec::new(),
+            skipped: Vec::new(),
+            tables: ordered.iter().filter(|r| r.reltype == "table").cloned().collect(),
+            sequences: ordered.iter().filter(|r| r.reltype == "sequence").cloned().collect(),
+        };
+        for m in &group.members {
+            let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
+            if db.status == "inactive" {
+                if m.role == "source" {
+                    return Err(Error::Rejected(format!(
+                        "source database \"{}\" of sync \"{name}\" is inactive; activate it (capra update db {} status=active)",
+                        db.name, db.name
+                    )));
+                }
+                plan.skipped.push(db.name.clone());
+                continue;
+            }
+            match m.role.as_str() {
+                "source" => plan.sources.push(db),
+                "fullcopy" => plan.fullcopy.push(db),
+                _ => plan.targets.push(db),
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The sync's name.
+    pub fn name(&self) -> &str {
+        &self.sync.name
+    }
+
+    /// Whether changes are captured on the sources (a target, or several
+    /// sources); a pure fullcopy sync needs nothing on its source.
+    pub fn is_delta(&self) -> bool {
+        !self.targets.is_empty() || self.sources.len() > 1
+    }
+
+    /// The tables to capture on the sources, with whether to install kicks.
+    pub fn capture_targets(&self) -> Vec<Target> {
+        self.tables
+            .iter()
+            .map(|r| Target {
+                name: r.name.clone(),
+                keycols: r.pkey.clone(),
+                autokick: self.sync.autokick && self.sync.status == "active",
+            })
+            .collect()
+    }
+
+    /// Every database the sync touches.
+    pub fn all_dbs(&self) -> impl Iterator<Item = &Db> {
+        self.sources.iter().chain(&self.targets).chain(&self.fullcopy)
+    }
+}

@@ -1,0 +1,855 @@
+//! One run of a sync (Bucardo's KID): read the source in one REPEATABLE READ
+//! snapshot, find what changed since the sync's consumer snapshot, and on
+//! every target delete those keys and stream the current rows with COPY, all
+//! tables in one transaction per target with `session_replication_role =
+//! replica`. Only after every target committed does the consumer snapshot
+//! move forward, in the source transaction. A crash anywhere before that
+//! leaves the snapshot where it was: the next run applies the same keys
+//! again, and since apply is "delete these keys, copy their current rows",
+//! doing it twice gives the same result. Nothing is lost or duplicated.
+//!
+//! Memory stays bounded: keys come from a portal in chunks of
+//! `statement_chunk_size`, rows flow source -> targets through one buffer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use postgres::{CancelToken, IsolationLevel, Transaction};
+use postgres_openssl::MakeTlsConnector;
+use serde::Serialize;
+
+use super::plan::SyncPlan;
+use crate::capture::discover;
+use crate::catalog::model::{Db, Relation};
+use crate::error::{Context, Error, Result};
+use crate::pg::ident::quote_ident;
+use crate::pg::pool::{Conn, DbPool};
+
+/// Pools by database name, rebuilt when a database's settings change.
+pub struct Pools {
+    map: Mutex<HashMap<String, (Db, DbPool)>>,
+    max_size: u32,
+}
+
+impl Pools {
+    /// Empty set of pools; each holds at most `max_size` connections.
+    pub fn new(max_size: u32) -> Pools {
+        Pools {
+            map: Mutex::new(HashMap::new()),
+            max_size,
+        }
+    }
+
+    /// The pool for a database (created on first use, replaced if its
+    /// connection settings changed).
+    pub fn pool(&self, db: &Db) -> Result<DbPool> {
+        let mut m = self.map.lock().unwrap();
+        if let Some((known, p)) = m.get(&db.name) {
+            if known == db {
+                return Ok(p.clone());
+            }
+        }
+        let p = DbPool::new(&db.name, &db.conn_spec(), "capra daemon", self.max_size)?;
+        m.insert(db.name.clone(), (db.clone(), p.clone()));
+        Ok(p)
+    }
+
+    /// A connection to a database.
+    pub fn get(&self, db: &Db) -> Result<Conn> {
+        self.pool(db)?.get()
+    }
+}
+
+/// Cancel handles of the connections a run is using, so stopping the daemon
+/// can interrupt a long COPY (the run then rolls back).
+#[derive(Default)]
+pub struct Cancel {
+    tokens: Mutex<Vec<CancelToken>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Cancel {
+    fn register(&self, c: &postgres::Client) -> Result<()> {
+        if self.is_stopped() {
+            return Err(Error::Rejected("the daemon is stopping".into()));
+        }
+        self.tokens.lock().unwrap().push(c.cancel_token());
+        Ok(())
+    }
+
+    /// Cancels every query of the run (called from another thread).
+    pub fn cancel(&self, tls: &MakeTlsConnector) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.tokens.lock().unwrap().iter() {
+            let _ = t.cancel_query(tls.clone());
+        }
+    }
+
+    /// Whether a cancel was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forgets the registered connections (the run is over).
+    pub fn clear(&self) {
+        self.tokens.lock().unwrap().clear();
+    }
+}
+
+/// What a run needs besides the plan.
+pub struct RunEnv<'a> {
+    /// Connection pools.
+    pub pools: &'a Pools,
+    /// This installation (tags the consumer on sources).
+    pub installation: &'a str,
+    /// Keys per DELETE statement.
+    pub chunk: usize,
+    /// `repeatable read` or `serializable`.
+    pub isolation: &'a str,
+    /// Cancel handles.
+    pub cancel: &'a Cancel,
+}
+
+/// Per-sync memory kept between runs: table shapes and the sequence values
+/// already applied.
+#[derive(Default)]
+pub struct RunCache {
+    meta: HashMap<i32, TableMeta>,
+    seqs: HashMap<(i32, String), SeqState>,
+}
+
+impl RunCache {
+    /// Forgets table shapes (after a reload or a failed run).
+    pub fn forget_shapes(&mut self) {
+        self.meta.clear();
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TableMeta {
+    /// Quoted column list (non-generated source columns).
+    cols: String,
+    /// `ONLY ` for plain tables; nothing for partitioned ones.
+    only: &'static str,
+    /// Per written database: the key columns' types there (for casts).
+    key_types: HashMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SeqState {
+    last_value: i64,
+    is_called: bool,
+    attrs: Option<(i64, i64, i64, i64, i64, bool)>,
+}
+
+/// One table's part of a run.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct TableReport {
+    /// `schema.name`.
+    pub table: String,
+    /// Changed keys read from the source.
+    pub keys: u64,
+    /// Rows deleted on targets (all targets).
+    pub deleted: u64,
+    /// Rows copied into targets (all targets).
+    pub copied: u64,
+    /// Targets that got a full copy of this table.
+    pub full_copies: Vec<String>,
+    /// Whether a source TRUNCATE was replayed.
+    pub truncated: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct RunReport {
+    /// Rows written to targets.
+    pub inserts: u64,
+    /// Rows deleted from targets.
+    pub deletes: u64,
+    /// Tables truncated on targets.
+    pub truncates: u64,
+    /// Multi-source conflicts settled.
+    pub conflicts: u64,
+    /// Per table, only tables that had work.
+    pub tables: Vec<TableReport>,
+    /// Sequences whose value or settings were written.
+    pub sequences: Vec<String>,
+    /// True when there was nothing to do.
+    pub empty: bool,
+    /// Whether this run performed the sync's onetimecopy.
+    pub onetimecopy: bool,
+    /// Databases skipped because inactive.
+    pub skipped: Vec<String>,
+    /// Seconds the run took.
+    pub seconds: f64,
+}
+
+fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
+    if e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
+        let inner = e
+            .into_inner()
+            .expect("checked")
+            .downcast::<postgres::Error>()
+            .expect("checked");
+        return Error::Db {
+            context: context(),
+            detail: crate::pg::error::describe(&inner),
+            source: *inner,
+        };
+    }
+    Error::Io {
+        context: context(),
+        source: e,
+    }
+}
+
+/// Checks a snapshot string before it is inlined into a COPY query (COPY
+/// takes no parameters); it comes from the server, but trust nothing.
+fn snapshot_literal(s: &str) -> Result<String> {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ':' || c == ',') {
+        Ok(format!("'{s}'::txid_snapshot"))
+    } else {
+        Err(Error::Rejected(format!("unexpected snapshot text {s:?}")))
+    }
+}
+
+/// How a target receives a table in this run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Delta,
+    Copy,
+}
+
+/// Runs a sync once.
+pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<RunReport> {
+    let started = Instant::now();
+    let name = plan.name().to_string();
+    if plan.sources.len() != 1 {
+        return Err(Error::Rejected(format!(
+            "sync \"{name}\" has {} source databases; multi-master runs are not available in this capra release (the catalog accepts them so they can be set up ahead)",
+            plan.sources.len()
+        )));
+    }
+    let src_db = &plan.sources[0];
+    let otc = plan.sync.onetimecopy;
+    let mut report = RunReport {
+        skipped: plan.skipped.clone(),
+        ..Default::default()
+    };
+
+    // --- the source, in one snapshot -------------------------------------------
+    let mut src_conn = env.pools.get(src_db)?;
+    env.cancel.register(&src_conn)?;
+    let iso = if env.isolation == "serializable" {
+        IsolationLevel::Serializable
+    } else {
+        IsolationLevel::RepeatableRead
+    };
+    let mut stx = src_conn
+        .build_transaction()
+        .isolation_level(iso)
+        .start()
+        .ctx(|| format!("starting the read transaction on \"{}\"", src_db.name))?;
+    let delta = plan.is_delta();
+    let (cur, prev): (String, Option<String>) = if delta {
+        let row = stx
+            .query_opt(
+                "SELECT txid_current_snapshot()::text, c.snapshot::text FROM capra.consumer c
+                  WHERE c.installation = $1 AND c.sync = $2 FOR UPDATE",
+                &[&env.installation, &name],
+            )
+            .ctx(|| format!("reading sync \"{name}\"'s position on \"{}\"", src_db.name))?;
+        match row {
+            Some(r) => (r.get(0), Some(r.get(1))),
+            None => {
+                return Err(Error::Rejected(format!(
+                    "change capture for sync \"{name}\" is not installed on \"{}\"; run: capra activate {name}",
+                    src_db.name
+                )))
+            }
+        }
+    } else {
+        let r = stx
+            .query_one("SELECT txid_current_snapshot()::text", &[])
+            .ctx(|| format!("reading a snapshot on \"{}\"", src_db.name))?;
+        (r.get(0), None)
+    };
+
+    // Which tables changed (and which were truncated) since the consumer snapshot.
+    let mut captured: HashMap<(String, String), i32> = HashMap::new();
+    let mut changed: BTreeSet<i32> = BTreeSet::new();
+    let mut truncated: BTreeSet<i32> = BTreeSet::new();
+    let prev_lit = match &prev {
+        Some(p) => Some(snapshot_literal(p)?),
+        None => None,
+    };
+    if let (Some(prev_lit), false) = (&prev_lit, plan.targets.is_empty()) {
+        for r in stx
+            .query("SELECT id, schemaname, relname FROM capra.captured", &[])
+            .ctx(|| "reading captured tables".into())?
+        {
+            captured.insert((r.get(1), r.get(2)), r.get(0));
+        }
+        let mut parts = Vec::new();
+        for t in &plan.tables {
+            let id = *captured
+                .get(&(t.name.schema.clone(), t.name.name.clone()))
+                .ok_or_else(|| {
+                    Error::Rejected(format!(
+                        "table {} of sync \"{name}\" is not captured on \"{}\"; run: capra activate {name}",
+                        t.name.human(),
+                        src_db.name
+                    ))
+                })?;
+            parts.push(format!(
+                "SELECT {id} WHERE EXISTS (SELECT 1 FROM capra.delta_{id} WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit}))"
+            ));
+        }
+        if !parts.is_empty() {
+            for r in stx
+                .query(parts.join(" UNION ALL ").as_str(), &[])
+                .ctx(|| format!("looking for changes on \"{}\"", src_db.name))?
+            {
+                changed.insert(r.get(0));
+            }
+        }
+        for r in stx
+            .query(
+                &format!(
+                    "SELECT DISTINCT captured FROM capra.truncate_log WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})"
+                ),
+                &[],
+            )
+            .ctx(|| "reading truncations".into())?
+        {
+            truncated.insert(r.get(0));
+        }
+    }
+
+    // Sequence values on the source, to compare with what was applied.
+    let seq_src = read_sequences(&mut stx, &plan.sequences)?;
+    let written: Vec<&Db> = plan.targets.iter().chain(&plan.fullcopy).collect();
+    let seq_dirty: Vec<usize> = (0..plan.sequences.len())
+        .filter(|i| {
+            written
+                .iter()
+                .any(|d| cache.seqs.get(&(plan.sequences[*i].id, d.name.clone())) != Some(&seq_src[*i]))
+        })
+        .collect();
+
+    let nothing =
+        changed.is_empty() && truncated.is_empty() && plan.fullcopy.is_empty() && otc == 0 && seq_dirty.is_empty();
+    if nothing {
+        drop(stx);
+        report.empty = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // --- the targets ----------------------------------------------------------
+    let mut conns: Vec<(Db, Conn)> = Vec::new();
+    for d in &written {
+        let c = env.pools.get(d)?;
+        env.cancel.register(&c)?;
+        conns.push(((*d).clone(), c));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut txs: Vec<Transaction<'_>> = Vec::new();
+    for (d, c) in conns.iter_mut() {
+        let mut tx = c
+            .transaction()
+            .ctx(|| format!("starting the apply transaction on \"{}\"", d.name))?;
+        tx.batch_execute("SET LOCAL session_replication_role = replica; SET LOCAL statement_timeout = 0")
+            .ctx(|| {
+                format!(
+                    "switching \"{}\" to session_replication_role = replica (needs a superuser, or PostgreSQL 15+ with SET ON PARAMETER granted)",
+                    d.name
+                )
+            })?;
+        names.push(d.name.clone());
+        txs.push(tx);
+    }
+    let n_targets = plan.targets.len();
+
+    for t in &plan.tables {
+        let meta = table_meta(cache, &mut stx, &mut txs, &names, t)?;
+        let id = captured.get(&(t.name.schema.clone(), t.name.name.clone())).copied();
+        // Decide per written database how it gets this table.
+        let mut modes: Vec<Mode> = Vec::new();
+        for (i, tx) in txs.iter_mut().enumerate() {
+            let mode = if i >= n_targets {
+                Mode::Copy
+            } else if otc == 1 {
+                Mode::Copy
+            } else if otc == 2 {
+                let empty: bool = tx
+                    .query_one(
+                        &format!("SELECT NOT EXISTS (SELECT 1 FROM {}{})", meta.only, t.name.sql()),
+                        &[],
+                    )
+                    .ctx(|| format!("checking whether {} is empty on \"{}\"", t.name.human(), names[i]))?
+                    .get(0);
+                if empty {
+                    Mode::Copy
+                } else {
+                    Mode::Delta
+                }
+            } else {
+                Mode::Delta
+            };
+            modes.push(mode);
+        }
+        let mut tr = TableReport {
+            table: t.name.human(),
+            ..Default::default()
+        };
+        // Full copies.
+        let copy_idx: Vec<usize> = (0..txs.len()).filter(|i| modes[*i] == Mode::Copy).collect();
+        if !copy_idx.is_empty() && !t.ghost {
+            let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
+            for &i in &copy_idx {
+                empty_table(&mut txs[i], &names[i], t, &meta, &plan.sync.deletemethod, &mut tr)?;
+                if rebuild {
+                    txs[i]
+                        .execute(
+                            "UPDATE pg_catalog.pg_class SET relhasindex = false WHERE oid = $1::text::regclass",
+                            &[&t.name.sql()],
+                        )
+                        .ctx(|| {
+                            format!(
+                                "switching off indexes of {} on \"{}\" (rebuild_index needs a superuser)",
+                                t.name.human(),
+                                names[i]
+                            )
+                        })?;
+                }
+                tr.full_copies.push(names[i].clone());
+            }
+            let q = format!(
+                "COPY (SELECT {} FROM {}{}) TO STDOUT",
+                meta.cols,
+                meta.only,
+                t.name.sql()
+            );
+            let rows = pipe(&mut stx, &q, &mut txs, &copy_idx, &names, t, &meta.cols)?;
+            tr.copied += rows;
+            if rebuild {
+                for &i in &copy_idx {
+                    txs[i]
+                        .batch_execute(&format!(
+                            "UPDATE pg_catalog.pg_class SET relhasindex = true WHERE oid = '{}'::regclass; REINDEX TABLE {}",
+                            t.name.sql().replace('\'', "''"),
+                            t.name.sql()
+                        ))
+                        .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), names[i]))?;
+                }
+            }
+            tracing::info!(
+                "Full copy of {} to {}: {rows} rows",
+                t.name.human(),
+                tr.full_copies.join(", ")
+            );
+        }
+        // Changes.
+        let delta_idx: Vec<usize> = (0..txs.len()).filter(|i| modes[*i] == Mode::Delta).collect();
+        if let (Some(id), Some(prev_lit), false) = (id, &prev_lit, delta_idx.is_empty()) {
+            if truncated.contains(&id) {
+                for &i in &delta_idx {
+                    truncate_or_delete(&mut txs[i], &names[i], t, &meta, "truncate")?;
+                }
+                tr.truncated = true;
+                report.truncates += delta_idx.len() as u64;
+            }
+            if changed.contains(&id) {
+                apply_changes(
+                    env, &mut stx, &mut txs, &names, &delta_idx, t, &meta, id, prev_lit, &mut tr,
+                )?;
+                tracing::info!("Delta count for {}.{} : {}", src_db.name, t.name.human(), tr.keys);
+            }
+        }
+        if tr.keys > 0 || tr.copied > 0 || tr.deleted > 0 || tr.truncated || !tr.full_copies.is_empty() {
+            report.inserts += tr.copied;
+            report.deletes += tr.deleted;
+            report.tables.push(tr);
+        }
+    }
+
+    // Sequences: value and, where they differ, settings.
+    for i in 0..plan.sequences.len() {
+        let s = &plan.sequences[i];
+        let v = &seq_src[i];
+        let mut wrote = false;
+        for (j, tx) in txs.iter_mut().enumerate() {
+            if cache.seqs.get(&(s.id, names[j].clone())) == Some(v) {
+                continue;
+            }
+            apply_sequence(tx, &names[j], s, v)?;
+            wrote = true;
+        }
+        if wrote {
+            report.sequences.push(s.name.human());
+        }
+    }
+
+    // --- commit: targets first, then the consumer position ---------------------
+    for (tx, n) in txs.into_iter().zip(&names) {
+        tx.commit().ctx(|| format!("committing on \"{n}\""))?;
+    }
+    if delta {
+        stx.execute(
+            "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, updated = now() WHERE installation = $1 AND sync = $2",
+            &[&env.installation, &name, &cur],
+        )
+        .ctx(|| format!("recording sync \"{name}\"'s position on \"{}\"", src_db.name))?;
+    }
+    stx.commit().ctx(|| format!("committing on \"{}\"", src_db.name))?;
+    for i in 0..plan.sequences.len() {
+        for n in &names {
+            cache.seqs.insert((plan.sequences[i].id, n.clone()), seq_src[i].clone());
+        }
+    }
+    env.cancel.clear();
+    drop(conns);
+
+    // After commit: statistics for freshly copied tables.
+    for tr in &report.tables {
+        let Some(t) = plan.tables.iter().find(|t| t.name.human() == tr.table) else {
+            continue;
+        };
+        for dbname in &tr.full_copies {
+            let Some(db) = written.iter().find(|d| &d.name == dbname) else {
+                continue;
+            };
+            let mut sql = Vec::new();
+            if plan.sync.analyze_after_copy && t.analyze_after_copy {
+                sql.push(format!("ANALYZE {}", t.name.sql()));
+            }
+            if plan.sync.vacuum_after_copy && t.vacuum_after_copy {
+                sql.push(format!("VACUUM {}", t.name.sql()));
+            }
+            if !sql.is_empty() {
+                let mut c = env.pools.get(db)?;
+                for s in sql {
+                    c.batch_execute(&s).ctx(|| format!("{s} on \"{dbname}\""))?;
+                }
+            }
+        }
+    }
+    report.onetimecopy = otc > 0;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Learns a table's columns on the source and its key types on each written
+/// database, once per controller.
+fn table_meta<'m>(
+    cache: &'m mut RunCache,
+    stx: &mut Transaction<'_>,
+    txs: &mut [Transaction<'_>],
+    names: &[String],
+    t: &Relation,
+) -> Result<&'m TableMeta> {
+    let missing = match cache.meta.get(&t.id) {
+        Some(m) => names.iter().any(|n| !m.key_types.contains_key(n)),
+        None => true,
+    };
+    if missing {
+        let kind = discover::kind_of(stx, &t.name)?;
+        if kind.is_none() {
+            return Err(Error::Rejected(format!(
+                "table {} does not exist on the source any more",
+                t.name.human()
+            )));
+        }
+        let src_cols = discover::columns(stx, &t.name)?;
+        let cols: Vec<String> = src_cols
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let mut key_types = HashMap::new();
+        for (tx, n) in txs.iter_mut().zip(names) {
+            let tcols = discover::columns(tx, &t.name)?;
+            if tcols.is_empty() {
+                return Err(Error::Rejected(format!(
+                    "table {} does not exist in database \"{n}\"; create it there (capra validate lists every difference)",
+                    t.name.human()
+                )));
+            }
+            for c in src_cols.iter().filter(|c| !c.generated) {
+                if !tcols.iter().any(|tc| tc.name == c.name) {
+                    return Err(Error::Rejected(format!(
+                        "column \"{}\" of table {} is missing in database \"{n}\"; add it there (capra validate shows every difference)",
+                        c.name,
+                        t.name.human()
+                    )));
+                }
+            }
+            let mut kt = Vec::new();
+            for k in &t.pkey {
+                let c = tcols.iter().find(|c| &c.name == k).ok_or_else(|| {
+                    Error::Rejected(format!(
+                        "key column \"{k}\" of table {} is missing in database \"{n}\"",
+                        t.name.human()
+                    ))
+                })?;
+                kt.push(c.type_name.clone());
+            }
+            key_types.insert(n.clone(), kt);
+        }
+        cache.meta.insert(
+            t.id,
+            TableMeta {
+                cols: cols.join(", "),
+                only: if kind == Some(discover::Kind::Partitioned) {
+                    ""
+                } else {
+                    "ONLY "
+                },
+                key_types,
+            },
+        );
+    }
+    Ok(cache.meta.get(&t.id).expect("inserted above"))
+}
+
+/// Empties a table for a full copy, the sync's way.
+fn empty_table(
+    tx: &mut Transaction<'_>,
+    db: &str,
+    t: &Relation,
+    meta: &TableMeta,
+    method: &str,
+    tr: &mut TableReport,
+) -> Result<()> {
+    let n = truncate_or_delete(tx, db, t, meta, method)?;
+    tr.deleted += n;
+    Ok(())
+}
+
+/// TRUNCATE (falling back to DELETE when foreign keys forbid it) or DELETE;
+/// returns rows deleted (0 for a truncate).
+fn truncate_or_delete(tx: &mut Transaction<'_>, db: &str, t: &Relation, meta: &TableMeta, method: &str) -> Result<u64> {
+    if method != "delete" {
+        let cascade = if method == "truncate_cascade" { " CASCADE" } else { "" };
+        let mut sp = tx.savepoint("capra_truncate").ctx(|| "savepoint".into())?;
+        match sp.batch_execute(&format!("TRUNCATE {}{}{cascade}", meta.only, t.name.sql())) {
+            Ok(()) => {
+                sp.commit().ctx(|| "savepoint".into())?;
+                return Ok(0);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "TRUNCATE of {} on {db} failed ({}); using DELETE",
+                    t.name.human(),
+                    crate::pg::error::describe(&e)
+                );
+                drop(sp);
+            }
+        }
+    }
+    tx.execute(&format!("DELETE FROM {}{}", meta.only, t.name.sql()), &[])
+        .ctx(|| format!("emptying {} on \"{db}\"", t.name.human()))
+}
+
+/// Streams one COPY out of the source into the chosen targets at once;
+/// returns rows written (summed over targets).
+fn pipe(
+    stx: &mut Transaction<'_>,
+    query: &str,
+    txs: &mut [Transaction<'_>],
+    idx: &[usize],
+    names: &[String],
+    t: &Relation,
+    cols: &str,
+) -> Result<u64> {
+    let into = format!("COPY {} ({cols}) FROM STDIN", t.name.sql());
+    let mut writers = Vec::new();
+    for (i, tx) in txs.iter_mut().enumerate() {
+        if idx.contains(&i) {
+            let w = tx
+                .copy_in(into.as_str())
+                .ctx(|| format!("starting COPY into {} on \"{}\"", t.name.human(), names[i]))?;
+            writers.push((i, w));
+        }
+    }
+    let mut reader = stx
+        .copy_out(query)
+        .ctx(|| format!("starting COPY from {}", t.name.human()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| io_err(|| format!("reading {} from the source", t.name.human()), e))?;
+        if n == 0 {
+            break;
+        }
+        for (i, w) in writers.iter_mut() {
+            w.write_all(&buf[..n])
+                .map_err(|e| io_err(|| format!("writing {} to \"{}\"", t.name.human(), names[*i]), e))?;
+        }
+    }
+    drop(reader);
+    let mut rows = 0;
+    for (i, w) in writers {
+        rows += w
+            .finish()
+            .ctx(|| format!("finishing COPY into {} on \"{}\"", t.name.human(), names[i]))?;
+    }
+    Ok(rows)
+}
+
+/// Deletes the changed keys on the delta targets (in chunks) and copies
+/// their current rows from the source.
+#[allow(clippy::too_many_arguments)]
+fn apply_changes(
+    env: &RunEnv<'_>,
+    stx: &mut Transaction<'_>,
+    txs: &mut [Transaction<'_>],
+    names: &[String],
+    idx: &[usize],
+    t: &Relation,
+    meta: &TableMeta,
+    id: i32,
+    prev_lit: &str,
+    tr: &mut TableReport,
+) -> Result<()> {
+    let qk: Vec<String> = t.pkey.iter().map(|k| quote_ident(k)).collect();
+    let changed_keys = format!(
+        "SELECT DISTINCT {} FROM capra.delta_{id} WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})",
+        qk.join(", ")
+    );
+    // DELETE statements per target, with casts to that target's key types.
+    let mut deletes = Vec::new();
+    for &i in idx {
+        let types = &meta.key_types[&names[i]];
+        let sql = if qk.len() == 1 {
+            format!(
+                "DELETE FROM {}{} WHERE {} = ANY ($1::text[]::{}[])",
+                meta.only,
+                t.name.sql(),
+                qk[0],
+                types[0]
+            )
+        } else {
+            let sel: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(j, ty)| format!("(${}::text[])[s.i]::{ty}", j + 1))
+                .collect();
+            format!(
+                "DELETE FROM {}{} WHERE ({}) IN (SELECT {} FROM generate_subscripts($1::text[], 1) AS s(i))",
+                meta.only,
+                t.name.sql(),
+                qk.join(", "),
+                sel.join(", ")
+            )
+        };
+        let stmt = txs[i]
+            .prepare(&sql)
+            .ctx(|| format!("preparing deletes on \"{}\"", names[i]))?;
+        deletes.push((i, stmt));
+    }
+    let text_keys: Vec<String> = qk.iter().map(|k| format!("{k}::text")).collect();
+    let portal = stx
+        .bind(
+            format!("SELECT {} FROM ({changed_keys}) k", text_keys.join(", ")).as_str(),
+            &[],
+        )
+        .ctx(|| format!("reading changed keys of {}", t.name.human()))?;
+    loop {
+        let rows = stx
+            .query_portal(&portal, env.chunk as i32)
+            .ctx(|| format!("reading changed keys of {}", t.name.human()))?;
+        if rows.is_empty() {
+            break;
+        }
+        tr.keys += rows.len() as u64;
+        let cols: Vec<Vec<String>> = (0..qk.len())
+            .map(|j| rows.iter().map(|r| r.get::<_, String>(j)).collect())
+            .collect();
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            cols.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
+        for (i, stmt) in &deletes {
+            tr.deleted += txs[*i]
+                .execute(stmt, &params)
+                .ctx(|| format!("deleting changed rows of {} on \"{}\"", t.name.human(), names[*i]))?;
+        }
+        if rows.len() < env.chunk {
+            break;
+        }
+    }
+    drop(portal);
+    let q = format!(
+        "COPY (SELECT {} FROM {}{} WHERE ({}) IN ({changed_keys})) TO STDOUT",
+        meta.cols,
+        meta.only,
+        t.name.sql(),
+        qk.join(", ")
+    );
+    tr.copied += pipe(stx, &q, txs, idx, names, t, &meta.cols)?;
+    Ok(())
+}
+
+/// Reads each sequence's value and settings on the source.
+fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Result<Vec<SeqState>> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let v = discover::server_version(stx)?;
+    let mut out = Vec::new();
+    for s in seqs {
+        let r = stx
+            .query_one(&format!("SELECT last_value, is_called FROM {}", s.name.sql()), &[])
+            .ctx(|| format!("reading sequence {}", s.name.human()))?;
+        let attrs = if v >= 100000 {
+            stx.query_opt(
+                "SELECT start_value, increment_by, min_value, max_value, cache_size, cycle FROM pg_catalog.pg_sequences
+                  WHERE schemaname = $1 AND sequencename = $2",
+                &[&s.name.schema, &s.name.name],
+            )
+            .ctx(|| format!("reading sequence {}", s.name.human()))?
+            .map(|a| (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
+        } else {
+            let a = stx
+                .query_one(
+                    &format!(
+                        "SELECT start_value, increment_by, min_value, max_value, cache_value, is_cycled FROM {}",
+                        s.name.sql()
+                    ),
+                    &[],
+                )
+                .ctx(|| format!("reading sequence {}", s.name.human()))?;
+            Some((a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
+        };
+        out.push(SeqState {
+            last_value: r.get(0),
+            is_called: r.get(1),
+            attrs,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a sequence's value (and differing settings) on a target.
+fn apply_sequence(tx: &mut Transaction<'_>, db: &str, s: &Relation, v: &SeqState) -> Result<()> {
+    if let Some((start, inc, min, max, cache, cycle)) = v.attrs {
+        let mine = read_sequences(tx, std::slice::from_ref(s))?.pop().and_then(|x| x.attrs);
+        if mine != v.attrs {
+            tx.batch_execute(&format!(
+                "ALTER SEQUENCE {} INCREMENT BY {inc} MINVALUE {min} MAXVALUE {max} START WITH {start} CACHE {cache} {}CYCLE",
+                s.name.sql(),
+                if cycle { "" } else { "NO " }
+            ))
+            .ctx(|| format!("changing the settings of sequence {} on \"{db}\"", s.name.human()))?;
+        }
+    }
+    tx.query_one(
+        "SELECT setval($1::text::regclass, $2, $3)",
+        &[&s.name.sql(), &v.last_value, &v.is_called],
+    )
+    .ctx(|| format!("setting sequence {} on \"{db}\"", s.name.human()))?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Purging replicated change rows from sources (Bucardo's VAC) and counting
+//! what still waits (`capra delta`).
+//!
+//! A change row may go once every consumer of its table has it: its txid is
+//! below the oldest consumer snapshot's xmin. A consumer that stops (its
+//! sync inactive, the daemon down) holds rows back; `delta` shows its age so
+//! nobody is surprised by a growing log, and removing the sync frees them.
+
+use postgres::GenericClient;
+
+use crate::error::{Context, Result};
+
+/// Rows purged from one source database.
+#[derive(Clone, Debug, Default)]
+pub struct Purged {
+    /// Change rows deleted.
+    pub rows: u64,
+    /// Tables whose log was looked at.
+    pub tables: u64,
+}
+
+/// Deletes change rows every consumer has applied; with `older_than`
+/// (an interval), only those also older than that.
+pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Purged> {
+    let mut out = Purged::default();
+    let exists: bool = c
+        .query_one("SELECT to_regclass('capra.captured') IS NOT NULL", &[])
+        .ctx(|| "looking for capra's change capture".into())?
+        .get(0);
+    if !exists {
+        return Ok(out);
+    }
+    let rows = c
+        .query(
+            "SELECT cap.id, min(txid_snapshot_xmin(con.snapshot))
+               FROM capra.captured cap
+               JOIN capra.consumer_table ct ON ct.captured = cap.id
+               JOIN capra.consumer con ON con.installation = ct.installation AND con.sync = ct.sync
+              GROUP BY cap.id ORDER BY cap.id",
+            &[],
+        )
+        .ctx(|| "reading consumer positions".into())?;
+    for r in rows {
+        let id: i32 = r.get(0);
+        let horizon: i64 = r.get(1);
+        let n = match older_than {
+            Some(iv) => c.execute(
+                &format!("DELETE FROM capra.delta_{id} WHERE txid < $1 AND ts < now() - $2::text::interval"),
+                &[&horizon, &iv],
+            ),
+            None => c.execute(&format!("DELETE FROM capra.delta_{id} WHERE txid < $1"), &[&horizon]),
+        }
+        .ctx(|| format!("purging change log {id}"))?;
+        out.rows += n;
+        out.tables += 1;
+    }
+    // Truncation notes every consumer has seen.
+    out.rows += c
+        .execute(
+            "DELETE FROM capra.truncate_log WHERE txid < coalesce((SELECT min(txid_snapshot_xmin(snapshot)) FROM capra.consumer), 0)",
+            &[],
+        )
+        .ctx(|| "purging truncation notes".into())?;
+    Ok(out)
+}
+
+/// Changes waiting for one consumer on one table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Waiting {
+    /// The sync.
+    pub sync: String,
+    /// `schema.table`.
+    pub table: String,
+    /// Change rows not yet applied.
+    pub rows: i64,
+    /// Seconds since the oldest of them was written (lag).
+    pub oldest_secs: Option<f64>,
+}
+
+/// What waits on this source for the given installation's syncs (all when
+/// `syncs` is empty).
+pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String]) -> Result<Vec<Waiting>> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('capra.captured') IS NOT NULL", &[])
+        .ctx(|| "looking for capra's change capture".into())?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = c
+        .query(
+            "SELECT ct.sync, cap.id, cap.schemaname || '.' || cap.relname, con.snapshot::text
+               FROM capra.consumer_table ct
+               JOIN capra.captured cap ON cap.id = ct.captured
+               JOIN capra.consumer con ON con.installation = ct.installation AND con.sync = ct.sync
+              WHERE ct.installation = $1 AND (cardinality($2::text[]) = 0 OR ct.sync = ANY($2))
+              ORDER BY 1, 3",
+            &[&installation, &syncs],
+        )
+        .ctx(|| "reading consumers".into())?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: i32 = r.get(1);
+        let snap: String = r.get(3);
+        let w = c
+            .query_one(
+                &format!(
+                    "SELECT count(*), extract(epoch from now() - min(ts))::float8 FROM capra.delta_{id}
+                      WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot)
+                        AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot)"
+                ),
+                &[&snap],
+            )
+            .ctx(|| format!("counting waiting changes of {}", r.get::<_, String>(2)))?;
+        out.push(Waiting {
+            sync: r.get(0),
+            table: r.get(2),
+            rows: w.get(0),
+            oldest_secs: w.get(1),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,221 @@
+//! The engine's bookkeeping in the control database: run history, per-sync
+//! state, kick requests and the daemon's own row.
+
+use postgres::GenericClient;
+
+use crate::error::{Context, Result};
+
+/// Advisory lock key the running daemon holds on its control connection;
+/// whoever holds it is "the daemon" for this control database.
+pub const DAEMON_LOCK: (i32, i32) = (0x6361_7072, 1);
+
+/// NOTIFY channel for requests to the daemon (kick, reload, stop).
+pub const CONTROL_CHANNEL: &str = "capra_control";
+
+/// NOTIFY channel on which the daemon reports finished kicks.
+pub const KICK_DONE_CHANNEL: &str = "capra_kick_done";
+
+/// NOTIFY channel on which the daemon confirms a reload.
+pub const RELOADED_CHANNEL: &str = "capra_reloaded";
+
+/// The running daemon, if any: (pid, host, started, log destination).
+#[derive(Clone, Debug)]
+pub struct DaemonInfo {
+    /// Process id.
+    pub pid: i32,
+    /// Host name.
+    pub host: String,
+    /// When it started.
+    pub started: String,
+    /// Where it logs.
+    pub logdest: Option<String>,
+}
+
+/// The daemon holding the lock on this control database, if one does.
+pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
+    let held: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND classid::bigint = $1::int::bigint AND objid::bigint = $2::int::bigint AND objsubid = 2)",
+            &[&DAEMON_LOCK.0, &DAEMON_LOCK.1],
+        )
+        .ctx(|| "checking for a running daemon".into())?
+        .get(0);
+    if !held {
+        return Ok(None);
+    }
+    let row = c
+        .query_opt(
+            "SELECT pid, host, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), logdest FROM capra.daemon",
+            &[],
+        )
+        .ctx(|| "reading the daemon row".into())?;
+    Ok(Some(match row {
+        Some(r) => DaemonInfo {
+            pid: r.get(0),
+            host: r.get(1),
+            started: r.get(2),
+            logdest: r.get(3),
+        },
+        None => DaemonInfo {
+            pid: 0,
+            host: "?".into(),
+            started: "?".into(),
+            logdest: None,
+        },
+    }))
+}
+
+/// Records the start of a run; returns its id.
+pub fn start_run(c: &mut impl GenericClient, sync: &str, reason: &str, pid: i32, host: &str) -> Result<i64> {
+    Ok(c.query_one(
+        "INSERT INTO capra.run (sync, state, reason, pid, host) VALUES ($1, 'running', $2, $3, $4) RETURNING id",
+        &[&sync, &reason, &pid, &host],
+    )
+    .ctx(|| format!("recording a run of sync \"{sync}\""))?
+    .get(0))
+}
+
+/// Totals of a finished run.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Rows written.
+    pub inserts: i64,
+    /// Rows deleted.
+    pub deletes: i64,
+    /// Tables truncated.
+    pub truncates: i64,
+    /// Conflicts settled.
+    pub conflicts: i64,
+    /// Tables with work.
+    pub tables: i32,
+}
+
+/// Records a good run (or drops the row of an empty one).
+pub fn finish_run(
+    c: &mut impl GenericClient,
+    sync: &str,
+    id: i64,
+    t: &Totals,
+    details: &serde_json::Value,
+    empty: bool,
+) -> Result<()> {
+    if empty {
+        c.execute("DELETE FROM capra.run WHERE id = $1", &[&id])
+            .ctx(|| "recording an empty run".into())?;
+        c.execute(
+            "INSERT INTO capra.sync_state (sync, last_empty, failures) VALUES ($1, now(), 0)
+             ON CONFLICT (sync) DO UPDATE SET last_empty = now(), failures = 0, next_retry = NULL",
+            &[&sync],
+        )
+        .ctx(|| "recording an empty run".into())?;
+        return Ok(());
+    }
+    c.execute(
+        "UPDATE capra.run SET state = 'good', ended = clock_timestamp(), inserts = $2, deletes = $3, truncates = $4,
+                conflicts = $5, tables = $6, details = $7 WHERE id = $1",
+        &[
+            &id,
+            &t.inserts,
+            &t.deletes,
+            &t.truncates,
+            &t.conflicts,
+            &t.tables,
+            details,
+        ],
+    )
+    .ctx(|| "recording a good run".into())?;
+    c.execute(
+        "INSERT INTO capra.sync_state (sync, last_good, failures) VALUES ($1, $2, 0)
+         ON CONFLICT (sync) DO UPDATE SET last_good = $2, failures = 0, next_retry = NULL",
+        &[&sync, &id],
+    )
+    .ctx(|| "recording a good run".into())?;
+    Ok(())
+}
+
+/// Records a failed run with its error and when it will be retried.
+pub fn fail_run(
+    c: &mut impl GenericClient,
+    sync: &str,
+    id: i64,
+    error: &str,
+    sqlstate: Option<&str>,
+    retry_in_secs: f64,
+) -> Result<()> {
+    c.execute(
+        "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3 WHERE id = $1",
+        &[&id, &error, &sqlstate],
+    )
+    .ctx(|| "recording a failed run".into())?;
+    c.execute(
+        "INSERT INTO capra.sync_state (sync, last_bad, failures, next_retry)
+         VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+         ON CONFLICT (sync) DO UPDATE SET last_bad = $2, failures = capra.sync_state.failures + 1,
+                next_retry = now() + make_interval(secs => $3)",
+        &[&sync, &id, &retry_in_secs],
+    )
+    .ctx(|| "recording a failed run".into())?;
+    Ok(())
+}
+
+/// Marks kick requests answered and wakes whoever waits on them.
+pub fn finish_kicks(
+    c: &mut impl GenericClient,
+    ids: &[i64],
+    run_id: Option<i64>,
+    ok: bool,
+    error: Option<&str>,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    c.execute(
+        "UPDATE capra.kick SET done = clock_timestamp(), run_id = $2, ok = $3, error = $4 WHERE id = ANY($1)",
+        &[&ids, &run_id, &ok, &error],
+    )
+    .ctx(|| "answering kicks".into())?;
+    c.batch_execute(&format!("NOTIFY {KICK_DONE_CHANNEL}"))
+        .ctx(|| "answering kicks".into())?;
+    Ok(())
+}
+
+/// Kick requests not answered yet: (id, sync).
+pub fn pending_kicks(c: &mut impl GenericClient) -> Result<Vec<(i64, String)>> {
+    Ok(
+        c.query("SELECT id, sync FROM capra.kick WHERE done IS NULL ORDER BY id", &[])
+            .ctx(|| "reading kick requests".into())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+    )
+}
+
+/// Closes runs a previous daemon left open (it died mid-run).
+pub fn close_stale_runs(c: &mut impl GenericClient) -> Result<u64> {
+    c.execute(
+        "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(),
+                error = 'the daemon stopped during this run (pid ' || coalesce(pid::text, '?') || '); it was rolled back and is re-run'
+          WHERE state = 'running'",
+        &[],
+    )
+    .ctx(|| "closing runs of a previous daemon".into())
+}
+
+/// Drops history older than `days`, keeping each sync's last good and bad run.
+pub fn prune(c: &mut impl GenericClient, days: i64) -> Result<u64> {
+    let n = c
+        .execute(
+            "DELETE FROM capra.run r WHERE r.ended < now() - make_interval(days => $1::int)
+                AND NOT EXISTS (SELECT 1 FROM capra.sync_state s WHERE s.last_good = r.id OR s.last_bad = r.id)",
+            &[&(days as i32)],
+        )
+        .ctx(|| "pruning run history".into())?;
+    c.execute(
+        "DELETE FROM capra.kick WHERE done < now() - make_interval(days => $1::int)",
+        &[&(days as i32)],
+    )
+    .ctx(|| "pruning kick history".into())?;
+    Ok(n)
+}
