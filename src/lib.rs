@@ -11,7 +11,10 @@
 //! - [`catalog`]: the control database: databases, tables, groups, syncs,
 //!   hooks, settings, run history.
 //! - [`capture`]: what capra reads, checks and installs in source databases.
-//! - [`schedule`]: when runs happen (cron, checktime, kicks, retries) \[CTL\].
+//! - [`apply`]: one run of a sync: read a source snapshot, write targets \[KID\].
+//! - [`daemon`]: the systemd-native daemon: controllers, workers, listeners,
+//!   purger \[MCP, CTL, VAC\].
+//! - [`schedule`]: cron schedules.
 //! - [`hooks`]: sandboxed Lua custom code.
 //! - [`cli`]: everything a user types and sees.
 //! - [`config`]: where settings come from.
@@ -26,6 +29,7 @@ pub mod capture;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod hooks;
 pub mod pg;

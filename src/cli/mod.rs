@@ -4,9 +4,11 @@
 //! call the catalog, capture and daemon modules.
 
 pub mod catalog_cmds;
+pub mod daemon_cmds;
 pub mod install;
 pub mod kv;
 pub mod list;
+pub mod status;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -156,6 +158,54 @@ pub enum Command {
     Deactivate {
         /// Sync names.
         names: Vec<String>,
+    },
+    /// Start the daemon: detached, returning once it is ready or failed;
+    /// `--foreground` stays in front (systemd).
+    Start {
+        /// Run in this process (for systemd's Type=notify).
+        #[arg(long)]
+        foreground: bool,
+        /// Why (logged and kept in the reason file).
+        reason: Vec<String>,
+    },
+    /// Stop the daemon; returns once it is gone.
+    Stop {
+        /// Why.
+        reason: Vec<String>,
+    },
+    /// Stop, then start.
+    Restart {
+        /// Why.
+        reason: Vec<String>,
+    },
+    /// Make the daemon re-read settings and syncs (`reload config` too).
+    Reload {
+        /// Ignored words (`config`, sync names): the daemon reloads everything.
+        words: Vec<String>,
+    },
+    /// Run syncs now: `kick SYNC... [TIMEOUT]` (TIMEOUT seconds waits for the result; 0 waits forever).
+    Kick {
+        /// Sync names, then an optional timeout.
+        words: Vec<String>,
+    },
+    /// One line per sync, or the detail block of the named syncs.
+    Status {
+        /// Sync names (or `all`).
+        syncs: Vec<String>,
+    },
+    /// Change rows waiting to replicate, per source and table.
+    #[command(alias = "deltas")]
+    Delta {
+        /// Source databases (default: all).
+        dbs: Vec<String>,
+    },
+    /// Delete change rows every sync has applied.
+    Purge {
+        /// Keep applied rows younger than this interval.
+        #[arg(long = "older-than", value_name = "INTERVAL")]
+        older_than: Option<String>,
+        /// `all` (Bucardo's spelling) is accepted and ignored.
+        words: Vec<String>,
     },
 }
 
@@ -321,6 +371,9 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
         }
     };
     let verbose = cli.verbose;
+    if !matches!(cli.command, Command::Start { foreground: true, .. }) {
+        crate::daemon::logging::init_cli(verbose);
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -402,6 +455,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Validate { names } => validate::run(&ctx, &names),
         Command::Activate { names } => catalog_cmds::set_status(&ctx, &names, true),
         Command::Deactivate { names } => catalog_cmds::set_status(&ctx, &names, false),
+        Command::Start { foreground, reason } => daemon_cmds::start(&ctx, foreground, &reason, flags.config.as_deref()),
+        Command::Stop { reason } => daemon_cmds::stop(&ctx, &reason),
+        Command::Restart { reason } => {
+            daemon_cmds::stop(&ctx, &reason)?;
+            daemon_cmds::start(&ctx, false, &reason, flags.config.as_deref())
+        }
+        Command::Reload { .. } => daemon_cmds::reload(&ctx),
+        Command::Kick { words } => daemon_cmds::kick(&ctx, &words),
+        Command::Status { syncs } => status::status(&ctx, &syncs),
+        Command::Delta { dbs } => status::delta(&ctx, &dbs),
+        Command::Purge { older_than, words } => {
+            if let Some(w) = words.iter().find(|w| w.as_str() != "all") {
+                return Err(Error::Usage(format!(
+                    "unexpected {w:?} for purge; use --older-than INTERVAL"
+                )));
+            }
+            status::purge_cmd(&ctx, older_than.as_deref())
+        }
     }
 }
 

@@ -1,0 +1,223 @@
+//! `start`, `stop`, `restart`, `reload`, `kick`: talking to the daemon.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use super::Ctx;
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::catalog::{model, runs};
+use crate::daemon;
+use crate::error::{Context, Error, Result};
+
+/// `capra start [--foreground] [REASON]`.
+pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std::path::Path>) -> Result<()> {
+    let reason = if reason.is_empty() {
+        "capra start".to_string()
+    } else {
+        reason.join(" ")
+    };
+    if foreground {
+        return daemon::run_foreground(&ctx.settings, &reason);
+    }
+    ctx.say("Checking for existing processes");
+    ctx.say("Starting capra");
+    let (pid, log) = daemon::spawn_detached(&ctx.settings, &reason, config)?;
+    ctx.say(format!("capra is running (pid {pid}); log: {log}"));
+    Ok(())
+}
+
+/// `capra stop [REASON]`.
+pub fn stop(ctx: &Ctx, reason: &[String]) -> Result<()> {
+    let reason = if reason.is_empty() {
+        "capra stop".to_string()
+    } else {
+        reason.join(" ")
+    };
+    let mut cat = ctx.catalog()?;
+    match daemon::stop(&mut cat, &reason, Duration::from_secs(90))? {
+        Some(d) => ctx.say(format!("Stopped capra (pid {} on {})", d.pid, d.host)),
+        None => ctx.say("capra is not running"),
+    }
+    Ok(())
+}
+
+/// `capra reload [config|SYNC...]`: the daemon re-reads settings and syncs.
+pub fn reload(ctx: &Ctx) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    let Some(d) = runs::daemon(&mut cat.client)? else {
+        return Err(Error::Rejected(
+            "capra is not running; nothing to reload (start it with capra start)".into(),
+        ));
+    };
+    let wait = model::setting(&mut cat.client, "reload_config_timeout")?
+        .parse::<f64>()
+        .unwrap_or(30.0);
+    cat.client
+        .batch_execute(&format!(
+            "LISTEN {}; NOTIFY {}, 'reload'",
+            runs::RELOADED_CHANNEL,
+            runs::CONTROL_CHANNEL
+        ))
+        .ctx(|| "asking the daemon to reload".into())?;
+    let mut n = cat.client.notifications();
+    let got = n.timeout_iter(Duration::from_secs_f64(wait.max(1.0))).next();
+    match got {
+        Ok(Some(_)) => {
+            ctx.say(format!("Reloaded capra (pid {})", d.pid));
+            Ok(())
+        }
+        _ => Err(Error::Rejected(format!(
+            "capra (pid {}) did not confirm the reload within {wait}s",
+            d.pid
+        ))),
+    }
+}
+
+/// `capra kick SYNC... [TIMEOUT]`.
+pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
+    let mut names = super::strip_noise(words);
+    let timeout: Option<u64> = match names.last().map(|w| w.parse::<u64>()) {
+        Some(Ok(t)) => {
+            names.pop();
+            Some(t)
+        }
+        _ => None,
+    };
+    if names.is_empty() {
+        return Err(Error::Usage("usage: capra kick SYNC... [TIMEOUT]".into()));
+    }
+    let mut cat = ctx.catalog()?;
+    let all = model::syncs(&mut cat.client)?;
+    let mut wanted = Vec::new();
+    for n in &names {
+        if n == "all" {
+            wanted.extend(all.iter().filter(|s| s.status == "active").map(|s| s.name.clone()));
+            continue;
+        }
+        match all.iter().find(|s| &s.name == n) {
+            None => {
+                let active: Vec<&str> = all
+                    .iter()
+                    .filter(|s| s.status == "active")
+                    .map(|s| s.name.as_str())
+                    .collect();
+                return Err(Error::NotFound {
+                    kind: "sync",
+                    name: n.clone(),
+                    hint: if active.is_empty() {
+                        "; there are no active syncs".into()
+                    } else {
+                        format!("; active syncs: {}", active.join(", "))
+                    },
+                });
+            }
+            Some(s) if s.status != "active" => {
+                return Err(Error::Rejected(format!(
+                    "Cannot kick inactive sync \"{n}\"; activate it first (capra activate {n})"
+                )))
+            }
+            Some(_) => wanted.push(n.clone()),
+        }
+    }
+    if runs::daemon(&mut cat.client)?.is_none() {
+        return Err(Error::Rejected(
+            "capra is not running, so nothing can run the kick; start it with capra start".into(),
+        ));
+    }
+    if timeout.is_some() {
+        cat.client
+            .batch_execute(&format!("LISTEN {}", runs::KICK_DONE_CHANNEL))
+            .ctx(|| "waiting for the kick".into())?;
+    }
+    let mut ids = Vec::new();
+    for n in &wanted {
+        let id: i64 = cat
+            .client
+            .query_one("INSERT INTO capra.kick (sync) VALUES ($1) RETURNING id", &[n])
+            .ctx(|| format!("kicking sync \"{n}\""))?
+            .get(0);
+        ids.push((id, n.clone()));
+    }
+    cat.client
+        .batch_execute(&format!("NOTIFY {}, 'kick'", runs::CONTROL_CHANNEL))
+        .ctx(|| "kicking".into())?;
+    let Some(limit) = timeout else {
+        for n in &wanted {
+            ctx.say(format!("Kicked sync {n}"));
+        }
+        return Ok(());
+    };
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal() && !ctx.quiet;
+    let mut left = ids.clone();
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_alive_check = Instant::now();
+    while !left.is_empty() {
+        let mut still = Vec::new();
+        for (id, n) in &left {
+            let row = cat
+                .client
+                .query_one(
+                    "SELECT done IS NOT NULL, coalesce(ok, false), error FROM capra.kick WHERE id = $1",
+                    &[id],
+                )
+                .ctx(|| "waiting for the kick".into())?;
+            if !row.get::<_, bool>(0) {
+                still.push((*id, n.clone()));
+                continue;
+            }
+            let secs = start.elapsed().as_secs();
+            if tty {
+                print!("\r");
+            }
+            if row.get::<_, bool>(1) {
+                ctx.say(format!("Kick {n}: [{secs} s] DONE!"));
+            } else {
+                ctx.say(format!("Kick {n}: [{secs} s] KILLED!"));
+                let err: Option<String> = row.get(2);
+                failed.push(format!(
+                    "sync \"{n}\" failed: {}",
+                    err.unwrap_or_else(|| "unknown error".into())
+                ));
+            }
+        }
+        left = still;
+        if left.is_empty() {
+            break;
+        }
+        if limit > 0 && start.elapsed() >= Duration::from_secs(limit) {
+            let names: Vec<&str> = left.iter().map(|l| l.1.as_str()).collect();
+            return Err(Error::Rejected(format!(
+                "Timed out! sync {} did not finish within {limit}s; it keeps running (see: capra status {})",
+                names.join(", "),
+                names[0]
+            )));
+        }
+        if tty {
+            print!("\rKick {}: [{} s] ", left[0].1, start.elapsed().as_secs());
+            let _ = std::io::stdout().flush();
+        }
+        if last_alive_check.elapsed() >= Duration::from_secs(2) {
+            last_alive_check = Instant::now();
+            if runs::daemon(&mut cat.client)?.is_none() {
+                return Err(Error::Rejected(
+                    "the capra daemon stopped while the kick was waiting; start it again with capra start".into(),
+                ));
+            }
+        }
+        let mut n = cat.client.notifications();
+        let _ = n.timeout_iter(Duration::from_millis(250)).next();
+    }
+    if let Some(first) = failed.first() {
+        let more = if failed.len() > 1 {
+            format!(" (and {} more)", failed.len() - 1)
+        } else {
+            String::new()
+        };
+        return Err(Error::Rejected(format!(
+            "{first}{more}; it is retried automatically (see: capra status)"
+        )));
+    }
+    Ok(())
+}

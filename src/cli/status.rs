@@ -1,0 +1,583 @@
+//! `capra status`, `capra delta`, `capra purge`.
+
+use std::collections::BTreeMap;
+
+use postgres::GenericClient;
+use serde_json::{json, Value};
+
+use super::catalog_cmds::connect_db;
+use super::Ctx;
+use crate::apply::plan::SyncPlan;
+use crate::capture::{install, purge};
+use crate::catalog::{model, runs};
+use crate::error::{Context, Error, Result};
+
+/// A sync's status, as both the table and the detail block need it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct SyncStatus {
+    name: String,
+    status: String,
+    state: String,
+    last_good: Option<RunInfo>,
+    last_bad: Option<RunInfo>,
+    last_empty: Option<String>,
+    failures: i32,
+    next_retry: Option<String>,
+    running_since: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct RunInfo {
+    id: i64,
+    started: String,
+    ended: String,
+    age_secs: f64,
+    seconds: f64,
+    inserts: i64,
+    deletes: i64,
+    truncates: i64,
+    conflicts: i64,
+    error: Option<String>,
+    today: bool,
+}
+
+fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<RunInfo>> {
+    let Some(id) = id else { return Ok(None) };
+    let r = c
+        .query_opt(
+            "SELECT id, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), to_char(ended, 'Mon DD, YYYY HH24:MI:SS'),
+                    extract(epoch FROM now() - ended)::float8, extract(epoch FROM ended - started)::float8,
+                    inserts, deletes, truncates, conflicts, error, ended::date = current_date
+               FROM capra.run WHERE id = $1",
+            &[&id],
+        )
+        .ctx(|| "reading run history".into())?;
+    Ok(r.map(|r| RunInfo {
+        id: r.get(0),
+        started: r.get(1),
+        ended: r.get::<_, Option<String>>(2).unwrap_or_default(),
+        age_secs: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+        seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+        inserts: r.get(5),
+        deletes: r.get(6),
+        truncates: r.get(7),
+        conflicts: r.get(8),
+        error: r.get(9),
+        today: r.get::<_, Option<bool>>(10).unwrap_or(false),
+    }))
+}
+
+fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool) -> Result<SyncStatus> {
+    let st = c
+        .query_opt(
+            "SELECT last_good, last_bad, to_char(last_empty, 'Mon DD, YYYY HH24:MI:SS'), failures,
+                    to_char(next_retry, 'HH24:MI:SS'), last_empty
+               FROM capra.sync_state WHERE sync = $1",
+            &[&s.name],
+        )
+        .ctx(|| "reading sync state".into())?;
+    let (good, bad, empty, failures, retry) = match &st {
+        Some(r) => (
+            r.get::<_, Option<i64>>(0),
+            r.get::<_, Option<i64>>(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+        ),
+        None => (None, None, None, 0, None),
+    };
+    let running: Option<String> = c
+        .query_opt(
+            "SELECT to_char(started, 'HH24:MI:SS') FROM capra.run WHERE sync = $1 AND state = 'running' ORDER BY id DESC LIMIT 1",
+            &[&s.name],
+        )
+        .ctx(|| "reading run history".into())?
+        .map(|r| r.get(0));
+    let last_good = run_info(c, good)?;
+    let last_bad = run_info(c, bad)?;
+    let state = if running.is_some() && daemon_up {
+        format!("Running (since {})", running.clone().unwrap_or_default())
+    } else {
+        match (&last_good, &last_bad) {
+            (None, None) if empty.is_none() => "No records found".to_string(),
+            (_, Some(b)) if failures > 0 && last_good.as_ref().is_none_or(|g| g.id < b.id) => {
+                format!("Bad ({failures} failed run{})", if failures == 1 { "" } else { "s" })
+            }
+            _ => "Good".to_string(),
+        }
+    };
+    Ok(SyncStatus {
+        name: s.name.clone(),
+        status: s.status.clone(),
+        state,
+        last_good,
+        last_bad,
+        last_empty: empty,
+        failures,
+        next_retry: if failures > 0 { retry } else { None },
+        running_since: running,
+    })
+}
+
+/// `3d 4h 5m 6s` style age.
+fn age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if d > 0 {
+        out.push_str(&format!("{d}d "));
+    }
+    if d > 0 || h > 0 {
+        out.push_str(&format!("{h}h "));
+    }
+    if d > 0 || h > 0 || m > 0 {
+        out.push_str(&format!("{m}m "));
+    }
+    out.push_str(&format!("{s}s"));
+    out
+}
+
+fn short_time(r: &RunInfo) -> String {
+    if r.today {
+        r.ended.rsplit(' ').next().unwrap_or_default().to_string()
+    } else {
+        r.ended.clone()
+    }
+}
+
+/// `capra status [SYNC...]`.
+pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
+    let names = super::strip_noise(names);
+    let mut cat = ctx.catalog()?;
+    let daemon = runs::daemon(&mut cat.client)?;
+    let all = model::syncs(&mut cat.client)?;
+    if names.is_empty() {
+        let mut rows = Vec::new();
+        for s in &all {
+            rows.push(sync_status(&mut cat.client, s, daemon.is_some())?);
+        }
+        if ctx.json {
+            let d = daemon
+                .as_ref()
+                .map(|d| json!({"pid": d.pid, "host": d.host, "started": d.started, "log": d.logdest}));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"daemon": d, "syncs": rows})).expect("json")
+            );
+            return Ok(());
+        }
+        match &daemon {
+            Some(d) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
+            None => println!("capra daemon: not running (start it with capra start)"),
+        }
+        if rows.is_empty() {
+            println!("No syncs have been created yet.");
+            return Ok(());
+        }
+        let header = [
+            "Name",
+            "State",
+            "Last good",
+            "Time",
+            "Duration",
+            "Last I/D",
+            "Last bad",
+            "Time",
+            "Status",
+        ];
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let g = r.last_good.as_ref();
+                let b = r.last_bad.as_ref();
+                vec![
+                    r.name.clone(),
+                    r.state.clone(),
+                    g.map(short_time).unwrap_or_else(|| "none".into()),
+                    g.map(|g| age(g.age_secs)).unwrap_or_default(),
+                    g.map(|g| format!("{:.1}s", g.seconds)).unwrap_or_default(),
+                    g.map(|g| format!("{}/{}", g.inserts, g.deletes)).unwrap_or_default(),
+                    b.map(short_time).unwrap_or_else(|| "none".into()),
+                    b.map(|b| age(b.age_secs)).unwrap_or_default(),
+                    if r.status == "active" {
+                        "Active".into()
+                    } else {
+                        "Inactive".into()
+                    },
+                ]
+            })
+            .collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0).max(header[i].len()))
+            .collect();
+        let line = |cells: Vec<String>, sep: &str| {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!(" {:<w$} ", c, w = widths[i]))
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        println!(
+            "{}",
+            line(header.iter().map(|s| s.to_string()).collect(), " ").trim_end()
+        );
+        println!(
+            "{}",
+            widths.iter().map(|w| "=".repeat(w + 2)).collect::<Vec<_>>().join("+")
+        );
+        for r in table {
+            println!("{}", line(r, "|").trim_end());
+        }
+        return Ok(());
+    }
+    let list: Vec<&model::Sync> = if names.iter().any(|n| n == "all") {
+        all.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for n in &names {
+            v.push(
+                all.iter()
+                    .find(|s| &s.name == n)
+                    .ok_or_else(|| Error::not_found_hint("sync", n.clone(), "see: capra list syncs"))?,
+            );
+        }
+        v
+    };
+    let mut docs = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let st = sync_status(&mut cat.client, s, daemon.is_some())?;
+        let plan = SyncPlan::load(&mut cat.client, &s.name)?;
+        let pending = pending_for(&cat.installation, &plan);
+        let next = next_run(&mut cat.client, s, &st)?;
+        if ctx.json {
+            docs.push(json!({"status": st, "sync": s, "pending": pending, "next_run": next,
+                "tables": plan.tables.len() + plan.sequences.len()}));
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        print_detail(s, &st, &plan, &pending, next.as_deref());
+    }
+    if ctx.json {
+        let v = if docs.len() == 1 {
+            docs.pop().unwrap()
+        } else {
+            Value::Array(docs)
+        };
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    }
+    Ok(())
+}
+
+/// Pending changes per source: (db, rows, oldest seconds) or the error.
+fn pending_for(installation: &str, plan: &SyncPlan) -> Vec<Value> {
+    if !plan.is_delta() {
+        return Vec::new();
+    }
+    plan.sources
+        .iter()
+        .map(|src| {
+            match connect_db(src).and_then(|mut s| purge::waiting(&mut s, installation, &[plan.name().to_string()])) {
+                Ok(w) => {
+                    let rows: i64 = w.iter().map(|x| x.rows).sum();
+                    let oldest = w
+                        .iter()
+                        .filter_map(|x| x.oldest_secs)
+                        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+                    json!({"db": src.name, "rows": rows, "oldest_secs": oldest})
+                }
+                Err(e) => json!({"db": src.name, "error": crate::pg::error::flatten(&e.to_string())}),
+            }
+        })
+        .collect()
+}
+
+fn next_run(c: &mut impl GenericClient, s: &model::Sync, st: &SyncStatus) -> Result<Option<String>> {
+    if let Some(r) = &st.next_retry {
+        return Ok(Some(format!("{r} (retry after {} failure(s))", st.failures)));
+    }
+    if let Some(sch) = &s.schedule {
+        if let Ok(p) = crate::schedule::cron::Schedule::parse(sch) {
+            if let Some(t) = p.next_after(&chrono::Local::now()) {
+                return Ok(Some(format!("{} (schedule {sch})", t.format("%b %d, %Y %H:%M:%S"))));
+            }
+        }
+    }
+    if s.checktime.is_some() {
+        let r = c
+            .query_one(
+                "SELECT to_char(greatest(coalesce((SELECT max(ended) FROM capra.run WHERE sync = $1), now()),
+                                         coalesce((SELECT last_empty FROM capra.sync_state WHERE sync = $1), now()))
+                                + (SELECT checktime FROM capra.sync WHERE name = $1), 'Mon DD, YYYY HH24:MI:SS')",
+                &[&s.name],
+            )
+            .ctx(|| "computing the next run".into())?;
+        return Ok(r
+            .get::<_, Option<String>>(0)
+            .map(|t| format!("{t} at the latest (checktime)")));
+    }
+    Ok(None)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "Yes"
+    } else {
+        "No"
+    }
+}
+
+fn print_detail(s: &model::Sync, st: &SyncStatus, plan: &SyncPlan, pending: &[Value], next: Option<&str>) {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(g) = &st.last_good {
+        rows.push((
+            "Last good".into(),
+            format!("{} (time to run: {})", g.started, age(g.seconds.round())),
+        ));
+        let mut label = "Rows deleted/inserted".to_string();
+        let mut val = format!("{} / {}", g.deletes, g.inserts);
+        if g.truncates > 0 {
+            label.push_str("/truncates");
+            val.push_str(&format!(" / {}", g.truncates));
+        }
+        if g.conflicts > 0 {
+            label.push_str("/conflicts");
+            val.push_str(&format!(" / {}", g.conflicts));
+        }
+        rows.push((label, val));
+    }
+    if let Some(b) = &st.last_bad {
+        rows.push((
+            "Last bad".into(),
+            format!("{} (time until fail: {})", b.started, age(b.seconds.round())),
+        ));
+    }
+    let src = plan
+        .sources
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    rows.push(("Sync name".into(), s.name.clone()));
+    rows.push(("Current state".into(), st.state.clone()));
+    rows.push(("Source relgroup/database".into(), format!("{} / {src}", s.relgroup)));
+    rows.push((
+        "Tables in sync".into(),
+        (plan.tables.len() + plan.sequences.len()).to_string(),
+    ));
+    rows.push((
+        "Status".into(),
+        if s.status == "active" {
+            "Active".into()
+        } else {
+            "Inactive".into()
+        },
+    ));
+    rows.push((
+        "Check time".into(),
+        s.checktime.clone().unwrap_or_else(|| "None".into()),
+    ));
+    rows.push(("Overdue time".into(), s.overdue.clone()));
+    rows.push(("Expired time".into(), s.expired.clone()));
+    rows.push((
+        "Stayalive/Kidsalive".into(),
+        format!("{} / {}", yes(s.stayalive), yes(s.kidsalive)),
+    ));
+    rows.push(("Rebuild index".into(), yes(s.rebuild_index == 1).into()));
+    rows.push(("Autokick".into(), yes(s.autokick).into()));
+    rows.push((
+        "Onetimecopy".into(),
+        match s.onetimecopy {
+            0 => "No".into(),
+            n => format!("Yes ({n})"),
+        },
+    ));
+    if s.analyze_after_copy {
+        rows.push(("Post-copy analyze".into(), "Yes".into()));
+    }
+    if s.vacuum_after_copy {
+        rows.push(("Post-copy vacuum".into(), "Yes".into()));
+    }
+    rows.push((
+        "Last error:".into(),
+        st.last_bad
+            .as_ref()
+            .filter(|_| st.failures > 0)
+            .and_then(|b| b.error.clone())
+            .unwrap_or_default(),
+    ));
+    // Beyond Bucardo: what a DBA asks next.
+    let dbs: Vec<String> = plan
+        .sources
+        .iter()
+        .map(|d| format!("{}:source", d.name))
+        .chain(plan.targets.iter().map(|d| format!("{}:target", d.name)))
+        .chain(plan.fullcopy.iter().map(|d| format!("{}:fullcopy", d.name)))
+        .chain(plan.skipped.iter().map(|d| format!("{d}:inactive")))
+        .collect();
+    rows.push(("Databases".into(), dbs.join(" ")));
+    for p in pending {
+        let db = p["db"].as_str().unwrap_or("?");
+        let v = match p.get("error") {
+            Some(e) => format!("unknown ({})", e.as_str().unwrap_or("?")),
+            None => {
+                let n = p["rows"].as_i64().unwrap_or(0);
+                match p["oldest_secs"].as_f64() {
+                    Some(o) if n > 0 => format!("{n} change row(s), oldest {} ago", age(o)),
+                    _ => "0 (up to date)".into(),
+                }
+            }
+        };
+        rows.push((format!("Pending changes ({db})"), v));
+    }
+    if let Some(lag) = pending
+        .iter()
+        .filter_map(|p| p["oldest_secs"].as_f64())
+        .reduce(f64::max)
+    {
+        rows.push(("Lag".into(), age(lag)));
+    }
+    if let Some(sch) = &s.schedule {
+        rows.push(("Schedule".into(), sch.clone()));
+    }
+    rows.push((
+        "Next run".into(),
+        next.map(String::from).unwrap_or_else(|| {
+            if s.autokick {
+                "when a change commits, or when kicked".into()
+            } else {
+                "when kicked".into()
+            }
+        }),
+    ));
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let rule = "=".repeat(70);
+    println!("{rule}");
+    for (k, v) in rows {
+        println!("{}", format!("{k:<w$} : {v}").trim_end());
+    }
+    println!("{rule}");
+}
+
+/// The source databases of this installation's delta syncs (optionally only those named).
+fn sources(c: &mut postgres::Client, only: &[String]) -> Result<BTreeMap<String, model::Db>> {
+    let mut out = BTreeMap::new();
+    for s in model::syncs(c)? {
+        let plan = SyncPlan::load(c, &s.name)?;
+        if !plan.is_delta() {
+            continue;
+        }
+        for d in plan.sources {
+            if only.is_empty() || only.contains(&d.name) {
+                out.insert(d.name.clone(), d);
+            }
+        }
+    }
+    for n in only {
+        if !out.contains_key(n) {
+            if model::db(c, n)?.is_none() {
+                return Err(Error::not_found_hint("database", n.clone(), "see: capra list dbs"));
+            }
+            return Err(Error::Rejected(format!(
+                "database \"{n}\" is not the source of any delta sync"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `capra delta [DB...]`: change rows waiting, per source and table.
+pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    let srcs = sources(&mut cat.client, dbs)?;
+    let mut total = 0i64;
+    let mut doc = Vec::new();
+    for (name, db) in &srcs {
+        let w = match connect_db(db).and_then(|mut c| purge::waiting(&mut c, &cat.installation, &[])) {
+            Ok(w) => w,
+            Err(e) => {
+                if ctx.json {
+                    doc.push(json!({"db": name, "error": crate::pg::error::flatten(&e.to_string())}));
+                } else {
+                    println!(
+                        "Database {name}: unknown ({})",
+                        crate::pg::error::flatten(&e.to_string())
+                    );
+                }
+                continue;
+            }
+        };
+        let sum: i64 = w.iter().map(|x| x.rows).sum();
+        total += sum;
+        if ctx.json {
+            doc.push(json!({"db": name, "total": sum, "tables": w}));
+            continue;
+        }
+        println!("Database {name}:");
+        let tw = w.iter().map(|x| x.table.len()).max().unwrap_or(0);
+        for x in w.iter().filter(|x| x.rows > 0 || ctx.verbose > 0) {
+            let oldest = x
+                .oldest_secs
+                .map(|o| format!(", oldest {} ago", age(o)))
+                .unwrap_or_default();
+            println!("  {:<tw$}  {:>8}  (sync {}{oldest})", x.table, x.rows, x.sync);
+        }
+        println!("  Total deltas for database {name}: {sum}");
+    }
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"total": total, "databases": doc})).expect("json")
+        );
+    } else {
+        println!("Total deltas across all targets: {total}");
+    }
+    Ok(())
+}
+
+/// `capra purge [--older-than INTERVAL]`: delete applied change rows now,
+/// and capture left behind by syncs that no longer exist.
+pub fn purge_cmd(ctx: &Ctx, older_than: Option<&str>) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    if let Some(iv) = older_than {
+        cat.client.query_one("SELECT $1::text::interval", &[&iv]).map_err(|_| {
+            Error::Usage(format!(
+                "invalid value for --older-than: {iv:?} (an interval such as '10 minutes')"
+            ))
+        })?;
+    }
+    let known: Vec<String> = model::syncs(&mut cat.client)?.into_iter().map(|s| s.name).collect();
+    let srcs = sources(&mut cat.client, &[])?;
+    for (name, db) in &srcs {
+        let mut c = match connect_db(db) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("capra: {name}: skipped: {}", crate::pg::error::flatten(&e.to_string()));
+                continue;
+            }
+        };
+        // Consumers of this installation whose sync is gone pin rows forever.
+        let orphans: Vec<String> = c
+            .query(
+                "SELECT sync FROM capra.consumer WHERE installation = $1 AND NOT (sync = ANY($2))",
+                &[&cat.installation, &known],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        for o in &orphans {
+            install::detach_consumer(&mut c, &cat.installation, o)?;
+            ctx.say(format!("{name}: removed capture left by removed sync \"{o}\""));
+        }
+        let p = purge::purge(&mut c, older_than)?;
+        ctx.say(format!(
+            "{name}: purged {} replicated change rows from {} table(s)",
+            p.rows, p.tables
+        ));
+    }
+    if srcs.is_empty() {
+        ctx.say("No source databases with change capture.");
+    }
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! The daemon's life (Bucardo's MCP): start, ready, reload, stop.
+//!
+//! `capra start --foreground` runs the daemon in the calling process (what
+//! systemd's `Type=notify` unit does). Plain `capra start` re-executes the
+//! binary detached (new session, no terminal) and waits until that child
+//! reports READY through the same sd_notify protocol systemd uses, or
+//! fails, so it returns only once the daemon is up or has said why not.
+//!
+//! Exactly one daemon serves a control database: it holds an advisory lock
+//! on a dedicated control connection for its whole life. `capra status`,
+//! `kick` and `stop` look at that lock, so they work from any host.
+
+pub mod engine;
+pub mod logging;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::catalog::{model, runs, Catalog};
+use crate::config::Settings;
+use crate::error::{Context, Error, Result};
+use crate::pg::{self, connect::ConnSpec};
+
+/// Tries to open a control connection holding the daemon lock: Ok(None) if
+/// another daemon holds it.
+pub fn lock_control(spec: &ConnSpec) -> Result<Option<postgres::Client>> {
+    let r = pg::connect::resolve(spec, "capra daemon").map_err(|source| Error::ConnSpec {
+        target: "control database".into(),
+        source,
+    })?;
+    let mut c = pg::connect::connect(&r).map_err(|source| Error::Connect {
+        target: "the control database".into(),
+        summary: r.summary.clone(),
+        detail: pg::error::describe(&source),
+        source,
+    })?;
+    let got: bool = c
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&runs::DAEMON_LOCK.0, &runs::DAEMON_LOCK.1],
+        )
+        .ctx(|| "taking the daemon lock".into())?
+        .get(0);
+    if !got {
+        return Ok(None);
+    }
+    c.batch_execute(&format!("LISTEN {}", runs::CONTROL_CHANNEL))
+        .ctx(|| "listening for requests".into())?;
+    Ok(Some(c))
+}
+
+/// Sends sd_notify states (no-op without NOTIFY_SOCKET).
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// The PID directory: config file `piddir`, else the catalog's.
+pub fn piddir(settings: &Settings, c: &mut impl postgres::GenericClient) -> Result<PathBuf> {
+    Ok(match &settings.piddir {
+        Some(p) => p.clone(),
+        None => PathBuf::from(model::setting(c, "piddir")?),
+    })
+}
+
+/// Where a detached daemon writes its log when nothing says otherwise.
+pub fn default_log_file(piddir: &Path) -> PathBuf {
+    let var_log = Path::new("/var/log/capra");
+    if std::fs::create_dir_all(var_log).is_ok() {
+        let p = var_log.join("capra.log");
+        if std::fs::OpenOptions::new().create(true).append(true).open(&p).is_ok() {
+            return p;
+        }
+    }
+    piddir.join("capra.log")
+}
+
+/// Runs the daemon in this process until it is told to stop.
+pub fn run_foreground(settings: &Settings, reason: &str) -> Result<()> {
+    match run_inner(settings, reason) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let line = pg::error::flatten(&e.to_string());
+            notify(&[sd_notify::NotifyState::Status(&format!("failed: {line}"))]);
+            tracing::error!("capra daemon could not run: {line}");
+            Err(e)
+        }
+    }
+}
+
+fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
+    let mut cat = Catalog::open(settings, "capra daemon")?;
+    // Logging as configured (config file overrides the catalog's log_level).
+    let c = &mut cat.client;
+    let level = settings.loglevel.clone().unwrap_or(model::setting(c, "log_level")?);
+    let style = logging::Style {
+        showpid: model::setting(c, "log_showpid")? != "0",
+        showtime: model::setting(c, "log_showtime")?.parse().unwrap_or(3),
+        timer_format: model::setting(c, "log_timer_format")?,
+        microsecond: model::setting(c, "log_microsecond")? != "0",
+        showlevel: model::setting(c, "log_showlevel")? != "0",
+        showsyncname: model::setting(c, "log_showsyncname")? != "0",
+    };
+    let dest = logging::Dest::parse(settings.logdest.as_deref().unwrap_or("stderr"));
+    let note = logging::init(&dest, &level, style).map_err(|source| Error::Io {
+        context: "opening the log".into(),
+        source,
+    })?;
+    if let Some(n) = note {
+        tracing::warn!("{n}");
+    }
+    let _r = logging::role("MCP", None);
+
+    let safety = model::setting(c, "host_safety_check")?;
+    let host = engine::hostname();
+    if !safety.is_empty() && !host_allowed(&safety, &host) {
+        return Err(Error::Rejected(format!(
+            "Cannot start: configured to only run on {safety:?} (host_safety_check), this is {host:?}"
+        )));
+    }
+    let piddir = piddir(settings, c)?;
+    let stopfile = piddir.join(model::setting(c, "stopfile")?);
+    let reason_file = piddir.join(model::setting(c, "reason_file")?);
+
+    let Some(mut lock) = lock_control(&settings.control)? else {
+        let who = runs::daemon(c)?;
+        return Err(Error::Rejected(match who {
+            Some(d) => format!(
+                "capra is already running for this control database (pid {} on {} since {}); stop it first with capra stop",
+                d.pid, d.host, d.started
+            ),
+            None => "capra is already running for this control database; stop it first with capra stop".into(),
+        }));
+    };
+    if let Err(e) = std::fs::create_dir_all(&piddir) {
+        tracing::warn!("Cannot create the PID directory {}: {e}", piddir.display());
+    }
+    if stopfile.exists() {
+        tracing::info!("Removing {}", stopfile.display());
+        let _ = std::fs::remove_file(&stopfile);
+    }
+    let pidfile = piddir.join("capra.pid");
+    if let Err(e) = std::fs::write(&pidfile, format!("{}\n", std::process::id())) {
+        tracing::warn!("Cannot write {}: {e}", pidfile.display());
+    }
+    logging::note_reason(&reason_file, "start", reason);
+    let closed = runs::close_stale_runs(&mut lock)?;
+    if closed > 0 {
+        tracing::warn!("Closed {closed} run(s) left open by a daemon that stopped mid-run; they are re-run now");
+    }
+    let logdest = match &dest {
+        logging::Dest::File(p) => p.display().to_string(),
+        logging::Dest::Journald => "journald".into(),
+        logging::Dest::Stderr => std::env::var("CAPRA_LOGFILE").unwrap_or_else(|_| "stderr".into()),
+    };
+    lock.execute(
+        "INSERT INTO capra.daemon (pid, host, started, heartbeat, version, reason, logdest)
+         VALUES ($1, $2, now(), now(), $3, $4, $5)
+         ON CONFLICT (singleton) DO UPDATE SET pid = EXCLUDED.pid, host = EXCLUDED.host, started = now(),
+             heartbeat = now(), version = EXCLUDED.version, reason = EXCLUDED.reason, logdest = EXCLUDED.logdest",
+        &[
+            &(std::process::id() as i32),
+            &host,
+            &env!("CARGO_PKG_VERSION"),
+            &reason,
+            &logdest,
+        ],
+    )
+    .ctx(|| "registering the daemon".into())?;
+
+    let control_pool = pg::pool::DbPool::new("control", &settings.control, "capra daemon", 8)?;
+    let cfg = engine::EngineConfig::load(c)?;
+    let installation = cat.installation.clone();
+    drop(cat);
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx);
+    tracing::info!(
+        "capra {} starting (pid {}, host {host}, reason: {reason})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    let active = engine.sync_controllers()?;
+    tracing::info!(
+        "Active syncs: {}",
+        if active.is_empty() {
+            "none".into()
+        } else {
+            active.join(",")
+        }
+    );
+    let ctl_engine = engine.clone();
+    let spec = settings.control.clone();
+    let control_thread = std::thread::Builder::new()
+        .name("capra-control".into())
+        .spawn(move || ctl_engine.control_loop(lock, spec))
+        .map_err(|source| Error::Io {
+            context: "starting the control thread".into(),
+            source,
+        })?;
+    let vac_engine = engine.clone();
+    let vac_thread = std::thread::Builder::new()
+        .name("capra-vac".into())
+        .spawn(move || vac_engine.purge_loop())
+        .map_err(|source| Error::Io {
+            context: "starting the purger".into(),
+            source,
+        })?;
+
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Status(&format!("{} sync(s) active", active.len())),
+    ]);
+    tracing::info!("Entering main loop");
+
+    // The supervisor: signals, stop file, watchdog. No PostgreSQL calls here.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "starting the supervisor".into(),
+            source,
+        })?;
+    let sup_engine = engine.clone();
+    let watch_stopfile = stopfile.clone();
+    let outcome: std::result::Result<String, String> = rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut last_dog = Instant::now();
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok("SIGTERM".to_string()),
+                _ = int.recv() => return Ok("SIGINT".to_string()),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    notify(&[sd_notify::NotifyState::Reloading]);
+                    sup_engine.request_reload();
+                    notify(&[sd_notify::NotifyState::Ready]);
+                }
+                ev = events_rx.recv() => match ev {
+                    Some(engine::Event::Stop(why)) => return Ok(why),
+                    Some(engine::Event::Fatal(msg)) => return Err(msg),
+                    None => return Err("engine channel closed".into()),
+                },
+                _ = tick.tick() => {
+                    if watch_stopfile.exists() {
+                        return Ok(format!("stop file {} found", watch_stopfile.display()));
+                    }
+                    if let Some(w) = watchdog {
+                        if last_dog.elapsed() >= w / 2 {
+                            notify(&[sd_notify::NotifyState::Watchdog]);
+                            last_dog = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let why = match &outcome {
+        Ok(w) => w.clone(),
+        Err(e) => format!("fatal: {e}"),
+    };
+    tracing::info!("Stopping ({why})");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    engine.begin_stop();
+    // Keep the lock connection until everything else has finished, so
+    // `capra stop` returns only once the daemon is really done.
+    let lock = control_thread.join().ok().flatten();
+    engine.shutdown(Duration::from_secs(10));
+    let _ = vac_thread.join();
+    logging::note_reason(&reason_file, "stop", &why);
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(&stopfile);
+    tracing::info!("Stopped");
+    drop(lock);
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Rejected(e)),
+    }
+}
+
+/// Bucardo's host_safety_check: exact name, `=a,b,c`, or `~regex`-ish
+/// (a substring match; capra carries no regex engine).
+fn host_allowed(rule: &str, host: &str) -> bool {
+    if let Some(list) = rule.strip_prefix('=') {
+        list.split(',').any(|h| h.trim() == host)
+    } else if let Some(pat) = rule.strip_prefix('~') {
+        host.contains(pat.trim())
+    } else {
+        rule == host
+    }
+}
+
+/// `capra start` without `--foreground`: re-executes detached and waits for
+/// READY (or the child's reason for failing). Returns (pid, log file).
+pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) -> Result<(u32, String)> {
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    let mut cat = Catalog::open(settings, "capra")?;
+    if let Some(d) = runs::daemon(&mut cat.client)? {
+        return Err(Error::Rejected(format!(
+            "Cannot start: capra is already running for this control database (pid {} on {} since {})",
+            d.pid, d.host, d.started
+        )));
+    }
+    let pd = piddir(settings, &mut cat.client)?;
+    drop(cat);
+    let _ = std::fs::create_dir_all(&pd);
+    let logfile = match settings.logdest.as_deref().map(logging::Dest::parse) {
+        Some(logging::Dest::File(p)) => p,
+        _ => default_log_file(&pd),
+    };
+    let sockdir = tempfile_dir()?;
+    let sock_path = sockdir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).map_err(|source| Error::Io {
+        context: "creating the readiness socket".into(),
+        source,
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&logfile)
+        .map_err(|source| Error::Io {
+            context: format!("opening the log {}", logfile.display()),
+            source,
+        })?;
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        context: "finding the capra binary".into(),
+        source,
+    })?;
+    let mut cmd = std::process::Command::new(exe);
+    let s = &settings.control;
+    if let Some(h) = &s.host {
+        cmd.args(["--dbhost", h]);
+    }
+    if let Some(p) = s.port {
+        cmd.args(["--dbport", &p.to_string()]);
+    }
+    if let Some(u) = &s.user {
+        cmd.args(["--dbuser", u]);
+    }
+    if let Some(d) = &s.dbname {
+        cmd.args(["--dbname", d]);
+    }
+    if let Some(c) = config {
+        cmd.arg("--config")
+            .arg(std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf()));
+    }
+    cmd.args(["start", "--foreground", reason]);
+    // The password travels in the environment, never on the command line
+    // (which `ps` shows to everyone).
+    cmd.env_remove("CAPRA_DBPASS");
+    if let Some(p) = &s.password {
+        cmd.env("CAPRA_DBPASS", p);
+    }
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("CAPRA_LOGFILE", &logfile)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|source| Error::Io {
+            context: "opening the log".into(),
+            source,
+        })?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches from the terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
+        context: "starting the daemon".into(),
+        source,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut status = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            for line in msg.lines() {
+                if let Some(s) = line.strip_prefix("STATUS=") {
+                    status = s.to_string();
+                }
+                if line == "READY=1" {
+                    let _ = std::fs::remove_dir_all(&sockdir);
+                    return Ok((child.id(), logfile.display().to_string()));
+                }
+            }
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            let _ = std::fs::remove_dir_all(&sockdir);
+            let why = status
+                .strip_prefix("failed: ")
+                .map(String::from)
+                .unwrap_or_else(|| format!("the daemon exited ({code}); see {}", logfile.display()));
+            return Err(Error::Rejected(format!("could not start: {why}")));
+        }
+        if Instant::now() > deadline {
+            let _ = std::fs::remove_dir_all(&sockdir);
+            return Err(Error::Rejected(format!(
+                "the daemon (pid {}) did not report ready within 120s; see {}",
+                child.id(),
+                logfile.display()
+            )));
+        }
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!(
+        "capra-start-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&base).map_err(|source| Error::Io {
+        context: format!("creating {}", base.display()),
+        source,
+    })?;
+    Ok(base)
+}
+
+/// Asks the daemon to stop and waits until it is gone (or `timeout`).
+pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option<runs::DaemonInfo>> {
+    let Some(d) = runs::daemon(&mut cat.client)? else {
+        return Ok(None);
+    };
+    let payload = format!("stop {reason}");
+    cat.client
+        .execute("SELECT pg_notify($1, $2)", &[&runs::CONTROL_CHANNEL, &payload])
+        .ctx(|| "asking the daemon to stop".into())?;
+    if d.host == engine::hostname() && d.pid > 0 {
+        // SAFETY: signalling a pid; harmless if it is gone.
+        unsafe {
+            libc::kill(d.pid, libc::SIGTERM);
+        }
+    }
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if runs::daemon(&mut cat.client)?.is_none() {
+            return Ok(Some(d));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::Rejected(format!(
+        "capra (pid {} on {}) did not stop within {}s; it may be finishing a long run",
+        d.pid,
+        d.host,
+        timeout.as_secs()
+    )))
+}
