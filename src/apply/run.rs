@@ -379,9 +379,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         // Decide per written database how it gets this table.
         let mut modes: Vec<Mode> = Vec::new();
         for (i, tx) in txs.iter_mut().enumerate() {
-            let mode = if i >= n_targets {
-                Mode::Copy
-            } else if otc == 1 {
+            let mode = if i >= n_targets || otc == 1 {
                 Mode::Copy
             } else if otc == 2 {
                 let empty: bool = tx
@@ -410,7 +408,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         if !copy_idx.is_empty() && !t.ghost {
             let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
             for &i in &copy_idx {
-                empty_table(&mut txs[i], &names[i], t, &meta, &plan.sync.deletemethod, &mut tr)?;
+                empty_table(&mut txs[i], &names[i], t, meta, &plan.sync.deletemethod, &mut tr)?;
                 if rebuild {
                     txs[i]
                         .execute(
@@ -457,14 +455,14 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         if let (Some(id), Some(prev_lit), false) = (id, &prev_lit, delta_idx.is_empty()) {
             if truncated.contains(&id) {
                 for &i in &delta_idx {
-                    truncate_or_delete(&mut txs[i], &names[i], t, &meta, "truncate")?;
+                    truncate_or_delete(&mut txs[i], &names[i], t, meta, "truncate")?;
                 }
                 tr.truncated = true;
                 report.truncates += delta_idx.len() as u64;
             }
             if changed.contains(&id) {
                 apply_changes(
-                    env, &mut stx, &mut txs, &names, &delta_idx, t, &meta, id, prev_lit, &mut tr,
+                    env, &mut stx, &mut txs, &names, &delta_idx, t, meta, id, prev_lit, &mut tr,
                 )?;
                 tracing::info!("Delta count for {}.{} : {}", src_db.name, t.name.human(), tr.keys);
             }
@@ -477,9 +475,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     }
 
     // Sequences: value and, where they differ, settings.
-    for i in 0..plan.sequences.len() {
-        let s = &plan.sequences[i];
-        let v = &seq_src[i];
+    for (s, v) in plan.sequences.iter().zip(&seq_src) {
         let mut wrote = false;
         for (j, tx) in txs.iter_mut().enumerate() {
             if cache.seqs.get(&(s.id, names[j].clone())) == Some(v) {
@@ -505,9 +501,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         .ctx(|| format!("recording sync \"{name}\"'s position on \"{}\"", src_db.name))?;
     }
     stx.commit().ctx(|| format!("committing on \"{}\"", src_db.name))?;
-    for i in 0..plan.sequences.len() {
+    for (s, v) in plan.sequences.iter().zip(&seq_src) {
         for n in &names {
-            cache.seqs.insert((plan.sequences[i].id, n.clone()), seq_src[i].clone());
+            cache.seqs.insert((s.id, n.clone()), v.clone());
         }
     }
     env.cancel.clear();

@@ -94,6 +94,9 @@ impl Catalog {
             .transaction()
             .ctx(|| "starting a catalog transaction".into())?;
         let out = f(&mut tx)?;
+        // A running daemon re-reads the catalog (delivered only on commit).
+        tx.batch_execute("NOTIFY capra_control, 'reload'")
+            .ctx(|| "notifying the daemon".into())?;
         tx.commit().ctx(|| "committing the catalog change".into())?;
         Ok(out)
     }

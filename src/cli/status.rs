@@ -418,19 +418,24 @@ fn print_detail(s: &model::Sync, st: &SyncStatus, plan: &SyncPlan, pending: &[Va
         .chain(plan.skipped.iter().map(|d| format!("{d}:inactive")))
         .collect();
     rows.push(("Databases".into(), dbs.join(" ")));
-    for p in pending {
-        let db = p["db"].as_str().unwrap_or("?");
-        let v = match p.get("error") {
-            Some(e) => format!("unknown ({})", e.as_str().unwrap_or("?")),
-            None => {
-                let n = p["rows"].as_i64().unwrap_or(0);
-                match p["oldest_secs"].as_f64() {
-                    Some(o) if n > 0 => format!("{n} change row(s), oldest {} ago", age(o)),
-                    _ => "0 (up to date)".into(),
+    let per_source: Vec<String> = pending
+        .iter()
+        .map(|p| {
+            let db = p["db"].as_str().unwrap_or("?");
+            match p.get("error") {
+                Some(e) => format!("{db}: unknown ({})", e.as_str().unwrap_or("?")),
+                None => {
+                    let n = p["rows"].as_i64().unwrap_or(0);
+                    match p["oldest_secs"].as_f64() {
+                        Some(o) if n > 0 => format!("{db}: {n} change row(s), oldest {} ago", age(o)),
+                        _ => format!("{db}: 0 (up to date)"),
+                    }
                 }
             }
-        };
-        rows.push((format!("Pending changes ({db})"), v));
+        })
+        .collect();
+    if !per_source.is_empty() {
+        rows.push(("Pending changes".into(), per_source.join("; ")));
     }
     if let Some(lag) = pending
         .iter()

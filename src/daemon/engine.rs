@@ -508,17 +508,20 @@ impl Engine {
             {
                 let mut n = client.notifications();
                 let first = n.timeout_iter(Duration::from_millis(250)).next();
-                let mut handle = |p: &str| match p
-                    .split_once(' ')
-                    .map(|(a, b)| (a, b.to_string()))
-                    .unwrap_or((p, String::new()))
-                {
-                    ("kick", _) => kick_seen = true,
-                    ("reload", _) => {
-                        reload_at.get_or_insert(Instant::now() + Duration::from_millis(200));
+                let mut handle = |p: &str| {
+                    tracing::debug!("control request: {p:?}");
+                    match p
+                        .split_once(' ')
+                        .map(|(a, b)| (a, b.to_string()))
+                        .unwrap_or((p, String::new()))
+                    {
+                        ("kick", _) => kick_seen = true,
+                        ("reload", _) => {
+                            reload_at.get_or_insert(Instant::now() + Duration::from_millis(200));
+                        }
+                        ("stop", why) => stop_reason = Some(if why.is_empty() { "capra stop".into() } else { why }),
+                        _ => {}
                     }
-                    ("stop", why) => stop_reason = Some(if why.is_empty() { "capra stop".into() } else { why }),
-                    _ => {}
                 };
                 match first {
                     Ok(None) => {}
@@ -547,7 +550,10 @@ impl Engine {
             if self.reload_requested.swap(false, Ordering::SeqCst) {
                 reload_at = Some(Instant::now());
             }
-            if reload_at.is_some_and(|t| Instant::now() >= t) {
+            // A kick must see every catalog change committed before it: a
+            // pending reload goes first (controllers get Reload before Kick).
+            let kick_due = kick_seen || last_poll.elapsed() >= Duration::from_secs(1);
+            if reload_at.is_some_and(|t| Instant::now() >= t || kick_due) {
                 reload_at = None;
                 match self.sync_controllers() {
                     Ok(active) => tracing::info!(
@@ -562,7 +568,7 @@ impl Engine {
                 }
                 let _ = client.batch_execute(&format!("NOTIFY {}", runs::RELOADED_CHANNEL));
             }
-            if kick_seen || last_poll.elapsed() >= Duration::from_secs(1) {
+            if kick_due {
                 last_poll = Instant::now();
                 match runs::pending_kicks(&mut client) {
                     Ok(kicks) => {

@@ -7,4 +7,5 @@ mod catalog_cli;
 mod connections;
 mod field_reports;
 mod install;
+mod replication;
 mod validate;

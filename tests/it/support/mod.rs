@@ -3,6 +3,7 @@
 
 pub mod capra;
 pub mod cluster;
+pub mod daemon;
 pub mod fixtures;
 
 pub use capra::Capra;

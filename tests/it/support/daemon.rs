@@ -1,0 +1,95 @@
+//! A capra daemon for one test: its own piddir and log file in the test's
+//! HOME, stopped (or killed) when the guard drops, even on panic.
+
+use std::time::{Duration, Instant};
+
+use super::capra::Capra;
+
+/// A running daemon.
+pub struct Daemon<'a> {
+    capra: &'a Capra,
+    /// Its pid.
+    pub pid: i32,
+}
+
+impl Capra {
+    /// Writes ~/.caprarc with a private piddir and log file.
+    pub fn private_rc(&self) {
+        let run = self.home().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        self.home_file(
+            ".caprarc",
+            &format!("piddir = {}\nlogdest = {}\n", run.display(), self.log_path().display()),
+        );
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.home().join("capra.log")
+    }
+
+    /// The daemon log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon (detached, as a user would) and waits for it.
+    #[track_caller]
+    pub fn start(&self) -> Daemon<'_> {
+        self.private_rc();
+        let out = self.ok(&["start", "test"]);
+        let pid = out
+            .split("pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in: {out}"));
+        Daemon { capra: self, pid }
+    }
+}
+
+impl Daemon<'_> {
+    /// Whether the process still exists.
+    pub fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        unsafe { libc::kill(self.pid, 0) == 0 }
+    }
+
+    /// Kills the daemon with SIGKILL (as a crash would) and waits for it.
+    pub fn kill9(&self) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.capra.run(&["stop"]);
+            let end = Instant::now() + Duration::from_secs(20);
+            while self.alive() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if self.alive() {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `secs` pass; returns whether it held.
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
