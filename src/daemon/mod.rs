@@ -205,14 +205,9 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             source,
         })?;
 
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::MainPid(std::process::id()),
-        sd_notify::NotifyState::Status(&format!("{} sync(s) active", active.len())),
-    ]);
-    tracing::info!("Entering main loop");
-
     // The supervisor: signals, stop file, watchdog. No PostgreSQL calls here.
+    // Its signal handlers are installed before READY: a reload (SIGHUP)
+    // right after start must not hit the default action, which kills.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -220,13 +215,28 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             context: "starting the supervisor".into(),
             source,
         })?;
+    let (mut term, mut int, mut hup) = rt
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })
+        .map_err(|source| Error::Io {
+            context: "installing signal handlers".into(),
+            source,
+        })?;
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Status(&format!("{} sync(s) active", active.len())),
+    ]);
+    tracing::info!("Entering main loop");
     let sup_engine = engine.clone();
     let watch_stopfile = stopfile.clone();
     let outcome: std::result::Result<String, String> = rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let watchdog = sd_notify::watchdog_enabled();
         let mut last_dog = Instant::now();
@@ -411,6 +421,14 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
     }
 }
 
+/// Whether a process runs (zombies do not count).
+fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
 fn tempfile_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir().join(format!(
         "capra-start-{}-{}",
@@ -436,18 +454,25 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
     cat.client
         .execute("SELECT pg_notify($1, $2)", &[&runs::CONTROL_CHANNEL, &payload])
         .ctx(|| "asking the daemon to stop".into())?;
-    if d.host == engine::hostname() && d.pid > 0 {
-        // SAFETY: signalling a pid; harmless if it is gone.
-        unsafe {
-            libc::kill(d.pid, libc::SIGTERM);
-        }
-    }
     let end = Instant::now() + timeout;
+    let local = d.host == engine::hostname() && d.pid > 0;
+    // The request carries the reason; a local daemon that has not reacted
+    // within a few seconds (control database trouble) also gets SIGTERM.
+    let signal_at = Instant::now() + Duration::from_secs(5);
+    let mut signalled = false;
     while Instant::now() < end {
-        if runs::daemon(&mut cat.client)?.is_none() {
+        if local && !signalled && Instant::now() >= signal_at {
+            // SAFETY: signalling a pid; harmless if it is gone.
+            unsafe {
+                libc::kill(d.pid, libc::SIGTERM);
+            }
+            signalled = true;
+        }
+        // The lock goes last; then, for a local daemon, the process itself.
+        if runs::daemon(&mut cat.client)?.is_none() && !(local && process_running(d.pid)) {
             return Ok(Some(d));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     Err(Error::Rejected(format!(
         "capra (pid {} on {}) did not stop within {}s; it may be finishing a long run",

@@ -414,4 +414,52 @@ fn pgbench_bucardo4_catalog_replay() {
         "{herd}"
     );
     assert!(run(&["validate", "all"]).contains("Validating sync benchdeltaalpha ... OK"));
+
+    // "Et maintenant, devant vos yeux ébahis": start, replicate, kick, status.
+    let _d = c.start();
+    a.exec(
+        &test1,
+        "UPDATE pgbench_tellers SET filler = 'modification' WHERE tid = 1",
+    );
+    let filler = |cl: &crate::support::cluster::Cluster| {
+        cl.query(&test1, "SELECT tid || '|' || bid || '|' || tbalance || '|' || trim(coalesce(filler, '')) FROM pgbench_tellers WHERE tid = 1")[0]
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        crate::support::daemon::wait_for(30, || filler(b) == "1|1|0|modification"),
+        "{}",
+        c.log()
+    );
+    let history = |cl: &crate::support::cluster::Cluster| crate::replication::checksum(cl, &test1, "pgbench_history");
+    for _ in 0..3 {
+        a.exec(
+            &test1,
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 19893, -1618, now())",
+        );
+    }
+    b.exec(
+        &test1,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (2, 1, 98270, 3578, now())",
+    );
+    assert_eq!(run(&["kick", "benchcopybeta"]), "Kicked sync benchcopybeta\n");
+    assert!(
+        crate::support::daemon::wait_for(60, || history(b) == history(a) && history(cc) == history(a)),
+        "history not copied to slave and master-2\n{}",
+        c.log()
+    );
+    assert!(history(b).starts_with("3 rows"));
+    let status = run(&["status"]);
+    assert!(status.contains("PID of capra daemon:"), "{status}");
+    assert!(
+        status.contains(" benchcopybeta ") && status.contains(" benchdeltaalpha "),
+        "{status}"
+    );
+    let detail = run(&["status", "benchcopybeta"]);
+    assert!(
+        detail.contains("Source relgroup/database : beta / test1_master"),
+        "{detail}"
+    );
+    assert!(detail.contains("Autokick                 : No"), "{detail}");
+    assert!(run(&["stop"]).starts_with("Stopped capra"));
 }

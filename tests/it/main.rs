@@ -5,6 +5,8 @@ mod support;
 
 mod catalog_cli;
 mod connections;
+mod daemon;
+mod faults;
 mod field_reports;
 mod install;
 mod replication;

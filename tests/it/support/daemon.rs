@@ -13,14 +13,22 @@ pub struct Daemon<'a> {
 }
 
 impl Capra {
-    /// Writes ~/.caprarc with a private piddir and log file.
+    /// Adds a private piddir and log file to ~/.caprarc (keeping its other lines).
     pub fn private_rc(&self) {
         let run = self.home().join("run");
         std::fs::create_dir_all(&run).unwrap();
-        self.home_file(
-            ".caprarc",
-            &format!("piddir = {}\nlogdest = {}\n", run.display(), self.log_path().display()),
-        );
+        let old = std::fs::read_to_string(self.home().join(".caprarc")).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| !l.starts_with("piddir") && !l.starts_with("logdest"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!(
+            "piddir = {}\nlogdest = {}\n",
+            run.display(),
+            self.log_path().display()
+        ));
+        self.home_file(".caprarc", &text);
     }
 
     /// The daemon's log file.
@@ -49,10 +57,13 @@ impl Capra {
 }
 
 impl Daemon<'_> {
-    /// Whether the process still exists.
+    /// Whether the process still runs (an unreaped zombie does not: the
+    /// detached daemon's parent is gone and PID 1 may reap late).
     pub fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        unsafe { libc::kill(self.pid, 0) == 0 }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+            Err(_) => false,
+        }
     }
 
     /// Kills the daemon with SIGKILL (as a crash would) and waits for it.

@@ -1,0 +1,231 @@
+//! The daemon's life and the commands that talk to it.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::replication::checksum;
+use crate::support::cluster::{self, Cluster};
+use crate::support::daemon::wait_for;
+use crate::support::{unique, Capra};
+
+/// A kv table on A replicated to B by sync `kv` (options appended).
+fn kv_setup(extra: &[&str]) -> (Capra, String, String) {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("d_src"));
+    let tgt = b.create_db(&unique("d_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(
+            db,
+            "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)",
+        );
+    }
+    let c = Capra::install(a);
+    c.ok(&[
+        "add",
+        "db",
+        "src",
+        &format!("dbname={src}"),
+        "host=127.0.0.1",
+        &format!("port={}", a.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={tgt}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=postgres",
+    ]);
+    c.ok(&["add", "table", "kv", "other", "db=src", "relgroup=g"]);
+    let mut args = vec!["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"];
+    args.extend_from_slice(extra);
+    c.ok(&args);
+    (c, src, tgt)
+}
+
+fn rows(c: &Cluster, db: &str) -> String {
+    c.query(
+        db,
+        "SELECT coalesce(string_agg(k || '=' || v, ',' ORDER BY k), '') FROM kv",
+    )[0]
+    .clone()
+    .unwrap()
+}
+
+#[test]
+fn commands_when_the_daemon_is_down_up_or_busy() {
+    let (mut c, _, _) = kv_setup(&["autokick=0"]);
+    // -P on the command line must not reach the daemon's own command line.
+    c.global.extend(["-P".to_string(), "pw-not-in-ps".to_string()]);
+    let err = c.fails(&["kick", "kv", "10"], 1);
+    assert!(err.contains("capra is not running"), "{err}");
+    assert!(c.ok(&["stop"]).contains("capra is not running"));
+    assert!(c.ok(&["status"]).contains("capra daemon: not running"));
+    let d = c.start();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.pid)).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("pw-not-in-ps"),
+        "password in the daemon's argv"
+    );
+    let err = c.fails(&["start"], 1);
+    assert!(err.contains("already running"), "{err}");
+    let err = c.fails(&["kick", "nosuch"], 1);
+    assert!(
+        err.contains("sync \"nosuch\" does not exist; active syncs: kv"),
+        "{err}"
+    );
+    c.ok(&["deactivate", "kv"]);
+    let err = c.fails(&["kick", "kv"], 1);
+    assert!(err.contains("Cannot kick inactive sync \"kv\""), "{err}");
+    c.ok(&["activate", "kv"]);
+    assert!(c.ok(&["reload"]).contains("Reloaded capra"));
+    assert!(c.ok(&["status"]).contains(&format!("PID of capra daemon: {}", d.pid)));
+    assert!(c.ok(&["kick", "sync", "kv", "0"]).contains("Kick kv: ["));
+    let out = c.ok(&["stop", "because", "the", "test", "says", "so"]);
+    assert!(out.contains(&format!("Stopped capra (pid {}", d.pid)), "{out}");
+    assert!(!d.alive());
+    let reasons = std::fs::read_to_string(c.home().join("run/capra.restart.reason.log")).unwrap();
+    assert!(
+        reasons.contains("| start | test") && reasons.contains("because the test says so"),
+        "{reasons}"
+    );
+}
+
+/// `start --foreground` speaks systemd's notify protocol: READY once
+/// serving, RELOADING on SIGHUP, STOPPING on SIGTERM, then exit 0.
+#[test]
+fn foreground_speaks_sd_notify() {
+    let (c, _, _) = kv_setup(&[]);
+    c.private_rc();
+    let sock_path = c.home().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut args: Vec<String> = c.global.clone();
+    args.extend(["start".into(), "--foreground".into()]);
+    let mut child = c
+        .command()
+        .args(&args)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 1024];
+    let recv = |got: &mut String, buf: &mut [u8], want: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !got.contains(want) && Instant::now() < end {
+            if let Ok(n) = sock.recv(buf) {
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        assert!(got.contains(want), "no {want} in {got:?}");
+    };
+    recv(&mut got, &mut buf, "READY=1");
+    assert!(got.contains("STATUS=1 sync(s) active"), "{got}");
+    assert!(got.contains(&format!("MAINPID={}", child.id())), "{got}");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    recv(&mut got, &mut buf, "RELOADING=1");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    recv(&mut got, &mut buf, "STOPPING=1");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// A failed start says why: `start` returns 1 with the daemon's reason.
+#[test]
+fn failed_start_says_why() {
+    let (c, _, _) = kv_setup(&[]);
+    c.private_rc();
+    c.ok(&["set", "host_safety_check==no-such-host"]);
+    let err = c.fails(&["start"], 1);
+    assert!(
+        err.contains("could not start: Cannot start: configured to only run on"),
+        "{err}"
+    );
+}
+
+/// The stop file in piddir stops the daemon, as Bucardo's fullstopbucardo.
+#[test]
+fn stop_file_stops_the_daemon() {
+    let (c, _, _) = kv_setup(&[]);
+    let d = c.start();
+    std::fs::write(c.home().join("run/fullstopcapra"), "stop").unwrap();
+    assert!(wait_for(20, || !d.alive()), "{}", c.log());
+    assert!(c.log().contains("stop file"));
+}
+
+/// checktime and a cron schedule run an autokick=0 sync on their own.
+#[test]
+fn checktime_and_schedule() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = kv_setup(&["autokick=0", "checktime=2"]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'checktime')");
+    assert!(wait_for(20, || rows(b, &tgt) == "1=checktime"), "{}", c.log());
+    c.ok(&["update", "sync", "kv", "checktime=none", "schedule=* * * * * *"]);
+    a.exec(&src, "INSERT INTO kv VALUES (2, 'cron')");
+    assert!(wait_for(20, || rows(b, &tgt) == "1=checktime,2=cron"), "{}", c.log());
+    let st = c.ok(&["status", "kv"]);
+    assert!(st.contains("Schedule") && st.contains("* * * * * *"), "{st}");
+}
+
+/// Removing tables or syncs drops the source objects nothing else needs
+/// (Bucardo leaves its triggers behind); purge and delta account for rows.
+#[test]
+fn capture_cleanup_purge_and_delta() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = kv_setup(&["autokick=0"]);
+    let triggers = || {
+        a.query(&src, "SELECT coalesce(string_agg(c.relname || ':' || t.tgname, ',' ORDER BY 1), '') FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'capra%'")[0].clone().unwrap()
+    };
+    assert!(
+        triggers().contains("kv:capra_capture_i") && triggers().contains("other:capra_capture_i"),
+        "{}",
+        triggers()
+    );
+    let _d = c.start();
+    a.exec(
+        &src,
+        "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 50) g; INSERT INTO other VALUES (1)",
+    );
+    let delta = c.ok(&["delta"]);
+    assert!(
+        delta.contains("public.kv") && delta.contains("50") && delta.contains("Total deltas across all targets: 51"),
+        "{delta}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&c.ok(&["delta", "--json"])).unwrap();
+    assert_eq!(j["total"], 51);
+    c.ok(&["kick", "kv", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    assert!(c.ok(&["delta"]).contains("Total deltas across all targets: 0"));
+    let logged = || {
+        a.query(
+            &src,
+            "SELECT (SELECT count(*) FROM capra.delta_1) + (SELECT count(*) FROM capra.delta_2)",
+        )[0]
+        .clone()
+        .unwrap()
+    };
+    assert_eq!(logged(), "51", "applied rows stay until purged");
+    let out = c.ok(&["purge"]);
+    assert!(
+        out.contains("src: purged 51 replicated change rows from 2 table(s)"),
+        "{out}"
+    );
+    assert_eq!(logged(), "0");
+    // Removing one table from the active sync drops its capture only.
+    c.ok(&["remove", "table", "public.other", "db=src"]);
+    assert!(!triggers().contains("other:"), "{}", triggers());
+    assert!(triggers().contains("kv:capra_capture_i"), "{}", triggers());
+    // Removing the sync drops everything capra put there, schema included.
+    c.ok(&["deactivate", "kv"]);
+    c.ok(&["remove", "sync", "kv"]);
+    assert_eq!(triggers(), "");
+    assert_eq!(
+        a.query(&src, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'capra'"),
+        vec![Some("0".into())]
+    );
+}

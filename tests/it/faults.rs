@@ -1,0 +1,240 @@
+//! Crashes and outages: nothing lost, nothing applied twice, and recovery
+//! without restarting capra.
+
+use std::time::Duration;
+
+use crate::replication::checksum;
+use crate::support::cluster::{self, Cluster, Opts};
+use crate::support::daemon::wait_for;
+use crate::support::{unique, Capra};
+
+const BIG_ROWS: i32 = 300_000;
+
+fn big_table(c: &Cluster, db: &str, fill: bool) {
+    c.exec(
+        db,
+        "CREATE TABLE big (id int PRIMARY KEY, n int NOT NULL, payload text)",
+    );
+    if fill {
+        c.exec(
+            db,
+            &format!("INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, {BIG_ROWS}) g"),
+        );
+    }
+}
+
+/// A control database replicating `big` from (cluster, db) to (cluster, db).
+fn big_sync(src: (&Cluster, &str), tgt: (&Cluster, &str)) -> Capra {
+    let c = Capra::install(cluster::a());
+    c.ok(&[
+        "add",
+        "db",
+        "src",
+        &format!("dbname={}", src.1),
+        "host=127.0.0.1",
+        &format!("port={}", src.0.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={}", tgt.1),
+        "host=127.0.0.1",
+        &format!("port={}", tgt.0.port),
+        "user=postgres",
+    ]);
+    c.ok(&["add", "table", "big", "db=src", "relgroup=bigg"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "bigs",
+        "relgroup=bigg",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=2",
+    ]);
+    // Quick retries so the test does not wait for backoff.
+    c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=2"]);
+    c
+}
+
+/// Whether capra is writing to `db` on `c` right now (a DELETE or COPY of a run).
+fn writing(c: &Cluster, db: &str) -> bool {
+    c.query(
+        "postgres",
+        &format!(
+            "SELECT count(*)::text FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'capra daemon'
+                AND state = 'active' AND (query LIKE 'COPY%' OR query LIKE 'DELETE%')"
+        ),
+    )[0]
+    .as_deref()
+        != Some("0")
+}
+
+/// SIGKILL the daemon in the middle of a large run; start it again: the
+/// target converges exactly (the interrupted transaction left nothing).
+#[test]
+fn sigkill_during_a_large_run_then_converge() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("big_src"));
+    let tgt = b.create_db(&unique("big_tgt"));
+    big_table(a, &src, true);
+    big_table(b, &tgt, false);
+    let c = big_sync((a, &src), (b, &tgt));
+    let d = c.start();
+    c.ok(&["kick", "bigs", "120"]);
+    assert_eq!(checksum(a, &src, "big"), checksum(b, &tgt, "big"));
+    let before = checksum(b, &tgt, "big");
+
+    // A backlog of every row, then a kick, then SIGKILL while it writes.
+    a.exec(&src, "UPDATE big SET n = n + 1, payload = payload || 'x'");
+    c.ok(&["kick", "bigs"]);
+    assert!(
+        wait_for(60, || writing(b, &tgt)),
+        "the run never started writing\n{}",
+        c.log()
+    );
+    d.kill9();
+    assert!(!d.alive());
+    // The target's transaction died with the daemon's connection.
+    assert!(wait_for(10, || !writing(b, &tgt)));
+    assert_eq!(
+        checksum(b, &tgt, "big"),
+        before,
+        "a killed run must leave nothing behind"
+    );
+    let stale = a.query(
+        &c.ctl_db,
+        "SELECT count(*)::text FROM capra.run WHERE state = 'running'",
+    );
+    assert_eq!(stale, vec![Some("1".into())], "the killed run is still marked running");
+
+    // Start again: the stale run is closed and the sync converges.
+    let _d2 = c.start();
+    c.ok(&["kick", "bigs", "120"]);
+    assert_eq!(checksum(a, &src, "big"), checksum(b, &tgt, "big"), "{}", c.log());
+    let bad = a.query(
+        &c.ctl_db,
+        "SELECT error FROM capra.run WHERE state = 'bad' ORDER BY id DESC LIMIT 1",
+    );
+    assert!(
+        bad[0]
+            .as_deref()
+            .unwrap_or("")
+            .contains("the daemon stopped during this run"),
+        "{bad:?}"
+    );
+    assert!(c.log().contains("Closed 1 run(s) left open"), "{}", c.log());
+}
+
+/// Stop the target cluster in the middle of a run: the run fails cleanly,
+/// is retried, and converges once the cluster is back, without restarting
+/// capra (Bucardo's #213).
+#[test]
+fn target_outage_mid_run_recovers_without_restart() {
+    let a = cluster::a();
+    let t = Cluster::start("outage", Opts::default());
+    let src = a.create_db(&unique("out_src"));
+    let tgt = t.create_db("out_tgt");
+    big_table(a, &src, true);
+    big_table(&t, &tgt, false);
+    let c = big_sync((a, &src), (&t, &tgt));
+    let d = c.start();
+    c.ok(&["kick", "bigs", "120"]);
+    a.exec(&src, "UPDATE big SET n = n + 1 WHERE id % 2 = 0");
+    c.ok(&["kick", "bigs"]);
+    assert!(
+        wait_for(60, || writing(&t, &tgt)),
+        "the run never started writing\n{}",
+        c.log()
+    );
+    t.stop_immediate();
+    // The failure is recorded with its error and shows in status.
+    assert!(
+        wait_for(60, || a
+            .query(&c.ctl_db, "SELECT count(*)::text FROM capra.run WHERE state = 'bad'")
+            [0]
+        .as_deref()
+            != Some("0")),
+        "no failed run recorded\n{}",
+        c.log()
+    );
+    let st = c.ok(&["status", "bigs"]);
+    assert!(st.contains("Last bad"), "{st}");
+    assert!(st.contains("Bad ("), "{st}");
+    std::thread::sleep(Duration::from_secs(2));
+    t.resume();
+    // Same daemon, no restart, no kick: the retry converges.
+    assert!(
+        wait_for(120, || {
+            let mut cl = t.client(&tgt);
+            let ok = cl
+                .query_one("SELECT count(*) FILTER (WHERE n = 1) FROM big", &[])
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0);
+            ok == (BIG_ROWS / 2) as i64
+        }),
+        "did not converge after the target came back\n{}",
+        c.log()
+    );
+    assert!(d.alive(), "capra must not need a restart");
+    assert_eq!(checksum(a, &src, "big"), checksum(&t, &tgt, "big"));
+    let st = c.ok(&["status", "bigs"]);
+    assert!(st.contains("Current state") && st.contains(": Good"), "{st}");
+    assert!(c.log().contains("Sync is working again after"), "{}", c.log());
+}
+
+/// A source outage: the listener reconnects on its own and the changes made
+/// after the source came back replicate by autokick, without a restart.
+#[test]
+fn source_outage_recovers_without_restart() {
+    let b = cluster::b();
+    let s = Cluster::start("srcout", Opts::default());
+    let src = s.create_db("src_db");
+    let tgt = b.create_db(&unique("so_tgt"));
+    for (cl, db) in [(&s, src.as_str()), (b, tgt.as_str())] {
+        cl.exec(db, "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    }
+    let c = Capra::install(cluster::a());
+    c.ok(&[
+        "add",
+        "db",
+        "src",
+        &format!("dbname={src}"),
+        "host=127.0.0.1",
+        &format!("port={}", s.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={tgt}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=postgres",
+    ]);
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&["add", "sync", "so", "relgroup=g", "dbs=src:source,tgt:target"]);
+    c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=2"]);
+    let d = c.start();
+    s.exec(&src, "INSERT INTO kv VALUES (1, 'before')");
+    let count = |want: &str| {
+        let mut cl = b.client(&tgt);
+        cl.query_one("SELECT coalesce(string_agg(v, ',' ORDER BY k), '') FROM kv", &[])
+            .map(|r| r.get::<_, String>(0) == want)
+            .unwrap_or(false)
+    };
+    assert!(wait_for(30, || count("before")), "{}", c.log());
+    s.stop_immediate();
+    std::thread::sleep(Duration::from_secs(2));
+    s.resume();
+    s.exec(&src, "INSERT INTO kv VALUES (2, 'after')");
+    assert!(
+        wait_for(60, || count("before,after")),
+        "not replicated after the source came back\n{}",
+        c.log()
+    );
+    assert!(d.alive());
+}
