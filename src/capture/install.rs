@@ -7,18 +7,25 @@
 //!   transaction's `txid_current()` and the change time.
 //! - per table, one PL/pgSQL function and statement-level triggers with
 //!   transition tables (PostgreSQL 10+), so a 100k-row UPDATE logs its keys
-//!   in one `INSERT ... SELECT`; row-level triggers on older servers. A
-//!   TRUNCATE trigger writes `capra.truncate_log`. Triggers fire only in the
-//!   `origin` replication role, so rows capra itself applies are not logged
-//!   again (the loop prevention multi-master relies on).
+//!   in one `INSERT ... SELECT`; an UPDATE reads only the NEW rows, and a
+//!   key change (rare) is caught by a row trigger whose `WHEN (OLD.key IS
+//!   DISTINCT FROM NEW.key)` runs in C, so ordinary updates never pay for
+//!   it. Row-level triggers on older servers. A TRUNCATE trigger writes
+//!   `capra.truncate_log`. Triggers fire only in the `origin` replication
+//!   role, so rows capra itself applies are not logged again (the loop
+//!   prevention multi-master relies on). The functions run as the writing
+//!   role (no SECURITY DEFINER switch on every statement): capra grants
+//!   INSERT on its own log tables instead.
 //! - `capra.consumer`: per (installation, sync), the `txid_snapshot` up to
 //!   which that sync has applied this source's changes. A run reads in one
 //!   REPEATABLE READ snapshot `cur` and takes exactly the rows whose txid is
 //!   visible in `cur` but not in the consumer's snapshot, then stores `cur`:
 //!   a transaction that started early and commits late is in `cur`'s
 //!   in-progress list, so it is picked up by the next run, once (PgQ's rule).
-//! - `capra.kick()`: statement trigger that NOTIFYs the daemon, present only
-//!   while some autokick sync uses the table.
+//! - the kick: `pg_notify('capra', '')` at the end of the capture function
+//!   while some autokick sync uses the table (one queue entry per writing
+//!   transaction, whatever it touched; the daemon then kicks that source's
+//!   autokick syncs).
 
 use postgres::GenericClient;
 
@@ -35,6 +42,7 @@ pub const KICK_CHANNEL: &str = "capra";
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
 COMMENT ON SCHEMA capra IS 'capra replication: change capture (remove with capra remove sync ...)';
+GRANT USAGE ON SCHEMA capra TO PUBLIC;
 CREATE TABLE IF NOT EXISTS capra.capture_meta (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL
@@ -46,6 +54,7 @@ CREATE TABLE IF NOT EXISTS capra.captured (
     keycols text[] NOT NULL,
     keytypes text[] NOT NULL,
     rowlevel boolean NOT NULL DEFAULT false,
+    kick boolean NOT NULL DEFAULT false,
     cdate timestamptz NOT NULL DEFAULT now(),
     UNIQUE (schemaname, relname)
 );
@@ -70,9 +79,10 @@ CREATE TABLE IF NOT EXISTS capra.truncate_log (
     ts timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS truncate_log_txid ON capra.truncate_log (txid);
+GRANT INSERT ON capra.truncate_log TO PUBLIC;
 CREATE OR REPLACE FUNCTION capra.kick() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    PERFORM pg_notify('capra', TG_ARGV[0]);
+    PERFORM pg_catalog.pg_notify('capra', '');
     RETURN NULL;
 END
 $f$;
@@ -189,29 +199,76 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
             .ctx(|| format!("registering capture of {}", t.name.human()))?
             .get(0),
     };
-    let qcols: Vec<String> = t.keycols.iter().map(|k| quote_ident(k)).collect();
+    let delta = delta_table(id);
     let coldefs: Vec<String> = t
         .keycols
         .iter()
         .zip(&keytypes)
         .map(|(k, ty)| format!("{} {ty} NOT NULL", quote_ident(k)))
         .collect();
-    let delta = delta_table(id);
-    let func = format!("capra.capture_{id}");
-    let collist = qcols.join(", ");
     let mut sql = format!(
-        "CREATE TABLE {delta} (txid bigint NOT NULL DEFAULT txid_current(), ts timestamptz NOT NULL DEFAULT clock_timestamp(), {});\n\
+        "CREATE TABLE {delta} (txid bigint NOT NULL DEFAULT txid_current(), ts timestamptz NOT NULL DEFAULT statement_timestamp(), {});\n\
          CREATE INDEX delta_{id}_txid ON {delta} (txid);\n\
+         GRANT INSERT ON {delta} TO PUBLIC;\n\
          COMMENT ON TABLE {delta} IS {};\n",
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))
     );
+    sql.push_str(&function_sql(id, &t.keycols, rowlevel, t.autokick && !rowlevel));
     let tbl = t.name.sql();
+    let func = format!("capra.capture_{id}");
+    if rowlevel {
+        sql.push_str(&format!(
+            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
+        ));
+    } else {
+        let qcols: Vec<String> = t.keycols.iter().map(|k| quote_ident(k)).collect();
+        let changed: Vec<String> = qcols
+            .iter()
+            .map(|q| format!("OLD.{q} IS DISTINCT FROM NEW.{q}"))
+            .collect();
+        sql.push_str(&format!(
+            "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_u AFTER UPDATE ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_k AFTER UPDATE OF {} ON {tbl} FOR EACH ROW WHEN ({}) EXECUTE PROCEDURE {func}_key();\n",
+            qcols.join(", "),
+            changed.join(" OR ")
+        ));
+    }
+    c.batch_execute(&sql)
+        .ctx(|| format!("installing change capture on {}", t.name.human()))?;
+    c.execute(
+        "UPDATE capra.captured SET kick = $2 WHERE id = $1",
+        &[&id, &(t.autokick && !rowlevel)],
+    )
+    .ctx(|| "recording the kick".into())?;
+    if rowlevel {
+        set_kick(c, &t.name, id, t.autokick)?;
+    }
+    Ok(id)
+}
+
+/// The capture function(s) of one table. Statement level: `capture_N()`
+/// logs NEW keys for INSERT/UPDATE, OLD keys for DELETE, truncations, and
+/// (with `notify`) kicks the daemon; `capture_N_key()` logs the old key of
+/// a row whose key changed. Row level: one function for everything.
+fn function_sql(id: i32, keycols: &[String], rowlevel: bool, notify: bool) -> String {
+    let delta = delta_table(id);
+    let qcols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
+    let collist = qcols.join(", ");
+    let kick = if notify {
+        "PERFORM pg_catalog.pg_notify('capra', '');\n    "
+    } else {
+        ""
+    };
     if rowlevel {
         let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
         let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
-        sql.push_str(&format!(
-            "CREATE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+        return format!(
+            "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {delta} ({collist}) VALUES ({new});
@@ -228,45 +285,34 @@ BEGIN
     RETURN NULL;
 END
 $f$;
-CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();
-CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();
 ",
             new = new_vals.join(", "),
             old = old_vals.join(", "),
-        ));
-    } else {
-        let same: Vec<String> = qcols.iter().map(|q| format!("n.{q} = o.{q}")).collect();
-        let old_sel: Vec<String> = qcols.iter().map(|q| format!("o.{q}")).collect();
-        sql.push_str(&format!(
-            "CREATE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+        );
+    }
+    let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new;
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new;
-        INSERT INTO {delta} ({collist}) SELECT {old_sel} FROM capra_old o
-            WHERE NOT EXISTS (SELECT 1 FROM capra_new n WHERE {same});
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_old;
     ELSE
         INSERT INTO capra.truncate_log (captured) VALUES ({id});
     END IF;
+    {kick}RETURN NULL;
+END
+$f$;
+CREATE OR REPLACE FUNCTION capra.capture_{id}_key() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    INSERT INTO {delta} ({collist}) VALUES ({old});
     RETURN NULL;
 END
 $f$;
-CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();
-CREATE TRIGGER capra_capture_u AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS capra_old NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();
-CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();
-CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();
 ",
-            old_sel = old_sel.join(", "),
-            same = same.join(" AND "),
-        ));
-    }
-    c.batch_execute(&sql)
-        .ctx(|| format!("installing change capture on {}", t.name.human()))?;
-    set_kick(c, &t.name, id, t.autokick)?;
-    Ok(id)
+        old = old_vals.join(", "),
+    )
 }
 
 /// A SQL string literal.
@@ -296,20 +342,39 @@ fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Re
     Ok(has_log && names.iter().any(|n| n == "capra_capture_t"))
 }
 
-/// Adds or drops the kick trigger of one table.
+/// Turns a table's kick on or off: statement-level capture regenerates its
+/// function with or without the notify; row-level capture (old servers)
+/// has a separate statement trigger calling `capra.kick()`.
 fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> Result<()> {
+    let row = c
+        .query_one(
+            "SELECT rowlevel, kick, keycols FROM capra.captured WHERE id = $1",
+            &[&id],
+        )
+        .ctx(|| "reading capture".into())?;
+    let (rowlevel, kick, keycols): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+    if !rowlevel {
+        if kick != on {
+            c.batch_execute(&function_sql(id, &keycols, false, on))
+                .ctx(|| format!("switching the kick of {}", table.human()))?;
+            c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
+                .ctx(|| "recording the kick".into())?;
+        }
+        return Ok(());
+    }
     let has = trigger_names(c, table)?.iter().any(|n| n == "capra_kick");
     if on && !has {
         c.batch_execute(&format!(
-            "CREATE TRIGGER capra_kick AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT EXECUTE PROCEDURE capra.kick({})",
-            table.sql(),
-            sql_literal(&id.to_string())
+            "CREATE TRIGGER capra_kick AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT EXECUTE PROCEDURE capra.kick()",
+            table.sql()
         ))
         .ctx(|| format!("installing the kick trigger on {}", table.human()))?;
     } else if !on && has {
         c.batch_execute(&format!("DROP TRIGGER capra_kick ON {}", table.sql()))
             .ctx(|| format!("removing the kick trigger from {}", table.human()))?;
     }
+    c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
+        .ctx(|| "recording the kick".into())?;
     Ok(())
 }
 
@@ -333,7 +398,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         }
     }
     sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\n",
+        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP FUNCTION IF EXISTS capra.capture_{id}_key();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\n",
         delta_table(id)
     ));
     c.batch_execute(&sql)

@@ -172,7 +172,7 @@ pub struct Engine {
     stopping: AtomicBool,
     reload_requested: AtomicBool,
     controllers: Mutex<HashMap<String, CtlHandle>>,
-    routes: RwLock<HashMap<(String, i32), HashSet<String>>>,
+    /// Per source database, the autokick syncs reading it.
     sources: RwLock<HashMap<String, (Db, HashSet<String>)>>,
     listeners: Mutex<HashMap<String, ListenerHandle>>,
     jobs: Mutex<Option<Sender<Job>>>,
@@ -211,7 +211,6 @@ impl Engine {
             stopping: AtomicBool::new(false),
             reload_requested: AtomicBool::new(false),
             controllers: Mutex::new(HashMap::new()),
-            routes: RwLock::new(HashMap::new()),
             sources: RwLock::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             jobs: Mutex::new(None),
@@ -322,15 +321,12 @@ impl Engine {
         }
     }
 
-    fn set_routes(self: &Arc<Self>, sync: &str, routes: Vec<(Db, Vec<i32>)>, autokick: bool) {
+    /// Registers a sync's sources for autokick (and starts their listeners).
+    fn set_routes(self: &Arc<Self>, sync: &str, sources: Vec<Db>, autokick: bool) {
         self.forget_routes(sync);
         if autokick {
-            let mut r = self.routes.write().unwrap();
             let mut s = self.sources.write().unwrap();
-            for (db, ids) in routes {
-                for id in ids {
-                    r.entry((db.name.clone(), id)).or_default().insert(sync.to_string());
-                }
+            for db in sources {
                 let e = s.entry(db.name.clone()).or_insert_with(|| (db.clone(), HashSet::new()));
                 e.0 = db;
                 e.1.insert(sync.to_string());
@@ -341,11 +337,6 @@ impl Engine {
 
     fn forget_routes(self: &Arc<Self>, sync: &str) {
         {
-            let mut r = self.routes.write().unwrap();
-            for v in r.values_mut() {
-                v.remove(sync);
-            }
-            r.retain(|_, v| !v.is_empty());
             let mut s = self.sources.write().unwrap();
             for v in s.values_mut() {
                 v.1.remove(sync);
@@ -435,18 +426,17 @@ impl Engine {
             // Changes may have committed while we were not listening.
             self.kick_all_of(&db.name);
             'conn: while !stop.load(Ordering::SeqCst) && !self.is_stopping() {
-                let mut ids: Vec<i32> = Vec::new();
+                let mut kicked = false;
                 {
                     let mut n = client.notifications();
                     let first = n.timeout_iter(Duration::from_millis(500)).next();
                     match first {
                         Ok(None) => {}
-                        Ok(Some(note)) => {
-                            ids.extend(note.payload().parse::<i32>().ok());
+                        Ok(Some(_)) => {
+                            kicked = true;
+                            // Drain what else arrived: one kick covers them all.
                             let mut more = n.iter();
-                            while let Ok(Some(m)) = more.next() {
-                                ids.extend(m.payload().parse::<i32>().ok());
-                            }
+                            while let Ok(Some(_)) = more.next() {}
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -463,17 +453,8 @@ impl Engine {
                     reported = true;
                     break 'conn;
                 }
-                let mut syncs: HashSet<String> = HashSet::new();
-                {
-                    let r = self.routes.read().unwrap();
-                    for id in ids {
-                        if let Some(s) = r.get(&(db.name.clone(), id)) {
-                            syncs.extend(s.iter().cloned());
-                        }
-                    }
-                }
-                for s in syncs {
-                    self.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
+                if kicked {
+                    self.kick_all_of(&db.name);
                 }
             }
         }
@@ -823,7 +804,7 @@ impl Controller {
             }
         }
         if plan.is_delta() {
-            let mut routes = Vec::new();
+            let mut routes: Vec<Db> = Vec::new();
             for src in &plan.sources {
                 let mut conn = self.engine.pools.get(src)?;
                 let mut tx = conn
@@ -841,8 +822,7 @@ impl Controller {
                         )
                         .ctx(|| "checking capture".into())?
                         .is_some();
-                let ids =
-                    install::attach_consumer(&mut tx, &self.engine.installation, &self.name, &plan.capture_targets())?;
+                install::attach_consumer(&mut tx, &self.engine.installation, &self.name, &plan.capture_targets())?;
                 tx.commit()
                     .ctx(|| format!("installing change capture on \"{}\"", src.name))?;
                 if !had {
@@ -851,7 +831,7 @@ impl Controller {
                         src.name
                     );
                 }
-                routes.push((src.clone(), ids));
+                routes.push(src.clone());
             }
             self.engine.set_routes(&self.name, routes, plan.sync.autokick);
         } else {

@@ -178,6 +178,7 @@ fn checktime_and_schedule() {
 fn capture_cleanup_purge_and_delta() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, src, tgt) = kv_setup(&["autokick=0"]);
+    c.ok(&["set", "bucardo_vac=0"]);
     let triggers = || {
         a.query(&src, "SELECT coalesce(string_agg(c.relname || ':' || t.tgname, ',' ORDER BY 1), '') FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'capra%'")[0].clone().unwrap()
     };
@@ -216,6 +217,22 @@ fn capture_cleanup_purge_and_delta() {
         "{out}"
     );
     assert_eq!(logged(), "0");
+    // The daemon purges on its own (every vac_sleep seconds).
+    c.ok(&["set", "bucardo_vac=1", "vac_sleep=1"]);
+    c.ok(&["reload"]);
+    a.exec(&src, "INSERT INTO kv VALUES (100, 'x')");
+    c.ok(&["kick", "kv", "60"]);
+    assert!(
+        wait_for(30, || logged() == "0"),
+        "the daemon did not purge\n{}",
+        c.log()
+    );
+    assert!(
+        c.log()
+            .contains("Purged 1 replicated change rows from database \"src\""),
+        "{}",
+        c.log()
+    );
     // Removing one table from the active sync drops its capture only.
     c.ok(&["remove", "table", "public.other", "db=src"]);
     assert!(!triggers().contains("other:"), "{}", triggers());

@@ -238,3 +238,84 @@ fn source_outage_recovers_without_restart() {
     );
     assert!(d.alive());
 }
+
+/// SIGKILL at random moments while changes keep committing (autokick runs
+/// back to back); restart each time. The target ends identical.
+#[test]
+fn sigkill_at_random_moments_under_load() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("rk_src"));
+    let tgt = b.create_db(&unique("rk_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, note text)");
+    }
+    a.exec(
+        &src,
+        "INSERT INTO acc SELECT g, 0, 'start' FROM generate_series(1, 20000) g",
+    );
+    let c = Capra::install(a);
+    c.ok(&[
+        "add",
+        "db",
+        "src",
+        &format!("dbname={src}"),
+        "host=127.0.0.1",
+        &format!("port={}", a.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={tgt}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=postgres",
+    ]);
+    c.ok(&["add", "table", "acc", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "rk",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=2",
+    ]);
+    c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=1"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, src) = (stop.clone(), src.clone());
+        std::thread::spawn(move || {
+            let mut cl = cluster::a().client(&src);
+            let mut i: i32 = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let mut tx = cl.transaction().unwrap();
+                tx.execute(
+                    "UPDATE acc SET n = n + 1, note = 'w' || $1 WHERE id % 97 = $1 % 97",
+                    &[&i],
+                )
+                .unwrap();
+                tx.execute("DELETE FROM acc WHERE id = 20000 + $1 - 50", &[&i]).unwrap();
+                tx.execute("INSERT INTO acc VALUES (20000 + $1, $1, 'new')", &[&i])
+                    .unwrap();
+                if i % 50 == 0 {
+                    tx.execute("UPDATE acc SET id = id + 1000000 WHERE id = $1", &[&(i / 50)])
+                        .unwrap();
+                }
+                tx.commit().unwrap();
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    for round in 0..5u64 {
+        let d = c.start();
+        std::thread::sleep(Duration::from_millis(150 + (round * 173) % 600));
+        d.kill9();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let _d = c.start();
+    c.ok(&["kick", "rk", "120"]);
+    assert_eq!(checksum(a, &src, "acc"), checksum(b, &tgt, "acc"), "{}", c.log());
+}

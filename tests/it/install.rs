@@ -94,3 +94,31 @@ fn interactive_menu_like_the_confluence_report() {
     let show = c.ok(&["show", "piddir"]);
     assert!(show.contains(&piddir.display().to_string()), "{show}");
 }
+
+/// A version-1 catalog (as the first release created it) is upgraded in
+/// place by `install`: data kept, new tables added, second run current.
+#[test]
+fn upgrades_an_older_catalog_in_place() {
+    let a = cluster::a();
+    let c = Capra::uninstalled(a);
+    a.create_db(&c.ctl_db);
+    a.exec(&c.ctl_db, include_str!("../../src/catalog/migrations/0001_catalog.sql"));
+    a.exec(
+        &c.ctl_db,
+        "INSERT INTO capra.meta (version, installation) VALUES (1, 'oldinstall');
+         INSERT INTO capra.db (name, dbname) VALUES ('kept', 'x');",
+    );
+    let out = c.ok(&["install", "--batch"]);
+    assert!(out.contains("Upgraded the capra catalog in database"), "{out}");
+    assert!(out.contains("from version 1 to 2"), "{out}");
+    assert!(c.ok(&["list", "dbs"]).contains("Database: kept"));
+    assert_eq!(
+        a.query(&c.ctl_db, "SELECT to_regclass('capra.run')::text"),
+        vec![Some("capra.run".into())]
+    );
+    assert!(
+        c.ok(&["show", "vac_sleep"]).contains("120"),
+        "settings added on upgrade"
+    );
+    assert!(c.ok(&["install", "--batch"]).contains("is current (version 2)"));
+}

@@ -9,5 +9,7 @@ mod daemon;
 mod faults;
 mod field_reports;
 mod install;
+mod plugins;
 mod replication;
+mod units;
 mod validate;

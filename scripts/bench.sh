@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# capra's benchmark: builds in release mode, starts its own throwaway
+# clusters, and prints figures (initial copy vs a psql pipe, delta apply
+# rows/s, lag under pgbench load, source TPS with and without capture,
+# daemon memory). Usage: scripts/bench.sh [SCALE...]   (default: 10 100)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "needs the PostgreSQL server binaries: apt-get install postgresql" >&2; exit 1; }
+cargo build --release --quiet --bin capra --example bench
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(/usr/lib/postgresql/*/bin/postgres --version | tail -1)"
+exec target/release/examples/bench target/release/capra "$@"
