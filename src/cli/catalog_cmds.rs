@@ -569,6 +569,19 @@ fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
         AllWhat::Tables => ("table", discover::tables(&mut client)?),
         AllWhat::Sequences => ("sequence", discover::sequences(&mut client)?),
     };
+    // Filters that name a table that does not exist are most likely typos.
+    for t in only_t.iter().chain(skip_t.iter()) {
+        if !t.contains(['*', '%'])
+            && !live
+                .iter()
+                .any(|f| passes(f, std::slice::from_ref(t), &[], &[], &[]).unwrap_or(false))
+        {
+            return Err(Error::Rejected(format!(
+                "no {kind} named {t} in database \"{}\" (check the -t/-T value; see \\d in psql)",
+                db.name
+            )));
+        }
+    }
     let mut chosen = Vec::new();
     for f in live {
         if passes(&f, &only_t, &skip_t, &only_n, &skip_n)? {
@@ -586,35 +599,14 @@ fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
             }
         )));
     }
-    // Filters that named a table that does not exist are most likely typos.
-    for t in only_t.iter().chain(skip_t.iter()) {
-        let all_live = match a.what {
-            AllWhat::Tables => discover::tables(&mut client)?,
-            AllWhat::Sequences => discover::sequences(&mut client)?,
-        };
-        if !t.contains(['*', '%'])
-            && !all_live
-                .iter()
-                .any(|f| passes(f, std::slice::from_ref(t), &[], &[], &[]).unwrap_or(false))
-        {
-            return Err(Error::Rejected(format!(
-                "no {kind} named {t} in database \"{}\" (check the -t/-T value; see \\d in psql)",
-                db.name
-            )));
-        }
-    }
-    let rgs: Vec<String> = relgroup.iter().cloned().collect();
-    let report = edit_with_capture(
+    let report = store_found(
+        ctx,
         &mut cat,
-        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
-        |tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()),
+        &db.name,
+        relgroup.as_deref(),
+        &chosen,
+        conflict.as_deref(),
     )?;
-    if report.created_relgroup {
-        ctx.say(format!(
-            "Creating relgroup: {}",
-            relgroup.as_deref().unwrap_or_default()
-        ));
-    }
     for f in &chosen {
         let n = &f.name;
         let new = report.added.contains(n);
@@ -634,6 +626,29 @@ fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
         ctx.say(format!("Already added: {}", report.already.len()));
     }
     Ok(())
+}
+
+/// Stores live tables or sequences (and their relgroup) in the catalog,
+/// capturing them for syncs already using the relgroup; says when the
+/// relgroup was created.
+fn store_found(
+    ctx: &Ctx,
+    cat: &mut Catalog,
+    db: &str,
+    relgroup: Option<&str>,
+    found: &[Found],
+    conflict: Option<&str>,
+) -> Result<edit::AddedRelations> {
+    let rgs: Vec<String> = relgroup.iter().map(|s| s.to_string()).collect();
+    let report = edit_with_capture(
+        cat,
+        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
+        |tx| edit::add_relations(tx, db, relgroup, found, conflict),
+    )?;
+    if report.created_relgroup {
+        ctx.say(format!("Creating relgroup: {}", relgroup.unwrap_or_default()));
+    }
+    Ok(report)
 }
 
 /// Resolves user terms against a live database's tables or sequences.
@@ -703,18 +718,14 @@ fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
         discover::sequences(&mut client)?
     };
     let chosen = match_live(&live, &a.positional, kind, &db.name)?;
-    let rgs: Vec<String> = relgroup.iter().cloned().collect();
-    let report = edit_with_capture(
+    let report = store_found(
+        ctx,
         &mut cat,
-        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
-        |tx| edit::add_relations(tx, &db.name, relgroup.as_deref(), &chosen, conflict.as_deref()),
+        &db.name,
+        relgroup.as_deref(),
+        &chosen,
+        conflict.as_deref(),
     )?;
-    if report.created_relgroup {
-        ctx.say(format!(
-            "Creating relgroup: {}",
-            relgroup.as_deref().unwrap_or_default()
-        ));
-    }
     for f in &chosen {
         let n = &f.name;
         match &relgroup {

@@ -20,24 +20,8 @@ fn kv_setup(extra: &[&str]) -> (Capra, String, String) {
         );
     }
     let c = Capra::install(a);
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", a.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={tgt}"),
-        "host=127.0.0.1",
-        &format!("port={}", b.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "kv", "other", "db=src", "relgroup=g"]);
     let mut args = vec!["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"];
     args.extend_from_slice(extra);

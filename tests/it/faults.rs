@@ -26,24 +26,8 @@ fn big_table(c: &Cluster, db: &str, fill: bool) {
 /// A control database replicating `big` from (cluster, db) to (cluster, db).
 fn big_sync(src: (&Cluster, &str), tgt: (&Cluster, &str)) -> Capra {
     let c = Capra::install(cluster::a());
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={}", src.1),
-        "host=127.0.0.1",
-        &format!("port={}", src.0.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={}", tgt.1),
-        "host=127.0.0.1",
-        &format!("port={}", tgt.0.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", src.0, src.1);
+    c.add_db("tgt", tgt.0, tgt.1);
     c.ok(&["add", "table", "big", "db=src", "relgroup=bigg"]);
     c.ok(&[
         "add",
@@ -197,24 +181,8 @@ fn source_outage_recovers_without_restart() {
         cl.exec(db, "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     }
     let c = Capra::install(cluster::a());
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", s.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={tgt}"),
-        "host=127.0.0.1",
-        &format!("port={}", b.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", &s, &src);
+    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
     c.ok(&["add", "sync", "so", "relgroup=g", "dbs=src:source,tgt:target"]);
     c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=2"]);
@@ -254,24 +222,8 @@ fn sigkill_at_random_moments_under_load() {
         "INSERT INTO acc SELECT g, 0, 'start' FROM generate_series(1, 20000) g",
     );
     let c = Capra::install(a);
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", a.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={tgt}"),
-        "host=127.0.0.1",
-        &format!("port={}", b.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "acc", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",

@@ -238,15 +238,7 @@ fn pgbench_setup(targets: &[&Cluster], extra: &[&str]) -> (Capra, String, Vec<St
     let a = cluster::a();
     let src = fixtures::pgbench(a, "bench_src");
     let c = Capra::install(a);
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", a.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", a, &src);
     let mut tgts = Vec::new();
     let mut dbs = vec!["src:source".to_string()];
     for (i, cl) in targets.iter().enumerate() {
@@ -357,15 +349,7 @@ fn three_targets_and_onetimecopy_into_a_new_target() {
         ),
         vec![Some("0".into())]
     );
-    c.ok(&[
-        "add",
-        "db",
-        "tgt_new",
-        &format!("dbname={new_db}"),
-        "host=127.0.0.1",
-        &format!("port={}", cc.port),
-        "user=postgres",
-    ]);
+    c.add_db("tgt_new", cc, &new_db);
     c.ok(&[
         "update",
         "sync",
@@ -508,24 +492,8 @@ fn interleaved(row_triggers: bool) {
     if row_triggers {
         c.env.push(("CAPRA_ROW_TRIGGERS".into(), "1".into()));
     }
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", a.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={tgt}"),
-        "host=127.0.0.1",
-        &format!("port={}", b.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "kv", "db=src", "relgroup=kvg"]);
     c.ok(&[
         "add",

@@ -9,24 +9,8 @@ fn setup() -> (Capra, String, String) {
     let c = Capra::install(a);
     let src = fixtures::confluence(a);
     let tgt = fixtures::confluence_schema_only(b);
-    c.ok(&[
-        "add",
-        "db",
-        "src",
-        &format!("dbname={src}"),
-        "host=127.0.0.1",
-        &format!("port={}", a.port),
-        "user=postgres",
-    ]);
-    c.ok(&[
-        "add",
-        "db",
-        "tgt",
-        &format!("dbname={tgt}"),
-        "host=127.0.0.1",
-        &format!("port={}", b.port),
-        "user=postgres",
-    ]);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
     c.ok(&[
         "add",
         "all",

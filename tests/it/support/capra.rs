@@ -157,3 +157,20 @@ impl Capra {
         self.home.path()
     }
 }
+
+impl Capra {
+    /// `add db NAME dbname=DB host=127.0.0.1 port=PORT user=postgres` for a
+    /// database on a test cluster.
+    #[track_caller]
+    pub fn add_db(&self, name: &str, cluster: &Cluster, db: &str) {
+        self.ok(&[
+            "add",
+            "db",
+            name,
+            &format!("dbname={db}"),
+            "host=127.0.0.1",
+            &format!("port={}", cluster.port),
+            "user=postgres",
+        ]);
+    }
+}
