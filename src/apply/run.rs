@@ -252,6 +252,14 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         .isolation_level(iso)
         .start()
         .ctx(|| format!("starting the read transaction on \"{}\"", src_db.name))?;
+    // Keys and rows travel as text: make that text mean the same on every
+    // server whatever its defaults (ISO dates parse under any DateStyle;
+    // floats round-trip exactly). SET does not take the snapshot.
+    stx.batch_execute(
+        "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+         SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL statement_timeout = 0",
+    )
+    .ctx(|| format!("setting up the read transaction on \"{}\"", src_db.name))?;
     let delta = plan.is_delta();
     let (cur, prev): (String, Option<String>) = if delta {
         let row = stx

@@ -182,7 +182,34 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
                 set_kick(c, &t.name, id, t.autokick)?;
                 return Ok(id);
             }
-            // Key or trigger kind changed: rebuild the log table and triggers.
+            // Key or trigger kind changed: rebuild the log table and
+            // triggers, but never while it holds changes not yet applied.
+            let log_exists: bool = c
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
+                .ctx(|| "checking the change log".into())?
+                .get(0);
+            let pending: i64 = if log_exists {
+                c.query_one(
+                    &format!(
+                        "SELECT count(*) FROM {} d WHERE EXISTS (
+                            SELECT 1 FROM capra.consumer con
+                              JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
+                             WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))",
+                        delta_table(id)
+                    ),
+                    &[&id],
+                )
+                .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                .get(0)
+            } else {
+                0
+            };
+            if pending > 0 {
+                return Err(Error::Rejected(format!(
+                    "the replication key of {} changed, but its change log still holds {pending} change(s) not yet applied by every sync; let them replicate first (capra kick SYNC 60), then try again",
+                    t.name.human()
+                )));
+            }
             drop_capture_objects(c, &t.name, id)?;
             c.execute(
                 "UPDATE capra.captured SET keycols = $2, keytypes = $3, rowlevel = $4 WHERE id = $1",

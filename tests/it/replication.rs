@@ -610,3 +610,108 @@ fn concurrent_writers_converge() {
         assert_eq!(checksum(a, &src, tb), checksum(b, &tgts[0], tb), "{tb}\n{}", c.log());
     }
 }
+
+/// Servers with different DateStyles (MDY source, DMY target): dates,
+/// timestamps and intervals, keys included, arrive unchanged.
+#[test]
+fn datestyle_differences_do_not_corrupt_dates() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("ds_src"));
+    let tgt = b.create_db(&unique("ds_tgt"));
+    a.exec(
+        "postgres",
+        &format!("ALTER DATABASE \"{src}\" SET DateStyle = 'SQL, MDY'"),
+    );
+    b.exec(
+        "postgres",
+        &format!("ALTER DATABASE \"{tgt}\" SET DateStyle = 'SQL, DMY'"),
+    );
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(
+            db,
+            "CREATE TABLE ev (day date, at timestamp, PRIMARY KEY (day, at), took interval, ratio float8, tz timestamptz)",
+        );
+    }
+    a.exec(
+        &src,
+        "INSERT INTO ev VALUES ('2020-01-02', '2020-01-02 03:04:05.678', '1 day 02:03:04', 0.1::float8 + 0.2::float8, '2020-03-04 05:06:07+02'),
+                               ('2021-12-11', '2021-11-12 00:00:00', '-3 months', 1e-300, 'infinity')",
+    );
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    c.ok(&["add", "table", "ev", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "ds",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "ds", "60"]);
+    // Changes (keys read as text, then cast on the target) as well as copies.
+    a.exec(
+        &src,
+        "UPDATE ev SET took = took * 2 WHERE day = '2020-01-02'; DELETE FROM ev WHERE day = '2021-12-11'",
+    );
+    a.exec(
+        &src,
+        "INSERT INTO ev VALUES ('2022-05-06', '2022-06-05 01:02:03', '1 second', 2.5, now())",
+    );
+    c.ok(&["kick", "ds", "60"]);
+    let iso = |cl: &Cluster, db: &str| {
+        cl.query(
+            db,
+            "SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; SET TimeZone = 'UTC';
+             SELECT string_agg(format('%s|%s|%s|%s|%s', day, at, took, ratio, tz), ';' ORDER BY day) FROM ev",
+        )
+    };
+    assert_eq!(iso(a, &src), iso(b, &tgt), "{}", c.log());
+    let got = iso(b, &tgt)[0].clone().unwrap();
+    assert!(
+        got.starts_with("2020-01-02|2020-01-02 03:04:05.678|2 days 04:06:08|0.30000000000000004|"),
+        "{got}"
+    );
+}
+
+/// Changing a captured table's key is refused while its log holds changes
+/// not yet applied (they would be lost), and accepted once they are.
+#[test]
+fn key_change_waits_for_pending_changes() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("kc_src"));
+    let tgt = b.create_db(&unique("kc_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(
+            db,
+            "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
+        );
+    }
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "kc",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a', 'one'), (2, 'b', 'two')");
+    let before = c.snapshot();
+    let err = c.fails(&["update", "table", "kv", "pkey=code"], 1);
+    assert!(err.contains("still holds 2 change(s) not yet applied"), "{err}");
+    assert_eq!(before, c.snapshot());
+    let _d = c.start();
+    c.ok(&["kick", "kc", "60"]);
+    c.ok(&["update", "table", "kv", "pkey=code"]);
+    c.ok(&["reload"]);
+    a.exec(&src, "UPDATE kv SET v = 'uno' WHERE code = 'a'");
+    c.ok(&["kick", "kc", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
+}
