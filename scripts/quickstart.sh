@@ -88,7 +88,9 @@ run "$CAPRA" "${G[@]}" validate shop_sync
 run "$CAPRA" "${G[@]}" list syncs
 
 say "starting the daemon (it copies the tables into the empty target first: onetimecopy=2)"
-run "$CAPRA" "${G[@]}" start "quickstart"
+START_OUT=$("$CAPRA" "${G[@]}" start "quickstart"); printf '$ %s\n%s\n' "$CAPRA ${G[*]} start quickstart" "$START_OUT"
+LOG=${START_OUT##*log: }
+DAEMON_PID=$(printf '%s' "$START_OUT" | sed -n 's/.*(pid \([0-9]*\)).*/\1/p')
 run "$CAPRA" "${G[@]}" kick shop_sync 60
 echo "rows on hostB now: $("${PSQL_B[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_accounts')  (hostA: $("${PSQL_A[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_accounts'))"
 
@@ -112,6 +114,8 @@ say "status"
 run "$CAPRA" "${G[@]}" status
 run "$CAPRA" "${G[@]}" status shop_sync
 run "$CAPRA" "${G[@]}" delta
+echo "last lines of the daemon log ($LOG):"
+grep "^($DAEMON_PID) " "$LOG" 2>/dev/null | grep -E " (KID|CTL) " | tail -n 6 || true
 
 say "stopping the daemon"
 run "$CAPRA" "${G[@]}" stop "quickstart done"
