@@ -118,7 +118,11 @@ pub struct RunEnv<'a> {
 pub struct RunCache {
     meta: HashMap<i32, TableMeta>,
     seqs: HashMap<(i32, String), SeqState>,
+    last_advance: Option<Instant>,
 }
+
+/// How often an idle sync moves its position forward on empty runs.
+const IDLE_ADVANCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl RunCache {
     /// Forgets table shapes (after a reload or a failed run).
@@ -129,6 +133,8 @@ impl RunCache {
 
 #[derive(Clone, Debug)]
 struct TableMeta {
+    /// The key columns the key types below are for.
+    keycols: Vec<String>,
     /// Quoted column list (non-generated source columns).
     cols: String,
     /// `ONLY ` for plain tables; nothing for partitioned ones.
@@ -286,7 +292,8 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     };
 
     // Which tables changed (and which were truncated) since the consumer snapshot.
-    let mut captured: HashMap<(String, String), i32> = HashMap::new();
+    // (schema, table) -> (captured id, the key columns its log was built with)
+    let mut captured: HashMap<(String, String), (i32, Vec<String>)> = HashMap::new();
     let mut changed: BTreeSet<i32> = BTreeSet::new();
     let mut truncated: BTreeSet<i32> = BTreeSet::new();
     let prev_lit = match &prev {
@@ -295,15 +302,16 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     };
     if let (Some(prev_lit), false) = (&prev_lit, plan.targets.is_empty()) {
         for r in stx
-            .query("SELECT id, schemaname, relname FROM capra.captured", &[])
+            .query("SELECT id, schemaname, relname, keycols FROM capra.captured", &[])
             .ctx(|| "reading captured tables".into())?
         {
-            captured.insert((r.get(1), r.get(2)), r.get(0));
+            captured.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
         }
         let mut parts = Vec::new();
         for t in &plan.tables {
-            let id = *captured
+            let id = captured
                 .get(&(t.name.schema.clone(), t.name.name.clone()))
+                .map(|c| c.0)
                 .ok_or_else(|| {
                     Error::Rejected(format!(
                         "table {} of sync \"{name}\" is not captured on \"{}\"; run: capra activate {name}",
@@ -350,7 +358,20 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let nothing =
         changed.is_empty() && truncated.is_empty() && plan.fullcopy.is_empty() && otc == 0 && seq_dirty.is_empty();
     if nothing {
-        drop(stx);
+        // Nothing changed between the stored position and this snapshot,
+        // so moving the position forward skips nothing; doing it now and
+        // then keeps an idle sync from holding back purges.
+        if delta && !plan.targets.is_empty() && cache.last_advance.is_none_or(|t| t.elapsed() >= IDLE_ADVANCE) {
+            stx.execute(
+                "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, updated = now() WHERE installation = $1 AND sync = $2",
+                &[&env.installation, &name, &cur],
+            )
+            .ctx(|| format!("recording sync \"{name}\"'s position on \"{}\"", src_db.name))?;
+            stx.commit().ctx(|| format!("committing on \"{}\"", src_db.name))?;
+            cache.last_advance = Some(Instant::now());
+        } else {
+            drop(stx);
+        }
         report.empty = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -382,8 +403,12 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let n_targets = plan.targets.len();
 
     for t in &plan.tables {
-        let meta = table_meta(cache, &mut stx, &mut txs, &names, t)?;
-        let id = captured.get(&(t.name.schema.clone(), t.name.name.clone())).copied();
+        // Deltas use the key the change log was built with (after a key
+        // change it stays the old one until that log is drained).
+        let cap = captured.get(&(t.name.schema.clone(), t.name.name.clone())).cloned();
+        let keycols = cap.as_ref().map(|c| c.1.clone()).unwrap_or_else(|| t.pkey.clone());
+        let id = cap.map(|c| c.0);
+        let meta = table_meta(cache, &mut stx, &mut txs, &names, t, &keycols)?;
         // Decide per written database how it gets this table.
         let mut modes: Vec<Mode> = Vec::new();
         for (i, tx) in txs.iter_mut().enumerate() {
@@ -444,11 +469,19 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             if rebuild {
                 for &i in &copy_idx {
                     txs[i]
-                        .batch_execute(&format!(
-                            "UPDATE pg_catalog.pg_class SET relhasindex = true WHERE oid = '{}'::regclass; REINDEX TABLE {}",
-                            t.name.sql().replace('\'', "''"),
-                            t.name.sql()
-                        ))
+                        .execute(
+                            "UPDATE pg_catalog.pg_class SET relhasindex = true WHERE oid = $1::text::regclass",
+                            &[&t.name.sql()],
+                        )
+                        .ctx(|| {
+                            format!(
+                                "switching the indexes of {} back on on \"{}\"",
+                                t.name.human(),
+                                names[i]
+                            )
+                        })?;
+                    txs[i]
+                        .batch_execute(&format!("REINDEX TABLE {}", t.name.sql()))
                         .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), names[i]))?;
                 }
             }
@@ -509,6 +542,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         .ctx(|| format!("recording sync \"{name}\"'s position on \"{}\"", src_db.name))?;
     }
     stx.commit().ctx(|| format!("committing on \"{}\"", src_db.name))?;
+    cache.last_advance = Some(Instant::now());
     for (s, v) in plan.sequences.iter().zip(&seq_src) {
         for n in &names {
             cache.seqs.insert((s.id, n.clone()), v.clone());
@@ -533,10 +567,18 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             if plan.sync.vacuum_after_copy && t.vacuum_after_copy {
                 sql.push(format!("VACUUM {}", t.name.sql()));
             }
+            // Everything is committed: statistics are best effort and never
+            // turn a good run into a failed one.
             if !sql.is_empty() {
-                let mut c = env.pools.get(db)?;
-                for s in sql {
-                    c.batch_execute(&s).ctx(|| format!("{s} on \"{dbname}\""))?;
+                match env.pools.get(db) {
+                    Ok(mut c) => {
+                        for s in sql {
+                            if let Err(e) = c.batch_execute(&s) {
+                                tracing::warn!("{s} on \"{dbname}\" failed: {}", crate::pg::error::describe(&e));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("Skipping ANALYZE/VACUUM on \"{dbname}\": {e}"),
                 }
             }
         }
@@ -554,9 +596,10 @@ fn table_meta<'m>(
     txs: &mut [Transaction<'_>],
     names: &[String],
     t: &Relation,
+    keycols: &[String],
 ) -> Result<&'m TableMeta> {
     let missing = match cache.meta.get(&t.id) {
-        Some(m) => names.iter().any(|n| !m.key_types.contains_key(n)),
+        Some(m) => m.keycols != keycols || names.iter().any(|n| !m.key_types.contains_key(n)),
         None => true,
     };
     if missing {
@@ -592,7 +635,7 @@ fn table_meta<'m>(
                 }
             }
             let mut kt = Vec::new();
-            for k in &t.pkey {
+            for k in keycols {
                 let c = tcols.iter().find(|c| &c.name == k).ok_or_else(|| {
                     Error::Rejected(format!(
                         "key column \"{k}\" of table {} is missing in database \"{n}\"",
@@ -606,6 +649,7 @@ fn table_meta<'m>(
         cache.meta.insert(
             t.id,
             TableMeta {
+                keycols: keycols.to_vec(),
                 cols: cols.join(", "),
                 only: if kind == Some(discover::Kind::Partitioned) {
                     ""
@@ -720,7 +764,7 @@ fn apply_changes(
     prev_lit: &str,
     tr: &mut TableReport,
 ) -> Result<()> {
-    let qk: Vec<String> = t.pkey.iter().map(|k| quote_ident(k)).collect();
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     let changed_keys = format!(
         "SELECT DISTINCT {} FROM capra.delta_{id} WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})",
         qk.join(", ")
@@ -842,9 +886,12 @@ fn apply_sequence(tx: &mut Transaction<'_>, db: &str, s: &Relation, v: &SeqState
     if let Some((start, inc, min, max, cache, cycle)) = v.attrs {
         let mine = read_sequences(tx, std::slice::from_ref(s))?.pop().and_then(|x| x.attrs);
         if mine != v.attrs {
+            // RESTART WITH the source's value keeps the current value inside
+            // the new bounds; setval below then sets is_called.
             tx.batch_execute(&format!(
-                "ALTER SEQUENCE {} INCREMENT BY {inc} MINVALUE {min} MAXVALUE {max} START WITH {start} CACHE {cache} {}CYCLE",
+                "ALTER SEQUENCE {} INCREMENT BY {inc} MINVALUE {min} MAXVALUE {max} START WITH {start} RESTART WITH {} CACHE {cache} {}CYCLE",
                 s.name.sql(),
+                v.last_value,
                 if cycle { "" } else { "NO " }
             ))
             .ctx(|| format!("changing the settings of sequence {} on \"{db}\"", s.name.human()))?;

@@ -7,15 +7,14 @@
 //!   transaction's `txid_current()` and the change time.
 //! - per table, one PL/pgSQL function and statement-level triggers with
 //!   transition tables (PostgreSQL 10+), so a 100k-row UPDATE logs its keys
-//!   in one `INSERT ... SELECT`; an UPDATE reads only the NEW rows, and a
-//!   key change (rare) is caught by a row trigger whose `WHEN (OLD.key IS
-//!   DISTINCT FROM NEW.key)` runs in C, so ordinary updates never pay for
-//!   it. Row-level triggers on older servers. A TRUNCATE trigger writes
+//!   in one `INSERT ... SELECT` (an UPDATE logs new and old keys, so a key
+//!   change is caught whatever made it). Row-level triggers on servers
+//!   without transition tables and on partitioned tables (whose row
+//!   triggers reach every partition). A TRUNCATE trigger writes
 //!   `capra.truncate_log`. Triggers fire only in the `origin` replication
 //!   role, so rows capra itself applies are not logged again (the loop
-//!   prevention multi-master relies on). The functions run as the writing
-//!   role (no SECURITY DEFINER switch on every statement): capra grants
-//!   INSERT on its own log tables instead.
+//!   prevention multi-master relies on). The functions run as their owner,
+//!   so writers need (and get) no rights on capra's tables.
 //! - `capra.consumer`: per (installation, sync), the `txid_snapshot` up to
 //!   which that sync has applied this source's changes. A run reads in one
 //!   REPEATABLE READ snapshot `cur` and takes exactly the rows whose txid is
@@ -42,7 +41,6 @@ pub const KICK_CHANNEL: &str = "capra";
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
 COMMENT ON SCHEMA capra IS 'capra replication: change capture (remove with capra remove sync ...)';
-GRANT USAGE ON SCHEMA capra TO PUBLIC;
 CREATE TABLE IF NOT EXISTS capra.capture_meta (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL
@@ -79,13 +77,6 @@ CREATE TABLE IF NOT EXISTS capra.truncate_log (
     ts timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS truncate_log_txid ON capra.truncate_log (txid);
-GRANT INSERT ON capra.truncate_log TO PUBLIC;
-CREATE OR REPLACE FUNCTION capra.kick() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    PERFORM pg_catalog.pg_notify('capra', '');
-    RETURN NULL;
-END
-$f$;
 "#;
 
 /// A table to capture: its name and replication key.
@@ -136,18 +127,47 @@ pub fn delta_table(id: i32) -> String {
     format!("capra.delta_{id}")
 }
 
-/// Whether this server should use row-level triggers (no transition tables
-/// before PostgreSQL 10; `CAPRA_ROW_TRIGGERS=1` forces them, for testing the
-/// path old servers take).
-fn use_row_triggers(c: &mut impl GenericClient) -> Result<bool> {
-    if std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1") {
-        return Ok(true);
-    }
-    Ok(discover::server_version(c)? < 100000)
+/// What to do when a table's replication key columns changed while its
+/// change log still holds changes not yet applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnKeyChange {
+    /// Refuse with a clear error (catalog commands: the user can wait).
+    Refuse,
+    /// Keep capturing with the old key until the log is drained (the
+    /// daemon: runs use the key the log was built with).
+    Defer,
 }
 
-/// Installs (or refreshes) capture for one table; returns its captured id.
-pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
+/// Whether this table needs row-level triggers: servers before PostgreSQL
+/// 10 have no transition tables, and a partitioned table's statement
+/// triggers do not fire for writes aimed at a partition, while its row
+/// triggers are cloned to every partition (PostgreSQL 11+).
+/// `CAPRA_ROW_TRIGGERS=1` forces them (to test the path old servers take).
+fn use_row_triggers(c: &mut impl GenericClient, table: &QualName) -> Result<bool> {
+    let v = discover::server_version(c)?;
+    let partitioned = discover::kind_of(c, table)? == Some(discover::Kind::Partitioned);
+    if partitioned && v < 110000 {
+        return Err(Error::Rejected(format!(
+            "{} is a partitioned table; capturing partitioned tables needs PostgreSQL 11 or later (add its partitions instead)",
+            table.human()
+        )));
+    }
+    Ok(partitioned || v < 100000 || std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1"))
+}
+
+/// The trigger names capra creates on a user table (and nothing else is
+/// ever dropped).
+const TRIGGERS: &[&str] = &[
+    "capra_capture",
+    "capra_capture_i",
+    "capra_capture_u",
+    "capra_capture_d",
+    "capra_capture_t",
+];
+
+/// Installs (or refreshes) capture for one table; returns its captured id
+/// and whether a key change is waiting for the log to drain.
+pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKeyChange) -> Result<(i32, bool)> {
     let cols = discover::columns(c, &t.name)?;
     if cols.is_empty() {
         return Err(Error::Rejected(format!(
@@ -165,7 +185,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
         })?;
         keytypes.push(col.type_name.clone());
     }
-    let rowlevel = use_row_triggers(c)?;
+    let rowlevel = use_row_triggers(c, &t.name)?;
     let existing = c
         .query_opt(
             "SELECT id, keycols, keytypes, rowlevel FROM capra.captured WHERE schemaname = $1 AND relname = $2",
@@ -175,15 +195,31 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
     let id: i32 = match existing {
         Some(r) => {
             let id: i32 = r.get(0);
-            let same = r.get::<_, Vec<String>>(1) == t.keycols
-                && r.get::<_, Vec<String>>(2) == keytypes
-                && r.get::<_, bool>(3) == rowlevel;
-            if same && triggers_present(c, &t.name, id)? {
+            let (old_cols, old_types, old_row): (Vec<String>, Vec<String>, bool) = (r.get(1), r.get(2), r.get(3));
+            if old_cols == t.keycols && old_row == rowlevel && triggers_present(c, &t.name, id)? {
+                if old_types != keytypes {
+                    // A key column changed type (int -> bigint, wider
+                    // varchar): follow it in place, no rebuild.
+                    let alters: Vec<String> = t
+                        .keycols
+                        .iter()
+                        .zip(&keytypes)
+                        .map(|(k, ty)| format!("ALTER COLUMN {} TYPE {ty}", quote_ident(k)))
+                        .collect();
+                    c.batch_execute(&format!("ALTER TABLE {} {}", delta_table(id), alters.join(", ")))
+                        .ctx(|| format!("following the key type change of {}", t.name.human()))?;
+                    c.execute("UPDATE capra.captured SET keytypes = $2 WHERE id = $1", &[&id, &keytypes])
+                        .ctx(|| "recording the key types".into())?;
+                }
                 set_kick(c, &t.name, id, t.autokick)?;
-                return Ok(id);
+                return Ok((id, false));
             }
-            // Key or trigger kind changed: rebuild the log table and
-            // triggers, but never while it holds changes not yet applied.
+            // Key columns or trigger kind changed: rebuild the log and the
+            // triggers, but never while the log holds changes some sync has
+            // not applied. The table is locked first, so no writer can add
+            // changes between the count and the drop.
+            c.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.name.sql()))
+                .ctx(|| format!("locking {}", t.name.human()))?;
             let log_exists: bool = c
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
                 .ctx(|| "checking the change log".into())?
@@ -205,10 +241,18 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
                 0
             };
             if pending > 0 {
-                return Err(Error::Rejected(format!(
-                    "the replication key of {} changed, but its change log still holds {pending} change(s) not yet applied by every sync; let them replicate first (capra kick SYNC 60), then try again",
-                    t.name.human()
-                )));
+                match on_key_change {
+                    OnKeyChange::Refuse => {
+                        return Err(Error::Rejected(format!(
+                            "the replication key of {} changed, but its change log still holds {pending} change(s) not yet applied by every sync; let them replicate first (capra kick SYNC 60), then try again",
+                            t.name.human()
+                        )))
+                    }
+                    OnKeyChange::Defer => {
+                        set_kick(c, &t.name, id, t.autokick)?;
+                        return Ok((id, true));
+                    }
+                }
             }
             drop_capture_objects(c, &t.name, id)?;
             c.execute(
@@ -236,123 +280,111 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target) -> Result<i32> {
     let mut sql = format!(
         "CREATE TABLE {delta} (txid bigint NOT NULL DEFAULT txid_current(), ts timestamptz NOT NULL DEFAULT statement_timestamp(), {});\n\
          CREATE INDEX delta_{id}_txid ON {delta} (txid);\n\
-         GRANT INSERT ON {delta} TO PUBLIC;\n\
          COMMENT ON TABLE {delta} IS {};\n",
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))
     );
-    sql.push_str(&function_sql(id, &t.keycols, rowlevel, t.autokick && !rowlevel));
+    sql.push_str(&function_sql(id, &t.keycols, rowlevel, t.autokick));
     let tbl = t.name.sql();
     let func = format!("capra.capture_{id}");
+    // No trigger names a column (no column list, no WHEN on columns): that
+    // would stop the user from changing a key column's type.
     if rowlevel {
         sql.push_str(&format!(
-            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
+            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n"
         ));
     } else {
-        let qcols: Vec<String> = t.keycols.iter().map(|k| quote_ident(k)).collect();
-        let changed: Vec<String> = qcols
-            .iter()
-            .map(|q| format!("OLD.{q} IS DISTINCT FROM NEW.{q}"))
-            .collect();
         sql.push_str(&format!(
             "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_u AFTER UPDATE ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_k AFTER UPDATE OF {} ON {tbl} FOR EACH ROW WHEN ({}) EXECUTE PROCEDURE {func}_key();\n",
-            qcols.join(", "),
-            changed.join(" OR ")
+             CREATE TRIGGER capra_capture_u AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS capra_old NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
         ));
     }
+    sql.push_str(&format!(
+        "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
+    ));
     c.batch_execute(&sql)
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
-    c.execute(
-        "UPDATE capra.captured SET kick = $2 WHERE id = $1",
-        &[&id, &(t.autokick && !rowlevel)],
-    )
-    .ctx(|| "recording the kick".into())?;
-    if rowlevel {
-        set_kick(c, &t.name, id, t.autokick)?;
-    }
-    Ok(id)
+    c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &t.autokick])
+        .ctx(|| "recording the kick".into())?;
+    Ok((id, false))
 }
 
-/// The capture function(s) of one table. Statement level: `capture_N()`
-/// logs NEW keys for INSERT/UPDATE, OLD keys for DELETE, truncations, and
-/// (with `notify`) kicks the daemon; `capture_N_key()` logs the old key of
-/// a row whose key changed. Row level: one function for everything.
+/// The capture function of one table, `capture_N()`: it logs the keys a
+/// statement touched (NEW for INSERT, OLD for DELETE, both for UPDATE so a
+/// key change, even one made by a BEFORE trigger, logs the old key too;
+/// per statement from transition tables, or per row), truncations, and
+/// with `notify` kicks the daemon.
+///
+/// It runs as its owner (SECURITY DEFINER), so writers need no rights on
+/// capra's tables and cannot forge change rows, but without a `SET
+/// search_path` (which costs 12% of pgbench throughput): instead nothing in
+/// it is looked up through the caller's search_path. Tables are
+/// schema-qualified, the one operator is `OPERATOR(pg_catalog.=)` on text,
+/// functions are `pg_catalog.`-qualified, UNION compares keys with the
+/// type's default operator class, and column defaults were bound when the
+/// log table was created.
 fn function_sql(id: i32, keycols: &[String], rowlevel: bool, notify: bool) -> String {
     let delta = delta_table(id);
     let qcols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
     let collist = qcols.join(", ");
+    let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
+    let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
     let kick = if notify {
         "PERFORM pg_catalog.pg_notify('capra', '');\n    "
     } else {
         ""
     };
-    if rowlevel {
-        let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
-        let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
-        return format!(
-            "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
+    let body = if rowlevel {
+        format!(
+            "IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO {delta} ({collist}) VALUES ({new});
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO {delta} ({collist}) VALUES ({new});
-        IF ROW({old}) IS DISTINCT FROM ROW({new}) THEN
-            INSERT INTO {delta} ({collist}) VALUES ({old});
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        INSERT INTO {delta} ({collist}) VALUES ({new}), ({old});
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO {delta} ({collist}) VALUES ({old});
     ELSE
         INSERT INTO capra.truncate_log (captured) VALUES ({id});
-    END IF;
-    RETURN NULL;
-END
-$f$;
-",
-            new = new_vals.join(", "),
+    END IF;",
             old = old_vals.join(", "),
-        );
-    }
-    let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
-    format!(
-        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' THEN
+            new = new_vals.join(", ")
+        )
+    } else {
+        format!(
+            "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new UNION SELECT {collist} FROM capra_old;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new;
-    ELSIF TG_OP = 'DELETE' THEN
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_old;
     ELSE
         INSERT INTO capra.truncate_log (captured) VALUES ({id});
-    END IF;
+    END IF;"
+        )
+    };
+    format!(
+        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+BEGIN
+    {body}
     {kick}RETURN NULL;
 END
 $f$;
-CREATE OR REPLACE FUNCTION capra.capture_{id}_key() RETURNS trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    INSERT INTO {delta} ({collist}) VALUES ({old});
-    RETURN NULL;
-END
-$f$;
-",
-        old = old_vals.join(", "),
+"
     )
 }
 
-/// A SQL string literal.
+/// A SQL string literal that means the same whatever
+/// standard_conforming_strings is (an E'' string with backslashes doubled).
 pub fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn trigger_names(c: &mut impl GenericClient, table: &QualName) -> Result<Vec<String>> {
     Ok(c.query(
         "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname LIKE 'capra\\_%'",
-        &[&table.schema, &table.name],
+              WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname = ANY($3)",
+        &[&table.schema, &table.name, &TRIGGERS],
     )
     .ctx(|| format!("reading triggers of {}", table.human()))?
     .iter()
@@ -369,9 +401,7 @@ fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Re
     Ok(has_log && names.iter().any(|n| n == "capra_capture_t"))
 }
 
-/// Turns a table's kick on or off: statement-level capture regenerates its
-/// function with or without the notify; row-level capture (old servers)
-/// has a separate statement trigger calling `capra.kick()`.
+/// Turns a table's kick (the NOTIFY in its capture function) on or off.
 fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> Result<()> {
     let row = c
         .query_one(
@@ -380,28 +410,12 @@ fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> 
         )
         .ctx(|| "reading capture".into())?;
     let (rowlevel, kick, keycols): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-    if !rowlevel {
-        if kick != on {
-            c.batch_execute(&function_sql(id, &keycols, false, on))
-                .ctx(|| format!("switching the kick of {}", table.human()))?;
-            c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
-                .ctx(|| "recording the kick".into())?;
-        }
-        return Ok(());
+    if kick != on {
+        c.batch_execute(&function_sql(id, &keycols, rowlevel, on))
+            .ctx(|| format!("switching the kick of {}", table.human()))?;
+        c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
+            .ctx(|| "recording the kick".into())?;
     }
-    let has = trigger_names(c, table)?.iter().any(|n| n == "capra_kick");
-    if on && !has {
-        c.batch_execute(&format!(
-            "CREATE TRIGGER capra_kick AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT EXECUTE PROCEDURE capra.kick()",
-            table.sql()
-        ))
-        .ctx(|| format!("installing the kick trigger on {}", table.human()))?;
-    } else if !on && has {
-        c.batch_execute(&format!("DROP TRIGGER capra_kick ON {}", table.sql()))
-            .ctx(|| format!("removing the kick trigger from {}", table.human()))?;
-    }
-    c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
-        .ctx(|| "recording the kick".into())?;
     Ok(())
 }
 
@@ -425,7 +439,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         }
     }
     sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP FUNCTION IF EXISTS capra.capture_{id}_key();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\n",
+        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\n",
         delta_table(id)
     ));
     c.batch_execute(&sql)
@@ -434,17 +448,22 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
 
 /// Makes a sync's consumer on this source cover exactly `tables` (capturing
 /// each), creating the consumer at the current snapshot if it is new.
-/// Returns the captured ids in the order given.
 pub fn attach_consumer(
     c: &mut impl GenericClient,
     installation: &str,
     sync: &str,
     tables: &[Target],
-) -> Result<Vec<i32>> {
+    on_key_change: OnKeyChange,
+) -> Result<Attached> {
     ensure_base(c)?;
     let mut ids = Vec::new();
+    let mut deferred = Vec::new();
     for t in tables {
-        ids.push(capture_table(c, t)?);
+        let (id, waits) = capture_table(c, t, on_key_change)?;
+        ids.push(id);
+        if waits {
+            deferred.push(t.name.human());
+        }
     }
     // The snapshot is taken after the triggers exist (and their locks are
     // held), so every change committed from here on is in the log.
@@ -468,7 +487,16 @@ pub fn attach_consumer(
         .ctx(|| "updating the consumer's tables".into())?;
     }
     cleanup(c)?;
-    Ok(ids)
+    Ok(Attached { ids, deferred })
+}
+
+/// What [`attach_consumer`] did.
+#[derive(Debug, Default)]
+pub struct Attached {
+    /// Captured ids, in the order of the tables given.
+    pub ids: Vec<i32>,
+    /// Tables whose key change waits until their log is drained.
+    pub deferred: Vec<String>,
 }
 
 /// Removes a sync's consumer from this source and whatever capture nothing

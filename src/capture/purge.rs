@@ -64,6 +64,27 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
     Ok(out)
 }
 
+/// Consumers of this installation whose sync is no longer in the catalog
+/// (a removal whose source commit failed, or a source that was down):
+/// they would hold every change row back forever.
+pub fn orphans(c: &mut impl GenericClient, installation: &str, known_syncs: &[String]) -> Result<Vec<String>> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
+        .ctx(|| "looking for capra's change capture".into())?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(c.query(
+        "SELECT sync FROM capra.consumer WHERE installation = $1 AND NOT (sync = ANY($2)) ORDER BY 1",
+        &[&installation, &known_syncs],
+    )
+    .ctx(|| "looking for leftover consumers".into())?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
 /// Changes waiting for one consumer on one table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Waiting {

@@ -9,7 +9,7 @@
 
 use postgres::{Client, GenericClient};
 
-use super::install::{attach_consumer, detach_consumer};
+use super::install::{attach_consumer, detach_consumer, OnKeyChange};
 use crate::apply::plan::SyncPlan;
 use crate::catalog::model::{self, Db};
 use crate::error::{Context, Result};
@@ -129,7 +129,7 @@ pub fn apply(c: &mut impl GenericClient, installation: &str, before: &Before) ->
             let active = plan.sync.status == "active";
             let has_consumer = consumer_exists(client, installation, sync)?;
             if active || has_consumer {
-                attach_consumer(client, installation, sync, &plan.capture_targets())?;
+                attach_consumer(client, installation, sync, &plan.capture_targets(), OnKeyChange::Refuse)?;
             }
         }
     }

@@ -7,8 +7,9 @@ use crate::error::{Context, Result};
 use crate::pg::connect::ConnSpec;
 use crate::pg::ident::QualName;
 
-/// A database capra connects to (`capra add db`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// A database capra connects to (`capra add db`). Its `Debug` leaves the
+/// password out.
+#[derive(Clone, Serialize, PartialEq)]
 pub struct Db {
     /// capra's name for it.
     pub name: String,
@@ -36,6 +37,12 @@ pub struct Db {
     pub server_side_prepares: bool,
     #[serde(skip)]
     password: Option<String>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db {{ name: {:?}, conn: {:?} }}", self.name, self.psql_line())
+    }
 }
 
 impl Db {

@@ -285,7 +285,7 @@ fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
         None => None,
     };
     let conn = a.get("conn").unwrap_or("").to_string();
-    pg::connect::parse_keywords(&conn).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
+    check_conn(&conn)?;
     let status = a
         .choice("status", &["active", "inactive"])?
         .unwrap_or_else(|| "active".into());
@@ -375,6 +375,25 @@ fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// Checks `conn=` keywords; a password there would be shown wherever the
+/// connection is (list dbs, --json, change messages), so it goes in pass=.
+fn check_conn(conn: &str) -> Result<()> {
+    let kw = pg::connect::parse_keywords(conn).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
+    for k in ["password", "host", "port", "dbname", "user", "service"] {
+        if kw.contains_key(k) {
+            let hint = if k == "password" {
+                "pass=, which is never shown".to_string()
+            } else {
+                format!("{k}=")
+            };
+            return Err(Error::Usage(format!(
+                "'{k}' does not belong in conn=; give it as {hint}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse_port(p: &str) -> Result<i32> {
     match p.trim().parse::<i32>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n),
@@ -418,7 +437,7 @@ fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
             "user" => ("dbuser", opt_text(v)),
             "pass" => ("dbpass", opt_text(v)),
             "conn" => {
-                pg::connect::parse_keywords(v).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
+                check_conn(v)?;
                 ("conn", Some(v.clone()))
             }
             "service" => ("service", opt_text(v)),

@@ -564,14 +564,7 @@ pub fn purge_cmd(ctx: &Ctx, older_than: Option<&str>) -> Result<()> {
             }
         };
         // Consumers of this installation whose sync is gone pin rows forever.
-        let orphans: Vec<String> = c
-            .query(
-                "SELECT sync FROM capra.consumer WHERE installation = $1 AND NOT (sync = ANY($2))",
-                &[&cat.installation, &known],
-            )
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .unwrap_or_default();
-        for o in &orphans {
+        for o in &purge::orphans(&mut c, &cat.installation, &known)? {
             install::detach_consumer(&mut c, &cat.installation, o)?;
             ctx.say(format!("{name}: removed capture left by removed sync \"{o}\""));
         }

@@ -131,6 +131,9 @@ pub enum CtlMsg {
 pub struct Outcome {
     ok: bool,
     serialization: Option<bool>,
+    /// Kick requests this run could not answer (the control database was
+    /// unreachable); the next run answers them.
+    unanswered: Vec<i64>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -227,7 +230,7 @@ impl Engine {
                 std::thread::Builder::new()
                     .name(format!("capra-worker-{i}"))
                     .spawn(move || loop {
-                        let job = { rx.lock().unwrap().recv() };
+                        let job = { rx.lock().unwrap_or_else(|e| e.into_inner()).recv() };
                         match job {
                             Ok(j) => j(),
                             Err(_) => return,
@@ -236,8 +239,8 @@ impl Engine {
                     .expect("spawn worker"),
             );
         }
-        *e.jobs.lock().unwrap() = Some(tx);
-        *e.workers.lock().unwrap() = handles;
+        *e.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *e.workers.lock().unwrap_or_else(|e| e.into_inner()) = handles;
         e
     }
 
@@ -252,7 +255,7 @@ impl Engine {
     }
 
     fn submit(&self, job: Job) -> bool {
-        match &*self.jobs.lock().unwrap() {
+        match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
         }
@@ -265,21 +268,28 @@ impl Engine {
     /// Starts, reloads or stops controllers to match the active syncs.
     pub fn sync_controllers(self: &Arc<Self>) -> Result<Vec<String>> {
         let mut c = self.control.get()?;
-        *self.cfg.write().unwrap() = EngineConfig::load(&mut *c)?;
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = EngineConfig::load(&mut *c)?;
         let active: Vec<String> = model::syncs(&mut *c)?
             .into_iter()
             .filter(|s| s.status == "active")
             .map(|s| s.name)
             .collect();
         drop(c);
-        let mut ctls = self.controllers.lock().unwrap();
+        let mut ctls = lock(&self.controllers);
         let gone: Vec<String> = ctls.keys().filter(|k| !active.contains(k)).cloned().collect();
         for name in gone {
             if let Some(mut h) = ctls.remove(&name) {
+                // Stop it without waiting here (a long run must not block
+                // kicks, reloads or stop): cancel its run, join elsewhere.
                 tracing::info!("Stopping controller for sync \"{name}\" (no longer active)");
                 let _ = h.tx.send(CtlMsg::Stop);
+                if let Some(c) = lock(&h.cancel).as_ref() {
+                    c.cancel(&self.tls);
+                }
                 if let Some(j) = h.join.take() {
-                    let _ = j.join();
+                    std::thread::spawn(move || {
+                        let _ = j.join();
+                    });
                 }
             }
             self.forget_routes(&name);
@@ -315,7 +325,7 @@ impl Engine {
 
     /// Sends a message to a sync's controller; false if there is none.
     pub fn tell(&self, sync: &str, msg: CtlMsg) -> bool {
-        match self.controllers.lock().unwrap().get(sync) {
+        match lock(&self.controllers).get(sync) {
             Some(h) => h.tx.send(msg).is_ok(),
             None => false,
         }
@@ -325,7 +335,7 @@ impl Engine {
     fn set_routes(self: &Arc<Self>, sync: &str, sources: Vec<Db>, autokick: bool) {
         self.forget_routes(sync);
         if autokick {
-            let mut s = self.sources.write().unwrap();
+            let mut s = self.sources.write().unwrap_or_else(|e| e.into_inner());
             for db in sources {
                 let e = s.entry(db.name.clone()).or_insert_with(|| (db.clone(), HashSet::new()));
                 e.0 = db;
@@ -337,7 +347,7 @@ impl Engine {
 
     fn forget_routes(self: &Arc<Self>, sync: &str) {
         {
-            let mut s = self.sources.write().unwrap();
+            let mut s = self.sources.write().unwrap_or_else(|e| e.into_inner());
             for v in s.values_mut() {
                 v.1.remove(sync);
             }
@@ -351,11 +361,11 @@ impl Engine {
         let wanted: HashMap<String, Db> = self
             .sources
             .read()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
-        let mut ls = self.listeners.lock().unwrap();
+        let mut ls = lock(&self.listeners);
         let stale: Vec<String> = ls.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for k in stale {
             if let Some(h) = ls.remove(&k) {
@@ -382,7 +392,7 @@ impl Engine {
         let syncs: Vec<String> = self
             .sources
             .read()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .get(db)
             .map(|v| v.1.iter().cloned().collect())
             .unwrap_or_default();
@@ -576,7 +586,7 @@ impl Engine {
             }
             if last_prune.elapsed() >= Duration::from_secs(3600) {
                 last_prune = Instant::now();
-                let days = self.cfg.read().unwrap().history_days;
+                let days = self.cfg.read().unwrap_or_else(|e| e.into_inner()).history_days;
                 match runs::prune(&mut client, days) {
                     Ok(n) if n > 0 => tracing::info!("Pruned {n} runs older than {days} days from the history"),
                     Ok(_) => {}
@@ -593,7 +603,7 @@ impl Engine {
             if self.is_stopping() {
                 return None;
             }
-            let wait = self.cfg.read().unwrap().dbproblem_sleep;
+            let wait = self.cfg.read().unwrap_or_else(|e| e.into_inner()).dbproblem_sleep;
             match super::lock_control(spec) {
                 Ok(Some(c)) => {
                     tracing::info!("Reconnected to the control database");
@@ -623,16 +633,25 @@ impl Engine {
                 continue;
             }
             let (vac, every) = {
-                let c = self.cfg.read().unwrap();
+                let c = self.cfg.read().unwrap_or_else(|e| e.into_inner());
                 (c.vac, c.vac_sleep)
             };
             next = Instant::now() + Duration::from_secs_f64(every);
             if !vac {
                 continue;
             }
-            let dbs: Vec<Db> = self.purge_targets();
+            let (dbs, known) = self.purge_targets();
             for db in dbs {
-                let r = self.pools.get(&db).and_then(|mut c| purge::purge(&mut *c, None));
+                let r = self.pools.get(&db).and_then(|mut c| {
+                    for o in purge::orphans(&mut *c, &self.installation, &known)? {
+                        install::detach_consumer(&mut *c, &self.installation, &o)?;
+                        tracing::warn!(
+                            "Removed change capture left behind by removed sync \"{o}\" on database \"{}\"",
+                            db.name
+                        );
+                    }
+                    purge::purge(&mut *c, None)
+                });
                 match r {
                     Ok(p) if p.rows > 0 => {
                         tracing::info!("Purged {} replicated change rows from database \"{}\"", p.rows, db.name)
@@ -644,18 +663,19 @@ impl Engine {
         }
     }
 
-    fn purge_targets(&self) -> Vec<Db> {
+    /// The sources to purge, and every sync name the catalog knows.
+    fn purge_targets(&self) -> (Vec<Db>, Vec<String>) {
         let mut c = match self.control.get() {
             Ok(c) => c,
-            Err(_) => return Vec::new(),
+            Err(_) => return (Vec::new(), Vec::new()),
         };
         let names: Vec<String> = match model::syncs(&mut *c) {
             Ok(s) => s.into_iter().map(|s| s.name).collect(),
-            Err(_) => return Vec::new(),
+            Err(_) => return (Vec::new(), Vec::new()),
         };
         let mut out: Vec<Db> = Vec::new();
-        for n in names {
-            if let Ok(p) = SyncPlan::load(&mut *c, &n) {
+        for n in &names {
+            if let Ok(p) = SyncPlan::load(&mut *c, n) {
                 if p.is_delta() {
                     for s in p.sources {
                         if !out.iter().any(|d| d.name == s.name) {
@@ -665,14 +685,14 @@ impl Engine {
                 }
             }
         }
-        out
+        (out, names)
     }
 
     /// Stops everything: controllers finish (or, after `grace`, cancel)
     /// their runs; listeners and workers end.
     pub fn shutdown(self: &Arc<Self>, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        let mut ctls: Vec<(String, CtlHandle)> = self.controllers.lock().unwrap().drain().collect();
+        let mut ctls: Vec<(String, CtlHandle)> = lock(&self.controllers).drain().collect();
         for (_, h) in &ctls {
             let _ = h.tx.send(CtlMsg::Stop);
         }
@@ -686,7 +706,7 @@ impl Engine {
                         cancelled = true;
                     }
                     if cancelled {
-                        if let Some(c) = h.cancel.lock().unwrap().as_ref() {
+                        if let Some(c) = lock(&h.cancel).as_ref() {
                             c.cancel(&self.tls);
                         }
                     }
@@ -696,17 +716,23 @@ impl Engine {
                 tracing::debug!("controller for {name} stopped");
             }
         }
-        for (_, h) in self.listeners.lock().unwrap().drain() {
+        for (_, h) in lock(&self.listeners).drain() {
             h.stop.store(true, Ordering::SeqCst);
             if let Some(j) = h.join {
                 let _ = j.join();
             }
         }
-        self.jobs.lock().unwrap().take();
-        for w in self.workers.lock().unwrap().drain(..) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for w in self.workers.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = w.join();
         }
     }
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding
+/// it (capra's shared state stays valid across a contained panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sleep_unless(stop: &AtomicBool, stopping: &AtomicBool, d: Duration) {
@@ -747,6 +773,7 @@ struct Controller {
     next_cron: Option<(chrono::DateTime<Local>, Instant)>,
     checktime: Option<Duration>,
     stopping: bool,
+    key_change_waits: bool,
 }
 
 impl Controller {
@@ -775,6 +802,7 @@ impl Controller {
             next_cron: None,
             checktime: None,
             stopping: false,
+            key_change_waits: false,
         }
     }
 
@@ -803,6 +831,7 @@ impl Controller {
                 Err(e) => tracing::warn!("Ignoring the schedule: {e}"),
             }
         }
+        let mut key_change_waits = false;
         if plan.is_delta() {
             let mut routes: Vec<Db> = Vec::new();
             for src in &plan.sources {
@@ -822,7 +851,21 @@ impl Controller {
                         )
                         .ctx(|| "checking capture".into())?
                         .is_some();
-                install::attach_consumer(&mut tx, &self.engine.installation, &self.name, &plan.capture_targets())?;
+                let attached = install::attach_consumer(
+                    &mut tx,
+                    &self.engine.installation,
+                    &self.name,
+                    &plan.capture_targets(),
+                    install::OnKeyChange::Defer,
+                )?;
+                if !attached.deferred.is_empty() {
+                    tracing::warn!(
+                        "The key of {} changed on database \"{}\"; capra keeps using the old key until the changes already logged are applied, then switches",
+                        attached.deferred.join(", "),
+                        src.name
+                    );
+                    key_change_waits = true;
+                }
                 tx.commit()
                     .ctx(|| format!("installing change capture on \"{}\"", src.name))?;
                 if !had {
@@ -837,14 +880,15 @@ impl Controller {
         } else {
             self.engine.forget_routes(&self.name);
         }
-        self.cache.lock().unwrap().forget_shapes();
+        lock(&self.cache).forget_shapes();
         self.plan = Some(plan);
         self.capture_ready = true;
+        self.key_change_waits = key_change_waits;
         Ok(())
     }
 
     fn backoff(&self, serialization: Option<bool>) -> f64 {
-        let cfg = self.engine.cfg.read().unwrap().clone();
+        let cfg = self.engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
         match serialization {
             Some(true) if cfg.serial_sleep >= 0.0 => cfg.serial_sleep,
             Some(false) if cfg.deadlock_sleep >= 0.0 => cfg.deadlock_sleep,
@@ -879,16 +923,20 @@ impl Controller {
         loop {
             let now = Instant::now();
             let mut deadline = now + Duration::from_secs(1);
-            if let Some(t) = self.retry_at {
-                deadline = deadline.min(t);
-            }
             if let Some((_, t)) = self.next_cron {
                 deadline = deadline.min(t);
             }
-            if let Some(ct) = self.checktime {
-                deadline = deadline.min(self.last_run + ct);
+            // While a run is going, only messages (its Done among them) matter.
+            if !self.running {
+                if let Some(t) = self.retry_at {
+                    deadline = deadline.min(t);
+                }
+                if let Some(ct) = self.checktime {
+                    deadline = deadline.min(self.last_run + ct);
+                }
             }
-            match self.rx.recv_timeout(deadline.saturating_duration_since(now)) {
+            let wait = deadline.saturating_duration_since(now).max(Duration::from_millis(5));
+            match self.rx.recv_timeout(wait) {
                 Ok(CtlMsg::Kick(reason, id)) => {
                     if let Some(id) = id {
                         if !self.kicks.contains(&id) {
@@ -976,18 +1024,35 @@ impl Controller {
             }
         }
         let plan = self.plan.clone().expect("prepared");
+        self.retry_at = None;
         let kicks = std::mem::take(&mut self.kicks);
         let engine = self.engine.clone();
         let cache = self.cache.clone();
         let reply = self.tx.clone();
         let cancel = Arc::new(Cancel::default());
-        *self.cancel_slot.lock().unwrap() = Some(cancel.clone());
+        *lock(&self.cancel_slot) = Some(cancel.clone());
         let retry_in = self.backoff(None);
         let name = self.name.clone();
         self.running = true;
         let job: Job = Box::new(move || {
             let _r = logging::role("KID", Some(&name));
-            let o = execute(&engine, &plan, &cache, &cancel, reason, &kicks, retry_in);
+            // A panic must not leave the controller waiting forever.
+            let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                execute(&engine, &plan, &cache, &cancel, reason, &kicks, retry_in)
+            }))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                tracing::error!("Run aborted by an internal error (a bug, please report it): {what}");
+                Outcome {
+                    ok: false,
+                    serialization: None,
+                    unanswered: kicks.clone(),
+                }
+            });
             let _ = reply.send(CtlMsg::Done(o));
         });
         if !self.engine.submit(job) {
@@ -1007,8 +1072,13 @@ impl Controller {
 
     fn finished(&mut self, o: Outcome) {
         self.running = false;
-        *self.cancel_slot.lock().unwrap() = None;
+        *lock(&self.cancel_slot) = None;
         self.last_run = Instant::now();
+        for k in o.unanswered {
+            if !self.kicks.contains(&k) {
+                self.kicks.push(k);
+            }
+        }
         if o.ok {
             if self.failures > 0 {
                 tracing::info!("Sync is working again after {} failed run(s)", self.failures);
@@ -1018,12 +1088,21 @@ impl Controller {
             if let Some(p) = self.plan.as_mut() {
                 p.sync.onetimecopy = 0;
             }
+            if self.key_change_waits {
+                // The old log may be drained now: try switching keys.
+                if let Err(e) = self.prepare() {
+                    tracing::warn!("Re-checking change capture failed: {e}");
+                }
+            }
+            if !self.kicks.is_empty() {
+                self.pending.get_or_insert(Reason::Kick);
+            }
         } else {
             let wait = self.backoff(o.serialization);
             self.failures += 1;
             self.retry_at = Some(Instant::now() + Duration::from_secs_f64(wait));
             self.pending.get_or_insert(Reason::Retry);
-            self.cache.lock().unwrap().forget_shapes();
+            lock(&self.cache).forget_shapes();
             tracing::info!("Retrying in {wait:.1}s");
         }
     }
@@ -1047,6 +1126,7 @@ fn execute(
             return Outcome {
                 ok: false,
                 serialization: None,
+                unanswered: kicks.to_vec(),
             };
         }
     };
@@ -1057,10 +1137,11 @@ fn execute(
             return Outcome {
                 ok: false,
                 serialization: None,
+                unanswered: kicks.to_vec(),
             };
         }
     };
-    let cfg = engine.cfg.read().unwrap().clone();
+    let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
     let env = RunEnv {
         pools: &engine.pools,
         installation: &engine.installation,
@@ -1069,7 +1150,7 @@ fn execute(
         cancel,
     };
     let result = {
-        let mut c = cache.lock().unwrap();
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         apply::run(&env, plan, &mut c)
     };
     cancel.clear();
@@ -1105,10 +1186,14 @@ fn execute(
                 tracing::info!("Onetimecopy finished; onetimecopy is 0 again");
             }
             let run_ref = if rep.empty { None } else { Some(run_id) };
-            let _ = runs::finish_kicks(&mut *control, kicks, run_ref, true, None);
+            let unanswered = match runs::finish_kicks(&mut *control, kicks, run_ref, true, None) {
+                Ok(()) => Vec::new(),
+                Err(_) => kicks.to_vec(),
+            };
             Outcome {
                 ok: true,
                 serialization: None,
+                unanswered,
             }
         }
         Err(e) => {
@@ -1120,10 +1205,14 @@ fn execute(
             };
             tracing::error!("Run failed: {text}");
             let _ = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in);
-            let _ = runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text));
+            let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
+                Ok(()) => Vec::new(),
+                Err(_) => kicks.to_vec(),
+            };
             Outcome {
                 ok: false,
                 serialization,
+                unanswered,
             }
         }
     }

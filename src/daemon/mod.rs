@@ -167,8 +167,10 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     )
     .ctx(|| "registering the daemon".into())?;
 
-    let control_pool = pg::pool::DbPool::new("control", &settings.control, "capra daemon", 8)?;
     let cfg = engine::EngineConfig::load(c)?;
+    // Every running run holds one control connection; controllers, the
+    // purger and reloads need a few more.
+    let control_pool = pg::pool::DbPool::new("control", &settings.control, "capra daemon", cfg.workers as u32 + 4)?;
     let installation = cat.installation.clone();
     drop(cat);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();

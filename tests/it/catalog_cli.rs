@@ -155,6 +155,13 @@ fn bad_input_changes_nothing() {
         "Unknown setting 'no_such_setting'",
     );
     refused(&c, &["add", "dbgroup", "dg3", "src:boss"], 2, "invalid role");
+    // a password belongs in pass=, never in conn= (conn is shown)
+    refused(
+        &c,
+        &["add", "db", "x", "dbname=y", "conn=password=hunter2"],
+        2,
+        "give it as pass=",
+    );
     // names with quotes, spaces or SQL in them
     refused(&c, &["add", "db", "bad name", "dbname=y"], 2, "invalid database name");
     refused(

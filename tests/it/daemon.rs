@@ -230,3 +230,47 @@ fn capture_cleanup_purge_and_delta() {
         vec![Some("0".into())]
     );
 }
+
+/// Capture works for a writer with no rights on capra's objects, and such a
+/// writer cannot forge change rows or truncations (which would make capra
+/// empty target tables). A user's own trigger that happens to start with
+/// "capra_" survives the sync's removal.
+#[test]
+fn capture_needs_no_grants_and_cannot_be_forged() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = kv_setup(&["autokick=0"]);
+    let role = format!("app_{src}");
+    a.exec("postgres", &format!("CREATE ROLE \"{role}\" LOGIN"));
+    a.exec(
+        &src,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON kv TO \"{role}\""),
+    );
+    a.exec(&src, "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; CREATE TRIGGER capra_audit AFTER INSERT ON kv FOR EACH ROW EXECUTE PROCEDURE audit()");
+    let mut app = postgres::Config::new()
+        .host_path(&a.socket_dir)
+        .port(a.port)
+        .user(&role)
+        .dbname(&src)
+        .connect(postgres::NoTls)
+        .unwrap();
+    app.batch_execute("INSERT INTO kv VALUES (1, 'from the app'); UPDATE kv SET v = 'updated' WHERE k = 1")
+        .unwrap();
+    for forge in [
+        "INSERT INTO capra.truncate_log (captured) VALUES (1)",
+        "INSERT INTO capra.delta_1 (k) VALUES (42)",
+        "DELETE FROM capra.delta_1",
+    ] {
+        let e = app.batch_execute(forge).unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{forge}: {e:?}");
+    }
+    let _d = c.start();
+    c.ok(&["kick", "kv", "60"]);
+    assert_eq!(rows(b, &tgt), "1=updated");
+    c.ok(&["deactivate", "kv"]);
+    c.ok(&["remove", "sync", "kv"]);
+    let left = a.query(
+        &src,
+        "SELECT string_agg(tgname, ',') FROM pg_trigger WHERE tgrelid = 'kv'::regclass AND NOT tgisinternal",
+    );
+    assert_eq!(left, vec![Some("capra_audit".into())]);
+}

@@ -715,3 +715,116 @@ fn key_change_waits_for_pending_changes() {
     c.ok(&["kick", "kc", "60"]);
     assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
 }
+
+/// A partitioned table: writes aimed straight at a partition, and updates
+/// that move a row to another partition (a key change), replicate.
+#[test]
+fn partitioned_table_with_direct_partition_writes() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("pt_src"));
+    let tgt = b.create_db(&unique("pt_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(
+            db,
+            "CREATE TABLE m (region int, id int, v text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+             CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1);
+             CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);",
+        );
+    }
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    let out = c.ok(&["add", "all", "tables", "db=src", "relgroup=g"]);
+    assert!(
+        out.contains("Added table public.m to relgroup g") && !out.contains("public.m1"),
+        "partitions come with their parent: {out}"
+    );
+    c.ok(&[
+        "add",
+        "sync",
+        "pt",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO m VALUES (1, 1, 'via parent'); INSERT INTO m1 VALUES (1, 2, 'into the partition'); INSERT INTO m2 VALUES (2, 3, 'p2')");
+    c.ok(&["kick", "pt", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+    a.exec(&src, "UPDATE m SET region = 2 WHERE id = 1; UPDATE m1 SET v = 'changed in place' WHERE id = 2; DELETE FROM m2 WHERE id = 3");
+    c.ok(&["kick", "pt", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+    assert!(checksum(b, &tgt, "m").starts_with("2 rows"));
+}
+
+/// A BEFORE trigger that rewrites the key: the old key is still logged, so
+/// no stale row stays behind on the target.
+#[test]
+fn key_rewritten_by_a_before_trigger() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("bt_src"));
+    let tgt = b.create_db(&unique("bt_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "CREATE TABLE t (k int PRIMARY KEY, v text)");
+    }
+    a.exec(
+        &src,
+        "CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.v = 'move' THEN NEW.k := NEW.k + 1000; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER bump BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE bump();
+         INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    );
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "bt",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "bt", "60"]);
+    a.exec(&src, "UPDATE t SET v = 'move' WHERE k = 1");
+    c.ok(&["kick", "bt", "60"]);
+    assert_eq!(
+        b.query(&tgt, "SELECT string_agg(k::text, ',' ORDER BY k) FROM t"),
+        vec![Some("2,1001".into())]
+    );
+}
+
+/// A key column's type changes while changes are pending: the sync keeps
+/// working (the log follows the type in place) instead of getting stuck.
+#[test]
+fn key_type_change_does_not_wedge_the_sync() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("kt_src"));
+    let tgt = b.create_db(&unique("kt_tgt"));
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "CREATE TABLE t (k int PRIMARY KEY, v text)");
+    }
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "kt",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "ALTER TABLE t ALTER COLUMN k TYPE bigint");
+    }
+    c.ok(&["reload"]);
+    a.exec(&src, "INSERT INTO t VALUES (5000000000, 'big')");
+    c.ok(&["kick", "kt", "60"]);
+    assert_eq!(checksum(a, &src, "t"), checksum(b, &tgt, "t"), "{}", c.log());
+}
