@@ -142,6 +142,25 @@ impl Error {
         }
     }
 
+    /// Adds what to do to a connection failure's message (other errors are
+    /// returned as they are).
+    pub fn with_hint(self, hint: &str) -> Self {
+        match self {
+            Error::Connect {
+                target,
+                summary,
+                detail,
+                source,
+            } => Error::Connect {
+                target,
+                summary,
+                detail: format!("{detail} ({hint})"),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// The SQLSTATE behind this error, if a server produced it.
     pub fn sqlstate(&self) -> Option<String> {
         match self {

@@ -330,20 +330,7 @@ fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
             conn: new.conn.clone(),
             service: new.service.clone(),
         };
-        connect_spec(&spec, &name).map_err(|e| match e {
-            Error::Connect {
-                target,
-                summary,
-                detail,
-                source,
-            } => Error::Connect {
-                target,
-                summary,
-                detail: format!("{detail} (check the settings, or add it anyway with --force)"),
-                source,
-            },
-            other => other,
-        })?;
+        connect_spec(&spec, &name).map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
     }
     let lines = cat.edit(|tx| {
         edit::add_db(tx, &new)?;
@@ -467,20 +454,7 @@ fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
                 .any(|c| c.0 != "status" && c.0 != "makedelta" && c.0 != "server_side_prepares")
         {
             let db = model::db(tx, name)?.expect("updated above");
-            connect_db(&db).map_err(|e| match e {
-                Error::Connect {
-                    target,
-                    summary,
-                    detail,
-                    source,
-                } => Error::Connect {
-                    target,
-                    summary,
-                    detail: format!("{detail} (nothing was changed; use --force to store it anyway)"),
-                    source,
-                },
-                other => other,
-            })?;
+            connect_db(&db).map_err(|e| e.with_hint("nothing was changed; use --force to store it anyway"))?;
         }
         Ok(out)
     })?;
