@@ -441,20 +441,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         if !copy_idx.is_empty() && !t.ghost {
             let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
             for &i in &copy_idx {
-                empty_table(&mut txs[i], &names[i], t, meta, &plan.sync.deletemethod, &mut tr)?;
+                tr.deleted += truncate_or_delete(&mut txs[i], &names[i], t, meta, &plan.sync.deletemethod)?;
                 if rebuild {
-                    txs[i]
-                        .execute(
-                            "UPDATE pg_catalog.pg_class SET relhasindex = false WHERE oid = $1::text::regclass",
-                            &[&t.name.sql()],
-                        )
-                        .ctx(|| {
-                            format!(
-                                "switching off indexes of {} on \"{}\" (rebuild_index needs a superuser)",
-                                t.name.human(),
-                                names[i]
-                            )
-                        })?;
+                    set_indexes(&mut txs[i], &names[i], t, false)?;
                 }
                 tr.full_copies.push(names[i].clone());
             }
@@ -468,18 +457,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             tr.copied += rows;
             if rebuild {
                 for &i in &copy_idx {
-                    txs[i]
-                        .execute(
-                            "UPDATE pg_catalog.pg_class SET relhasindex = true WHERE oid = $1::text::regclass",
-                            &[&t.name.sql()],
-                        )
-                        .ctx(|| {
-                            format!(
-                                "switching the indexes of {} back on on \"{}\"",
-                                t.name.human(),
-                                names[i]
-                            )
-                        })?;
+                    set_indexes(&mut txs[i], &names[i], t, true)?;
                     txs[i]
                         .batch_execute(&format!("REINDEX TABLE {}", t.name.sql()))
                         .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), names[i]))?;
@@ -663,17 +641,20 @@ fn table_meta<'m>(
     Ok(cache.meta.get(&t.id).expect("inserted above"))
 }
 
-/// Empties a table for a full copy, the sync's way.
-fn empty_table(
-    tx: &mut Transaction<'_>,
-    db: &str,
-    t: &Relation,
-    meta: &TableMeta,
-    method: &str,
-    tr: &mut TableReport,
-) -> Result<()> {
-    let n = truncate_or_delete(tx, db, t, meta, method)?;
-    tr.deleted += n;
+/// rebuild_index: switches a table's index maintenance off before a full
+/// load and back on after it (a REINDEX follows); needs a superuser.
+fn set_indexes(tx: &mut Transaction<'_>, db: &str, t: &Relation, on: bool) -> Result<()> {
+    tx.execute(
+        "UPDATE pg_catalog.pg_class SET relhasindex = $2 WHERE oid = $1::text::regclass",
+        &[&t.name.sql(), &on],
+    )
+    .ctx(|| {
+        format!(
+            "switching the indexes of {} {} on \"{db}\" (rebuild_index needs a superuser)",
+            t.name.human(),
+            if on { "back on" } else { "off" }
+        )
+    })?;
     Ok(())
 }
 
