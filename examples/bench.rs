@@ -45,14 +45,29 @@ impl Env {
     }
 }
 
-fn pgbench(c: &Cluster, db: &str, args: &[&str]) -> String {
-    let out = Command::new(bin_dir().join("pgbench"))
-        .args(args)
-        .arg("-h")
+/// A PostgreSQL client program aimed at a cluster as the superuser.
+fn client(c: &Cluster, program: &str) -> Command {
+    let mut cmd = Command::new(bin_dir().join(program));
+    cmd.arg("-h")
         .arg(&c.socket_dir)
-        .args(["-p", &c.port.to_string(), "-U", "postgres", db])
-        .output()
-        .expect("pgbench");
+        .args(["-p", &c.port.to_string(), "-U", "postgres"]);
+    cmd
+}
+
+/// Runs `from | into` and checks both succeeded.
+fn shell_pipe(mut from: Command, mut into: Command) {
+    let mut left = from.stdout(Stdio::piped()).spawn().unwrap();
+    let st = into
+        .stdin(left.stdout.take().unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(left.wait().unwrap().success());
+}
+
+fn pgbench(c: &Cluster, db: &str, args: &[&str]) -> String {
+    let out = client(c, "pgbench").args(args).arg(db).output().expect("pgbench");
     assert!(
         out.status.success(),
         "pgbench: {}",
@@ -69,34 +84,14 @@ fn tps(out: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `pg_dump --schema-only -N capra | psql` (errors from capra's triggers
+/// in the dump are expected on a new target and ignored).
 fn schema_copy(a: &Cluster, src: &str, b: &Cluster, tgt: &str) {
-    let mut dump = Command::new(bin_dir().join("pg_dump"))
-        .arg("-h")
-        .arg(&a.socket_dir)
-        .args([
-            "-p",
-            &a.port.to_string(),
-            "-U",
-            "postgres",
-            "--schema-only",
-            "-N",
-            "capra",
-            src,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = Command::new(bin_dir().join("psql"))
-        .arg("-h")
-        .arg(&b.socket_dir)
-        .args(["-p", &b.port.to_string(), "-U", "postgres", "-qX", "-d", tgt])
-        .stdin(dump.stdout.take().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    dump.wait().unwrap();
+    let mut dump = client(a, "pg_dump");
+    dump.args(["--schema-only", "-N", "capra", src]);
+    let mut psql = client(b, "psql");
+    psql.args(["-qX", "-d", tgt]).stderr(Stdio::null());
+    shell_pipe(dump, psql);
 }
 
 /// Seconds for `psql COPY TO STDOUT | psql COPY FROM STDIN` of the pgbench tables.
@@ -104,43 +99,11 @@ fn pipe_copy(a: &Cluster, src: &str, b: &Cluster, tgt: &str) -> f64 {
     b.exec(tgt, "TRUNCATE pgbench_accounts, pgbench_branches, pgbench_tellers");
     let t0 = Instant::now();
     for t in ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"] {
-        let mut out = Command::new(bin_dir().join("psql"))
-            .arg("-h")
-            .arg(&a.socket_dir)
-            .args([
-                "-p",
-                &a.port.to_string(),
-                "-U",
-                "postgres",
-                "-qX",
-                "-d",
-                src,
-                "-c",
-                &format!("COPY {t} TO STDOUT"),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = Command::new(bin_dir().join("psql"))
-            .arg("-h")
-            .arg(&b.socket_dir)
-            .args([
-                "-p",
-                &b.port.to_string(),
-                "-U",
-                "postgres",
-                "-qX",
-                "-d",
-                tgt,
-                "-c",
-                &format!("COPY {t} FROM STDIN"),
-            ])
-            .stdin(out.stdout.take().unwrap())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        out.wait().unwrap();
+        let mut out = client(a, "psql");
+        out.args(["-qX", "-d", src, "-c", &format!("COPY {t} TO STDOUT")]);
+        let mut into = client(b, "psql");
+        into.args(["-qX", "-d", tgt, "-c", &format!("COPY {t} FROM STDIN")]);
+        shell_pipe(out, into);
     }
     t0.elapsed().as_secs_f64()
 }

@@ -6,22 +6,14 @@ use std::time::{Duration, Instant};
 use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster};
 use crate::support::daemon::wait_for;
-use crate::support::{unique, Capra};
+use crate::support::{fixtures, Capra};
 
 /// A kv table on A replicated to B by sync `kv` (options appended).
 fn kv_setup(extra: &[&str]) -> (Capra, String, String) {
-    let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("d_src"));
-    let tgt = b.create_db(&unique("d_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(
-            db,
-            "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)",
-        );
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
+    let (c, src, tgt) = fixtures::pair(
+        "d",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)",
+    );
     c.ok(&["add", "table", "kv", "other", "db=src", "relgroup=g"]);
     let mut args = vec!["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"];
     args.extend_from_slice(extra);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster, Opts};
 use crate::support::daemon::wait_for;
-use crate::support::{unique, Capra};
+use crate::support::{fixtures, unique, Capra};
 
 const BIG_ROWS: i32 = 300_000;
 
@@ -212,18 +212,11 @@ fn source_outage_recovers_without_restart() {
 #[test]
 fn sigkill_at_random_moments_under_load() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("rk_src"));
-    let tgt = b.create_db(&unique("rk_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(db, "CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, note text)");
-    }
+    let (c, src, tgt) = fixtures::pair("rk", "CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, note text)");
     a.exec(
         &src,
         "INSERT INTO acc SELECT g, 0, 'start' FROM generate_series(1, 20000) g",
     );
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "acc", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",

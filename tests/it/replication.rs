@@ -483,17 +483,10 @@ fn fullcopy_sync_for_a_keyless_table() {
 
 fn interleaved(row_triggers: bool) {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("kv_src"));
-    let tgt = b.create_db(&unique("kv_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(db, "CREATE TABLE kv (k int PRIMARY KEY, v text)");
-    }
-    let mut c = Capra::install(a);
+    let (mut c, src, tgt) = fixtures::pair("kv", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     if row_triggers {
         c.env.push(("CAPRA_ROW_TRIGGERS".into(), "1".into()));
     }
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "kv", "db=src", "relgroup=kvg"]);
     c.ok(&[
         "add",
@@ -616,8 +609,11 @@ fn concurrent_writers_converge() {
 #[test]
 fn datestyle_differences_do_not_corrupt_dates() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("ds_src"));
-    let tgt = b.create_db(&unique("ds_tgt"));
+    let (c, src, tgt) = fixtures::pair(
+        "ds",
+        "CREATE TABLE ev (day date, at timestamp, PRIMARY KEY (day, at), took interval, ratio float8, tz timestamptz)",
+    );
+    // Every session after this (capra's included) gets these DateStyles.
     a.exec(
         "postgres",
         &format!("ALTER DATABASE \"{src}\" SET DateStyle = 'SQL, MDY'"),
@@ -626,20 +622,11 @@ fn datestyle_differences_do_not_corrupt_dates() {
         "postgres",
         &format!("ALTER DATABASE \"{tgt}\" SET DateStyle = 'SQL, DMY'"),
     );
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(
-            db,
-            "CREATE TABLE ev (day date, at timestamp, PRIMARY KEY (day, at), took interval, ratio float8, tz timestamptz)",
-        );
-    }
     a.exec(
         &src,
         "INSERT INTO ev VALUES ('2020-01-02', '2020-01-02 03:04:05.678', '1 day 02:03:04', 0.1::float8 + 0.2::float8, '2020-03-04 05:06:07+02'),
                                ('2021-12-11', '2021-11-12 00:00:00', '-3 months', 1e-300, 'infinity')",
     );
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "ev", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",
@@ -682,17 +669,10 @@ fn datestyle_differences_do_not_corrupt_dates() {
 #[test]
 fn key_change_waits_for_pending_changes() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("kc_src"));
-    let tgt = b.create_db(&unique("kc_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(
-            db,
-            "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
-        );
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
+    let (c, src, tgt) = fixtures::pair(
+        "kc",
+        "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
+    );
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",
@@ -721,19 +701,12 @@ fn key_change_waits_for_pending_changes() {
 #[test]
 fn partitioned_table_with_direct_partition_writes() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("pt_src"));
-    let tgt = b.create_db(&unique("pt_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(
-            db,
-            "CREATE TABLE m (region int, id int, v text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+    let (c, src, tgt) = fixtures::pair(
+        "pt",
+        "CREATE TABLE m (region int, id int, v text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
              CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1);
              CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);",
-        );
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
+    );
     let out = c.ok(&["add", "all", "tables", "db=src", "relgroup=g"]);
     assert!(
         out.contains("Added table public.m to relgroup g") && !out.contains("public.m1"),
@@ -762,20 +735,13 @@ fn partitioned_table_with_direct_partition_writes() {
 #[test]
 fn key_rewritten_by_a_before_trigger() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("bt_src"));
-    let tgt = b.create_db(&unique("bt_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(db, "CREATE TABLE t (k int PRIMARY KEY, v text)");
-    }
+    let (c, src, tgt) = fixtures::pair("bt", "CREATE TABLE t (k int PRIMARY KEY, v text)");
     a.exec(
         &src,
         "CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.v = 'move' THEN NEW.k := NEW.k + 1000; END IF; RETURN NEW; END $$;
          CREATE TRIGGER bump BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE bump();
          INSERT INTO t VALUES (1, 'one'), (2, 'two');",
     );
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
     c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",
@@ -801,14 +767,7 @@ fn key_rewritten_by_a_before_trigger() {
 #[test]
 fn key_type_change_does_not_wedge_the_sync() {
     let (a, b) = (cluster::a(), cluster::b());
-    let src = a.create_db(&unique("kt_src"));
-    let tgt = b.create_db(&unique("kt_tgt"));
-    for (cl, db) in [(a, &src), (b, &tgt)] {
-        cl.exec(db, "CREATE TABLE t (k int PRIMARY KEY, v text)");
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
+    let (c, src, tgt) = fixtures::pair("kt", "CREATE TABLE t (k int PRIMARY KEY, v text)");
     c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
     c.ok(&[
         "add",

@@ -43,3 +43,18 @@ pub fn pgbench_init(c: &Cluster, db: &str, scale: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two fresh databases with the same DDL, `src` on cluster A and `tgt` on
+/// cluster B, and a control database (on A) that has them as the dbs "src"
+/// and "tgt": the setup most replication tests start from.
+pub fn pair(prefix: &str, ddl: &str) -> (super::Capra, String, String) {
+    let (a, b) = (super::cluster::a(), super::cluster::b());
+    let src = a.create_db(&unique(&format!("{prefix}_src")));
+    let tgt = b.create_db(&unique(&format!("{prefix}_tgt")));
+    a.exec(&src, ddl);
+    b.exec(&tgt, ddl);
+    let c = super::Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    (c, src, tgt)
+}
