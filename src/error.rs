@@ -169,15 +169,6 @@ impl Error {
         }
     }
 
-    /// Whether the error means a database connection is gone.
-    pub fn is_connection_loss(&self) -> bool {
-        match self {
-            Error::Connect { .. } => true,
-            Error::Db { source, .. } => pg::error::is_connection_loss(source),
-            _ => false,
-        }
-    }
-
     /// Whether the error is a serialization failure or deadlock.
     pub fn is_serialization(&self) -> bool {
         match self {

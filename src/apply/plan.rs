@@ -94,9 +94,4 @@ impl SyncPlan {
             })
             .collect()
     }
-
-    /// Every database the sync touches.
-    pub fn all_dbs(&self) -> impl Iterator<Item = &Db> {
-        self.sources.iter().chain(&self.targets).chain(&self.fullcopy)
-    }
 }

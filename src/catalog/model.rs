@@ -224,17 +224,6 @@ pub struct Relation {
     pub relgroups: Vec<String>,
 }
 
-impl Relation {
-    /// `ID (integer)` / `a|b (bigint|varchar)` / `none`, as Bucardo lists keys.
-    pub fn key_display(&self) -> String {
-        if self.pkey.is_empty() {
-            "none".into()
-        } else {
-            format!("{} ({})", self.pkey.join("|"), self.pkeytype.join("|"))
-        }
-    }
-}
-
 /// All relations of one type (`table` or `sequence`), by schema and name.
 pub fn relations(c: &mut impl GenericClient, reltype: Option<&str>) -> Result<Vec<Relation>> {
     let rows = c

@@ -40,19 +40,6 @@ pub fn flatten(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Whether an error means the connection itself is gone (server down,
-/// network cut, backend terminated), as opposed to a problem with the SQL.
-pub fn is_connection_loss(e: &postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code().map(|c| c.code()) {
-        // admin_shutdown, crash_shutdown, cannot_connect_now, connection_failure classes
-        Some(code) => code.starts_with("08") || code == "57P01" || code == "57P02" || code == "57P03",
-        None => true,
-    }
-}
-
 /// Whether retrying the same work is the right answer (serialization
 /// failure or deadlock), as Bucardo does with `kid_serial_sleep`.
 pub fn is_serialization(e: &postgres::Error) -> bool {

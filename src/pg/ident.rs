@@ -133,11 +133,6 @@ impl NamePart {
     pub fn matches_folded(&self, actual: &str) -> bool {
         !self.quoted && self.text.to_lowercase() == actual.to_lowercase()
     }
-
-    /// Whether it is a wildcard pattern.
-    pub fn is_pattern(&self) -> bool {
-        !self.quoted && (self.text.contains('*') || self.text.contains('%'))
-    }
 }
 
 /// Glob match with `*` only.

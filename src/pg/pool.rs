@@ -4,9 +4,9 @@
 //! says "timed out" while the real cause ("Connection refused") is gone. The
 //! pool here waits only as long as the connect timeout, is built without an
 //! initial connection (a database that is down must not stop the daemon
-//! starting), and remembers the last connection error to report it.
+//! starting), and when it cannot hand out a connection, one direct attempt
+//! finds the real cause to report.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres_openssl::MakeTlsConnector;
@@ -18,14 +18,14 @@ use crate::error::{Error, Result};
 /// A pooled connection.
 pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeTlsConnector>>;
 
+/// Logs the pool's background connection failures (at debug level; the
+/// caller reports the cause itself).
 #[derive(Debug)]
-struct LastError(Arc<Mutex<Option<String>>>);
+struct LogError;
 
-impl r2d2::HandleError<postgres::Error> for LastError {
+impl r2d2::HandleError<postgres::Error> for LogError {
     fn handle_error(&self, e: postgres::Error) {
-        let text = super::error::describe(&e);
-        tracing::debug!("connection attempt failed: {text}");
-        *self.0.lock().unwrap() = Some(text);
+        tracing::debug!("connection attempt failed: {}", super::error::describe(&e));
     }
 }
 
@@ -35,7 +35,6 @@ pub struct DbPool {
     name: String,
     summary: String,
     pool: r2d2::Pool<PostgresConnectionManager<MakeTlsConnector>>,
-    last_error: Arc<Mutex<Option<String>>>,
     resolved: Resolved,
 }
 
@@ -51,7 +50,6 @@ impl DbPool {
             .get_connect_timeout()
             .copied()
             .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
-        let last_error = Arc::new(Mutex::new(None));
         let mgr = PostgresConnectionManager::new(resolved.config.clone(), resolved.tls.clone());
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
@@ -59,13 +57,12 @@ impl DbPool {
             .connection_timeout(timeout + Duration::from_secs(1))
             .idle_timeout(Some(Duration::from_secs(300)))
             .test_on_check_out(true)
-            .error_handler(Box::new(LastError(last_error.clone())))
+            .error_handler(Box::new(LogError))
             .build_unchecked(mgr);
         Ok(DbPool {
             name: name.to_string(),
             summary: resolved.summary.clone(),
             pool,
-            last_error,
             resolved,
         })
     }
@@ -75,21 +72,14 @@ impl DbPool {
         match self.pool.get() {
             Ok(c) => Ok(c),
             Err(_) => {
-                // Reconnect directly once, so the error carries the cause.
-                match super::connect::connect(&self.resolved) {
-                    Ok(_) => self.pool.get().map_err(|e| {
-                        Error::Rejected(format!(
-                            "database \"{}\": no pooled connection available: {e}",
-                            self.name
-                        ))
-                    }),
-                    Err(source) => Err(Error::Connect {
-                        target: format!("database \"{}\"", self.name),
-                        summary: self.summary.clone(),
-                        detail: super::error::describe(&source),
-                        source,
-                    }),
-                }
+                // Connect directly once, so the error carries the cause.
+                self.dedicated()?;
+                self.pool.get().map_err(|e| {
+                    Error::Rejected(format!(
+                        "database \"{}\": no pooled connection available: {e}",
+                        self.name
+                    ))
+                })
             }
         }
     }
@@ -102,15 +92,5 @@ impl DbPool {
             detail: super::error::describe(&source),
             source,
         })
-    }
-
-    /// The last connection error seen by the pool, if any.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap().clone()
-    }
-
-    /// capra's name for the database.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
