@@ -4,16 +4,16 @@
 
 use crate::support::{cluster, fixtures, Capra};
 
-/// A control database with one source db (Confluence-like) and one target.
-fn setup() -> (Capra, String, String) {
-    let a = cluster::a();
-    let b = cluster::b();
-    let c = Capra::install(a);
-    let src = fixtures::confluence(a);
-    let tgt = fixtures::confluence_schema_only(b);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
-    (c, src, tgt)
+/// Sync "s1" from src to tgt over relgroup "rg", not autokicked.
+fn add_sync_s1(c: &Capra) {
+    c.ok(&[
+        "add",
+        "sync",
+        "s1",
+        "relgroup=rg",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
 }
 
 /// Runs a failing command and checks the catalog did not move.
@@ -27,16 +27,8 @@ fn refused(c: &Capra, args: &[&str], code: i32, needle: &str) {
 
 #[test]
 fn bad_input_changes_nothing() {
-    let (c, src, _) = setup();
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=rg",
-        "-T",
-        "hibernate_unique_key",
-    ]);
+    let (c, src, _) = fixtures::confluence_pair();
+    fixtures::add_keyed_tables(&c);
     c.ok(&["add", "dbgroup", "dg", "src:source", "tgt:target"]);
     // duplicate names
     refused(
@@ -219,7 +211,7 @@ fn bad_input_changes_nothing() {
 
 #[test]
 fn keyless_table_in_delta_sync_is_named_and_refused() {
-    let (c, src, _) = setup();
+    let (c, src, _) = fixtures::confluence_pair();
     let out = c.ok(&["add", "all", "tables", "db=src", "relgroup=rg"]);
     assert!(
         out.contains("Added table public.hibernate_unique_key to relgroup rg"),
@@ -246,24 +238,9 @@ fn keyless_table_in_delta_sync_is_named_and_refused() {
 
 #[test]
 fn active_sync_removal_needs_deactivate() {
-    let (c, _, _) = setup();
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=rg",
-        "-T",
-        "hibernate_unique_key",
-    ]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s1",
-        "relgroup=rg",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, _, _) = fixtures::confluence_pair();
+    fixtures::add_keyed_tables(&c);
+    add_sync_s1(&c);
     refused(
         &c,
         &["remove", "sync", "s1"],
@@ -282,7 +259,7 @@ fn active_sync_removal_needs_deactivate() {
 
 #[test]
 fn mixed_case_and_quoted_names() {
-    let (c, _, _) = setup();
+    let (c, _, _) = fixtures::confluence_pair();
     let out = c.ok(&[
         "add",
         "table",
@@ -309,16 +286,8 @@ fn mixed_case_and_quoted_names() {
 
 #[test]
 fn list_formats_and_json() {
-    let (c, _, _) = setup();
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=rg",
-        "-T",
-        "hibernate_unique_key",
-    ]);
+    let (c, _, _) = fixtures::confluence_pair();
+    fixtures::add_keyed_tables(&c);
     c.ok(&["add", "all", "sequences", "db=src", "relgroup=rg"]);
     c.ok(&["add", "dbgroup", "dg", "src:source", "tgt:target"]);
     c.ok(&[
@@ -384,24 +353,9 @@ fn list_formats_and_json() {
 
 #[test]
 fn customcode_is_compiled_when_added() {
-    let (c, _, _) = setup();
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=rg",
-        "-T",
-        "hibernate_unique_key",
-    ]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s1",
-        "relgroup=rg",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, _, _) = fixtures::confluence_pair();
+    fixtures::add_keyed_tables(&c);
+    add_sync_s1(&c);
     let good = c.home_file("good.lua", "return function(ctx)\n  ctx.log('hi')\nend\n");
     let bad = c.home_file("bad.lua", "return function(ctx)\n  local x = = 1\nend\n");
     let out = c.ok(&[

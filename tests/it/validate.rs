@@ -4,22 +4,8 @@
 use crate::support::{cluster, fixtures, Capra};
 
 fn setup() -> (Capra, String, String) {
-    let a = cluster::a();
-    let b = cluster::b();
-    let c = Capra::install(a);
-    let src = fixtures::confluence(a);
-    let tgt = fixtures::confluence_schema_only(b);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=rg",
-        "-T",
-        "hibernate_unique_key",
-    ]);
+    let (c, src, tgt) = fixtures::confluence_pair();
+    fixtures::add_keyed_tables(&c);
     c.ok(&["add", "all", "sequences", "db=src", "relgroup=rg"]);
     c.ok(&[
         "add",

@@ -58,3 +58,29 @@ pub fn pair(prefix: &str, ddl: &str) -> (super::Capra, String, String) {
     c.add_db("tgt", b, &tgt);
     (c, src, tgt)
 }
+
+/// The Confluence-like schema with rows on cluster A as db "src", the same
+/// schema empty on cluster B as db "tgt", and a control database on A.
+pub fn confluence_pair() -> (super::Capra, String, String) {
+    let (a, b) = (super::cluster::a(), super::cluster::b());
+    let c = super::Capra::install(a);
+    let src = confluence(a);
+    let tgt = confluence_schema_only(b);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    (c, src, tgt)
+}
+
+/// Puts every Confluence table that has a key (all but
+/// hibernate_unique_key) from db "src" into relgroup "rg".
+pub fn add_keyed_tables(c: &super::Capra) {
+    c.ok(&[
+        "add",
+        "all",
+        "tables",
+        "db=src",
+        "relgroup=rg",
+        "-T",
+        "hibernate_unique_key",
+    ]);
+}
