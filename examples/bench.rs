@@ -151,38 +151,22 @@ fn lag(a: &Cluster, src: &str, b: &Cluster, tgt: &str, rate: u32, secs: u32) -> 
     let sent: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let seen: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let (s2, st2) = (sent.clone(), stop.clone());
-    let (sa, srcdb) = (a.socket_dir.clone(), src.to_string());
-    let port_a = a.port;
+    let mut probe = a.client(src);
     let prober = std::thread::spawn(move || {
-        let mut c = postgres::Config::new()
-            .host_path(&sa)
-            .port(port_a)
-            .user("postgres")
-            .dbname(&srcdb)
-            .connect(postgres::NoTls)
-            .unwrap();
         let mut i = rate as i64 * 1_000_000;
         while !st2.load(Ordering::SeqCst) {
             i += 1;
-            c.execute("INSERT INTO lag_probe (id) VALUES ($1)", &[&i]).unwrap();
+            probe.execute("INSERT INTO lag_probe (id) VALUES ($1)", &[&i]).unwrap();
             s2.lock().unwrap().push((i, Instant::now()));
             std::thread::sleep(Duration::from_millis(50));
         }
     });
     let (seen2, st3) = (seen.clone(), stop.clone());
-    let (sb, tgtdb) = (b.socket_dir.clone(), tgt.to_string());
-    let port_b = b.port;
+    let mut watch = b.client(tgt);
     let watcher = std::thread::spawn(move || {
-        let mut c = postgres::Config::new()
-            .host_path(&sb)
-            .port(port_b)
-            .user("postgres")
-            .dbname(&tgtdb)
-            .connect(postgres::NoTls)
-            .unwrap();
         let mut last = rate as i64 * 1_000_000;
         while !st3.load(Ordering::SeqCst) {
-            let m: Option<i64> = c.query_one("SELECT max(id) FROM lag_probe", &[]).unwrap().get(0);
+            let m: Option<i64> = watch.query_one("SELECT max(id) FROM lag_probe", &[]).unwrap().get(0);
             let now = Instant::now();
             if let Some(m) = m {
                 if m > last {
