@@ -128,6 +128,20 @@ fn emit_json(v: Value) {
     println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"));
 }
 
+/// Every list prints `--json` output or "There are no PLURAL." the same
+/// way; true when that was all there was to print.
+fn json_or_none<T: serde::Serialize>(ctx: &Ctx, items: &[T], plural: &str) -> bool {
+    if ctx.json {
+        emit_json(json!(items));
+        return true;
+    }
+    if items.is_empty() {
+        println!("There are no {plural}.");
+        return true;
+    }
+    false
+}
+
 fn print_list(
     ctx: &Ctx,
     c: &mut postgres::Client,
@@ -142,12 +156,7 @@ fn print_list(
                 .into_iter()
                 .filter(|d| wanted(&d.name, filters))
                 .collect();
-            if ctx.json {
-                emit_json(json!(dbs));
-                return Ok(());
-            }
-            if dbs.is_empty() {
-                println!("There are no databases.");
+            if json_or_none(ctx, &dbs, "databases") {
                 return Ok(());
             }
             let groups = model::dbgroups(c)?;
@@ -187,12 +196,7 @@ fn print_list(
                 .filter(|r| db_filter.is_none_or(|d| r.db == d))
                 .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
                 .collect();
-            if ctx.json {
-                emit_json(json!(rels));
-                return Ok(());
-            }
-            if rels.is_empty() {
-                println!("There are no {kind}s.");
+            if json_or_none(ctx, &rels, &format!("{kind}s")) {
                 return Ok(());
             }
             let syncs = model::syncs(c)?;
@@ -236,13 +240,8 @@ fn print_list(
                 .into_iter()
                 .filter(|g| wanted(&g.name, filters))
                 .collect();
-            if ctx.json {
-                emit_json(json!(groups));
-                return Ok(());
-            }
             let label = if herd { "Herd" } else { "Relgroup" };
-            if groups.is_empty() {
-                println!("There are no {}s.", label.to_lowercase());
+            if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase())) {
                 return Ok(());
             }
             let rels = model::relations(c, None)?;
@@ -273,12 +272,7 @@ fn print_list(
                 .into_iter()
                 .filter(|g| wanted(&g.name, filters))
                 .collect();
-            if ctx.json {
-                emit_json(json!(groups));
-                return Ok(());
-            }
-            if groups.is_empty() {
-                println!("There are no dbgroups.");
+            if json_or_none(ctx, &groups, "dbgroups") {
                 return Ok(());
             }
             let syncs = model::syncs(c)?;
@@ -306,12 +300,7 @@ fn print_list(
                 .filter(|s| wanted(&s.name, filters))
                 .filter(|s| status.is_none_or(|st| s.status == st))
                 .collect();
-            if ctx.json {
-                emit_json(json!(syncs));
-                return Ok(());
-            }
-            if syncs.is_empty() {
-                println!("There are no syncs.");
+            if json_or_none(ctx, &syncs, "syncs") {
                 return Ok(());
             }
             let groups = model::dbgroups(c)?;
@@ -354,12 +343,7 @@ fn print_list(
                 .into_iter()
                 .filter(|x| wanted(&x.name, filters))
                 .collect();
-            if ctx.json {
-                emit_json(json!(codes));
-                return Ok(());
-            }
-            if codes.is_empty() {
-                println!("There are no customcodes.");
+            if json_or_none(ctx, &codes, "customcodes") {
                 return Ok(());
             }
             for x in &codes {
