@@ -38,6 +38,11 @@ pub enum Error {
     #[error("{0}")]
     Rejected(String),
 
+    /// The catalog changed under a run (a table joined the sync): the run
+    /// changed nothing; the daemon reads the sync again and reruns at once.
+    #[error("{0}")]
+    Stale(String),
+
     /// A database could not be reached or refused the login.
     #[error("cannot connect to {target} ({summary}): {detail}")]
     Connect {
@@ -47,9 +52,9 @@ pub enum Error {
         summary: String,
         /// The cause, on one line.
         detail: String,
-        /// The driver error.
+        /// The driver error, or the timeout.
         #[source]
-        source: postgres::Error,
+        source: pg::connect::ConnectError,
     },
 
     /// A statement failed.
@@ -164,7 +169,8 @@ impl Error {
     /// The SQLSTATE behind this error, if a server produced it.
     pub fn sqlstate(&self) -> Option<String> {
         match self {
-            Error::Db { source, .. } | Error::Connect { source, .. } => pg::error::sqlstate(source),
+            Error::Db { source, .. } => pg::error::sqlstate(source),
+            Error::Connect { source, .. } => source.pg().and_then(pg::error::sqlstate),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@ use postgres::GenericClient;
 
 use crate::capture::install::Target;
 use crate::catalog::model::{self, Db, Relation};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// A sync resolved into databases by role and relations in order.
 #[derive(Clone, Debug)]
@@ -20,6 +20,12 @@ pub struct SyncPlan {
     pub fullcopy: Vec<Db>,
     /// Databases skipped because they are inactive.
     pub skipped: Vec<String>,
+    /// The inactive `target`s among them: they fall behind while the
+    /// position moves on, so each run notes them (`capra.target_behind`).
+    pub skipped_targets: Vec<String>,
+    /// Active targets noted as behind: the next run copies every table to
+    /// them in full instead of sending changes.
+    pub behind: Vec<String>,
     /// Tables, in relgroup order.
     pub tables: Vec<Relation>,
     /// Sequences.
@@ -48,6 +54,8 @@ impl SyncPlan {
             targets: Vec::new(),
             fullcopy: Vec::new(),
             skipped: Vec::new(),
+            skipped_targets: Vec::new(),
+            behind: Vec::new(),
             tables: ordered.iter().filter(|r| r.reltype == "table").cloned().collect(),
             sequences: ordered.iter().filter(|r| r.reltype == "sequence").cloned().collect(),
         };
@@ -61,6 +69,9 @@ impl SyncPlan {
                     )));
                 }
                 plan.skipped.push(db.name.clone());
+                if m.role == "target" {
+                    plan.skipped_targets.push(db.name.clone());
+                }
                 continue;
             }
             match m.role.as_str() {
@@ -69,6 +80,16 @@ impl SyncPlan {
                 _ => plan.targets.push(db),
             }
         }
+        let behind: Vec<String> = c
+            .query("SELECT db FROM capra.target_behind WHERE sync = $1", &[&name])
+            .ctx(|| format!("reading which targets of sync \"{name}\" are behind"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        plan.behind = behind
+            .into_iter()
+            .filter(|b| plan.targets.iter().any(|t| &t.name == b))
+            .collect();
         Ok(plan)
     }
 

@@ -29,7 +29,7 @@ use crate::pg::pool::{Conn, DbPool};
 
 /// Pools by database name, rebuilt when a database's settings change.
 pub struct Pools {
-    map: Mutex<HashMap<String, (Db, DbPool)>>,
+    map: Mutex<HashMap<String, (Db, crate::pg::connect::NetDefaults, DbPool)>>,
     max_size: u32,
 }
 
@@ -43,16 +43,17 @@ impl Pools {
     }
 
     /// The pool for a database (created on first use, replaced if its
-    /// connection settings changed).
+    /// connection settings or the network settings changed).
     pub fn pool(&self, db: &Db) -> Result<DbPool> {
         let mut m = self.map.lock().unwrap();
-        if let Some((known, p)) = m.get(&db.name) {
-            if known == db {
+        let net = crate::pg::connect::net_defaults();
+        if let Some((known, n, p)) = m.get(&db.name) {
+            if known == db && *n == net {
                 return Ok(p.clone());
             }
         }
         let p = DbPool::new(&db.name, &db.conn_spec(), "capra daemon", self.max_size)?;
-        m.insert(db.name.clone(), (db.clone(), p.clone()));
+        m.insert(db.name.clone(), (db.clone(), net, p.clone()));
         Ok(p)
     }
 
@@ -108,6 +109,9 @@ pub struct RunEnv<'a> {
     pub chunk: usize,
     /// `repeatable read` or `serializable`.
     pub isolation: &'a str,
+    /// How long a run waits for its ACCESS SHARE locks before it gives up
+    /// and is retried (milliseconds; `lock_timeout` setting).
+    pub lock_timeout_ms: u64,
     /// Cancel handles.
     pub cancel: &'a Cancel,
 }
@@ -117,9 +121,19 @@ pub struct RunEnv<'a> {
 #[derive(Default)]
 pub struct RunCache {
     meta: HashMap<i32, TableMeta>,
+    /// The plan's partitioned tables on the source (learned once).
+    partitioned: Option<Vec<crate::pg::ident::QualName>>,
     seqs: HashMap<(i32, String), SeqState>,
     last_advance: Option<Instant>,
 }
+
+/// Session settings for every transaction a run opens: the text COPY
+/// carries means the same on every server whatever its defaults, and no
+/// server-side timeout kills a long run in the middle (an idle-in-
+/// transaction target waiting for the source's COPY, a long statement).
+const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
+     SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0";
 
 /// How often an idle sync moves its position forward on empty runs.
 const IDLE_ADVANCE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -128,11 +142,15 @@ impl RunCache {
     /// Forgets table shapes (after a reload or a failed run).
     pub fn forget_shapes(&mut self) {
         self.meta.clear();
+        self.partitioned = None;
     }
 }
 
 #[derive(Clone, Debug)]
 struct TableMeta {
+    /// The source's column names and type oids when this was learned: a
+    /// run compares it with the live table and re-learns after DDL.
+    signature: String,
     /// The key columns the key types below are for.
     keycols: Vec<String>,
     /// Quoted column list (non-generated source columns).
@@ -186,6 +204,11 @@ pub struct RunReport {
     pub empty: bool,
     /// Whether this run performed the sync's onetimecopy.
     pub onetimecopy: bool,
+    /// The onetimecopy generation this run served (see migration 3).
+    #[serde(skip)]
+    pub onetimecopy_gen: Option<i64>,
+    /// Targets that were behind and got a full copy in this run.
+    pub caught_up: Vec<String>,
     /// Databases skipped because inactive.
     pub skipped: Vec<String>,
     /// Seconds the run took.
@@ -248,6 +271,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     // --- the source, in one snapshot -------------------------------------------
     let mut src_conn = env.pools.get(src_db)?;
     env.cancel.register(&src_conn)?;
+    if plan.is_delta() && !plan.targets.is_empty() {
+        follow_partitions(&mut src_conn, plan, cache, &src_db.name)?;
+    }
     let iso = if env.isolation == "serializable" {
         IsolationLevel::Serializable
     } else {
@@ -260,22 +286,39 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         .ctx(|| format!("starting the read transaction on \"{}\"", src_db.name))?;
     // Keys and rows travel as text: make that text mean the same on every
     // server whatever its defaults (ISO dates parse under any DateStyle;
-    // floats round-trip exactly). SET does not take the snapshot.
-    stx.batch_execute(
-        "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
-         SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL statement_timeout = 0",
-    )
-    .ctx(|| format!("setting up the read transaction on \"{}\"", src_db.name))?;
+    // floats round-trip exactly). Then take ACCESS SHARE locks on every
+    // table the run reads, before the snapshot (neither SET nor LOCK takes
+    // it): a table rewritten by ALTER ... TYPE, VACUUM FULL or CLUSTER
+    // after the snapshot would otherwise look empty to this run. The locks
+    // never block writers; DDL waits at most for the run, the run waits at
+    // most lock_timeout for DDL and is then retried.
+    let mut setup = format!("{TEXT_FORMATS}; SET LOCAL lock_timeout = {}", env.lock_timeout_ms);
+    if !plan.tables.is_empty() {
+        let names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        setup.push_str(&format!("; LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")));
+    }
+    stx.batch_execute(&setup)
+        .ctx(|| format!("locking the tables of sync \"{name}\" on \"{}\"", src_db.name))?;
     let delta = plan.is_delta();
     let (cur, prev): (String, Option<String>) = if delta {
         let row = stx
             .query_opt(
-                "SELECT txid_current_snapshot()::text, c.snapshot::text FROM capra.consumer c
+                "SELECT txid_current_snapshot()::text, c.snapshot::text,
+                        txid_snapshot_xmin(c.snapshot) > txid_snapshot_xmax(txid_current_snapshot())
+                   FROM capra.consumer c
                   WHERE c.installation = $1 AND c.sync = $2 FOR UPDATE",
                 &[&env.installation, &name],
             )
             .ctx(|| format!("reading sync \"{name}\"'s position on \"{}\"", src_db.name))?;
         match row {
+            Some(r) if r.get::<_, bool>(2) && otc != 1 => {
+                return Err(Error::Rejected(format!(
+                    "sync \"{name}\" has applied changes up to transaction {} on \"{}\", but that database is only at {} (restored from a backup, or a different server?); its change log cannot be trusted: run 'capra update sync {name} onetimecopy=1' for a full copy, after which the sync follows the database from now on",
+                    r.get::<_, String>(1).split(':').next().unwrap_or("?"),
+                    src_db.name,
+                    r.get::<_, String>(0).split(':').nth(1).unwrap_or("?"),
+                )))
+            }
             Some(r) => (r.get(0), Some(r.get(1))),
             None => {
                 return Err(Error::Rejected(format!(
@@ -296,6 +339,8 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let mut captured: HashMap<(String, String), (i32, Vec<String>)> = HashMap::new();
     let mut changed: BTreeSet<i32> = BTreeSet::new();
     let mut truncated: BTreeSet<i32> = BTreeSet::new();
+    // Tables one of whose partitions was truncated (or dropped).
+    let mut parts_truncated: BTreeSet<i32> = BTreeSet::new();
     let prev_lit = match &prev {
         Some(p) => Some(snapshot_literal(p)?),
         None => None,
@@ -306,6 +351,34 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             .ctx(|| "reading captured tables".into())?
         {
             captured.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+        }
+        // The tables this sync captures, in this run's own snapshot: a table
+        // added to the sync since the plan was read must not have its
+        // changes skipped by moving the position past them.
+        let mine: Vec<i32> = stx
+            .query(
+                "SELECT captured FROM capra.consumer_table WHERE installation = $1 AND sync = $2",
+                &[&env.installation, &name],
+            )
+            .ctx(|| "reading the sync's captured tables".into())?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let planned: Vec<i32> = plan
+            .tables
+            .iter()
+            .filter_map(|t| captured.get(&(t.name.schema.clone(), t.name.name.clone())).map(|c| c.0))
+            .collect();
+        if let Some(extra) = mine.iter().find(|id| !planned.contains(id)) {
+            let what = captured
+                .iter()
+                .find(|(_, v)| v.0 == *extra)
+                .map(|(k, _)| format!("{}.{}", k.0, k.1))
+                .unwrap_or_else(|| format!("captured table {extra}"));
+            return Err(Error::Stale(format!(
+                "sync \"{name}\" now also captures {what} on \"{}\"; reading the sync again",
+                src_db.name
+            )));
         }
         let mut parts = Vec::new();
         for t in &plan.tables {
@@ -334,13 +407,17 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         for r in stx
             .query(
                 &format!(
-                    "SELECT DISTINCT captured FROM capra.truncate_log WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})"
+                    "SELECT DISTINCT captured, part IS NOT NULL FROM capra.truncate_log WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})"
                 ),
                 &[],
             )
             .ctx(|| "reading truncations".into())?
         {
-            truncated.insert(r.get(0));
+            if r.get::<_, bool>(1) {
+                parts_truncated.insert(r.get(0));
+            } else {
+                truncated.insert(r.get(0));
+            }
         }
     }
 
@@ -355,8 +432,13 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         })
         .collect();
 
-    let nothing =
-        changed.is_empty() && truncated.is_empty() && plan.fullcopy.is_empty() && otc == 0 && seq_dirty.is_empty();
+    let nothing = changed.is_empty()
+        && truncated.is_empty()
+        && parts_truncated.is_empty()
+        && plan.fullcopy.is_empty()
+        && plan.behind.is_empty()
+        && otc == 0
+        && seq_dirty.is_empty();
     if nothing {
         // Nothing changed between the stored position and this snapshot,
         // so moving the position forward skips nothing; doing it now and
@@ -390,7 +472,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         let mut tx = c
             .transaction()
             .ctx(|| format!("starting the apply transaction on \"{}\"", d.name))?;
-        tx.batch_execute("SET LOCAL session_replication_role = replica; SET LOCAL statement_timeout = 0")
+        tx.batch_execute(&format!("SET LOCAL session_replication_role = replica; {TEXT_FORMATS}"))
             .ctx(|| {
                 format!(
                     "switching \"{}\" to session_replication_role = replica (needs a superuser, or PostgreSQL 15+ with SET ON PARAMETER granted)",
@@ -401,18 +483,19 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         txs.push(tx);
     }
     let n_targets = plan.targets.len();
+    let signatures = column_signatures(&mut stx, &plan.tables)?;
 
-    for t in &plan.tables {
+    for (t, sig) in plan.tables.iter().zip(&signatures) {
         // Deltas use the key the change log was built with (after a key
         // change it stays the old one until that log is drained).
         let cap = captured.get(&(t.name.schema.clone(), t.name.name.clone())).cloned();
         let keycols = cap.as_ref().map(|c| c.1.clone()).unwrap_or_else(|| t.pkey.clone());
         let id = cap.map(|c| c.0);
-        let meta = table_meta(cache, &mut stx, &mut txs, &names, t, &keycols)?;
+        let meta = table_meta(cache, &mut stx, &mut txs, &names, t, &keycols, sig)?;
         // Decide per written database how it gets this table.
         let mut modes: Vec<Mode> = Vec::new();
         for (i, tx) in txs.iter_mut().enumerate() {
-            let mode = if i >= n_targets || otc == 1 {
+            let mode = if i >= n_targets || otc == 1 || plan.behind.contains(&names[i]) {
                 Mode::Copy
             } else if otc == 2 {
                 let empty: bool = tx
@@ -476,6 +559,14 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                 for &i in &delta_idx {
                     truncate_or_delete(&mut txs[i], &names[i], t, meta, "truncate")?;
                 }
+                tr.truncated = true;
+                report.truncates += delta_idx.len() as u64;
+            } else if parts_truncated.contains(&id) {
+                // Part of the table was emptied: whatever the targets'
+                // layout, delete there every row whose key the source no
+                // longer has (the changes below then add back what was
+                // written since).
+                tr.deleted += delete_missing(&mut stx, &mut txs, &names, &delta_idx, t, meta)?;
                 tr.truncated = true;
                 report.truncates += delta_idx.len() as u64;
             }
@@ -562,6 +653,8 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         }
     }
     report.onetimecopy = otc > 0;
+    report.onetimecopy_gen = (otc > 0).then_some(plan.sync.onetimecopy_gen);
+    report.caught_up = plan.behind.clone();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -575,9 +668,12 @@ fn table_meta<'m>(
     names: &[String],
     t: &Relation,
     keycols: &[String],
+    signature: &str,
 ) -> Result<&'m TableMeta> {
     let missing = match cache.meta.get(&t.id) {
-        Some(m) => m.keycols != keycols || names.iter().any(|n| !m.key_types.contains_key(n)),
+        Some(m) => {
+            m.keycols != keycols || m.signature != signature || names.iter().any(|n| !m.key_types.contains_key(n))
+        }
         None => true,
     };
     if missing {
@@ -620,13 +716,16 @@ fn table_meta<'m>(
                         t.name.human()
                     ))
                 })?;
-                kt.push(c.type_name.clone());
+                // No type modifier: a key widened on one side only still
+                // compares exactly (a cast to varchar(10) would cut it).
+                kt.push(c.base_type.clone());
             }
             key_types.insert(n.clone(), kt);
         }
         cache.meta.insert(
             t.id,
             TableMeta {
+                signature: signature.to_string(),
                 keycols: keycols.to_vec(),
                 cols: cols.join(", "),
                 only: if kind == Some(discover::Kind::Partitioned) {
@@ -639,6 +738,133 @@ fn table_meta<'m>(
         );
     }
     Ok(cache.meta.get(&t.id).expect("inserted above"))
+}
+
+/// Each table's live column names and types on the source, in one round
+/// trip: when it differs from what a run learned before (a column added,
+/// dropped or retyped), the table's shape is learned again, so no stale
+/// column list survives DDL.
+fn column_signatures(stx: &mut Transaction<'_>, tables: &[Relation]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = tables.iter().map(|t| t.name.sql()).collect();
+    let rows = stx
+        .query(
+            "SELECT coalesce((SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                                FROM pg_catalog.pg_attribute a
+                               WHERE a.attrelid = to_regclass(n.name) AND a.attnum > 0 AND NOT a.attisdropped), '')
+               FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i",
+            &[&names],
+        )
+        .ctx(|| "reading the tables' columns on the source".into())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Learns once per controller (and after DDL) which of the plan's tables are
+/// partitioned on the source, then on every run follows their partitions
+/// before the snapshot: new partitions get a TRUNCATE trigger, and rows
+/// that came or went with an ATTACH or DETACH are logged as changes.
+fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut RunCache, db: &str) -> Result<()> {
+    if cache.partitioned.is_none() {
+        let names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        let found = conn
+            .query(
+                "SELECT n.i::int FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i)
+                   JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name) WHERE c.relkind = 'p'",
+                &[&names],
+            )
+            .ctx(|| format!("looking for partitioned tables on \"{db}\""))?;
+        cache.partitioned = Some(
+            found
+                .iter()
+                .map(|r| plan.tables[r.get::<_, i32>(0) as usize - 1].name.clone())
+                .collect(),
+        );
+    }
+    let parts = cache.partitioned.clone().unwrap_or_default();
+    for t in &parts {
+        let mut tx = conn
+            .transaction()
+            .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+            .ctx(|| "setting a lock timeout".into())?;
+        let id: Option<i32> = tx
+            .query_opt(
+                "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
+                &[&t.schema, &t.name],
+            )
+            .ctx(|| "reading capture".into())?
+            .map(|r| r.get(0));
+        let Some(id) = id else { continue };
+        let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true)?;
+        tx.commit()
+            .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+        if moved > 0 {
+            tracing::info!(
+                "{moved} partition(s) of {} attached, detached or dropped on \"{db}\"; their rows replicate as changes",
+                t.human()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// After a partition of `t` was truncated or dropped on the source: deletes
+/// on each target every row whose key the source no longer has. The
+/// source's keys stream into a temporary table on each target (COPY), so
+/// this is exact whatever partitions the targets have.
+fn delete_missing(
+    stx: &mut Transaction<'_>,
+    txs: &mut [Transaction<'_>],
+    names: &[String],
+    idx: &[usize],
+    t: &Relation,
+    meta: &TableMeta,
+) -> Result<u64> {
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+    let keys = qk.join(", ");
+    for &i in idx {
+        txs[i]
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.capra_keys; CREATE TEMP TABLE capra_keys ON COMMIT DROP AS SELECT {keys} FROM {}{} WITH NO DATA",
+                meta.only,
+                t.name.sql()
+            ))
+            .ctx(|| format!("preparing to compare keys of {} on \"{}\"", t.name.human(), names[i]))?;
+    }
+    let q = format!("COPY (SELECT {keys} FROM {}{}) TO STDOUT", meta.only, t.name.sql());
+    let into = crate::pg::ident::QualName::new("pg_temp", "capra_keys");
+    let key_rel = Relation {
+        name: into,
+        ..t.clone()
+    };
+    pipe(stx, &q, txs, idx, names, &key_rel, &keys)?;
+    let mut deleted = 0;
+    for &i in idx {
+        deleted += txs[i]
+            .execute(
+                &format!(
+                    "DELETE FROM {}{} t WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_keys k WHERE ({}) = ({}))",
+                    meta.only,
+                    t.name.sql(),
+                    qk.iter().map(|k| format!("k.{k}")).collect::<Vec<_>>().join(", "),
+                    qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ")
+                ),
+                &[],
+            )
+            .ctx(|| {
+                format!(
+                    "deleting rows of {} the source no longer has on \"{}\"",
+                    t.name.human(),
+                    names[i]
+                )
+            })?;
+        txs[i]
+            .batch_execute("DROP TABLE pg_temp.capra_keys")
+            .ctx(|| "dropping the key table".into())?;
+    }
+    Ok(deleted)
 }
 
 /// rebuild_index: switches a table's index maintenance off before a full

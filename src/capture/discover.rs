@@ -121,6 +121,9 @@ pub struct Column {
     pub name: String,
     /// Type with modifiers.
     pub type_name: String,
+    /// Type without modifiers (`character varying`, `numeric`): what a
+    /// change log or a key cast uses, so widening the column needs nothing.
+    pub base_type: String,
     /// NOT NULL.
     pub not_null: bool,
     /// Has a default (or is generated/identity).
@@ -168,7 +171,7 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
         .query(
             &format!(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                        a.atthasdef OR {identity}, {generated}
+                        a.atthasdef OR {identity}, {generated}, format_type(a.atttypid, NULL)
                    FROM pg_attribute a
                    JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
@@ -185,8 +188,20 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
             not_null: r.get(2),
             has_default: r.get(3),
             generated: r.get(4),
+            base_type: r.get(5),
         })
         .collect())
+}
+
+/// The type a change log stores a key column of type `base` in: the type
+/// without modifiers, and integers as bigint, so the application's own
+/// writes keep working when a DBA widens a key (`varchar(10)` ->
+/// `varchar(20)`, `int` -> `bigint`) before capra has looked.
+pub fn log_type(base: &str) -> String {
+    match base {
+        "smallint" | "integer" => "bigint".into(),
+        other => other.into(),
+    }
 }
 
 /// Whether the named columns form the primary key or a unique key of the

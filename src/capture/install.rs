@@ -33,7 +33,7 @@ use crate::error::{Context, Error, Result};
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.
-pub const CAPTURE_VERSION: i32 = 1;
+pub const CAPTURE_VERSION: i32 = 2;
 
 /// NOTIFY channel the kick trigger uses.
 pub const KICK_CHANNEL: &str = "capra";
@@ -77,6 +77,16 @@ CREATE TABLE IF NOT EXISTS capra.truncate_log (
     ts timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS truncate_log_txid ON capra.truncate_log (txid);
+-- Version 2: a TRUNCATE of one partition names it (NULL: the whole table).
+ALTER TABLE capra.truncate_log ADD COLUMN IF NOT EXISTS part text;
+-- The partitions of each captured partitioned table as last seen, so an
+-- ATTACH or DETACH between two runs is noticed and its rows replicated.
+CREATE TABLE IF NOT EXISTS capra.captured_part (
+    captured integer NOT NULL REFERENCES capra.captured (id) ON DELETE CASCADE,
+    schemaname text NOT NULL,
+    relname text NOT NULL,
+    PRIMARY KEY (captured, schemaname, relname)
+);
 "#;
 
 /// A table to capture: its name and replication key.
@@ -114,6 +124,25 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
     }
     c.batch_execute(BASE_SQL)
         .ctx(|| "creating capra's capture schema".into())?;
+    // An older version's capture functions are rebuilt in the new shape.
+    for r in c
+        .query(
+            "SELECT id, keycols, rowlevel, kick, schemaname, relname FROM capra.captured",
+            &[],
+        )
+        .ctx(|| "reading captured tables".into())?
+    {
+        let (id, keycols, rowlevel, kick): (i32, Vec<String>, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (schema, relname): (String, String) = (r.get(4), r.get(5));
+        c.batch_execute(&function_sql(
+            id,
+            &QualName::new(schema, relname),
+            &keycols,
+            rowlevel,
+            kick,
+        ))
+        .ctx(|| "upgrading capra's capture functions".into())?;
+    }
     c.execute(
         "INSERT INTO capra.capture_meta (version) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
         &[&CAPTURE_VERSION],
@@ -127,14 +156,17 @@ pub fn delta_table(id: i32) -> String {
     format!("capra.delta_{id}")
 }
 
-/// What to do when a table's replication key columns changed while its
-/// change log still holds changes not yet applied.
+/// Who is attaching capture, which decides what happens when a table's
+/// replication key columns changed while its change log still holds
+/// changes not yet applied, and whether tables may leave capture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnKeyChange {
-    /// Refuse with a clear error (catalog commands: the user can wait).
+    /// A catalog command: refuse a key change with a clear error (the user
+    /// can wait); tables no longer in the sync leave capture.
     Refuse,
-    /// Keep capturing with the old key until the log is drained (the
-    /// daemon: runs use the key the log was built with).
+    /// The daemon: keep capturing with the old key until the log is
+    /// drained (runs use the key the log was built with); never remove a
+    /// table from capture.
     Defer,
 }
 
@@ -183,7 +215,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 t.name.human()
             ))
         })?;
-        keytypes.push(col.type_name.clone());
+        keytypes.push(discover::log_type(&col.base_type));
     }
     let rowlevel = use_row_triggers(c, &t.name)?;
     let existing = c
@@ -212,6 +244,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                         .ctx(|| "recording the key types".into())?;
                 }
                 set_kick(c, &t.name, id, t.autokick)?;
+                cover_partitions(c, id, &t.name, false)?;
                 return Ok((id, false));
             }
             // Key columns or trigger kind changed: rebuild the log and the
@@ -224,22 +257,26 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
                 .ctx(|| "checking the change log".into())?
                 .get(0);
-            let pending: i64 = if log_exists {
-                c.query_one(
-                    &format!(
-                        "SELECT count(*) FROM {} d WHERE EXISTS (
-                            SELECT 1 FROM capra.consumer con
+            // Pending TRUNCATEs count too: rebuilding drops them.
+            let unapplied = "EXISTS (SELECT 1 FROM capra.consumer con
                               JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
-                             WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))",
-                        delta_table(id)
-                    ),
+                             WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
+            let mut pending: i64 = c
+                .query_one(
+                    &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
                     &[&id],
                 )
-                .ctx(|| format!("counting pending changes of {}", t.name.human()))?
-                .get(0)
-            } else {
-                0
-            };
+                .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
+                .get(0);
+            if log_exists {
+                pending += c
+                    .query_one(
+                        &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
+                        &[&id],
+                    )
+                    .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                    .get::<_, i64>(0);
+            }
             if pending > 0 {
                 match on_key_change {
                     OnKeyChange::Refuse => {
@@ -284,7 +321,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))
     );
-    sql.push_str(&function_sql(id, &t.keycols, rowlevel, t.autokick));
+    sql.push_str(&function_sql(id, &t.name, &t.keycols, rowlevel, t.autokick));
     let tbl = t.name.sql();
     let func = format!("capra.capture_{id}");
     // No trigger names a column (no column list, no WHEN on columns): that
@@ -307,7 +344,109 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
     c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &t.autokick])
         .ctx(|| "recording the kick".into())?;
+    cover_partitions(c, id, &t.name, false)?;
     Ok((id, false))
+}
+
+/// Keeps a partitioned table's partitions covered: each gets a TRUNCATE
+/// trigger (row triggers reach partitions on their own, TRUNCATE triggers
+/// do not), and the partition list is remembered. With `log_moves`, a
+/// partition attached since the last look has its keys logged as changes
+/// (its rows appeared in the table without any write), and one detached
+/// has its keys logged too (its rows left the table) or, if it was dropped,
+/// a truncation of it. Returns how many partitions came or went.
+pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, log_moves: bool) -> Result<usize> {
+    if discover::kind_of(c, table)? != Some(discover::Kind::Partitioned) {
+        return Ok(0);
+    }
+    let now: Vec<(String, String, bool)> = c
+        .query(
+            "WITH RECURSIVE tree(oid) AS (
+                 SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass
+                 UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+             SELECT n.nspname::text, c.relname::text,
+                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'capra_capture_t')
+               FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace",
+            &[&table.sql()],
+        )
+        .ctx(|| format!("reading the partitions of {}", table.human()))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let known: Vec<(String, String)> = c
+        .query(
+            "SELECT schemaname, relname FROM capra.captured_part WHERE captured = $1",
+            &[&id],
+        )
+        .ctx(|| "reading known partitions".into())?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let keycols: Vec<String> = c
+        .query_one("SELECT keycols FROM capra.captured WHERE id = $1", &[&id])
+        .ctx(|| "reading capture".into())?
+        .get(0);
+    let collist: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
+    let collist = collist.join(", ");
+    let mut moved = 0;
+    let mut sql = String::new();
+    for (schema, name, has_trigger) in &now {
+        let part = QualName::new(schema.clone(), name.clone());
+        if !has_trigger {
+            sql.push_str(&format!(
+                "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n",
+                part.sql()
+            ));
+        }
+        if !known.iter().any(|(s, n)| s == schema && n == name) {
+            if log_moves {
+                sql.push_str(&format!(
+                    "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
+                    delta_table(id),
+                    part.sql()
+                ));
+                moved += 1;
+            }
+            c.execute(
+                "INSERT INTO capra.captured_part (captured, schemaname, relname) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&id, schema, name],
+            )
+            .ctx(|| "recording a partition".into())?;
+        }
+    }
+    for (schema, name) in &known {
+        if now.iter().any(|(s, n, _)| s == schema && n == name) {
+            continue;
+        }
+        let part = QualName::new(schema.clone(), name.clone());
+        if log_moves {
+            if discover::kind_of(c, &part)?.is_some() {
+                // Detached: its rows left the table.
+                sql.push_str(&format!(
+                    "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
+                    delta_table(id),
+                    part.sql()
+                ));
+            } else {
+                // Dropped: replayed like a TRUNCATE of that partition.
+                sql.push_str(&format!(
+                    "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, {});\n",
+                    sql_literal(&part.human())
+                ));
+            }
+            moved += 1;
+        }
+        c.execute(
+            "DELETE FROM capra.captured_part WHERE captured = $1 AND schemaname = $2 AND relname = $3",
+            &[&id, schema, name],
+        )
+        .ctx(|| "forgetting a partition".into())?;
+    }
+    if !sql.is_empty() {
+        c.batch_execute(&sql)
+            .ctx(|| format!("following the partitions of {}", table.human()))?;
+    }
+    Ok(moved)
 }
 
 /// The capture function of one table, `capture_N()`: it logs the keys a
@@ -324,8 +463,14 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
 /// functions are `pg_catalog.`-qualified, UNION compares keys with the
 /// type's default operator class, and column defaults were bound when the
 /// log table was created.
-fn function_sql(id: i32, keycols: &[String], rowlevel: bool, notify: bool) -> String {
+fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, notify: bool) -> String {
     let delta = delta_table(id);
+    // A TRUNCATE of the table itself, or of one of its partitions (which
+    // carry the same trigger), named so a run empties only that part.
+    let truncate = format!(
+        "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, CASE WHEN TG_RELID OPERATOR(pg_catalog.=) {lit}::pg_catalog.regclass THEN NULL ELSE pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME) END);",
+        lit = sql_literal(&table.sql())
+    );
     let qcols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
     let collist = qcols.join(", ");
     let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
@@ -344,7 +489,7 @@ fn function_sql(id: i32, keycols: &[String], rowlevel: bool, notify: bool) -> St
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO {delta} ({collist}) VALUES ({old});
     ELSE
-        INSERT INTO capra.truncate_log (captured) VALUES ({id});
+        {truncate}
     END IF;",
             old = old_vals.join(", "),
             new = new_vals.join(", ")
@@ -358,7 +503,7 @@ fn function_sql(id: i32, keycols: &[String], rowlevel: bool, notify: bool) -> St
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_old;
     ELSE
-        INSERT INTO capra.truncate_log (captured) VALUES ({id});
+        {truncate}
     END IF;"
         )
     };
@@ -411,7 +556,7 @@ fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> 
         .ctx(|| "reading capture".into())?;
     let (rowlevel, kick, keycols): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
     if kick != on {
-        c.batch_execute(&function_sql(id, &keycols, rowlevel, on))
+        c.batch_execute(&function_sql(id, table, &keycols, rowlevel, on))
             .ctx(|| format!("switching the kick of {}", table.human()))?;
         c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
             .ctx(|| "recording the kick".into())?;
@@ -438,16 +583,32 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
             ));
         }
     }
+    // The TRUNCATE triggers on partitions call the same function.
+    for r in c
+        .query(
+            "SELECT g.tgrelid::regclass::text FROM pg_trigger g
+              WHERE g.tgname = 'capra_capture_t' AND g.tgfoid = to_regprocedure($1)
+                AND g.tgrelid <> coalesce(to_regclass($2), 0)",
+            &[&format!("capra.capture_{id}()"), &table.sql()],
+        )
+        .ctx(|| format!("reading the partition triggers of {}", table.human()))?
+    {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS capra_capture_t ON {};\n",
+            r.get::<_, String>(0)
+        ));
+    }
     sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\n",
+        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\nDELETE FROM capra.captured_part WHERE captured = {id};\n",
         delta_table(id)
     ));
     c.batch_execute(&sql)
         .ctx(|| format!("removing change capture from {}", table.human()))
 }
 
-/// Makes a sync's consumer on this source cover exactly `tables` (capturing
-/// each), creating the consumer at the current snapshot if it is new.
+/// Makes a sync's consumer on this source cover `tables` (capturing each;
+/// exactly those for a catalog command), creating the consumer at the
+/// current snapshot if it is new.
 pub fn attach_consumer(
     c: &mut impl GenericClient,
     installation: &str,
@@ -473,11 +634,17 @@ pub fn attach_consumer(
         &[&installation, &sync],
     )
     .ctx(|| format!("registering sync \"{sync}\" as a consumer"))?;
-    c.execute(
-        "DELETE FROM capra.consumer_table WHERE installation = $1 AND sync = $2 AND NOT (captured = ANY($3))",
-        &[&installation, &sync, &ids],
-    )
-    .ctx(|| "updating the consumer's tables".into())?;
+    if on_key_change == OnKeyChange::Refuse {
+        // Only a catalog command, which holds the catalog edit that removed
+        // a table, takes it out of capture. The daemon may hold an older
+        // plan than the catalog, and must never undo what a newer edit
+        // installed.
+        c.execute(
+            "DELETE FROM capra.consumer_table WHERE installation = $1 AND sync = $2 AND NOT (captured = ANY($3))",
+            &[&installation, &sync, &ids],
+        )
+        .ctx(|| "updating the consumer's tables".into())?;
+    }
     for (t, id) in tables.iter().zip(&ids) {
         c.execute(
             "INSERT INTO capra.consumer_table (installation, sync, captured, autokick) VALUES ($1, $2, $3, $4)
@@ -559,7 +726,7 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
         // Only capra's own objects are dropped; the schema goes too unless
         // someone else put something in it.
         c.batch_execute(
-            "DROP TABLE IF EXISTS capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured, capra.capture_meta;
+            "DROP TABLE IF EXISTS capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
              DROP FUNCTION IF EXISTS capra.kick();",
         )
         .ctx(|| "removing capra's capture tables".into())?;

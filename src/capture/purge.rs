@@ -32,7 +32,11 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
     }
     let rows = c
         .query(
-            "SELECT cap.id, min(txid_snapshot_xmin(con.snapshot))
+            // A consumer ahead of the database (a source restored from a
+            // backup) makes its tables' horizon 0: nothing is purged there
+            // until the sync is repaired.
+            "SELECT cap.id, CASE WHEN bool_or(txid_snapshot_xmin(con.snapshot) > txid_snapshot_xmax(txid_current_snapshot()))
+                                 THEN 0 ELSE min(txid_snapshot_xmin(con.snapshot)) END
                FROM capra.captured cap
                JOIN capra.consumer_table ct ON ct.captured = cap.id
                JOIN capra.consumer con ON con.installation = ct.installation AND con.sync = ct.sync
@@ -57,7 +61,8 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
     // Truncation notes every consumer has seen.
     out.rows += c
         .execute(
-            "DELETE FROM capra.truncate_log WHERE txid < coalesce((SELECT min(txid_snapshot_xmin(snapshot)) FROM capra.consumer), 0)",
+            "DELETE FROM capra.truncate_log WHERE txid < coalesce((SELECT CASE WHEN bool_or(txid_snapshot_xmin(snapshot) > txid_snapshot_xmax(txid_current_snapshot()))
+                    THEN 0 ELSE min(txid_snapshot_xmin(snapshot)) END FROM capra.consumer), 0)",
             &[],
         )
         .ctx(|| "purging truncation notes".into())?;

@@ -54,16 +54,8 @@ pub fn install(spec: &ConnSpec, piddir: Option<&str>, out: &mut dyn Write) -> Re
 fn open(spec: &ConnSpec, dbname: &str) -> Result<Client> {
     let mut s = spec.clone();
     s.dbname = Some(dbname.into());
-    let r = pg::connect::resolve(&s, "capra install").map_err(|source| Error::ConnSpec {
-        target: format!("database \"{dbname}\""),
-        source,
-    })?;
-    pg::connect::connect(&r).map_err(|source| Error::Connect {
-        target: format!("database \"{dbname}\""),
-        summary: r.summary.clone(),
-        detail: pg::error::describe(&source),
-        source,
-    })
+    let target = format!("database \"{dbname}\"");
+    pg::connect::open(&pg::connect::resolve_for(&s, "capra install", &target)?, &target)
 }
 
 /// Whether the connected role is a superuser.

@@ -21,6 +21,7 @@ use crate::pg;
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_catalog.sql")),
     (2, include_str!("migrations/0002_runs.sql")),
+    (3, include_str!("migrations/0003_races.sql")),
 ];
 
 /// The catalog version this build expects.
@@ -44,17 +45,9 @@ pub struct Catalog {
 impl Catalog {
     /// Connects to the control database named by the settings and checks it.
     pub fn open(settings: &Settings, application_name: &str) -> Result<Catalog> {
-        let resolved = pg::connect::resolve(&settings.control, application_name).map_err(|source| Error::ConnSpec {
-            target: "control database".into(),
-            source,
-        })?;
+        let resolved = pg::connect::resolve_for(&settings.control, application_name, "control database")?;
         let dbname = resolved.config.get_dbname().unwrap_or("capra").to_string();
-        let mut client = pg::connect::connect(&resolved).map_err(|source| Error::Connect {
-            target: format!("the control database \"{dbname}\""),
-            summary: resolved.summary.clone(),
-            detail: pg::error::describe(&source),
-            source,
-        })?;
+        let mut client = pg::connect::open(&resolved, &format!("the control database \"{dbname}\""))?;
         let row = client
             .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
             .ctx(|| "checking the control database".into())?;
@@ -79,6 +72,8 @@ impl Catalog {
                 "the catalog in \"{dbname}\" is version {version}, newer than this capra understands ({cur}); upgrade the capra package"
             )));
         }
+        // Connections to replicated databases follow the settings.
+        crate::catalog::model::apply_net_settings(&mut client)?;
         Ok(Catalog {
             client,
             installation: row.get(1),

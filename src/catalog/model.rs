@@ -315,6 +315,9 @@ pub struct Sync {
     pub autokick: bool,
     /// 0, 1 or 2.
     pub onetimecopy: i16,
+    /// Bumped by every onetimecopy request (see migration 3).
+    #[serde(skip)]
+    pub onetimecopy_gen: i64,
     /// Strategy for multi-source conflicts (None: the default setting).
     pub conflict_strategy: Option<String>,
     /// Cron schedule (5 fields), if any.
@@ -360,7 +363,8 @@ pub fn syncs(c: &mut impl GenericClient) -> Result<Vec<Sync>> {
             "SELECT name, relgroup, dbgroup, status, autokick, onetimecopy, conflict_strategy, schedule,
                     checktime::text, stayalive, kidsalive, rebuild_index, analyze_after_copy,
                     vacuum_after_copy, makedelta, deletemethod, isolation_level, overdue::text,
-                    expired::text, lifetime::text, maxkicks, priority, strict_checking, synctype
+                    expired::text, lifetime::text, maxkicks, priority, strict_checking, synctype,
+                    onetimecopy_gen
                FROM capra.sync ORDER BY name COLLATE \"C\"",
             &[],
         )
@@ -392,6 +396,7 @@ pub fn syncs(c: &mut impl GenericClient) -> Result<Vec<Sync>> {
             priority: r.get(21),
             strict_checking: r.get(22),
             synctype: r.get(23),
+            onetimecopy_gen: r.get(24),
         })
         .collect())
 }
@@ -489,6 +494,31 @@ pub fn config(c: &mut impl GenericClient) -> Result<Vec<ConfigRow>> {
 
 /// One setting's value (or its built-in default when the row is missing).
 pub fn setting(c: &mut impl GenericClient, name: &str) -> Result<String> {
+    setting_impl(c, name)
+}
+
+/// Reads the connection settings (`connect_timeout`, `tcp_keepalives_*`,
+/// `tcp_user_timeout`) and makes them the defaults of every connection
+/// this process opens from now on; 0 keeps capra's own default.
+pub fn apply_net_settings(c: &mut impl GenericClient) -> Result<bool> {
+    use std::time::Duration;
+    let base = crate::pg::connect::NetDefaults::default();
+    let mut num = |n: &str| -> Result<f64> { Ok(setting_impl(c, n)?.parse::<f64>().unwrap_or(0.0)) };
+    let secs = |v: f64, d: Duration| if v > 0.0 { Duration::from_secs_f64(v) } else { d };
+    let d = crate::pg::connect::NetDefaults {
+        connect_timeout: secs(num("connect_timeout")?, base.connect_timeout),
+        keepalives_idle: secs(num("tcp_keepalives_idle")?, base.keepalives_idle),
+        keepalives_interval: secs(num("tcp_keepalives_interval")?, base.keepalives_interval),
+        keepalives_count: match num("tcp_keepalives_count")? {
+            v if v >= 1.0 => v as u32,
+            _ => base.keepalives_count,
+        },
+        tcp_user_timeout: Duration::from_secs_f64(num("tcp_user_timeout")?.max(0.0)),
+    };
+    Ok(crate::pg::connect::set_net_defaults(d))
+}
+
+fn setting_impl(c: &mut impl GenericClient, name: &str) -> Result<String> {
     let row = c
         .query_opt("SELECT setting FROM capra.config WHERE name = $1", &[&name])
         .ctx(|| format!("reading setting {name}"))?;

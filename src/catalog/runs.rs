@@ -77,6 +77,14 @@ pub fn start_run(c: &mut impl GenericClient, sync: &str, reason: &str, pid: i32,
     .get(0))
 }
 
+/// Drops the record of a run that changed nothing and is rerun at once
+/// (it found the catalog newer than its plan).
+pub fn forget_run(c: &mut impl GenericClient, id: i64) -> Result<()> {
+    c.execute("DELETE FROM capra.run WHERE id = $1 AND state = 'running'", &[&id])
+        .ctx(|| "dropping a run record".into())?;
+    Ok(())
+}
+
 /// Totals of a finished run.
 #[derive(Clone, Debug, Default)]
 pub struct Totals {

@@ -69,7 +69,7 @@ pub const SETTINGS: &[Setting] = &[
         "connect_timeout",
         "10",
         Kind::Int(1, 3600),
-        "Seconds to wait when connecting to any database before giving up"
+        "Seconds a connection to any database may take as a whole (TCP, TLS, start-up) before capra gives up"
     ),
     s!(
         "ctl_checkonkids_time",
@@ -161,6 +161,12 @@ pub const SETTINGS: &[Setting] = &[
         "Seconds before re-running after a serialization failure; -1 treats it as an ordinary failure"
     ),
     s!("kid_sleep", "0.5", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "lock_timeout",
+        "10",
+        Kind::Seconds { allow_minus_one: false },
+        "Seconds a run waits for its shared locks while DDL holds a table (ALTER, VACUUM FULL); it is then retried"
+    ),
     s!("log_conflict_file", "bucardo_conflict.log", Kind::Text, COMPAT),
     s!(
         "log_level",
@@ -266,21 +272,27 @@ pub const SETTINGS: &[Setting] = &[
     s!("syslog_facility", "log_local1", Kind::Text, COMPAT),
     s!(
         "tcp_keepalives_count",
-        "0",
-        Kind::Int(0, 1000),
-        "TCP keepalive probes before a connection is declared dead (0: system default)"
+        "4",
+        Kind::Int(1, 1000),
+        "Unanswered TCP keepalive probes after which a connection to any database counts as dead"
     ),
     s!(
         "tcp_keepalives_idle",
-        "0",
-        Kind::Int(0, 86400),
-        "Seconds of idle before TCP keepalives start (0: system default)"
+        "10",
+        Kind::Int(1, 86400),
+        "Seconds a connection to any database may be silent before TCP keepalive probes start"
     ),
     s!(
         "tcp_keepalives_interval",
-        "0",
+        "5",
+        Kind::Int(1, 86400),
+        "Seconds between TCP keepalive probes"
+    ),
+    s!(
+        "tcp_user_timeout",
+        "30",
         Kind::Int(0, 86400),
-        "Seconds between TCP keepalive probes (0: system default)"
+        "Seconds data sent to a database may stay unacknowledged before the connection counts as dead (0: the system's)"
     ),
     s!("vac_run", "30", Kind::Seconds { allow_minus_one: false }, COMPAT),
     s!(

@@ -229,16 +229,8 @@ pub fn connect_db(db: &model::Db) -> Result<postgres::Client> {
 }
 
 fn connect_spec(spec: &ConnSpec, name: &str) -> Result<postgres::Client> {
-    let r = pg::connect::resolve(spec, "capra").map_err(|source| Error::ConnSpec {
-        target: format!("database \"{name}\""),
-        source,
-    })?;
-    pg::connect::connect(&r).map_err(|source| Error::Connect {
-        target: format!("database \"{name}\""),
-        summary: r.summary.clone(),
-        detail: pg::error::describe(&source),
-        source,
-    })
+    let target = format!("database \"{name}\"");
+    pg::connect::open(&pg::connect::resolve_for(spec, "capra", &target)?, &target)
 }
 
 fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {

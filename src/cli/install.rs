@@ -167,7 +167,7 @@ pub fn run(ctx: &Ctx, flags: &Flags, a: InstallArgs) -> Result<()> {
                                 spec.dbname = Some(menu.database.clone());
                                 break;
                             }
-                            Err(e) if e.code().map(|c| c.code()) == Some("3D000") => {
+                            Err(e) if e.pg().and_then(|p| p.code()).map(|c| c.code()) == Some("3D000") => {
                                 println!(
                                     "\nFailed to connect to database '{}', will try 'postgres'",
                                     menu.database
@@ -177,7 +177,7 @@ pub fn run(ctx: &Ctx, flags: &Flags, a: InstallArgs) -> Result<()> {
                                 continue;
                             }
                             Err(e) => {
-                                println!("\nFailed to connect: {}", crate::pg::error::describe(&e));
+                                println!("\nFailed to connect: {}", e);
                                 continue;
                             }
                         }

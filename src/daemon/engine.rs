@@ -62,11 +62,14 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Seconds between control reconnection attempts.
     pub dbproblem_sleep: f64,
+    /// Seconds a run waits for its table locks.
+    pub lock_timeout: f64,
 }
 
 impl EngineConfig {
     /// Reads the settings (defaults where a row is missing).
     pub fn load(c: &mut impl GenericClient) -> Result<EngineConfig> {
+        model::apply_net_settings(c)?;
         let mut get = |n: &str| model::setting(c, n);
         let f = |s: String, d: f64| s.parse::<f64>().unwrap_or(d);
         Ok(EngineConfig {
@@ -81,6 +84,7 @@ impl EngineConfig {
             history_days: get("run_history_days")?.parse().unwrap_or(30),
             workers: get("worker_threads")?.parse().unwrap_or(4).clamp(1, 256),
             dbproblem_sleep: f(get("mcp_dbproblem_sleep")?, 15.0).max(0.5),
+            lock_timeout: f(get("lock_timeout")?, 10.0).max(0.001),
         })
     }
 }
@@ -128,9 +132,17 @@ pub enum CtlMsg {
 }
 
 /// How a run ended, as the controller needs it.
+#[derive(Default)]
 pub struct Outcome {
     ok: bool,
     serialization: Option<bool>,
+    /// The catalog changed under the run, which changed nothing: read the
+    /// sync again and rerun at once.
+    stale: bool,
+    /// The onetimecopy generation the run served.
+    served_otc: Option<i64>,
+    /// Targets that were behind and have caught up.
+    caught_up: Vec<String>,
     /// Kick requests this run could not answer (the control database was
     /// unreachable); the next run answers them.
     unanswered: Vec<i64>,
@@ -626,24 +638,30 @@ impl Engine {
     /// The purger (VAC): every vac_sleep seconds, on every captured source.
     pub fn purge_loop(self: Arc<Self>) {
         let _r = logging::role("VAC", None);
-        let mut next = Instant::now() + Duration::from_secs(5);
+        // The first pass comes 5 s after start; after that vac_sleep is
+        // read on every turn, so a reload that shortens it acts at once.
+        let mut last = Instant::now() - Duration::from_secs(3600);
+        let first = Instant::now() + Duration::from_secs(5);
         while !self.is_stopping() {
             std::thread::sleep(Duration::from_millis(250));
-            if Instant::now() < next {
-                continue;
-            }
             let (vac, every) = {
                 let c = self.cfg.read().unwrap_or_else(|e| e.into_inner());
                 (c.vac, c.vac_sleep)
             };
-            next = Instant::now() + Duration::from_secs_f64(every);
-            if !vac {
+            if !vac || Instant::now() < first || last.elapsed() < Duration::from_secs_f64(every) {
                 continue;
             }
+            last = Instant::now();
             let (dbs, known) = self.purge_targets();
             for db in dbs {
                 let r = self.pools.get(&db).and_then(|mut c| {
                     for o in purge::orphans(&mut *c, &self.installation, &known)? {
+                        // The names were read a moment ago: a sync added
+                        // since then is not an orphan. Ask the catalog
+                        // again, now that its capture exists.
+                        if self.sync_exists(&o) != Some(false) {
+                            continue;
+                        }
                         install::detach_consumer(&mut *c, &self.installation, &o)?;
                         tracing::warn!(
                             "Removed change capture left behind by removed sync \"{o}\" on database \"{}\"",
@@ -661,6 +679,12 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether the catalog has a sync of this name (None: cannot tell).
+    fn sync_exists(&self, name: &str) -> Option<bool> {
+        let mut c = self.control.get().ok()?;
+        model::sync(&mut *c, name).ok().map(|s| s.is_some())
     }
 
     /// The sources to purge, and every sync name the catalog knows.
@@ -774,6 +798,8 @@ struct Controller {
     checktime: Option<Duration>,
     stopping: bool,
     key_change_waits: bool,
+    /// Runs in a row that found the catalog newer than the plan.
+    stale_runs: u32,
 }
 
 impl Controller {
@@ -803,6 +829,7 @@ impl Controller {
             checktime: None,
             stopping: false,
             key_change_waits: false,
+            stale_runs: 0,
         }
     }
 
@@ -907,9 +934,10 @@ impl Controller {
                     p.sync.relgroup,
                     p.sync.dbgroup
                 );
-                // Catch up at start, except pure fullcopy syncs (they run
-                // when kicked or scheduled) unless a onetimecopy is pending.
-                if p.is_delta() || p.sync.onetimecopy > 0 {
+                // An autokick sync catches up at start with what changed
+                // while no daemon ran; others run only when kicked, on
+                // checktime or on their schedule.
+                if p.is_delta() && p.sync.autokick {
                     self.pending = Some(Reason::Startup);
                 }
             }
@@ -953,11 +981,12 @@ impl Controller {
                 }
                 Ok(CtlMsg::Done(o)) => self.finished(o),
                 Ok(CtlMsg::Reload) => {
+                    // A catalog edit never starts a run by itself: a
+                    // onetimecopy waits for the next kick, change, checktime
+                    // or schedule ("the next time the sync runs").
                     if let Err(e) = self.prepare() {
                         tracing::error!("Reload of sync failed: {e}");
                         self.capture_ready = false;
-                    } else if self.plan.as_ref().is_some_and(|p| p.sync.onetimecopy > 0) {
-                        self.pending.get_or_insert(Reason::Kick);
                     }
                 }
                 Ok(CtlMsg::Stop) => self.stopping = true,
@@ -1048,9 +1077,8 @@ impl Controller {
                     .unwrap_or_default();
                 tracing::error!("Run aborted by an internal error (a bug, please report it): {what}");
                 Outcome {
-                    ok: false,
-                    serialization: None,
                     unanswered: kicks.clone(),
+                    ..Default::default()
                 }
             });
             let _ = reply.send(CtlMsg::Done(o));
@@ -1079,6 +1107,16 @@ impl Controller {
                 self.kicks.push(k);
             }
         }
+        if o.stale {
+            // Nothing was applied; the catalog is newer than the plan.
+            self.stale_runs += 1;
+            if self.stale_runs <= 3 {
+                self.capture_ready = false;
+                self.pending = Some(Reason::Retry);
+                return;
+            }
+        }
+        self.stale_runs = 0;
         if o.ok {
             if self.failures > 0 {
                 tracing::info!("Sync is working again after {} failed run(s)", self.failures);
@@ -1086,7 +1124,10 @@ impl Controller {
             self.failures = 0;
             self.retry_at = None;
             if let Some(p) = self.plan.as_mut() {
-                p.sync.onetimecopy = 0;
+                if o.served_otc == Some(p.sync.onetimecopy_gen) {
+                    p.sync.onetimecopy = 0;
+                }
+                p.behind.retain(|b| !o.caught_up.contains(b));
             }
             if self.key_change_waits {
                 // The old log may be drained now: try switching keys.
@@ -1103,6 +1144,9 @@ impl Controller {
             self.retry_at = Some(Instant::now() + Duration::from_secs_f64(wait));
             self.pending.get_or_insert(Reason::Retry);
             lock(&self.cache).forget_shapes();
+            // Read the sync and check capture again before the retry: a
+            // sync whose capture went missing repairs itself.
+            self.capture_ready = false;
             tracing::info!("Retrying in {wait:.1}s");
         }
     }
@@ -1124,9 +1168,8 @@ fn execute(
         Err(e) => {
             tracing::error!("Cannot record the run, control database unreachable: {e}");
             return Outcome {
-                ok: false,
-                serialization: None,
                 unanswered: kicks.to_vec(),
+                ..Default::default()
             };
         }
     };
@@ -1135,9 +1178,8 @@ fn execute(
         Err(e) => {
             tracing::error!("Cannot record the run: {e}");
             return Outcome {
-                ok: false,
-                serialization: None,
                 unanswered: kicks.to_vec(),
+                ..Default::default()
             };
         }
     };
@@ -1147,12 +1189,26 @@ fn execute(
         installation: &engine.installation,
         chunk: cfg.chunk,
         isolation: &cfg.isolation,
+        lock_timeout_ms: (cfg.lock_timeout * 1000.0).ceil() as u64,
         cancel,
     };
-    let result = {
+    // Inactive targets fall behind from this run on: note them first, so a
+    // crash after the position moved cannot forget them.
+    let noted = if plan.is_delta() && !plan.skipped_targets.is_empty() {
+        control
+            .execute(
+                "INSERT INTO capra.target_behind (sync, db) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                &[&name, &plan.skipped_targets],
+            )
+            .map(|_| ())
+            .ctx(|| format!("noting the inactive targets of sync \"{name}\""))
+    } else {
+        Ok(())
+    };
+    let result = noted.and_then(|()| {
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         apply::run(&env, plan, &mut c)
-    };
+    });
     cancel.clear();
     match result {
         Ok(rep) => {
@@ -1181,9 +1237,36 @@ fn execute(
             if let Err(e) = runs::finish_run(&mut *control, name, run_id, &totals, &details, rep.empty) {
                 tracing::error!("Cannot record the run: {e}");
             }
-            if rep.onetimecopy {
-                let _ = control.execute("UPDATE capra.sync SET onetimecopy = 0 WHERE name = $1", &[&name]);
-                tracing::info!("Onetimecopy finished; onetimecopy is 0 again");
+            if let Some(g) = rep.onetimecopy_gen {
+                // Only the request this run served: one made during the run
+                // (a newer generation) stays for the next run.
+                match control.execute(
+                    "UPDATE capra.sync SET onetimecopy = 0 WHERE name = $1 AND onetimecopy_gen = $2",
+                    &[&name, &g],
+                ) {
+                    Ok(1) => tracing::info!("Onetimecopy finished; onetimecopy is 0 again"),
+                    Ok(_) => tracing::info!("Onetimecopy finished; another one was requested meanwhile and follows"),
+                    Err(e) => tracing::error!(
+                        "Onetimecopy finished, but resetting onetimecopy to 0 failed ({}); the next run copies again",
+                        crate::pg::error::describe(&e)
+                    ),
+                }
+            }
+            if !rep.caught_up.is_empty() {
+                match control.execute(
+                    "DELETE FROM capra.target_behind WHERE sync = $1 AND db = ANY($2)",
+                    &[&name, &rep.caught_up],
+                ) {
+                    Ok(_) => tracing::info!(
+                        "Target(s) {} caught up with a full copy after being inactive",
+                        rep.caught_up.join(", ")
+                    ),
+                    Err(e) => tracing::error!(
+                        "Target(s) {} caught up, but recording it failed ({}); the next run copies them again",
+                        rep.caught_up.join(", "),
+                        crate::pg::error::describe(&e)
+                    ),
+                }
             }
             let run_ref = if rep.empty { None } else { Some(run_id) };
             let unanswered = match runs::finish_kicks(&mut *control, kicks, run_ref, true, None) {
@@ -1192,14 +1275,29 @@ fn execute(
             };
             Outcome {
                 ok: true,
-                serialization: None,
+                served_otc: rep.onetimecopy_gen,
+                caught_up: rep.caught_up,
                 unanswered,
+                ..Default::default()
+            }
+        }
+        Err(Error::Stale(why)) => {
+            tracing::info!("{why}");
+            let _ = runs::forget_run(&mut *control, run_id);
+            Outcome {
+                stale: true,
+                unanswered: kicks.to_vec(),
+                ..Default::default()
             }
         }
         Err(e) => {
             let text = crate::pg::error::flatten(&e.to_string());
+            // Serialization failures, deadlocks and lock timeouts (DDL
+            // held a table) are retried after their short sleep.
             let serialization = if e.is_serialization() {
                 Some(e.sqlstate().as_deref() == Some("40001"))
+            } else if e.sqlstate().as_deref() == Some("55P03") {
+                Some(false)
             } else {
                 None
             };
@@ -1210,9 +1308,9 @@ fn execute(
                 Err(_) => kicks.to_vec(),
             };
             Outcome {
-                ok: false,
                 serialization,
                 unanswered,
+                ..Default::default()
             }
         }
     }

@@ -24,16 +24,8 @@ use crate::pg::{self, connect::ConnSpec};
 /// Tries to open a control connection holding the daemon lock: Ok(None) if
 /// another daemon holds it.
 pub fn lock_control(spec: &ConnSpec) -> Result<Option<postgres::Client>> {
-    let r = pg::connect::resolve(spec, "capra daemon").map_err(|source| Error::ConnSpec {
-        target: "control database".into(),
-        source,
-    })?;
-    let mut c = pg::connect::connect(&r).map_err(|source| Error::Connect {
-        target: "the control database".into(),
-        summary: r.summary.clone(),
-        detail: pg::error::describe(&source),
-        source,
-    })?;
+    let r = pg::connect::resolve_for(spec, "capra daemon", "control database")?;
+    let mut c = pg::connect::open(&r, "the control database")?;
     let got: bool = c
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2)",

@@ -20,6 +20,54 @@ use postgres_openssl::MakeTlsConnector;
 /// exactly the hang capra promises never to have.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How every connection capra opens notices a peer that went silent (a
+/// network partition: no reset, packets just stop). Keepalives catch it
+/// while capra waits for an answer, `tcp_user_timeout` while capra's own
+/// data goes unacknowledged; with the defaults either takes about 30 s.
+/// The settings of the same names (`capra set`) replace these, and a
+/// database's own `conn=` keywords win over both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetDefaults {
+    /// Whole-connection bound (TCP, TLS and startup).
+    pub connect_timeout: Duration,
+    /// Idle time before the first keepalive probe.
+    pub keepalives_idle: Duration,
+    /// Time between probes.
+    pub keepalives_interval: Duration,
+    /// Probes lost before the connection is dropped.
+    pub keepalives_count: u32,
+    /// Longest time sent data may stay unacknowledged (0: the system's).
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for NetDefaults {
+    fn default() -> Self {
+        NetDefaults {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            keepalives_idle: Duration::from_secs(10),
+            keepalives_interval: Duration::from_secs(5),
+            keepalives_count: 4,
+            tcp_user_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+static NET: std::sync::RwLock<Option<NetDefaults>> = std::sync::RwLock::new(None);
+
+/// The network defaults in force.
+pub fn net_defaults() -> NetDefaults {
+    NET.read().unwrap_or_else(|e| e.into_inner()).unwrap_or_default()
+}
+
+/// Replaces the network defaults (from the catalog's settings); returns
+/// whether they changed, so pools know to reconnect.
+pub fn set_net_defaults(d: NetDefaults) -> bool {
+    let mut g = NET.write().unwrap_or_else(|e| e.into_inner());
+    let changed = g.unwrap_or_default() != d;
+    *g = Some(d);
+    changed
+}
+
 /// What the catalog (or the command line) says about a database.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnSpec {
@@ -424,38 +472,43 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
                 why: "must be a whole number of seconds".into(),
             })
     };
+    let net = net_defaults();
     let timeout = match kw.get("connect_timeout") {
         Some(v) => match secs("connect_timeout", v)? {
             // libpq: 0 means wait forever; capra keeps its bound instead.
-            d if d.is_zero() => DEFAULT_CONNECT_TIMEOUT,
-            d => d.max(Duration::from_secs(2)),
+            d if d.is_zero() => net.connect_timeout,
+            d => d.max(Duration::from_secs(1)),
         },
-        None => DEFAULT_CONNECT_TIMEOUT,
+        None => net.connect_timeout,
     };
     cfg.connect_timeout(timeout);
-    if let Some(v) = kw.get("keepalives") {
-        cfg.keepalives(v != "0");
-    }
-    if let Some(v) = kw.get("keepalives_idle") {
-        cfg.keepalives_idle(secs("keepalives_idle", v)?);
-    }
-    if let Some(v) = kw.get("keepalives_interval") {
-        cfg.keepalives_interval(secs("keepalives_interval", v)?);
-    }
-    if let Some(v) = kw.get("keepalives_count") {
-        cfg.keepalives_retries(v.parse().map_err(|_| ConnSpecError::BadValue {
+    cfg.keepalives(kw.get("keepalives").is_none_or(|v| v != "0"));
+    cfg.keepalives_idle(match kw.get("keepalives_idle") {
+        Some(v) => secs("keepalives_idle", v)?,
+        None => net.keepalives_idle,
+    });
+    cfg.keepalives_interval(match kw.get("keepalives_interval") {
+        Some(v) => secs("keepalives_interval", v)?,
+        None => net.keepalives_interval,
+    });
+    cfg.keepalives_retries(match kw.get("keepalives_count") {
+        Some(v) => v.parse().map_err(|_| ConnSpecError::BadValue {
             key: "keepalives_count".into(),
             value: v.clone(),
             why: "must be a number".into(),
-        })?);
-    }
-    if let Some(v) = kw.get("tcp_user_timeout") {
-        let ms: u64 = v.parse().map_err(|_| ConnSpecError::BadValue {
+        })?,
+        None => net.keepalives_count,
+    });
+    let user_timeout = match kw.get("tcp_user_timeout") {
+        Some(v) => Duration::from_millis(v.parse().map_err(|_| ConnSpecError::BadValue {
             key: "tcp_user_timeout".into(),
             value: v.clone(),
             why: "must be milliseconds".into(),
-        })?;
-        cfg.tcp_user_timeout(Duration::from_millis(ms));
+        })?),
+        None => net.tcp_user_timeout,
+    };
+    if !user_timeout.is_zero() {
+        cfg.tcp_user_timeout(user_timeout);
     }
     if let Some(v) = kw.get("target_session_attrs") {
         use postgres::config::TargetSessionAttrs as T;
@@ -577,9 +630,84 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
     Ok(connector)
 }
 
-/// Opens one connection (direct, not pooled), bounded by the connect timeout.
-pub fn connect(r: &Resolved) -> Result<postgres::Client, postgres::Error> {
-    r.config.connect(r.tls.clone())
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server or the network said no.
+    #[error("{}", super::error::describe(.0))]
+    Pg(#[from] postgres::Error),
+    /// Nothing answered within the connect timeout (a server that accepts
+    /// TCP and then never speaks, or a silent network).
+    #[error("no answer within {0:?} (connect_timeout); the server accepted the connection but did not complete the PostgreSQL start-up")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    /// The driver error, if there is one.
+    pub fn pg(&self) -> Option<&postgres::Error> {
+        match self {
+            ConnectError::Pg(e) => Some(e),
+            ConnectError::Timeout(_) => None,
+        }
+    }
+}
+
+/// Resolves a database's settings like libpq; failures name `target`.
+pub fn resolve_for(spec: &ConnSpec, application_name: &str, target: &str) -> crate::Result<Resolved> {
+    resolve(spec, application_name).map_err(|source| crate::Error::ConnSpec {
+        target: target.to_string(),
+        source,
+    })
+}
+
+/// The one way capra connects: opens a resolved connection, turning a
+/// failure into one error that names `target` and how it was reached.
+pub fn open(r: &Resolved, target: &str) -> crate::Result<postgres::Client> {
+    connect(r).map_err(|source| crate::Error::Connect {
+        target: target.to_string(),
+        summary: r.summary.clone(),
+        detail: source.to_string(),
+        source,
+    })
+}
+
+/// Session settings on every connection: nothing the server's defaults
+/// set (idle_in_transaction_session_timeout, transaction_timeout on 17+,
+/// statement_timeout) may kill capra's long transactions; capra sets its
+/// own lock_timeout where it waits for locks.
+const SESSION_SETUP: &str = "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
+     SELECT pg_catalog.set_config('transaction_timeout', '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout'";
+
+/// Opens one connection, bounded as a whole by the connect timeout (the
+/// driver bounds only the TCP connect; libpq bounds TLS and start-up too,
+/// and so does capra), and sets the session up.
+pub fn connect(r: &Resolved) -> Result<postgres::Client, ConnectError> {
+    let limit = r
+        .config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (config, tls) = (r.config.clone(), r.tls.clone());
+    // The attempt runs on its own thread so the wait can end; an attempt
+    // abandoned at the limit ends on its own when the peer closes or
+    // keepalives give up.
+    let spawned = std::thread::Builder::new().name("capra-connect".into()).spawn(move || {
+        let r = config.connect(tls).and_then(|mut c| {
+            c.batch_execute(SESSION_SETUP)?;
+            Ok(c)
+        });
+        let _ = tx.send(r);
+    });
+    if spawned.is_err() {
+        let mut c = r.config.connect(r.tls.clone())?;
+        c.batch_execute(SESSION_SETUP)?;
+        return Ok(c);
+    }
+    match rx.recv_timeout(limit + Duration::from_millis(500)) {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ConnectError::Timeout(limit)),
+    }
 }
 
 #[cfg(test)]

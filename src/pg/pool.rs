@@ -1,31 +1,54 @@
 //! Pooled connections for the daemon's workers (r2d2).
 //!
 //! r2d2's defaults suit us poorly: a 30 s checkout wait and an error that
-//! says "timed out" while the real cause ("Connection refused") is gone. The
-//! pool here waits only as long as the connect timeout, is built without an
-//! initial connection (a database that is down must not stop the daemon
-//! starting), and when it cannot hand out a connection, one direct attempt
+//! says "timed out" while the real cause ("Connection refused") is gone.
+//! The pool here waits only as long as the connect timeout, is built
+//! without an initial connection (a database that is down must not stop the
+//! daemon starting), opens connections through [`super::connect::connect`]
+//! (bounded as a whole, so a server that accepts TCP and never answers
+//! cannot wedge the pool's connector threads, and with capra's session
+//! settings), and when it cannot hand out a connection, one direct attempt
 //! finds the real cause to report.
 
 use std::time::Duration;
 
-use postgres_openssl::MakeTlsConnector;
-use r2d2_postgres::PostgresConnectionManager;
-
-use super::connect::{ConnSpec, Resolved};
+use super::connect::{ConnSpec, ConnectError, Resolved};
 use crate::error::{Error, Result};
 
+/// Opens pooled connections the way every capra connection is opened.
+#[derive(Debug)]
+pub struct Manager {
+    resolved: Resolved,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = postgres::Client;
+    type Error = ConnectError;
+
+    fn connect(&self) -> std::result::Result<postgres::Client, ConnectError> {
+        super::connect::connect(&self.resolved)
+    }
+
+    fn is_valid(&self, c: &mut postgres::Client) -> std::result::Result<(), ConnectError> {
+        c.simple_query("").map(|_| ()).map_err(ConnectError::Pg)
+    }
+
+    fn has_broken(&self, c: &mut postgres::Client) -> bool {
+        c.is_closed()
+    }
+}
+
 /// A pooled connection.
-pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeTlsConnector>>;
+pub type Conn = r2d2::PooledConnection<Manager>;
 
 /// Logs the pool's background connection failures (at debug level; the
 /// caller reports the cause itself).
 #[derive(Debug)]
 struct LogError;
 
-impl r2d2::HandleError<postgres::Error> for LogError {
-    fn handle_error(&self, e: postgres::Error) {
-        tracing::debug!("connection attempt failed: {}", super::error::describe(&e));
+impl r2d2::HandleError<ConnectError> for LogError {
+    fn handle_error(&self, e: ConnectError) {
+        tracing::debug!("connection attempt failed: {e}");
     }
 }
 
@@ -33,24 +56,22 @@ impl r2d2::HandleError<postgres::Error> for LogError {
 #[derive(Clone)]
 pub struct DbPool {
     name: String,
-    summary: String,
-    pool: r2d2::Pool<PostgresConnectionManager<MakeTlsConnector>>,
+    pool: r2d2::Pool<Manager>,
     resolved: Resolved,
 }
 
 impl DbPool {
     /// Builds a pool for a database (`name` is capra's name for it).
     pub fn new(name: &str, spec: &ConnSpec, app: &str, max_size: u32) -> Result<DbPool> {
-        let resolved = super::connect::resolve(spec, app).map_err(|source| Error::ConnSpec {
-            target: format!("database \"{name}\""),
-            source,
-        })?;
+        let resolved = super::connect::resolve_for(spec, app, &format!("database \"{name}\""))?;
         let timeout = resolved
             .config
             .get_connect_timeout()
             .copied()
             .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
-        let mgr = PostgresConnectionManager::new(resolved.config.clone(), resolved.tls.clone());
+        let mgr = Manager {
+            resolved: resolved.clone(),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(0))
@@ -61,7 +82,6 @@ impl DbPool {
             .build_unchecked(mgr);
         Ok(DbPool {
             name: name.to_string(),
-            summary: resolved.summary.clone(),
             pool,
             resolved,
         })
@@ -86,11 +106,6 @@ impl DbPool {
 
     /// A dedicated (unpooled) connection, e.g. for LISTEN.
     pub fn dedicated(&self) -> Result<postgres::Client> {
-        super::connect::connect(&self.resolved).map_err(|source| Error::Connect {
-            target: format!("database \"{}\"", self.name),
-            summary: self.summary.clone(),
-            detail: super::error::describe(&source),
-            source,
-        })
+        super::connect::open(&self.resolved, &format!("database \"{}\"", self.name))
     }
 }
