@@ -213,6 +213,8 @@ pub struct RunReport {
     pub skipped: Vec<String>,
     /// Seconds the run took.
     pub seconds: f64,
+    /// The isolation the source was read in.
+    pub isolation: String,
 }
 
 fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
@@ -265,6 +267,12 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let otc = plan.sync.onetimecopy;
     let mut report = RunReport {
         skipped: plan.skipped.clone(),
+        isolation: if env.isolation == "serializable" {
+            "serializable"
+        } else {
+            "repeatable read"
+        }
+        .into(),
         ..Default::default()
     };
 

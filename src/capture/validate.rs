@@ -217,13 +217,20 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                         rel.name.human()
                     )),
                     Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (role == "source" && !compatible(&tc.type_name, &sc.type_name)) => {
-                        problems.push(format!(
-                            "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"; make the types agree",
+                        let what = format!(
+                            "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"",
                             sc.name,
                             rel.name.human(),
                             sc.type_name,
                             tc.type_name
-                        ))
+                        );
+                        // strict_checking=0 (Bucardo's meaning): names must
+                        // match, types are the DBA's business.
+                        if s.strict_checking {
+                            problems.push(format!("{what}; make the types agree (or set strict_checking=0 on the sync)"))
+                        } else {
+                            notes.push(format!("{what} (allowed: strict_checking is off)"))
+                        }
                     }
                     Some(_) => {}
                 }

@@ -477,7 +477,8 @@ fn set_members(
     Ok(out)
 }
 
-/// Replaces a dbgroup's members (refused while an active sync uses it).
+/// Replaces a dbgroup's members (a change of sources is refused while an
+/// active sync uses it).
 pub fn update_dbgroup(
     tx: &mut Transaction<'_>,
     name: &str,
@@ -486,15 +487,6 @@ pub fn update_dbgroup(
     let Some(old) = model::dbgroup(tx, name)? else {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     };
-    let active = active_syncs_using_group(tx, name)?;
-    if !active.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot change dbgroup \"{name}\": active sync {} uses it; deactivate it first",
-            quote_list(&active)
-        )));
-    }
-    tx.execute("DELETE FROM capra.dbmap WHERE dbgroup = $1", &[&name])
-        .ctx(|| format!("clearing dbgroup \"{name}\""))?;
     // Unlisted roles keep what they were.
     let resolved: Vec<(String, Option<&'static str>)> = members
         .iter()
@@ -507,6 +499,32 @@ pub fn update_dbgroup(
             (db.clone(), role.or(kept))
         })
         .collect();
+    // Targets may come and go while syncs run (a new target then wants
+    // onetimecopy=2); the sources define what is captured, so changing
+    // them waits for the syncs to be deactivated.
+    let mut old_sources: Vec<&str> = old
+        .members
+        .iter()
+        .filter(|m| m.role == "source")
+        .map(|m| m.db.as_str())
+        .collect();
+    let mut new_sources: Vec<&str> = resolved
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, r))| *r == Some("source") || (r.is_none() && *i == 0 && old.members.is_empty()))
+        .map(|(_, (d, _))| d.as_str())
+        .collect();
+    old_sources.sort();
+    new_sources.sort();
+    let active = active_syncs_using_group(tx, name)?;
+    if !active.is_empty() && old_sources != new_sources {
+        return Err(Error::Rejected(format!(
+            "cannot change the sources of dbgroup \"{name}\": active sync {} uses it; deactivate it first (targets may be added or removed while it runs)",
+            quote_list(&active)
+        )));
+    }
+    tx.execute("DELETE FROM capra.dbmap WHERE dbgroup = $1", &[&name])
+        .ctx(|| format!("clearing dbgroup \"{name}\""))?;
     let mut out = set_members(tx, name, &resolved, false)?;
     for m in &old.members {
         if !members.iter().any(|(d, _)| d == &m.db) {

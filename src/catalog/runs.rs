@@ -85,6 +85,19 @@ pub fn forget_run(c: &mut impl GenericClient, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Targets of a sync that missed changes while inactive, with since when
+/// (text): each gets a full copy at the first run that includes it.
+pub fn targets_behind(c: &mut impl GenericClient, sync: &str) -> Result<Vec<(String, String)>> {
+    Ok(c.query(
+        "SELECT db, to_char(since, 'YYYY-MM-DD HH24:MI:SS') FROM capra.target_behind WHERE sync = $1 ORDER BY db",
+        &[&sync],
+    )
+    .ctx(|| format!("reading which targets of sync \"{sync}\" are behind"))?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
 /// Totals of a finished run.
 #[derive(Clone, Debug, Default)]
 pub struct Totals {

@@ -195,6 +195,20 @@ pub fn check(k: &str, v: &str, sync_dbs: &[String]) -> Result<Opt> {
     })
 }
 
+/// Why an option a Bucardo script may pass changes nothing in capra (or
+/// not yet), for a one-line warning; None for options that act.
+pub fn inert(k: &str) -> Option<&'static str> {
+    match k {
+        "stayalive" | "kidsalive" => {
+            Some("no effect in capra: each sync's controller thread and its pooled connections always stay up")
+        }
+        "lifetime" | "maxkicks" => Some("no effect in capra: controllers are threads that are never recycled"),
+        "priority" => Some("no effect in capra: runs start in the order they fall due"),
+        "makedelta" => Some("no effect yet: makedelta is wired by the multi-master release"),
+        _ => None,
+    }
+}
+
 /// Keys that are options (as opposed to what/where keys).
 pub fn is_option(k: &str) -> bool {
     !matches!(

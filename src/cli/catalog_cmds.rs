@@ -1084,6 +1084,11 @@ fn sync_dbs(
 
 fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+    for (k, _) in &a.pairs {
+        if let Some(why) = sync_opts::inert(k) {
+            eprintln!("capra: warning: sync option '{k}' has {why}");
+        }
+    }
     let [name] = a.positional.as_slice() else {
         return Err(Error::Usage(
             "usage: capra add sync NAME relgroup=RELGROUP dbs=DBGROUP|DB:role,... [options]".into(),
@@ -1236,6 +1241,11 @@ fn set_sync_option(
 
 fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "update sync")?;
+    for (k, _) in &a.pairs {
+        if let Some(why) = sync_opts::inert(k) {
+            eprintln!("capra: warning: sync option '{k}' has {why}");
+        }
+    }
     let names = super::strip_noise(&a.positional);
     let [name] = names.as_slice() else {
         return Err(Error::Usage("usage: capra update sync NAME key=value...".into()));
@@ -1561,6 +1571,9 @@ pub fn set(ctx: &Ctx, pairs: &[String]) -> Result<()> {
     })?;
     for (n, v) in checked {
         ctx.say(format!("Set \"{n}\" to \"{v}\""));
+        if let Some(why) = settings::find(n).and_then(settings::inert) {
+            eprintln!("capra: warning: setting \"{n}\" has no effect in capra: {why}");
+        }
     }
     Ok(())
 }

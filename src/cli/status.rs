@@ -250,15 +250,17 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
         let plan = SyncPlan::load(&mut cat.client, &s.name)?;
         let pending = pending_for(&cat.installation, &plan);
         let next = next_run(&mut cat.client, s, &st)?;
+        let behind = runs::targets_behind(&mut cat.client, &s.name)?;
         if ctx.json {
+            let behind: Vec<Value> = behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
             docs.push(json!({"status": st, "sync": s, "pending": pending, "next_run": next,
-                "tables": plan.tables.len() + plan.sequences.len()}));
+                "tables": plan.tables.len() + plan.sequences.len(), "targets_behind": behind}));
             continue;
         }
         if i > 0 {
             println!();
         }
-        print_detail(s, &st, &plan, &pending, next.as_deref());
+        print_detail(s, &st, &plan, &pending, next.as_deref(), &behind);
     }
     if ctx.json {
         let v = if docs.len() == 1 {
@@ -329,7 +331,14 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
-fn print_detail(s: &model::Sync, st: &SyncStatus, plan: &SyncPlan, pending: &[Value], next: Option<&str>) {
+fn print_detail(
+    s: &model::Sync,
+    st: &SyncStatus,
+    plan: &SyncPlan,
+    pending: &[Value],
+    next: Option<&str>,
+    behind: &[(String, String)],
+) {
     let mut rows: Vec<(String, String)> = Vec::new();
     if let Some(g) = &st.last_good {
         rows.push((
@@ -418,6 +427,13 @@ fn print_detail(s: &model::Sync, st: &SyncStatus, plan: &SyncPlan, pending: &[Va
         .chain(plan.skipped.iter().map(|d| format!("{d}:inactive")))
         .collect();
     rows.push(("Databases".into(), dbs.join(" ")));
+    if !behind.is_empty() {
+        let list: Vec<String> = behind.iter().map(|(d, t)| format!("{d} (since {t})")).collect();
+        rows.push((
+            "Targets behind".into(),
+            format!("{}; a full copy at the first run that includes them", list.join(", ")),
+        ));
+    }
     let per_source: Vec<String> = pending
         .iter()
         .map(|p| {

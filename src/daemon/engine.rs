@@ -64,6 +64,10 @@ pub struct EngineConfig {
     pub dbproblem_sleep: f64,
     /// Seconds a run waits for its table locks.
     pub lock_timeout: f64,
+    /// Seconds between checks of each listening connection (each check
+    /// also kicks that source's autokick syncs, so a lost notification
+    /// delays a change by at most this long).
+    pub pingtime: f64,
 }
 
 impl EngineConfig {
@@ -85,6 +89,7 @@ impl EngineConfig {
             workers: get("worker_threads")?.parse().unwrap_or(4).clamp(1, 256),
             dbproblem_sleep: f(get("mcp_dbproblem_sleep")?, 15.0).max(0.5),
             lock_timeout: f(get("lock_timeout")?, 10.0).max(0.001),
+            pingtime: f(get("mcp_pingtime")?, 60.0).max(1.0),
         })
     }
 }
@@ -447,8 +452,26 @@ impl Engine {
             backoff = Duration::from_millis(500);
             // Changes may have committed while we were not listening.
             self.kick_all_of(&db.name);
+            let mut last_ping = Instant::now();
             'conn: while !stop.load(Ordering::SeqCst) && !self.is_stopping() {
                 let mut kicked = false;
+                let pingtime = self.cfg.read().unwrap_or_else(|e| e.into_inner()).pingtime;
+                if last_ping.elapsed() >= Duration::from_secs_f64(pingtime) {
+                    // A silent network never errors a connection that only
+                    // waits; a query does (keepalives, tcp_user_timeout).
+                    last_ping = Instant::now();
+                    if let Err(e) = client.simple_query("SELECT 1") {
+                        tracing::warn!(
+                            "The listening connection to database \"{}\" failed its check: {}; reconnecting",
+                            db.name,
+                            crate::pg::error::describe(&e)
+                        );
+                        reported = true;
+                        break 'conn;
+                    }
+                    // Safety net for a notification that never arrived.
+                    self.kick_all_of(&db.name);
+                }
                 {
                     let mut n = client.notifications();
                     let first = n.timeout_iter(Duration::from_millis(500)).next();
@@ -1188,7 +1211,8 @@ fn execute(
         pools: &engine.pools,
         installation: &engine.installation,
         chunk: cfg.chunk,
-        isolation: &cfg.isolation,
+        // The sync's own isolation_level wins over the setting.
+        isolation: plan.sync.isolation_level.as_deref().unwrap_or(&cfg.isolation),
         lock_timeout_ms: (cfg.lock_timeout * 1000.0).ceil() as u64,
         cancel,
     };

@@ -6,6 +6,7 @@ mod support;
 mod catalog_cli;
 mod connections;
 mod daemon;
+mod dba_day;
 mod faults;
 mod field_reports;
 mod install;

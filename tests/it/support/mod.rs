@@ -5,6 +5,7 @@ pub mod capra;
 pub mod cluster;
 pub mod daemon;
 pub mod fixtures;
+pub mod proxy;
 
 pub use capra::Capra;
 pub use cluster::unique;

@@ -1,0 +1,646 @@
+//! The DBA's normal day: catalog edits while runs are in flight, DDL on
+//! replicated tables, partitions, server settings and silent networks.
+//! Replication must stay exact through all of it, and capra must never make
+//! the application's own writes fail.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::replication::checksum;
+use crate::support::cluster::{self, Cluster};
+use crate::support::daemon::wait_for;
+use crate::support::proxy::{self, Proxy};
+use crate::support::{fixtures, Capra};
+
+/// The newest run of a sync: "state|error".
+fn last_run(c: &Capra, sync: &str) -> String {
+    cluster::a().query(
+        &c.ctl_db,
+        &format!("SELECT state || '|' || coalesce(error, '') FROM capra.run WHERE sync = '{sync}' ORDER BY id DESC LIMIT 1"),
+    )
+    .pop()
+    .flatten()
+    .unwrap_or_default()
+}
+
+fn count(c: &Cluster, db: &str, table: &str) -> i64 {
+    c.query(db, &format!("SELECT count(*) FROM {table}"))[0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `table` has the same ordered checksum on both sides.
+#[track_caller]
+fn converges(c: &Capra, src: &str, tgt: (&Cluster, &str), table: &str, secs: u64) {
+    let a = cluster::a();
+    let ok = wait_for(secs, || checksum(a, src, table) == checksum(tgt.0, tgt.1, table));
+    assert!(
+        ok,
+        "{table} did not converge: source {} target {}\n{}",
+        checksum(a, src, table),
+        checksum(tgt.0, tgt.1, table),
+        c.log()
+    );
+}
+
+/// A writer that keeps inserting into `table` until dropped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    join: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Writer {
+    fn start(db: &str, sql: &'static str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let db = db.to_string();
+        let join = std::thread::spawn(move || {
+            let mut c = cluster::a().client(&db);
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                c.batch_execute(sql).unwrap();
+                n += 1;
+            }
+            n
+        });
+        Writer { stop, join: Some(join) }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `add table t` into a running autokick sync while another table takes
+/// writes: rows written to `t` right after `add` returns all arrive. It is
+/// a race (the running controller's plan does not know `t` yet), so it is
+/// repeated.
+#[test]
+fn table_added_to_a_running_sync_loses_no_row() {
+    for round in 0..3 {
+        let (c, src, tgt) = fixtures::pair(
+            "addt",
+            "CREATE TABLE busy (id bigserial PRIMARY KEY, v text); CREATE TABLE t (id int PRIMARY KEY, v text)",
+        );
+        c.ok(&["add", "table", "busy", "db=src", "relgroup=g"]);
+        c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
+        let _d = c.start();
+        let w = Writer::start(&src, "INSERT INTO busy (v) SELECT 'x' FROM generate_series(1, 50)");
+        std::thread::sleep(Duration::from_millis(300));
+        c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
+        cluster::a().exec(&src, "INSERT INTO t SELECT g, 'new' FROM generate_series(1, 150) g");
+        std::thread::sleep(Duration::from_millis(500));
+        w.finish();
+        assert_eq!(count(cluster::a(), &src, "t"), 150);
+        converges(&c, &src, (cluster::b(), &tgt), "t", 30);
+        converges(&c, &src, (cluster::b(), &tgt), "busy", 30);
+        eprintln!("round {round}: ok");
+    }
+}
+
+/// onetimecopy=2 and a new target requested while a busy autokick run is in
+/// flight: the request is not dropped by the run that clears the flag, and
+/// the new target ends identical.
+#[test]
+fn onetimecopy_requested_during_a_run_is_kept() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::pair("otc", ddl);
+    let tgt2 = b.create_db(&crate::support::unique("otc_tgt2"));
+    b.exec(&tgt2, ddl);
+    c.add_db("tgt2", b, &tgt2);
+    a.exec(
+        &src,
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
+    );
+    b.exec(
+        &tgt,
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
+    );
+    c.ok(&["add", "table", "big", "db=src", "relgroup=g"]);
+    c.ok(&["add", "dbgroup", "grp", "src:source", "tgt:target"]);
+    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=grp"]);
+    let _d = c.start();
+    // A big change keeps the next run busy; the edits land during it.
+    a.exec(&src, "UPDATE big SET v = v || '!'");
+    assert!(
+        wait_for(30, || last_run(&c, "s").starts_with("running")),
+        "no run started\n{}",
+        c.log()
+    );
+    c.ok(&["update", "dbgroup", "grp", "src", "tgt", "tgt2:target"]);
+    c.ok(&["update", "sync", "s", "onetimecopy=2"]);
+    a.exec(&src, "INSERT INTO big VALUES (0, 'after')");
+    converges(&c, &src, (b, &tgt), "big", 60);
+    converges(&c, &src, (b, &tgt2), "big", 60);
+    assert!(wait_for(30, || a
+        .query(&c.ctl_db, "SELECT onetimecopy FROM capra.sync")[0]
+        .as_deref()
+        == Some("0")));
+}
+
+/// A catalog edit never starts a run by itself: onetimecopy=1 on an
+/// autokick=0 sync waits for the kick.
+#[test]
+fn onetimecopy_on_a_kick_only_sync_waits_for_the_kick() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("otck", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'one'), (2, 'two')");
+    b.exec(&tgt, "INSERT INTO kv VALUES (9, 'stale')");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    c.ok(&["update", "sync", "s", "onetimecopy=1"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(count(b, &tgt, "kv"), 1, "a run started by itself\n{}", c.log());
+    assert_eq!(last_run(&c, "s"), "", "no run may have happened\n{}", c.log());
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    assert_eq!(
+        a.query(&c.ctl_db, "SELECT onetimecopy FROM capra.sync")[0].as_deref(),
+        Some("0")
+    );
+}
+
+/// A TRUNCATE made while the daemon was stopped, then a key change: the
+/// change is refused while the truncation waits, and after a kick it is
+/// accepted; the target ends empty like the source.
+#[test]
+fn key_change_never_discards_a_pending_truncate() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair(
+        "trkey",
+        "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
+    );
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a', 'x'), (2, 'b', 'y')");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    {
+        let _d = c.start();
+        c.ok(&["kick", "s", "60"]);
+    }
+    assert_eq!(count(b, &tgt, "kv"), 2);
+    a.exec(&src, "TRUNCATE kv");
+    let err = c.fails(&["update", "table", "kv", "pkey=code"], 1);
+    assert!(err.contains("not yet applied") && err.contains("kick"), "{err}");
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(count(b, &tgt, "kv"), 0, "the truncate was lost\n{}", c.log());
+    c.ok(&["update", "table", "kv", "pkey=code"]);
+    a.exec(&src, "INSERT INTO kv VALUES (3, 'c', 'z')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+}
+
+/// TRUNCATE of one partition, ATTACH of a table with rows, DETACH and
+/// DROP of partitions: the partitioned table stays identical.
+#[test]
+fn partitions_truncated_attached_detached_and_dropped() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE m (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+               CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+               CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
+    let (c, src, tgt) = fixtures::pair("part", ddl);
+    a.exec(
+        &src,
+        "INSERT INTO m SELECT g, date '2024-01-01' + g, 'v' || g FROM generate_series(1, 600) g",
+    );
+    c.ok(&["add", "table", "m", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"));
+
+    // TRUNCATE of one partition, and a write after it in the same run.
+    a.exec(&src, "TRUNCATE m_2024; INSERT INTO m VALUES (1, '2024-06-01', 'back')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(count(b, &tgt, "m"), count(a, &src, "m"), "{}", c.log());
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"));
+
+    // ATTACH a table that already has rows (the DBA attaches an empty
+    // partition on the target).
+    a.exec(
+        &src,
+        "CREATE TABLE m_2026 (LIKE m); INSERT INTO m_2026 SELECT g, date '2026-01-01' + g, 'n' FROM generate_series(1, 50) g;
+         ALTER TABLE m ATTACH PARTITION m_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+    );
+    b.exec(
+        &tgt,
+        "CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+    // TRUNCATE on the new partition is captured too.
+    a.exec(&src, "DELETE FROM m_2026 WHERE id > 40");
+    c.ok(&["kick", "s", "60"]);
+    a.exec(&src, "TRUNCATE m_2026");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+
+    // DETACH on the source only: its rows leave the table.
+    a.exec(&src, "ALTER TABLE m DETACH PARTITION m_2025");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+    // DROP of a partition with rows.
+    a.exec(&src, "INSERT INTO m VALUES (7, '2026-02-02', 'x'); ");
+    c.ok(&["kick", "s", "60"]);
+    a.exec(&src, "DROP TABLE m_2026");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+    // The detached table is the DBA's own now: capra's trigger left it
+    // when capture is removed.
+    c.ok(&["deactivate", "s"]);
+    c.ok(&["remove", "sync", "s"]);
+    assert_eq!(
+        a.query(&src, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'capra%'")[0].as_deref(),
+        Some("0")
+    );
+}
+
+/// A table rewritten (ALTER ... TYPE) between a run's snapshot and its
+/// COPY of that table: without locks the rewritten table looks empty to the
+/// run's snapshot and its rows vanish on the target.
+#[test]
+fn table_rewritten_during_a_run_loses_nothing() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE a1 (id int PRIMARY KEY, v text); CREATE TABLE z9 (id int PRIMARY KEY, n int)";
+    let (c, src, tgt) = fixtures::pair("rewrite", ddl);
+    a.exec(
+        &src,
+        "INSERT INTO a1 SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g;
+         INSERT INTO z9 SELECT g, g FROM generate_series(1, 1000) g",
+    );
+    c.ok(&["add", "table", "a1", "z9", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "s"]);
+    // While the run copies a1, rewrite z9 on both sides.
+    assert!(
+        wait_for(30, || a.query(
+            &src,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%a1%'"
+        )[0]
+        .as_deref()
+            != Some("0")),
+        "the copy of a1 was not seen\n{}",
+        c.log()
+    );
+    b.exec(&tgt, "ALTER TABLE z9 ALTER COLUMN n TYPE bigint");
+    a.exec(&src, "ALTER TABLE z9 ALTER COLUMN n TYPE bigint");
+    assert!(wait_for(60, || last_run(&c, "s").starts_with("good")), "{}", c.log());
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(count(b, &tgt, "z9"), 1000, "rows vanished\n{}", c.log());
+    assert_eq!(checksum(a, &src, "a1"), checksum(b, &tgt, "a1"));
+    assert_eq!(checksum(a, &src, "z9"), checksum(b, &tgt, "z9"));
+}
+
+/// Keys widened on both sides: the application's next long-key INSERT
+/// succeeds at once (the change log holds no length limit) and replicates.
+#[test]
+fn widened_keys_never_fail_the_application() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (code varchar(10) PRIMARY KEY, v text); CREATE TABLE ids (id int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::pair("widen", ddl);
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES ('short', 'x'); INSERT INTO ids VALUES (1, 'x')",
+    );
+    c.ok(&["add", "table", "kv", "ids", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    for db in [(a, &src), (b, &tgt)] {
+        db.0.exec(
+            db.1,
+            "ALTER TABLE kv ALTER COLUMN code TYPE varchar(20); ALTER TABLE ids ALTER COLUMN id TYPE bigint",
+        );
+    }
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES ('a-much-longer-key', 'y'); INSERT INTO ids VALUES (5000000000, 'big')",
+    );
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    converges(&c, &src, (b, &tgt), "ids", 30);
+    // Widened on the target only: deletes still match exactly.
+    b.exec(&tgt, "ALTER TABLE kv ALTER COLUMN code TYPE varchar(40)");
+    a.exec(&src, "DELETE FROM kv WHERE code = 'a-much-longer-key'");
+    converges(&c, &src, (b, &tgt), "kv", 30);
+}
+
+/// A column added on both sides replicates its values in the next run; one
+/// added on the source only fails that run with one line naming it.
+#[test]
+fn added_columns_replicate_at_once() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("addcol", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 10) g");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    a.exec(&src, "ALTER TABLE kv ADD COLUMN extra text");
+    b.exec(&tgt, "ALTER TABLE kv ADD COLUMN extra text");
+    a.exec(&src, "UPDATE kv SET extra = 'x' || k");
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    a.exec(&src, "ALTER TABLE kv ADD COLUMN only_here int");
+    a.exec(&src, "UPDATE kv SET only_here = 1 WHERE k = 1");
+    assert!(wait_for(30, || last_run(&c, "s").starts_with("bad")), "{}", c.log());
+    let err = last_run(&c, "s");
+    assert!(
+        err.contains("column \"only_here\" of table public.kv is missing in database \"tgt\""),
+        "{err}"
+    );
+    b.exec(&tgt, "ALTER TABLE kv ADD COLUMN only_here int");
+    converges(&c, &src, (b, &tgt), "kv", 60);
+}
+
+/// A target set inactive and active again catches up with a full copy.
+#[test]
+fn reactivated_target_catches_up() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::pair("react", ddl);
+    let tgt2 = b.create_db(&crate::support::unique("react_tgt2"));
+    b.exec(&tgt2, ddl);
+    c.add_db("tgt2", b, &tgt2);
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target,tgt2:target",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
+    c.ok(&["kick", "s", "60"]);
+    c.ok(&["update", "db", "tgt2", "status=inactive"]);
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES (2, 'b'); UPDATE kv SET v = 'A' WHERE k = 1",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    assert_eq!(count(b, &tgt2, "kv"), 1);
+    let status = c.ok(&["status", "s"]);
+    assert!(status.contains("Targets behind           : tgt2 (since"), "{status}");
+    c.ok(&["update", "db", "tgt2", "status=active"]);
+    a.exec(&src, "INSERT INTO kv VALUES (3, 'c')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt2, "kv"), "{}", c.log());
+    assert!(c.log().contains("caught up"), "{}", c.log());
+}
+
+/// Server settings that would kill a long run (an idle target waiting for
+/// the source, a long COPY) are neutralised on capra's sessions.
+#[test]
+fn server_timeouts_do_not_kill_a_long_run() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text); CREATE TABLE small (id int PRIMARY KEY)";
+    let (c, src, tgt) = fixtures::pair("timeouts", ddl);
+    a.exec(
+        &src,
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g; INSERT INTO small VALUES (1)",
+    );
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(
+            db,
+            &format!(
+                "ALTER DATABASE \"{db}\" SET idle_in_transaction_session_timeout = '1s';
+                 ALTER DATABASE \"{db}\" SET statement_timeout = '1s'"
+            ),
+        );
+    }
+    c.ok(&["add", "table", "small", "big", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    let out = c.ok(&["kick", "s", "120"]);
+    assert!(out.contains("DONE"), "{out}\n{}", c.log());
+    a.exec(
+        &src,
+        "SET statement_timeout = 0; UPDATE big SET v = 'u' WHERE id % 2 = 0",
+    );
+    c.ok(&["kick", "s", "120"]);
+    // The checks below are the test's own long statements.
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, &format!("ALTER DATABASE \"{db}\" RESET ALL"));
+    }
+    assert_eq!(checksum(a, &src, "big"), checksum(b, &tgt, "big"));
+}
+
+/// A stored position ahead of the source (restored from a backup) stops
+/// the sync with the repair command; purge keeps every row there; the
+/// repair works.
+#[test]
+fn source_behind_its_stored_position_stops_with_the_repair() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("restored", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
+    a.exec(&src, "UPDATE capra.consumer SET snapshot = '900000000:900000000:'");
+    let _d = c.start();
+    let out = c.run(&["kick", "s", "60"]);
+    assert_eq!(out.code, Some(1));
+    let err = last_run(&c, "s");
+    assert!(
+        err.contains("restored from a backup") && err.contains("capra update sync s onetimecopy=1"),
+        "{err}"
+    );
+    c.ok(&["purge"]);
+    assert_eq!(
+        a.query(&src, "SELECT count(*) FROM capra.delta_1")[0].as_deref(),
+        Some("1"),
+        "purge removed unapplied changes"
+    );
+    c.ok(&["update", "sync", "s", "onetimecopy=1"]);
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    a.exec(&src, "INSERT INTO kv VALUES (2, 'b')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+}
+
+/// `connect_timeout` bounds the whole connection: a server that accepts TCP
+/// and never answers fails `add db` within seconds, with one line.
+#[test]
+fn a_silent_server_fails_add_db_within_the_timeout() {
+    let c = Capra::install(cluster::a());
+    let port = proxy::silent();
+    let t0 = Instant::now();
+    let err = c.fails(
+        &[
+            "add",
+            "db",
+            "hung",
+            "dbname=x",
+            "host=127.0.0.1",
+            &format!("port={port}"),
+            "conn=connect_timeout=2",
+        ],
+        1,
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8), "took {:?}", t0.elapsed());
+    assert!(err.contains("no answer within"), "{err}");
+    // The setting bounds it too.
+    c.ok(&["set", "connect_timeout=1"]);
+    let t0 = Instant::now();
+    c.fails(
+        &[
+            "add",
+            "db",
+            "hung",
+            "dbname=x",
+            "host=127.0.0.1",
+            &format!("port={port}"),
+        ],
+        1,
+    );
+    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
+}
+
+/// A target behind a network path that goes silent mid-run (no reset,
+/// nothing passes): the run is recorded as failed within the configured
+/// bound, and the sync converges once the path carries traffic again.
+#[test]
+fn a_silent_network_fails_the_run_in_bounded_time() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text)";
+    let c = Capra::install(a);
+    let src = a.create_db(&crate::support::unique("silent_src"));
+    let tgt = b.create_db(&crate::support::unique("silent_tgt"));
+    a.exec(&src, ddl);
+    b.exec(&tgt, ddl);
+    a.exec(
+        &src,
+        "INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g",
+    );
+    let p = Proxy::start(b.port);
+    c.add_db("src", a, &src);
+    c.ok(&[
+        "add",
+        "db",
+        "tgt",
+        &format!("dbname={tgt}"),
+        "host=127.0.0.1",
+        &format!("port={}", p.port),
+        "user=postgres",
+    ]);
+    c.ok(&[
+        "set",
+        "tcp_user_timeout=3",
+        "tcp_keepalives_idle=2",
+        "tcp_keepalives_interval=1",
+        "tcp_keepalives_count=2",
+    ]);
+    c.ok(&["add", "table", "big", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "s"]);
+    assert!(
+        wait_for(30, || b.query(
+            &tgt,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%big%'"
+        )[0]
+        .as_deref()
+            != Some("0")),
+        "the copy did not start\n{}",
+        c.log()
+    );
+    p.freeze();
+    let t0 = Instant::now();
+    assert!(
+        wait_for(60, || last_run(&c, "s").starts_with("bad")),
+        "the run still shows as {} after {:?}\n{}",
+        last_run(&c, "s"),
+        t0.elapsed(),
+        c.log()
+    );
+    eprintln!("failure noticed after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(40));
+    p.thaw();
+    assert!(
+        wait_for(120, || checksum(a, &src, "big") == checksum(b, &tgt, "big")),
+        "no convergence after the network healed\n{}",
+        c.log()
+    );
+}
