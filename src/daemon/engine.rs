@@ -458,9 +458,10 @@ impl Engine {
                 let pingtime = self.cfg.read().unwrap_or_else(|e| e.into_inner()).pingtime;
                 if last_ping.elapsed() >= Duration::from_secs_f64(pingtime) {
                     // A silent network never errors a connection that only
-                    // waits; a query does (keepalives, tcp_user_timeout).
+                    // waits; a query that must be answered in time does.
                     last_ping = Instant::now();
-                    if let Err(e) = client.simple_query("SELECT 1") {
+                    let within = crate::pg::connect::net_defaults().connect_timeout;
+                    if let Err(e) = client.is_valid(within) {
                         tracing::warn!(
                             "The listening connection to database \"{}\" failed its check: {}; reconnecting",
                             db.name,

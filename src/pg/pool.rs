@@ -30,7 +30,15 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn is_valid(&self, c: &mut postgres::Client) -> std::result::Result<(), ConnectError> {
-        c.simple_query("").map(|_| ()).map_err(ConnectError::Pg)
+        // Answered in time, or the connection counts as dead (a silent
+        // network must not hang the checkout).
+        let within = self
+            .resolved
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
+        c.is_valid(within).map_err(ConnectError::Pg)
     }
 
     fn has_broken(&self, c: &mut postgres::Client) -> bool {

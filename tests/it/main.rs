@@ -10,6 +10,7 @@ mod dba_day;
 mod faults;
 mod field_reports;
 mod install;
+mod knobs;
 mod plugins;
 mod replication;
 mod units;
