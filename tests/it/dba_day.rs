@@ -644,3 +644,60 @@ fn a_silent_network_fails_the_run_in_bounded_time() {
         c.log()
     );
 }
+
+/// Two syncs share a table at different positions while purge runs;
+/// prepared transactions and a key update rolled back to a savepoint: each
+/// change is applied exactly once, on every target.
+#[test]
+fn shared_tables_prepared_transactions_and_savepoints() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::pair("shared", ddl);
+    let tgt2 = b.create_db(&crate::support::unique("shared_tgt2"));
+    b.exec(&tgt2, ddl);
+    c.add_db("tgt2", b, &tgt2);
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&["add", "sync", "one", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0"]);
+    c.ok(&["add", "sync", "two", "relgroup=g", "dbs=src:source,tgt2:target", "autokick=0"]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 100) g");
+    c.ok(&["kick", "one", "60"]);
+    // "two" is behind; purging must keep what it has not applied.
+    a.exec(&src, "UPDATE kv SET v = 'w' WHERE k <= 50");
+    c.ok(&["purge"]);
+    c.ok(&["kick", "one", "60"]);
+    c.ok(&["purge"]);
+    c.ok(&["kick", "two", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt2, "kv"));
+
+    // A prepared transaction is invisible until COMMIT PREPARED, then
+    // applied once; a key update rolled back to a savepoint never happened.
+    let mut s1 = a.client(&src);
+    s1.batch_execute("BEGIN; UPDATE kv SET k = 1001 WHERE k = 1; PREPARE TRANSACTION 'capra_t1'")
+        .unwrap();
+    a.exec(
+        &src,
+        "BEGIN; UPDATE kv SET k = 2002 WHERE k = 2; SAVEPOINT s; UPDATE kv SET k = 3003 WHERE k = 2002;
+         ROLLBACK TO SAVEPOINT s; UPDATE kv SET v = 'kept' WHERE k = 2002; COMMIT",
+    );
+    c.ok(&["kick", "one", "60"]);
+    c.ok(&["kick", "two", "60"]);
+    assert_eq!(
+        b.query(&tgt, "SELECT count(*) FROM kv WHERE k IN (1, 1001, 2002, 3003)")[0].as_deref(),
+        Some("2"),
+        "before COMMIT PREPARED: 1 and 2002"
+    );
+    s1.batch_execute("COMMIT PREPARED 'capra_t1'").unwrap();
+    c.ok(&["purge"]);
+    c.ok(&["kick", "one", "60"]);
+    c.ok(&["purge"]);
+    c.ok(&["kick", "two", "60"]);
+    for t in [&tgt, &tgt2] {
+        assert_eq!(checksum(a, &src, "kv"), checksum(b, t, "kv"), "{t}");
+    }
+    assert_eq!(
+        b.query(&tgt2, "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv WHERE k > 1000")[0].as_deref(),
+        Some("1001=w,2002=kept")
+    );
+}

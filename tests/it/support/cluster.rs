@@ -235,7 +235,7 @@ impl Cluster {
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n\
-             shared_buffers = 64MB\nmax_wal_size = 1GB\ncheckpoint_timeout = 30min\n\
+             shared_buffers = 64MB\nmax_prepared_transactions = 10\nmax_wal_size = 1GB\ncheckpoint_timeout = 30min\n\
              log_min_messages = warning\nlog_line_prefix = '%m [%p] %u@%d '\n",
             sock.display()
         );
