@@ -349,6 +349,8 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let mut truncated: BTreeSet<i32> = BTreeSet::new();
     // Tables one of whose partitions was truncated (or dropped).
     let mut parts_truncated: BTreeSet<i32> = BTreeSet::new();
+    // Tables to copy whole to every target (capture lost their key).
+    let mut recopy: BTreeSet<i32> = BTreeSet::new();
     let prev_lit = match &prev {
         Some(p) => Some(snapshot_literal(p)?),
         None => None,
@@ -415,17 +417,19 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         for r in stx
             .query(
                 &format!(
-                    "SELECT DISTINCT captured, part IS NOT NULL FROM capra.truncate_log WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})"
+                    "SELECT DISTINCT captured, part FROM capra.truncate_log WHERE txid >= txid_snapshot_xmin({prev_lit}) AND NOT txid_visible_in_snapshot(txid, {prev_lit})"
                 ),
                 &[],
             )
             .ctx(|| "reading truncations".into())?
         {
-            if r.get::<_, bool>(1) {
-                parts_truncated.insert(r.get(0));
-            } else {
-                truncated.insert(r.get(0));
-            }
+            match r.get::<_, Option<String>>(1).as_deref() {
+                None => truncated.insert(r.get(0)),
+                // Capture lost the key (a key column was dropped): only a
+                // full copy is exact.
+                Some("*") => recopy.insert(r.get(0)),
+                Some(_) => parts_truncated.insert(r.get(0)),
+            };
         }
     }
 
@@ -443,6 +447,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let nothing = changed.is_empty()
         && truncated.is_empty()
         && parts_truncated.is_empty()
+        && recopy.is_empty()
         && plan.fullcopy.is_empty()
         && plan.behind.is_empty()
         && otc == 0
@@ -503,7 +508,11 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         // Decide per written database how it gets this table.
         let mut modes: Vec<Mode> = Vec::new();
         for (i, tx) in txs.iter_mut().enumerate() {
-            let mode = if i >= n_targets || otc == 1 || plan.behind.contains(&names[i]) {
+            let mode = if i >= n_targets
+                || otc == 1
+                || plan.behind.contains(&names[i])
+                || id.is_some_and(|id| recopy.contains(&id))
+            {
                 Mode::Copy
             } else if otc == 2 {
                 let empty: bool = tx

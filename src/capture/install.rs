@@ -87,6 +87,84 @@ CREATE TABLE IF NOT EXISTS capra.captured_part (
     relname text NOT NULL,
     PRIMARY KEY (captured, schemaname, relname)
 );
+-- Version 2: the table's oid and its key columns' numbers, so DDL on the
+-- table (a key column renamed, retyped or dropped) can be followed.
+ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
+ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS keynums smallint[];
+
+-- Follows DDL on captured tables at ddl_command_end (installed as an event
+-- trigger where capra's role is a superuser), so the application's writes
+-- never fail because capture names a column that changed:
+-- - a key column renamed: the change log's column and the capture
+--   function follow (then: capra update table T pkey=NEW);
+-- - a key column retyped: the change log's column follows;
+-- - a key column dropped: capture switches to marking the table for a
+--   full copy at every write, until a new key is declared.
+-- It never fails the DDL: problems become a WARNING.
+CREATE OR REPLACE FUNCTION capra.follow_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE
+    cap record;
+    names text[];
+    types text[];
+    gone boolean;
+    def text;
+    i integer;
+BEGIN
+    FOR cap IN
+        SELECT c.id, c.keycols, c.keytypes, c.keynums, c.relid, c.schemaname, c.relname
+          FROM capra.captured c
+         WHERE c.keynums IS NOT NULL
+           AND c.relid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d)
+    LOOP
+        SELECT array_agg(a.attname::text ORDER BY k.i),
+               array_agg(pg_catalog.format_type(a.atttypid, NULL) ORDER BY k.i),
+               bool_or(a.attname IS NULL OR a.attisdropped)
+          INTO names, types, gone
+          FROM unnest(cap.keynums) WITH ORDINALITY AS k(n, i)
+          LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = cap.relid AND a.attnum = k.n;
+        IF gone THEN
+            EXECUTE pg_catalog.format(
+                'CREATE OR REPLACE FUNCTION capra.capture_%s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
+                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
+                       PERFORM pg_catalog.pg_notify(''capra'', ''''); RETURN NULL; END $b$',
+                cap.id, cap.id);
+            UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
+            RAISE WARNING 'capra: a key column of %.% was dropped; capra copies the table whole until a new key is declared: capra update table %.% pkey=COLUMNS',
+                cap.schemaname, cap.relname, cap.schemaname, cap.relname;
+            CONTINUE;
+        END IF;
+        IF names IS DISTINCT FROM cap.keycols THEN
+            def := pg_catalog.pg_get_functiondef(pg_catalog.format('capra.capture_%s()', cap.id)::pg_catalog.regprocedure);
+            FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
+                IF names[i] IS DISTINCT FROM cap.keycols[i] THEN
+                    def := pg_catalog.replace(def,
+                        '"' || pg_catalog.replace(cap.keycols[i], '"', '""') || '"',
+                        '"' || pg_catalog.replace(names[i], '"', '""') || '"');
+                    EXECUTE pg_catalog.format('ALTER TABLE capra.%I RENAME COLUMN %I TO %I',
+                        'delta_' || cap.id, cap.keycols[i], names[i]);
+                END IF;
+            END LOOP;
+            EXECUTE def;
+            UPDATE capra.captured SET keycols = names WHERE id = cap.id;
+            RAISE WARNING 'capra: the key of %.% is now (%); tell capra: capra update table %.% pkey=%',
+                cap.schemaname, cap.relname, pg_catalog.array_to_string(names, ', '),
+                cap.schemaname, cap.relname, pg_catalog.array_to_string(names, ',');
+        END IF;
+        FOR i IN 1 .. pg_catalog.array_length(types, 1) LOOP
+            IF types[i] IN ('smallint', 'integer') THEN
+                types[i] := 'bigint';
+            END IF;
+            IF types[i] IS DISTINCT FROM cap.keytypes[i] THEN
+                EXECUTE pg_catalog.format('ALTER TABLE capra.%I ALTER COLUMN %I TYPE %s USING %I::text::%s',
+                    'delta_' || cap.id, names[i], types[i], names[i], types[i]);
+                UPDATE capra.captured SET keytypes[i] = types[i] WHERE id = cap.id;
+            END IF;
+        END LOOP;
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'capra could not follow this DDL (%); run: capra validate', SQLERRM;
+END
+$f$;
 "#;
 
 /// A table to capture: its name and replication key.
@@ -148,6 +226,23 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
         &[&CAPTURE_VERSION],
     )
     .ctx(|| "recording the capture version".into())?;
+    // Event triggers need a superuser; without one, validate and the run
+    // name the table and the command after key DDL instead.
+    let superuser: bool = c
+        .query_one(
+            "SELECT rolsuper AND NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'capra_follow_ddl')
+               FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .ctx(|| "checking for capra's DDL follower".into())?
+        .get(0);
+    if superuser {
+        c.batch_execute(
+            "CREATE EVENT TRIGGER capra_follow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+                 EXECUTE PROCEDURE capra.follow_ddl()",
+        )
+        .ctx(|| "installing capra's DDL follower".into())?;
+    }
     Ok(())
 }
 
@@ -210,10 +305,29 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     let mut keytypes = Vec::new();
     for k in &t.keycols {
         let col = cols.iter().find(|c| &c.name == k).ok_or_else(|| {
-            Error::Rejected(format!(
-                "key column \"{k}\" of table {} no longer exists in the source database; re-add the table to refresh its key",
-                t.name.human()
-            ))
+            // The DDL follower may know what it became.
+            let now: Option<Vec<String>> = c
+                .query_opt(
+                    "SELECT keycols FROM capra.captured WHERE schemaname = $1 AND relname = $2 AND keynums IS NOT NULL",
+                    &[&t.name.schema, &t.name.name],
+                )
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            match now.filter(|n| n.iter().all(|k| cols.iter().any(|c| &c.name == k))) {
+                Some(n) => Error::Rejected(format!(
+                    "the key of table {} was renamed to ({}) in the source database; capture follows it; tell capra: capra update table {} pkey={}",
+                    t.name.human(),
+                    n.join(", "),
+                    t.name.human(),
+                    n.join(",")
+                )),
+                None => Error::Rejected(format!(
+                    "key column \"{k}\" of table {} no longer exists in the source database; declare its key: capra update table {} pkey=COLUMNS",
+                    t.name.human(),
+                    t.name.human()
+                )),
+            }
         })?;
         keytypes.push(discover::log_type(&col.base_type));
     }
@@ -245,6 +359,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 }
                 set_kick(c, &t.name, id, t.autokick)?;
                 cover_partitions(c, id, &t.name, false)?;
+                remember_key(c, id, &t.name, &t.keycols)?;
                 return Ok((id, false));
             }
             // Key columns or trigger kind changed: rebuild the log and the
@@ -263,12 +378,25 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                              WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
             let mut pending: i64 = c
                 .query_one(
-                    &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
+                    // '*' marks (a key column was dropped) ask for a full
+                    // copy, which covers every change before it: they stay
+                    // across the rebuild and hold nothing back.
+                    &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND d.part IS DISTINCT FROM '*' AND {unapplied}"),
                     &[&id],
                 )
                 .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
                 .get(0);
-            if log_exists {
+            // After a key column was dropped, a '*' mark asks for a full
+            // copy; it was written after every change still in the log
+            // (the DROP waited for them), so the copy covers them too.
+            let marked: bool = c
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM capra.truncate_log d WHERE d.captured = $1 AND d.part = '*' AND {unapplied})"),
+                    &[&id],
+                )
+                .ctx(|| format!("reading the marks of {}", t.name.human()))?
+                .get(0);
+            if log_exists && !marked {
                 pending += c
                     .query_one(
                         &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
@@ -345,7 +473,22 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &t.autokick])
         .ctx(|| "recording the kick".into())?;
     cover_partitions(c, id, &t.name, false)?;
+    remember_key(c, id, &t.name, &t.keycols)?;
     Ok((id, false))
+}
+
+/// Records the table's oid and its key columns' numbers for the DDL
+/// follower (see `capra.follow_ddl`).
+fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: &[String]) -> Result<()> {
+    c.execute(
+        "UPDATE capra.captured SET relid = to_regclass($2)::oid,
+                keynums = (SELECT array_agg(a.attnum ORDER BY k.i) FROM unnest($3::text[]) WITH ORDINALITY AS k(name, i)
+                             JOIN pg_attribute a ON a.attrelid = to_regclass($2) AND a.attname = k.name)
+          WHERE id = $1",
+        &[&id, &table.sql(), &keycols],
+    )
+    .ctx(|| format!("recording the key of {}", table.human()))?;
+    Ok(())
 }
 
 /// Keeps a partitioned table's partitions covered: each gets a TRUNCATE
@@ -467,9 +610,11 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
     let delta = delta_table(id);
     // A TRUNCATE of the table itself, or of one of its partitions (which
     // carry the same trigger), named so a run empties only that part.
+    // Names are compared as text (no lookup that a rename could break).
     let truncate = format!(
-        "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, CASE WHEN TG_RELID OPERATOR(pg_catalog.=) {lit}::pg_catalog.regclass THEN NULL ELSE pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME) END);",
-        lit = sql_literal(&table.sql())
+        "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, CASE WHEN TG_TABLE_SCHEMA OPERATOR(pg_catalog.=) {schema} AND TG_TABLE_NAME OPERATOR(pg_catalog.=) {name} THEN NULL ELSE pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME) END);",
+        schema = sql_literal(&table.schema),
+        name = sql_literal(&table.name)
     );
     let qcols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
     let collist = qcols.join(", ");
@@ -599,7 +744,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         ));
     }
     sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id};\nDELETE FROM capra.captured_part WHERE captured = {id};\n",
+        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id} AND part IS DISTINCT FROM '*';\nDELETE FROM capra.captured_part WHERE captured = {id};\n",
         delta_table(id)
     ));
     c.batch_execute(&sql)
@@ -726,8 +871,9 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
         // Only capra's own objects are dropped; the schema goes too unless
         // someone else put something in it.
         c.batch_execute(
-            "DROP TABLE IF EXISTS capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
-             DROP FUNCTION IF EXISTS capra.kick();",
+            "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
+             DROP TABLE IF EXISTS capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
+             DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
         )
         .ctx(|| "removing capra's capture tables".into())?;
         let others: i64 = c

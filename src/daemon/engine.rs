@@ -1072,7 +1072,19 @@ impl Controller {
                 self.failures += 1;
                 self.retry_at = Some(Instant::now() + Duration::from_secs_f64(wait));
                 self.pending = Some(Reason::Retry);
-                self.fail_kicks(&e.to_string());
+                // Recorded like a failed run, so status and kick show why.
+                let text = crate::pg::error::flatten(&e.to_string());
+                if let Ok(mut c) = self.engine.control.get() {
+                    let recorded =
+                        runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.pid, &self.engine.host)
+                            .and_then(|id| {
+                                runs::fail_run(&mut *c, &self.name, id, &text, e.sqlstate().as_deref(), wait)
+                            });
+                    if let Err(r) = recorded {
+                        tracing::error!("Cannot record the failure: {r}");
+                    }
+                }
+                self.fail_kicks(&text);
                 return;
             }
         }

@@ -657,8 +657,22 @@ fn shared_tables_prepared_transactions_and_savepoints() {
     b.exec(&tgt2, ddl);
     c.add_db("tgt2", b, &tgt2);
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "one", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0"]);
-    c.ok(&["add", "sync", "two", "relgroup=g", "dbs=src:source,tgt2:target", "autokick=0"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "one",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    c.ok(&[
+        "add",
+        "sync",
+        "two",
+        "relgroup=g",
+        "dbs=src:source,tgt2:target",
+        "autokick=0",
+    ]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 100) g");
     c.ok(&["kick", "one", "60"]);
@@ -697,7 +711,93 @@ fn shared_tables_prepared_transactions_and_savepoints() {
         assert_eq!(checksum(a, &src, "kv"), checksum(b, t, "kv"), "{t}");
     }
     assert_eq!(
-        b.query(&tgt2, "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv WHERE k > 1000")[0].as_deref(),
+        b.query(
+            &tgt2,
+            "SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv WHERE k > 1000"
+        )[0]
+        .as_deref(),
         Some("1001=w,2002=kept")
     );
+}
+
+/// Key columns renamed, retyped and dropped on both sides while the
+/// application writes: its writes never fail (capra's DDL follower keeps
+/// capture working), the run names the one command that tells capra, and
+/// after it every row written meanwhile arrives.
+#[test]
+fn key_ddl_never_fails_the_application() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair(
+        "keyddl",
+        "CREATE TABLE kv (code int PRIMARY KEY, alt int NOT NULL UNIQUE, v text)",
+    );
+    a.exec(&src, "INSERT INTO kv SELECT g, g, 'v' FROM generate_series(1, 20) g");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    converges(&c, &src, (b, &tgt), "kv", 30);
+
+    // Renamed: writes go on, and so does replication (capture and runs
+    // follow the renamed key); when the sync is next read, it says what to
+    // tell capra.
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "ALTER TABLE kv RENAME COLUMN code TO code2");
+    }
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES (21, 21, 'after rename'); UPDATE kv SET v = 'u' WHERE code2 = 1",
+    );
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    c.ok(&["reload"]);
+    a.exec(&src, "INSERT INTO kv VALUES (24, 24, 'after reload')");
+    assert!(
+        wait_for(30, || last_run(&c, "s")
+            .contains("capra update table public.kv pkey=code2")),
+        "{}\n{}",
+        last_run(&c, "s"),
+        c.log()
+    );
+    c.ok(&["update", "table", "kv", "pkey=code2"]);
+    c.ok(&["kick", "s", "60"]);
+    converges(&c, &src, (b, &tgt), "kv", 30);
+
+    // Retyped to text: writes go on and replicate.
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "ALTER TABLE kv ALTER COLUMN code2 TYPE text");
+    }
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES ('x-22', 22, 'text key'); DELETE FROM kv WHERE code2 = '2'",
+    );
+    c.ok(&["kick", "s", "60"]);
+    converges(&c, &src, (b, &tgt), "kv", 30);
+
+    // Dropped (the other unique key remains): writes go on; after the new
+    // key is declared, the table is copied whole once.
+    for (cl, db) in [(a, &src), (b, &tgt)] {
+        cl.exec(db, "ALTER TABLE kv DROP COLUMN code2");
+    }
+    a.exec(
+        &src,
+        "INSERT INTO kv VALUES (23, 'after drop'); DELETE FROM kv WHERE alt = 3",
+    );
+    assert!(
+        wait_for(30, || last_run(&c, "s")
+            .contains("capra update table public.kv pkey=COLUMNS")),
+        "{}\n{}",
+        last_run(&c, "s"),
+        c.log()
+    );
+    c.ok(&["update", "table", "kv", "pkey=alt"]);
+    c.ok(&["kick", "s", "60"]);
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    a.exec(&src, "UPDATE kv SET v = 'new key works' WHERE alt = 5");
+    converges(&c, &src, (b, &tgt), "kv", 30);
 }

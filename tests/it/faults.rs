@@ -195,6 +195,9 @@ fn source_outage_recovers_without_restart() {
             .unwrap_or(false)
     };
     assert!(wait_for(30, || count("before")), "{}", c.log());
+    // The test clusters run with synchronous_commit = off: make what is
+    // committed durable, as a real server's commits are, before the crash.
+    s.exec(&src, "CHECKPOINT");
     s.stop_immediate();
     std::thread::sleep(Duration::from_secs(2));
     s.resume();
