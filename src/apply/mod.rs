@@ -1,4 +1,6 @@
 //! Applying changes: one run of a sync (Bucardo's KID).
 
-pub mod plan;
+pub mod copy;
+pub mod pools;
 pub mod run;
+pub mod sequences;

@@ -12,92 +12,20 @@
 //! `statement_chunk_size`, rows flow source -> targets through one buffer.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::sync::Mutex;
 use std::time::Instant;
 
-use postgres::{CancelToken, IsolationLevel, Transaction};
-use postgres_openssl::MakeTlsConnector;
+use postgres::{IsolationLevel, Transaction};
 use serde::Serialize;
 
-use super::plan::SyncPlan;
+use super::copy::pipe;
+use super::pools::{Cancel, Pools};
+use super::sequences::{apply_sequence, read_sequences, SeqState};
 use crate::capture::discover;
 use crate::catalog::model::{Db, Relation};
+use crate::catalog::plan::SyncPlan;
 use crate::error::{Context, Error, Result};
 use crate::pg::ident::quote_ident;
-use crate::pg::pool::{Conn, DbPool};
-
-/// Pools by database name, rebuilt when a database's settings change.
-pub struct Pools {
-    map: Mutex<HashMap<String, (Db, crate::pg::connect::NetDefaults, DbPool)>>,
-    max_size: u32,
-}
-
-impl Pools {
-    /// Empty set of pools; each holds at most `max_size` connections.
-    pub fn new(max_size: u32) -> Pools {
-        Pools {
-            map: Mutex::new(HashMap::new()),
-            max_size,
-        }
-    }
-
-    /// The pool for a database (created on first use, replaced if its
-    /// connection settings or the network settings changed).
-    pub fn pool(&self, db: &Db) -> Result<DbPool> {
-        let mut m = self.map.lock().unwrap();
-        let net = crate::pg::connect::net_defaults();
-        if let Some((known, n, p)) = m.get(&db.name) {
-            if known == db && *n == net {
-                return Ok(p.clone());
-            }
-        }
-        let p = DbPool::new(&db.name, &db.conn_spec(), "capra daemon", self.max_size)?;
-        m.insert(db.name.clone(), (db.clone(), net, p.clone()));
-        Ok(p)
-    }
-
-    /// A connection to a database.
-    pub fn get(&self, db: &Db) -> Result<Conn> {
-        self.pool(db)?.get()
-    }
-}
-
-/// Cancel handles of the connections a run is using, so stopping the daemon
-/// can interrupt a long COPY (the run then rolls back).
-#[derive(Default)]
-pub struct Cancel {
-    tokens: Mutex<Vec<CancelToken>>,
-    stopped: std::sync::atomic::AtomicBool,
-}
-
-impl Cancel {
-    fn register(&self, c: &postgres::Client) -> Result<()> {
-        if self.is_stopped() {
-            return Err(Error::Rejected("the daemon is stopping".into()));
-        }
-        self.tokens.lock().unwrap().push(c.cancel_token());
-        Ok(())
-    }
-
-    /// Cancels every query of the run (called from another thread).
-    pub fn cancel(&self, tls: &MakeTlsConnector) {
-        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in self.tokens.lock().unwrap().iter() {
-            let _ = t.cancel_query(tls.clone());
-        }
-    }
-
-    /// Whether a cancel was requested.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Forgets the registered connections (the run is over).
-    pub fn clear(&self) {
-        self.tokens.lock().unwrap().clear();
-    }
-}
+use crate::pg::pool::Conn;
 
 /// What a run needs besides the plan.
 pub struct RunEnv<'a> {
@@ -161,13 +89,6 @@ struct TableMeta {
     key_types: HashMap<String, Vec<String>>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-struct SeqState {
-    last_value: i64,
-    is_called: bool,
-    attrs: Option<(i64, i64, i64, i64, i64, bool)>,
-}
-
 /// One table's part of a run.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct TableReport {
@@ -215,25 +136,6 @@ pub struct RunReport {
     pub seconds: f64,
     /// The isolation the source was read in.
     pub isolation: String,
-}
-
-fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
-    if e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
-        let inner = e
-            .into_inner()
-            .expect("checked")
-            .downcast::<postgres::Error>()
-            .expect("checked");
-        return Error::Db {
-            context: context(),
-            detail: crate::pg::error::describe(&inner),
-            source: *inner,
-        };
-    }
-    Error::Io {
-        context: context(),
-        source: e,
-    }
 }
 
 /// Checks a snapshot string before it is inlined into a COPY query (COPY
@@ -926,53 +828,6 @@ fn truncate_or_delete(tx: &mut Transaction<'_>, db: &str, t: &Relation, meta: &T
         .ctx(|| format!("emptying {} on \"{db}\"", t.name.human()))
 }
 
-/// Streams one COPY out of the source into the chosen targets at once;
-/// returns rows written (summed over targets).
-fn pipe(
-    stx: &mut Transaction<'_>,
-    query: &str,
-    txs: &mut [Transaction<'_>],
-    idx: &[usize],
-    names: &[String],
-    t: &Relation,
-    cols: &str,
-) -> Result<u64> {
-    let into = format!("COPY {} ({cols}) FROM STDIN", t.name.sql());
-    let mut writers = Vec::new();
-    for (i, tx) in txs.iter_mut().enumerate() {
-        if idx.contains(&i) {
-            let w = tx
-                .copy_in(into.as_str())
-                .ctx(|| format!("starting COPY into {} on \"{}\"", t.name.human(), names[i]))?;
-            writers.push((i, w));
-        }
-    }
-    let mut reader = stx
-        .copy_out(query)
-        .ctx(|| format!("starting COPY from {}", t.name.human()))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| io_err(|| format!("reading {} from the source", t.name.human()), e))?;
-        if n == 0 {
-            break;
-        }
-        for (i, w) in writers.iter_mut() {
-            w.write_all(&buf[..n])
-                .map_err(|e| io_err(|| format!("writing {} to \"{}\"", t.name.human(), names[*i]), e))?;
-        }
-    }
-    drop(reader);
-    let mut rows = 0;
-    for (i, w) in writers {
-        rows += w
-            .finish()
-            .ctx(|| format!("finishing COPY into {} on \"{}\"", t.name.human(), names[i]))?;
-    }
-    Ok(rows)
-}
-
 /// Deletes the changed keys on the delta targets (in chunks) and copies
 /// their current rows from the source.
 #[allow(clippy::too_many_arguments)]
@@ -1062,69 +917,5 @@ fn apply_changes(
         qk.join(", ")
     );
     tr.copied += pipe(stx, &q, txs, idx, names, t, &meta.cols)?;
-    Ok(())
-}
-
-/// Reads each sequence's value and settings on the source.
-fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Result<Vec<SeqState>> {
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let v = discover::server_version(stx)?;
-    let mut out = Vec::new();
-    for s in seqs {
-        let r = stx
-            .query_one(&format!("SELECT last_value, is_called FROM {}", s.name.sql()), &[])
-            .ctx(|| format!("reading sequence {}", s.name.human()))?;
-        let attrs = if v >= 100000 {
-            stx.query_opt(
-                "SELECT start_value, increment_by, min_value, max_value, cache_size, cycle FROM pg_catalog.pg_sequences
-                  WHERE schemaname = $1 AND sequencename = $2",
-                &[&s.name.schema, &s.name.name],
-            )
-            .ctx(|| format!("reading sequence {}", s.name.human()))?
-            .map(|a| (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
-        } else {
-            let a = stx
-                .query_one(
-                    &format!(
-                        "SELECT start_value, increment_by, min_value, max_value, cache_value, is_cycled FROM {}",
-                        s.name.sql()
-                    ),
-                    &[],
-                )
-                .ctx(|| format!("reading sequence {}", s.name.human()))?;
-            Some((a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
-        };
-        out.push(SeqState {
-            last_value: r.get(0),
-            is_called: r.get(1),
-            attrs,
-        });
-    }
-    Ok(out)
-}
-
-/// Writes a sequence's value (and differing settings) on a target.
-fn apply_sequence(tx: &mut Transaction<'_>, db: &str, s: &Relation, v: &SeqState) -> Result<()> {
-    if let Some((start, inc, min, max, cache, cycle)) = v.attrs {
-        let mine = read_sequences(tx, std::slice::from_ref(s))?.pop().and_then(|x| x.attrs);
-        if mine != v.attrs {
-            // RESTART WITH the source's value keeps the current value inside
-            // the new bounds; setval below then sets is_called.
-            tx.batch_execute(&format!(
-                "ALTER SEQUENCE {} INCREMENT BY {inc} MINVALUE {min} MAXVALUE {max} START WITH {start} RESTART WITH {} CACHE {cache} {}CYCLE",
-                s.name.sql(),
-                v.last_value,
-                if cycle { "" } else { "NO " }
-            ))
-            .ctx(|| format!("changing the settings of sequence {} on \"{db}\"", s.name.human()))?;
-        }
-    }
-    tx.query_one(
-        "SELECT setval($1::text::regclass, $2, $3)",
-        &[&s.name.sql(), &v.last_value, &v.is_called],
-    )
-    .ctx(|| format!("setting sequence {} on \"{db}\"", s.name.human()))?;
     Ok(())
 }

@@ -178,6 +178,18 @@ pub struct Target {
     pub autokick: bool,
 }
 
+/// The tables a sync captures on its sources, with whether to install kicks.
+pub fn targets(plan: &crate::catalog::plan::SyncPlan) -> Vec<Target> {
+    plan.tables
+        .iter()
+        .map(|r| Target {
+            name: r.name.clone(),
+            keycols: r.pkey.clone(),
+            autokick: plan.sync.autokick && plan.sync.status == "active",
+        })
+        .collect()
+}
+
 /// Creates the shared objects if missing and checks their version.
 pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
     let exists: bool = c

@@ -10,8 +10,8 @@
 use postgres::{Client, GenericClient};
 
 use super::install::{attach_consumer, detach_consumer, OnKeyChange};
-use crate::apply::plan::SyncPlan;
 use crate::catalog::model::{self, Db};
+use crate::catalog::plan::SyncPlan;
 use crate::error::{Context, Result};
 
 /// Each affected sync's sources before the edit.
@@ -96,7 +96,7 @@ fn open(pending: &mut Pending, db: &Db) -> Result<usize> {
     if let Some(i) = pending.0.iter().position(|(n, _)| n == &db.name) {
         return Ok(i);
     }
-    let mut c = crate::cli::catalog_cmds::connect_db(db)?;
+    let mut c = db.connect()?;
     c.batch_execute("BEGIN")
         .ctx(|| format!("starting a transaction on \"{}\"", db.name))?;
     pending.0.push((db.name.clone(), c));
@@ -129,7 +129,13 @@ pub fn apply(c: &mut impl GenericClient, installation: &str, before: &Before) ->
             let active = plan.sync.status == "active";
             let has_consumer = consumer_exists(client, installation, sync)?;
             if active || has_consumer {
-                attach_consumer(client, installation, sync, &plan.capture_targets(), OnKeyChange::Refuse)?;
+                attach_consumer(
+                    client,
+                    installation,
+                    sync,
+                    &super::install::targets(&plan),
+                    OnKeyChange::Refuse,
+                )?;
             }
         }
     }

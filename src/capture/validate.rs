@@ -117,7 +117,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             notes.push(format!("database \"{}\" is inactive and was skipped", db.name));
             continue;
         }
-        match crate::cli::catalog_cmds::connect_db(&db) {
+        match db.connect() {
             Ok(c) => conns.push((m.db.clone(), m.role.clone(), c)),
             Err(e) => problems.push(crate::pg::error::flatten(&e.to_string())),
         }

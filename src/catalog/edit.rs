@@ -415,7 +415,7 @@ pub fn parse_member(s: &str) -> Result<(String, Option<&'static str>)> {
         Some((d, r)) => (d, Some(parse_role(r.split(':').next().unwrap_or(r))?)),
         None => (s, None),
     };
-    crate::cli::kv::check_name("database", db)?;
+    crate::catalog::kv::check_name("database", db)?;
     Ok((db.to_string(), role))
 }
 

@@ -6,7 +6,9 @@
 
 pub mod edit;
 pub mod install;
+pub mod kv;
 pub mod model;
+pub mod plan;
 pub mod runs;
 pub mod settings;
 pub mod sync_opts;

@@ -59,6 +59,11 @@ impl Db {
         }
     }
 
+    /// Connects to it (bounded by the connect timeout).
+    pub fn connect(&self) -> Result<postgres::Client> {
+        crate::pg::connect::open_db(&self.conn_spec(), &self.name)
+    }
+
     /// How a user would reach it with psql (Bucardo's `Conn:` column); never
     /// includes the password.
     pub fn psql_line(&self) -> String {

@@ -340,7 +340,7 @@ pub fn find(name: &str) -> Option<&'static Setting> {
 pub fn normalise(s: &Setting, value: &str) -> Result<String, String> {
     let v = value.trim();
     match s.kind {
-        Kind::Bool => crate::cli::kv::parse_bool(v)
+        Kind::Bool => crate::catalog::kv::parse_bool(v)
             .map(|b| if b { "1" } else { "0" }.to_string())
             .ok_or_else(|| format!("invalid value for '{}': {v:?} (must be true or false)", s.name)),
         Kind::Int(lo, hi) => match v.parse::<i64>() {

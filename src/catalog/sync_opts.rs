@@ -1,7 +1,7 @@
 //! Sync options: every `key=value` `add sync` and `update sync` accept, with
 //! Bucardo's aliases, checked before anything is written.
 
-use crate::cli::kv::{self, key, Key};
+use crate::catalog::kv::{self, key, Key};
 use crate::error::{Error, Result};
 use crate::schedule::cron::Schedule;
 

@@ -3,11 +3,11 @@
 
 use postgres::Transaction;
 
-use super::kv::{self, check_name, key, Key};
 use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
 use crate::capture::discover::{self, Found};
 use crate::capture::reconcile;
 use crate::catalog::edit::{self, NewDb};
+use crate::catalog::kv::{self, check_name, key, Key};
 use crate::catalog::model::{self, Relation};
 use crate::catalog::{settings, sync_opts, Catalog};
 use crate::error::{Context, Error, Result};
@@ -223,16 +223,6 @@ fn names_only(w: &Words, what: &str) -> Result<Vec<String>> {
     Ok(w.words.clone())
 }
 
-/// Connects to a catalog database entry (bounded by the connect timeout).
-pub fn connect_db(db: &model::Db) -> Result<postgres::Client> {
-    connect_spec(&db.conn_spec(), &db.name)
-}
-
-fn connect_spec(spec: &ConnSpec, name: &str) -> Result<postgres::Client> {
-    let target = format!("database \"{name}\"");
-    pg::connect::open(&pg::connect::resolve_for(spec, "capra", &target)?, &target)
-}
-
 fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, DB_KEYS, "add db")?;
     // Bucardo 4: `add database DBNAME name=NAME`; Bucardo 5: `add db NAME dbname=DBNAME`.
@@ -322,7 +312,8 @@ fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
             conn: new.conn.clone(),
             service: new.service.clone(),
         };
-        connect_spec(&spec, &name).map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
+        pg::connect::open_db(&spec, &name)
+            .map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
     }
     let lines = cat.edit(|tx| {
         edit::add_db(tx, &new)?;
@@ -446,7 +437,8 @@ fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
                 .any(|c| c.0 != "status" && c.0 != "makedelta" && c.0 != "server_side_prepares")
         {
             let db = model::db(tx, name)?.expect("updated above");
-            connect_db(&db).map_err(|e| e.with_hint("nothing was changed; use --force to store it anyway"))?;
+            db.connect()
+                .map_err(|e| e.with_hint("nothing was changed; use --force to store it anyway"))?;
         }
         Ok(out)
     })?;
@@ -547,7 +539,7 @@ fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
     let dbname = a.db.clone().or(kvs.get("db").map(String::from));
     let mut cat = ctx.catalog()?;
     let db = pick_db(&mut cat, dbname.as_deref())?;
-    let mut client = connect_db(&db)?;
+    let mut client = db.connect()?;
     let (only_t, skip_t) = (split_commas(&a.table), split_commas(&a.exclude_table));
     let (only_n, skip_n) = (split_commas(&a.schema), split_commas(&a.exclude_schema));
     let (kind, live) = match a.what {
@@ -696,7 +688,7 @@ fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
     };
     let mut cat = ctx.catalog()?;
     let db = pick_db(&mut cat, a.get("db"))?;
-    let mut client = connect_db(&db)?;
+    let mut client = db.connect()?;
     let live = if kind == "table" {
         discover::tables(&mut client)?
     } else {
@@ -783,7 +775,7 @@ fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
                     .filter(|c| !c.is_empty())
                     .collect();
                 let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
-                let mut client = connect_db(&db)?;
+                let mut client = db.connect()?;
                 let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
                     Error::Rejected(format!(
                         "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
@@ -899,7 +891,7 @@ fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let mut live_db = None;
     if !unknown.is_empty() {
         let db = pick_db(&mut cat, a.get("db"))?;
-        let mut client = connect_db(&db)?;
+        let mut client = db.connect()?;
         let mut live = discover::tables(&mut client)?;
         live.extend(discover::sequences(&mut client)?);
         live_found = match_live(&live, &unknown, "table or sequence", &db.name)?;

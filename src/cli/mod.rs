@@ -6,7 +6,6 @@
 pub mod catalog_cmds;
 pub mod daemon_cmds;
 pub mod install;
-pub mod kv;
 pub mod list;
 pub mod status;
 pub mod validate;

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use postgres::GenericClient;
 use serde_json::{json, Value};
 
-use super::catalog_cmds::connect_db;
 use super::Ctx;
-use crate::apply::plan::SyncPlan;
 use crate::capture::{install, purge};
+use crate::catalog::plan::SyncPlan;
 use crate::catalog::{model, runs};
 use crate::error::{Context, Error, Result};
 
@@ -281,7 +280,10 @@ fn pending_for(installation: &str, plan: &SyncPlan) -> Vec<Value> {
     plan.sources
         .iter()
         .map(|src| {
-            match connect_db(src).and_then(|mut s| purge::waiting(&mut s, installation, &[plan.name().to_string()])) {
+            match src
+                .connect()
+                .and_then(|mut s| purge::waiting(&mut s, installation, &[plan.name().to_string()]))
+            {
                 Ok(w) => {
                     let rows: i64 = w.iter().map(|x| x.rows).sum();
                     let oldest = w
@@ -516,7 +518,10 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
     let mut total = 0i64;
     let mut doc = Vec::new();
     for (name, db) in &srcs {
-        let w = match connect_db(db).and_then(|mut c| purge::waiting(&mut c, &cat.installation, &[])) {
+        let w = match db
+            .connect()
+            .and_then(|mut c| purge::waiting(&mut c, &cat.installation, &[]))
+        {
             Ok(w) => w,
             Err(e) => {
                 if ctx.json {
@@ -572,7 +577,7 @@ pub fn purge_cmd(ctx: &Ctx, older_than: Option<&str>) -> Result<()> {
     let known: Vec<String> = model::syncs(&mut cat.client)?.into_iter().map(|s| s.name).collect();
     let srcs = sources(&mut cat.client, &[])?;
     for (name, db) in &srcs {
-        let mut c = match connect_db(db) {
+        let mut c = match db.connect() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("capra: {name}: skipped: {}", crate::pg::error::flatten(&e.to_string()));

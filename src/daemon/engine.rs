@@ -28,10 +28,11 @@ use postgres::GenericClient;
 use postgres_openssl::MakeTlsConnector;
 
 use super::logging;
-use crate::apply::plan::SyncPlan;
-use crate::apply::run::{self as apply, Cancel, Pools, RunCache, RunEnv};
+use crate::apply::pools::{Cancel, Pools};
+use crate::apply::run::{self as apply, RunCache, RunEnv};
 use crate::capture::{install, purge};
 use crate::catalog::model::{self, Db};
+use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
 use crate::error::{Context, Error, Result};
 use crate::pg::pool::DbPool;
@@ -906,7 +907,7 @@ impl Controller {
                     &mut tx,
                     &self.engine.installation,
                     &self.name,
-                    &plan.capture_targets(),
+                    &install::targets(&plan),
                     install::OnKeyChange::Defer,
                 )?;
                 if !attached.deferred.is_empty() {

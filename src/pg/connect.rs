@@ -671,6 +671,12 @@ pub fn open(r: &Resolved, target: &str) -> crate::Result<postgres::Client> {
     })
 }
 
+/// Resolves and opens a connection to a database capra knows by `name`.
+pub fn open_db(spec: &ConnSpec, name: &str) -> crate::Result<postgres::Client> {
+    let target = format!("database \"{name}\"");
+    open(&resolve_for(spec, "capra", &target)?, &target)
+}
+
 /// Session settings on every connection: nothing the server's defaults
 /// set (idle_in_transaction_session_timeout, transaction_timeout on 17+,
 /// statement_timeout) may kill capra's long transactions; capra sets its

@@ -3,7 +3,6 @@
 
 use postgres::GenericClient;
 
-use crate::capture::install::Target;
 use crate::catalog::model::{self, Db, Relation};
 use crate::error::{Context, Error, Result};
 
@@ -102,17 +101,5 @@ impl SyncPlan {
     /// sources); a pure fullcopy sync needs nothing on its source.
     pub fn is_delta(&self) -> bool {
         !self.targets.is_empty() || self.sources.len() > 1
-    }
-
-    /// The tables to capture on the sources, with whether to install kicks.
-    pub fn capture_targets(&self) -> Vec<Target> {
-        self.tables
-            .iter()
-            .map(|r| Target {
-                name: r.name.clone(),
-                keycols: r.pkey.clone(),
-                autokick: self.sync.autokick && self.sync.status == "active",
-            })
-            .collect()
     }
 }
