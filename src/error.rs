@@ -40,8 +40,13 @@ pub enum Error {
 
     /// The catalog changed under a run (a table joined the sync): the run
     /// changed nothing; the daemon reads the sync again and reruns at once.
-    #[error("{0}")]
-    Stale(String),
+    #[error("{message}")]
+    Stale {
+        /// What the run found.
+        message: String,
+        /// The captured ids the run found and its plan does not know.
+        extra: Vec<i32>,
+    },
 
     /// A database could not be reached or refused the login.
     #[error("cannot connect to {target} ({summary}): {detail}")]

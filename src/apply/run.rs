@@ -51,6 +51,9 @@ pub struct RunCache {
     meta: HashMap<i32, TableMeta>,
     /// The plan's partitioned tables on the source (learned once).
     partitioned: Option<Vec<crate::pg::ident::QualName>>,
+    /// The change logs the last run read, locked with the tables before
+    /// the next snapshot (a log rewritten after it would look empty).
+    logs: Vec<i32>,
     seqs: HashMap<(i32, String), SeqState>,
     last_advance: Option<Instant>,
 }
@@ -61,7 +64,7 @@ pub struct RunCache {
 /// transaction target waiting for the source's COPY, a long statement).
 const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
-     SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0";
+     SET LOCAL statement_timeout = 0";
 
 /// How often an idle sync moves its position forward on empty runs.
 const IDLE_ADVANCE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -71,6 +74,7 @@ impl RunCache {
     pub fn forget_shapes(&mut self) {
         self.meta.clear();
         self.partitioned = None;
+        self.logs.clear();
     }
 }
 
@@ -204,7 +208,13 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     // most lock_timeout for DDL and is then retried.
     let mut setup = format!("{TEXT_FORMATS}; SET LOCAL lock_timeout = {}", env.lock_timeout_ms);
     if !plan.tables.is_empty() {
-        let names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        let mut names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        if plan.is_delta() && !plan.targets.is_empty() {
+            names.extend(cache.logs.iter().map(|id| crate::capture::install::delta_table(*id)));
+            if !cache.logs.is_empty() {
+                names.push("capra.truncate_log".into());
+            }
+        }
         setup.push_str(&format!("; LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")));
     }
     stx.batch_execute(&setup)
@@ -281,16 +291,27 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             .iter()
             .filter_map(|t| captured.get(&(t.name.schema.clone(), t.name.name.clone())).map(|c| c.0))
             .collect();
-        if let Some(extra) = mine.iter().find(|id| !planned.contains(id)) {
-            let what = captured
+        cache.logs = planned.clone();
+        let extra: Vec<i32> = mine.iter().filter(|id| !planned.contains(id)).copied().collect();
+        if !extra.is_empty() {
+            let what: Vec<String> = extra
                 .iter()
-                .find(|(_, v)| v.0 == *extra)
-                .map(|(k, _)| format!("{}.{}", k.0, k.1))
-                .unwrap_or_else(|| format!("captured table {extra}"));
-            return Err(Error::Stale(format!(
-                "sync \"{name}\" now also captures {what} on \"{}\"; reading the sync again",
-                src_db.name
-            )));
+                .map(|id| {
+                    captured
+                        .iter()
+                        .find(|(_, v)| v.0 == *id)
+                        .map(|(k, _)| format!("{}.{}", k.0, k.1))
+                        .unwrap_or_else(|| format!("captured table {id}"))
+                })
+                .collect();
+            return Err(Error::Stale {
+                message: format!(
+                    "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
+                    what.join(", "),
+                    src_db.name
+                ),
+                extra,
+            });
         }
         let mut parts = Vec::new();
         for t in &plan.tables {
@@ -571,8 +592,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             }
         }
     }
-    report.onetimecopy = otc > 0;
-    report.onetimecopy_gen = (otc > 0).then_some(plan.sync.onetimecopy_gen);
+    // A onetimecopy is served only if some database received it.
+    report.onetimecopy = otc > 0 && !written.is_empty();
+    report.onetimecopy_gen = report.onetimecopy.then_some(plan.sync.onetimecopy_gen);
     report.caught_up = plan.behind.clone();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -121,8 +121,10 @@ pub struct Column {
     pub name: String,
     /// Type with modifiers.
     pub type_name: String,
-    /// Type without modifiers (`character varying`, `numeric`): what a
-    /// change log or a key cast uses, so widening the column needs nothing.
+    /// Type without a length limit (`character varying`, `bpchar`,
+    /// `"bit"`: `format_type(oid, -1)`, not NULL, which says `character`,
+    /// meaning char(1)): what a change log or a key cast uses, so widening
+    /// the column needs nothing and nothing is ever cut.
     pub base_type: String,
     /// NOT NULL.
     pub not_null: bool,
@@ -171,7 +173,7 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
         .query(
             &format!(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                        a.atthasdef OR {identity}, {generated}, format_type(a.atttypid, NULL)
+                        a.atthasdef OR {identity}, {generated}, format_type(a.atttypid, -1)
                    FROM pg_attribute a
                    JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped

@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS capra.captured_part (
     relname text NOT NULL,
     PRIMARY KEY (captured, schemaname, relname)
 );
+ALTER TABLE capra.captured_part ADD COLUMN IF NOT EXISTS relid oid;
 -- Version 2: the table's oid and its key columns' numbers, so DDL on the
 -- table (a key column renamed, retyped or dropped) can be followed.
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
@@ -117,7 +118,7 @@ BEGIN
            AND c.relid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d)
     LOOP
         SELECT array_agg(a.attname::text ORDER BY k.i),
-               array_agg(pg_catalog.format_type(a.atttypid, NULL) ORDER BY k.i),
+               array_agg(pg_catalog.format_type(a.atttypid, -1) ORDER BY k.i),
                bool_or(a.attname IS NULL OR a.attisdropped)
           INTO names, types, gone
           FROM unnest(cap.keynums) WITH ORDINALITY AS k(n, i)
@@ -370,7 +371,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                         .ctx(|| "recording the key types".into())?;
                 }
                 set_kick(c, &t.name, id, t.autokick)?;
-                cover_partitions(c, id, &t.name, false)?;
+                cover_partitions(c, id, &t.name, true)?;
                 remember_key(c, id, &t.name, &t.keycols)?;
                 return Ok((id, false));
             }
@@ -484,6 +485,8 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
     c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &t.autokick])
         .ctx(|| "recording the kick".into())?;
+    // A rebuilt capture keeps its remembered partitions (moves since then
+    // are logged); a new one starts remembering now.
     cover_partitions(c, id, &t.name, false)?;
     remember_key(c, id, &t.name, &t.keycols)?;
     Ok((id, false))
@@ -504,39 +507,50 @@ fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: 
 }
 
 /// Keeps a partitioned table's partitions covered: each gets a TRUNCATE
-/// trigger (row triggers reach partitions on their own, TRUNCATE triggers
-/// do not), and the partition list is remembered. With `log_moves`, a
-/// partition attached since the last look has its keys logged as changes
-/// (its rows appeared in the table without any write), and one detached
-/// has its keys logged too (its rows left the table) or, if it was dropped,
-/// a truncation of it. Returns how many partitions came or went.
-pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, log_moves: bool) -> Result<usize> {
+/// trigger of its own (row triggers reach partitions on their own, TRUNCATE
+/// triggers do not), and the partition list is remembered by oid. Once a
+/// list is remembered (`baseline`), a partition attached since the last
+/// look has its keys logged as changes (its rows appeared in the table
+/// without any write), one detached has its keys logged too (its rows left
+/// the table) or, if it was dropped, a truncation of it. Foreign-table
+/// partitions take no trigger and are skipped. Returns how many partitions
+/// came or went.
+pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, baseline: bool) -> Result<usize> {
     if discover::kind_of(c, table)? != Some(discover::Kind::Partitioned) {
         return Ok(0);
     }
-    let now: Vec<(String, String, bool)> = c
+    let trigger = format!("capra_part_t_{id}");
+    let now: Vec<(String, String, u32, bool)> = c
         .query(
             "WITH RECURSIVE tree(oid) AS (
                  SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass
                  UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-             SELECT n.nspname::text, c.relname::text,
-                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'capra_capture_t')
-               FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace",
-            &[&table.sql()],
+             SELECT n.nspname::text, c.relname::text, c.oid,
+                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = $2
+                               AND g.tgfoid = to_regprocedure($3))
+               FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind <> 'f'",
+            &[&table.sql(), &trigger, &format!("capra.capture_{id}()")],
         )
         .ctx(|| format!("reading the partitions of {}", table.human()))?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let known: Vec<(String, String)> = c
+    let known: Vec<(String, String, Option<u32>)> = c
         .query(
-            "SELECT schemaname, relname FROM capra.captured_part WHERE captured = $1",
+            "SELECT schemaname, relname, relid FROM capra.captured_part WHERE captured = $1",
             &[&id],
         )
         .ctx(|| "reading known partitions".into())?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
+    // Rows from before version 2 have no oid: they match by name.
+    let same = |k: &(String, String, Option<u32>), schema: &str, name: &str, oid: u32| match k.2 {
+        Some(o) => o == oid,
+        None => k.0 == schema && k.1 == name,
+    };
+    let log_moves = baseline || !known.is_empty();
     let keycols: Vec<String> = c
         .query_one("SELECT keycols FROM capra.captured WHERE id = $1", &[&id])
         .ctx(|| "reading capture".into())?
@@ -545,15 +559,15 @@ pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, l
     let collist = collist.join(", ");
     let mut moved = 0;
     let mut sql = String::new();
-    for (schema, name, has_trigger) in &now {
+    for (schema, name, oid, has_trigger) in &now {
         let part = QualName::new(schema.clone(), name.clone());
         if !has_trigger {
             sql.push_str(&format!(
-                "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n",
+                "DROP TRIGGER IF EXISTS {trigger} ON {0}; CREATE TRIGGER {trigger} AFTER TRUNCATE ON {0} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n",
                 part.sql()
             ));
         }
-        if !known.iter().any(|(s, n)| s == schema && n == name) {
+        if !known.iter().any(|k| same(k, schema, name, *oid)) {
             if log_moves {
                 sql.push_str(&format!(
                     "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
@@ -563,24 +577,40 @@ pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, l
                 moved += 1;
             }
             c.execute(
-                "INSERT INTO capra.captured_part (captured, schemaname, relname) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&id, schema, name],
+                "INSERT INTO capra.captured_part (captured, schemaname, relname, relid) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (captured, schemaname, relname) DO UPDATE SET relid = EXCLUDED.relid",
+                &[&id, schema, name, oid],
             )
             .ctx(|| "recording a partition".into())?;
         }
     }
-    for (schema, name) in &known {
-        if now.iter().any(|(s, n, _)| s == schema && n == name) {
+    for k in &known {
+        if now.iter().any(|(s, n, o, _)| same(k, s, n, *o)) {
             continue;
         }
-        let part = QualName::new(schema.clone(), name.clone());
+        // Replaced by a new partition of the same name: its row was updated
+        // above, and the old one's rows are gone like a dropped one's.
+        let part = QualName::new(k.0.clone(), k.1.clone());
+        let still_there = match k.2 {
+            Some(o) => c
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)", &[&o])
+                .ctx(|| "looking for a partition".into())?
+                .get::<_, bool>(0),
+            None => discover::kind_of(c, &part)?.is_some(),
+        };
         if log_moves {
-            if discover::kind_of(c, &part)?.is_some() {
+            if still_there {
                 // Detached: its rows left the table.
+                let rel = match k.2 {
+                    Some(o) => c
+                        .query_one("SELECT $1::oid::regclass::text", &[&o])
+                        .ctx(|| "naming a partition".into())?
+                        .get::<_, String>(0),
+                    None => part.sql(),
+                };
                 sql.push_str(&format!(
-                    "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
-                    delta_table(id),
-                    part.sql()
+                    "INSERT INTO {} ({collist}) SELECT {collist} FROM {rel};\n",
+                    delta_table(id)
                 ));
             } else {
                 // Dropped: replayed like a TRUNCATE of that partition.
@@ -591,11 +621,13 @@ pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, l
             }
             moved += 1;
         }
-        c.execute(
-            "DELETE FROM capra.captured_part WHERE captured = $1 AND schemaname = $2 AND relname = $3",
-            &[&id, schema, name],
-        )
-        .ctx(|| "forgetting a partition".into())?;
+        if !now.iter().any(|(s, n, _, _)| s == &k.0 && n == &k.1) {
+            c.execute(
+                "DELETE FROM capra.captured_part WHERE captured = $1 AND schemaname = $2 AND relname = $3",
+                &[&id, &k.0, &k.1],
+            )
+            .ctx(|| "forgetting a partition".into())?;
+        }
     }
     if !sql.is_empty() {
         c.batch_execute(&sql)
@@ -664,15 +696,16 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
     END IF;"
         )
     };
-    format!(
-        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
-BEGIN
-    {body}
-    {kick}RETURN NULL;
-END
-$f$;
-"
-    )
+    let text = format!("BEGIN\n    {body}\n    {kick}RETURN NULL;\nEND\n");
+    // Names of columns and tables are inside the body: pick a dollar
+    // quote they do not contain.
+    let mut tag = String::from("$f$");
+    let mut n = 0;
+    while text.contains(&tag) {
+        n += 1;
+        tag = format!("$f{n}$");
+    }
+    format!("CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n")
 }
 
 /// A SQL string literal that means the same whatever
@@ -743,20 +776,21 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
     // The TRUNCATE triggers on partitions call the same function.
     for r in c
         .query(
-            "SELECT g.tgrelid::regclass::text FROM pg_trigger g
-              WHERE g.tgname = 'capra_capture_t' AND g.tgfoid = to_regprocedure($1)
-                AND g.tgrelid <> coalesce(to_regclass($2), 0)",
+            "SELECT g.tgrelid::regclass::text, g.tgname::text FROM pg_trigger g
+              WHERE g.tgfoid = to_regprocedure($1) AND NOT g.tgisinternal
+                AND g.tgrelid <> coalesce(to_regclass($2), 0) AND g.tgtype & 32 <> 0",
             &[&format!("capra.capture_{id}()"), &table.sql()],
         )
         .ctx(|| format!("reading the partition triggers of {}", table.human()))?
     {
         sql.push_str(&format!(
-            "DROP TRIGGER IF EXISTS capra_capture_t ON {};\n",
+            "DROP TRIGGER IF EXISTS {} ON {};\n",
+            quote_ident(&r.get::<_, String>(1)),
             r.get::<_, String>(0)
         ));
     }
     sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id} AND part IS DISTINCT FROM '*';\nDELETE FROM capra.captured_part WHERE captured = {id};\n",
+        "DROP FUNCTION IF EXISTS capra.capture_{id}();\nDROP TABLE IF EXISTS {};\nDELETE FROM capra.truncate_log WHERE captured = {id} AND part IS DISTINCT FROM '*';\n",
         delta_table(id)
     ));
     c.batch_execute(&sql)
@@ -773,6 +807,11 @@ pub fn attach_consumer(
     tables: &[Target],
     on_key_change: OnKeyChange,
 ) -> Result<Attached> {
+    // Installing triggers takes locks on the user's tables; behind a long
+    // transaction, waiting would stall the application's writes queued
+    // behind capra. Give up instead (the command or the daemon retries).
+    c.batch_execute("SET LOCAL lock_timeout = '5s'")
+        .ctx(|| "setting a lock timeout".into())?;
     ensure_base(c)?;
     let mut ids = Vec::new();
     let mut deferred = Vec::new();
@@ -821,6 +860,18 @@ pub struct Attached {
     pub ids: Vec<i32>,
     /// Tables whose key change waits until their log is drained.
     pub deferred: Vec<String>,
+}
+
+/// Takes tables out of a sync's consumer (the daemon, for tables a run
+/// found and the catalog, read after that run, does not have), dropping
+/// capture nothing else needs.
+pub fn drop_from_consumer(c: &mut impl GenericClient, installation: &str, sync: &str, ids: &[i32]) -> Result<()> {
+    c.execute(
+        "DELETE FROM capra.consumer_table WHERE installation = $1 AND sync = $2 AND captured = ANY($3)",
+        &[&installation, &sync, &ids],
+    )
+    .ctx(|| "updating the consumer's tables".into())?;
+    cleanup(c)
 }
 
 /// Removes a sync's consumer from this source and whatever capture nothing

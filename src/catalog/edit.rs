@@ -523,9 +523,37 @@ pub fn update_dbgroup(
             quote_list(&active)
         )));
     }
+    let is_target = |role: Option<&str>| role.is_none_or(|r| r == "target");
+    let had_targets = old.members.iter().any(|m| m.role == "target");
+    let has_targets = resolved.iter().any(|(_, r)| is_target(*r));
+    if !active.is_empty() && had_targets && !has_targets {
+        return Err(Error::Rejected(format!(
+            "cannot remove the last target of dbgroup \"{name}\": active sync {} uses it and would lose its position; deactivate it first",
+            quote_list(&active)
+        )));
+    }
+    // A target joining a running sync missed what the sync applied before:
+    // it gets a full copy at the next run (status lists it as behind).
+    let joining: Vec<&String> = resolved
+        .iter()
+        .filter(|(d, r)| is_target(*r) && !old.members.iter().any(|m| &m.db == d))
+        .map(|(d, _)| d)
+        .collect();
     tx.execute("DELETE FROM capra.dbmap WHERE dbgroup = $1", &[&name])
         .ctx(|| format!("clearing dbgroup \"{name}\""))?;
     let mut out = set_members(tx, name, &resolved, false)?;
+    for sync in &active {
+        for db in &joining {
+            tx.execute(
+                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[sync, db],
+            )
+            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
+            out.push(format!(
+                "Database \"{db}\" joins active sync \"{sync}\": it gets a full copy at the next run"
+            ));
+        }
+    }
     for m in &old.members {
         if !members.iter().any(|(d, _)| d == &m.db) {
             out.push(format!("Removed database \"{}\" from dbgroup \"{name}\"", m.db));

@@ -100,6 +100,8 @@ impl SyncPlan {
     /// Whether changes are captured on the sources (a target, or several
     /// sources); a pure fullcopy sync needs nothing on its source.
     pub fn is_delta(&self) -> bool {
-        !self.targets.is_empty() || self.sources.len() > 1
+        // Inactive targets count: their position must be kept while they
+        // are switched off.
+        !self.targets.is_empty() || !self.skipped_targets.is_empty() || self.sources.len() > 1
     }
 }

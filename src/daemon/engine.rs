@@ -149,6 +149,8 @@ pub struct Outcome {
     served_otc: Option<i64>,
     /// Targets that were behind and have caught up.
     caught_up: Vec<String>,
+    /// With `stale`: the captured ids the run found and its plan lacked.
+    extra: Vec<i32>,
     /// Kick requests this run could not answer (the control database was
     /// unreachable); the next run answers them.
     unanswered: Vec<i64>,
@@ -619,7 +621,9 @@ impl Engine {
             }
             if last_beat.elapsed() >= Duration::from_secs(5) {
                 last_beat = Instant::now();
-                let _ = client.execute("UPDATE capra.daemon SET heartbeat = now()", &[]);
+                if let Err(e) = client.execute("UPDATE capra.daemon SET heartbeat = now()", &[]) {
+                    tracing::warn!("Cannot write the heartbeat: {}", crate::pg::error::describe(&e));
+                }
             }
             if last_prune.elapsed() >= Duration::from_secs(3600) {
                 last_prune = Instant::now();
@@ -825,6 +829,9 @@ struct Controller {
     key_change_waits: bool,
     /// Runs in a row that found the catalog newer than the plan.
     stale_runs: u32,
+    /// Captured ids a run found for this sync that its plan lacked; the
+    /// next prepare drops those the catalog does not have either.
+    prune: Vec<i32>,
 }
 
 impl Controller {
@@ -855,6 +862,7 @@ impl Controller {
             stopping: false,
             key_change_waits: false,
             stale_runs: 0,
+            prune: Vec::new(),
         }
     }
 
@@ -910,6 +918,21 @@ impl Controller {
                     &install::targets(&plan),
                     install::OnKeyChange::Defer,
                 )?;
+                let leftover: Vec<i32> = self
+                    .prune
+                    .iter()
+                    .filter(|id| !attached.ids.contains(id))
+                    .copied()
+                    .collect();
+                if !leftover.is_empty() {
+                    install::drop_from_consumer(&mut tx, &self.engine.installation, &self.name, &leftover)?;
+                    tracing::warn!(
+                        "Dropped change capture of {} table(s) on database \"{}\" that sync \"{}\" no longer replicates (left by an interrupted catalog edit)",
+                        leftover.len(),
+                        src.name,
+                        self.name
+                    );
+                }
                 if !attached.deferred.is_empty() {
                     tracing::warn!(
                         "The key of {} changed on database \"{}\"; capra keeps using the old key until the changes already logged are applied, then switches",
@@ -933,6 +956,7 @@ impl Controller {
             self.engine.forget_routes(&self.name);
         }
         lock(&self.cache).forget_shapes();
+        self.prune.clear();
         self.plan = Some(plan);
         self.capture_ready = true;
         self.key_change_waits = key_change_waits;
@@ -1130,7 +1154,9 @@ impl Controller {
             return;
         }
         if let Ok(mut c) = self.engine.control.get() {
-            let _ = runs::finish_kicks(&mut *c, &self.kicks, None, false, Some(error));
+            if let Err(e) = runs::finish_kicks(&mut *c, &self.kicks, None, false, Some(error)) {
+                tracing::warn!("Cannot answer the waiting kicks: {e}");
+            }
         }
         self.kicks.clear();
     }
@@ -1145,8 +1171,13 @@ impl Controller {
             }
         }
         if o.stale {
-            // Nothing was applied; the catalog is newer than the plan.
+            // Nothing was applied; the catalog is newer than the plan, or
+            // the source keeps a table the catalog no longer has for this
+            // sync (a removal whose source commit failed): the next prepare
+            // reads the catalog again, after the run saw the table, and
+            // drops what the catalog does not have.
             self.stale_runs += 1;
+            self.prune = o.extra;
             if self.stale_runs <= 3 {
                 self.capture_ready = false;
                 self.pending = Some(Reason::Retry);
@@ -1319,11 +1350,14 @@ fn execute(
                 ..Default::default()
             }
         }
-        Err(Error::Stale(why)) => {
-            tracing::info!("{why}");
-            let _ = runs::forget_run(&mut *control, run_id);
+        Err(Error::Stale { message, extra }) => {
+            tracing::info!("{message}");
+            if let Err(e) = runs::forget_run(&mut *control, run_id) {
+                tracing::warn!("Cannot drop the record of a run that changed nothing: {e}");
+            }
             Outcome {
                 stale: true,
+                extra,
                 unanswered: kicks.to_vec(),
                 ..Default::default()
             }
@@ -1340,7 +1374,10 @@ fn execute(
                 None
             };
             tracing::error!("Run failed: {text}");
-            let _ = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in);
+            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in) {
+                // The daemon's next start closes the run as failed.
+                tracing::error!("Cannot record the failed run: {r}");
+            }
             let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
                 Ok(()) => Vec::new(),
                 Err(_) => kicks.to_vec(),

@@ -681,18 +681,21 @@ pub fn open_db(spec: &ConnSpec, name: &str) -> crate::Result<postgres::Client> {
 /// set (idle_in_transaction_session_timeout, transaction_timeout on 17+,
 /// statement_timeout) may kill capra's long transactions; capra sets its
 /// own lock_timeout where it waits for locks.
-const SESSION_SETUP: &str = "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
-     SELECT pg_catalog.set_config('transaction_timeout', '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout'";
+const SESSION_SETUP: &str = "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
+     WHERE name IN ('idle_in_transaction_session_timeout', 'transaction_timeout', 'statement_timeout')";
 
 /// Opens one connection, bounded as a whole by the connect timeout (the
 /// driver bounds only the TCP connect; libpq bounds TLS and start-up too,
 /// and so does capra), and sets the session up.
 pub fn connect(r: &Resolved) -> Result<postgres::Client, ConnectError> {
+    // The driver tries each host in turn, each within the timeout.
+    let hosts = r.config.get_hosts().len().max(r.config.get_hostaddrs().len()).max(1) as u32;
     let limit = r
         .config
         .get_connect_timeout()
         .copied()
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+        * hosts;
     let (tx, rx) = std::sync::mpsc::channel();
     let (config, tls) = (r.config.clone(), r.tls.clone());
     // The attempt runs on its own thread so the wait can end; an attempt

@@ -801,3 +801,158 @@ fn key_ddl_never_fails_the_application() {
     a.exec(&src, "UPDATE kv SET v = 'new key works' WHERE alt = 5");
     converges(&c, &src, (b, &tgt), "kv", 30);
 }
+
+/// Fixed-length and bit-string keys, and a table whose name holds a dollar
+/// quote: the change log never cuts or rejects a key, the capture function
+/// still installs.
+#[test]
+fn char_bit_and_odd_named_keys() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = r#"CREATE TABLE ck (code char(3) PRIMARY KEY, v text);
+                 CREATE TABLE bk (b bit(4) PRIMARY KEY, v text);
+                 CREATE TABLE "we$f$ird" ("k$f$" int PRIMARY KEY, v text);"#;
+    let (c, src, tgt) = fixtures::pair("chark", ddl);
+    c.ok(&["add", "table", "ck", "bk", r#"we$f$ird"#, "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    a.exec(
+        &src,
+        r#"INSERT INTO ck VALUES ('abc', 'x'), ('de', 'y'); INSERT INTO bk VALUES (B'1010', 'x'), (B'0001', 'y');
+           INSERT INTO "we$f$ird" VALUES (1, 'x'), (2, 'y')"#,
+    );
+    c.ok(&["kick", "s", "60"]);
+    a.exec(
+        &src,
+        r#"UPDATE ck SET v = 'z' WHERE code = 'abc'; DELETE FROM ck WHERE code = 'de';
+           UPDATE bk SET b = B'1111' WHERE b = B'1010'; DELETE FROM "we$f$ird" WHERE "k$f$" = 2; TRUNCATE "we$f$ird""#,
+    );
+    c.ok(&["kick", "s", "60"]);
+    for t in ["ck", "bk", r#""we$f$ird""#] {
+        assert_eq!(checksum(a, &src, t), checksum(b, &tgt, t), "{t}");
+    }
+    assert_eq!(count(b, &tgt, "ck"), 1);
+}
+
+/// A partition attached (with rows) or dropped and re-created while the
+/// daemon is stopped: the start-up's capture check must not swallow the
+/// move; the rows arrive, the dropped ones leave.
+#[test]
+fn partition_moves_while_the_daemon_is_down() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE m (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+               CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');";
+    let (c, src, tgt) = fixtures::pair("partdown", ddl);
+    a.exec(
+        &src,
+        "INSERT INTO m SELECT g, date '2024-01-01' + g, 'a' FROM generate_series(1, 100) g",
+    );
+    c.ok(&["add", "table", "m", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    {
+        let _d = c.start();
+        c.ok(&["kick", "s", "60"]);
+    }
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"));
+    a.exec(
+        &src,
+        "CREATE TABLE m_2 (LIKE m); INSERT INTO m_2 SELECT g, date '2025-01-01' + g, 'b' FROM generate_series(1, 30) g;
+         ALTER TABLE m ATTACH PARTITION m_2 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         DROP TABLE m_1; CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         INSERT INTO m VALUES (5, '2024-02-02', 'new')",
+    );
+    b.exec(
+        &tgt,
+        "CREATE TABLE m_2 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+    );
+    // A catalog command reconciles capture before the daemon runs.
+    c.ok(&["update", "sync", "s", "checktime=3600"]);
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"), "{}", c.log());
+}
+
+/// A capture left on the source for a table the sync no longer has (a
+/// removal whose source commit never happened) does not wedge the sync:
+/// the run notices, the daemon reads the catalog again and drops it.
+#[test]
+fn leftover_capture_does_not_wedge_the_sync() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE gone (k int PRIMARY KEY)";
+    let (c, src, tgt) = fixtures::pair("leftover", ddl);
+    c.ok(&["add", "table", "kv", "gone", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    // What an interrupted 'remove table gone' leaves: the catalog no longer
+    // has it, the source still captures it for the sync.
+    c.ok(&["remove", "table", "gone", "db=src"]);
+    a.exec(
+        &src,
+        "INSERT INTO capra.captured (schemaname, relname, keycols, keytypes) VALUES ('public', 'gone', '{k}', '{bigint}');
+         INSERT INTO capra.consumer_table (installation, sync, captured)
+         SELECT installation, sync, (SELECT id FROM capra.captured WHERE relname = 'gone') FROM capra.consumer",
+    );
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
+    assert!(c.log().contains("no longer replicates"), "{}", c.log());
+    assert_eq!(
+        a.query(&src, "SELECT count(*) FROM capra.captured WHERE relname = 'gone'")[0].as_deref(),
+        Some("0")
+    );
+}
+
+/// A target added to a running sync gets a full copy at the next run;
+/// removing the last target of an active sync is refused.
+#[test]
+fn targets_join_a_running_sync_with_a_full_copy() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::pair("join", ddl);
+    let tgt2 = b.create_db(&crate::support::unique("join_tgt2"));
+    b.exec(&tgt2, ddl);
+    c.add_db("tgt2", b, &tgt2);
+    a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 50) g");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&["add", "dbgroup", "grp", "src:source", "tgt:target"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=grp",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    let out = c.ok(&["update", "dbgroup", "grp", "src", "tgt", "tgt2:target"]);
+    assert!(out.contains("gets a full copy at the next run"), "{out}");
+    a.exec(&src, "UPDATE kv SET v = 'w' WHERE k = 1");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt2, "kv"), "{}", c.log());
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"));
+    let err = c.fails(&["update", "dbgroup", "grp", "src"], 1);
+    assert!(err.contains("last target"), "{err}");
+}
