@@ -10,8 +10,12 @@
 //! on a dedicated control connection for its whole life. `capra status`,
 //! `kick` and `stop` look at that lock, so they work from any host.
 
+pub mod control;
+pub mod controller;
 pub mod engine;
+pub mod listener;
 pub mod logging;
+pub mod purger;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

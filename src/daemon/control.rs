@@ -1,0 +1,166 @@
+//! The control thread (Bucardo's MCP main loop): holds the daemon's lock on
+//! the control database, answers kick, reload and stop requests, writes the
+//! heartbeat and prunes run history.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::engine::{CtlMsg, Engine, Event, Reason};
+use super::logging;
+use crate::catalog::runs;
+
+impl Engine {
+    /// The control thread: holds the advisory lock, answers requests,
+    /// writes the heartbeat. `client` already holds the lock; it is handed
+    /// back on stop so the lock outlives every other thread.
+    pub fn control_loop(
+        self: Arc<Self>,
+        mut client: postgres::Client,
+        spec: crate::pg::connect::ConnSpec,
+    ) -> Option<postgres::Client> {
+        let _r = logging::role("MCP", None);
+        let mut dispatched: HashSet<i64> = HashSet::new();
+        let mut last_beat = Instant::now();
+        let mut last_poll = Instant::now() - Duration::from_secs(10);
+        let mut reload_at: Option<Instant> = None;
+        let mut last_prune = Instant::now();
+        loop {
+            if self.is_stopping() {
+                return Some(client);
+            }
+            let mut stop_reason: Option<String> = None;
+            let mut kick_seen = false;
+            let mut lost = false;
+            {
+                let mut n = client.notifications();
+                let first = n.timeout_iter(Duration::from_millis(250)).next();
+                let mut handle = |p: &str| {
+                    tracing::debug!("control request: {p:?}");
+                    match p
+                        .split_once(' ')
+                        .map(|(a, b)| (a, b.to_string()))
+                        .unwrap_or((p, String::new()))
+                    {
+                        ("kick", _) => kick_seen = true,
+                        ("reload", _) => {
+                            reload_at.get_or_insert(Instant::now() + Duration::from_millis(200));
+                        }
+                        ("stop", why) => stop_reason = Some(if why.is_empty() { "capra stop".into() } else { why }),
+                        _ => {}
+                    }
+                };
+                match first {
+                    Ok(None) => {}
+                    Ok(Some(note)) => {
+                        handle(note.payload());
+                        let mut more = n.iter();
+                        while let Ok(Some(m)) = more.next() {
+                            handle(m.payload());
+                        }
+                    }
+                    Err(_) => lost = true,
+                }
+            }
+            if lost || client.is_closed() {
+                match self.reconnect_control(&spec) {
+                    Some(c) => {
+                        client = c;
+                        continue;
+                    }
+                    None => return None,
+                }
+            }
+            if let Some(r) = stop_reason {
+                self.send_event(Event::Stop(r));
+            }
+            if self.reload_requested.swap(false, Ordering::SeqCst) {
+                reload_at = Some(Instant::now());
+            }
+            // A kick must see every catalog change committed before it: a
+            // pending reload goes first (controllers get Reload before Kick).
+            let kick_due = kick_seen || last_poll.elapsed() >= Duration::from_secs(1);
+            if reload_at.is_some_and(|t| Instant::now() >= t || kick_due) {
+                reload_at = None;
+                match self.sync_controllers() {
+                    Ok(active) => tracing::info!(
+                        "Reloaded: active syncs: {}",
+                        if active.is_empty() {
+                            "none".into()
+                        } else {
+                            active.join(",")
+                        }
+                    ),
+                    Err(e) => tracing::error!("Reload failed: {e}"),
+                }
+                let _ = client.batch_execute(&format!("NOTIFY {}", runs::RELOADED_CHANNEL));
+            }
+            if kick_due {
+                last_poll = Instant::now();
+                match runs::pending_kicks(&mut client) {
+                    Ok(kicks) => {
+                        let pending: HashSet<i64> = kicks.iter().map(|k| k.0).collect();
+                        dispatched.retain(|id| pending.contains(id));
+                        for (id, sync) in kicks {
+                            if dispatched.contains(&id) {
+                                continue;
+                            }
+                            if self.tell(&sync, CtlMsg::Kick(Reason::Kick, Some(id))) {
+                                dispatched.insert(id);
+                            } else {
+                                let msg = format!("sync \"{sync}\" is not active in the running daemon");
+                                let _ = runs::finish_kicks(&mut client, &[id], None, false, Some(&msg));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("Reading kick requests failed: {e}"),
+                }
+            }
+            if last_beat.elapsed() >= Duration::from_secs(5) {
+                last_beat = Instant::now();
+                if let Err(e) = client.execute("UPDATE capra.daemon SET heartbeat = now()", &[]) {
+                    tracing::warn!("Cannot write the heartbeat: {}", crate::pg::error::describe(&e));
+                }
+            }
+            if last_prune.elapsed() >= Duration::from_secs(3600) {
+                last_prune = Instant::now();
+                let days = self.cfg.read().unwrap_or_else(|e| e.into_inner()).history_days;
+                match runs::prune(&mut client, days) {
+                    Ok(n) if n > 0 => tracing::info!("Pruned {n} runs older than {days} days from the history"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("Pruning run history failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Reconnects to the control database and takes the lock again.
+    fn reconnect_control(&self, spec: &crate::pg::connect::ConnSpec) -> Option<postgres::Client> {
+        tracing::warn!("Lost the connection to the control database; reconnecting");
+        loop {
+            if self.is_stopping() {
+                return None;
+            }
+            let wait = self.cfg.read().unwrap_or_else(|e| e.into_inner()).dbproblem_sleep;
+            match super::lock_control(spec) {
+                Ok(Some(c)) => {
+                    tracing::info!("Reconnected to the control database");
+                    return Some(c);
+                }
+                Ok(None) => {
+                    self.send_event(Event::Fatal(
+                        "another capra daemon took over this control database while it was unreachable".into(),
+                    ));
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!("Control database still unreachable: {e}");
+                    std::thread::sleep(Duration::from_secs_f64(wait));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! One sync's controller (Bucardo's CTL): a thread that prepares the sync
+//! (its plan, capture on the sources), decides when it runs (the rules live
+//! in [`crate::schedule::timing`]), hands each run to the worker pool and
+//! records how it ended.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Local;
+
+use super::engine::{lock, CtlMsg, Engine, Job, Reason};
+use super::logging;
+use crate::apply::pools::Cancel;
+use crate::apply::run::{self as apply, RunCache, RunEnv};
+use crate::capture::install;
+use crate::catalog::model::Db;
+use crate::catalog::plan::SyncPlan;
+use crate::catalog::runs;
+use crate::error::{Context, Error, Result};
+use crate::schedule::cron::Schedule;
+use crate::schedule::timing::{Backoff, Timing};
+
+/// How a run ended, as the controller needs it.
+#[derive(Default)]
+pub struct Outcome {
+    ok: bool,
+    serialization: Option<bool>,
+    /// The catalog changed under the run, which changed nothing: read the
+    /// sync again and rerun at once.
+    stale: bool,
+    /// The onetimecopy generation the run served.
+    served_otc: Option<i64>,
+    /// Targets that were behind and have caught up.
+    caught_up: Vec<String>,
+    /// With `stale`: the captured ids the run found and its plan lacked.
+    extra: Vec<i32>,
+    /// Kick requests this run could not answer (the control database was
+    /// unreachable); the next run answers them.
+    unanswered: Vec<i64>,
+}
+
+/// One sync's controller (CTL).
+pub(super) struct Controller {
+    engine: Arc<Engine>,
+    name: String,
+    rx: Receiver<CtlMsg>,
+    tx: Sender<CtlMsg>,
+    cancel_slot: Arc<Mutex<Option<Arc<Cancel>>>>,
+    plan: Option<SyncPlan>,
+    capture_ready: bool,
+    cache: Arc<Mutex<RunCache>>,
+    timing: Timing,
+    kicks: Vec<i64>,
+    stopping: bool,
+    key_change_waits: bool,
+    /// Runs in a row that found the catalog newer than the plan.
+    stale_runs: u32,
+    /// Captured ids a run found for this sync that its plan lacked; the
+    /// next prepare drops those the catalog does not have either.
+    prune: Vec<i32>,
+}
+
+impl Controller {
+    pub(super) fn new(
+        engine: Arc<Engine>,
+        name: String,
+        rx: Receiver<CtlMsg>,
+        tx: Sender<CtlMsg>,
+        cancel_slot: Arc<Mutex<Option<Arc<Cancel>>>>,
+    ) -> Controller {
+        Controller {
+            engine,
+            name,
+            rx,
+            tx,
+            cancel_slot,
+            plan: None,
+            capture_ready: false,
+            cache: Arc::new(Mutex::new(RunCache::default())),
+            timing: Timing::new(Instant::now()),
+            kicks: Vec::new(),
+            stopping: false,
+            key_change_waits: false,
+            stale_runs: 0,
+            prune: Vec::new(),
+        }
+    }
+
+    /// Loads the plan and makes sure capture is in place on every source.
+    fn prepare(&mut self) -> Result<()> {
+        let mut c = self.engine.control.get()?;
+        let plan = SyncPlan::load(&mut *c, &self.name)?;
+        let checktime: Option<f64> = c
+            .query_one(
+                "SELECT extract(epoch FROM checktime)::float8 FROM capra.sync WHERE name = $1",
+                &[&self.name],
+            )
+            .ctx(|| "reading checktime".into())?
+            .get(0);
+        drop(c);
+        let schedule = match plan.sync.schedule.as_deref().map(Schedule::parse) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::warn!("Ignoring the schedule: {e}");
+                None
+            }
+            None => None,
+        };
+        self.timing.configure(
+            schedule,
+            checktime.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
+            Instant::now(),
+            Local::now(),
+        );
+        let mut key_change_waits = false;
+        if plan.is_delta() {
+            let mut routes: Vec<Db> = Vec::new();
+            for src in &plan.sources {
+                let mut conn = self.engine.pools.get(src)?;
+                let mut tx = conn
+                    .transaction()
+                    .ctx(|| format!("checking change capture on \"{}\"", src.name))?;
+                let had: bool = tx
+                    .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
+                    .ctx(|| "checking capture".into())?
+                    .get(0);
+                let had = had
+                    && tx
+                        .query_opt(
+                            "SELECT 1 FROM capra.consumer WHERE installation = $1 AND sync = $2",
+                            &[&self.engine.installation, &self.name],
+                        )
+                        .ctx(|| "checking capture".into())?
+                        .is_some();
+                let attached = install::attach_consumer(
+                    &mut tx,
+                    &self.engine.installation,
+                    &self.name,
+                    &install::targets(&plan),
+                    install::OnKeyChange::Defer,
+                )?;
+                let leftover: Vec<i32> = self
+                    .prune
+                    .iter()
+                    .filter(|id| !attached.ids.contains(id))
+                    .copied()
+                    .collect();
+                if !leftover.is_empty() {
+                    install::drop_from_consumer(&mut tx, &self.engine.installation, &self.name, &leftover)?;
+                    tracing::warn!(
+                        "Dropped change capture of {} table(s) on database \"{}\" that sync \"{}\" no longer replicates (left by an interrupted catalog edit)",
+                        leftover.len(),
+                        src.name,
+                        self.name
+                    );
+                }
+                if !attached.deferred.is_empty() {
+                    tracing::warn!(
+                        "The key of {} changed on database \"{}\"; capra keeps using the old key until the changes already logged are applied, then switches",
+                        attached.deferred.join(", "),
+                        src.name
+                    );
+                    key_change_waits = true;
+                }
+                tx.commit()
+                    .ctx(|| format!("installing change capture on \"{}\"", src.name))?;
+                if !had {
+                    tracing::warn!(
+                        "Change capture for this sync was missing on database \"{}\" and has been installed now; changes made there before this moment were not captured (set onetimecopy=1 to resynchronise)",
+                        src.name
+                    );
+                }
+                routes.push(src.clone());
+            }
+            self.engine.set_routes(&self.name, routes, plan.sync.autokick);
+        } else {
+            self.engine.forget_routes(&self.name);
+        }
+        lock(&self.cache).forget_shapes();
+        self.prune.clear();
+        self.plan = Some(plan);
+        self.capture_ready = true;
+        self.key_change_waits = key_change_waits;
+        Ok(())
+    }
+
+    /// Seconds before the retry of a failed run (from the settings).
+    fn backoff(&self, serialization: Option<bool>) -> f64 {
+        let cfg = self.engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Backoff {
+            serial_sleep: cfg.serial_sleep,
+            deadlock_sleep: cfg.deadlock_sleep,
+            restart_sleep: cfg.restart_sleep,
+            retry_max: cfg.retry_max,
+        }
+        .delay(self.timing.failures(), serialization)
+    }
+
+    pub(super) fn run(mut self) {
+        let _r = logging::role("CTL", Some(&self.name));
+        match self.prepare() {
+            Ok(()) => {
+                let p = self.plan.as_ref().expect("prepared");
+                tracing::info!(
+                    "New controller for sync \"{}\". Relgroup is \"{}\", dbs is \"{}\"",
+                    self.name,
+                    p.sync.relgroup,
+                    p.sync.dbgroup
+                );
+                // An autokick sync catches up at start with what changed
+                // while no daemon ran; others run only when kicked, on
+                // checktime or on their schedule.
+                if p.is_delta() && p.sync.autokick {
+                    self.timing.request(Reason::Startup);
+                }
+            }
+            Err(e) => {
+                tracing::error!("Cannot prepare sync: {e}; retrying");
+                self.timing.request(Reason::Startup);
+                let wait = self.backoff(None);
+                self.timing.failed(Instant::now(), wait);
+            }
+        }
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .timing
+                .wake_at(now)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(5));
+            match self.rx.recv_timeout(wait) {
+                Ok(CtlMsg::Kick(reason, id)) => {
+                    if let Some(id) = id {
+                        if !self.kicks.contains(&id) {
+                            self.kicks.push(id);
+                        }
+                    }
+                    self.timing.request(reason);
+                }
+                Ok(CtlMsg::Done(o)) => self.finished(o),
+                Ok(CtlMsg::Reload) => {
+                    // A catalog edit never starts a run by itself: a
+                    // onetimecopy waits for the next kick, change, checktime
+                    // or schedule ("the next time the sync runs").
+                    if let Err(e) = self.prepare() {
+                        tracing::error!("Reload of sync failed: {e}");
+                        self.capture_ready = false;
+                    }
+                }
+                Ok(CtlMsg::Stop) => self.stopping = true,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+            }
+            if self.stopping && !self.timing.running() {
+                self.answer_kicks_on_stop();
+                return;
+            }
+            let now = Instant::now();
+            self.timing.tick(now, Local::now());
+            if !self.stopping && self.timing.due(now) {
+                self.start_run();
+            }
+        }
+    }
+
+    fn answer_kicks_on_stop(&mut self) {
+        if self.kicks.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = self.engine.control.get() {
+            let _ = runs::finish_kicks(
+                &mut *c,
+                &self.kicks,
+                None,
+                false,
+                Some("the daemon stopped before running this kick"),
+            );
+        }
+        self.kicks.clear();
+    }
+
+    fn start_run(&mut self) {
+        let reason = self.timing.begin();
+        if !self.capture_ready || self.plan.is_none() {
+            if let Err(e) = self.prepare() {
+                tracing::error!("Cannot prepare sync: {e}");
+                let wait = self.backoff(None);
+                self.timing.failed(Instant::now(), wait);
+                // Recorded like a failed run, so status and kick show why.
+                let text = crate::pg::error::flatten(&e.to_string());
+                if let Ok(mut c) = self.engine.control.get() {
+                    let recorded =
+                        runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.pid, &self.engine.host)
+                            .and_then(|id| {
+                                runs::fail_run(&mut *c, &self.name, id, &text, e.sqlstate().as_deref(), wait)
+                            });
+                    if let Err(r) = recorded {
+                        tracing::error!("Cannot record the failure: {r}");
+                    }
+                }
+                self.fail_kicks(&text);
+                return;
+            }
+        }
+        let plan = self.plan.clone().expect("prepared");
+        let kicks = std::mem::take(&mut self.kicks);
+        let engine = self.engine.clone();
+        let cache = self.cache.clone();
+        let reply = self.tx.clone();
+        let cancel = Arc::new(Cancel::default());
+        *lock(&self.cancel_slot) = Some(cancel.clone());
+        let retry_in = self.backoff(None);
+        let name = self.name.clone();
+        let job: Job = Box::new(move || {
+            let _r = logging::role("KID", Some(&name));
+            // A panic must not leave the controller waiting forever.
+            let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                execute(&engine, &plan, &cache, &cancel, reason, &kicks, retry_in)
+            }))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                tracing::error!("Run aborted by an internal error (a bug, please report it): {what}");
+                Outcome {
+                    unanswered: kicks.clone(),
+                    ..Default::default()
+                }
+            });
+            let _ = reply.send(CtlMsg::Done(o));
+        });
+        if !self.engine.submit(job) {
+            self.timing.not_started();
+        }
+    }
+
+    fn fail_kicks(&mut self, error: &str) {
+        if self.kicks.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = self.engine.control.get() {
+            if let Err(e) = runs::finish_kicks(&mut *c, &self.kicks, None, false, Some(error)) {
+                tracing::warn!("Cannot answer the waiting kicks: {e}");
+            }
+        }
+        self.kicks.clear();
+    }
+
+    fn finished(&mut self, o: Outcome) {
+        *lock(&self.cancel_slot) = None;
+        let now = Instant::now();
+        for k in o.unanswered {
+            if !self.kicks.contains(&k) {
+                self.kicks.push(k);
+            }
+        }
+        if o.stale {
+            // Nothing was applied; the catalog is newer than the plan, or
+            // the source keeps a table the catalog no longer has for this
+            // sync (a removal whose source commit failed): the next prepare
+            // reads the catalog again, after the run saw the table, and
+            // drops what the catalog does not have.
+            self.stale_runs += 1;
+            self.prune = o.extra;
+            if self.stale_runs <= 3 {
+                self.capture_ready = false;
+                self.timing.rerun(now);
+                return;
+            }
+        }
+        self.stale_runs = 0;
+        if o.ok {
+            let ended = self.timing.succeeded(now);
+            if ended > 0 {
+                tracing::info!("Sync is working again after {ended} failed run(s)");
+            }
+            if let Some(p) = self.plan.as_mut() {
+                if o.served_otc == Some(p.sync.onetimecopy_gen) {
+                    p.sync.onetimecopy = 0;
+                }
+                p.behind.retain(|b| !o.caught_up.contains(b));
+            }
+            if self.key_change_waits {
+                // The old log may be drained now: try switching keys.
+                if let Err(e) = self.prepare() {
+                    tracing::warn!("Re-checking change capture failed: {e}");
+                }
+            }
+            if !self.kicks.is_empty() {
+                self.timing.request(Reason::Kick);
+            }
+        } else {
+            let wait = self.backoff(o.serialization);
+            self.timing.failed(now, wait);
+            lock(&self.cache).forget_shapes();
+            // Read the sync and check capture again before the retry: a
+            // sync whose capture went missing repairs itself.
+            self.capture_ready = false;
+            tracing::info!("Retrying in {wait:.1}s");
+        }
+    }
+}
+
+/// Executes one run and records it; never panics the worker.
+fn execute(
+    engine: &Arc<Engine>,
+    plan: &SyncPlan,
+    cache: &Arc<Mutex<RunCache>>,
+    cancel: &Arc<Cancel>,
+    reason: Reason,
+    kicks: &[i64],
+    retry_in: f64,
+) -> Outcome {
+    let name = plan.name();
+    let mut control = match engine.control.get() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("Cannot record the run, control database unreachable: {e}");
+            return Outcome {
+                unanswered: kicks.to_vec(),
+                ..Default::default()
+            };
+        }
+    };
+    let run_id = match runs::start_run(&mut *control, name, reason.as_str(), engine.pid, &engine.host) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!("Cannot record the run: {e}");
+            return Outcome {
+                unanswered: kicks.to_vec(),
+                ..Default::default()
+            };
+        }
+    };
+    let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let env = RunEnv {
+        pools: &engine.pools,
+        installation: &engine.installation,
+        chunk: cfg.chunk,
+        // The sync's own isolation_level wins over the setting.
+        isolation: plan.sync.isolation_level.as_deref().unwrap_or(&cfg.isolation),
+        lock_timeout_ms: (cfg.lock_timeout * 1000.0).ceil() as u64,
+        cancel,
+    };
+    // Inactive targets fall behind from this run on: note them first, so a
+    // crash after the position moved cannot forget them.
+    let noted = if plan.is_delta() && !plan.skipped_targets.is_empty() {
+        control
+            .execute(
+                "INSERT INTO capra.target_behind (sync, db) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                &[&name, &plan.skipped_targets],
+            )
+            .map(|_| ())
+            .ctx(|| format!("noting the inactive targets of sync \"{name}\""))
+    } else {
+        Ok(())
+    };
+    let result = noted.and_then(|()| {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        apply::run(&env, plan, &mut c)
+    });
+    cancel.clear();
+    match result {
+        Ok(rep) => {
+            let totals = runs::Totals {
+                inserts: rep.inserts as i64,
+                deletes: rep.deletes as i64,
+                truncates: rep.truncates as i64,
+                conflicts: rep.conflicts as i64,
+                tables: rep.tables.len() as i32,
+            };
+            if !rep.empty {
+                tracing::info!(
+                    "Totals: deletes={} inserts={} conflicts={}",
+                    rep.deletes,
+                    rep.inserts,
+                    rep.conflicts
+                );
+                tracing::info!(
+                    "Total time for sync \"{name}\" ({} rows, {} tables): {:.3}s",
+                    rep.inserts + rep.deletes,
+                    rep.tables.len(),
+                    rep.seconds
+                );
+            }
+            let details = serde_json::to_value(&rep).unwrap_or(serde_json::Value::Null);
+            if let Err(e) = runs::finish_run(&mut *control, name, run_id, &totals, &details, rep.empty) {
+                tracing::error!("Cannot record the run: {e}");
+            }
+            if let Some(g) = rep.onetimecopy_gen {
+                // Only the request this run served: one made during the run
+                // (a newer generation) stays for the next run.
+                match control.execute(
+                    "UPDATE capra.sync SET onetimecopy = 0 WHERE name = $1 AND onetimecopy_gen = $2",
+                    &[&name, &g],
+                ) {
+                    Ok(1) => tracing::info!("Onetimecopy finished; onetimecopy is 0 again"),
+                    Ok(_) => tracing::info!("Onetimecopy finished; another one was requested meanwhile and follows"),
+                    Err(e) => tracing::error!(
+                        "Onetimecopy finished, but resetting onetimecopy to 0 failed ({}); the next run copies again",
+                        crate::pg::error::describe(&e)
+                    ),
+                }
+            }
+            if !rep.caught_up.is_empty() {
+                match control.execute(
+                    "DELETE FROM capra.target_behind WHERE sync = $1 AND db = ANY($2)",
+                    &[&name, &rep.caught_up],
+                ) {
+                    Ok(_) => tracing::info!(
+                        "Target(s) {} caught up with a full copy after being inactive",
+                        rep.caught_up.join(", ")
+                    ),
+                    Err(e) => tracing::error!(
+                        "Target(s) {} caught up, but recording it failed ({}); the next run copies them again",
+                        rep.caught_up.join(", "),
+                        crate::pg::error::describe(&e)
+                    ),
+                }
+            }
+            let run_ref = if rep.empty { None } else { Some(run_id) };
+            let unanswered = match runs::finish_kicks(&mut *control, kicks, run_ref, true, None) {
+                Ok(()) => Vec::new(),
+                Err(_) => kicks.to_vec(),
+            };
+            Outcome {
+                ok: true,
+                served_otc: rep.onetimecopy_gen,
+                caught_up: rep.caught_up,
+                unanswered,
+                ..Default::default()
+            }
+        }
+        Err(Error::Stale { message, extra }) => {
+            tracing::info!("{message}");
+            if let Err(e) = runs::forget_run(&mut *control, run_id) {
+                tracing::warn!("Cannot drop the record of a run that changed nothing: {e}");
+            }
+            Outcome {
+                stale: true,
+                extra,
+                unanswered: kicks.to_vec(),
+                ..Default::default()
+            }
+        }
+        Err(e) => {
+            let text = crate::pg::error::flatten(&e.to_string());
+            // Serialization failures, deadlocks and lock timeouts (DDL
+            // held a table) are retried after their short sleep.
+            let serialization = if e.is_serialization() {
+                Some(e.sqlstate().as_deref() == Some("40001"))
+            } else if e.sqlstate().as_deref() == Some("55P03") {
+                Some(false)
+            } else {
+                None
+            };
+            tracing::error!("Run failed: {text}");
+            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in) {
+                // The daemon's next start closes the run as failed.
+                tracing::error!("Cannot record the failed run: {r}");
+            }
+            let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
+                Ok(()) => Vec::new(),
+                Err(_) => kicks.to_vec(),
+            };
+            Outcome {
+                serialization,
+                unanswered,
+                ..Default::default()
+            }
+        }
+    }
+}
