@@ -179,14 +179,15 @@ pub struct Target {
     pub autokick: bool,
 }
 
-/// The tables a sync captures on its sources, with whether to install kicks.
+/// The tables a sync captures on its sources, with whether each kicks.
 pub fn targets(plan: &crate::catalog::plan::SyncPlan) -> Vec<Target> {
     plan.tables
         .iter()
         .map(|r| Target {
             name: r.name.clone(),
             keycols: r.pkey.clone(),
-            autokick: plan.sync.autokick && plan.sync.status == "active",
+            // A table's own autokick overrides the sync's (Bucardo's rule).
+            autokick: r.autokick.unwrap_or(plan.sync.autokick) && plan.sync.status == "active",
         })
         .collect()
 }

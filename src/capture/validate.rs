@@ -226,7 +226,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                         );
                         // strict_checking=0 (Bucardo's meaning): names must
                         // match, types are the DBA's business.
-                        if s.strict_checking {
+                        if s.strict_checking && rel.strict_checking {
                             problems.push(format!("{what}; make the types agree (or set strict_checking=0 on the sync)"))
                         } else {
                             notes.push(format!("{what} (allowed: strict_checking is off)"))

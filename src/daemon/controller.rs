@@ -173,7 +173,10 @@ impl Controller {
                 }
                 routes.push(src.clone());
             }
-            self.engine.set_routes(&self.name, routes, plan.sync.autokick);
+            // Listen where any table kicks (a table's autokick overrides
+            // the sync's).
+            let kicks = install::targets(&plan).iter().any(|t| t.autokick);
+            self.engine.set_routes(&self.name, routes, kicks);
         } else {
             self.engine.forget_routes(&self.name);
         }

@@ -218,3 +218,69 @@ fn listeners_are_checked_and_reconnected() {
         c.log()
     );
 }
+
+/// A table's autokick overrides its sync's; database and table options
+/// without effect warn in one line.
+#[test]
+fn table_autokick_overrides_the_sync_and_inert_options_warn() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair(
+        "tabkick",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE quiet (k int PRIMARY KEY)",
+    );
+    c.ok(&["add", "table", "kv", "quiet", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    c.ok(&["update", "table", "kv", "autokick=1"]);
+    let _d = c.start();
+    // The listener kicks once when it connects (catching up); wait for it.
+    assert!(wait_for(30, || a.query(
+        &src,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )[0]
+    .as_deref()
+        != Some("0")));
+    std::thread::sleep(Duration::from_secs(1));
+    a.exec(&src, "INSERT INTO quiet VALUES (1)");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        b.query(&tgt, "SELECT count(*) FROM quiet")[0].as_deref(),
+        Some("0"),
+        "a kick-only table ran by itself"
+    );
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'kicks')");
+    assert!(
+        wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
+        "the autokick table did not run the sync\n{}",
+        c.log()
+    );
+    assert_eq!(
+        checksum(a, &src, "quiet"),
+        checksum(b, &tgt, "quiet"),
+        "the run takes every table"
+    );
+
+    let r = c.run(&["update", "db", "tgt", "server_side_prepares=0"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("database option 'server_side_prepares' has no effect in capra"),
+        "{}",
+        r.stderr
+    );
+    let r = c.run(&["update", "table", "kv", "makedelta=1"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("table option 'makedelta' has no effect yet"),
+        "{}",
+        r.stderr
+    );
+    let r = c.run(&["update", "table", "kv", "analyze_after_copy=1"]);
+    assert_eq!(r.stderr, "", "an option that acts does not warn");
+}

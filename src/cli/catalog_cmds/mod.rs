@@ -1,0 +1,204 @@
+//! `add`, `update`, `remove`, `set`, `activate`, `deactivate`: each one
+//! catalog transaction; on any error nothing is written.
+
+use postgres::Transaction;
+
+use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
+use crate::capture::discover::{self, Found};
+use crate::capture::reconcile;
+use crate::catalog::edit::{self, NewDb};
+use crate::catalog::kv::{self, check_name, key, Key};
+use crate::catalog::model::{self, Relation};
+use crate::catalog::{settings, sync_opts, Catalog};
+use crate::error::{Context, Error, Result};
+use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
+
+mod config;
+mod customcode;
+mod db;
+mod groups;
+mod sync;
+mod tables;
+
+pub use config::set;
+use customcode::*;
+use db::*;
+use groups::*;
+pub use sync::set_status;
+use sync::*;
+use tables::*;
+
+/// Prints the one-line warning for each given option that has no effect
+/// (`inert` maps a key to why); the options are still stored, so old
+/// scripts run.
+fn warn_inert(what: &str, pairs: &[(String, String)], inert: fn(&str) -> Option<&'static str>) {
+    for (k, _) in pairs {
+        if let Some(why) = inert(k) {
+            eprintln!("capra: warning: {what} option '{k}' has {why}");
+        }
+    }
+}
+
+/// Runs a catalog edit that may change what syncs capture: notes the
+/// affected syncs' sources first, then brings capture on the sources in line
+/// inside open transactions committed right after the catalog.
+fn edit_with_capture<T>(
+    cat: &mut Catalog,
+    affected: impl FnOnce(&mut Transaction<'_>) -> Result<Vec<String>>,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let inst = cat.installation.clone();
+    let (out, pending) = cat.edit(|tx| {
+        let syncs = affected(tx)?;
+        let before = reconcile::before(tx, &syncs)?;
+        let out = f(tx)?;
+        let pending = reconcile::apply(tx, &inst, &before)?;
+        Ok((out, pending))
+    })?;
+    pending.commit()?;
+    Ok(out)
+}
+
+/// `capra add ...`.
+pub fn add(ctx: &Ctx, noun: AddNoun) -> Result<()> {
+    match noun {
+        AddNoun::Db(w) => add_db(ctx, &w),
+        AddNoun::All(a) => add_all(ctx, a),
+        AddNoun::Table(w) => add_relations(ctx, &w, "table"),
+        AddNoun::Sequence(w) => add_relations(ctx, &w, "sequence"),
+        AddNoun::Relgroup(w) => add_relgroup(ctx, &w),
+        AddNoun::Dbgroup(w) => add_dbgroup(ctx, &w),
+        AddNoun::Sync(w) => add_sync(ctx, &w),
+        AddNoun::Customcode(w) => add_customcode(ctx, &w),
+    }
+}
+
+/// `capra update ...`.
+pub fn update(ctx: &Ctx, noun: Noun) -> Result<()> {
+    match noun {
+        Noun::Db(w) => update_db(ctx, &w),
+        Noun::Sync(w) => update_sync(ctx, &w),
+        Noun::Dbgroup(w) => update_dbgroup(ctx, &w),
+        Noun::Table(w) => update_relation(ctx, &w, "table"),
+        Noun::Sequence(w) => update_relation(ctx, &w, "sequence"),
+        Noun::Customcode(w) => update_customcode(ctx, &w),
+        Noun::Relgroup(w) => update_relgroup(ctx, &w),
+    }
+}
+
+/// `capra remove ...`.
+pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    let lines = match noun {
+        Noun::Db(w) => {
+            let names = names_only(&w, "remove db")?;
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |tx| {
+                    let mut v = Vec::new();
+                    for n in &n2 {
+                        for g in tx
+                            .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1", &[n])
+                            .ctx(|| "finding dbgroups".into())?
+                        {
+                            v.extend(reconcile::syncs_of_dbgroup(tx, &g.get::<_, String>(0))?);
+                        }
+                    }
+                    Ok(v)
+                },
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_db(tx, n, w.force)?);
+                    }
+                    Ok(out)
+                },
+            )?
+        }
+        Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
+            return Err(Error::Usage("name the tables or sequences to remove".into()))
+        }
+        Noun::Table(w) => remove_relations(&mut cat, &w, "table")?,
+        Noun::Sequence(w) => remove_relations(&mut cat, &w, "sequence")?,
+        Noun::Relgroup(w) => {
+            let names = names_only(&w, "remove relgroup")?;
+            cat.edit(|tx| {
+                for n in &names {
+                    edit::remove_relgroup(tx, n)?;
+                }
+                Ok(names.iter().map(|n| format!("Removed relgroup \"{n}\"")).collect())
+            })?
+        }
+        Noun::Dbgroup(w) => {
+            let names = names_only(&w, "remove dbgroup")?;
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |tx| {
+                    let mut v = Vec::new();
+                    for n in &n2 {
+                        v.extend(reconcile::syncs_of_dbgroup(tx, n)?);
+                    }
+                    Ok(v)
+                },
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_dbgroup(tx, n, w.force)?);
+                    }
+                    Ok(out)
+                },
+            )?
+        }
+        Noun::Sync(w) => {
+            let names = crate::cli::strip_noise(&names_only(&w, "remove sync")?);
+            let n2 = names.clone();
+            edit_with_capture(
+                &mut cat,
+                |_| Ok(n2),
+                |tx| {
+                    let mut out = Vec::new();
+                    for n in &names {
+                        out.extend(edit::remove_sync(tx, n)?);
+                    }
+                    Ok(out)
+                },
+            )?
+        }
+        Noun::Customcode(w) => {
+            let names = names_only(&w, "remove customcode")?;
+            cat.edit(|tx| {
+                for n in &names {
+                    let k = tx
+                        .execute("DELETE FROM capra.customcode WHERE name = $1", &[n])
+                        .ctx(|| format!("removing customcode \"{n}\""))?;
+                    if k == 0 {
+                        return Err(Error::not_found_hint(
+                            "customcode",
+                            n.clone(),
+                            "see: capra list customcodes",
+                        ));
+                    }
+                }
+                Ok(names.iter().map(|n| format!("Removed customcode \"{n}\"")).collect())
+            })?
+        }
+    };
+    for l in lines {
+        ctx.say(l);
+    }
+    Ok(())
+}
+
+fn names_only(w: &Words, what: &str) -> Result<Vec<String>> {
+    if w.words.is_empty() {
+        return Err(Error::Usage(format!("'{what}' needs at least one name")));
+    }
+    if let Some(bad) = w.words.iter().find(|x| x.contains('=')) {
+        return Err(Error::Usage(format!(
+            "unexpected option {bad:?} for '{what}': give names only"
+        )));
+    }
+    Ok(w.words.clone())
+}

@@ -1,0 +1,376 @@
+//! Syncs: `add sync` in both grammars, `update sync`, `activate`, `deactivate`.
+
+use super::*;
+
+/// Resolves where a new sync replicates, for both grammars.
+pub(super) fn sync_dbs(
+    tx: &mut Transaction<'_>,
+    a: &kv::Args,
+    relgroup: &str,
+    out: &mut Vec<String>,
+    sync: &str,
+) -> Result<(String, Option<String>)> {
+    let four = a.has("targetdb") || a.has("targetgroup") || a.has("type");
+    if four && a.has("dbs") {
+        return Err(Error::Usage(
+            "use either dbs= (Bucardo 5) or targetdb=/targetgroup= with type= (Bucardo 4), not both".into(),
+        ));
+    }
+    if four {
+        let t = a
+            .choice("type", &["pushdelta", "fullcopy", "swap"])?
+            .unwrap_or_else(|| "pushdelta".into());
+        let src = tx
+            .query_one(
+                "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+                &[&relgroup],
+            )
+            .ctx(|| "finding the relgroup's database".into())?
+            .get::<_, Option<String>>(0)
+            .ok_or_else(|| Error::Rejected(format!("relgroup \"{relgroup}\" is empty; add tables to it first")))?;
+        let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
+            (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
+            (Some(d), None) => vec![d.to_string()],
+            (None, Some(g)) => {
+                if t == "swap" {
+                    return Err(Error::Usage("type=swap takes targetdb=, not targetgroup=".into()));
+                }
+                model::dbgroup(tx, g)?
+                    .ok_or_else(|| Error::not_found_hint("dbgroup", g, "see: capra list dbgroups"))?
+                    .members
+                    .into_iter()
+                    .map(|m| m.db)
+                    .collect()
+            }
+            (None, None) => {
+                return Err(Error::Usage(format!(
+                    "type={t} needs targetdb=DB or targetgroup=DBGROUP"
+                )))
+            }
+        };
+        let role: &'static str = match t.as_str() {
+            "fullcopy" => "fullcopy",
+            "swap" => "source",
+            _ => "target",
+        };
+        let mut members: Vec<(String, Option<&'static str>)> = vec![(src.clone(), Some("source"))];
+        for d in targets {
+            if d == src {
+                return Err(Error::Rejected(format!(
+                    "Source and target databases cannot be the same: {d} (relgroup \"{relgroup}\" was added from database \"{d}\"; add its tables from the source database instead: capra add all tables db=SOURCE -t ... relgroup={relgroup})"
+                )));
+            }
+            members.push((d, Some(role)));
+        }
+        let g = edit::group_for_list(tx, sync, &members, out)?;
+        return Ok((g, Some(t)));
+    }
+    let Some(d) = a.get("dbs") else {
+        return Err(Error::Usage(format!(
+            "sync \"{sync}\" needs dbs=DBGROUP or dbs=DB:source,DB:target (Bucardo 4: targetdb= with type=)"
+        )));
+    };
+    if !d.contains([',', ':']) {
+        if model::dbgroup(tx, d)?.is_some() {
+            return Ok((d.to_string(), None));
+        }
+        if model::db(tx, d)?.is_none() {
+            return Err(Error::not_found_hint(
+                "dbgroup",
+                d,
+                "see: capra list dbgroups, or give dbs=DB:source,DB:target",
+            ));
+        }
+    }
+    let members: Vec<(String, Option<&'static str>)> = d
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(edit::parse_member)
+        .collect::<Result<_>>()?;
+    Ok((edit::group_for_list(tx, sync, &members, out)?, None))
+}
+
+pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
+    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+    for (k, _) in &a.pairs {
+        if let Some(why) = sync_opts::inert(k) {
+            eprintln!("capra: warning: sync option '{k}' has {why}");
+        }
+    }
+    let [name] = a.positional.as_slice() else {
+        return Err(Error::Usage(
+            "usage: capra add sync NAME relgroup=RELGROUP dbs=DBGROUP|DB:role,... [options]".into(),
+        ));
+    };
+    check_name("sync", name)?;
+    if ["pushdelta", "fullcopy", "swap", "sync", "all"].contains(&name.to_lowercase().as_str()) {
+        return Err(Error::Usage(format!(
+            "\"{name}\" is a reserved word and cannot name a sync"
+        )));
+    }
+    let rg_arg = match (a.get("relgroup"), a.get("source"), a.get("tables")) {
+        (Some(r), None, None) | (None, Some(r), None) => Some(r.to_string()),
+        (None, None, Some(_)) => None,
+        (None, None, None) => {
+            return Err(Error::Usage(format!(
+                "sync \"{name}\" needs relgroup=RELGROUP (or tables=T1,T2; Bucardo 4: source=HERD)"
+            )))
+        }
+        _ => return Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
+    };
+    // Check option syntax before touching anything.
+    let mut opts: Vec<(String, String)> = Vec::new();
+    for (k, v) in &a.pairs {
+        if sync_opts::is_option(k) {
+            sync_opts::check(k, v, &[]).or_else(|e| {
+                // conflict lists need the sync's databases; checked again below
+                if k == "conflict_strategy" {
+                    Ok(sync_opts::Opt {
+                        column: "conflict_strategy",
+                        value: None,
+                        cast: "text",
+                    })
+                } else {
+                    Err(e)
+                }
+            })?;
+            opts.push((k.clone(), v.clone()));
+        }
+    }
+    let mut cat = ctx.catalog()?;
+    let lines = edit_with_capture(
+        &mut cat,
+        |_| Ok(vec![name.clone()]),
+        |tx| {
+            let mut out = Vec::new();
+            if model::sync(tx, name)?.is_some() {
+                return Err(Error::Rejected(format!(
+                    "A sync with the name \"{name}\" already exists (see: capra list syncs)"
+                )));
+            }
+            let relgroup = match &rg_arg {
+                Some(r) => {
+                    if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
+                        return Err(Error::not_found_hint(
+                            "relgroup",
+                            r.clone(),
+                            "create it with capra add all tables db=DB relgroup=NAME",
+                        ));
+                    }
+                    r.clone()
+                }
+                None => {
+                    let all = model::relations(tx, None)?;
+                    let mut rels: Vec<Relation> = Vec::new();
+                    for t in a.get("tables").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+                        let hits = edit::match_relations(&all, t, None)?;
+                        if hits.is_empty() {
+                            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
+                        }
+                        rels.extend(hits.into_iter().cloned());
+                    }
+                    let mut rg = name.clone();
+                    let mut n = 2;
+                    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
+                        rg = format!("{name}_{n}");
+                        n += 1;
+                    }
+                    edit::ensure_relgroup(tx, &rg, Some(name))?;
+                    let refs: Vec<&Relation> = rels.iter().collect();
+                    edit::add_to_relgroup(tx, &rg, &refs)?;
+                    out.push(format!("Created a new relgroup named \"{rg}\""));
+                    rg
+                }
+            };
+            let (dbgroup, synctype) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
+            let group = model::dbgroup(tx, &dbgroup)?.expect("resolved above");
+            edit::check_sync_shape(tx, name, &relgroup, &group)?;
+            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+            let pure_fullcopy = !edit::is_delta(&group);
+            tx.execute(
+                "INSERT INTO capra.sync (name, relgroup, dbgroup, synctype, autokick, stayalive, kidsalive)
+             VALUES ($1, $2, $3, $4, $5, $5, $5)",
+                &[name, &relgroup, &dbgroup, &synctype, &!pure_fullcopy],
+            )
+            .ctx(|| format!("adding sync \"{name}\""))?;
+            for (k, v) in &opts {
+                set_sync_option(tx, name, k, v, &dbs)?;
+            }
+            out.insert(0, format!("Added sync \"{name}\""));
+            Ok(out)
+        },
+    )?;
+    for l in lines {
+        ctx.say(l);
+    }
+    Ok(())
+}
+
+/// Writes one checked option; interval values are checked by the server in a
+/// savepoint so a bad one gives a usage error, not an aborted transaction.
+pub(super) fn set_sync_option(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    k: &str,
+    v: &str,
+    dbs: &[String],
+) -> Result<(Option<String>, Option<String>)> {
+    let opt = sync_opts::check(k, v, dbs)?;
+    let col = opt.column;
+    let old: Option<String> = tx
+        .query_one(&format!("SELECT {col}::text FROM capra.sync WHERE name = $1"), &[&sync])
+        .ctx(|| format!("reading {col} of sync \"{sync}\""))?
+        .get(0);
+    let mut sp = tx.savepoint("capra_opt").ctx(|| "savepoint".into())?;
+    let res = sp.query_one(
+        &format!(
+            "UPDATE capra.sync SET {col} = $1::text::{} WHERE name = $2 RETURNING {col}::text",
+            opt.cast
+        ),
+        &[&opt.value, &sync],
+    );
+    match res {
+        Ok(row) => {
+            sp.commit().ctx(|| "savepoint".into())?;
+            Ok((old, row.get(0)))
+        }
+        Err(e) => {
+            drop(sp);
+            if opt.cast == "interval" {
+                Err(Error::Usage(format!(
+                    "invalid value for '{k}': {v:?} (must be an interval such as '5 minutes' or '1 hour', or a number of seconds)"
+                )))
+            } else {
+                Err(e).ctx(|| format!("setting {col} of sync \"{sync}\""))
+            }
+        }
+    }
+}
+
+pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
+    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "update sync")?;
+    for (k, _) in &a.pairs {
+        if let Some(why) = sync_opts::inert(k) {
+            eprintln!("capra: warning: sync option '{k}' has {why}");
+        }
+    }
+    let names = crate::cli::strip_noise(&a.positional);
+    let [name] = names.as_slice() else {
+        return Err(Error::Usage("usage: capra update sync NAME key=value...".into()));
+    };
+    if a.pairs.is_empty() {
+        return Err(Error::Usage(format!(
+            "nothing to change for sync \"{name}\": give key=value pairs"
+        )));
+    }
+    for k in ["tables", "source", "targetdb", "targetgroup", "type"] {
+        if a.has(k) {
+            return Err(Error::Usage(format!(
+                "'{k}' cannot be changed on an existing sync; use relgroup= or dbs="
+            )));
+        }
+    }
+    for (k, v) in &a.pairs {
+        if sync_opts::is_option(k) && k != "conflict_strategy" {
+            sync_opts::check(k, v, &[])?;
+        }
+    }
+    let mut cat = ctx.catalog()?;
+    let lines = edit_with_capture(
+        &mut cat,
+        |_| Ok(vec![name.clone()]),
+        |tx| {
+            let Some(s) = model::sync(tx, name)? else {
+                return Err(Error::not_found_hint("sync", name.clone(), "see: capra list syncs"));
+            };
+            let mut out = Vec::new();
+            let mut relgroup = s.relgroup.clone();
+            let mut dbgroup = s.dbgroup.clone();
+            if let Some(r) = a.get("relgroup") {
+                relgroup = r.to_string();
+                if !model::relgroups(tx)?.iter().any(|g| g.name == relgroup) {
+                    return Err(Error::not_found_hint("relgroup", relgroup, "see: capra list relgroups"));
+                }
+            }
+            if a.has("dbs") {
+                let (g, _) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
+                dbgroup = g;
+            }
+            let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
+            if relgroup != s.relgroup || dbgroup != s.dbgroup {
+                edit::check_sync_shape(tx, name, &relgroup, &group)?;
+                tx.execute(
+                    "UPDATE capra.sync SET relgroup = $1, dbgroup = $2 WHERE name = $3",
+                    &[&relgroup, &dbgroup, name],
+                )
+                .ctx(|| format!("changing sync \"{name}\""))?;
+                if relgroup != s.relgroup {
+                    out.push(format!(
+                        "Updated sync \"{name}\": relgroup {} -> {relgroup}",
+                        s.relgroup
+                    ));
+                }
+                if dbgroup != s.dbgroup {
+                    out.push(format!("Updated sync \"{name}\": dbgroup {} -> {dbgroup}", s.dbgroup));
+                }
+            }
+            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+            for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
+                let (old, new) = set_sync_option(tx, name, k, v, &dbs)?;
+                let show = |x: Option<String>| match x.as_deref() {
+                    None => "none".to_string(),
+                    Some("true") => "1".into(),
+                    Some("false") => "0".into(),
+                    Some(t) => t.to_string(),
+                };
+                out.push(format!("Updated sync \"{name}\": {k} {} -> {}", show(old), show(new)));
+            }
+            Ok(out)
+        },
+    )?;
+    for l in lines {
+        ctx.say(l);
+    }
+    Ok(())
+}
+
+/// `activate` / `deactivate`.
+pub fn set_status(ctx: &Ctx, names: &[String], active: bool) -> Result<()> {
+    let names = crate::cli::strip_noise(names);
+    if names.is_empty() {
+        return Err(Error::Usage(format!(
+            "usage: capra {} SYNC...",
+            if active { "activate" } else { "deactivate" }
+        )));
+    }
+    let mut cat = ctx.catalog()?;
+    let n2 = names.clone();
+    edit_with_capture(
+        &mut cat,
+        |_| Ok(n2),
+        |tx| {
+            for n in &names {
+                let Some(s) = model::sync(tx, n)? else {
+                    return Err(Error::not_found_hint("sync", n.clone(), "see: capra list syncs"));
+                };
+                if active {
+                    let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
+                    edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
+                }
+                tx.execute(
+                    "UPDATE capra.sync SET status = $1 WHERE name = $2",
+                    &[&if active { "active" } else { "inactive" }, n],
+                )
+                .ctx(|| format!("changing the status of sync \"{n}\""))?;
+            }
+            Ok(())
+        },
+    )?;
+    for n in &names {
+        ctx.say(format!(
+            "{} sync {n}",
+            if active { "Activating" } else { "Deactivating" }
+        ));
+    }
+    Ok(())
+}

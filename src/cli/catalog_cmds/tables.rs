@@ -1,0 +1,419 @@
+//! Tables and sequences: `add all tables`, `add table`, `remove table`, `update table`.
+
+use super::*;
+
+/// Table options stored for what a later release wires.
+fn inert(k: &str) -> Option<&'static str> {
+    match k {
+        "standard_conflict" | "conflict_strategy" => {
+            Some("no effect yet: per-table conflict strategies are wired by the multi-master release")
+        }
+        "makedelta" => Some("no effect yet: makedelta is wired by the multi-master release"),
+        _ => None,
+    }
+}
+
+pub(super) const REL_KEYS: &[Key] = &[
+    key("db", &["database"]),
+    key("relgroup", &["herd"]),
+    key("standard_conflict", &["conflict_strategy"]),
+];
+
+pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
+    key("db", &["database"]),
+    key("pkey", &[]),
+    key("autokick", &["ping"]),
+    key("rebuild_index", &[]),
+    key("analyze_after_copy", &[]),
+    key("vacuum_after_copy", &[]),
+    key("ghost", &[]),
+    key("conflict_strategy", &["standard_conflict"]),
+    key("strict_checking", &[]),
+    key("makedelta", &[]),
+];
+
+pub(super) fn split_commas(v: &[String]) -> Vec<String> {
+    v.iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether a live relation passes the -t/-T/-n/-N filters.
+pub(super) fn passes(
+    f: &Found,
+    only_t: &[String],
+    skip_t: &[String],
+    only_n: &[String],
+    skip_n: &[String],
+) -> Result<bool> {
+    let matches_table = |term: &str| -> Result<bool> {
+        let (schema, name) = split_user_name(term).map_err(Error::Usage)?;
+        let name_ok = name.matches(&f.name.name) || name.matches_folded(&f.name.name);
+        let schema_ok = schema
+            .as_ref()
+            .is_none_or(|s| s.matches(&f.name.schema) || s.matches_folded(&f.name.schema));
+        Ok(name_ok && schema_ok)
+    };
+    let matches_schema = |term: &str| f.name.schema == term || f.name.schema.eq_ignore_ascii_case(term);
+    if !only_n.is_empty() && !only_n.iter().any(|s| matches_schema(s)) {
+        return Ok(false);
+    }
+    if skip_n.iter().any(|s| matches_schema(s)) {
+        return Ok(false);
+    }
+    if !only_t.is_empty() {
+        let mut any = false;
+        for t in only_t {
+            any |= matches_table(t)?;
+        }
+        if !any {
+            return Ok(false);
+        }
+    }
+    for t in skip_t {
+        if matches_table(t)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
+    let kvs = kv::split(&a.words, REL_KEYS, "add all")?;
+    warn_inert("table", &kvs.pairs, inert);
+    if let Some(p) = kvs.positional.first() {
+        return Err(Error::Usage(format!(
+            "unexpected word {p:?} for 'add all': use db=, relgroup= and -t/-T/-n/-N filters"
+        )));
+    }
+    let relgroup = a.relgroup.clone().or(kvs.get("relgroup").map(String::from));
+    if let Some(g) = &relgroup {
+        check_name("relgroup", g)?;
+    }
+    let conflict = match kvs.get("standard_conflict") {
+        Some(v) => Some(sync_opts::conflict_strategy(v, &[])?),
+        None => None,
+    };
+    let dbname = a.db.clone().or(kvs.get("db").map(String::from));
+    let mut cat = ctx.catalog()?;
+    let db = pick_db(&mut cat, dbname.as_deref())?;
+    let mut client = db.connect()?;
+    let (only_t, skip_t) = (split_commas(&a.table), split_commas(&a.exclude_table));
+    let (only_n, skip_n) = (split_commas(&a.schema), split_commas(&a.exclude_schema));
+    let (kind, live) = match a.what {
+        AllWhat::Tables => ("table", discover::tables(&mut client)?),
+        AllWhat::Sequences => ("sequence", discover::sequences(&mut client)?),
+    };
+    // Filters that name a table that does not exist are most likely typos.
+    for t in only_t.iter().chain(skip_t.iter()) {
+        if !t.contains(['*', '%'])
+            && !live
+                .iter()
+                .any(|f| passes(f, std::slice::from_ref(t), &[], &[], &[]).unwrap_or(false))
+        {
+            return Err(Error::Rejected(format!(
+                "no {kind} named {t} in database \"{}\" (check the -t/-T value; see \\d in psql)",
+                db.name
+            )));
+        }
+    }
+    let mut chosen = Vec::new();
+    for f in live {
+        if passes(&f, &only_t, &skip_t, &only_n, &skip_n)? {
+            chosen.push(f);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(Error::Rejected(format!(
+            "no {kind}s found in database \"{}\"{}",
+            db.name,
+            if only_t.is_empty() && skip_t.is_empty() && only_n.is_empty() && skip_n.is_empty() {
+                String::new()
+            } else {
+                " matching the -t/-T/-n/-N filters".to_string()
+            }
+        )));
+    }
+    let report = store_found(
+        ctx,
+        &mut cat,
+        &db.name,
+        relgroup.as_deref(),
+        &chosen,
+        conflict.as_deref(),
+    )?;
+    for f in &chosen {
+        let n = &f.name;
+        let new = report.added.contains(n);
+        let grouped = report.grouped.contains(n);
+        match (&relgroup, new, grouped) {
+            (Some(g), _, true) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.human())),
+            (None, true, _) => ctx.say(format!("Added {kind} {}", n.human())),
+            _ => {
+                if ctx.verbose > 0 {
+                    ctx.say(format!("Already added: {kind} {}", n.human()))
+                }
+            }
+        }
+    }
+    ctx.say(format!("New {kind}s added: {}", report.added.len()));
+    if !report.already.is_empty() {
+        ctx.say(format!("Already added: {}", report.already.len()));
+    }
+    Ok(())
+}
+
+/// Stores live tables or sequences (and their relgroup) in the catalog,
+/// capturing them for syncs already using the relgroup; says when the
+/// relgroup was created.
+pub(super) fn store_found(
+    ctx: &Ctx,
+    cat: &mut Catalog,
+    db: &str,
+    relgroup: Option<&str>,
+    found: &[Found],
+    conflict: Option<&str>,
+) -> Result<edit::AddedRelations> {
+    let rgs: Vec<String> = relgroup.iter().map(|s| s.to_string()).collect();
+    let report = edit_with_capture(
+        cat,
+        |tx| reconcile::syncs_of_relgroups(tx, &rgs),
+        |tx| edit::add_relations(tx, db, relgroup, found, conflict),
+    )?;
+    if report.created_relgroup {
+        ctx.say(format!("Creating relgroup: {}", relgroup.unwrap_or_default()));
+    }
+    Ok(report)
+}
+
+/// Resolves user terms against a live database's tables or sequences.
+pub(super) fn match_live(live: &[Found], terms: &[String], kind: &str, db: &str) -> Result<Vec<Found>> {
+    let mut out: Vec<Found> = Vec::new();
+    let mut missing = Vec::new();
+    for t in terms {
+        let (schema, name) = split_user_name(t).map_err(Error::Usage)?;
+        let pick = |folded: bool| -> Vec<&Found> {
+            live.iter()
+                .filter(|f| {
+                    let n = if folded {
+                        name.matches_folded(&f.name.name)
+                    } else {
+                        name.matches(&f.name.name)
+                    };
+                    let s = schema
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&f.name.schema) || (folded && s.matches_folded(&f.name.schema)));
+                    n && s
+                })
+                .collect()
+        };
+        let mut hits = pick(false);
+        if hits.is_empty() {
+            hits = pick(true);
+        }
+        if hits.is_empty() {
+            missing.push(t.clone());
+        }
+        for h in hits {
+            if !out.iter().any(|o| o.name == h.name) {
+                out.push(h.clone());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Rejected(format!(
+            "no {kind} matching {} in database \"{db}\"; nothing was added",
+            missing.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
+    let a = kv::split(&w.words, REL_KEYS, &format!("add {kind}"))?;
+    warn_inert(kind, &a.pairs, inert);
+    if a.positional.is_empty() {
+        return Err(Error::Usage(format!(
+            "usage: capra add {kind} NAME [NAME...] db=DB [relgroup=RG]"
+        )));
+    }
+    let relgroup = a.get("relgroup").map(String::from);
+    if let Some(g) = &relgroup {
+        check_name("relgroup", g)?;
+    }
+    let conflict = match a.get("standard_conflict") {
+        Some(v) => Some(sync_opts::conflict_strategy(v, &[])?),
+        None => None,
+    };
+    let mut cat = ctx.catalog()?;
+    let db = pick_db(&mut cat, a.get("db"))?;
+    let mut client = db.connect()?;
+    let live = if kind == "table" {
+        discover::tables(&mut client)?
+    } else {
+        discover::sequences(&mut client)?
+    };
+    let chosen = match_live(&live, &a.positional, kind, &db.name)?;
+    let report = store_found(
+        ctx,
+        &mut cat,
+        &db.name,
+        relgroup.as_deref(),
+        &chosen,
+        conflict.as_deref(),
+    )?;
+    for f in &chosen {
+        let n = &f.name;
+        match &relgroup {
+            Some(g) if report.grouped.contains(n) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.human())),
+            Some(g) => ctx.say(format!("{kind} {} is already in relgroup {g}", n.human())),
+            None if report.added.contains(n) => ctx.say(format!("Added {kind} {}", n.human())),
+            None => ctx.say(format!("{kind} {} was already added (key refreshed)", n.human())),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: &str) -> Result<Vec<String>> {
+    let a = kv::split(&w.words, &[key("db", &["database"])], &format!("remove {kind}"))?;
+    let db = a.get("db").map(String::from);
+    let (terms, db2) = (a.positional.clone(), db.clone());
+    let removed = edit_with_capture(
+        cat,
+        |tx| {
+            let all = model::relations(tx, Some(kind))?;
+            let mut ids = Vec::new();
+            for t in &terms {
+                ids.extend(edit::match_relations(&all, t, db2.as_deref())?.iter().map(|r| r.id));
+            }
+            reconcile::syncs_of_relations(tx, &ids)
+        },
+        |tx| edit::remove_relations(tx, &a.positional, db.as_deref(), kind),
+    )?;
+    let mut out = vec![format!("Removed the following {kind}s:")];
+    for (n, d) in removed {
+        out.push(format!("  {} (DB: {d})", n.human()));
+    }
+    Ok(out)
+}
+
+pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
+    let a = kv::split(&w.words, TABLE_UPDATE_KEYS, &format!("update {kind}"))?;
+    warn_inert(kind, &a.pairs, inert);
+    let [term] = a.positional.as_slice() else {
+        return Err(Error::Usage(format!(
+            "usage: capra update {kind} NAME [db=DB] key=value..."
+        )));
+    };
+    let mut cat = ctx.catalog()?;
+    let all = model::relations(&mut cat.client, Some(kind))?;
+    let hits = edit::match_relations(&all, term, a.get("db"))?;
+    let rel: Relation = match hits.as_slice() {
+        [] => {
+            return Err(Error::not_found_hint(
+                if kind == "table" { "table" } else { "sequence" },
+                term.clone(),
+                format!("see: capra list {kind}s"),
+            ))
+        }
+        [one] => (*one).clone(),
+        _ => {
+            return Err(Error::Rejected(format!(
+                "more than one {kind} matches {term}: use schema.name and db=NAME"
+            )))
+        }
+    };
+    let mut lines = Vec::new();
+    let mut sets: Vec<(String, Option<String>, &'static str)> = Vec::new();
+    for (k, v) in &a.pairs {
+        match k.as_str() {
+            "db" => {}
+            "pkey" => {
+                let cols: Vec<String> = v
+                    .split([',', '|'])
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
+                let mut client = db.connect()?;
+                let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
+                    Error::Rejected(format!(
+                        "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
+                        cols.join(", "),
+                        rel.name.human(),
+                        rel.db,
+                        rel.name.sql(),
+                        cols.join(", ")
+                    ))
+                })?;
+                sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
+                sets.push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
+                sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
+                lines.push(format!(
+                    "Changed {kind} {} key to {}",
+                    rel.name.human(),
+                    key.columns.join("|")
+                ));
+            }
+            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
+                let b = a.bool(k)?.expect("given");
+                sets.push((k.clone(), Some(b.to_string()), "boolean"));
+                lines.push(format!("Changed {kind} {} {k} to {}", rel.name.human(), b as u8));
+            }
+            "rebuild_index" => {
+                let b = a.bool(k)?.expect("given");
+                sets.push((k.clone(), Some((b as u8).to_string()), "smallint"));
+                lines.push(format!(
+                    "Changed {kind} {} rebuild_index to {}",
+                    rel.name.human(),
+                    b as u8
+                ));
+            }
+            "conflict_strategy" => {
+                let s = sync_opts::conflict_strategy(v, &[])?;
+                lines.push(format!("Changed {kind} {} conflict_strategy to {s}", rel.name.human()));
+                sets.push((k.clone(), Some(s), "text"));
+            }
+            "makedelta" => {
+                sets.push((k.clone(), opt_text(v), "text"));
+                lines.push(format!("Changed {kind} {} makedelta to {v}", rel.name.human()));
+            }
+            _ => unreachable!(),
+        }
+    }
+    if sets.is_empty() {
+        return Err(Error::Usage(format!(
+            "nothing to change for {kind} {term}: give key=value pairs"
+        )));
+    }
+    let rel_id = rel.id;
+    edit_with_capture(
+        &mut cat,
+        |tx| reconcile::syncs_of_relations(tx, &[rel_id]),
+        |tx| {
+            for (col, val, cast) in &sets {
+                tx.execute(
+                    &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
+                    &[val, &rel.id],
+                )
+                .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
+            }
+            Ok(())
+        },
+    )?;
+    for l in lines {
+        ctx.say(l);
+    }
+    Ok(())
+}
+
+/// A PostgreSQL array literal for text values.
+pub(super) fn pg_array(v: &[String]) -> String {
+    let items: Vec<String> = v
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
