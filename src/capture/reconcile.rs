@@ -81,6 +81,19 @@ pub fn syncs_of_relations(c: &mut impl GenericClient, ids: &[i32]) -> Result<Vec
     .collect())
 }
 
+/// Syncs whose dbgroup holds the database `db`.
+pub fn syncs_of_db(c: &mut impl GenericClient, db: &str) -> Result<Vec<String>> {
+    Ok(c
+        .query(
+            "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup WHERE m.db = $1 ORDER BY 1",
+            &[&db],
+        )
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Syncs whose dbgroup is `group`.
 pub fn syncs_of_dbgroup(c: &mut impl GenericClient, group: &str) -> Result<Vec<String>> {
     Ok(

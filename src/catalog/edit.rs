@@ -734,3 +734,94 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
     }
     Ok(out)
 }
+
+/// Stores a runtime setting (checked by the caller) in `capra.config`.
+pub fn store_setting(tx: &mut Transaction<'_>, name: &str, value: &str) -> Result<()> {
+    let s = crate::catalog::settings::find(name).ok_or_else(|| Error::Usage(format!("Unknown setting '{name}'")))?;
+    tx.execute(
+        "INSERT INTO capra.config (name, setting, defval, about)
+         SELECT $1, $2, $3, $4 ON CONFLICT (name) DO UPDATE SET setting = EXCLUDED.setting",
+        &[&s.name, &value, &s.default, &s.about],
+    )
+    .ctx(|| format!("setting {name}"))?;
+    Ok(())
+}
+
+/// Inserts a new sync (its options are stored after, one by one).
+pub fn insert_sync(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    relgroup: &str,
+    dbgroup: &str,
+    synctype: Option<&str>,
+    delta: bool,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO capra.sync (name, relgroup, dbgroup, synctype, autokick, stayalive, kidsalive)
+         VALUES ($1, $2, $3, $4, $5, $5, $5)",
+        &[&name, &relgroup, &dbgroup, &synctype, &delta],
+    )
+    .ctx(|| format!("adding sync \"{name}\""))?;
+    Ok(())
+}
+
+/// Points a sync at another relgroup or dbgroup (shape checked by the caller).
+pub fn set_sync_groups(tx: &mut Transaction<'_>, name: &str, relgroup: &str, dbgroup: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE capra.sync SET relgroup = $1, dbgroup = $2 WHERE name = $3",
+        &[&relgroup, &dbgroup, &name],
+    )
+    .ctx(|| format!("changing sync \"{name}\""))?;
+    Ok(())
+}
+
+/// Activates or deactivates a sync.
+pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Result<()> {
+    tx.execute(
+        "UPDATE capra.sync SET status = $1 WHERE name = $2",
+        &[&if active { "active" } else { "inactive" }, &name],
+    )
+    .ctx(|| format!("changing the status of sync \"{name}\""))?;
+    Ok(())
+}
+
+/// Adds a database to a dbgroup (created if missing) at the end; without a
+/// role it is the source of a new group and a target otherwise.
+pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<&str>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if model::dbgroup(tx, group)?.is_none() {
+        tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[&group])
+            .ctx(|| format!("creating dbgroup \"{group}\""))?;
+        out.push(format!("Created dbgroup \"{group}\""));
+    }
+    let first = tx
+        .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[&group])
+        .ctx(|| "reading dbgroup".into())?
+        .get::<_, bool>(0);
+    let role = role.unwrap_or(if first { "source" } else { "target" });
+    tx.execute(
+        "INSERT INTO capra.dbmap (dbgroup, db, role, position)
+         VALUES ($1, $2, $3, (SELECT count(*) FROM capra.dbmap WHERE dbgroup = $1))",
+        &[&group, &db, &role],
+    )
+    .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
+    out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+    Ok(out)
+}
+
+/// Sets one option column of a table or sequence (column name and SQL
+/// type come from the caller's fixed list, never from user text).
+pub fn set_relation_column(
+    tx: &mut Transaction<'_>,
+    rel: &model::Relation,
+    col: &str,
+    val: &Option<String>,
+    cast: &str,
+) -> Result<()> {
+    tx.execute(
+        &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
+        &[val, &rel.id],
+    )
+    .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! Every catalog-changing command runs in one transaction, so a failed
 //! command leaves the catalog exactly as it was.
 
+pub mod customcode;
 pub mod edit;
 pub mod install;
 pub mod kv;

@@ -361,6 +361,25 @@ pub struct Sync {
     pub synctype: Option<String>,
 }
 
+/// The database a relgroup's tables come from (the first by name), for
+/// Bucardo 4's `source=HERD`.
+pub fn relgroup_db(c: &mut impl GenericClient, relgroup: &str) -> Result<Option<String>> {
+    Ok(c
+        .query_one(
+            "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+            &[&relgroup],
+        )
+        .ctx(|| "finding the relgroup's database".into())?
+        .get(0))
+}
+
+/// Checks that text is a valid interval (the server parses it).
+pub fn check_interval(c: &mut impl GenericClient, text: &str) -> Result<()> {
+    c.query_one("SELECT $1::text::interval", &[&text])
+        .ctx(|| format!("checking the interval {text:?}"))?;
+    Ok(())
+}
+
 /// All syncs, by name.
 pub fn syncs(c: &mut impl GenericClient) -> Result<Vec<Sync>> {
     let rows = c

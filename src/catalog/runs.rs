@@ -240,3 +240,135 @@ pub fn prune(c: &mut impl GenericClient, days: i64) -> Result<u64> {
     .ctx(|| "pruning kick history".into())?;
     Ok(n)
 }
+
+/// One recorded run, as status shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunInfo {
+    /// id.
+    pub id: i64,
+    /// started.
+    pub started: String,
+    /// ended.
+    pub ended: String,
+    /// age secs.
+    pub age_secs: f64,
+    /// seconds.
+    pub seconds: f64,
+    /// inserts.
+    pub inserts: i64,
+    /// deletes.
+    pub deletes: i64,
+    /// truncates.
+    pub truncates: i64,
+    /// conflicts.
+    pub conflicts: i64,
+    /// error.
+    pub error: Option<String>,
+    /// today.
+    pub today: bool,
+}
+
+/// A run by id (None: no such run).
+pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<RunInfo>> {
+    let Some(id) = id else { return Ok(None) };
+    let r = c
+        .query_opt(
+            "SELECT id, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), to_char(ended, 'Mon DD, YYYY HH24:MI:SS'),
+                    extract(epoch FROM now() - ended)::float8, extract(epoch FROM ended - started)::float8,
+                    inserts, deletes, truncates, conflicts, error, ended::date = current_date
+               FROM capra.run WHERE id = $1",
+            &[&id],
+        )
+        .ctx(|| "reading run history".into())?;
+    Ok(r.map(|r| RunInfo {
+        id: r.get(0),
+        started: r.get(1),
+        ended: r.get::<_, Option<String>>(2).unwrap_or_default(),
+        age_secs: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+        seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+        inserts: r.get(5),
+        deletes: r.get(6),
+        truncates: r.get(7),
+        conflicts: r.get(8),
+        error: r.get(9),
+        today: r.get::<_, Option<bool>>(10).unwrap_or(false),
+    }))
+}
+
+/// A sync's quick state (`capra.sync_state`).
+#[derive(Clone, Debug, Default)]
+pub struct SyncState {
+    /// Last good run.
+    pub last_good: Option<i64>,
+    /// Last failed run.
+    pub last_bad: Option<i64>,
+    /// When a run last found nothing to do.
+    pub last_empty: Option<String>,
+    /// Failures in a row.
+    pub failures: i32,
+    /// When the next retry is due (time of day).
+    pub next_retry: Option<String>,
+}
+
+/// Reads a sync's quick state.
+pub fn sync_state(c: &mut impl GenericClient, sync: &str) -> Result<SyncState> {
+    Ok(c.query_opt(
+        "SELECT last_good, last_bad, to_char(last_empty, 'Mon DD, YYYY HH24:MI:SS'), failures,
+                    to_char(next_retry, 'HH24:MI:SS')
+               FROM capra.sync_state WHERE sync = $1",
+        &[&sync],
+    )
+    .ctx(|| "reading sync state".into())?
+    .map(|r| SyncState {
+        last_good: r.get(0),
+        last_bad: r.get(1),
+        last_empty: r.get(2),
+        failures: r.get(3),
+        next_retry: r.get(4),
+    })
+    .unwrap_or_default())
+}
+
+/// When the sync's current run started (time of day), if one is recorded
+/// as running.
+pub fn running_since(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
+    Ok(c
+        .query_opt(
+            "SELECT to_char(started, 'HH24:MI:SS') FROM capra.run WHERE sync = $1 AND state = 'running' ORDER BY id DESC LIMIT 1",
+            &[&sync],
+        )
+        .ctx(|| "reading run history".into())?
+        .map(|r| r.get(0)))
+}
+
+/// When checktime next makes the sync run at the latest.
+pub fn checktime_due(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
+    Ok(c.query_one(
+        "SELECT to_char(greatest(coalesce((SELECT max(ended) FROM capra.run WHERE sync = $1), now()),
+                                     coalesce((SELECT last_empty FROM capra.sync_state WHERE sync = $1), now()))
+                            + (SELECT checktime FROM capra.sync WHERE name = $1), 'Mon DD, YYYY HH24:MI:SS')",
+        &[&sync],
+    )
+    .ctx(|| "computing the next run".into())?
+    .get(0))
+}
+
+/// Records a kick request for the daemon; returns its id.
+pub fn request_kick(c: &mut impl GenericClient, sync: &str) -> Result<i64> {
+    Ok(
+        c.query_one("INSERT INTO capra.kick (sync) VALUES ($1) RETURNING id", &[&sync])
+            .ctx(|| format!("kicking sync \"{sync}\""))?
+            .get(0),
+    )
+}
+
+/// How a kick ended: None while it waits; Some((ok, error)) once answered.
+pub fn kick_result(c: &mut impl GenericClient, id: i64) -> Result<Option<(bool, Option<String>)>> {
+    let r = c
+        .query_one(
+            "SELECT done IS NOT NULL, coalesce(ok, false), error FROM capra.kick WHERE id = $1",
+            &[&id],
+        )
+        .ctx(|| "waiting for the kick".into())?;
+    Ok(r.get::<_, bool>(0).then(|| (r.get(1), r.get(2))))
+}

@@ -2,7 +2,9 @@
 //! Bucardo's aliases, checked before anything is written.
 
 use crate::catalog::kv::{self, key, Key};
-use crate::error::{Error, Result};
+use postgres::Transaction;
+
+use crate::error::{Context, Error, Result};
 use crate::schedule::cron::Schedule;
 
 /// Keys `add sync` / `update sync` accept.
@@ -193,6 +195,47 @@ pub fn check(k: &str, v: &str, sync_dbs: &[String]) -> Result<Opt> {
         }
         other => return Err(Error::Usage(format!("'{other}' cannot be set this way"))),
     })
+}
+
+/// Writes one checked option; interval values are checked by the server in a
+/// savepoint so a bad one gives a usage error, not an aborted transaction.
+pub fn store(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    k: &str,
+    v: &str,
+    dbs: &[String],
+) -> Result<(Option<String>, Option<String>)> {
+    let opt = check(k, v, dbs)?;
+    let col = opt.column;
+    let old: Option<String> = tx
+        .query_one(&format!("SELECT {col}::text FROM capra.sync WHERE name = $1"), &[&sync])
+        .ctx(|| format!("reading {col} of sync \"{sync}\""))?
+        .get(0);
+    let mut sp = tx.savepoint("capra_opt").ctx(|| "savepoint".into())?;
+    let res = sp.query_one(
+        &format!(
+            "UPDATE capra.sync SET {col} = $1::text::{} WHERE name = $2 RETURNING {col}::text",
+            opt.cast
+        ),
+        &[&opt.value, &sync],
+    );
+    match res {
+        Ok(row) => {
+            sp.commit().ctx(|| "savepoint".into())?;
+            Ok((old, row.get(0)))
+        }
+        Err(e) => {
+            drop(sp);
+            if opt.cast == "interval" {
+                Err(Error::Usage(format!(
+                    "invalid value for '{k}': {v:?} (must be an interval such as '5 minutes' or '1 hour', or a number of seconds)"
+                )))
+            } else {
+                Err(e).ctx(|| format!("setting {col} of sync \"{sync}\""))
+            }
+        }
+    }
 }
 
 /// Why an option a Bucardo script may pass changes nothing in capra (or

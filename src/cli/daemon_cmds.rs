@@ -132,11 +132,7 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
     }
     let mut ids = Vec::new();
     for n in &wanted {
-        let id: i64 = cat
-            .client
-            .query_one("INSERT INTO capra.kick (sync) VALUES ($1) RETURNING id", &[n])
-            .ctx(|| format!("kicking sync \"{n}\""))?
-            .get(0);
+        let id = runs::request_kick(&mut cat.client, n)?;
         ids.push((id, n.clone()));
     }
     cat.client
@@ -156,29 +152,21 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
     while !left.is_empty() {
         let mut still = Vec::new();
         for (id, n) in &left {
-            let row = cat
-                .client
-                .query_one(
-                    "SELECT done IS NOT NULL, coalesce(ok, false), error FROM capra.kick WHERE id = $1",
-                    &[id],
-                )
-                .ctx(|| "waiting for the kick".into())?;
-            if !row.get::<_, bool>(0) {
+            let Some((ok, error)) = runs::kick_result(&mut cat.client, *id)? else {
                 still.push((*id, n.clone()));
                 continue;
-            }
+            };
             let secs = start.elapsed().as_secs();
             if tty {
                 print!("\r");
             }
-            if row.get::<_, bool>(1) {
+            if ok {
                 ctx.say(format!("Kick {n}: [{secs} s] DONE!"));
             } else {
                 ctx.say(format!("Kick {n}: [{secs} s] KILLED!"));
-                let err: Option<String> = row.get(2);
                 failed.push(format!(
                     "sync \"{n}\" failed: {}",
-                    err.unwrap_or_else(|| "unknown error".into())
+                    error.unwrap_or_else(|| "unknown error".into())
                 ));
             }
         }

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::capture::{install, purge};
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::{model, runs};
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 
 /// A sync's status, as both the table and the detail block need it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -17,83 +17,20 @@ struct SyncStatus {
     name: String,
     status: String,
     state: String,
-    last_good: Option<RunInfo>,
-    last_bad: Option<RunInfo>,
+    last_good: Option<runs::RunInfo>,
+    last_bad: Option<runs::RunInfo>,
     last_empty: Option<String>,
     failures: i32,
     next_retry: Option<String>,
     running_since: Option<String>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-struct RunInfo {
-    id: i64,
-    started: String,
-    ended: String,
-    age_secs: f64,
-    seconds: f64,
-    inserts: i64,
-    deletes: i64,
-    truncates: i64,
-    conflicts: i64,
-    error: Option<String>,
-    today: bool,
-}
-
-fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<RunInfo>> {
-    let Some(id) = id else { return Ok(None) };
-    let r = c
-        .query_opt(
-            "SELECT id, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), to_char(ended, 'Mon DD, YYYY HH24:MI:SS'),
-                    extract(epoch FROM now() - ended)::float8, extract(epoch FROM ended - started)::float8,
-                    inserts, deletes, truncates, conflicts, error, ended::date = current_date
-               FROM capra.run WHERE id = $1",
-            &[&id],
-        )
-        .ctx(|| "reading run history".into())?;
-    Ok(r.map(|r| RunInfo {
-        id: r.get(0),
-        started: r.get(1),
-        ended: r.get::<_, Option<String>>(2).unwrap_or_default(),
-        age_secs: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
-        seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
-        inserts: r.get(5),
-        deletes: r.get(6),
-        truncates: r.get(7),
-        conflicts: r.get(8),
-        error: r.get(9),
-        today: r.get::<_, Option<bool>>(10).unwrap_or(false),
-    }))
-}
-
 fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool) -> Result<SyncStatus> {
-    let st = c
-        .query_opt(
-            "SELECT last_good, last_bad, to_char(last_empty, 'Mon DD, YYYY HH24:MI:SS'), failures,
-                    to_char(next_retry, 'HH24:MI:SS'), last_empty
-               FROM capra.sync_state WHERE sync = $1",
-            &[&s.name],
-        )
-        .ctx(|| "reading sync state".into())?;
-    let (good, bad, empty, failures, retry) = match &st {
-        Some(r) => (
-            r.get::<_, Option<i64>>(0),
-            r.get::<_, Option<i64>>(1),
-            r.get(2),
-            r.get(3),
-            r.get(4),
-        ),
-        None => (None, None, None, 0, None),
-    };
-    let running: Option<String> = c
-        .query_opt(
-            "SELECT to_char(started, 'HH24:MI:SS') FROM capra.run WHERE sync = $1 AND state = 'running' ORDER BY id DESC LIMIT 1",
-            &[&s.name],
-        )
-        .ctx(|| "reading run history".into())?
-        .map(|r| r.get(0));
-    let last_good = run_info(c, good)?;
-    let last_bad = run_info(c, bad)?;
+    let st = runs::sync_state(c, &s.name)?;
+    let (good, bad, empty, failures, retry) = (st.last_good, st.last_bad, st.last_empty, st.failures, st.next_retry);
+    let running = runs::running_since(c, &s.name)?;
+    let last_good = runs::run_info(c, good)?;
+    let last_bad = runs::run_info(c, bad)?;
     let state = if running.is_some() && daemon_up {
         format!("Running (since {})", running.clone().unwrap_or_default())
     } else {
@@ -136,7 +73,7 @@ fn age(secs: f64) -> String {
     out
 }
 
-fn short_time(r: &RunInfo) -> String {
+fn short_time(r: &runs::RunInfo) -> String {
     if r.today {
         r.ended.rsplit(' ').next().unwrap_or_default().to_string()
     } else {
@@ -310,17 +247,7 @@ fn next_run(c: &mut impl GenericClient, s: &model::Sync, st: &SyncStatus) -> Res
         }
     }
     if s.checktime.is_some() {
-        let r = c
-            .query_one(
-                "SELECT to_char(greatest(coalesce((SELECT max(ended) FROM capra.run WHERE sync = $1), now()),
-                                         coalesce((SELECT last_empty FROM capra.sync_state WHERE sync = $1), now()))
-                                + (SELECT checktime FROM capra.sync WHERE name = $1), 'Mon DD, YYYY HH24:MI:SS')",
-                &[&s.name],
-            )
-            .ctx(|| "computing the next run".into())?;
-        return Ok(r
-            .get::<_, Option<String>>(0)
-            .map(|t| format!("{t} at the latest (checktime)")));
+        return Ok(runs::checktime_due(c, &s.name)?.map(|t| format!("{t} at the latest (checktime)")));
     }
     Ok(None)
 }
@@ -568,7 +495,7 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
 pub fn purge_cmd(ctx: &Ctx, older_than: Option<&str>) -> Result<()> {
     let mut cat = ctx.catalog()?;
     if let Some(iv) = older_than {
-        cat.client.query_one("SELECT $1::text::interval", &[&iv]).map_err(|_| {
+        model::check_interval(&mut cat.client, iv).map_err(|_| {
             Error::Usage(format!(
                 "invalid value for --older-than: {iv:?} (an interval such as '10 minutes')"
             ))

@@ -20,17 +20,7 @@ pub fn set(ctx: &Ctx, pairs: &[String]) -> Result<()> {
     let mut cat = ctx.catalog()?;
     cat.edit(|tx| {
         for (n, v) in &checked {
-            tx.execute(
-                "INSERT INTO capra.config (name, setting, defval, about)
-                 SELECT $1, $2, $3, $4 ON CONFLICT (name) DO UPDATE SET setting = EXCLUDED.setting",
-                &[
-                    n,
-                    v,
-                    &settings::find(n).unwrap().default,
-                    &settings::find(n).unwrap().about,
-                ],
-            )
-            .ctx(|| format!("setting {n}"))?;
+            edit::store_setting(tx, n, v)?;
         }
         Ok(())
     })?;

@@ -1,6 +1,7 @@
 //! Lua hooks: `add customcode`, `update customcode`.
 
 use super::*;
+use crate::catalog::customcode;
 
 pub(super) const CODE_KEYS: &[Key] = &[
     key("whenrun", &["when_run"]),
@@ -49,58 +50,20 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
             "customcode \"{name}\" attaches to exactly one of sync=SYNC or relation=TABLE"
         )));
     }
+    let code = customcode::NewCode {
+        name,
+        whenrun: &whenrun,
+        src: &src,
+        src_file: &path.display().to_string(),
+        about: &about,
+        priority,
+        status: &status,
+        sync: a.get("sync"),
+        relation: a.get("relation"),
+        db: a.get("db"),
+    };
     let mut cat = ctx.catalog()?;
-    cat.edit(|tx| {
-        if tx
-            .query_opt("SELECT 1 FROM capra.customcode WHERE name = $1", &[name])
-            .ctx(|| "looking up customcode".into())?
-            .is_some()
-        {
-            return Err(Error::duplicate("customcode", name.clone()));
-        }
-        tx.execute(
-            "INSERT INTO capra.customcode (name, whenrun, src_code, src_file, about, priority, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                name,
-                &whenrun,
-                &src,
-                &path.display().to_string(),
-                &about,
-                &priority,
-                &status,
-            ],
-        )
-        .ctx(|| format!("adding customcode \"{name}\""))?;
-        if let Some(s) = a.get("sync") {
-            if model::sync(tx, s)?.is_none() {
-                return Err(Error::not_found_hint("sync", s, "see: capra list syncs"));
-            }
-            tx.execute(
-                "INSERT INTO capra.customcode_map (code, sync, priority) VALUES ($1, $2, $3)",
-                &[name, &s, &priority],
-            )
-            .ctx(|| "attaching customcode".into())?;
-        } else if let Some(t) = a.get("relation") {
-            let all = model::relations(tx, Some("table"))?;
-            let hits = edit::match_relations(&all, t, a.get("db"))?;
-            let rel = match hits.as_slice() {
-                [one] => *one,
-                [] => return Err(Error::not_found_hint("table", t, "see: capra list tables")),
-                _ => {
-                    return Err(Error::Rejected(format!(
-                        "more than one table matches {t}: use schema.name and db=NAME"
-                    )))
-                }
-            };
-            tx.execute(
-                "INSERT INTO capra.customcode_map (code, relation, priority) VALUES ($1, $2, $3)",
-                &[name, &rel.id, &priority],
-            )
-            .ctx(|| "attaching customcode".into())?;
-        }
-        Ok(())
-    })?;
+    cat.edit(|tx| customcode::add(tx, &code))?;
     ctx.say(format!("Added customcode \"{name}\""));
     Ok(())
 }
@@ -145,38 +108,7 @@ pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         sets.push(("src_file", path.display().to_string(), "text"));
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| {
-        if tx
-            .query_opt("SELECT 1 FROM capra.customcode WHERE name = $1", &[name])
-            .ctx(|| "looking up customcode".into())?
-            .is_none()
-        {
-            return Err(Error::not_found_hint(
-                "customcode",
-                name.clone(),
-                "see: capra list customcodes",
-            ));
-        }
-        let mut out = Vec::new();
-        for (col, val, cast) in &sets {
-            tx.execute(
-                &format!("UPDATE capra.customcode SET {col} = $1::text::{cast} WHERE name = $2"),
-                &[val, name],
-            )
-            .ctx(|| format!("changing customcode \"{name}\""))?;
-            if *col == "priority" {
-                tx.execute(
-                    "UPDATE capra.customcode_map SET priority = $1::text::integer WHERE code = $2",
-                    &[val, name],
-                )
-                .ctx(|| "changing priority".into())?;
-            }
-            if *col != "src_code" {
-                out.push(format!("Changed customcode \"{name}\" {col} to {val}"));
-            }
-        }
-        Ok(out)
-    })?;
+    let lines = cat.edit(|tx| customcode::update(tx, name, &sets))?;
     for l in lines {
         ctx.say(l);
     }

@@ -124,23 +124,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
         edit::add_db(tx, &new)?;
         let mut out = vec![format!("Added database \"{name}\"")];
         if let Some((g, role)) = &group {
-            if model::dbgroup(tx, g)?.is_none() {
-                tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[g])
-                    .ctx(|| format!("creating dbgroup \"{g}\""))?;
-                out.push(format!("Created dbgroup \"{g}\""));
-            }
-            let first = tx
-                .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[g])
-                .ctx(|| "reading dbgroup".into())?
-                .get::<_, bool>(0);
-            let role = role.unwrap_or(if first { "source" } else { "target" });
-            tx.execute(
-                "INSERT INTO capra.dbmap (dbgroup, db, role, position)
-                 VALUES ($1, $2, $3, (SELECT count(*) FROM capra.dbmap WHERE dbgroup = $1))",
-                &[g, &name, &role],
-            )
-            .ctx(|| format!("adding database \"{name}\" to dbgroup \"{g}\""))?;
-            out.push(format!("Added database \"{name}\" to dbgroup \"{g}\" as {role}"));
+            out.extend(edit::join_dbgroup(tx, g, &name, *role)?);
         }
         Ok(out)
     })?;

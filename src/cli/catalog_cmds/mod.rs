@@ -10,7 +10,7 @@ use crate::catalog::edit::{self, NewDb};
 use crate::catalog::kv::{self, check_name, key, Key};
 use crate::catalog::model::{self, Relation};
 use crate::catalog::{settings, sync_opts, Catalog};
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
 
 mod config;
@@ -98,12 +98,7 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
                 |tx| {
                     let mut v = Vec::new();
                     for n in &n2 {
-                        for g in tx
-                            .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1", &[n])
-                            .ctx(|| "finding dbgroups".into())?
-                        {
-                            v.extend(reconcile::syncs_of_dbgroup(tx, &g.get::<_, String>(0))?);
-                        }
+                        v.extend(reconcile::syncs_of_db(tx, n)?);
                     }
                     Ok(v)
                 },
@@ -168,21 +163,7 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
         }
         Noun::Customcode(w) => {
             let names = names_only(&w, "remove customcode")?;
-            cat.edit(|tx| {
-                for n in &names {
-                    let k = tx
-                        .execute("DELETE FROM capra.customcode WHERE name = $1", &[n])
-                        .ctx(|| format!("removing customcode \"{n}\""))?;
-                    if k == 0 {
-                        return Err(Error::not_found_hint(
-                            "customcode",
-                            n.clone(),
-                            "see: capra list customcodes",
-                        ));
-                    }
-                }
-                Ok(names.iter().map(|n| format!("Removed customcode \"{n}\"")).collect())
-            })?
+            cat.edit(|tx| crate::catalog::customcode::remove(tx, &names))?
         }
     };
     for l in lines {

@@ -20,13 +20,7 @@ pub(super) fn sync_dbs(
         let t = a
             .choice("type", &["pushdelta", "fullcopy", "swap"])?
             .unwrap_or_else(|| "pushdelta".into());
-        let src = tx
-            .query_one(
-                "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
-                &[&relgroup],
-            )
-            .ctx(|| "finding the relgroup's database".into())?
-            .get::<_, Option<String>>(0)
+        let src = model::relgroup_db(tx, relgroup)?
             .ok_or_else(|| Error::Rejected(format!("relgroup \"{relgroup}\" is empty; add tables to it first")))?;
         let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
             (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
@@ -187,14 +181,9 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             edit::check_sync_shape(tx, name, &relgroup, &group)?;
             let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
             let pure_fullcopy = !edit::is_delta(&group);
-            tx.execute(
-                "INSERT INTO capra.sync (name, relgroup, dbgroup, synctype, autokick, stayalive, kidsalive)
-             VALUES ($1, $2, $3, $4, $5, $5, $5)",
-                &[name, &relgroup, &dbgroup, &synctype, &!pure_fullcopy],
-            )
-            .ctx(|| format!("adding sync \"{name}\""))?;
+            edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
             for (k, v) in &opts {
-                set_sync_option(tx, name, k, v, &dbs)?;
+                sync_opts::store(tx, name, k, v, &dbs)?;
             }
             out.insert(0, format!("Added sync \"{name}\""));
             Ok(out)
@@ -204,47 +193,6 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
         ctx.say(l);
     }
     Ok(())
-}
-
-/// Writes one checked option; interval values are checked by the server in a
-/// savepoint so a bad one gives a usage error, not an aborted transaction.
-pub(super) fn set_sync_option(
-    tx: &mut Transaction<'_>,
-    sync: &str,
-    k: &str,
-    v: &str,
-    dbs: &[String],
-) -> Result<(Option<String>, Option<String>)> {
-    let opt = sync_opts::check(k, v, dbs)?;
-    let col = opt.column;
-    let old: Option<String> = tx
-        .query_one(&format!("SELECT {col}::text FROM capra.sync WHERE name = $1"), &[&sync])
-        .ctx(|| format!("reading {col} of sync \"{sync}\""))?
-        .get(0);
-    let mut sp = tx.savepoint("capra_opt").ctx(|| "savepoint".into())?;
-    let res = sp.query_one(
-        &format!(
-            "UPDATE capra.sync SET {col} = $1::text::{} WHERE name = $2 RETURNING {col}::text",
-            opt.cast
-        ),
-        &[&opt.value, &sync],
-    );
-    match res {
-        Ok(row) => {
-            sp.commit().ctx(|| "savepoint".into())?;
-            Ok((old, row.get(0)))
-        }
-        Err(e) => {
-            drop(sp);
-            if opt.cast == "interval" {
-                Err(Error::Usage(format!(
-                    "invalid value for '{k}': {v:?} (must be an interval such as '5 minutes' or '1 hour', or a number of seconds)"
-                )))
-            } else {
-                Err(e).ctx(|| format!("setting {col} of sync \"{sync}\""))
-            }
-        }
-    }
 }
 
 pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
@@ -299,11 +247,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
             if relgroup != s.relgroup || dbgroup != s.dbgroup {
                 edit::check_sync_shape(tx, name, &relgroup, &group)?;
-                tx.execute(
-                    "UPDATE capra.sync SET relgroup = $1, dbgroup = $2 WHERE name = $3",
-                    &[&relgroup, &dbgroup, name],
-                )
-                .ctx(|| format!("changing sync \"{name}\""))?;
+                edit::set_sync_groups(tx, name, &relgroup, &dbgroup)?;
                 if relgroup != s.relgroup {
                     out.push(format!(
                         "Updated sync \"{name}\": relgroup {} -> {relgroup}",
@@ -316,7 +260,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             }
             let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
             for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
-                let (old, new) = set_sync_option(tx, name, k, v, &dbs)?;
+                let (old, new) = sync_opts::store(tx, name, k, v, &dbs)?;
                 let show = |x: Option<String>| match x.as_deref() {
                     None => "none".to_string(),
                     Some("true") => "1".into(),
@@ -357,11 +301,7 @@ pub fn set_status(ctx: &Ctx, names: &[String], active: bool) -> Result<()> {
                     let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
                     edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
                 }
-                tx.execute(
-                    "UPDATE capra.sync SET status = $1 WHERE name = $2",
-                    &[&if active { "active" } else { "inactive" }, n],
-                )
-                .ctx(|| format!("changing the status of sync \"{n}\""))?;
+                edit::set_sync_status(tx, n, active)?;
             }
             Ok(())
         },

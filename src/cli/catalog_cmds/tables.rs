@@ -394,11 +394,7 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
         |tx| reconcile::syncs_of_relations(tx, &[rel_id]),
         |tx| {
             for (col, val, cast) in &sets {
-                tx.execute(
-                    &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
-                    &[val, &rel.id],
-                )
-                .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
+                edit::set_relation_column(tx, &rel, col, val, cast)?;
             }
             Ok(())
         },
