@@ -134,6 +134,9 @@ pub struct RunReport {
     pub onetimecopy_gen: Option<i64>,
     /// Targets that were behind and got a full copy in this run.
     pub caught_up: Vec<String>,
+    /// Tables copied whole because capture had lost their key (its DDL
+    /// follower marks them): capture is rebuilt before the next run.
+    pub recaptured: Vec<String>,
     /// Databases skipped because inactive.
     pub skipped: Vec<String>,
     /// Seconds the run took.
@@ -596,6 +599,16 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     report.onetimecopy = otc > 0 && !written.is_empty();
     report.onetimecopy_gen = report.onetimecopy.then_some(plan.sync.onetimecopy_gen);
     report.caught_up = plan.behind.clone();
+    report.recaptured = plan
+        .tables
+        .iter()
+        .filter(|t| {
+            captured
+                .get(&(t.name.schema.clone(), t.name.name.clone()))
+                .is_some_and(|c| recopy.contains(&c.0))
+        })
+        .map(|t| t.name.human())
+        .collect();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -725,27 +738,32 @@ fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut RunCache, db:
     }
     let parts = cache.partitioned.clone().unwrap_or_default();
     for t in &parts {
-        let mut tx = conn
-            .transaction()
-            .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
-            .ctx(|| "setting a lock timeout".into())?;
-        let id: Option<i32> = tx
-            .query_opt(
-                "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
-                &[&t.schema, &t.name],
-            )
-            .ctx(|| "reading capture".into())?
-            .map(|r| r.get(0));
-        let Some(id) = id else { continue };
-        let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true)?;
-        tx.commit()
-            .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
-        if moved > 0 {
-            tracing::info!(
-                "{moved} partition(s) of {} attached, detached or dropped on \"{db}\"; their rows replicate as changes",
-                t.human()
-            );
+        // Two steps: TRUNCATE triggers for new partitions first (DDL, a
+        // short lock), then the keys of partitions that came or went are
+        // logged without blocking the application's writes to them.
+        for triggers_only in [true, false] {
+            let mut tx = conn
+                .transaction()
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+                .ctx(|| "setting a lock timeout".into())?;
+            let id: Option<i32> = tx
+                .query_opt(
+                    "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
+                    &[&t.schema, &t.name],
+                )
+                .ctx(|| "reading capture".into())?
+                .map(|r| r.get(0));
+            let Some(id) = id else { break };
+            let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true, triggers_only)?;
+            tx.commit()
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+            if moved > 0 {
+                tracing::info!(
+                    "{moved} partition(s) of {} attached, detached or dropped on \"{db}\"; their rows replicate as changes",
+                    t.human()
+                );
+            }
         }
     }
     Ok(())

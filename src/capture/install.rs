@@ -33,7 +33,7 @@ use crate::error::{Context, Error, Result};
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.
-pub const CAPTURE_VERSION: i32 = 2;
+pub const CAPTURE_VERSION: i32 = 3;
 
 /// NOTIFY channel the kick trigger uses.
 pub const KICK_CHANNEL: &str = "capra";
@@ -94,15 +94,19 @@ ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS keynums smallint[];
 
 -- Follows DDL on captured tables at ddl_command_end (installed as an event
--- trigger where capra's role is a superuser), so the application's writes
--- never fail because capture names a column that changed:
+-- trigger where capra's role is a superuser; it runs as its owner, whoever
+-- issues the DDL), so the application's writes never fail because capture
+-- names a column that changed:
 -- - a key column renamed: the change log's column and the capture
 --   function follow (then: capra update table T pkey=NEW);
 -- - a key column retyped: the change log's column follows;
--- - a key column dropped: capture switches to marking the table for a
---   full copy at every write, until a new key is declared.
--- It never fails the DDL: problems become a WARNING.
-CREATE OR REPLACE FUNCTION capra.follow_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+-- - a key column dropped, or anything above failing: capture switches to
+--   marking the table for a full copy at every write ('*' in
+--   truncate_log, keynums NULL) until its key is declared again.
+-- Every captured table is checked (DDL on a parent recurses to children
+-- the event does not name). It never fails the DDL.
+CREATE OR REPLACE FUNCTION capra.follow_ddl() RETURNS event_trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     cap record;
     names text[];
@@ -110,59 +114,85 @@ DECLARE
     gone boolean;
     def text;
     i integer;
+    old_t regtype;
 BEGIN
+    -- Its own ALTERs of change logs fire it again: only the outer one acts.
+    IF current_setting('capra.following_ddl', true) = 'on'
+       OR NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d WHERE d.classid = 'pg_class'::regclass) THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('capra.following_ddl', 'on', true);
     FOR cap IN
         SELECT c.id, c.keycols, c.keytypes, c.keynums, c.relid, c.schemaname, c.relname
           FROM capra.captured c
-         WHERE c.keynums IS NOT NULL
-           AND c.relid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d)
+         WHERE c.keynums IS NOT NULL AND c.relid IS NOT NULL
     LOOP
-        SELECT array_agg(a.attname::text ORDER BY k.i),
-               array_agg(pg_catalog.format_type(a.atttypid, -1) ORDER BY k.i),
-               bool_or(a.attname IS NULL OR a.attisdropped)
-          INTO names, types, gone
-          FROM unnest(cap.keynums) WITH ORDINALITY AS k(n, i)
-          LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = cap.relid AND a.attnum = k.n;
-        IF gone THEN
-            EXECUTE pg_catalog.format(
-                'CREATE OR REPLACE FUNCTION capra.capture_%s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
-                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
-                       PERFORM pg_catalog.pg_notify(''capra'', ''''); RETURN NULL; END $b$',
-                cap.id, cap.id);
-            UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
-            RAISE WARNING 'capra: a key column of %.% was dropped; capra copies the table whole until a new key is declared: capra update table %.% pkey=COLUMNS',
-                cap.schemaname, cap.relname, cap.schemaname, cap.relname;
-            CONTINUE;
-        END IF;
-        IF names IS DISTINCT FROM cap.keycols THEN
-            def := pg_catalog.pg_get_functiondef(pg_catalog.format('capra.capture_%s()', cap.id)::pg_catalog.regprocedure);
-            FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
-                IF names[i] IS DISTINCT FROM cap.keycols[i] THEN
-                    def := pg_catalog.replace(def,
-                        '"' || pg_catalog.replace(cap.keycols[i], '"', '""') || '"',
-                        '"' || pg_catalog.replace(names[i], '"', '""') || '"');
-                    EXECUTE pg_catalog.format('ALTER TABLE capra.%I RENAME COLUMN %I TO %I',
-                        'delta_' || cap.id, cap.keycols[i], names[i]);
+        BEGIN
+            SELECT array_agg(a.attname::text ORDER BY k.i),
+                   array_agg(format_type(a.atttypid, -1) ORDER BY k.i),
+                   bool_or(a.attname IS NULL OR a.attisdropped)
+              INTO names, types, gone
+              FROM unnest(cap.keynums) WITH ORDINALITY AS k(n, i)
+              LEFT JOIN pg_attribute a ON a.attrelid = cap.relid AND a.attnum = k.n;
+            IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = cap.relid) THEN
+                CONTINUE; -- the table itself is gone; capra's commands notice
+            END IF;
+            IF gone THEN
+                RAISE EXCEPTION 'a key column was dropped';
+            END IF;
+            IF names IS DISTINCT FROM cap.keycols THEN
+                def := pg_get_functiondef(format('capra.capture_%s()', cap.id)::regprocedure);
+                FOR i IN 1 .. array_length(names, 1) LOOP
+                    IF names[i] IS DISTINCT FROM cap.keycols[i] THEN
+                        def := replace(def,
+                            '"' || replace(cap.keycols[i], '"', '""') || '"',
+                            '"' || replace(names[i], '"', '""') || '"');
+                        EXECUTE format('ALTER TABLE capra.%I RENAME COLUMN %I TO %I',
+                            'delta_' || cap.id, cap.keycols[i], names[i]);
+                    END IF;
+                END LOOP;
+                EXECUTE def;
+                UPDATE capra.captured SET keycols = names WHERE id = cap.id;
+                RAISE WARNING 'capra: the key of %.% is now (%); tell capra: capra update table %.% pkey=%',
+                    cap.schemaname, cap.relname, array_to_string(names, ', '),
+                    cap.schemaname, cap.relname, array_to_string(names, ',');
+            END IF;
+            FOR i IN 1 .. array_length(types, 1) LOOP
+                IF types[i] IN ('smallint', 'integer') THEN
+                    types[i] := 'bigint';
+                END IF;
+                -- Compared as types: names print differently under other
+                -- search_paths; a name this one cannot resolve is left be.
+                BEGIN
+                    old_t := cap.keytypes[i]::regtype;
+                EXCEPTION WHEN OTHERS THEN
+                    old_t := NULL;
+                END;
+                IF old_t IS NOT NULL AND old_t <> types[i]::regtype THEN
+                    EXECUTE format('ALTER TABLE capra.%I ALTER COLUMN %I TYPE %s USING %I::text::%s',
+                        'delta_' || cap.id, names[i], types[i], names[i], types[i]);
+                    UPDATE capra.captured SET keytypes[i] = types[i] WHERE id = cap.id;
                 END IF;
             END LOOP;
-            EXECUTE def;
-            UPDATE capra.captured SET keycols = names WHERE id = cap.id;
-            RAISE WARNING 'capra: the key of %.% is now (%); tell capra: capra update table %.% pkey=%',
-                cap.schemaname, cap.relname, pg_catalog.array_to_string(names, ', '),
-                cap.schemaname, cap.relname, pg_catalog.array_to_string(names, ',');
-        END IF;
-        FOR i IN 1 .. pg_catalog.array_length(types, 1) LOOP
-            IF types[i] IN ('smallint', 'integer') THEN
-                types[i] := 'bigint';
-            END IF;
-            IF types[i] IS DISTINCT FROM cap.keytypes[i] THEN
-                EXECUTE pg_catalog.format('ALTER TABLE capra.%I ALTER COLUMN %I TYPE %s USING %I::text::%s',
-                    'delta_' || cap.id, names[i], types[i], names[i], types[i]);
-                UPDATE capra.captured SET keytypes[i] = types[i] WHERE id = cap.id;
-            END IF;
-        END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            BEGIN
+                EXECUTE format(
+                    'CREATE OR REPLACE FUNCTION capra.capture_%s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
+                     BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
+                           PERFORM pg_catalog.pg_notify(''capra'', ''''); RETURN NULL; END $b$',
+                    cap.id, cap.id);
+                INSERT INTO capra.truncate_log (captured, part) VALUES (cap.id, '*');
+                UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
+                RAISE WARNING 'capra: cannot follow the key of %.% (%); every write now marks it for a full copy, and its sync stops until you declare its key: capra update table %.% pkey=COLUMNS',
+                    cap.schemaname, cap.relname, SQLERRM, cap.schemaname, cap.relname;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'capra could not follow DDL on %.% (%); run: capra validate', cap.schemaname, cap.relname, SQLERRM;
+            END;
+        END;
     END LOOP;
+    PERFORM set_config('capra.following_ddl', 'off', true);
 EXCEPTION WHEN OTHERS THEN
+    PERFORM set_config('capra.following_ddl', 'off', true);
     RAISE WARNING 'capra could not follow this DDL (%); run: capra validate', SQLERRM;
 END
 $f$;
@@ -219,7 +249,8 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
     // An older version's capture functions are rebuilt in the new shape.
     for r in c
         .query(
-            "SELECT id, keycols, rowlevel, kick, schemaname, relname FROM capra.captured",
+            "SELECT id, keycols, rowlevel, kick, schemaname, relname FROM capra.captured
+              WHERE NOT (relid IS NOT NULL AND keynums IS NULL)",
             &[],
         )
         .ctx(|| "reading captured tables".into())?
@@ -348,7 +379,8 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     let rowlevel = use_row_triggers(c, &t.name)?;
     let existing = c
         .query_opt(
-            "SELECT id, keycols, keytypes, rowlevel FROM capra.captured WHERE schemaname = $1 AND relname = $2",
+            "SELECT id, keycols, keytypes, rowlevel, relid IS NOT NULL AND keynums IS NULL
+               FROM capra.captured WHERE schemaname = $1 AND relname = $2",
             &[&t.name.schema, &t.name.name],
         )
         .ctx(|| format!("reading capture of {}", t.name.human()))?;
@@ -356,15 +388,27 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         Some(r) => {
             let id: i32 = r.get(0);
             let (old_cols, old_types, old_row): (Vec<String>, Vec<String>, bool) = (r.get(1), r.get(2), r.get(3));
-            if old_cols == t.keycols && old_row == rowlevel && triggers_present(c, &t.name, id)? {
-                if old_types != keytypes {
+            // Marking for full copies since the DDL follower lost the key:
+            // rebuild even if the names look the same (a key column dropped
+            // and re-created under its old name).
+            let marked: bool = r.get(4);
+            if !marked && old_cols == t.keycols && old_row == rowlevel && triggers_present(c, &t.name, id)? {
+                let same_types: bool = c
+                    .query_one(
+                        "SELECT coalesce(bool_and(to_regtype(o) IS NOT DISTINCT FROM to_regtype(n)), true)
+                           FROM unnest($1::text[], $2::text[]) AS x(o, n)",
+                        &[&old_types, &keytypes],
+                    )
+                    .ctx(|| "comparing key types".into())?
+                    .get(0);
+                if !same_types {
                     // A key column changed type (int -> bigint, wider
                     // varchar): follow it in place, no rebuild.
                     let alters: Vec<String> = t
                         .keycols
                         .iter()
                         .zip(&keytypes)
-                        .map(|(k, ty)| format!("ALTER COLUMN {} TYPE {ty}", quote_ident(k)))
+                        .map(|(k, ty)| format!("ALTER COLUMN {0} TYPE {ty} USING {0}::text::{ty}", quote_ident(k)))
                         .collect();
                     c.batch_execute(&format!("ALTER TABLE {} {}", delta_table(id), alters.join(", ")))
                         .ctx(|| format!("following the key type change of {}", t.name.human()))?;
@@ -372,7 +416,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                         .ctx(|| "recording the key types".into())?;
                 }
                 set_kick(c, &t.name, id, t.autokick)?;
-                cover_partitions(c, id, &t.name, true)?;
+                cover_partitions(c, id, &t.name, true, false)?;
                 remember_key(c, id, &t.name, &t.keycols)?;
                 return Ok((id, false));
             }
@@ -390,34 +434,35 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
             let unapplied = "EXISTS (SELECT 1 FROM capra.consumer con
                               JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
                              WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
-            let mut pending: i64 = c
-                .query_one(
-                    // '*' marks (a key column was dropped) ask for a full
-                    // copy, which covers every change before it: they stay
-                    // across the rebuild and hold nothing back.
-                    &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND d.part IS DISTINCT FROM '*' AND {unapplied}"),
-                    &[&id],
-                )
-                .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
-                .get(0);
-            // After a key column was dropped, a '*' mark asks for a full
-            // copy; it was written after every change still in the log
-            // (the DROP waited for them), so the copy covers them too.
-            let marked: bool = c
+            // A '*' mark (the DDL follower lost the key) asks for a full
+            // copy; it was written after every change still in the logs
+            // (the DDL waited for them), so that copy covers them all and
+            // nothing is pending. Marks stay across the rebuild.
+            let mark_pending: bool = c
                 .query_one(
                     &format!("SELECT EXISTS (SELECT 1 FROM capra.truncate_log d WHERE d.captured = $1 AND d.part = '*' AND {unapplied})"),
                     &[&id],
                 )
                 .ctx(|| format!("reading the marks of {}", t.name.human()))?
                 .get(0);
-            if log_exists && !marked {
+            let mut pending: i64 = 0;
+            if !marked && !mark_pending {
                 pending += c
                     .query_one(
-                        &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
+                        &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
                         &[&id],
                     )
-                    .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                    .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
                     .get::<_, i64>(0);
+                if log_exists {
+                    pending += c
+                        .query_one(
+                            &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
+                            &[&id],
+                        )
+                        .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                        .get::<_, i64>(0);
+                }
             }
             if pending > 0 {
                 match on_key_change {
@@ -488,7 +533,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         .ctx(|| "recording the kick".into())?;
     // A rebuilt capture keeps its remembered partitions (moves since then
     // are logged); a new one starts remembering now.
-    cover_partitions(c, id, &t.name, false)?;
+    cover_partitions(c, id, &t.name, false, false)?;
     remember_key(c, id, &t.name, &t.keycols)?;
     Ok((id, false))
 }
@@ -516,7 +561,13 @@ fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: 
 /// the table) or, if it was dropped, a truncation of it. Foreign-table
 /// partitions take no trigger and are skipped. Returns how many partitions
 /// came or went.
-pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, baseline: bool) -> Result<usize> {
+pub fn cover_partitions(
+    c: &mut impl GenericClient,
+    id: i32,
+    table: &QualName,
+    baseline: bool,
+    triggers_only: bool,
+) -> Result<usize> {
     if discover::kind_of(c, table)? != Some(discover::Kind::Partitioned) {
         return Ok(0);
     }
@@ -568,6 +619,9 @@ pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, b
                 part.sql()
             ));
         }
+        if triggers_only {
+            continue;
+        }
         if !known.iter().any(|k| same(k, schema, name, *oid)) {
             if log_moves {
                 sql.push_str(&format!(
@@ -585,7 +639,7 @@ pub fn cover_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, b
             .ctx(|| "recording a partition".into())?;
         }
     }
-    for k in &known {
+    for k in known.iter().filter(|_| !triggers_only) {
         if now.iter().any(|(s, n, o, _)| same(k, s, n, *o)) {
             continue;
         }
@@ -741,12 +795,15 @@ fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Re
 fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> Result<()> {
     let row = c
         .query_one(
-            "SELECT rowlevel, kick, keycols FROM capra.captured WHERE id = $1",
+            "SELECT rowlevel, kick, keycols, relid IS NOT NULL AND keynums IS NULL FROM capra.captured WHERE id = $1",
             &[&id],
         )
         .ctx(|| "reading capture".into())?;
     let (rowlevel, kick, keycols): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-    if kick != on {
+    // A table marking for full copies (its key lost) keeps that function:
+    // regenerating from the old key would fail every write.
+    let marked: bool = row.get(3);
+    if kick != on && !marked {
         c.batch_execute(&function_sql(id, table, &keycols, rowlevel, on))
             .ctx(|| format!("switching the kick of {}", table.human()))?;
         c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])

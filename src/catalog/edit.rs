@@ -542,7 +542,7 @@ pub fn update_dbgroup(
     tx.execute("DELETE FROM capra.dbmap WHERE dbgroup = $1", &[&name])
         .ctx(|| format!("clearing dbgroup \"{name}\""))?;
     let mut out = set_members(tx, name, &resolved, false)?;
-    for sync in &active {
+    for sync in &syncs_with_position(tx, name)? {
         for db in &joining {
             tx.execute(
                 "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -550,7 +550,7 @@ pub fn update_dbgroup(
             )
             .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
             out.push(format!(
-                "Database \"{db}\" joins active sync \"{sync}\": it gets a full copy at the next run"
+                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
             ));
         }
     }
@@ -560,6 +560,21 @@ pub fn update_dbgroup(
         }
     }
     Ok(out)
+}
+
+/// Syncs of a dbgroup that hold a position on their sources (active, or
+/// run before): a target joining them missed what they applied so far.
+fn syncs_with_position(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
+    Ok(tx
+        .query(
+            "SELECT s.name FROM capra.sync s LEFT JOIN capra.sync_state st ON st.sync = s.name
+              WHERE s.dbgroup = $1 AND (s.status = 'active' OR st.last_good IS NOT NULL) ORDER BY 1",
+            &[&group],
+        )
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 fn active_syncs_using_group(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
@@ -789,6 +804,13 @@ pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Re
 /// role it is the source of a new group and a target otherwise.
 pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<&str>) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let active = active_syncs_using_group(tx, group)?;
+    if role == Some("source") && !active.is_empty() {
+        return Err(Error::Rejected(format!(
+            "cannot add a source to dbgroup \"{group}\": active sync {} uses it; deactivate it first",
+            quote_list(&active)
+        )));
+    }
     if model::dbgroup(tx, group)?.is_none() {
         tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[&group])
             .ctx(|| format!("creating dbgroup \"{group}\""))?;
@@ -806,6 +828,18 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     )
     .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
     out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+    if role == "target" {
+        for sync in syncs_with_position(tx, group)? {
+            tx.execute(
+                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&sync, &db],
+            )
+            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
+            out.push(format!(
+                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
+            ));
+        }
+    }
     Ok(out)
 }
 

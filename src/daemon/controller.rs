@@ -33,6 +33,8 @@ pub struct Outcome {
     served_otc: Option<i64>,
     /// Targets that were behind and have caught up.
     caught_up: Vec<String>,
+    /// Tables whose capture lost its key and must be rebuilt.
+    recapture: bool,
     /// With `stale`: the captured ids the run found and its plan lacked.
     extra: Vec<i32>,
     /// Kick requests this run could not answer (the control database was
@@ -386,6 +388,11 @@ impl Controller {
                 }
                 p.behind.retain(|b| !o.caught_up.contains(b));
             }
+            if o.recapture {
+                // Rebuild capture on the key the catalog names (or say
+                // which key to declare) before the next run.
+                self.capture_ready = false;
+            }
             if self.key_change_waits {
                 // The old log may be drained now: try switching keys.
                 if let Err(e) = self.prepare() {
@@ -532,6 +539,7 @@ fn execute(
             Outcome {
                 ok: true,
                 served_otc: rep.onetimecopy_gen,
+                recapture: !rep.recaptured.is_empty(),
                 caught_up: rep.caught_up,
                 unanswered,
                 ..Default::default()

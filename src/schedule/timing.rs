@@ -77,7 +77,8 @@ pub struct Timing {
     retry_at: Option<Instant>,
     last_run: Instant,
     schedule: Option<Schedule>,
-    next_cron: Option<Instant>,
+    /// The next slot, by the wall clock and as an instant.
+    next_cron: Option<(DateTime<Local>, Instant)>,
     checktime: Option<Duration>,
     running: bool,
     failures: u32,
@@ -112,10 +113,15 @@ impl Timing {
         self.next_cron = self.next_slot(now, wall, wall);
     }
 
-    /// The first slot after `from`, as an instant (`now` is `wall`).
-    fn next_slot(&self, now: Instant, wall: DateTime<Local>, from: DateTime<Local>) -> Option<Instant> {
+    /// The first slot after `from` (`now` is `wall`).
+    fn next_slot(
+        &self,
+        now: Instant,
+        wall: DateTime<Local>,
+        from: DateTime<Local>,
+    ) -> Option<(DateTime<Local>, Instant)> {
         let at = self.schedule.as_ref()?.next_after(&from)?;
-        Some(now + (at - wall).to_std().unwrap_or_default())
+        Some((at, now + (at - wall).to_std().unwrap_or_default()))
     }
 
     /// Asks for a run. An explicit kick runs at once, even during a
@@ -134,7 +140,7 @@ impl Timing {
     /// least every second. While a run is going only the cron slot counts.
     pub fn wake_at(&self, now: Instant) -> Instant {
         let mut at = now + IDLE_WAKE;
-        if let Some(t) = self.next_cron {
+        if let Some((_, t)) = self.next_cron {
             at = at.min(t);
         }
         if !self.running {
@@ -151,11 +157,13 @@ impl Timing {
     /// Notes what fell due by `now`: a cron slot (once, then the next one
     /// is computed from `wall`) and checktime since the last run.
     pub fn tick(&mut self, now: Instant, wall: DateTime<Local>) {
-        if self.next_cron.is_some_and(|t| now >= t) {
-            self.pending.get_or_insert(Reason::Schedule);
-            // The slot just passed: look for the one after it (from a
-            // second on, should the wall clock lag the monotonic one).
-            self.next_cron = self.next_slot(now, wall, wall + chrono::Duration::seconds(1));
+        if let Some((slot, t)) = self.next_cron {
+            if now >= t {
+                self.pending.get_or_insert(Reason::Schedule);
+                // The slot just passed: the next one is strictly after it
+                // (and after the wall clock, should it run ahead).
+                self.next_cron = self.next_slot(now, wall, wall.max(slot));
+            }
         }
         if let Some(ct) = self.checktime {
             if !self.running && now >= self.last_run + ct {
@@ -317,6 +325,25 @@ mod tests {
             slot + Duration::from_secs(300),
             "the next slot is 12:10"
         );
+    }
+
+    #[test]
+    fn a_schedule_with_seconds_fires_every_slot() {
+        let t0 = Instant::now();
+        let wall = Local.with_ymd_and_hms(2027, 3, 1, 12, 0, 0).unwrap() + chrono::Duration::milliseconds(500);
+        let mut t = Timing::new(t0);
+        t.configure(Some(Schedule::parse("* * * * * *").unwrap()), None, t0, wall);
+        let mut fired = 0;
+        for ms in (500..5_000).step_by(100) {
+            let now = t0 + Duration::from_millis(ms - 500);
+            t.tick(now, wall + chrono::Duration::milliseconds(ms as i64 - 500));
+            if t.due(now) {
+                t.begin();
+                t.succeeded(now);
+                fired += 1;
+            }
+        }
+        assert_eq!(fired, 4, "12:00:01 to 12:00:04, once each");
     }
 
     #[test]

@@ -956,3 +956,122 @@ fn targets_join_a_running_sync_with_a_full_copy() {
     let err = c.fails(&["update", "dbgroup", "grp", "src"], 1);
     assert!(err.contains("last target"), "{err}");
 }
+
+/// Key DDL issued by the application's own (non-superuser) owner role, and
+/// the common "change the key's type" migration (add a column, drop the old
+/// key, rename the new one into its place): the application's writes never
+/// fail, and after one command the sync replicates exactly again.
+#[test]
+fn key_migrations_by_the_table_owner() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("ownerddl", "SELECT 1");
+    let setup = "CREATE TABLE kv (id int PRIMARY KEY, v text)";
+    b.exec(&tgt, setup);
+    a.exec(
+        &src,
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_owner') THEN CREATE ROLE app_owner LOGIN; END IF; END $$;
+             GRANT CREATE ON SCHEMA public TO app_owner;
+             SET ROLE app_owner; {setup}; INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 20) g; RESET ROLE"
+        ),
+    );
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    let as_owner = |sql: &str| {
+        let mut cl = a.client(&src);
+        cl.batch_execute(&format!("SET ROLE app_owner; {sql}"))
+            .unwrap_or_else(|e| panic!("the application's statement failed: {sql}: {e:?}"));
+    };
+    // Renamed by the owner.
+    b.exec(&tgt, "ALTER TABLE kv RENAME COLUMN id TO kid");
+    as_owner("ALTER TABLE kv RENAME COLUMN id TO kid");
+    as_owner("INSERT INTO kv VALUES (21, 'after rename'); UPDATE kv SET v = 'u' WHERE kid = 1");
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    c.ok(&["update", "table", "kv", "pkey=kid"]);
+
+    // The key's type changed by migration: add, copy, drop, rename.
+    let migrate = "ALTER TABLE kv ADD COLUMN kid_new bigint; UPDATE kv SET kid_new = kid * 10;
+                   ALTER TABLE kv DROP COLUMN kid; ALTER TABLE kv RENAME COLUMN kid_new TO kid;
+                   ALTER TABLE kv ALTER COLUMN kid SET NOT NULL; ALTER TABLE kv ADD PRIMARY KEY (kid)";
+    b.exec(&tgt, migrate);
+    as_owner(migrate);
+    as_owner("INSERT INTO kv VALUES ('mid-migration', 5000000000); DELETE FROM kv WHERE kid = 200");
+    // Capture lost the key in the middle of the migration: the table is
+    // copied whole, then capture is rebuilt on the key the catalog names
+    // (it exists again) and changes flow as deltas.
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    let marks = || a.query(&src, "SELECT count(*) FROM capra.truncate_log WHERE part = '*'")[0].clone();
+    assert!(
+        wait_for(30, || a.query(&src, "SELECT keynums IS NOT NULL FROM capra.captured")
+            [0]
+        .as_deref()
+            == Some("t")),
+        "capture was not rebuilt\n{}",
+        c.log()
+    );
+    let before = marks();
+    as_owner("UPDATE kv SET v = 'delta again' WHERE kid = 50");
+    converges(&c, &src, (b, &tgt), "kv", 30);
+    assert_eq!(marks(), before, "writes after the rebuild are deltas again");
+}
+
+/// `add db NAME ... group=G` into a running sync's dbgroup: the new target
+/// gets a full copy; a second source is refused while the sync runs.
+#[test]
+fn add_db_into_a_running_group() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    let (c, src, _tgt) = fixtures::pair("addgrp", ddl);
+    let tgt2 = b.create_db(&crate::support::unique("addgrp_tgt2"));
+    b.exec(&tgt2, ddl);
+    a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 30) g");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&["add", "dbgroup", "grp", "src:source", "tgt:target"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=grp",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    let out = c.ok(&[
+        "add",
+        "db",
+        "tgt2",
+        &format!("dbname={tgt2}"),
+        "host=127.0.0.1",
+        &format!("port={}", b.port),
+        "user=postgres",
+        "group=grp:target",
+    ]);
+    assert!(out.contains("gets a full copy at the next run"), "{out}");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt2, "kv"), "{}", c.log());
+    let err = c.fails(
+        &[
+            "add",
+            "db",
+            "src2",
+            &format!("dbname={src}"),
+            "host=127.0.0.1",
+            &format!("port={}", a.port),
+            "user=postgres",
+            "group=grp:source",
+        ],
+        1,
+    );
+    assert!(err.contains("cannot add a source"), "{err}");
+}
