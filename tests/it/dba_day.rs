@@ -88,12 +88,12 @@ impl Drop for Writer {
 #[test]
 fn table_added_to_a_running_sync_loses_no_row() {
     for round in 0..3 {
-        let (c, src, tgt) = fixtures::pair(
+        let (c, src, tgt) = fixtures::synced(
             "addt",
             "CREATE TABLE busy (id bigserial PRIMARY KEY, v text); CREATE TABLE t (id int PRIMARY KEY, v text)",
+            &["busy"],
+            &[],
         );
-        c.ok(&["add", "table", "busy", "db=src", "relgroup=g"]);
-        c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
         let _d = c.start();
         let w = Writer::start(&src, "INSERT INTO busy (v) SELECT 'x' FROM generate_series(1, 50)");
         std::thread::sleep(Duration::from_millis(300));
@@ -154,18 +154,14 @@ fn onetimecopy_requested_during_a_run_is_kept() {
 #[test]
 fn onetimecopy_on_a_kick_only_sync_waits_for_the_kick() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair("otck", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    let (c, src, tgt) = fixtures::synced(
+        "otck",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
     a.exec(&src, "INSERT INTO kv VALUES (1, 'one'), (2, 'two')");
     b.exec(&tgt, "INSERT INTO kv VALUES (9, 'stale')");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
     let _d = c.start();
     c.ok(&["update", "sync", "s", "onetimecopy=1"]);
     std::thread::sleep(Duration::from_secs(4));
@@ -185,21 +181,13 @@ fn onetimecopy_on_a_kick_only_sync_waits_for_the_kick() {
 #[test]
 fn key_change_never_discards_a_pending_truncate() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair(
+    let (c, src, tgt) = fixtures::synced(
         "trkey",
         "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
+        &["kv"],
+        &["autokick=0", "onetimecopy=1"],
     );
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a', 'x'), (2, 'b', 'y')");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
     {
         let _d = c.start();
         c.ok(&["kick", "s", "60"]);
@@ -225,21 +213,11 @@ fn partitions_truncated_attached_detached_and_dropped() {
     let ddl = "CREATE TABLE m (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
                CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
                CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
-    let (c, src, tgt) = fixtures::pair("part", ddl);
+    let (c, src, tgt) = fixtures::synced("part", ddl, &["m"], &["autokick=0", "onetimecopy=1"]);
     a.exec(
         &src,
         "INSERT INTO m SELECT g, date '2024-01-01' + g, 'v' || g FROM generate_series(1, 600) g",
     );
-    c.ok(&["add", "table", "m", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
     let _d = c.start();
     c.ok(&["kick", "s", "60"]);
     assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"));
@@ -297,22 +275,12 @@ fn partitions_truncated_attached_detached_and_dropped() {
 fn table_rewritten_during_a_run_loses_nothing() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE a1 (id int PRIMARY KEY, v text); CREATE TABLE z9 (id int PRIMARY KEY, n int)";
-    let (c, src, tgt) = fixtures::pair("rewrite", ddl);
+    let (c, src, tgt) = fixtures::synced("rewrite", ddl, &["a1", "z9"], &["autokick=0", "onetimecopy=1"]);
     a.exec(
         &src,
         "INSERT INTO a1 SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g;
          INSERT INTO z9 SELECT g, g FROM generate_series(1, 1000) g",
     );
-    c.ok(&["add", "table", "a1", "z9", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
     let _d = c.start();
     c.ok(&["kick", "s"]);
     // While the run copies a1, rewrite z9 on both sides.
@@ -341,20 +309,11 @@ fn table_rewritten_during_a_run_loses_nothing() {
 fn widened_keys_never_fail_the_application() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE kv (code varchar(10) PRIMARY KEY, v text); CREATE TABLE ids (id int PRIMARY KEY, v text)";
-    let (c, src, tgt) = fixtures::pair("widen", ddl);
+    let (c, src, tgt) = fixtures::synced("widen", ddl, &["kv", "ids"], &["onetimecopy=1"]);
     a.exec(
         &src,
         "INSERT INTO kv VALUES ('short', 'x'); INSERT INTO ids VALUES (1, 'x')",
     );
-    c.ok(&["add", "table", "kv", "ids", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-    ]);
     let _d = c.start();
     converges(&c, &src, (b, &tgt), "kv", 30);
     for db in [(a, &src), (b, &tgt)] {
@@ -380,17 +339,13 @@ fn widened_keys_never_fail_the_application() {
 #[test]
 fn added_columns_replicate_at_once() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair("addcol", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    let (c, src, tgt) = fixtures::synced(
+        "addcol",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["onetimecopy=1"],
+    );
     a.exec(&src, "INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 10) g");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-    ]);
     let _d = c.start();
     converges(&c, &src, (b, &tgt), "kv", 30);
     a.exec(&src, "ALTER TABLE kv ADD COLUMN extra text");
@@ -498,16 +453,12 @@ fn server_timeouts_do_not_kill_a_long_run() {
 #[test]
 fn source_behind_its_stored_position_stops_with_the_repair() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair("restored", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, src, tgt) = fixtures::synced(
+        "restored",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
     a.exec(&src, "UPDATE capra.consumer SET snapshot = '900000000:900000000:'");
     let _d = c.start();
@@ -727,20 +678,13 @@ fn shared_tables_prepared_transactions_and_savepoints() {
 #[test]
 fn key_ddl_never_fails_the_application() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair(
+    let (c, src, tgt) = fixtures::synced(
         "keyddl",
         "CREATE TABLE kv (code int PRIMARY KEY, alt int NOT NULL UNIQUE, v text)",
+        &["kv"],
+        &["onetimecopy=1"],
     );
     a.exec(&src, "INSERT INTO kv SELECT g, g, 'v' FROM generate_series(1, 20) g");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-    ]);
     let _d = c.start();
     converges(&c, &src, (b, &tgt), "kv", 30);
 
@@ -811,16 +755,7 @@ fn char_bit_and_odd_named_keys() {
     let ddl = r#"CREATE TABLE ck (code char(3) PRIMARY KEY, v text);
                  CREATE TABLE bk (b bit(4) PRIMARY KEY, v text);
                  CREATE TABLE "we$f$ird" ("k$f$" int PRIMARY KEY, v text);"#;
-    let (c, src, tgt) = fixtures::pair("chark", ddl);
-    c.ok(&["add", "table", "ck", "bk", r#"we$f$ird"#, "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, src, tgt) = fixtures::synced("chark", ddl, &["ck", "bk", r#"we$f$ird"#], &["autokick=0"]);
     let _d = c.start();
     a.exec(
         &src,
@@ -848,21 +783,11 @@ fn partition_moves_while_the_daemon_is_down() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE m (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
                CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');";
-    let (c, src, tgt) = fixtures::pair("partdown", ddl);
+    let (c, src, tgt) = fixtures::synced("partdown", ddl, &["m"], &["autokick=0", "onetimecopy=1"]);
     a.exec(
         &src,
         "INSERT INTO m SELECT g, date '2024-01-01' + g, 'a' FROM generate_series(1, 100) g",
     );
-    c.ok(&["add", "table", "m", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
     {
         let _d = c.start();
         c.ok(&["kick", "s", "60"]);
@@ -893,16 +818,7 @@ fn partition_moves_while_the_daemon_is_down() {
 fn leftover_capture_does_not_wedge_the_sync() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE gone (k int PRIMARY KEY)";
-    let (c, src, tgt) = fixtures::pair("leftover", ddl);
-    c.ok(&["add", "table", "kv", "gone", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, src, tgt) = fixtures::synced("leftover", ddl, &["kv", "gone"], &["autokick=0"]);
     // What an interrupted 'remove table gone' leaves: the catalog no longer
     // has it, the source still captures it for the sync.
     c.ok(&["remove", "table", "gone", "db=src"]);

@@ -98,17 +98,13 @@ fn sync_options_without_effect_warn() {
 #[test]
 fn strict_checking_and_isolation_level_act() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair("strict", "CREATE TABLE kv (k int PRIMARY KEY, v varchar(20))");
+    let (c, src, tgt) = fixtures::synced(
+        "strict",
+        "CREATE TABLE kv (k int PRIMARY KEY, v varchar(20))",
+        &["kv"],
+        &["autokick=0"],
+    );
     b.exec(&tgt, "ALTER TABLE kv ALTER COLUMN v TYPE varchar(5)");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
     let r = c.run(&["validate", "s"]);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("set strict_checking=0"), "{}", r.stderr);
@@ -134,16 +130,12 @@ fn strict_checking_and_isolation_level_act() {
 #[test]
 fn lock_timeout_bounds_the_wait_for_ddl() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair("locks", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    let (c, src, tgt) = fixtures::synced(
+        "locks",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
     c.ok(&["set", "lock_timeout=1"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
@@ -224,19 +216,12 @@ fn listeners_are_checked_and_reconnected() {
 #[test]
 fn table_autokick_overrides_the_sync_and_inert_options_warn() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = fixtures::pair(
+    let (c, src, tgt) = fixtures::synced(
         "tabkick",
         "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE quiet (k int PRIMARY KEY)",
+        &["kv", "quiet"],
+        &["autokick=0"],
     );
-    c.ok(&["add", "table", "kv", "quiet", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
     c.ok(&["update", "table", "kv", "autokick=1"]);
     let _d = c.start();
     // The listener kicks once when it connects (catching up); wait for it.

@@ -84,3 +84,17 @@ pub fn add_keyed_tables(c: &super::Capra) {
         "hibernate_unique_key",
     ]);
 }
+
+/// [`pair`] plus the tables in relgroup "g" and a sync "s" from "src" to
+/// "tgt" with the given options: the start of most scenario tests.
+pub fn synced(prefix: &str, ddl: &str, tables: &[&str], opts: &[&str]) -> (super::Capra, String, String) {
+    let (c, src, tgt) = pair(prefix, ddl);
+    let mut add = vec!["add", "table"];
+    add.extend_from_slice(tables);
+    add.extend(["db=src", "relgroup=g"]);
+    c.ok(&add);
+    let mut sync = vec!["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"];
+    sync.extend_from_slice(opts);
+    c.ok(&sync);
+    (c, src, tgt)
+}
