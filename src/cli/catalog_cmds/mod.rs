@@ -86,31 +86,43 @@ pub fn update(ctx: &Ctx, noun: Noun) -> Result<()> {
     }
 }
 
+/// Removes each named object in one catalog edit, reconciling capture for
+/// the syncs `affected` finds for each name before the edit.
+fn remove_each(
+    cat: &mut Catalog,
+    names: &[String],
+    affected: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
+    remove: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    edit_with_capture(
+        cat,
+        |tx| {
+            let mut v = Vec::new();
+            for n in names {
+                v.extend(affected(tx, n)?);
+            }
+            Ok(v)
+        },
+        |tx| {
+            let mut out = Vec::new();
+            for n in names {
+                out.extend(remove(tx, n)?);
+            }
+            Ok(out)
+        },
+    )
+}
+
 /// `capra remove ...`.
 pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let lines = match noun {
-        Noun::Db(w) => {
-            let names = names_only(&w, "remove db")?;
-            let n2 = names.clone();
-            edit_with_capture(
-                &mut cat,
-                |tx| {
-                    let mut v = Vec::new();
-                    for n in &n2 {
-                        v.extend(reconcile::syncs_of_db(tx, n)?);
-                    }
-                    Ok(v)
-                },
-                |tx| {
-                    let mut out = Vec::new();
-                    for n in &names {
-                        out.extend(edit::remove_db(tx, n, w.force)?);
-                    }
-                    Ok(out)
-                },
-            )?
-        }
+        Noun::Db(w) => remove_each(
+            &mut cat,
+            &names_only(&w, "remove db")?,
+            |tx, n| reconcile::syncs_of_db(tx, n),
+            |tx, n| edit::remove_db(tx, n, w.force),
+        )?,
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
@@ -125,27 +137,12 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
                 Ok(names.iter().map(|n| format!("Removed relgroup \"{n}\"")).collect())
             })?
         }
-        Noun::Dbgroup(w) => {
-            let names = names_only(&w, "remove dbgroup")?;
-            let n2 = names.clone();
-            edit_with_capture(
-                &mut cat,
-                |tx| {
-                    let mut v = Vec::new();
-                    for n in &n2 {
-                        v.extend(reconcile::syncs_of_dbgroup(tx, n)?);
-                    }
-                    Ok(v)
-                },
-                |tx| {
-                    let mut out = Vec::new();
-                    for n in &names {
-                        out.extend(edit::remove_dbgroup(tx, n, w.force)?);
-                    }
-                    Ok(out)
-                },
-            )?
-        }
+        Noun::Dbgroup(w) => remove_each(
+            &mut cat,
+            &names_only(&w, "remove dbgroup")?,
+            |tx, n| reconcile::syncs_of_dbgroup(tx, n),
+            |tx, n| edit::remove_dbgroup(tx, n, w.force),
+        )?,
         Noun::Sync(w) => {
             let names = crate::cli::strip_noise(&names_only(&w, "remove sync")?);
             let n2 = names.clone();
