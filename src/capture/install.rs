@@ -979,6 +979,25 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
                 set_kick(c, &name, id, r.get(4))?;
             }
         } else {
+            // Lock the registry row, then look again: a concurrent attach
+            // of another sync to this table either committed its consumer
+            // row (seen now, so the capture stays) or waits on this lock
+            // and then fails cleanly instead of losing its capture.
+            let still_unused: bool = c
+                .query_opt("SELECT 1 FROM capra.captured WHERE id = $1 FOR UPDATE", &[&id])
+                .ctx(|| "locking a captured table".into())?
+                .is_some()
+                && !c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM capra.consumer_table WHERE captured = $1)",
+                        &[&id],
+                    )
+                    .ctx(|| "checking the consumers of a captured table".into())?
+                    .get::<_, bool>(0);
+            if !still_unused {
+                left += 1;
+                continue;
+            }
             drop_capture_objects(c, &name, id)?;
             c.execute("DELETE FROM capra.captured WHERE id = $1", &[&id])
                 .ctx(|| "unregistering capture".into())?;

@@ -10,6 +10,7 @@ use super::logging;
 use crate::capture::{install, purge};
 use crate::catalog::model::{self, Db};
 use crate::catalog::plan::SyncPlan;
+use crate::error::Context;
 
 impl Engine {
     /// The purger (VAC): every vac_sleep seconds, on every captured source.
@@ -39,7 +40,12 @@ impl Engine {
                         if self.sync_exists(&o) != Some(false) {
                             continue;
                         }
-                        install::detach_consumer(&mut *c, &self.installation, &o)?;
+                        // One transaction, so its re-checks under lock hold.
+                        let mut tx = c.transaction().ctx(|| "starting a cleanup".into())?;
+                        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+                            .ctx(|| "setting a lock timeout".into())?;
+                        install::detach_consumer(&mut tx, &self.installation, &o)?;
+                        tx.commit().ctx(|| "committing a cleanup".into())?;
                         tracing::warn!(
                             "Removed change capture left behind by removed sync \"{o}\" on database \"{}\"",
                             db.name
