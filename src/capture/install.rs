@@ -115,6 +115,7 @@ DECLARE
     def text;
     i integer;
     old_t regtype;
+    part record;
 BEGIN
     -- Its own ALTERs of change logs fire it again: only the outer one acts.
     IF current_setting('capra.following_ddl', true) = 'on'
@@ -122,6 +123,28 @@ BEGIN
         RETURN;
     END IF;
     PERFORM set_config('capra.following_ddl', 'on', true);
+    -- A partition no longer attached to its captured table is forgotten by
+    -- oid now, so the next run treats it as gone (its rows leave the
+    -- targets) and, should it be attached again meanwhile, as new (its
+    -- rows, changed while detached, are copied): exact either way.
+    BEGIN
+        FOR part IN
+            SELECT p.captured, p.relid AS oid, c.relid AS parent
+              FROM capra.captured_part p JOIN capra.captured c ON c.id = p.captured
+             WHERE p.relid IS NOT NULL AND p.relid <> 0 AND c.relid IS NOT NULL
+        LOOP
+            IF NOT EXISTS (
+                WITH RECURSIVE up(oid) AS (
+                    SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = part.oid
+                    UNION ALL SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid)
+                SELECT 1 FROM up WHERE up.oid = part.parent)
+            THEN
+                UPDATE capra.captured_part SET relid = 0 WHERE captured = part.captured AND relid = part.oid;
+            END IF;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'capra could not note a detached partition (%)', SQLERRM;
+    END;
     FOR cap IN
         SELECT c.id, c.keycols, c.keytypes, c.keynums, c.relid, c.schemaname, c.relname
           FROM capra.captured c
