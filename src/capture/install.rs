@@ -416,14 +416,17 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
             // and re-created under its old name).
             let marked: bool = r.get(4);
             if !marked && old_cols == t.keycols && old_row == rowlevel && triggers_present(c, &t.name, id)? {
-                let same_types: bool = c
-                    .query_one(
+                // Equal text needs no round trip; only differing names are
+                // compared as types (the follower may have written another
+                // spelling of the same type).
+                let same_types: bool = old_types == keytypes
+                    || c.query_one(
                         "SELECT coalesce(bool_and(to_regtype(o) IS NOT DISTINCT FROM to_regtype(n)), true)
                            FROM unnest($1::text[], $2::text[]) AS x(o, n)",
                         &[&old_types, &keytypes],
                     )
-                    .ctx(|| "comparing key types".into())?
-                    .get(0);
+                        .ctx(|| "comparing key types".into())?
+                        .get::<_, bool>(0);
                 if !same_types {
                     // A key column changed type (int -> bigint, wider
                     // varchar): follow it in place, no rebuild.

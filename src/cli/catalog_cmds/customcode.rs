@@ -14,6 +14,21 @@ pub(super) const CODE_KEYS: &[Key] = &[
     key("about", &[]),
 ];
 
+/// Reads a hook file and compiles it in the sandbox (a syntax error is
+/// refused with its line); returns its absolute path and source.
+fn read_hook(file: &str) -> Result<(std::path::PathBuf, String)> {
+    let path = std::fs::canonicalize(file).map_err(|source| Error::Io {
+        context: format!("reading {file}"),
+        source,
+    })?;
+    let src = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    crate::hooks::check(&path.display().to_string(), &src)?;
+    Ok((path, src))
+}
+
 pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, CODE_KEYS, "add customcode")?;
     let [name] = a.positional.as_slice() else {
@@ -31,15 +46,7 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let file = a
         .get("src_code")
         .ok_or_else(|| Error::Usage(format!("customcode \"{name}\" needs src_code=FILE.lua")))?;
-    let path = std::fs::canonicalize(file).map_err(|source| Error::Io {
-        context: format!("reading {file}"),
-        source,
-    })?;
-    let src = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        context: format!("reading {}", path.display()),
-        source,
-    })?;
-    crate::hooks::check(&path.display().to_string(), &src)?;
+    let (path, src) = read_hook(file)?;
     let priority = a.number("priority", 1_000_000)?.unwrap_or(0) as i32;
     let status = a
         .choice("status", &["active", "inactive"])?
@@ -95,15 +102,7 @@ pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         sets.push(("about", v.to_string(), "text"));
     }
     if let Some(file) = a.get("src_code") {
-        let path = std::fs::canonicalize(file).map_err(|source| Error::Io {
-            context: format!("reading {file}"),
-            source,
-        })?;
-        let src = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            context: format!("reading {}", path.display()),
-            source,
-        })?;
-        crate::hooks::check(&path.display().to_string(), &src)?;
+        let (path, src) = read_hook(file)?;
         sets.push(("src_code", src, "text"));
         sets.push(("src_file", path.display().to_string(), "text"));
     }
