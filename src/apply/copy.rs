@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 
 use postgres::Transaction;
 
-use crate::catalog::model::Relation;
 use crate::error::{Context, Error, Result};
 
 fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
@@ -27,49 +26,49 @@ fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
     }
 }
 
-/// Streams one COPY out of the source into the chosen targets at once;
-/// returns rows written (summed over targets).
+/// Streams one COPY out of a source into the chosen receivers at once:
+/// `dests` pairs a receiver with the `COPY ... FROM STDIN` it runs there
+/// (a table, or a staging table). Returns the rows each received.
 pub(crate) fn pipe(
     stx: &mut Transaction<'_>,
     query: &str,
     txs: &mut [Transaction<'_>],
-    idx: &[usize],
+    dests: &[(usize, String)],
     names: &[String],
-    t: &Relation,
-    cols: &str,
-) -> Result<u64> {
-    let into = format!("COPY {} ({cols}) FROM STDIN", t.name.sql());
+    what: &str,
+) -> Result<Vec<u64>> {
     let mut writers = Vec::new();
     for (i, tx) in txs.iter_mut().enumerate() {
-        if idx.contains(&i) {
+        if let Some((_, into)) = dests.iter().find(|d| d.0 == i) {
             let w = tx
                 .copy_in(into.as_str())
-                .ctx(|| format!("starting COPY into {} on \"{}\"", t.name.human(), names[i]))?;
+                .ctx(|| format!("starting COPY into {what} on \"{}\"", names[i]))?;
             writers.push((i, w));
         }
     }
-    let mut reader = stx
-        .copy_out(query)
-        .ctx(|| format!("starting COPY from {}", t.name.human()))?;
+    let mut reader = stx.copy_out(query).ctx(|| format!("starting COPY from {what}"))?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader
             .read(&mut buf)
-            .map_err(|e| io_err(|| format!("reading {} from the source", t.name.human()), e))?;
+            .map_err(|e| io_err(|| format!("reading {what} from the source"), e))?;
         if n == 0 {
             break;
         }
         for (i, w) in writers.iter_mut() {
             w.write_all(&buf[..n])
-                .map_err(|e| io_err(|| format!("writing {} to \"{}\"", t.name.human(), names[*i]), e))?;
+                .map_err(|e| io_err(|| format!("writing {what} to \"{}\"", names[*i]), e))?;
         }
     }
     drop(reader);
-    let mut rows = 0;
+    let mut rows = vec![0; dests.len()];
     for (i, w) in writers {
-        rows += w
+        let n = w
             .finish()
-            .ctx(|| format!("finishing COPY into {} on \"{}\"", t.name.human(), names[i]))?;
+            .ctx(|| format!("finishing COPY into {what} on \"{}\"", names[i]))?;
+        if let Some(j) = dests.iter().position(|d| d.0 == i) {
+            rows[j] = n;
+        }
     }
     Ok(rows)
 }

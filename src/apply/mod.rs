@@ -1,5 +1,6 @@
 //! Applying changes: one run of a sync (Bucardo's KID).
 
+pub mod conflict;
 pub mod copy;
 pub mod pools;
 pub mod run;

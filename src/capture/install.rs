@@ -33,7 +33,7 @@ use crate::error::{Context, Error, Result};
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.
-pub const CAPTURE_VERSION: i32 = 3;
+pub const CAPTURE_VERSION: i32 = 4;
 
 /// NOTIFY channel the kick trigger uses.
 pub const KICK_CHANNEL: &str = "capra";
@@ -92,6 +92,9 @@ ALTER TABLE capra.captured_part ADD COLUMN IF NOT EXISTS relid oid;
 -- table (a key column renamed, retyped or dropped) can be followed.
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS keynums smallint[];
+-- Version 4: the transaction in which a sync last wrote rows here that it
+-- logged itself (makedelta), so that sync does not read them back.
+ALTER TABLE capra.consumer ADD COLUMN IF NOT EXISTS applied_txid bigint;
 
 -- Follows DDL on captured tables at ddl_command_end (installed as an event
 -- trigger where capra's role is a superuser; it runs as its owner, whoever

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_catalog.sql")),
     (2, include_str!("migrations/0002_runs.sql")),
     (3, include_str!("migrations/0003_races.sql")),
+    (4, include_str!("migrations/0004_conflicts.sql")),
 ];
 
 /// The catalog version this build expects.

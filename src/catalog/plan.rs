@@ -29,6 +29,8 @@ pub struct SyncPlan {
     pub tables: Vec<Relation>,
     /// Sequences.
     pub sequences: Vec<Relation>,
+    /// Active Lua hooks attached to the sync or to its tables.
+    pub hooks: Vec<crate::hooks::Code>,
 }
 
 impl SyncPlan {
@@ -57,7 +59,35 @@ impl SyncPlan {
             behind: Vec::new(),
             tables: ordered.iter().filter(|r| r.reltype == "table").cloned().collect(),
             sequences: ordered.iter().filter(|r| r.reltype == "sequence").cloned().collect(),
+            hooks: Vec::new(),
         };
+        let ids: Vec<i32> = plan.tables.iter().map(|t| t.id).collect();
+        for r in c
+            .query(
+                "SELECT c.name, c.whenrun, c.src_file, c.src_code, m.priority,
+                        CASE WHEN m.relation IS NULL THEN NULL ELSE r.schemaname || '.' || r.relname END,
+                        r.schemaname, r.relname
+                   FROM capra.customcode c
+                   JOIN capra.customcode_map m ON m.code = c.name
+                   LEFT JOIN capra.relation r ON r.id = m.relation
+                  WHERE c.status = 'active' AND (m.sync = $1 OR m.relation = ANY($2))",
+                &[&name, &ids],
+            )
+            .ctx(|| format!("reading the hooks of sync \"{name}\""))?
+        {
+            let table: Option<String> = match (r.get::<_, Option<String>>(6), r.get::<_, Option<String>>(7)) {
+                (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
+                _ => None,
+            };
+            plan.hooks.push(crate::hooks::Code {
+                name: r.get(0),
+                whenrun: r.get(1),
+                file: r.get(2),
+                src: r.get(3),
+                table,
+                priority: r.get(4),
+            });
+        }
         for m in &group.members {
             let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
             if db.status == "inactive" {

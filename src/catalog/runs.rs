@@ -181,6 +181,24 @@ pub fn fail_run(
     Ok(())
 }
 
+/// Adds settled conflicts to the conflict history (`capra conflicts`).
+pub fn record_conflicts(
+    c: &mut impl GenericClient,
+    sync: &str,
+    run: i64,
+    records: &[&crate::apply::conflict::Record],
+) -> Result<()> {
+    let json = serde_json::to_value(records).unwrap_or(serde_json::Value::Null);
+    c.execute(
+        "INSERT INTO capra.conflict (run, sync, tbl, key, contenders, winner, reason)
+         SELECT $1, $2, x->>'table', x->'key', x->'contenders', x->>'winner', x->>'reason'
+           FROM jsonb_array_elements($3::jsonb) AS x",
+        &[&run, &sync, &json],
+    )
+    .ctx(|| "recording conflicts".into())?;
+    Ok(())
+}
+
 /// Marks kick requests answered and wakes whoever waits on them.
 pub fn finish_kicks(
     c: &mut impl GenericClient,

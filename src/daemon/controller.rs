@@ -446,6 +446,32 @@ fn execute(
         }
     };
     let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let conflicts = std::cell::RefCell::new(Vec::new());
+    let roles: Vec<(String, String)> = plan
+        .sources
+        .iter()
+        .map(|d| (d.name.clone(), "source".to_string()))
+        .chain(plan.targets.iter().map(|d| (d.name.clone(), "target".to_string())))
+        .chain(plan.fullcopy.iter().map(|d| (d.name.clone(), "fullcopy".to_string())))
+        .collect();
+    let hooks = match crate::hooks::Runner::load(&plan.hooks, name, run_id, roles) {
+        Ok(h) => std::cell::RefCell::new(h),
+        Err(e) => {
+            let text = e.to_string();
+            tracing::error!("Run failed: {text}");
+            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, None, retry_in) {
+                tracing::error!("Cannot record the failed run: {r}");
+            }
+            let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
+                Ok(()) => Vec::new(),
+                Err(_) => kicks.to_vec(),
+            };
+            return Outcome {
+                unanswered,
+                ..Default::default()
+            };
+        }
+    };
     let env = RunEnv {
         pools: &engine.pools,
         installation: &engine.installation,
@@ -454,6 +480,9 @@ fn execute(
         isolation: plan.sync.isolation_level.as_deref().unwrap_or(&cfg.isolation),
         lock_timeout_ms: (cfg.lock_timeout * 1000.0).ceil() as u64,
         cancel,
+        default_strategy: &cfg.default_strategy,
+        conflicts: &conflicts,
+        hooks: &hooks,
     };
     // Inactive targets fall behind from this run on: note them first, so a
     // crash after the position moved cannot forget them.
@@ -473,6 +502,18 @@ fn execute(
         apply::run(&env, plan, &mut c)
     });
     cancel.clear();
+    // The conflict history: every settled conflict of a good run; of a
+    // failed run only those that stopped it (the others come again).
+    let settled = conflicts.into_inner();
+    let keep: Vec<&crate::apply::conflict::Record> = settled
+        .iter()
+        .filter(|r| result.is_ok() || r.winner == "aborted")
+        .collect();
+    if !keep.is_empty() {
+        if let Err(e) = runs::record_conflicts(&mut *control, name, run_id, &keep) {
+            tracing::error!("Cannot record {} conflict(s) in the history: {e}", keep.len());
+        }
+    }
     match result {
         Ok(rep) => {
             let totals = runs::Totals {

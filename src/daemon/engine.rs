@@ -63,6 +63,8 @@ pub struct EngineConfig {
     /// also kicks that source's autokick syncs, so a lost notification
     /// delays a change by at most this long).
     pub pingtime: f64,
+    /// `default_conflict_strategy`: for syncs and tables that set none.
+    pub default_strategy: String,
 }
 
 impl EngineConfig {
@@ -85,6 +87,7 @@ impl EngineConfig {
             dbproblem_sleep: f(get("mcp_dbproblem_sleep")?, 15.0).max(0.5),
             lock_timeout: f(get("lock_timeout")?, 10.0).max(0.001),
             pingtime: f(get("mcp_pingtime")?, 60.0).max(1.0),
+            default_strategy: get("default_conflict_strategy")?,
         })
     }
 }

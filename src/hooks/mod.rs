@@ -134,6 +134,278 @@ pub fn check(file: &str, source: &str) -> Result<(), HookError> {
     }
 }
 
+/// One hook as the catalog holds it, attached to a sync or to a table.
+#[derive(Clone, Debug)]
+pub struct Code {
+    /// Its name.
+    pub name: String,
+    /// Its hook point.
+    pub whenrun: String,
+    /// The file it came from (named in errors).
+    pub file: String,
+    /// The Lua source.
+    pub src: String,
+    /// `schema.table` when attached to a table; None: the whole sync.
+    pub table: Option<String>,
+    /// Order among the hooks of one point (lower first).
+    pub priority: i32,
+}
+
+/// What a hook answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// A string (`"skip"`, `"retry"`, a database name).
+    Text(String),
+    /// A table with a `row` field (a merged row, column -> value).
+    Row(serde_json::Value),
+}
+
+/// Fills a hook's `ctx` with what its point knows.
+pub type Fill<'a> = dyn Fn(&Lua, &mlua::Table) -> mlua::Result<()> + 'a;
+
+struct Loaded {
+    code: Code,
+    lua: Lua,
+    func: mlua::Function,
+}
+
+/// The hooks of one sync, compiled for one run (a VM each: hooks share
+/// nothing, and a VM never outlives its run).
+pub struct Runner {
+    loaded: Vec<Loaded>,
+    sync: String,
+    run_id: i64,
+    dbs: Vec<(String, String)>,
+    /// Mails hooks asked for (`ctx.email`), sent by the daemon's mailer.
+    pub emails: Vec<(String, String)>,
+}
+
+impl Runner {
+    /// No hooks.
+    pub fn empty() -> Runner {
+        Runner {
+            loaded: Vec::new(),
+            sync: String::new(),
+            run_id: 0,
+            dbs: Vec::new(),
+            emails: Vec::new(),
+        }
+    }
+
+    /// Compiles the active hooks of a sync; `dbs` are its databases with
+    /// their roles.
+    pub fn load(codes: &[Code], sync: &str, run_id: i64, dbs: Vec<(String, String)>) -> Result<Runner, HookError> {
+        let mut sorted: Vec<&Code> = codes.iter().collect();
+        // Table hooks before sync hooks, then priority, then name.
+        sorted.sort_by(|a, b| {
+            (a.table.is_none(), a.priority, &a.name).cmp(&(b.table.is_none(), b.priority, &b.name))
+        });
+        let mut loaded = Vec::new();
+        for c in sorted {
+            let base = base_name(&c.file);
+            let err = |e: mlua::Error| HookError::Runtime {
+                file: c.file.clone(),
+                message: lua_message(&e),
+            };
+            let lua = sandbox().map_err(err)?;
+            let chunk = lua
+                .load(c.src.as_str())
+                .set_name(format!("@{base}"))
+                .into_function()
+                .map_err(|e| HookError::Compile {
+                    file: c.file.clone(),
+                    message: lua_message(&e),
+                })?;
+            arm_budget(&lua).map_err(err)?;
+            let v: mlua::Value = chunk.call(()).map_err(err)?;
+            let func = match v {
+                mlua::Value::Function(f) => f,
+                other => {
+                    return Err(HookError::NotAFunction {
+                        file: c.file.clone(),
+                        got: other.type_name().to_string(),
+                    })
+                }
+            };
+            loaded.push(Loaded {
+                code: c.clone(),
+                lua,
+                func,
+            });
+        }
+        Ok(Runner {
+            loaded,
+            sync: sync.to_string(),
+            run_id,
+            dbs,
+            emails: Vec::new(),
+        })
+    }
+
+    /// Whether any hook listens at this point (for this table).
+    pub fn has(&self, point: &str, table: Option<&str>) -> bool {
+        self.loaded.iter().any(|l| applies(&l.code, point, table))
+    }
+
+    /// Calls the hooks of a point in order until one answers (not nil);
+    /// returns the answer and `name (file)` of the hook that gave it.
+    pub fn call(&mut self, point: &str, table: Option<&str>, fill: &Fill<'_>) -> Result<Option<(Answer, String)>, HookError> {
+        let mut emails = Vec::new();
+        let mut out = None;
+        for l in self.loaded.iter().filter(|l| applies(&l.code, point, table)) {
+            let err = |e: mlua::Error| HookError::Runtime {
+                file: l.code.file.clone(),
+                message: format!("{} hook \"{}\": {}", point, l.code.name, lua_message(&e)),
+            };
+            let queued: std::rc::Rc<std::cell::RefCell<Vec<(String, String)>>> = Default::default();
+            let answer = (|| -> mlua::Result<mlua::Value> {
+                let lua = &l.lua;
+                let ctx = lua.create_table()?;
+                ctx.set("hook", point)?;
+                ctx.set("sync", self.sync.as_str())?;
+                ctx.set("run_id", self.run_id)?;
+                if let Some(t) = table {
+                    ctx.set("table", t)?;
+                }
+                let dbs = lua.create_table()?;
+                for (i, (n, r)) in self.dbs.iter().enumerate() {
+                    let d = lua.create_table()?;
+                    d.set("name", n.as_str())?;
+                    d.set("role", r.as_str())?;
+                    dbs.set(i + 1, d)?;
+                }
+                ctx.set("dbs", dbs)?;
+                let who = format!("{} code {}", point, l.code.name);
+                let sync = self.sync.clone();
+                ctx.set(
+                    "log",
+                    lua.create_function(move |_, msg: String| {
+                        tracing::info!(sync = %sync, "Message from {who}: {msg}");
+                        Ok(())
+                    })?,
+                )?;
+                let q = queued.clone();
+                ctx.set(
+                    "email",
+                    lua.create_function(move |_, (subject, body): (String, String)| {
+                        q.borrow_mut().push((subject, body));
+                        Ok(())
+                    })?,
+                )?;
+                fill(lua, &ctx)?;
+                arm_budget(lua)?;
+                let r = l.func.call::<mlua::Value>(ctx);
+                lua.remove_hook();
+                r
+            })()
+            .map_err(err)?;
+            emails.extend(queued.borrow().iter().cloned());
+            let who = format!("{} ({})", l.code.name, base_name(&l.code.file));
+            match answer {
+                mlua::Value::Nil => continue,
+                mlua::Value::String(s) => {
+                    out = Some((Answer::Text(s.to_str().map(|s| s.to_string()).unwrap_or_default()), who));
+                }
+                mlua::Value::Table(t) => {
+                    let row: mlua::Value = t.get("row").map_err(err)?;
+                    match from_lua(&row) {
+                        Some(v @ serde_json::Value::Object(_)) => out = Some((Answer::Row(v), who)),
+                        _ => {
+                            return Err(HookError::Runtime {
+                                file: l.code.file.clone(),
+                                message: format!(
+                                    "{point} hook \"{}\" returned a table without a row = {{...}} field",
+                                    l.code.name
+                                ),
+                            })
+                        }
+                    }
+                }
+                other => {
+                    return Err(HookError::Runtime {
+                        file: l.code.file.clone(),
+                        message: format!(
+                            "{point} hook \"{}\" returned a {}; it returns nil, a string, or {{ row = {{...}} }}",
+                            l.code.name,
+                            other.type_name()
+                        ),
+                    })
+                }
+            }
+            break;
+        }
+        for (s, b) in emails {
+            tracing::warn!(sync = %self.sync, "Mail from a hook (mail settings arrive with capra's mail support; logged here): {s}: {b}");
+            self.emails.push((s, b));
+        }
+        Ok(out)
+    }
+}
+
+fn applies(c: &Code, point: &str, table: Option<&str>) -> bool {
+    c.whenrun == point && (c.table.is_none() || c.table.as_deref() == table)
+}
+
+fn base_name(file: &str) -> String {
+    std::path::Path::new(file)
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_else(|| file.to_string())
+}
+
+/// A JSON value as a Lua value (objects and arrays become tables; numbers
+/// that are whole stay integers).
+pub fn to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    Ok(match v {
+        serde_json::Value::Null => mlua::Value::Nil,
+        serde_json::Value::Bool(b) => mlua::Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => mlua::Value::Integer(i),
+            None => mlua::Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => mlua::Value::String(lua.create_string(s)?),
+        serde_json::Value::Array(a) => {
+            let t = lua.create_table()?;
+            for (i, x) in a.iter().enumerate() {
+                t.set(i + 1, to_lua(lua, x)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+        serde_json::Value::Object(o) => {
+            let t = lua.create_table()?;
+            for (k, x) in o {
+                t.set(k.as_str(), to_lua(lua, x)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+    })
+}
+
+/// A Lua value as JSON (tables with string keys become objects).
+pub fn from_lua(v: &mlua::Value) -> Option<serde_json::Value> {
+    Some(match v {
+        mlua::Value::Nil => serde_json::Value::Null,
+        mlua::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        mlua::Value::Integer(i) => serde_json::Value::from(*i),
+        mlua::Value::Number(n) => serde_json::Number::from_f64(*n).map(serde_json::Value::Number)?,
+        mlua::Value::String(s) => serde_json::Value::String(s.to_str().ok()?.to_string()),
+        mlua::Value::Table(t) => {
+            let mut o = serde_json::Map::new();
+            for pair in t.clone().pairs::<mlua::Value, mlua::Value>() {
+                let (k, x) = pair.ok()?;
+                let key = match k {
+                    mlua::Value::String(s) => s.to_str().ok()?.to_string(),
+                    mlua::Value::Integer(i) => i.to_string(),
+                    _ => return None,
+                };
+                o.insert(key, from_lua(&x)?);
+            }
+            serde_json::Value::Object(o)
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
