@@ -98,7 +98,13 @@ pub enum Decision {
 /// source names in order; `run_newest` the newest change time per source
 /// in this run (for `latest_all_tables`); `coin` a random number for
 /// `random`.
-pub fn decide(strategy: &Strategy, contenders: &[Contender], sources: &[String], run_newest: &[f64], coin: u64) -> Decision {
+pub fn decide(
+    strategy: &Strategy,
+    contenders: &[Contender],
+    sources: &[String],
+    run_newest: &[f64],
+    coin: u64,
+) -> Decision {
     let by_order = |a: &&Contender, b: &&Contender| a.src.cmp(&b.src);
     match strategy {
         Strategy::Source => Decision::Winner(contenders.iter().min_by(by_order).map(|c| c.src).unwrap_or(0)),
@@ -173,11 +179,7 @@ mod tests {
     use super::*;
 
     fn c(src: usize, db: &str, at: Option<f64>) -> Contender {
-        Contender {
-            src,
-            db: db.into(),
-            at,
-        }
+        Contender { src, db: db.into(), at }
     }
 
     #[test]

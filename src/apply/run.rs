@@ -178,6 +178,9 @@ pub struct RunReport {
     pub commit_timestamps: BTreeMap<String, bool>,
     /// Whether a before_* hook skipped this run.
     pub skipped_by_hook: Option<String>,
+    /// Rows were left for the next run (the application held them on a
+    /// receiving source): run again shortly.
+    pub again: bool,
 }
 
 /// Checks a snapshot string before it is inlined into a COPY query (COPY
@@ -273,7 +276,12 @@ fn now_epoch() -> f64 {
 }
 
 /// Calls the hooks of one point; `Some(text)` when one answered with text.
-fn hook(env: &RunEnv<'_>, point: &str, table: Option<&Relation>, fill: &crate::hooks::Fill<'_>) -> Result<Option<String>> {
+fn hook(
+    env: &RunEnv<'_>,
+    point: &str,
+    table: Option<&Relation>,
+    fill: &crate::hooks::Fill<'_>,
+) -> Result<Option<String>> {
     let tname = table.map(|t| t.name.human());
     let mut h = env.hooks.borrow_mut();
     if !h.has(point, tname.as_deref()) {
@@ -406,7 +414,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             (r.get(0), None, None, false, r.get(1))
         };
         let skew = (clock - (before + now_epoch()) / 2.0) * 1000.0;
-        report.clock_skew_ms.insert(db.name.clone(), (skew * 10.0).round() / 10.0);
+        report
+            .clock_skew_ms
+            .insert(db.name.clone(), (skew * 10.0).round() / 10.0);
         report.commit_timestamps.insert(db.name.clone(), commit_ts);
         let prev_lit = match &prev {
             Some(p) => Some(snapshot_literal(p)?),
@@ -464,9 +474,10 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         })
         .collect();
 
-    let nothing = srcs.iter().all(|s| {
-        s.changed.is_empty() && s.truncated.is_empty() && s.parts_truncated.is_empty() && s.recopy.is_empty()
-    }) && plan.fullcopy.is_empty()
+    let nothing = srcs
+        .iter()
+        .all(|s| s.changed.is_empty() && s.truncated.is_empty() && s.parts_truncated.is_empty() && s.recopy.is_empty())
+        && plan.fullcopy.is_empty()
         && plan.behind.is_empty()
         && otc == 0
         && seq_dirty.is_empty();
@@ -500,7 +511,12 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         .chain(plan.fullcopy.iter().map(|d| (d.clone(), Recv::Full)))
         .collect();
     if multi && reads {
-        wdbs.extend(plan.sources.iter().enumerate().map(|(i, d)| (d.clone(), Recv::Source(i))));
+        wdbs.extend(
+            plan.sources
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), Recv::Source(i))),
+        );
     }
     let mut wconns: Vec<Conn> = Vec::new();
     for (d, _) in &wdbs {
@@ -677,7 +693,12 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                 }
                 if let Some(mid) = md[i] {
                     // Downstream: a truncation, then every key.
-                    let k = meta.keycols.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+                    let k = meta
+                        .keycols
+                        .iter()
+                        .map(|k| quote_ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     txs[i]
                         .batch_execute(&format!(
                             "INSERT INTO capra.truncate_log (captured) VALUES ({mid}); INSERT INTO capra.delta_{mid} ({k}) SELECT {k} FROM {}{}",
@@ -727,7 +748,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                     // layout, delete there every row whose key this source
                     // no longer has (the changes below then add back what
                     // was written since).
-                    let spare: Vec<Option<String>> = (0..txs.len()).map(|i| spare_clause(&srcs, kinds[i], t, &meta)).collect();
+                    let spare: Vec<Option<String>> = (0..txs.len())
+                        .map(|i| spare_clause(&srcs, kinds[i], t, &meta))
+                        .collect();
                     tr.deleted += delete_missing(&mut srcs[si].tx, &mut txs, &names, &recv, t, &meta, &spare, &md)?;
                     tr.truncated = true;
                     report.truncates += recv.len() as u64;
@@ -788,7 +811,18 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                     }
                 }
                 if !merged.is_empty() {
-                    apply_merged(&mut txs, &names, &kinds, &delta_idx, t, &meta, &merged, &md, &mut staged, &mut tr)?;
+                    apply_merged(
+                        &mut txs,
+                        &names,
+                        &kinds,
+                        &delta_idx,
+                        t,
+                        &meta,
+                        &merged,
+                        &md,
+                        &mut staged,
+                        &mut tr,
+                    )?;
                 }
                 for &r in &staged {
                     let Recv::Source(x) = kinds[r] else { continue };
@@ -798,7 +832,25 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                         sources: &source_names,
                         newest: newest.as_deref().unwrap_or(&[]),
                     };
-                    finish_source(&mut st, &mut srcs, &mut txs[r], &names[r], x, t, &meta, md[r], &mut tr)?;
+                    let busy = finish_source(&mut st, &mut srcs, &mut txs[r], &names[r], x, t, &meta, md[r], &mut tr)?;
+                    // Keys the application held on x: their winner logs
+                    // them again (a composed row: any other source, which
+                    // holds it now).
+                    let mut by_src: BTreeMap<usize, Vec<Vec<String>>> = BTreeMap::new();
+                    for (from, key) in busy {
+                        let w = if from >= 0 {
+                            from as usize
+                        } else if x == 0 {
+                            1
+                        } else {
+                            0
+                        };
+                        by_src.entry(w).or_default().push(key);
+                    }
+                    for (w, keys) in by_src {
+                        report.again = true;
+                        reraise(&mut srcs[w], t, &meta, &keys)?;
+                    }
                 }
                 if multi {
                     tracing::info!(
@@ -1084,13 +1136,18 @@ fn newest_changes(srcs: &mut [Src<'_>], plan: &SyncPlan) -> Result<Vec<f64>> {
             .iter()
             .filter_map(|t| s.id_of(t))
             .filter(|id| s.changed.contains(id))
-            .map(|id| format!("SELECT {} AS at FROM capra.delta_{id} d WHERE {}", s.time_expr(), s.window()))
+            .map(|id| {
+                format!(
+                    "SELECT {} AS at FROM capra.delta_{id} d WHERE {}",
+                    s.time_expr(),
+                    s.window()
+                )
+            })
             .collect();
         let at: Option<f64> = if parts.is_empty() {
             None
         } else {
-            s.tx
-                .query_one(&format!("SELECT max(at) FROM ({}) x", parts.join(" UNION ALL ")), &[])
+            s.tx.query_one(&format!("SELECT max(at) FROM ({}) x", parts.join(" UNION ALL ")), &[])
                 .ctx(|| format!("reading the newest change on \"{}\"", s.db.name))?
                 .get(0)
         };
@@ -1232,7 +1289,13 @@ impl Settle<'_, '_> {
 }
 
 /// A source's row for a key, as JSON (None: no such row).
-fn row_json(tx: &mut Transaction<'_>, t: &Relation, meta: &TableMeta, types: &[String], key: &[String]) -> Result<Option<serde_json::Value>> {
+fn row_json(
+    tx: &mut Transaction<'_>,
+    t: &Relation,
+    meta: &TableMeta,
+    types: &[String],
+    key: &[String],
+) -> Result<Option<serde_json::Value>> {
     let cond: Vec<String> = meta
         .keycols
         .iter()
@@ -1287,10 +1350,9 @@ fn detect(
             qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", "),
             order.join(", ")
         );
-        let p = s
-            .tx
-            .bind(q.as_str(), &[])
-            .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
+        let p =
+            s.tx.bind(q.as_str(), &[])
+                .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
         portals.push(p);
     }
     type Head = VecDeque<(Vec<String>, Option<f64>)>;
@@ -1304,10 +1366,9 @@ fn detect(
         for j in 0..changers.len() {
             if heads[j].is_empty() && !done[j] {
                 let s = &mut srcs[changers[j]];
-                let rows = s
-                    .tx
-                    .query_portal(&portals[j], chunk as i32)
-                    .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
+                let rows =
+                    s.tx.query_portal(&portals[j], chunk as i32)
+                        .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
                 if rows.len() < chunk {
                     done[j] = true;
                 }
@@ -1380,10 +1441,17 @@ fn detect(
         let mut parts = Vec::new();
         if is_changer {
             let id = ids[i].expect("changer");
-            let mut q = format!("SELECT {} FROM capra.delta_{id} d WHERE {}", qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", "), s.window());
+            let mut q = format!(
+                "SELECT {} FROM capra.delta_{id} d WHERE {}",
+                qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", "),
+                s.window()
+            );
             if !lost[i].is_empty() {
                 temp_keys(&mut s.tx, &s.db.name, "capra_lost", meta, &types, &lost[i])?;
-                q.push_str(&format!(" AND ({}) NOT IN (SELECT {keys} FROM pg_temp.capra_lost)", qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", ")));
+                q.push_str(&format!(
+                    " AND ({}) NOT IN (SELECT {keys} FROM pg_temp.capra_lost)",
+                    qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", ")
+                ));
             }
             parts.push(q);
         }
@@ -1397,7 +1465,14 @@ fn detect(
 }
 
 /// A temporary table of keys on a source's read transaction.
-fn temp_keys(tx: &mut Transaction<'_>, db: &str, table: &str, meta: &TableMeta, types: &[String], keys: &[Vec<String>]) -> Result<()> {
+fn temp_keys(
+    tx: &mut Transaction<'_>,
+    db: &str,
+    table: &str,
+    meta: &TableMeta,
+    types: &[String],
+    keys: &[Vec<String>],
+) -> Result<()> {
     let cols: Vec<String> = meta
         .keycols
         .iter()
@@ -1412,10 +1487,15 @@ fn temp_keys(tx: &mut Transaction<'_>, db: &str, table: &str, meta: &TableMeta, 
     let arrays: Vec<Vec<String>> = (0..meta.keycols.len())
         .map(|j| keys.iter().map(|k| k[j].clone()).collect())
         .collect();
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-        arrays.iter().map(|a| a as &(dyn postgres::types::ToSql + Sync)).collect();
-    tx.execute(&format!("INSERT INTO pg_temp.{table} {}", unnest_select(types, None)), &params)
-        .ctx(|| format!("storing the conflict keys on \"{db}\""))?;
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(
+        &format!("INSERT INTO pg_temp.{table} {}", unnest_select(types, None)),
+        &params,
+    )
+    .ctx(|| format!("storing the conflict keys on \"{db}\""))?;
     Ok(())
 }
 
@@ -1472,12 +1552,21 @@ fn replay_truncate(
 ) -> Result<()> {
     match spare_clause(srcs, kind, t, meta) {
         Some(spare) => {
-            let k = meta.keycols.iter().map(|k| format!("t.{}", quote_ident(k))).collect::<Vec<_>>().join(", ");
+            let k = meta
+                .keycols
+                .iter()
+                .map(|k| format!("t.{}", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(", ");
             let del = format!("DELETE FROM {}{} t WHERE {spare}", meta.only, t.name.sql());
             let sql = match md {
                 Some(mid) => format!(
                     "WITH gone AS ({del} RETURNING {k}) INSERT INTO capra.delta_{mid} ({}) SELECT * FROM gone",
-                    meta.keycols.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+                    meta.keycols
+                        .iter()
+                        .map(|k| quote_ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None => del,
             };
@@ -1848,7 +1937,10 @@ fn apply_from(
     }
     let text_keys: Vec<String> = qk.iter().map(|k| format!("{k}::text")).collect();
     let portal = stx
-        .bind(format!("SELECT {} FROM ({keys_sql}) k", text_keys.join(", ")).as_str(), &[])
+        .bind(
+            format!("SELECT {} FROM ({keys_sql}) k", text_keys.join(", ")).as_str(),
+            &[],
+        )
         .ctx(|| format!("reading changed keys of {}", t.name.human()))?;
     loop {
         let rows = stx
@@ -1906,7 +1998,12 @@ fn apply_from(
 /// Creates the staging tables on a receiving source: the keys to apply
 /// (with the index of the source that won them) and their rows.
 fn stage_tables(tx: &mut Transaction<'_>, db: &str, t: &Relation, meta: &TableMeta) -> Result<()> {
-    let keys = meta.keycols.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+    let keys = meta
+        .keycols
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS pg_temp.capra_in_keys, pg_temp.capra_in_rows;
          CREATE TEMP TABLE capra_in_keys ON COMMIT DROP AS SELECT {keys}, 0::integer AS capra_from FROM {only}{tbl} WITH NO DATA;
@@ -1947,40 +2044,52 @@ fn apply_merged(
             .enumerate()
             .map(|(j, ty)| format!("${}::text::{ty}", j + 1))
             .collect();
-        let row_param = qk.len() + 1;
-        let mut sqls = Vec::new();
+        // Key statements bind the key ($1..), row statements the row ($1).
+        let mut sqls: Vec<(String, bool)> = Vec::new();
+        let from_json = format!(
+            "SELECT {c} FROM json_populate_record(NULL::{tbl}, $1::text::json)",
+            c = meta.cols,
+            tbl = t.name.sql()
+        );
         if matches!(kinds[i], Recv::Source(_)) {
             if staged.insert(i) {
                 stage_tables(&mut txs[i], &names[i], t, meta)?;
             }
-            sqls.push(format!(
-                "INSERT INTO pg_temp.capra_in_keys ({keys}, capra_from) VALUES ({}, -1)",
-                keyvals.join(", ")
+            sqls.push((
+                format!(
+                    "INSERT INTO pg_temp.capra_in_keys ({keys}, capra_from) VALUES ({}, -1)",
+                    keyvals.join(", ")
+                ),
+                true,
             ));
-            sqls.push(format!(
-                "INSERT INTO pg_temp.capra_in_rows ({c}) SELECT {c} FROM json_populate_record(NULL::{tbl}, ${row_param}::text::json)",
-                c = meta.cols,
-                tbl = t.name.sql()
+            sqls.push((
+                format!("INSERT INTO pg_temp.capra_in_rows ({}) {from_json}", meta.cols),
+                false,
             ));
         } else {
-            sqls.push(format!("DELETE FROM {}{} WHERE {}", meta.only, t.name.sql(), cond.join(" AND ")));
-            sqls.push(format!(
-                "INSERT INTO {tbl} ({c}) SELECT {c} FROM json_populate_record(NULL::{tbl}, ${row_param}::text::json)",
-                c = meta.cols,
-                tbl = t.name.sql()
+            sqls.push((
+                format!("DELETE FROM {}{} WHERE {}", meta.only, t.name.sql(), cond.join(" AND ")),
+                true,
+            ));
+            sqls.push((
+                format!("INSERT INTO {} ({}) {from_json}", t.name.sql(), meta.cols),
+                false,
             ));
             if let Some(mid) = md[i] {
-                sqls.push(format!("INSERT INTO capra.delta_{mid} ({keys}) VALUES ({})", keyvals.join(", ")));
+                sqls.push((
+                    format!("INSERT INTO capra.delta_{mid} ({keys}) VALUES ({})", keyvals.join(", ")),
+                    true,
+                ));
             }
         }
         for (key, row) in merged {
             let text = row.to_string();
-            for sql in &sqls {
-                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    key.iter().map(|k| k as &(dyn postgres::types::ToSql + Sync)).collect();
-                if sql.contains(&format!("${row_param}")) {
-                    params.push(&text);
-                }
+            for (sql, by_key) in &sqls {
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = if *by_key {
+                    key.iter().map(|k| k as &(dyn postgres::types::ToSql + Sync)).collect()
+                } else {
+                    vec![&text]
+                };
                 txs[i]
                     .execute(sql.as_str(), &params)
                     .ctx(|| format!("writing a merged row of {} on \"{}\"", t.name.human(), names[i]))?;
@@ -2010,7 +2119,7 @@ fn finish_source(
     meta: &TableMeta,
     md: Option<i32>,
     tr: &mut TableReport,
-) -> Result<()> {
+) -> Result<Vec<(i32, Vec<String>)>> {
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     let keys = qk.join(", ");
     let on = |a: &str, b: &str| {
@@ -2020,17 +2129,65 @@ fn finish_source(
             .join(" AND ")
     };
     let tbl = format!("{}{}", meta.only, t.name.sql());
-    // Lock the rows about to change (waiting for the application's
-    // transactions that hold them, at most lock_timeout).
+    // Lock the rows about to change, skipping those the application holds
+    // right now: capra never waits for the application's row locks, so it
+    // can never deadlock with it. A skipped key is sent again by the next
+    // run (its winner logs it once more); by then the application's
+    // transaction has ended and its change, if any, is in the log.
+    let cols_t = qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS pg_temp.capra_locked; CREATE TEMP TABLE capra_locked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
+    ))
+    .ctx(|| "preparing to lock rows".into())?;
     tx.execute(
         &format!(
-            "SELECT 1 FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {}) ORDER BY {} FOR UPDATE OF t",
-            on("k", "t"),
-            qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ")
+            "WITH l AS (SELECT {cols_t} FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})
+                          FOR NO KEY UPDATE OF t SKIP LOCKED)
+             INSERT INTO pg_temp.capra_locked SELECT * FROM l",
+            on("k", "t")
         ),
         &[],
     )
     .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", t.name.human()))?;
+    let busy_rows = tx
+        .query(
+            &format!(
+                "DELETE FROM pg_temp.capra_in_keys k
+                  WHERE EXISTS (SELECT 1 FROM {tbl} t WHERE {})
+                    AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})
+              RETURNING {}, k.capra_from",
+                on("t", "k"),
+                on("l", "k"),
+                qk.iter().map(|k| format!("k.{k}::text")).collect::<Vec<_>>().join(", ")
+            ),
+            &[],
+        )
+        .ctx(|| {
+            format!(
+                "setting aside rows of {} held by the application on \"{db}\"",
+                t.name.human()
+            )
+        })?;
+    let mut busy: Vec<(i32, Vec<String>)> = Vec::new();
+    if !busy_rows.is_empty() {
+        let n = qk.len();
+        for r in &busy_rows {
+            busy.push((r.get(n), (0..n).map(|j| r.get::<_, String>(j)).collect()));
+        }
+        tx.execute(
+            &format!(
+                "DELETE FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})",
+                on("k", "s")
+            ),
+            &[],
+        )
+        .ctx(|| "setting aside staged rows".into())?;
+        tracing::debug!(
+            "{} row(s) of {} on \"{db}\" are locked by the application; the next run sends them again",
+            busy.len(),
+            t.name.human()
+        );
+    }
     // Late changes: logged here after this run's snapshot of this source.
     if let (Some(id), true) = (srcs[x].id_of(t), srcs[x].prev_lit.is_some()) {
         let cur = snapshot_literal(&srcs[x].cur)?;
@@ -2153,16 +2310,13 @@ fn finish_source(
             }
             if let Decision::Merge(row) = &decision {
                 let text = row.to_string();
-                let mut p = params.clone();
-                p.push(&text);
                 tx.execute(
                     &format!(
-                        "INSERT INTO pg_temp.capra_in_rows ({c}) SELECT {c} FROM json_populate_record(NULL::{tbl}, ${}::text::json)",
-                        qk.len() + 1,
+                        "INSERT INTO pg_temp.capra_in_rows ({c}) SELECT {c} FROM json_populate_record(NULL::{tbl}, $1::text::json)",
                         c = meta.cols,
                         tbl = t.name.sql()
                     ),
-                    &p,
+                    &[&text],
                 )
                 .ctx(|| "staging a merged row".into())?;
             }
@@ -2216,7 +2370,38 @@ fn finish_source(
         )
         .ctx(|| format!("logging the rows of {} applied on \"{db}\" (makedelta)", t.name.human()))?;
     }
-    tx.batch_execute("DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows")
+    tx.batch_execute("DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows, pg_temp.capra_locked")
         .ctx(|| "dropping the staging tables".into())?;
+    Ok(busy)
+}
+
+/// Logs keys once more on a source, in its read transaction (so they are
+/// after the position this run stores): the next run sends them again.
+/// The change time kept is the one the source logged, where it has one.
+fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[Vec<String>]) -> Result<()> {
+    let Some(id) = s.id_of(t) else { return Ok(()) };
+    let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+    let arrays: Vec<Vec<String>> = (0..qk.len())
+        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
+        .collect();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect();
+    let names: Vec<String> = (1..=qk.len()).map(|j| format!("a{j}")).collect();
+    let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
+    let sql = format!(
+        "INSERT INTO capra.delta_{id} ({}, ts)
+         SELECT u.*, coalesce((SELECT max(d.ts) FROM capra.delta_{id} d WHERE {} AND {}), statement_timestamp())
+           FROM ({}) AS u({})",
+        qk.join(", "),
+        s.window(),
+        eq.join(" AND "),
+        unnest_select(&types, None),
+        names.join(", ")
+    );
+    s.tx.execute(&sql, &params)
+        .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
     Ok(())
 }

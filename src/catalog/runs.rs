@@ -3,7 +3,7 @@
 
 use postgres::GenericClient;
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 /// Advisory lock key the running daemon holds on its control connection;
 /// whoever holds it is "the daemon" for this control database.
@@ -197,6 +197,73 @@ pub fn record_conflicts(
     )
     .ctx(|| "recording conflicts".into())?;
     Ok(())
+}
+
+/// One conflict of the history.
+#[derive(Debug, Clone)]
+pub struct ConflictRow {
+    /// When (local time, to the millisecond).
+    pub time: String,
+    /// The sync.
+    pub sync: String,
+    /// The run that settled it.
+    pub run: Option<i64>,
+    /// `schema.table`.
+    pub table: String,
+    /// Column -> value.
+    pub key: serde_json::Value,
+    /// `[{db, at}]`.
+    pub contenders: serde_json::Value,
+    /// The winning database, or merged/skipped/aborted.
+    pub winner: String,
+    /// The strategy or hook that decided.
+    pub reason: String,
+}
+
+/// The conflict history, oldest first; `since` is an interval (`1 hour`)
+/// or a time.
+pub fn conflicts(c: &mut impl GenericClient, sync: Option<&str>, since: Option<&str>) -> Result<Vec<ConflictRow>> {
+    // A time starts with a year; anything else is an interval back from now.
+    let (ts, iv) = match since.map(str::trim) {
+        Some(s) if s.len() >= 4 && s[..4].chars().all(|c| c.is_ascii_digit()) => (Some(s), None),
+        Some(s) => (None, Some(s)),
+        None => (None, None),
+    };
+    let rows = c
+        .query(
+            "SELECT to_char(ctime, 'YYYY-MM-DD HH24:MI:SS.MS'), sync, run, tbl, key::text, contenders::text, winner, reason
+               FROM capra.conflict
+              WHERE ($1::text IS NULL OR sync = $1)
+                AND ($2::text IS NULL OR ctime >= $2::text::timestamptz)
+                AND ($3::text IS NULL OR ctime >= now() - $3::text::interval)
+              ORDER BY ctime, id",
+            &[&sync, &ts, &iv],
+        )
+        .map_err(|e| match e.code() {
+            Some(s) if s.code().starts_with("22") => Error::Usage(format!(
+                "--since {:?}: give an interval such as '1 hour' or a time such as '2026-12-01 10:00' ({})",
+                since.unwrap_or(""),
+                crate::pg::error::describe(&e)
+            )),
+            _ => Error::Db {
+                context: "reading the conflict history".into(),
+                detail: crate::pg::error::describe(&e),
+                source: e,
+            },
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| ConflictRow {
+            time: r.get(0),
+            sync: r.get(1),
+            run: r.get(2),
+            table: r.get(3),
+            key: serde_json::from_str(&r.get::<_, String>(4)).unwrap_or_default(),
+            contenders: serde_json::from_str(&r.get::<_, String>(5)).unwrap_or_default(),
+            winner: r.get(6),
+            reason: r.get(7),
+        })
+        .collect())
 }
 
 /// Marks kick requests answered and wakes whoever waits on them.

@@ -4,6 +4,7 @@
 //! call the catalog, capture and daemon modules.
 
 pub mod catalog_cmds;
+pub mod conflicts;
 pub mod daemon_cmds;
 pub mod install;
 pub mod list;
@@ -197,6 +198,16 @@ pub enum Command {
     Delta {
         /// Source databases (default: all).
         dbs: Vec<String>,
+    },
+    /// Conflict history of multi-master syncs: time, sync, table, key,
+    /// competing databases and their change times, winner, why.
+    Conflicts {
+        /// Only this sync.
+        sync: Option<String>,
+        /// Only conflicts since an interval ago (`1 hour`) or a time
+        /// (`2026-12-01 10:00`).
+        #[arg(long, value_name = "INTERVAL|TIME")]
+        since: Option<String>,
     },
     /// Delete change rows every sync has applied.
     Purge {
@@ -464,6 +475,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Kick { words } => daemon_cmds::kick(&ctx, &words),
         Command::Status { syncs } => status::status(&ctx, &syncs),
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
+        Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
         Command::Purge { older_than, words } => {
             if let Some(w) = words.iter().find(|w| w.as_str() != "all") {
                 return Err(Error::Usage(format!(

@@ -35,6 +35,8 @@ pub struct Outcome {
     caught_up: Vec<String>,
     /// Tables whose capture lost its key and must be rebuilt.
     recapture: bool,
+    /// Rows were left for a run soon after (held by the application).
+    again: bool,
     /// With `stale`: the captured ids the run found and its plan lacked.
     extra: Vec<i32>,
     /// Kick requests this run could not answer (the control database was
@@ -401,6 +403,9 @@ impl Controller {
             }
             if !self.kicks.is_empty() {
                 self.timing.request(Reason::Kick);
+            } else if o.again {
+                // Rows the application held were left for the next run.
+                self.timing.follow_up(now, AGAIN_AFTER);
             }
         } else {
             let wait = self.backoff(o.serialization);
@@ -413,6 +418,9 @@ impl Controller {
         }
     }
 }
+
+/// How soon a run follows one that left rows the application held.
+const AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 /// Executes one run and records it; never panics the worker.
 fn execute(
@@ -581,6 +589,7 @@ fn execute(
                 ok: true,
                 served_otc: rep.onetimecopy_gen,
                 recapture: !rep.recaptured.is_empty(),
+                again: rep.again,
                 caught_up: rep.caught_up,
                 unanswered,
                 ..Default::default()

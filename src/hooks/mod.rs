@@ -197,9 +197,7 @@ impl Runner {
     pub fn load(codes: &[Code], sync: &str, run_id: i64, dbs: Vec<(String, String)>) -> Result<Runner, HookError> {
         let mut sorted: Vec<&Code> = codes.iter().collect();
         // Table hooks before sync hooks, then priority, then name.
-        sorted.sort_by(|a, b| {
-            (a.table.is_none(), a.priority, &a.name).cmp(&(b.table.is_none(), b.priority, &b.name))
-        });
+        sorted.sort_by(|a, b| (a.table.is_none(), a.priority, &a.name).cmp(&(b.table.is_none(), b.priority, &b.name)));
         let mut loaded = Vec::new();
         for c in sorted {
             let base = base_name(&c.file);
@@ -249,7 +247,12 @@ impl Runner {
 
     /// Calls the hooks of a point in order until one answers (not nil);
     /// returns the answer and `name (file)` of the hook that gave it.
-    pub fn call(&mut self, point: &str, table: Option<&str>, fill: &Fill<'_>) -> Result<Option<(Answer, String)>, HookError> {
+    pub fn call(
+        &mut self,
+        point: &str,
+        table: Option<&str>,
+        fill: &Fill<'_>,
+    ) -> Result<Option<(Answer, String)>, HookError> {
         let mut emails = Vec::new();
         let mut out = None;
         for l in self.loaded.iter().filter(|l| applies(&l.code, point, table)) {
@@ -276,11 +279,10 @@ impl Runner {
                 }
                 ctx.set("dbs", dbs)?;
                 let who = format!("{} code {}", point, l.code.name);
-                let sync = self.sync.clone();
                 ctx.set(
                     "log",
                     lua.create_function(move |_, msg: String| {
-                        tracing::info!(sync = %sync, "Message from {who}: {msg}");
+                        tracing::info!("Message from {who}: {msg}");
                         Ok(())
                     })?,
                 )?;
@@ -335,7 +337,7 @@ impl Runner {
             break;
         }
         for (s, b) in emails {
-            tracing::warn!(sync = %self.sync, "Mail from a hook (mail settings arrive with capra's mail support; logged here): {s}: {b}");
+            tracing::warn!("Mail from a hook (mail settings arrive with capra's mail support; logged here): {s}: {b}");
             self.emails.push((s, b));
         }
         Ok(out)

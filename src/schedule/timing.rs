@@ -210,6 +210,14 @@ impl Timing {
         self.pending = Some(Reason::Retry);
     }
 
+    /// The run succeeded but left work for another run soon (rows the
+    /// application held): run again after `delay`, unless something else
+    /// asks first.
+    pub fn follow_up(&mut self, now: Instant, delay: Duration) {
+        self.retry_at = Some(now + delay);
+        self.pending.get_or_insert(Reason::Retry);
+    }
+
     /// The run could not even be handed to a worker (the daemon stops).
     pub fn not_started(&mut self) {
         self.running = false;
