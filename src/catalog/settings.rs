@@ -19,6 +19,8 @@ pub enum Kind {
     },
     /// One of a fixed list (stored lower-case).
     Enum(&'static [&'static str]),
+    /// A built-in conflict strategy (`bucardo_` prefix accepted).
+    Strategy,
     /// Free text.
     Text,
     /// An absolute path, or empty.
@@ -91,8 +93,8 @@ pub const SETTINGS: &[Setting] = &[
     s!(
         "default_conflict_strategy",
         "bucardo_latest",
-        Kind::Text,
-        "Stored for a later capra release, no effect yet (multi-master): conflict strategy for multi-source syncs that do not set conflict_strategy"
+        Kind::Strategy,
+        "How multi-master syncs settle a key changed on two or more sources when neither the table nor the sync sets conflict_strategy: source, target, skip, random, latest, latest_all_tables or abort"
     ),
     s!(
         "default_email_from",
@@ -371,6 +373,16 @@ pub fn normalise(s: &Setting, value: &str) -> Result<String, String> {
                         choices.join(", ")
                     )
                 })
+        }
+        Kind::Strategy => {
+            let norm = crate::catalog::sync_opts::conflict_strategy(v, &[]).map_err(|_| {
+                format!(
+                    "invalid value for '{}': {v:?} (must be one of: {}; a list of databases belongs on a sync: capra update sync NAME conflict_strategy=...)",
+                    s.name,
+                    crate::catalog::sync_opts::STRATEGIES.join(", ")
+                )
+            })?;
+            Ok(norm)
         }
         Kind::Text => Ok(v.to_string()),
         Kind::Path => {

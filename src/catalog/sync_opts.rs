@@ -247,7 +247,6 @@ pub fn inert(k: &str) -> Option<&'static str> {
         }
         "lifetime" | "maxkicks" => Some("no effect in capra: controllers are threads that are never recycled"),
         "priority" => Some("no effect in capra: runs start in the order they fall due"),
-        "makedelta" => Some("no effect yet: makedelta is wired by the multi-master release"),
         _ => None,
     }
 }

@@ -23,7 +23,6 @@ fn set_warns_for_inert_settings_only() {
         "quick_delta_check",
         "default_email_to",
         "email_auth_user",
-        "default_conflict_strategy",
     ];
     for name in inert {
         assert!(show.contains(name), "{name} not listed");
@@ -82,7 +81,7 @@ fn sync_options_without_effect_warn() {
         ("kidsalive=0", true),
         ("lifetime=1h", true),
         ("priority=3", true),
-        ("makedelta=1", true),
+        ("makedelta=1", false),
         ("checktime=60", false),
         ("isolation_level=serializable", false),
         ("strict_checking=0", false),
@@ -261,11 +260,7 @@ fn table_autokick_overrides_the_sync_and_inert_options_warn() {
     );
     let r = c.run(&["update", "table", "kv", "makedelta=1"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("table option 'makedelta' has no effect yet"),
-        "{}",
-        r.stderr
-    );
+    assert_eq!(r.stderr, "", "makedelta acts now");
     let r = c.run(&["update", "table", "kv", "analyze_after_copy=1"]);
     assert_eq!(r.stderr, "", "an option that acts does not warn");
 }

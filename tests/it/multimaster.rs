@@ -73,20 +73,35 @@ fn every_conflict_strategy_settles_a_real_conflict() {
         ("single", "single1", Some(("one", "one"))),
         ("rnd", "random", None),
         ("abort", "abort", None),
+        // No strategy on the sync: default_conflict_strategy decides.
+        ("dflt", "", Some(("two", "two"))),
+        // The table's own strategy wins over the sync's (source).
+        ("tbl", "source", Some(("two", "two"))),
     ];
+    let r = c.run(&["set", "default_conflict_strategy=bucardo_target"]);
+    assert_eq!((r.code, r.stderr.as_str()), (Some(0), ""), "the setting acts: no warning");
+    let e = c.fails(&["set", "default_conflict_strategy=nosuch"], 2);
+    assert!(e.contains("must be one of"), "{e}");
     let mut made = Vec::new();
     for (tag, strategy, _) in cases {
         let names = dbs(&c, tag, DDL, &[a, b]);
         c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
-        c.ok(&[
-            "add",
-            "sync",
-            &format!("s_{tag}"),
-            &format!("relgroup=g_{tag}"),
-            &format!("dbs={tag}1:source,{tag}2:source"),
-            "autokick=0",
-            &format!("conflict_strategy={strategy}"),
-        ]);
+        let mut add = vec![
+            "add".to_string(),
+            "sync".into(),
+            format!("s_{tag}"),
+            format!("relgroup=g_{tag}"),
+            format!("dbs={tag}1:source,{tag}2:source"),
+            "autokick=0".into(),
+        ];
+        if !strategy.is_empty() {
+            add.push(format!("conflict_strategy={strategy}"));
+        }
+        c.ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
+        if *tag == "tbl" {
+            let out = c.ok(&["update", "table", "t", "db=tbl1", "standard_conflict=target"]);
+            assert!(out.contains("conflict_strategy to target"), "{out}");
+        }
         made.push(names);
     }
     let _d = c.start();

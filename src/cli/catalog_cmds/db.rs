@@ -6,7 +6,6 @@ use super::*;
 fn inert(k: &str) -> Option<&'static str> {
     match k {
         "server_side_prepares" => Some("no effect in capra: it always prepares its statements"),
-        "makedelta" => Some("no effect yet: makedelta is wired by the multi-master release"),
         _ => None,
     }
 }

@@ -2,15 +2,10 @@
 
 use super::*;
 
-/// Table options stored for what a later release wires.
-fn inert(k: &str) -> Option<&'static str> {
-    match k {
-        "standard_conflict" | "conflict_strategy" => {
-            Some("no effect yet: per-table conflict strategies are wired by the multi-master release")
-        }
-        "makedelta" => Some("no effect yet: makedelta is wired by the multi-master release"),
-        _ => None,
-    }
+/// Table options kept only for Bucardo scripts (none today: every table
+/// option acts).
+fn inert(_k: &str) -> Option<&'static str> {
+    None
 }
 
 pub(super) const REL_KEYS: &[Key] = &[
