@@ -673,10 +673,11 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                 tr.full_copies.push(names[i].clone());
             }
             let q = format!(
-                "COPY (SELECT {} FROM {}{}) TO STDOUT",
+                "COPY (SELECT {} FROM {}{}{}) TO STDOUT",
                 meta.cols,
                 meta.only,
-                t.name.sql()
+                t.name.sql(),
+                t.filter.as_deref().map(|f| format!(" WHERE ({f})")).unwrap_or_default()
             );
             let into = format!("COPY {} ({}) FROM STDIN", t.name.sql(), meta.cols);
             let dests: Vec<(usize, String)> = copy_idx.iter().map(|i| (*i, into.clone())).collect();
@@ -1974,12 +1975,15 @@ fn apply_from(
         }
     }
     drop(portal);
+    // Keys whose row no longer matches the filter were deleted above and
+    // are not copied: a row that stops matching leaves the receivers.
     let q = format!(
-        "COPY (SELECT {} FROM {}{} WHERE ({}) IN ({keys_sql})) TO STDOUT",
+        "COPY (SELECT {} FROM {}{} WHERE ({}) IN ({keys_sql}){}) TO STDOUT",
         meta.cols,
         meta.only,
         t.name.sql(),
-        keys
+        keys,
+        t.filter.as_deref().map(|f| format!(" AND ({f})")).unwrap_or_default()
     );
     let dests: Vec<(usize, String)> = recv
         .iter()

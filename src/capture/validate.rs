@@ -9,6 +9,7 @@ use super::discover::{self, Column, Kind};
 use crate::catalog::edit::is_delta;
 use crate::catalog::model::{self, Relation};
 use crate::error::{Context, Error, Result};
+use crate::pg::ident::QualName;
 
 /// Whether two column types are close enough to copy between.
 fn compatible(src: &str, dst: &str) -> bool {
@@ -197,6 +198,16 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                 ));
             }
         }
+        // The row filter, on every source.
+        if let Some(f) = &rel.filter {
+            for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
+                if role == "source" && present[i] {
+                    if let Err(e) = check_filter(f).and_then(|f| try_filter(c, &rel.name, &f, dbname)) {
+                        problems.push(format!("{}; change it (capra update table {} filter=...)", crate::pg::error::flatten(&e.to_string()), rel.name.human()));
+                    }
+                }
+            }
+        }
         let Some(src_cols) = src_cols else { continue };
         for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
             if i == src_idx || !present[i] {
@@ -266,6 +277,10 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             }
             if writes {
                 need.push_str(",INSERT,DELETE");
+                if role == "source" {
+                    // Rows another source sends are updated in place.
+                    need.push_str(",UPDATE");
+                }
                 if role == "fullcopy" || s.onetimecopy > 0 {
                     need.push_str(",TRUNCATE");
                 }
@@ -286,6 +301,20 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             problems.push(format!(
                 "the role cannot set session_replication_role in database \"{dbname}\", which applying changes needs; connect as a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role"
             ));
+        }
+        if role == "source" && group.with_role("source").len() > 1 {
+            let on: bool = c
+                .query_one(
+                    "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
+                    &[],
+                )
+                .ctx(|| "reading track_commit_timestamp".into())?
+                .get(0);
+            notes.push(if on {
+                format!("conflict strategy latest compares commit times on \"{dbname}\" (track_commit_timestamp = on)")
+            } else {
+                format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
+            });
         }
         if role == "source" && delta {
             let ok: bool = c
@@ -311,4 +340,74 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             problems,
         })
     }
+}
+
+/// Checks a row filter's text before it is stored: one expression, with
+/// quotes and parentheses balanced and no `;` or comment outside quotes,
+/// so it can only ever be the condition of the query capra wraps it in.
+/// (The server then checks that it means something: [`try_filter`].)
+pub fn check_filter(expr: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Err(Error::Usage(format!(
+            "invalid filter {expr:?}: {why}; give one condition over the table's columns, such as filter=\"region = 'eu'\""
+        )))
+    };
+    let (mut depth, mut quote): (i32, Option<char>) = (0, None);
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let ch = chars[i];
+        match quote {
+            Some(q) => {
+                if ch == q {
+                    // A doubled quote stays inside.
+                    if chars.get(i + 1) == Some(&q) {
+                        i += 1;
+                    } else {
+                        quote = None;
+                    }
+                }
+            }
+            None => match ch {
+                '\'' | '"' => quote = Some(ch),
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return bad("a ')' closes more than it opened");
+                    }
+                }
+                ';' => return bad("';' is not allowed"),
+                '$' => return bad("dollar quoting is not allowed (use '...')"),
+                '-' if chars.get(i + 1) == Some(&'-') => return bad("comments are not allowed"),
+                '/' if chars.get(i + 1) == Some(&'*') => return bad("comments are not allowed"),
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    if quote.is_some() {
+        return bad("a quote is not closed");
+    }
+    if depth != 0 {
+        return bad("parentheses do not match");
+    }
+    if expr.trim().is_empty() {
+        return bad("it is empty");
+    }
+    Ok(expr.trim().to_string())
+}
+
+/// Asks a database whether a row filter works on a table there (parsed and
+/// planned, not run).
+pub fn try_filter(c: &mut impl GenericClient, table: &QualName, filter: &str, db: &str) -> Result<()> {
+    c.prepare(&format!("SELECT 1 FROM {} WHERE ({filter}) LIMIT 0", table.sql()))
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Rejected(format!(
+                "the filter of {} does not work in database \"{db}\": {}",
+                table.human(),
+                crate::pg::error::describe(&e)
+            ))
+        })
 }

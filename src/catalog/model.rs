@@ -227,6 +227,9 @@ pub struct Relation {
     pub makedelta: Option<String>,
     /// Relgroups it belongs to.
     pub relgroups: Vec<String>,
+    /// Row filter: a boolean SQL expression over the table's columns; only
+    /// matching rows replicate.
+    pub filter: Option<String>,
 }
 
 /// All relations of one type (`table` or `sequence`), by schema and name.
@@ -236,7 +239,8 @@ pub fn relations(c: &mut impl GenericClient, reltype: Option<&str>) -> Result<Ve
             "SELECT r.id, r.db, r.schemaname, r.relname, r.reltype, r.pkey, r.pkeytype, r.keykind,
                     r.autokick, r.rebuild_index, r.analyze_after_copy, r.vacuum_after_copy, r.ghost,
                     r.conflict_strategy, r.strict_checking, r.makedelta,
-                    coalesce(array_agg(m.relgroup ORDER BY m.relgroup) FILTER (WHERE m.relgroup IS NOT NULL), '{}')
+                    coalesce(array_agg(m.relgroup ORDER BY m.relgroup) FILTER (WHERE m.relgroup IS NOT NULL), '{}'),
+                    r.filter
                FROM capra.relation r LEFT JOIN capra.relgroup_member m ON m.relation = r.id
               WHERE $1::text IS NULL OR r.reltype = $1
               GROUP BY r.id
@@ -263,6 +267,7 @@ pub fn relations(c: &mut impl GenericClient, reltype: Option<&str>) -> Result<Ve
             strict_checking: r.get(14),
             makedelta: r.get(15),
             relgroups: r.get(16),
+            filter: r.get(17),
         })
         .collect())
 }

@@ -433,3 +433,52 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
         assert!(h > 50, "pgbench wrote only {h} rows on {d}");
     }
 }
+
+/// A row filter: only matching rows replicate (changes and full copies);
+/// a row that stops matching leaves the target, one that starts matching
+/// arrives; bad filters are refused with one line and change nothing.
+#[test]
+fn row_filter_includes_excludes_and_moves_rows_out() {
+    let ddl = "CREATE TABLE r (id int PRIMARY KEY, region text NOT NULL, v int);
+               INSERT INTO r VALUES (1, 'eu', 1), (2, 'us', 2), (3, 'eu', 3);";
+    let (c, src, tgt) = crate::support::fixtures::pair("filt", ddl);
+    let (a, b) = (cluster::a(), cluster::b());
+    b.exec(&tgt, "TRUNCATE r");
+    c.ok(&["add", "table", "r", "db=src", "relgroup=g"]);
+    let before = c.snapshot();
+    for bad in [
+        "region = 'eu'); DROP TABLE r; --",
+        "region = 'eu' -- x",
+        "(region = 'eu'",
+        "region = $$eu$$",
+    ] {
+        let e = c.fails(&["update", "table", "r", &format!("filter={bad}")], 2);
+        assert!(e.contains("invalid filter"), "{e}");
+    }
+    let e = c.fails(&["update", "table", "r", "filter=nosuchcol = 1"], 1);
+    assert!(e.contains("does not work in database \"src\"") && e.contains("nosuchcol"), "{e}");
+    assert_eq!(c.snapshot(), before, "refused filters change nothing");
+    let out = c.ok(&["update", "table", "r", "filter=region = 'eu'"]);
+    assert!(out.contains("Changed table public.r filter to region = 'eu'"), "{out}");
+    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0", "onetimecopy=1"]);
+    assert!(c.ok(&["validate", "s"]).contains("OK"));
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    let rows = |cl: &Cluster, d: &str| value(cl, d, "SELECT string_agg(id || region || v, ',' ORDER BY id) FROM r");
+    assert_eq!(rows(b, &tgt), "1eu1,3eu3", "the full copy takes only matching rows");
+    a.exec(
+        &src,
+        "INSERT INTO r VALUES (4, 'eu', 4), (5, 'us', 5);
+         UPDATE r SET region = 'us' WHERE id = 1;   -- moves out
+         UPDATE r SET region = 'eu' WHERE id = 2;   -- moves in
+         UPDATE r SET v = 30 WHERE id = 3;",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(rows(b, &tgt), "2eu2,3eu30,4eu4", "{}", c.log());
+    // Validate checks the filter on the source.
+    a.exec(&src, "ALTER TABLE r RENAME COLUMN region TO zone");
+    let r = c.run(&["validate", "s"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stdout.contains("filter") || r.stderr.contains("filter"), "{}{}", r.stdout, r.stderr);
+    c.ok(&["update", "table", "r", "filter=none"]);
+}

@@ -16,3 +16,7 @@ CREATE TABLE capra.conflict (
 );
 CREATE INDEX conflict_sync_ctime ON capra.conflict (sync, ctime);
 CREATE INDEX conflict_ctime ON capra.conflict (ctime);
+
+-- Row filters: only rows matching this expression replicate from the
+-- table's sources (NULL: every row).
+ALTER TABLE capra.relation ADD COLUMN filter text;

@@ -25,6 +25,7 @@ pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
     key("conflict_strategy", &["standard_conflict"]),
     key("strict_checking", &[]),
     key("makedelta", &[]),
+    key("filter", &["where", "row_filter"]),
 ];
 
 pub(super) fn split_commas(v: &[String]) -> Vec<String> {
@@ -374,6 +375,23 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
             "makedelta" => {
                 sets.push((k.clone(), opt_text(v), "text"));
                 lines.push(format!("Changed {kind} {} makedelta to {v}", rel.name.human()));
+            }
+            "filter" => {
+                let f = match v.trim() {
+                    "" => None,
+                    s if s.eq_ignore_ascii_case("none") => None,
+                    s => Some(crate::capture::validate::check_filter(s)?),
+                };
+                if let Some(f) = &f {
+                    let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
+                    let mut client = db.connect()?;
+                    crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
+                }
+                lines.push(match &f {
+                    Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
+                    None => format!("Removed the filter of {kind} {}", rel.name.human()),
+                });
+                sets.push((k.clone(), f, "text"));
             }
             _ => unreachable!(),
         }
