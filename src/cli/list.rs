@@ -218,6 +218,12 @@ fn print_list(
                         )
                     };
                     line.push_str(&format!("  PK: {key}"));
+                    if let Some(f) = &r.filter {
+                        line.push_str(&format!("  Filter: {f}"));
+                    }
+                    if let Some(s) = &r.conflict_strategy {
+                        line.push_str(&format!("  Conflict: {s}"));
+                    }
                 }
                 println!("{}", line.trim_end());
                 if ctx.verbose > 0 {

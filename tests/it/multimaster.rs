@@ -460,6 +460,7 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
     assert_eq!(c.snapshot(), before, "refused filters change nothing");
     let out = c.ok(&["update", "table", "r", "filter=region = 'eu'"]);
     assert!(out.contains("Changed table public.r filter to region = 'eu'"), "{out}");
+    assert!(c.ok(&["list", "tables"]).contains("PK: id (integer)  Filter: region = 'eu'"));
     c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0", "onetimecopy=1"]);
     assert!(c.ok(&["validate", "s"]).contains("OK"));
     let _d = c.start();
