@@ -135,6 +135,12 @@ pub struct TableReport {
     pub truncated: bool,
     /// Conflicts settled in this table.
     pub conflicts: u64,
+    /// Receivers a TRUNCATE was replayed on.
+    #[serde(skip)]
+    truncates: u64,
+    /// Rows were left for the next run.
+    #[serde(skip)]
+    again: bool,
 }
 
 /// What a run did.
@@ -181,6 +187,8 @@ pub struct RunReport {
     /// Rows were left for the next run (the application held them on a
     /// receiving source): run again shortly.
     pub again: bool,
+    /// Tables an exception hook had skipped in this run.
+    pub skipped_tables: Vec<String>,
 }
 
 /// Checks a snapshot string before it is inlined into a COPY query (COPY
@@ -202,6 +210,10 @@ enum Mode {
     /// this run's changes.
     Seed,
 }
+
+/// Captured tables of a database: (schema, table) -> (captured id, the key
+/// columns of its change log).
+pub(super) type Captured = HashMap<(String, String), (i32, Vec<String>)>;
 
 /// A receiving database's part in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +240,7 @@ struct Src<'c> {
     /// Whether the server records commit times.
     commit_ts: bool,
     /// (schema, table) -> (captured id, key columns of its log).
-    captured: HashMap<(String, String), (i32, Vec<String>)>,
+    captured: Captured,
     changed: BTreeSet<i32>,
     truncated: BTreeSet<i32>,
     /// Tables one of whose partitions was truncated (or dropped).
@@ -556,7 +568,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         txs.push(tx);
     }
     // Capture on receivers, for makedelta: its captured tables there.
-    let mut rcaptured: Vec<HashMap<(String, String), (i32, Vec<String>)>> = vec![HashMap::new(); txs.len()];
+    let mut rcaptured: Vec<Captured> = vec![HashMap::new(); txs.len()];
     for (i, tx) in txs.iter_mut().enumerate() {
         if !plan.tables.iter().any(|t| makedelta(plan, t, &names[i])) {
             continue;
@@ -579,295 +591,75 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let mut newest: Option<Vec<f64>> = None;
 
     for (t, sig) in plan.tables.iter().zip(&signatures) {
-        // Deltas use the key the change log was built with (after a key
-        // change it stays the old one until that log is drained).
-        let tkey = (t.name.schema.clone(), t.name.name.clone());
-        let keycols = srcs[0]
-            .captured
-            .get(&tkey)
-            .map(|c| c.1.clone())
-            .unwrap_or_else(|| t.pkey.clone());
-        if reads {
-            for s in &srcs[1..] {
-                if let Some(c) = s.captured.get(&tkey) {
-                    if c.1 != keycols {
-                        return Err(Error::Rejected(format!(
-                            "table {} is captured with key ({}) on \"{}\" but ({}) on \"{}\"; every source of a multi-master sync needs the same key (capra update table {} pkey=...)",
-                            t.name.human(),
-                            keycols.join(", "),
-                            srcs[0].db.name,
-                            c.1.join(", "),
-                            s.db.name,
-                            t.name.human()
-                        )));
+        // With an exception hook, the table's work sits in a savepoint on
+        // every database, so the hook can have it retried or skipped.
+        let guarded = env.hooks.borrow().has("exception", Some(&t.name.human()));
+        let mut attempts = 0;
+        let tr = loop {
+            if guarded {
+                savepoints(&mut srcs, &mut txs, "SAVEPOINT capra_table")?;
+            }
+            let result = sync_table(
+                env,
+                plan,
+                cache,
+                &mut srcs,
+                &mut txs,
+                &names,
+                &kinds,
+                &rcaptured,
+                &source_names,
+                &mut newest,
+                t,
+                sig,
+            );
+            match result {
+                Ok(tr) => {
+                    if guarded {
+                        savepoints(&mut srcs, &mut txs, "RELEASE SAVEPOINT capra_table")?;
+                    }
+                    break Some(tr);
+                }
+                Err(e) if guarded && e.sqlstate().is_some() => {
+                    // A connection that cannot even roll back fails the run
+                    // with the error that started it.
+                    if savepoints(&mut srcs, &mut txs, "ROLLBACK TO SAVEPOINT capra_table").is_err() {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                    let text = crate::pg::error::flatten(&e.to_string());
+                    let state = e.sqlstate().unwrap_or_default();
+                    let answer = hook(env, "exception", Some(t), &|_, ctx| {
+                        ctx.set("error", text.as_str())?;
+                        ctx.set("sqlstate", state.as_str())?;
+                        ctx.set("attempts", attempts)
+                    })?;
+                    match answer.as_deref() {
+                        Some("retry") if attempts <= 2 => {
+                            tracing::warn!("Retrying {} as the exception hook asked: {text}", t.name.human());
+                            continue;
+                        }
+                        Some("retry") => {
+                            return Err(Error::Rejected(format!(
+                                "the exception hook retried {} twice and it still fails; giving up: {text}",
+                                t.name.human()
+                            )))
+                        }
+                        Some("skip") => {
+                            tracing::warn!(
+                                "Skipping {} in this run as the exception hook asked: its changes since the last run are not applied anywhere ({text})",
+                                t.name.human()
+                            );
+                            report.skipped_tables.push(t.name.human());
+                            break None;
+                        }
+                        _ => return Err(e),
                     }
                 }
+                Err(e) => return Err(e),
             }
-        }
-        let ids: Vec<Option<i32>> = srcs.iter().map(|s| s.id_of(t)).collect();
-        let meta = table_meta(cache, &mut srcs[0].tx, &mut txs, &names, t, &keycols, sig)?.clone();
-        let strategy = Strategy::parse(
-            t.conflict_strategy
-                .as_deref()
-                .or(plan.sync.conflict_strategy.as_deref())
-                .unwrap_or(env.default_strategy),
-        );
-        // Where makedelta applies: the receiver's own change log of this
-        // table (captured there, with the same key).
-        let md: Vec<Option<i32>> = (0..txs.len())
-            .map(|i| {
-                if !makedelta(plan, t, &names[i]) {
-                    return None;
-                }
-                rcaptured[i].get(&tkey).filter(|c| c.1 == keycols).map(|c| c.0)
-            })
-            .collect();
-        // Decide per receiver how it gets this table.
-        let mut modes: Vec<Mode> = Vec::new();
-        for (i, tx) in txs.iter_mut().enumerate() {
-            let empty = |tx: &mut Transaction<'_>| -> Result<bool> {
-                Ok(tx
-                    .query_one(
-                        &format!("SELECT NOT EXISTS (SELECT 1 FROM {}{})", meta.only, t.name.sql()),
-                        &[],
-                    )
-                    .ctx(|| format!("checking whether {} is empty on \"{}\"", t.name.human(), names[i]))?
-                    .get(0))
-            };
-            let mode = match kinds[i] {
-                Recv::Full => Mode::Copy,
-                // A source is never emptied: with onetimecopy it gets a copy
-                // from the first source only while its table is empty, and
-                // the changes of this run on top.
-                Recv::Source(x) if x != 0 && otc > 0 && empty(tx)? => Mode::Seed,
-                Recv::Source(_) => Mode::Delta,
-                Recv::Target
-                    if otc == 1
-                        || plan.behind.contains(&names[i])
-                        || (!multi && ids[0].is_some_and(|id| srcs[0].recopy.contains(&id))) =>
-                {
-                    Mode::Copy
-                }
-                Recv::Target if otc == 2 && empty(tx)? => Mode::Copy,
-                Recv::Target => Mode::Delta,
-            };
-            modes.push(mode);
-        }
-        let mut tr = TableReport {
-            table: t.name.human(),
-            ..Default::default()
         };
-        // Full copies, from the first source.
-        let copy_idx: Vec<usize> = (0..txs.len())
-            .filter(|i| modes[*i] == Mode::Copy || modes[*i] == Mode::Seed)
-            .collect();
-        if !copy_idx.is_empty() && !t.ghost {
-            let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
-            for &i in &copy_idx {
-                if kinds[i] == Recv::Target || kinds[i] == Recv::Full {
-                    tr.deleted += truncate_or_delete(&mut txs[i], &names[i], t, &meta, &plan.sync.deletemethod)?;
-                    if rebuild {
-                        set_indexes(&mut txs[i], &names[i], t, false)?;
-                    }
-                }
-                tr.full_copies.push(names[i].clone());
-            }
-            let q = format!(
-                "COPY (SELECT {} FROM {}{}{}) TO STDOUT",
-                meta.cols,
-                meta.only,
-                t.name.sql(),
-                t.filter.as_deref().map(|f| format!(" WHERE ({f})")).unwrap_or_default()
-            );
-            let into = format!("COPY {} ({}) FROM STDIN", t.name.sql(), meta.cols);
-            let dests: Vec<(usize, String)> = copy_idx.iter().map(|i| (*i, into.clone())).collect();
-            let rows: u64 = pipe(&mut srcs[0].tx, &q, &mut txs, &dests, &names, &t.name.human())?
-                .iter()
-                .sum();
-            tr.copied += rows;
-            for &i in &copy_idx {
-                if rebuild && !matches!(kinds[i], Recv::Source(_)) {
-                    set_indexes(&mut txs[i], &names[i], t, true)?;
-                    txs[i]
-                        .batch_execute(&format!("REINDEX TABLE {}", t.name.sql()))
-                        .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), names[i]))?;
-                }
-                if let Some(mid) = md[i] {
-                    // Downstream: a truncation, then every key.
-                    let k = meta
-                        .keycols
-                        .iter()
-                        .map(|k| quote_ident(k))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    txs[i]
-                        .batch_execute(&format!(
-                            "INSERT INTO capra.truncate_log (captured) VALUES ({mid}); INSERT INTO capra.delta_{mid} ({k}) SELECT {k} FROM {}{}",
-                            meta.only,
-                            t.name.sql()
-                        ))
-                        .ctx(|| format!("logging the copy of {} on \"{}\" (makedelta)", t.name.human(), names[i]))?;
-                }
-            }
-            tracing::info!(
-                "Full copy of {} to {}: {rows} rows",
-                t.name.human(),
-                tr.full_copies.join(", ")
-            );
-        }
-        // Changes.
-        let delta_idx: Vec<usize> = (0..txs.len())
-            .filter(|i| modes[*i] == Mode::Delta || modes[*i] == Mode::Seed)
-            .collect();
-        if reads && !delta_idx.is_empty() && ids.iter().any(|i| i.is_some()) {
-            if multi {
-                if let Some(s) = srcs
-                    .iter()
-                    .find(|s| s.id_of(t).is_some_and(|id| s.recopy.contains(&id)))
-                {
-                    return Err(Error::Rejected(format!(
-                        "table {} lost its replication key on source \"{}\" (a key column was dropped), so its changes there cannot be told apart; declare its key (capra update table {} pkey=COLUMNS); multi-master syncs then need the table made equal by hand or with onetimecopy=2 on emptied copies",
-                        t.name.human(),
-                        s.db.name,
-                        t.name.human()
-                    )));
-                }
-            }
-            // Truncations first: everything changed afterwards is applied below.
-            for si in 0..srcs.len() {
-                let Some(id) = ids[si] else { continue };
-                let own = srcs[si].recv;
-                let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
-                if srcs[si].truncated.contains(&id) {
-                    for &i in &recv {
-                        replay_truncate(&srcs, &mut txs[i], &names[i], kinds[i], t, &meta, md[i])?;
-                    }
-                    tr.truncated = true;
-                    report.truncates += recv.len() as u64;
-                } else if srcs[si].parts_truncated.contains(&id) {
-                    // Part of the table was emptied: whatever the receivers'
-                    // layout, delete there every row whose key this source
-                    // no longer has (the changes below then add back what
-                    // was written since).
-                    let spare: Vec<Option<String>> = (0..txs.len())
-                        .map(|i| spare_clause(&srcs, kinds[i], t, &meta))
-                        .collect();
-                    tr.deleted += delete_missing(&mut srcs[si].tx, &mut txs, &names, &recv, t, &meta, &spare, &md)?;
-                    tr.truncated = true;
-                    report.truncates += recv.len() as u64;
-                }
-            }
-            let changers: Vec<usize> = (0..srcs.len())
-                .filter(|s| ids[*s].is_some_and(|id| srcs[*s].changed.contains(&id)))
-                .collect();
-            if !changers.is_empty() {
-                let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
-                let (won, merged) = if changers.len() == 1 {
-                    let s = &srcs[changers[0]];
-                    let id = ids[changers[0]].expect("changer");
-                    (
-                        vec![(
-                            changers[0],
-                            format!(
-                                "SELECT DISTINCT {} FROM capra.delta_{id} d WHERE {}",
-                                qk.join(", "),
-                                s.window()
-                            ),
-                        )],
-                        Vec::new(),
-                    )
-                } else {
-                    if strategy == Strategy::LatestAllTables && newest.is_none() {
-                        newest = Some(newest_changes(&mut srcs, plan)?);
-                    }
-                    let mut st = Settle {
-                        env,
-                        strategy: &strategy,
-                        sources: &source_names,
-                        newest: newest.as_deref().unwrap_or(&[]),
-                    };
-                    detect(&mut st, &mut srcs, &changers, &ids, t, &meta, env.chunk, &mut tr)?
-                };
-                let mut staged: BTreeSet<usize> = BTreeSet::new();
-                for (w, keys_sql) in &won {
-                    let own = srcs[*w].recv;
-                    let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
-                    apply_from(
-                        env,
-                        &mut srcs[*w].tx,
-                        &mut txs,
-                        &names,
-                        &kinds,
-                        &recv,
-                        t,
-                        &meta,
-                        keys_sql,
-                        *w as i32,
-                        &md,
-                        &mut staged,
-                        &mut tr,
-                    )?;
-                    if !multi {
-                        tracing::info!("Delta count for {}.{} : {}", srcs[*w].db.name, t.name.human(), tr.keys);
-                    }
-                }
-                if !merged.is_empty() {
-                    apply_merged(
-                        &mut txs,
-                        &names,
-                        &kinds,
-                        &delta_idx,
-                        t,
-                        &meta,
-                        &merged,
-                        &md,
-                        &mut staged,
-                        &mut tr,
-                    )?;
-                }
-                for &r in &staged {
-                    let Recv::Source(x) = kinds[r] else { continue };
-                    let mut st = Settle {
-                        env,
-                        strategy: &strategy,
-                        sources: &source_names,
-                        newest: newest.as_deref().unwrap_or(&[]),
-                    };
-                    let busy = finish_source(&mut st, &mut srcs, &mut txs[r], &names[r], x, t, &meta, md[r], &mut tr)?;
-                    // Keys the application held on x: their winner logs
-                    // them again (a composed row: any other source, which
-                    // holds it now).
-                    let mut by_src: BTreeMap<usize, Vec<Vec<String>>> = BTreeMap::new();
-                    for (from, key) in busy {
-                        let w = if from >= 0 {
-                            from as usize
-                        } else if x == 0 {
-                            1
-                        } else {
-                            0
-                        };
-                        by_src.entry(w).or_default().push(key);
-                    }
-                    for (w, keys) in by_src {
-                        report.again = true;
-                        reraise(&mut srcs[w], t, &meta, &keys)?;
-                    }
-                }
-                if multi {
-                    tracing::info!(
-                        "Delta count for {} from {} : {} ({} conflicts)",
-                        t.name.human(),
-                        changers
-                            .iter()
-                            .map(|c| srcs[*c].db.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        tr.keys,
-                        tr.conflicts
-                    );
-                }
-            }
-        }
+        let Some(tr) = tr else { continue };
         let counts = (tr.keys, tr.copied, tr.deleted);
         if let Some(a) = hook(env, "after_table_sync", Some(t), &move |lua, ctx| {
             let c = lua.create_table()?;
@@ -878,6 +670,8 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         })? {
             tracing::debug!("after_table_sync answered {a:?} (ignored)");
         }
+        report.truncates += tr.truncates;
+        report.again |= tr.again;
         if tr.keys > 0 || tr.copied > 0 || tr.deleted > 0 || tr.truncated || !tr.full_copies.is_empty() {
             report.inserts += tr.copied;
             report.deletes += tr.deleted;
@@ -1003,6 +797,329 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     })?;
     hook(env, "after_sync", None, &|_, _| Ok(()))?;
     Ok(report)
+}
+
+/// Runs (or releases, or rolls back to) a savepoint on every open
+/// transaction of the run.
+fn savepoints(srcs: &mut [Src<'_>], txs: &mut [Transaction<'_>], sql: &str) -> Result<()> {
+    for s in srcs.iter_mut() {
+        s.tx.batch_execute(sql).ctx(|| format!("{sql} on \"{}\"", s.db.name))?;
+    }
+    for tx in txs.iter_mut() {
+        tx.batch_execute(sql).ctx(|| sql.to_string())?;
+    }
+    Ok(())
+}
+
+/// One table's part of a run: full copies, truncations, then changes from
+/// every source that has some (conflicts settled), on every receiver.
+#[allow(clippy::too_many_arguments)]
+fn sync_table(
+    env: &RunEnv<'_>,
+    plan: &SyncPlan,
+    cache: &mut RunCache,
+    srcs: &mut [Src<'_>],
+    txs: &mut [Transaction<'_>],
+    names: &[String],
+    kinds: &[Recv],
+    rcaptured: &[Captured],
+    source_names: &[String],
+    newest: &mut Option<Vec<f64>>,
+    t: &Relation,
+    sig: &str,
+) -> Result<TableReport> {
+    let multi = plan.sources.len() > 1;
+    let reads = plan.is_delta() && (!plan.targets.is_empty() || multi);
+    let otc = plan.sync.onetimecopy;
+    // Deltas use the key the change log was built with (after a key
+    // change it stays the old one until that log is drained).
+    let tkey = (t.name.schema.clone(), t.name.name.clone());
+    let keycols = srcs[0]
+        .captured
+        .get(&tkey)
+        .map(|c| c.1.clone())
+        .unwrap_or_else(|| t.pkey.clone());
+    if reads {
+        for s in &srcs[1..] {
+            if let Some(c) = s.captured.get(&tkey) {
+                if c.1 != keycols {
+                    return Err(Error::Rejected(format!(
+                        "table {} is captured with key ({}) on \"{}\" but ({}) on \"{}\"; every source of a multi-master sync needs the same key (capra update table {} pkey=...)",
+                        t.name.human(),
+                        keycols.join(", "),
+                        srcs[0].db.name,
+                        c.1.join(", "),
+                        s.db.name,
+                        t.name.human()
+                    )));
+                }
+            }
+        }
+    }
+    let ids: Vec<Option<i32>> = srcs.iter().map(|s| s.id_of(t)).collect();
+    let meta = table_meta(cache, &mut srcs[0].tx, txs, names, t, &keycols, sig)?.clone();
+    let strategy = Strategy::parse(
+        t.conflict_strategy
+            .as_deref()
+            .or(plan.sync.conflict_strategy.as_deref())
+            .unwrap_or(env.default_strategy),
+    );
+    // Where makedelta applies: the receiver's own change log of this
+    // table (captured there, with the same key).
+    let md: Vec<Option<i32>> = (0..txs.len())
+        .map(|i| {
+            if !makedelta(plan, t, &names[i]) {
+                return None;
+            }
+            rcaptured[i].get(&tkey).filter(|c| c.1 == keycols).map(|c| c.0)
+        })
+        .collect();
+    // Decide per receiver how it gets this table.
+    let mut modes: Vec<Mode> = Vec::new();
+    for (i, tx) in txs.iter_mut().enumerate() {
+        let empty = |tx: &mut Transaction<'_>| -> Result<bool> {
+            Ok(tx
+                .query_one(
+                    &format!("SELECT NOT EXISTS (SELECT 1 FROM {}{})", meta.only, t.name.sql()),
+                    &[],
+                )
+                .ctx(|| format!("checking whether {} is empty on \"{}\"", t.name.human(), names[i]))?
+                .get(0))
+        };
+        let mode = match kinds[i] {
+            Recv::Full => Mode::Copy,
+            // A source is never emptied: with onetimecopy it gets a copy
+            // from the first source only while its table is empty, and
+            // the changes of this run on top.
+            Recv::Source(x) if x != 0 && otc > 0 && empty(tx)? => Mode::Seed,
+            Recv::Source(_) => Mode::Delta,
+            Recv::Target
+                if otc == 1
+                    || plan.behind.contains(&names[i])
+                    || (!multi && ids[0].is_some_and(|id| srcs[0].recopy.contains(&id))) =>
+            {
+                Mode::Copy
+            }
+            Recv::Target if otc == 2 && empty(tx)? => Mode::Copy,
+            Recv::Target => Mode::Delta,
+        };
+        modes.push(mode);
+    }
+    let mut tr = TableReport {
+        table: t.name.human(),
+        ..Default::default()
+    };
+    // Full copies, from the first source.
+    let copy_idx: Vec<usize> = (0..txs.len())
+        .filter(|i| modes[*i] == Mode::Copy || modes[*i] == Mode::Seed)
+        .collect();
+    if !copy_idx.is_empty() && !t.ghost {
+        let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
+        for &i in &copy_idx {
+            if kinds[i] == Recv::Target || kinds[i] == Recv::Full {
+                tr.deleted += truncate_or_delete(&mut txs[i], &names[i], t, &meta, &plan.sync.deletemethod)?;
+                if rebuild {
+                    set_indexes(&mut txs[i], &names[i], t, false)?;
+                }
+            }
+            tr.full_copies.push(names[i].clone());
+        }
+        let q = format!(
+            "COPY (SELECT {} FROM {}{}{}) TO STDOUT",
+            meta.cols,
+            meta.only,
+            t.name.sql(),
+            t.filter.as_deref().map(|f| format!(" WHERE ({f})")).unwrap_or_default()
+        );
+        let into = format!("COPY {} ({}) FROM STDIN", t.name.sql(), meta.cols);
+        let dests: Vec<(usize, String)> = copy_idx.iter().map(|i| (*i, into.clone())).collect();
+        let rows: u64 = pipe(&mut srcs[0].tx, &q, txs, &dests, names, &t.name.human())?
+            .iter()
+            .sum();
+        tr.copied += rows;
+        for &i in &copy_idx {
+            if rebuild && !matches!(kinds[i], Recv::Source(_)) {
+                set_indexes(&mut txs[i], &names[i], t, true)?;
+                txs[i]
+                    .batch_execute(&format!("REINDEX TABLE {}", t.name.sql()))
+                    .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), names[i]))?;
+            }
+            if let Some(mid) = md[i] {
+                // Downstream: a truncation, then every key.
+                let k = meta
+                    .keycols
+                    .iter()
+                    .map(|k| quote_ident(k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                txs[i]
+                    .batch_execute(&format!(
+                        "INSERT INTO capra.truncate_log (captured) VALUES ({mid}); INSERT INTO capra.delta_{mid} ({k}) SELECT {k} FROM {}{}",
+                        meta.only,
+                        t.name.sql()
+                    ))
+                    .ctx(|| format!("logging the copy of {} on \"{}\" (makedelta)", t.name.human(), names[i]))?;
+            }
+        }
+        tracing::info!(
+            "Full copy of {} to {}: {rows} rows",
+            t.name.human(),
+            tr.full_copies.join(", ")
+        );
+    }
+    // Changes.
+    let delta_idx: Vec<usize> = (0..txs.len())
+        .filter(|i| modes[*i] == Mode::Delta || modes[*i] == Mode::Seed)
+        .collect();
+    if reads && !delta_idx.is_empty() && ids.iter().any(|i| i.is_some()) {
+        if multi {
+            if let Some(s) = srcs
+                .iter()
+                .find(|s| s.id_of(t).is_some_and(|id| s.recopy.contains(&id)))
+            {
+                return Err(Error::Rejected(format!(
+                    "table {} lost its replication key on source \"{}\" (a key column was dropped), so its changes there cannot be told apart; declare its key (capra update table {} pkey=COLUMNS); multi-master syncs then need the table made equal by hand or with onetimecopy=2 on emptied copies",
+                    t.name.human(),
+                    s.db.name,
+                    t.name.human()
+                )));
+            }
+        }
+        // Truncations first: everything changed afterwards is applied below.
+        for si in 0..srcs.len() {
+            let Some(id) = ids[si] else { continue };
+            let own = srcs[si].recv;
+            let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
+            if srcs[si].truncated.contains(&id) {
+                for &i in &recv {
+                    replay_truncate(srcs, &mut txs[i], &names[i], kinds[i], t, &meta, md[i])?;
+                }
+                tr.truncated = true;
+                tr.truncates += recv.len() as u64;
+            } else if srcs[si].parts_truncated.contains(&id) {
+                // Part of the table was emptied: whatever the receivers'
+                // layout, delete there every row whose key this source
+                // no longer has (the changes below then add back what
+                // was written since).
+                let spare: Vec<Option<String>> =
+                    (0..txs.len()).map(|i| spare_clause(srcs, kinds[i], t, &meta)).collect();
+                tr.deleted += delete_missing(&mut srcs[si].tx, txs, names, &recv, t, &meta, &spare, &md)?;
+                tr.truncated = true;
+                tr.truncates += recv.len() as u64;
+            }
+        }
+        let changers: Vec<usize> = (0..srcs.len())
+            .filter(|s| ids[*s].is_some_and(|id| srcs[*s].changed.contains(&id)))
+            .collect();
+        if !changers.is_empty() {
+            let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+            let (won, merged) = if changers.len() == 1 {
+                let s = &srcs[changers[0]];
+                let id = ids[changers[0]].expect("changer");
+                (
+                    vec![(
+                        changers[0],
+                        format!(
+                            "SELECT DISTINCT {} FROM capra.delta_{id} d WHERE {}",
+                            qk.join(", "),
+                            s.window()
+                        ),
+                    )],
+                    Vec::new(),
+                )
+            } else {
+                if strategy == Strategy::LatestAllTables && newest.is_none() {
+                    *newest = Some(newest_changes(srcs, plan)?);
+                }
+                let mut st = Settle {
+                    env,
+                    strategy: &strategy,
+                    sources: source_names,
+                    newest: newest.as_deref().unwrap_or(&[]),
+                };
+                detect(&mut st, srcs, &changers, &ids, t, &meta, env.chunk, &mut tr)?
+            };
+            let mut staged: BTreeSet<usize> = BTreeSet::new();
+            for (w, keys_sql) in &won {
+                let own = srcs[*w].recv;
+                let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
+                apply_from(
+                    env,
+                    &mut srcs[*w].tx,
+                    txs,
+                    names,
+                    kinds,
+                    &recv,
+                    t,
+                    &meta,
+                    keys_sql,
+                    *w as i32,
+                    &md,
+                    &mut staged,
+                    &mut tr,
+                )?;
+                if !multi {
+                    tracing::info!("Delta count for {}.{} : {}", srcs[*w].db.name, t.name.human(), tr.keys);
+                }
+            }
+            if !merged.is_empty() {
+                apply_merged(
+                    txs,
+                    names,
+                    kinds,
+                    &delta_idx,
+                    t,
+                    &meta,
+                    &merged,
+                    &md,
+                    &mut staged,
+                    &mut tr,
+                )?;
+            }
+            for &r in &staged {
+                let Recv::Source(x) = kinds[r] else { continue };
+                let mut st = Settle {
+                    env,
+                    strategy: &strategy,
+                    sources: source_names,
+                    newest: newest.as_deref().unwrap_or(&[]),
+                };
+                let busy = finish_source(&mut st, srcs, &mut txs[r], &names[r], x, t, &meta, md[r], &mut tr)?;
+                // Keys the application held on x: their winner logs
+                // them again (a composed row: any other source, which
+                // holds it now).
+                let mut by_src: BTreeMap<usize, Vec<Vec<String>>> = BTreeMap::new();
+                for (from, key) in busy {
+                    let w = if from >= 0 {
+                        from as usize
+                    } else if x == 0 {
+                        1
+                    } else {
+                        0
+                    };
+                    by_src.entry(w).or_default().push(key);
+                }
+                for (w, keys) in by_src {
+                    tr.again = true;
+                    reraise(&mut srcs[w], t, &meta, &keys)?;
+                }
+            }
+            if multi {
+                tracing::info!(
+                    "Delta count for {} from {} : {} ({} conflicts)",
+                    t.name.human(),
+                    changers
+                        .iter()
+                        .map(|c| srcs[*c].db.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    tr.keys,
+                    tr.conflicts
+                );
+            }
+        }
+    }
+    Ok(tr)
 }
 
 /// Whether makedelta asks for changes applied to `db` to be logged there

@@ -203,7 +203,11 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
                 if role == "source" && present[i] {
                     if let Err(e) = check_filter(f).and_then(|f| try_filter(c, &rel.name, &f, dbname)) {
-                        problems.push(format!("{}; change it (capra update table {} filter=...)", crate::pg::error::flatten(&e.to_string()), rel.name.human()));
+                        problems.push(format!(
+                            "{}; change it (capra update table {} filter=...)",
+                            crate::pg::error::flatten(&e.to_string()),
+                            rel.name.human()
+                        ));
                     }
                 }
             }

@@ -490,18 +490,88 @@ fn pgbench_report_end_to_end_under_load() {
     let pa = format!("port={}", a.port);
     let pb = format!("port={}", b.port);
     let pc = format!("port={}", cc.port);
-    c1.ok(&["add", "database", &test1, "name=test1_master", &pa, "host=127.0.0.1", "user=postgres"]);
-    c1.ok(&["add", "database", &test1, "name=test1_slave", &pb, "host=127.0.0.1", "user=postgres"]);
-    c1.ok(&["add", "db", &test1, "name=test1_master2", "host=127.0.0.1", "user=postgres", &pc]);
-    c1.ok(&["add", "all", "tables", "db=test1_master", "-T", "pgbench_history", "--herd=alpha"]);
-    c1.ok(&["add", "all", "tables", "db=test1_master", "-t", "pgbench_history", "--herd=beta"]);
+    c1.ok(&[
+        "add",
+        "database",
+        &test1,
+        "name=test1_master",
+        &pa,
+        "host=127.0.0.1",
+        "user=postgres",
+    ]);
+    c1.ok(&[
+        "add",
+        "database",
+        &test1,
+        "name=test1_slave",
+        &pb,
+        "host=127.0.0.1",
+        "user=postgres",
+    ]);
+    c1.ok(&[
+        "add",
+        "db",
+        &test1,
+        "name=test1_master2",
+        "host=127.0.0.1",
+        "user=postgres",
+        &pc,
+    ]);
+    c1.ok(&[
+        "add",
+        "all",
+        "tables",
+        "db=test1_master",
+        "-T",
+        "pgbench_history",
+        "--herd=alpha",
+    ]);
+    c1.ok(&[
+        "add",
+        "all",
+        "tables",
+        "db=test1_master",
+        "-t",
+        "pgbench_history",
+        "--herd=beta",
+    ]);
     c1.ok(&["add", "dbgroup", "test1_history", "test1_slave", "test1_master2"]);
-    c1.ok(&["add", "sync", "benchdeltaalpha", "source=alpha", "targetdb=test1_slave", "type=pushdelta"]);
-    c1.ok(&["add", "sync", "benchcopybeta", "source=beta", "targetgroup=test1_history", "type=fullcopy"]);
+    c1.ok(&[
+        "add",
+        "sync",
+        "benchdeltaalpha",
+        "source=alpha",
+        "targetdb=test1_slave",
+        "type=pushdelta",
+    ]);
+    c1.ok(&[
+        "add",
+        "sync",
+        "benchcopybeta",
+        "source=beta",
+        "targetgroup=test1_history",
+        "type=fullcopy",
+    ]);
     // Master-2's capra: the swap, master-2 (the herd's db) winning conflicts.
     let c2 = Capra::install(cc);
-    c2.ok(&["add", "database", &test1, "name=test1_master2", "host=127.0.0.1", &pc, "user=postgres"]);
-    c2.ok(&["add", "database", &test1, "name=test1_master", "host=127.0.0.1", &pa, "user=postgres"]);
+    c2.ok(&[
+        "add",
+        "database",
+        &test1,
+        "name=test1_master2",
+        "host=127.0.0.1",
+        &pc,
+        "user=postgres",
+    ]);
+    c2.ok(&[
+        "add",
+        "database",
+        &test1,
+        "name=test1_master",
+        "host=127.0.0.1",
+        &pa,
+        "user=postgres",
+    ]);
     c2.ok(&[
         "add",
         "all",
@@ -513,7 +583,14 @@ fn pgbench_report_end_to_end_under_load() {
         "herd=gamma",
         "--verbose",
     ]);
-    c2.ok(&["add", "sync", "benchswap", "source=gamma", "targetdb=test1_master", "type=swap"]);
+    c2.ok(&[
+        "add",
+        "sync",
+        "benchswap",
+        "source=gamma",
+        "targetdb=test1_master",
+        "type=swap",
+    ]);
     c2.ok(&["update", "db", "test1_master", "makedelta=1"]);
     let _d1 = c1.start();
     let _d2 = c2.start();
@@ -549,11 +626,17 @@ fn pgbench_report_end_to_end_under_load() {
         c1.log(),
         c2.log()
     );
-    eprintln!("converged {:.2}s after pgbench stopped", stopped.elapsed().as_secs_f64());
+    eprintln!(
+        "converged {:.2}s after pgbench stopped",
+        stopped.elapsed().as_secs_f64()
+    );
     // Both masters really wrote, and the swap settled real conflicts.
     let conflicts = c2.ok(&["conflicts", "benchswap"]);
     assert!(conflicts.contains("winner: test1_master2"), "{conflicts}");
-    assert!(!conflicts.contains("winner: test1_master "), "source=master-2 always wins: {conflicts}");
+    assert!(
+        !conflicts.contains("winner: test1_master "),
+        "source=master-2 always wins: {conflicts}"
+    );
     // The history, copied whole to slave and master-2 when kicked.
     assert!(c1.ok(&["kick", "benchcopybeta", "60"]).contains("DONE"));
     let h = checksum(a, &test1, "pgbench_history");

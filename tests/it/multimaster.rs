@@ -62,7 +62,9 @@ fn every_conflict_strategy_settles_a_real_conflict() {
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
     // (tag, strategy, expected v of id 1 on db 1 and db 2)
-    let cases: &[(&str, &str, Option<(&str, &str)>)] = &[
+    /// The values of id 1 expected on db 1 and db 2 (None: equal, either).
+    type Expect = Option<(&'static str, &'static str)>;
+    let cases: &[(&str, &str, Expect)] = &[
         ("latest", "latest", Some(("one", "one"))),
         ("bucl", "bucardo_latest", Some(("one", "one"))),
         ("latall", "latest_all_tables", Some(("two", "two"))),
@@ -79,7 +81,11 @@ fn every_conflict_strategy_settles_a_real_conflict() {
         ("tbl", "source", Some(("two", "two"))),
     ];
     let r = c.run(&["set", "default_conflict_strategy=bucardo_target"]);
-    assert_eq!((r.code, r.stderr.as_str()), (Some(0), ""), "the setting acts: no warning");
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (Some(0), ""),
+        "the setting acts: no warning"
+    );
     let e = c.fails(&["set", "default_conflict_strategy=nosuch"], 2);
     assert!(e.contains("must be one of"), "{e}");
     let mut made = Vec::new();
@@ -456,12 +462,25 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
         assert!(e.contains("invalid filter"), "{e}");
     }
     let e = c.fails(&["update", "table", "r", "filter=nosuchcol = 1"], 1);
-    assert!(e.contains("does not work in database \"src\"") && e.contains("nosuchcol"), "{e}");
+    assert!(
+        e.contains("does not work in database \"src\"") && e.contains("nosuchcol"),
+        "{e}"
+    );
     assert_eq!(c.snapshot(), before, "refused filters change nothing");
     let out = c.ok(&["update", "table", "r", "filter=region = 'eu'"]);
     assert!(out.contains("Changed table public.r filter to region = 'eu'"), "{out}");
-    assert!(c.ok(&["list", "tables"]).contains("PK: id (integer)  Filter: region = 'eu'"));
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target", "autokick=0", "onetimecopy=1"]);
+    assert!(c
+        .ok(&["list", "tables"])
+        .contains("PK: id (integer)  Filter: region = 'eu'"));
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
     assert!(c.ok(&["validate", "s"]).contains("OK"));
     let _d = c.start();
     c.ok(&["kick", "s", "60"]);
@@ -480,6 +499,11 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
     a.exec(&src, "ALTER TABLE r RENAME COLUMN region TO zone");
     let r = c.run(&["validate", "s"]);
     assert_ne!(r.code, Some(0));
-    assert!(r.stdout.contains("filter") || r.stderr.contains("filter"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("filter") || r.stderr.contains("filter"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
     c.ok(&["update", "table", "r", "filter=none"]);
 }
