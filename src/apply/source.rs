@@ -1,0 +1,331 @@
+//! The read side of a run: each source in its own snapshot, what changed
+//! there since the sync's position (its change logs and truncations), and
+//! what a run writes back into a source's own log (keys to send again).
+
+use std::collections::{BTreeSet, HashMap};
+
+use postgres::Transaction;
+
+use super::receive::unnest_select;
+use super::run::*;
+use crate::catalog::model::{Db, Relation};
+use crate::catalog::plan::SyncPlan;
+use crate::error::{Context, Error, Result};
+use crate::pg::ident::quote_ident;
+use crate::pg::pool::Conn;
+
+/// Checks a snapshot string before it is inlined into a COPY query (COPY
+/// takes no parameters); it comes from the server, but trust nothing.
+pub(super) fn snapshot_literal(s: &str) -> Result<String> {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ':' || c == ',') {
+        Ok(format!("'{s}'::txid_snapshot"))
+    } else {
+        Err(Error::Rejected(format!("unexpected snapshot text {s:?}")))
+    }
+}
+
+/// Captured tables of a database: (schema, table) -> (captured id, the key
+/// columns of its change log).
+pub(super) type Captured = HashMap<(String, String), (i32, Vec<String>)>;
+
+/// One source in a run: its read transaction and what changed there.
+pub(super) struct Src<'c> {
+    pub(super) db: Db,
+    pub(super) tx: Transaction<'c>,
+    /// This run's snapshot (stored as the new position at the end).
+    pub(super) cur: String,
+    /// The stored position, as a checked literal (delta syncs).
+    pub(super) prev_lit: Option<String>,
+    /// The transaction in which this sync last wrote rows here that its
+    /// own capture logged (makedelta): excluded from its own changes.
+    pub(super) applied_txid: Option<i64>,
+    /// Whether the server records commit times.
+    pub(super) commit_ts: bool,
+    /// (schema, table) -> (captured id, key columns of its log).
+    pub(super) captured: Captured,
+    pub(super) changed: BTreeSet<i32>,
+    pub(super) truncated: BTreeSet<i32>,
+    /// Tables one of whose partitions was truncated (or dropped).
+    pub(super) parts_truncated: BTreeSet<i32>,
+    /// Tables to copy whole (capture lost their key).
+    pub(super) recopy: BTreeSet<i32>,
+    /// Its write transaction, when it receives (multi-master).
+    pub(super) recv: Option<usize>,
+}
+
+impl Src<'_> {
+    /// The rows of a change log this run takes: committed after the stored
+    /// position and visible in this run's snapshot (the snapshot itself is
+    /// the transaction's), minus this sync's own makedelta rows.
+    pub(super) fn window(&self) -> String {
+        let p = self.prev_lit.as_deref().unwrap_or("NULL");
+        let mut w = format!("d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p})");
+        if let Some(own) = self.applied_txid {
+            w.push_str(&format!(" AND d.txid <> {own}"));
+        }
+        w
+    }
+
+    /// The change time `latest` compares, over a group of log rows `d`.
+    pub(super) fn time_expr(&self) -> &'static str {
+        if self.commit_ts {
+            "extract(epoch FROM max(coalesce(pg_catalog.pg_xact_commit_timestamp((d.txid % 4294967296)::text::xid), d.ts)))::float8"
+        } else {
+            "extract(epoch FROM max(d.ts))::float8"
+        }
+    }
+
+    pub(super) fn id_of(&self, t: &Relation) -> Option<i32> {
+        self.captured
+            .get(&(t.name.schema.clone(), t.name.name.clone()))
+            .map(|c| c.0)
+    }
+}
+
+pub(super) fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Reads which of the plan's tables changed on one source since its
+/// position, and which were truncated.
+pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name: &str, s: &mut Src<'_>) -> Result<()> {
+    let stx = &mut s.tx;
+    for r in stx
+        .query("SELECT id, schemaname, relname, keycols FROM capra.captured", &[])
+        .ctx(|| "reading captured tables".into())?
+    {
+        s.captured.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+    }
+    // The tables this sync captures, in this run's own snapshot: a table
+    // added to the sync since the plan was read must not have its changes
+    // skipped by moving the position past them.
+    let mine: Vec<i32> = stx
+        .query(
+            "SELECT captured FROM capra.consumer_table WHERE installation = $1 AND sync = $2",
+            &[&env.installation, &name],
+        )
+        .ctx(|| "reading the sync's captured tables".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let planned: Vec<i32> = plan
+        .tables
+        .iter()
+        .filter_map(|t| {
+            s.captured
+                .get(&(t.name.schema.clone(), t.name.name.clone()))
+                .map(|c| c.0)
+        })
+        .collect();
+    cache.logs.insert(s.db.name.clone(), planned.clone());
+    let extra: Vec<i32> = mine.iter().filter(|id| !planned.contains(id)).copied().collect();
+    if !extra.is_empty() {
+        let what: Vec<String> = extra
+            .iter()
+            .map(|id| {
+                s.captured
+                    .iter()
+                    .find(|(_, v)| v.0 == *id)
+                    .map(|(k, _)| format!("{}.{}", k.0, k.1))
+                    .unwrap_or_else(|| format!("captured table {id}"))
+            })
+            .collect();
+        return Err(Error::Stale {
+            message: format!(
+                "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
+                what.join(", "),
+                s.db.name
+            ),
+            extra,
+        });
+    }
+    let window = {
+        let p = s.prev_lit.as_deref().unwrap_or("NULL");
+        let mut w = format!("txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(txid, {p})");
+        if let Some(own) = s.applied_txid {
+            w.push_str(&format!(" AND txid <> {own}"));
+        }
+        w
+    };
+    let mut parts = Vec::new();
+    for t in &plan.tables {
+        let id = s
+            .captured
+            .get(&(t.name.schema.clone(), t.name.name.clone()))
+            .map(|c| c.0)
+            .ok_or_else(|| {
+                Error::Rejected(format!(
+                    "table {} of sync \"{name}\" is not captured on \"{}\"; run: capra activate {name}",
+                    t.name.human(),
+                    s.db.name
+                ))
+            })?;
+        parts.push(format!(
+            "SELECT {id} WHERE EXISTS (SELECT 1 FROM capra.delta_{id} WHERE {window})"
+        ));
+    }
+    if !parts.is_empty() {
+        for r in stx
+            .query(parts.join(" UNION ALL ").as_str(), &[])
+            .ctx(|| format!("looking for changes on \"{}\"", s.db.name))?
+        {
+            s.changed.insert(r.get(0));
+        }
+    }
+    for r in stx
+        .query(
+            &format!("SELECT DISTINCT captured, part FROM capra.truncate_log WHERE {window}"),
+            &[],
+        )
+        .ctx(|| "reading truncations".into())?
+    {
+        match r.get::<_, Option<String>>(1).as_deref() {
+            None => s.truncated.insert(r.get(0)),
+            // Capture lost the key (a key column was dropped): only a full
+            // copy is exact.
+            Some("*") => s.recopy.insert(r.get(0)),
+            Some(_) => s.parts_truncated.insert(r.get(0)),
+        };
+    }
+    Ok(())
+}
+
+/// Per source, the newest change time over every table in this run
+/// (`latest_all_tables` ranks sources by it).
+pub(super) fn newest_changes(srcs: &mut [Src<'_>], plan: &SyncPlan) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for s in srcs.iter_mut() {
+        let parts: Vec<String> = plan
+            .tables
+            .iter()
+            .filter_map(|t| s.id_of(t))
+            .filter(|id| s.changed.contains(id))
+            .map(|id| {
+                format!(
+                    "SELECT {} AS at FROM capra.delta_{id} d WHERE {}",
+                    s.time_expr(),
+                    s.window()
+                )
+            })
+            .collect();
+        let at: Option<f64> = if parts.is_empty() {
+            None
+        } else {
+            s.tx.query_one(&format!("SELECT max(at) FROM ({}) x", parts.join(" UNION ALL ")), &[])
+                .ctx(|| format!("reading the newest change on \"{}\"", s.db.name))?
+                .get(0)
+        };
+        out.push(at.unwrap_or(f64::NEG_INFINITY));
+    }
+    Ok(out)
+}
+
+/// Each table's live column names and types on the source, in one round
+/// trip: when it differs from what a run learned before (a column added,
+/// dropped or retyped), the table's shape is learned again, so no stale
+/// column list survives DDL.
+pub(super) fn column_signatures(stx: &mut Transaction<'_>, tables: &[Relation]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = tables.iter().map(|t| t.name.sql()).collect();
+    let rows = stx
+        .query(
+            "SELECT coalesce((SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                                FROM pg_catalog.pg_attribute a
+                               WHERE a.attrelid = to_regclass(n.name) AND a.attnum > 0 AND NOT a.attisdropped), '')
+               FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i",
+            &[&names],
+        )
+        .ctx(|| "reading the tables' columns on the source".into())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Learns once per controller (and after DDL) which of the plan's tables are
+/// partitioned on the source, then on every run follows their partitions
+/// before the snapshot: new partitions get a TRUNCATE trigger, and rows
+/// that came or went with an ATTACH or DETACH are logged as changes.
+pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut RunCache, db: &str) -> Result<()> {
+    if !cache.partitioned.contains_key(db) {
+        let names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        let found = conn
+            .query(
+                "SELECT n.i::int FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i)
+                   JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name) WHERE c.relkind = 'p'",
+                &[&names],
+            )
+            .ctx(|| format!("looking for partitioned tables on \"{db}\""))?;
+        cache.partitioned.insert(
+            db.to_string(),
+            found
+                .iter()
+                .map(|r| plan.tables[r.get::<_, i32>(0) as usize - 1].name.clone())
+                .collect(),
+        );
+    }
+    let parts = cache.partitioned.get(db).cloned().unwrap_or_default();
+    for t in &parts {
+        // Two steps: TRUNCATE triggers for new partitions first (DDL, a
+        // short lock), then the keys of partitions that came or went are
+        // logged without blocking the application's writes to them.
+        for triggers_only in [true, false] {
+            let mut tx = conn
+                .transaction()
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+                .ctx(|| "setting a lock timeout".into())?;
+            let id: Option<i32> = tx
+                .query_opt(
+                    "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
+                    &[&t.schema, &t.name],
+                )
+                .ctx(|| "reading capture".into())?
+                .map(|r| r.get(0));
+            let Some(id) = id else { break };
+            let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true, triggers_only)?;
+            tx.commit()
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+            if moved > 0 {
+                tracing::info!(
+                    "{moved} partition(s) of {} attached, detached or dropped on \"{db}\"; their rows replicate as changes",
+                    t.human()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs keys once more on a source, in its read transaction (so they are
+/// after the position this run stores): the next run sends them again.
+/// The change time kept is the one the source logged, where it has one.
+pub(super) fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[Vec<String>]) -> Result<()> {
+    let Some(id) = s.id_of(t) else { return Ok(()) };
+    let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+    let arrays: Vec<Vec<String>> = (0..qk.len())
+        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
+        .collect();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect();
+    let names: Vec<String> = (1..=qk.len()).map(|j| format!("a{j}")).collect();
+    let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
+    let sql = format!(
+        "INSERT INTO capra.delta_{id} ({}, ts)
+         SELECT u.*, coalesce((SELECT max(d.ts) FROM capra.delta_{id} d WHERE {} AND {}), statement_timestamp())
+           FROM ({}) AS u({})",
+        qk.join(", "),
+        s.window(),
+        eq.join(" AND "),
+        unnest_select(&types, None),
+        names.join(", ")
+    );
+    s.tx.execute(&sql, &params)
+        .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
+    Ok(())
+}
