@@ -9,12 +9,12 @@ use crate::support::cluster::{self, bin_dir, unique, Cluster};
 use crate::support::daemon::wait_for;
 use crate::support::Capra;
 
-const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0);
+pub(crate) const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0);
                    INSERT INTO t SELECT g, 'x', 0 FROM generate_series(1, 3) g;";
 
 /// Creates one database per cluster with `ddl`, adds them to the catalog as
 /// `{tag}1`, `{tag}2`, ... and returns their names.
-fn dbs(c: &Capra, tag: &str, ddl: &str, clusters: &[&'static Cluster]) -> Vec<String> {
+pub(crate) fn dbs(c: &Capra, tag: &str, ddl: &str, clusters: &[&'static Cluster]) -> Vec<String> {
     clusters
         .iter()
         .enumerate()
@@ -27,11 +27,11 @@ fn dbs(c: &Capra, tag: &str, ddl: &str, clusters: &[&'static Cluster]) -> Vec<St
         .collect()
 }
 
-fn value(cl: &Cluster, db: &str, sql: &str) -> String {
+pub(crate) fn value(cl: &Cluster, db: &str, sql: &str) -> String {
     cl.query(db, sql)[0].clone().unwrap_or_else(|| "NULL".into())
 }
 
-fn last_run(c: &Capra, sync: &str) -> String {
+pub(crate) fn last_run(c: &Capra, sync: &str) -> String {
     cluster::a()
         .query(
             &c.ctl_db,
@@ -45,7 +45,7 @@ fn last_run(c: &Capra, sync: &str) -> String {
 /// The same key changed on both sources (db 2 first, then db 1), plus
 /// changes of other keys on each side; the newest change of the run is
 /// db 2's insert.
-fn conflicting_writes(a: &Cluster, d1: &str, b: &Cluster, d2: &str) {
+pub(crate) fn conflicting_writes(a: &Cluster, d1: &str, b: &Cluster, d2: &str) {
     b.exec(d2, "UPDATE t SET v = 'two', n = 7 WHERE id = 1");
     std::thread::sleep(Duration::from_millis(30));
     a.exec(d1, "UPDATE t SET v = 'one', n = 5 WHERE id = 1");

@@ -91,3 +91,171 @@ fn log_totals_returns_nil() {
     let (lua, f) = load("log_totals.lua");
     assert!(matches!(f.call::<Value>(ctx(&lua)).unwrap(), Value::Nil));
 }
+
+/// Every example in plugins/, added with `capra add customcode` and run by
+/// a real sync on real clusters.
+#[test]
+fn every_plugin_runs_in_a_real_sync() {
+    use crate::multimaster::{conflicting_writes, dbs, value, DDL};
+    use crate::support::cluster::{self, unique};
+    use crate::support::Capra;
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let plugin = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("plugins")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    // Conflict hooks on two-source syncs. prefer_site names its head office
+    // test1_master, so that sync's databases carry those names.
+    let mut made = Vec::new();
+    for (tag, file) in [("lw", "latest_wins.lua"), ("mc", "merge_counters.lua")] {
+        let names = dbs(&c, tag, DDL, &[a, b]);
+        c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
+        c.ok(&[
+            "add",
+            "sync",
+            &format!("s_{tag}"),
+            &format!("relgroup=g_{tag}"),
+            &format!("dbs={tag}1:source,{tag}2:source"),
+            "autokick=0",
+            "conflict_strategy=target",
+        ]);
+        c.ok(&[
+            "add",
+            "customcode",
+            &format!("h_{tag}"),
+            "whenrun=conflict",
+            &format!("src_code={}", plugin(file)),
+            &format!("sync=s_{tag}"),
+        ]);
+        made.push((tag, names));
+    }
+    let (m1, m2) = (a.create_db(&unique("ps_m")), b.create_db(&unique("ps_m2")));
+    a.exec(&m1, DDL);
+    b.exec(&m2, DDL);
+    c.add_db("test1_master", a, &m1);
+    c.add_db("test1_master2", b, &m2);
+    c.ok(&["add", "table", "t", "db=test1_master", "relgroup=g_ps"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s_ps",
+        "relgroup=g_ps",
+        "dbs=test1_master2:source,test1_master:source",
+        "autokick=0",
+        "conflict_strategy=source",
+    ]);
+    c.ok(&[
+        "add",
+        "customcode",
+        "h_ps",
+        "whenrun=conflict",
+        &format!("src_code={}", plugin("prefer_site.lua")),
+        "sync=s_ps",
+    ]);
+    // The exception hook and the after_txn hook on a one-way sync whose
+    // target refuses some rows (a CHECK the source does not have).
+    let (src, tgt) = (a.create_db(&unique("sa_src")), b.create_db(&unique("sa_tgt")));
+    let two =
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0); CREATE TABLE u (id int PRIMARY KEY);";
+    a.exec(&src, two);
+    b.exec(&tgt, two);
+    b.exec(&tgt, "ALTER TABLE t ADD CHECK (n < 100)");
+    c.add_db("sa_src", a, &src);
+    c.add_db("sa_tgt", b, &tgt);
+    c.ok(&["add", "table", "t", "u", "db=sa_src", "relgroup=g_sa"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s_sa",
+        "relgroup=g_sa",
+        "dbs=sa_src:source,sa_tgt:target",
+        "autokick=0",
+    ]);
+    c.ok(&[
+        "add",
+        "customcode",
+        "h_sa",
+        "whenrun=exception",
+        &format!("src_code={}", plugin("skip_and_alert.lua")),
+        "relation=public.t",
+        "db=sa_src",
+    ]);
+    c.ok(&[
+        "add",
+        "customcode",
+        "h_lt",
+        "whenrun=after_txn",
+        &format!("src_code={}", plugin("log_totals.lua")),
+        "sync=s_sa",
+    ]);
+
+    let _d = c.start();
+    let row = |cl: &cluster::Cluster, d: &str| value(cl, d, "SELECT v || '/' || n FROM t WHERE id = 1");
+    for (tag, names) in &made {
+        let (d1, d2) = (&names[0], &names[1]);
+        conflicting_writes(a, d1, b, d2);
+        c.ok(&["kick", &format!("s_{tag}"), "60"]);
+        match *tag {
+            // db 1 changed last: it wins over conflict_strategy=target.
+            "lw" => assert_eq!(
+                (row(a, d1), row(b, d2)),
+                ("one/5".into(), "one/5".into()),
+                "{}",
+                c.log()
+            ),
+            // The highest counter (7, from db 2), the rest from the latest (db 1).
+            "mc" => assert_eq!(
+                (row(a, d1), row(b, d2)),
+                ("one/7".into(), "one/7".into()),
+                "{}",
+                c.log()
+            ),
+            _ => unreachable!(),
+        }
+    }
+    // test1_master changed first, test1_master2 (the first source, which
+    // conflict_strategy=source would pick) last: the head office still wins.
+    a.exec(&m1, "UPDATE t SET v = 'head' WHERE id = 1");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    b.exec(&m2, "UPDATE t SET v = 'branch' WHERE id = 1");
+    c.ok(&["kick", "s_ps", "60"]);
+    assert_eq!(value(b, &m2, "SELECT v FROM t WHERE id = 1"), "head", "{}", c.log());
+    assert_eq!(value(a, &m1, "SELECT v FROM t WHERE id = 1"), "head");
+    // A row the target refuses: t is skipped, u still replicates.
+    a.exec(
+        &src,
+        "INSERT INTO t VALUES (1, 'ok', 1), (2, 'too big', 500); INSERT INTO u VALUES (1)",
+    );
+    c.ok(&["kick", "s_sa", "60"]);
+    assert_eq!(value(b, &tgt, "SELECT count(*) FROM u"), "1");
+    assert_eq!(
+        value(b, &tgt, "SELECT count(*) FROM t"),
+        "0",
+        "t was skipped in that run"
+    );
+    let log = c.log();
+    assert!(
+        log.contains("Skipping public.t in this run as the exception hook asked"),
+        "{log}"
+    );
+    assert!(
+        log.contains("capra: public.t skipped in sync s_sa (check violation)"),
+        "{log}"
+    );
+    assert!(log.contains("Message from after_txn code h_lt: run "), "{log}");
+    // Without the hook the same error fails the run.
+    c.ok(&["update", "customcode", "h_sa", "status=inactive"]);
+    c.ok(&["reload"]);
+    a.exec(&src, "UPDATE t SET n = 600 WHERE id = 2");
+    let r = c.run(&["kick", "s_sa", "60"]);
+    assert_ne!(r.code, Some(0));
+    assert!(
+        crate::multimaster::last_run(&c, "s_sa").contains("check"),
+        "{}",
+        crate::multimaster::last_run(&c, "s_sa")
+    );
+}
