@@ -266,6 +266,42 @@ pub fn conflicts(c: &mut impl GenericClient, sync: Option<&str>, since: Option<&
         .collect())
 }
 
+/// What `status` shows of a multi-master sync beyond the run counts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MultiMaster {
+    /// The strategy in force for the sync (its own, or the default).
+    pub strategy: String,
+    /// Conflicts settled in the last 24 hours.
+    pub conflicts_24h: i64,
+    /// When the last conflict was settled.
+    pub last_conflict: Option<String>,
+    /// Per source, its clock minus the daemon host's (ms), at the newest
+    /// run that measured it.
+    pub clock_skew_ms: serde_json::Value,
+}
+
+/// The conflict summary and the clock skew of a sync.
+pub fn multi_master(c: &mut impl GenericClient, sync: &str, strategy: String) -> Result<MultiMaster> {
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM capra.conflict WHERE sync = $1 AND ctime > now() - interval '24 hours'),
+                    (SELECT to_char(max(ctime), 'Mon DD, YYYY HH24:MI:SS') FROM capra.conflict WHERE sync = $1),
+                    (SELECT (details->'clock_skew_ms')::text FROM capra.run
+                      WHERE sync = $1 AND details ? 'clock_skew_ms' ORDER BY id DESC LIMIT 1)",
+            &[&sync],
+        )
+        .ctx(|| "reading the conflict history".into())?;
+    Ok(MultiMaster {
+        strategy,
+        conflicts_24h: r.get(0),
+        last_conflict: r.get(1),
+        clock_skew_ms: r
+            .get::<_, Option<String>>(2)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
 /// Marks kick requests answered and wakes whoever waits on them.
 pub fn finish_kicks(
     c: &mut impl GenericClient,

@@ -187,16 +187,29 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
         let pending = pending_for(&cat.installation, &plan);
         let next = next_run(&mut cat.client, s, &st)?;
         let behind = runs::targets_behind(&mut cat.client, &s.name)?;
+        let mm = if plan.sources.len() > 1 {
+            let strategy = match &s.conflict_strategy {
+                Some(x) => x.clone(),
+                None => format!(
+                    "{} (default_conflict_strategy)",
+                    crate::catalog::model::setting(&mut cat.client, "default_conflict_strategy")?
+                ),
+            };
+            Some(runs::multi_master(&mut cat.client, &s.name, strategy)?)
+        } else {
+            None
+        };
         if ctx.json {
             let behind: Vec<Value> = behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
             docs.push(json!({"status": st, "sync": s, "pending": pending, "next_run": next,
-                "tables": plan.tables.len() + plan.sequences.len(), "targets_behind": behind}));
+                "tables": plan.tables.len() + plan.sequences.len(), "targets_behind": behind,
+                "multi_master": mm}));
             continue;
         }
         if i > 0 {
             println!();
         }
-        print_detail(s, &st, &plan, &pending, next.as_deref(), &behind);
+        print_detail(s, &st, &plan, &pending, next.as_deref(), &behind, mm.as_ref());
     }
     if ctx.json {
         let v = if docs.len() == 1 {
@@ -267,6 +280,7 @@ fn print_detail(
     pending: &[Value],
     next: Option<&str>,
     behind: &[(String, String)],
+    mm: Option<&runs::MultiMaster>,
 ) {
     let mut rows: Vec<(String, String)> = Vec::new();
     if let Some(g) = &st.last_good {
@@ -362,6 +376,23 @@ fn print_detail(
             "Targets behind".into(),
             format!("{}; a full copy at the first run that includes them", list.join(", ")),
         ));
+    }
+    if let Some(mm) = mm {
+        rows.push(("Conflict strategy".into(), mm.strategy.clone()));
+        rows.push((
+            "Conflicts (24 hours)".into(),
+            match &mm.last_conflict {
+                Some(t) => format!("{}, the last at {t} (capra conflicts {})", mm.conflicts_24h, s.name),
+                None => "0".into(),
+            },
+        ));
+        if let Some(o) = mm.clock_skew_ms.as_object() {
+            let v: Vec<String> = o
+                .iter()
+                .map(|(db, ms)| format!("{db} {:+.1} ms", ms.as_f64().unwrap_or(0.0)))
+                .collect();
+            rows.push(("Clock skew (last run)".into(), v.join(", ")));
+        }
     }
     let per_source: Vec<String> = pending
         .iter()

@@ -179,6 +179,26 @@ fn every_conflict_strategy_settles_a_real_conflict() {
     assert!(c
         .ok(&["conflicts", "s_src", "--since", "2999-01-01"])
         .starts_with("No conflicts"));
+    // status shows the strategy, the conflicts and each source's clock.
+    let st = c.ok(&["status", "s_latest"]);
+    for want in [
+        "Conflict strategy",
+        ": latest\n",
+        "Conflicts (24 hours)",
+        ": 1, the last at ",
+        "(capra conflicts s_latest)",
+        "Clock skew (last run)",
+        "latest1 ",
+        "latest2 ",
+    ] {
+        assert!(st.contains(want), "{want:?} missing:\n{st}");
+    }
+    assert!(c
+        .ok(&["status", "s_dflt"])
+        .contains("target (default_conflict_strategy)"));
+    let j: serde_json::Value = serde_json::from_str(&c.ok(&["status", "s_latest", "--json"])).unwrap();
+    assert_eq!(j["multi_master"]["conflicts_24h"], 1, "{j}");
+    assert!(j["multi_master"]["clock_skew_ms"]["latest1"].is_number(), "{j}");
     let e = c.fails(&["conflicts", "--since", "soon"], 2);
     assert!(e.contains("--since"), "{e}");
     c.fails(&["conflicts", "nosuchsync"], 1);
