@@ -7,7 +7,9 @@
 //! 2. delta apply rows/s for three 100k-row backlogs in a row, unpurged;
 //! 3. lag p50/p95 under steady pgbench load at 100 and 500 tps;
 //! 4. source TPS with capture triggers beside without;
-//! 5. the daemon's peak memory (VmHWM).
+//! 5. the daemon's peak memory (VmHWM);
+//! 6. multi-master: how long after 30 s of pgbench on two sources at once
+//!    both are identical again (several repetitions, every one printed).
 
 #[path = "../tests/it/support/cluster.rs"]
 #[allow(dead_code)]
@@ -432,17 +434,157 @@ fn scale_run(capra: &std::path::Path, scale: u32, results: &mut Vec<String>) {
     }
 }
 
+/// 6. Two sources of one multi-master sync under pgbench at once for 30 s
+/// (unthrottled, 2 clients each); then a marker row is written on each and
+/// the clock runs until both markers are on both sides (every earlier
+/// change is applied by then: a run applies everything its snapshot
+/// sees). The tables are then compared whole, untimed.
+fn mm_convergence(capra: &std::path::Path, reps: u32, results: &mut Vec<String>) {
+    println!("\n== multi-master convergence (pgbench scale 10 on two sources)");
+    let a = Cluster::start("benchMA", Opts::default());
+    let b = Cluster::start("benchMB", Opts::default());
+    let (d1, d2) = (a.create_db("mm1"), b.create_db("mm2"));
+    for (c, d) in [(&a, &d1), (&b, &d2)] {
+        pgbench(c, d, &["-i", "-q", "-s", "10"]);
+        c.exec(d, "CREATE TABLE mm_probe (site text, n int, PRIMARY KEY (site, n))");
+        c.exec(d, "VACUUM ANALYZE");
+    }
+    let env = Env {
+        capra: capra.to_path_buf(),
+        home: tempfile::tempdir().unwrap(),
+        global: [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &a.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "ctlmm",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    };
+    let run = env.home.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        env.home.path().join(".caprarc"),
+        format!(
+            "piddir = {}\nlogdest = {}\n",
+            run.display(),
+            env.home.path().join("capra.log").display()
+        ),
+    )
+    .unwrap();
+    env.run(&["install", "--batch"]);
+    for (n, c, d) in [("m1", &a, &d1), ("m2", &b, &d2)] {
+        env.run(&[
+            "add",
+            "db",
+            n,
+            &format!("dbname={d}"),
+            "host=127.0.0.1",
+            &format!("port={}", c.port),
+            "user=postgres",
+        ]);
+    }
+    env.run(&["add", "all", "tables", "db=m1", "relgroup=mm", "-T", "pgbench_history"]);
+    env.run(&["add", "sync", "mm", "relgroup=mm", "dbs=m1:source,m2:source"]);
+    env.run(&["start", "bench"]);
+    let sum = |c: &Cluster, d: &str| {
+        c.query(
+            d,
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts) || '/' || (SELECT sum(bbalance) FROM pgbench_branches) || '/' || (SELECT sum(tbalance) FROM pgbench_tellers) || '/' || (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts WHERE abalance <> 0)",
+        )[0]
+        .clone()
+        .unwrap_or_default()
+    };
+    let mut times = Vec::new();
+    for rep in 1..=reps {
+        let l1 = {
+            let (c, d) = (a.socket_dir.clone(), d1.clone());
+            let port = a.port;
+            std::thread::spawn(move || {
+                Command::new(bin_dir().join("pgbench"))
+                    .arg("-h")
+                    .arg(&c)
+                    .args([
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-n",
+                        "-c",
+                        "2",
+                        "-T",
+                        "30",
+                        &d,
+                    ])
+                    .output()
+                    .unwrap()
+            })
+        };
+        let out2 = pgbench(&b, &d2, &["-n", "-c", "2", "-T", "30"]);
+        let out1 = String::from_utf8_lossy(&l1.join().unwrap().stdout).to_string();
+        let stopped = Instant::now();
+        a.exec(&d1, &format!("INSERT INTO mm_probe VALUES ('m1', {rep})"));
+        b.exec(&d2, &format!("INSERT INTO mm_probe VALUES ('m2', {rep})"));
+        let probe = format!("SELECT count(*) FROM mm_probe WHERE n = {rep}");
+        let mut secs = f64::NAN;
+        while stopped.elapsed() < Duration::from_secs(120) {
+            if a.query(&d1, &probe)[0].as_deref() == Some("2") && b.query(&d2, &probe)[0].as_deref() == Some("2") {
+                secs = stopped.elapsed().as_secs_f64();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Untimed: the whole tables, once nothing is in flight.
+        std::thread::sleep(Duration::from_millis(500));
+        let same = sum(&a, &d1) == sum(&b, &d2);
+        println!(
+            "  repetition {rep}: pgbench {:.0} + {:.0} tps for 30 s; both sources identical {secs:.3}s after the load stopped{}",
+            tps(&out1),
+            tps(&out2),
+            if same { "" } else { " (BUT the tables differ)" }
+        );
+        times.push(secs);
+    }
+    env.run(&["stop"]);
+    let conflicts = a.query("ctlmm", "SELECT count(*) FROM capra.conflict")[0]
+        .clone()
+        .unwrap_or_default();
+    let mut sorted = times.clone();
+    sorted.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let line = format!(
+        "multi-master convergence after 30 s of pgbench on two sources: {} s (min {:.3}, median {:.3}, max {:.3}; {conflicts} conflicts settled)",
+        times.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(" / "),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    println!("{line}");
+    results.push(line);
+}
+
 fn main() {
     let capra = std::env::args()
         .nth(1)
         .map(std::path::PathBuf::from)
         .expect("usage: bench CAPRA_BINARY [SCALE...]");
-    let scales: Vec<u32> = std::env::args().skip(2).filter_map(|s| s.parse().ok()).collect();
-    let scales = if scales.is_empty() { vec![10, 100] } else { scales };
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let scales: Vec<u32> = args.iter().filter_map(|s| s.parse().ok()).collect();
+    let only_mm = args.iter().any(|a| a == "mm");
+    let scales = if scales.is_empty() && !only_mm {
+        vec![10, 100]
+    } else {
+        scales
+    };
     let mut results = Vec::new();
     for s in scales {
         scale_run(&capra, s, &mut results);
     }
+    mm_convergence(&capra, 3, &mut results);
     println!("\n== summary");
     for r in results {
         println!("{r}");

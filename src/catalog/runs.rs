@@ -359,6 +359,11 @@ pub fn prune(c: &mut impl GenericClient, days: i64) -> Result<u64> {
         &[&(days as i32)],
     )
     .ctx(|| "pruning kick history".into())?;
+    c.execute(
+        "DELETE FROM capra.conflict WHERE ctime < now() - make_interval(days => $1::int)",
+        &[&(days as i32)],
+    )
+    .ctx(|| "pruning the conflict history".into())?;
     Ok(n)
 }
 

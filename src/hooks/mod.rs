@@ -425,5 +425,50 @@ mod tests {
         assert!(e.to_string().contains("os"), "{e}");
         let e = check("loop.lua", "while true do end").unwrap_err();
         assert!(e.to_string().contains("longer than"), "{e}");
+        let e = check(
+            "mem.lua",
+            "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 64) .. i end",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn runner_calls_hooks_in_order_and_converts_rows() {
+        let code = |name: &str, table: Option<&str>, prio: i32, src: &str| Code {
+            name: name.into(),
+            whenrun: "conflict".into(),
+            file: format!("{name}.lua"),
+            src: src.into(),
+            table: table.map(String::from),
+            priority: prio,
+        };
+        let codes = vec![
+            code("sync_wide", None, 0, "return function(ctx) return 'b' end"),
+            code("table_nil", Some("public.t"), 5, "return function(ctx) return nil end"),
+            code(
+                "table_row",
+                Some("public.t"),
+                9,
+                "return function(ctx) return { row = { n = ctx.key.id .. '!', k = 1.5 } } end",
+            ),
+        ];
+        let mut r = Runner::load(&codes, "s", 7, vec![("a".into(), "source".into())]).unwrap();
+        assert!(r.has("conflict", Some("public.t")) && !r.has("exception", Some("public.t")));
+        let fill = |lua: &Lua, ctx: &mlua::Table| -> mlua::Result<()> {
+            let k = lua.create_table()?;
+            k.set("id", "42")?;
+            ctx.set("key", k)
+        };
+        // Table hooks first (a nil answer passes on), then the sync's.
+        let (a, who) = r.call("conflict", Some("public.t"), &fill).unwrap().unwrap();
+        assert_eq!(a, Answer::Row(serde_json::json!({"n": "42!", "k": 1.5})));
+        assert_eq!(who, "table_row (table_row.lua)");
+        let (a, _) = r.call("conflict", Some("public.u"), &fill).unwrap().unwrap();
+        assert_eq!(a, Answer::Text("b".into()));
+        let bad = vec![code("bad", None, 0, "return function(ctx) return 42 end")];
+        let mut r = Runner::load(&bad, "s", 1, vec![]).unwrap();
+        let e = r.call("conflict", None, &fill).unwrap_err().to_string();
+        assert!(e.contains("bad.lua") && e.contains("returned a integer"), "{e}");
     }
 }

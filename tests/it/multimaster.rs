@@ -290,13 +290,15 @@ fn lua_conflict_hooks_decide_merge_and_fail_clearly() {
     }
 }
 
-/// A -> B -> C with makedelta on B: a row written on A reaches C through
-/// B's capture; without makedelta it stops at B.
+/// A -> B -> C with makedelta on B (asked for on the database, on the
+/// table, or on the A -> B sync): a row written on A reaches C through B's
+/// capture; without makedelta it stops at B.
 #[test]
 fn makedelta_cascades_and_nothing_cascades_without_it() {
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
     let c = Capra::install(a);
-    for (tag, md) in [("on", true), ("off", false)] {
+    for (tag, how) in [("on", "db"), ("tb", "table"), ("sy", "sync"), ("off", "")] {
+        let md = !how.is_empty();
         let names = dbs(&c, tag, DDL, &[a, b, cc]);
         c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
         c.ok(&[
@@ -315,10 +317,19 @@ fn makedelta_cascades_and_nothing_cascades_without_it() {
             &format!("dbs={tag}2:source,{tag}3:target"),
             "autokick=0",
         ]);
-        if md {
-            let out = c.ok(&["update", "db", &format!("{tag}2"), "makedelta=1"]);
-            assert!(!out.contains("no effect"), "{out}");
-        }
+        let r = match how {
+            "db" => c.run(&["update", "db", &format!("{tag}2"), "makedelta=1"]),
+            "table" => c.run(&[
+                "update",
+                "table",
+                "t",
+                &format!("db={tag}1"),
+                &format!("makedelta={tag}2"),
+            ]),
+            "sync" => c.run(&["update", "sync", &format!("ab_{tag}"), "makedelta=1"]),
+            _ => c.run(&["list", "dbs"]),
+        };
+        assert_eq!((r.code, r.stderr.as_str()), (Some(0), ""), "makedelta acts: no warning");
         a.exec(
             &names[0],
             "INSERT INTO t VALUES (100, 'from A', 1); UPDATE t SET v = 'A' WHERE id = 2",
