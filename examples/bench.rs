@@ -434,11 +434,11 @@ fn scale_run(capra: &std::path::Path, scale: u32, results: &mut Vec<String>) {
     }
 }
 
-/// 6. Two sources of one multi-master sync under pgbench at once for 30 s
-/// (unthrottled, 2 clients each); then a marker row is written on each and
-/// the clock runs until both markers are on both sides (every earlier
-/// change is applied by then: a run applies everything its snapshot
-/// sees). The tables are then compared whole, untimed.
+/// Figure 6: two sources of one multi-master sync under pgbench at once
+/// for 30 s (unthrottled, 2 clients each); then a marker row is written on
+/// each and the clock runs until both markers are on both sides (every
+/// earlier change is applied by then: a run applies everything its
+/// snapshot sees). The tables are then compared whole, untimed.
 fn mm_convergence(capra: &std::path::Path, reps: u32, results: &mut Vec<String>) {
     println!("\n== multi-master convergence (pgbench scale 10 on two sources)");
     let a = Cluster::start("benchMA", Opts::default());
