@@ -538,3 +538,68 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
     );
     c.ok(&["update", "table", "r", "filter=none"]);
 }
+
+/// The other hook points: before_sync / before_txn / before_check_rows can
+/// skip a run (nothing applied, the changes wait), after_table_sync sees
+/// each table and its counts, after_sync runs last; ctx carries the sync,
+/// the run and the databases with their roles.
+#[test]
+fn hooks_are_called_at_every_point_of_a_run() {
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);";
+    let (c, src, tgt) = crate::support::fixtures::synced("hookpts", ddl, &["t", "u"], &["autokick=0"]);
+    let (a, b) = (cluster::a(), cluster::b());
+    let mut add = |name: &str, point: &str, body: &str| {
+        let f = c.home_file(&format!("{name}.lua"), &format!("return function(ctx)\n{body}\nend\n"));
+        c.ok(&[
+            "add",
+            "customcode",
+            name,
+            &format!("whenrun={point}"),
+            &format!("src_code={}", f.display()),
+            "sync=s",
+        ]);
+    };
+    add(
+        "bs",
+        "before_sync",
+        "  local r = {} for _, d in ipairs(ctx.dbs) do r[#r+1] = d.name .. ':' .. d.role end\n  ctx.log('before_sync ' .. ctx.sync .. ' run ' .. ctx.run_id .. ' ' .. table.concat(r, ','))",
+    );
+    add("skipper", "before_check_rows", "  return 'skip'");
+    add(
+        "ats",
+        "after_table_sync",
+        "  ctx.log(string.format('after_table_sync %s keys=%d copied=%d', ctx.table, ctx.counts.keys, ctx.counts.copied))",
+    );
+    add("as", "after_sync", "  ctx.log('after_sync ' .. ctx.hook)");
+    a.exec(
+        &src,
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'); INSERT INTO u VALUES (1)",
+    );
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(
+        value(b, &tgt, "SELECT count(*) FROM t"),
+        "0",
+        "before_check_rows skipped the run"
+    );
+    let log = c.log();
+    assert!(log.contains("before_sync s run "), "{log}");
+    assert!(log.contains("src:source,tgt:target"), "{log}");
+    assert!(
+        !log.contains("after_table_sync"),
+        "a skipped run goes no further: {log}"
+    );
+    c.ok(&["update", "customcode", "skipper", "status=inactive"]);
+    c.ok(&["reload"]);
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(
+        value(b, &tgt, "SELECT count(*) FROM t"),
+        "2",
+        "the changes waited: {}",
+        c.log()
+    );
+    let log = c.log();
+    assert!(log.contains("after_table_sync public.t keys=2 copied=2"), "{log}");
+    assert!(log.contains("after_table_sync public.u keys=1 copied=1"), "{log}");
+    assert!(log.contains("after_sync after_sync"), "{log}");
+}
