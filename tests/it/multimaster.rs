@@ -548,7 +548,7 @@ fn hooks_are_called_at_every_point_of_a_run() {
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);";
     let (c, src, tgt) = crate::support::fixtures::synced("hookpts", ddl, &["t", "u"], &["autokick=0"]);
     let (a, b) = (cluster::a(), cluster::b());
-    let mut add = |name: &str, point: &str, body: &str| {
+    let add = |name: &str, point: &str, body: &str| {
         let f = c.home_file(&format!("{name}.lua"), &format!("return function(ctx)\n{body}\nend\n"));
         c.ok(&[
             "add",
