@@ -113,7 +113,14 @@ pub fn decide(
         Strategy::Abort => Decision::Abort,
         Strategy::Random => Decision::Winner(contenders[(coin % contenders.len() as u64) as usize].src),
         Strategy::Latest => Decision::Winner(latest(contenders, |c| c.at)),
-        Strategy::LatestAllTables => Decision::Winner(latest(contenders, |c| run_newest.get(c.src).copied())),
+        // A change made after the run read its source (a late change)
+        // counts too.
+        Strategy::LatestAllTables => {
+            Decision::Winner(latest(contenders, |c| match (run_newest.get(c.src).copied(), c.at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }))
+        }
         Strategy::Priority(names) => {
             if names.len() == 1 {
                 if let Some(i) = sources.iter().position(|s| s == &names[0]) {
@@ -192,8 +199,15 @@ mod tests {
         assert_eq!(decide(&Strategy::Skip, &cs, &srcs, &[], 0), Decision::Skip);
         assert_eq!(decide(&Strategy::Abort, &cs, &srcs, &[], 0), Decision::Abort);
         assert_eq!(decide(&Strategy::Random, &cs, &srcs, &[], 3), Decision::Winner(2));
+        // The newest change of the run decides, not this row's.
         assert_eq!(
-            decide(&Strategy::LatestAllTables, &cs, &srcs, &[0.0, 1.0, 9.0], 0),
+            decide(&Strategy::LatestAllTables, &cs, &srcs, &[0.0, 10.0, 12.0], 0),
+            Decision::Winner(2)
+        );
+        // A late change (after the run read its source) counts too.
+        let late = [c(1, "b", Some(10.0)), c(2, "c", Some(20.0))];
+        assert_eq!(
+            decide(&Strategy::LatestAllTables, &late, &srcs, &[0.0, 15.0, 12.0], 0),
             Decision::Winner(2)
         );
         // Ties go to sync order.

@@ -61,15 +61,79 @@ pub(super) fn spare_clause(srcs: &[Src<'_>], kind: Recv, t: &Relation, meta: &Ta
         .iter()
         .map(|k| format!("d.{0} = t.{0}", quote_ident(k)))
         .collect();
+    // The application's own changes only: not what this sync logged there.
     Some(format!(
-        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}))",
-        eq.join(" AND ")
+        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}){})",
+        eq.join(" AND "),
+        s.own
     ))
+}
+
+/// Deletes on a receiving source the rows matching `cond` (over `t`),
+/// without waiting for the application: rows it holds are skipped and
+/// returned (their keys, as text), for the next run to settle. `cond` is
+/// checked again after locking, in a fresh snapshot, so a change the
+/// application committed meanwhile is spared.
+fn delete_on_source(
+    tx: &mut Transaction<'_>,
+    db: &str,
+    t: &Relation,
+    meta: &TableMeta,
+    cond: &str,
+    md: Option<i32>,
+) -> Result<(u64, Vec<Vec<String>>)> {
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+    let keys = qk.join(", ");
+    let tk = qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
+    let tbl = format!("{}{}", meta.only, t.name.sql());
+    let on = qk
+        .iter()
+        .map(|k| format!("t.{k} = l.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS pg_temp.capra_dlocked; CREATE TEMP TABLE capra_dlocked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
+    ))
+    .ctx(|| "preparing to delete rows".into())?;
+    tx.execute(
+        &format!(
+            "WITH l AS (SELECT {tk} FROM {tbl} t WHERE {cond} FOR UPDATE OF t SKIP LOCKED) INSERT INTO pg_temp.capra_dlocked SELECT * FROM l"
+        ),
+        &[],
+    )
+    .ctx(|| format!("locking rows of {} to delete on \"{db}\"", t.name.human()))?;
+    let del = format!("DELETE FROM {tbl} t USING pg_temp.capra_dlocked l WHERE {on} AND {cond}");
+    let sql = match md {
+        Some(mid) => {
+            format!("WITH gone AS ({del} RETURNING {tk}) INSERT INTO capra.delta_{mid} ({keys}) SELECT * FROM gone")
+        }
+        None => del,
+    };
+    let n = tx
+        .execute(&sql, &[])
+        .ctx(|| format!("deleting rows of {} on \"{db}\"", t.name.human()))?;
+    let held: Vec<Vec<String>> = tx
+        .query(
+            &format!(
+                "SELECT {} FROM {tbl} t WHERE {cond}",
+                qk.iter().map(|k| format!("t.{k}::text")).collect::<Vec<_>>().join(", ")
+            ),
+            &[],
+        )
+        .ctx(|| format!("reading rows of {} held by the application on \"{db}\"", t.name.human()))?
+        .iter()
+        .map(|r| (0..qk.len()).map(|j| r.get::<_, String>(j)).collect())
+        .collect();
+    tx.batch_execute("DROP TABLE pg_temp.capra_dlocked")
+        .ctx(|| "dropping the lock table".into())?;
+    Ok((n, held))
 }
 
 /// Replays a source's TRUNCATE on one receiver. A target is truncated; a
 /// source is emptied with DELETE (its own run holds a lock TRUNCATE would
-/// wait for), sparing the rows it changed itself since its position.
+/// wait for), sparing the rows it changed itself since its position and,
+/// without waiting, the rows its application holds (returned: the next run
+/// settles them).
 pub(super) fn replay_truncate(
     srcs: &[Src<'_>],
     tx: &mut Transaction<'_>,
@@ -78,29 +142,11 @@ pub(super) fn replay_truncate(
     t: &Relation,
     meta: &TableMeta,
     md: Option<i32>,
-) -> Result<()> {
+) -> Result<Vec<Vec<String>>> {
     match spare_clause(srcs, kind, t, meta) {
         Some(spare) => {
-            let k = meta
-                .keycols
-                .iter()
-                .map(|k| format!("t.{}", quote_ident(k)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let del = format!("DELETE FROM {}{} t WHERE {spare}", meta.only, t.name.sql());
-            let sql = match md {
-                Some(mid) => format!(
-                    "WITH gone AS ({del} RETURNING {k}) INSERT INTO capra.delta_{mid} ({}) SELECT * FROM gone",
-                    meta.keycols
-                        .iter()
-                        .map(|k| quote_ident(k))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None => del,
-            };
-            tx.execute(&sql, &[])
-                .ctx(|| format!("replaying a TRUNCATE of {} on \"{db}\"", t.name.human()))?;
+            let (_, held) = delete_on_source(tx, db, t, meta, &spare, md)?;
+            return Ok(held);
         }
         None => {
             truncate_or_delete(tx, db, t, meta, "truncate")?;
@@ -110,7 +156,7 @@ pub(super) fn replay_truncate(
             }
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// After a partition of `t` was truncated or dropped on a source: deletes
@@ -128,7 +174,7 @@ pub(super) fn delete_missing(
     meta: &TableMeta,
     spare: &[Option<String>],
     md: &[Option<i32>],
-) -> Result<u64> {
+) -> Result<(u64, Vec<Vec<String>>)> {
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     let keys = qk.join(", ");
     for &i in idx {
@@ -147,7 +193,22 @@ pub(super) fn delete_missing(
         .collect();
     pipe(stx, &q, txs, &dests, names, &t.name.human())?;
     let mut deleted = 0;
+    let mut held = Vec::new();
     for &i in idx {
+        if let Some(s) = &spare[i] {
+            let cond = format!(
+                "NOT EXISTS (SELECT 1 FROM pg_temp.capra_keys k WHERE ({}) = ({})) AND {s}",
+                qk.iter().map(|k| format!("k.{k}")).collect::<Vec<_>>().join(", "),
+                qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ")
+            );
+            let (n, h) = delete_on_source(&mut txs[i], &names[i], t, meta, &cond, md[i])?;
+            deleted += n;
+            held.extend(h);
+            txs[i]
+                .batch_execute("DROP TABLE pg_temp.capra_keys")
+                .ctx(|| "dropping the key table".into())?;
+            continue;
+        }
         let mut del = format!(
             "DELETE FROM {}{} t WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_keys k WHERE ({}) = ({}))",
             meta.only,
@@ -175,7 +236,7 @@ pub(super) fn delete_missing(
             .batch_execute("DROP TABLE pg_temp.capra_keys")
             .ctx(|| "dropping the key table".into())?;
     }
-    Ok(deleted)
+    Ok((deleted, held))
 }
 
 /// rebuild_index: switches a table's index maintenance off before a full
@@ -514,16 +575,22 @@ pub(super) fn finish_source(
         "DROP TABLE IF EXISTS pg_temp.capra_locked; CREATE TEMP TABLE capra_locked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
     ))
     .ctx(|| "preparing to lock rows".into())?;
-    tx.execute(
-        &format!(
-            "WITH l AS (SELECT {cols_t} FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})
-                          FOR NO KEY UPDATE OF t SKIP LOCKED)
-             INSERT INTO pg_temp.capra_locked SELECT * FROM l",
-            on("k", "t")
-        ),
-        &[],
-    )
-    .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", t.name.human()))?;
+    // Rows to update take the lock an UPDATE needs; rows to delete the one
+    // a DELETE needs (so it never waits later, say for a foreign key check).
+    for (staged, mode) in [("EXISTS", "NO KEY UPDATE"), ("NOT EXISTS", "UPDATE")] {
+        tx.execute(
+            &format!(
+                "WITH l AS (SELECT {cols_t} FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})
+                              AND {staged} (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
+                              FOR {mode} OF t SKIP LOCKED)
+                 INSERT INTO pg_temp.capra_locked SELECT * FROM l",
+                on("k", "t"),
+                on("s", "t")
+            ),
+            &[],
+        )
+        .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", t.name.human()))?;
+    }
     let busy_rows = tx
         .query(
             &format!(
@@ -563,6 +630,28 @@ pub(super) fn finish_source(
             t.name.human()
         );
     }
+    // New rows go in now, before the late check: from here on an
+    // application insert of the same key waits for this run, so every key
+    // of the batch is either held by this run or set aside above. A row
+    // the application inserted meanwhile stays (ON CONFLICT DO NOTHING);
+    // the late check sees its change.
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS pg_temp.capra_inserted; CREATE TEMP TABLE capra_inserted ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
+    ))
+    .ctx(|| "preparing to insert rows".into())?;
+    tr.copied += tx
+        .execute(
+            &format!(
+                "WITH ins AS (INSERT INTO {} ({c}) SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})
+                              ON CONFLICT ({keys}) DO NOTHING RETURNING {keys})
+                 INSERT INTO pg_temp.capra_inserted SELECT * FROM ins",
+                t.name.sql(),
+                on("t", "s"),
+                c = meta.cols
+            ),
+            &[],
+        )
+        .ctx(|| format!("inserting rows of {} on \"{db}\"", t.name.human()))?;
     // Late changes: logged here after this run's snapshot of this source.
     if let (Some(id), true) = (srcs[x].id_of(t), srcs[x].prev_lit.is_some()) {
         let cur = snapshot_literal(&srcs[x].cur)?;
@@ -682,6 +771,26 @@ pub(super) fn finish_source(
                     &params,
                 )
                 .ctx(|| "dropping a staged key".into())?;
+                // A row this run inserted above gives way too.
+                let n = tx
+                    .execute(
+                        &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),
+                        &params,
+                    )
+                    .ctx(|| "dropping an inserted key".into())?;
+                if n > 0 {
+                    tx.execute(&format!("DELETE FROM {tbl} WHERE {}", cond.join(" AND ")), &params)
+                        .ctx(|| format!("taking back a row of {} on \"{db}\"", t.name.human()))?;
+                    tr.copied = tr.copied.saturating_sub(1);
+                }
+            }
+            if matches!(decision, Decision::Merge(_)) {
+                // The in-place update below writes the merged row.
+                tx.execute(
+                    &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),
+                    &params,
+                )
+                .ctx(|| "dropping an inserted key".into())?;
             }
             if let Decision::Merge(row) = &decision {
                 let text = row.to_string();
@@ -709,9 +818,10 @@ pub(super) fn finish_source(
         tr.copied += tx
             .execute(
                 &format!(
-                    "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {}",
+                    "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_inserted i WHERE {})",
                     set.join(", "),
-                    on("t", "s")
+                    on("t", "s"),
+                    on("i", "t")
                 ),
                 &[],
             )
@@ -727,17 +837,6 @@ pub(super) fn finish_source(
             &[],
         )
         .ctx(|| format!("deleting rows of {} on \"{db}\"", t.name.human()))?;
-    tr.copied += tx
-        .execute(
-            &format!(
-                "INSERT INTO {} ({c}) SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})",
-                t.name.sql(),
-                on("t", "s"),
-                c = meta.cols
-            ),
-            &[],
-        )
-        .ctx(|| format!("inserting rows of {} on \"{db}\"", t.name.human()))?;
     if let Some(mid) = md {
         tx.execute(
             &format!("INSERT INTO capra.delta_{mid} ({keys}) SELECT {keys} FROM pg_temp.capra_in_keys"),
@@ -745,7 +844,9 @@ pub(super) fn finish_source(
         )
         .ctx(|| format!("logging the rows of {} applied on \"{db}\" (makedelta)", t.name.human()))?;
     }
-    tx.batch_execute("DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows, pg_temp.capra_locked")
-        .ctx(|| "dropping the staging tables".into())?;
+    tx.batch_execute(
+        "DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows, pg_temp.capra_locked, pg_temp.capra_inserted",
+    )
+    .ctx(|| "dropping the staging tables".into())?;
     Ok(busy)
 }

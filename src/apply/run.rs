@@ -85,10 +85,13 @@ pub struct RunCache {
 }
 
 /// Session settings for every transaction a run opens: the text COPY
-/// carries means the same on every server whatever its defaults, and no
-/// server-side timeout kills a long run in the middle (an idle-in-
-/// transaction target waiting for the source's COPY, a long statement).
+/// carries means the same on every server whatever its defaults (keys of
+/// two sources compare as text: a timestamptz prints the same in UTC
+/// everywhere), and no server-side timeout kills a long run in the middle
+/// (an idle-in-transaction target waiting for the source's COPY, a long
+/// statement).
 pub(super) const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL TimeZone = 'UTC'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
      SET LOCAL statement_timeout = 0";
 
@@ -303,12 +306,11 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         tx.batch_execute(&setup)
             .ctx(|| format!("locking the tables of sync \"{name}\" on \"{}\"", db.name))?;
         let before = now_epoch();
-        let (cur, prev, applied_txid, commit_ts, clock): (String, Option<String>, Option<i64>, bool, f64) = if delta {
+        let (cur, prev, commit_ts, clock): (String, Option<String>, bool, f64) = if delta {
             let row = tx
                 .query_opt(
                     "SELECT txid_current_snapshot()::text, c.snapshot::text,
                             txid_snapshot_xmin(c.snapshot) > txid_snapshot_xmax(txid_current_snapshot()),
-                            c.applied_txid,
                             coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on',
                             extract(epoch FROM clock_timestamp())::float8
                        FROM capra.consumer c
@@ -325,7 +327,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                         r.get::<_, String>(0).split(':').nth(1).unwrap_or("?"),
                     )))
                 }
-                Some(r) => (r.get(0), Some(r.get(1)), r.get(3), r.get(4), r.get(5)),
+                Some(r) => (r.get(0), Some(r.get(1)), r.get(3), r.get(4)),
                 None => {
                     return Err(Error::Rejected(format!(
                         "change capture for sync \"{name}\" is not installed on \"{}\"; run: capra activate {name}",
@@ -340,7 +342,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                     &[],
                 )
                 .ctx(|| format!("reading a snapshot on \"{}\"", db.name))?;
-            (r.get(0), None, None, false, r.get(1))
+            (r.get(0), None, false, r.get(1))
         };
         let skew = (clock - (before + now_epoch()) / 2.0) * 1000.0;
         report
@@ -351,12 +353,38 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             Some(p) => Some(snapshot_literal(p)?),
             None => None,
         };
+        // This sync's own makedelta writes here are not this database's
+        // changes; keys it logged again keep their logged time.
+        let own = if makedelta_any(plan, &db.name) {
+            format!(
+                " AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = {} AND a.sync = {} AND a.txid = d.txid AND a.kind = 'm')",
+                crate::capture::install::sql_literal(env.installation),
+                crate::capture::install::sql_literal(&name)
+            )
+        } else {
+            String::new()
+        };
+        let reraised: Vec<i64> = if delta && commit_ts {
+            tx.query(
+                "SELECT txid FROM capra.applied WHERE installation = $1 AND sync = $2 AND kind = 'r'",
+                &[&env.installation, &name],
+            )
+            .ctx(|| format!("reading what sync \"{name}\" logged again on \"{}\"", db.name))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        } else {
+            Vec::new()
+        };
         srcs.push(Src {
             db,
             tx,
             cur,
             prev_lit,
-            applied_txid,
+            own,
+            reraised,
+            inst: env.installation.to_string(),
+            sync: name.clone(),
             commit_ts,
             captured: HashMap::new(),
             changed: BTreeSet::new(),
@@ -418,7 +446,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             for s in srcs {
                 let mut tx = s.tx;
                 tx.execute(
-                    "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, applied_txid = NULL, updated = now()
+                    "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, updated = now()
                       WHERE installation = $1 AND sync = $2",
                     &[&env.installation, &name, &s.cur],
                 )
@@ -624,14 +652,15 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     }
 
     // --- commit: everything received first, then the positions ---------------
-    let mut applied: Vec<Option<i64>> = vec![None; srcs.len()];
     for (i, tx) in txs.iter_mut().enumerate() {
-        if let (Recv::Source(x), true) = (kinds[i], makedelta_any(plan, &names[i])) {
-            applied[x] = Some(
-                tx.query_one("SELECT txid_current()", &[])
-                    .ctx(|| format!("reading the apply transaction on \"{}\"", names[i]))?
-                    .get(0),
-            );
+        if let (Recv::Source(_), true) = (kinds[i], makedelta_any(plan, &names[i])) {
+            // In the same transaction as the rows it logged here, so a
+            // crash cannot separate them: this sync never reads them back.
+            tx.execute(
+                "INSERT INTO capra.applied (installation, sync, txid, kind) VALUES ($1, $2, txid_current(), 'm') ON CONFLICT DO NOTHING",
+                &[&env.installation, &name],
+            )
+            .ctx(|| format!("noting what this run logged on \"{}\"", names[i]))?;
         }
     }
     for ((mut tx, n), k) in txs.into_iter().zip(&names).zip(&kinds) {
@@ -643,15 +672,22 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         }
         tx.commit().ctx(|| format!("committing on \"{n}\""))?;
     }
-    for (x, s) in srcs.into_iter().enumerate() {
+    for s in srcs.into_iter() {
         let mut tx = s.tx;
         if reads {
             tx.execute(
-                "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, applied_txid = $4, updated = now()
+                "UPDATE capra.consumer SET snapshot = $3::text::txid_snapshot, updated = now()
                   WHERE installation = $1 AND sync = $2",
-                &[&env.installation, &name, &s.cur, &applied[x]],
+                &[&env.installation, &name, &s.cur],
             )
             .ctx(|| format!("recording sync \"{name}\"'s position on \"{}\"", s.db.name))?;
+            // What this sync wrote into the logs before the new position
+            // can never be in a window again.
+            tx.execute(
+                "DELETE FROM capra.applied WHERE installation = $1 AND sync = $2 AND txid_visible_in_snapshot(txid, $3::text::txid_snapshot)",
+                &[&env.installation, &name, &s.cur],
+            )
+            .ctx(|| format!("forgetting what sync \"{name}\" logged on \"{}\"", s.db.name))?;
         }
         tx.commit().ctx(|| format!("committing on \"{}\"", s.db.name))?;
     }
@@ -885,8 +921,10 @@ fn sync_table(
         );
     }
     // Changes.
+    // With several sources a full copy comes from the first one only: the
+    // others' changes (and the conflicts they won) follow it in this run.
     let delta_idx: Vec<usize> = (0..txs.len())
-        .filter(|i| modes[*i] == Mode::Delta || modes[*i] == Mode::Seed)
+        .filter(|i| modes[*i] == Mode::Delta || modes[*i] == Mode::Seed || (multi && modes[*i] == Mode::Copy))
         .collect();
     if reads && !delta_idx.is_empty() && ids.iter().any(|i| i.is_some()) {
         if multi {
@@ -907,9 +945,20 @@ fn sync_table(
             let Some(id) = ids[si] else { continue };
             let own = srcs[si].recv;
             let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
+            // Rows a receiving source's application held were left: this
+            // source logs them again, so the next run settles them.
+            let mut held: Vec<Vec<String>> = Vec::new();
             if srcs[si].truncated.contains(&id) {
                 for &i in &recv {
-                    replay_truncate(srcs, &mut txs[i], &names[i], kinds[i], t, &meta, md[i])?;
+                    held.extend(replay_truncate(
+                        srcs,
+                        &mut txs[i],
+                        &names[i],
+                        kinds[i],
+                        t,
+                        &meta,
+                        md[i],
+                    )?);
                 }
                 tr.truncated = true;
                 tr.truncates += recv.len() as u64;
@@ -920,9 +969,17 @@ fn sync_table(
                 // was written since).
                 let spare: Vec<Option<String>> =
                     (0..txs.len()).map(|i| spare_clause(srcs, kinds[i], t, &meta)).collect();
-                tr.deleted += delete_missing(&mut srcs[si].tx, txs, names, &recv, t, &meta, &spare, &md)?;
+                let (n, h) = delete_missing(&mut srcs[si].tx, txs, names, &recv, t, &meta, &spare, &md)?;
+                tr.deleted += n;
+                held.extend(h);
                 tr.truncated = true;
                 tr.truncates += recv.len() as u64;
+            }
+            if !held.is_empty() {
+                held.sort();
+                held.dedup();
+                tr.again = true;
+                reraise(&mut srcs[si], t, &meta, &held)?;
             }
         }
         let changers: Vec<usize> = (0..srcs.len())
@@ -956,6 +1013,10 @@ fn sync_table(
                 };
                 detect(&mut st, srcs, &changers, &ids, t, &meta, env.chunk, &mut tr)?
             };
+            if strategy == Strategy::LatestAllTables && newest.is_none() && multi {
+                // Late changes on a receiving source are settled below too.
+                *newest = Some(newest_changes(srcs, plan)?);
+            }
             let mut staged: BTreeSet<usize> = BTreeSet::new();
             for (w, keys_sql) in &won {
                 let own = srcs[*w].recv;

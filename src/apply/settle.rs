@@ -196,12 +196,24 @@ pub(super) fn detect(
 ) -> Result<(Vec<(usize, String)>, Vec<(Vec<String>, serde_json::Value)>)> {
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     let keys = qk.join(", ");
-    let text_keys: Vec<String> = qk.iter().map(|k| format!("d.{k}::text")).collect();
-    let order: Vec<String> = qk.iter().map(|k| format!("convert_to(d.{k}::text, 'UTF8')")).collect();
     let mut portals = Vec::new();
     for &c in changers {
         let s = &mut srcs[c];
         let id = ids[c].expect("changer");
+        // The same key must print the same on every source: numerics lose
+        // trailing zeros (1.50 and 1.5 are one key).
+        let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
+        let text_keys: Vec<String> = qk
+            .iter()
+            .enumerate()
+            .map(|(j, k)| match types.get(j).map(String::as_str) {
+                Some(t) if t.starts_with("numeric") => format!(
+                    "CASE WHEN strpos(d.{k}::text, '.') > 0 THEN rtrim(rtrim(d.{k}::text, '0'), '.') ELSE d.{k}::text END"
+                ),
+                _ => format!("d.{k}::text"),
+            })
+            .collect();
+        let order: Vec<String> = text_keys.iter().map(|k| format!("convert_to({k}, 'UTF8')")).collect();
         let q = format!(
             "SELECT {}, {} FROM capra.delta_{id} d WHERE {} GROUP BY {} ORDER BY {}",
             text_keys.join(", "),

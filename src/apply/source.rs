@@ -36,9 +36,12 @@ pub(super) struct Src<'c> {
     pub(super) cur: String,
     /// The stored position, as a checked literal (delta syncs).
     pub(super) prev_lit: Option<String>,
-    /// The transaction in which this sync last wrote rows here that its
-    /// own capture logged (makedelta): excluded from its own changes.
-    pub(super) applied_txid: Option<i64>,
+    /// `AND ...` excluding this sync's own makedelta writes from the log
+    /// rows `d` (empty when makedelta cannot apply to this database).
+    pub(super) own: String,
+    /// Transactions in which this sync logged keys again (`reraise`):
+    /// their change time is the logged one.
+    pub(super) reraised: Vec<i64>,
     /// Whether the server records commit times.
     pub(super) commit_ts: bool,
     /// (schema, table) -> (captured id, key columns of its log).
@@ -51,6 +54,9 @@ pub(super) struct Src<'c> {
     pub(super) recopy: BTreeSet<i32>,
     /// Its write transaction, when it receives (multi-master).
     pub(super) recv: Option<usize>,
+    /// This installation and sync, for `capra.applied`.
+    pub(super) inst: String,
+    pub(super) sync: String,
 }
 
 impl Src<'_> {
@@ -59,19 +65,26 @@ impl Src<'_> {
     /// the transaction's), minus this sync's own makedelta rows.
     pub(super) fn window(&self) -> String {
         let p = self.prev_lit.as_deref().unwrap_or("NULL");
-        let mut w = format!("d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p})");
-        if let Some(own) = self.applied_txid {
-            w.push_str(&format!(" AND d.txid <> {own}"));
-        }
-        w
+        format!(
+            "d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}){}",
+            self.own
+        )
     }
 
     /// The change time `latest` compares, over a group of log rows `d`.
-    pub(super) fn time_expr(&self) -> &'static str {
+    pub(super) fn time_expr(&self) -> String {
         if self.commit_ts {
-            "extract(epoch FROM max(coalesce(pg_catalog.pg_xact_commit_timestamp((d.txid % 4294967296)::text::xid), d.ts)))::float8"
+            let logged = if self.reraised.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<String> = self.reraised.iter().map(|t| t.to_string()).collect();
+                format!("WHEN d.txid IN ({}) THEN d.ts ", ids.join(", "))
+            };
+            format!(
+                "extract(epoch FROM max(CASE {logged}ELSE coalesce(pg_catalog.pg_xact_commit_timestamp((d.txid % 4294967296)::text::xid), d.ts) END))::float8"
+            )
         } else {
-            "extract(epoch FROM max(d.ts))::float8"
+            "extract(epoch FROM max(d.ts))::float8".into()
         }
     }
 
@@ -92,6 +105,7 @@ pub(super) fn now_epoch() -> f64 {
 /// Reads which of the plan's tables changed on one source since its
 /// position, and which were truncated.
 pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name: &str, s: &mut Src<'_>) -> Result<()> {
+    let window = s.window();
     let stx = &mut s.tx;
     for r in stx
         .query("SELECT id, schemaname, relname, keycols FROM capra.captured", &[])
@@ -142,14 +156,6 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
             extra,
         });
     }
-    let window = {
-        let p = s.prev_lit.as_deref().unwrap_or("NULL");
-        let mut w = format!("txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(txid, {p})");
-        if let Some(own) = s.applied_txid {
-            w.push_str(&format!(" AND txid <> {own}"));
-        }
-        w
-    };
     let mut parts = Vec::new();
     for t in &plan.tables {
         let id = s
@@ -164,7 +170,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
                 ))
             })?;
         parts.push(format!(
-            "SELECT {id} WHERE EXISTS (SELECT 1 FROM capra.delta_{id} WHERE {window})"
+            "SELECT {id} WHERE EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {window})"
         ));
     }
     if !parts.is_empty() {
@@ -177,7 +183,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
     }
     for r in stx
         .query(
-            &format!("SELECT DISTINCT captured, part FROM capra.truncate_log WHERE {window}"),
+            &format!("SELECT DISTINCT captured, part FROM capra.truncate_log d WHERE {window}"),
             &[],
         )
         .ctx(|| "reading truncations".into())?
@@ -317,9 +323,10 @@ pub(super) fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[V
     let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
     let sql = format!(
         "INSERT INTO capra.delta_{id} ({}, ts)
-         SELECT u.*, coalesce((SELECT max(d.ts) FROM capra.delta_{id} d WHERE {} AND {}), statement_timestamp())
+         SELECT u.*, coalesce((SELECT to_timestamp({}) FROM capra.delta_{id} d WHERE {} AND {}), statement_timestamp())
            FROM ({}) AS u({})",
         qk.join(", "),
+        s.time_expr(),
         s.window(),
         eq.join(" AND "),
         unnest_select(&types, None),
@@ -327,5 +334,10 @@ pub(super) fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[V
     );
     s.tx.execute(&sql, &params)
         .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
+    s.tx.execute(
+        "INSERT INTO capra.applied (installation, sync, txid, kind) VALUES ($1, $2, txid_current(), 'r') ON CONFLICT DO NOTHING",
+        &[&s.inst, &s.sync],
+    )
+    .ctx(|| format!("noting keys logged again on \"{}\"", s.db.name))?;
     Ok(())
 }

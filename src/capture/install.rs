@@ -92,9 +92,20 @@ ALTER TABLE capra.captured_part ADD COLUMN IF NOT EXISTS relid oid;
 -- table (a key column renamed, retyped or dropped) can be followed.
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS keynums smallint[];
--- Version 4: the transaction in which a sync last wrote rows here that it
--- logged itself (makedelta), so that sync does not read them back.
-ALTER TABLE capra.consumer ADD COLUMN IF NOT EXISTS applied_txid bigint;
+-- Version 4: transactions in which a sync wrote into this database's change
+-- logs itself: kind 'm', rows it applied here and logged (makedelta), which
+-- it must not read back as this database's own changes; kind 'r', keys it
+-- logged again for its next run, whose change time is the one logged (not
+-- that transaction's commit time). Written in the same transaction as the
+-- rows, so a crash cannot separate them; dropped once behind the position.
+CREATE TABLE IF NOT EXISTS capra.applied (
+    installation text NOT NULL,
+    sync text NOT NULL,
+    txid bigint NOT NULL,
+    kind "char" NOT NULL CHECK (kind IN ('m', 'r')),
+    PRIMARY KEY (installation, sync, txid),
+    FOREIGN KEY (installation, sync) REFERENCES capra.consumer ON DELETE CASCADE
+);
 
 -- Follows DDL on captured tables at ddl_command_end (installed as an event
 -- trigger where capra's role is a superuser; it runs as its owner, whoever
