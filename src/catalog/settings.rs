@@ -92,7 +92,7 @@ pub const SETTINGS: &[Setting] = &[
     s!("ctl_sleep", "0.2", Kind::Seconds { allow_minus_one: false }, COMPAT),
     s!(
         "default_conflict_strategy",
-        "bucardo_latest",
+        "latest",
         Kind::Strategy,
         "How multi-master syncs settle a key changed on two or more sources when neither the table nor the sync sets conflict_strategy: source, target, skip, random, latest, latest_all_tables or abort"
     ),
