@@ -1052,7 +1052,7 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
         // someone else put something in it.
         c.batch_execute(
             "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
-             DROP TABLE IF EXISTS capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
+             DROP TABLE IF EXISTS capra.applied, capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
              DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
         )
         .ctx(|| "removing capra's capture tables".into())?;
