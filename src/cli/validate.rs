@@ -33,8 +33,11 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         match validate_sync(&mut cat.client, n) {
             Ok(notes) => {
                 ctx.say(format!("Validating sync {n} {dots} OK"));
-                if ctx.verbose > 0 {
-                    for note in notes {
+                // Which change time `latest` compares is always said (a
+                // multi-master sync's conflicts depend on it); the other
+                // notes with -v.
+                for note in notes {
+                    if ctx.verbose > 0 || note.starts_with("conflict strategy latest") {
                         ctx.say(format!("  note: {note}"));
                     }
                 }

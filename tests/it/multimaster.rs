@@ -196,6 +196,13 @@ fn every_conflict_strategy_settles_a_real_conflict() {
     assert!(c
         .ok(&["status", "s_dflt"])
         .contains("target (default_conflict_strategy)"));
+    // validate says which change time latest compares on each source.
+    let v = c.ok(&["validate", "s_latest"]);
+    assert!(
+        v.contains("conflict strategy latest compares the logged change time on \"latest1\"")
+            && v.contains("set track_commit_timestamp = on there to compare commit times"),
+        "{v}"
+    );
     let j: serde_json::Value = serde_json::from_str(&c.ok(&["status", "s_latest", "--json"])).unwrap();
     assert_eq!(j["multi_master"]["conflicts_24h"], 1, "{j}");
     assert!(j["multi_master"]["clock_skew_ms"]["latest1"].is_number(), "{j}");
