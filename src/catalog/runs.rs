@@ -192,7 +192,13 @@ pub fn record_conflicts(
     c.execute(
         "INSERT INTO capra.conflict (run, sync, tbl, key, contenders, winner, reason)
          SELECT $1, $2, x->>'table', x->'key', x->'contenders', x->>'winner', x->>'reason'
-           FROM jsonb_array_elements($3::jsonb) AS x",
+           FROM jsonb_array_elements($3::jsonb) AS x
+          -- A conflict that stops the sync (abort) is kept once, not once
+          -- per retry, until a run succeeds again.
+          WHERE x->>'winner' <> 'aborted'
+             OR NOT EXISTS (SELECT 1 FROM capra.conflict c
+                             WHERE c.sync = $2 AND c.tbl = x->>'table' AND c.key = x->'key' AND c.winner = 'aborted'
+                               AND c.run > coalesce((SELECT last_good FROM capra.sync_state WHERE sync = $2), 0))",
         &[&run, &sync, &json],
     )
     .ctx(|| "recording conflicts".into())?;
