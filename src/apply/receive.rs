@@ -63,7 +63,7 @@ pub(super) fn spare_clause(srcs: &[Src<'_>], kind: Recv, t: &Relation, meta: &Ta
         .collect();
     // The application's own changes only: not what this sync logged there.
     Some(format!(
-        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}){})",
+        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}) AND d.txid <> txid_current(){})",
         eq.join(" AND "),
         s.own
     ))
@@ -566,13 +566,17 @@ pub(super) fn finish_source(
     };
     let tbl = format!("{}{}", meta.only, t.name.sql());
     // Lock the rows about to change, skipping those the application holds
-    // right now: capra never waits for the application's row locks, so it
-    // can never deadlock with it. A skipped key is sent again by the next
-    // run (its winner logs it once more); by then the application's
-    // transaction has ended and its change, if any, is in the log.
+    // right now (capra does not queue behind the application's row locks,
+    // so it cannot deadlock with them there). A skipped key is sent again
+    // by the next run (its winner logs it once more); by then the
+    // application's transaction has ended and its change, if any, is in
+    // the log. Only rows locked here, or inserted by this run, are changed
+    // below: a row the application creates meanwhile is never touched.
     let cols_t = qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
     tx.batch_execute(&format!(
-        "DROP TABLE IF EXISTS pg_temp.capra_locked; CREATE TEMP TABLE capra_locked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
+        "DROP TABLE IF EXISTS pg_temp.capra_locked, pg_temp.capra_inserted;
+         CREATE TEMP TABLE capra_locked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA;
+         CREATE TEMP TABLE capra_inserted ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
     ))
     .ctx(|| "preparing to lock rows".into())?;
     // Rows to update take the lock an UPDATE needs; rows to delete the one
@@ -591,67 +595,37 @@ pub(super) fn finish_source(
         )
         .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", t.name.human()))?;
     }
-    let busy_rows = tx
-        .query(
-            &format!(
-                "DELETE FROM pg_temp.capra_in_keys k
-                  WHERE EXISTS (SELECT 1 FROM {tbl} t WHERE {})
-                    AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})
-              RETURNING {}, k.capra_from",
-                on("t", "k"),
-                on("l", "k"),
-                qk.iter().map(|k| format!("k.{k}::text")).collect::<Vec<_>>().join(", ")
-            ),
-            &[],
-        )
-        .ctx(|| {
-            format!(
-                "setting aside rows of {} held by the application on \"{db}\"",
-                t.name.human()
-            )
-        })?;
-    let mut busy: Vec<(i32, Vec<String>)> = Vec::new();
-    if !busy_rows.is_empty() {
-        let n = qk.len();
-        for r in &busy_rows {
-            busy.push((r.get(n), (0..n).map(|j| r.get::<_, String>(j)).collect()));
-        }
-        tx.execute(
-            &format!(
-                "DELETE FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})",
-                on("k", "s")
-            ),
-            &[],
-        )
-        .ctx(|| "setting aside staged rows".into())?;
-        tracing::debug!(
-            "{} row(s) of {} on \"{db}\" are locked by the application; the next run sends them again",
-            busy.len(),
-            t.name.human()
-        );
-    }
+    let mut busy: Vec<(i32, Vec<String>)> = set_aside(tx, db, t, &qk, &tbl)?;
     // New rows go in now, before the late check: from here on an
-    // application insert of the same key waits for this run, so every key
-    // of the batch is either held by this run or set aside above. A row
-    // the application inserted meanwhile stays (ON CONFLICT DO NOTHING);
-    // the late check sees its change.
-    tx.batch_execute(&format!(
-        "DROP TABLE IF EXISTS pg_temp.capra_inserted; CREATE TEMP TABLE capra_inserted ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
-    ))
-    .ctx(|| "preparing to insert rows".into())?;
+    // application insert of the same key waits for this run.
+    let insert_new = format!(
+        "WITH ins AS (INSERT INTO {} ({c}) SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})
+                      RETURNING {keys})
+         INSERT INTO pg_temp.capra_inserted SELECT * FROM ins",
+        t.name.sql(),
+        on("t", "s"),
+        c = meta.cols
+    );
     tr.copied += tx
-        .execute(
-            &format!(
-                "WITH ins AS (INSERT INTO {} ({c}) SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})
-                              ON CONFLICT ({keys}) DO NOTHING RETURNING {keys})
-                 INSERT INTO pg_temp.capra_inserted SELECT * FROM ins",
-                t.name.sql(),
-                on("t", "s"),
-                c = meta.cols
-            ),
-            &[],
-        )
+        .execute(&insert_new, &[])
         .ctx(|| format!("inserting rows of {} on \"{db}\"", t.name.human()))?;
+    // Rows the application created since the first lock: lock them too (or
+    // set them aside), so every key of the batch is now held by this run.
+    tx.execute(
+        &format!(
+            "WITH l AS (SELECT {cols_t} FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})
+                          AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})
+                          AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_inserted i WHERE {})
+                          FOR UPDATE OF t SKIP LOCKED)
+             INSERT INTO pg_temp.capra_locked SELECT * FROM l",
+            on("k", "t"),
+            on("l", "t"),
+            on("i", "t")
+        ),
+        &[],
+    )
+    .ctx(|| format!("locking the rows of {} created meanwhile on \"{db}\"", t.name.human()))?;
+    busy.extend(set_aside(tx, db, t, &qk, &tbl)?);
     // Late changes: logged here after this run's snapshot of this source.
     if let (Some(id), true) = (srcs[x].id_of(t), srcs[x].prev_lit.is_some()) {
         let cur = snapshot_literal(&srcs[x].cur)?;
@@ -785,12 +759,19 @@ pub(super) fn finish_source(
                 }
             }
             if matches!(decision, Decision::Merge(_)) {
-                // The in-place update below writes the merged row.
-                tx.execute(
-                    &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),
-                    &params,
-                )
-                .ctx(|| "dropping an inserted key".into())?;
+                // A row this run inserted is taken back; the merged row
+                // goes in below (or replaces a locked row in place).
+                let n = tx
+                    .execute(
+                        &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),
+                        &params,
+                    )
+                    .ctx(|| "dropping an inserted key".into())?;
+                if n > 0 {
+                    tx.execute(&format!("DELETE FROM {tbl} WHERE {}", cond.join(" AND ")), &params)
+                        .ctx(|| format!("taking back a row of {} on \"{db}\"", t.name.human()))?;
+                    tr.copied = tr.copied.saturating_sub(1);
+                }
             }
             if let Decision::Merge(row) = &decision {
                 let text = row.to_string();
@@ -806,9 +787,13 @@ pub(super) fn finish_source(
             }
         }
     }
-    // Apply: in place where the row exists (an application UPDATE queued on
-    // the lock then applies on top of it), delete what the winner lacks,
-    // insert what is new.
+    // Apply, on the rows this run holds: in place where the row exists (an
+    // application UPDATE queued on the lock then applies on top of it),
+    // delete what the winner lacks, and insert rows a hook composed for
+    // keys absent here.
+    tr.copied += tx
+        .execute(&insert_new, &[])
+        .ctx(|| format!("inserting merged rows of {} on \"{db}\"", t.name.human()))?;
     if !meta.nonkey.is_empty() {
         let set: Vec<String> = meta
             .nonkey
@@ -818,10 +803,10 @@ pub(super) fn finish_source(
         tr.copied += tx
             .execute(
                 &format!(
-                    "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_inserted i WHERE {})",
+                    "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})",
                     set.join(", "),
                     on("t", "s"),
-                    on("i", "t")
+                    on("l", "t")
                 ),
                 &[],
             )
@@ -830,9 +815,11 @@ pub(super) fn finish_source(
     tr.deleted += tx
         .execute(
             &format!(
-                "DELETE FROM {tbl} t USING pg_temp.capra_in_keys k WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})",
+                "DELETE FROM {tbl} t USING pg_temp.capra_in_keys k WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
+                   AND EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})",
                 on("t", "k"),
-                on("s", "t")
+                on("s", "t"),
+                on("l", "t")
             ),
             &[],
         )
@@ -849,4 +836,64 @@ pub(super) fn finish_source(
     )
     .ctx(|| "dropping the staging tables".into())?;
     Ok(busy)
+}
+
+/// Takes out of the staging tables the keys whose row exists on this
+/// source but is neither locked nor inserted by this run (the application
+/// holds it); returns them with the source that won each.
+fn set_aside(
+    tx: &mut Transaction<'_>,
+    db: &str,
+    t: &Relation,
+    qk: &[String],
+    tbl: &str,
+) -> Result<Vec<(i32, Vec<String>)>> {
+    let on = |a: &str, b: &str| {
+        qk.iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "DELETE FROM pg_temp.capra_in_keys k
+                  WHERE EXISTS (SELECT 1 FROM {tbl} t WHERE {})
+                    AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})
+                    AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_inserted i WHERE {})
+              RETURNING {}, k.capra_from",
+                on("t", "k"),
+                on("l", "k"),
+                on("i", "k"),
+                qk.iter().map(|k| format!("k.{k}::text")).collect::<Vec<_>>().join(", ")
+            ),
+            &[],
+        )
+        .ctx(|| {
+            format!(
+                "setting aside rows of {} held by the application on \"{db}\"",
+                t.name.human()
+            )
+        })?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    tx.execute(
+        &format!(
+            "DELETE FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})",
+            on("k", "s")
+        ),
+        &[],
+    )
+    .ctx(|| "setting aside staged rows".into())?;
+    let n = qk.len();
+    tracing::debug!(
+        "{} row(s) of {} on \"{db}\" are locked by the application; the next run sends them again",
+        rows.len(),
+        t.name.human()
+    );
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(n), (0..n).map(|j| r.get::<_, String>(j)).collect()))
+        .collect())
 }

@@ -85,13 +85,13 @@ pub struct RunCache {
 }
 
 /// Session settings for every transaction a run opens: the text COPY
-/// carries means the same on every server whatever its defaults (keys of
-/// two sources compare as text: a timestamptz prints the same in UTC
-/// everywhere), and no server-side timeout kills a long run in the middle
-/// (an idle-in-transaction target waiting for the source's COPY, a long
-/// statement).
+/// carries means the same on every server whatever its defaults, and no
+/// server-side timeout kills a long run in the middle (an idle-in-
+/// transaction target waiting for the source's COPY, a long statement).
+/// (TimeZone is left alone: a timestamptz copied into a timestamp column
+/// keeps its meaning there; keys compared across sources are printed in
+/// UTC where they are compared.)
 pub(super) const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
-     SET LOCAL TimeZone = 'UTC'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
      SET LOCAL statement_timeout = 0";
 
@@ -979,7 +979,12 @@ fn sync_table(
                 held.sort();
                 held.dedup();
                 tr.again = true;
-                reraise(&mut srcs[si], t, &meta, &held)?;
+                // They keep the time of the truncation.
+                let when = format!(
+                    "(SELECT max(d.ts) FROM capra.truncate_log d WHERE d.captured = {id} AND {})",
+                    srcs[si].window()
+                );
+                reraise(&mut srcs[si], t, &meta, &held, Some(&when))?;
             }
         }
         let changers: Vec<usize> = (0..srcs.len())
@@ -1079,7 +1084,7 @@ fn sync_table(
                 }
                 for (w, keys) in by_src {
                     tr.again = true;
-                    reraise(&mut srcs[w], t, &meta, &keys)?;
+                    reraise(&mut srcs[w], t, &meta, &keys, None)?;
                 }
             }
             if multi {

@@ -201,7 +201,8 @@ pub(super) fn detect(
         let s = &mut srcs[c];
         let id = ids[c].expect("changer");
         // The same key must print the same on every source: numerics lose
-        // trailing zeros (1.50 and 1.5 are one key).
+        // trailing zeros (1.50 and 1.5 are one key), timestamps with time
+        // zone print in UTC.
         let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
         let text_keys: Vec<String> = qk
             .iter()
@@ -210,6 +211,9 @@ pub(super) fn detect(
                 Some(t) if t.starts_with("numeric") => format!(
                     "CASE WHEN strpos(d.{k}::text, '.') > 0 THEN rtrim(rtrim(d.{k}::text, '0'), '.') ELSE d.{k}::text END"
                 ),
+                // Whatever each server's TimeZone: UTC, with its offset, so
+                // the text still casts back to the same instant.
+                Some("timestamp with time zone") => format!("((d.{k} AT TIME ZONE 'UTC')::text || '+00')"),
                 _ => format!("d.{k}::text"),
             })
             .collect();

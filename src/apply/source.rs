@@ -307,8 +307,15 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
 
 /// Logs keys once more on a source, in its read transaction (so they are
 /// after the position this run stores): the next run sends them again.
-/// The change time kept is the one the source logged, where it has one.
-pub(super) fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[Vec<String>]) -> Result<()> {
+/// The change time kept is the one the source logged for the key, else
+/// `fallback` (say, when it truncated the table), else now.
+pub(super) fn reraise(
+    s: &mut Src<'_>,
+    t: &Relation,
+    meta: &TableMeta,
+    keys: &[Vec<String>],
+    fallback: Option<&str>,
+) -> Result<()> {
     let Some(id) = s.id_of(t) else { return Ok(()) };
     let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
@@ -323,12 +330,13 @@ pub(super) fn reraise(s: &mut Src<'_>, t: &Relation, meta: &TableMeta, keys: &[V
     let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
     let sql = format!(
         "INSERT INTO capra.delta_{id} ({}, ts)
-         SELECT u.*, coalesce((SELECT to_timestamp({}) FROM capra.delta_{id} d WHERE {} AND {}), statement_timestamp())
+         SELECT u.*, coalesce((SELECT to_timestamp({}) FROM capra.delta_{id} d WHERE {} AND {}), {}, statement_timestamp())
            FROM ({}) AS u({})",
         qk.join(", "),
         s.time_expr(),
         s.window(),
         eq.join(" AND "),
+        fallback.unwrap_or("NULL"),
         unnest_select(&types, None),
         names.join(", ")
     );

@@ -33,7 +33,7 @@ use crate::error::{Context, Error, Result};
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.
-pub const CAPTURE_VERSION: i32 = 4;
+pub const CAPTURE_VERSION: i32 = 5;
 
 /// NOTIFY channel the kick trigger uses.
 pub const KICK_CHANNEL: &str = "capra";
@@ -92,7 +92,7 @@ ALTER TABLE capra.captured_part ADD COLUMN IF NOT EXISTS relid oid;
 -- table (a key column renamed, retyped or dropped) can be followed.
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS relid oid;
 ALTER TABLE capra.captured ADD COLUMN IF NOT EXISTS keynums smallint[];
--- Version 4: transactions in which a sync wrote into this database's change
+-- Version 5: transactions in which a sync wrote into this database's change
 -- logs itself: kind 'm', rows it applied here and logged (makedelta), which
 -- it must not read back as this database's own changes; kind 'r', keys it
 -- logged again for its next run, whose change time is the one logged (not

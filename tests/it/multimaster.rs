@@ -804,3 +804,37 @@ fn a_truncate_reaches_rows_a_source_got_with_makedelta() {
     );
     assert_eq!(checksum(a, &names[0], "t"), checksum(b, &names[1], "t"));
 }
+
+/// While a run applies rows on a source, the application there creates a
+/// key the run is deleting (the winner inserted and deleted it): the run
+/// only touches rows it holds, so the application's row survives and goes
+/// everywhere next. (A trigger that fires in replica mode slows the run's
+/// UPDATE down to open the window.)
+#[test]
+fn an_application_insert_during_a_run_is_never_deleted_by_it() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let names = dbs(&c, "ai", DDL, &[a, b]);
+    c.ok(&["add", "table", "t", "db=ai1", "relgroup=g"]);
+    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=ai1:source,ai2:source", "autokick=0"]);
+    b.exec(
+        &names[1],
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF current_setting('session_replication_role') = 'replica' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE slow();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER slow;",
+    );
+    a.exec(&names[0], "INSERT INTO t VALUES (100, 'gone', 0); DELETE FROM t WHERE id = 100; UPDATE t SET v = 'a' WHERE id = 1");
+    let _d = c.start();
+    let r = std::thread::scope(|s| {
+        let kick = s.spawn(|| c.run(&["kick", "s", "60"]));
+        std::thread::sleep(Duration::from_millis(800));
+        b.exec(&names[1], "INSERT INTO t VALUES (100, 'app on 2', 0)");
+        kick.join().unwrap()
+    });
+    assert_eq!(r.code, Some(0), "{}{}\n{}", r.stdout, r.stderr, c.log());
+    assert_eq!(value(b, &names[1], "SELECT v FROM t WHERE id = 100"), "app on 2", "{}", c.log());
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(value(a, &names[0], "SELECT v FROM t WHERE id = 100"), "app on 2", "{}", c.log());
+    assert_eq!(checksum(a, &names[0], "t"), checksum(b, &names[1], "t"));
+}
