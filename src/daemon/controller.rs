@@ -60,6 +60,10 @@ pub(super) struct Controller {
     key_change_waits: bool,
     /// Runs in a row that found the catalog newer than the plan.
     stale_runs: u32,
+    /// Runs in a row that left rows the application held (the follow-up
+    /// waits longer each time, so a long application transaction does not
+    /// make the sync spin).
+    again_runs: u32,
     /// Captured ids a run found for this sync that its plan lacked; the
     /// next prepare drops those the catalog does not have either.
     prune: Vec<i32>,
@@ -87,6 +91,7 @@ impl Controller {
             stopping: false,
             key_change_waits: false,
             stale_runs: 0,
+            again_runs: 0,
             prune: Vec::new(),
         }
     }
@@ -404,8 +409,14 @@ impl Controller {
             if !self.kicks.is_empty() {
                 self.timing.request(Reason::Kick);
             } else if o.again {
-                // Rows the application held were left for the next run.
-                self.timing.follow_up(now, AGAIN_AFTER);
+                // Rows the application held were left for the next run:
+                // 0.1 s, then twice as long each time, at most 5 s.
+                let wait = AGAIN_AFTER.saturating_mul(1 << self.again_runs.min(6)).min(AGAIN_MAX);
+                self.again_runs += 1;
+                self.timing.follow_up(now, wait);
+            }
+            if !o.again {
+                self.again_runs = 0;
             }
         } else {
             let wait = self.backoff(o.serialization);
@@ -421,6 +432,8 @@ impl Controller {
 
 /// How soon a run follows one that left rows the application held.
 const AGAIN_AFTER: Duration = Duration::from_millis(100);
+/// The longest it waits when the application keeps holding them.
+const AGAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Executes one run and records it; never panics the worker.
 fn execute(

@@ -816,7 +816,14 @@ fn an_application_insert_during_a_run_is_never_deleted_by_it() {
     let c = Capra::install(a);
     let names = dbs(&c, "ai", DDL, &[a, b]);
     c.ok(&["add", "table", "t", "db=ai1", "relgroup=g"]);
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=ai1:source,ai2:source", "autokick=0"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=ai1:source,ai2:source",
+        "autokick=0",
+    ]);
     b.exec(
         &names[1],
         "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -824,7 +831,10 @@ fn an_application_insert_during_a_run_is_never_deleted_by_it() {
          CREATE TRIGGER slow BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE slow();
          ALTER TABLE t ENABLE ALWAYS TRIGGER slow;",
     );
-    a.exec(&names[0], "INSERT INTO t VALUES (100, 'gone', 0); DELETE FROM t WHERE id = 100; UPDATE t SET v = 'a' WHERE id = 1");
+    a.exec(
+        &names[0],
+        "INSERT INTO t VALUES (100, 'gone', 0); DELETE FROM t WHERE id = 100; UPDATE t SET v = 'a' WHERE id = 1",
+    );
     let _d = c.start();
     let r = std::thread::scope(|s| {
         let kick = s.spawn(|| c.run(&["kick", "s", "60"]));
@@ -833,8 +843,68 @@ fn an_application_insert_during_a_run_is_never_deleted_by_it() {
         kick.join().unwrap()
     });
     assert_eq!(r.code, Some(0), "{}{}\n{}", r.stdout, r.stderr, c.log());
-    assert_eq!(value(b, &names[1], "SELECT v FROM t WHERE id = 100"), "app on 2", "{}", c.log());
+    assert_eq!(
+        value(b, &names[1], "SELECT v FROM t WHERE id = 100"),
+        "app on 2",
+        "{}",
+        c.log()
+    );
     c.ok(&["kick", "s", "60"]);
-    assert_eq!(value(a, &names[0], "SELECT v FROM t WHERE id = 100"), "app on 2", "{}", c.log());
+    assert_eq!(
+        value(a, &names[0], "SELECT v FROM t WHERE id = 100"),
+        "app on 2",
+        "{}",
+        c.log()
+    );
+    assert_eq!(checksum(a, &names[0], "t"), checksum(b, &names[1], "t"));
+}
+
+/// A TRUNCATE on one source while the application on the other holds a
+/// row and then commits a change to it: that row is left by the run,
+/// logged again with the truncation's time, and the later change wins
+/// (latest) everywhere.
+#[test]
+fn a_row_held_during_a_truncate_replay_keeps_the_later_change() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let names = dbs(&c, "th", DDL, &[a, b]);
+    c.ok(&["add", "table", "t", "db=th1", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=th1:source,th2:source",
+        "autokick=0",
+        "conflict_strategy=latest",
+    ]);
+    let _d = c.start();
+    a.exec(&names[0], "TRUNCATE t");
+    std::thread::sleep(Duration::from_millis(30));
+    let mut app = b.client(&names[1]);
+    app.batch_execute("BEGIN; UPDATE t SET v = 'held' WHERE id = 2")
+        .unwrap();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(
+        value(b, &names[1], "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "2",
+        "{}",
+        c.log()
+    );
+    // While the application holds the row, follow-up runs come 0.1, 0.2,
+    // 0.4 s ... apart, not ten a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs: i64 = value(a, &c.ctl_db, "SELECT count(*) FROM capra.run WHERE sync = 's'")
+        .parse()
+        .unwrap();
+    assert!((2..=8).contains(&runs), "{runs} runs while a row was held\n{}", c.log());
+    app.batch_execute("COMMIT").unwrap();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(
+        value(a, &names[0], "SELECT coalesce(string_agg(id || v, ','), '-') FROM t"),
+        "2held",
+        "{}",
+        c.log()
+    );
     assert_eq!(checksum(a, &names[0], "t"), checksum(b, &names[1], "t"));
 }
