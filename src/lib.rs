@@ -16,6 +16,7 @@
 //!   purger \[MCP, CTL, VAC\].
 //! - [`schedule`]: cron schedules.
 //! - [`hooks`]: sandboxed Lua custom code.
+//! - [`notify`]: alert and status report mail, tail_n_mail style.
 //! - [`cli`]: everything a user types and sees.
 //! - [`config`]: where settings come from.
 //! - [`pg`]: PostgreSQL plumbing shared by all of the above.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod hooks;
+pub mod notify;
 pub mod pg;
 pub mod schedule;
 

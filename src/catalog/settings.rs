@@ -21,6 +21,8 @@ pub enum Kind {
     Enum(&'static [&'static str]),
     /// A built-in conflict strategy (`bucardo_` prefix accepted).
     Strategy,
+    /// A crontab line, or empty.
+    Cron,
     /// Free text.
     Text,
     /// An absolute path, or empty.
@@ -100,43 +102,73 @@ pub const SETTINGS: &[Setting] = &[
         "default_email_from",
         "nobody@example.com",
         Kind::Text,
-        "Stored for a later capra release, no effect yet (mail): From address of alert mail"
+        "From address of alert and report mail (nobody@example.com: capra@HOST)"
     ),
     s!(
         "default_email_host",
         "localhost",
         Kind::Text,
-        "Stored for a later capra release, no effect yet (mail): SMTP host for alert mail"
+        "SMTP server for alert and report mail"
     ),
     s!(
         "default_email_port",
         "25",
         Kind::Int(1, 65535),
-        "Stored for a later capra release, no effect yet (mail): SMTP port for alert mail"
+        "SMTP port (25; 587 with email_tls=starttls; 465 with email_tls=tls)"
     ),
     s!(
         "default_email_to",
         "nobody@example.com",
         Kind::Text,
-        "Stored for a later capra release, no effect yet (mail): recipients of alert mail"
+        "Recipients of alert and report mail, comma separated; nothing is sent while it is nobody@example.com"
+    ),
+    s!(
+        "email_alert_interval",
+        "600",
+        Kind::Seconds { allow_minus_one: false },
+        "Seconds between digests: an incident (a failing sync, a late one) mails once when it starts and when it ends; its repeats go into one digest per interval"
     ),
     s!(
         "email_auth_pass",
         "",
         Kind::Text,
-        "Stored for a later capra release, no effect yet (mail): SMTP AUTH password for alert mail"
+        "SMTP AUTH password (never shown)"
     ),
     s!(
         "email_auth_user",
         "",
         Kind::Text,
-        "Stored for a later capra release, no effect yet (mail): SMTP AUTH user for alert mail"
+        "SMTP AUTH user (empty: no AUTH)"
     ),
     s!(
         "email_debug_file",
         "",
         Kind::Path,
-        "Stored for a later capra release, no effect yet (mail): also append every alert mail to this file"
+        "Also append every mail capra sends to this file (empty: no)"
+    ),
+    s!(
+        "email_sendmail",
+        "/usr/sbin/sendmail",
+        Kind::Path,
+        "The sendmail program, with email_transport=sendmail"
+    ),
+    s!(
+        "email_timeout",
+        "10",
+        Kind::Seconds { allow_minus_one: false },
+        "Seconds an SMTP exchange may take before the mail is queued and retried"
+    ),
+    s!(
+        "email_tls",
+        "none",
+        Kind::Enum(&["none", "starttls", "tls"]),
+        "SMTP encryption: none, starttls (required), or tls (implicit, port 465)"
+    ),
+    s!(
+        "email_transport",
+        "smtp",
+        Kind::Enum(&["smtp", "sendmail"]),
+        "How mail leaves: smtp (default_email_host) or sendmail (email_sendmail)"
     ),
     s!("endsync_sleep", "1.0", Kind::Seconds { allow_minus_one: false }, COMPAT),
     s!(
@@ -280,6 +312,12 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s!("stats_script_url", "http://www.bucardo.org/", Kind::Text, COMPAT),
     s!(
+        "status_report_schedule",
+        "",
+        Kind::Cron,
+        "When the daemon mails the capra status table (a crontab line, server local time, such as '0 8 * * *'; empty: never)"
+    ),
+    s!(
         "stopfile",
         "fullstopcapra",
         Kind::Text,
@@ -384,6 +422,10 @@ pub fn normalise(s: &Setting, value: &str) -> Result<String, String> {
             })?;
             Ok(norm)
         }
+        Kind::Cron if v.trim().is_empty() => Ok(String::new()),
+        Kind::Cron => crate::schedule::cron::Schedule::parse(v)
+            .map(|s| s.as_str().to_string())
+            .map_err(|e| format!("invalid value for '{}': {e}", s.name)),
         Kind::Text => Ok(v.to_string()),
         Kind::Path => {
             if v.is_empty() || v.starts_with('/') {

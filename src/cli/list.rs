@@ -417,6 +417,13 @@ pub fn show(ctx: &Ctx, names: &[String]) -> Result<()> {
         }
         sel
     };
+    // Passwords never reach output.
+    let mut pick = pick;
+    for r in pick.iter_mut() {
+        if r.name.contains("pass") && !r.setting.is_empty() {
+            r.setting = "********".into();
+        }
+    }
     if ctx.json {
         let m: serde_json::Map<String, Value> = pick
             .iter()

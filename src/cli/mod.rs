@@ -209,6 +209,12 @@ pub enum Command {
         #[arg(long, value_name = "INTERVAL|TIME")]
         since: Option<String>,
     },
+    /// Mail: `mail test [TO]` sends a test mail with the current settings
+    /// and prints what the server answered.
+    Mail {
+        /// `test`, then an optional recipient.
+        words: Vec<String>,
+    },
     /// Delete change rows every sync has applied.
     Purge {
         /// Keep applied rows younger than this interval.
@@ -476,6 +482,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status { syncs } => status::status(&ctx, &syncs),
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
         Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
+        Command::Mail { words } => mail_cmd(&ctx, &words),
         Command::Purge { older_than, words } => {
             if let Some(w) = words.iter().find(|w| w.as_str() != "all") {
                 return Err(Error::Usage(format!(
@@ -494,4 +501,46 @@ pub fn strip_noise(names: &[String]) -> Vec<String> {
         .filter(|n| !matches!(n.to_lowercase().as_str(), "sync" | "syncs"))
         .cloned()
         .collect()
+}
+
+/// `capra mail test [TO]`.
+fn mail_cmd(ctx: &Ctx, words: &[String]) -> Result<()> {
+    let (verb, rest) = words
+        .split_first()
+        .ok_or_else(|| Error::Usage("usage: capra mail test [TO]".into()))?;
+    if verb != "test" || rest.len() > 1 {
+        return Err(Error::Usage("usage: capra mail test [TO]".into()));
+    }
+    let mut cat = ctx.catalog()?;
+    let s = crate::notify::mail::MailSettings::load(&mut cat.client)?;
+    let to: Vec<String> = match rest.first() {
+        Some(t) => vec![t.clone()],
+        None if s.enabled() => s.to.clone(),
+        None => {
+            return Err(Error::Rejected(
+                "default_email_to is not set (nothing is sent to nobody@example.com): capra set default_email_to=you@example.com, or give one: capra mail test you@example.com".into(),
+            ))
+        }
+    };
+    let host = crate::daemon::engine::hostname();
+    let now = chrono::Local::now();
+    let (subject, body) = crate::notify::tnm_mail(
+        "capra",
+        &host,
+        "test",
+        &[crate::notify::Item {
+            text: format!("A test mail from capra on {host}, sent with: {}", s.describe()),
+            count: 1,
+            first: now,
+            last: now,
+        }],
+    );
+    let answer = s.send(Some(&to), &subject, &body)?;
+    ctx.say(format!(
+        "Sent a test mail to {} through {}",
+        to.join(", "),
+        s.describe()
+    ));
+    ctx.say(format!("The server answered: {answer}"));
+    Ok(())
 }

@@ -11,75 +11,7 @@ use crate::catalog::plan::SyncPlan;
 use crate::catalog::{model, runs};
 use crate::error::{Error, Result};
 
-/// A sync's status, as both the table and the detail block need it.
-#[derive(Clone, Debug, serde::Serialize)]
-struct SyncStatus {
-    name: String,
-    status: String,
-    state: String,
-    last_good: Option<runs::RunInfo>,
-    last_bad: Option<runs::RunInfo>,
-    last_empty: Option<String>,
-    failures: i32,
-    next_retry: Option<String>,
-    running_since: Option<String>,
-}
-
-fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool) -> Result<SyncStatus> {
-    let st = runs::sync_state(c, &s.name)?;
-    let (good, bad, empty, failures, retry) = (st.last_good, st.last_bad, st.last_empty, st.failures, st.next_retry);
-    let running = runs::running_since(c, &s.name)?;
-    let last_good = runs::run_info(c, good)?;
-    let last_bad = runs::run_info(c, bad)?;
-    let state = if running.is_some() && daemon_up {
-        format!("Running (since {})", running.clone().unwrap_or_default())
-    } else {
-        match (&last_good, &last_bad) {
-            (None, None) if empty.is_none() => "No records found".to_string(),
-            (_, Some(b)) if failures > 0 && last_good.as_ref().is_none_or(|g| g.id < b.id) => {
-                format!("Bad ({failures} failed run{})", if failures == 1 { "" } else { "s" })
-            }
-            _ => "Good".to_string(),
-        }
-    };
-    Ok(SyncStatus {
-        name: s.name.clone(),
-        status: s.status.clone(),
-        state,
-        last_good,
-        last_bad,
-        last_empty: empty,
-        failures,
-        next_retry: if failures > 0 { retry } else { None },
-        running_since: running,
-    })
-}
-
-/// `3d 4h 5m 6s` style age.
-fn age(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let mut out = String::new();
-    if d > 0 {
-        out.push_str(&format!("{d}d "));
-    }
-    if d > 0 || h > 0 {
-        out.push_str(&format!("{h}h "));
-    }
-    if d > 0 || h > 0 || m > 0 {
-        out.push_str(&format!("{m}m "));
-    }
-    out.push_str(&format!("{s}s"));
-    out
-}
-
-fn short_time(r: &runs::RunInfo) -> String {
-    if r.today {
-        r.ended.rsplit(' ').next().unwrap_or_default().to_string()
-    } else {
-        r.ended.clone()
-    }
-}
+use crate::notify::report::{age, status_table, sync_status, SyncStatus};
 
 /// `capra status [SYNC...]`.
 pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
@@ -110,61 +42,7 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
             println!("No syncs have been created yet.");
             return Ok(());
         }
-        let header = [
-            "Name",
-            "State",
-            "Last good",
-            "Time",
-            "Duration",
-            "Last I/D",
-            "Last bad",
-            "Time",
-            "Status",
-        ];
-        let table: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let g = r.last_good.as_ref();
-                let b = r.last_bad.as_ref();
-                vec![
-                    r.name.clone(),
-                    r.state.clone(),
-                    g.map(short_time).unwrap_or_else(|| "none".into()),
-                    g.map(|g| age(g.age_secs)).unwrap_or_default(),
-                    g.map(|g| format!("{:.1}s", g.seconds)).unwrap_or_default(),
-                    g.map(|g| format!("{}/{}", g.inserts, g.deletes)).unwrap_or_default(),
-                    b.map(short_time).unwrap_or_else(|| "none".into()),
-                    b.map(|b| age(b.age_secs)).unwrap_or_default(),
-                    if r.status == "active" {
-                        "Active".into()
-                    } else {
-                        "Inactive".into()
-                    },
-                ]
-            })
-            .collect();
-        let widths: Vec<usize> = (0..header.len())
-            .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0).max(header[i].len()))
-            .collect();
-        let line = |cells: Vec<String>, sep: &str| {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!(" {:<w$} ", c, w = widths[i]))
-                .collect::<Vec<_>>()
-                .join(sep)
-        };
-        println!(
-            "{}",
-            line(header.iter().map(|s| s.to_string()).collect(), " ").trim_end()
-        );
-        println!(
-            "{}",
-            widths.iter().map(|w| "=".repeat(w + 2)).collect::<Vec<_>>().join("+")
-        );
-        for r in table {
-            println!("{}", line(r, "|").trim_end());
-        }
+        print!("{}", status_table(&rows));
         return Ok(());
     }
     let list: Vec<&model::Sync> = if names.iter().any(|n| n == "all") {

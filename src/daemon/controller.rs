@@ -388,6 +388,10 @@ impl Controller {
             let ended = self.timing.succeeded(now);
             if ended > 0 {
                 tracing::info!("Sync is working again after {ended} failed run(s)");
+                self.engine.notify.send(crate::notify::Alert::Recovered {
+                    sync: self.name.clone(),
+                    failures: ended,
+                });
             }
             if let Some(p) = self.plan.as_mut() {
                 if o.served_otc == Some(p.sync.onetimecopy_gen) {
@@ -523,6 +527,13 @@ fn execute(
         apply::run(&env, plan, &mut c)
     });
     cancel.clear();
+    for (subject, body) in std::mem::take(&mut hooks.borrow_mut().emails) {
+        engine.notify.send(crate::notify::Alert::Hook {
+            sync: name.to_string(),
+            subject,
+            body,
+        });
+    }
     // The conflict history: every settled conflict of a good run; of a
     // failed run only those that stopped it (the others come again).
     let settled = conflicts.into_inner();
@@ -632,6 +643,22 @@ fn execute(
                 None
             };
             tracing::error!("Run failed: {text}");
+            if serialization.is_none() {
+                // Retried conflicts of locks are not incidents; the rest mail.
+                let last_good: Option<String> = control
+                    .query_opt(
+                        "SELECT to_char(r.ended, 'YYYY-MM-DD HH24:MI:SS') FROM capra.sync_state s JOIN capra.run r ON r.id = s.last_good WHERE s.sync = $1",
+                        &[&name],
+                    )
+                    .ok()
+                    .flatten()
+                    .map(|r| r.get(0));
+                engine.notify.send(crate::notify::Alert::Failed {
+                    sync: name.to_string(),
+                    error: text.clone(),
+                    last_good,
+                });
+            }
             if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in) {
                 // The daemon's next start closes the run as failed.
                 tracing::error!("Cannot record the failed run: {r}");

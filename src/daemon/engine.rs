@@ -153,6 +153,8 @@ pub struct Engine {
     pub(super) workers: Mutex<Vec<JoinHandle<()>>>,
     pub(super) events: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(super) tls: MakeTlsConnector,
+    /// Alert mail (sent by its own thread).
+    pub notify: crate::notify::Notifier,
 }
 
 fn lenient_tls() -> MakeTlsConnector {
@@ -173,6 +175,7 @@ impl Engine {
         control: DbPool,
         cfg: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
+        notify: crate::notify::Notifier,
     ) -> Arc<Engine> {
         let workers = cfg.workers;
         let e = Arc::new(Engine {
@@ -191,6 +194,7 @@ impl Engine {
             workers: Mutex::new(Vec::new()),
             events,
             tls: lenient_tls(),
+            notify,
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -361,7 +365,7 @@ pub(super) fn sleep_unless(stop: &AtomicBool, stopping: &AtomicBool, d: Duration
     }
 }
 
-/// This machine's host name.
+/// This host's name (for run records and mail).
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.

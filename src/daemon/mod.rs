@@ -170,7 +170,9 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let installation = cat.installation.clone();
     drop(cat);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx);
+    let notify_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifier = crate::notify::Notifier::start(control_pool.clone(), engine::hostname(), notify_stop.clone());
+    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx, notifier);
     tracing::info!(
         "capra {} starting (pid {}, host {host}, reason: {reason})",
         env!("CARGO_PKG_VERSION"),
@@ -279,6 +281,9 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let lock = control_thread.join().ok().flatten();
     engine.shutdown(Duration::from_secs(10));
     let _ = vac_thread.join();
+    // The last alerts and the digest go out before the daemon is gone.
+    notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(600));
     logging::note_reason(&reason_file, "stop", &why);
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&stopfile);

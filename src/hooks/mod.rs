@@ -337,7 +337,7 @@ impl Runner {
             break;
         }
         for (s, b) in emails {
-            tracing::warn!("Mail from a hook (mail settings arrive with capra's mail support; logged here): {s}: {b}");
+            tracing::info!("Mail from a hook: {s}");
             self.emails.push((s, b));
         }
         Ok(out)

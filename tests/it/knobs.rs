@@ -16,14 +16,7 @@ use crate::support::{fixtures, Capra};
 fn set_warns_for_inert_settings_only() {
     let c = Capra::install(cluster::a());
     let show = c.ok(&["show", "all"]);
-    let inert = [
-        "autosync_ddl",
-        "ctl_checkonkids_time",
-        "kid_sleep",
-        "quick_delta_check",
-        "default_email_to",
-        "email_auth_user",
-    ];
+    let inert = ["autosync_ddl", "ctl_checkonkids_time", "kid_sleep", "quick_delta_check"];
     for name in inert {
         assert!(show.contains(name), "{name} not listed");
         let r = c.run(&["set", &format!("{name}=1")]);
@@ -43,6 +36,10 @@ fn set_warns_for_inert_settings_only() {
         "tcp_user_timeout=20",
         "connect_timeout=5",
         "tcp_keepalives_idle=9",
+        "default_email_to=dba@example.org",
+        "email_auth_user=capra",
+        "email_alert_interval=60",
+        "status_report_schedule=0 8 * * *",
     ] {
         let r = c.run(&["set", acting]);
         assert_eq!(r.code, Some(0), "{}", r.stderr);

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod fixtures;
 pub mod proxy;
+pub mod smtp;
 
 pub use capra::Capra;
 pub use cluster::unique;

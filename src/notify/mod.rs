@@ -1,0 +1,457 @@
+//! Notifications: alert mail when a sync fails, recovers, runs late or
+//! falls behind, and the periodic status report, in tail_n_mail's shape
+//! (subject with host and number of items; a header block; numbered items
+//! with counts and first/last times). One thread sends; runs only hand it
+//! events, so a slow or unreachable mail server never slows replication.
+//!
+//! One mail per incident when it starts, then the repeats of every open
+//! incident in one digest per `email_alert_interval`, and a mail when it
+//! ends: a flapping sync cannot cause a storm.
+
+pub mod mail;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Local};
+
+use crate::pg::pool::DbPool;
+use crate::schedule::cron::Schedule;
+use mail::MailSettings;
+
+/// Something worth telling the recipients.
+#[derive(Clone, Debug)]
+pub enum Alert {
+    /// A run failed.
+    Failed {
+        /// The sync.
+        sync: String,
+        /// The error, on one line.
+        error: String,
+        /// When the sync last ran well, if ever.
+        last_good: Option<String>,
+    },
+    /// A sync works again.
+    Recovered {
+        /// The sync.
+        sync: String,
+        /// How many runs had failed.
+        failures: u32,
+    },
+    /// A hook's `ctx.email`.
+    Hook {
+        /// The sync.
+        sync: String,
+        /// Subject.
+        subject: String,
+        /// Body.
+        body: String,
+    },
+}
+
+/// One thing that went wrong, as a tail_n_mail item.
+#[derive(Clone, Debug)]
+struct Incident {
+    text: String,
+    first: DateTime<Local>,
+    last: DateTime<Local>,
+    count: u64,
+    /// Occurrences not yet in any mail.
+    unsent: u64,
+}
+
+/// A numbered item of a tail_n_mail-style mail.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// What happened (may span lines).
+    pub text: String,
+    /// How often.
+    pub count: u64,
+    /// First and last time.
+    pub first: DateTime<Local>,
+    /// Last time.
+    pub last: DateTime<Local>,
+}
+
+/// Renders a mail in tail_n_mail's shape: the subject names the host and
+/// the number of items; the body has a header block, then numbered items
+/// with their counts and first/last times.
+pub fn tnm_mail(prefix: &str, host: &str, what: &str, items: &[Item]) -> (String, String) {
+    let total: u64 = items.iter().map(|i| i.count).sum();
+    let subject = format!(
+        "[{prefix}] {host}: {} {}{}",
+        total,
+        if total == 1 { "item" } else { "items" },
+        if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({what})")
+        }
+    );
+    let mut body = format!(
+        "Date: {}\nHost: {host}\nSent by: capra {}\nItems: {} ({total} in all)\n",
+        Local::now().format("%a %b %e %H:%M:%S %Y %Z"),
+        env!("CARGO_PKG_VERSION"),
+        items.len()
+    );
+    for (n, i) in items.iter().enumerate() {
+        let when = if i.count == 1 {
+            format!("{}", i.first.format("%Y-%m-%d %H:%M:%S"))
+        } else {
+            format!(
+                "First: {} Last: {}",
+                i.first.format("%Y-%m-%d %H:%M:%S"),
+                i.last.format("%Y-%m-%d %H:%M:%S")
+            )
+        };
+        body.push_str(&format!("\n[{}] ({}) Count: {}\n{}\n", n + 1, when, i.count, i.text));
+    }
+    (subject, body)
+}
+
+/// The notifier's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: Arc<Mutex<Sender<Alert>>>,
+}
+
+impl Notifier {
+    /// Hands an alert to the notifier thread.
+    pub fn send(&self, a: Alert) {
+        let _ = self.tx.lock().map(|t| t.send(a));
+    }
+
+    /// Starts the notifier thread; it reads its settings from the control
+    /// database before each mail and stops when `stop` says so.
+    pub fn start(control: DbPool, host: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Notifier {
+        let (tx, rx) = channel();
+        let _ = std::thread::Builder::new().name("notify".into()).spawn(move || {
+            let _r = crate::daemon::logging::role("MCP", None);
+            State::new(control, host).run(rx, stop)
+        });
+        Notifier {
+            tx: Arc::new(Mutex::new(tx)),
+        }
+    }
+}
+
+struct State {
+    control: DbPool,
+    host: String,
+    incidents: BTreeMap<String, Incident>,
+    /// Mails that could not be sent, retried every minute (at most 20).
+    queue: Vec<(String, String)>,
+    last_digest: Instant,
+    last_retry: Instant,
+    last_check: Instant,
+    report_next: Option<DateTime<Local>>,
+    report_spec: String,
+    /// `email_alert_interval`, read every second.
+    interval: Duration,
+    /// Ends of flaps, for the next digest.
+    pending_flaps: Vec<Item>,
+    /// Incidents that ended less than an interval ago: one that starts
+    /// again meanwhile goes into the digest, not into a mail of its own.
+    cooling: BTreeMap<String, (Instant, Incident)>,
+}
+
+impl State {
+    fn new(control: DbPool, host: String) -> State {
+        State {
+            control,
+            host,
+            incidents: BTreeMap::new(),
+            queue: Vec::new(),
+            last_digest: Instant::now(),
+            last_retry: Instant::now(),
+            last_check: Instant::now(),
+            report_next: None,
+            report_spec: String::new(),
+            interval: Duration::from_secs(600),
+            cooling: BTreeMap::new(),
+            pending_flaps: Vec::new(),
+        }
+    }
+
+    fn setting(&self, name: &str) -> Option<String> {
+        let mut c = self.control.get().ok()?;
+        crate::catalog::model::setting(&mut *c, name).ok()
+    }
+
+    fn settings(&self) -> Option<MailSettings> {
+        let mut c = self.control.get().ok()?;
+        MailSettings::load(&mut *c).ok()
+    }
+
+    /// Sends now, or queues for a retry; never fails the caller.
+    fn mail(&mut self, subject: String, body: String) {
+        let Some(s) = self.settings() else {
+            tracing::warn!("Cannot read the mail settings; mail \"{subject}\" is queued");
+            self.queue_mail(subject, body);
+            return;
+        };
+        if !s.enabled() {
+            tracing::info!("Mail not sent (default_email_to is not set): {subject}");
+            return;
+        }
+        match s.send(None, &subject, &body) {
+            Ok(r) => tracing::info!("Sent mail \"{subject}\" to {}: {r}", s.to.join(", ")),
+            Err(e) => {
+                tracing::error!("Cannot send mail \"{subject}\" ({e}); retrying every minute");
+                self.queue_mail(subject, body);
+            }
+        }
+    }
+
+    fn queue_mail(&mut self, subject: String, body: String) {
+        if self.queue.len() >= 20 {
+            self.queue.remove(0);
+        }
+        self.queue.push((subject, body));
+    }
+
+    fn one(&mut self, what: &str, text: String) {
+        let now = Local::now();
+        let (s, b) = tnm_mail(
+            "capra",
+            &self.host,
+            what,
+            &[Item {
+                text,
+                count: 1,
+                first: now,
+                last: now,
+            }],
+        );
+        self.mail(s, b);
+    }
+
+    /// An incident starts (one mail now) or repeats (counted for the digest).
+    fn incident(&mut self, key: &str, what: &str, text: String) {
+        let now = Local::now();
+        if let Some(i) = self.incidents.get_mut(key) {
+            i.count += 1;
+            i.unsent += 1;
+            i.last = now;
+            i.text = text;
+            return;
+        }
+        // Back within an interval of its end: a flap, for the digest.
+        if let Some((_, mut i)) = self.cooling.remove(key) {
+            i.count += 1;
+            i.unsent += 1;
+            i.last = now;
+            i.text = format!("{text}\n(it had recovered and failed again)");
+            self.incidents.insert(key.to_string(), i);
+            return;
+        }
+        self.incidents.insert(
+            key.to_string(),
+            Incident {
+                text: text.clone(),
+                first: now,
+                last: now,
+                count: 1,
+                unsent: 0,
+            },
+        );
+        self.one(what, text);
+    }
+
+    /// An incident ends: one mail, with what repeated since the last mail
+    /// (a flap that ends again within the interval is left to the digest).
+    fn resolved(&mut self, key: &str, what: &str, text: String) {
+        if let Some(mut i) = self.incidents.remove(key) {
+            let flapped = i.text.ends_with("(it had recovered and failed again)");
+            if flapped {
+                i.text = format!("{text} (it flapped)");
+                i.unsent += 1;
+                let items = vec![Item {
+                    text: i.text.clone(),
+                    count: i.unsent,
+                    first: i.first,
+                    last: Local::now(),
+                }];
+                i.unsent = 0;
+                self.cooling.insert(key.to_string(), (Instant::now(), i));
+                self.pending_flaps.extend(items);
+                return;
+            }
+            let extra = if i.unsent > 0 {
+                format!("\n(after {} more failure(s) since the last mail)", i.unsent)
+            } else {
+                String::new()
+            };
+            i.unsent = 0;
+            self.cooling.insert(key.to_string(), (Instant::now(), i));
+            self.one(what, format!("{text}{extra}"));
+        }
+    }
+
+    fn handle(&mut self, a: Alert) {
+        match a {
+            Alert::Failed { sync, error, last_good } => self.incident(
+                &format!("failed:{sync}"),
+                "sync failed",
+                format!(
+                    "Sync \"{sync}\" failed: {error}\nLast good run: {}",
+                    last_good.unwrap_or_else(|| "never".into())
+                ),
+            ),
+            Alert::Recovered { sync, failures } => self.resolved(
+                &format!("failed:{sync}"),
+                "sync recovered",
+                format!("Sync \"{sync}\" is working again after {failures} failed run(s)"),
+            ),
+            Alert::Hook { sync, subject, body } => self.one("hook", format!("Sync \"{sync}\": {subject}\n{body}")),
+        }
+    }
+
+    /// One digest of every incident that repeated since its last mail.
+    fn digest(&mut self) {
+        let mut items: Vec<Item> = std::mem::take(&mut self.pending_flaps);
+        items.extend(self.incidents.values().filter(|i| i.unsent > 0).map(|i| Item {
+            text: i.text.clone(),
+            count: i.unsent,
+            first: i.first,
+            last: i.last,
+        }));
+        if items.is_empty() {
+            return;
+        }
+        for i in self.incidents.values_mut() {
+            i.unsent = 0;
+        }
+        let (s, b) = tnm_mail("capra", &self.host, "digest", &items);
+        self.mail(s, b);
+    }
+
+    /// Late syncs (overdue / expired, Bucardo's thresholds) and the
+    /// status report schedule.
+    fn check(&mut self) {
+        let Ok(mut c) = self.control.get() else { return };
+        let late = c.query(
+            "SELECT s.name,
+                    extract(epoch FROM s.overdue)::float8, extract(epoch FROM s.expired)::float8,
+                    extract(epoch FROM now() - coalesce((SELECT r.ended FROM capra.run r WHERE r.id = st.last_good), d.started))::float8
+               FROM capra.sync s
+               LEFT JOIN capra.sync_state st ON st.sync = s.name
+               CROSS JOIN (SELECT min(started) AS started FROM capra.daemon) d
+              WHERE s.status = 'active' AND (s.overdue > '0' OR s.expired > '0')",
+            &[],
+        );
+        drop(c);
+        if let Ok(rows) = late {
+            for r in rows {
+                let (sync, overdue, expired, age): (String, f64, f64, Option<f64>) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                let Some(age) = age else { continue };
+                for (kind, limit) in [("expired", expired), ("overdue", overdue)] {
+                    let key = format!("{kind}:{sync}");
+                    if limit > 0.0 && age > limit {
+                        if !self.incidents.contains_key(&key) {
+                            self.incident(
+                                &key,
+                                &format!("sync {kind}"),
+                                format!(
+                                    "Sync \"{sync}\" is {}: no good run for {:.0} s (limit {:.0} s)",
+                                    if kind == "expired" { "EXPIRED" } else { "overdue" },
+                                    age,
+                                    limit
+                                ),
+                            );
+                        }
+                    } else if self.incidents.contains_key(&key) {
+                        self.resolved(&key, "sync on time", format!("Sync \"{sync}\" is no longer {kind}"));
+                    }
+                }
+            }
+        }
+        // The status report: capra status, on a schedule.
+        let spec = self.setting("status_report_schedule").unwrap_or_default();
+        if spec != self.report_spec {
+            self.report_spec = spec.clone();
+            self.report_next = Schedule::parse(&spec).ok().and_then(|s| s.next_after(&Local::now()));
+        }
+        if let Some(at) = self.report_next {
+            if Local::now() >= at {
+                self.report_next = Schedule::parse(&self.report_spec)
+                    .ok()
+                    .and_then(|s| s.next_after(&at.max(Local::now())));
+                self.status_report();
+            }
+        }
+    }
+
+    fn status_report(&mut self) {
+        let body = (|| -> crate::error::Result<String> {
+            let mut c = self.control.get()?;
+            let daemon_up = crate::catalog::runs::daemon(&mut *c)?.is_some();
+            let mut rows = Vec::new();
+            for s in crate::catalog::model::syncs(&mut *c)? {
+                rows.push(report::sync_status(&mut *c, &s, daemon_up)?);
+            }
+            Ok(report::status_table(&rows))
+        })();
+        match body {
+            Ok(table) => {
+                let bad = table.lines().filter(|l| l.contains("| Bad")).count();
+                let now = Local::now();
+                let (s, b) = tnm_mail(
+                    "capra",
+                    &self.host,
+                    "status report",
+                    &[Item {
+                        text: format!("capra status ({bad} failing):\n\n{table}"),
+                        count: 1,
+                        first: now,
+                        last: now,
+                    }],
+                );
+                self.mail(s, b);
+            }
+            Err(e) => tracing::error!("Cannot build the status report: {e}"),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Alert>, stop: Arc<std::sync::atomic::AtomicBool>) {
+        loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Say what happened last before leaving.
+                while let Ok(a) = rx.try_recv() {
+                    self.handle(a);
+                }
+                self.digest();
+                return;
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(a) => self.handle(a),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.last_digest.elapsed() >= self.interval {
+                self.last_digest = Instant::now();
+                self.digest();
+            }
+            if self.last_check.elapsed() >= Duration::from_secs(1) {
+                self.last_check = Instant::now();
+                if let Some(v) = self.setting("email_alert_interval").and_then(|v| v.parse::<f64>().ok()) {
+                    self.interval = Duration::from_secs_f64(v.max(1.0));
+                }
+                let interval = self.interval;
+                self.cooling.retain(|_, (at, _)| at.elapsed() < interval);
+                self.check();
+            }
+            if !self.queue.is_empty() && self.last_retry.elapsed() >= Duration::from_secs(60) {
+                self.last_retry = Instant::now();
+                let q = std::mem::take(&mut self.queue);
+                for (s, b) in q {
+                    self.mail(s, b);
+                }
+            }
+        }
+    }
+}

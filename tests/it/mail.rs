@@ -1,0 +1,197 @@
+//! Mail: `capra mail test`, alerts on failure and recovery (one mail per
+//! incident, a digest for repeats and flaps), the scheduled status report,
+//! and replication going on while the mail server is unreachable. A real
+//! SMTP server on loopback receives everything.
+
+use std::time::Duration;
+
+use crate::replication::checksum;
+use crate::support::cluster;
+use crate::support::daemon::wait_for;
+use crate::support::smtp::Smtp;
+use crate::support::{fixtures, Capra};
+
+fn mail_settings(c: &Capra, port: u16) {
+    c.ok(&[
+        "set",
+        "default_email_host=127.0.0.1",
+        &format!("default_email_port={port}"),
+        "default_email_to=dba@example.org",
+        "default_email_from=capra@example.org",
+    ]);
+}
+
+/// A closed local port (bound, then released).
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn mail_test_sends_and_says_what_the_server_answered() {
+    let c = Capra::install(cluster::a());
+    let smtp = Smtp::start();
+    let e = c.fails(&["mail", "test"], 1);
+    assert!(e.contains("default_email_to is not set"), "{e}");
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "email_auth_pass=s3cret-pass"]);
+    let out = c.ok(&["mail", "test", "you@example.org"]);
+    assert!(
+        out.contains("Sent a test mail to you@example.org through smtp://127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains("The server answered: 250"), "{out}");
+    let m = smtp.with("(test)");
+    assert_eq!(m.len(), 1, "{:?}", smtp.mails());
+    assert!(
+        m[0].contains("Subject: [capra] ") && m[0].contains("1 item (test)"),
+        "{}",
+        m[0]
+    );
+    assert!(m[0].contains("Host: ") && m[0].contains("[1] ("), "{}", m[0]);
+    // Passwords never reach output.
+    let show = c.ok(&["show", "all"]);
+    assert!(
+        show.contains("email_auth_pass") && show.contains("********") && !show.contains("s3cret"),
+        "{show}"
+    );
+    assert!(!c.ok(&["show", "email_auth_pass", "--json"]).contains("s3cret"));
+    // An unreachable server: one line, exit 1.
+    c.ok(&["set", &format!("default_email_port={}", dead_port())]);
+    let e = c.fails(&["mail", "test"], 1);
+    assert!(e.contains("mail: sending to smtp://127.0.0.1:"), "{e}");
+    assert!(!e.contains("s3cret"));
+    // The local sendmail: a script that keeps what it is given.
+    let keep = c.home().join("sent.txt");
+    let script = c.home_file(
+        "sendmail",
+        &format!("#!/bin/sh\necho \"$@\" > {0}.args\ncat > {0}\n", keep.display()),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    c.ok(&[
+        "set",
+        "email_transport=sendmail",
+        &format!("email_sendmail={}", script.display()),
+    ]);
+    let out = c.ok(&["mail", "test"]);
+    assert!(out.contains("(sendmail)"), "{out}");
+    assert!(std::fs::read_to_string(&keep).unwrap().contains("Subject: [capra]"));
+    assert!(std::fs::read_to_string(format!("{}.args", keep.display()))
+        .unwrap()
+        .contains("dba@example.org"));
+}
+
+/// A sync fails (its target table is renamed away): one mail at once; its
+/// retries fail too: one digest with their count; it is fixed: one
+/// recovery mail; it flaps (fails and recovers again within the interval):
+/// no new mail of its own, only the digest. The status report arrives on
+/// its schedule.
+#[test]
+fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_schedule() {
+    let (c, src, tgt) = fixtures::synced(
+        "mailalert",
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        &["t"],
+        &["autokick=0"],
+    );
+    let (a, b) = (cluster::a(), cluster::b());
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&[
+        "set",
+        "email_alert_interval=3",
+        "kid_restart_sleep=0.3",
+        "retry_max_sleep=0.6",
+    ]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
+    b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
+    c.run(&["kick", "s", "5"]);
+    assert!(
+        wait_for(20, || smtp.with("sync failed").len() == 1),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    let first = &smtp.with("sync failed")[0];
+    assert!(
+        first.contains("Sync \"s\" failed:") && first.contains("does not exist in database"),
+        "{first}"
+    );
+    assert!(first.contains("Last good run: never"), "{first}");
+    // Retries keep failing: their count comes in one digest.
+    assert!(
+        wait_for(20, || !smtp.with("(digest)").is_empty()),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    assert_eq!(smtp.with("sync failed").len(), 1, "one mail per incident");
+    let digest = &smtp.with("(digest)")[0];
+    assert!(digest.contains("Count: ") && digest.contains("First: "), "{digest}");
+    // Fixed: one recovery mail.
+    b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
+    assert!(
+        wait_for(20, || smtp.with("sync recovered").len() == 1),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    assert!(smtp.with("sync recovered")[0].contains("is working again after"));
+    assert!(wait_for(20, || checksum(b, &tgt, "t") == checksum(a, &src, "t")));
+    // A flap within the interval: no mail of its own.
+    let before = smtp.mails().len();
+    b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
+    a.exec(&src, "INSERT INTO t VALUES (2, 'b')");
+    c.run(&["kick", "s", "3"]);
+    b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
+    assert!(wait_for(20, || checksum(b, &tgt, "t") == checksum(a, &src, "t")));
+    assert!(
+        wait_for(20, || smtp.mails()[before..]
+            .iter()
+            .any(|m| m.contains("(digest)") && m.contains("flap"))),
+        "{:?}",
+        &smtp.mails()[before..]
+    );
+    assert_eq!(smtp.with("sync failed").len(), 1, "a flap mails no new incident");
+    assert_eq!(smtp.with("sync recovered").len(), 1);
+    // The status report, every 2 seconds here.
+    c.ok(&["set", "status_report_schedule=*/2 * * * * *"]);
+    assert!(
+        wait_for(20, || !smtp.with("(status report)").is_empty()),
+        "{:?}",
+        smtp.mails()
+    );
+    let r = &smtp.with("(status report)")[0];
+    assert!(
+        r.contains("Name") && r.contains("Last good") && r.contains(" s "),
+        "{r}"
+    );
+    let e = c.fails(&["set", "status_report_schedule=every day"], 2);
+    assert!(e.contains("status_report_schedule"), "{e}");
+}
+
+/// With the mail server unreachable, alerts are logged and retried and
+/// replication goes on as before.
+#[test]
+fn an_unreachable_mail_server_does_not_stop_replication() {
+    let (c, src, tgt) = fixtures::synced("maildead", "CREATE TABLE t (id int PRIMARY KEY, v text)", &["t"], &[]);
+    let (a, b) = (cluster::a(), cluster::b());
+    mail_settings(&c, dead_port());
+    c.ok(&["set", "kid_restart_sleep=0.3"]);
+    let d = c.start();
+    b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
+    a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
+    assert!(wait_for(20, || c.log().contains("Cannot send mail")), "{}", c.log());
+    b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
+    for i in 2..20 {
+        a.exec(&src, &format!("INSERT INTO t VALUES ({i}, 'x')"));
+    }
+    assert!(
+        wait_for(30, || checksum(b, &tgt, "t") == checksum(a, &src, "t")),
+        "{}",
+        c.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.alive(), "the daemon runs on");
+}
