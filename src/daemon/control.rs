@@ -28,10 +28,18 @@ impl Engine {
         let mut last_poll = Instant::now() - Duration::from_secs(10);
         let mut reload_at: Option<Instant> = None;
         let mut last_prune = Instant::now();
+        let mut first_status = true;
+        // A test hook: while this file exists the control loop hangs, as a
+        // wedged engine would (the systemd watchdog then stops being fed).
+        let wedge = std::env::var_os("CAPRA_TEST_WEDGE").map(std::path::PathBuf::from);
         loop {
             if self.is_stopping() {
                 return Some(client);
             }
+            while wedge.as_ref().is_some_and(|w| w.exists()) && !self.is_stopping() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.beat("control");
             let mut stop_reason: Option<String> = None;
             let mut kick_seen = false;
             let mut lost = false;
@@ -119,10 +127,30 @@ impl Engine {
                     Err(e) => tracing::warn!("Reading kick requests failed: {e}"),
                 }
             }
-            if last_beat.elapsed() >= Duration::from_secs(5) {
+            if last_beat.elapsed() >= Duration::from_secs(5) || first_status {
                 last_beat = Instant::now();
+                first_status = false;
                 if let Err(e) = client.execute("UPDATE capra.daemon SET heartbeat = now()", &[]) {
                     tracing::warn!("Cannot write the heartbeat: {}", crate::pg::error::describe(&e));
+                }
+                // systemd's STATUS=: syncs, the newest good run, failing ones.
+                if let Ok(r) = client.query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE st.failures > 0),
+                            extract(epoch FROM now() - max(r.ended))::float8
+                       FROM capra.sync s
+                       LEFT JOIN capra.sync_state st ON st.sync = s.name
+                       LEFT JOIN capra.run r ON r.id = st.last_good
+                      WHERE s.status = 'active'",
+                    &[],
+                ) {
+                    let (n, failing, age): (i64, i64, Option<f64>) = (r.get(0), r.get(1), r.get(2));
+                    let line = format!(
+                        "{n} sync{} active, last good {}, {failing} failing",
+                        if n == 1 { "" } else { "s" },
+                        age.map(|a| format!("{:.0}s ago", a.max(0.0)))
+                            .unwrap_or_else(|| "never".into())
+                    );
+                    *super::engine::lock(&self.status_line) = line;
                 }
             }
             if last_prune.elapsed() >= Duration::from_secs(3600) {
@@ -141,6 +169,8 @@ impl Engine {
     fn reconnect_control(&self, spec: &crate::pg::connect::ConnSpec) -> Option<postgres::Client> {
         tracing::warn!("Lost the connection to the control database; reconnecting");
         loop {
+            // Waiting for the control database is progress, not a hang.
+            self.beat("control");
             if self.is_stopping() {
                 return None;
             }

@@ -234,7 +234,9 @@ impl Controller {
                 self.timing.failed(Instant::now(), wait);
             }
         }
+        let beat = format!("ctl:{}", self.name);
         loop {
+            self.engine.beat(&beat);
             let now = Instant::now();
             let wait = self
                 .timing
@@ -266,6 +268,7 @@ impl Controller {
             }
             if self.stopping && !self.timing.running() {
                 self.answer_kicks_on_stop();
+                self.engine.forget_beat(&beat);
                 return;
             }
             let now = Instant::now();

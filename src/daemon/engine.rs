@@ -155,6 +155,12 @@ pub struct Engine {
     pub(super) tls: MakeTlsConnector,
     /// Alert mail (sent by its own thread).
     pub notify: crate::notify::Notifier,
+    /// When each part of the engine last went round its loop ("control",
+    /// and one per controller): the systemd watchdog is fed only while all
+    /// of them make progress.
+    pub(super) beats: Mutex<HashMap<String, Instant>>,
+    /// A one-line health summary for systemd's STATUS=.
+    pub(super) status_line: Mutex<String>,
 }
 
 fn lenient_tls() -> MakeTlsConnector {
@@ -195,6 +201,8 @@ impl Engine {
             events,
             tls: lenient_tls(),
             notify,
+            beats: Mutex::new(HashMap::new()),
+            status_line: Mutex::new(String::new()),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -375,4 +383,31 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Engine {
+    /// Notes that a part of the engine went round its loop.
+    pub(super) fn beat(&self, part: &str) {
+        lock(&self.beats).insert(part.to_string(), Instant::now());
+    }
+
+    /// Forgets a part that stopped on purpose.
+    pub(super) fn forget_beat(&self, part: &str) {
+        lock(&self.beats).remove(part);
+    }
+
+    /// The parts that have not gone round their loop for `max`: empty when
+    /// the engine is healthy.
+    pub fn stalled(&self, max: Duration) -> Vec<String> {
+        lock(&self.beats)
+            .iter()
+            .filter(|(_, t)| t.elapsed() > max)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// How many controllers have started their loop.
+    pub(super) fn controllers_up(&self) -> usize {
+        lock(&self.beats).keys().filter(|k| k.starts_with("ctl:")).count()
+    }
 }

@@ -228,10 +228,23 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             context: "installing signal handlers".into(),
             source,
         })?;
+    // READY=1 once the catalog is read and every active sync's controller
+    // has entered its loop (at most 60 s, then READY anyway, with a note).
+    let up_by = Instant::now() + Duration::from_secs(60);
+    while engine.controllers_up() < active.len() && Instant::now() < up_by {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if engine.controllers_up() < active.len() {
+        tracing::warn!(
+            "Only {} of {} controllers started within 60 s",
+            engine.controllers_up(),
+            active.len()
+        );
+    }
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::MainPid(std::process::id()),
-        sd_notify::NotifyState::Status(&format!("{} sync(s) active", active.len())),
+        sd_notify::NotifyState::Status(&format!("{} sync(s) active, starting", active.len())),
     ]);
     tracing::info!("Entering main loop");
     let sup_engine = engine.clone();
@@ -240,6 +253,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let watchdog = sd_notify::watchdog_enabled();
         let mut last_dog = Instant::now();
+        let mut last_status = String::new();
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok("SIGTERM".to_string()),
@@ -259,11 +273,25 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
                     if watch_stopfile.exists() {
                         return Ok(format!("stop file {} found", watch_stopfile.display()));
                     }
+                    // The watchdog is fed from the engine's own heartbeat:
+                    // only while the control loop and every controller go
+                    // round (a controller waits at most a second), so a
+                    // wedged engine is restarted.
                     if let Some(w) = watchdog {
-                        if last_dog.elapsed() >= w / 2 {
-                            notify(&[sd_notify::NotifyState::Watchdog]);
-                            last_dog = Instant::now();
+                        if last_dog.elapsed() >= w / 4 {
+                            let stalled = sup_engine.stalled((w / 2).max(Duration::from_secs(3)));
+                            if stalled.is_empty() {
+                                notify(&[sd_notify::NotifyState::Watchdog]);
+                                last_dog = Instant::now();
+                            } else {
+                                tracing::warn!("Not feeding the watchdog: {} made no progress", stalled.join(", "));
+                            }
                         }
+                    }
+                    let line = engine::lock(&sup_engine.status_line).clone();
+                    if !line.is_empty() && line != last_status {
+                        notify(&[sd_notify::NotifyState::Status(&line)]);
+                        last_status = line;
                     }
                 }
             }

@@ -70,7 +70,10 @@ fn commands_when_the_daemon_is_down_up_or_busy() {
 }
 
 /// `start --foreground` speaks systemd's notify protocol: READY once
-/// serving, RELOADING on SIGHUP, STOPPING on SIGTERM, then exit 0.
+/// serving (every controller up), STATUS with a health line kept current,
+/// WATCHDOG from the engine's own heartbeat (it stops while the engine is
+/// wedged, through a test hook, and comes back), RELOADING on SIGHUP,
+/// STOPPING on SIGTERM, then exit 0.
 #[test]
 fn foreground_speaks_sd_notify() {
     let (c, _, _) = kv_setup(&[]);
@@ -80,10 +83,13 @@ fn foreground_speaks_sd_notify() {
     sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut args: Vec<String> = c.global.clone();
     args.extend(["start".into(), "--foreground".into()]);
+    let wedge = c.home().join("wedge");
     let mut child = c
         .command()
         .args(&args)
         .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env("CAPRA_TEST_WEDGE", &wedge)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -101,6 +107,26 @@ fn foreground_speaks_sd_notify() {
     recv(&mut got, &mut buf, "READY=1");
     assert!(got.contains("STATUS=1 sync(s) active"), "{got}");
     assert!(got.contains(&format!("MAINPID={}", child.id())), "{got}");
+    recv(&mut got, &mut buf, "STATUS=1 sync active, last good");
+    assert!(got.contains(", 0 failing"), "{got}");
+    recv(&mut got, &mut buf, "WATCHDOG=1");
+    // Wedge the engine: after the 3 s it may lag, no more WATCHDOG=1.
+    std::fs::write(&wedge, "").unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    while sock.recv(&mut buf).is_ok() {}
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    let mut during = String::new();
+    while Instant::now() < quiet_until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            during.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(!during.contains("WATCHDOG=1"), "fed while wedged: {during:?}");
+    std::fs::remove_file(&wedge).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    got.clear();
+    recv(&mut got, &mut buf, "WATCHDOG=1");
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     recv(&mut got, &mut buf, "RELOADING=1");
