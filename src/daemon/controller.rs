@@ -473,6 +473,7 @@ fn execute(
             };
         }
     };
+    let _run = logging::field("run", &run_id.to_string());
     let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
     let conflicts = std::cell::RefCell::new(Vec::new());
     let roles: Vec<(String, String)> = plan

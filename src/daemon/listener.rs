@@ -88,6 +88,7 @@ impl Engine {
 
     fn listen_source(self: Arc<Self>, db: Db, stop: Arc<AtomicBool>) {
         let _r = logging::role("MCP", None);
+        let _db = logging::field("db", &db.name);
         let mut backoff = Duration::from_millis(500);
         let mut reported = false;
         while !stop.load(Ordering::SeqCst) && !self.is_stopping() {

@@ -41,11 +41,24 @@ impl Drop for RoleGuard {
 }
 
 /// Sets this thread's role (`MCP`, `CTL`, `KID`, `VAC`) and sync for log
-/// lines; journald entries carry them as the span fields ROLE and SYNC.
+/// lines; journald entries carry them as the fields ROLE= and SYNC=
+/// (`journalctl -u capra SYNC=mysync`).
 pub fn role(role: &'static str, sync: Option<&str>) -> RoleGuard {
     let prev = CONTEXT.with(|c| std::mem::replace(&mut *c.borrow_mut(), (role, sync.map(String::from))));
-    let span = tracing::info_span!("capra", role = role, sync = sync.unwrap_or("")).entered();
+    let span = tracing::info_span!("capra", role = role, sync = tracing::field::Empty).entered();
+    if let Some(s) = sync {
+        span.record("sync", s);
+    }
     RoleGuard { prev, _span: span }
+}
+
+/// Adds a journald field to this thread's entries while the guard lives:
+/// RUN= for a run, DB= for a database's listener.
+pub fn field(name: &'static str, value: &str) -> tracing::span::EnteredSpan {
+    match name {
+        "run" => tracing::info_span!("capra_run", run = value).entered(),
+        _ => tracing::info_span!("capra_db", db = value).entered(),
+    }
 }
 
 /// How lines look (the catalog's log_* settings).
@@ -159,9 +172,16 @@ fn filter(level: &str) -> EnvFilter {
 /// but is not there (the log then goes to stderr).
 pub fn init(dest: &Dest, level: &str, style: Style) -> std::io::Result<Option<String>> {
     let mut note = None;
+    // Under systemd stderr is the journal already: log to journald itself,
+    // with the structured fields, unless told otherwise.
+    let dest = &if *dest == Dest::Stderr && std::env::var_os("JOURNAL_STREAM").is_some() {
+        Dest::Journald
+    } else {
+        dest.clone()
+    };
     let journald = if *dest == Dest::Journald {
         match tracing_journald::layer() {
-            Ok(l) => Some(l.with_syslog_identifier("capra".into())),
+            Ok(l) => Some(l.with_syslog_identifier("capra".into()).with_field_prefix(None)),
             Err(e) => {
                 note = Some(format!(
                     "logdest=journald but journald is not reachable ({e}); logging to stderr"

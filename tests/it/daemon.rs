@@ -292,3 +292,90 @@ fn capture_needs_no_grants_and_cannot_be_forged() {
     );
     assert_eq!(left, vec![Some("capra_audit".into())]);
 }
+
+/// Parses journald's native protocol (NAME=value lines, or NAME, an 8-byte
+/// little-endian length and the value) into fields.
+fn journal_fields(mut d: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|b| *b == b'\n').unwrap_or(d.len());
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            d = &d[(nl + 1).min(d.len())..];
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let rest = &d[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.push((name, String::from_utf8_lossy(&rest[8..8 + len]).into_owned()));
+            d = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    out
+}
+
+/// With logdest=journald the daemon sends structured entries: SYNC= on a
+/// sync's lines, RUN= on a run's, DB= on a listener's, ROLE= always, so
+/// `journalctl -u capra SYNC=kv` works. (A datagram socket at journald's
+/// own address stands for journald, which cannot run here.)
+#[test]
+fn journald_entries_carry_sync_run_and_db_fields() {
+    let dir = std::path::Path::new("/run/systemd/journal");
+    if dir.join("socket").exists() {
+        eprintln!("a real journald runs here; its socket is not ours to take");
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let sock = UnixDatagram::bind(dir.join("socket")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (c, src, _) = kv_setup(&["autokick=0"]);
+    c.private_rc();
+    let rc = std::fs::read_to_string(c.home().join(".caprarc")).unwrap();
+    let rc: String = rc
+        .lines()
+        .filter(|l| !l.starts_with("logdest"))
+        .map(|l| format!("{l}\nlogdest = journald\n"))
+        .collect();
+    c.home_file(".caprarc", &rc);
+    let out = c.ok(&["start", "test"]);
+    assert!(out.contains("pid"), "{out}");
+    cluster::a().exec(&src, "INSERT INTO kv VALUES (1, 'j')");
+    c.ok(&["kick", "kv", "30"]);
+    let mut entries: Vec<Vec<(String, String)>> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            entries.push(journal_fields(&buf[..n]));
+        }
+        if entries
+            .iter()
+            .any(|e| e.iter().any(|(k, v)| k == "MESSAGE" && v.starts_with("Totals:")))
+        {
+            break;
+        }
+    }
+    c.ok(&["stop"]);
+    let _ = std::fs::remove_file(dir.join("socket"));
+    let get = |e: &Vec<(String, String)>, k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let totals = entries
+        .iter()
+        .find(|e| get(e, "MESSAGE").is_some_and(|m| m.starts_with("Totals:")))
+        .unwrap_or_else(|| panic!("no Totals entry in {entries:?}"));
+    assert_eq!(get(totals, "SYNC").as_deref(), Some("kv"), "{totals:?}");
+    assert_eq!(get(totals, "ROLE").as_deref(), Some("KID"), "{totals:?}");
+    assert!(
+        get(totals, "RUN").is_some_and(|r| r.parse::<i64>().is_ok()),
+        "{totals:?}"
+    );
+    assert_eq!(get(totals, "SYSLOG_IDENTIFIER").as_deref(), Some("capra"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| get(e, "ROLE").as_deref() == Some("CTL") && get(e, "SYNC").as_deref() == Some("kv")),
+        "{entries:?}"
+    );
+}
