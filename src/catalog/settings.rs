@@ -325,6 +325,18 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s!("syslog_facility", "log_local1", Kind::Text, COMPAT),
     s!(
+        "tailmail_config",
+        "",
+        Kind::Path,
+        "A tail_n_mail config file the daemon runs on tailmail_schedule, as capra tailmail CONFIG does (empty: none)"
+    ),
+    s!(
+        "tailmail_schedule",
+        "*/5 * * * *",
+        Kind::Cron,
+        "When the daemon runs tailmail_config (a crontab line, server local time)"
+    ),
+    s!(
         "tcp_keepalives_count",
         "4",
         Kind::Int(1, 1000),

@@ -209,6 +209,17 @@ pub enum Command {
         #[arg(long, value_name = "INTERVAL|TIME")]
         since: Option<String>,
     },
+    /// tail_n_mail for PostgreSQL logs: reads a tail_n_mail config file
+    /// unchanged, mails a digest of what the logs got since the last run
+    /// (position kept in CONFIG.state).
+    Tailmail {
+        /// The tail_n_mail config file.
+        #[arg(value_name = "CONFIG")]
+        tnm_config: PathBuf,
+        /// Print the mail instead of sending it; keep the position.
+        #[arg(long = "dry-run", visible_alias = "dryrun")]
+        dry_run: bool,
+    },
     /// Mail: `mail test [TO]` sends a test mail with the current settings
     /// and prints what the server answered.
     Mail {
@@ -483,6 +494,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
         Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
         Command::Mail { words } => mail_cmd(&ctx, &words),
+        Command::Tailmail { tnm_config, dry_run } => tailmail_cmd(&ctx, &tnm_config, dry_run),
         Command::Purge { older_than, words } => {
             if let Some(w) = words.iter().find(|w| w.as_str() != "all") {
                 return Err(Error::Usage(format!(
@@ -542,5 +554,41 @@ fn mail_cmd(ctx: &Ctx, words: &[String]) -> Result<()> {
         s.describe()
     ));
     ctx.say(format!("The server answered: {answer}"));
+    Ok(())
+}
+
+/// `capra tailmail CONFIG [--dry-run]`.
+fn tailmail_cmd(ctx: &Ctx, config: &std::path::Path, dry_run: bool) -> Result<()> {
+    use crate::notify::tailmail;
+    let name_says_dry = config.to_string_lossy().contains("dryrun");
+    let dry = dry_run || name_says_dry;
+    let d = tailmail::run(config)?;
+    if d.total == 0 {
+        if !dry {
+            d.save()?;
+        }
+        ctx.say("No matching log lines since the last run; no mail.");
+        return Ok(());
+    }
+    if dry || tailmail::placeholder_recipients(&d.to) {
+        println!("Subject: {}\nTo: {}\n\n{}", d.subject, d.to.join(", "), d.body);
+        if !dry {
+            ctx.say("(not sent: the EMAIL lines hold placeholder addresses, as tail_n_mail does)");
+        }
+        return Ok(());
+    }
+    let mut cat = ctx.catalog()?;
+    let mut s = crate::notify::mail::MailSettings::load(&mut cat.client)?;
+    if let Some(f) = &d.from {
+        s.from = f.clone();
+    }
+    let answer = s.send(Some(&d.to), &d.subject, &d.body)?;
+    d.save()?;
+    ctx.say(format!(
+        "Mailed {} match(es) in {} item(s) to {}: {answer}",
+        d.total,
+        d.unique,
+        d.to.join(", ")
+    ));
     Ok(())
 }

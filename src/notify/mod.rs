@@ -10,6 +10,7 @@
 
 pub mod mail;
 pub mod report;
+pub mod tailmail;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -149,6 +150,8 @@ struct State {
     last_check: Instant,
     report_next: Option<DateTime<Local>>,
     report_spec: String,
+    tnm_next: Option<DateTime<Local>>,
+    tnm_spec: String,
     /// `email_alert_interval`, read every second.
     interval: Duration,
     /// Ends of flaps, for the next digest.
@@ -170,6 +173,8 @@ impl State {
             last_check: Instant::now(),
             report_next: None,
             report_spec: String::new(),
+            tnm_next: None,
+            tnm_spec: String::new(),
             interval: Duration::from_secs(600),
             cooling: BTreeMap::new(),
             pending_flaps: Vec::new(),
@@ -370,6 +375,7 @@ impl State {
                 }
             }
         }
+        self.tailmail();
         // The status report: capra status, on a schedule.
         let spec = self.setting("status_report_schedule").unwrap_or_default();
         if spec != self.report_spec {
@@ -383,6 +389,55 @@ impl State {
                     .and_then(|s| s.next_after(&at.max(Local::now())));
                 self.status_report();
             }
+        }
+    }
+
+    /// The log monitor on its schedule (`tailmail_config`).
+    fn tailmail(&mut self) {
+        let Some(config) = self.setting("tailmail_config").filter(|c| !c.is_empty()) else {
+            self.tnm_next = None;
+            self.tnm_spec.clear();
+            return;
+        };
+        let spec = self.setting("tailmail_schedule").unwrap_or_default();
+        if spec != self.tnm_spec {
+            self.tnm_spec = spec.clone();
+            self.tnm_next = Schedule::parse(&spec).ok().and_then(|s| s.next_after(&Local::now()));
+        }
+        let Some(at) = self.tnm_next else { return };
+        if Local::now() < at {
+            return;
+        }
+        self.tnm_next = Schedule::parse(&self.tnm_spec)
+            .ok()
+            .and_then(|s| s.next_after(&at.max(Local::now())));
+        let d = match tailmail::run(std::path::Path::new(&config)) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("tailmail {config}: {e}");
+                return;
+            }
+        };
+        if d.total > 0 {
+            if tailmail::placeholder_recipients(&d.to) {
+                tracing::warn!("tailmail {config}: its EMAIL lines hold placeholder addresses; not sent");
+                return;
+            }
+            let Some(mut s) = self.settings() else { return };
+            if let Some(f) = &d.from {
+                s.from = f.clone();
+            }
+            match s.send(Some(&d.to), &d.subject, &d.body) {
+                Ok(r) => tracing::info!("tailmail: mailed {} match(es) to {}: {r}", d.total, d.to.join(", ")),
+                Err(e) => {
+                    // The position stays: the same lines come next time.
+                    tracing::error!("tailmail: cannot send ({e}); retrying at the next slot");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = d.save() {
+            tracing::error!("tailmail {config}: {e}");
         }
     }
 

@@ -15,6 +15,7 @@ mod mail;
 mod multimaster;
 mod plugins;
 mod replication;
+mod tailmail;
 mod units;
 mod validate;
 mod versions;
