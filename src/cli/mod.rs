@@ -5,6 +5,7 @@
 
 pub mod catalog_cmds;
 pub mod conflicts;
+pub mod help;
 pub mod daemon_cmds;
 pub mod install;
 pub mod list;
@@ -26,6 +27,8 @@ use crate::error::{Error, Result};
     version,
     about = "Asynchronous, trigger-based PostgreSQL replication (the Rust successor to Bucardo)",
     disable_help_flag = true,
+    disable_help_subcommand = true,
+    after_long_help = help::TOPICS,
     after_help = "Global options name the control database; they may also come from CAPRA_DBHOST, CAPRA_DBPORT,\nCAPRA_DBUSER, CAPRA_DBNAME, CAPRA_DBPASS, --config FILE, ~/.caprarc, /etc/capra/capra.conf, then PGHOST etc."
 )]
 pub struct Cli {
@@ -220,6 +223,18 @@ pub enum Command {
         #[arg(long = "dry-run", visible_alias = "dryrun")]
         dry_run: bool,
     },
+    /// Help: `help` (every command), `help COMMAND...`, `help topics`
+    /// (the Bucardo 4 and 5 spellings capra understands).
+    Help {
+        /// A command path, or `topics`.
+        words: Vec<String>,
+    },
+    /// Writes the man page and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write capra.1, capra.bash, _capra and capra.fish.
+        dir: PathBuf,
+    },
     /// Mail: `mail test [TO]` sends a test mail with the current settings
     /// and prints what the server answered.
     Mail {
@@ -240,7 +255,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum AddNoun {
     /// `add db NAME dbname=D [host=H] [port=P] [user=U] [pass=X] [conn=K=V] [service=S]`.
-    #[command(visible_alias = "database", alias = "dbs", alias = "databases")]
+    #[command(visible_alias = "database", alias = "dbs", alias = "databases", after_help = help::db())]
     Db(Words),
     /// `add all tables|sequences db=NAME [relgroup=RG] [-T T] [-t T] [-N S] [-n S]`.
     All(AddAll),
@@ -257,21 +272,21 @@ pub enum AddNoun {
     #[command(alias = "dbgroups")]
     Dbgroup(Words),
     /// `add sync NAME relgroup=RG dbs=GROUP|DB:role,... [options]`.
-    #[command(alias = "syncs")]
+    #[command(alias = "syncs", after_help = help::sync())]
     Sync(Words),
     /// `add customcode NAME whenrun=HOOK src_code=FILE.lua (sync=S | relation=T)`.
-    #[command(alias = "customcodes", alias = "code", alias = "codes")]
+    #[command(alias = "customcodes", alias = "code", alias = "codes", after_help = help::customcode())]
     Customcode(Words),
 }
 
 /// Nouns of `update` and `remove`.
 #[derive(Subcommand, Debug)]
 pub enum Noun {
-    /// A database.
-    #[command(visible_alias = "database", alias = "dbs", alias = "databases")]
+    /// A database: `update db NAME key=value...`.
+    #[command(visible_alias = "database", alias = "dbs", alias = "databases", after_help = help::db())]
     Db(Words),
-    /// A table.
-    #[command(alias = "tables")]
+    /// A table: `update table T [db=NAME] key=value...`.
+    #[command(alias = "tables", after_help = help::table_opts())]
     Table(Words),
     /// A sequence.
     #[command(alias = "sequences", alias = "seq")]
@@ -282,11 +297,11 @@ pub enum Noun {
     /// A dbgroup.
     #[command(alias = "dbgroups")]
     Dbgroup(Words),
-    /// A sync.
-    #[command(alias = "syncs")]
+    /// A sync: `update sync NAME key=value...`.
+    #[command(alias = "syncs", after_help = help::sync())]
     Sync(Words),
-    /// A customcode.
-    #[command(alias = "customcodes", alias = "code", alias = "codes")]
+    /// A customcode: `update customcode NAME key=value...`.
+    #[command(alias = "customcodes", alias = "code", alias = "codes", after_help = help::customcode())]
     Customcode(Words),
 }
 
@@ -494,6 +509,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
         Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
         Command::Mail { words } => mail_cmd(&ctx, &words),
+        Command::Help { words } => help_cmd(&words),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
         Command::Tailmail { tnm_config, dry_run } => tailmail_cmd(&ctx, &tnm_config, dry_run),
         Command::Purge { older_than, words } => {
             if let Some(w) = words.iter().find(|w| w.as_str() != "all") {
@@ -590,5 +607,67 @@ fn tailmail_cmd(ctx: &Ctx, config: &std::path::Path, dry_run: bool) -> Result<()
         d.unique,
         d.to.join(", ")
     ));
+    Ok(())
+}
+
+/// `capra help [COMMAND...|topics]`.
+fn help_cmd(words: &[String]) -> Result<()> {
+    use clap::CommandFactory;
+    if words.len() == 1 && words[0] == "topics" {
+        print!("{}", help::TOPICS);
+        return Ok(());
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut cur = &mut cmd;
+    for w in words {
+        cur = cur
+            .find_subcommand_mut(w)
+            .ok_or_else(|| Error::Usage(format!("no command {w:?}; see: capra help")))?;
+    }
+    cur.print_long_help().map_err(|source| Error::Io {
+        context: "printing help".into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Writes `capra.1` and the bash, zsh and fish completions into `dir`.
+fn generate_docs(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    let io = |context: &str| {
+        let context = context.to_string();
+        move |source| Error::Io {
+            context: context.clone(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating the output directory"))?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut man)
+        .map_err(io("rendering the man page"))?;
+    // Every subcommand's options and the option tables, in the same page.
+    let mut extra = String::from(".SH \"COMMAND OPTIONS\"\n");
+    for part in [help::sync(), help::db(), help::table_opts(), help::customcode()] {
+        extra.push_str(".nf\n");
+        extra.push_str(&part.replace('\\', "\\e"));
+        extra.push_str(".fi\n");
+    }
+    extra.push_str(".SH \"BUCARDO SPELLINGS\"\n.nf\n");
+    extra.push_str(&help::TOPICS.replace('\\', "\\e"));
+    extra.push_str(".fi\n");
+    man.extend_from_slice(extra.as_bytes());
+    std::fs::write(dir.join("capra.1"), man).map_err(io("writing capra.1"))?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "capra.bash"),
+        (clap_complete::Shell::Zsh, "_capra"),
+        (clap_complete::Shell::Fish, "capra.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "capra", &mut out);
+        std::fs::write(dir.join(file), out).map_err(io("writing completions"))?;
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ mod install;
 mod knobs;
 mod mail;
 mod multimaster;
+mod packages;
 mod plugins;
 mod replication;
 mod tailmail;
