@@ -5,8 +5,8 @@
 
 pub mod catalog_cmds;
 pub mod conflicts;
-pub mod help;
 pub mod daemon_cmds;
+pub mod help;
 pub mod install;
 pub mod list;
 pub mod status;

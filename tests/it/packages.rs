@@ -47,13 +47,24 @@ fn the_deb_has_what_a_server_needs_and_installs_upgrades_and_purges_cleanly() {
     }
     let conf = list.lines().find(|l| l.ends_with("./etc/capra/capra.conf")).unwrap();
     assert!(conf.starts_with("-rw-r-----"), "{conf}");
-    assert_eq!(run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Package")).trim(), "capra");
+    assert_eq!(
+        run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Package")).trim(),
+        "capra"
+    );
     let info = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(info.path()));
-    assert_eq!(std::fs::read_to_string(info.path().join("conffiles")).unwrap().trim(), "/etc/capra/capra.conf");
+    assert_eq!(
+        std::fs::read_to_string(info.path().join("conffiles")).unwrap().trim(),
+        "/etc/capra/capra.conf"
+    );
     let postinst = std::fs::read_to_string(info.path().join("postinst")).unwrap();
-    assert!(postinst.contains("adduser --system") && !postinst.contains("systemctl start"), "{postinst}");
-    assert!(std::fs::read_to_string(info.path().join("postrm")).unwrap().contains("purge)"));
+    assert!(
+        postinst.contains("adduser --system") && !postinst.contains("systemctl start"),
+        "{postinst}"
+    );
+    assert!(std::fs::read_to_string(info.path().join("postrm"))
+        .unwrap()
+        .contains("purge)"));
 
     // A throwaway root: install, edit the conffile, upgrade, purge.
     let root = tempfile::tempdir().unwrap();
@@ -75,11 +86,24 @@ fn the_deb_has_what_a_server_needs_and_installs_upgrades_and_purges_cleanly() {
     // The packaged binary runs here and knows its version.
     let v = run(Command::new(r.join("usr/bin/capra")).arg("--version"));
     assert!(v.starts_with("capra "), "{v}");
-    std::fs::write(r.join("etc/capra/capra.conf"), "# edited by the DBA\ndbhost = db.example.org\n").unwrap();
+    std::fs::write(
+        r.join("etc/capra/capra.conf"),
+        "# edited by the DBA\ndbhost = db.example.org\n",
+    )
+    .unwrap();
     dpkg(&["--force-confold", "-i", deb.to_str().unwrap()]);
-    assert!(std::fs::read_to_string(r.join("etc/capra/capra.conf")).unwrap().contains("edited by the DBA"));
+    assert!(std::fs::read_to_string(r.join("etc/capra/capra.conf"))
+        .unwrap()
+        .contains("edited by the DBA"));
     dpkg(&["--purge", "capra"]);
-    for p in ["usr/bin/capra", "etc/capra", "var/lib/capra", "var/log/capra", "usr/lib/systemd/system/capra.service", "usr/share/doc/capra"] {
+    for p in [
+        "usr/bin/capra",
+        "etc/capra",
+        "var/lib/capra",
+        "var/log/capra",
+        "usr/lib/systemd/system/capra.service",
+        "usr/share/doc/capra",
+    ] {
         assert!(!r.join(p).exists(), "{p} left after purge");
     }
 }
@@ -89,18 +113,28 @@ fn the_rpm_has_its_files_config_and_scriptlets() {
     let (_, rpm) = packages();
     let q = |args: &[&str]| run(Command::new("rpm").args(args).arg(&rpm));
     let files = q(&["-qpl"]);
-    for f in ["/usr/bin/capra", "/usr/lib/systemd/system/capra.service", "/etc/capra/capra.conf", "/usr/share/man/man1/capra.1.gz"] {
+    for f in [
+        "/usr/bin/capra",
+        "/usr/lib/systemd/system/capra.service",
+        "/etc/capra/capra.conf",
+        "/usr/share/man/man1/capra.1.gz",
+    ] {
         assert!(files.lines().any(|l| l == f), "{f} missing:\n{files}");
     }
     assert_eq!(q(&["-qpc"]).trim(), "/etc/capra/capra.conf");
     let scripts = q(&["-qp", "--scripts"]);
-    assert!(scripts.contains("useradd -r -g capra") && scripts.contains("disable --now capra.service"), "{scripts}");
+    assert!(
+        scripts.contains("useradd -r -g capra") && scripts.contains("disable --now capra.service"),
+        "{scripts}"
+    );
     assert!(!scripts.contains("systemctl start"), "{scripts}");
     // Installs into a throwaway root (its scriptlets need a shell there).
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap();
     run(Command::new("rpm").args(["--root", r, "--initdb"]));
-    run(Command::new("rpm").args(["--root", r, "--nodeps", "--noscripts", "-ivh"]).arg(&rpm));
+    run(Command::new("rpm")
+        .args(["--root", r, "--nodeps", "--noscripts", "-ivh"])
+        .arg(&rpm));
     assert!(root.path().join("usr/bin/capra").exists());
     run(Command::new("rpm").args(["--root", r, "--nodeps", "--noscripts", "-e", "capra"]));
     assert!(!root.path().join("usr/bin/capra").exists());
