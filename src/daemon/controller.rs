@@ -116,6 +116,38 @@ impl Controller {
             }
             None => None,
         };
+        // A slot missed while no daemon ran runs once now.
+        if let Some(s) = &schedule {
+            let mut c = self.engine.control.get()?;
+            let last: Option<chrono::DateTime<Local>> = c
+                .query_opt(
+                    "SELECT extract(epoch FROM last_schedule)::float8 FROM capra.sync_state WHERE sync = $1",
+                    &[&self.name],
+                )
+                .ctx(|| "reading the last scheduled run".into())?
+                .and_then(|r| r.get::<_, Option<f64>>(0))
+                .and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
+                .map(|t| t.with_timezone(&Local));
+            match last {
+                Some(t) => {
+                    if let Some(slot) = s.next_after(&t).filter(|slot| *slot < Local::now()) {
+                        tracing::info!(
+                            "The schedule's slot at {} was missed while no daemon ran; running once now",
+                            slot.format("%Y-%m-%d %H:%M:%S")
+                        );
+                        self.timing.request(Reason::Schedule);
+                    }
+                }
+                None => {
+                    c.execute(
+                        "INSERT INTO capra.sync_state (sync, last_schedule) VALUES ($1, now())
+                         ON CONFLICT (sync) DO UPDATE SET last_schedule = coalesce(capra.sync_state.last_schedule, now())",
+                        &[&self.name],
+                    )
+                    .ctx(|| "recording the schedule's start".into())?;
+                }
+            }
+        }
         self.timing.configure(
             schedule,
             checktime.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
@@ -474,6 +506,15 @@ fn execute(
         }
     };
     let _run = logging::field("run", &run_id.to_string());
+    if reason == Reason::Schedule {
+        if let Err(e) = control.execute(
+            "INSERT INTO capra.sync_state (sync, last_schedule) VALUES ($1, now())
+             ON CONFLICT (sync) DO UPDATE SET last_schedule = now()",
+            &[&name],
+        ) {
+            tracing::warn!("Cannot record the scheduled run: {}", crate::pg::error::describe(&e));
+        }
+    }
     let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
     let conflicts = std::cell::RefCell::new(Vec::new());
     let roles: Vec<(String, String)> = plan

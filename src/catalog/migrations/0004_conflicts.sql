@@ -20,3 +20,7 @@ CREATE INDEX conflict_ctime ON capra.conflict (ctime);
 -- Row filters: only rows matching this expression replicate from the
 -- table's sources (NULL: every row).
 ALTER TABLE capra.relation ADD COLUMN filter text;
+
+-- When a sync last ran for its schedule: a slot missed while no daemon ran
+-- is run once at the next start (not once per missed slot).
+ALTER TABLE capra.sync_state ADD COLUMN last_schedule timestamptz;
