@@ -141,6 +141,12 @@ pub const SETTINGS: &[Setting] = &[
         "SMTP AUTH user (empty: no AUTH)"
     ),
     s!(
+        "email_backlog_rows",
+        "0",
+        Kind::Int(0, i64::MAX),
+        "Mail when a sync has more change rows than this waiting on a source (checked every minute; 0: never)"
+    ),
+    s!(
         "email_debug_file",
         "",
         Kind::Path,

@@ -171,7 +171,12 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     drop(cat);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let notify_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let notifier = crate::notify::Notifier::start(control_pool.clone(), engine::hostname(), notify_stop.clone());
+    let notifier = crate::notify::Notifier::start(
+        control_pool.clone(),
+        engine::hostname(),
+        installation.clone(),
+        notify_stop.clone(),
+    );
     let engine = engine::Engine::new(installation, control_pool, cfg, events_tx, notifier);
     tracing::info!(
         "capra {} starting (pid {}, host {host}, reason: {reason})",

@@ -127,11 +127,18 @@ impl Notifier {
 
     /// Starts the notifier thread; it reads its settings from the control
     /// database before each mail and stops when `stop` says so.
-    pub fn start(control: DbPool, host: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Notifier {
+    pub fn start(
+        control: DbPool,
+        host: String,
+        installation: String,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Notifier {
         let (tx, rx) = channel();
         let _ = std::thread::Builder::new().name("notify".into()).spawn(move || {
             let _r = crate::daemon::logging::role("MCP", None);
-            State::new(control, host).run(rx, stop)
+            let mut s = State::new(control, host);
+            s.installation = installation;
+            s.run(rx, stop)
         });
         Notifier {
             tx: Arc::new(Mutex::new(tx)),
@@ -156,6 +163,8 @@ struct State {
     interval: Duration,
     /// Ends of flaps, for the next digest.
     pending_flaps: Vec<Item>,
+    installation: String,
+    last_backlog: Instant,
     /// Incidents that ended less than an interval ago: one that starts
     /// again meanwhile goes into the digest, not into a mail of its own.
     cooling: BTreeMap<String, (Instant, Incident)>,
@@ -178,6 +187,8 @@ impl State {
             interval: Duration::from_secs(600),
             cooling: BTreeMap::new(),
             pending_flaps: Vec::new(),
+            installation: String::new(),
+            last_backlog: Instant::now() - Duration::from_secs(3600),
         }
     }
 
@@ -376,6 +387,10 @@ impl State {
             }
         }
         self.tailmail();
+        if self.last_backlog.elapsed() >= Duration::from_secs(backlog_every()) {
+            self.last_backlog = Instant::now();
+            self.backlog();
+        }
         // The status report: capra status, on a schedule.
         let spec = self.setting("status_report_schedule").unwrap_or_default();
         if spec != self.report_spec {
@@ -438,6 +453,62 @@ impl State {
         }
         if let Err(e) = d.save() {
             tracing::error!("tailmail {config}: {e}");
+        }
+    }
+
+    /// Syncs with more change rows waiting than `email_backlog_rows`.
+    fn backlog(&mut self) {
+        let limit: i64 = self
+            .setting("email_backlog_rows")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if limit <= 0 {
+            return;
+        }
+        let Ok(mut c) = self.control.get() else { return };
+        let mut per_sync: BTreeMap<String, i64> = BTreeMap::new();
+        let mut sources: BTreeMap<String, crate::catalog::model::Db> = BTreeMap::new();
+        if let Ok(syncs) = crate::catalog::model::syncs(&mut *c) {
+            for s in syncs.iter().filter(|s| s.status == "active") {
+                per_sync.entry(s.name.clone()).or_insert(0);
+                if let Ok(p) = crate::catalog::plan::SyncPlan::load(&mut *c, &s.name) {
+                    for d in p.sources {
+                        sources.insert(d.name.clone(), d);
+                    }
+                }
+            }
+        }
+        drop(c);
+        for (name, db) in sources {
+            match db
+                .connect()
+                .and_then(|mut sc| crate::capture::purge::waiting(&mut sc, &self.installation, &[]))
+            {
+                Ok(w) => {
+                    for x in w {
+                        *per_sync.entry(x.sync.clone()).or_insert(0) += x.rows;
+                    }
+                }
+                Err(e) => tracing::debug!("Backlog check on \"{name}\": {e}"),
+            }
+        }
+        for (sync, rows) in per_sync {
+            let key = format!("backlog:{sync}");
+            if rows > limit {
+                if !self.incidents.contains_key(&key) {
+                    self.incident(
+                        &key,
+                        "change backlog",
+                        format!("Sync \"{sync}\" has {rows} change rows waiting (email_backlog_rows = {limit})"),
+                    );
+                }
+            } else if self.incidents.contains_key(&key) {
+                self.resolved(
+                    &key,
+                    "backlog cleared",
+                    format!("Sync \"{sync}\" has caught up ({rows} change rows waiting)"),
+                );
+            }
         }
     }
 
@@ -509,4 +580,13 @@ impl State {
             }
         }
     }
+}
+
+/// Seconds between backlog checks (each connects to every source):
+/// `CAPRA_TEST_BACKLOG_EVERY` for tests, else a minute.
+fn backlog_every() -> u64 {
+    std::env::var("CAPRA_TEST_BACKLOG_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
 }

@@ -387,7 +387,14 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, src, tgt) = fixtures::pair("sched", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "full", "relgroup=g", "dbs=src:source,tgt:fullcopy", "schedule=*/2 * * * * *"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "full",
+        "relgroup=g",
+        "dbs=src:source,tgt:fullcopy",
+        "schedule=*/2 * * * * *",
+    ]);
     a.exec(&src, "INSERT INTO kv VALUES (1, 'scheduled')");
     let runs = |reason: &str| -> i64 {
         a.query(
@@ -406,11 +413,18 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     }
     // Yearly, last run in 2020: six slots missed while the daemon was down.
     c.ok(&["update", "sync", "full", "schedule=0 0 1 1 *"]);
-    a.exec(&c.ctl_db, "UPDATE capra.sync_state SET last_schedule = '2020-01-01' WHERE sync = 'full'");
+    a.exec(
+        &c.ctl_db,
+        "UPDATE capra.sync_state SET last_schedule = '2020-01-01' WHERE sync = 'full'",
+    );
     let before = runs("schedule");
     a.exec(&src, "INSERT INTO kv VALUES (2, 'caught up')");
     let _d = c.start();
-    assert!(wait_for(20, || rows(b, &tgt) == "1=scheduled,2=caught up"), "{}", c.log());
+    assert!(
+        wait_for(20, || rows(b, &tgt) == "1=scheduled,2=caught up"),
+        "{}",
+        c.log()
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(runs("schedule") - before, 1, "{}", c.log());
     assert!(c.log().contains("was missed while no daemon ran; running once now"));

@@ -195,3 +195,35 @@ fn an_unreachable_mail_server_does_not_stop_replication() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(d.alive(), "the daemon runs on");
 }
+
+/// More change rows waiting than email_backlog_rows: one mail; once the
+/// sync has caught up: another.
+#[test]
+fn a_change_backlog_over_the_threshold_mails() {
+    let (mut c, src, _tgt) = fixtures::synced(
+        "mailbacklog",
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        &["t"],
+        &["autokick=0"],
+    );
+    let a = cluster::a();
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "email_backlog_rows=5"]);
+    c.env.push(("CAPRA_TEST_BACKLOG_EVERY".into(), "1".into()));
+    a.exec(&src, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g");
+    let _d = c.start();
+    assert!(
+        wait_for(20, || !smtp.with("(change backlog)").is_empty()),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    assert!(smtp.with("(change backlog)")[0].contains("has 10 change rows waiting"));
+    c.ok(&["kick", "s", "30"]);
+    assert!(
+        wait_for(20, || !smtp.with("(backlog cleared)").is_empty()),
+        "{:?}",
+        smtp.mails()
+    );
+}
