@@ -281,6 +281,12 @@ pub const SETTINGS: &[Setting] = &[
         "Directory for the daemon's PID file and stop file"
     ),
     s!(
+        "purge_schedule",
+        "",
+        Kind::Cron,
+        "When the daemon purges applied change rows (a crontab line, server local time); empty: every vac_sleep seconds"
+    ),
+    s!(
         "quick_delta_check",
         "1",
         Kind::Bool,

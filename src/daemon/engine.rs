@@ -65,6 +65,8 @@ pub struct EngineConfig {
     pub pingtime: f64,
     /// `default_conflict_strategy`: for syncs and tables that set none.
     pub default_strategy: String,
+    /// `purge_schedule`: a crontab line for the purger (empty: vac_sleep).
+    pub purge_schedule: String,
 }
 
 impl EngineConfig {
@@ -88,6 +90,7 @@ impl EngineConfig {
             lock_timeout: f(get("lock_timeout")?, 10.0).max(0.001),
             pingtime: f(get("mcp_pingtime")?, 60.0).max(1.0),
             default_strategy: get("default_conflict_strategy")?,
+            purge_schedule: get("purge_schedule")?,
         })
     }
 }

@@ -20,14 +20,41 @@ impl Engine {
         // read on every turn, so a reload that shortens it acts at once.
         let mut last = Instant::now() - Duration::from_secs(3600);
         let first = Instant::now() + Duration::from_secs(5);
+        // With purge_schedule, the purger runs at its slots instead.
+        let mut slot: Option<(String, chrono::DateTime<chrono::Local>)> = None;
         while !self.is_stopping() {
             std::thread::sleep(Duration::from_millis(250));
-            let (vac, every) = {
+            let (vac, every, spec) = {
                 let c = self.cfg.read().unwrap_or_else(|e| e.into_inner());
-                (c.vac, c.vac_sleep)
+                (c.vac, c.vac_sleep, c.purge_schedule.clone())
             };
-            if !vac || Instant::now() < first || last.elapsed() < Duration::from_secs_f64(every) {
+            if !vac || Instant::now() < first {
                 continue;
+            }
+            if spec.trim().is_empty() {
+                slot = None;
+                if last.elapsed() < Duration::from_secs_f64(every) {
+                    continue;
+                }
+            } else {
+                let now = chrono::Local::now();
+                let due = match &slot {
+                    Some((s, at)) if *s == spec => *at <= now,
+                    _ => {
+                        slot = crate::schedule::cron::Schedule::parse(&spec)
+                            .ok()
+                            .and_then(|s| s.next_after(&now))
+                            .map(|at| (spec.clone(), at));
+                        false
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                slot = crate::schedule::cron::Schedule::parse(&spec)
+                    .ok()
+                    .and_then(|s| s.next_after(&now))
+                    .map(|at| (spec.clone(), at));
             }
             last = Instant::now();
             let (dbs, known) = self.purge_targets();

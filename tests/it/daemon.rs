@@ -429,3 +429,38 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     assert_eq!(runs("schedule") - before, 1, "{}", c.log());
     assert!(c.log().contains("was missed while no daemon ran; running once now"));
 }
+
+/// purge_schedule: the purger runs at its slots (here every 2 seconds)
+/// instead of every vac_sleep (here an hour).
+#[test]
+fn the_purger_follows_purge_schedule() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = kv_setup(&[]);
+    c.ok(&["set", "vac_sleep=3600", "purge_schedule=*/2 * * * * *"]);
+    let _d = c.start();
+    // After the purger's first pass (5 s after start): with vac_sleep alone
+    // nothing would be purged for an hour.
+    std::thread::sleep(Duration::from_secs(6));
+    a.exec(&src, "INSERT INTO kv SELECT g, 'p' FROM generate_series(1, 50) g");
+    assert!(
+        wait_for(20, || rows(b, &tgt).matches("=p").count() == 50),
+        "{}",
+        c.log()
+    );
+    let logged = || -> i64 {
+        let id = a.query(&src, "SELECT id FROM capra.captured WHERE relname = 'kv'")[0]
+            .clone()
+            .unwrap();
+        a.query(&src, &format!("SELECT count(*) FROM capra.delta_{id}"))[0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        wait_for(20, || logged() == 0),
+        "change rows not purged on schedule\n{}",
+        c.log()
+    );
+    assert!(c.log().contains("Purged "), "{}", c.log());
+}
