@@ -38,6 +38,25 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
             Some(d) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
             None => println!("capra daemon: not running (start it with capra start)"),
         }
+        // The daemon's own scheduled jobs, when set.
+        for (setting, what) in [
+            ("purge_schedule", "purge"),
+            ("status_report_schedule", "status report mail"),
+            ("tailmail_schedule", "tailmail"),
+        ] {
+            let spec = model::setting(&mut cat.client, setting)?;
+            if spec.trim().is_empty()
+                || (setting == "tailmail_schedule" && model::setting(&mut cat.client, "tailmail_config")?.is_empty())
+            {
+                continue;
+            }
+            if let Some(at) = crate::schedule::cron::Schedule::parse(&spec)
+                .ok()
+                .and_then(|s| s.next_after(&chrono::Local::now()))
+            {
+                println!("Next {what}: {} ({spec})", at.format("%Y-%m-%d %H:%M:%S"));
+            }
+        }
         if rows.is_empty() {
             println!("No syncs have been created yet.");
             return Ok(());

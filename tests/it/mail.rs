@@ -155,8 +155,13 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "a flap mails no new incident");
     assert_eq!(smtp.with("sync recovered").len(), 1);
-    // The status report, every 2 seconds here.
+    // The status report, every 2 seconds here; status shows when it comes.
     c.ok(&["set", "status_report_schedule=*/2 * * * * *"]);
+    assert!(
+        c.ok(&["status"]).contains("Next status report mail: "),
+        "{}",
+        c.ok(&["status"])
+    );
     assert!(
         wait_for(20, || !smtp.with("(status report)").is_empty()),
         "{:?}",
@@ -226,4 +231,62 @@ fn a_change_backlog_over_the_threshold_mails() {
         "{:?}",
         smtp.mails()
     );
+}
+
+/// A target server stopped: the failure mail; started again: the recovery
+/// mail, and the rows arrive.
+#[test]
+fn a_stopped_target_mails_its_failure_and_its_recovery() {
+    use crate::support::cluster::{Cluster, Opts};
+    let a = cluster::a();
+    let t = Cluster::start("mailtarget", Opts::default());
+    let src = a.create_db(&crate::support::unique("mt_src"));
+    let tgt = t.create_db("mt_tgt");
+    for (cl, d) in [(a, &src), (&t, &tgt)] {
+        cl.exec(d, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    }
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("tgt", &t, &tgt);
+    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
+    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "kid_restart_sleep=0.5", "retry_max_sleep=1", "connect_timeout=2"]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO t VALUES (1, 'before')");
+    assert!(
+        wait_for(20, || checksum(&t, &tgt, "t") == checksum(a, &src, "t")),
+        "{}",
+        c.log()
+    );
+    // Test clusters run with synchronous_commit=off: flush what the
+    // target committed before killing it, as a real server would have.
+    t.exec(&tgt, "CHECKPOINT");
+    t.stop_immediate();
+    a.exec(&src, "INSERT INTO t VALUES (2, 'while down')");
+    assert!(
+        wait_for(30, || !smtp.with("sync failed").is_empty()),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    let m = &smtp.with("sync failed")[0];
+    assert!(m.contains("Sync \"s\" failed") && m.contains("tgt"), "{m}");
+    assert!(m.contains("Last good run: 20"), "{m}");
+    t.resume();
+    assert!(
+        wait_for(60, || !smtp.with("sync recovered").is_empty()),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    assert!(
+        wait_for(20, || checksum(&t, &tgt, "t") == checksum(a, &src, "t")),
+        "{} vs {}\n{}",
+        checksum(&t, &tgt, "t"),
+        checksum(a, &src, "t"),
+        c.log()
+    );
+    assert_eq!(smtp.with("sync failed").len(), 1, "one mail for the outage");
 }
