@@ -377,7 +377,7 @@ pub const SETTINGS: &[Setting] = &[
         "vac_sleep",
         "120",
         Kind::Seconds { allow_minus_one: false },
-        "Seconds between the daemon's purges of replicated change rows"
+        "Seconds between the daemon's purges of replicated change rows (unless purge_schedule is set)"
     ),
     s!("warning_file", "capra.warning.log", Kind::Text, COMPAT),
     s!(

@@ -580,7 +580,7 @@ fn tailmail_cmd(ctx: &Ctx, config: &std::path::Path, dry_run: bool) -> Result<()
     let name_says_dry = config.to_string_lossy().contains("dryrun");
     let dry = dry_run || name_says_dry;
     let d = tailmail::run(config)?;
-    if d.total == 0 {
+    if d.total == 0 && !d.mailzero {
         if !dry {
             d.save()?;
         }

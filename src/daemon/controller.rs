@@ -119,10 +119,13 @@ impl Controller {
         // A slot missed while no daemon ran runs once now.
         if let Some(s) = &schedule {
             let mut c = self.engine.control.get()?;
+            // Only a slot of this same schedule counts: a schedule just
+            // changed starts from now.
             let last: Option<chrono::DateTime<Local>> = c
                 .query_opt(
-                    "SELECT extract(epoch FROM last_schedule)::float8 FROM capra.sync_state WHERE sync = $1",
-                    &[&self.name],
+                    "SELECT extract(epoch FROM last_schedule)::float8 FROM capra.sync_state
+                      WHERE sync = $1 AND last_schedule_spec IS NOT DISTINCT FROM $2",
+                    &[&self.name, &s.as_str()],
                 )
                 .ctx(|| "reading the last scheduled run".into())?
                 .and_then(|r| r.get::<_, Option<f64>>(0))
@@ -140,9 +143,9 @@ impl Controller {
                 }
                 None => {
                     c.execute(
-                        "INSERT INTO capra.sync_state (sync, last_schedule) VALUES ($1, now())
-                         ON CONFLICT (sync) DO UPDATE SET last_schedule = coalesce(capra.sync_state.last_schedule, now())",
-                        &[&self.name],
+                        "INSERT INTO capra.sync_state (sync, last_schedule, last_schedule_spec) VALUES ($1, to_timestamp($2), $3)
+                         ON CONFLICT (sync) DO UPDATE SET last_schedule = EXCLUDED.last_schedule, last_schedule_spec = EXCLUDED.last_schedule_spec",
+                        &[&self.name, &(Local::now().timestamp_micros() as f64 / 1e6), &s.as_str()],
                     )
                     .ctx(|| "recording the schedule's start".into())?;
                 }
@@ -229,6 +232,23 @@ impl Controller {
         Ok(())
     }
 
+    /// Records that the schedule's slot came (the daemon's clock, and the
+    /// schedule it belongs to).
+    fn note_schedule(&self) {
+        let spec = self.plan.as_ref().and_then(|p| p.sync.schedule.clone());
+        let r = self.engine.control.get().map_err(|e| e.to_string()).and_then(|mut c| {
+            c.execute(
+                "INSERT INTO capra.sync_state (sync, last_schedule, last_schedule_spec) VALUES ($1, to_timestamp($2), $3)
+                 ON CONFLICT (sync) DO UPDATE SET last_schedule = EXCLUDED.last_schedule, last_schedule_spec = EXCLUDED.last_schedule_spec",
+                &[&self.name, &(Local::now().timestamp_micros() as f64 / 1e6), &spec],
+            )
+            .map_err(|e| crate::pg::error::describe(&e))
+        });
+        if let Err(e) = r {
+            tracing::warn!("Cannot record the schedule's slot: {e}");
+        }
+    }
+
     /// Seconds before the retry of a failed run (from the settings).
     fn backoff(&self, serialization: Option<bool>) -> f64 {
         let cfg = self.engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -304,7 +324,11 @@ impl Controller {
                 return;
             }
             let now = Instant::now();
-            self.timing.tick(now, Local::now());
+            if self.timing.tick(now, Local::now()) {
+                // A slot came: recorded whatever run serves it, so a restart
+                // does not take it for a missed one.
+                self.note_schedule();
+            }
             if !self.stopping && self.timing.due(now) {
                 self.start_run();
             }
@@ -346,6 +370,11 @@ impl Controller {
                         tracing::error!("Cannot record the failure: {r}");
                     }
                 }
+                self.engine.notify.send(crate::notify::Alert::Failed {
+                    sync: self.name.clone(),
+                    error: text.clone(),
+                    last_good: None,
+                });
                 self.fail_kicks(&text);
                 return;
             }
@@ -506,15 +535,6 @@ fn execute(
         }
     };
     let _run = logging::field("run", &run_id.to_string());
-    if reason == Reason::Schedule {
-        if let Err(e) = control.execute(
-            "INSERT INTO capra.sync_state (sync, last_schedule) VALUES ($1, now())
-             ON CONFLICT (sync) DO UPDATE SET last_schedule = now()",
-            &[&name],
-        ) {
-            tracing::warn!("Cannot record the scheduled run: {}", crate::pg::error::describe(&e));
-        }
-    }
     let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
     let conflicts = std::cell::RefCell::new(Vec::new());
     let roles: Vec<(String, String)> = plan
@@ -529,6 +549,11 @@ fn execute(
         Err(e) => {
             let text = e.to_string();
             tracing::error!("Run failed: {text}");
+            engine.notify.send(crate::notify::Alert::Failed {
+                sync: name.to_string(),
+                error: text.clone(),
+                last_good: None,
+            });
             if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, None, retry_in) {
                 tracing::error!("Cannot record the failed run: {r}");
             }
@@ -688,8 +713,9 @@ fn execute(
                 None
             };
             tracing::error!("Run failed: {text}");
-            if serialization.is_none() {
-                // Retried conflicts of locks are not incidents; the rest mail.
+            if serialization.is_none() && !cancel.is_stopped() {
+                // Retried conflicts of locks, and runs cancelled by a stop
+                // or a deactivation, are not incidents; the rest mail.
                 let last_good: Option<String> = control
                     .query_opt(
                         "SELECT to_char(r.ended, 'YYYY-MM-DD HH24:MI:SS') FROM capra.sync_state s JOIN capra.run r ON r.id = s.last_good WHERE s.sync = $1",

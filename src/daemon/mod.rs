@@ -46,6 +46,10 @@ pub fn lock_control(spec: &ConnSpec) -> Result<Option<postgres::Client>> {
 }
 
 /// Sends sd_notify states (no-op without NOTIFY_SOCKET).
+/// How long a sync's controller may go without going round its loop
+/// before the watchdog is starved (it connects to sources in between).
+const CTL_STALL: Duration = Duration::from_secs(600);
+
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
@@ -285,6 +289,13 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
                     if let Some(w) = watchdog {
                         if last_dog.elapsed() >= w / 4 {
                             let stalled = sup_engine.stalled((w / 2).max(Duration::from_secs(3)));
+                            // A controller may spend a while connecting
+                            // (prepare, up to connect_timeout per host):
+                            // only the control loop must keep the pace.
+                            let stalled: Vec<String> = stalled
+                                .into_iter()
+                                .filter(|p| !p.starts_with("ctl:") || sup_engine.stalled(CTL_STALL).contains(p))
+                                .collect();
                             if stalled.is_empty() {
                                 notify(&[sd_notify::NotifyState::Watchdog]);
                                 last_dog = Instant::now();
@@ -316,7 +327,10 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let _ = vac_thread.join();
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(600));
+    let until = Instant::now() + Duration::from_secs(5);
+    while engine.notify.running() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     logging::note_reason(&reason_file, "stop", &why);
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&stopfile);

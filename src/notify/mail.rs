@@ -144,7 +144,7 @@ impl MailSettings {
             _ => SmtpTransport::builder_dangerous(&self.host),
         }
         .port(self.port)
-        .timeout(Some(Duration::from_secs_f64(self.timeout.max(1.0))));
+        .timeout(Some(Duration::from_secs_f64(self.timeout.clamp(1.0, 3600.0))));
         if !self.user.is_empty() {
             b = b.credentials(Credentials::new(self.user.clone(), self.pass.clone()));
         }

@@ -53,9 +53,14 @@ pub enum Alert {
     },
 }
 
+/// New incidents within this window share one mail.
+const FRESH_WINDOW: Duration = Duration::from_secs(3);
+
 /// One thing that went wrong, as a tail_n_mail item.
 #[derive(Clone, Debug)]
 struct Incident {
+    /// It ended and came back within an interval.
+    flapped: bool,
     text: String,
     first: DateTime<Local>,
     last: DateTime<Local>,
@@ -117,12 +122,19 @@ pub fn tnm_mail(prefix: &str, host: &str, what: &str, items: &[Item]) -> (String
 #[derive(Clone)]
 pub struct Notifier {
     tx: Arc<Mutex<Sender<Alert>>>,
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Notifier {
     /// Hands an alert to the notifier thread.
     pub fn send(&self, a: Alert) {
         let _ = self.tx.lock().map(|t| t.send(a));
+    }
+
+    /// Whether the notifier thread still runs (it ends after sending what
+    /// was left when told to stop).
+    pub fn running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Starts the notifier thread; it reads its settings from the control
@@ -134,14 +146,18 @@ impl Notifier {
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> Notifier {
         let (tx, rx) = channel();
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let r2 = running.clone();
         let _ = std::thread::Builder::new().name("notify".into()).spawn(move || {
             let _r = crate::daemon::logging::role("MCP", None);
             let mut s = State::new(control, host);
             s.installation = installation;
-            s.run(rx, stop)
+            s.run(rx, stop);
+            r2.store(false, std::sync::atomic::Ordering::SeqCst);
         });
         Notifier {
             tx: Arc::new(Mutex::new(tx)),
+            running,
         }
     }
 }
@@ -163,6 +179,9 @@ struct State {
     interval: Duration,
     /// Ends of flaps, for the next digest.
     pending_flaps: Vec<Item>,
+    /// Incidents that started in the last few seconds, not mailed yet.
+    fresh: Vec<(String, String)>,
+    fresh_since: Instant,
     installation: String,
     last_backlog: Instant,
     /// Incidents that ended less than an interval ago: one that starts
@@ -187,6 +206,8 @@ impl State {
             interval: Duration::from_secs(600),
             cooling: BTreeMap::new(),
             pending_flaps: Vec::new(),
+            fresh: Vec::new(),
+            fresh_since: Instant::now(),
             installation: String::new(),
             last_backlog: Instant::now() - Duration::from_secs(3600),
         }
@@ -252,7 +273,11 @@ impl State {
             i.count += 1;
             i.unsent += 1;
             i.last = now;
-            i.text = text;
+            i.text = if i.flapped {
+                format!("{text}\n(it had recovered and failed again)")
+            } else {
+                text
+            };
             return;
         }
         // Back within an interval of its end: a flap, for the digest.
@@ -260,6 +285,7 @@ impl State {
             i.count += 1;
             i.unsent += 1;
             i.last = now;
+            i.flapped = true;
             i.text = format!("{text}\n(it had recovered and failed again)");
             self.incidents.insert(key.to_string(), i);
             return;
@@ -267,6 +293,7 @@ impl State {
         self.incidents.insert(
             key.to_string(),
             Incident {
+                flapped: false,
                 text: text.clone(),
                 first: now,
                 last: now,
@@ -274,15 +301,47 @@ impl State {
                 unsent: 0,
             },
         );
-        self.one(what, text);
+        // New incidents of the next few seconds go out in one mail (fifty
+        // syncs behind one dead server: one mail, fifty items).
+        if self.fresh.is_empty() {
+            self.fresh_since = Instant::now();
+        }
+        self.fresh.push((what.to_string(), text));
+    }
+
+    /// Sends the incidents that started in the last few seconds: one mail.
+    fn flush_fresh(&mut self) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let fresh = std::mem::take(&mut self.fresh);
+        let now = Local::now();
+        let what = if fresh.len() == 1 {
+            fresh[0].0.clone()
+        } else {
+            format!("{} incidents", fresh.len())
+        };
+        let items: Vec<Item> = fresh
+            .into_iter()
+            .map(|(_, text)| Item {
+                text,
+                count: 1,
+                first: now,
+                last: now,
+            })
+            .collect();
+        let (s, b) = tnm_mail("capra", &self.host, &what, &items);
+        self.mail(s, b);
     }
 
     /// An incident ends: one mail, with what repeated since the last mail
     /// (a flap that ends again within the interval is left to the digest).
     fn resolved(&mut self, key: &str, what: &str, text: String) {
         if let Some(mut i) = self.incidents.remove(key) {
-            let flapped = i.text.ends_with("(it had recovered and failed again)");
-            if flapped {
+            // Still in the few seconds before its first mail: that goes out
+            // first, so the recovery never comes before the failure.
+            self.flush_fresh();
+            if i.flapped {
                 i.text = format!("{text} (it flapped)");
                 i.unsent += 1;
                 let items = vec![Item {
@@ -352,7 +411,7 @@ impl State {
         let late = c.query(
             "SELECT s.name,
                     extract(epoch FROM s.overdue)::float8, extract(epoch FROM s.expired)::float8,
-                    extract(epoch FROM now() - coalesce((SELECT r.ended FROM capra.run r WHERE r.id = st.last_good), d.started))::float8
+                    extract(epoch FROM now() - coalesce(greatest((SELECT r.ended FROM capra.run r WHERE r.id = st.last_good), st.last_empty), d.started))::float8
                FROM capra.sync s
                LEFT JOIN capra.sync_state st ON st.sync = s.name
                CROSS JOIN (SELECT min(started) AS started FROM capra.daemon) d
@@ -433,7 +492,7 @@ impl State {
                 return;
             }
         };
-        if d.total > 0 {
+        if d.total > 0 || d.mailzero {
             if tailmail::placeholder_recipients(&d.to) {
                 tracing::warn!("tailmail {config}: its EMAIL lines hold placeholder addresses; not sent");
                 return;
@@ -452,7 +511,10 @@ impl State {
             }
         }
         if let Err(e) = d.save() {
-            tracing::error!("tailmail {config}: {e}");
+            // The next slot would mail the same lines again: say so loudly.
+            tracing::error!(
+                "tailmail {config}: cannot keep its position ({e}); the same lines will be mailed again: let the daemon write {config}.state (under systemd, keep the config in /var/lib/capra)"
+            );
         }
     }
 
@@ -479,6 +541,7 @@ impl State {
             }
         }
         drop(c);
+        let mut unknown = false;
         for (name, db) in sources {
             match db
                 .connect()
@@ -489,7 +552,10 @@ impl State {
                         *per_sync.entry(x.sync.clone()).or_insert(0) += x.rows;
                     }
                 }
-                Err(e) => tracing::debug!("Backlog check on \"{name}\": {e}"),
+                Err(e) => {
+                    unknown = true;
+                    tracing::debug!("Backlog check on \"{name}\": {e}");
+                }
             }
         }
         for (sync, rows) in per_sync {
@@ -502,7 +568,7 @@ impl State {
                         format!("Sync \"{sync}\" has {rows} change rows waiting (email_backlog_rows = {limit})"),
                     );
                 }
-            } else if self.incidents.contains_key(&key) {
+            } else if self.incidents.contains_key(&key) && !unknown {
                 self.resolved(
                     &key,
                     "backlog cleared",
@@ -550,13 +616,24 @@ impl State {
                 while let Ok(a) = rx.try_recv() {
                     self.handle(a);
                 }
+                self.flush_fresh();
                 self.digest();
+                if !self.queue.is_empty() {
+                    tracing::error!(
+                        "Stopping with {} unsent mail(s): {}",
+                        self.queue.len(),
+                        self.queue.iter().map(|q| q.0.as_str()).collect::<Vec<_>>().join("; ")
+                    );
+                }
                 return;
             }
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(a) => self.handle(a),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if !self.fresh.is_empty() && self.fresh_since.elapsed() >= FRESH_WINDOW {
+                self.flush_fresh();
             }
             if self.last_digest.elapsed() >= self.interval {
                 self.last_digest = Instant::now();
@@ -565,7 +642,7 @@ impl State {
             if self.last_check.elapsed() >= Duration::from_secs(1) {
                 self.last_check = Instant::now();
                 if let Some(v) = self.setting("email_alert_interval").and_then(|v| v.parse::<f64>().ok()) {
-                    self.interval = Duration::from_secs_f64(v.max(1.0));
+                    self.interval = Duration::from_secs_f64(v.clamp(1.0, 1e9));
                 }
                 let interval = self.interval;
                 self.cooling.retain(|_, (at, _)| at.elapsed() < interval);

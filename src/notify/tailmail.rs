@@ -8,7 +8,6 @@
 //! digest in tail_n_mail's shape.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use chrono::Local;
@@ -106,7 +105,8 @@ impl Config {
                 "FROM" => c.from = Some(v.trim().to_string()),
                 "MAILSUBJECT" => c.subject = v.to_string(),
                 "INCLUDE" => c.include.push(re(v)?),
-                "EXCLUDE" => c.exclude.push(re(v)?),
+                // tail_n_mail trims EXCLUDE (not INCLUDE).
+                "EXCLUDE" => c.exclude.push(re(v.trim())?),
                 "MAILZERO" => c.mailzero = v.trim() == "1",
                 "LOG_LINE_PREFIX" => c.log_line_prefix = unquote(v),
                 _ if key.starts_with("LASTFILE") => {
@@ -298,50 +298,90 @@ fn files_for(pattern: &str, last: Option<&str>) -> Vec<PathBuf> {
     names.into_iter().map(PathBuf::from).collect()
 }
 
+/// Most bytes read from one file in one run (tail_n_mail's MAXSIZE): when
+/// more were written since the last run, only the last ones are read.
+const MAXSIZE: u64 = 80_000_000;
+
 /// Reads one file from `offset` (from 0 if the file shrank: copytruncate),
-/// returning its entries and the new offset. Incomplete last lines wait for
-/// the next run.
-fn read_file(path: &Path, offset: u64, prefix: &Regex) -> std::io::Result<(Vec<Entry>, u64)> {
-    let mut f = std::fs::File::open(path)?;
+/// returning its entries, the new offset and a note when it skipped bytes.
+/// The file streams line by line; an incomplete last line waits for the
+/// next run.
+fn read_file(path: &Path, offset: u64, prefix: &Regex) -> std::io::Result<(Vec<Entry>, u64, Option<String>)> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
-    let start = if offset > len { 0 } else { offset };
-    // Line numbers: count the lines before the start.
-    let mut before = vec![0u8; start as usize];
-    f.read_exact(&mut before)?;
-    let first_line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
-    drop(before);
-    f.seek(SeekFrom::Start(start))?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data)?;
-    let complete = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
-    let text = String::from_utf8_lossy(&data[..complete]);
+    let mut start = if offset > len { 0 } else { offset };
+    let mut note = None;
+    if len - start > MAXSIZE {
+        note = Some(format!(
+            "File {} too large: only read last {MAXSIZE} bytes (size={len}, offset={start})",
+            path.display()
+        ));
+        start = len - MAXSIZE;
+    }
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    // Line numbers: count the lines before the start, streaming.
+    let mut first_line = 1u64;
+    let mut left = start;
+    while left > 0 {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len().min(left as usize);
+        first_line += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+        r.consume(n);
+        left -= n as u64;
+    }
+    if note.is_some() {
+        // Skip the partial line at the cut.
+        let mut skip = Vec::new();
+        let n = r.read_until(b'\n', &mut skip)?;
+        start += n as u64;
+        first_line += 1;
+    }
     let file = path.display().to_string();
     let mut entries: Vec<Entry> = Vec::new();
     // The open entry of each process (STATEMENT: lines and friends join it).
     let mut open: BTreeMap<String, usize> = BTreeMap::new();
     let mut last: Option<usize> = None;
-    for (line_no, l) in (first_line..).zip(text.lines()) {
+    let mut pos = start;
+    let mut raw = Vec::new();
+    let mut line_no = first_line;
+    loop {
+        raw.clear();
+        let n = r.read_until(b'\n', &mut raw)?;
+        if n == 0 || raw.last() != Some(&b'\n') {
+            break; // end, or a line still being written
+        }
+        pos += n as u64;
+        let text = String::from_utf8_lossy(&raw[..n - 1]);
+        let l = text.trim_end_matches('\r');
         match prefix.captures(l) {
             Some(cap) => {
                 let end = cap.get(0).map(|m| m.end()).unwrap_or(0);
                 let msg = &l[end..];
                 let pid = cap.name("pid").map(|m| m.as_str().to_string()).unwrap_or_default();
-                if CONTINUED.iter().any(|c| msg.starts_with(c)) {
-                    if let Some(&i) = open.get(&pid) {
-                        entries[i].text.push('\n');
-                        entries[i].text.push_str(msg);
-                        last = Some(i);
-                        continue;
-                    }
+                let joined = CONTINUED.iter().any(|c| msg.starts_with(c))
+                    && match open.get(&pid) {
+                        Some(&i) => {
+                            entries[i].text.push('\n');
+                            entries[i].text.push_str(msg);
+                            last = Some(i);
+                            true
+                        }
+                        None => false,
+                    };
+                if !joined {
+                    entries.push(Entry {
+                        prefix: l[..end].trim_end().to_string(),
+                        text: msg.to_string(),
+                        file: file.clone(),
+                        line: line_no,
+                    });
+                    open.insert(pid, entries.len() - 1);
+                    last = Some(entries.len() - 1);
                 }
-                entries.push(Entry {
-                    prefix: l[..end].trim_end().to_string(),
-                    text: msg.to_string(),
-                    file: file.clone(),
-                    line: line_no,
-                });
-                open.insert(pid, entries.len() - 1);
-                last = Some(entries.len() - 1);
             }
             None => {
                 // A continuation line (tab-indented statement text).
@@ -351,8 +391,9 @@ fn read_file(path: &Path, offset: u64, prefix: &Regex) -> std::io::Result<(Vec<E
                 }
             }
         }
+        line_no += 1;
     }
-    Ok((entries, start + complete as u64))
+    Ok((entries, pos, note))
 }
 
 /// Similar entries become one item: literals and numbers are replaced.
@@ -379,6 +420,8 @@ pub struct Digest {
     pub body: String,
     /// Matching entries.
     pub total: u64,
+    /// MAILZERO: mail even when nothing matched.
+    pub mailzero: bool,
     /// Distinct items.
     pub unique: usize,
     /// Recipients and sender from the config.
@@ -424,7 +467,10 @@ pub fn run(config: &Path) -> Result<Digest> {
                 0
             };
             match read_file(f, offset, &prefix) {
-                Ok((es, end)) => {
+                Ok((es, end, note)) => {
+                    if let Some(n) = note {
+                        problems.push(n);
+                    }
                     let kept: Vec<Entry> = es
                         .into_iter()
                         .filter(|e| {
@@ -442,8 +488,14 @@ pub fn run(config: &Path) -> Result<Digest> {
                         offset: end,
                     };
                 }
-                Err(e) if f.exists() => problems.push(format!("!! Cannot read {fs}: {e}")),
-                Err(_) => problems.push(format!("!! File was not found: {fs}")),
+                Err(e) if f.exists() => {
+                    tracing::error!("tailmail: cannot read {fs}: {e}");
+                    problems.push(format!("!! Cannot read {fs}: {e}"));
+                }
+                Err(_) => {
+                    tracing::warn!("tailmail: {fs} was not found");
+                    problems.push(format!("!! File was not found: {fs}"));
+                }
             }
         }
         pos.insert(n, newpos);
@@ -548,6 +600,7 @@ pub fn run(config: &Path) -> Result<Digest> {
         subject,
         body,
         total,
+        mailzero: cfg.mailzero,
         unique: items.len(),
         to: cfg.email.clone(),
         from: cfg.from.clone(),

@@ -156,10 +156,12 @@ impl Timing {
 
     /// Notes what fell due by `now`: a cron slot (once, then the next one
     /// is computed from `wall`) and checktime since the last run.
-    pub fn tick(&mut self, now: Instant, wall: DateTime<Local>) {
+    pub fn tick(&mut self, now: Instant, wall: DateTime<Local>) -> bool {
+        let mut fired = false;
         if let Some((slot, t)) = self.next_cron {
             if now >= t {
                 self.pending.get_or_insert(Reason::Schedule);
+                fired = true;
                 // The slot just passed: the next one is strictly after it
                 // (and after the wall clock, should it run ahead).
                 self.next_cron = self.next_slot(now, wall, wall.max(slot));
@@ -170,6 +172,7 @@ impl Timing {
                 self.pending.get_or_insert(Reason::Checktime);
             }
         }
+        fired
     }
 
     /// Whether a run should start now.

@@ -415,7 +415,7 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     c.ok(&["update", "sync", "full", "schedule=0 0 1 1 *"]);
     a.exec(
         &c.ctl_db,
-        "UPDATE capra.sync_state SET last_schedule = '2020-01-01' WHERE sync = 'full'",
+        "UPDATE capra.sync_state SET last_schedule = '2020-01-01', last_schedule_spec = '0 0 1 1 *' WHERE sync = 'full'",
     );
     let before = runs("schedule");
     a.exec(&src, "INSERT INTO kv VALUES (2, 'caught up')");

@@ -34,7 +34,11 @@ fn mail_test_sends_and_says_what_the_server_answered() {
     let e = c.fails(&["mail", "test"], 1);
     assert!(e.contains("default_email_to is not set"), "{e}");
     mail_settings(&c, smtp.port);
-    c.ok(&["set", "email_auth_pass=s3cret-pass"]);
+    let out = c.ok(&["set", "email_auth_pass=s3cret-pass"]);
+    assert!(
+        out.contains("Set \"email_auth_pass\" to \"********\"") && !out.contains("s3cret"),
+        "{out}"
+    );
     let out = c.ok(&["mail", "test", "you@example.org"]);
     assert!(
         out.contains("Sent a test mail to you@example.org through smtp://127.0.0.1:"),
@@ -289,4 +293,47 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
         c.log()
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "one mail for the outage");
+}
+
+/// Several syncs failing at once (one dead target database): one mail with
+/// an item per sync, not a mail each.
+#[test]
+fn syncs_failing_together_share_one_mail() {
+    let ddl = "CREATE TABLE t1 (id int PRIMARY KEY); CREATE TABLE t2 (id int PRIMARY KEY); CREATE TABLE t3 (id int PRIMARY KEY)";
+    let (c, src, tgt) = fixtures::pair("mailmany", ddl);
+    let (a, b) = (cluster::a(), cluster::b());
+    for i in 1..=3 {
+        c.ok(&["add", "table", &format!("t{i}"), "db=src", &format!("relgroup=g{i}")]);
+        c.ok(&[
+            "add",
+            "sync",
+            &format!("s{i}"),
+            &format!("relgroup=g{i}"),
+            "dbs=src:source,tgt:target",
+            "autokick=0",
+        ]);
+    }
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "kid_restart_sleep=30"]);
+    let _d = c.start();
+    for i in 1..=3 {
+        a.exec(&src, &format!("INSERT INTO t{i} VALUES (1)"));
+        b.exec(&tgt, &format!("ALTER TABLE t{i} RENAME TO gone{i}"));
+    }
+    for i in 1..=3 {
+        c.run(&["kick", &format!("s{i}"), "5"]);
+    }
+    assert!(
+        wait_for(20, || !smtp.with("(3 incidents)").is_empty()),
+        "{:?}\n{}",
+        smtp.mails(),
+        c.log()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(smtp.mails().len(), 1, "{:?}", smtp.mails());
+    let m = &smtp.mails()[0];
+    for i in 1..=3 {
+        assert!(m.contains(&format!("Sync \"s{i}\" failed")), "{m}");
+    }
 }

@@ -24,3 +24,5 @@ ALTER TABLE capra.relation ADD COLUMN filter text;
 -- When a sync last ran for its schedule: a slot missed while no daemon ran
 -- is run once at the next start (not once per missed slot).
 ALTER TABLE capra.sync_state ADD COLUMN last_schedule timestamptz;
+-- ... and the schedule that slot belonged to (a changed schedule starts anew).
+ALTER TABLE capra.sync_state ADD COLUMN last_schedule_spec text;

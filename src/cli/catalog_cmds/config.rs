@@ -25,7 +25,13 @@ pub fn set(ctx: &Ctx, pairs: &[String]) -> Result<()> {
         Ok(())
     })?;
     for (n, v) in checked {
-        ctx.say(format!("Set \"{n}\" to \"{v}\""));
+        // Passwords never reach output.
+        let shown = if n.contains("pass") && !v.is_empty() {
+            "********"
+        } else {
+            v.as_str()
+        };
+        ctx.say(format!("Set \"{n}\" to \"{shown}\""));
         if let Some(why) = settings::find(n).and_then(settings::inert) {
             eprintln!("capra: warning: setting \"{n}\" has no effect in capra: {why}");
         }
