@@ -745,22 +745,11 @@ pub(super) fn finish_source(
                     &params,
                 )
                 .ctx(|| "dropping a staged key".into())?;
-                // A row this run inserted above gives way too.
-                let n = tx
-                    .execute(
-                        &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),
-                        &params,
-                    )
-                    .ctx(|| "dropping an inserted key".into())?;
-                if n > 0 {
-                    tx.execute(&format!("DELETE FROM {tbl} WHERE {}", cond.join(" AND ")), &params)
-                        .ctx(|| format!("taking back a row of {} on \"{db}\"", t.name.human()))?;
-                    tr.copied = tr.copied.saturating_sub(1);
-                }
             }
-            if matches!(decision, Decision::Merge(_)) {
-                // A row this run inserted is taken back; the merged row
-                // goes in below (or replaces a locked row in place).
+            // A row this run inserted above gives way to the kept one; with a
+            // merge, the merged row goes in below (or replaces a locked row
+            // in place).
+            if keep_mine || matches!(decision, Decision::Merge(_)) {
                 let n = tx
                     .execute(
                         &format!("DELETE FROM pg_temp.capra_inserted WHERE {}", cond.join(" AND ")),

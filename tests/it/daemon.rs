@@ -434,8 +434,23 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
 /// instead of every vac_sleep (here an hour).
 #[test]
 fn the_purger_follows_purge_schedule() {
-    let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgt) = kv_setup(&[]);
+    // A source cluster of its own: purge keeps change rows newer than the
+    // oldest transaction in flight when the sync read them, and other
+    // tests' transactions on a shared cluster would hold them back.
+    use crate::support::cluster::Opts;
+    let own = Cluster::start("purgesched", Opts::default());
+    let a = &own;
+    let b = cluster::b();
+    let src = a.create_db("ps_src");
+    let tgt = b.create_db(&crate::support::unique("ps_tgt"));
+    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    a.exec(&src, ddl);
+    b.exec(&tgt, ddl);
+    let c = Capra::install(cluster::a());
+    c.add_db("src", a, &src);
+    c.add_db("tgt", b, &tgt);
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    c.ok(&["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"]);
     c.ok(&["set", "vac_sleep=3600", "purge_schedule=*/2 * * * * *"]);
     let _d = c.start();
     // After the purger's first pass (5 s after start): with vac_sleep alone
