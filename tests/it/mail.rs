@@ -337,3 +337,39 @@ fn syncs_failing_together_share_one_mail() {
         assert!(m.contains(&format!("Sync \"s{i}\" failed")), "{m}");
     }
 }
+
+/// A sync that fails twice and recovers, three times within the digest
+/// interval: one failure mail and one recovery mail, not one per cycle.
+#[test]
+fn a_sync_flapping_repeatedly_does_not_mail_each_cycle() {
+    let (c, src, tgt) = fixtures::synced(
+        "mailflap",
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        &["t"],
+        &["autokick=0"],
+    );
+    let (a, b) = (cluster::a(), cluster::b());
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "email_alert_interval=60", "kid_restart_sleep=30"]);
+    let _d = c.start();
+    for cycle in 0..3 {
+        a.exec(&src, &format!("INSERT INTO t VALUES ({cycle}, 'x')"));
+        b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
+        c.run(&["kick", "s", "5"]);
+        c.run(&["kick", "s", "5"]);
+        b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
+        c.ok(&["kick", "s", "30"]);
+        if cycle == 0 {
+            assert!(
+                wait_for(20, || smtp.with("sync recovered").len() == 1),
+                "{:?}",
+                smtp.mails()
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(smtp.with("sync failed").len(), 1, "{:?}", smtp.mails());
+    assert_eq!(smtp.with("sync recovered").len(), 1, "{:?}", smtp.mails());
+    assert_eq!(checksum(b, &tgt, "t"), checksum(a, &src, "t"));
+}
