@@ -29,6 +29,41 @@ struct Env {
 }
 
 impl Env {
+    /// A private HOME (piddir and log inside it) and a control database
+    /// `ctl` installed on cluster `c`.
+    fn installed(capra: &std::path::Path, c: &Cluster, ctl: &str) -> Env {
+        let env = Env {
+            capra: capra.to_path_buf(),
+            home: tempfile::tempdir().unwrap(),
+            global: [
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                ctl,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        };
+        let run = env.home.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            env.home.path().join(".caprarc"),
+            format!(
+                "piddir = {}\nlogdest = {}\n",
+                run.display(),
+                env.home.path().join("capra.log").display()
+            ),
+        )
+        .unwrap();
+        env.run(&["install", "--batch"]);
+        env
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = Command::new(&self.capra)
             .env("HOME", self.home.path())
@@ -236,32 +271,7 @@ fn scale_run(capra: &std::path::Path, scale: u32, results: &mut Vec<String>) {
     let pipe = pipe_copy(&a, &src, &b, &tgt).min(pipe_copy(&a, &src, &b, &tgt));
     b.exec(&tgt, "TRUNCATE pgbench_accounts, pgbench_branches, pgbench_tellers");
     b.exec(&tgt, "VACUUM");
-    let env = Env {
-        capra: capra.to_path_buf(),
-        home: tempfile::tempdir().unwrap(),
-        global: vec![
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            a.port.to_string(),
-            "-U".into(),
-            "postgres".into(),
-            "-d".into(),
-            "ctl".into(),
-        ],
-    };
-    let run = env.home.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(
-        env.home.path().join(".caprarc"),
-        format!(
-            "piddir = {}\nlogdest = {}\n",
-            run.display(),
-            env.home.path().join("capra.log").display()
-        ),
-    )
-    .unwrap();
-    env.run(&["install", "--batch"]);
+    let env = Env::installed(capra, &a, "ctl");
     env.run(&[
         "add",
         "db",
@@ -449,35 +459,7 @@ fn mm_convergence(capra: &std::path::Path, reps: u32, results: &mut Vec<String>)
         c.exec(d, "CREATE TABLE mm_probe (site text, n int, PRIMARY KEY (site, n))");
         c.exec(d, "VACUUM ANALYZE");
     }
-    let env = Env {
-        capra: capra.to_path_buf(),
-        home: tempfile::tempdir().unwrap(),
-        global: [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &a.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "ctlmm",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    };
-    let run = env.home.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(
-        env.home.path().join(".caprarc"),
-        format!(
-            "piddir = {}\nlogdest = {}\n",
-            run.display(),
-            env.home.path().join("capra.log").display()
-        ),
-    )
-    .unwrap();
-    env.run(&["install", "--batch"]);
+    let env = Env::installed(capra, &a, "ctlmm");
     for (n, c, d) in [("m1", &a, &d1), ("m2", &b, &d2)] {
         env.run(&[
             "add",

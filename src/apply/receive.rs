@@ -56,15 +56,11 @@ pub(super) fn spare_clause(srcs: &[Src<'_>], kind: Recv, t: &Relation, meta: &Ta
     let s = &srcs[x];
     let id = s.id_of(t)?;
     let p = s.prev_lit.as_deref()?;
-    let eq: Vec<String> = meta
-        .keycols
-        .iter()
-        .map(|k| format!("d.{0} = t.{0}", quote_ident(k)))
-        .collect();
+    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     // The application's own changes only: not what this sync logged there.
     Some(format!(
         "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}) AND d.txid <> txid_current(){})",
-        eq.join(" AND "),
+        key_eq(&qk, "d", "t"),
         s.own
     ))
 }
@@ -86,11 +82,7 @@ fn delete_on_source(
     let keys = qk.join(", ");
     let tk = qk.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
     let tbl = format!("{}{}", meta.only, t.name.sql());
-    let on = qk
-        .iter()
-        .map(|k| format!("t.{k} = l.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = key_eq(&qk, "t", "l");
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS pg_temp.capra_dlocked; CREATE TEMP TABLE capra_dlocked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
     ))
@@ -558,12 +550,7 @@ pub(super) fn finish_source(
 ) -> Result<Vec<(i32, Vec<String>)>> {
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
     let keys = qk.join(", ");
-    let on = |a: &str, b: &str| {
-        qk.iter()
-            .map(|k| format!("{a}.{k} = {b}.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let on = |a: &str, b: &str| key_eq(&qk, a, b);
     let tbl = format!("{}{}", meta.only, t.name.sql());
     // Lock the rows about to change, skipping those the application holds
     // right now (capra does not queue behind the application's row locks,
@@ -837,12 +824,7 @@ fn set_aside(
     qk: &[String],
     tbl: &str,
 ) -> Result<Vec<(i32, Vec<String>)>> {
-    let on = |a: &str, b: &str| {
-        qk.iter()
-            .map(|k| format!("{a}.{k} = {b}.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let on = |a: &str, b: &str| key_eq(qk, a, b);
     let rows = tx
         .query(
             &format!(
@@ -885,4 +867,20 @@ fn set_aside(
         .iter()
         .map(|r| (r.get(n), (0..n).map(|j| r.get::<_, String>(j)).collect()))
         .collect())
+}
+
+/// `a.k1 = b.k1 AND a.k2 = b.k2 ...` over quoted key columns.
+pub(super) fn key_eq(qk: &[String], a: &str, b: &str) -> String {
+    qk.iter()
+        .map(|k| format!("{a}.{k} = {b}.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Keys (one `Vec` of column texts each) as one text array per key column,
+/// for [`unnest_select`].
+pub(super) fn key_columns(keys: &[Vec<String>], ncols: usize) -> Vec<Vec<String>> {
+    (0..ncols)
+        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
+        .collect()
 }

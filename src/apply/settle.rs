@@ -13,7 +13,7 @@ use crate::catalog::model::Relation;
 use crate::error::{Context, Error, Result};
 use crate::pg::ident::quote_ident;
 
-use super::receive::unnest_select;
+use super::receive::{key_columns, unnest_select};
 use super::source::*;
 
 /// What settles conflicts in one table: the strategy and the hooks.
@@ -360,9 +360,7 @@ pub(super) fn temp_keys(
         cols.join(", ")
     ))
     .ctx(|| format!("preparing the conflict keys on \"{db}\""))?;
-    let arrays: Vec<Vec<String>> = (0..meta.keycols.len())
-        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
-        .collect();
+    let arrays = key_columns(keys, meta.keycols.len());
     let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
         .iter()
         .map(|a| a as &(dyn postgres::types::ToSql + Sync))

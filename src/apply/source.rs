@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use postgres::Transaction;
 
-use super::receive::unnest_select;
+use super::receive::{key_columns, unnest_select};
 use super::run::*;
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
@@ -319,9 +319,7 @@ pub(super) fn reraise(
     let Some(id) = s.id_of(t) else { return Ok(()) };
     let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
     let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
-    let arrays: Vec<Vec<String>> = (0..qk.len())
-        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
-        .collect();
+    let arrays = key_columns(keys, qk.len());
     let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
         .iter()
         .map(|a| a as &(dyn postgres::types::ToSql + Sync))
