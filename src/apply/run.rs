@@ -663,13 +663,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
             .ctx(|| format!("noting what this run logged on \"{}\"", names[i]))?;
         }
     }
-    for ((mut tx, n), k) in txs.into_iter().zip(&names).zip(&kinds) {
-        if makedelta_any(plan, n) && (!matches!(k, Recv::Source(_)) || !report.tables.is_empty()) {
-            // What was logged here (makedelta) wakes the syncs reading this
-            // database, as an application's write would (delivered on commit).
-            tx.execute("SELECT pg_notify($1, '')", &[&crate::capture::install::KICK_CHANNEL])
-                .ctx(|| format!("kicking the syncs that read \"{n}\""))?;
-        }
+    // What was logged on a receiver (makedelta) wakes the syncs reading it
+    // the way an application's write does: its watcher sees the log grow.
+    for (tx, n) in txs.into_iter().zip(&names) {
         tx.commit().ctx(|| format!("committing on \"{n}\""))?;
     }
     for s in srcs.into_iter() {

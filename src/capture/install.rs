@@ -5,26 +5,29 @@
 //!   `capra.delta_<id>` (named by id, so two tables can never collide the way
 //!   Bucardo's `a_b.c` / `a.b_c` do), holding the changed key, the writing
 //!   transaction's `txid_current()` and the change time.
-//! - per table, one PL/pgSQL function and statement-level triggers with
-//!   transition tables (PostgreSQL 10+), so a 100k-row UPDATE logs its keys
-//!   in one `INSERT ... SELECT` (an UPDATE logs new and old keys, so a key
-//!   change is caught whatever made it). Row-level triggers on servers
-//!   without transition tables and on partitioned tables (whose row
-//!   triggers reach every partition). A TRUNCATE trigger writes
-//!   `capra.truncate_log`. Triggers fire only in the `origin` replication
-//!   role, so rows capra itself applies are not logged again (the loop
-//!   prevention multi-master relies on). The functions run as their owner,
-//!   so writers need (and get) no rights on capra's tables.
+//! - per table, one PL/pgSQL function and triggers chosen per operation
+//!   by measurement (docs/performance.md): INSERT and DELETE are
+//!   statement-level with transition tables (PostgreSQL 10+), so a
+//!   100k-row statement logs its keys in one `INSERT ... SELECT`, and a
+//!   one-row statement costs no more than a row trigger; UPDATE is
+//!   row-level, which for the common one-row UPDATE is cheaper than two
+//!   transition tables and their UNION (it logs the new key, and the old
+//!   one too when they differ, so a key change is caught whatever made
+//!   it). Row-level for every operation on servers without transition
+//!   tables and on partitioned tables (whose row triggers reach every
+//!   partition). A TRUNCATE trigger writes `capra.truncate_log`. Triggers
+//!   fire only in the `origin` replication role, so rows capra itself
+//!   applies are not logged again (the loop prevention multi-master relies
+//!   on). The functions run as their owner, so writers need (and get) no
+//!   rights on capra's tables.
 //! - `capra.consumer`: per (installation, sync), the `txid_snapshot` up to
 //!   which that sync has applied this source's changes. A run reads in one
 //!   REPEATABLE READ snapshot `cur` and takes exactly the rows whose txid is
 //!   visible in `cur` but not in the consumer's snapshot, then stores `cur`:
 //!   a transaction that started early and commits late is in `cur`'s
 //!   in-progress list, so it is picked up by the next run, once (PgQ's rule).
-//! - the kick: `pg_notify('capra', '')` at the end of the capture function
-//!   while some autokick sync uses the table (one queue entry per writing
-//!   transaction, whatever it touched; the daemon then kicks that source's
-//!   autokick syncs).
+//! - no kick: the writing transaction sends nothing; the daemon's watcher
+//!   notices committed changes (see `crate::daemon::watcher`).
 
 use postgres::GenericClient;
 
@@ -33,10 +36,8 @@ use crate::error::{Context, Error, Result};
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.
-pub const CAPTURE_VERSION: i32 = 5;
-
-/// NOTIFY channel the kick trigger uses.
-pub const KICK_CHANNEL: &str = "capra";
+/// (6: no NOTIFY in the capture function, row-level UPDATE triggers.)
+pub const CAPTURE_VERSION: i32 = 6;
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
@@ -52,7 +53,6 @@ CREATE TABLE IF NOT EXISTS capra.captured (
     keycols text[] NOT NULL,
     keytypes text[] NOT NULL,
     rowlevel boolean NOT NULL DEFAULT false,
-    kick boolean NOT NULL DEFAULT false,
     cdate timestamptz NOT NULL DEFAULT now(),
     UNIQUE (schemaname, relname)
 );
@@ -216,7 +216,7 @@ BEGIN
                 EXECUTE format(
                     'CREATE OR REPLACE FUNCTION capra.capture_%s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
                      BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
-                           PERFORM pg_catalog.pg_notify(''capra'', ''''); RETURN NULL; END $b$',
+                           RETURN NULL; END $b$',
                     cap.id, cap.id);
                 INSERT INTO capra.truncate_log (captured, part) VALUES (cap.id, '*');
                 UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
@@ -242,7 +242,7 @@ pub struct Target {
     pub name: QualName,
     /// Key columns.
     pub keycols: Vec<String>,
-    /// Whether any autokick sync uses it (installs the kick trigger).
+    /// Whether its changes kick the sync (the watcher asks about it).
     pub autokick: bool,
 }
 
@@ -283,25 +283,31 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
     }
     c.batch_execute(BASE_SQL)
         .ctx(|| "creating capra's capture schema".into())?;
-    // An older version's capture functions are rebuilt in the new shape.
+    // An older version's capture functions (and, before version 6, its
+    // statement-level UPDATE triggers) are rebuilt in the new shape; the
+    // change logs stay as they are.
     for r in c
         .query(
-            "SELECT id, keycols, rowlevel, kick, schemaname, relname FROM capra.captured
+            "SELECT id, keycols, rowlevel, schemaname, relname,
+                    to_regclass(format('%I.%I', schemaname, relname)) IS NOT NULL
+               FROM capra.captured
               WHERE NOT (relid IS NOT NULL AND keynums IS NULL)",
             &[],
         )
         .ctx(|| "reading captured tables".into())?
     {
-        let (id, keycols, rowlevel, kick): (i32, Vec<String>, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        let (schema, relname): (String, String) = (r.get(4), r.get(5));
-        c.batch_execute(&function_sql(
-            id,
-            &QualName::new(schema, relname),
-            &keycols,
-            rowlevel,
-            kick,
-        ))
-        .ctx(|| "upgrading capra's capture functions".into())?;
+        let (id, keycols, rowlevel): (i32, Vec<String>, bool) = (r.get(0), r.get(1), r.get(2));
+        let table = QualName::new(r.get::<_, String>(3), r.get::<_, String>(4));
+        let mut sql = function_sql(id, &table, &keycols, rowlevel);
+        if !rowlevel && r.get::<_, bool>(5) {
+            sql.push_str(&format!(
+                "DROP TRIGGER IF EXISTS capra_capture_u ON {0};\n{1}",
+                table.sql(),
+                update_trigger_sql(&table, id)
+            ));
+        }
+        c.batch_execute(&sql)
+            .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
     }
     c.execute(
         "INSERT INTO capra.capture_meta (version) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
@@ -455,7 +461,6 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                     c.execute("UPDATE capra.captured SET keytypes = $2 WHERE id = $1", &[&id, &keytypes])
                         .ctx(|| "recording the key types".into())?;
                 }
-                set_kick(c, &t.name, id, t.autokick)?;
                 cover_partitions(c, id, &t.name, true, false)?;
                 remember_key(c, id, &t.name, &t.keycols)?;
                 return Ok((id, false));
@@ -512,10 +517,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                             t.name.human()
                         )))
                     }
-                    OnKeyChange::Defer => {
-                        set_kick(c, &t.name, id, t.autokick)?;
-                        return Ok((id, true));
-                    }
+                    OnKeyChange::Defer => return Ok((id, true)),
                 }
             }
             drop_capture_objects(c, &t.name, id)?;
@@ -548,7 +550,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))
     );
-    sql.push_str(&function_sql(id, &t.name, &t.keycols, rowlevel, t.autokick));
+    sql.push_str(&function_sql(id, &t.name, &t.keycols, rowlevel));
     let tbl = t.name.sql();
     let func = format!("capra.capture_{id}");
     // No trigger names a column (no column list, no WHEN on columns): that
@@ -560,17 +562,15 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     } else {
         sql.push_str(&format!(
             "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_u AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS capra_old NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
              CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
         ));
+        sql.push_str(&update_trigger_sql(&t.name, id));
     }
     sql.push_str(&format!(
         "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
     ));
     c.batch_execute(&sql)
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
-    c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &t.autokick])
-        .ctx(|| "recording the kick".into())?;
     // A rebuilt capture keeps its remembered partitions (moves since then
     // are logged); a new one starts remembering now.
     cover_partitions(c, id, &t.name, false, false)?;
@@ -734,18 +734,18 @@ pub fn cover_partitions(
 /// The capture function of one table, `capture_N()`: it logs the keys a
 /// statement touched (NEW for INSERT, OLD for DELETE, both for UPDATE so a
 /// key change, even one made by a BEFORE trigger, logs the old key too;
-/// per statement from transition tables, or per row), truncations, and
-/// with `notify` kicks the daemon.
+/// INSERT and DELETE per statement from transition tables, UPDATE per row
+/// (every operation per row where `rowlevel`), and truncations.
 ///
 /// It runs as its owner (SECURITY DEFINER), so writers need no rights on
 /// capra's tables and cannot forge change rows, but without a `SET
 /// search_path` (which costs 12% of pgbench throughput): instead nothing in
 /// it is looked up through the caller's search_path. Tables are
-/// schema-qualified, the one operator is `OPERATOR(pg_catalog.=)` on text,
-/// functions are `pg_catalog.`-qualified, UNION compares keys with the
-/// type's default operator class, and column defaults were bound when the
-/// log table was created.
-fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, notify: bool) -> String {
+/// schema-qualified, the one operator is `OPERATOR(pg_catalog.=)` on text
+/// (keys are compared as text, so no type's `=` is looked up), functions
+/// are `pg_catalog.`-qualified, and column defaults were bound when the log
+/// table was created.
+fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -> String {
     let delta = delta_table(id);
     // A TRUNCATE of the table itself, or of one of its partitions (which
     // carry the same trigger), named so a run empties only that part.
@@ -759,17 +759,25 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
     let collist = qcols.join(", ");
     let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
     let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
-    let kick = if notify {
-        "PERFORM pg_catalog.pg_notify('capra', '');\n    "
-    } else {
-        ""
-    };
+    let same_key: Vec<String> = qcols
+        .iter()
+        .map(|q| format!("OLD.{q}::text OPERATOR(pg_catalog.=) NEW.{q}::text"))
+        .collect();
+    let update = format!(
+        "INSERT INTO {delta} ({collist}) VALUES ({new});
+        IF NOT ({same}) THEN
+            INSERT INTO {delta} ({collist}) VALUES ({old});
+        END IF;",
+        new = new_vals.join(", "),
+        old = old_vals.join(", "),
+        same = same_key.join(" AND ")
+    );
     let body = if rowlevel {
         format!(
-            "IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+            "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        {update}
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO {delta} ({collist}) VALUES ({new});
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        INSERT INTO {delta} ({collist}) VALUES ({new}), ({old});
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO {delta} ({collist}) VALUES ({old});
     ELSE
@@ -781,7 +789,7 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
     } else {
         format!(
             "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new UNION SELECT {collist} FROM capra_old;
+        {update}
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
@@ -791,7 +799,7 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
     END IF;"
         )
     };
-    let text = format!("BEGIN\n    {body}\n    {kick}RETURN NULL;\nEND\n");
+    let text = format!("BEGIN\n    {body}\n    RETURN NULL;\nEND\n");
     // Names of columns and tables are inside the body: pick a dollar
     // quote they do not contain.
     let mut tag = String::from("$f$");
@@ -801,6 +809,15 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool, n
         tag = format!("$f{n}$");
     }
     format!("CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n")
+}
+
+/// The row-level UPDATE trigger of a table with statement-level INSERT and
+/// DELETE triggers.
+fn update_trigger_sql(table: &QualName, id: i32) -> String {
+    format!(
+        "CREATE TRIGGER capra_capture_u AFTER UPDATE ON {} FOR EACH ROW EXECUTE PROCEDURE capra.capture_{id}();\n",
+        table.sql()
+    )
 }
 
 /// A SQL string literal that means the same whatever
@@ -829,27 +846,6 @@ fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Re
         .ctx(|| "checking the change log".into())?
         .get(0);
     Ok(has_log && names.iter().any(|n| n == "capra_capture_t"))
-}
-
-/// Turns a table's kick (the NOTIFY in its capture function) on or off.
-fn set_kick(c: &mut impl GenericClient, table: &QualName, id: i32, on: bool) -> Result<()> {
-    let row = c
-        .query_one(
-            "SELECT rowlevel, kick, keycols, relid IS NOT NULL AND keynums IS NULL FROM capra.captured WHERE id = $1",
-            &[&id],
-        )
-        .ctx(|| "reading capture".into())?;
-    let (rowlevel, kick, keycols): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-    // A table marking for full copies (its key lost) keeps that function:
-    // regenerating from the old key would fail every write.
-    let marked: bool = row.get(3);
-    if kick != on && !marked {
-        c.batch_execute(&function_sql(id, table, &keycols, rowlevel, on))
-            .ctx(|| format!("switching the kick of {}", table.human()))?;
-        c.execute("UPDATE capra.captured SET kick = $2 WHERE id = $1", &[&id, &on])
-            .ctx(|| "recording the kick".into())?;
-    }
-    Ok(())
 }
 
 /// Drops a table's triggers, function and change log (not its registry row).
@@ -990,14 +986,13 @@ pub fn detach_consumer(c: &mut impl GenericClient, installation: &str, sync: &st
     cleanup(c)
 }
 
-/// Drops capture of tables no consumer uses, refreshes kick triggers, and
-/// drops the schema when nothing is left.
+/// Drops capture of tables no consumer uses, and the schema when nothing
+/// is left.
 fn cleanup(c: &mut impl GenericClient) -> Result<()> {
     let rows = c
         .query(
             "SELECT cap.id, cap.schemaname, cap.relname,
-                    EXISTS (SELECT 1 FROM capra.consumer_table ct WHERE ct.captured = cap.id),
-                    EXISTS (SELECT 1 FROM capra.consumer_table ct WHERE ct.captured = cap.id AND ct.autokick)
+                    EXISTS (SELECT 1 FROM capra.consumer_table ct WHERE ct.captured = cap.id)
                FROM capra.captured cap ORDER BY cap.id",
             &[],
         )
@@ -1008,16 +1003,6 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
         let name = QualName::new(r.get::<_, String>(1), r.get::<_, String>(2));
         if r.get::<_, bool>(3) {
             left += 1;
-            let present: bool = c
-                .query_one(
-                    "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
-                    &[&name.schema, &name.name],
-                )
-                .ctx(|| "checking the table".into())?
-                .get(0);
-            if present {
-                set_kick(c, &name, id, r.get(4))?;
-            }
         } else {
             // Lock the registry row, then look again: a concurrent attach
             // of another sync to this table either committed its consumer

@@ -6,8 +6,9 @@
 //!   its sync twice at once;
 //! - a bounded **worker pool** executes runs (KID), each worker with its
 //!   own connections from the per-database r2d2 pools;
-//! - one **listener** per source database LISTENs for the kick trigger's
-//!   NOTIFY and reconnects on its own when the database comes back;
+//! - one **watcher** per source server notices committed changes by
+//!   polling its transaction snapshot, asks only then which change logs
+//!   grew, and kicks the syncs of those tables (see `super::watcher`);
 //! - the **control** thread holds the daemon's advisory lock on the control
 //!   database, answers kick/reload/stop requests and writes the heartbeat;
 //! - the **purger** (VAC) deletes change rows every consumer has applied.
@@ -16,7 +17,7 @@
 //! supervisor's signal and timer loop (see `super::run`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -126,8 +127,8 @@ pub(super) struct CtlHandle {
     pub(super) cancel: Arc<Mutex<Option<Arc<Cancel>>>>,
 }
 
-/// A running listener, as the engine holds it.
-pub(super) struct ListenerHandle {
+/// A running watcher, as the engine holds it.
+pub(super) struct WatcherHandle {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) join: Option<JoinHandle<()>>,
 }
@@ -151,7 +152,10 @@ pub struct Engine {
     pub(super) controllers: Mutex<HashMap<String, CtlHandle>>,
     /// Per source database, the autokick syncs reading it.
     pub(super) sources: RwLock<HashMap<String, (Db, HashSet<String>)>>,
-    pub(super) listeners: Mutex<HashMap<String, ListenerHandle>>,
+    /// Per source server, its watcher.
+    pub(super) watchers: Mutex<HashMap<String, WatcherHandle>>,
+    /// Bumped whenever `sources` changes (watchers rebuild their questions).
+    pub(super) routes_gen: AtomicU64,
     pub(super) jobs: Mutex<Option<Sender<Job>>>,
     pub(super) workers: Mutex<Vec<JoinHandle<()>>>,
     pub(super) events: tokio::sync::mpsc::UnboundedSender<Event>,
@@ -198,7 +202,8 @@ impl Engine {
             reload_requested: AtomicBool::new(false),
             controllers: Mutex::new(HashMap::new()),
             sources: RwLock::new(HashMap::new()),
-            listeners: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            routes_gen: AtomicU64::new(0),
             jobs: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             events,
@@ -323,7 +328,7 @@ impl Engine {
     }
 
     /// Stops everything: controllers finish (or, after `grace`, cancel)
-    /// their runs; listeners and workers end.
+    /// their runs; watchers and workers end.
     pub fn shutdown(self: &Arc<Self>, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         let mut ctls: Vec<(String, CtlHandle)> = lock(&self.controllers).drain().collect();
@@ -350,7 +355,7 @@ impl Engine {
                 tracing::debug!("controller for {name} stopped");
             }
         }
-        for (_, h) in lock(&self.listeners).drain() {
+        for (_, h) in lock(&self.watchers).drain() {
             h.stop.store(true, Ordering::SeqCst);
             if let Some(j) = h.join {
                 let _ = j.join();
@@ -367,13 +372,6 @@ impl Engine {
 /// it (capra's shared state stays valid across a contained panic).
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn sleep_unless(stop: &AtomicBool, stopping: &AtomicBool, d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end && !stop.load(Ordering::SeqCst) && !stopping.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// This host's name (for run records and mail).

@@ -53,7 +53,7 @@ pub fn role(role: &'static str, sync: Option<&str>) -> RoleGuard {
 }
 
 /// Adds a journald field to this thread's entries while the guard lives:
-/// RUN= for a run, DB= for a database's listener.
+/// RUN= for a run, DB= for a database's watcher.
 pub fn field(name: &'static str, value: &str) -> tracing::span::EnteredSpan {
     match name {
         "run" => tracing::info_span!("capra_run", run = value).entered(),

@@ -13,9 +13,9 @@
 pub mod control;
 pub mod controller;
 pub mod engine;
-pub mod listener;
 pub mod logging;
 pub mod purger;
+pub mod watcher;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -155,11 +155,11 @@ fn lock_timeout_bounds_the_wait_for_ddl() {
     );
 }
 
-/// mcp_pingtime: a listening connection whose network went silent is
-/// noticed by its check, re-established, and the changes committed while
+/// mcp_pingtime and tcp_user_timeout: a watching connection whose network
+/// went silent is noticed, re-established, and the changes committed while
 /// it was gone arrive without a kick.
 #[test]
-fn listeners_are_checked_and_reconnected() {
+fn watchers_are_checked_and_reconnected() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
     let c = Capra::install(a);
@@ -194,15 +194,15 @@ fn listeners_are_checked_and_reconnected() {
     p.freeze();
     assert!(
         wait_for(30, || c.log().contains("failed its check")
-            || c.log().contains("Lost the listening connection")),
-        "the silent listener was not noticed\n{}",
+            || c.log().contains("Lost the watching connection")),
+        "the silent watcher was not noticed\n{}",
         c.log()
     );
     a.exec(&src, "INSERT INTO kv VALUES (2, 'b')");
     p.thaw();
     assert!(
         wait_for(60, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
-        "changes made while the listener was away did not arrive\n{}",
+        "changes made while the watcher was away did not arrive\n{}",
         c.log()
     );
 }
@@ -220,10 +220,10 @@ fn table_autokick_overrides_the_sync_and_inert_options_warn() {
     );
     c.ok(&["update", "table", "kv", "autokick=1"]);
     let _d = c.start();
-    // The listener kicks once when it connects (catching up); wait for it.
+    // The watcher kicks once when it first asks (catching up); wait for it.
     assert!(wait_for(30, || a.query(
         &src,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%capra.delta_%'"
     )[0]
     .as_deref()
         != Some("0")));
