@@ -116,6 +116,8 @@ pub(super) struct TableMeta {
     pub(super) keycols: Vec<String>,
     /// Quoted column list (non-generated source columns).
     pub(super) cols: String,
+    /// The same columns, unquoted, in order.
+    pub(super) col_names: Vec<String>,
     /// The non-key columns among them (unquoted), for in-place updates.
     pub(super) nonkey: Vec<String>,
     /// `ONLY ` for plain tables; nothing for partitioned ones.
@@ -806,6 +808,27 @@ fn sync_table(
         }
     }
     let ids: Vec<Option<i32>> = srcs.iter().map(|s| s.id_of(t)).collect();
+    // A table nothing happened to costs nothing: no shape learned, no
+    // statement sent (a run's cost follows what changed, not how many
+    // tables the sync has).
+    let untouched = reads
+        && otc == 0
+        && plan.behind.is_empty()
+        && plan.fullcopy.is_empty()
+        && srcs.iter().zip(&ids).all(|(s, id)| {
+            id.is_some_and(|id| {
+                !s.changed.contains(&id)
+                    && !s.truncated.contains(&id)
+                    && !s.parts_truncated.contains(&id)
+                    && !s.recopy.contains(&id)
+            })
+        });
+    if untouched {
+        return Ok(TableReport {
+            table: t.name.human(),
+            ..Default::default()
+        });
+    }
     let meta = table_meta(cache, &mut srcs[0].tx, txs, names, t, &keycols, sig)?.clone();
     let strategy = Strategy::parse(
         t.conflict_strategy
@@ -1199,6 +1222,11 @@ fn table_meta<'m>(
                 signature: signature.to_string(),
                 keycols: keycols.to_vec(),
                 cols: cols.join(", "),
+                col_names: src_cols
+                    .iter()
+                    .filter(|c| !c.generated)
+                    .map(|c| c.name.clone())
+                    .collect(),
                 nonkey,
                 only: if kind == Some(discover::Kind::Partitioned) {
                     ""

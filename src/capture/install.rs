@@ -907,11 +907,21 @@ pub fn attach_consumer(
     c.batch_execute("SET LOCAL lock_timeout = '5s'")
         .ctx(|| "setting a lock timeout".into())?;
     ensure_base(c)?;
+    // One round trip finds the tables whose capture is already exactly in
+    // place for this sync (what a daemon start or reload finds almost
+    // always); only the others take the table-by-table path.
+    let known = intact(c, installation, sync, tables)?;
     let mut ids = Vec::new();
     let mut deferred = Vec::new();
-    for t in tables {
+    let mut touched = Vec::new();
+    for (t, k) in tables.iter().zip(&known) {
+        if let Some(id) = k {
+            ids.push(*id);
+            continue;
+        }
         let (id, waits) = capture_table(c, t, on_key_change)?;
         ids.push(id);
+        touched.push(ids.len() - 1);
         if waits {
             deferred.push(t.name.human());
         }
@@ -935,7 +945,8 @@ pub fn attach_consumer(
         )
         .ctx(|| "updating the consumer's tables".into())?;
     }
-    for (t, id) in tables.iter().zip(&ids) {
+    for i in touched {
+        let (t, id) = (&tables[i], &ids[i]);
         c.execute(
             "INSERT INTO capra.consumer_table (installation, sync, captured, autokick) VALUES ($1, $2, $3, $4)
              ON CONFLICT (installation, sync, captured) DO UPDATE SET autokick = EXCLUDED.autokick",
@@ -945,6 +956,62 @@ pub fn attach_consumer(
     }
     cleanup(c)?;
     Ok(Attached { ids, deferred })
+}
+
+/// Per table, its captured id when everything [`capture_table`] and
+/// [`attach_consumer`] would do for it is already done: the registry row
+/// with this key (not marked for full copies), the key remembered at the
+/// table's current oid and column numbers, a change log whose key columns
+/// have the types capture would give them, every trigger in the shape this
+/// server takes, and this sync's consumer row with its autokick. Anything
+/// else (and every partitioned table, whose partitions need following)
+/// answers None and takes the full path.
+fn intact(c: &mut impl GenericClient, installation: &str, sync: &str, tables: &[Target]) -> Result<Vec<Option<i32>>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let forced = std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1");
+    let list: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|t| serde_json::json!({"s": t.name.schema, "r": t.name.name, "k": t.keycols, "a": t.autokick}))
+        .collect();
+    let rows = c
+        .query(
+            "SELECT x.i::int, cap.id,
+                    cap.keycols = ARRAY(SELECT jsonb_array_elements_text(x.t->'k'))
+                AND NOT (cap.relid IS NOT NULL AND cap.keynums IS NULL)
+                AND rel.oid IS NOT NULL AND rel.relkind = 'r' AND cap.relid = rel.oid
+                AND cap.keynums = (SELECT array_agg(a.attnum ORDER BY k.n) FROM unnest(cap.keycols) WITH ORDINALITY AS k(name, n)
+                                     JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attname = k.name AND NOT a.attisdropped)
+                AND (SELECT count(*) FROM unnest(cap.keycols) AS k(name)
+                       JOIN pg_catalog.pg_attribute s ON s.attrelid = rel.oid AND s.attname = k.name AND NOT s.attisdropped
+                       JOIN pg_catalog.pg_attribute d ON d.attrelid = to_regclass('capra.delta_' || cap.id) AND d.attname = k.name
+                      WHERE d.atttypid = CASE WHEN s.atttypid IN (21, 23) THEN 20 ELSE s.atttypid END) = cardinality(cap.keycols)
+                AND cap.rowlevel = (current_setting('server_version_num')::int < 100000 OR $4)
+                AND (SELECT count(*) FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = rel.oid AND NOT tg.tgisinternal
+                        AND (tg.tgname, tg.tgtype & 1 = 1) IN (('capra_capture_t', false), ('capra_capture', true),
+                                                               ('capra_capture_i', false), ('capra_capture_u', true), ('capra_capture_d', false)))
+                    = CASE WHEN cap.rowlevel THEN 2 ELSE 4 END
+                AND EXISTS (SELECT 1 FROM capra.consumer_table ct WHERE ct.installation = $2 AND ct.sync = $3
+                               AND ct.captured = cap.id AND ct.autokick = (x.t->>'a')::boolean)
+               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(t, i)
+               LEFT JOIN capra.captured cap ON cap.schemaname = x.t->>'s' AND cap.relname = x.t->>'r'
+               LEFT JOIN pg_catalog.pg_class rel ON rel.oid = to_regclass(format('%I.%I', x.t->>'s', x.t->>'r'))
+              ORDER BY x.i",
+            &[&serde_json::Value::Array(list), &installation, &sync, &forced],
+        )
+        .ctx(|| "checking change capture".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ok: Option<bool> = r.get(2);
+            if ok == Some(true) {
+                r.get::<_, Option<i32>>(1)
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 /// What [`attach_consumer`] did.
