@@ -196,8 +196,12 @@ fn lag(a: &Cluster, src: &str, b: &Cluster, tgt: &str, rate: u32, secs: u32) -> 
     let seen: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let (s2, st2) = (sent.clone(), stop.clone());
     let mut probe = a.client(src);
+    let start: i64 = probe
+        .query_one("SELECT coalesce(max(id), 0) FROM lag_probe", &[])
+        .unwrap()
+        .get(0);
     let prober = std::thread::spawn(move || {
-        let mut i = rate as i64 * 1_000_000;
+        let mut i = start;
         while !st2.load(Ordering::SeqCst) {
             i += 1;
             probe.execute("INSERT INTO lag_probe (id) VALUES ($1)", &[&i]).unwrap();
@@ -208,7 +212,7 @@ fn lag(a: &Cluster, src: &str, b: &Cluster, tgt: &str, rate: u32, secs: u32) -> 
     let (seen2, st3) = (seen.clone(), stop.clone());
     let mut watch = b.client(tgt);
     let watcher = std::thread::spawn(move || {
-        let mut last = rate as i64 * 1_000_000;
+        let mut last = start;
         while !st3.load(Ordering::SeqCst) {
             let m: Option<i64> = watch.query_one("SELECT max(id) FROM lag_probe", &[]).unwrap().get(0);
             let now = Instant::now();

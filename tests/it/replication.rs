@@ -788,14 +788,13 @@ fn key_type_change_does_not_wedge_the_sync() {
     assert_eq!(checksum(a, &src, "t"), checksum(b, &tgt, "t"), "{}", c.log());
 }
 
-/// A batch larger than statement_chunk_size goes through a staging table
-/// on the target and set-based statements: updates in place, deletes,
-/// inserts, a key change, a row that stops matching the table's filter, an
-/// identity column, and (where another unique index exists) two rows
-/// swapping a unique value in one batch all arrive exactly; a batch under
-/// the size takes the key-list path and agrees.
+/// A batch many times statement_chunk_size (keys deleted chunk by chunk,
+/// rows copied in one stream): updates, deletes, inserts, a key change, a
+/// row that stops matching the table's filter, identity columns, and two
+/// rows swapping a unique value in one batch all arrive exactly; a batch
+/// under the size agrees.
 #[test]
-fn large_batches_apply_set_based_and_exact() {
+fn large_batches_apply_exactly() {
     let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE wide (k int PRIMARY KEY, v text, n numeric);
                CREATE TABLE uniq (k int PRIMARY KEY, u int NOT NULL UNIQUE, v text);
@@ -859,20 +858,6 @@ fn large_batches_apply_set_based_and_exact() {
     .parse()
     .unwrap_or(0);
     assert!(keys > 50, "the batch was large enough to be staged: {keys} keys");
-    // Which statements ran: `wide` was updated in place; `uniq` (another
-    // unique index) and `ident` (an always-identity column) were not.
-    // (capra's sessions report their statistics within seconds.)
-    let upd = |t: &str| {
-        b.query(
-            &tgt,
-            &format!("SELECT n_tup_upd::text FROM pg_stat_user_tables WHERE relname = '{t}'"),
-        )[0]
-        .clone()
-        .unwrap_or_default()
-    };
-    assert!(wait_for(30, || upd("wide") != "0"), "rows of wide updated in place");
-    assert_eq!(upd("uniq"), "0", "uniq replaced by delete and insert");
-    assert_eq!(upd("ident"), "0", "ident replaced by delete and insert");
     // A small batch (under the chunk size) agrees.
     a.exec(
         &src,
