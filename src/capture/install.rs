@@ -285,25 +285,38 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
         .ctx(|| "creating capra's capture schema".into())?;
     // An older version's capture functions (and, before version 6, its
     // statement-level UPDATE triggers) are rebuilt in the new shape; the
-    // change logs stay as they are.
+    // change logs stay as they are. The table is found by its oid (it may
+    // have been renamed, or its old name reused by another table).
     for r in c
         .query(
-            "SELECT id, keycols, rowlevel, schemaname, relname,
-                    to_regclass(format('%I.%I', schemaname, relname)) IS NOT NULL
-               FROM capra.captured
-              WHERE NOT (relid IS NOT NULL AND keynums IS NULL)",
+            "SELECT cap.id, cap.keycols, cap.rowlevel, cap.schemaname, cap.relname,
+                    cap.relid IS NOT NULL AND cap.keynums IS NULL,
+                    coalesce(cl.oid, to_regclass(format('%I.%I', cap.schemaname, cap.relname))) IS NOT NULL,
+                    coalesce(format('%I.%I', n.nspname, cl.relname), format('%I.%I', cap.schemaname, cap.relname))
+               FROM capra.captured cap
+               LEFT JOIN pg_catalog.pg_class cl ON cl.oid = cap.relid
+               LEFT JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace",
             &[],
         )
         .ctx(|| "reading captured tables".into())?
     {
-        let (id, keycols, rowlevel): (i32, Vec<String>, bool) = (r.get(0), r.get(1), r.get(2));
+        let (id, keycols, rowlevel, marked): (i32, Vec<String>, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(5));
         let table = QualName::new(r.get::<_, String>(3), r.get::<_, String>(4));
+        let live: String = r.get(7);
+        if marked {
+            // Marking for full copies (the DDL follower lost the key).
+            c.batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
+                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;"
+            ))
+            .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
+            continue;
+        }
         let mut sql = function_sql(id, &table, &keycols, rowlevel);
-        if !rowlevel && r.get::<_, bool>(5) {
+        if !rowlevel && r.get::<_, bool>(6) {
             sql.push_str(&format!(
-                "DROP TRIGGER IF EXISTS capra_capture_u ON {0};\n{1}",
-                table.sql(),
-                update_trigger_sql(&table, id)
+                "DROP TRIGGER IF EXISTS capra_capture_u ON {live};\n\
+                 CREATE TRIGGER capra_capture_u AFTER UPDATE ON {live} FOR EACH ROW EXECUTE PROCEDURE capra.capture_{id}();\n"
             ));
         }
         c.batch_execute(&sql)
@@ -741,10 +754,10 @@ pub fn cover_partitions(
 /// capra's tables and cannot forge change rows, but without a `SET
 /// search_path` (which costs 12% of pgbench throughput): instead nothing in
 /// it is looked up through the caller's search_path. Tables are
-/// schema-qualified, the one operator is `OPERATOR(pg_catalog.=)` on text
-/// (keys are compared as text, so no type's `=` is looked up), functions
-/// are `pg_catalog.`-qualified, and column defaults were bound when the log
-/// table was created.
+/// schema-qualified, the one operator is `OPERATOR(pg_catalog.=)` on text,
+/// keys are compared by `pg_catalog.record_image_eq` (no type's own `=` is
+/// looked up), there are no casts, functions are `pg_catalog.`-qualified,
+/// and column defaults were bound when the log table was created.
 fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -> String {
     let delta = delta_table(id);
     // A TRUNCATE of the table itself, or of one of its partitions (which
@@ -759,18 +772,16 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -
     let collist = qcols.join(", ");
     let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
     let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
-    let same_key: Vec<String> = qcols
-        .iter()
-        .map(|q| format!("OLD.{q}::text OPERATOR(pg_catalog.=) NEW.{q}::text"))
-        .collect();
+    // The old key is logged unless it is byte for byte the new one
+    // (record image equality: exact for every type, and no operator or
+    // type looked up by name).
     let update = format!(
         "INSERT INTO {delta} ({collist}) VALUES ({new});
-        IF NOT ({same}) THEN
+        IF NOT pg_catalog.record_image_eq(ROW({old}), ROW({new})) THEN
             INSERT INTO {delta} ({collist}) VALUES ({old});
         END IF;",
         new = new_vals.join(", "),
-        old = old_vals.join(", "),
-        same = same_key.join(" AND ")
+        old = old_vals.join(", ")
     );
     let body = if rowlevel {
         format!(

@@ -6,19 +6,22 @@
 //!
 //! Instead a watcher polls the server's transaction snapshot
 //! (`txid_current_snapshot()`, no table read) every few milliseconds while
-//! things move and every [`POLL_IDLE`] when they do not. Any transaction
-//! that writes takes a transaction id and changes the snapshot when it
-//! starts and when it ends, so an unchanged snapshot means nothing
-//! committed. When it changed, the watcher asks each watched database, in
-//! one prepared statement, which change logs of autokick tables received
-//! rows committed since its previous question (the window between two of
-//! its own snapshots, the rule runs use), and kicks only the syncs of those
-//! tables. A change still in progress at one question is in that
-//! snapshot's in-progress list, so its commit changes the snapshot and the
-//! next question sees it: nothing is missed, however late it commits.
+//! things move and every [`POLL_IDLE`] when they do not. The end of any
+//! transaction that wrote changes the snapshot (its id leaves the
+//! in-progress list, or the next id to hand out moves), so an unchanged
+//! snapshot means nothing committed. When it changed, the watcher asks each
+//! watched database, in one prepared statement, which change logs of
+//! autokick tables received rows that its previous answer's snapshot did
+//! not see (the rule runs use), and kicks only the syncs of those tables.
+//! A change still in progress at one question is in that snapshot's
+//! in-progress list, so its commit changes the snapshot and the next
+//! question sees it: nothing is missed, however late it commits.
 //!
 //! Transaction ids are per server, so one snapshot poll serves every
 //! database on it (20 databases on one server cost one query per poll).
+//! Which databases share a server is asked of the server itself (its
+//! postmaster's start time and port), so databases behind one pooler
+//! address but on different servers are each polled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +105,8 @@ impl Bounded {
 struct Watched {
     db: Db,
     client: Option<Bounded>,
+    /// The server it is on, as the server tells it.
+    server: String,
     /// The question and, per captured id it covers, the syncs it kicks.
     question: Option<(postgres::Statement, HashMap<i32, Vec<String>>)>,
     /// The routes generation the question was built for.
@@ -205,14 +210,15 @@ impl Engine {
 
     fn watch_server(self: Arc<Self>, key: String, stop: Arc<AtomicBool>) {
         let _r = logging::role("MCP", None);
-        let mut poller: Option<(String, Bounded)> = None;
         let mut watched: HashMap<String, Watched> = HashMap::new();
-        let mut last_snapshot = String::new();
+        // Per server: the snapshot last seen.
+        let mut snapshots: HashMap<String, String> = HashMap::new();
         let mut interval = POLL_BUSY;
         let mut last_ping = Instant::now();
-        let mut retry_at = Instant::now();
-        let mut lost = false;
         while !stop.load(Ordering::SeqCst) && !self.is_stopping() {
+            // The generation first: routes changed after this are seen by
+            // the next turn, never stamped with a stale sync list.
+            let gen = self.routes_gen.load(Ordering::SeqCst);
             let members = self.members(&key);
             if members.is_empty() {
                 std::thread::sleep(POLL_IDLE);
@@ -220,77 +226,70 @@ impl Engine {
             }
             let within = crate::pg::connect::net_defaults().connect_timeout;
             watched.retain(|n, _| members.iter().any(|(d, _)| &d.name == n));
+            let now = Instant::now();
             for (db, _) in &members {
                 let w = watched.entry(db.name.clone()).or_insert_with(|| Watched {
                     db: db.clone(),
                     client: None,
+                    server: String::new(),
                     question: None,
                     generation: u64::MAX,
                     pos: None,
                     pending: true,
-                    not_before: Instant::now(),
+                    not_before: now,
                     reported: false,
                 });
                 w.db = db.clone();
-            }
-            // The snapshot poll, on any one member's connection.
-            if poller.as_ref().is_some_and(|(n, _)| !watched.contains_key(n)) {
-                poller = None;
-            }
-            if poller.is_none() && Instant::now() >= retry_at {
-                let db = &members[0].0;
-                match self.pools.pool(db).and_then(|p| p.dedicated()) {
-                    Ok(c) => {
-                        if lost {
-                            let _db = logging::field("db", &db.name);
-                            tracing::info!("Database \"{}\" is reachable again; resuming its syncs", db.name);
-                            lost = false;
-                        }
-                        poller = Some((db.name.clone(), Bounded::new(c)));
-                    }
-                    Err(e) => {
-                        if !lost {
-                            let _db = logging::field("db", &db.name);
-                            tracing::warn!("Cannot watch database \"{}\" for changes: {e}; retrying", db.name);
-                            lost = true;
-                        }
-                        retry_at = Instant::now() + Duration::from_millis(500);
+                if w.client.is_none() && now >= w.not_before {
+                    if let Err(e) = self.connect(w, within) {
+                        w.fail(&e);
                     }
                 }
             }
-            let mut moved = poller.is_none();
-            if let Some((name, c)) = poller.as_ref() {
+            // One snapshot poll per server, on any of its connections.
+            let mut polled: HashSet<String> = HashSet::new();
+            let mut moved = false;
+            let names: Vec<String> = members.iter().map(|(d, _)| d.name.clone()).collect();
+            for n in &names {
+                let Some(w) = watched.get(n) else { continue };
+                let Some(c) = w.client.as_ref() else {
+                    // Unreachable: asked again once it is back.
+                    continue;
+                };
+                if !polled.insert(w.server.clone()) {
+                    continue;
+                }
+                let server = w.server.clone();
                 let snap = c.call(within, |c| {
                     c.query_one("SELECT txid_current_snapshot()::text", &[])
                         .map(|r| r.get::<_, String>(0))
                 });
                 match snap {
                     Ok(s) => {
-                        if s != last_snapshot {
-                            last_snapshot = s;
+                        if snapshots.get(&server) != Some(&s) {
+                            snapshots.insert(server.clone(), s);
                             moved = true;
+                            for w in watched.values_mut().filter(|w| w.server == server) {
+                                w.pending = true;
+                            }
                         }
                     }
                     Err(e) => {
-                        let _db = logging::field("db", name);
-                        tracing::warn!("Lost the watching connection to database \"{name}\": {e}; reconnecting");
-                        lost = true;
-                        poller = None;
-                        moved = true;
+                        let w = watched.get_mut(n).expect("present");
+                        let _db = logging::field("db", n);
+                        tracing::warn!("Lost the watching connection to database \"{n}\": {e}; reconnecting");
+                        w.reported = true;
+                        w.client = None;
+                        w.pending = true;
+                        polled.remove(&server);
                     }
                 }
             }
-            if moved {
-                for w in watched.values_mut() {
-                    w.pending = true;
-                }
-            }
-            let gen = self.routes_gen.load(Ordering::SeqCst);
             let mut found = false;
             let now = Instant::now();
             for (db, syncs) in &members {
                 let Some(w) = watched.get_mut(&db.name) else { continue };
-                if !w.pending || now < w.not_before {
+                if w.client.is_none() || !w.pending || now < w.not_before {
                     continue;
                 }
                 w.pending = false;
@@ -303,23 +302,20 @@ impl Engine {
                             self.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
                         }
                     }
-                    Err(e) => {
-                        if !w.reported {
-                            let _db = logging::field("db", &db.name);
-                            tracing::warn!("Cannot watch database \"{}\" for changes: {e}; retrying", db.name);
-                            w.reported = true;
-                        }
-                        w.client = None;
+                    // A change log dropped under the question (a table left
+                    // capture): ask a rebuilt question, quietly.
+                    Err(e) if e.contains("does not exist") => {
+                        tracing::debug!("Rebuilding the question to \"{}\": {e}", db.name);
                         w.question = None;
                         w.pending = true;
-                        w.not_before = Instant::now() + Duration::from_millis(500);
                     }
+                    Err(e) => w.fail(&e),
                 }
             }
-            // Every mcp_pingtime: each asking connection (idle while
-            // nothing moves) must answer within connect_timeout, and every
-            // autokick sync runs once (the safety net for a change this
-            // logic missed).
+            // Every mcp_pingtime: each connection (the ones of a server not
+            // polled idle for long) must answer within connect_timeout,
+            // and every autokick sync runs once (the safety net for a
+            // change this logic missed).
             let pingtime = self.cfg.read().unwrap_or_else(|e| e.into_inner()).pingtime;
             if last_ping.elapsed() >= Duration::from_secs_f64(pingtime.max(1.0)) {
                 last_ping = Instant::now();
@@ -331,8 +327,8 @@ impl Engine {
                             "The watching connection to database \"{}\" failed its check: {e}; reconnecting",
                             w.db.name
                         );
+                        w.reported = true;
                         w.client = None;
-                        w.question = None;
                         w.pending = true;
                     }
                 }
@@ -349,26 +345,46 @@ impl Engine {
         }
     }
 
+    /// Opens a watched database's connection: bounded waits on the server
+    /// side too (a question that waits for a lock gives up there, so an
+    /// abandoned connection never lingers), custom plans for nothing, and
+    /// which server it is.
+    fn connect(&self, w: &mut Watched, within: Duration) -> Result<(), String> {
+        let c = self
+            .pools
+            .pool(&w.db)
+            .and_then(|p| p.dedicated())
+            .map_err(|e| e.to_string())?;
+        let c = Bounded::new(c);
+        let timeout = (within.as_millis() / 2).max(1000) as i64;
+        let server = c.call(within, move |c| {
+            c.batch_execute(&format!(
+                "SET lock_timeout = {timeout}; SET statement_timeout = {timeout}; SET application_name = 'capra watcher'"
+            ))?;
+            c.query_one(
+                "SELECT pg_catalog.pg_postmaster_start_time()::text || ' ' || pg_catalog.current_setting('port')",
+                &[],
+            )
+            .map(|r| r.get::<_, String>(0))
+        })?;
+        if w.reported {
+            let _db = logging::field("db", &w.db.name);
+            tracing::info!("Database \"{}\" is reachable again; resuming its syncs", w.db.name);
+            w.reported = false;
+        }
+        w.client = Some(c);
+        w.server = server;
+        w.question = None;
+        w.pending = true;
+        Ok(())
+    }
+
     /// Asks one database which autokick tables' logs received rows since
     /// its last answer; returns the syncs to kick. A new connection or a
     /// new set of routes kicks every sync of the database (changes may have
     /// committed while nobody asked).
     fn ask(&self, w: &mut Watched, syncs: &[String], gen: u64, within: Duration) -> Result<Vec<String>, String> {
-        if w.client.is_none() {
-            let c = self
-                .pools
-                .pool(&w.db)
-                .and_then(|p| p.dedicated())
-                .map_err(|e| e.to_string())?;
-            w.client = Some(Bounded::new(c));
-            w.question = None;
-            if w.reported {
-                let _db = logging::field("db", &w.db.name);
-                tracing::info!("Database \"{}\" is reachable again; resuming its syncs", w.db.name);
-                w.reported = false;
-            }
-        }
-        let c = w.client.as_ref().expect("connected");
+        let c = w.client.as_ref().ok_or("not connected")?;
         if w.question.is_none() || w.generation != gen {
             let (inst, list) = (self.installation.clone(), syncs.to_vec());
             let (stmt, routes) = c.call(within, move |c| {
@@ -397,8 +413,12 @@ impl Engine {
         };
         let (stmt, routes) = w.question.as_ref().expect("prepared");
         let stmt = stmt.clone();
+        let xip = in_progress(&pos);
         let rows: Vec<(Option<i32>, Option<String>)> = c.call(within, move |c| {
-            Ok(c.query(&stmt, &[&pos])?.iter().map(|r| (r.get(0), r.get(1))).collect())
+            Ok(c.query(&stmt, &[&pos, &xip])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
         })?;
         let mut kick: HashSet<String> = HashSet::new();
         for (id, snap) in rows {
@@ -411,20 +431,59 @@ impl Engine {
     }
 }
 
+impl Watched {
+    /// A failed connection or question: warned once, retried in 500 ms.
+    fn fail(&mut self, e: &str) {
+        if !self.reported {
+            let _db = logging::field("db", &self.db.name);
+            tracing::warn!("Cannot watch database \"{}\" for changes: {e}; retrying", self.db.name);
+            self.reported = true;
+        }
+        self.client = None;
+        self.question = None;
+        self.pending = true;
+        self.not_before = Instant::now() + Duration::from_millis(500);
+    }
+}
+
+/// The in-progress transaction ids of a snapshot's text (`xmin:xmax:xip,...`).
+fn in_progress(snapshot: &str) -> Vec<i64> {
+    snapshot
+        .split(':')
+        .nth(2)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
 /// The watcher's question to one database: its snapshot, then the captured
-/// ids among `ids` whose change log (or truncation log) has rows committed
-/// after the snapshot `$1` and visible now. One prepared statement, so
-/// asking costs one index probe per table and no planning.
+/// ids among `ids` whose change log (or truncation log) has rows the
+/// snapshot `$1` did not see: written by a transaction at or after its
+/// xmax, or by one of its in-progress ones (`$2`). One prepared statement;
+/// the newest row comes from the txid index's end (`max`) whatever plan
+/// the statement caches, so asking costs a couple of index probes per
+/// table however long the unpurged log is.
 fn question_sql(ids: &[i32]) -> String {
-    let window = "d.txid >= txid_snapshot_xmin($1::text::txid_snapshot) AND NOT txid_visible_in_snapshot(d.txid, $1::text::txid_snapshot)";
-    let mut sql = format!(
+    let mut sql = String::from(
         "SELECT NULL::int, txid_current_snapshot()::text
-         UNION ALL SELECT DISTINCT d.captured, NULL FROM capra.truncate_log d WHERE {window}"
+         UNION ALL SELECT DISTINCT d.captured, NULL FROM capra.truncate_log d
+          WHERE d.txid >= txid_snapshot_xmax($1::text::txid_snapshot) OR d.txid = ANY ($2::bigint[])",
     );
     for id in ids {
         sql.push_str(&format!(
-            "\n UNION ALL SELECT {id}, NULL WHERE EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {window})"
+            "\n UNION ALL SELECT {id}, NULL WHERE (SELECT max(d.txid) FROM capra.delta_{id} d) >= txid_snapshot_xmax($1::text::txid_snapshot)
+               OR EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE d.txid = ANY ($2::bigint[]))"
         ));
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn in_progress_ids_of_a_snapshot() {
+        assert_eq!(super::in_progress("10:20:12,15"), vec![12, 15]);
+        assert!(super::in_progress("10:10:").is_empty());
+    }
 }

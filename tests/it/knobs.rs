@@ -261,3 +261,54 @@ fn table_autokick_overrides_the_sync_and_inert_options_warn() {
     let r = c.run(&["update", "table", "kv", "analyze_after_copy=1"]);
     assert_eq!(r.stderr, "", "an option that acts does not warn");
 }
+
+/// A change log locked by a DBA's transaction (say, DDL on a key column
+/// that the DDL follower applies to the log) makes the watcher's question
+/// give up on the server side and reconnect: watching connections never
+/// pile up, and changes arrive once the lock is gone.
+#[test]
+fn a_locked_change_log_does_not_pile_up_watchers() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::synced(
+        "locklog",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (k int)",
+        &["kv"],
+        &[],
+    );
+    c.ok(&["set", "connect_timeout=2"]);
+    let _d = c.start();
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
+    assert!(wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")));
+    let id = a.query(&src, "SELECT id::text FROM capra.captured WHERE relname = 'kv'")[0]
+        .clone()
+        .unwrap();
+    let mut dba = a.client(&src);
+    dba.batch_execute(&format!("BEGIN; LOCK TABLE capra.delta_{id} IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    let watchers = || -> i64 {
+        a.query(
+            &src,
+            "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'capra watcher'",
+        )[0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+    };
+    let mut most = 0;
+    let end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < end {
+        // Other writes move the server's snapshot, so the watcher asks.
+        a.exec(&src, "INSERT INTO other VALUES (1)");
+        most = most.max(watchers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    dba.batch_execute("COMMIT").unwrap();
+    assert!(most <= 2, "{most} watching connections at once\n{}", c.log());
+    a.exec(&src, "INSERT INTO kv VALUES (2, 'b')");
+    assert!(
+        wait_for(15, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
+        "{}",
+        c.log()
+    );
+}

@@ -866,3 +866,70 @@ fn large_batches_apply_exactly() {
     c.ok(&["kick", "s", "60"]);
     assert!(same("wide") && same("uniq"), "{}", c.log());
 }
+
+/// A source captured by capture version 5 (statement-level UPDATE trigger,
+/// a NOTIFY in every capture function) is upgraded in place when the
+/// daemon attaches: the UPDATE trigger becomes row-level, the functions
+/// lose the NOTIFY, the change log keeps what it holds, and every change
+/// still replicates. The functions cast nothing and look nothing up
+/// through the writer's search_path.
+#[test]
+fn capture_version_5_is_upgraded_in_place() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::synced(
+        "upgrade5",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a'), (2, 'b')");
+    let id = a.query(&src, "SELECT id::text FROM capra.captured WHERE relname = 'kv'")[0]
+        .clone()
+        .unwrap();
+    // Back to version 5's shape, with a change logged by it.
+    a.exec(
+        &src,
+        &format!(
+            "UPDATE capra.capture_meta SET version = 5;
+             CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$ BEGIN
+               IF TG_OP = 'UPDATE' THEN INSERT INTO capra.delta_{id} (k) SELECT k FROM capra_new UNION SELECT k FROM capra_old;
+               ELSIF TG_OP = 'INSERT' THEN INSERT INTO capra.delta_{id} (k) SELECT k FROM capra_new;
+               ELSIF TG_OP = 'DELETE' THEN INSERT INTO capra.delta_{id} (k) SELECT k FROM capra_old;
+               ELSE INSERT INTO capra.truncate_log (captured) VALUES ({id}); END IF;
+               PERFORM pg_catalog.pg_notify('capra', ''); RETURN NULL; END $f$;
+             DROP TRIGGER capra_capture_u ON kv;
+             CREATE TRIGGER capra_capture_u AFTER UPDATE ON kv REFERENCING OLD TABLE AS capra_old NEW TABLE AS capra_new
+                 FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();
+             UPDATE kv SET v = 'logged by v5' WHERE k = 1"
+        ),
+    );
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    a.exec(
+        &src,
+        "UPDATE kv SET k = 20, v = 'moved' WHERE k = 2; INSERT INTO kv VALUES (3, 'c')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
+    assert_eq!(
+        a.query(
+            &src,
+            "SELECT (SELECT version FROM capra.capture_meta)::text || ' ' || (tgtype & 1)::text FROM pg_trigger
+              WHERE tgrelid = 'kv'::regclass AND tgname = 'capra_capture_u'"
+        )[0]
+        .as_deref(),
+        Some("6 1"),
+        "upgraded to a row-level UPDATE trigger"
+    );
+    let def = a.query(
+        &src,
+        &format!("SELECT pg_get_functiondef('capra.capture_{id}'::regproc)"),
+    )[0]
+    .clone()
+    .unwrap();
+    assert!(!def.contains("pg_notify"), "{def}");
+    assert!(
+        !def.contains("::"),
+        "no cast resolves a type through the caller's search_path: {def}"
+    );
+}
