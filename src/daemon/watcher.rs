@@ -59,12 +59,15 @@ pub(super) fn server_key(db: &Db) -> String {
 /// acknowledges them) costs a bounded wait instead of a stuck watcher. An
 /// abandoned thread ends once its query returns or its connection dies.
 struct Bounded {
-    tx: std::sync::mpsc::Sender<Box<dyn FnOnce(&mut postgres::Client) + Send>>,
+    tx: std::sync::mpsc::Sender<Work>,
 }
+
+/// What a [`Bounded`] connection's thread runs.
+type Work = Box<dyn FnOnce(&mut postgres::Client) + Send>;
 
 impl Bounded {
     fn new(mut client: postgres::Client) -> Bounded {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce(&mut postgres::Client) + Send>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Work>();
         let _ = std::thread::Builder::new()
             .name("capra-watch-conn".into())
             .spawn(move || {
