@@ -12,7 +12,7 @@
 //!   hooks, settings, run history.
 //! - [`capture`]: what capra reads, checks and installs in source databases.
 //! - [`apply`]: one run of a sync: read a source snapshot, write targets \[KID\].
-//! - [`daemon`]: the systemd-native daemon: controllers, workers, listeners,
+//! - [`daemon`]: the systemd-native daemon: controllers, workers, watchers,
 //!   purger \[MCP, CTL, VAC\].
 //! - [`schedule`]: cron schedules.
 //! - [`hooks`]: sandboxed Lua custom code.

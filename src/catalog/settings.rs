@@ -271,7 +271,7 @@ pub const SETTINGS: &[Setting] = &[
         "mcp_pingtime",
         "60",
         Kind::Seconds { allow_minus_one: false },
-        "Seconds between checks of each connection listening for changes (reconnected when a check fails); each check also runs that source's autokick syncs, so a lost notification delays changes by at most this long"
+        "Seconds between checks of each connection watching a source for changes (reconnected when a check fails); each check also runs that source's autokick syncs, the safety net that bounds how long any missed change waits"
     ),
     s!("mcp_vactime", "60", Kind::Seconds { allow_minus_one: false }, COMPAT),
     s!(

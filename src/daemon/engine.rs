@@ -60,9 +60,9 @@ pub struct EngineConfig {
     pub dbproblem_sleep: f64,
     /// Seconds a run waits for its table locks.
     pub lock_timeout: f64,
-    /// Seconds between checks of each listening connection (each check
-    /// also kicks that source's autokick syncs, so a lost notification
-    /// delays a change by at most this long).
+    /// Seconds between checks of each watching connection (each check
+    /// also kicks that source's autokick syncs, so a missed change waits
+    /// at most this long).
     pub pingtime: f64,
     /// `default_conflict_strategy`: for syncs and tables that set none.
     pub default_strategy: String,
