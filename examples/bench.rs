@@ -291,7 +291,8 @@ fn add_db(env: &Env, name: &str, c: &Cluster, db: &str) {
 
 /// Figures 1 to 5 at one pgbench scale. Every figure is a ratio to a
 /// reference measured in the same run, alternating with it, REPS times.
-fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, results: &mut Vec<String>) {
+fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, parts: &[String], results: &mut Vec<String>) {
+    let part = |p: &str| parts.is_empty() || parts.iter().any(|x| x == p);
     println!("\n== pgbench scale {scale}");
     let a = Cluster::start("benchA", Opts::default());
     let b = Cluster::start("benchB", Opts::default());
@@ -335,7 +336,7 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, results: &mut Vec
     // repetitions run over a longer and longer history).
     let (mut copy_ratio, mut pipe_rate, mut batch) = (Vec::new(), Vec::new(), vec![Vec::new(); 3]);
     let mut next_lo = 1i64;
-    for rep in 1..=reps {
+    for rep in (1..=reps).filter(|_| part("copy")) {
         let pipe = pipe_copy(&a, &src, &b, &tgt);
         pipe_rate.push(rows as f64 / pipe);
         env.run(&["update", "sync", "bench", "onetimecopy=1"]);
@@ -386,7 +387,10 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, results: &mut Vec
             "scale {scale}: ... backlog 3: {} (target: as fast as backlog 1)",
             spread(&batch[2], 2)
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| part("copy"))
+    {
         println!("{line}");
         results.push(line);
     }
@@ -395,7 +399,7 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, results: &mut Vec
     // 3. lag under steady load, autokick on (absolute: the target is in ms).
     env.run(&["update", "sync", "bench", "autokick=1"]);
     std::thread::sleep(Duration::from_secs(1));
-    for rate in [100, 500] {
+    for rate in [100, 500].into_iter().filter(|_| part("lag")) {
         let mut p95s = Vec::new();
         let mut p50s = Vec::new();
         for _ in 0..2 {
@@ -424,7 +428,7 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, results: &mut Vec
     // session_replication_role=replica, the reference), with capture and
     // no daemon, and with the daemon replicating to a target on this same
     // 2-core machine.
-    if scale == 10 {
+    if scale == 10 && part("tps") {
         let tp = a.create_db("tpsdb");
         pgbench(&a, &tp, &["-i", "-q", "-s", "10"]);
         let tp_tgt = b.create_db("tps_tgt");
@@ -598,10 +602,12 @@ fn thousand(capra: &std::path::Path, results: &mut Vec<String>) {
     let t0 = Instant::now();
     env.run(&["start", "bench"]);
     let start_secs = t0.elapsed().as_secs_f64();
-    // Every sync has run once (the start kicks them all).
+    // Every sync has run once (the start kicks them all; an empty run
+    // leaves only its time in sync_state).
     while a.query(
         "ctlk",
-        "SELECT count(DISTINCT sync) FROM capra.run WHERE state = 'good'",
+        "SELECT count(DISTINCT sync) FROM (SELECT sync FROM capra.run WHERE state = 'good'
+                                            UNION SELECT sync FROM capra.sync_state WHERE last_empty IS NOT NULL) x",
     )[0]
     .as_deref()
         != Some("50")
@@ -789,7 +795,7 @@ fn main() {
     let capra = std::env::args()
         .nth(1)
         .map(std::path::PathBuf::from)
-        .expect("usage: bench CAPRA_BINARY [SCALE...] [mm] [thousand] [reps=N]");
+        .expect("usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [reps=N]");
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut scales: Vec<u32> = args.iter().filter_map(|s| s.parse().ok()).collect();
     let reps: usize = args
@@ -798,13 +804,18 @@ fn main() {
         .unwrap_or(5);
     let mm = args.iter().any(|a| a == "mm");
     let thousand_part = args.iter().any(|a| a == "thousand");
-    let all = scales.is_empty() && !mm && !thousand_part;
-    if all {
+    let parts: Vec<String> = args
+        .iter()
+        .filter(|a| ["copy", "lag", "tps"].contains(&a.as_str()))
+        .cloned()
+        .collect();
+    let all = scales.is_empty() && !mm && !thousand_part && parts.is_empty();
+    if all || (scales.is_empty() && !parts.is_empty()) {
         scales = vec![10];
     }
     let mut results = Vec::new();
     for s in scales {
-        scale_run(&capra, s, reps, &mut results);
+        scale_run(&capra, s, reps, &parts, &mut results);
     }
     if all || thousand_part {
         thousand(&capra, &mut results);

@@ -3,7 +3,8 @@
 # clusters, and prints figures (initial copy vs a psql pipe, delta apply
 # rows/s, lag under pgbench load, source TPS with and without capture,
 # daemon memory, multi-master convergence). Usage: scripts/bench.sh
-# [SCALE...] [mm] [thousand] [reps=N]   (default: everything at scale 10, 5 repetitions)
+# [SCALE...] [copy] [lag] [tps] [mm] [thousand] [reps=N]
+#   (default: everything at scale 10, 5 repetitions; naming parts runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "needs the PostgreSQL server binaries: apt-get install postgresql" >&2; exit 1; }

@@ -36,11 +36,14 @@ use crate::catalog::model::Db;
 const POLL_BUSY: Duration = Duration::from_millis(2);
 /// Poll interval when nothing changed for a while (the interval doubles
 /// from POLL_BUSY up to this).
-const POLL_IDLE: Duration = Duration::from_millis(16);
+const POLL_IDLE: Duration = Duration::from_millis(25);
 /// A database is asked again at the earliest after this many times its
-/// last question took, so that other databases' writes on the same server
-/// (which move its snapshot too) cost at most a fifth of a core.
-const ASK_SPACING: u32 = 4;
+/// last question took (at most [`ASK_SPACING_MAX`]), so that writes that
+/// touch no captured table (which move the server's snapshot too) cost the
+/// watcher at most a tenth of a core.
+const ASK_SPACING: u32 = 10;
+/// The longest wait between two questions to one database.
+const ASK_SPACING_MAX: Duration = Duration::from_millis(15);
 
 /// Which server a database lives on (databases on one server share
 /// transaction ids, so one watcher serves them all).
@@ -300,7 +303,7 @@ impl Engine {
                 match self.ask(w, syncs, gen, within) {
                     Ok(kick) => {
                         found |= !kick.is_empty();
-                        w.not_before = Instant::now() + asked.elapsed() * ASK_SPACING;
+                        w.not_before = Instant::now() + (asked.elapsed() * ASK_SPACING).min(ASK_SPACING_MAX);
                         for s in kick {
                             self.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
                         }
@@ -464,9 +467,10 @@ fn in_progress(snapshot: &str) -> Vec<i64> {
 /// ids among `ids` whose change log (or truncation log) has rows the
 /// snapshot `$1` did not see: written by a transaction at or after its
 /// xmax, or by one of its in-progress ones (`$2`). One prepared statement;
-/// the newest row comes from the txid index's end (`max`) whatever plan
-/// the statement caches, so asking costs a couple of index probes per
-/// table however long the unpurged log is.
+/// `ORDER BY txid LIMIT 1` keeps the first probe an index scan starting at
+/// that xmax whatever plan the statement caches (never a scan of the whole
+/// unpurged log, nor of rows purged but not yet vacuumed, which sit below
+/// it), so asking costs a couple of index probes per table.
 fn question_sql(ids: &[i32]) -> String {
     let mut sql = String::from(
         "SELECT NULL::int, txid_current_snapshot()::text
@@ -475,8 +479,10 @@ fn question_sql(ids: &[i32]) -> String {
     );
     for id in ids {
         sql.push_str(&format!(
-            "\n UNION ALL SELECT {id}, NULL WHERE (SELECT max(d.txid) FROM capra.delta_{id} d) >= txid_snapshot_xmax($1::text::txid_snapshot)
-               OR EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE d.txid = ANY ($2::bigint[]))"
+            "\n UNION ALL SELECT {id}, NULL
+                 WHERE EXISTS (SELECT 1 FROM (SELECT d.txid FROM capra.delta_{id} d WHERE d.txid >= txid_snapshot_xmax($1::text::txid_snapshot)
+                                               ORDER BY d.txid LIMIT 1) x)
+                    OR EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE d.txid = ANY ($2::bigint[]))"
         ));
     }
     sql
