@@ -551,6 +551,31 @@ fn server_cpu_secs(c: &Cluster) -> f64 {
     total
 }
 
+/// Per thread of a process: its name and CPU seconds.
+fn thread_cpu(pid: i32) -> std::collections::HashMap<i32, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        out.insert(tid, (name, (u + s) / 100.0));
+    }
+    out
+}
+
 fn vm_rss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -620,10 +645,23 @@ fn thousand(capra: &std::path::Path, results: &mut Vec<String>) {
     std::thread::sleep(Duration::from_secs(5));
     let rss0 = vm_rss_kb(pid);
     let (d0, sa0, sb0) = (cpu_secs(pid), server_cpu_secs(&a), server_cpu_secs(&b));
+    let threads0 = thread_cpu(pid);
     let idle = Instant::now();
     std::thread::sleep(Duration::from_secs(30));
     let span = idle.elapsed().as_secs_f64();
     let (d1, sa1, sb1) = (cpu_secs(pid), server_cpu_secs(&a), server_cpu_secs(&b));
+    // Where the daemon's idle time goes, by thread name.
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for (tid, (name, secs)) in thread_cpu(pid) {
+        let before = threads0.get(&tid).map(|t| t.1).unwrap_or(0.0);
+        *by_name.entry(name).or_default() += secs - before;
+    }
+    let busiest: Vec<String> = by_name
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| format!("{k} {:.2}%", v / span * 100.0))
+        .collect();
+    println!("  idle CPU by daemon thread: {}", busiest.join(", "));
     let rss1 = vm_rss_kb(pid);
     let mut status = Vec::new();
     for _ in 0..5 {

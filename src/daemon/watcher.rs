@@ -6,7 +6,8 @@
 //!
 //! Instead a watcher polls the server's transaction snapshot
 //! (`txid_current_snapshot()`, no table read) every few milliseconds while
-//! things move and every [`POLL_IDLE`] when they do not. The end of any
+//! things move, every [`POLL_IDLE`] when they paused and every
+//! [`POLL_DEEP_IDLE`] after a quiet second. The end of any
 //! transaction that wrote changes the snapshot (its id leaves the
 //! in-progress list, or the next id to hand out moves), so an unchanged
 //! snapshot means nothing committed. When it changed, the watcher asks each
@@ -34,9 +35,15 @@ use crate::catalog::model::Db;
 
 /// Poll interval while changes flow.
 const POLL_BUSY: Duration = Duration::from_millis(2);
-/// Poll interval when nothing changed for a while (the interval doubles
+/// Poll interval when nothing changed for a moment (the interval doubles
 /// from POLL_BUSY up to this).
 const POLL_IDLE: Duration = Duration::from_millis(25);
+/// Poll interval once nothing changed for [`DEEP_IDLE_AFTER`]: an idle
+/// daemon stays under 1% of a core, and the first change after a quiet
+/// spell waits at most this long to be noticed.
+const POLL_DEEP_IDLE: Duration = Duration::from_millis(50);
+/// How long nothing must change before polls slow to [`POLL_DEEP_IDLE`].
+const DEEP_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// A database is asked again at the earliest after this many times its
 /// last question took (at most [`ASK_SPACING_MAX`]), so that writes that
 /// touch no captured table (which move the server's snapshot too) cost the
@@ -90,13 +97,32 @@ impl Bounded {
         within: Duration,
         f: impl FnOnce(&mut postgres::Client) -> Result<R, postgres::Error> + Send + 'static,
     ) -> Result<R, String> {
+        self.start(f)?.wait(within)
+    }
+
+    /// Starts `f` on the connection's thread; [`Pending::wait`] takes the
+    /// answer (so questions to several databases run at once).
+    fn start<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<Pending<R>, String> {
         let (rtx, rrx) = std::sync::mpsc::channel();
         self.tx
             .send(Box::new(move |c| {
                 let _ = rtx.send(f(c).map_err(|e| crate::pg::error::describe(&e)));
             }))
             .map_err(|_| "connection closed".to_string())?;
-        match rrx.recv_timeout(within) {
+        Ok(Pending(rrx))
+    }
+}
+
+/// An answer on its way from a [`Bounded`] connection.
+struct Pending<R>(std::sync::mpsc::Receiver<Result<R, String>>);
+
+impl<R> Pending<R> {
+    /// The answer, or an error once `within` has passed.
+    fn wait(self, within: Duration) -> Result<R, String> {
+        match self.0.recv_timeout(within) {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 Err(format!("no answer within {}s", within.as_secs_f64()))
@@ -106,6 +132,13 @@ impl Bounded {
     }
 }
 
+/// What asking a database started: an answer already known, or a question
+/// on its way.
+enum Asking {
+    Known(Vec<String>),
+    Sent(Pending<Vec<(Option<i32>, Option<String>)>>),
+}
+
 /// One watched database: its connection, its prepared question and the
 /// snapshot of its last answer.
 struct Watched {
@@ -113,6 +146,8 @@ struct Watched {
     client: Option<Bounded>,
     /// The server it is on, as the server tells it.
     server: String,
+    /// The snapshot poll, prepared once (one round trip per poll).
+    poll: Option<postgres::Statement>,
     /// The question and, per captured id it covers, the syncs it kicks.
     question: Option<(postgres::Statement, HashMap<i32, Vec<String>>)>,
     /// The routes generation the question was built for.
@@ -221,23 +256,36 @@ impl Engine {
         let mut snapshots: HashMap<String, String> = HashMap::new();
         let mut interval = POLL_BUSY;
         let mut last_ping = Instant::now();
+        let mut members: Vec<(Db, Vec<String>)> = Vec::new();
+        let mut members_gen = u64::MAX;
+        let mut last_move = Instant::now();
         while !stop.load(Ordering::SeqCst) && !self.is_stopping() {
             // The generation first: routes changed after this are seen by
             // the next turn, never stamped with a stale sync list.
             let gen = self.routes_gen.load(Ordering::SeqCst);
-            let members = self.members(&key);
+            let fresh = gen != members_gen;
+            if fresh {
+                members = self.members(&key);
+                members_gen = gen;
+            }
             if members.is_empty() {
                 std::thread::sleep(POLL_IDLE);
                 continue;
             }
             let within = crate::pg::connect::net_defaults().connect_timeout;
-            watched.retain(|n, _| members.iter().any(|(d, _)| &d.name == n));
+            if fresh {
+                watched.retain(|n, _| members.iter().any(|(d, _)| &d.name == n));
+            }
             let now = Instant::now();
             for (db, _) in &members {
+                if !fresh && watched.get(&db.name).is_some_and(|w| w.client.is_some()) {
+                    continue;
+                }
                 let w = watched.entry(db.name.clone()).or_insert_with(|| Watched {
                     db: db.clone(),
                     client: None,
                     server: String::new(),
+                    poll: None,
                     question: None,
                     generation: u64::MAX,
                     pos: None,
@@ -255,8 +303,8 @@ impl Engine {
             // One snapshot poll per server, on any of its connections.
             let mut polled: HashSet<String> = HashSet::new();
             let mut moved = false;
-            let names: Vec<String> = members.iter().map(|(d, _)| d.name.clone()).collect();
-            for n in &names {
+            for (db, _) in &members {
+                let n = &db.name;
                 let Some(w) = watched.get(n) else { continue };
                 let Some(c) = w.client.as_ref() else {
                     // Unreachable: asked again once it is back.
@@ -266,10 +314,8 @@ impl Engine {
                     continue;
                 }
                 let server = w.server.clone();
-                let snap = c.call(within, |c| {
-                    c.query_one("SELECT txid_current_snapshot()::text", &[])
-                        .map(|r| r.get::<_, String>(0))
-                });
+                let Some(stmt) = w.poll.clone() else { continue };
+                let snap = c.call(within, move |c| c.query_one(&stmt, &[]).map(|r| r.get::<_, String>(0)));
                 match snap {
                     Ok(s) => {
                         if snapshots.get(&server) != Some(&s) {
@@ -291,16 +337,29 @@ impl Engine {
                     }
                 }
             }
+            // Every database due is asked at once (each on its own
+            // connection), then the answers are read.
             let mut found = false;
             let now = Instant::now();
+            let mut asking = Vec::new();
             for (db, syncs) in &members {
                 let Some(w) = watched.get_mut(&db.name) else { continue };
                 if w.client.is_none() || !w.pending || now < w.not_before {
                     continue;
                 }
                 w.pending = false;
-                let asked = Instant::now();
                 match self.ask(w, syncs, gen, within) {
+                    Ok(a) => asking.push((db.name.clone(), Instant::now(), a)),
+                    Err(e) => self.ask_failed(w, &e),
+                }
+            }
+            for (name, asked, a) in asking {
+                let Some(w) = watched.get_mut(&name) else { continue };
+                let kick = match a {
+                    Asking::Known(k) => Ok(k),
+                    Asking::Sent(p) => p.wait(within).map(|rows| w.answer(rows)),
+                };
+                match kick {
                     Ok(kick) => {
                         found |= !kick.is_empty();
                         w.not_before = Instant::now() + (asked.elapsed() * ASK_SPACING).min(ASK_SPACING_MAX);
@@ -308,14 +367,7 @@ impl Engine {
                             self.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
                         }
                     }
-                    // A change log dropped under the question (a table left
-                    // capture): ask a rebuilt question, quietly.
-                    Err(e) if e.contains("does not exist") => {
-                        tracing::debug!("Rebuilding the question to \"{}\": {e}", db.name);
-                        w.question = None;
-                        w.pending = true;
-                    }
-                    Err(e) => w.fail(&e),
+                    Err(e) => self.ask_failed(w, &e),
                 }
             }
             // Every mcp_pingtime: each connection (the ones of a server not
@@ -342,10 +394,18 @@ impl Engine {
                     self.kick_all_of(&db.name);
                 }
             }
+            if moved || found {
+                last_move = Instant::now();
+            }
+            let cap = if last_move.elapsed() >= DEEP_IDLE_AFTER {
+                POLL_DEEP_IDLE
+            } else {
+                POLL_IDLE
+            };
             interval = if moved || found {
                 POLL_BUSY
             } else {
-                (interval * 2).min(POLL_IDLE)
+                (interval * 2).min(cap)
             };
             std::thread::sleep(interval);
         }
@@ -363,15 +423,17 @@ impl Engine {
             .map_err(|e| e.to_string())?;
         let c = Bounded::new(c);
         let timeout = (within.as_millis() / 2).max(1000) as i64;
-        let server = c.call(within, move |c| {
+        let (server, poll) = c.call(within, move |c| {
             c.batch_execute(&format!(
                 "SET lock_timeout = {timeout}; SET statement_timeout = {timeout}; SET application_name = 'capra watcher'"
             ))?;
-            c.query_one(
-                "SELECT pg_catalog.pg_postmaster_start_time()::text || ' ' || pg_catalog.current_setting('port')",
-                &[],
-            )
-            .map(|r| r.get::<_, String>(0))
+            let server = c
+                .query_one(
+                    "SELECT pg_catalog.pg_postmaster_start_time()::text || ' ' || pg_catalog.current_setting('port')",
+                    &[],
+                )?
+                .get::<_, String>(0);
+            Ok((server, c.prepare("SELECT txid_current_snapshot()::text")?))
         })?;
         if w.reported {
             let _db = logging::field("db", &w.db.name);
@@ -380,6 +442,7 @@ impl Engine {
         }
         w.client = Some(c);
         w.server = server;
+        w.poll = Some(poll);
         w.question = None;
         w.pending = true;
         Ok(())
@@ -389,7 +452,7 @@ impl Engine {
     /// its last answer; returns the syncs to kick. A new connection or a
     /// new set of routes kicks every sync of the database (changes may have
     /// committed while nobody asked).
-    fn ask(&self, w: &mut Watched, syncs: &[String], gen: u64, within: Duration) -> Result<Vec<String>, String> {
+    fn ask(&self, w: &mut Watched, syncs: &[String], gen: u64, within: Duration) -> Result<Asking, String> {
         let c = w.client.as_ref().ok_or("not connected")?;
         if w.question.is_none() || w.generation != gen {
             let (inst, list) = (self.installation.clone(), syncs.to_vec());
@@ -415,29 +478,46 @@ impl Engine {
                     .map(|r| r.get::<_, String>(0))
             })?;
             w.pos = Some(snap);
-            return Ok(syncs.to_vec());
+            return Ok(Asking::Known(syncs.to_vec()));
         };
-        let (stmt, routes) = w.question.as_ref().expect("prepared");
-        let stmt = stmt.clone();
+        let stmt = w.question.as_ref().expect("prepared").0.clone();
         let xip = in_progress(&pos);
-        let rows: Vec<(Option<i32>, Option<String>)> = c.call(within, move |c| {
+        let sent = c.start(move |c| {
             Ok(c.query(&stmt, &[&pos, &xip])?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect())
         })?;
-        let mut kick: HashSet<String> = HashSet::new();
-        for (id, snap) in rows {
-            match id {
-                None => w.pos = snap,
-                Some(id) => kick.extend(routes.get(&id).into_iter().flatten().cloned()),
-            }
+        Ok(Asking::Sent(sent))
+    }
+
+    /// A question that failed: a change log dropped under it (a table left
+    /// capture) rebuilds it quietly; anything else reconnects.
+    fn ask_failed(&self, w: &mut Watched, e: &str) {
+        if e.contains("does not exist") {
+            tracing::debug!("Rebuilding the question to \"{}\": {e}", w.db.name);
+            w.question = None;
+            w.pending = true;
+        } else {
+            w.fail(e);
         }
-        Ok(kick.into_iter().collect())
     }
 }
 
 impl Watched {
+    /// Reads an answer: the new window start, and the syncs to kick.
+    fn answer(&mut self, rows: Vec<(Option<i32>, Option<String>)>) -> Vec<String> {
+        let mut kick: HashSet<String> = HashSet::new();
+        let routes = self.question.as_ref().map(|q| &q.1);
+        for (id, snap) in rows {
+            match id {
+                None => self.pos = snap,
+                Some(id) => kick.extend(routes.and_then(|r| r.get(&id)).into_iter().flatten().cloned()),
+            }
+        }
+        kick.into_iter().collect()
+    }
+
     /// A failed connection or question: warned once, retried in 500 ms.
     fn fail(&mut self, e: &str) {
         if !self.reported {
