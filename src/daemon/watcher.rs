@@ -139,6 +139,14 @@ enum Asking {
     Sent(Pending<Vec<(Option<i32>, Option<String>)>>),
 }
 
+/// Takes a sync out of the autokick routes.
+fn forget_in(s: &mut HashMap<String, (Db, HashSet<String>)>, sync: &str) {
+    for v in s.values_mut() {
+        v.1.remove(sync);
+    }
+    s.retain(|_, v| !v.1.is_empty());
+}
+
 /// One watched database: its connection, its prepared question and the
 /// snapshot of its last answer.
 struct Watched {
@@ -162,13 +170,16 @@ struct Watched {
 impl Engine {
     /// Registers a sync's sources for autokick (and starts their watchers).
     pub(super) fn set_routes(self: &Arc<Self>, sync: &str, sources: Vec<Db>, autokick: bool) {
-        self.forget_routes_quietly(sync);
-        if autokick {
+        {
+            // One write: no other thread ever sees the sync missing.
             let mut s = self.sources.write().unwrap_or_else(|e| e.into_inner());
-            for db in sources {
-                let e = s.entry(db.name.clone()).or_insert_with(|| (db.clone(), HashSet::new()));
-                e.0 = db;
-                e.1.insert(sync.to_string());
+            forget_in(&mut s, sync);
+            if autokick {
+                for db in sources {
+                    let e = s.entry(db.name.clone()).or_insert_with(|| (db.clone(), HashSet::new()));
+                    e.0 = db;
+                    e.1.insert(sync.to_string());
+                }
             }
         }
         self.routes_gen.fetch_add(1, Ordering::SeqCst);
@@ -176,21 +187,16 @@ impl Engine {
     }
 
     pub(super) fn forget_routes(self: &Arc<Self>, sync: &str) {
-        self.forget_routes_quietly(sync);
+        forget_in(&mut self.sources.write().unwrap_or_else(|e| e.into_inner()), sync);
         self.routes_gen.fetch_add(1, Ordering::SeqCst);
         self.refresh_watchers();
     }
 
-    fn forget_routes_quietly(&self, sync: &str) {
-        let mut s = self.sources.write().unwrap_or_else(|e| e.into_inner());
-        for v in s.values_mut() {
-            v.1.remove(sync);
-        }
-        s.retain(|_, v| !v.1.is_empty());
-    }
-
     /// One watcher per server that some autokick sync reads.
     fn refresh_watchers(self: &Arc<Self>) {
+        // The routes are read under the watchers' lock, so two refreshes
+        // cannot interleave and stop a watcher the other still needs.
+        let mut ws = lock(&self.watchers);
         let wanted: HashSet<String> = self
             .sources
             .read()
@@ -198,7 +204,6 @@ impl Engine {
             .values()
             .map(|v| server_key(&v.0))
             .collect();
-        let mut ws = lock(&self.watchers);
         let stale: Vec<String> = ws.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
         for k in stale {
             if let Some(h) = ws.remove(&k) {
@@ -280,6 +285,15 @@ impl Engine {
             for (db, _) in &members {
                 if !fresh && watched.get(&db.name).is_some_and(|w| w.client.is_some()) {
                     continue;
+                }
+                if let Some(w) = watched.get_mut(&db.name) {
+                    // New routes: ask again even if nothing moves (changes
+                    // to tables just added may have committed already);
+                    // new connection settings: a new connection.
+                    w.pending = true;
+                    if w.db != *db {
+                        w.client = None;
+                    }
                 }
                 let w = watched.entry(db.name.clone()).or_insert_with(|| Watched {
                     db: db.clone(),
@@ -498,6 +512,7 @@ impl Engine {
             tracing::debug!("Rebuilding the question to \"{}\": {e}", w.db.name);
             w.question = None;
             w.pending = true;
+            w.not_before = Instant::now() + Duration::from_millis(500);
         } else {
             w.fail(e);
         }
@@ -522,7 +537,14 @@ impl Watched {
     fn fail(&mut self, e: &str) {
         if !self.reported {
             let _db = logging::field("db", &self.db.name);
-            tracing::warn!("Cannot watch database \"{}\" for changes: {e}; retrying", self.db.name);
+            if self.client.is_some() {
+                tracing::warn!(
+                    "Lost the watching connection to database \"{}\": {e}; reconnecting",
+                    self.db.name
+                );
+            } else {
+                tracing::warn!("Cannot watch database \"{}\" for changes: {e}; retrying", self.db.name);
+            }
             self.reported = true;
         }
         self.client = None;

@@ -159,7 +159,9 @@ impl Timing {
                 at = at.min(t);
             }
             if let (Some(Reason::Autokick), Some(t)) = (self.pending, self.gap_until) {
-                at = at.min(t);
+                if t > now {
+                    at = at.min(t);
+                }
             }
             if let Some(ct) = self.checktime {
                 at = at.min(self.last_run + ct);
@@ -405,5 +407,19 @@ mod tests {
         t.succeeded(t0, false);
         t.request(Reason::Autokick);
         assert!(t.due(t0), "after an empty run a change runs at once");
+    }
+
+    #[test]
+    fn a_past_gap_never_makes_a_retry_wait_spin() {
+        let t0 = Instant::now();
+        let mut t = Timing::new(t0);
+        t.request(Reason::Autokick);
+        t.begin();
+        t.succeeded(t0, true);
+        t.request(Reason::Autokick);
+        t.begin();
+        t.request(Reason::Autokick);
+        t.failed(t0 + Duration::from_secs(1), 30.0);
+        assert!(t.wake_at(t0 + Duration::from_secs(2)) > t0 + Duration::from_secs(2));
     }
 }
