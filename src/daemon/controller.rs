@@ -37,8 +37,6 @@ pub struct Outcome {
     recapture: bool,
     /// Rows were left for a run soon after (held by the application).
     again: bool,
-    /// The run applied changes (the next autokick run waits a moment).
-    applied: bool,
     /// With `stale`: the captured ids the run found and its plan lacked.
     extra: Vec<i32>,
     /// Kick requests this run could not answer (the control database was
@@ -451,7 +449,7 @@ impl Controller {
         }
         self.stale_runs = 0;
         if o.ok {
-            let ended = self.timing.succeeded(now, o.applied);
+            let ended = self.timing.succeeded(now);
             if ended > 0 {
                 tracing::info!("Sync is working again after {ended} failed run(s)");
                 self.engine.notify.send(crate::notify::Alert::Recovered {
@@ -686,7 +684,6 @@ fn execute(
                 served_otc: rep.onetimecopy_gen,
                 recapture: !rep.recaptured.is_empty(),
                 again: rep.again,
-                applied: !rep.empty,
                 caught_up: rep.caught_up,
                 unanswered,
                 ..Default::default()

@@ -70,13 +70,6 @@ impl Backoff {
 /// How often a controller looks again even when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-/// After a run that applied changes, how long a committed change waits
-/// before the next run starts. Under a steady stream of writes this turns
-/// a run per commit into a run per batch: each run's fixed cost (its
-/// bookkeeping, snapshots and round trips) is paid once for many changes,
-/// and the same rows changed again and again are applied once. An
-/// explicit kick never waits for it.
-pub const AUTOKICK_GAP: Duration = Duration::from_millis(20);
 
 /// One sync's timing state.
 #[derive(Debug)]
@@ -90,8 +83,6 @@ pub struct Timing {
     checktime: Option<Duration>,
     running: bool,
     failures: u32,
-    /// Committed changes wait until then (see [`AUTOKICK_GAP`]).
-    gap_until: Option<Instant>,
 }
 
 impl Timing {
@@ -106,7 +97,6 @@ impl Timing {
             checktime: None,
             running: false,
             failures: 0,
-            gap_until: None,
         }
     }
 
@@ -158,11 +148,6 @@ impl Timing {
             if let Some(t) = self.retry_at {
                 at = at.min(t);
             }
-            if let (Some(Reason::Autokick), Some(t)) = (self.pending, self.gap_until) {
-                if t > now {
-                    at = at.min(t);
-                }
-            }
             if let Some(ct) = self.checktime {
                 at = at.min(self.last_run + ct);
             }
@@ -193,8 +178,7 @@ impl Timing {
 
     /// Whether a run should start now.
     pub fn due(&self, now: Instant) -> bool {
-        let gap = self.pending == Some(Reason::Autokick) && self.gap_until.is_some_and(|t| now < t);
-        self.pending.is_some() && !self.running && !gap && self.retry_at.is_none_or(|t| now >= t)
+        self.pending.is_some() && !self.running && self.retry_at.is_none_or(|t| now >= t)
     }
 
     /// A run starts; returns why.
@@ -214,13 +198,11 @@ impl Timing {
         self.pending.get_or_insert(Reason::Retry);
     }
 
-    /// The run succeeded (`applied`: it applied changes, so the next
-    /// change waits [`AUTOKICK_GAP`]); returns how many failures it ended.
-    pub fn succeeded(&mut self, now: Instant, applied: bool) -> u32 {
+    /// The run succeeded; returns how many failures it ended.
+    pub fn succeeded(&mut self, now: Instant) -> u32 {
         self.running = false;
         self.last_run = now;
         self.retry_at = None;
-        self.gap_until = applied.then(|| now + AUTOKICK_GAP);
         std::mem::take(&mut self.failures)
     }
 
@@ -305,7 +287,7 @@ mod tests {
         t.request(Reason::Kick);
         assert!(t.due(t0 + Duration::from_secs(1)), "an explicit kick runs now");
         assert_eq!(t.begin(), Reason::Kick);
-        assert_eq!(t.succeeded(t0 + Duration::from_secs(2), false), 1);
+        assert_eq!(t.succeeded(t0 + Duration::from_secs(2)), 1);
         assert_eq!(t.failures(), 0);
         assert!(!t.due(t0 + Duration::from_secs(2)));
     }
@@ -324,7 +306,7 @@ mod tests {
         assert_eq!(t.begin(), Reason::Checktime);
         t.tick(t0 + Duration::from_secs(200), wall);
         assert!(!t.due(t0 + Duration::from_secs(200)));
-        t.succeeded(t0 + Duration::from_secs(200), false);
+        t.succeeded(t0 + Duration::from_secs(200));
         t.tick(t0 + Duration::from_secs(230), wall);
         assert!(
             !t.due(t0 + Duration::from_secs(230)),
@@ -344,7 +326,7 @@ mod tests {
         t.tick(slot, wall + chrono::Duration::seconds(270));
         assert!(t.due(slot));
         assert_eq!(t.begin(), Reason::Schedule);
-        t.succeeded(slot, false);
+        t.succeeded(slot);
         t.tick(
             slot + Duration::from_millis(500),
             wall + chrono::Duration::milliseconds(270_500),
@@ -369,7 +351,7 @@ mod tests {
             t.tick(now, wall + chrono::Duration::milliseconds(ms as i64 - 500));
             if t.due(now) {
                 t.begin();
-                t.succeeded(now, false);
+                t.succeeded(now);
                 fired += 1;
             }
         }
@@ -388,38 +370,5 @@ mod tests {
         assert_eq!(t.begin(), Reason::Retry);
         t.not_started();
         assert!(!t.running());
-    }
-
-    #[test]
-    fn a_change_after_a_busy_run_waits_for_the_gap_and_a_kick_does_not() {
-        let t0 = Instant::now();
-        let mut t = Timing::new(t0);
-        t.request(Reason::Autokick);
-        t.begin();
-        t.succeeded(t0, true);
-        t.request(Reason::Autokick);
-        assert!(!t.due(t0), "a change right after a run that applied changes waits");
-        assert_eq!(t.wake_at(t0), t0 + AUTOKICK_GAP);
-        assert!(t.due(t0 + AUTOKICK_GAP));
-        t.request(Reason::Kick);
-        assert!(t.due(t0), "an explicit kick does not wait");
-        t.begin();
-        t.succeeded(t0, false);
-        t.request(Reason::Autokick);
-        assert!(t.due(t0), "after an empty run a change runs at once");
-    }
-
-    #[test]
-    fn a_past_gap_never_makes_a_retry_wait_spin() {
-        let t0 = Instant::now();
-        let mut t = Timing::new(t0);
-        t.request(Reason::Autokick);
-        t.begin();
-        t.succeeded(t0, true);
-        t.request(Reason::Autokick);
-        t.begin();
-        t.request(Reason::Autokick);
-        t.failed(t0 + Duration::from_secs(1), 30.0);
-        assert!(t.wake_at(t0 + Duration::from_secs(2)) > t0 + Duration::from_secs(2));
     }
 }
