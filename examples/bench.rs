@@ -170,11 +170,12 @@ fn daemon_pid(a: &Cluster, ctl: &str) -> i32 {
         .unwrap()
 }
 
-fn vm_hwm_kb(pid: i32) -> u64 {
+/// A kB figure of /proc/PID/status (`VmHWM:`, `VmRSS:`).
+fn status_kb(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -418,7 +419,10 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, parts: &[String],
     }
     env.run(&["set", "bucardo_vac=1"]);
     let pid = daemon_pid(&a, "ctl");
-    let line = format!("scale {scale}: daemon peak memory (VmHWM) {} kB", vm_hwm_kb(pid));
+    let line = format!(
+        "scale {scale}: daemon peak memory (VmHWM) {} kB",
+        status_kb(pid, "VmHWM:")
+    );
     println!("{line}");
     results.push(line);
     env.run(&["stop"]);
@@ -509,15 +513,17 @@ fn scale_run(capra: &std::path::Path, scale: u32, reps: usize, parts: &[String],
     }
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = 100.0;
+/// CPU seconds (user + system) in the text of a /proc stat file.
+fn stat_cpu_secs(stat: &str) -> f64 {
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (u + s) / tick
+    (u + s) / 100.0
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: i32) -> f64 {
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
 }
 
 /// CPU seconds used by every postgres process of a cluster (its server).
@@ -568,22 +574,9 @@ fn thread_cpu(pid: i32) -> std::collections::HashMap<i32, (String, f64)> {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map(|(n, _)| n.to_string())
             .unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        out.insert(tid, (name, (u + s) / 100.0));
+        out.insert(tid, (name, stat_cpu_secs(&stat)));
     }
     out
-}
-
-fn vm_rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Figure 7: one daemon, 1,000 tables in 10 source databases (100 each),
@@ -643,7 +636,7 @@ fn thousand(capra: &std::path::Path, results: &mut Vec<String>) {
     let all_ran = t0.elapsed().as_secs_f64();
     let pid = daemon_pid(&a, "ctlk");
     std::thread::sleep(Duration::from_secs(5));
-    let rss0 = vm_rss_kb(pid);
+    let rss0 = status_kb(pid, "VmRSS:");
     let (d0, sa0, sb0) = (cpu_secs(pid), server_cpu_secs(&a), server_cpu_secs(&b));
     let threads0 = thread_cpu(pid);
     let idle = Instant::now();
@@ -662,7 +655,7 @@ fn thousand(capra: &std::path::Path, results: &mut Vec<String>) {
         .map(|(k, v)| format!("{k} {:.2}%", v / span * 100.0))
         .collect();
     println!("  idle CPU by daemon thread: {}", busiest.join(", "));
-    let rss1 = vm_rss_kb(pid);
+    let rss1 = status_kb(pid, "VmRSS:");
     let mut status = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();

@@ -70,7 +70,6 @@ impl Backoff {
 /// How often a controller looks again even when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-
 /// One sync's timing state.
 #[derive(Debug)]
 pub struct Timing {
