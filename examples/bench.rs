@@ -733,17 +733,8 @@ fn mm_convergence(capra: &std::path::Path, reps: u32, results: &mut Vec<String>)
         c.exec(d, "VACUUM ANALYZE");
     }
     let env = Env::installed(capra, &a, "ctlmm");
-    for (n, c, d) in [("m1", &a, &d1), ("m2", &b, &d2)] {
-        env.run(&[
-            "add",
-            "db",
-            n,
-            &format!("dbname={d}"),
-            "host=127.0.0.1",
-            &format!("port={}", c.port),
-            "user=postgres",
-        ]);
-    }
+    add_db(&env, "m1", &a, &d1);
+    add_db(&env, "m2", &b, &d2);
     env.run(&["add", "all", "tables", "db=m1", "relgroup=mm", "-T", "pgbench_history"]);
     env.run(&["add", "sync", "mm", "relgroup=mm", "dbs=m1:source,m2:source"]);
     env.run(&["start", "bench"]);

@@ -440,9 +440,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         })
         .collect();
 
-    let nothing = srcs
-        .iter()
-        .all(|s| s.changed.is_empty() && s.truncated.is_empty() && s.parts_truncated.is_empty() && s.recopy.is_empty())
+    let nothing = srcs.iter().all(|s| !s.touched_any())
         && plan.fullcopy.is_empty()
         && plan.behind.is_empty()
         && otc == 0
@@ -824,14 +822,7 @@ fn sync_table(
         && otc == 0
         && plan.behind.is_empty()
         && plan.fullcopy.is_empty()
-        && srcs.iter().zip(&ids).all(|(s, id)| {
-            id.is_some_and(|id| {
-                !s.changed.contains(&id)
-                    && !s.truncated.contains(&id)
-                    && !s.parts_truncated.contains(&id)
-                    && !s.recopy.contains(&id)
-            })
-        });
+        && srcs.iter().zip(&ids).all(|(s, id)| id.is_some_and(|id| !s.touched(id)));
     if untouched {
         return Ok(TableReport {
             table: t.name.human(),

@@ -88,6 +88,23 @@ impl Src<'_> {
         }
     }
 
+    /// Whether this run found anything for a captured table here: changes,
+    /// a truncation of it or of a partition, or a lost key.
+    pub(super) fn touched(&self, id: i32) -> bool {
+        self.changed.contains(&id)
+            || self.truncated.contains(&id)
+            || self.parts_truncated.contains(&id)
+            || self.recopy.contains(&id)
+    }
+
+    /// Whether this run found anything here at all.
+    pub(super) fn touched_any(&self) -> bool {
+        !(self.changed.is_empty()
+            && self.truncated.is_empty()
+            && self.parts_truncated.is_empty()
+            && self.recopy.is_empty())
+    }
+
     pub(super) fn id_of(&self, t: &Relation) -> Option<i32> {
         self.captured
             .get(&(t.name.schema.clone(), t.name.name.clone()))

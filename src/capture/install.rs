@@ -315,8 +315,8 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
         let mut sql = function_sql(id, &table, &keycols, rowlevel);
         if !rowlevel && r.get::<_, bool>(6) {
             sql.push_str(&format!(
-                "DROP TRIGGER IF EXISTS capra_capture_u ON {live};\n\
-                 CREATE TRIGGER capra_capture_u AFTER UPDATE ON {live} FOR EACH ROW EXECUTE PROCEDURE capra.capture_{id}();\n"
+                "DROP TRIGGER IF EXISTS capra_capture_u ON {live};\n{}",
+                update_trigger_sql(&live, id)
             ));
         }
         c.batch_execute(&sql)
@@ -577,7 +577,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
             "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
              CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
         ));
-        sql.push_str(&update_trigger_sql(&t.name, id));
+        sql.push_str(&update_trigger_sql(&tbl, id));
     }
     sql.push_str(&format!(
         "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
@@ -822,12 +822,11 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -
     format!("CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n")
 }
 
-/// The row-level UPDATE trigger of a table with statement-level INSERT and
-/// DELETE triggers.
-fn update_trigger_sql(table: &QualName, id: i32) -> String {
+/// The row-level UPDATE trigger of a table (`table`: its quoted name) with
+/// statement-level INSERT and DELETE triggers.
+fn update_trigger_sql(table: &str, id: i32) -> String {
     format!(
-        "CREATE TRIGGER capra_capture_u AFTER UPDATE ON {} FOR EACH ROW EXECUTE PROCEDURE capra.capture_{id}();\n",
-        table.sql()
+        "CREATE TRIGGER capra_capture_u AFTER UPDATE ON {table} FOR EACH ROW EXECUTE PROCEDURE capra.capture_{id}();\n"
     )
 }
 
