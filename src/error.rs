@@ -105,6 +105,19 @@ pub enum Error {
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
 
+    /// The system refused a thread (a task limit such as systemd's
+    /// `TasksMax` or `ulimit -u`).
+    #[error(
+        "cannot start thread \"{thread}\": {source} (a task limit is reached: raise TasksMax in the unit or ulimit -u)"
+    )]
+    Spawn {
+        /// Which thread.
+        thread: String,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// File or process trouble.
     #[error("{context}: {source}")]
     Io {

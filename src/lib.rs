@@ -31,10 +31,13 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod domain;
 pub mod error;
 pub mod hooks;
+pub mod logging;
 pub mod notify;
 pub mod pg;
 pub mod schedule;
+pub mod sys;
 
 pub use error::{Error, Result};

@@ -8,7 +8,6 @@
 //! - [`conflict`]: the strategies, as plain functions.
 //! - [`copy`], [`sequences`], [`pools`]: COPY pipes, sequences, connections.
 
-pub mod conflict;
 pub mod copy;
 pub mod pools;
 mod receive;

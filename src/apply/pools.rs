@@ -29,7 +29,7 @@ impl Pools {
     /// The pool for a database (created on first use, replaced if its
     /// connection settings or the network settings changed).
     pub fn pool(&self, db: &Db) -> Result<DbPool> {
-        let mut m = self.map.lock().unwrap();
+        let mut m = crate::sys::lock(&self.map);
         let net = crate::pg::connect::net_defaults();
         if let Some((known, n, p)) = m.get(&db.name) {
             if known == db && *n == net {
@@ -61,14 +61,14 @@ impl Cancel {
         if self.is_stopped() {
             return Err(Error::Rejected("the daemon is stopping".into()));
         }
-        self.tokens.lock().unwrap().push(c.cancel_token());
+        crate::sys::lock(&self.tokens).push(c.cancel_token());
         Ok(())
     }
 
     /// Cancels every query of the run (called from another thread).
     pub fn cancel(&self, tls: &MakeTlsConnector) {
         self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in self.tokens.lock().unwrap().iter() {
+        for t in crate::sys::lock(&self.tokens).iter() {
             let _ = t.cancel_query(tls.clone());
         }
     }
@@ -80,6 +80,6 @@ impl Cancel {
 
     /// Forgets the registered connections (the run is over).
     pub fn clear(&self) {
-        self.tokens.lock().unwrap().clear();
+        crate::sys::lock(&self.tokens).clear();
     }
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use postgres::Transaction;
 
-use super::conflict::{Contender, Decision, Record};
 use super::copy::pipe;
 use super::run::*;
 use crate::catalog::model::Relation;
+use crate::domain::conflict::{Contender, Decision, Record};
 use crate::error::{Context, Result};
 use crate::pg::ident::quote_ident;
 

@@ -15,7 +15,7 @@
 //! snapshot and also written, in a second, READ COMMITTED transaction: a
 //! key changed on one source goes to every other source and every target;
 //! a key changed on two or more is a conflict, settled per row
-//! ([`super::conflict`]). A source receives rows through a staging table:
+//! ([`crate::domain::conflict`]). A source receives rows through a staging table:
 //! the rows are locked, then its change log is read again, and a key the
 //! application changed there after this run's snapshot (a late change) is
 //! settled as a conflict too, never silently overwritten. Existing rows
@@ -31,17 +31,17 @@ use std::time::Instant;
 use postgres::{IsolationLevel, Transaction};
 use serde::Serialize;
 
-use super::conflict::{Record, Strategy};
 use super::copy::pipe;
 use super::pools::{Cancel, Pools};
 use super::receive::*;
 use super::sequences::{apply_sequence, read_sequences, SeqState};
 use super::settle::*;
 use super::source::*;
-use crate::capture::discover;
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
+use crate::domain::conflict::{Record, Strategy};
 use crate::error::{Context, Error, Result};
+use crate::pg::discover;
 use crate::pg::ident::quote_ident;
 use crate::pg::pool::Conn;
 

@@ -3,9 +3,9 @@
 
 use postgres::Transaction;
 
-use crate::capture::discover;
 use crate::catalog::model::Relation;
 use crate::error::{Context, Result};
+use crate::pg::discover;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SeqState {

@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 
 use postgres::Transaction;
 
-use super::conflict::{self, Contender, Decision, Record, Strategy};
 use super::run::*;
 use crate::catalog::model::Relation;
+use crate::domain::conflict::{self, Contender, Decision, Record, Strategy};
 use crate::error::{Context, Error, Result};
 use crate::pg::ident::quote_ident;
 

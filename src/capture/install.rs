@@ -31,8 +31,8 @@
 
 use postgres::GenericClient;
 
-use super::discover;
 use crate::error::{Context, Error, Result};
+use crate::pg::discover;
 use crate::pg::ident::{quote_ident, QualName};
 
 /// Version of the source-side objects; bumped when their shape changes.

@@ -1,7 +1,6 @@
 //! Change capture on source databases: what capra finds there (discovery),
 //! checks there (validation) and installs there.
 
-pub mod discover;
 pub mod install;
 pub mod purge;
 pub mod reconcile;

@@ -5,10 +5,10 @@
 
 use postgres::{Client, GenericClient};
 
-use super::discover::{self, Column, Kind};
 use crate::catalog::edit::is_delta;
 use crate::catalog::model::{self, Relation};
 use crate::error::{Context, Error, Result};
+use crate::pg::discover::{self, Column, Kind};
 use crate::pg::ident::QualName;
 
 /// Whether two column types are close enough to copy between.

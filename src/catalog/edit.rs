@@ -5,8 +5,8 @@
 use postgres::Transaction;
 
 use super::model::{self, DbGroup, Relation};
-use crate::capture::discover::Found;
 use crate::error::{Context, Error, Result};
+use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
 
 /// A database to add.

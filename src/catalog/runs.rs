@@ -186,7 +186,7 @@ pub fn record_conflicts(
     c: &mut impl GenericClient,
     sync: &str,
     run: i64,
-    records: &[&crate::apply::conflict::Record],
+    records: &[&crate::domain::conflict::Record],
 ) -> Result<()> {
     let json = serde_json::to_value(records).unwrap_or(serde_json::Value::Null);
     c.execute(

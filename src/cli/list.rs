@@ -5,9 +5,9 @@ use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 
 use super::Ctx;
-use crate::capture::discover::short_type;
 use crate::catalog::model::{self, Relation};
 use crate::error::{Error, Result};
+use crate::pg::discover::short_type;
 use crate::pg::ident::wildcard_match;
 
 /// `list WHAT [NAME|PATTERN...]`.

@@ -414,7 +414,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
     };
     let verbose = cli.verbose;
     if !matches!(cli.command, Command::Start { foreground: true, .. }) {
-        crate::daemon::logging::init_cli(verbose);
+        crate::logging::init_cli(verbose);
     }
     match run(cli) {
         Ok(()) => 0,
@@ -551,7 +551,7 @@ fn mail_cmd(ctx: &Ctx, words: &[String]) -> Result<()> {
             ))
         }
     };
-    let host = crate::daemon::engine::hostname();
+    let host = crate::sys::hostname();
     let now = chrono::Local::now();
     let (subject, body) = crate::notify::tnm_mail(
         "capra",

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::engine::{CtlMsg, Engine, Event, Reason};
-use super::logging;
 use crate::catalog::runs;
+use crate::logging;
 
 impl Engine {
     /// The control thread: holds the advisory lock, answers requests,

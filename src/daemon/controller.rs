@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use chrono::Local;
 
 use super::engine::{lock, CtlMsg, Engine, Job, Reason};
-use super::logging;
 use crate::apply::pools::Cancel;
 use crate::apply::run::{self as apply, RunCache, RunEnv};
 use crate::capture::install;
@@ -18,6 +17,7 @@ use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
 use crate::error::{Context, Error, Result};
+use crate::logging;
 use crate::schedule::cron::Schedule;
 use crate::schedule::timing::{Backoff, Timing};
 
@@ -607,7 +607,7 @@ fn execute(
     // The conflict history: every settled conflict of a good run; of a
     // failed run only those that stopped it (the others come again).
     let settled = conflicts.into_inner();
-    let keep: Vec<&crate::apply::conflict::Record> = settled
+    let keep: Vec<&crate::domain::conflict::Record> = settled
         .iter()
         .filter(|r| result.is_ok() || r.winner == "aborted")
         .collect();

@@ -189,7 +189,7 @@ impl Engine {
         cfg: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
         notify: crate::notify::Notifier,
-    ) -> Arc<Engine> {
+    ) -> Result<Arc<Engine>> {
         let workers = cfg.workers;
         let e = Arc::new(Engine {
             installation,
@@ -197,7 +197,7 @@ impl Engine {
             pools: Pools::new(workers as u32 + 2),
             cfg: RwLock::new(cfg),
             pid: std::process::id() as i32,
-            host: hostname(),
+            host: crate::sys::hostname(),
             stopping: AtomicBool::new(false),
             reload_requested: AtomicBool::new(false),
             controllers: Mutex::new(HashMap::new()),
@@ -217,22 +217,17 @@ impl Engine {
         let mut handles = Vec::new();
         for i in 0..workers {
             let rx = rx.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("capra-worker-{i}"))
-                    .spawn(move || loop {
-                        let job = { rx.lock().unwrap_or_else(|e| e.into_inner()).recv() };
-                        match job {
-                            Ok(j) => j(),
-                            Err(_) => return,
-                        }
-                    })
-                    .expect("spawn worker"),
-            );
+            handles.push(crate::sys::spawn(&format!("capra-worker-{i}"), move || loop {
+                let job = { crate::sys::lock(&rx).recv() };
+                match job {
+                    Ok(j) => j(),
+                    Err(_) => return,
+                }
+            })?);
         }
-        *e.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        *e.workers.lock().unwrap_or_else(|e| e.into_inner()) = handles;
-        e
+        *crate::sys::lock(&e.jobs) = Some(tx);
+        *crate::sys::lock(&e.workers) = handles;
+        Ok(e)
     }
 
     /// Whether the daemon is shutting down.
@@ -372,18 +367,6 @@ impl Engine {
 /// it (capra's shared state stays valid across a contained panic).
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// This host's name (for run records and mail).
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 impl Engine {

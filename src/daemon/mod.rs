@@ -13,7 +13,6 @@
 pub mod control;
 pub mod controller;
 pub mod engine;
-pub mod logging;
 pub mod purger;
 pub mod watcher;
 
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::{model, runs, Catalog};
 use crate::config::Settings;
 use crate::error::{Context, Error, Result};
+use crate::logging;
 use crate::pg::{self, connect::ConnSpec};
 
 /// Tries to open a control connection holding the daemon lock: Ok(None) if
@@ -111,7 +111,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let _r = logging::role("MCP", None);
 
     let safety = model::setting(c, "host_safety_check")?;
-    let host = engine::hostname();
+    let host = crate::sys::hostname();
     if !safety.is_empty() && !host_allowed(&safety, &host) {
         return Err(Error::Rejected(format!(
             "Cannot start: configured to only run on {safety:?} (host_safety_check), this is {host:?}"
@@ -177,11 +177,11 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let notify_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let notifier = crate::notify::Notifier::start(
         control_pool.clone(),
-        engine::hostname(),
+        crate::sys::hostname(),
         installation.clone(),
         notify_stop.clone(),
     );
-    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx, notifier);
+    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx, notifier)?;
     tracing::info!(
         "capra {} starting (pid {}, host {host}, reason: {reason})",
         env!("CARGO_PKG_VERSION"),
@@ -505,7 +505,7 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
         .execute("SELECT pg_notify($1, $2)", &[&runs::CONTROL_CHANNEL, &payload])
         .ctx(|| "asking the daemon to stop".into())?;
     let end = Instant::now() + timeout;
-    let local = d.host == engine::hostname() && d.pid > 0;
+    let local = d.host == crate::sys::hostname() && d.pid > 0;
     // The request carries the reason; a local daemon that has not reacted
     // within a few seconds (control database trouble) also gets SIGTERM.
     let signal_at = Instant::now() + Duration::from_secs(5);

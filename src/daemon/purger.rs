@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::Engine;
-use super::logging;
 use crate::capture::{install, purge};
 use crate::catalog::model::{self, Db};
 use crate::catalog::plan::SyncPlan;
 use crate::error::Context;
+use crate::logging;
 
 impl Engine {
     /// The purger (VAC): every vac_sleep seconds, on every captured source.

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::{lock, CtlMsg, Engine, Reason, WatcherHandle};
-use super::logging;
 use crate::catalog::model::Db;
+use crate::logging;
 
 /// Poll interval while changes flow.
 const POLL_BUSY: Duration = Duration::from_millis(2);

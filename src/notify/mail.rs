@@ -100,7 +100,7 @@ impl MailSettings {
         let to = to.unwrap_or(&self.to);
         let bad = |what: &str, e: &dyn std::fmt::Display| Error::Rejected(format!("mail: {what}: {e}"));
         let from = if self.from.is_empty() || self.from == NOBODY {
-            format!("capra@{}", crate::daemon::engine::hostname())
+            format!("capra@{}", crate::sys::hostname())
         } else {
             self.from.clone()
         };

@@ -149,7 +149,7 @@ impl Notifier {
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let r2 = running.clone();
         let _ = std::thread::Builder::new().name("notify".into()).spawn(move || {
-            let _r = crate::daemon::logging::role("MCP", None);
+            let _r = crate::logging::role("MCP", None);
             let mut s = State::new(control, host);
             s.installation = installation;
             s.run(rx, stop);

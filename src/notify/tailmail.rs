@@ -534,7 +534,7 @@ pub fn run(config: &Path) -> Result<Digest> {
     // Most frequent first (tail_n_mail's default sort).
     items.sort_by(|a, b| b.count.cmp(&a.count).then(a.first.line.cmp(&b.first.line)));
     let total: u64 = items.iter().map(|i| i.count).sum();
-    let host = crate::daemon::engine::hostname();
+    let host = crate::sys::hostname();
     let lastfile = per_file
         .last()
         .map(|f| f.0.clone())

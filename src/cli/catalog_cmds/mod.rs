@@ -4,13 +4,13 @@
 use postgres::Transaction;
 
 use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
-use crate::capture::discover::{self, Found};
 use crate::capture::reconcile;
 use crate::catalog::edit::{self, NewDb};
 use crate::catalog::kv::{self, check_name, key, Key};
 use crate::catalog::model::{self, Relation};
 use crate::catalog::{settings, sync_opts, Catalog};
 use crate::error::{Error, Result};
+use crate::pg::discover::{self, Found};
 use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
 
 mod config;
