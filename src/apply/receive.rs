@@ -11,6 +11,7 @@ use super::copy::pipe;
 use super::run::*;
 use crate::catalog::model::Relation;
 use crate::domain::conflict::{Contender, Decision, Record};
+use crate::domain::DeleteMethod;
 use crate::error::{Context, Result};
 use crate::pg::ident::quote_ident;
 
@@ -141,7 +142,7 @@ pub(super) fn replay_truncate(
             return Ok(held);
         }
         None => {
-            truncate_or_delete(tx, db, t, meta, "truncate")?;
+            truncate_or_delete(tx, db, t, meta, DeleteMethod::Truncate)?;
             if let Some(mid) = md {
                 tx.execute("INSERT INTO capra.truncate_log (captured) VALUES ($1)", &[&mid])
                     .ctx(|| format!("logging a TRUNCATE of {} on \"{db}\" (makedelta)", t.name.human()))?;
@@ -255,10 +256,14 @@ pub(super) fn truncate_or_delete(
     db: &str,
     t: &Relation,
     meta: &TableMeta,
-    method: &str,
+    method: DeleteMethod,
 ) -> Result<u64> {
-    if method != "delete" {
-        let cascade = if method == "truncate_cascade" { " CASCADE" } else { "" };
+    if method != DeleteMethod::Delete {
+        let cascade = if method == DeleteMethod::TruncateCascade {
+            " CASCADE"
+        } else {
+            ""
+        };
         let mut sp = tx.savepoint("capra_truncate").ctx(|| "savepoint".into())?;
         match sp.batch_execute(&format!("TRUNCATE {}{}{cascade}", meta.only, t.name.sql())) {
             Ok(()) => {

@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use postgres::{IsolationLevel, Transaction};
+use postgres::Transaction;
 use serde::Serialize;
 
 use super::copy::pipe;
@@ -40,6 +40,7 @@ use super::source::*;
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
 use crate::domain::conflict::{Record, Strategy};
+use crate::domain::{Isolation, OneTimeCopy};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover;
 use crate::pg::ident::quote_ident;
@@ -53,15 +54,15 @@ pub struct RunEnv<'a> {
     pub installation: &'a str,
     /// Keys per DELETE statement.
     pub chunk: usize,
-    /// `repeatable read` or `serializable`.
-    pub isolation: &'a str,
+    /// The snapshot sources are read in.
+    pub isolation: Isolation,
     /// How long a run waits for its ACCESS SHARE locks before it gives up
     /// and is retried (milliseconds; `lock_timeout` setting).
     pub lock_timeout_ms: u64,
     /// Cancel handles.
     pub cancel: &'a Cancel,
     /// `default_conflict_strategy`: for tables and syncs that set none.
-    pub default_strategy: &'a str,
+    pub default_strategy: &'a Strategy,
     /// Conflicts settled (or aborting) in this run, kept even when the run
     /// fails, so an `abort` shows in the conflict history.
     pub conflicts: &'a RefCell<Vec<Record>>,
@@ -247,12 +248,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let reads = delta && (!plan.targets.is_empty() || multi);
     let mut report = RunReport {
         skipped: plan.skipped.clone(),
-        isolation: if env.isolation == "serializable" {
-            "serializable"
-        } else {
-            "repeatable read"
-        }
-        .into(),
+        isolation: env.isolation.to_string(),
         ..Default::default()
     };
     for point in ["before_sync", "before_txn"] {
@@ -275,11 +271,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         }
         rconns.push(c);
     }
-    let iso = if env.isolation == "serializable" {
-        IsolationLevel::Serializable
-    } else {
-        IsolationLevel::RepeatableRead
-    };
+    let iso = env.isolation.level();
     let mut srcs: Vec<Src<'_>> = Vec::new();
     for (i, c) in rconns.iter_mut().enumerate() {
         let db = plan.sources[i].clone();
@@ -328,7 +320,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                 )
                 .ctx(|| format!("reading sync \"{name}\"'s position on \"{}\"", db.name))?;
             match row {
-                Some(r) if r.get::<_, bool>(2) && otc != 1 => {
+                Some(r) if r.get::<_, bool>(2) && otc != OneTimeCopy::All => {
                     return Err(Error::Rejected(format!(
                         "sync \"{name}\" has applied changes up to transaction {} on \"{}\", but that database is only at {} (restored from a backup, or a different server?); its change log cannot be trusted: run 'capra update sync {name} onetimecopy=1' for a full copy, after which the sync follows the database from now on",
                         r.get::<_, String>(1).split(':').next().unwrap_or("?"),
@@ -443,7 +435,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     let nothing = srcs.iter().all(|s| !s.touched_any())
         && plan.fullcopy.is_empty()
         && plan.behind.is_empty()
-        && otc == 0
+        && otc == OneTimeCopy::Off
         && seq_dirty.is_empty();
     if nothing {
         // Nothing changed between the stored positions and these snapshots,
@@ -741,7 +733,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
         }
     }
     // A onetimecopy is served only if some database received it.
-    report.onetimecopy = otc > 0 && !wdbs.is_empty();
+    report.onetimecopy = otc.is_on() && !wdbs.is_empty();
     report.onetimecopy_gen = report.onetimecopy.then_some(plan.sync.onetimecopy_gen);
     report.caught_up = plan.behind.clone();
     report.seconds = started.elapsed().as_secs_f64();
@@ -819,7 +811,7 @@ fn sync_table(
     // statement sent (a run's cost follows what changed, not how many
     // tables the sync has).
     let untouched = reads
-        && otc == 0
+        && otc == OneTimeCopy::Off
         && plan.behind.is_empty()
         && plan.fullcopy.is_empty()
         && srcs.iter().zip(&ids).all(|(s, id)| id.is_some_and(|id| !s.touched(id)));
@@ -830,12 +822,12 @@ fn sync_table(
         });
     }
     let meta = table_meta(cache, &mut srcs[0].tx, txs, names, t, &keycols, sig)?.clone();
-    let strategy = Strategy::parse(
-        t.conflict_strategy
-            .as_deref()
-            .or(plan.sync.conflict_strategy.as_deref())
-            .unwrap_or(env.default_strategy),
-    );
+    let strategy = t
+        .conflict_strategy
+        .as_ref()
+        .or(plan.sync.conflict_strategy.as_ref())
+        .unwrap_or(env.default_strategy)
+        .clone();
     // Where makedelta applies: the receiver's own change log of this
     // table (captured there, with the same key).
     let md: Vec<Option<i32>> = (0..txs.len())
@@ -863,16 +855,16 @@ fn sync_table(
             // A source is never emptied: with onetimecopy it gets a copy
             // from the first source only while its table is empty, and
             // the changes of this run on top.
-            Recv::Source(x) if x != 0 && otc > 0 && empty(tx)? => Mode::Seed,
+            Recv::Source(x) if x != 0 && otc.is_on() && empty(tx)? => Mode::Seed,
             Recv::Source(_) => Mode::Delta,
             Recv::Target
-                if otc == 1
+                if otc == OneTimeCopy::All
                     || plan.behind.contains(&names[i])
                     || (!multi && ids[0].is_some_and(|id| srcs[0].recopy.contains(&id))) =>
             {
                 Mode::Copy
             }
-            Recv::Target if otc == 2 && empty(tx)? => Mode::Copy,
+            Recv::Target if otc == OneTimeCopy::IfEmpty && empty(tx)? => Mode::Copy,
             Recv::Target => Mode::Delta,
         };
         modes.push(mode);
@@ -889,7 +881,7 @@ fn sync_table(
         let rebuild = t.rebuild_index.unwrap_or(plan.sync.rebuild_index) == 1;
         for &i in &copy_idx {
             if kinds[i] == Recv::Target || kinds[i] == Recv::Full {
-                tr.deleted += truncate_or_delete(&mut txs[i], &names[i], t, &meta, &plan.sync.deletemethod)?;
+                tr.deleted += truncate_or_delete(&mut txs[i], &names[i], t, &meta, plan.sync.deletemethod)?;
                 if rebuild {
                     set_indexes(&mut txs[i], &names[i], t, false)?;
                 }

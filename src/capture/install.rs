@@ -31,6 +31,7 @@
 
 use postgres::GenericClient;
 
+use crate::domain::Status;
 use crate::error::{Context, Error, Result};
 use crate::pg::discover;
 use crate::pg::ident::{quote_ident, QualName};
@@ -254,7 +255,7 @@ pub fn targets(plan: &crate::catalog::plan::SyncPlan) -> Vec<Target> {
             name: r.name.clone(),
             keycols: r.pkey.clone(),
             // A table's own autokick overrides the sync's (Bucardo's rule).
-            autokick: r.autokick.unwrap_or(plan.sync.autokick) && plan.sync.status == "active",
+            autokick: r.autokick.unwrap_or(plan.sync.autokick) && plan.sync.status == Status::Active,
         })
         .collect()
 }

@@ -12,6 +12,7 @@ use postgres::{Client, GenericClient};
 use super::install::{attach_consumer, detach_consumer, OnKeyChange};
 use crate::catalog::model::{self, Db};
 use crate::catalog::plan::SyncPlan;
+use crate::domain::{Role, Status};
 use crate::error::{Context, Result};
 
 /// Each affected sync's sources before the edit.
@@ -39,7 +40,7 @@ fn sources_of(c: &mut impl GenericClient, sync: &str) -> Result<Vec<Db>> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for m in g.members.iter().filter(|m| m.role == "source") {
+    for m in g.members.iter().filter(|m| m.role == Role::Source) {
         if let Some(db) = model::db(c, &m.db)? {
             out.push(db);
         }
@@ -139,7 +140,7 @@ pub fn apply(c: &mut impl GenericClient, installation: &str, before: &Before) ->
         for src in &new_sources {
             let i = open(&mut pending, src)?;
             let client = &mut pending.0[i].1;
-            let active = plan.sync.status == "active";
+            let active = plan.sync.status == Status::Active;
             let has_consumer = consumer_exists(client, installation, sync)?;
             if active || has_consumer {
                 attach_consumer(

@@ -7,6 +7,7 @@ use postgres::{Client, GenericClient};
 
 use crate::catalog::edit::is_delta;
 use crate::catalog::model::{self, Relation};
+use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::{self, Column, Kind};
 use crate::pg::ident::QualName;
@@ -67,7 +68,7 @@ fn may_set_replica_role(c: &mut Client) -> Result<bool> {
 /// The privileges in `privs` (comma list) the role lacks on a relation.
 /// Each is checked alone: has_*_privilege with a list is true if any is held.
 fn missing_privs(c: &mut Client, rel: &Relation, privs: &str) -> Result<Vec<String>> {
-    let f = if rel.reltype == "sequence" {
+    let f = if rel.reltype == RelType::Sequence {
         "has_sequence_privilege"
     } else {
         "has_table_privilege"
@@ -105,7 +106,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
     let delta = is_delta(&group);
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    let mut conns: Vec<(String, String, Client)> = Vec::new();
+    let mut conns: Vec<(String, Role, Client)> = Vec::new();
     for m in &group.members {
         let Some(db) = model::db(cat_client, &m.db)? else {
             problems.push(format!(
@@ -114,16 +115,16 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             ));
             continue;
         };
-        if db.status == "inactive" {
+        if db.status == DbStatus::Inactive {
             notes.push(format!("database \"{}\" is inactive and was skipped", db.name));
             continue;
         }
         match db.connect() {
-            Ok(c) => conns.push((m.db.clone(), m.role.clone(), c)),
+            Ok(c) => conns.push((m.db.clone(), m.role, c)),
             Err(e) => problems.push(crate::pg::error::flatten(&e.to_string())),
         }
     }
-    let Some(src_idx) = conns.iter().position(|c| c.1 == "source") else {
+    let Some(src_idx) = conns.iter().position(|c| c.1 == Role::Source) else {
         if problems.is_empty() {
             problems.push("no reachable active source database".into());
         }
@@ -133,7 +134,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
         });
     };
     for rel in &rels {
-        let want_seq = rel.reltype == "sequence";
+        let want_seq = rel.reltype == RelType::Sequence;
         let mut src_cols: Option<Vec<Column>> = None;
         // Existence and kind everywhere.
         let mut present = vec![false; conns.len()];
@@ -159,7 +160,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                 if !present[i] {
                     continue;
                 }
-                let need = if role == "source" && group.with_role("source").len() == 1 {
+                let need = if *role == Role::Source && group.with_role(Role::Source).len() == 1 {
                     "SELECT"
                 } else {
                     "SELECT,UPDATE"
@@ -201,7 +202,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
         // The row filter, on every source.
         if let Some(f) = &rel.filter {
             for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
-                if role == "source" && present[i] {
+                if *role == Role::Source && present[i] {
                     if let Err(e) = check_filter(f).and_then(|f| try_filter(c, &rel.name, &f, dbname)) {
                         problems.push(format!(
                             "{}; change it (capra update table {} filter=...)",
@@ -231,7 +232,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                         sc.name,
                         rel.name.human()
                     )),
-                    Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (role == "source" && !compatible(&tc.type_name, &sc.type_name)) => {
+                    Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (*role == Role::Source && !compatible(&tc.type_name, &sc.type_name)) => {
                         let what = format!(
                             "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"",
                             sc.name,
@@ -274,18 +275,18 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
             if !present[i] {
                 continue;
             }
-            let writes = role != "source" || group.with_role("source").len() > 1;
+            let writes = *role != Role::Source || group.with_role(Role::Source).len() > 1;
             let mut need = String::from("SELECT");
-            if role == "source" && delta {
+            if *role == Role::Source && delta {
                 need.push_str(",TRIGGER");
             }
             if writes {
                 need.push_str(",INSERT,DELETE");
-                if role == "source" {
+                if *role == Role::Source {
                     // Rows another source sends are updated in place.
                     need.push_str(",UPDATE");
                 }
-                if role == "fullcopy" || s.onetimecopy > 0 {
+                if *role == Role::Fullcopy || s.onetimecopy.is_on() {
                     need.push_str(",TRUNCATE");
                 }
             }
@@ -300,13 +301,13 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
         }
     }
     for (dbname, role, c) in conns.iter_mut() {
-        let writes = role != "source" || group.with_role("source").len() > 1;
+        let writes = *role != Role::Source || group.with_role(Role::Source).len() > 1;
         if writes && !may_set_replica_role(c)? {
             problems.push(format!(
                 "the role cannot set session_replication_role in database \"{dbname}\", which applying changes needs; connect as a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role"
             ));
         }
-        if role == "source" && group.with_role("source").len() > 1 {
+        if *role == Role::Source && group.with_role(Role::Source).len() > 1 {
             let on: bool = c
                 .query_one(
                     "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
@@ -320,7 +321,7 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
                 format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
             });
         }
-        if role == "source" && delta {
+        if *role == Role::Source && delta {
             let ok: bool = c
                 .query_one(
                     "SELECT has_database_privilege(current_database(), 'CREATE')

@@ -5,6 +5,7 @@ use postgres::Transaction;
 
 use super::edit;
 use super::model;
+use crate::domain::RelType;
 use crate::error::{Context, Error, Result};
 
 /// A hook to add (its source already compiled by the CLI).
@@ -60,7 +61,7 @@ pub fn add(tx: &mut Transaction<'_>, c: &NewCode<'_>) -> Result<()> {
         )
         .ctx(|| "attaching customcode".into())?;
     } else if let Some(t) = c.relation {
-        let all = model::relations(tx, Some("table"))?;
+        let all = model::relations(tx, Some(RelType::Table))?;
         let hits = edit::match_relations(&all, t, c.db)?;
         let rel = match hits.as_slice() {
             [one] => *one,

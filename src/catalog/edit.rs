@@ -5,6 +5,7 @@
 use postgres::Transaction;
 
 use super::model::{self, DbGroup, Relation};
+use crate::domain::{RelType, Role, Status};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
@@ -90,7 +91,7 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
             "dbpass" => None,
             "conn" => Some(old.conn.clone()),
             "service" => old.service.clone(),
-            "status" => Some(old.status.clone()),
+            "status" => Some(old.status.to_string()),
             "makedelta" => Some(old.makedelta.to_string()),
             "server_side_prepares" => Some(old.server_side_prepares.to_string()),
             _ => None,
@@ -316,7 +317,7 @@ pub fn remove_relations(
     tx: &mut Transaction<'_>,
     terms: &[String],
     db: Option<&str>,
-    reltype: &str,
+    reltype: RelType,
 ) -> Result<Vec<(QualName, String)>> {
     let all = model::relations(tx, Some(reltype))?;
     let mut ids = Vec::new();
@@ -325,7 +326,7 @@ pub fn remove_relations(
         let hits = match_relations(&all, t, db)?;
         if hits.is_empty() {
             return Err(Error::not_found_hint(
-                if reltype == "table" { "table" } else { "sequence" },
+                reltype.as_str(),
                 t.clone(),
                 format!("see: capra list {reltype}s"),
             ));
@@ -398,11 +399,11 @@ pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
 }
 
 /// Canonical role from what users type (Bucardo's aliases).
-pub fn parse_role(s: &str) -> Result<&'static str> {
+pub fn parse_role(s: &str) -> Result<Role> {
     match s.trim().to_lowercase().as_str() {
-        "source" | "s" | "master" | "primary" | "src" => Ok("source"),
-        "target" | "t" | "slave" | "replica" | "rep" | "standby" | "tgt" => Ok("target"),
-        "fullcopy" | "f" | "copy" | "full" => Ok("fullcopy"),
+        "source" | "s" | "master" | "primary" | "src" => Ok(Role::Source),
+        "target" | "t" | "slave" | "replica" | "rep" | "standby" | "tgt" => Ok(Role::Target),
+        "fullcopy" | "f" | "copy" | "full" => Ok(Role::Fullcopy),
         other => Err(Error::Usage(format!(
             "invalid role {other:?}: use source, target or fullcopy"
         ))),
@@ -410,7 +411,7 @@ pub fn parse_role(s: &str) -> Result<&'static str> {
 }
 
 /// Splits `DB[:role]` (also `DB=role`).
-pub fn parse_member(s: &str) -> Result<(String, Option<&'static str>)> {
+pub fn parse_member(s: &str) -> Result<(String, Option<Role>)> {
     let (db, role) = match s.split_once([':', '=']) {
         Some((d, r)) => (d, Some(parse_role(r.split(':').next().unwrap_or(r))?)),
         None => (s, None),
@@ -424,7 +425,7 @@ pub fn parse_member(s: &str) -> Result<(String, Option<&'static str>)> {
 pub fn add_dbgroup(
     tx: &mut Transaction<'_>,
     name: &str,
-    members: &[(String, Option<&'static str>)],
+    members: &[(String, Option<Role>)],
     created_for: Option<&str>,
 ) -> Result<Vec<String>> {
     if exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
@@ -447,7 +448,7 @@ pub fn add_dbgroup(
 fn set_members(
     tx: &mut Transaction<'_>,
     group: &str,
-    members: &[(String, Option<&'static str>)],
+    members: &[(String, Option<Role>)],
     first_is_source: bool,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -466,7 +467,11 @@ fn set_members(
                 "add it first with capra add db NAME dbname=...",
             ));
         }
-        let role = role.unwrap_or(if i == 0 && first_is_source { "source" } else { "target" });
+        let role = role.unwrap_or(if i == 0 && first_is_source {
+            Role::Source
+        } else {
+            Role::Target
+        });
         tx.execute(
             "INSERT INTO capra.dbmap (dbgroup, db, role, position) VALUES ($1, $2, $3, $4)",
             &[&group, db, &role, &(i as i32)],
@@ -479,23 +484,15 @@ fn set_members(
 
 /// Replaces a dbgroup's members (a change of sources is refused while an
 /// active sync uses it).
-pub fn update_dbgroup(
-    tx: &mut Transaction<'_>,
-    name: &str,
-    members: &[(String, Option<&'static str>)],
-) -> Result<Vec<String>> {
+pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<String>> {
     let Some(old) = model::dbgroup(tx, name)? else {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     };
     // Unlisted roles keep what they were.
-    let resolved: Vec<(String, Option<&'static str>)> = members
+    let resolved: Vec<(String, Option<Role>)> = members
         .iter()
         .map(|(db, role)| {
-            let kept = old.members.iter().find(|m| &m.db == db).map(|m| match m.role.as_str() {
-                "source" => "source",
-                "fullcopy" => "fullcopy",
-                _ => "target",
-            });
+            let kept = old.members.iter().find(|m| &m.db == db).map(|m| m.role);
             (db.clone(), role.or(kept))
         })
         .collect();
@@ -505,13 +502,13 @@ pub fn update_dbgroup(
     let mut old_sources: Vec<&str> = old
         .members
         .iter()
-        .filter(|m| m.role == "source")
+        .filter(|m| m.role == Role::Source)
         .map(|m| m.db.as_str())
         .collect();
     let mut new_sources: Vec<&str> = resolved
         .iter()
         .enumerate()
-        .filter(|(i, (_, r))| *r == Some("source") || (r.is_none() && *i == 0 && old.members.is_empty()))
+        .filter(|(i, (_, r))| *r == Some(Role::Source) || (r.is_none() && *i == 0 && old.members.is_empty()))
         .map(|(_, (d, _))| d.as_str())
         .collect();
     old_sources.sort();
@@ -523,8 +520,8 @@ pub fn update_dbgroup(
             quote_list(&active)
         )));
     }
-    let is_target = |role: Option<&str>| role.is_none_or(|r| r == "target");
-    let had_targets = old.members.iter().any(|m| m.role == "target");
+    let is_target = |role: Option<Role>| role.is_none_or(|r| r == Role::Target);
+    let had_targets = old.members.iter().any(|m| m.role == Role::Target);
     let has_targets = resolved.iter().any(|(_, r)| is_target(*r));
     if !active.is_empty() && had_targets && !has_targets {
         return Err(Error::Rejected(format!(
@@ -594,7 +591,7 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
     if !exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     }
-    let users: Vec<(String, String)> = tx
+    let users: Vec<(String, Status)> = tx
         .query(
             "SELECT name, status FROM capra.sync WHERE dbgroup = $1 ORDER BY 1",
             &[&name],
@@ -612,7 +609,7 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
                 quote_list(&names)
             )));
         }
-        if let Some((s, _)) = users.iter().find(|u| u.1 == "active") {
+        if let Some((s, _)) = users.iter().find(|u| u.1 == Status::Active) {
             return Err(Error::Rejected(format!(
                 "cannot remove dbgroup \"{name}\": sync \"{s}\" uses it and is active; deactivate it first (capra deactivate {s})"
             )));
@@ -634,18 +631,18 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
 pub fn group_for_list(
     tx: &mut Transaction<'_>,
     sync: &str,
-    members: &[(String, Option<&'static str>)],
+    members: &[(String, Option<Role>)],
     out: &mut Vec<String>,
 ) -> Result<String> {
-    let resolved: Vec<(String, &'static str)> = members
+    let resolved: Vec<(String, Role)> = members
         .iter()
         .enumerate()
-        .map(|(i, (d, r))| (d.clone(), r.unwrap_or(if i == 0 { "source" } else { "target" })))
+        .map(|(i, (d, r))| (d.clone(), r.unwrap_or(if i == 0 { Role::Source } else { Role::Target })))
         .collect();
-    let mut want: Vec<(String, String)> = resolved.iter().map(|(d, r)| (d.clone(), r.to_string())).collect();
+    let mut want: Vec<(String, &str)> = resolved.iter().map(|(d, r)| (d.clone(), r.as_str())).collect();
     want.sort();
     for g in model::dbgroups(tx)? {
-        let mut have: Vec<(String, String)> = g.members.iter().map(|m| (m.db.clone(), m.role.clone())).collect();
+        let mut have: Vec<(String, &str)> = g.members.iter().map(|m| (m.db.clone(), m.role.as_str())).collect();
         have.sort();
         if have == want {
             out.push(format!("Using existing dbgroup \"{}\"", g.name));
@@ -658,7 +655,7 @@ pub fn group_for_list(
         name = format!("{sync}_{n}");
         n += 1;
     }
-    let with_roles: Vec<(String, Option<&'static str>)> = resolved.into_iter().map(|(d, r)| (d, Some(r))).collect();
+    let with_roles: Vec<(String, Option<Role>)> = resolved.into_iter().map(|(d, r)| (d, Some(r))).collect();
     out.extend(add_dbgroup(tx, &name, &with_roles, Some(sync))?);
     Ok(name)
 }
@@ -666,12 +663,12 @@ pub fn group_for_list(
 /// Whether a sync over this group replicates deltas (needs keys and capture):
 /// it has a target, or more than one source.
 pub fn is_delta(group: &DbGroup) -> bool {
-    !group.with_role("target").is_empty() || group.with_role("source").len() > 1
+    !group.with_role(Role::Target).is_empty() || group.with_role(Role::Source).len() > 1
 }
 
 /// Checks the rules a sync's relgroup and dbgroup must meet together.
 pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, group: &DbGroup) -> Result<()> {
-    if group.with_role("source").is_empty() {
+    if group.with_role(Role::Source).is_empty() {
         return Err(Error::Rejected(format!(
             "sync \"{sync}\": dbgroup \"{}\" has no source database; give one database the role source (capra update dbgroup {} DB:source ...)",
             group.name, group.name
@@ -699,7 +696,7 @@ pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, gr
         )));
     }
     if is_delta(group) {
-        let rels = model::relations(tx, Some("table"))?;
+        let rels = model::relations(tx, Some(RelType::Table))?;
         for r in rels.iter().filter(|r| rg.members.contains(&r.id)) {
             if r.pkey.is_empty() {
                 return Err(Error::Rejected(format!(
@@ -719,7 +716,7 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
     let Some(s) = model::sync(tx, name)? else {
         return Err(Error::not_found_hint("sync", name, "see: capra list syncs"));
     };
-    if s.status == "active" {
+    if s.status == Status::Active {
         return Err(Error::Rejected(format!(
             "Cannot remove active sync \"{name}\": please deactivate it first (capra deactivate {name})"
         )));
@@ -802,10 +799,10 @@ pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Re
 
 /// Adds a database to a dbgroup (created if missing) at the end; without a
 /// role it is the source of a new group and a target otherwise.
-pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<&str>) -> Result<Vec<String>> {
+pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<Role>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let active = active_syncs_using_group(tx, group)?;
-    if role == Some("source") && !active.is_empty() {
+    if role == Some(Role::Source) && !active.is_empty() {
         return Err(Error::Rejected(format!(
             "cannot add a source to dbgroup \"{group}\": active sync {} uses it; deactivate it first",
             quote_list(&active)
@@ -820,7 +817,7 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
         .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[&group])
         .ctx(|| "reading dbgroup".into())?
         .get::<_, bool>(0);
-    let role = role.unwrap_or(if first { "source" } else { "target" });
+    let role = role.unwrap_or(if first { Role::Source } else { Role::Target });
     tx.execute(
         "INSERT INTO capra.dbmap (dbgroup, db, role, position)
          VALUES ($1, $2, $3, (SELECT count(*) FROM capra.dbmap WHERE dbgroup = $1))",
@@ -828,7 +825,7 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     )
     .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
     out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
-    if role == "target" {
+    if role == Role::Target {
         for sync in syncs_with_position(tx, group)? {
             tx.execute(
                 "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",

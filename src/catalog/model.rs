@@ -3,9 +3,11 @@
 use postgres::GenericClient;
 use serde::Serialize;
 
+use crate::domain::{DbStatus, DeleteMethod, Isolation, OneTimeCopy, RelType, Role, Status, Strategy};
 use crate::error::{Context, Result};
 use crate::pg::connect::ConnSpec;
 use crate::pg::ident::QualName;
+use crate::pg::RowExt;
 
 /// A database capra connects to (`capra add db`). Its `Debug` leaves the
 /// password out.
@@ -30,7 +32,7 @@ pub struct Db {
     /// Database type (postgres).
     pub dbtype: String,
     /// active, inactive or stalled.
-    pub status: String,
+    pub status: DbStatus,
     /// Whether rows applied here are logged as changes again (cascading).
     pub makedelta: bool,
     /// Server-side prepared statements (off behind pgbouncer).
@@ -93,23 +95,24 @@ impl Db {
 const DB_COLS: &str =
     "name, dbname, host, port, dbuser, dbpass, conn, service, dbtype, status, makedelta, server_side_prepares";
 
-fn db_from_row(r: &postgres::Row) -> Db {
-    let password: Option<String> = r.get(5);
-    Db {
-        name: r.get(0),
-        dbname: r.get(1),
-        host: r.get(2),
-        port: r.get(3),
-        user: r.get(4),
+fn db_from_row(r: &postgres::Row) -> Result<Db> {
+    const Q: &str = "reading a database from the catalog";
+    let password: Option<String> = r.col(5, Q)?;
+    Ok(Db {
+        name: r.col(0, Q)?,
+        dbname: r.col(1, Q)?,
+        host: r.col(2, Q)?,
+        port: r.col(3, Q)?,
+        user: r.col(4, Q)?,
         password_set: password.is_some(),
         password,
-        conn: r.get(6),
-        service: r.get(7),
-        dbtype: r.get(8),
-        status: r.get(9),
-        makedelta: r.get(10),
-        server_side_prepares: r.get(11),
-    }
+        conn: r.col(6, Q)?,
+        service: r.col(7, Q)?,
+        dbtype: r.col(8, Q)?,
+        status: r.col(9, Q)?,
+        makedelta: r.col(10, Q)?,
+        server_side_prepares: r.col(11, Q)?,
+    })
 }
 
 /// All databases, by name.
@@ -120,7 +123,7 @@ pub fn dbs(c: &mut impl GenericClient) -> Result<Vec<Db>> {
             &[],
         )
         .ctx(|| "reading databases from the catalog".into())?;
-    Ok(rows.iter().map(db_from_row).collect())
+    rows.iter().map(db_from_row).collect()
 }
 
 /// One database by name.
@@ -128,7 +131,7 @@ pub fn db(c: &mut impl GenericClient, name: &str) -> Result<Option<Db>> {
     let rows = c
         .query(&format!("SELECT {DB_COLS} FROM capra.db WHERE name = $1"), &[&name])
         .ctx(|| format!("reading database \"{name}\" from the catalog"))?;
-    Ok(rows.first().map(db_from_row))
+    rows.first().map(db_from_row).transpose()
 }
 
 /// A member of a dbgroup.
@@ -137,7 +140,7 @@ pub struct Member {
     /// Database name.
     pub db: String,
     /// source, target or fullcopy.
-    pub role: String,
+    pub role: Role,
     /// Priority (display only, as in Bucardo).
     pub priority: i32,
 }
@@ -153,7 +156,7 @@ pub struct DbGroup {
 
 impl DbGroup {
     /// Members with a role.
-    pub fn with_role(&self, role: &str) -> Vec<&Member> {
+    pub fn with_role(&self, role: Role) -> Vec<&Member> {
         self.members.iter().filter(|m| m.role == role).collect()
     }
 }
@@ -169,22 +172,30 @@ pub fn dbgroups(c: &mut impl GenericClient) -> Result<Vec<DbGroup>> {
             &[],
         )
         .ctx(|| "reading dbgroup members".into())?;
-    Ok(groups
+    const Q: &str = "reading a dbgroup member";
+    let mut members: Vec<(String, Member)> = Vec::new();
+    for m in &maps {
+        members.push((
+            m.col(0, Q)?,
+            Member {
+                db: m.col(1, Q)?,
+                role: m.col(2, Q)?,
+                priority: m.col(3, Q)?,
+            },
+        ));
+    }
+    groups
         .iter()
         .map(|g| {
-            let name: String = g.get(0);
-            let members = maps
+            let name: String = g.col(0, "reading a dbgroup")?;
+            let members = members
                 .iter()
-                .filter(|m| m.get::<_, String>(0) == name)
-                .map(|m| Member {
-                    db: m.get(1),
-                    role: m.get(2),
-                    priority: m.get(3),
-                })
+                .filter(|(group, _)| *group == name)
+                .map(|(_, m)| m.clone())
                 .collect();
-            DbGroup { name, members }
+            Ok(DbGroup { name, members })
         })
-        .collect())
+        .collect()
 }
 
 /// One dbgroup by name.
@@ -202,7 +213,7 @@ pub struct Relation {
     /// Schema and name.
     pub name: QualName,
     /// `table` or `sequence`.
-    pub reltype: String,
+    pub reltype: RelType,
     /// Replication key columns (empty: none).
     pub pkey: Vec<String>,
     /// Their types.
@@ -220,7 +231,7 @@ pub struct Relation {
     /// Skip in full copies.
     pub ghost: bool,
     /// Per-table conflict strategy.
-    pub conflict_strategy: Option<String>,
+    pub conflict_strategy: Option<Strategy>,
     /// Strict column checks in validation.
     pub strict_checking: bool,
     /// makedelta: `on` or db names.
@@ -233,7 +244,7 @@ pub struct Relation {
 }
 
 /// All relations of one type (`table` or `sequence`), by schema and name.
-pub fn relations(c: &mut impl GenericClient, reltype: Option<&str>) -> Result<Vec<Relation>> {
+pub fn relations(c: &mut impl GenericClient, reltype: Option<RelType>) -> Result<Vec<Relation>> {
     let rows = c
         .query(
             "SELECT r.id, r.db, r.schemaname, r.relname, r.reltype, r.pkey, r.pkeytype, r.keykind,
@@ -248,28 +259,30 @@ pub fn relations(c: &mut impl GenericClient, reltype: Option<&str>) -> Result<Ve
             &[&reltype],
         )
         .ctx(|| "reading tables and sequences from the catalog".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| Relation {
-            id: r.get(0),
-            db: r.get(1),
-            name: QualName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
-            reltype: r.get(4),
-            pkey: r.get(5),
-            pkeytype: r.get(6),
-            keykind: r.get(7),
-            autokick: r.get(8),
-            rebuild_index: r.get(9),
-            analyze_after_copy: r.get(10),
-            vacuum_after_copy: r.get(11),
-            ghost: r.get(12),
-            conflict_strategy: r.get(13),
-            strict_checking: r.get(14),
-            makedelta: r.get(15),
-            relgroups: r.get(16),
-            filter: r.get(17),
+    const Q: &str = "reading a table from the catalog";
+    rows.iter()
+        .map(|r| {
+            Ok(Relation {
+                id: r.col(0, Q)?,
+                db: r.col(1, Q)?,
+                name: QualName::new(r.col::<_, String>(2, Q)?, r.col::<_, String>(3, Q)?),
+                reltype: r.col(4, Q)?,
+                pkey: r.col(5, Q)?,
+                pkeytype: r.col(6, Q)?,
+                keykind: r.col(7, Q)?,
+                autokick: r.col(8, Q)?,
+                rebuild_index: r.col(9, Q)?,
+                analyze_after_copy: r.col(10, Q)?,
+                vacuum_after_copy: r.col(11, Q)?,
+                ghost: r.col(12, Q)?,
+                conflict_strategy: r.col::<_, Option<String>>(13, Q)?.map(|s| Strategy::parse(&s)),
+                strict_checking: r.col(14, Q)?,
+                makedelta: r.col(15, Q)?,
+                relgroups: r.col(16, Q)?,
+                filter: r.col(17, Q)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A named set of tables and sequences (Bucardo 4: herd).
@@ -299,15 +312,17 @@ pub fn relgroups(c: &mut impl GenericClient) -> Result<Vec<RelGroup>> {
             &[],
         )
         .ctx(|| "reading relgroups".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| RelGroup {
-            name: r.get(0),
-            db: r.get(1),
-            members: r.get(2),
-            syncs: r.get(3),
+    const Q: &str = "reading a relgroup";
+    rows.iter()
+        .map(|r| {
+            Ok(RelGroup {
+                name: r.col(0, Q)?,
+                db: r.col(1, Q)?,
+                members: r.col(2, Q)?,
+                syncs: r.col(3, Q)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A sync: a relgroup replicated across a dbgroup.
@@ -320,16 +335,16 @@ pub struct Sync {
     /// Where.
     pub dbgroup: String,
     /// active or inactive.
-    pub status: String,
+    pub status: Status,
     /// Run when a change commits on a source.
     pub autokick: bool,
     /// 0, 1 or 2.
-    pub onetimecopy: i16,
+    pub onetimecopy: OneTimeCopy,
     /// Bumped by every onetimecopy request (see migration 3).
     #[serde(skip)]
     pub onetimecopy_gen: i64,
     /// Strategy for multi-source conflicts (None: the default setting).
-    pub conflict_strategy: Option<String>,
+    pub conflict_strategy: Option<Strategy>,
     /// Cron schedule (5 fields), if any.
     pub schedule: Option<String>,
     /// Run at least this often (interval text), if set.
@@ -347,9 +362,9 @@ pub struct Sync {
     /// Log applied rows as changes again (cascading).
     pub makedelta: bool,
     /// How full copies empty a table: delete, truncate, truncate_cascade.
-    pub deletemethod: String,
+    pub deletemethod: DeleteMethod,
     /// Source snapshot isolation (None: the setting).
-    pub isolation_level: Option<String>,
+    pub isolation_level: Option<Isolation>,
     /// Age after which status warns.
     pub overdue: String,
     /// Age after which status is critical.
@@ -369,13 +384,12 @@ pub struct Sync {
 /// The database a relgroup's tables come from (the first by name), for
 /// Bucardo 4's `source=HERD`.
 pub fn relgroup_db(c: &mut impl GenericClient, relgroup: &str) -> Result<Option<String>> {
-    Ok(c
-        .query_one(
-            "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
-            &[&relgroup],
-        )
-        .ctx(|| "finding the relgroup's database".into())?
-        .get(0))
+    c.query_one(
+        "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+        &[&relgroup],
+    )
+    .ctx(|| "finding the relgroup's database".into())?
+    .col(0, "finding the relgroup's database")
 }
 
 /// Checks that text is a valid interval (the server parses it).
@@ -398,36 +412,38 @@ pub fn syncs(c: &mut impl GenericClient) -> Result<Vec<Sync>> {
             &[],
         )
         .ctx(|| "reading syncs".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| Sync {
-            name: r.get(0),
-            relgroup: r.get(1),
-            dbgroup: r.get(2),
-            status: r.get(3),
-            autokick: r.get(4),
-            onetimecopy: r.get(5),
-            conflict_strategy: r.get(6),
-            schedule: r.get(7),
-            checktime: r.get(8),
-            stayalive: r.get(9),
-            kidsalive: r.get(10),
-            rebuild_index: r.get(11),
-            analyze_after_copy: r.get(12),
-            vacuum_after_copy: r.get(13),
-            makedelta: r.get(14),
-            deletemethod: r.get(15),
-            isolation_level: r.get(16),
-            overdue: r.get(17),
-            expired: r.get(18),
-            lifetime: r.get(19),
-            maxkicks: r.get(20),
-            priority: r.get(21),
-            strict_checking: r.get(22),
-            synctype: r.get(23),
-            onetimecopy_gen: r.get(24),
-        })
-        .collect())
+    rows.iter().map(sync_from_row).collect()
+}
+
+fn sync_from_row(r: &postgres::Row) -> Result<Sync> {
+    const Q: &str = "reading a sync from the catalog";
+    Ok(Sync {
+        name: r.col(0, Q)?,
+        relgroup: r.col(1, Q)?,
+        dbgroup: r.col(2, Q)?,
+        status: r.col(3, Q)?,
+        autokick: r.col(4, Q)?,
+        onetimecopy: OneTimeCopy::from_i16(r.col(5, Q)?).map_err(|e| crate::Error::Catalog(e.to_string()))?,
+        conflict_strategy: r.col::<_, Option<String>>(6, Q)?.map(|s| Strategy::parse(&s)),
+        schedule: r.col(7, Q)?,
+        checktime: r.col(8, Q)?,
+        stayalive: r.col(9, Q)?,
+        kidsalive: r.col(10, Q)?,
+        rebuild_index: r.col(11, Q)?,
+        analyze_after_copy: r.col(12, Q)?,
+        vacuum_after_copy: r.col(13, Q)?,
+        makedelta: r.col(14, Q)?,
+        deletemethod: r.col(15, Q)?,
+        isolation_level: r.col(16, Q)?,
+        overdue: r.col(17, Q)?,
+        expired: r.col(18, Q)?,
+        lifetime: r.col(19, Q)?,
+        maxkicks: r.col(20, Q)?,
+        priority: r.col(21, Q)?,
+        strict_checking: r.col(22, Q)?,
+        synctype: r.col(23, Q)?,
+        onetimecopy_gen: r.col(24, Q)?,
+    })
 }
 
 /// One sync by name.
@@ -452,7 +468,7 @@ pub struct CustomCode {
     /// Order among hooks at the same point (lower first).
     pub priority: i32,
     /// active or inactive.
-    pub status: String,
+    pub status: Status,
     /// Syncs it is attached to.
     pub syncs: Vec<String>,
     /// Relations it is attached to (schema.name@db).
@@ -473,20 +489,22 @@ pub fn customcodes(c: &mut impl GenericClient) -> Result<Vec<CustomCode>> {
             &[],
         )
         .ctx(|| "reading custom code".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| CustomCode {
-            name: r.get(0),
-            whenrun: r.get(1),
-            src_file: r.get(2),
-            src_code: r.get(3),
-            about: r.get(4),
-            priority: r.get(5),
-            status: r.get(6),
-            syncs: r.get(7),
-            relations: r.get(8),
+    const Q: &str = "reading a hook from the catalog";
+    rows.iter()
+        .map(|r| {
+            Ok(CustomCode {
+                name: r.col(0, Q)?,
+                whenrun: r.col(1, Q)?,
+                src_file: r.col(2, Q)?,
+                src_code: r.col(3, Q)?,
+                about: r.col(4, Q)?,
+                priority: r.col(5, Q)?,
+                status: r.col(6, Q)?,
+                syncs: r.col(7, Q)?,
+                relations: r.col(8, Q)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One configuration setting as stored.
@@ -510,15 +528,17 @@ pub fn config(c: &mut impl GenericClient) -> Result<Vec<ConfigRow>> {
             &[],
         )
         .ctx(|| "reading settings".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| ConfigRow {
-            name: r.get(0),
-            setting: r.get(1),
-            defval: r.get(2),
-            about: r.get(3),
+    const Q: &str = "reading a setting";
+    rows.iter()
+        .map(|r| {
+            Ok(ConfigRow {
+                name: r.col(0, Q)?,
+                setting: r.col(1, Q)?,
+                defval: r.col(2, Q)?,
+                about: r.col(3, Q)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One setting's value (or its built-in default when the row is missing).
@@ -552,7 +572,7 @@ fn setting_impl(c: &mut impl GenericClient, name: &str) -> Result<String> {
         .query_opt("SELECT setting FROM capra.config WHERE name = $1", &[&name])
         .ctx(|| format!("reading setting {name}"))?;
     Ok(match row {
-        Some(r) => r.get(0),
+        Some(r) => r.col(0, "reading a setting")?,
         None => crate::catalog::settings::find(name)
             .map(|s| s.default.to_string())
             .unwrap_or_default(),

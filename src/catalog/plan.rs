@@ -4,6 +4,7 @@
 use postgres::GenericClient;
 
 use crate::catalog::model::{self, Db, Relation};
+use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
 
 /// A sync resolved into databases by role and relations in order.
@@ -57,8 +58,16 @@ impl SyncPlan {
             skipped: Vec::new(),
             skipped_targets: Vec::new(),
             behind: Vec::new(),
-            tables: ordered.iter().filter(|r| r.reltype == "table").cloned().collect(),
-            sequences: ordered.iter().filter(|r| r.reltype == "sequence").cloned().collect(),
+            tables: ordered
+                .iter()
+                .filter(|r| r.reltype == RelType::Table)
+                .cloned()
+                .collect(),
+            sequences: ordered
+                .iter()
+                .filter(|r| r.reltype == RelType::Sequence)
+                .cloned()
+                .collect(),
             hooks: Vec::new(),
         };
         let ids: Vec<i32> = plan.tables.iter().map(|t| t.id).collect();
@@ -90,23 +99,23 @@ impl SyncPlan {
         }
         for m in &group.members {
             let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
-            if db.status == "inactive" {
-                if m.role == "source" {
+            if db.status == DbStatus::Inactive {
+                if m.role == Role::Source {
                     return Err(Error::Rejected(format!(
                         "source database \"{}\" of sync \"{name}\" is inactive; activate it (capra update db {} status=active)",
                         db.name, db.name
                     )));
                 }
                 plan.skipped.push(db.name.clone());
-                if m.role == "target" {
+                if m.role == Role::Target {
                     plan.skipped_targets.push(db.name.clone());
                 }
                 continue;
             }
-            match m.role.as_str() {
-                "source" => plan.sources.push(db),
-                "fullcopy" => plan.fullcopy.push(db),
-                _ => plan.targets.push(db),
+            match m.role {
+                Role::Source => plan.sources.push(db),
+                Role::Fullcopy => plan.fullcopy.push(db),
+                Role::Target => plan.targets.push(db),
             }
         }
         let behind: Vec<String> = c

@@ -8,6 +8,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use crate::catalog::{model, runs};
 use crate::daemon;
+use crate::domain::Status;
 use crate::error::{Context, Error, Result};
 
 /// `capra start [--foreground] [REASON]`.
@@ -92,14 +93,18 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
     let mut wanted = Vec::new();
     for n in &names {
         if n == "all" {
-            wanted.extend(all.iter().filter(|s| s.status == "active").map(|s| s.name.clone()));
+            wanted.extend(
+                all.iter()
+                    .filter(|s| s.status == Status::Active)
+                    .map(|s| s.name.clone()),
+            );
             continue;
         }
         match all.iter().find(|s| &s.name == n) {
             None => {
                 let active: Vec<&str> = all
                     .iter()
-                    .filter(|s| s.status == "active")
+                    .filter(|s| s.status == Status::Active)
                     .map(|s| s.name.as_str())
                     .collect();
                 return Err(Error::NotFound {
@@ -112,7 +117,7 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
                     },
                 });
             }
-            Some(s) if s.status != "active" => {
+            Some(s) if s.status != Status::Active => {
                 return Err(Error::Rejected(format!(
                     "Cannot kick inactive sync \"{n}\"; activate it first (capra activate {n})"
                 )))

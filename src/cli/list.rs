@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::catalog::model::{self, Relation};
+use crate::domain::{RelType, Role, Status};
 use crate::error::{Error, Result};
 use crate::pg::discover::short_type;
 use crate::pg::ident::wildcard_match;
@@ -68,14 +69,14 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     };
     let what = parse_what(w).ok_or_else(|| Error::Usage(format!("cannot list {w:?}; {LIST_USAGE}")))?;
     let db_filter: Option<String> = a.names.iter().find_map(|n| n.strip_prefix("db=").map(String::from));
-    let mut status_filter: Option<&str> = None;
+    let mut status_filter: Option<Status> = None;
     let mut filters: Vec<String> = Vec::new();
     for n in &a.names {
         if n.starts_with("db=") {
             continue;
         }
-        if what == What::Syncs && (n == "active" || n == "inactive") {
-            status_filter = Some(n.as_str());
+        if let (What::Syncs, Ok(st)) = (what, n.parse::<Status>()) {
+            status_filter = Some(st);
             continue;
         }
         if n.contains('=') {
@@ -91,8 +92,8 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
         let doc = json!({
             "dbs": model::dbs(c)?,
             "dbgroups": model::dbgroups(c)?,
-            "tables": model::relations(c, Some("table"))?,
-            "sequences": model::relations(c, Some("sequence"))?,
+            "tables": model::relations(c, Some(RelType::Table))?,
+            "sequences": model::relations(c, Some(RelType::Sequence))?,
             "relgroups": model::relgroups(c)?,
             "syncs": model::syncs(c)?,
             "customcodes": model::customcodes(c)?,
@@ -148,7 +149,7 @@ fn print_list(
     what: What,
     filters: &[String],
     db_filter: Option<&str>,
-    status: Option<&str>,
+    status: Option<Status>,
 ) -> Result<()> {
     match what {
         What::Dbs => {
@@ -162,7 +163,7 @@ fn print_list(
             let groups = model::dbgroups(c)?;
             let syncs = model::syncs(c)?;
             let w = dbs.iter().map(|d| d.name.len()).max().unwrap_or(0);
-            let sw = dbs.iter().map(|d| d.status.len()).max().unwrap_or(0);
+            let sw = dbs.iter().map(|d| d.status.as_str().len()).max().unwrap_or(0);
             for d in &dbs {
                 let mut line = format!(
                     "Database: {:<w$}  Status: {:<sw$}  Conn: {}",
@@ -190,7 +191,11 @@ fn print_list(
             }
         }
         What::Tables | What::Sequences => {
-            let kind = if what == What::Tables { "table" } else { "sequence" };
+            let kind = if what == What::Tables {
+                RelType::Table
+            } else {
+                RelType::Sequence
+            };
             let rels: Vec<Relation> = model::relations(c, Some(kind))?
                 .into_iter()
                 .filter(|r| db_filter.is_none_or(|d| r.db == d))
@@ -205,9 +210,9 @@ fn print_list(
             let dw = rels.iter().map(|r| r.db.len()).max().unwrap_or(0);
             for r in &rels {
                 let num = format!("{}.", r.id);
-                let label = if kind == "table" { "Table" } else { "Sequence" };
+                let label = if kind == RelType::Table { "Table" } else { "Sequence" };
                 let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.human(), r.db);
-                if kind == "table" {
+                if kind == RelType::Table {
                     let key = if r.pkey.is_empty() {
                         "none".to_string()
                     } else {
@@ -324,7 +329,11 @@ fn print_list(
                     })
                     .unwrap_or_default();
                 let kind = g.map(sync_kind).unwrap_or("sync");
-                let st = if s.status == "active" { "Active" } else { "Inactive" };
+                let st = if s.status == Status::Active {
+                    "Active"
+                } else {
+                    "Inactive"
+                };
                 println!(
                     "Sync \"{}\"  Relgroup \"{}\"  DB group \"{}\" {}  ({})  [{st}]",
                     s.name, s.relgroup, s.dbgroup, members, kind
@@ -335,7 +344,11 @@ fn print_list(
                             if let Some(r) = rels.iter().find(|r| r.id == *id) {
                                 println!(
                                     "  {} {}",
-                                    if r.reltype == "table" { "Table" } else { "Sequence" },
+                                    if r.reltype == RelType::Table {
+                                        "Table"
+                                    } else {
+                                        "Sequence"
+                                    },
                                     r.name.human()
                                 );
                             }
@@ -375,9 +388,9 @@ fn print_list(
 
 /// What a sync does, from its roles (Bucardo 4's type names).
 pub fn sync_kind(g: &model::DbGroup) -> &'static str {
-    let sources = g.with_role("source").len();
-    let targets = g.with_role("target").len();
-    let full = g.with_role("fullcopy").len();
+    let sources = g.with_role(Role::Source).len();
+    let targets = g.with_role(Role::Target).len();
+    let full = g.with_role(Role::Fullcopy).len();
     match (sources, targets, full) {
         (s, _, _) if s > 1 => "multi-master",
         (1, 0, f) if f > 0 => "fullcopy",

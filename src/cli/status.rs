@@ -9,6 +9,7 @@ use super::Ctx;
 use crate::capture::{install, purge};
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::{model, runs};
+use crate::domain::{OneTimeCopy, Status};
 use crate::error::{Error, Result};
 
 use crate::notify::report::{age, status_table, sync_status, SyncStatus};
@@ -86,7 +87,7 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
         let behind = runs::targets_behind(&mut cat.client, &s.name)?;
         let mm = if plan.sources.len() > 1 {
             let strategy = match &s.conflict_strategy {
-                Some(x) => x.clone(),
+                Some(x) => x.to_string(),
                 None => format!(
                     "{} (default_conflict_strategy)",
                     crate::catalog::model::setting(&mut cat.client, "default_conflict_strategy")?
@@ -218,7 +219,7 @@ fn print_detail(
     ));
     rows.push((
         "Status".into(),
-        if s.status == "active" {
+        if s.status == Status::Active {
             "Active".into()
         } else {
             "Inactive".into()
@@ -239,7 +240,7 @@ fn print_detail(
     rows.push((
         "Onetimecopy".into(),
         match s.onetimecopy {
-            0 => "No".into(),
+            OneTimeCopy::Off => "No".into(),
             n => format!("Yes ({n})"),
         },
     ));

@@ -16,6 +16,7 @@ use crate::capture::install;
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
+use crate::domain::OneTimeCopy;
 use crate::error::{Context, Error, Result};
 use crate::logging;
 use crate::schedule::cron::Schedule;
@@ -459,7 +460,7 @@ impl Controller {
             }
             if let Some(p) = self.plan.as_mut() {
                 if o.served_otc == Some(p.sync.onetimecopy_gen) {
-                    p.sync.onetimecopy = 0;
+                    p.sync.onetimecopy = OneTimeCopy::Off;
                 }
                 p.behind.retain(|b| !o.caught_up.contains(b));
             }
@@ -572,7 +573,7 @@ fn execute(
         installation: &engine.installation,
         chunk: cfg.chunk,
         // The sync's own isolation_level wins over the setting.
-        isolation: plan.sync.isolation_level.as_deref().unwrap_or(&cfg.isolation),
+        isolation: plan.sync.isolation_level.unwrap_or(cfg.isolation),
         lock_timeout_ms: (cfg.lock_timeout * 1000.0).ceil() as u64,
         cancel,
         default_strategy: &cfg.default_strategy,

@@ -29,6 +29,7 @@ use postgres_openssl::MakeTlsConnector;
 pub use super::controller::Outcome;
 use crate::apply::pools::{Cancel, Pools};
 use crate::catalog::model::{self, Db};
+use crate::domain::{Isolation, Status, Strategy};
 use crate::error::{Error, Result};
 use crate::pg::pool::DbPool;
 pub use crate::schedule::timing::Reason;
@@ -39,7 +40,7 @@ pub struct EngineConfig {
     /// Keys per DELETE.
     pub chunk: usize,
     /// Source read isolation.
-    pub isolation: String,
+    pub isolation: Isolation,
     /// Retry delay after a serialization failure (-1: ordinary failure).
     pub serial_sleep: f64,
     /// Retry delay after a deadlock (-1: ordinary failure).
@@ -65,7 +66,7 @@ pub struct EngineConfig {
     /// at most this long).
     pub pingtime: f64,
     /// `default_conflict_strategy`: for syncs and tables that set none.
-    pub default_strategy: String,
+    pub default_strategy: Strategy,
     /// `purge_schedule`: a crontab line for the purger (empty: vac_sleep).
     pub purge_schedule: String,
 }
@@ -78,7 +79,7 @@ impl EngineConfig {
         let f = |s: String, d: f64| s.parse::<f64>().unwrap_or(d);
         Ok(EngineConfig {
             chunk: get("statement_chunk_size")?.parse().unwrap_or(6000).max(1),
-            isolation: get("isolation_level")?,
+            isolation: get("isolation_level")?.parse().unwrap_or(Isolation::RepeatableRead),
             serial_sleep: f(get("kid_serial_sleep")?, 0.5),
             deadlock_sleep: f(get("kid_deadlock_sleep")?, 0.5),
             restart_sleep: f(get("kid_restart_sleep")?, 1.0).max(0.1),
@@ -90,7 +91,7 @@ impl EngineConfig {
             dbproblem_sleep: f(get("mcp_dbproblem_sleep")?, 15.0).max(0.5),
             lock_timeout: f(get("lock_timeout")?, 10.0).max(0.001),
             pingtime: f(get("mcp_pingtime")?, 60.0).max(1.0),
-            default_strategy: get("default_conflict_strategy")?,
+            default_strategy: Strategy::parse(&get("default_conflict_strategy")?),
             purge_schedule: get("purge_schedule")?,
         })
     }
@@ -257,7 +258,7 @@ impl Engine {
         *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = EngineConfig::load(&mut *c)?;
         let active: Vec<String> = model::syncs(&mut *c)?
             .into_iter()
-            .filter(|s| s.status == "active")
+            .filter(|s| s.status == Status::Active)
             .map(|s| s.name)
             .collect();
         drop(c);

@@ -69,6 +69,23 @@ impl Strategy {
     }
 }
 
+/// The stored spelling (what `list` and `show` print): a built-in name, or
+/// the priority list's database names separated by spaces.
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Priority(n) => f.write_str(&n.join(" ")),
+            other => f.write_str(&other.label()),
+        }
+    }
+}
+
+impl Serialize for Strategy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// One source that changed the row.
 #[derive(Clone, Debug, Serialize)]
 pub struct Contender {

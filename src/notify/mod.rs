@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
 
+use crate::domain::Status;
 use crate::pg::pool::DbPool;
 use crate::schedule::cron::Schedule;
 use mail::MailSettings;
@@ -531,7 +532,7 @@ impl State {
         let mut per_sync: BTreeMap<String, i64> = BTreeMap::new();
         let mut sources: BTreeMap<String, crate::catalog::model::Db> = BTreeMap::new();
         if let Ok(syncs) = crate::catalog::model::syncs(&mut *c) {
-            for s in syncs.iter().filter(|s| s.status == "active") {
+            for s in syncs.iter().filter(|s| s.status == Status::Active) {
                 per_sync.entry(s.name.clone()).or_insert(0);
                 if let Ok(p) = crate::catalog::plan::SyncPlan::load(&mut *c, &s.name) {
                     for d in p.sources {

@@ -4,6 +4,7 @@
 use postgres::GenericClient;
 
 use crate::catalog::{model, runs};
+use crate::domain::Status;
 use crate::error::Result;
 
 /// A sync's status, as both the table and the detail block need it.
@@ -12,7 +13,7 @@ pub struct SyncStatus {
     /// The sync.
     pub name: String,
     /// active or inactive.
-    pub status: String,
+    pub status: Status,
     /// Good, Bad (N failed runs), Running (since ...), No records found.
     pub state: String,
     /// The last good run.
@@ -50,7 +51,7 @@ pub fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool)
     };
     Ok(SyncStatus {
         name: s.name.clone(),
-        status: s.status.clone(),
+        status: s.status,
         state,
         last_good,
         last_bad,
@@ -116,7 +117,7 @@ pub fn status_table(rows: &[SyncStatus]) -> String {
                 g.map(|g| format!("{}/{}", g.inserts, g.deletes)).unwrap_or_default(),
                 b.map(short_time).unwrap_or_else(|| "none".into()),
                 b.map(|b| age(b.age_secs)).unwrap_or_default(),
-                if r.status == "active" {
+                if r.status == Status::Active {
                     "Active".into()
                 } else {
                     "Inactive".into()

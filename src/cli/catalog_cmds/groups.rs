@@ -1,6 +1,7 @@
 //! Relgroups (herds) and dbgroups.
 
 use super::*;
+use crate::domain::Role;
 
 pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, &[key("db", &["database"])], "add relgroup")?;
@@ -78,7 +79,7 @@ pub(super) fn update_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     add_relgroup(ctx, w)
 }
 
-pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<&'static str>)>> {
+pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role>)>> {
     words
         .iter()
         .flat_map(|w| w.split(','))

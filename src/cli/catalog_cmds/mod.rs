@@ -9,6 +9,7 @@ use crate::catalog::edit::{self, NewDb};
 use crate::catalog::kv::{self, check_name, key, Key};
 use crate::catalog::model::{self, Relation};
 use crate::catalog::{settings, sync_opts, Catalog};
+use crate::domain::RelType;
 use crate::error::{Error, Result};
 use crate::pg::discover::{self, Found};
 use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
@@ -64,8 +65,8 @@ pub fn add(ctx: &Ctx, noun: AddNoun) -> Result<()> {
     match noun {
         AddNoun::Db(w) => add_db(ctx, &w),
         AddNoun::All(a) => add_all(ctx, a),
-        AddNoun::Table(w) => add_relations(ctx, &w, "table"),
-        AddNoun::Sequence(w) => add_relations(ctx, &w, "sequence"),
+        AddNoun::Table(w) => add_relations(ctx, &w, RelType::Table),
+        AddNoun::Sequence(w) => add_relations(ctx, &w, RelType::Sequence),
         AddNoun::Relgroup(w) => add_relgroup(ctx, &w),
         AddNoun::Dbgroup(w) => add_dbgroup(ctx, &w),
         AddNoun::Sync(w) => add_sync(ctx, &w),
@@ -79,8 +80,8 @@ pub fn update(ctx: &Ctx, noun: Noun) -> Result<()> {
         Noun::Db(w) => update_db(ctx, &w),
         Noun::Sync(w) => update_sync(ctx, &w),
         Noun::Dbgroup(w) => update_dbgroup(ctx, &w),
-        Noun::Table(w) => update_relation(ctx, &w, "table"),
-        Noun::Sequence(w) => update_relation(ctx, &w, "sequence"),
+        Noun::Table(w) => update_relation(ctx, &w, RelType::Table),
+        Noun::Sequence(w) => update_relation(ctx, &w, RelType::Sequence),
         Noun::Customcode(w) => update_customcode(ctx, &w),
         Noun::Relgroup(w) => update_relgroup(ctx, &w),
     }
@@ -126,8 +127,8 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
-        Noun::Table(w) => remove_relations(&mut cat, &w, "table")?,
-        Noun::Sequence(w) => remove_relations(&mut cat, &w, "sequence")?,
+        Noun::Table(w) => remove_relations(&mut cat, &w, RelType::Table)?,
+        Noun::Sequence(w) => remove_relations(&mut cat, &w, RelType::Sequence)?,
         Noun::Relgroup(w) => {
             let names = names_only(&w, "remove relgroup")?;
             cat.edit(|tx| {

@@ -1,6 +1,7 @@
 //! Syncs: `add sync` in both grammars, `update sync`, `activate`, `deactivate`.
 
 use super::*;
+use crate::domain::Role;
 
 /// Resolves where a new sync replicates, for both grammars.
 pub(super) fn sync_dbs(
@@ -42,12 +43,12 @@ pub(super) fn sync_dbs(
                 )))
             }
         };
-        let role: &'static str = match t.as_str() {
-            "fullcopy" => "fullcopy",
-            "swap" => "source",
-            _ => "target",
+        let role = match t.as_str() {
+            "fullcopy" => Role::Fullcopy,
+            "swap" => Role::Source,
+            _ => Role::Target,
         };
-        let mut members: Vec<(String, Option<&'static str>)> = vec![(src.clone(), Some("source"))];
+        let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
         for d in targets {
             if d == src {
                 return Err(Error::Rejected(format!(
@@ -76,7 +77,7 @@ pub(super) fn sync_dbs(
             ));
         }
     }
-    let members: Vec<(String, Option<&'static str>)> = d
+    let members: Vec<(String, Option<Role>)> = d
         .split(',')
         .filter(|s| !s.is_empty())
         .map(edit::parse_member)

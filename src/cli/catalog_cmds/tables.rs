@@ -1,6 +1,7 @@
 //! Tables and sequences: `add all tables`, `add table`, `remove table`, `update table`.
 
 use super::*;
+use crate::domain::RelType;
 
 /// Table options kept only for Bucardo scripts (none today: every table
 /// option acts).
@@ -227,9 +228,9 @@ pub(super) fn match_live(live: &[Found], terms: &[String], kind: &str, db: &str)
     Ok(out)
 }
 
-pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
+pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, REL_KEYS, &format!("add {kind}"))?;
-    warn_inert(kind, &a.pairs, inert);
+    warn_inert(kind.as_str(), &a.pairs, inert);
     if a.positional.is_empty() {
         return Err(Error::Usage(format!(
             "usage: capra add {kind} NAME [NAME...] db=DB [relgroup=RG]"
@@ -246,12 +247,12 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let db = pick_db(&mut cat, a.get("db"))?;
     let mut client = db.connect()?;
-    let live = if kind == "table" {
+    let live = if kind == RelType::Table {
         discover::tables(&mut client)?
     } else {
         discover::sequences(&mut client)?
     };
-    let chosen = match_live(&live, &a.positional, kind, &db.name)?;
+    let chosen = match_live(&live, &a.positional, kind.as_str(), &db.name)?;
     let report = store_found(
         ctx,
         &mut cat,
@@ -272,7 +273,7 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: &str) -> Result<Vec<String>> {
+pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> Result<Vec<String>> {
     let a = kv::split(&w.words, &[key("db", &["database"])], &format!("remove {kind}"))?;
     let db = a.get("db").map(String::from);
     let (terms, db2) = (a.positional.clone(), db.clone());
@@ -295,9 +296,9 @@ pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: &str) -> Resu
     Ok(out)
 }
 
-pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
+pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, TABLE_UPDATE_KEYS, &format!("update {kind}"))?;
-    warn_inert(kind, &a.pairs, inert);
+    warn_inert(kind.as_str(), &a.pairs, inert);
     let [term] = a.positional.as_slice() else {
         return Err(Error::Usage(format!(
             "usage: capra update {kind} NAME [db=DB] key=value..."
@@ -309,7 +310,7 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: &str) -> Result<()> {
     let rel: Relation = match hits.as_slice() {
         [] => {
             return Err(Error::not_found_hint(
-                if kind == "table" { "table" } else { "sequence" },
+                kind.as_str(),
                 term.clone(),
                 format!("see: capra list {kind}s"),
             ))
