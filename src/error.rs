@@ -1,8 +1,37 @@
 //! capra's error type. Each variant names the object involved and, where
 //! there is one, what to do next; `main` prints it as one line and maps it to
 //! the exit status (2 for bad usage, 1 for everything else).
+//!
+//! Every error also has a [`Kind`]: what sort of trouble it is, which is
+//! what the daemon decides retries on and what mail and status report,
+//! whatever the wording.
+
+use postgres::error::SqlState;
 
 use crate::pg;
+
+/// What sort of trouble an error is, whatever its wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A database could not be reached or dropped the connection: the
+    /// same work may succeed later unchanged.
+    Connection,
+    /// What the user typed or configured is wrong: retrying changes
+    /// nothing until they fix it.
+    Input,
+    /// The request contradicts what the catalog or a database holds now
+    /// (a missing table, a sync without a source, a catalog changed under
+    /// a run): fixed by a change of state, not of input.
+    Conflict,
+    /// A server refused a statement (a lock timeout, a constraint, a
+    /// permission, a serialization failure).
+    Server,
+    /// The machine refused (a file, a thread, a process).
+    System,
+    /// capra broke one of its own rules: report it.
+    Bug,
+}
 
 /// Everything that can go wrong in a capra command or the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +91,10 @@ pub enum Error {
         source: pg::connect::ConnectError,
     },
 
-    /// A statement failed.
+    /// A statement failed. The message already carries the server's
+    /// words (`detail`), so the driver error is kept for its SQLSTATE
+    /// ([`Error::sqlstate`], [`Error::driver`]) but is not a `source` that
+    /// a renderer would print a second time.
     #[error("{context}: {detail}")]
     Db {
         /// What capra was doing.
@@ -70,8 +102,7 @@ pub enum Error {
         /// The server's message on one line.
         detail: String,
         /// The driver error.
-        #[source]
-        source: postgres::Error,
+        driver: postgres::Error,
     },
 
     /// A connection description cannot work (bad keyword, missing service).
@@ -90,7 +121,27 @@ pub enum Error {
 
     /// The control database has no catalog or an older/newer one.
     #[error("{0}")]
-    Catalog(String),
+    CatalogVersion(String),
+
+    /// A catalog edit was refused.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+
+    /// Change capture on a database could not be read, checked or installed.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+
+    /// A run could not apply a sync.
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+
+    /// The daemon could not start, stop or control a sync.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+
+    /// Mail or a tail_n_mail job failed.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 
     /// A sync failed validation; one finding per line of the vector.
     #[error("sync \"{sync}\" failed validation: {}", .problems.join("; "))]
@@ -185,19 +236,53 @@ impl Error {
     }
 
     /// The SQLSTATE behind this error, if a server produced it.
-    pub fn sqlstate(&self) -> Option<String> {
+    pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
-            Error::Db { source, .. } => pg::error::sqlstate(source),
-            Error::Connect { source, .. } => source.pg().and_then(pg::error::sqlstate),
+            Error::Db { driver, .. } => driver.code(),
+            Error::Connect { source, .. } => source.pg().and_then(|e| e.code()),
+            _ => None,
+        }
+    }
+
+    /// The driver's error behind a failed statement.
+    pub fn driver(&self) -> Option<&postgres::Error> {
+        match self {
+            Error::Db { driver, .. } => Some(driver),
             _ => None,
         }
     }
 
     /// Whether the error is a serialization failure or deadlock.
     pub fn is_serialization(&self) -> bool {
+        matches!(
+            self.sqlstate(),
+            Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        )
+    }
+
+    /// What sort of trouble this is (see [`Kind`]).
+    pub fn kind(&self) -> Kind {
         match self {
-            Error::Db { source, .. } => pg::error::is_serialization(source),
-            _ => false,
+            Error::Usage(_) | Error::ConnSpec { .. } | Error::ConfigFile(_) | Error::Hook(_) => Kind::Input,
+            Error::Validation { .. } => Kind::Input,
+            Error::NotFound { .. } | Error::Duplicate { .. } | Error::Rejected(_) | Error::Stale { .. } => {
+                Kind::Conflict
+            }
+            Error::CatalogVersion(_) => Kind::Conflict,
+            Error::Connect { .. } => Kind::Connection,
+            Error::Db { driver, .. } => {
+                if driver.is_closed() || driver.as_db_error().is_none() {
+                    Kind::Connection
+                } else {
+                    Kind::Server
+                }
+            }
+            Error::Spawn { .. } | Error::Io { .. } => Kind::System,
+            Error::Catalog(e) => e.kind(),
+            Error::Capture(e) => e.kind(),
+            Error::Apply(e) => e.kind(),
+            Error::Daemon(e) => e.kind(),
+            Error::Notify(e) => e.kind(),
         }
     }
 }
@@ -213,10 +298,10 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, postgres::Error> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Db {
+        self.map_err(|driver| Error::Db {
             context: context(),
-            detail: pg::error::describe(&source),
-            source,
+            detail: pg::error::describe(&driver),
+            driver,
         })
     }
 }

@@ -9,15 +9,16 @@ use crate::error::{Context, Error, Result};
 
 fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
     if e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
-        let inner = e
-            .into_inner()
-            .expect("checked")
-            .downcast::<postgres::Error>()
-            .expect("checked");
-        return Error::Db {
+        if let Some(Ok(inner)) = e.into_inner().map(|b| b.downcast::<postgres::Error>()) {
+            return Error::Db {
+                context: context(),
+                detail: crate::pg::error::describe(&inner),
+                driver: *inner,
+            };
+        }
+        return Error::Io {
             context: context(),
-            detail: crate::pg::error::describe(&inner),
-            source: *inner,
+            source: std::io::Error::other("a driver error that could not be read"),
         };
     }
     Error::Io {

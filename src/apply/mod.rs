@@ -9,9 +9,12 @@
 //! - [`copy`], [`sequences`], [`pools`]: COPY pipes, sequences, connections.
 
 pub mod copy;
+mod error;
 pub mod pools;
 mod receive;
 pub mod run;
 pub mod sequences;
 mod settle;
 mod source;
+
+pub use error::ApplyError;

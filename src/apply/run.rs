@@ -574,10 +574,10 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
                     }
                     attempts += 1;
                     let text = crate::pg::error::flatten(&e.to_string());
-                    let state = e.sqlstate().unwrap_or_default();
+                    let state = e.sqlstate().map(|c| c.code()).unwrap_or_default();
                     let answer = hook(env, "exception", Some(t), &|_, ctx| {
                         ctx.set("error", text.as_str())?;
-                        ctx.set("sqlstate", state.as_str())?;
+                        ctx.set("sqlstate", state)?;
                         ctx.set("attempts", attempts)
                     })?;
                     match answer.as_deref() {

@@ -1,7 +1,10 @@
 //! Change capture on source databases: what capra finds there (discovery),
 //! checks there (validation) and installs there.
 
+mod error;
 pub mod install;
 pub mod purge;
 pub mod reconcile;
 pub mod validate;
+
+pub use error::CaptureError;

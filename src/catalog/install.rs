@@ -33,7 +33,7 @@ pub fn install(spec: &ConnSpec, piddir: Option<&str>, out: &mut dyn Write) -> Re
     let target_db = spec.dbname.clone().unwrap_or_else(|| "capra".into());
     let mut client = match open(spec, &target_db) {
         Ok(c) => c,
-        Err(e) if e.sqlstate().as_deref() == Some("3D000") => {
+        Err(e) if e.sqlstate() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) => {
             writeln!(out, "Failed to connect to database '{target_db}', will try 'postgres'").ok();
             let mut fallback = spec.clone();
             fallback.dbname = Some("postgres".into());
@@ -118,7 +118,7 @@ pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn
     let target = current_version();
     if let Some(v) = found {
         if v > target {
-            return Err(Error::Catalog(format!(
+            return Err(Error::CatalogVersion(format!(
                 "the catalog in \"{dbname}\" is version {v}, newer than this capra understands ({target}); upgrade the capra package"
             )));
         }

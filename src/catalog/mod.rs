@@ -6,6 +6,7 @@
 
 pub mod customcode;
 pub mod edit;
+mod error;
 pub mod install;
 pub mod kv;
 pub mod model;
@@ -13,6 +14,8 @@ pub mod plan;
 pub mod runs;
 pub mod settings;
 pub mod sync_opts;
+
+pub use error::CatalogError;
 
 use postgres::Client;
 
@@ -56,7 +59,7 @@ impl Catalog {
             .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
             .ctx(|| "checking the control database".into())?;
         if !row.get::<_, bool>(0) {
-            return Err(Error::Catalog(format!(
+            return Err(Error::CatalogVersion(format!(
                 "database \"{dbname}\" ({}) holds no capra catalog; run 'capra install' first, or name the control database with -d/--dbname",
                 resolved.summary
             )));
@@ -67,12 +70,12 @@ impl Catalog {
         let version: i32 = row.get(0);
         let cur = current_version();
         if version < cur {
-            return Err(Error::Catalog(format!(
+            return Err(Error::CatalogVersion(format!(
                 "the catalog in \"{dbname}\" is version {version} but this capra needs version {cur}; run 'capra install' to upgrade it in place"
             )));
         }
         if version > cur {
-            return Err(Error::Catalog(format!(
+            return Err(Error::CatalogVersion(format!(
                 "the catalog in \"{dbname}\" is version {version}, newer than this capra understands ({cur}); upgrade the capra package"
             )));
         }

@@ -423,7 +423,7 @@ fn sync_from_row(r: &postgres::Row) -> Result<Sync> {
         dbgroup: r.col(2, Q)?,
         status: r.col(3, Q)?,
         autokick: r.col(4, Q)?,
-        onetimecopy: OneTimeCopy::from_i16(r.col(5, Q)?).map_err(|e| crate::Error::Catalog(e.to_string()))?,
+        onetimecopy: OneTimeCopy::from_i16(r.col(5, Q)?).map_err(|e| crate::Error::CatalogVersion(e.to_string()))?,
         conflict_strategy: r.col::<_, Option<String>>(6, Q)?.map(|s| Strategy::parse(&s)),
         schedule: r.col(7, Q)?,
         checktime: r.col(8, Q)?,

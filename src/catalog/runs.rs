@@ -162,12 +162,12 @@ pub fn fail_run(
     sync: &str,
     id: i64,
     error: &str,
-    sqlstate: Option<&str>,
+    sqlstate: Option<&postgres::error::SqlState>,
     retry_in_secs: f64,
 ) -> Result<()> {
     c.execute(
         "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3 WHERE id = $1",
-        &[&id, &error, &sqlstate],
+        &[&id, &error, &sqlstate.map(|c| c.code())],
     )
     .ctx(|| "recording a failed run".into())?;
     c.execute(
@@ -254,7 +254,7 @@ pub fn conflicts(c: &mut impl GenericClient, sync: Option<&str>, since: Option<&
             _ => Error::Db {
                 context: "reading the conflict history".into(),
                 detail: crate::pg::error::describe(&e),
-                source: e,
+                driver: e,
             },
         })?;
     Ok(rows

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::Local;
 
 use super::engine::{lock, CtlMsg, Engine, Job, Reason};
+use postgres::error::SqlState;
+
 use crate::apply::pools::Cancel;
 use crate::apply::run::{self as apply, RunCache, RunEnv};
 use crate::capture::install;
@@ -364,9 +366,7 @@ impl Controller {
                 if let Ok(mut c) = self.engine.control.get() {
                     let recorded =
                         runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.pid, &self.engine.host)
-                            .and_then(|id| {
-                                runs::fail_run(&mut *c, &self.name, id, &text, e.sqlstate().as_deref(), wait)
-                            });
+                            .and_then(|id| runs::fail_run(&mut *c, &self.name, id, &text, e.sqlstate(), wait));
                     if let Err(r) = recorded {
                         tracing::error!("Cannot record the failure: {r}");
                     }
@@ -707,8 +707,8 @@ fn execute(
             // Serialization failures, deadlocks and lock timeouts (DDL
             // held a table) are retried after their short sleep.
             let serialization = if e.is_serialization() {
-                Some(e.sqlstate().as_deref() == Some("40001"))
-            } else if e.sqlstate().as_deref() == Some("55P03") {
+                Some(e.sqlstate() == Some(&SqlState::T_R_SERIALIZATION_FAILURE))
+            } else if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
                 Some(false)
             } else {
                 None
@@ -731,7 +731,7 @@ fn execute(
                     last_good,
                 });
             }
-            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate().as_deref(), retry_in) {
+            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate(), retry_in) {
                 // The daemon's next start closes the run as failed.
                 tracing::error!("Cannot record the failed run: {r}");
             }

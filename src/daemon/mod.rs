@@ -13,8 +13,11 @@
 pub mod control;
 pub mod controller;
 pub mod engine;
+mod error;
 pub mod purger;
 pub mod watcher;
+
+pub use error::DaemonError;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -8,9 +8,12 @@
 //! incident in one digest per `email_alert_interval`, and a mail when it
 //! ends: a flapping sync cannot cause a storm.
 
+mod error;
 pub mod mail;
 pub mod report;
 pub mod tailmail;
+
+pub use error::NotifyError;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};

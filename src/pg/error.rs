@@ -5,11 +5,6 @@
 
 use std::error::Error as StdError;
 
-/// SQLSTATE of a server error, if the error came from the server.
-pub fn sqlstate(e: &postgres::Error) -> Option<String> {
-    e.code().map(|c| c.code().to_string())
-}
-
 /// One line describing a PostgreSQL client error: the server's message with
 /// detail and hint, or the chain of causes for connection-level failures.
 pub fn describe(e: &postgres::Error) -> String {
@@ -38,10 +33,4 @@ pub fn describe(e: &postgres::Error) -> String {
 /// Puts multi-line server messages on one line.
 pub fn flatten(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Whether retrying the same work is the right answer (serialization
-/// failure or deadlock), as Bucardo does with `kid_serial_sleep`.
-pub fn is_serialization(e: &postgres::Error) -> bool {
-    matches!(e.code().map(|c| c.code()), Some("40001") | Some("40P01"))
 }
