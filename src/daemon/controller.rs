@@ -18,9 +18,10 @@ use crate::capture::install;
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
-use crate::domain::OneTimeCopy;
+use crate::domain::{OneTimeCopy, Role};
 use crate::error::{Context, Error, Result};
 use crate::logging;
+use crate::pg::RowExt;
 use crate::schedule::cron::Schedule;
 use crate::schedule::timing::{Backoff, Timing};
 
@@ -109,7 +110,7 @@ impl Controller {
                 &[&self.name],
             )
             .ctx(|| "reading checktime".into())?
-            .get(0);
+            .col(0, "reading checktime")?;
         drop(c);
         let schedule = match plan.sync.schedule.as_deref().map(Schedule::parse) {
             Some(Ok(s)) => Some(s),
@@ -119,40 +120,8 @@ impl Controller {
             }
             None => None,
         };
-        // A slot missed while no daemon ran runs once now.
         if let Some(s) = &schedule {
-            let mut c = self.engine.control.get()?;
-            // Only a slot of this same schedule counts: a schedule just
-            // changed starts from now.
-            let last: Option<chrono::DateTime<Local>> = c
-                .query_opt(
-                    "SELECT extract(epoch FROM last_schedule)::float8 FROM capra.sync_state
-                      WHERE sync = $1 AND last_schedule_spec IS NOT DISTINCT FROM $2",
-                    &[&self.name, &s.as_str()],
-                )
-                .ctx(|| "reading the last scheduled run".into())?
-                .and_then(|r| r.get::<_, Option<f64>>(0))
-                .and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
-                .map(|t| t.with_timezone(&Local));
-            match last {
-                Some(t) => {
-                    if let Some(slot) = s.next_after(&t).filter(|slot| *slot < Local::now()) {
-                        tracing::info!(
-                            "The schedule's slot at {} was missed while no daemon ran; running once now",
-                            slot.format("%Y-%m-%d %H:%M:%S")
-                        );
-                        self.timing.request(Reason::Schedule);
-                    }
-                }
-                None => {
-                    c.execute(
-                        "INSERT INTO capra.sync_state (sync, last_schedule, last_schedule_spec) VALUES ($1, to_timestamp($2), $3)
-                         ON CONFLICT (sync) DO UPDATE SET last_schedule = EXCLUDED.last_schedule, last_schedule_spec = EXCLUDED.last_schedule_spec",
-                        &[&self.name, &(Local::now().timestamp_micros() as f64 / 1e6), &s.as_str()],
-                    )
-                    .ctx(|| "recording the schedule's start".into())?;
-                }
-            }
+            self.catch_up_schedule(s)?;
         }
         self.timing.configure(
             schedule,
@@ -164,60 +133,7 @@ impl Controller {
         if plan.is_delta() {
             let mut routes: Vec<Db> = Vec::new();
             for src in &plan.sources {
-                let mut conn = self.engine.pools.get(src)?;
-                let mut tx = conn
-                    .transaction()
-                    .ctx(|| format!("checking change capture on \"{}\"", src.name))?;
-                let had: bool = tx
-                    .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
-                    .ctx(|| "checking capture".into())?
-                    .get(0);
-                let had = had
-                    && tx
-                        .query_opt(
-                            "SELECT 1 FROM capra.consumer WHERE installation = $1 AND sync = $2",
-                            &[&self.engine.installation, &self.name],
-                        )
-                        .ctx(|| "checking capture".into())?
-                        .is_some();
-                let attached = install::attach_consumer(
-                    &mut tx,
-                    &self.engine.installation,
-                    &self.name,
-                    &install::targets(&plan),
-                    install::OnKeyChange::Defer,
-                )?;
-                let leftover: Vec<i32> = self
-                    .prune
-                    .iter()
-                    .filter(|id| !attached.ids.contains(id))
-                    .copied()
-                    .collect();
-                if !leftover.is_empty() {
-                    install::drop_from_consumer(&mut tx, &self.engine.installation, &self.name, &leftover)?;
-                    tracing::warn!(
-                        "Dropped change capture of {} table(s) on database \"{}\" that sync \"{}\" no longer replicates (left by an interrupted catalog edit)",
-                        leftover.len(),
-                        src.name,
-                        self.name
-                    );
-                }
-                if !attached.deferred.is_empty() {
-                    tracing::warn!(
-                        "The key of {} changed on database \"{}\"; capra keeps using the old key until the changes already logged are applied, then switches",
-                        attached.deferred.join(", "),
-                        src.name
-                    );
-                    key_change_waits = true;
-                }
-                tx.commit()
-                    .ctx(|| format!("installing change capture on \"{}\"", src.name))?;
-                if !had {
-                    tracing::warn!(
-                        "Change capture for this sync was missing on database \"{}\" and has been installed now; changes made there before this moment were not captured (set onetimecopy=1 to resynchronise)",
-                        src.name
-                    );
-                }
+                key_change_waits |= self.attach_source(&plan, src)?;
                 routes.push(src.clone());
             }
             // Listen where any table kicks (a table's autokick overrides
@@ -233,6 +149,107 @@ impl Controller {
         self.capture_ready = true;
         self.key_change_waits = key_change_waits;
         Ok(())
+    }
+
+    /// A slot of this schedule missed while no daemon ran runs once now;
+    /// a schedule seen for the first time (or just changed) starts from now.
+    fn catch_up_schedule(&mut self, s: &Schedule) -> Result<()> {
+        let mut c = self.engine.control.get()?;
+        // Only a slot of this same schedule counts.
+        let row = c
+            .query_opt(
+                "SELECT extract(epoch FROM last_schedule)::float8 FROM capra.sync_state
+                  WHERE sync = $1 AND last_schedule_spec IS NOT DISTINCT FROM $2",
+                &[&self.name, &s.as_str()],
+            )
+            .ctx(|| "reading the last scheduled run".into())?;
+        let last: Option<chrono::DateTime<Local>> = match row {
+            Some(r) => r.col::<_, Option<f64>>(0, "reading the last scheduled run")?,
+            None => None,
+        }
+        .and_then(|t| chrono::DateTime::from_timestamp_micros((t * 1e6) as i64))
+        .map(|t| t.with_timezone(&Local));
+        match last {
+            Some(t) => {
+                if let Some(slot) = s.next_after(&t).filter(|slot| *slot < Local::now()) {
+                    tracing::info!(
+                        "The schedule's slot at {} was missed while no daemon ran; running once now",
+                        slot.format("%Y-%m-%d %H:%M:%S")
+                    );
+                    self.timing.request(Reason::Schedule);
+                }
+            }
+            None => {
+                c.execute(
+                    "INSERT INTO capra.sync_state (sync, last_schedule, last_schedule_spec) VALUES ($1, to_timestamp($2), $3)
+                     ON CONFLICT (sync) DO UPDATE SET last_schedule = EXCLUDED.last_schedule, last_schedule_spec = EXCLUDED.last_schedule_spec",
+                    &[&self.name, &(Local::now().timestamp_micros() as f64 / 1e6), &s.as_str()],
+                )
+                .ctx(|| "recording the schedule's start".into())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches this sync to capture on one source (installing what is
+    /// missing, dropping what an interrupted edit left); true when a key
+    /// change waits for the old log to drain.
+    fn attach_source(&mut self, plan: &SyncPlan, src: &Db) -> Result<bool> {
+        let mut conn = self.engine.pools.get(src)?;
+        let mut tx = conn
+            .transaction()
+            .ctx(|| format!("checking change capture on \"{}\"", src.name))?;
+        let had: bool = tx
+            .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
+            .ctx(|| "checking capture".into())?
+            .col(0, "checking capture")?;
+        let had = had
+            && tx
+                .query_opt(
+                    "SELECT 1 FROM capra.consumer WHERE installation = $1 AND sync = $2",
+                    &[&self.engine.installation, &self.name],
+                )
+                .ctx(|| "checking capture".into())?
+                .is_some();
+        let attached = install::attach_consumer(
+            &mut tx,
+            &self.engine.installation,
+            &self.name,
+            &install::targets(plan),
+            install::OnKeyChange::Defer,
+        )?;
+        let leftover: Vec<i32> = self
+            .prune
+            .iter()
+            .filter(|id| !attached.ids.contains(id))
+            .copied()
+            .collect();
+        if !leftover.is_empty() {
+            install::drop_from_consumer(&mut tx, &self.engine.installation, &self.name, &leftover)?;
+            tracing::warn!(
+                "Dropped change capture of {} table(s) on database \"{}\" that sync \"{}\" no longer replicates (left by an interrupted catalog edit)",
+                leftover.len(),
+                src.name,
+                self.name
+            );
+        }
+        let key_change_waits = !attached.deferred.is_empty();
+        if key_change_waits {
+            tracing::warn!(
+                "The key of {} changed on database \"{}\"; capra keeps using the old key until the changes already logged are applied, then switches",
+                attached.deferred.join(", "),
+                src.name
+            );
+        }
+        tx.commit()
+            .ctx(|| format!("installing change capture on \"{}\"", src.name))?;
+        if !had {
+            tracing::warn!(
+                "Change capture for this sync was missing on database \"{}\" and has been installed now; changes made there before this moment were not captured (set onetimecopy=1 to resynchronise)",
+                src.name
+            );
+        }
+        Ok(key_change_waits)
     }
 
     /// Records that the schedule's slot came (the daemon's clock, and the
@@ -268,18 +285,19 @@ impl Controller {
         let _r = logging::role("CTL", Some(&self.name));
         match self.prepare() {
             Ok(()) => {
-                let p = self.plan.as_ref().expect("prepared");
-                tracing::info!(
-                    "New controller for sync \"{}\". Relgroup is \"{}\", dbs is \"{}\"",
-                    self.name,
-                    p.sync.relgroup,
-                    p.sync.dbgroup
-                );
-                // An autokick sync catches up at start with what changed
-                // while no daemon ran; others run only when kicked, on
-                // checktime or on their schedule.
-                if p.is_delta() && p.sync.autokick {
-                    self.timing.request(Reason::Startup);
+                if let Some(p) = self.plan.as_ref() {
+                    tracing::info!(
+                        "New controller for sync \"{}\". Relgroup is \"{}\", dbs is \"{}\"",
+                        self.name,
+                        p.sync.relgroup,
+                        p.sync.dbgroup
+                    );
+                    // An autokick sync catches up at start with what
+                    // changed while no daemon ran; others run only when
+                    // kicked, on checktime or on their schedule.
+                    if p.is_delta() && p.sync.autokick {
+                        self.timing.request(Reason::Startup);
+                    }
                 }
             }
             Err(e) => {
@@ -380,7 +398,12 @@ impl Controller {
                 return;
             }
         }
-        let plan = self.plan.clone().expect("prepared");
+        let Some(plan) = self.plan.clone() else {
+            // prepare() leaves a plan whenever it succeeds.
+            tracing::error!("No plan to run (a bug, please report it)");
+            self.timing.not_started();
+            return;
+        };
         let kicks = std::mem::take(&mut self.kicks);
         let engine = self.engine.clone();
         let cache = self.cache.clone();
@@ -514,58 +537,21 @@ fn execute(
     kicks: &[i64],
     retry_in: f64,
 ) -> Outcome {
-    let name = plan.name();
-    let mut control = match engine.control.get() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("Cannot record the run, control database unreachable: {e}");
-            return Outcome {
-                unanswered: kicks.to_vec(),
-                ..Default::default()
-            };
-        }
+    let Some(mut rec) = RunRecord::open(engine, plan.name(), reason, kicks, retry_in) else {
+        return Outcome {
+            unanswered: kicks.to_vec(),
+            ..Default::default()
+        };
     };
-    let run_id = match runs::start_run(&mut *control, name, reason.as_str(), engine.pid, &engine.host) {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!("Cannot record the run: {e}");
-            return Outcome {
-                unanswered: kicks.to_vec(),
-                ..Default::default()
-            };
-        }
-    };
-    let _run = logging::field("run", &run_id.to_string());
+    let _run = logging::field("run", &rec.run_id.to_string());
     let cfg = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
     let conflicts = std::cell::RefCell::new(Vec::new());
-    let roles: Vec<(String, String)> = plan
-        .sources
-        .iter()
-        .map(|d| (d.name.clone(), "source".to_string()))
-        .chain(plan.targets.iter().map(|d| (d.name.clone(), "target".to_string())))
-        .chain(plan.fullcopy.iter().map(|d| (d.name.clone(), "fullcopy".to_string())))
-        .collect();
-    let hooks = match crate::hooks::Runner::load(&plan.hooks, name, run_id, roles) {
+    let hooks = match crate::hooks::Runner::load(&plan.hooks, plan.name(), rec.run_id, hook_roles(plan)) {
         Ok(h) => std::cell::RefCell::new(h),
         Err(e) => {
             let text = e.to_string();
             tracing::error!("Run failed: {text}");
-            engine.notify.send(crate::notify::Alert::Failed {
-                sync: name.to_string(),
-                error: text.clone(),
-                last_good: None,
-            });
-            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, None, retry_in) {
-                tracing::error!("Cannot record the failed run: {r}");
-            }
-            let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
-                Ok(()) => Vec::new(),
-                Err(_) => kicks.to_vec(),
-            };
-            return Outcome {
-                unanswered,
-                ..Default::default()
-            };
+            return rec.failed(&text, None, Mail::WithoutLastGood);
         }
     };
     let env = RunEnv {
@@ -580,170 +566,307 @@ fn execute(
         conflicts: &conflicts,
         hooks: &hooks,
     };
-    // Inactive targets fall behind from this run on: note them first, so a
-    // crash after the position moved cannot forget them.
-    let noted = if plan.is_delta() && !plan.skipped_targets.is_empty() {
-        control
+    let result = rec.note_inactive_targets(plan).and_then(|()| {
+        let mut c = lock(cache);
+        apply::run(&env, plan, &mut c)
+    });
+    cancel.clear();
+    for (subject, body) in std::mem::take(&mut hooks.borrow_mut().emails) {
+        engine.notify.send(crate::notify::Alert::Hook {
+            sync: plan.name().to_string(),
+            subject,
+            body,
+        });
+    }
+    rec.keep_conflicts(&conflicts.into_inner(), result.is_ok());
+    match result {
+        Ok(rep) => rec.succeeded(rep),
+        Err(Error::Stale { message, extra }) => rec.stale(&message, extra),
+        Err(e) => {
+            let text = crate::pg::error::flatten(&e.to_string());
+            let retry = Retry::of(&e);
+            tracing::error!("Run failed: {text}");
+            // Retried conflicts of locks, and runs cancelled by a stop or
+            // a deactivation, are not incidents; the rest mail.
+            let mail = if retry == Retry::Backoff && !cancel.is_stopped() {
+                Mail::WithLastGood
+            } else {
+                Mail::No
+            };
+            let mut o = rec.failed(&text, e.sqlstate(), mail);
+            o.serialization = retry.serialization();
+            o
+        }
+    }
+}
+
+/// How a failed run is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// A serialization failure: after `kid_serial_sleep`.
+    Serialization,
+    /// A deadlock, or a lock timeout (DDL held a table): after
+    /// `kid_deadlock_sleep`.
+    Lock,
+    /// Anything else: an incident, retried with the growing back-off.
+    Backoff,
+}
+
+impl Retry {
+    /// Only a server's refusal can be a conflict of locks; its SQLSTATE
+    /// says which.
+    fn of(e: &Error) -> Retry {
+        if e.kind() != crate::error::Kind::Server {
+            return Retry::Backoff;
+        }
+        match e.sqlstate() {
+            Some(&SqlState::T_R_SERIALIZATION_FAILURE) => Retry::Serialization,
+            Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::LOCK_NOT_AVAILABLE) => Retry::Lock,
+            _ => Retry::Backoff,
+        }
+    }
+
+    /// The form [`Backoff::delay`] takes.
+    fn serialization(self) -> Option<bool> {
+        match self {
+            Retry::Serialization => Some(true),
+            Retry::Lock => Some(false),
+            Retry::Backoff => None,
+        }
+    }
+}
+
+/// Whether a failure mails, and with what.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mail {
+    No,
+    WithoutLastGood,
+    WithLastGood,
+}
+
+/// The database roles hooks see in `ctx.dbs`.
+fn hook_roles(plan: &SyncPlan) -> Vec<(String, Role)> {
+    plan.sources
+        .iter()
+        .map(|d| (d.name.clone(), Role::Source))
+        .chain(plan.targets.iter().map(|d| (d.name.clone(), Role::Target)))
+        .chain(plan.fullcopy.iter().map(|d| (d.name.clone(), Role::Fullcopy)))
+        .collect()
+}
+
+/// One run's record in the control database, from its start to how it
+/// ended, with the kicks waiting for it.
+struct RunRecord<'a> {
+    engine: &'a Arc<Engine>,
+    control: crate::pg::pool::Conn,
+    name: &'a str,
+    run_id: i64,
+    kicks: &'a [i64],
+    retry_in: f64,
+}
+
+impl<'a> RunRecord<'a> {
+    /// Records the start; None when the control database cannot take it
+    /// (the kicks are answered by a later run).
+    fn open(engine: &'a Arc<Engine>, name: &'a str, reason: Reason, kicks: &'a [i64], retry_in: f64) -> Option<Self> {
+        let mut control = match engine.control.get() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("Cannot record the run, control database unreachable: {e}");
+                return None;
+            }
+        };
+        match runs::start_run(&mut *control, name, reason.as_str(), engine.pid, &engine.host) {
+            Ok(run_id) => Some(RunRecord {
+                engine,
+                control,
+                name,
+                run_id,
+                kicks,
+                retry_in,
+            }),
+            Err(e) => {
+                tracing::error!("Cannot record the run: {e}");
+                None
+            }
+        }
+    }
+
+    /// Inactive targets fall behind from this run on: noted first, so a
+    /// crash after the position moved cannot forget them.
+    fn note_inactive_targets(&mut self, plan: &SyncPlan) -> Result<()> {
+        if !plan.is_delta() || plan.skipped_targets.is_empty() {
+            return Ok(());
+        }
+        let name = self.name;
+        self.control
             .execute(
                 "INSERT INTO capra.target_behind (sync, db) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
                 &[&name, &plan.skipped_targets],
             )
             .map(|_| ())
             .ctx(|| format!("noting the inactive targets of sync \"{name}\""))
-    } else {
-        Ok(())
-    };
-    let result = noted.and_then(|()| {
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        apply::run(&env, plan, &mut c)
-    });
-    cancel.clear();
-    for (subject, body) in std::mem::take(&mut hooks.borrow_mut().emails) {
-        engine.notify.send(crate::notify::Alert::Hook {
-            sync: name.to_string(),
-            subject,
-            body,
-        });
     }
-    // The conflict history: every settled conflict of a good run; of a
-    // failed run only those that stopped it (the others come again).
-    let settled = conflicts.into_inner();
-    let keep: Vec<&crate::domain::conflict::Record> = settled
-        .iter()
-        .filter(|r| result.is_ok() || r.winner == "aborted")
-        .collect();
-    if !keep.is_empty() {
-        if let Err(e) = runs::record_conflicts(&mut *control, name, run_id, &keep) {
+
+    /// The conflict history: every settled conflict of a good run; of a
+    /// failed run only those that stopped it (the others come again).
+    fn keep_conflicts(&mut self, settled: &[crate::domain::conflict::Record], good: bool) {
+        let keep: Vec<&crate::domain::conflict::Record> =
+            settled.iter().filter(|r| good || r.winner == "aborted").collect();
+        if keep.is_empty() {
+            return;
+        }
+        if let Err(e) = runs::record_conflicts(&mut *self.control, self.name, self.run_id, &keep) {
             tracing::error!("Cannot record {} conflict(s) in the history: {e}", keep.len());
         }
     }
-    match result {
-        Ok(rep) => {
-            let totals = runs::Totals {
-                inserts: rep.inserts as i64,
-                deletes: rep.deletes as i64,
-                truncates: rep.truncates as i64,
-                conflicts: rep.conflicts as i64,
-                tables: rep.tables.len() as i32,
-            };
-            if !rep.empty {
-                tracing::info!(
-                    "Totals: deletes={} inserts={} conflicts={}",
-                    rep.deletes,
-                    rep.inserts,
-                    rep.conflicts
-                );
-                tracing::info!(
-                    "Total time for sync \"{name}\" ({} rows, {} tables): {:.3}s",
-                    rep.inserts + rep.deletes,
-                    rep.tables.len(),
-                    rep.seconds
-                );
-            }
-            let details = serde_json::to_value(&rep).unwrap_or(serde_json::Value::Null);
-            if let Err(e) = runs::finish_run(&mut *control, name, run_id, &totals, &details, rep.empty) {
-                tracing::error!("Cannot record the run: {e}");
-            }
-            if let Some(g) = rep.onetimecopy_gen {
-                // Only the request this run served: one made during the run
-                // (a newer generation) stays for the next run.
-                match control.execute(
-                    "UPDATE capra.sync SET onetimecopy = 0 WHERE name = $1 AND onetimecopy_gen = $2",
-                    &[&name, &g],
-                ) {
-                    Ok(1) => tracing::info!("Onetimecopy finished; onetimecopy is 0 again"),
-                    Ok(_) => tracing::info!("Onetimecopy finished; another one was requested meanwhile and follows"),
-                    Err(e) => tracing::error!(
-                        "Onetimecopy finished, but resetting onetimecopy to 0 failed ({}); the next run copies again",
-                        crate::pg::error::describe(&e)
-                    ),
-                }
-            }
-            if !rep.caught_up.is_empty() {
-                match control.execute(
-                    "DELETE FROM capra.target_behind WHERE sync = $1 AND db = ANY($2)",
-                    &[&name, &rep.caught_up],
-                ) {
-                    Ok(_) => tracing::info!(
-                        "Target(s) {} caught up with a full copy after being inactive",
-                        rep.caught_up.join(", ")
-                    ),
-                    Err(e) => tracing::error!(
-                        "Target(s) {} caught up, but recording it failed ({}); the next run copies them again",
-                        rep.caught_up.join(", "),
-                        crate::pg::error::describe(&e)
-                    ),
-                }
-            }
-            let run_ref = if rep.empty { None } else { Some(run_id) };
-            let unanswered = match runs::finish_kicks(&mut *control, kicks, run_ref, true, None) {
-                Ok(()) => Vec::new(),
-                Err(_) => kicks.to_vec(),
-            };
-            Outcome {
-                ok: true,
-                served_otc: rep.onetimecopy_gen,
-                recapture: !rep.recaptured.is_empty(),
-                again: rep.again,
-                caught_up: rep.caught_up,
-                unanswered,
-                ..Default::default()
-            }
+
+    /// Answers the kicks; returns those it could not answer.
+    fn answer_kicks(&mut self, run: Option<i64>, good: bool, error: Option<&str>) -> Vec<i64> {
+        match runs::finish_kicks(&mut *self.control, self.kicks, run, good, error) {
+            Ok(()) => Vec::new(),
+            Err(_) => self.kicks.to_vec(),
         }
-        Err(Error::Stale { message, extra }) => {
-            tracing::info!("{message}");
-            if let Err(e) = runs::forget_run(&mut *control, run_id) {
-                tracing::warn!("Cannot drop the record of a run that changed nothing: {e}");
-            }
-            Outcome {
-                stale: true,
-                extra,
-                unanswered: kicks.to_vec(),
-                ..Default::default()
-            }
+    }
+
+    /// A good run: its totals, the onetimecopy it served, the targets that
+    /// caught up.
+    fn succeeded(mut self, rep: crate::apply::run::RunReport) -> Outcome {
+        let name = self.name;
+        let totals = runs::Totals {
+            inserts: rep.inserts as i64,
+            deletes: rep.deletes as i64,
+            truncates: rep.truncates as i64,
+            conflicts: rep.conflicts as i64,
+            tables: rep.tables.len() as i32,
+        };
+        if !rep.empty {
+            tracing::info!(
+                "Totals: deletes={} inserts={} conflicts={}",
+                rep.deletes,
+                rep.inserts,
+                rep.conflicts
+            );
+            tracing::info!(
+                "Total time for sync \"{name}\" ({} rows, {} tables): {:.3}s",
+                rep.inserts + rep.deletes,
+                rep.tables.len(),
+                rep.seconds
+            );
         }
-        Err(e) => {
-            let text = crate::pg::error::flatten(&e.to_string());
-            // Serialization failures, deadlocks and lock timeouts (DDL
-            // held a table) are retried after their short sleep.
-            let serialization = if e.is_serialization() {
-                Some(e.sqlstate() == Some(&SqlState::T_R_SERIALIZATION_FAILURE))
-            } else if e.sqlstate() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                Some(false)
+        let details = serde_json::to_value(&rep).unwrap_or(serde_json::Value::Null);
+        if let Err(e) = runs::finish_run(&mut *self.control, name, self.run_id, &totals, &details, rep.empty) {
+            tracing::error!("Cannot record the run: {e}");
+        }
+        if let Some(g) = rep.onetimecopy_gen {
+            self.onetimecopy_served(g);
+        }
+        if !rep.caught_up.is_empty() {
+            self.caught_up(&rep.caught_up);
+        }
+        let run_ref = if rep.empty { None } else { Some(self.run_id) };
+        let unanswered = self.answer_kicks(run_ref, true, None);
+        Outcome {
+            ok: true,
+            served_otc: rep.onetimecopy_gen,
+            recapture: !rep.recaptured.is_empty(),
+            again: rep.again,
+            caught_up: rep.caught_up,
+            unanswered,
+            ..Default::default()
+        }
+    }
+
+    /// Clears onetimecopy, but only the request this run served: one made
+    /// during the run (a newer generation) stays for the next run.
+    fn onetimecopy_served(&mut self, generation: i64) {
+        match self.control.execute(
+            "UPDATE capra.sync SET onetimecopy = 0 WHERE name = $1 AND onetimecopy_gen = $2",
+            &[&self.name, &generation],
+        ) {
+            Ok(1) => tracing::info!("Onetimecopy finished; onetimecopy is 0 again"),
+            Ok(_) => tracing::info!("Onetimecopy finished; another one was requested meanwhile and follows"),
+            Err(e) => tracing::error!(
+                "Onetimecopy finished, but resetting onetimecopy to 0 failed ({}); the next run copies again",
+                crate::pg::error::describe(&e)
+            ),
+        }
+    }
+
+    /// Targets that were behind got their full copy.
+    fn caught_up(&mut self, dbs: &[String]) {
+        match self.control.execute(
+            "DELETE FROM capra.target_behind WHERE sync = $1 AND db = ANY($2)",
+            &[&self.name, &dbs],
+        ) {
+            Ok(_) => tracing::info!(
+                "Target(s) {} caught up with a full copy after being inactive",
+                dbs.join(", ")
+            ),
+            Err(e) => tracing::error!(
+                "Target(s) {} caught up, but recording it failed ({}); the next run copies them again",
+                dbs.join(", "),
+                crate::pg::error::describe(&e)
+            ),
+        }
+    }
+
+    /// The catalog changed under the run, which changed nothing: its record
+    /// goes and the controller reruns at once.
+    fn stale(mut self, message: &str, extra: Vec<i32>) -> Outcome {
+        tracing::info!("{message}");
+        if let Err(e) = runs::forget_run(&mut *self.control, self.run_id) {
+            tracing::warn!("Cannot drop the record of a run that changed nothing: {e}");
+        }
+        Outcome {
+            stale: true,
+            extra,
+            unanswered: self.kicks.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A failed run: mailed as asked, recorded, its kicks answered.
+    fn failed(mut self, text: &str, sqlstate: Option<&SqlState>, mail: Mail) -> Outcome {
+        if mail != Mail::No {
+            let last_good = if mail == Mail::WithLastGood {
+                self.last_good()
             } else {
                 None
             };
-            tracing::error!("Run failed: {text}");
-            if serialization.is_none() && !cancel.is_stopped() {
-                // Retried conflicts of locks, and runs cancelled by a stop
-                // or a deactivation, are not incidents; the rest mail.
-                let last_good: Option<String> = control
-                    .query_opt(
-                        "SELECT to_char(r.ended, 'YYYY-MM-DD HH24:MI:SS') FROM capra.sync_state s JOIN capra.run r ON r.id = s.last_good WHERE s.sync = $1",
-                        &[&name],
-                    )
-                    .ok()
-                    .flatten()
-                    .map(|r| r.get(0));
-                engine.notify.send(crate::notify::Alert::Failed {
-                    sync: name.to_string(),
-                    error: text.clone(),
-                    last_good,
-                });
-            }
-            if let Err(r) = runs::fail_run(&mut *control, name, run_id, &text, e.sqlstate(), retry_in) {
-                // The daemon's next start closes the run as failed.
-                tracing::error!("Cannot record the failed run: {r}");
-            }
-            let unanswered = match runs::finish_kicks(&mut *control, kicks, Some(run_id), false, Some(&text)) {
-                Ok(()) => Vec::new(),
-                Err(_) => kicks.to_vec(),
-            };
-            Outcome {
-                serialization,
-                unanswered,
-                ..Default::default()
-            }
+            self.engine.notify.send(crate::notify::Alert::Failed {
+                sync: self.name.to_string(),
+                error: text.to_string(),
+                last_good,
+            });
         }
+        if let Err(r) = runs::fail_run(
+            &mut *self.control,
+            self.name,
+            self.run_id,
+            text,
+            sqlstate,
+            self.retry_in,
+        ) {
+            // The daemon's next start closes the run as failed.
+            tracing::error!("Cannot record the failed run: {r}");
+        }
+        let unanswered = self.answer_kicks(Some(self.run_id), false, Some(text));
+        Outcome {
+            unanswered,
+            ..Default::default()
+        }
+    }
+
+    /// When the sync last ran well (for the failure mail).
+    fn last_good(&mut self) -> Option<String> {
+        self.control
+            .query_opt(
+                "SELECT to_char(r.ended, 'YYYY-MM-DD HH24:MI:SS') FROM capra.sync_state s JOIN capra.run r ON r.id = s.last_good WHERE s.sync = $1",
+                &[&self.name],
+            )
+            .ok()
+            .flatten()
+            .and_then(|r| r.col(0, "reading the last good run").ok())
     }
 }

@@ -1,15 +1,92 @@
-//! What can go wrong in this part of capra, by kind of trouble: each variant
-//! names the object involved and keeps the cause as its `source`.
+//! What can go wrong starting, running and stopping the daemon: each variant
+//! names the process, host or file involved.
 
 use crate::error::Kind;
 
-/// Errors of this part; wrapped by [`crate::Error`], which renders them.
+/// The daemon's own failures; wrapped by [`crate::Error`], which renders them.
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {}
+pub enum DaemonError {
+    /// `host_safety_check` names other hosts.
+    #[error("Cannot start: configured to only run on {allowed:?} (host_safety_check), this is {host:?}")]
+    HostNotAllowed {
+        /// The rule as configured.
+        allowed: String,
+        /// This host.
+        host: String,
+    },
+
+    /// Another daemon holds this control database's lock.
+    #[error("capra is already running for this control database{}; stop it first with capra stop", holder(.pid, .host, .started))]
+    AlreadyRunning {
+        /// Its process id, when its registration could be read.
+        pid: Option<i32>,
+        /// Its host.
+        host: String,
+        /// When it started.
+        started: String,
+    },
+
+    /// `capra start` found a daemon already registered.
+    #[error("Cannot start: capra is already running for this control database (pid {pid} on {host} since {started})")]
+    StartRefused {
+        /// Its process id.
+        pid: i32,
+        /// Its host.
+        host: String,
+        /// When it started.
+        started: String,
+    },
+
+    /// The detached daemon exited before it was ready.
+    #[error("could not start: {why}")]
+    StartFailed {
+        /// The daemon's own last status line, or where its log is.
+        why: String,
+    },
+
+    /// The detached daemon neither became ready nor exited in time.
+    #[error("the daemon (pid {pid}) did not report ready within 120s; see {log}")]
+    NotReady {
+        /// Its process id.
+        pid: u32,
+        /// Its log file.
+        log: String,
+    },
+
+    /// `capra stop` waited in vain.
+    #[error("capra (pid {pid} on {host}) did not stop within {secs}s; it may be finishing a long run")]
+    StopTimeout {
+        /// Its process id.
+        pid: i32,
+        /// Its host.
+        host: String,
+        /// How long `stop` waited.
+        secs: u64,
+    },
+
+    /// The engine stopped itself (its control connection is gone for good,
+    /// or a part of it ended).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+fn holder(pid: &Option<i32>, host: &str, started: &str) -> String {
+    match pid {
+        Some(p) => format!(" (pid {p} on {host} since {started})"),
+        None => String::new(),
+    }
+}
 
 impl DaemonError {
     /// What sort of trouble this is.
     pub fn kind(&self) -> Kind {
-        match *self {}
+        match self {
+            DaemonError::HostNotAllowed { .. } => Kind::Input,
+            DaemonError::AlreadyRunning { .. } | DaemonError::StartRefused { .. } => Kind::Conflict,
+            DaemonError::StartFailed { .. }
+            | DaemonError::NotReady { .. }
+            | DaemonError::StopTimeout { .. }
+            | DaemonError::Fatal(_) => Kind::System,
+        }
     }
 }

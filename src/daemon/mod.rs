@@ -20,6 +20,8 @@ pub mod watcher;
 pub use error::DaemonError;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{model, runs, Catalog};
@@ -92,92 +94,28 @@ pub fn run_foreground(settings: &Settings, reason: &str) -> Result<()> {
 
 fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let mut cat = Catalog::open(settings, "capra daemon")?;
-    // Logging as configured (config file overrides the catalog's log_level).
-    let c = &mut cat.client;
-    let level = settings.loglevel.clone().unwrap_or(model::setting(c, "log_level")?);
-    let style = logging::Style {
-        showpid: model::setting(c, "log_showpid")? != "0",
-        showtime: model::setting(c, "log_showtime")?.parse().unwrap_or(3),
-        timer_format: model::setting(c, "log_timer_format")?,
-        microsecond: model::setting(c, "log_microsecond")? != "0",
-        showlevel: model::setting(c, "log_showlevel")? != "0",
-        showsyncname: model::setting(c, "log_showsyncname")? != "0",
-    };
-    let dest = logging::Dest::parse(settings.logdest.as_deref().unwrap_or("stderr"));
-    let note = logging::init(&dest, &level, style).map_err(|source| Error::Io {
-        context: "opening the log".into(),
-        source,
-    })?;
-    if let Some(n) = note {
-        tracing::warn!("{n}");
-    }
+    let dest = start_logging(settings, &mut cat.client)?;
     let _r = logging::role("MCP", None);
-
-    let safety = model::setting(c, "host_safety_check")?;
-    let host = crate::sys::hostname();
-    if !safety.is_empty() && !host_allowed(&safety, &host) {
-        return Err(Error::Rejected(format!(
-            "Cannot start: configured to only run on {safety:?} (host_safety_check), this is {host:?}"
-        )));
-    }
-    let piddir = piddir(settings, c)?;
-    let stopfile = piddir.join(model::setting(c, "stopfile")?);
-    let reason_file = piddir.join(model::setting(c, "reason_file")?);
-
+    let host = check_host(&mut cat.client)?;
+    let files = Files::read(settings, &mut cat.client)?;
     let Some(mut lock) = lock_control(&settings.control)? else {
-        let who = runs::daemon(c)?;
-        return Err(Error::Rejected(match who {
-            Some(d) => format!(
-                "capra is already running for this control database (pid {} on {} since {}); stop it first with capra stop",
-                d.pid, d.host, d.started
-            ),
-            None => "capra is already running for this control database; stop it first with capra stop".into(),
-        }));
+        return Err(already_running(&mut cat.client)?.into());
     };
-    if let Err(e) = std::fs::create_dir_all(&piddir) {
-        tracing::warn!("Cannot create the PID directory {}: {e}", piddir.display());
-    }
-    if stopfile.exists() {
-        tracing::info!("Removing {}", stopfile.display());
-        let _ = std::fs::remove_file(&stopfile);
-    }
-    let pidfile = piddir.join("capra.pid");
-    if let Err(e) = std::fs::write(&pidfile, format!("{}\n", std::process::id())) {
-        tracing::warn!("Cannot write {}: {e}", pidfile.display());
-    }
-    logging::note_reason(&reason_file, "start", reason);
+    files.claim(reason);
     let closed = runs::close_stale_runs(&mut lock)?;
     if closed > 0 {
         tracing::warn!("Closed {closed} run(s) left open by a daemon that stopped mid-run; they are re-run now");
     }
-    let logdest = match &dest {
-        logging::Dest::File(p) => p.display().to_string(),
-        logging::Dest::Journald => "journald".into(),
-        logging::Dest::Stderr => std::env::var("CAPRA_LOGFILE").unwrap_or_else(|_| "stderr".into()),
-    };
-    lock.execute(
-        "INSERT INTO capra.daemon (pid, host, started, heartbeat, version, reason, logdest)
-         VALUES ($1, $2, now(), now(), $3, $4, $5)
-         ON CONFLICT (singleton) DO UPDATE SET pid = EXCLUDED.pid, host = EXCLUDED.host, started = now(),
-             heartbeat = now(), version = EXCLUDED.version, reason = EXCLUDED.reason, logdest = EXCLUDED.logdest",
-        &[
-            &(std::process::id() as i32),
-            &host,
-            &env!("CARGO_PKG_VERSION"),
-            &reason,
-            &logdest,
-        ],
-    )
-    .ctx(|| "registering the daemon".into())?;
+    register(&mut lock, &host, reason, &dest)?;
 
-    let cfg = engine::EngineConfig::load(c)?;
+    let cfg = engine::EngineConfig::load(&mut cat.client)?;
     // Every running run holds one control connection; controllers, the
     // purger and reloads need a few more.
     let control_pool = pg::pool::DbPool::new("control", &settings.control, "capra daemon", cfg.workers as u32 + 4)?;
     let installation = cat.installation.clone();
     drop(cat);
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let notify_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let notify_stop = Arc::new(AtomicBool::new(false));
     let notifier = crate::notify::Notifier::start(
         control_pool.clone(),
         crate::sys::hostname(),
@@ -199,23 +137,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             active.join(",")
         }
     );
-    let ctl_engine = engine.clone();
-    let spec = settings.control.clone();
-    let control_thread = std::thread::Builder::new()
-        .name("capra-control".into())
-        .spawn(move || ctl_engine.control_loop(lock, spec))
-        .map_err(|source| Error::Io {
-            context: "starting the control thread".into(),
-            source,
-        })?;
-    let vac_engine = engine.clone();
-    let vac_thread = std::thread::Builder::new()
-        .name("capra-vac".into())
-        .spawn(move || vac_engine.purge_loop())
-        .map_err(|source| Error::Io {
-            context: "starting the purger".into(),
-            source,
-        })?;
+    let threads = Threads::start(&engine, lock, settings.control.clone())?;
 
     // The supervisor: signals, stop file, watchdog. No PostgreSQL calls here.
     // Its signal handlers are installed before READY: a reload (SIGHUP)
@@ -227,122 +149,300 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             context: "starting the supervisor".into(),
             source,
         })?;
-    let (mut term, mut int, mut hup) = rt
-        .block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok::<_, std::io::Error>((
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::hangup())?,
-            ))
+    let signals = rt.block_on(Signals::install()).map_err(|source| Error::Io {
+        context: "installing signal handlers".into(),
+        source,
+    })?;
+    announce_ready(&engine, active.len());
+    tracing::info!("Entering main loop");
+    let outcome = rt.block_on(supervise(engine.clone(), signals, events_rx, files.stopfile.clone()));
+    shut_down(&engine, threads, &notify_stop, &files, &outcome);
+    outcome.map(|_| ()).map_err(|e| DaemonError::Fatal(e).into())
+}
+
+/// Starts logging as configured (the config file's level overrides the
+/// catalog's `log_level`) and says where the log goes.
+fn start_logging(settings: &Settings, c: &mut postgres::Client) -> Result<logging::Dest> {
+    let level = settings.loglevel.clone().unwrap_or(model::setting(c, "log_level")?);
+    let style = logging::Style {
+        showpid: model::setting(c, "log_showpid")? != "0",
+        showtime: model::setting(c, "log_showtime")?.parse().unwrap_or(3),
+        timer_format: model::setting(c, "log_timer_format")?,
+        microsecond: model::setting(c, "log_microsecond")? != "0",
+        showlevel: model::setting(c, "log_showlevel")? != "0",
+        showsyncname: model::setting(c, "log_showsyncname")? != "0",
+    };
+    let dest = logging::Dest::parse(settings.logdest.as_deref().unwrap_or("stderr"));
+    let note = logging::init(&dest, &level, style).map_err(|source| Error::Io {
+        context: "opening the log".into(),
+        source,
+    })?;
+    if let Some(n) = note {
+        tracing::warn!("{n}");
+    }
+    Ok(dest)
+}
+
+/// Refuses to start on a host `host_safety_check` does not allow; returns
+/// this host's name.
+fn check_host(c: &mut postgres::Client) -> Result<String> {
+    let safety = model::setting(c, "host_safety_check")?;
+    let host = crate::sys::hostname();
+    if !safety.is_empty() && !host_allowed(&safety, &host) {
+        return Err(DaemonError::HostNotAllowed { allowed: safety, host }.into());
+    }
+    Ok(host)
+}
+
+/// Who holds the daemon lock, as far as the catalog knows.
+fn already_running(c: &mut postgres::Client) -> Result<DaemonError> {
+    Ok(match runs::daemon(c)? {
+        Some(d) => DaemonError::AlreadyRunning {
+            pid: Some(d.pid),
+            host: d.host,
+            started: d.started,
+        },
+        None => DaemonError::AlreadyRunning {
+            pid: None,
+            host: String::new(),
+            started: String::new(),
+        },
+    })
+}
+
+/// The daemon's files in its PID directory (Bucardo's pid, stop and
+/// reason files).
+struct Files {
+    piddir: PathBuf,
+    stopfile: PathBuf,
+    reason_file: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl Files {
+    /// Where they are, from the config file and the catalog.
+    fn read(settings: &Settings, c: &mut postgres::Client) -> Result<Files> {
+        let piddir = piddir(settings, c)?;
+        Ok(Files {
+            stopfile: piddir.join(model::setting(c, "stopfile")?),
+            reason_file: piddir.join(model::setting(c, "reason_file")?),
+            pidfile: piddir.join("capra.pid"),
+            piddir,
         })
-        .map_err(|source| Error::Io {
-            context: "installing signal handlers".into(),
-            source,
-        })?;
-    // READY=1 once the catalog is read and every active sync's controller
-    // has entered its loop (at most 60 s, then READY anyway, with a note).
+    }
+
+    /// Once the lock is held: a stale stop file goes, the pid file and the
+    /// start reason are written (trouble here is logged, never fatal).
+    fn claim(&self, reason: &str) {
+        if let Err(e) = std::fs::create_dir_all(&self.piddir) {
+            tracing::warn!("Cannot create the PID directory {}: {e}", self.piddir.display());
+        }
+        if self.stopfile.exists() {
+            tracing::info!("Removing {}", self.stopfile.display());
+            let _ = std::fs::remove_file(&self.stopfile);
+        }
+        if let Err(e) = std::fs::write(&self.pidfile, format!("{}\n", std::process::id())) {
+            tracing::warn!("Cannot write {}: {e}", self.pidfile.display());
+        }
+        logging::note_reason(&self.reason_file, "start", reason);
+    }
+
+    /// At the end: the stop reason is noted and the pid and stop files go.
+    fn release(&self, why: &str) {
+        logging::note_reason(&self.reason_file, "stop", why);
+        let _ = std::fs::remove_file(&self.pidfile);
+        let _ = std::fs::remove_file(&self.stopfile);
+    }
+}
+
+/// Registers this daemon in the catalog (status and `stop` read it).
+fn register(lock: &mut postgres::Client, host: &str, reason: &str, dest: &logging::Dest) -> Result<()> {
+    let logdest = match dest {
+        logging::Dest::File(p) => p.display().to_string(),
+        logging::Dest::Journald => "journald".into(),
+        logging::Dest::Stderr => std::env::var("CAPRA_LOGFILE").unwrap_or_else(|_| "stderr".into()),
+    };
+    lock.execute(
+        "INSERT INTO capra.daemon (pid, host, started, heartbeat, version, reason, logdest)
+         VALUES ($1, $2, now(), now(), $3, $4, $5)
+         ON CONFLICT (singleton) DO UPDATE SET pid = EXCLUDED.pid, host = EXCLUDED.host, started = now(),
+             heartbeat = now(), version = EXCLUDED.version, reason = EXCLUDED.reason, logdest = EXCLUDED.logdest",
+        &[
+            &(std::process::id() as i32),
+            &host,
+            &env!("CARGO_PKG_VERSION"),
+            &reason,
+            &logdest,
+        ],
+    )
+    .ctx(|| "registering the daemon".into())?;
+    Ok(())
+}
+
+/// The control loop (holding the lock connection) and the purger.
+struct Threads {
+    control: std::thread::JoinHandle<Option<postgres::Client>>,
+    vac: std::thread::JoinHandle<()>,
+}
+
+impl Threads {
+    fn start(engine: &Arc<engine::Engine>, lock: postgres::Client, spec: ConnSpec) -> Result<Threads> {
+        let ctl_engine = engine.clone();
+        let control = crate::sys::spawn("capra-control", move || ctl_engine.control_loop(lock, spec))?;
+        let vac_engine = engine.clone();
+        let vac = crate::sys::spawn("capra-vac", move || vac_engine.purge_loop())?;
+        Ok(Threads { control, vac })
+    }
+}
+
+/// The signals the supervisor answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    async fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// READY=1 once the catalog is read and every active sync's controller has
+/// entered its loop (at most 60 s, then READY anyway, with a note).
+fn announce_ready(engine: &engine::Engine, active: usize) {
     let up_by = Instant::now() + Duration::from_secs(60);
-    while engine.controllers_up() < active.len() && Instant::now() < up_by {
+    while engine.controllers_up() < active && Instant::now() < up_by {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if engine.controllers_up() < active.len() {
+    if engine.controllers_up() < active {
         tracing::warn!(
             "Only {} of {} controllers started within 60 s",
             engine.controllers_up(),
-            active.len()
+            active
         );
     }
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::MainPid(std::process::id()),
-        sd_notify::NotifyState::Status(&format!("{} sync(s) active, starting", active.len())),
+        sd_notify::NotifyState::Status(&format!("{active} sync(s) active, starting")),
     ]);
-    tracing::info!("Entering main loop");
-    let sup_engine = engine.clone();
-    let watch_stopfile = stopfile.clone();
-    let outcome: std::result::Result<String, String> = rt.block_on(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let watchdog = sd_notify::watchdog_enabled();
-        let mut last_dog = Instant::now();
-        let mut last_status = String::new();
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok("SIGTERM".to_string()),
-                _ = int.recv() => return Ok("SIGINT".to_string()),
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading");
-                    notify(&[sd_notify::NotifyState::Reloading]);
-                    sup_engine.request_reload();
-                    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// The main loop: waits for a signal, a stop request, the stop file or a
+/// fatal engine event, and keeps systemd's watchdog and status fed.
+/// Returns why it stopped (Err: the engine failed).
+async fn supervise(
+    engine: Arc<engine::Engine>,
+    mut sig: Signals,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    stopfile: PathBuf,
+) -> std::result::Result<String, String> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut dog = Watchdog::new();
+    let mut last_status = String::new();
+    loop {
+        tokio::select! {
+            _ = sig.term.recv() => return Ok("SIGTERM".to_string()),
+            _ = sig.int.recv() => return Ok("SIGINT".to_string()),
+            _ = sig.hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                notify(&[sd_notify::NotifyState::Reloading]);
+                engine.request_reload();
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            ev = events.recv() => match ev {
+                Some(engine::Event::Stop(why)) => return Ok(why),
+                Some(engine::Event::Fatal(msg)) => return Err(msg),
+                None => return Err("engine channel closed".into()),
+            },
+            _ = tick.tick() => {
+                if stopfile.exists() {
+                    return Ok(format!("stop file {} found", stopfile.display()));
                 }
-                ev = events_rx.recv() => match ev {
-                    Some(engine::Event::Stop(why)) => return Ok(why),
-                    Some(engine::Event::Fatal(msg)) => return Err(msg),
-                    None => return Err("engine channel closed".into()),
-                },
-                _ = tick.tick() => {
-                    if watch_stopfile.exists() {
-                        return Ok(format!("stop file {} found", watch_stopfile.display()));
-                    }
-                    // The watchdog is fed from the engine's own heartbeat:
-                    // only while the control loop and every controller go
-                    // round (a controller waits at most a second), so a
-                    // wedged engine is restarted.
-                    if let Some(w) = watchdog {
-                        if last_dog.elapsed() >= w / 4 {
-                            let stalled = sup_engine.stalled((w / 2).max(Duration::from_secs(3)));
-                            // A controller may spend a while connecting
-                            // (prepare, up to connect_timeout per host):
-                            // only the control loop must keep the pace.
-                            let stalled: Vec<String> = stalled
-                                .into_iter()
-                                .filter(|p| !p.starts_with("ctl:") || sup_engine.stalled(CTL_STALL).contains(p))
-                                .collect();
-                            if stalled.is_empty() {
-                                notify(&[sd_notify::NotifyState::Watchdog]);
-                                last_dog = Instant::now();
-                            } else {
-                                tracing::warn!("Not feeding the watchdog: {} made no progress", stalled.join(", "));
-                            }
-                        }
-                    }
-                    let line = engine::lock(&sup_engine.status_line).clone();
-                    if !line.is_empty() && line != last_status {
-                        notify(&[sd_notify::NotifyState::Status(&line)]);
-                        last_status = line;
-                    }
+                dog.feed(&engine);
+                let line = engine::lock(&engine.status_line).clone();
+                if !line.is_empty() && line != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last_status = line;
                 }
             }
         }
-    });
-    let why = match &outcome {
+    }
+}
+
+/// systemd's watchdog, fed from the engine's own heartbeat: only while the
+/// control loop and every controller go round (a controller waits at most
+/// a second), so a wedged engine is restarted.
+struct Watchdog {
+    every: Option<Duration>,
+    last: Instant,
+}
+
+impl Watchdog {
+    fn new() -> Watchdog {
+        Watchdog {
+            every: sd_notify::watchdog_enabled(),
+            last: Instant::now(),
+        }
+    }
+
+    fn feed(&mut self, engine: &engine::Engine) {
+        let Some(w) = self.every else { return };
+        if self.last.elapsed() < w / 4 {
+            return;
+        }
+        let stalled = engine.stalled((w / 2).max(Duration::from_secs(3)));
+        // A controller may spend a while connecting (prepare, up to
+        // connect_timeout per host): only the control loop must keep the
+        // pace.
+        let stalled: Vec<String> = stalled
+            .into_iter()
+            .filter(|p| !p.starts_with("ctl:") || engine.stalled(CTL_STALL).contains(p))
+            .collect();
+        if stalled.is_empty() {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last = Instant::now();
+        } else {
+            tracing::warn!("Not feeding the watchdog: {} made no progress", stalled.join(", "));
+        }
+    }
+}
+
+/// Stops the engine, its threads and the notifier in order, keeping the
+/// lock connection until everything else has finished, so `capra stop`
+/// returns only once the daemon is really done.
+fn shut_down(
+    engine: &Arc<engine::Engine>,
+    threads: Threads,
+    notify_stop: &AtomicBool,
+    files: &Files,
+    outcome: &std::result::Result<String, String>,
+) {
+    let why = match outcome {
         Ok(w) => w.clone(),
         Err(e) => format!("fatal: {e}"),
     };
     tracing::info!("Stopping ({why})");
     notify(&[sd_notify::NotifyState::Stopping]);
     engine.begin_stop();
-    // Keep the lock connection until everything else has finished, so
-    // `capra stop` returns only once the daemon is really done.
-    let lock = control_thread.join().ok().flatten();
+    let lock = threads.control.join().ok().flatten();
     engine.shutdown(Duration::from_secs(10));
-    let _ = vac_thread.join();
+    let _ = threads.vac.join();
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let until = Instant::now() + Duration::from_secs(5);
     while engine.notify.running() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    logging::note_reason(&reason_file, "stop", &why);
-    let _ = std::fs::remove_file(&pidfile);
-    let _ = std::fs::remove_file(&stopfile);
+    files.release(&why);
     tracing::info!("Stopped");
     drop(lock);
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::Rejected(e)),
-    }
 }
 
 /// Bucardo's host_safety_check: exact name, `=a,b,c`, or `~regex`-ish
@@ -361,13 +461,14 @@ fn host_allowed(rule: &str, host: &str) -> bool {
 /// READY (or the child's reason for failing). Returns (pid, log file).
 pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) -> Result<(u32, String)> {
     use std::os::unix::net::UnixDatagram;
-    use std::os::unix::process::CommandExt;
     let mut cat = Catalog::open(settings, "capra")?;
     if let Some(d) = runs::daemon(&mut cat.client)? {
-        return Err(Error::Rejected(format!(
-            "Cannot start: capra is already running for this control database (pid {} on {} since {})",
-            d.pid, d.host, d.started
-        )));
+        return Err(DaemonError::StartRefused {
+            pid: d.pid,
+            host: d.host,
+            started: d.started,
+        }
+        .into());
     }
     let pd = piddir(settings, &mut cat.client)?;
     drop(cat);
@@ -391,6 +492,29 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
             context: format!("opening the log {}", logfile.display()),
             source,
         })?;
+    let mut child = detached_command(settings, reason, config, &sock_path, &logfile, log)?
+        .spawn()
+        .map_err(|source| Error::Io {
+            context: "starting the daemon".into(),
+            source,
+        })?;
+    let waited = wait_ready(&mut child, &sock, &logfile);
+    let _ = std::fs::remove_dir_all(&sockdir);
+    waited.map(|()| (child.id(), logfile.display().to_string()))
+}
+
+/// The command that runs this binary as a detached foreground daemon: the
+/// same control database and config, readiness reported on `sock_path`,
+/// output into the log.
+fn detached_command(
+    settings: &Settings,
+    reason: &str,
+    config: Option<&Path>,
+    sock_path: &Path,
+    logfile: &Path,
+    log: std::fs::File,
+) -> Result<std::process::Command> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         context: "finding the capra binary".into(),
         source,
@@ -420,8 +544,8 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
     if let Some(p) = &s.password {
         cmd.env("CAPRA_DBPASS", p);
     }
-    cmd.env("NOTIFY_SOCKET", &sock_path)
-        .env("CAPRA_LOGFILE", &logfile)
+    cmd.env("NOTIFY_SOCKET", sock_path)
+        .env("CAPRA_LOGFILE", logfile)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|source| Error::Io {
             context: "opening the log".into(),
@@ -435,10 +559,12 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
-        context: "starting the daemon".into(),
-        source,
-    })?;
+    Ok(cmd)
+}
+
+/// Waits until the child says READY=1 (Ok), exits (its last STATUS= line
+/// says why) or takes longer than two minutes.
+fn wait_ready(child: &mut std::process::Child, sock: &std::os::unix::net::UnixDatagram, logfile: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut status = String::new();
     let mut buf = [0u8; 4096];
@@ -450,26 +576,23 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
                     status = s.to_string();
                 }
                 if line == "READY=1" {
-                    let _ = std::fs::remove_dir_all(&sockdir);
-                    return Ok((child.id(), logfile.display().to_string()));
+                    return Ok(());
                 }
             }
         }
         if let Ok(Some(code)) = child.try_wait() {
-            let _ = std::fs::remove_dir_all(&sockdir);
             let why = status
                 .strip_prefix("failed: ")
                 .map(String::from)
                 .unwrap_or_else(|| format!("the daemon exited ({code}); see {}", logfile.display()));
-            return Err(Error::Rejected(format!("could not start: {why}")));
+            return Err(DaemonError::StartFailed { why }.into());
         }
         if Instant::now() > deadline {
-            let _ = std::fs::remove_dir_all(&sockdir);
-            return Err(Error::Rejected(format!(
-                "the daemon (pid {}) did not report ready within 120s; see {}",
-                child.id(),
-                logfile.display()
-            )));
+            return Err(DaemonError::NotReady {
+                pid: child.id(),
+                log: logfile.display().to_string(),
+            }
+            .into());
         }
     }
 }
@@ -527,10 +650,10 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(Error::Rejected(format!(
-        "capra (pid {} on {}) did not stop within {}s; it may be finishing a long run",
-        d.pid,
-        d.host,
-        timeout.as_secs()
-    )))
+    Err(DaemonError::StopTimeout {
+        pid: d.pid,
+        host: d.host,
+        secs: timeout.as_secs(),
+    }
+    .into())
 }

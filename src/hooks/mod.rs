@@ -175,7 +175,7 @@ pub struct Runner {
     loaded: Vec<Loaded>,
     sync: String,
     run_id: i64,
-    dbs: Vec<(String, String)>,
+    dbs: Vec<(String, crate::domain::Role)>,
     /// Mails hooks asked for (`ctx.email`), sent by the daemon's mailer.
     pub emails: Vec<(String, String)>,
 }
@@ -194,7 +194,12 @@ impl Runner {
 
     /// Compiles the active hooks of a sync; `dbs` are its databases with
     /// their roles.
-    pub fn load(codes: &[Code], sync: &str, run_id: i64, dbs: Vec<(String, String)>) -> Result<Runner, HookError> {
+    pub fn load(
+        codes: &[Code],
+        sync: &str,
+        run_id: i64,
+        dbs: Vec<(String, crate::domain::Role)>,
+    ) -> Result<Runner, HookError> {
         let mut sorted: Vec<&Code> = codes.iter().collect();
         // Table hooks before sync hooks, then priority, then name.
         sorted.sort_by(|a, b| (a.table.is_none(), a.priority, &a.name).cmp(&(b.table.is_none(), b.priority, &b.name)));
@@ -453,7 +458,7 @@ mod tests {
                 "return function(ctx) return { row = { n = ctx.key.id .. '!', k = 1.5 } } end",
             ),
         ];
-        let mut r = Runner::load(&codes, "s", 7, vec![("a".into(), "source".into())]).unwrap();
+        let mut r = Runner::load(&codes, "s", 7, vec![("a".into(), crate::domain::Role::Source)]).unwrap();
         assert!(r.has("conflict", Some("public.t")) && !r.has("exception", Some("public.t")));
         let fill = |lua: &Lua, ctx: &mlua::Table| -> mlua::Result<()> {
             let k = lua.create_table()?;
