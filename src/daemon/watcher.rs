@@ -256,175 +256,229 @@ impl Engine {
 
     fn watch_server(self: Arc<Self>, key: String, stop: Arc<AtomicBool>) {
         let _r = logging::role("MCP", None);
-        let mut watched: HashMap<String, Watched> = HashMap::new();
-        // Per server: the snapshot last seen.
-        let mut snapshots: HashMap<String, String> = HashMap::new();
-        let mut interval = POLL_BUSY;
-        let mut last_ping = Instant::now();
-        let mut members: Vec<(Db, Vec<String>)> = Vec::new();
-        let mut members_gen = u64::MAX;
-        let mut last_move = Instant::now();
+        let mut sw = ServerWatch::new(key);
         while !stop.load(Ordering::SeqCst) && !self.is_stopping() {
             // The generation first: routes changed after this are seen by
             // the next turn, never stamped with a stale sync list.
             let gen = self.routes_gen.load(Ordering::SeqCst);
-            let fresh = gen != members_gen;
+            let fresh = gen != sw.members_gen;
             if fresh {
-                members = self.members(&key);
-                members_gen = gen;
+                sw.members = self.members(&sw.key);
+                sw.members_gen = gen;
             }
-            if members.is_empty() {
+            if sw.members.is_empty() {
                 std::thread::sleep(POLL_IDLE);
                 continue;
             }
             let within = crate::pg::connect::net_defaults().connect_timeout;
-            if fresh {
-                watched.retain(|n, _| members.iter().any(|(d, _)| &d.name == n));
-            }
-            let now = Instant::now();
-            for (db, _) in &members {
-                if !fresh && watched.get(&db.name).is_some_and(|w| w.client.is_some()) {
-                    continue;
-                }
-                if let Some(w) = watched.get_mut(&db.name) {
-                    // New routes: ask again even if nothing moves (changes
-                    // to tables just added may have committed already);
-                    // new connection settings: a new connection.
-                    w.pending = true;
-                    if w.db != *db {
-                        w.client = None;
-                    }
-                }
-                let w = watched.entry(db.name.clone()).or_insert_with(|| Watched {
-                    db: db.clone(),
-                    client: None,
-                    server: String::new(),
-                    poll: None,
-                    question: None,
-                    generation: u64::MAX,
-                    pos: None,
-                    pending: true,
-                    not_before: now,
-                    reported: false,
-                });
-                w.db = db.clone();
-                if w.client.is_none() && now >= w.not_before {
-                    if let Err(e) = self.connect(w, within) {
-                        w.fail(&e);
-                    }
-                }
-            }
-            // One snapshot poll per server, on any of its connections.
-            let mut polled: HashSet<String> = HashSet::new();
-            let mut moved = false;
-            for (db, _) in &members {
-                let n = &db.name;
-                let Some(w) = watched.get(n) else { continue };
-                let Some(c) = w.client.as_ref() else {
-                    // Unreachable: asked again once it is back.
-                    continue;
-                };
-                if !polled.insert(w.server.clone()) {
-                    continue;
-                }
-                let server = w.server.clone();
-                let Some(stmt) = w.poll.clone() else { continue };
-                let snap = c.call(within, move |c| c.query_one(&stmt, &[]).map(|r| r.get::<_, String>(0)));
-                match snap {
-                    Ok(s) => {
-                        if snapshots.get(&server) != Some(&s) {
-                            snapshots.insert(server.clone(), s);
-                            moved = true;
-                            for w in watched.values_mut().filter(|w| w.server == server) {
-                                w.pending = true;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let w = watched.get_mut(n).expect("present");
-                        let _db = logging::field("db", n);
-                        tracing::warn!("Lost the watching connection to database \"{n}\": {e}; reconnecting");
-                        w.reported = true;
-                        w.client = None;
-                        w.pending = true;
-                        polled.remove(&server);
-                    }
-                }
-            }
-            // Every database due is asked at once (each on its own
-            // connection), then the answers are read.
-            let mut found = false;
-            let now = Instant::now();
-            let mut asking = Vec::new();
-            for (db, syncs) in &members {
-                let Some(w) = watched.get_mut(&db.name) else { continue };
-                if w.client.is_none() || !w.pending || now < w.not_before {
-                    continue;
-                }
-                w.pending = false;
-                match self.ask(w, syncs, gen, within) {
-                    Ok(a) => asking.push((db.name.clone(), Instant::now(), a)),
-                    Err(e) => self.ask_failed(w, &e),
-                }
-            }
-            for (name, asked, a) in asking {
-                let Some(w) = watched.get_mut(&name) else { continue };
-                let kick = match a {
-                    Asking::Known(k) => Ok(k),
-                    Asking::Sent(p) => p.wait(within).map(|rows| w.answer(rows)),
-                };
-                match kick {
-                    Ok(kick) => {
-                        found |= !kick.is_empty();
-                        w.not_before = Instant::now() + (asked.elapsed() * ASK_SPACING).min(ASK_SPACING_MAX);
-                        for s in kick {
-                            self.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
-                        }
-                    }
-                    Err(e) => self.ask_failed(w, &e),
-                }
-            }
-            // Every mcp_pingtime: each connection (the ones of a server not
-            // polled idle for long) must answer within connect_timeout,
-            // and every autokick sync runs once (the safety net for a
-            // change this logic missed).
-            let pingtime = self.cfg.read().unwrap_or_else(|e| e.into_inner()).pingtime;
-            if last_ping.elapsed() >= Duration::from_secs_f64(pingtime.max(1.0)) {
-                last_ping = Instant::now();
-                for w in watched.values_mut() {
-                    let Some(c) = w.client.as_ref() else { continue };
-                    if let Err(e) = c.call(within, move |c| c.is_valid(within)) {
-                        let _db = logging::field("db", &w.db.name);
-                        tracing::warn!(
-                            "The watching connection to database \"{}\" failed its check: {e}; reconnecting",
-                            w.db.name
-                        );
-                        w.reported = true;
-                        w.client = None;
-                        w.pending = true;
-                    }
-                }
-                for (db, _) in &members {
-                    self.kick_all_of(&db.name);
-                }
-            }
-            if moved || found {
-                last_move = Instant::now();
-            }
-            let cap = if last_move.elapsed() >= DEEP_IDLE_AFTER {
-                POLL_DEEP_IDLE
-            } else {
-                POLL_IDLE
-            };
-            interval = if moved || found {
-                POLL_BUSY
-            } else {
-                (interval * 2).min(cap)
-            };
-            std::thread::sleep(interval);
+            sw.connect_due(&self, fresh, within);
+            let moved = sw.poll_snapshots(within);
+            let found = sw.ask_due(&self, gen, within);
+            sw.ping_if_due(&self, within);
+            std::thread::sleep(sw.pace(moved || found));
+        }
+    }
+}
+
+/// What one watcher thread knows of its server between turns.
+struct ServerWatch {
+    key: String,
+    watched: HashMap<String, Watched>,
+    /// Per server: the snapshot last seen.
+    snapshots: HashMap<String, String>,
+    interval: Duration,
+    last_ping: Instant,
+    members: Vec<(Db, Vec<String>)>,
+    members_gen: u64,
+    last_move: Instant,
+}
+
+impl ServerWatch {
+    fn new(key: String) -> ServerWatch {
+        ServerWatch {
+            key,
+            watched: HashMap::new(),
+            snapshots: HashMap::new(),
+            interval: POLL_BUSY,
+            last_ping: Instant::now(),
+            members: Vec::new(),
+            members_gen: u64::MAX,
+            last_move: Instant::now(),
         }
     }
 
+    /// Opens the connections that are missing and due; with new routes,
+    /// every database is asked again.
+    fn connect_due(&mut self, engine: &Engine, fresh: bool, within: Duration) {
+        if fresh {
+            let members = &self.members;
+            self.watched.retain(|n, _| members.iter().any(|(d, _)| &d.name == n));
+        }
+        let now = Instant::now();
+        for (db, _) in &self.members {
+            if !fresh && self.watched.get(&db.name).is_some_and(|w| w.client.is_some()) {
+                continue;
+            }
+            if let Some(w) = self.watched.get_mut(&db.name) {
+                // New routes: ask again even if nothing moves (changes to
+                // tables just added may have committed already); new
+                // connection settings: a new connection.
+                w.pending = true;
+                if w.db != *db {
+                    w.client = None;
+                }
+            }
+            let w = self.watched.entry(db.name.clone()).or_insert_with(|| Watched {
+                db: db.clone(),
+                client: None,
+                server: String::new(),
+                poll: None,
+                question: None,
+                generation: u64::MAX,
+                pos: None,
+                pending: true,
+                not_before: now,
+                reported: false,
+            });
+            w.db = db.clone();
+            if w.client.is_none() && now >= w.not_before {
+                if let Err(e) = engine.connect(w, within) {
+                    w.fail(&e);
+                }
+            }
+        }
+    }
+
+    /// One snapshot poll per server, on any of its connections; true when
+    /// a snapshot moved (its databases are then asked).
+    fn poll_snapshots(&mut self, within: Duration) -> bool {
+        let mut polled: HashSet<String> = HashSet::new();
+        let mut moved = false;
+        for (db, _) in &self.members {
+            let n = &db.name;
+            let Some(w) = self.watched.get(n) else { continue };
+            let Some(c) = w.client.as_ref() else {
+                // Unreachable: asked again once it is back.
+                continue;
+            };
+            if !polled.insert(w.server.clone()) {
+                continue;
+            }
+            let server = w.server.clone();
+            let Some(stmt) = w.poll.clone() else { continue };
+            let snap = c.call(within, move |c| {
+                c.query_one(&stmt, &[]).and_then(|r| r.try_get::<_, String>(0))
+            });
+            match snap {
+                Ok(s) => {
+                    if self.snapshots.get(&server) != Some(&s) {
+                        self.snapshots.insert(server.clone(), s);
+                        moved = true;
+                        for w in self.watched.values_mut().filter(|w| w.server == server) {
+                            w.pending = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _db = logging::field("db", n);
+                    tracing::warn!("Lost the watching connection to database \"{n}\": {e}; reconnecting");
+                    if let Some(w) = self.watched.get_mut(n) {
+                        w.reported = true;
+                        w.client = None;
+                        w.pending = true;
+                    }
+                    polled.remove(&server);
+                }
+            }
+        }
+        moved
+    }
+
+    /// Every database due is asked at once (each on its own connection),
+    /// then the answers are read and the syncs they name kicked; true when
+    /// any was.
+    fn ask_due(&mut self, engine: &Engine, gen: u64, within: Duration) -> bool {
+        let mut found = false;
+        let now = Instant::now();
+        let mut asking = Vec::new();
+        for (db, syncs) in &self.members {
+            let Some(w) = self.watched.get_mut(&db.name) else {
+                continue;
+            };
+            if w.client.is_none() || !w.pending || now < w.not_before {
+                continue;
+            }
+            w.pending = false;
+            match engine.ask(w, syncs, gen, within) {
+                Ok(a) => asking.push((db.name.clone(), Instant::now(), a)),
+                Err(e) => engine.ask_failed(w, &e),
+            }
+        }
+        for (name, asked, a) in asking {
+            let Some(w) = self.watched.get_mut(&name) else { continue };
+            let kick = match a {
+                Asking::Known(k) => Ok(k),
+                Asking::Sent(p) => p.wait(within).map(|rows| w.answer(rows)),
+            };
+            match kick {
+                Ok(kick) => {
+                    found |= !kick.is_empty();
+                    w.not_before = Instant::now() + (asked.elapsed() * ASK_SPACING).min(ASK_SPACING_MAX);
+                    for s in kick {
+                        engine.tell(&s, CtlMsg::Kick(Reason::Autokick, None));
+                    }
+                }
+                Err(e) => engine.ask_failed(w, &e),
+            }
+        }
+        found
+    }
+
+    /// Every mcp_pingtime: each connection (the ones of a server not
+    /// polled idle for long) must answer within connect_timeout, and every
+    /// autokick sync runs once (the safety net for a change this logic
+    /// missed).
+    fn ping_if_due(&mut self, engine: &Engine, within: Duration) {
+        let pingtime = engine.cfg.read().unwrap_or_else(|e| e.into_inner()).pingtime;
+        if self.last_ping.elapsed() < Duration::from_secs_f64(pingtime.max(1.0)) {
+            return;
+        }
+        self.last_ping = Instant::now();
+        for w in self.watched.values_mut() {
+            let Some(c) = w.client.as_ref() else { continue };
+            if let Err(e) = c.call(within, move |c| c.is_valid(within)) {
+                let _db = logging::field("db", &w.db.name);
+                tracing::warn!(
+                    "The watching connection to database \"{}\" failed its check: {e}; reconnecting",
+                    w.db.name
+                );
+                w.reported = true;
+                w.client = None;
+                w.pending = true;
+            }
+        }
+        for (db, _) in &self.members {
+            engine.kick_all_of(&db.name);
+        }
+    }
+
+    /// How long to sleep: short while things move, doubling to the idle
+    /// poll, and longer after a quiet second.
+    fn pace(&mut self, busy: bool) -> Duration {
+        if busy {
+            self.last_move = Instant::now();
+        }
+        let cap = if self.last_move.elapsed() >= DEEP_IDLE_AFTER {
+            POLL_DEEP_IDLE
+        } else {
+            POLL_IDLE
+        };
+        self.interval = if busy { POLL_BUSY } else { (self.interval * 2).min(cap) };
+        self.interval
+    }
+}
+
+impl Engine {
     /// Opens a watched database's connection: bounded waits on the server
     /// side too (a question that waits for a lock gives up there, so an
     /// abandoned connection never lingers), custom plans for nothing, and
