@@ -30,7 +30,7 @@ pub use super::controller::Outcome;
 use crate::apply::pools::{Cancel, Pools};
 use crate::catalog::model::{self, Db};
 use crate::domain::{Isolation, Status, Strategy};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pg::pool::DbPool;
 pub use crate::schedule::timing::Reason;
 
@@ -171,15 +171,16 @@ pub struct Engine {
     pub(super) status_line: Mutex<String>,
 }
 
-fn lenient_tls() -> MakeTlsConnector {
-    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).expect("openssl");
+fn lenient_tls() -> Result<MakeTlsConnector> {
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .map_err(|source| super::DaemonError::Tls { source })?;
     b.set_verify(openssl::ssl::SslVerifyMode::NONE);
     let mut c = MakeTlsConnector::new(b.build());
     c.set_callback(|cfg, _| {
         cfg.set_verify_hostname(false);
         Ok(())
     });
-    c
+    Ok(c)
 }
 
 impl Engine {
@@ -208,7 +209,7 @@ impl Engine {
             jobs: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             events,
-            tls: lenient_tls(),
+            tls: lenient_tls()?,
             notify,
             beats: Mutex::new(HashMap::new()),
             status_line: Mutex::new(String::new()),
@@ -274,9 +275,11 @@ impl Engine {
                     c.cancel(&self.tls);
                 }
                 if let Some(j) = h.join.take() {
-                    std::thread::spawn(move || {
+                    if let Err(e) = crate::sys::spawn("capra-ctl-join", move || {
                         let _ = j.join();
-                    });
+                    }) {
+                        tracing::warn!("Not waiting for the old controller: {e}");
+                    }
                 }
             }
             self.forget_routes(&name);
@@ -291,13 +294,9 @@ impl Engine {
             let me = self.clone();
             let n = name.clone();
             let (tx2, cancel2) = (tx.clone(), cancel.clone());
-            let join = std::thread::Builder::new()
-                .name(format!("capra-ctl-{name}"))
-                .spawn(move || super::controller::Controller::new(me, n, rx, tx2, cancel2).run())
-                .map_err(|e| Error::Io {
-                    context: "starting a controller thread".into(),
-                    source: e,
-                })?;
+            let join = crate::sys::spawn(&format!("capra-ctl-{name}"), move || {
+                super::controller::Controller::new(me, n, rx, tx2, cancel2).run()
+            })?;
             ctls.insert(
                 name.clone(),
                 CtlHandle {

@@ -64,6 +64,14 @@ pub enum DaemonError {
         secs: u64,
     },
 
+    /// OpenSSL could not be set up (for cancelling runs on TLS connections).
+    #[error("cannot set up TLS: {source}")]
+    Tls {
+        /// OpenSSL's errors.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+
     /// The engine stopped itself (its control connection is gone for good,
     /// or a part of it ended).
     #[error("{0}")]
@@ -86,6 +94,7 @@ impl DaemonError {
             DaemonError::StartFailed { .. }
             | DaemonError::NotReady { .. }
             | DaemonError::StopTimeout { .. }
+            | DaemonError::Tls { .. }
             | DaemonError::Fatal(_) => Kind::System,
         }
     }

@@ -28,7 +28,7 @@ use crate::catalog::{model, runs, Catalog};
 use crate::config::Settings;
 use crate::error::{Context, Error, Result};
 use crate::logging;
-use crate::pg::{self, connect::ConnSpec};
+use crate::pg::{self, connect::ConnSpec, RowExt};
 
 /// Tries to open a control connection holding the daemon lock: Ok(None) if
 /// another daemon holds it.
@@ -41,7 +41,7 @@ pub fn lock_control(spec: &ConnSpec) -> Result<Option<postgres::Client>> {
             &[&runs::DAEMON_LOCK.0, &runs::DAEMON_LOCK.1],
         )
         .ctx(|| "taking the daemon lock".into())?
-        .get(0);
+        .col(0, "taking the daemon lock")?;
     if !got {
         return Ok(None);
     }

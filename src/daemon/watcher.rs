@@ -76,19 +76,18 @@ struct Bounded {
 type Work = Box<dyn FnOnce(&mut postgres::Client) + Send>;
 
 impl Bounded {
-    fn new(mut client: postgres::Client) -> Bounded {
+    fn new(mut client: postgres::Client) -> Result<Bounded, String> {
         let (tx, rx) = std::sync::mpsc::channel::<Work>();
-        let _ = std::thread::Builder::new()
-            .name("capra-watch-conn".into())
-            .spawn(move || {
-                while let Ok(f) = rx.recv() {
-                    f(&mut client);
-                    if client.is_closed() {
-                        return;
-                    }
+        crate::sys::spawn("capra-watch-conn", move || {
+            while let Ok(f) = rx.recv() {
+                f(&mut client);
+                if client.is_closed() {
+                    return;
                 }
-            });
-        Bounded { tx }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Bounded { tx })
     }
 
     /// Runs `f` on the connection; an error once `within` has passed.
@@ -218,10 +217,14 @@ impl Engine {
             let me = self.clone();
             let st = stop.clone();
             let k = key.clone();
-            let join = std::thread::Builder::new()
-                .name("capra-watch".into())
-                .spawn(move || me.watch_server(k, st))
-                .ok();
+            let join = match crate::sys::spawn("capra-watch", move || me.watch_server(k, st)) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    // Its syncs still run on mcp_pingtime and kicks.
+                    tracing::error!("Cannot watch for changes: {e}");
+                    None
+                }
+            };
             ws.insert(key, WatcherHandle { stop, join });
         }
     }
@@ -489,7 +492,7 @@ impl Engine {
             .pool(&w.db)
             .and_then(|p| p.dedicated())
             .map_err(|e| e.to_string())?;
-        let c = Bounded::new(c);
+        let c = Bounded::new(c)?;
         let timeout = (within.as_millis() / 2).max(1000) as i64;
         let (server, poll) = c.call(within, move |c| {
             c.batch_execute(&format!(
@@ -500,7 +503,7 @@ impl Engine {
                     "SELECT pg_catalog.pg_postmaster_start_time()::text || ' ' || pg_catalog.current_setting('port')",
                     &[],
                 )?
-                .get::<_, String>(0);
+                .try_get::<_, String>(0)?;
             Ok((server, c.prepare("SELECT txid_current_snapshot()::text")?))
         })?;
         if w.reported {
@@ -530,7 +533,10 @@ impl Engine {
                       WHERE installation = $1 AND autokick AND sync = ANY($2) GROUP BY captured ORDER BY captured",
                     &[&inst, &list],
                 )?;
-                let routes: HashMap<i32, Vec<String>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let routes = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<HashMap<i32, Vec<String>>, postgres::Error>>()?;
                 let mut ids: Vec<i32> = routes.keys().copied().collect();
                 ids.sort();
                 Ok((c.prepare(&question_sql(&ids))?, routes))
@@ -543,18 +549,21 @@ impl Engine {
             // No window yet: start one here and let every sync look.
             let snap = c.call(within, |c| {
                 c.query_one("SELECT txid_current_snapshot()::text", &[])
-                    .map(|r| r.get::<_, String>(0))
+                    .and_then(|r| r.try_get::<_, String>(0))
             })?;
             w.pos = Some(snap);
             return Ok(Asking::Known(syncs.to_vec()));
         };
-        let stmt = w.question.as_ref().expect("prepared").0.clone();
+        let Some((stmt, _)) = w.question.as_ref() else {
+            return Err("no question prepared".into());
+        };
+        let stmt = stmt.clone();
         let xip = in_progress(&pos);
         let sent = c.start(move |c| {
-            Ok(c.query(&stmt, &[&pos, &xip])?
+            c.query(&stmt, &[&pos, &xip])?
                 .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect())
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
         })?;
         Ok(Asking::Sent(sent))
     }
