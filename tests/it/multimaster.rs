@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{self, Cluster};
-use crate::support::data::{checksum, last_run, value};
-use crate::support::fixtures::{self, conflicting_writes, conflict_sync, dbs, CONFLICT_DDL};
 use crate::support::daemon::wait_for_showing;
+use crate::support::data::{checksum, last_run, value};
+use crate::support::fixtures::{self, conflict_sync, conflicting_writes, dbs, CONFLICT_DDL};
 use crate::support::load::{pgbench_for, pgbench_init, pgbench_same_everywhere};
 use crate::support::{unique, Capra};
 
@@ -420,15 +420,7 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
     assert!(c
         .ok(&["list", "tables"])
         .contains("PK: id (integer)  Filter: region = 'eu'"));
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::add_sync(&c, "s", &["autokick=0", "onetimecopy=1"]);
     assert!(c.ok(&["validate", "s"]).contains("OK"));
     let _d = c.start();
     c.ok(&["kick", "s", "60"]);

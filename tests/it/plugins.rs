@@ -96,9 +96,9 @@ fn log_totals_returns_nil() {
 /// a real sync on real clusters.
 #[test]
 fn every_plugin_runs_in_a_real_sync() {
+    use crate::support::cluster::{self, unique};
     use crate::support::data::{last_run, value};
     use crate::support::fixtures::{conflict_sync, conflicting_writes, dbs, CONFLICT_DDL};
-    use crate::support::cluster::{self, unique};
     use crate::support::Capra;
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
@@ -245,9 +245,5 @@ fn every_plugin_runs_in_a_real_sync() {
     a.exec(&src, "UPDATE t SET n = 600 WHERE id = 2");
     let r = c.run(&["kick", "s_sa", "60"]);
     assert_ne!(r.code, Some(0));
-    assert!(
-        last_run(&c, "s_sa").contains("check"),
-        "{}",
-        last_run(&c, "s_sa")
-    );
+    assert!(last_run(&c, "s_sa").contains("check"), "{}", last_run(&c, "s_sa"));
 }

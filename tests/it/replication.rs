@@ -522,16 +522,7 @@ fn datestyle_differences_do_not_corrupt_dates() {
         "INSERT INTO ev VALUES ('2020-01-02', '2020-01-02 03:04:05.678', '1 day 02:03:04', 0.1::float8 + 0.2::float8, '2020-03-04 05:06:07+02'),
                                ('2021-12-11', '2021-11-12 00:00:00', '-3 months', 1e-300, 'infinity')",
     );
-    c.ok(&["add", "table", "ev", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "ds",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["ev"], "ds", &["onetimecopy=1", "autokick=0"]);
     let _d = c.start();
     c.ok(&["kick", "ds", "60"]);
     // Changes (keys read as text, then cast on the target) as well as copies.
@@ -568,15 +559,7 @@ fn key_change_waits_for_pending_changes() {
         "kc",
         "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
     );
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "kc",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["kv"], "kc", &["autokick=0"]);
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a', 'one'), (2, 'b', 'two')");
     let before = c.snapshot();
     let err = c.fails(&["update", "table", "kv", "pkey=code"], 1);
@@ -607,14 +590,7 @@ fn partitioned_table_with_direct_partition_writes() {
         out.contains("Added table public.m to relgroup g") && !out.contains("public.m1"),
         "partitions come with their parent: {out}"
     );
-    c.ok(&[
-        "add",
-        "sync",
-        "pt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::add_sync(&c, "pt", &["autokick=0"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO m VALUES (1, 1, 'via parent'); INSERT INTO m1 VALUES (1, 2, 'into the partition'); INSERT INTO m2 VALUES (2, 3, 'p2')");
     c.ok(&["kick", "pt", "60"]);
@@ -637,16 +613,7 @@ fn key_rewritten_by_a_before_trigger() {
          CREATE TRIGGER bump BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE bump();
          INSERT INTO t VALUES (1, 'one'), (2, 'two');",
     );
-    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "bt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &["t"], "bt", &["autokick=0", "onetimecopy=1"]);
     let _d = c.start();
     c.ok(&["kick", "bt", "60"]);
     a.exec(&src, "UPDATE t SET v = 'move' WHERE k = 1");
@@ -663,15 +630,7 @@ fn key_rewritten_by_a_before_trigger() {
 fn key_type_change_does_not_wedge_the_sync() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, src, tgt) = fixtures::pair("kt", "CREATE TABLE t (k int PRIMARY KEY, v text)");
-    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "kt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["t"], "kt", &["autokick=0"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
     for (cl, db) in [(a, &src), (b, &tgt)] {

@@ -84,16 +84,23 @@ pub fn add_keyed_tables(c: &Capra) {
 /// "tgt" with the given options: the start of most scenario tests.
 pub fn synced(prefix: &str, ddl: &str, tables: &[&str], opts: &[&str]) -> (Capra, String, String) {
     let (c, src, tgt) = pair(prefix, ddl);
+    sync_tables(&c, tables, "s", opts);
+    (c, src, tgt)
+}
+
+/// `tables` of db "src" in relgroup "g", and the sync NAME of [`add_sync`]:
+/// [`synced`] for the tests that make their databases themselves.
+#[track_caller]
+pub fn sync_tables(c: &Capra, tables: &[&str], name: &str, opts: &[&str]) {
     let mut add = vec!["add", "table"];
     add.extend_from_slice(tables);
     add.extend(["db=src", "relgroup=g"]);
     c.ok(&add);
-    add_sync(&c, "s", opts);
-    (c, src, tgt)
+    add_sync(c, name, opts);
 }
 
 /// `add sync NAME relgroup=g dbs=src:source,tgt:target OPTS...`: the sync
-/// of [`synced`], for the tests that set up its tables themselves.
+/// of [`synced`], for the tests that add its tables themselves.
 #[track_caller]
 pub fn add_sync(c: &Capra, name: &str, opts: &[&str]) {
     let mut sync = vec!["add", "sync", name, "relgroup=g", "dbs=src:source,tgt:target"];
@@ -193,7 +200,13 @@ pub fn pg_pipe(dump_from: (&Cluster, &str), dump_args: &[&str], into: (&Cluster,
 /// a captured source carries capra's triggers, whose functions (in the
 /// excluded capra schema) do not exist on a new target: those statements
 /// fail harmlessly, so that copy runs without `strict`.
-pub fn pg_pipe_opts(dump_from: (&Cluster, &str), dump_args: &[&str], into: (&Cluster, &str), replica: bool, strict: bool) {
+pub fn pg_pipe_opts(
+    dump_from: (&Cluster, &str),
+    dump_args: &[&str],
+    into: (&Cluster, &str),
+    replica: bool,
+    strict: bool,
+) {
     use std::process::{Command, Stdio};
     let mut dump = Command::new(bin_dir().join("pg_dump"))
         .arg("-h")

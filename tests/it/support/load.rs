@@ -52,9 +52,13 @@ pub fn pgbench_transactions(cl: &Cluster, db: &str, n: u32) {
 /// and what it printed (stdout, then stderr).
 pub fn pgbench_for(cl: &'static Cluster, db: String, secs: u32, rate: u32) -> JoinHandle<(bool, String)> {
     std::thread::spawn(move || {
-        let out = pgbench(cl, &db, &["-n", "-c", "2", "-T", &secs.to_string(), "-R", &rate.to_string()])
-            .output()
-            .expect("pgbench runs");
+        let out = pgbench(
+            cl,
+            &db,
+            &["-n", "-c", "2", "-T", &secs.to_string(), "-R", &rate.to_string()],
+        )
+        .output()
+        .expect("pgbench runs");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
