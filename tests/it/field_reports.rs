@@ -1,7 +1,7 @@
 //! The two field reports (../shared/seeds/), replayed command by command
 //! against capra with `bucardo`/`bucardo_ctl` replaced by `capra`.
 
-use crate::support::{cluster, fixtures, load, Capra};
+use crate::support::{cluster, fixtures, Capra};
 
 /// Confluence report (Bucardo 5): a TLS source with a password user, a local
 /// target, every table but clustersafety, all sequences, a dbgroup with
@@ -167,11 +167,7 @@ fn confluence_catalog_replay() {
 fn pgbench_bucardo4_catalog_replay() {
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
     // Three hosts, each with its own test1 database filled by pgbench -i.
-    let test1 = crate::support::unique("test1");
-    for cl in [a, b, cc] {
-        cl.create_db(&test1);
-        load::pgbench_init(cl, &test1, 1);
-    }
+    let test1 = fixtures::pgbench_everywhere(&[a, b, cc], "test1");
     // bucardo_ctl reads its control settings from an rc file; no -U anywhere,
     // so capra uses its default role (capra) everywhere, as Bucardo used bucardo.
     let c = Capra::install(a);
@@ -477,11 +473,7 @@ fn pgbench_report_end_to_end_under_load() {
     use crate::support::data::checksum;
     use crate::support::load::{pgbench_for, pgbench_same_everywhere};
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
-    let test1 = crate::support::unique("e2e");
-    for cl in [a, b, cc] {
-        cl.create_db(&test1);
-        load::pgbench_init(cl, &test1, 1);
-    }
+    let test1 = fixtures::pgbench_everywhere(&[a, b, cc], "e2e");
     // Master's capra: pushdelta to the slave, history to slave and master-2.
     let c1 = Capra::install(a);
     let pa = format!("port={}", a.port);

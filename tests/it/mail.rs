@@ -85,6 +85,25 @@ fn mail_test_sends_and_says_what_the_server_answered() {
         .contains("dba@example.org"));
 }
 
+/// Sync "s" of a table t (not autokicked), its mail going to a fresh
+/// SMTP server.
+fn mailed_sync(prefix: &str) -> (Capra, String, String, Smtp) {
+    let (c, src, tgt) = fixtures::synced(
+        prefix,
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        &["t"],
+        &["autokick=0"],
+    );
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    (c, src, tgt, smtp)
+}
+
+/// The mails so far and the daemon log, for a failed wait.
+fn mails_and_log(smtp: &Smtp, c: &Capra) -> String {
+    format!("mails: {:?}\ndaemon log:\n{}", smtp.mails(), c.log())
+}
+
 /// A sync fails (its target table is renamed away): one mail at once; its
 /// retries fail too: one digest with their count; it is fixed: one
 /// recovery mail; it flaps (fails and recovers again within the interval):
@@ -92,15 +111,8 @@ fn mail_test_sends_and_says_what_the_server_answered() {
 /// its schedule.
 #[test]
 fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_schedule() {
-    let (c, src, tgt) = fixtures::synced(
-        "mailalert",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (c, src, tgt, smtp) = mailed_sync("mailalert");
     let (a, b) = (cluster::a(), cluster::b());
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&[
         "set",
         "email_alert_interval=3",
@@ -115,7 +127,7 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
         20,
         "one failure mail",
         || smtp.with("sync failed").len() == 1,
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     let first = &smtp.with("sync failed")[0];
     assert!(
@@ -128,7 +140,7 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
         20,
         "the digest of the retries",
         || !smtp.with("(digest)").is_empty(),
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "one mail per incident");
     let digest = &smtp.with("(digest)")[0];
@@ -139,7 +151,7 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
         20,
         "one recovery mail",
         || smtp.with("sync recovered").len() == 1,
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     assert!(smtp.with("sync recovered")[0].contains("is working again after"));
     wait_for(20, "t to reach the target", || {
@@ -217,15 +229,8 @@ fn an_unreachable_mail_server_does_not_stop_replication() {
 /// sync has caught up: another.
 #[test]
 fn a_change_backlog_over_the_threshold_mails() {
-    let (mut c, src, _tgt) = fixtures::synced(
-        "mailbacklog",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (mut c, src, _tgt, smtp) = mailed_sync("mailbacklog");
     let a = cluster::a();
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&["set", "email_backlog_rows=5"]);
     c.env.push(("CAPRA_TEST_BACKLOG_EVERY".into(), "1".into()));
     a.exec(&src, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g");
@@ -234,7 +239,7 @@ fn a_change_backlog_over_the_threshold_mails() {
         20,
         "the backlog mail",
         || !smtp.with("(change backlog)").is_empty(),
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     assert!(smtp.with("(change backlog)")[0].contains("has 10 change rows waiting"));
     c.ok(&["kick", "s", "30"]);
@@ -279,7 +284,7 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
         30,
         "the failure mail",
         || !smtp.with("sync failed").is_empty(),
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     let m = &smtp.with("sync failed")[0];
     assert!(m.contains("Sync \"s\" failed") && m.contains("tgt"), "{m}");
@@ -289,7 +294,7 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
         60,
         "the recovery mail",
         || !smtp.with("sync recovered").is_empty(),
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     wait_for_showing(
         20,
@@ -333,7 +338,7 @@ fn syncs_failing_together_share_one_mail() {
         20,
         "one mail of the 3 incidents",
         || !smtp.with("(3 incidents)").is_empty(),
-        || format!("{:?}\n{}", smtp.mails(), c.log()),
+        || mails_and_log(&smtp, &c),
     );
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(smtp.mails().len(), 1, "{:?}", smtp.mails());
@@ -347,15 +352,8 @@ fn syncs_failing_together_share_one_mail() {
 /// interval: one failure mail and one recovery mail, not one per cycle.
 #[test]
 fn a_sync_flapping_repeatedly_does_not_mail_each_cycle() {
-    let (c, src, tgt) = fixtures::synced(
-        "mailflap",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (c, src, tgt, smtp) = mailed_sync("mailflap");
     let (a, b) = (cluster::a(), cluster::b());
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&["set", "email_alert_interval=60", "kid_restart_sleep=30"]);
     let _d = c.start();
     for cycle in 0..3 {

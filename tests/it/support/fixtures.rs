@@ -34,6 +34,17 @@ pub fn pgbench(c: &Cluster, name_prefix: &str) -> String {
     db
 }
 
+/// One database of the same name on each of `clusters`, each filled by
+/// `pgbench -i` (scale 1): the French report's test1 on three hosts.
+pub fn pgbench_everywhere(clusters: &[&Cluster], name_prefix: &str) -> String {
+    let db = unique(name_prefix);
+    for cl in clusters {
+        cl.create_db(&db);
+        pgbench_init(cl, &db, 1);
+    }
+    db
+}
+
 /// Two fresh databases with the same DDL, `src` on cluster A and `tgt` on
 /// cluster B, and a control database (on A) that has them as the dbs "src"
 /// and "tgt": the setup most replication tests start from.
@@ -77,6 +88,20 @@ pub fn add_keyed_tables(c: &Capra) {
         "relgroup=rg",
         "-T",
         "hibernate_unique_key",
+    ]);
+}
+
+/// Sync "s1" from "src" to "tgt" over relgroup "rg" (the tables of
+/// [`add_keyed_tables`]), not autokicked.
+#[track_caller]
+pub fn add_keyed_sync(c: &Capra) {
+    c.ok(&[
+        "add",
+        "sync",
+        "s1",
+        "relgroup=rg",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
     ]);
 }
 
