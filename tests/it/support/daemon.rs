@@ -94,9 +94,8 @@ impl Drop for Daemon<'_> {
 }
 
 /// Polls `cond` every 50 ms until it holds or `secs` pass; returns whether
-/// it held. For the few tests that do something else when it does not;
-/// a test that fails then wants [`wait_for`].
-pub fn poll_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+/// it held. (No test branches on that: each fails, through [`wait_for`].)
+fn poll_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         if cond() {

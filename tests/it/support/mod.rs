@@ -1,4 +1,3 @@
-#![allow(dead_code)] // helpers are shared by many test modules; not all use each one
 //! Test harness: clusters, the capra binary, fixtures, and the reads, loads
 //! and waits the tests share.
 
