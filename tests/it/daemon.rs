@@ -436,14 +436,7 @@ fn the_purger_follows_purge_schedule() {
     let own = Cluster::start("purgesched", Opts::default());
     let a = &own;
     let b = cluster::b();
-    let src = a.create_db("ps_src");
-    let tgt = b.create_db(&crate::support::unique("ps_tgt"));
-    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
-    a.exec(&src, ddl);
-    b.exec(&tgt, ddl);
-    let c = Capra::install(cluster::a());
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
+    let (c, src, tgt) = fixtures::pair_on(a, b, "ps", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     fixtures::sync_tables(&c, &["kv"], "kv", &[]);
     c.ok(&["set", "vac_sleep=3600", "purge_schedule=*/2 * * * * *"]);
     let _d = c.start();

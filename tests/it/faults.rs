@@ -161,14 +161,7 @@ fn target_outage_mid_run_recovers_without_restart() {
 fn source_outage_recovers_without_restart() {
     let b = cluster::b();
     let s = Cluster::start("srcout", Opts::default());
-    let src = s.create_db("src_db");
-    let tgt = b.create_db(&unique("so_tgt"));
-    for (cl, db) in [(&s, src.as_str()), (b, tgt.as_str())] {
-        cl.exec(db, "CREATE TABLE kv (k int PRIMARY KEY, v text)");
-    }
-    let c = Capra::install(cluster::a());
-    c.add_db("src", &s, &src);
-    c.add_db("tgt", b, &tgt);
+    let (c, src, tgt) = fixtures::pair_on(&s, b, "so", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
     fixtures::sync_tables(&c, &["kv"], "so", &[]);
     c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=2"]);
     let d = c.start();

@@ -258,14 +258,7 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
     use crate::support::cluster::{Cluster, Opts};
     let a = cluster::a();
     let t = Cluster::start("mailtarget", Opts::default());
-    let src = a.create_db(&crate::support::unique("mt_src"));
-    let tgt = t.create_db("mt_tgt");
-    for (cl, d) in [(a, &src), (&t, &tgt)] {
-        cl.exec(d, "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", &t, &tgt);
+    let (c, src, tgt) = fixtures::pair_on(a, &t, "mt", "CREATE TABLE t (id int PRIMARY KEY, v text)");
     fixtures::sync_tables(&c, &["t"], "s", &[]);
     let smtp = Smtp::start();
     mail_settings(&c, smtp.port);
