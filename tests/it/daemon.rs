@@ -13,10 +13,7 @@ fn kv_setup(extra: &[&str]) -> (Capra, String, String) {
         "d",
         "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)",
     );
-    c.ok(&["add", "table", "kv", "other", "db=src", "relgroup=g"]);
-    let mut args = vec!["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"];
-    args.extend_from_slice(extra);
-    c.ok(&args);
+    fixtures::sync_tables(&c, &["kv", "other"], "kv", extra);
     (c, src, tgt)
 }
 
