@@ -4,18 +4,6 @@
 
 use crate::support::{cluster, fixtures, Capra};
 
-/// Sync "s1" from src to tgt over relgroup "rg", not autokicked.
-fn add_sync_s1(c: &Capra) {
-    c.ok(&[
-        "add",
-        "sync",
-        "s1",
-        "relgroup=rg",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
-}
-
 /// Runs a failing command and checks the catalog did not move.
 #[track_caller]
 fn refused(c: &Capra, args: &[&str], code: i32, needle: &str) {
@@ -240,7 +228,7 @@ fn keyless_table_in_delta_sync_is_named_and_refused() {
 fn active_sync_removal_needs_deactivate() {
     let (c, _, _) = fixtures::confluence_pair();
     fixtures::add_keyed_tables(&c);
-    add_sync_s1(&c);
+    fixtures::add_keyed_sync(&c);
     refused(
         &c,
         &["remove", "sync", "s1"],
@@ -355,7 +343,7 @@ fn list_formats_and_json() {
 fn customcode_is_compiled_when_added() {
     let (c, _, _) = fixtures::confluence_pair();
     fixtures::add_keyed_tables(&c);
-    add_sync_s1(&c);
+    fixtures::add_keyed_sync(&c);
     let good = c.home_file("good.lua", "return function(ctx)\n  ctx.log('hi')\nend\n");
     let bad = c.home_file("bad.lua", "return function(ctx)\n  local x = = 1\nend\n");
     let out = c.ok(&[

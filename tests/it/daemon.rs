@@ -3,9 +3,8 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster};
-use crate::support::daemon::wait_for;
+use crate::support::data::checksum;
 use crate::support::{fixtures, Capra};
 
 /// A kv table on A replicated to B by sync `kv` (options appended).
@@ -14,10 +13,7 @@ fn kv_setup(extra: &[&str]) -> (Capra, String, String) {
         "d",
         "CREATE TABLE kv (k int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY)",
     );
-    c.ok(&["add", "table", "kv", "other", "db=src", "relgroup=g"]);
-    let mut args = vec!["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"];
-    args.extend_from_slice(extra);
-    c.ok(&args);
+    fixtures::sync_tables(&c, &["kv", "other"], "kv", extra);
     (c, src, tgt)
 }
 
@@ -155,7 +151,7 @@ fn stop_file_stops_the_daemon() {
     let (c, _, _) = kv_setup(&[]);
     let d = c.start();
     std::fs::write(c.home().join("run/fullstopcapra"), "stop").unwrap();
-    assert!(wait_for(20, || !d.alive()), "{}", c.log());
+    c.wait_for(20, "the stop file to stop the daemon", || !d.alive());
     assert!(c.log().contains("stop file"));
 }
 
@@ -166,10 +162,12 @@ fn checktime_and_schedule() {
     let (c, src, tgt) = kv_setup(&["autokick=0", "checktime=2"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv VALUES (1, 'checktime')");
-    assert!(wait_for(20, || rows(b, &tgt) == "1=checktime"), "{}", c.log());
+    c.wait_for(20, "checktime to replicate row 1", || rows(b, &tgt) == "1=checktime");
     c.ok(&["update", "sync", "kv", "checktime=none", "schedule=* * * * * *"]);
     a.exec(&src, "INSERT INTO kv VALUES (2, 'cron')");
-    assert!(wait_for(20, || rows(b, &tgt) == "1=checktime,2=cron"), "{}", c.log());
+    c.wait_for(20, "the schedule to replicate row 2", || {
+        rows(b, &tgt) == "1=checktime,2=cron"
+    });
     let st = c.ok(&["status", "kv"]);
     assert!(st.contains("Schedule") && st.contains("* * * * * *"), "{st}");
 }
@@ -224,11 +222,7 @@ fn capture_cleanup_purge_and_delta() {
     c.ok(&["reload"]);
     a.exec(&src, "INSERT INTO kv VALUES (100, 'x')");
     c.ok(&["kick", "kv", "60"]);
-    assert!(
-        wait_for(30, || logged() == "0"),
-        "the daemon did not purge\n{}",
-        c.log()
-    );
+    c.wait_for(30, "the daemon to purge", || logged() == "0");
     assert!(
         c.log()
             .contains("Purged 1 replicated change rows from database \"src\""),
@@ -408,7 +402,7 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     };
     {
         let _d = c.start();
-        assert!(wait_for(20, || rows(b, &tgt) == "1=scheduled"), "{}", c.log());
+        c.wait_for(20, "the schedule to replicate row 1", || rows(b, &tgt) == "1=scheduled");
         assert!(runs("schedule") >= 1);
     }
     // Yearly, last run in 2020: six slots missed while the daemon was down.
@@ -420,11 +414,9 @@ fn scheduled_fullcopy_runs_and_a_missed_schedule_runs_once() {
     let before = runs("schedule");
     a.exec(&src, "INSERT INTO kv VALUES (2, 'caught up')");
     let _d = c.start();
-    assert!(
-        wait_for(20, || rows(b, &tgt) == "1=scheduled,2=caught up"),
-        "{}",
-        c.log()
-    );
+    c.wait_for(20, "the missed slot to run once", || {
+        rows(b, &tgt) == "1=scheduled,2=caught up"
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(runs("schedule") - before, 1, "{}", c.log());
     assert!(c.log().contains("was missed while no daemon ran; running once now"));
@@ -441,27 +433,17 @@ fn the_purger_follows_purge_schedule() {
     let own = Cluster::start("purgesched", Opts::default());
     let a = &own;
     let b = cluster::b();
-    let src = a.create_db("ps_src");
-    let tgt = b.create_db(&crate::support::unique("ps_tgt"));
-    let ddl = "CREATE TABLE kv (k int PRIMARY KEY, v text)";
-    a.exec(&src, ddl);
-    b.exec(&tgt, ddl);
-    let c = Capra::install(cluster::a());
-    c.add_db("src", a, &src);
-    c.add_db("tgt", b, &tgt);
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "kv", "relgroup=g", "dbs=src:source,tgt:target"]);
+    let (c, src, tgt) = fixtures::pair_on(a, b, "ps", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    fixtures::sync_tables(&c, &["kv"], "kv", &[]);
     c.ok(&["set", "vac_sleep=3600", "purge_schedule=*/2 * * * * *"]);
     let _d = c.start();
     // After the purger's first pass (5 s after start): with vac_sleep alone
     // nothing would be purged for an hour.
     std::thread::sleep(Duration::from_secs(6));
     a.exec(&src, "INSERT INTO kv SELECT g, 'p' FROM generate_series(1, 50) g");
-    assert!(
-        wait_for(20, || rows(b, &tgt).matches("=p").count() == 50),
-        "{}",
-        c.log()
-    );
+    c.wait_for(20, "the 50 rows to arrive", || {
+        rows(b, &tgt).matches("=p").count() == 50
+    });
     let logged = || -> i64 {
         let id = a.query(&src, "SELECT id FROM capra.captured WHERE relname = 'kv'")[0]
             .clone()
@@ -472,10 +454,6 @@ fn the_purger_follows_purge_schedule() {
             .parse()
             .unwrap()
     };
-    assert!(
-        wait_for(20, || logged() == 0),
-        "change rows not purged on schedule\n{}",
-        c.log()
-    );
+    c.wait_for(20, "the change rows to be purged on schedule", || logged() == 0);
     assert!(c.log().contains("Purged "), "{}", c.log());
 }

@@ -7,22 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster};
-use crate::support::daemon::wait_for;
+use crate::support::daemon::{wait_for, wait_for_showing};
+use crate::support::data::{checksum, last_run};
 use crate::support::proxy::{self, Proxy};
 use crate::support::{fixtures, Capra};
-
-/// The newest run of a sync: "state|error".
-fn last_run(c: &Capra, sync: &str) -> String {
-    cluster::a().query(
-        &c.ctl_db,
-        &format!("SELECT state || '|' || coalesce(error, '') FROM capra.run WHERE sync = '{sync}' ORDER BY id DESC LIMIT 1"),
-    )
-    .pop()
-    .flatten()
-    .unwrap_or_default()
-}
 
 fn count(c: &Cluster, db: &str, table: &str) -> i64 {
     c.query(db, &format!("SELECT count(*) FROM {table}"))[0]
@@ -36,13 +25,18 @@ fn count(c: &Cluster, db: &str, table: &str) -> i64 {
 #[track_caller]
 fn converges(c: &Capra, src: &str, tgt: (&Cluster, &str), table: &str, secs: u64) {
     let a = cluster::a();
-    let ok = wait_for(secs, || checksum(a, src, table) == checksum(tgt.0, tgt.1, table));
-    assert!(
-        ok,
-        "{table} did not converge: source {} target {}\n{}",
-        checksum(a, src, table),
-        checksum(tgt.0, tgt.1, table),
-        c.log()
+    wait_for_showing(
+        secs,
+        &format!("{table} to converge"),
+        || checksum(a, src, table) == checksum(tgt.0, tgt.1, table),
+        || {
+            format!(
+                "source {} target {}\n{}",
+                checksum(a, src, table),
+                checksum(tgt.0, tgt.1, table),
+                c.log()
+            )
+        },
     );
 }
 
@@ -133,20 +127,15 @@ fn onetimecopy_requested_during_a_run_is_kept() {
     let _d = c.start();
     // A big change keeps the next run busy; the edits land during it.
     a.exec(&src, "UPDATE big SET v = v || '!'");
-    assert!(
-        wait_for(30, || last_run(&c, "s").starts_with("running")),
-        "no run started\n{}",
-        c.log()
-    );
+    c.wait_for(30, "a run to start", || last_run(&c, "s").starts_with("running"));
     c.ok(&["update", "dbgroup", "grp", "src", "tgt", "tgt2:target"]);
     c.ok(&["update", "sync", "s", "onetimecopy=2"]);
     a.exec(&src, "INSERT INTO big VALUES (0, 'after')");
     converges(&c, &src, (b, &tgt), "big", 60);
     converges(&c, &src, (b, &tgt2), "big", 60);
-    assert!(wait_for(30, || a
-        .query(&c.ctl_db, "SELECT onetimecopy FROM capra.sync")[0]
-        .as_deref()
-        == Some("0")));
+    wait_for(30, "onetimecopy to be reset to 0", || {
+        a.query(&c.ctl_db, "SELECT onetimecopy FROM capra.sync")[0].as_deref() == Some("0")
+    });
 }
 
 /// A catalog edit never starts a run by itself: onetimecopy=1 on an
@@ -284,19 +273,17 @@ fn table_rewritten_during_a_run_loses_nothing() {
     let _d = c.start();
     c.ok(&["kick", "s"]);
     // While the run copies a1, rewrite z9 on both sides.
-    assert!(
-        wait_for(30, || a.query(
+    c.wait_for(30, "the copy of a1 to be seen", || {
+        a.query(
             &src,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%a1%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%a1%'",
         )[0]
         .as_deref()
-            != Some("0")),
-        "the copy of a1 was not seen\n{}",
-        c.log()
-    );
+            != Some("0")
+    });
     b.exec(&tgt, "ALTER TABLE z9 ALTER COLUMN n TYPE bigint");
     a.exec(&src, "ALTER TABLE z9 ALTER COLUMN n TYPE bigint");
-    assert!(wait_for(60, || last_run(&c, "s").starts_with("good")), "{}", c.log());
+    c.wait_for(60, "a good run", || last_run(&c, "s").starts_with("good"));
     c.ok(&["kick", "s", "60"]);
     assert_eq!(count(b, &tgt, "z9"), 1000, "rows vanished\n{}", c.log());
     assert_eq!(checksum(a, &src, "a1"), checksum(b, &tgt, "a1"));
@@ -354,7 +341,7 @@ fn added_columns_replicate_at_once() {
     converges(&c, &src, (b, &tgt), "kv", 30);
     a.exec(&src, "ALTER TABLE kv ADD COLUMN only_here int");
     a.exec(&src, "UPDATE kv SET only_here = 1 WHERE k = 1");
-    assert!(wait_for(30, || last_run(&c, "s").starts_with("bad")), "{}", c.log());
+    c.wait_for(30, "a failed run", || last_run(&c, "s").starts_with("bad"));
     let err = last_run(&c, "s");
     assert!(
         err.contains("column \"only_here\" of table public.kv is missing in database \"tgt\""),
@@ -422,16 +409,7 @@ fn server_timeouts_do_not_kill_a_long_run() {
             ),
         );
     }
-    c.ok(&["add", "table", "small", "big", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &["small", "big"], "s", &["autokick=0", "onetimecopy=1"]);
     let _d = c.start();
     let out = c.ok(&["kick", "s", "120"]);
     assert!(out.contains("DONE"), "{out}\n{}", c.log());
@@ -555,45 +533,38 @@ fn a_silent_network_fails_the_run_in_bounded_time() {
         "tcp_keepalives_interval=1",
         "tcp_keepalives_count=2",
     ]);
-    c.ok(&["add", "table", "big", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &["big"], "s", &["autokick=0", "onetimecopy=1"]);
     let _d = c.start();
     c.ok(&["kick", "s"]);
-    assert!(
-        wait_for(30, || b.query(
+    c.wait_for(30, "the copy to start", || {
+        b.query(
             &tgt,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%big%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%big%'",
         )[0]
         .as_deref()
-            != Some("0")),
-        "the copy did not start\n{}",
-        c.log()
-    );
+            != Some("0")
+    });
     p.freeze();
     let t0 = Instant::now();
-    assert!(
-        wait_for(60, || last_run(&c, "s").starts_with("bad")),
-        "the run still shows as {} after {:?}\n{}",
-        last_run(&c, "s"),
-        t0.elapsed(),
-        c.log()
+    wait_for_showing(
+        60,
+        "the run to show as failed",
+        || last_run(&c, "s").starts_with("bad"),
+        || {
+            format!(
+                "the run still shows as {} after {:?}\n{}",
+                last_run(&c, "s"),
+                t0.elapsed(),
+                c.log()
+            )
+        },
     );
     eprintln!("failure noticed after {:?}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(40));
     p.thaw();
-    assert!(
-        wait_for(120, || checksum(a, &src, "big") == checksum(b, &tgt, "big")),
-        "no convergence after the network healed\n{}",
-        c.log()
-    );
+    c.wait_for(120, "convergence after the network healed", || {
+        checksum(a, &src, "big") == checksum(b, &tgt, "big")
+    });
 }
 
 /// Two syncs share a table at different positions while purge runs;
@@ -607,15 +578,7 @@ fn shared_tables_prepared_transactions_and_savepoints() {
     let tgt2 = b.create_db(&crate::support::unique("shared_tgt2"));
     b.exec(&tgt2, ddl);
     c.add_db("tgt2", b, &tgt2);
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "one",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["kv"], "one", &["autokick=0"]);
     c.ok(&[
         "add",
         "sync",
@@ -701,12 +664,11 @@ fn key_ddl_never_fails_the_application() {
     converges(&c, &src, (b, &tgt), "kv", 30);
     c.ok(&["reload"]);
     a.exec(&src, "INSERT INTO kv VALUES (24, 24, 'after reload')");
-    assert!(
-        wait_for(30, || last_run(&c, "s")
-            .contains("capra update table public.kv pkey=code2")),
-        "{}\n{}",
-        last_run(&c, "s"),
-        c.log()
+    wait_for_showing(
+        30,
+        "the run to name the repair (pkey=code2)",
+        || last_run(&c, "s").contains("capra update table public.kv pkey=code2"),
+        || format!("{}\n{}", last_run(&c, "s"), c.log()),
     );
     c.ok(&["update", "table", "kv", "pkey=code2"]);
     c.ok(&["kick", "s", "60"]);
@@ -732,12 +694,11 @@ fn key_ddl_never_fails_the_application() {
         &src,
         "INSERT INTO kv VALUES (23, 'after drop'); DELETE FROM kv WHERE alt = 3",
     );
-    assert!(
-        wait_for(30, || last_run(&c, "s")
-            .contains("capra update table public.kv pkey=COLUMNS")),
-        "{}\n{}",
-        last_run(&c, "s"),
-        c.log()
+    wait_for_showing(
+        30,
+        "the run to name the repair (pkey=COLUMNS)",
+        || last_run(&c, "s").contains("capra update table public.kv pkey=COLUMNS"),
+        || format!("{}\n{}", last_run(&c, "s"), c.log()),
     );
     c.ok(&["update", "table", "kv", "pkey=alt"]);
     c.ok(&["kick", "s", "60"]);
@@ -891,15 +852,7 @@ fn key_migrations_by_the_table_owner() {
              SET ROLE app_owner; {setup}; INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 20) g; RESET ROLE"
         ),
     );
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &["kv"], "s", &["onetimecopy=1"]);
     let _d = c.start();
     converges(&c, &src, (b, &tgt), "kv", 30);
     let as_owner = |sql: &str| {
@@ -926,14 +879,9 @@ fn key_migrations_by_the_table_owner() {
     // (it exists again) and changes flow as deltas.
     converges(&c, &src, (b, &tgt), "kv", 30);
     let marks = || a.query(&src, "SELECT count(*) FROM capra.truncate_log WHERE part = '*'")[0].clone();
-    assert!(
-        wait_for(30, || a.query(&src, "SELECT keynums IS NOT NULL FROM capra.captured")
-            [0]
-        .as_deref()
-            == Some("t")),
-        "capture was not rebuilt\n{}",
-        c.log()
-    );
+    c.wait_for(30, "capture to be rebuilt", || {
+        a.query(&src, "SELECT keynums IS NOT NULL FROM capra.captured")[0].as_deref() == Some("t")
+    });
     let before = marks();
     as_owner("UPDATE kv SET v = 'delta again' WHERE kid = 50");
     converges(&c, &src, (b, &tgt), "kv", 30);

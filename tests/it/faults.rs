@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster, Opts};
 use crate::support::daemon::wait_for;
+use crate::support::data::checksum;
 use crate::support::{fixtures, unique, Capra};
 
 const BIG_ROWS: i32 = 300_000;
@@ -74,15 +74,15 @@ fn sigkill_during_a_large_run_then_converge() {
     // A backlog of every row, then a kick, then SIGKILL while it writes.
     a.exec(&src, "UPDATE big SET n = n + 1, payload = payload || 'x'");
     c.ok(&["kick", "bigs"]);
-    assert!(
-        wait_for(60, || writing(b, &tgt)),
-        "the run never started writing\n{}",
-        c.log()
-    );
+    c.wait_for(60, "the run to start writing", || writing(b, &tgt));
     d.kill9();
     assert!(!d.alive());
     // The target's transaction died with the daemon's connection.
-    assert!(wait_for(10, || !writing(b, &tgt)));
+    wait_for(
+        10,
+        "the target's transaction to die with the daemon's connection",
+        || !writing(b, &tgt),
+    );
     assert_eq!(
         checksum(b, &tgt, "big"),
         before,
@@ -128,40 +128,26 @@ fn target_outage_mid_run_recovers_without_restart() {
     c.ok(&["kick", "bigs", "120"]);
     a.exec(&src, "UPDATE big SET n = n + 1 WHERE id % 2 = 0");
     c.ok(&["kick", "bigs"]);
-    assert!(
-        wait_for(60, || writing(&t, &tgt)),
-        "the run never started writing\n{}",
-        c.log()
-    );
+    c.wait_for(60, "the run to start writing", || writing(&t, &tgt));
     t.stop_immediate();
     // The failure is recorded with its error and shows in status.
-    assert!(
-        wait_for(60, || a
-            .query(&c.ctl_db, "SELECT count(*)::text FROM capra.run WHERE state = 'bad'")
-            [0]
-        .as_deref()
-            != Some("0")),
-        "no failed run recorded\n{}",
-        c.log()
-    );
+    c.wait_for(60, "a failed run to be recorded", || {
+        a.query(&c.ctl_db, "SELECT count(*)::text FROM capra.run WHERE state = 'bad'")[0].as_deref() != Some("0")
+    });
     let st = c.ok(&["status", "bigs"]);
     assert!(st.contains("Last bad"), "{st}");
     assert!(st.contains("Bad ("), "{st}");
     std::thread::sleep(Duration::from_secs(2));
     t.resume();
     // Same daemon, no restart, no kick: the retry converges.
-    assert!(
-        wait_for(120, || {
-            let mut cl = t.client(&tgt);
-            let ok = cl
-                .query_one("SELECT count(*) FILTER (WHERE n = 1) FROM big", &[])
-                .map(|r| r.get::<_, i64>(0))
-                .unwrap_or(0);
-            ok == (BIG_ROWS / 2) as i64
-        }),
-        "did not converge after the target came back\n{}",
-        c.log()
-    );
+    c.wait_for(120, "convergence after the target came back", || {
+        let mut cl = t.client(&tgt);
+        let ok = cl
+            .query_one("SELECT count(*) FILTER (WHERE n = 1) FROM big", &[])
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        ok == (BIG_ROWS / 2) as i64
+    });
     assert!(d.alive(), "capra must not need a restart");
     assert_eq!(checksum(a, &src, "big"), checksum(&t, &tgt, "big"));
     let st = c.ok(&["status", "bigs"]);
@@ -175,16 +161,8 @@ fn target_outage_mid_run_recovers_without_restart() {
 fn source_outage_recovers_without_restart() {
     let b = cluster::b();
     let s = Cluster::start("srcout", Opts::default());
-    let src = s.create_db("src_db");
-    let tgt = b.create_db(&unique("so_tgt"));
-    for (cl, db) in [(&s, src.as_str()), (b, tgt.as_str())] {
-        cl.exec(db, "CREATE TABLE kv (k int PRIMARY KEY, v text)");
-    }
-    let c = Capra::install(cluster::a());
-    c.add_db("src", &s, &src);
-    c.add_db("tgt", b, &tgt);
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "so", "relgroup=g", "dbs=src:source,tgt:target"]);
+    let (c, src, tgt) = fixtures::pair_on(&s, b, "so", "CREATE TABLE kv (k int PRIMARY KEY, v text)");
+    fixtures::sync_tables(&c, &["kv"], "so", &[]);
     c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=2"]);
     let d = c.start();
     s.exec(&src, "INSERT INTO kv VALUES (1, 'before')");
@@ -194,7 +172,7 @@ fn source_outage_recovers_without_restart() {
             .map(|r| r.get::<_, String>(0) == want)
             .unwrap_or(false)
     };
-    assert!(wait_for(30, || count("before")), "{}", c.log());
+    c.wait_for(30, "the row written before the crash to arrive", || count("before"));
     // The test clusters run with synchronous_commit = off: make what is
     // committed durable, as a real server's commits are, before the crash.
     s.exec(&src, "CHECKPOINT");
@@ -202,11 +180,7 @@ fn source_outage_recovers_without_restart() {
     std::thread::sleep(Duration::from_secs(2));
     s.resume();
     s.exec(&src, "INSERT INTO kv VALUES (2, 'after')");
-    assert!(
-        wait_for(60, || count("before,after")),
-        "not replicated after the source came back\n{}",
-        c.log()
-    );
+    c.wait_for(60, "replication after the source came back", || count("before,after"));
     assert!(d.alive());
 }
 
@@ -220,15 +194,7 @@ fn sigkill_at_random_moments_under_load() {
         &src,
         "INSERT INTO acc SELECT g, 0, 'start' FROM generate_series(1, 20000) g",
     );
-    c.ok(&["add", "table", "acc", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "rk",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=2",
-    ]);
+    fixtures::sync_tables(&c, &["acc"], "rk", &["onetimecopy=2"]);
     c.ok(&["set", "kid_restart_sleep=0.2", "retry_max_sleep=1"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

@@ -167,11 +167,7 @@ fn confluence_catalog_replay() {
 fn pgbench_bucardo4_catalog_replay() {
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
     // Three hosts, each with its own test1 database filled by pgbench -i.
-    let test1 = crate::support::unique("test1");
-    for cl in [a, b, cc] {
-        cl.create_db(&test1);
-        fixtures::pgbench_init(cl, &test1, 1);
-    }
+    let test1 = fixtures::pgbench_everywhere(&[a, b, cc], "test1");
     // bucardo_ctl reads its control settings from an rc file; no -U anywhere,
     // so capra uses its default role (capra) everywhere, as Bucardo used bucardo.
     let c = Capra::install(a);
@@ -426,12 +422,10 @@ fn pgbench_bucardo4_catalog_replay() {
             .clone()
             .unwrap()
     };
-    assert!(
-        crate::support::daemon::wait_for(30, || filler(b) == "1|1|0|modification"),
-        "{}",
-        c.log()
-    );
-    let history = |cl: &crate::support::cluster::Cluster| crate::replication::checksum(cl, &test1, "pgbench_history");
+    c.wait_for(30, "the filler change to reach the slave", || {
+        filler(b) == "1|1|0|modification"
+    });
+    let history = |cl: &crate::support::cluster::Cluster| crate::support::data::checksum(cl, &test1, "pgbench_history");
     for _ in 0..3 {
         a.exec(
             &test1,
@@ -443,11 +437,9 @@ fn pgbench_bucardo4_catalog_replay() {
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (2, 1, 98270, 3578, now())",
     );
     assert_eq!(run(&["kick", "benchcopybeta"]), "Kicked sync benchcopybeta\n");
-    assert!(
-        crate::support::daemon::wait_for(60, || history(b) == history(a) && history(cc) == history(a)),
-        "history not copied to slave and master-2\n{}",
-        c.log()
-    );
+    c.wait_for(60, "the history copy to the slave and master-2", || {
+        history(b) == history(a) && history(cc) == history(a)
+    });
     assert!(history(b).starts_with("3 rows"));
     let status = run(&["status"]);
     assert!(status.contains("PID of capra daemon:"), "{status}");
@@ -477,14 +469,11 @@ fn pgbench_bucardo4_catalog_replay() {
 /// the report never compared the slave after the swap).
 #[test]
 fn pgbench_report_end_to_end_under_load() {
-    use crate::replication::checksum;
-    use crate::support::daemon::wait_for;
+    use crate::support::daemon::wait_for_showing;
+    use crate::support::data::checksum;
+    use crate::support::load::{pgbench_for, pgbench_same_everywhere};
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
-    let test1 = crate::support::unique("e2e");
-    for cl in [a, b, cc] {
-        cl.create_db(&test1);
-        fixtures::pgbench_init(cl, &test1, 1);
-    }
+    let test1 = fixtures::pgbench_everywhere(&[a, b, cc], "e2e");
     // Master's capra: pushdelta to the slave, history to slave and master-2.
     let c1 = Capra::install(a);
     let pa = format!("port={}", a.port);
@@ -595,37 +584,19 @@ fn pgbench_report_end_to_end_under_load() {
     let _d1 = c1.start();
     let _d2 = c2.start();
     // pgbench on both masters at once.
-    let bench = |cl: &'static crate::support::cluster::Cluster| {
-        let db = test1.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new(crate::support::cluster::bin_dir().join("pgbench"))
-                .args(["-n", "-c", "2", "-T", "10", "-R", "50", "-h"])
-                .arg(&cl.socket_dir)
-                .args(["-p", &cl.port.to_string(), "-U", "postgres", &db])
-                .output()
-                .expect("pgbench runs")
-        })
-    };
-    let loads = [bench(a), bench(cc)];
+    let loads = [
+        pgbench_for(a, test1.clone(), 10, 50),
+        pgbench_for(cc, test1.clone(), 10, 50),
+    ];
     for l in loads {
-        let out = l.join().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !text.contains("ERROR"), "pgbench: {text}");
+        let (ok, text) = l.join().unwrap();
+        assert!(ok && !text.contains("ERROR"), "pgbench: {text}");
     }
-    let tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
-    let same = || {
-        tables.iter().all(|t| {
-            let m = checksum(a, &test1, t);
-            checksum(cc, &test1, t) == m && checksum(b, &test1, t) == m
-        })
-    };
+    let same = || pgbench_same_everywhere(&[(a, &test1), (cc, &test1), (b, &test1)]);
     let stopped = std::time::Instant::now();
-    assert!(
-        wait_for(60, same),
-        "not converged\nmaster's capra:\n{}\nmaster-2's capra:\n{}",
-        c1.log(),
-        c2.log()
-    );
+    wait_for_showing(60, "the masters and the slave to converge", same, || {
+        format!("master's capra:\n{}\nmaster-2's capra:\n{}", c1.log(), c2.log())
+    });
     eprintln!(
         "converged {:.2}s after pgbench stopped",
         stopped.elapsed().as_secs_f64()

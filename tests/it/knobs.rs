@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::replication::checksum;
 use crate::support::cluster;
 use crate::support::daemon::wait_for;
+use crate::support::data::checksum;
 use crate::support::proxy::Proxy;
 use crate::support::{fixtures, Capra};
 
@@ -148,11 +148,9 @@ fn lock_timeout_bounds_the_wait_for_ddl() {
     );
     assert!(err[0].as_deref().unwrap_or("").contains("lock timeout"), "{err:?}");
     ddl.batch_execute("COMMIT").unwrap();
-    assert!(
-        wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
-        "the retry did not replicate\n{}",
-        c.log()
-    );
+    c.wait_for(30, "the retry to replicate", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
 }
 
 /// mcp_pingtime and tcp_user_timeout: a watching connection whose network
@@ -186,25 +184,21 @@ fn watchers_are_checked_and_reconnected() {
         "tcp_keepalives_interval=1",
         "tcp_keepalives_count=2",
     ]);
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
+    fixtures::sync_tables(&c, &["kv"], "s", &[]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
-    assert!(wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")));
+    wait_for(30, "kv to reach the target", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
     p.freeze();
-    assert!(
-        wait_for(30, || c.log().contains("failed its check")
-            || c.log().contains("Lost the watching connection")),
-        "the silent watcher was not noticed\n{}",
-        c.log()
-    );
+    c.wait_for(30, "the silent watcher to be noticed", || {
+        c.log().contains("failed its check") || c.log().contains("Lost the watching connection")
+    });
     a.exec(&src, "INSERT INTO kv VALUES (2, 'b')");
     p.thaw();
-    assert!(
-        wait_for(60, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
-        "changes made while the watcher was away did not arrive\n{}",
-        c.log()
-    );
+    c.wait_for(60, "the changes made while the watcher was away", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
 }
 
 /// A table's autokick overrides its sync's; database and table options
@@ -221,12 +215,14 @@ fn table_autokick_overrides_the_sync_and_inert_options_warn() {
     c.ok(&["update", "table", "kv", "autokick=1"]);
     let _d = c.start();
     // The watcher kicks once when it first asks (catching up); wait for it.
-    assert!(wait_for(30, || a.query(
-        &src,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%capra.delta_%'"
-    )[0]
-    .as_deref()
-        != Some("0")));
+    wait_for(30, "the watcher's first ask", || {
+        a.query(
+            &src,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%capra.delta_%'",
+        )[0]
+        .as_deref()
+            != Some("0")
+    });
     std::thread::sleep(Duration::from_secs(1));
     a.exec(&src, "INSERT INTO quiet VALUES (1)");
     std::thread::sleep(Duration::from_secs(2));
@@ -236,11 +232,9 @@ fn table_autokick_overrides_the_sync_and_inert_options_warn() {
         "a kick-only table ran by itself"
     );
     a.exec(&src, "INSERT INTO kv VALUES (1, 'kicks')");
-    assert!(
-        wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
-        "the autokick table did not run the sync\n{}",
-        c.log()
-    );
+    c.wait_for(30, "the autokick table to run the sync", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
     assert_eq!(
         checksum(a, &src, "quiet"),
         checksum(b, &tgt, "quiet"),
@@ -278,7 +272,9 @@ fn a_locked_change_log_does_not_pile_up_watchers() {
     c.ok(&["set", "connect_timeout=2"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a')");
-    assert!(wait_for(30, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")));
+    wait_for(30, "kv to reach the target", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
     let id = a.query(&src, "SELECT id::text FROM capra.captured WHERE relname = 'kv'")[0]
         .clone()
         .unwrap();
@@ -306,9 +302,7 @@ fn a_locked_change_log_does_not_pile_up_watchers() {
     dba.batch_execute("COMMIT").unwrap();
     assert!(most <= 2, "{most} watching connections at once\n{}", c.log());
     a.exec(&src, "INSERT INTO kv VALUES (2, 'b')");
-    assert!(
-        wait_for(15, || checksum(a, &src, "kv") == checksum(b, &tgt, "kv")),
-        "{}",
-        c.log()
-    );
+    c.wait_for(15, "kv to reach the target", || {
+        checksum(a, &src, "kv") == checksum(b, &tgt, "kv")
+    });
 }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::replication::checksum;
 use crate::support::cluster;
-use crate::support::daemon::wait_for;
+use crate::support::daemon::{wait_for, wait_for_showing};
+use crate::support::data::checksum;
 use crate::support::smtp::Smtp;
 use crate::support::{fixtures, Capra};
 
@@ -85,6 +85,25 @@ fn mail_test_sends_and_says_what_the_server_answered() {
         .contains("dba@example.org"));
 }
 
+/// Sync "s" of a table t (not autokicked), its mail going to a fresh
+/// SMTP server.
+fn mailed_sync(prefix: &str) -> (Capra, String, String, Smtp) {
+    let (c, src, tgt) = fixtures::synced(
+        prefix,
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        &["t"],
+        &["autokick=0"],
+    );
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    (c, src, tgt, smtp)
+}
+
+/// The mails so far and the daemon log, for a failed wait.
+fn mails_and_log(smtp: &Smtp, c: &Capra) -> String {
+    format!("mails: {:?}\ndaemon log:\n{}", smtp.mails(), c.log())
+}
+
 /// A sync fails (its target table is renamed away): one mail at once; its
 /// retries fail too: one digest with their count; it is fixed: one
 /// recovery mail; it flaps (fails and recovers again within the interval):
@@ -92,15 +111,8 @@ fn mail_test_sends_and_says_what_the_server_answered() {
 /// its schedule.
 #[test]
 fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_schedule() {
-    let (c, src, tgt) = fixtures::synced(
-        "mailalert",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (c, src, tgt, smtp) = mailed_sync("mailalert");
     let (a, b) = (cluster::a(), cluster::b());
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&[
         "set",
         "email_alert_interval=3",
@@ -111,11 +123,11 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
     a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
     b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
     c.run(&["kick", "s", "5"]);
-    assert!(
-        wait_for(20, || smtp.with("sync failed").len() == 1),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "one failure mail",
+        || smtp.with("sync failed").len() == 1,
+        || mails_and_log(&smtp, &c),
     );
     let first = &smtp.with("sync failed")[0];
     assert!(
@@ -124,38 +136,45 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
     );
     assert!(first.contains("Last good run: never"), "{first}");
     // Retries keep failing: their count comes in one digest.
-    assert!(
-        wait_for(20, || !smtp.with("(digest)").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "the digest of the retries",
+        || !smtp.with("(digest)").is_empty(),
+        || mails_and_log(&smtp, &c),
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "one mail per incident");
     let digest = &smtp.with("(digest)")[0];
     assert!(digest.contains("Count: ") && digest.contains("First: "), "{digest}");
     // Fixed: one recovery mail.
     b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
-    assert!(
-        wait_for(20, || smtp.with("sync recovered").len() == 1),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "one recovery mail",
+        || smtp.with("sync recovered").len() == 1,
+        || mails_and_log(&smtp, &c),
     );
     assert!(smtp.with("sync recovered")[0].contains("is working again after"));
-    assert!(wait_for(20, || checksum(b, &tgt, "t") == checksum(a, &src, "t")));
+    wait_for(20, "t to reach the target", || {
+        checksum(b, &tgt, "t") == checksum(a, &src, "t")
+    });
     // A flap within the interval: no mail of its own.
     let before = smtp.mails().len();
     b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
     a.exec(&src, "INSERT INTO t VALUES (2, 'b')");
     c.run(&["kick", "s", "3"]);
     b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
-    assert!(wait_for(20, || checksum(b, &tgt, "t") == checksum(a, &src, "t")));
-    assert!(
-        wait_for(20, || smtp.mails()[before..]
-            .iter()
-            .any(|m| m.contains("(digest)") && m.contains("flap"))),
-        "{:?}",
-        &smtp.mails()[before..]
+    wait_for(20, "t to reach the target", || {
+        checksum(b, &tgt, "t") == checksum(a, &src, "t")
+    });
+    wait_for_showing(
+        20,
+        "the digest of the flap",
+        || {
+            smtp.mails()[before..]
+                .iter()
+                .any(|m| m.contains("(digest)") && m.contains("flap"))
+        },
+        || format!("{:?}", &smtp.mails()[before..]),
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "a flap mails no new incident");
     assert_eq!(smtp.with("sync recovered").len(), 1);
@@ -166,10 +185,11 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
         "{}",
         c.ok(&["status"])
     );
-    assert!(
-        wait_for(20, || !smtp.with("(status report)").is_empty()),
-        "{:?}",
-        smtp.mails()
+    wait_for_showing(
+        20,
+        "the status report",
+        || !smtp.with("(status report)").is_empty(),
+        || format!("{:?}", smtp.mails()),
     );
     let r = &smtp.with("(status report)")[0];
     assert!(
@@ -191,16 +211,16 @@ fn an_unreachable_mail_server_does_not_stop_replication() {
     let d = c.start();
     b.exec(&tgt, "ALTER TABLE t RENAME TO t_away");
     a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
-    assert!(wait_for(20, || c.log().contains("Cannot send mail")), "{}", c.log());
+    c.wait_for(20, "the daemon to say it cannot send mail", || {
+        c.log().contains("Cannot send mail")
+    });
     b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
     for i in 2..20 {
         a.exec(&src, &format!("INSERT INTO t VALUES ({i}, 'x')"));
     }
-    assert!(
-        wait_for(30, || checksum(b, &tgt, "t") == checksum(a, &src, "t")),
-        "{}",
-        c.log()
-    );
+    c.wait_for(30, "t to reach the target", || {
+        checksum(b, &tgt, "t") == checksum(a, &src, "t")
+    });
     std::thread::sleep(Duration::from_millis(200));
     assert!(d.alive(), "the daemon runs on");
 }
@@ -209,31 +229,25 @@ fn an_unreachable_mail_server_does_not_stop_replication() {
 /// sync has caught up: another.
 #[test]
 fn a_change_backlog_over_the_threshold_mails() {
-    let (mut c, src, _tgt) = fixtures::synced(
-        "mailbacklog",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (mut c, src, _tgt, smtp) = mailed_sync("mailbacklog");
     let a = cluster::a();
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&["set", "email_backlog_rows=5"]);
     c.env.push(("CAPRA_TEST_BACKLOG_EVERY".into(), "1".into()));
     a.exec(&src, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g");
     let _d = c.start();
-    assert!(
-        wait_for(20, || !smtp.with("(change backlog)").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "the backlog mail",
+        || !smtp.with("(change backlog)").is_empty(),
+        || mails_and_log(&smtp, &c),
     );
     assert!(smtp.with("(change backlog)")[0].contains("has 10 change rows waiting"));
     c.ok(&["kick", "s", "30"]);
-    assert!(
-        wait_for(20, || !smtp.with("(backlog cleared)").is_empty()),
-        "{:?}",
-        smtp.mails()
+    wait_for_showing(
+        20,
+        "the backlog-cleared mail",
+        || !smtp.with("(backlog cleared)").is_empty(),
+        || format!("{:?}", smtp.mails()),
     );
 }
 
@@ -244,53 +258,42 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
     use crate::support::cluster::{Cluster, Opts};
     let a = cluster::a();
     let t = Cluster::start("mailtarget", Opts::default());
-    let src = a.create_db(&crate::support::unique("mt_src"));
-    let tgt = t.create_db("mt_tgt");
-    for (cl, d) in [(a, &src), (&t, &tgt)] {
-        cl.exec(d, "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    }
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    c.add_db("tgt", &t, &tgt);
-    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
-    c.ok(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"]);
+    let (c, src, tgt) = fixtures::pair_on(a, &t, "mt", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    fixtures::sync_tables(&c, &["t"], "s", &[]);
     let smtp = Smtp::start();
     mail_settings(&c, smtp.port);
     c.ok(&["set", "kid_restart_sleep=0.5", "retry_max_sleep=1", "connect_timeout=2"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO t VALUES (1, 'before')");
-    assert!(
-        wait_for(20, || checksum(&t, &tgt, "t") == checksum(a, &src, "t")),
-        "{}",
-        c.log()
-    );
+    c.wait_for(20, "t to reach the target", || {
+        checksum(&t, &tgt, "t") == checksum(a, &src, "t")
+    });
     // Test clusters run with synchronous_commit=off: flush what the
     // target committed before killing it, as a real server would have.
     t.exec(&tgt, "CHECKPOINT");
     t.stop_immediate();
     a.exec(&src, "INSERT INTO t VALUES (2, 'while down')");
-    assert!(
-        wait_for(30, || !smtp.with("sync failed").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        30,
+        "the failure mail",
+        || !smtp.with("sync failed").is_empty(),
+        || mails_and_log(&smtp, &c),
     );
     let m = &smtp.with("sync failed")[0];
     assert!(m.contains("Sync \"s\" failed") && m.contains("tgt"), "{m}");
     assert!(m.contains("Last good run: 20"), "{m}");
     t.resume();
-    assert!(
-        wait_for(60, || !smtp.with("sync recovered").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        60,
+        "the recovery mail",
+        || !smtp.with("sync recovered").is_empty(),
+        || mails_and_log(&smtp, &c),
     );
-    assert!(
-        wait_for(20, || checksum(&t, &tgt, "t") == checksum(a, &src, "t")),
-        "{} vs {}\n{}",
-        checksum(&t, &tgt, "t"),
-        checksum(a, &src, "t"),
-        c.log()
+    wait_for_showing(
+        20,
+        "t to reach the restarted target",
+        || checksum(&t, &tgt, "t") == checksum(a, &src, "t"),
+        || format!("{} vs {}\n{}", checksum(&t, &tgt, "t"), checksum(a, &src, "t"), c.log()),
     );
     assert_eq!(smtp.with("sync failed").len(), 1, "one mail for the outage");
 }
@@ -324,11 +327,11 @@ fn syncs_failing_together_share_one_mail() {
     for i in 1..=3 {
         c.run(&["kick", &format!("s{i}"), "5"]);
     }
-    assert!(
-        wait_for(20, || !smtp.with("(3 incidents)").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "one mail of the 3 incidents",
+        || !smtp.with("(3 incidents)").is_empty(),
+        || mails_and_log(&smtp, &c),
     );
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(smtp.mails().len(), 1, "{:?}", smtp.mails());
@@ -342,15 +345,8 @@ fn syncs_failing_together_share_one_mail() {
 /// interval: one failure mail and one recovery mail, not one per cycle.
 #[test]
 fn a_sync_flapping_repeatedly_does_not_mail_each_cycle() {
-    let (c, src, tgt) = fixtures::synced(
-        "mailflap",
-        "CREATE TABLE t (id int PRIMARY KEY, v text)",
-        &["t"],
-        &["autokick=0"],
-    );
+    let (c, src, tgt, smtp) = mailed_sync("mailflap");
     let (a, b) = (cluster::a(), cluster::b());
-    let smtp = Smtp::start();
-    mail_settings(&c, smtp.port);
     c.ok(&["set", "email_alert_interval=60", "kid_restart_sleep=30"]);
     let _d = c.start();
     for cycle in 0..3 {
@@ -361,10 +357,11 @@ fn a_sync_flapping_repeatedly_does_not_mail_each_cycle() {
         b.exec(&tgt, "ALTER TABLE t_away RENAME TO t");
         c.ok(&["kick", "s", "30"]);
         if cycle == 0 {
-            assert!(
-                wait_for(20, || smtp.with("sync recovered").len() == 1),
-                "{:?}",
-                smtp.mails()
+            wait_for_showing(
+                20,
+                "one recovery mail",
+                || smtp.with("sync recovered").len() == 1,
+                || format!("{:?}", smtp.mails()),
             );
         }
     }

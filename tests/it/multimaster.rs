@@ -4,56 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::replication::checksum;
-use crate::support::cluster::{self, bin_dir, unique, Cluster};
-use crate::support::daemon::wait_for;
-use crate::support::Capra;
-
-pub(crate) const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0);
-                   INSERT INTO t SELECT g, 'x', 0 FROM generate_series(1, 3) g;";
-
-/// Creates one database per cluster with `ddl`, adds them to the catalog as
-/// `{tag}1`, `{tag}2`, ... and returns their names.
-pub(crate) fn dbs(c: &Capra, tag: &str, ddl: &str, clusters: &[&'static Cluster]) -> Vec<String> {
-    clusters
-        .iter()
-        .enumerate()
-        .map(|(i, cl)| {
-            let db = cl.create_db(&unique(&format!("mm_{tag}{}", i + 1)));
-            cl.exec(&db, ddl);
-            c.add_db(&format!("{tag}{}", i + 1), cl, &db);
-            db
-        })
-        .collect()
-}
-
-pub(crate) fn value(cl: &Cluster, db: &str, sql: &str) -> String {
-    cl.query(db, sql)[0].clone().unwrap_or_else(|| "NULL".into())
-}
-
-pub(crate) fn last_run(c: &Capra, sync: &str) -> String {
-    cluster::a()
-        .query(
-            &c.ctl_db,
-            &format!("SELECT state || '|' || coalesce(error, '') FROM capra.run WHERE sync = '{sync}' ORDER BY id DESC LIMIT 1"),
-        )
-        .pop()
-        .flatten()
-        .unwrap_or_default()
-}
-
-/// The same key changed on both sources (db 2 first, then db 1), plus
-/// changes of other keys on each side; the newest change of the run is
-/// db 2's insert.
-pub(crate) fn conflicting_writes(a: &Cluster, d1: &str, b: &Cluster, d2: &str) {
-    b.exec(d2, "UPDATE t SET v = 'two', n = 7 WHERE id = 1");
-    std::thread::sleep(Duration::from_millis(30));
-    a.exec(d1, "UPDATE t SET v = 'one', n = 5 WHERE id = 1");
-    a.exec(d1, "UPDATE t SET v = 'one' WHERE id = 2");
-    std::thread::sleep(Duration::from_millis(30));
-    b.exec(d2, "INSERT INTO t VALUES (10, 'two', 0)");
-    b.exec(d2, "DELETE FROM t WHERE id = 3");
-}
+use crate::support::cluster::{self, Cluster};
+use crate::support::daemon::wait_for_showing;
+use crate::support::data::{checksum, last_run, value};
+use crate::support::fixtures::{self, conflict_sync, conflicting_writes, dbs, CONFLICT_DDL};
+use crate::support::load::{pgbench_for, pgbench_init, pgbench_same_everywhere};
+use crate::support::{unique, Capra};
 
 /// Every strategy on a real conflict between two sources: the winner on
 /// both databases, the other changes applied, and the conflict history.
@@ -90,20 +46,10 @@ fn every_conflict_strategy_settles_a_real_conflict() {
     assert!(e.contains("must be one of"), "{e}");
     let mut made = Vec::new();
     for (tag, strategy, _) in cases {
-        let names = dbs(&c, tag, DDL, &[a, b]);
-        c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
-        let mut add = vec![
-            "add".to_string(),
-            "sync".into(),
-            format!("s_{tag}"),
-            format!("relgroup=g_{tag}"),
-            format!("dbs={tag}1:source,{tag}2:source"),
-            "autokick=0".into(),
-        ];
-        if !strategy.is_empty() {
-            add.push(format!("conflict_strategy={strategy}"));
-        }
-        c.ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
+        let names = dbs(&c, tag, CONFLICT_DDL, &[a, b]);
+        let chosen = format!("conflict_strategy={strategy}");
+        let opts: Vec<&str> = if strategy.is_empty() { vec![] } else { vec![&chosen] };
+        conflict_sync(&c, tag, &opts);
         if *tag == "tbl" {
             let out = c.ok(&["update", "table", "t", "db=tbl1", "standard_conflict=target"]);
             assert!(out.contains("conflict_strategy to target"), "{out}");
@@ -229,17 +175,8 @@ fn lua_conflict_hooks_decide_merge_and_fail_clearly() {
     ];
     let mut made = Vec::new();
     for (tag, src) in hooks {
-        let names = dbs(&c, tag, DDL, &[a, b]);
-        c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
-        c.ok(&[
-            "add",
-            "sync",
-            &format!("s_{tag}"),
-            &format!("relgroup=g_{tag}"),
-            &format!("dbs={tag}1:source,{tag}2:source"),
-            "autokick=0",
-            "conflict_strategy=source",
-        ]);
+        let names = dbs(&c, tag, CONFLICT_DDL, &[a, b]);
+        conflict_sync(&c, tag, &["conflict_strategy=source"]);
         let file = c.home_file(&format!("{tag}.lua"), src);
         c.ok(&[
             "add",
@@ -306,7 +243,7 @@ fn makedelta_cascades_and_nothing_cascades_without_it() {
     let c = Capra::install(a);
     for (tag, how) in [("on", "db"), ("tb", "table"), ("sy", "sync"), ("off", "")] {
         let md = !how.is_empty();
-        let names = dbs(&c, tag, DDL, &[a, b, cc]);
+        let names = dbs(&c, tag, CONFLICT_DDL, &[a, b, cc]);
         c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
         c.ok(&[
             "add",
@@ -355,32 +292,6 @@ fn makedelta_cascades_and_nothing_cascades_without_it() {
     }
 }
 
-/// Runs pgbench against one database for `secs` seconds at `rate` tps.
-fn pgbench(cl: &'static Cluster, db: String, secs: u32, rate: u32) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let out = std::process::Command::new(bin_dir().join("pgbench"))
-            .args(["-n", "-c", "2", "-T", &secs.to_string(), "-R", &rate.to_string(), "-h"])
-            .arg(&cl.socket_dir)
-            .args(["-p", &cl.port.to_string(), "-U", "postgres", &db])
-            .output()
-            .expect("pgbench runs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-const PGBENCH_TABLES: [&str; 3] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
-
-fn same_everywhere(nodes: &[(&Cluster, &str)]) -> bool {
-    PGBENCH_TABLES.iter().all(|t| {
-        let first = checksum(nodes[0].0, nodes[0].1, t);
-        nodes[1..].iter().all(|(cl, d)| checksum(cl, d, t) == first)
-    })
-}
-
 /// Three sources under concurrent pgbench on all three (every transaction
 /// also updates the one branch row, so conflicts and late changes never
 /// stop), with the daemon killed with SIGKILL at random moments: the
@@ -393,7 +304,7 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
     let mut names = Vec::new();
     for (i, cl) in [a, b, cc].iter().enumerate() {
         let db = cl.create_db(&unique(&format!("mm3_{}", i + 1)));
-        crate::support::fixtures::pgbench_init(cl, &db, 1);
+        pgbench_init(cl, &db, 1);
         c.add_db(&format!("p{}", i + 1), cl, &db);
         names.push(db);
     }
@@ -409,7 +320,7 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
                 p if p == b.port => b,
                 _ => cc,
             };
-            pgbench(cl, d.to_string(), secs, 40)
+            pgbench_for(cl, d.to_string(), secs, 40)
         })
         .collect();
     let started = Instant::now();
@@ -429,7 +340,7 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
             }
         }
         for l in loads {
-            let out = l.join().unwrap();
+            let (_, out) = l.join().unwrap();
             assert!(
                 out.contains("number of failed transactions: 0") || !out.contains("failed"),
                 "pgbench saw errors: {out}"
@@ -437,9 +348,8 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
             assert!(!out.contains("ERROR"), "pgbench saw errors: {out}");
         }
         let stopped = Instant::now();
-        let ok = wait_for(60, || same_everywhere(&nodes));
+        c.wait_for(60, "the three sources to converge", || pgbench_same_everywhere(&nodes));
         let took = stopped.elapsed();
-        assert!(ok, "did not converge\n{}", c.log());
         let runs = |state: &str| -> i64 {
             value(
                 a,
@@ -485,7 +395,7 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
 fn row_filter_includes_excludes_and_moves_rows_out() {
     let ddl = "CREATE TABLE r (id int PRIMARY KEY, region text NOT NULL, v int);
                INSERT INTO r VALUES (1, 'eu', 1), (2, 'us', 2), (3, 'eu', 3);";
-    let (c, src, tgt) = crate::support::fixtures::pair("filt", ddl);
+    let (c, src, tgt) = fixtures::pair("filt", ddl);
     let (a, b) = (cluster::a(), cluster::b());
     b.exec(&tgt, "TRUNCATE r");
     c.ok(&["add", "table", "r", "db=src", "relgroup=g"]);
@@ -510,15 +420,7 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
     assert!(c
         .ok(&["list", "tables"])
         .contains("PK: id (integer)  Filter: region = 'eu'"));
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::add_sync(&c, "s", &["autokick=0", "onetimecopy=1"]);
     assert!(c.ok(&["validate", "s"]).contains("OK"));
     let _d = c.start();
     c.ok(&["kick", "s", "60"]);
@@ -553,7 +455,7 @@ fn row_filter_includes_excludes_and_moves_rows_out() {
 #[test]
 fn hooks_are_called_at_every_point_of_a_run() {
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);";
-    let (c, src, tgt) = crate::support::fixtures::synced("hookpts", ddl, &["t", "u"], &["autokick=0"]);
+    let (c, src, tgt) = fixtures::synced("hookpts", ddl, &["t", "u"], &["autokick=0"]);
     let (a, b) = (cluster::a(), cluster::b());
     let add = |name: &str, point: &str, body: &str| {
         let f = c.home_file(&format!("{name}.lua"), &format!("return function(ctx)\n{body}\nend\n"));
@@ -618,7 +520,7 @@ fn hooks_are_called_at_every_point_of_a_run() {
 fn a_target_copied_in_a_multi_master_run_gets_every_sources_changes() {
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
     let c = Capra::install(a);
-    let names = dbs(&c, "mt", DDL, &[a, b, cc]);
+    let names = dbs(&c, "mt", CONFLICT_DDL, &[a, b, cc]);
     cc.exec(&names[2], "TRUNCATE t");
     c.ok(&["add", "table", "t", "db=mt1", "relgroup=g"]);
     c.ok(&[
@@ -734,16 +636,19 @@ fn concurrent_writers_lose_no_update_and_shared_inserts_settle() {
     assert!(expected.iter().any(|e| !e.ends_with(":0")));
     let got = |cl: &Cluster, d: &str| value(cl, d, "SELECT string_agg(id || ':' || n, ',' ORDER BY id) FROM t");
     let want = expected.join(",");
-    let ok = wait_for(30, || {
-        got(a, &names[0]) == want && got(b, &names[1]) == want && got(cc, &names[2]) == want
-    });
-    assert!(
-        ok,
-        "lost updates:\nwant {want}\n1:   {}\n2:   {}\n3:   {}\n{}",
-        got(a, &names[0]),
-        got(b, &names[1]),
-        got(cc, &names[2]),
-        c.log()
+    wait_for_showing(
+        30,
+        "every increment everywhere (no lost update)",
+        || got(a, &names[0]) == want && got(b, &names[1]) == want && got(cc, &names[2]) == want,
+        || {
+            format!(
+                "want {want}\n1:   {}\n2:   {}\n3:   {}\n{}",
+                got(a, &names[0]),
+                got(b, &names[1]),
+                got(cc, &names[2]),
+                c.log()
+            )
+        },
     );
     // Both insert the same new keys at once.
     let ins = |cl: &'static Cluster, db: String, tag: &'static str| {
@@ -762,11 +667,10 @@ fn concurrent_writers_lose_no_update_and_shared_inserts_settle() {
     let (i1, i2) = (ins(a, names[0].clone(), "one"), ins(b, names[1].clone(), "two"));
     i1.join().unwrap();
     i2.join().unwrap();
-    let ok = wait_for(30, || {
+    c.wait_for(30, "the shared inserts to settle", || {
         let x = checksum(a, &names[0], "t");
         x == checksum(b, &names[1], "t") && x == checksum(cc, &names[2], "t")
     });
-    assert!(ok, "shared inserts did not settle\n{}", c.log());
     assert_eq!(value(cc, &names[2], "SELECT count(*) FROM t WHERE id >= 1000"), "100");
 }
 
@@ -777,7 +681,7 @@ fn concurrent_writers_lose_no_update_and_shared_inserts_settle() {
 fn a_truncate_reaches_rows_a_source_got_with_makedelta() {
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
-    let names = dbs(&c, "tm", DDL, &[a, b]);
+    let names = dbs(&c, "tm", CONFLICT_DDL, &[a, b]);
     c.ok(&["add", "table", "t", "db=tm1", "relgroup=g"]);
     c.ok(&[
         "add",
@@ -814,7 +718,7 @@ fn a_truncate_reaches_rows_a_source_got_with_makedelta() {
 fn an_application_insert_during_a_run_is_never_deleted_by_it() {
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
-    let names = dbs(&c, "ai", DDL, &[a, b]);
+    let names = dbs(&c, "ai", CONFLICT_DDL, &[a, b]);
     c.ok(&["add", "table", "t", "db=ai1", "relgroup=g"]);
     c.ok(&[
         "add",
@@ -867,7 +771,7 @@ fn an_application_insert_during_a_run_is_never_deleted_by_it() {
 fn a_row_held_during_a_truncate_replay_keeps_the_later_change() {
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
-    let names = dbs(&c, "th", DDL, &[a, b]);
+    let names = dbs(&c, "th", CONFLICT_DDL, &[a, b]);
     c.ok(&["add", "table", "t", "db=th1", "relgroup=g"]);
     c.ok(&[
         "add",

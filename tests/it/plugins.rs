@@ -96,8 +96,9 @@ fn log_totals_returns_nil() {
 /// a real sync on real clusters.
 #[test]
 fn every_plugin_runs_in_a_real_sync() {
-    use crate::multimaster::{conflicting_writes, dbs, value, DDL};
     use crate::support::cluster::{self, unique};
+    use crate::support::data::{last_run, value};
+    use crate::support::fixtures::{conflict_sync, conflicting_writes, dbs, CONFLICT_DDL};
     use crate::support::Capra;
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
@@ -112,17 +113,8 @@ fn every_plugin_runs_in_a_real_sync() {
     // test1_master, so that sync's databases carry those names.
     let mut made = Vec::new();
     for (tag, file) in [("lw", "latest_wins.lua"), ("mc", "merge_counters.lua")] {
-        let names = dbs(&c, tag, DDL, &[a, b]);
-        c.ok(&["add", "table", "t", &format!("db={tag}1"), &format!("relgroup=g_{tag}")]);
-        c.ok(&[
-            "add",
-            "sync",
-            &format!("s_{tag}"),
-            &format!("relgroup=g_{tag}"),
-            &format!("dbs={tag}1:source,{tag}2:source"),
-            "autokick=0",
-            "conflict_strategy=target",
-        ]);
+        let names = dbs(&c, tag, CONFLICT_DDL, &[a, b]);
+        conflict_sync(&c, tag, &["conflict_strategy=target"]);
         c.ok(&[
             "add",
             "customcode",
@@ -134,8 +126,8 @@ fn every_plugin_runs_in_a_real_sync() {
         made.push((tag, names));
     }
     let (m1, m2) = (a.create_db(&unique("ps_m")), b.create_db(&unique("ps_m2")));
-    a.exec(&m1, DDL);
-    b.exec(&m2, DDL);
+    a.exec(&m1, CONFLICT_DDL);
+    b.exec(&m2, CONFLICT_DDL);
     c.add_db("test1_master", a, &m1);
     c.add_db("test1_master2", b, &m2);
     c.ok(&["add", "table", "t", "db=test1_master", "relgroup=g_ps"]);
@@ -253,9 +245,5 @@ fn every_plugin_runs_in_a_real_sync() {
     a.exec(&src, "UPDATE t SET n = 600 WHERE id = 2");
     let r = c.run(&["kick", "s_sa", "60"]);
     assert_ne!(r.code, Some(0));
-    assert!(
-        crate::multimaster::last_run(&c, "s_sa").contains("check"),
-        "{}",
-        crate::multimaster::last_run(&c, "s_sa")
-    );
+    assert!(last_run(&c, "s_sa").contains("check"), "{}", last_run(&c, "s_sa"));
 }

@@ -4,59 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::cluster::{self, bin_dir, Cluster};
-use crate::support::daemon::wait_for;
-use crate::support::{fixtures, unique, Capra};
-
-/// Row count and an ordered checksum of a table.
-pub fn checksum(c: &Cluster, db: &str, table: &str) -> String {
-    c.query(
-        db,
-        &format!("SELECT count(*) || ' rows ' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '-') FROM {table} x"),
-    )[0]
-    .clone()
-    .unwrap()
-}
+use crate::support::cluster::{self, Cluster};
+use crate::support::data::checksum;
+use crate::support::{fixtures, load, unique, Capra};
 
 fn seq(c: &Cluster, db: &str, s: &str) -> String {
     c.query(db, &format!("SELECT last_value || '/' || is_called FROM {s}"))[0]
         .clone()
         .unwrap()
-}
-
-fn pg_pipe(dump_from: (&Cluster, &str), dump_args: &[&str], into: (&Cluster, &str), replica: bool) {
-    pg_pipe_opts(dump_from, dump_args, into, replica, true)
-}
-
-/// `pg_dump | psql`; `strict` stops at the first error. A schema dumped from
-/// a captured source carries capra's triggers, whose functions (in the
-/// excluded capra schema) do not exist on a new target: those statements
-/// fail harmlessly, so that copy runs without `strict`.
-fn pg_pipe_opts(dump_from: (&Cluster, &str), dump_args: &[&str], into: (&Cluster, &str), replica: bool, strict: bool) {
-    use std::process::{Command, Stdio};
-    let mut dump = Command::new(bin_dir().join("pg_dump"))
-        .arg("-h")
-        .arg(&dump_from.0.socket_dir)
-        .args(["-p", &dump_from.0.port.to_string(), "-U", "postgres"])
-        .args(dump_args)
-        .arg(dump_from.1)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut psql = Command::new(bin_dir().join("psql"));
-    psql.arg("-h")
-        .arg(&into.0.socket_dir)
-        .args(["-p", &into.0.port.to_string(), "-U", "postgres", "-qX", "-v"])
-        .arg(if strict { "ON_ERROR_STOP=1" } else { "ON_ERROR_STOP=0" })
-        .args(["-d", into.1])
-        .stderr(if strict { Stdio::inherit() } else { Stdio::null() })
-        .stdin(dump.stdout.take().unwrap())
-        .stdout(Stdio::null());
-    if replica {
-        psql.env("PGOPTIONS", "-c session_replication_role=replica");
-    }
-    assert!(psql.status().unwrap().success());
-    assert!(dump.wait().unwrap().success());
 }
 
 const CONFLUENCE_TABLES: &[&str] = &[
@@ -81,7 +36,7 @@ fn confluence_end_to_end() {
     let src = fixtures::confluence(t);
     t.exec(&src, "ALTER TABLE hibernate_unique_key ADD PRIMARY KEY (next_hi)");
     let tgt = b.create_db(&unique("confluence_tgt"));
-    pg_pipe((t, &src), &["--schema-only"], (b, &tgt), false);
+    fixtures::pg_pipe((t, &src), &["--schema-only"], (b, &tgt), false);
     let c = Capra::install(a);
     c.ok(&[
         "add",
@@ -139,7 +94,7 @@ fn confluence_end_to_end() {
         "Validating sync confluence_sync ... OK\n"
     );
     // The report's data copy: everything but capra's schema, triggers off.
-    pg_pipe(
+    fixtures::pg_pipe(
         (t, &src),
         &["--data-only", "--disable-triggers", "-N", "capra"],
         (b, &tgt),
@@ -232,53 +187,12 @@ fn confluence_end_to_end() {
     assert!(log.contains("KID (confluence_sync) Totals: deletes="), "{log}");
 }
 
-/// Setup shared by several tests: pgbench data on A replicated to B (and
-/// more targets), through `dbs=` lists.
-fn pgbench_setup(targets: &[&Cluster], extra: &[&str]) -> (Capra, String, Vec<String>) {
-    let a = cluster::a();
-    let src = fixtures::pgbench(a, "bench_src");
-    let c = Capra::install(a);
-    c.add_db("src", a, &src);
-    let mut tgts = Vec::new();
-    let mut dbs = vec!["src:source".to_string()];
-    for (i, cl) in targets.iter().enumerate() {
-        let db = cl.create_db(&unique("bench_tgt"));
-        pg_pipe((a, &src), &["--schema-only"], (cl, &db), false);
-        let name = format!("tgt{i}");
-        c.ok(&[
-            "add",
-            "db",
-            &name,
-            &format!("dbname={db}"),
-            "host=127.0.0.1",
-            &format!("port={}", cl.port),
-            "user=postgres",
-        ]);
-        dbs.push(format!("{name}:target"));
-        tgts.push(db);
-    }
-    c.ok(&[
-        "add",
-        "all",
-        "tables",
-        "db=src",
-        "relgroup=bench",
-        "-T",
-        "pgbench_history",
-    ]);
-    let dbs = format!("dbs={}", dbs.join(","));
-    let mut args = vec!["add", "sync", "bench", "relgroup=bench", dbs.as_str()];
-    args.extend_from_slice(extra);
-    c.ok(&args);
-    (c, src, tgts)
-}
-
 /// A committed change on the source shows up on the target within moments
 /// (autokick through LISTEN/NOTIFY); the figures are printed.
 #[test]
 fn autokick_latency() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgts) = pgbench_setup(&[b], &["onetimecopy=2"]);
+    let (c, src, tgts) = fixtures::pgbench_sync(&[b], &["onetimecopy=2"]);
     let _d = c.start();
     c.ok(&["kick", "bench", "60"]);
     let mut client = a.client(&src);
@@ -293,14 +207,11 @@ fn autokick_latency() {
             .unwrap();
         let t0 = Instant::now();
         let want = format!("latency {i}");
-        assert!(
-            wait_for(20, || tgt
-                .query_one("SELECT trim(filler) FROM pgbench_tellers WHERE tid = 1", &[])
+        c.wait_for(20, &format!("change {i} to arrive"), || {
+            tgt.query_one("SELECT trim(filler) FROM pgbench_tellers WHERE tid = 1", &[])
                 .map(|r| r.get::<_, Option<String>>(0).as_deref() == Some(want.as_str()))
-                .unwrap_or(false)),
-            "change {i} did not arrive\n{}",
-            c.log()
-        );
+                .unwrap_or(false)
+        });
         lat.push(t0.elapsed());
     }
     lat.sort();
@@ -315,7 +226,7 @@ fn autokick_latency() {
 #[test]
 fn three_targets_and_onetimecopy_into_a_new_target() {
     let (a, b, cc) = (cluster::a(), cluster::b(), cluster::c());
-    let (c, src, tgts) = pgbench_setup(&[b, cc, b], &["onetimecopy=2", "autokick=0"]);
+    let (c, src, tgts) = fixtures::pgbench_sync(&[b, cc, b], &["onetimecopy=2", "autokick=0"]);
     let _d = c.start();
     c.ok(&["kick", "bench", "60"]);
     let check = |dbs: &[(&Cluster, &str)]| {
@@ -335,7 +246,7 @@ fn three_targets_and_onetimecopy_into_a_new_target() {
 
     // A new, empty target joins.
     let new_db = cc.create_db(&unique("bench_new"));
-    pg_pipe_opts(
+    fixtures::pg_pipe_opts(
         (a, &src),
         &["--schema-only", "-N", "capra"],
         (cc, &new_db),
@@ -428,35 +339,19 @@ fn fullcopy_sync_for_a_keyless_table() {
     // No capture is installed on the source for a pure fullcopy sync.
     assert_eq!(a.query(&src, "SELECT to_regclass('capra.captured')::text"), vec![None]);
     let _d = c.start();
-    let bench = |cl: &Cluster, db: &str| {
-        let out = std::process::Command::new(bin_dir().join("pgbench"))
-            .args(["-n", "-t", "3", "-c", "1", "-h"])
-            .arg(&cl.socket_dir)
-            .args(["-p", &cl.port.to_string(), "-U", "postgres", db])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pgbench: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    bench(a, &src);
+    load::pgbench_transactions(a, &src, 3);
     c.ok(&["kick", "benchcopy", "60"]);
     assert_eq!(
         checksum(a, &src, "pgbench_history"),
         checksum(b, &tgt, "pgbench_history")
     );
     assert!(checksum(b, &tgt, "pgbench_history").starts_with("3 rows"));
-    bench(b, &tgt); // the report's experiment: transactions on the slave
-    bench(a, &src);
+    load::pgbench_transactions(b, &tgt, 3); // the report's experiment: transactions on the slave
+    load::pgbench_transactions(a, &src, 3);
     assert_eq!(c.ok(&["kick", "benchcopy"]), "Kicked sync benchcopy\n");
-    assert!(
-        wait_for(60, || checksum(a, &src, "pgbench_history")
-            == checksum(b, &tgt, "pgbench_history")),
-        "{}",
-        c.log()
-    );
+    c.wait_for(60, "the slave's pgbench_history to be overwritten", || {
+        checksum(a, &src, "pgbench_history") == checksum(b, &tgt, "pgbench_history")
+    });
     assert!(checksum(b, &tgt, "pgbench_history").starts_with("6 rows"));
     // rebuild_index: the index was rebuilt after the load and is usable.
     let valid = b.query(
@@ -564,7 +459,7 @@ fn capture_under_interleaved_transactions_row_triggers() {
 #[test]
 fn concurrent_writers_converge() {
     let (a, b) = (cluster::a(), cluster::b());
-    let (c, src, tgts) = pgbench_setup(&[b], &["onetimecopy=2"]);
+    let (c, src, tgts) = fixtures::pgbench_sync(&[b], &["onetimecopy=2"]);
     let _d = c.start();
     c.ok(&["kick", "bench", "60"]);
     let handles: Vec<_> = (0..4)
@@ -627,16 +522,7 @@ fn datestyle_differences_do_not_corrupt_dates() {
         "INSERT INTO ev VALUES ('2020-01-02', '2020-01-02 03:04:05.678', '1 day 02:03:04', 0.1::float8 + 0.2::float8, '2020-03-04 05:06:07+02'),
                                ('2021-12-11', '2021-11-12 00:00:00', '-3 months', 1e-300, 'infinity')",
     );
-    c.ok(&["add", "table", "ev", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "ds",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "onetimecopy=1",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["ev"], "ds", &["onetimecopy=1", "autokick=0"]);
     let _d = c.start();
     c.ok(&["kick", "ds", "60"]);
     // Changes (keys read as text, then cast on the target) as well as copies.
@@ -673,15 +559,7 @@ fn key_change_waits_for_pending_changes() {
         "kc",
         "CREATE TABLE kv (k int PRIMARY KEY, code text NOT NULL UNIQUE, v text)",
     );
-    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "kc",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["kv"], "kc", &["autokick=0"]);
     a.exec(&src, "INSERT INTO kv VALUES (1, 'a', 'one'), (2, 'b', 'two')");
     let before = c.snapshot();
     let err = c.fails(&["update", "table", "kv", "pkey=code"], 1);
@@ -712,14 +590,7 @@ fn partitioned_table_with_direct_partition_writes() {
         out.contains("Added table public.m to relgroup g") && !out.contains("public.m1"),
         "partitions come with their parent: {out}"
     );
-    c.ok(&[
-        "add",
-        "sync",
-        "pt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::add_sync(&c, "pt", &["autokick=0"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO m VALUES (1, 1, 'via parent'); INSERT INTO m1 VALUES (1, 2, 'into the partition'); INSERT INTO m2 VALUES (2, 3, 'p2')");
     c.ok(&["kick", "pt", "60"]);
@@ -742,16 +613,7 @@ fn key_rewritten_by_a_before_trigger() {
          CREATE TRIGGER bump BEFORE UPDATE ON t FOR EACH ROW EXECUTE PROCEDURE bump();
          INSERT INTO t VALUES (1, 'one'), (2, 'two');",
     );
-    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "bt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &["t"], "bt", &["autokick=0", "onetimecopy=1"]);
     let _d = c.start();
     c.ok(&["kick", "bt", "60"]);
     a.exec(&src, "UPDATE t SET v = 'move' WHERE k = 1");
@@ -768,15 +630,7 @@ fn key_rewritten_by_a_before_trigger() {
 fn key_type_change_does_not_wedge_the_sync() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, src, tgt) = fixtures::pair("kt", "CREATE TABLE t (k int PRIMARY KEY, v text)");
-    c.ok(&["add", "table", "t", "db=src", "relgroup=g"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "kt",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::sync_tables(&c, &["t"], "kt", &["autokick=0"]);
     let _d = c.start();
     a.exec(&src, "INSERT INTO t VALUES (1, 'a')");
     for (cl, db) in [(a, &src), (b, &tgt)] {

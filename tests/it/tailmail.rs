@@ -4,6 +4,7 @@
 //! server.
 
 use crate::support::cluster;
+use crate::support::daemon::wait_for_showing;
 use crate::support::smtp::Smtp;
 use crate::support::Capra;
 
@@ -164,17 +165,18 @@ fn the_daemon_runs_tailmail_on_its_schedule() {
         "tailmail_schedule=* * * * * *",
     ]);
     let _d = c.start();
-    assert!(
-        crate::support::daemon::wait_for(20, || !smtp.with("scheduled").is_empty()),
-        "{:?}\n{}",
-        smtp.mails(),
-        c.log()
+    wait_for_showing(
+        20,
+        "the scheduled mail",
+        || !smtp.with("scheduled").is_empty(),
+        || format!("{:?}\n{}", smtp.mails(), c.log()),
     );
     assert!(smtp.with("scheduled")[0].contains(" 1 : 1"));
     append(&logs.join("pg.log"), &err("2026-12-01 10:00:02", 12, 6));
-    assert!(
-        crate::support::daemon::wait_for(20, || smtp.with("scheduled").len() == 2),
-        "{:?}",
-        smtp.mails()
+    wait_for_showing(
+        20,
+        "the second scheduled mail",
+        || smtp.with("scheduled").len() == 2,
+        || format!("{:?}", smtp.mails()),
     );
 }

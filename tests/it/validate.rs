@@ -7,14 +7,7 @@ fn setup() -> (Capra, String, String) {
     let (c, src, tgt) = fixtures::confluence_pair();
     fixtures::add_keyed_tables(&c);
     c.ok(&["add", "all", "sequences", "db=src", "relgroup=rg"]);
-    c.ok(&[
-        "add",
-        "sync",
-        "s1",
-        "relgroup=rg",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-    ]);
+    fixtures::add_keyed_sync(&c);
     (c, src, tgt)
 }
 

@@ -4,9 +4,9 @@
 //! server in both directions, with server binaries fetched once by
 //! scripts/pg-versions.sh.
 
-use crate::replication::checksum;
 use crate::support::cluster::{self, Cluster};
-use crate::support::{unique, Capra};
+use crate::support::data::checksum;
+use crate::support::fixtures;
 
 const DDL: &str = "
 CREATE TABLE mixed (id int PRIMARY KEY, b bigint, n numeric(12,3), t text, vc varchar(30), by bytea,
@@ -34,15 +34,12 @@ fn major(c: &Cluster) -> u32 {
 /// ordered checksums after each step.
 fn cross(from: &Cluster, to: &Cluster) {
     let partitions = major(from) >= 11 && major(to) >= 11;
-    let c = Capra::install(cluster::a());
-    let src = from.create_db(&unique("xv_src"));
-    let tgt = to.create_db(&unique("xv_tgt"));
-    for (cl, db) in [(from, &src), (to, &tgt)] {
-        cl.exec(db, DDL);
-        if partitions {
-            cl.exec(db, PART_DDL);
-        }
-    }
+    let ddl = if partitions {
+        format!("{DDL}{PART_DDL}")
+    } else {
+        DDL.to_string()
+    };
+    let (c, src, tgt) = fixtures::pair_on(from, to, "xv", &ddl);
     from.exec(
         &src,
         "INSERT INTO mixed SELECT g, g::bigint * 1000000007, g / 7.0, 'text ' || g || E' \\t\"q\"', 'vc' || g,
@@ -60,30 +57,7 @@ fn cross(from: &Cluster, to: &Cluster) {
         );
         tables.push("part");
     }
-    for (name, cl, db) in [("src", from, &src), ("tgt", to, &tgt)] {
-        c.ok(&[
-            "add",
-            "db",
-            name,
-            &format!("dbname={db}"),
-            "host=127.0.0.1",
-            &format!("port={}", cl.port),
-            "user=postgres",
-        ]);
-    }
-    let mut add = vec!["add", "table"];
-    add.extend(&tables);
-    add.extend(["db=src", "relgroup=g"]);
-    c.ok(&add);
-    c.ok(&[
-        "add",
-        "sync",
-        "s",
-        "relgroup=g",
-        "dbs=src:source,tgt:target",
-        "autokick=0",
-        "onetimecopy=1",
-    ]);
+    fixtures::sync_tables(&c, &tables, "s", &["autokick=0", "onetimecopy=1"]);
     assert!(c.ok(&["validate", "s"]).contains("OK"));
     let _d = c.start();
     let same = |step: &str| {

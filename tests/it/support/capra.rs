@@ -40,8 +40,6 @@ pub struct Capra {
     pub home: tempfile::TempDir,
     /// Extra environment.
     pub env: Vec<(String, String)>,
-    /// The cluster holding the control database.
-    pub port: u16,
 }
 
 /// Path of the binary under test.
@@ -74,7 +72,6 @@ impl Capra {
             ctl_db,
             home: tempfile::tempdir().unwrap(),
             env: Vec::new(),
-            port: cluster.port,
         }
     }
 

@@ -355,14 +355,11 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
-    /// The server's log so far (for failure messages).
+    /// The server's log so far: no test reads it, it is for a failure
+    /// message while a test is being debugged.
+    #[allow(dead_code)]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    /// Directory of the cluster (for per-test files).
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

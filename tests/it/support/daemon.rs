@@ -93,8 +93,9 @@ impl Drop for Daemon<'_> {
     }
 }
 
-/// Polls `cond` until it holds or `secs` pass; returns whether it held.
-pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` every 50 ms until it holds or `secs` pass; returns whether
+/// it held. (No test branches on that: each fails, through [`wait_for`].)
+fn poll_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         if cond() {
@@ -103,4 +104,32 @@ pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
+}
+
+/// Waits up to `secs` seconds for `cond`; if it never holds, fails the test
+/// at the caller's line, saying what it waited for (`what`, e.g. "the row
+/// to reach the target") and for how long.
+#[track_caller]
+pub fn wait_for(secs: u64, what: &str, cond: impl FnMut() -> bool) {
+    wait_for_showing(secs, what, cond, String::new);
+}
+
+/// [`wait_for`], adding `show()` to the failure: what the test knows that
+/// explains it (the mails so far, both sides' checksums), read only when
+/// the wait has failed.
+#[track_caller]
+pub fn wait_for_showing(secs: u64, what: &str, cond: impl FnMut() -> bool, show: impl FnOnce() -> String) {
+    if !poll_until(secs, cond) {
+        let shown = show();
+        let sep = if shown.is_empty() { "" } else { "\n" };
+        panic!("waited {secs}s for {what}, in vain{sep}{shown}");
+    }
+}
+
+impl Capra {
+    /// [`wait_for`], with the daemon's log in the failure.
+    #[track_caller]
+    pub fn wait_for(&self, secs: u64, what: &str, cond: impl FnMut() -> bool) {
+        wait_for_showing(secs, what, cond, || format!("daemon log:\n{}", self.log()));
+    }
 }

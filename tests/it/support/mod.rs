@@ -1,10 +1,12 @@
-#![allow(dead_code)] // helpers are shared by many test modules; not all use each one
-//! Test harness: clusters, the capra binary, fixtures.
+//! Test harness: clusters, the capra binary, fixtures, and the reads, loads
+//! and waits the tests share.
 
 pub mod capra;
 pub mod cluster;
 pub mod daemon;
+pub mod data;
 pub mod fixtures;
+pub mod load;
 pub mod proxy;
 pub mod smtp;
 
