@@ -124,6 +124,9 @@ fn target_outage_mid_run_recovers_without_restart() {
     big_table(a, &src, true);
     big_table(&t, &tgt, false);
     let c = big_sync((a, &src), (&t, &tgt));
+    // The retry waits long enough for status to show the failure first,
+    // however slow the machine (it would show "Running" otherwise).
+    c.ok(&["set", "kid_restart_sleep=10"]);
     let d = c.start();
     c.ok(&["kick", "bigs", "120"]);
     a.exec(&src, "UPDATE big SET n = n + 1 WHERE id % 2 = 0");
