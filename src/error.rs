@@ -123,25 +123,10 @@ pub enum Error {
     #[error("{0}")]
     CatalogVersion(String),
 
-    /// A catalog edit was refused.
+    /// A failure inside one part of capra (catalog, capture, apply,
+    /// daemon, notify), in that part's own error type.
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
-
-    /// Change capture on a database could not be read, checked or installed.
-    #[error(transparent)]
-    Capture(#[from] crate::capture::CaptureError),
-
-    /// A run could not apply a sync.
-    #[error(transparent)]
-    Apply(#[from] crate::apply::ApplyError),
-
-    /// The daemon could not start, stop or control a sync.
-    #[error(transparent)]
-    Daemon(#[from] crate::daemon::DaemonError),
-
-    /// Mail or a tail_n_mail job failed.
-    #[error(transparent)]
-    Notify(#[from] crate::notify::NotifyError),
+    Area(AreaBox),
 
     /// A sync failed validation; one finding per line of the vector.
     #[error("sync \"{sync}\" failed validation: {}", .problems.join("; "))]
@@ -278,11 +263,50 @@ impl Error {
                 }
             }
             Error::Spawn { .. } | Error::Io { .. } => Kind::System,
-            Error::Catalog(e) => e.kind(),
-            Error::Capture(e) => e.kind(),
-            Error::Apply(e) => e.kind(),
-            Error::Daemon(e) => e.kind(),
-            Error::Notify(e) => e.kind(),
+            Error::Area(e) => e.0.kind(),
+        }
+    }
+}
+
+/// The error type of one part of capra. Each part names its own failures
+/// (and their kind); [`Error`] carries them without depending on the parts,
+/// which sit above it.
+pub trait AreaError: std::error::Error + Send + Sync + 'static {
+    /// What sort of trouble this is.
+    fn kind(&self) -> Kind;
+
+    /// The error as `Any`, to find out which part's error it is.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A part's error inside [`Error`].
+#[derive(Debug)]
+pub struct AreaBox(Box<dyn AreaError>);
+
+impl std::fmt::Display for AreaBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for AreaBox {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E: AreaError> From<E> for Error {
+    fn from(e: E) -> Error {
+        Error::Area(AreaBox(Box::new(e)))
+    }
+}
+
+impl Error {
+    /// The part's own error, when this is one of type `E`.
+    pub fn area<E: AreaError>(&self) -> Option<&E> {
+        match self {
+            Error::Area(b) => b.0.as_any().downcast_ref::<E>(),
+            _ => None,
         }
     }
 }

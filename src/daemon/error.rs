@@ -1,7 +1,7 @@
 //! What can go wrong starting, running and stopping the daemon: each variant
 //! names the process, host or file involved.
 
-use crate::error::Kind;
+use crate::error::{AreaError, Kind};
 
 /// The daemon's own failures; wrapped by [`crate::Error`], which renders them.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +85,8 @@ fn holder(pid: &Option<i32>, host: &str, started: &str) -> String {
     }
 }
 
-impl DaemonError {
-    /// What sort of trouble this is.
-    pub fn kind(&self) -> Kind {
+impl AreaError for DaemonError {
+    fn kind(&self) -> Kind {
         match self {
             DaemonError::HostNotAllowed { .. } => Kind::Input,
             DaemonError::AlreadyRunning { .. } | DaemonError::StartRefused { .. } => Kind::Conflict,
@@ -97,5 +96,9 @@ impl DaemonError {
             | DaemonError::Tls { .. }
             | DaemonError::Fatal(_) => Kind::System,
         }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
