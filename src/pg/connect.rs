@@ -413,16 +413,12 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
     }
 
     let sslmode = kw.get("sslmode").map(|s| s.as_str()).unwrap_or("prefer");
-    let tls = tls_connector(sslmode, &kw)?;
-    cfg.ssl_mode(match sslmode {
-        "disable" => SslMode::Disable,
-        "allow" | "prefer" => SslMode::Prefer,
-        _ => SslMode::Require,
-    });
+    let (tls, mode) = tls_connector(sslmode, &kw)?;
+    cfg.ssl_mode(mode.driver());
 
     let mut summary = format!("host={host} port={port} dbname={dbname} user={user}");
-    if sslmode != "prefer" {
-        summary.push_str(&format!(" sslmode={sslmode}"));
+    if mode != TlsMode::Prefer {
+        summary.push_str(&format!(" sslmode={}", mode.as_str()));
     }
     Ok(Resolved {
         config: cfg,
@@ -623,8 +619,70 @@ fn password(kw: &BTreeMap<String, String>, login: &Login<'_>) -> Option<String> 
     }
 }
 
-/// Builds the TLS connector for an sslmode, with libpq's certificate files.
-fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTlsConnector, ConnSpecError> {
+/// libpq's `sslmode`: whether to use TLS and how far to trust the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// libpq tries plain text first; capra, like the driver, prefers TLS.
+    Allow,
+    /// TLS when the server offers it.
+    Prefer,
+    /// TLS always; the CA is checked when a root certificate exists.
+    Require,
+    /// TLS with the CA checked.
+    VerifyCa,
+    /// TLS with the CA and the host name checked.
+    VerifyFull,
+}
+
+impl TlsMode {
+    const ALL: [TlsMode; 6] = [
+        TlsMode::Disable,
+        TlsMode::Allow,
+        TlsMode::Prefer,
+        TlsMode::Require,
+        TlsMode::VerifyCa,
+        TlsMode::VerifyFull,
+    ];
+
+    /// The keyword's spelling.
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Reads the keyword's value.
+    fn parse(s: &str) -> Result<TlsMode, ConnSpecError> {
+        TlsMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| ConnSpecError::BadValue {
+                key: "sslmode".into(),
+                value: s.into(),
+                why: "use disable, allow, prefer, require, verify-ca or verify-full".into(),
+            })
+    }
+
+    /// The driver's mode (it knows three).
+    fn driver(self) -> SslMode {
+        match self {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Allow | TlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        }
+    }
+}
+
+/// Builds the TLS connector for an sslmode, with libpq's certificate files;
+/// returns it with the mode read.
+fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<(MakeTlsConnector, TlsMode), ConnSpecError> {
     let tls_err = |e: openssl::error::ErrorStack| ConnSpecError::Tls(e.to_string());
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
     let pgdir = home().map(|h| h.join(".postgresql"));
@@ -634,11 +692,12 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
         .or_else(|| pgdir.as_ref().map(|d| d.join("root.crt")));
     let root = root.filter(|p| p.exists());
     // The root certificate to verify the server with, if any.
-    let verify_with = match sslmode {
-        "disable" | "allow" | "prefer" => None,
+    let mode = TlsMode::parse(sslmode)?;
+    let verify_with = match mode {
+        TlsMode::Disable | TlsMode::Allow | TlsMode::Prefer => None,
         // libpq: require verifies the CA when a root certificate file exists.
-        "require" => root,
-        "verify-ca" | "verify-full" => {
+        TlsMode::Require => root,
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
             if root.is_none() {
                 return Err(ConnSpecError::BadValue {
                     key: "sslmode".into(),
@@ -647,13 +706,6 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
                 });
             }
             root
-        }
-        other => {
-            return Err(ConnSpecError::BadValue {
-                key: "sslmode".into(),
-                value: other.into(),
-                why: "use disable, allow, prefer, require, verify-ca or verify-full".into(),
-            })
         }
     };
     if let Some(root) = verify_with {
@@ -680,14 +732,14 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
             .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", key.display())))?;
     }
     let mut connector = MakeTlsConnector::new(b.build());
-    let full = sslmode == "verify-full";
+    let full = mode == TlsMode::VerifyFull;
     connector.set_callback(move |c, _domain| {
         if !full {
             c.set_verify_hostname(false);
         }
         Ok(())
     });
-    Ok(connector)
+    Ok((connector, mode))
 }
 
 /// Why a connection could not be opened.
@@ -798,6 +850,33 @@ mod tests {
         ));
         assert!(parse_keywords("sslmode").is_err());
         assert!(parse_keywords("a='x").is_err());
+    }
+
+    #[test]
+    fn sslmodes() {
+        for m in TlsMode::ALL {
+            assert_eq!(TlsMode::parse(m.as_str()).unwrap(), m);
+        }
+        assert_eq!(TlsMode::Allow.driver(), SslMode::Prefer);
+        assert_eq!(TlsMode::VerifyCa.driver(), SslMode::Require);
+        let e = TlsMode::parse("sure").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value for connection keyword 'sslmode': \"sure\" (use disable, allow, prefer, require, verify-ca or verify-full)"
+        );
+        let spec = ConnSpec {
+            host: Some("h".into()),
+            port: Some(5432),
+            user: Some("u".into()),
+            dbname: Some("d".into()),
+            password: Some("p".into()),
+            conn: "sslmode=disable".into(),
+            ..ConnSpec::default()
+        };
+        assert_eq!(
+            resolve(&spec, "capra").unwrap().summary,
+            "host=h port=5432 dbname=d user=u sslmode=disable"
+        );
     }
 
     #[test]
