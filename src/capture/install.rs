@@ -31,10 +31,12 @@
 
 use postgres::GenericClient;
 
+use super::CaptureError;
 use crate::domain::Status;
-use crate::error::{Context, Error, Result};
-use crate::pg::discover;
+use crate::error::{Context, Result};
+use crate::pg::discover::{self, Column};
 use crate::pg::ident::{quote_ident, QualName};
+use crate::pg::RowExt;
 
 /// Version of the source-side objects; bumped when their shape changes.
 /// (6: no NOTIFY in the capture function, row-level UPDATE triggers.)
@@ -262,33 +264,84 @@ pub fn targets(plan: &crate::catalog::plan::SyncPlan) -> Vec<Target> {
 
 /// Creates the shared objects if missing and checks their version.
 pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
-    let exists: bool = c
-        .query_one("SELECT to_regclass('capra.capture_meta') IS NOT NULL", &[])
-        .ctx(|| "looking for capra's capture schema".into())?
-        .get(0);
-    if exists {
-        let v: Option<i32> = c
-            .query_opt("SELECT version FROM capra.capture_meta", &[])
-            .ctx(|| "reading capture version".into())?
-            .map(|r| r.get(0));
-        if let Some(v) = v {
-            if v > CAPTURE_VERSION {
-                return Err(Error::Rejected(format!(
-                    "capra's change capture in this database is version {v}, newer than this capra ({CAPTURE_VERSION}); upgrade capra"
-                )));
+    if let Some(v) = capture_version(c)? {
+        if v > CAPTURE_VERSION {
+            return Err(CaptureError::NewerCapture {
+                found: v,
+                ours: CAPTURE_VERSION,
             }
-            if v == CAPTURE_VERSION {
-                return Ok(());
-            }
+            .into());
+        }
+        if v == CAPTURE_VERSION {
+            return Ok(());
         }
     }
     c.batch_execute(BASE_SQL)
         .ctx(|| "creating capra's capture schema".into())?;
-    // An older version's capture functions (and, before version 6, its
-    // statement-level UPDATE triggers) are rebuilt in the new shape; the
-    // change logs stay as they are. The table is found by its oid (it may
-    // have been renamed, or its old name reused by another table).
-    for r in c
+    upgrade_captures(c)?;
+    c.execute(
+        "INSERT INTO capra.capture_meta (version) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
+        &[&CAPTURE_VERSION],
+    )
+    .ctx(|| "recording the capture version".into())?;
+    install_ddl_follower(c)
+}
+
+/// The capture version recorded in this database; None when capra's
+/// schema or its version row is missing.
+fn capture_version(c: &mut impl GenericClient) -> Result<Option<i32>> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('capra.capture_meta') IS NOT NULL", &[])
+        .ctx(|| "looking for capra's capture schema".into())?
+        .col(0, "whether capra's capture schema exists")?;
+    if !exists {
+        return Ok(None);
+    }
+    c.query_opt("SELECT version FROM capra.capture_meta", &[])
+        .ctx(|| "reading capture version".into())?
+        .map(|r| r.col(0, "the capture version"))
+        .transpose()
+}
+
+/// A row of `capra.captured` as [`upgrade_captures`] reads it.
+struct OldCapture {
+    /// Captured id.
+    id: i32,
+    /// Key columns.
+    keycols: Vec<String>,
+    /// Whether every operation has row-level triggers.
+    rowlevel: bool,
+    /// The table's name as registered.
+    table: QualName,
+    /// Marked for full copies (the DDL follower lost the key).
+    marked: bool,
+    /// Whether the table still exists (by oid or name).
+    exists: bool,
+    /// The table's quoted name now (found by oid when it has one).
+    live: String,
+}
+
+impl OldCapture {
+    fn from_row(r: &postgres::Row) -> Result<Self> {
+        const Q: &str = "reading captured tables";
+        Ok(OldCapture {
+            id: r.col(0, Q)?,
+            keycols: r.col(1, Q)?,
+            rowlevel: r.col(2, Q)?,
+            table: QualName::new(r.col::<_, String>(3, Q)?, r.col::<_, String>(4, Q)?),
+            marked: r.col(5, Q)?,
+            exists: r.col(6, Q)?,
+            live: r.col(7, Q)?,
+        })
+    }
+}
+
+/// Rebuilds an older version's capture functions (and, before version 6,
+/// its statement-level UPDATE triggers) in the new shape; the change logs
+/// stay as they are. The table is found by its oid (it may have been
+/// renamed, or its old name reused by another table).
+fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
+    let rows = c
         .query(
             "SELECT cap.id, cap.keycols, cap.rowlevel, cap.schemaname, cap.relname,
                     cap.relid IS NOT NULL AND cap.keynums IS NULL,
@@ -299,12 +352,11 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
                LEFT JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace",
             &[],
         )
-        .ctx(|| "reading captured tables".into())?
-    {
-        let (id, keycols, rowlevel, marked): (i32, Vec<String>, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(5));
-        let table = QualName::new(r.get::<_, String>(3), r.get::<_, String>(4));
-        let live: String = r.get(7);
-        if marked {
+        .ctx(|| "reading captured tables".into())?;
+    for r in rows {
+        let old = OldCapture::from_row(&r)?;
+        let (id, table) = (old.id, &old.table);
+        if old.marked {
             // Marking for full copies (the DDL follower lost the key).
             c.batch_execute(&format!(
                 "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
@@ -313,23 +365,23 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
             .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
             continue;
         }
-        let mut sql = function_sql(id, &table, &keycols, rowlevel);
-        if !rowlevel && r.get::<_, bool>(6) {
+        let mut sql = function_sql(id, table, &old.keycols, old.rowlevel);
+        if !old.rowlevel && old.exists {
             sql.push_str(&format!(
-                "DROP TRIGGER IF EXISTS capra_capture_u ON {live};\n{}",
-                update_trigger_sql(&live, id)
+                "DROP TRIGGER IF EXISTS capra_capture_u ON {};\n{}",
+                old.live,
+                update_trigger_sql(&old.live, id)
             ));
         }
         c.batch_execute(&sql)
             .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
     }
-    c.execute(
-        "INSERT INTO capra.capture_meta (version) VALUES ($1) ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
-        &[&CAPTURE_VERSION],
-    )
-    .ctx(|| "recording the capture version".into())?;
-    // Event triggers need a superuser; without one, validate and the run
-    // name the table and the command after key DDL instead.
+    Ok(())
+}
+
+/// Event triggers need a superuser; without one, validate and the run
+/// name the table and the command after key DDL instead.
+fn install_ddl_follower(c: &mut impl GenericClient) -> Result<()> {
     let superuser: bool = c
         .query_one(
             "SELECT rolsuper AND NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'capra_follow_ddl')
@@ -337,7 +389,7 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
             &[],
         )
         .ctx(|| "checking for capra's DDL follower".into())?
-        .get(0);
+        .col(0, "whether capra's DDL follower is needed")?;
     if superuser {
         c.batch_execute(
             "CREATE EVENT TRIGGER capra_follow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
@@ -376,10 +428,7 @@ fn use_row_triggers(c: &mut impl GenericClient, table: &QualName) -> Result<bool
     let v = discover::server_version(c)?;
     let partitioned = discover::kind_of(c, table)? == Some(discover::Kind::Partitioned);
     if partitioned && v < 110000 {
-        return Err(Error::Rejected(format!(
-            "{} is a partitioned table; capturing partitioned tables needs PostgreSQL 11 or later (add its partitions instead)",
-            table.human()
-        )));
+        return Err(CaptureError::PartitionedTooOld { table: table.human() }.into());
     }
     Ok(partitioned || v < 100000 || std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1"))
 }
@@ -399,40 +448,9 @@ const TRIGGERS: &[&str] = &[
 pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKeyChange) -> Result<(i32, bool)> {
     let cols = discover::columns(c, &t.name)?;
     if cols.is_empty() {
-        return Err(Error::Rejected(format!(
-            "table {} does not exist in the source database; create it or remove it from the relgroup",
-            t.name.human()
-        )));
+        return Err(CaptureError::TableMissing { table: t.name.human() }.into());
     }
-    let mut keytypes = Vec::new();
-    for k in &t.keycols {
-        let col = cols.iter().find(|c| &c.name == k).ok_or_else(|| {
-            // The DDL follower may know what it became.
-            let now: Option<Vec<String>> = c
-                .query_opt(
-                    "SELECT keycols FROM capra.captured WHERE schemaname = $1 AND relname = $2 AND keynums IS NOT NULL",
-                    &[&t.name.schema, &t.name.name],
-                )
-                .ok()
-                .flatten()
-                .map(|r| r.get(0));
-            match now.filter(|n| n.iter().all(|k| cols.iter().any(|c| &c.name == k))) {
-                Some(n) => Error::Rejected(format!(
-                    "the key of table {} was renamed to ({}) in the source database; capture follows it; tell capra: capra update table {} pkey={}",
-                    t.name.human(),
-                    n.join(", "),
-                    t.name.human(),
-                    n.join(",")
-                )),
-                None => Error::Rejected(format!(
-                    "key column \"{k}\" of table {} no longer exists in the source database; declare its key: capra update table {} pkey=COLUMNS",
-                    t.name.human(),
-                    t.name.human()
-                )),
-            }
-        })?;
-        keytypes.push(discover::log_type(&col.base_type));
-    }
+    let keytypes = log_key_types(c, t, &cols)?;
     let rowlevel = use_row_triggers(c, &t.name)?;
     let existing = c
         .query_opt(
@@ -440,107 +458,38 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                FROM capra.captured WHERE schemaname = $1 AND relname = $2",
             &[&t.name.schema, &t.name.name],
         )
-        .ctx(|| format!("reading capture of {}", t.name.human()))?;
+        .ctx(|| format!("reading capture of {}", t.name.human()))?
+        .map(|r| Registered::from_row(&r, t))
+        .transpose()?;
     let id: i32 = match existing {
-        Some(r) => {
-            let id: i32 = r.get(0);
-            let (old_cols, old_types, old_row): (Vec<String>, Vec<String>, bool) = (r.get(1), r.get(2), r.get(3));
-            // Marking for full copies since the DDL follower lost the key:
-            // rebuild even if the names look the same (a key column dropped
-            // and re-created under its old name).
-            let marked: bool = r.get(4);
-            if !marked && old_cols == t.keycols && old_row == rowlevel && triggers_present(c, &t.name, id)? {
-                // Equal text needs no round trip; only differing names are
-                // compared as types (the follower may have written another
-                // spelling of the same type).
-                let same_types: bool = old_types == keytypes
-                    || c.query_one(
-                        "SELECT coalesce(bool_and(to_regtype(o) IS NOT DISTINCT FROM to_regtype(n)), true)
-                           FROM unnest($1::text[], $2::text[]) AS x(o, n)",
-                        &[&old_types, &keytypes],
-                    )
-                        .ctx(|| "comparing key types".into())?
-                        .get::<_, bool>(0);
-                if !same_types {
-                    // A key column changed type (int -> bigint, wider
-                    // varchar): follow it in place, no rebuild.
-                    let alters: Vec<String> = t
-                        .keycols
-                        .iter()
-                        .zip(&keytypes)
-                        .map(|(k, ty)| format!("ALTER COLUMN {0} TYPE {ty} USING {0}::text::{ty}", quote_ident(k)))
-                        .collect();
-                    c.batch_execute(&format!("ALTER TABLE {} {}", delta_table(id), alters.join(", ")))
-                        .ctx(|| format!("following the key type change of {}", t.name.human()))?;
-                    c.execute("UPDATE capra.captured SET keytypes = $2 WHERE id = $1", &[&id, &keytypes])
-                        .ctx(|| "recording the key types".into())?;
-                }
-                cover_partitions(c, id, &t.name, true, false)?;
-                remember_key(c, id, &t.name, &t.keycols)?;
-                return Ok((id, false));
+        Some(old) => {
+            if old.current(t, rowlevel) && triggers_present(c, &t.name, old.id)? {
+                refresh_in_place(c, t, &old, &keytypes)?;
+                return Ok((old.id, false));
             }
             // Key columns or trigger kind changed: rebuild the log and the
             // triggers, but never while the log holds changes some sync has
-            // not applied. The table is locked first, so no writer can add
-            // changes between the count and the drop.
-            c.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.name.sql()))
-                .ctx(|| format!("locking {}", t.name.human()))?;
-            let log_exists: bool = c
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
-                .ctx(|| "checking the change log".into())?
-                .get(0);
-            // Pending TRUNCATEs count too: rebuilding drops them.
-            let unapplied = "EXISTS (SELECT 1 FROM capra.consumer con
-                              JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
-                             WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
-            // A '*' mark (the DDL follower lost the key) asks for a full
-            // copy; it was written after every change still in the logs
-            // (the DDL waited for them), so that copy covers them all and
-            // nothing is pending. Marks stay across the rebuild.
-            let mark_pending: bool = c
-                .query_one(
-                    &format!("SELECT EXISTS (SELECT 1 FROM capra.truncate_log d WHERE d.captured = $1 AND d.part = '*' AND {unapplied})"),
-                    &[&id],
-                )
-                .ctx(|| format!("reading the marks of {}", t.name.human()))?
-                .get(0);
-            let mut pending: i64 = 0;
-            if !marked && !mark_pending {
-                pending += c
-                    .query_one(
-                        &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
-                        &[&id],
-                    )
-                    .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
-                    .get::<_, i64>(0);
-                if log_exists {
-                    pending += c
-                        .query_one(
-                            &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
-                            &[&id],
-                        )
-                        .ctx(|| format!("counting pending changes of {}", t.name.human()))?
-                        .get::<_, i64>(0);
-                }
-            }
+            // not applied.
+            let pending = pending_changes(c, t, &old)?;
             if pending > 0 {
                 match on_key_change {
                     OnKeyChange::Refuse => {
-                        return Err(Error::Rejected(format!(
-                            "the replication key of {} changed, but its change log still holds {pending} change(s) not yet applied by every sync; let them replicate first (capra kick SYNC 60), then try again",
-                            t.name.human()
-                        )))
+                        return Err(CaptureError::KeyChangePending {
+                            table: t.name.human(),
+                            pending,
+                        }
+                        .into())
                     }
-                    OnKeyChange::Defer => return Ok((id, true)),
+                    OnKeyChange::Defer => return Ok((old.id, true)),
                 }
             }
-            drop_capture_objects(c, &t.name, id)?;
+            drop_capture_objects(c, &t.name, old.id)?;
             c.execute(
                 "UPDATE capra.captured SET keycols = $2, keytypes = $3, rowlevel = $4 WHERE id = $1",
-                &[&id, &t.keycols, &keytypes, &rowlevel],
+                &[&old.id, &t.keycols, &keytypes, &rowlevel],
             )
             .ctx(|| "updating capture".into())?;
-            id
+            old.id
         }
         None => c
             .query_one(
@@ -548,13 +497,179 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 &[&t.name.schema, &t.name.name, &t.keycols, &keytypes, &rowlevel],
             )
             .ctx(|| format!("registering capture of {}", t.name.human()))?
-            .get(0),
+            .col(0, "the captured id")?,
     };
+    c.batch_execute(&capture_sql(t, id, &keytypes, rowlevel))
+        .ctx(|| format!("installing change capture on {}", t.name.human()))?;
+    // A rebuilt capture keeps its remembered partitions (moves since then
+    // are logged); a new one starts remembering now.
+    cover_partitions(c, id, &t.name, false, false)?;
+    remember_key(c, id, &t.name, &t.keycols)?;
+    Ok((id, false))
+}
+
+/// The change-log type of each key column of `t` (its live columns are
+/// `cols`); a key column that is gone is an error saying what to do.
+fn log_key_types(c: &mut impl GenericClient, t: &Target, cols: &[Column]) -> Result<Vec<String>> {
+    let mut keytypes = Vec::new();
+    for k in &t.keycols {
+        let Some(col) = cols.iter().find(|c| &c.name == k) else {
+            return Err(key_gone(c, t, cols, k).into());
+        };
+        keytypes.push(discover::log_type(&col.base_type));
+    }
+    Ok(keytypes)
+}
+
+/// Why key column `k` of `t` is missing: the DDL follower may know what it
+/// became.
+fn key_gone(c: &mut impl GenericClient, t: &Target, cols: &[Column], k: &str) -> CaptureError {
+    let now: Option<Vec<String>> = c
+        .query_opt(
+            "SELECT keycols FROM capra.captured WHERE schemaname = $1 AND relname = $2 AND keynums IS NOT NULL",
+            &[&t.name.schema, &t.name.name],
+        )
+        .ok()
+        .flatten()
+        .and_then(|r| r.col(0, "the key the DDL follower recorded").ok());
+    match now.filter(|n| n.iter().all(|k| cols.iter().any(|c| &c.name == k))) {
+        Some(now) => CaptureError::KeyRenamed {
+            table: t.name.human(),
+            now,
+        },
+        None => CaptureError::KeyColumnGone {
+            table: t.name.human(),
+            column: k.to_string(),
+        },
+    }
+}
+
+/// A table's row in `capra.captured` as [`capture_table`] reads it.
+struct Registered {
+    /// Captured id.
+    id: i32,
+    /// Key columns the log was built with.
+    keycols: Vec<String>,
+    /// Their change-log types.
+    keytypes: Vec<String>,
+    /// Whether every operation has row-level triggers.
+    rowlevel: bool,
+    /// Marked for full copies since the DDL follower lost the key.
+    marked: bool,
+}
+
+impl Registered {
+    fn from_row(r: &postgres::Row, t: &Target) -> Result<Self> {
+        let q = format!("reading capture of {}", t.name.human());
+        Ok(Registered {
+            id: r.col(0, &q)?,
+            keycols: r.col(1, &q)?,
+            keytypes: r.col(2, &q)?,
+            rowlevel: r.col(3, &q)?,
+            marked: r.col(4, &q)?,
+        })
+    }
+
+    /// Whether the capture was built for this key and trigger kind. A
+    /// marked one never is: rebuild even if the names look the same (a key
+    /// column dropped and re-created under its old name).
+    fn current(&self, t: &Target, rowlevel: bool) -> bool {
+        !self.marked && self.keycols == t.keycols && self.rowlevel == rowlevel
+    }
+}
+
+/// Keeps a capture that is already in place: follows a key column's type
+/// change, the partitions and the key's column numbers.
+fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, keytypes: &[String]) -> Result<()> {
+    let id = old.id;
+    // Equal text needs no round trip; only differing names are
+    // compared as types (the follower may have written another
+    // spelling of the same type).
+    let same_types: bool = old.keytypes == keytypes
+        || c.query_one(
+            "SELECT coalesce(bool_and(to_regtype(o) IS NOT DISTINCT FROM to_regtype(n)), true)
+               FROM unnest($1::text[], $2::text[]) AS x(o, n)",
+            &[&old.keytypes, &keytypes],
+        )
+        .ctx(|| "comparing key types".into())?
+        .col(0, "whether the key types agree")?;
+    if !same_types {
+        // A key column changed type (int -> bigint, wider
+        // varchar): follow it in place, no rebuild.
+        let alters: Vec<String> = t
+            .keycols
+            .iter()
+            .zip(keytypes)
+            .map(|(k, ty)| format!("ALTER COLUMN {0} TYPE {ty} USING {0}::text::{ty}", quote_ident(k)))
+            .collect();
+        c.batch_execute(&format!("ALTER TABLE {} {}", delta_table(id), alters.join(", ")))
+            .ctx(|| format!("following the key type change of {}", t.name.human()))?;
+        c.execute(
+            "UPDATE capra.captured SET keytypes = $2 WHERE id = $1",
+            &[&id, &keytypes],
+        )
+        .ctx(|| "recording the key types".into())?;
+    }
+    cover_partitions(c, id, &t.name, true, false)?;
+    remember_key(c, id, &t.name, &t.keycols)
+}
+
+/// Locks the table, then counts the changes and truncations in its log
+/// that some sync has not applied (0 when a pending full-copy mark covers
+/// them). The lock is taken first, so no writer can add changes between
+/// the count and a rebuild's drop.
+fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> Result<i64> {
+    let id = old.id;
+    c.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.name.sql()))
+        .ctx(|| format!("locking {}", t.name.human()))?;
+    let log_exists: bool = c
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
+        .ctx(|| "checking the change log".into())?
+        .col(0, "whether the change log exists")?;
+    // Pending TRUNCATEs count too: rebuilding drops them.
+    let unapplied = "EXISTS (SELECT 1 FROM capra.consumer con
+                      JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
+                     WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
+    // A '*' mark (the DDL follower lost the key) asks for a full
+    // copy; it was written after every change still in the logs
+    // (the DDL waited for them), so that copy covers them all and
+    // nothing is pending. Marks stay across the rebuild.
+    let mark_pending: bool = c
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM capra.truncate_log d WHERE d.captured = $1 AND d.part = '*' AND {unapplied})"),
+            &[&id],
+        )
+        .ctx(|| format!("reading the marks of {}", t.name.human()))?
+        .col(0, "whether a full-copy mark is pending")?;
+    let mut pending: i64 = 0;
+    if !old.marked && !mark_pending {
+        pending += c
+            .query_one(
+                &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
+                &[&id],
+            )
+            .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
+            .col::<_, i64>(0, "the pending truncations")?;
+        if log_exists {
+            pending += c
+                .query_one(
+                    &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
+                    &[&id],
+                )
+                .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                .col::<_, i64>(0, "the pending changes")?;
+        }
+    }
+    Ok(pending)
+}
+
+/// The change log, capture function and triggers of one table.
+fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> String {
     let delta = delta_table(id);
     let coldefs: Vec<String> = t
         .keycols
         .iter()
-        .zip(&keytypes)
+        .zip(keytypes)
         .map(|(k, ty)| format!("{} {ty} NOT NULL", quote_ident(k)))
         .collect();
     let mut sql = format!(
@@ -583,15 +698,8 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     sql.push_str(&format!(
         "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
     ));
-    c.batch_execute(&sql)
-        .ctx(|| format!("installing change capture on {}", t.name.human()))?;
-    // A rebuilt capture keeps its remembered partitions (moves since then
-    // are logged); a new one starts remembering now.
-    cover_partitions(c, id, &t.name, false, false)?;
-    remember_key(c, id, &t.name, &t.keycols)?;
-    Ok((id, false))
+    sql
 }
-
 /// Records the table's oid and its key columns' numbers for the DDL
 /// follower (see `capra.follow_ddl`).
 fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: &[String]) -> Result<()> {
@@ -626,125 +734,205 @@ pub fn cover_partitions(
         return Ok(0);
     }
     let trigger = format!("capra_part_t_{id}");
-    let now: Vec<(String, String, u32, bool)> = c
-        .query(
-            "WITH RECURSIVE tree(oid) AS (
-                 SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass
-                 UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-             SELECT n.nspname::text, c.relname::text, c.oid,
-                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = $2
-                               AND g.tgfoid = to_regprocedure($3))
-               FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind <> 'f'",
-            &[&table.sql(), &trigger, &format!("capra.capture_{id}()")],
-        )
-        .ctx(|| format!("reading the partitions of {}", table.human()))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
-    let known: Vec<(String, String, Option<u32>)> = c
-        .query(
-            "SELECT schemaname, relname, relid FROM capra.captured_part WHERE captured = $1",
-            &[&id],
-        )
-        .ctx(|| "reading known partitions".into())?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    // Rows from before version 2 have no oid: they match by name.
-    let same = |k: &(String, String, Option<u32>), schema: &str, name: &str, oid: u32| match k.2 {
-        Some(o) => o == oid,
-        None => k.0 == schema && k.1 == name,
-    };
-    let log_moves = baseline || !known.is_empty();
+    let now = live_partitions(c, id, table, &trigger)?;
+    let known = known_partitions(c, id)?;
     let keycols: Vec<String> = c
         .query_one("SELECT keycols FROM capra.captured WHERE id = $1", &[&id])
         .ctx(|| "reading capture".into())?
-        .get(0);
+        .col(0, "reading capture")?;
     let collist: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
-    let collist = collist.join(", ");
-    let mut moved = 0;
-    let mut sql = String::new();
-    for (schema, name, oid, has_trigger) in &now {
-        let part = QualName::new(schema.clone(), name.clone());
-        if !has_trigger {
-            sql.push_str(&format!(
+    let mut f = PartitionFollower {
+        id,
+        collist: collist.join(", "),
+        log_moves: baseline || !known.is_empty(),
+        sql: String::new(),
+        moved: 0,
+    };
+    for p in &now {
+        if !p.has_trigger {
+            f.sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS {trigger} ON {0}; CREATE TRIGGER {trigger} AFTER TRUNCATE ON {0} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n",
-                part.sql()
+                p.name.sql()
             ));
         }
         if triggers_only {
             continue;
         }
-        if !known.iter().any(|k| same(k, schema, name, *oid)) {
-            if log_moves {
-                sql.push_str(&format!(
-                    "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
-                    delta_table(id),
-                    part.sql()
-                ));
-                moved += 1;
-            }
-            c.execute(
-                "INSERT INTO capra.captured_part (captured, schemaname, relname, relid) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (captured, schemaname, relname) DO UPDATE SET relid = EXCLUDED.relid",
-                &[&id, schema, name, oid],
-            )
-            .ctx(|| "recording a partition".into())?;
+        if !known.iter().any(|k| k.is(p)) {
+            f.arrived(c, p)?;
         }
     }
     for k in known.iter().filter(|_| !triggers_only) {
-        if now.iter().any(|(s, n, o, _)| same(k, s, n, *o)) {
+        if now.iter().any(|p| k.is(p)) {
             continue;
         }
+        f.left(c, k, &now)?;
+    }
+    if !f.sql.is_empty() {
+        c.batch_execute(&f.sql)
+            .ctx(|| format!("following the partitions of {}", table.human()))?;
+    }
+    Ok(f.moved)
+}
+
+/// A partition of a captured table as it is now.
+struct LivePartition {
+    /// Schema and name.
+    name: QualName,
+    /// Its oid.
+    oid: u32,
+    /// Whether it has capra's TRUNCATE trigger.
+    has_trigger: bool,
+}
+
+/// A partition as capra last saw it (`capra.captured_part`).
+struct KnownPartition {
+    /// Schema and name then.
+    name: QualName,
+    /// Its oid then (None in rows from before version 2).
+    relid: Option<u32>,
+}
+
+impl KnownPartition {
+    /// Whether `p` is this partition: by oid, or by name for rows from
+    /// before version 2, which have no oid.
+    fn is(&self, p: &LivePartition) -> bool {
+        match self.relid {
+            Some(o) => o == p.oid,
+            None => self.name == p.name,
+        }
+    }
+}
+
+/// Every partition (at any depth) of `table` that is not a foreign table,
+/// with whether it has capture `id`'s TRUNCATE trigger `trigger`.
+fn live_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, trigger: &str) -> Result<Vec<LivePartition>> {
+    let q = format!("reading the partitions of {}", table.human());
+    c.query(
+        "WITH RECURSIVE tree(oid) AS (
+             SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass
+             UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+         SELECT n.nspname::text, c.relname::text, c.oid,
+                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = $2
+                           AND g.tgfoid = to_regprocedure($3))
+           FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind <> 'f'",
+        &[&table.sql(), &trigger, &format!("capra.capture_{id}()")],
+    )
+    .ctx(|| q.clone())?
+    .iter()
+    .map(|r| {
+        Ok(LivePartition {
+            name: QualName::new(r.col::<_, String>(0, &q)?, r.col::<_, String>(1, &q)?),
+            oid: r.col(2, &q)?,
+            has_trigger: r.col(3, &q)?,
+        })
+    })
+    .collect()
+}
+
+/// The partitions of capture `id` as last seen.
+fn known_partitions(c: &mut impl GenericClient, id: i32) -> Result<Vec<KnownPartition>> {
+    const Q: &str = "reading known partitions";
+    c.query(
+        "SELECT schemaname, relname, relid FROM capra.captured_part WHERE captured = $1",
+        &[&id],
+    )
+    .ctx(|| Q.into())?
+    .iter()
+    .map(|r| {
+        Ok(KnownPartition {
+            name: QualName::new(r.col::<_, String>(0, Q)?, r.col::<_, String>(1, Q)?),
+            relid: r.col(2, Q)?,
+        })
+    })
+    .collect()
+}
+
+/// What [`cover_partitions`] writes for the partitions that came or went.
+struct PartitionFollower {
+    /// Captured id of the partitioned table.
+    id: i32,
+    /// Its key columns, quoted, comma-separated.
+    collist: String,
+    /// Whether moves are logged (a list was remembered before).
+    log_moves: bool,
+    /// Statements to run at the end.
+    sql: String,
+    /// Partitions that came or went.
+    moved: usize,
+}
+
+impl PartitionFollower {
+    /// A partition attached since the last look: its keys are logged
+    /// (once a list is remembered) and it is remembered.
+    fn arrived(&mut self, c: &mut impl GenericClient, p: &LivePartition) -> Result<()> {
+        let (id, collist) = (self.id, &self.collist);
+        if self.log_moves {
+            self.sql.push_str(&format!(
+                "INSERT INTO {} ({collist}) SELECT {collist} FROM {};\n",
+                delta_table(id),
+                p.name.sql()
+            ));
+            self.moved += 1;
+        }
+        c.execute(
+            "INSERT INTO capra.captured_part (captured, schemaname, relname, relid) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (captured, schemaname, relname) DO UPDATE SET relid = EXCLUDED.relid",
+            &[&id, &p.name.schema, &p.name.name, &p.oid],
+        )
+        .ctx(|| "recording a partition".into())?;
+        Ok(())
+    }
+
+    /// A remembered partition no longer in the table: detached (its keys
+    /// are logged) or dropped (a truncation of it is logged), then
+    /// forgotten unless a new partition took its name.
+    fn left(&mut self, c: &mut impl GenericClient, k: &KnownPartition, now: &[LivePartition]) -> Result<()> {
+        let (id, collist) = (self.id, &self.collist);
         // Replaced by a new partition of the same name: its row was updated
         // above, and the old one's rows are gone like a dropped one's.
-        let part = QualName::new(k.0.clone(), k.1.clone());
-        let still_there = match k.2 {
+        let part = &k.name;
+        let still_there = match k.relid {
             Some(o) => c
                 .query_one("SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)", &[&o])
                 .ctx(|| "looking for a partition".into())?
-                .get::<_, bool>(0),
-            None => discover::kind_of(c, &part)?.is_some(),
+                .col::<_, bool>(0, "looking for a partition")?,
+            None => discover::kind_of(c, part)?.is_some(),
         };
-        if log_moves {
+        if self.log_moves {
             if still_there {
                 // Detached: its rows left the table.
-                let rel = match k.2 {
+                let rel = match k.relid {
                     Some(o) => c
                         .query_one("SELECT $1::oid::regclass::text", &[&o])
                         .ctx(|| "naming a partition".into())?
-                        .get::<_, String>(0),
+                        .col::<_, String>(0, "naming a partition")?,
                     None => part.sql(),
                 };
-                sql.push_str(&format!(
+                self.sql.push_str(&format!(
                     "INSERT INTO {} ({collist}) SELECT {collist} FROM {rel};\n",
                     delta_table(id)
                 ));
             } else {
                 // Dropped: replayed like a TRUNCATE of that partition.
-                sql.push_str(&format!(
+                self.sql.push_str(&format!(
                     "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, {});\n",
                     sql_literal(&part.human())
                 ));
             }
-            moved += 1;
+            self.moved += 1;
         }
-        if !now.iter().any(|(s, n, _, _)| s == &k.0 && n == &k.1) {
+        if !now.iter().any(|p| &p.name == part) {
             c.execute(
                 "DELETE FROM capra.captured_part WHERE captured = $1 AND schemaname = $2 AND relname = $3",
-                &[&id, &k.0, &k.1],
+                &[&id, &part.schema, &part.name],
             )
             .ctx(|| "forgetting a partition".into())?;
         }
+        Ok(())
     }
-    if !sql.is_empty() {
-        c.batch_execute(&sql)
-            .ctx(|| format!("following the partitions of {}", table.human()))?;
-    }
-    Ok(moved)
 }
-
 /// The capture function of one table, `capture_N()`: it logs the keys a
 /// statement touched (NEW for INSERT, OLD for DELETE, both for UPDATE so a
 /// key change, even one made by a BEFORE trigger, logs the old key too;
@@ -838,16 +1026,17 @@ pub fn sql_literal(s: &str) -> String {
 }
 
 fn trigger_names(c: &mut impl GenericClient, table: &QualName) -> Result<Vec<String>> {
-    Ok(c.query(
+    let q = format!("reading triggers of {}", table.human());
+    c.query(
         "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname = ANY($3)",
         &[&table.schema, &table.name, &TRIGGERS],
     )
-    .ctx(|| format!("reading triggers of {}", table.human()))?
+    .ctx(|| q.clone())?
     .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .map(|r| r.col(0, &q))
+    .collect()
 }
 
 fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Result<bool> {
@@ -855,7 +1044,7 @@ fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Re
     let has_log: bool = c
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
         .ctx(|| "checking the change log".into())?
-        .get(0);
+        .col(0, "whether the change log exists")?;
     Ok(has_log && names.iter().any(|n| n == "capra_capture_t"))
 }
 
@@ -867,7 +1056,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
             &[&table.schema, &table.name],
         )
         .ctx(|| "checking the table".into())?
-        .get(0);
+        .col(0, "whether the table exists")?;
     let mut sql = String::new();
     if exists {
         for t in trigger_names(c, table)? {
@@ -879,6 +1068,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         }
     }
     // The TRUNCATE triggers on partitions call the same function.
+    let q = format!("reading the partition triggers of {}", table.human());
     for r in c
         .query(
             "SELECT g.tgrelid::regclass::text, g.tgname::text FROM pg_trigger g
@@ -886,12 +1076,12 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
                 AND g.tgrelid <> coalesce(to_regclass($2), 0) AND g.tgtype & 32 <> 0",
             &[&format!("capra.capture_{id}()"), &table.sql()],
         )
-        .ctx(|| format!("reading the partition triggers of {}", table.human()))?
+        .ctx(|| q.clone())?
     {
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {} ON {};\n",
-            quote_ident(&r.get::<_, String>(1)),
-            r.get::<_, String>(0)
+            quote_ident(&r.col::<_, String>(1, &q)?),
+            r.col::<_, String>(0, &q)?
         ));
     }
     sql.push_str(&format!(
@@ -1012,17 +1202,17 @@ fn intact(c: &mut impl GenericClient, installation: &str, sync: &str, tables: &[
             &[&serde_json::Value::Array(list), &installation, &sync, &forced],
         )
         .ctx(|| "checking change capture".into())?;
-    Ok(rows
-        .iter()
+    const Q: &str = "checking change capture";
+    rows.iter()
         .map(|r| {
-            let ok: Option<bool> = r.get(2);
+            let ok: Option<bool> = r.col(2, Q)?;
             if ok == Some(true) {
-                r.get::<_, Option<i32>>(1)
+                r.col::<_, Option<i32>>(1, Q)
             } else {
-                None
+                Ok(None)
             }
         })
-        .collect())
+        .collect()
 }
 
 /// What [`attach_consumer`] did.
@@ -1052,7 +1242,7 @@ pub fn detach_consumer(c: &mut impl GenericClient, installation: &str, sync: &st
     let exists: bool = c
         .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
         .ctx(|| "looking for capra's capture schema".into())?
-        .get(0);
+        .col(0, "whether capra's capture schema exists")?;
     if !exists {
         return Ok(());
     }
@@ -1067,6 +1257,7 @@ pub fn detach_consumer(c: &mut impl GenericClient, installation: &str, sync: &st
 /// Drops capture of tables no consumer uses, and the schema when nothing
 /// is left.
 fn cleanup(c: &mut impl GenericClient) -> Result<()> {
+    const Q: &str = "reading captured tables";
     let rows = c
         .query(
             "SELECT cap.id, cap.schemaname, cap.relname,
@@ -1074,64 +1265,69 @@ fn cleanup(c: &mut impl GenericClient) -> Result<()> {
                FROM capra.captured cap ORDER BY cap.id",
             &[],
         )
-        .ctx(|| "reading captured tables".into())?;
+        .ctx(|| Q.into())?;
     let mut left = 0;
     for r in rows {
-        let id: i32 = r.get(0);
-        let name = QualName::new(r.get::<_, String>(1), r.get::<_, String>(2));
-        if r.get::<_, bool>(3) {
+        let id: i32 = r.col(0, Q)?;
+        let name = QualName::new(r.col::<_, String>(1, Q)?, r.col::<_, String>(2, Q)?);
+        if r.col::<_, bool>(3, Q)? || !still_unused(c, id)? {
             left += 1;
-        } else {
-            // Lock the registry row, then look again: a concurrent attach
-            // of another sync to this table either committed its consumer
-            // row (seen now, so the capture stays) or waits on this lock
-            // and then fails cleanly instead of losing its capture.
-            let still_unused: bool = c
-                .query_opt("SELECT 1 FROM capra.captured WHERE id = $1 FOR UPDATE", &[&id])
-                .ctx(|| "locking a captured table".into())?
-                .is_some()
-                && !c
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM capra.consumer_table WHERE captured = $1)",
-                        &[&id],
-                    )
-                    .ctx(|| "checking the consumers of a captured table".into())?
-                    .get::<_, bool>(0);
-            if !still_unused {
-                left += 1;
-                continue;
-            }
-            drop_capture_objects(c, &name, id)?;
-            c.execute("DELETE FROM capra.captured WHERE id = $1", &[&id])
-                .ctx(|| "unregistering capture".into())?;
+            continue;
         }
+        drop_capture_objects(c, &name, id)?;
+        c.execute("DELETE FROM capra.captured WHERE id = $1", &[&id])
+            .ctx(|| "unregistering capture".into())?;
     }
     let consumers: i64 = c
         .query_one("SELECT count(*) FROM capra.consumer", &[])
         .ctx(|| "counting consumers".into())?
-        .get(0);
+        .col(0, "counting consumers")?;
     if left == 0 && consumers == 0 {
-        // Only capra's own objects are dropped; the schema goes too unless
-        // someone else put something in it.
-        c.batch_execute(
-            "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
-             DROP TABLE IF EXISTS capra.applied, capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
-             DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
+        drop_base(c)?;
+    }
+    Ok(())
+}
+
+/// Locks a captured table's registry row, then looks again whether any
+/// consumer uses it: a concurrent attach of another sync to this table
+/// either committed its consumer row (seen now, so the capture stays) or
+/// waits on this lock and then fails cleanly instead of losing its capture.
+fn still_unused(c: &mut impl GenericClient, id: i32) -> Result<bool> {
+    Ok(
+        c.query_opt("SELECT 1 FROM capra.captured WHERE id = $1 FOR UPDATE", &[&id])
+            .ctx(|| "locking a captured table".into())?
+            .is_some()
+            && !c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM capra.consumer_table WHERE captured = $1)",
+                    &[&id],
+                )
+                .ctx(|| "checking the consumers of a captured table".into())?
+                .col::<_, bool>(0, "checking the consumers of a captured table")?,
+    )
+}
+
+/// Drops capra's own shared objects; the schema goes too unless someone
+/// else put something in it.
+fn drop_base(c: &mut impl GenericClient) -> Result<()> {
+    c.batch_execute(
+        "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
+         DROP TABLE IF EXISTS capra.applied, capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
+         DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
+    )
+    .ctx(|| "removing capra's capture tables".into())?;
+    let others: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra'))
+                  + (SELECT count(*) FROM pg_proc WHERE pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra'))
+                  + (SELECT count(*) FROM pg_type WHERE typnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra') AND typtype <> 'c')",
+            &[],
         )
-        .ctx(|| "removing capra's capture tables".into())?;
-        let others: i64 = c
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra'))
-                      + (SELECT count(*) FROM pg_proc WHERE pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra'))
-                      + (SELECT count(*) FROM pg_type WHERE typnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra') AND typtype <> 'c')",
-                &[],
-            )
-            .ctx(|| "checking the capra schema".into())?
-            .get(0);
-        if others == 0 {
-            c.batch_execute("DROP SCHEMA capra")
-                .ctx(|| "removing the capra schema".into())?;
-        }
+        .ctx(|| "checking the capra schema".into())?
+        .col(0, "checking the capra schema")?;
+    if others == 0 {
+        c.batch_execute("DROP SCHEMA capra")
+            .ctx(|| "removing the capra schema".into())?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 use postgres::GenericClient;
 
 use crate::error::{Context, Result};
+use crate::pg::RowExt;
 
 /// Rows purged from one source database.
 #[derive(Clone, Debug, Default)]
@@ -26,7 +27,7 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
     let exists: bool = c
         .query_one("SELECT to_regclass('capra.captured') IS NOT NULL", &[])
         .ctx(|| "looking for capra's change capture".into())?
-        .get(0);
+        .col(0, "whether capra's change capture exists")?;
     if !exists {
         return Ok(out);
     }
@@ -45,8 +46,8 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
         )
         .ctx(|| "reading consumer positions".into())?;
     for r in rows {
-        let id: i32 = r.get(0);
-        let horizon: i64 = r.get(1);
+        let id: i32 = r.col(0, "reading consumer positions")?;
+        let horizon: i64 = r.col(1, "reading consumer positions")?;
         let n = match older_than {
             Some(iv) => c.execute(
                 &format!("DELETE FROM capra.delta_{id} WHERE txid < $1 AND ts < now() - $2::text::interval"),
@@ -76,18 +77,18 @@ pub fn orphans(c: &mut impl GenericClient, installation: &str, known_syncs: &[St
     let exists: bool = c
         .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
         .ctx(|| "looking for capra's change capture".into())?
-        .get(0);
+        .col(0, "whether capra's change capture exists")?;
     if !exists {
         return Ok(Vec::new());
     }
-    Ok(c.query(
+    c.query(
         "SELECT sync FROM capra.consumer WHERE installation = $1 AND NOT (sync = ANY($2)) ORDER BY 1",
         &[&installation, &known_syncs],
     )
     .ctx(|| "looking for leftover consumers".into())?
     .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .map(|r| r.col(0, "looking for leftover consumers"))
+    .collect()
 }
 
 /// Changes waiting for one consumer on one table.
@@ -109,7 +110,7 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
     let exists: bool = c
         .query_one("SELECT to_regclass('capra.captured') IS NOT NULL", &[])
         .ctx(|| "looking for capra's change capture".into())?
-        .get(0);
+        .col(0, "whether capra's change capture exists")?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -125,9 +126,11 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
         )
         .ctx(|| "reading consumers".into())?;
     let mut out = Vec::new();
+    const Q: &str = "reading consumers";
     for r in rows {
-        let id: i32 = r.get(1);
-        let snap: String = r.get(3);
+        let id: i32 = r.col(1, Q)?;
+        let table: String = r.col(2, Q)?;
+        let snap: String = r.col(3, Q)?;
         let w = c
             .query_one(
                 &format!(
@@ -137,12 +140,13 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
                 ),
                 &[&snap],
             )
-            .ctx(|| format!("counting waiting changes of {}", r.get::<_, String>(2)))?;
+            .ctx(|| format!("counting waiting changes of {table}"))?;
+        let counted = format!("counting waiting changes of {table}");
         out.push(Waiting {
-            sync: r.get(0),
-            table: r.get(2),
-            rows: w.get(0),
-            oldest_secs: w.get(1),
+            sync: r.col(0, Q)?,
+            rows: w.col(0, &counted)?,
+            oldest_secs: w.col(1, &counted)?,
+            table,
         });
     }
     Ok(out)

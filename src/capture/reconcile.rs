@@ -14,6 +14,7 @@ use crate::catalog::model::{self, Db};
 use crate::catalog::plan::SyncPlan;
 use crate::domain::{Role, Status};
 use crate::error::{Context, Result};
+use crate::pg::RowExt;
 
 /// Each affected sync's sources before the edit.
 pub struct Before(Vec<(String, Vec<Db>)>);
@@ -59,51 +60,48 @@ pub fn before(c: &mut impl GenericClient, syncs: &[String]) -> Result<Before> {
 
 /// Syncs whose relgroup is one of `relgroups`.
 pub fn syncs_of_relgroups(c: &mut impl GenericClient, relgroups: &[String]) -> Result<Vec<String>> {
-    Ok(c.query(
+    c.query(
         "SELECT name FROM capra.sync WHERE relgroup = ANY($1) ORDER BY 1",
         &[&relgroups],
     )
     .ctx(|| "finding syncs".into())?
     .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .map(|r| r.col(0, "finding syncs"))
+    .collect()
 }
 
 /// Syncs using any of the given relation ids (through their relgroups).
 pub fn syncs_of_relations(c: &mut impl GenericClient, ids: &[i32]) -> Result<Vec<String>> {
-    Ok(c.query(
+    c.query(
         "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.relgroup_member m ON m.relgroup = s.relgroup
           WHERE m.relation = ANY($1) ORDER BY 1",
         &[&ids],
     )
     .ctx(|| "finding syncs".into())?
     .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .map(|r| r.col(0, "finding syncs"))
+    .collect()
 }
 
 /// Syncs whose dbgroup holds the database `db`.
 pub fn syncs_of_db(c: &mut impl GenericClient, db: &str) -> Result<Vec<String>> {
-    Ok(c
-        .query(
-            "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup WHERE m.db = $1 ORDER BY 1",
-            &[&db],
-        )
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    c.query(
+        "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup WHERE m.db = $1 ORDER BY 1",
+        &[&db],
+    )
+    .ctx(|| "finding syncs".into())?
+    .iter()
+    .map(|r| r.col(0, "finding syncs"))
+    .collect()
 }
 
 /// Syncs whose dbgroup is `group`.
 pub fn syncs_of_dbgroup(c: &mut impl GenericClient, group: &str) -> Result<Vec<String>> {
-    Ok(
-        c.query("SELECT name FROM capra.sync WHERE dbgroup = $1 ORDER BY 1", &[&group])
-            .ctx(|| "finding syncs".into())?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-    )
+    c.query("SELECT name FROM capra.sync WHERE dbgroup = $1 ORDER BY 1", &[&group])
+        .ctx(|| "finding syncs".into())?
+        .iter()
+        .map(|r| r.col(0, "finding syncs"))
+        .collect()
 }
 
 fn open(pending: &mut Pending, db: &Db) -> Result<usize> {
@@ -160,7 +158,7 @@ fn consumer_exists(c: &mut Client, installation: &str, sync: &str) -> Result<boo
     let present: bool = c
         .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
         .ctx(|| "checking capture".into())?
-        .get(0);
+        .col(0, "checking capture")?;
     if !present {
         return Ok(false);
     }

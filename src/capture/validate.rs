@@ -11,6 +11,9 @@ use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::{self, Column, Kind};
 use crate::pg::ident::QualName;
+use crate::pg::RowExt;
+
+use super::CaptureError;
 
 /// Whether two column types are close enough to copy between.
 fn compatible(src: &str, dst: &str) -> bool {
@@ -45,11 +48,9 @@ fn typmod(t: &str) -> u32 {
 }
 
 fn is_super(c: &mut Client) -> Result<bool> {
-    Ok(
-        c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-            .ctx(|| "checking privileges".into())?
-            .get(0),
-    )
+    c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .ctx(|| "checking privileges".into())?
+        .col(0, "whether capra's role is a superuser")
 }
 
 fn may_set_replica_role(c: &mut Client) -> Result<bool> {
@@ -57,10 +58,10 @@ fn may_set_replica_role(c: &mut Client) -> Result<bool> {
         return Ok(true);
     }
     if discover::server_version(c)? >= 150000 {
-        return Ok(c
+        return c
             .query_one("SELECT has_parameter_privilege('session_replication_role', 'SET')", &[])
             .ctx(|| "checking privileges".into())?
-            .get(0));
+            .col(0, "whether capra's role may set session_replication_role");
     }
     Ok(false)
 }
@@ -81,7 +82,7 @@ fn missing_privs(c: &mut Client, rel: &Relation, privs: &str) -> Result<Vec<Stri
                 &[&rel.name.schema, &rel.name.name, &p],
             )
             .ctx(|| format!("checking privileges on {}", rel.name.human()))?
-            .get(0);
+            .col(0, "a privilege of capra's role")?;
         if !ok {
             missing.push(p.to_string());
         }
@@ -89,8 +90,60 @@ fn missing_privs(c: &mut Client, rel: &Relation, privs: &str) -> Result<Vec<Stri
     Ok(missing)
 }
 
-/// Validates one sync; Ok(notes) when it passes.
-pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<Vec<String>> {
+/// A member database validation reached.
+struct Member {
+    /// Its name in the catalog.
+    name: String,
+    /// What it does in the dbgroup.
+    role: Role,
+    /// The open connection.
+    client: Client,
+}
+
+/// What validation has found so far, in the order found.
+#[derive(Default)]
+struct Findings {
+    /// What must be fixed, each naming the table or database.
+    problems: Vec<String>,
+    /// What passes but deserves a word.
+    notes: Vec<String>,
+}
+
+impl Findings {
+    /// Ok(notes) when nothing is wrong, else the sync's validation error.
+    fn into_result(self, sync: &str) -> Result<Vec<String>> {
+        if self.problems.is_empty() {
+            Ok(self.notes)
+        } else {
+            Err(Error::Validation {
+                sync: sync.into(),
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// The sync under validation, its dbgroup and its relations.
+struct Scope {
+    /// The sync's catalog row.
+    sync: model::Sync,
+    /// Its dbgroup.
+    group: model::DbGroup,
+    /// The relations of its relgroup.
+    rels: Vec<Relation>,
+    /// Whether it replicates changes (not only full copies).
+    delta: bool,
+}
+
+impl Scope {
+    /// How many sources the dbgroup has (more than one: multi-master).
+    fn sources(&self) -> usize {
+        self.group.with_role(Role::Source).len()
+    }
+}
+
+/// Reads the sync, its dbgroup and its relations from the catalog.
+fn load_scope(cat_client: &mut impl GenericClient, sync: &str) -> Result<Scope> {
     let s =
         model::sync(cat_client, sync)?.ok_or_else(|| Error::not_found_hint("sync", sync, "see: capra list syncs"))?;
     let group =
@@ -104,247 +157,353 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
         .filter(|r| rg.members.contains(&r.id))
         .collect();
     let delta = is_delta(&group);
-    let mut problems = Vec::new();
-    let mut notes = Vec::new();
-    let mut conns: Vec<(String, Role, Client)> = Vec::new();
+    Ok(Scope {
+        sync: s,
+        group,
+        rels,
+        delta,
+    })
+}
+
+/// Connects to every active member; unknown or unreachable ones become
+/// findings.
+fn connect_members(
+    cat_client: &mut impl GenericClient,
+    group: &model::DbGroup,
+    found: &mut Findings,
+) -> Result<Vec<Member>> {
+    let mut conns = Vec::new();
     for m in &group.members {
         let Some(db) = model::db(cat_client, &m.db)? else {
-            problems.push(format!(
+            found.problems.push(format!(
                 "database \"{}\" is in dbgroup \"{}\" but not in the catalog",
                 m.db, group.name
             ));
             continue;
         };
         if db.status == DbStatus::Inactive {
-            notes.push(format!("database \"{}\" is inactive and was skipped", db.name));
+            found
+                .notes
+                .push(format!("database \"{}\" is inactive and was skipped", db.name));
             continue;
         }
         match db.connect() {
-            Ok(c) => conns.push((m.db.clone(), m.role, c)),
-            Err(e) => problems.push(crate::pg::error::flatten(&e.to_string())),
+            Ok(client) => conns.push(Member {
+                name: m.db.clone(),
+                role: m.role,
+                client,
+            }),
+            Err(e) => found.problems.push(crate::pg::error::flatten(&e.to_string())),
         }
     }
-    let Some(src_idx) = conns.iter().position(|c| c.1 == Role::Source) else {
-        if problems.is_empty() {
-            problems.push("no reachable active source database".into());
+    Ok(conns)
+}
+
+/// Validates one sync; Ok(notes) when it passes.
+pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<Vec<String>> {
+    let scope = load_scope(cat_client, sync)?;
+    let mut found = Findings::default();
+    let mut conns = connect_members(cat_client, &scope.group, &mut found)?;
+    let Some(src_idx) = conns.iter().position(|m| m.role == Role::Source) else {
+        if found.problems.is_empty() {
+            found.problems.push("no reachable active source database".into());
         }
         return Err(Error::Validation {
             sync: sync.into(),
-            problems,
+            problems: found.problems,
         });
     };
-    for rel in &rels {
-        let want_seq = rel.reltype == RelType::Sequence;
-        let mut src_cols: Option<Vec<Column>> = None;
-        // Existence and kind everywhere.
-        let mut present = vec![false; conns.len()];
-        for (i, (dbname, _, c)) in conns.iter_mut().enumerate() {
-            match discover::kind_of(c, &rel.name)? {
-                None => problems.push(format!(
-                    "{} {} does not exist in database \"{dbname}\"; create it there (for example pg_dump --schema-only -t '{}' from the source)",
-                    rel.reltype,
-                    rel.name.human(),
-                    rel.name.sql()
-                )),
-                Some(Kind::Sequence) if want_seq => present[i] = true,
-                Some(Kind::Table | Kind::Partitioned) if !want_seq => present[i] = true,
-                Some(_) => problems.push(format!(
-                    "{} in database \"{dbname}\" is not a {}",
-                    rel.name.human(),
-                    rel.reltype
-                )),
-            }
-        }
-        if want_seq {
-            for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
-                if !present[i] {
-                    continue;
-                }
-                let need = if *role == Role::Source && group.with_role(Role::Source).len() == 1 {
-                    "SELECT"
-                } else {
-                    "SELECT,UPDATE"
-                };
-                let missing = missing_privs(c, rel, need)?;
-                if !missing.is_empty() {
-                    problems.push(format!(
-                        "the role lacks {} on sequence {} in database \"{dbname}\"; GRANT it",
-                        missing.join(", "),
+    for rel in &scope.rels {
+        check_relation(&scope, rel, &mut conns, src_idx, &mut found)?;
+    }
+    for m in conns.iter_mut() {
+        check_database(&scope, m, &mut found)?;
+    }
+    found.into_result(sync)
+}
+
+/// Checks one relation on every reachable member: existence and kind,
+/// then (sequences) rights, or (tables) key, filter, columns and rights.
+fn check_relation(
+    scope: &Scope,
+    rel: &Relation,
+    conns: &mut [Member],
+    src_idx: usize,
+    found: &mut Findings,
+) -> Result<()> {
+    let present = presence(rel, conns, found)?;
+    if rel.reltype == RelType::Sequence {
+        return sequence_rights(scope, rel, conns, &present, found);
+    }
+    let src_cols = if present[src_idx] {
+        Some(discover::columns(&mut conns[src_idx].client, &rel.name)?)
+    } else {
+        None
+    };
+    let src_name = conns[src_idx].name.clone();
+    if scope.delta {
+        check_key(rel, &mut conns[src_idx], present[src_idx], found)?;
+    }
+    // The row filter, on every source.
+    if let Some(f) = &rel.filter {
+        for (i, m) in conns.iter_mut().enumerate() {
+            if m.role == Role::Source && present[i] {
+                if let Err(e) = check_filter(f).and_then(|f| try_filter(&mut m.client, &rel.name, &f, &m.name)) {
+                    found.problems.push(format!(
+                        "{}; change it (capra update table {} filter=...)",
+                        crate::pg::error::flatten(&e.to_string()),
                         rel.name.human()
                     ));
                 }
             }
+        }
+    }
+    let Some(src_cols) = src_cols else { return Ok(()) };
+    let src = Source {
+        name: &src_name,
+        cols: &src_cols,
+    };
+    for (i, m) in conns.iter_mut().enumerate() {
+        if i == src_idx || !present[i] {
             continue;
         }
-        if present[src_idx] {
-            src_cols = Some(discover::columns(&mut conns[src_idx].2, &rel.name)?);
-        }
-        let src_name = conns[src_idx].0.clone();
-        // Key.
-        if delta {
-            if rel.pkey.is_empty() {
-                problems.push(format!(
-                    "table {} has no primary key or unique key, which delta replication needs; add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or replicate it with a fullcopy sync",
-                    rel.name.human(),
-                    rel.name.sql()
-                ));
-            } else if present[src_idx]
-                && discover::is_unique_key(&mut conns[src_idx].2, &rel.name, &rel.pkey)?.is_none()
-            {
-                problems.push(format!(
-                    "key {} of table {} is no longer a primary or unique key in database \"{src_name}\"; re-add the table (capra add table {}) to refresh its key",
-                    rel.pkey.join("|"),
-                    rel.name.human(),
-                    rel.name.human()
-                ));
-            }
-        }
-        // The row filter, on every source.
-        if let Some(f) = &rel.filter {
-            for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
-                if *role == Role::Source && present[i] {
-                    if let Err(e) = check_filter(f).and_then(|f| try_filter(c, &rel.name, &f, dbname)) {
-                        problems.push(format!(
-                            "{}; change it (capra update table {} filter=...)",
-                            crate::pg::error::flatten(&e.to_string()),
-                            rel.name.human()
-                        ));
-                    }
-                }
-            }
-        }
-        let Some(src_cols) = src_cols else { continue };
-        for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
-            if i == src_idx || !present[i] {
-                continue;
-            }
-            let cols = discover::columns(c, &rel.name)?;
-            for sc in src_cols.iter().filter(|c| !c.generated) {
-                match cols.iter().find(|c| c.name == sc.name) {
-                    None => problems.push(format!(
-                        "column \"{}\" of table {} is missing in database \"{dbname}\"; add it there (ALTER TABLE {} ADD COLUMN ...)",
-                        sc.name,
-                        rel.name.human(),
-                        rel.name.sql()
-                    )),
-                    Some(tc) if tc.generated => problems.push(format!(
-                        "column \"{}\" of table {} is generated in database \"{dbname}\" but not in \"{src_name}\"",
-                        sc.name,
-                        rel.name.human()
-                    )),
-                    Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (*role == Role::Source && !compatible(&tc.type_name, &sc.type_name)) => {
-                        let what = format!(
-                            "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"",
-                            sc.name,
-                            rel.name.human(),
-                            sc.type_name,
-                            tc.type_name
-                        );
-                        // strict_checking=0 (Bucardo's meaning): names must
-                        // match, types are the DBA's business.
-                        if s.strict_checking && rel.strict_checking {
-                            problems.push(format!("{what}; make the types agree (or set strict_checking=0 on the sync)"))
-                        } else {
-                            notes.push(format!("{what} (allowed: strict_checking is off)"))
-                        }
-                    }
-                    Some(_) => {}
-                }
-            }
-            for tc in cols
-                .iter()
-                .filter(|t| !t.generated && !src_cols.iter().any(|s| s.name == t.name))
-            {
-                if tc.not_null && !tc.has_default {
-                    problems.push(format!(
-                        "column \"{}\" of table {} exists only in database \"{dbname}\" and is NOT NULL without a default, so rows from \"{src_name}\" cannot be written; drop it or give it a default",
-                        tc.name,
-                        rel.name.human()
-                    ));
-                } else {
-                    notes.push(format!(
-                        "column \"{}\" of table {} exists only in database \"{dbname}\"; it is left as is",
-                        tc.name,
-                        rel.name.human()
-                    ));
-                }
-            }
-        }
-        // Rights.
-        for (i, (dbname, role, c)) in conns.iter_mut().enumerate() {
-            if !present[i] {
-                continue;
-            }
-            let writes = *role != Role::Source || group.with_role(Role::Source).len() > 1;
-            let mut need = String::from("SELECT");
-            if *role == Role::Source && delta {
-                need.push_str(",TRIGGER");
-            }
-            if writes {
-                need.push_str(",INSERT,DELETE");
-                if *role == Role::Source {
-                    // Rows another source sends are updated in place.
-                    need.push_str(",UPDATE");
-                }
-                if *role == Role::Fullcopy || s.onetimecopy.is_on() {
-                    need.push_str(",TRUNCATE");
-                }
-            }
-            let missing = missing_privs(c, rel, &need)?;
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "the role lacks {} on table {} in database \"{dbname}\"; GRANT it (or connect as the table owner)",
-                    missing.join(", "),
-                    rel.name.human()
-                ));
-            }
+        let cols = discover::columns(&mut m.client, &rel.name)?;
+        compare_columns(scope, rel, &src, m, &cols, found);
+        extra_columns(rel, &src, m, &cols, found);
+    }
+    table_rights(scope, rel, conns, &present, found)
+}
+
+/// Per member, whether the relation exists there as the right kind.
+fn presence(rel: &Relation, conns: &mut [Member], found: &mut Findings) -> Result<Vec<bool>> {
+    let want_seq = rel.reltype == RelType::Sequence;
+    let mut present = vec![false; conns.len()];
+    for (i, m) in conns.iter_mut().enumerate() {
+        let dbname = &m.name;
+        match discover::kind_of(&mut m.client, &rel.name)? {
+            None => found.problems.push(format!(
+                "{} {} does not exist in database \"{dbname}\"; create it there (for example pg_dump --schema-only -t '{}' from the source)",
+                rel.reltype,
+                rel.name.human(),
+                rel.name.sql()
+            )),
+            Some(Kind::Sequence) if want_seq => present[i] = true,
+            Some(Kind::Table | Kind::Partitioned) if !want_seq => present[i] = true,
+            Some(_) => found.problems.push(format!(
+                "{} in database \"{dbname}\" is not a {}",
+                rel.name.human(),
+                rel.reltype
+            )),
         }
     }
-    for (dbname, role, c) in conns.iter_mut() {
-        let writes = *role != Role::Source || group.with_role(Role::Source).len() > 1;
-        if writes && !may_set_replica_role(c)? {
-            problems.push(format!(
-                "the role cannot set session_replication_role in database \"{dbname}\", which applying changes needs; connect as a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role"
+    Ok(present)
+}
+
+/// A sequence needs SELECT where it is read and UPDATE where it is set.
+fn sequence_rights(
+    scope: &Scope,
+    rel: &Relation,
+    conns: &mut [Member],
+    present: &[bool],
+    found: &mut Findings,
+) -> Result<()> {
+    for (i, m) in conns.iter_mut().enumerate() {
+        if !present[i] {
+            continue;
+        }
+        let need = if m.role == Role::Source && scope.sources() == 1 {
+            "SELECT"
+        } else {
+            "SELECT,UPDATE"
+        };
+        let missing = missing_privs(&mut m.client, rel, need)?;
+        if !missing.is_empty() {
+            found.problems.push(format!(
+                "the role lacks {} on sequence {} in database \"{}\"; GRANT it",
+                missing.join(", "),
+                rel.name.human(),
+                m.name
             ));
         }
-        if *role == Role::Source && group.with_role(Role::Source).len() > 1 {
-            let on: bool = c
-                .query_one(
-                    "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
-                    &[],
-                )
-                .ctx(|| "reading track_commit_timestamp".into())?
-                .get(0);
-            notes.push(if on {
-                format!("conflict strategy latest compares commit times on \"{dbname}\" (track_commit_timestamp = on)")
-            } else {
-                format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
-            });
-        }
-        if *role == Role::Source && delta {
-            let ok: bool = c
-                .query_one(
-                    "SELECT has_database_privilege(current_database(), 'CREATE')
-                         OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'capra' AND pg_has_role(nspowner, 'USAGE'))",
-                    &[],
-                )
-                .ctx(|| "checking privileges".into())?
-                .get(0);
-            if !ok {
-                problems.push(format!(
-                    "the role may not create capra's change-capture schema in database \"{dbname}\"; GRANT CREATE ON DATABASE to it"
-                ));
+    }
+    Ok(())
+}
+
+/// A delta sync needs a declared key that is still a key on the source.
+fn check_key(rel: &Relation, src: &mut Member, src_present: bool, found: &mut Findings) -> Result<()> {
+    if rel.pkey.is_empty() {
+        found.problems.push(format!(
+            "table {} has no primary key or unique key, which delta replication needs; add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or replicate it with a fullcopy sync",
+            rel.name.human(),
+            rel.name.sql()
+        ));
+    } else if src_present && discover::is_unique_key(&mut src.client, &rel.name, &rel.pkey)?.is_none() {
+        found.problems.push(format!(
+            "key {} of table {} is no longer a primary or unique key in database \"{}\"; re-add the table (capra add table {}) to refresh its key",
+            rel.pkey.join("|"),
+            rel.name.human(),
+            src.name,
+            rel.name.human()
+        ));
+    }
+    Ok(())
+}
+
+/// The source a table's columns are compared with.
+struct Source<'a> {
+    /// Its name in the catalog.
+    name: &'a str,
+    /// The table's columns there.
+    cols: &'a [Column],
+}
+
+/// Every written source column must exist in `m` with a type it can take
+/// (both ways between sources).
+fn compare_columns(scope: &Scope, rel: &Relation, src: &Source<'_>, m: &Member, cols: &[Column], found: &mut Findings) {
+    let (dbname, src_name) = (&m.name, src.name);
+    for sc in src.cols.iter().filter(|c| !c.generated) {
+        match cols.iter().find(|c| c.name == sc.name) {
+            None => found.problems.push(format!(
+                "column \"{}\" of table {} is missing in database \"{dbname}\"; add it there (ALTER TABLE {} ADD COLUMN ...)",
+                sc.name,
+                rel.name.human(),
+                rel.name.sql()
+            )),
+            Some(tc) if tc.generated => found.problems.push(format!(
+                "column \"{}\" of table {} is generated in database \"{dbname}\" but not in \"{src_name}\"",
+                sc.name,
+                rel.name.human()
+            )),
+            Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (m.role == Role::Source && !compatible(&tc.type_name, &sc.type_name)) => {
+                let what = format!(
+                    "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"",
+                    sc.name,
+                    rel.name.human(),
+                    sc.type_name,
+                    tc.type_name
+                );
+                // strict_checking=0 (Bucardo's meaning): names must
+                // match, types are the DBA's business.
+                if scope.sync.strict_checking && rel.strict_checking {
+                    found.problems.push(format!("{what}; make the types agree (or set strict_checking=0 on the sync)"))
+                } else {
+                    found.notes.push(format!("{what} (allowed: strict_checking is off)"))
+                }
             }
+            Some(_) => {}
         }
     }
-    if problems.is_empty() {
-        Ok(notes)
-    } else {
-        Err(Error::Validation {
-            sync: sync.into(),
-            problems,
-        })
+}
+
+/// Columns only `m` has must not stop rows from the source being written.
+fn extra_columns(rel: &Relation, src: &Source<'_>, m: &Member, cols: &[Column], found: &mut Findings) {
+    let (dbname, src_name) = (&m.name, src.name);
+    for tc in cols
+        .iter()
+        .filter(|t| !t.generated && !src.cols.iter().any(|s| s.name == t.name))
+    {
+        if tc.not_null && !tc.has_default {
+            found.problems.push(format!(
+                "column \"{}\" of table {} exists only in database \"{dbname}\" and is NOT NULL without a default, so rows from \"{src_name}\" cannot be written; drop it or give it a default",
+                tc.name,
+                rel.name.human()
+            ));
+        } else {
+            found.notes.push(format!(
+                "column \"{}\" of table {} exists only in database \"{dbname}\"; it is left as is",
+                tc.name,
+                rel.name.human()
+            ));
+        }
     }
+}
+
+/// The table privileges a member in `role` needs (comma list).
+fn table_privs_needed(scope: &Scope, role: Role) -> String {
+    let writes = role != Role::Source || scope.sources() > 1;
+    let mut need = String::from("SELECT");
+    if role == Role::Source && scope.delta {
+        need.push_str(",TRIGGER");
+    }
+    if writes {
+        need.push_str(",INSERT,DELETE");
+        if role == Role::Source {
+            // Rows another source sends are updated in place.
+            need.push_str(",UPDATE");
+        }
+        if role == Role::Fullcopy || scope.sync.onetimecopy.is_on() {
+            need.push_str(",TRUNCATE");
+        }
+    }
+    need
+}
+
+/// capra's role needs its table privileges on every member.
+fn table_rights(
+    scope: &Scope,
+    rel: &Relation,
+    conns: &mut [Member],
+    present: &[bool],
+    found: &mut Findings,
+) -> Result<()> {
+    for (i, m) in conns.iter_mut().enumerate() {
+        if !present[i] {
+            continue;
+        }
+        let need = table_privs_needed(scope, m.role);
+        let missing = missing_privs(&mut m.client, rel, &need)?;
+        if !missing.is_empty() {
+            found.problems.push(format!(
+                "the role lacks {} on table {} in database \"{}\"; GRANT it (or connect as the table owner)",
+                missing.join(", "),
+                rel.name.human(),
+                m.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Database-wide needs of one member: setting the replication role where
+/// capra writes, commit times between sources, and the capture schema.
+fn check_database(scope: &Scope, m: &mut Member, found: &mut Findings) -> Result<()> {
+    let (dbname, c) = (&m.name, &mut m.client);
+    let writes = m.role != Role::Source || scope.sources() > 1;
+    if writes && !may_set_replica_role(c)? {
+        found.problems.push(format!(
+            "the role cannot set session_replication_role in database \"{dbname}\", which applying changes needs; connect as a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role"
+        ));
+    }
+    if m.role == Role::Source && scope.sources() > 1 {
+        let on: bool = c
+            .query_one(
+                "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
+                &[],
+            )
+            .ctx(|| "reading track_commit_timestamp".into())?
+            .col(0, "track_commit_timestamp")?;
+        found.notes.push(if on {
+            format!("conflict strategy latest compares commit times on \"{dbname}\" (track_commit_timestamp = on)")
+        } else {
+            format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
+        });
+    }
+    if m.role == Role::Source && scope.delta {
+        let ok: bool = c
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')
+                     OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'capra' AND pg_has_role(nspowner, 'USAGE'))",
+                &[],
+            )
+            .ctx(|| "checking privileges".into())?
+            .col(0, "whether capra's role may create its schema")?;
+        if !ok {
+            found.problems.push(format!(
+                "the role may not create capra's change-capture schema in database \"{dbname}\"; GRANT CREATE ON DATABASE to it"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a row filter's text before it is stored: one expression, with
@@ -408,11 +567,13 @@ pub fn check_filter(expr: &str) -> Result<String> {
 pub fn try_filter(c: &mut impl GenericClient, table: &QualName, filter: &str, db: &str) -> Result<()> {
     c.prepare(&format!("SELECT 1 FROM {} WHERE ({filter}) LIMIT 0", table.sql()))
         .map(|_| ())
-        .map_err(|e| {
-            Error::Rejected(format!(
-                "the filter of {} does not work in database \"{db}\": {}",
-                table.human(),
-                crate::pg::error::describe(&e)
-            ))
+        .map_err(|driver| {
+            CaptureError::FilterFails {
+                table: table.human(),
+                db: db.to_string(),
+                detail: crate::pg::error::describe(&driver),
+                driver,
+            }
+            .into()
         })
 }

@@ -381,6 +381,56 @@ pub fn pgpass_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str) -
 
 /// Resolves a spec into a connectable config, applying libpq's defaults.
 pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, ConnSpecError> {
+    let kw = gather_keywords(spec)?;
+    let host = kw
+        .get("host")
+        .cloned()
+        .or_else(|| kw.get("hostaddr").cloned())
+        .unwrap_or_else(default_socket_dir);
+    let port: u16 = match kw.get("port") {
+        Some(p) => p.parse().map_err(|_| ConnSpecError::BadValue {
+            key: "port".into(),
+            value: p.clone(),
+            why: "must be a number between 1 and 65535".into(),
+        })?,
+        None => 5432,
+    };
+    let user = kw.get("user").cloned().unwrap_or_else(os_user);
+    let dbname = kw.get("dbname").cloned().unwrap_or_else(|| user.clone());
+    let login = Login {
+        host: &host,
+        port,
+        user: &user,
+        dbname: &dbname,
+    };
+
+    let mut cfg = postgres::Config::new();
+    set_endpoint(&mut cfg, &kw, &login, application_name)?;
+    set_network(&mut cfg, &kw)?;
+    set_target_session_attrs(&mut cfg, &kw)?;
+    if let Some(p) = password(&kw, &login) {
+        cfg.password(p.as_bytes());
+    }
+
+    let sslmode = kw.get("sslmode").map(|s| s.as_str()).unwrap_or("prefer");
+    let (tls, mode) = tls_connector(sslmode, &kw)?;
+    cfg.ssl_mode(mode.driver());
+
+    let mut summary = format!("host={host} port={port} dbname={dbname} user={user}");
+    if mode != TlsMode::Prefer {
+        summary.push_str(&format!(" sslmode={}", mode.as_str()));
+    }
+    Ok(Resolved {
+        config: cfg,
+        tls,
+        summary,
+    })
+}
+
+/// Every keyword in libpq's order of precedence: the spec's explicit
+/// fields over its `conn=` keywords, then the service file, then `PG*`
+/// environment variables.
+fn gather_keywords(spec: &ConnSpec) -> Result<BTreeMap<String, String>, ConnSpecError> {
     let mut kw = parse_keywords(&spec.conn)?;
     // Explicit fields override conn= keywords of the same name.
     let mut set = |k: &str, v: &Option<String>| {
@@ -400,47 +450,55 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
             kw.entry(k).or_insert(v);
         }
     }
-    for (k, e) in [
-        ("host", "PGHOST"),
-        ("hostaddr", "PGHOSTADDR"),
-        ("port", "PGPORT"),
-        ("user", "PGUSER"),
-        ("dbname", "PGDATABASE"),
-        ("password", "PGPASSWORD"),
-        ("passfile", "PGPASSFILE"),
-        ("sslmode", "PGSSLMODE"),
-        ("sslrootcert", "PGSSLROOTCERT"),
-        ("sslcert", "PGSSLCERT"),
-        ("sslkey", "PGSSLKEY"),
-        ("connect_timeout", "PGCONNECT_TIMEOUT"),
-        ("options", "PGOPTIONS"),
-        ("application_name", "PGAPPNAME"),
-        ("target_session_attrs", "PGTARGETSESSIONATTRS"),
-    ] {
-        if !kw.contains_key(k) {
+    for (k, e) in ENV_KEYWORDS {
+        if !kw.contains_key(*k) {
             if let Some(v) = env(e) {
                 kw.insert(k.to_string(), v);
             }
         }
     }
-    let host = kw
-        .get("host")
-        .cloned()
-        .or_else(|| kw.get("hostaddr").cloned())
-        .unwrap_or_else(default_socket_dir);
-    let port: u16 = match kw.get("port") {
-        Some(p) => p.parse().map_err(|_| ConnSpecError::BadValue {
-            key: "port".into(),
-            value: p.clone(),
-            why: "must be a number between 1 and 65535".into(),
-        })?,
-        None => 5432,
-    };
-    let user = kw.get("user").cloned().unwrap_or_else(os_user);
-    let dbname = kw.get("dbname").cloned().unwrap_or_else(|| user.clone());
+    Ok(kw)
+}
 
-    let mut cfg = postgres::Config::new();
-    for h in host.split(',') {
+/// The keywords libpq also reads from the environment, with their variables.
+const ENV_KEYWORDS: &[(&str, &str)] = &[
+    ("host", "PGHOST"),
+    ("hostaddr", "PGHOSTADDR"),
+    ("port", "PGPORT"),
+    ("user", "PGUSER"),
+    ("dbname", "PGDATABASE"),
+    ("password", "PGPASSWORD"),
+    ("passfile", "PGPASSFILE"),
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("options", "PGOPTIONS"),
+    ("application_name", "PGAPPNAME"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+];
+
+/// Where and as whom a connection logs in, once defaults are applied.
+struct Login<'a> {
+    /// Host names, addresses or socket directories, comma-separated.
+    host: &'a str,
+    /// TCP port.
+    port: u16,
+    /// Role.
+    user: &'a str,
+    /// Database.
+    dbname: &'a str,
+}
+
+/// Hosts, addresses, port, role, database, application name and options.
+fn set_endpoint(
+    cfg: &mut postgres::Config,
+    kw: &BTreeMap<String, String>,
+    login: &Login<'_>,
+    application_name: &str,
+) -> Result<(), ConnSpecError> {
+    for h in login.host.split(',') {
         cfg.host(h.trim());
     }
     if let Some(addr) = kw.get("hostaddr") {
@@ -453,7 +511,7 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
             cfg.hostaddr(ip);
         }
     }
-    cfg.port(port).user(&user).dbname(&dbname);
+    cfg.port(login.port).user(login.user).dbname(login.dbname);
     let app = kw
         .get("application_name")
         .cloned()
@@ -462,16 +520,24 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
     if let Some(o) = kw.get("options") {
         cfg.options(o);
     }
-    let secs = |k: &str, v: &str| -> Result<Duration, ConnSpecError> {
-        v.trim()
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| ConnSpecError::BadValue {
-                key: k.into(),
-                value: v.into(),
-                why: "must be a whole number of seconds".into(),
-            })
-    };
+    Ok(())
+}
+
+/// A keyword's value in whole seconds.
+fn secs(k: &str, v: &str) -> Result<Duration, ConnSpecError> {
+    v.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| ConnSpecError::BadValue {
+            key: k.into(),
+            value: v.into(),
+            why: "must be a whole number of seconds".into(),
+        })
+}
+
+/// The connect timeout, keepalives and TCP user timeout: the keywords,
+/// else capra's network defaults.
+fn set_network(cfg: &mut postgres::Config, kw: &BTreeMap<String, String>) -> Result<(), ConnSpecError> {
     let net = net_defaults();
     let timeout = match kw.get("connect_timeout") {
         Some(v) => match secs("connect_timeout", v)? {
@@ -510,6 +576,11 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
     if !user_timeout.is_zero() {
         cfg.tcp_user_timeout(user_timeout);
     }
+    Ok(())
+}
+
+/// `target_session_attrs`, of the values the driver knows.
+fn set_target_session_attrs(cfg: &mut postgres::Config, kw: &BTreeMap<String, String>) -> Result<(), ConnSpecError> {
     if let Some(v) = kw.get("target_session_attrs") {
         use postgres::config::TargetSessionAttrs as T;
         cfg.target_session_attrs(match v.as_str() {
@@ -525,9 +596,13 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
             }
         });
     }
+    Ok(())
+}
 
-    // Password: explicit, PGPASSWORD (already folded in), then the password file.
-    let password = match kw.get("password") {
+/// The password: explicit, PGPASSWORD (already folded in), then the
+/// password file's first line matching one of the hosts.
+fn password(kw: &BTreeMap<String, String>, login: &Login<'_>) -> Option<String> {
+    match kw.get("password") {
         Some(p) => Some(p.clone()),
         None => {
             let file = kw
@@ -535,36 +610,79 @@ pub fn resolve(spec: &ConnSpec, application_name: &str) -> Result<Resolved, Conn
                 .map(PathBuf::from)
                 .or_else(|| home().map(|h| h.join(".pgpass")));
             file.and_then(|f| {
-                host.split(',')
-                    .find_map(|h| pgpass_lookup(&f, h.trim(), port, &dbname, &user))
+                login
+                    .host
+                    .split(',')
+                    .find_map(|h| pgpass_lookup(&f, h.trim(), login.port, login.dbname, login.user))
             })
         }
-    };
-    if let Some(p) = &password {
-        cfg.password(p.as_bytes());
     }
-
-    let sslmode = kw.get("sslmode").map(|s| s.as_str()).unwrap_or("prefer");
-    let tls = tls_connector(sslmode, &kw)?;
-    cfg.ssl_mode(match sslmode {
-        "disable" => SslMode::Disable,
-        "allow" | "prefer" => SslMode::Prefer,
-        _ => SslMode::Require,
-    });
-
-    let mut summary = format!("host={host} port={port} dbname={dbname} user={user}");
-    if sslmode != "prefer" {
-        summary.push_str(&format!(" sslmode={sslmode}"));
-    }
-    Ok(Resolved {
-        config: cfg,
-        tls,
-        summary,
-    })
 }
 
-/// Builds the TLS connector for an sslmode, with libpq's certificate files.
-fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTlsConnector, ConnSpecError> {
+/// libpq's `sslmode`: whether to use TLS and how far to trust the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// libpq tries plain text first; capra, like the driver, prefers TLS.
+    Allow,
+    /// TLS when the server offers it.
+    Prefer,
+    /// TLS always; the CA is checked when a root certificate exists.
+    Require,
+    /// TLS with the CA checked.
+    VerifyCa,
+    /// TLS with the CA and the host name checked.
+    VerifyFull,
+}
+
+impl TlsMode {
+    const ALL: [TlsMode; 6] = [
+        TlsMode::Disable,
+        TlsMode::Allow,
+        TlsMode::Prefer,
+        TlsMode::Require,
+        TlsMode::VerifyCa,
+        TlsMode::VerifyFull,
+    ];
+
+    /// The keyword's spelling.
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Reads the keyword's value.
+    fn parse(s: &str) -> Result<TlsMode, ConnSpecError> {
+        TlsMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| ConnSpecError::BadValue {
+                key: "sslmode".into(),
+                value: s.into(),
+                why: "use disable, allow, prefer, require, verify-ca or verify-full".into(),
+            })
+    }
+
+    /// The driver's mode (it knows three).
+    fn driver(self) -> SslMode {
+        match self {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Allow | TlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        }
+    }
+}
+
+/// Builds the TLS connector for an sslmode, with libpq's certificate files;
+/// returns it with the mode read.
+fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<(MakeTlsConnector, TlsMode), ConnSpecError> {
     let tls_err = |e: openssl::error::ErrorStack| ConnSpecError::Tls(e.to_string());
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
     let pgdir = home().map(|h| h.join(".postgresql"));
@@ -573,11 +691,13 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
         .map(PathBuf::from)
         .or_else(|| pgdir.as_ref().map(|d| d.join("root.crt")));
     let root = root.filter(|p| p.exists());
-    let verify = match sslmode {
-        "disable" | "allow" | "prefer" => false,
+    // The root certificate to verify the server with, if any.
+    let mode = TlsMode::parse(sslmode)?;
+    let verify_with = match mode {
+        TlsMode::Disable | TlsMode::Allow | TlsMode::Prefer => None,
         // libpq: require verifies the CA when a root certificate file exists.
-        "require" => root.is_some(),
-        "verify-ca" | "verify-full" => {
+        TlsMode::Require => root,
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
             if root.is_none() {
                 return Err(ConnSpecError::BadValue {
                     key: "sslmode".into(),
@@ -585,18 +705,10 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
                     why: "needs a root certificate: set sslrootcert=FILE or create ~/.postgresql/root.crt".into(),
                 });
             }
-            true
-        }
-        other => {
-            return Err(ConnSpecError::BadValue {
-                key: "sslmode".into(),
-                value: other.into(),
-                why: "use disable, allow, prefer, require, verify-ca or verify-full".into(),
-            })
+            root
         }
     };
-    if verify {
-        let root = root.expect("checked above");
+    if let Some(root) = verify_with {
         b.set_ca_file(&root)
             .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", root.display())))?;
         b.set_verify(SslVerifyMode::PEER);
@@ -620,14 +732,14 @@ fn tls_connector(sslmode: &str, kw: &BTreeMap<String, String>) -> Result<MakeTls
             .map_err(|e| ConnSpecError::Tls(format!("{}: {e}", key.display())))?;
     }
     let mut connector = MakeTlsConnector::new(b.build());
-    let full = sslmode == "verify-full";
+    let full = mode == TlsMode::VerifyFull;
     connector.set_callback(move |c, _domain| {
         if !full {
             c.set_verify_hostname(false);
         }
         Ok(())
     });
-    Ok(connector)
+    Ok((connector, mode))
 }
 
 /// Why a connection could not be opened.
@@ -701,7 +813,7 @@ pub fn connect(r: &Resolved) -> Result<postgres::Client, ConnectError> {
     // The attempt runs on its own thread so the wait can end; an attempt
     // abandoned at the limit ends on its own when the peer closes or
     // keepalives give up.
-    let spawned = std::thread::Builder::new().name("capra-connect".into()).spawn(move || {
+    let spawned = crate::sys::spawn("capra-connect", move || {
         let r = config.connect(tls).and_then(|mut c| {
             c.batch_execute(SESSION_SETUP)?;
             Ok(c)
@@ -738,6 +850,33 @@ mod tests {
         ));
         assert!(parse_keywords("sslmode").is_err());
         assert!(parse_keywords("a='x").is_err());
+    }
+
+    #[test]
+    fn sslmodes() {
+        for m in TlsMode::ALL {
+            assert_eq!(TlsMode::parse(m.as_str()).unwrap(), m);
+        }
+        assert_eq!(TlsMode::Allow.driver(), SslMode::Prefer);
+        assert_eq!(TlsMode::VerifyCa.driver(), SslMode::Require);
+        let e = TlsMode::parse("sure").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value for connection keyword 'sslmode': \"sure\" (use disable, allow, prefer, require, verify-ca or verify-full)"
+        );
+        let spec = ConnSpec {
+            host: Some("h".into()),
+            port: Some(5432),
+            user: Some("u".into()),
+            dbname: Some("d".into()),
+            password: Some("p".into()),
+            conn: "sslmode=disable".into(),
+            ..ConnSpec::default()
+        };
+        assert_eq!(
+            resolve(&spec, "capra").unwrap().summary,
+            "host=h port=5432 dbname=d user=u sslmode=disable"
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 use postgres::GenericClient;
 
+use crate::domain::RelType;
 use crate::error::{Context, Result};
 use crate::pg::ident::QualName;
+use crate::pg::RowExt;
 
 /// A replication key found in a live table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,8 +25,8 @@ pub struct Key {
 pub struct Found {
     /// Schema and name.
     pub name: QualName,
-    /// `table` or `sequence`.
-    pub reltype: &'static str,
+    /// Table or sequence.
+    pub reltype: RelType,
     /// The key: the primary key, else the narrowest unique index whose
     /// columns are all NOT NULL (a nullable unique key cannot identify rows).
     pub key: Option<Key>,
@@ -35,7 +37,7 @@ pub fn server_version(c: &mut impl GenericClient) -> Result<i32> {
     let v: String = c
         .query_one("SHOW server_version_num", &[])
         .ctx(|| "reading the server version".into())?
-        .get(0);
+        .col(0, "reading the server version")?;
     Ok(v.parse().unwrap_or(0))
 }
 
@@ -79,22 +81,25 @@ pub fn tables(c: &mut impl GenericClient) -> Result<Vec<Found>> {
             AND {SYSTEM_SCHEMA_FILTER}
           ORDER BY 1, 2"
     );
-    let rows = c.query(&sql, &[]).ctx(|| "listing tables".into())?;
-    Ok(rows
-        .iter()
+    const Q: &str = "listing tables";
+    let rows = c.query(&sql, &[]).ctx(|| Q.into())?;
+    rows.iter()
         .map(|r| {
-            let cols: Option<Vec<String>> = r.get(2);
-            Found {
-                name: QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                reltype: "table",
-                key: cols.map(|columns| Key {
-                    columns,
-                    types: r.get(3),
-                    kind: r.get(4),
-                }),
-            }
+            let cols: Option<Vec<String>> = r.col(2, Q)?;
+            Ok(Found {
+                name: QualName::new(r.col::<_, String>(0, Q)?, r.col::<_, String>(1, Q)?),
+                reltype: RelType::Table,
+                key: match cols {
+                    Some(columns) => Some(Key {
+                        columns,
+                        types: r.col(3, Q)?,
+                        kind: r.col(4, Q)?,
+                    }),
+                    None => None,
+                },
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Every user sequence.
@@ -103,15 +108,17 @@ pub fn sequences(c: &mut impl GenericClient) -> Result<Vec<Found>> {
         "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind = 'S' AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
     );
-    let rows = c.query(&sql, &[]).ctx(|| "listing sequences".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| Found {
-            name: QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            reltype: "sequence",
-            key: None,
+    const Q: &str = "listing sequences";
+    let rows = c.query(&sql, &[]).ctx(|| Q.into())?;
+    rows.iter()
+        .map(|r| {
+            Ok(Found {
+                name: QualName::new(r.col::<_, String>(0, Q)?, r.col::<_, String>(1, Q)?),
+                reltype: RelType::Sequence,
+                key: None,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A column of a live table.
@@ -147,21 +154,30 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    /// The kind of a `pg_class.relkind`.
+    fn from_relkind(relkind: &str) -> Kind {
+        match relkind {
+            "r" => Kind::Table,
+            "p" => Kind::Partitioned,
+            "S" => Kind::Sequence,
+            _ => Kind::Other,
+        }
+    }
+}
+
 /// Looks one relation up; None when it does not exist.
 pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kind>> {
+    let q = format!("looking up {}", name.human());
     let row = c
         .query_opt(
             "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2",
             &[&name.schema, &name.name],
         )
-        .ctx(|| format!("looking up {}", name.human()))?;
-    Ok(row.map(|r| match r.get::<_, String>(0).as_str() {
-        "r" => Kind::Table,
-        "p" => Kind::Partitioned,
-        "S" => Kind::Sequence,
-        _ => Kind::Other,
-    }))
+        .ctx(|| q.clone())?;
+    row.map(|r| Ok(Kind::from_relkind(&r.col::<_, String>(0, &q)?)))
+        .transpose()
 }
 
 /// The live columns of a table, in attribute order (dropped columns skipped).
@@ -169,6 +185,7 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
     let v = server_version(c)?;
     let generated = if v >= 120000 { "a.attgenerated <> ''" } else { "false" };
     let identity = if v >= 100000 { "a.attidentity <> ''" } else { "false" };
+    let q = format!("reading the columns of {}", name.human());
     let rows = c
         .query(
             &format!(
@@ -181,18 +198,19 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
             ),
             &[&name.schema, &name.name],
         )
-        .ctx(|| format!("reading the columns of {}", name.human()))?;
-    Ok(rows
-        .iter()
-        .map(|r| Column {
-            name: r.get(0),
-            type_name: r.get(1),
-            not_null: r.get(2),
-            has_default: r.get(3),
-            generated: r.get(4),
-            base_type: r.get(5),
+        .ctx(|| q.clone())?;
+    rows.iter()
+        .map(|r| {
+            Ok(Column {
+                name: r.col(0, &q)?,
+                type_name: r.col(1, &q)?,
+                not_null: r.col(2, &q)?,
+                has_default: r.col(3, &q)?,
+                generated: r.col(4, &q)?,
+                base_type: r.col(5, &q)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The type a change log stores a key column of type `base` in: the type
@@ -225,23 +243,28 @@ pub fn is_unique_key(c: &mut impl GenericClient, name: &QualName, cols: &[String
             &[&name.schema, &name.name],
         )
         .ctx(|| format!("reading the unique keys of {}", name.human()))?;
+    let q = format!("reading the unique keys of {}", name.human());
+    let mut want = cols.to_vec();
+    want.sort();
     for r in rows {
-        let kcols: Vec<String> = r.get(1);
+        let kcols: Vec<String> = r.col(1, &q)?;
         let mut a = kcols.clone();
-        let mut b = cols.to_vec();
         a.sort();
-        b.sort();
-        if a == b && r.get::<_, bool>(3) {
-            let types: Vec<String> = r.get(2);
-            // Keep the user's column order.
-            let ordered_types = cols
+        if a == want && r.col::<_, bool>(3, &q)? {
+            let types: Vec<String> = r.col(2, &q)?;
+            // Keep the user's column order. (Every column is among the
+            // index's, as the sorted lists are equal.)
+            let Some(ordered_types) = cols
                 .iter()
-                .map(|c| types[kcols.iter().position(|k| k == c).unwrap()].clone())
-                .collect();
+                .map(|c| kcols.iter().position(|k| k == c).and_then(|i| types.get(i).cloned()))
+                .collect::<Option<Vec<String>>>()
+            else {
+                continue;
+            };
             return Ok(Some(Key {
                 columns: cols.to_vec(),
                 types: ordered_types,
-                kind: if r.get::<_, bool>(0) { "primary" } else { "unique" }.into(),
+                kind: if r.col::<_, bool>(0, &q)? { "primary" } else { "unique" }.into(),
             }));
         }
     }

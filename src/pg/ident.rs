@@ -97,12 +97,10 @@ pub fn split_user_name(input: &str) -> Result<(Option<NamePart>, NamePart), Stri
     if parts.iter().any(|p| p.text.is_empty()) {
         return Err(format!("empty name part in {input:?}"));
     }
-    match parts.len() {
-        1 => Ok((None, parts.pop().unwrap())),
-        2 => {
-            let name = parts.pop().unwrap();
-            Ok((parts.pop(), name))
-        }
+    let mut parts = parts.into_iter();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), None, _) => Ok((None, name)),
+        (Some(schema), Some(name), None) => Ok((Some(schema), name)),
         _ => Err(format!(
             "too many dots in name {input:?}: write schema.table, quoting parts that contain dots"
         )),
