@@ -7,22 +7,30 @@ use postgres::Transaction;
 
 use crate::error::{Context, Error, Result};
 
+/// An I/O error of a COPY stream as capra's error: the server's own error
+/// when the stream carried one (its SQLSTATE and detail), else the I/O error.
 fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
-    if e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
-        let inner = e
-            .into_inner()
-            .expect("checked")
-            .downcast::<postgres::Error>()
-            .expect("checked");
-        return Error::Db {
+    if !e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
+        return Error::Io {
+            context: context(),
+            source: e,
+        };
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<postgres::Error>()) {
+        Some(Ok(inner)) => Error::Db {
             context: context(),
             detail: crate::pg::error::describe(&inner),
             source: *inner,
-        };
-    }
-    Error::Io {
-        context: context(),
-        source: e,
+        },
+        Some(Err(other)) => Error::Io {
+            context: context(),
+            source: std::io::Error::new(kind, other),
+        },
+        None => Error::Io {
+            context: context(),
+            source: kind.into(),
+        },
     }
 }
 
