@@ -185,7 +185,10 @@ pub(super) fn row_json(
 /// What conflict detection leaves to apply: per winning source the SQL of
 /// the keys it sends, and rows composed by hooks (key, row).
 pub(super) struct Found {
+    /// Per winning source (its index), the SQL of the keys it sends: a
+    /// query, so the keys stream from its log instead of sitting in memory.
     pub(super) won: Vec<(usize, String)>,
+    /// Rows composed by hooks: written as they are, on every receiver.
     pub(super) merged: Vec<(Vec<String>, serde_json::Value)>,
 }
 

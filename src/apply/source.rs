@@ -310,24 +310,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, s: &
     cache.logs.insert(s.db.name.clone(), planned.clone());
     let extra: Vec<i32> = mine.iter().filter(|id| !planned.contains(id)).copied().collect();
     if !extra.is_empty() {
-        let what: Vec<String> = extra
-            .iter()
-            .map(|id| {
-                s.captured
-                    .iter()
-                    .find(|(_, v)| v.0 == *id)
-                    .map(|(k, _)| format!("{}.{}", k.0, k.1))
-                    .unwrap_or_else(|| format!("captured table {id}"))
-            })
-            .collect();
-        return Err(Error::Stale {
-            message: format!(
-                "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
-                what.join(", "),
-                s.db.name
-            ),
-            extra,
-        });
+        return Err(unplanned(s, name, extra));
     }
     let mut parts = Vec::new();
     for t in &plan.tables {
@@ -372,6 +355,29 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, s: &
         };
     }
     Ok(())
+}
+
+/// The error for tables this sync captures on a source that its plan does
+/// not know (added since the plan was read): the daemon reads it again.
+fn unplanned(s: &Src<'_>, name: &str, extra: Vec<i32>) -> Error {
+    let what: Vec<String> = extra
+        .iter()
+        .map(|id| {
+            s.captured
+                .iter()
+                .find(|(_, v)| v.0 == *id)
+                .map(|(k, _)| format!("{}.{}", k.0, k.1))
+                .unwrap_or_else(|| format!("captured table {id}"))
+        })
+        .collect();
+    Error::Stale {
+        message: format!(
+            "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
+            what.join(", "),
+            s.db.name
+        ),
+        extra,
+    }
 }
 
 /// Per source, the newest change time over every table in this run
