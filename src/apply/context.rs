@@ -65,6 +65,7 @@ impl RunEnv<'_> {
 /// already applied.
 #[derive(Default)]
 pub struct RunCache {
+    /// Per table id: its shape, learned again only after DDL.
     pub(super) meta: HashMap<i32, TableMeta>,
     /// Per source: the plan's partitioned tables there (learned once).
     pub(super) partitioned: HashMap<String, Vec<crate::pg::ident::QualName>>,
@@ -72,7 +73,10 @@ pub struct RunCache {
     /// tables before the next snapshot (a log rewritten after it would
     /// look empty).
     pub(super) logs: HashMap<String, Vec<i32>>,
+    /// Per (sequence, database): what was last written there, so an
+    /// unchanged sequence costs no write.
     pub(super) seqs: HashMap<(i32, String), SeqState>,
+    /// When an idle run last moved the positions forward.
     pub(super) last_advance: Option<Instant>,
 }
 

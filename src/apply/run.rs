@@ -43,6 +43,8 @@ use crate::domain::conflict::Strategy;
 use crate::error::{Context, Error, Result};
 use crate::pg::pool::Conn;
 
+/// Defined at the bottom of apply (every layer uses them), named here,
+/// where the controller calls a run.
 pub use super::context::{RunCache, RunEnv, TableReport};
 
 /// How often an idle sync moves its position forward on empty runs.

@@ -120,6 +120,7 @@ impl Src<'_> {
     }
 }
 
+/// This host's clock, for the skew measured against each source.
 pub(super) fn now_epoch() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
