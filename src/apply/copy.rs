@@ -7,23 +7,30 @@ use postgres::Transaction;
 
 use crate::error::{Context, Error, Result};
 
+/// An I/O error of a COPY stream as capra's error: the server's own error
+/// when the stream carried one (its SQLSTATE and detail), else the I/O error.
 fn io_err(context: impl Fn() -> String, e: std::io::Error) -> Error {
-    if e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
-        if let Some(Ok(inner)) = e.into_inner().map(|b| b.downcast::<postgres::Error>()) {
-            return Error::Db {
-                context: context(),
-                detail: crate::pg::error::describe(&inner),
-                driver: *inner,
-            };
-        }
+    if !e.get_ref().is_some_and(|r| r.is::<postgres::Error>()) {
         return Error::Io {
             context: context(),
-            source: std::io::Error::other("a driver error that could not be read"),
+            source: e,
         };
     }
-    Error::Io {
-        context: context(),
-        source: e,
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<postgres::Error>()) {
+        Some(Ok(inner)) => Error::Db {
+            context: context(),
+            detail: crate::pg::error::describe(&inner),
+            driver: *inner,
+        },
+        Some(Err(other)) => Error::Io {
+            context: context(),
+            source: std::io::Error::new(kind, other),
+        },
+        None => Error::Io {
+            context: context(),
+            source: kind.into(),
+        },
     }
 }
 

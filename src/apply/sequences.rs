@@ -6,6 +6,7 @@ use postgres::Transaction;
 use crate::catalog::model::Relation;
 use crate::error::{Context, Result};
 use crate::pg::discover;
+use crate::pg::RowExt;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SeqState {
@@ -32,7 +33,8 @@ pub(crate) fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Re
                 &[&s.name.schema, &s.name.name],
             )
             .ctx(|| format!("reading sequence {}", s.name.human()))?
-            .map(|a| (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
+            .map(|a| settings(&a))
+            .transpose()?
         } else {
             let a = stx
                 .query_one(
@@ -43,15 +45,29 @@ pub(crate) fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Re
                     &[],
                 )
                 .ctx(|| format!("reading sequence {}", s.name.human()))?;
-            Some((a.get(0), a.get(1), a.get(2), a.get(3), a.get(4), a.get(5)))
+            Some(settings(&a)?)
         };
         out.push(SeqState {
-            last_value: r.get(0),
-            is_called: r.get(1),
+            last_value: r.col(0, "a sequence's value")?,
+            is_called: r.col(1, "a sequence's value")?,
             attrs,
         });
     }
     Ok(out)
+}
+
+/// A sequence's settings from a row of start, increment, min, max, cache
+/// and cycle (pg_sequences, or the sequence itself before PostgreSQL 10).
+fn settings(a: &postgres::Row) -> Result<(i64, i64, i64, i64, i64, bool)> {
+    let what = "a sequence's settings";
+    Ok((
+        a.col(0, what)?,
+        a.col(1, what)?,
+        a.col(2, what)?,
+        a.col(3, what)?,
+        a.col(4, what)?,
+        a.col(5, what)?,
+    ))
 }
 
 /// Writes a sequence's value (and differing settings) on a target.

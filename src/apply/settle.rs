@@ -5,16 +5,14 @@
 
 use std::collections::VecDeque;
 
-use postgres::Transaction;
+use postgres::{Portal, Transaction};
 
-use super::run::*;
-use crate::catalog::model::Relation;
+use super::context::{RunEnv, TableReport};
+use super::source::Src;
+use super::table::{array_params, key_columns, key_params_eq, text_params, unnest_select, TableCtx, TableMeta};
 use crate::domain::conflict::{self, Contender, Decision, Record, Strategy};
 use crate::error::{Context, Error, Result};
-use crate::pg::ident::quote_ident;
-
-use super::receive::{key_columns, unnest_select};
-use super::source::*;
+use crate::pg::RowExt;
 
 /// What settles conflicts in one table: the strategy and the hooks.
 pub(super) struct Settle<'a, 'e> {
@@ -24,86 +22,32 @@ pub(super) struct Settle<'a, 'e> {
     pub(super) newest: &'a [f64],
 }
 
+/// A conflict's rows on the sources involved, read only when a hook asks.
+pub(super) type Rows<'r> = dyn FnMut() -> Result<Vec<(String, Option<serde_json::Value>)>> + 'r;
+
 impl Settle<'_, '_> {
     /// Settles one conflict: the conflict hooks first (table-level, then
     /// sync-level), then the strategy. Records it.
     pub(super) fn settle(
         &mut self,
-        t: &Relation,
-        meta: &TableMeta,
+        tab: &TableCtx<'_>,
         key: &[String],
         contenders: Vec<Contender>,
-        rows: &mut dyn FnMut() -> Result<Vec<(String, Option<serde_json::Value>)>>,
+        rows: &mut Rows<'_>,
         late: Option<&str>,
     ) -> Result<Decision> {
-        let tname = t.name.human();
+        let tname = tab.human();
+        let meta = &tab.meta;
         let mut keymap = serde_json::Map::new();
         for (c, v) in meta.keycols.iter().zip(key) {
             keymap.insert(c.clone(), serde_json::Value::String(v.clone()));
         }
-        let mut decision = None;
-        let mut reason = self.strategy.label();
-        if self.env.hooks.borrow().has("conflict", Some(&tname)) {
-            let rows = rows()?;
-            let fill = |lua: &mlua::Lua, ctx: &mlua::Table| -> mlua::Result<()> {
-                let k = lua.create_table()?;
-                for (c, v) in meta.keycols.iter().zip(key) {
-                    k.set(c.as_str(), v.as_str())?;
-                }
-                ctx.set("key", k)?;
-                let r = lua.create_table()?;
-                for (db, row) in &rows {
-                    if let Some(row) = row {
-                        r.set(db.as_str(), crate::hooks::to_lua(lua, row)?)?;
-                    }
-                }
-                ctx.set("rows", r)?;
-                let at = lua.create_table()?;
-                for c in &contenders {
-                    if let Some(a) = c.at {
-                        at.set(c.db.as_str(), a)?;
-                    }
-                }
-                ctx.set("changed_at", at)
-            };
-            let answer = self.env.hooks.borrow_mut().call("conflict", Some(&tname), &fill)?;
-            match answer {
-                Some((crate::hooks::Answer::Text(db), code)) => match self.sources.iter().position(|s| *s == db) {
-                    Some(i) => {
-                        decision = Some(Decision::Winner(i));
-                        reason = format!("hook {code}");
-                    }
-                    None => {
-                        return Err(Error::Rejected(format!(
-                            "conflict hook {code} answered {db:?} for {tname}, which is not a source of this sync ({})",
-                            self.sources.join(", ")
-                        )))
-                    }
-                },
-                Some((crate::hooks::Answer::Row(row), code)) => {
-                    // Columns the hook left out come from the first row.
-                    let mut full = rows
-                        .iter()
-                        .find_map(|(_, r)| r.clone())
-                        .and_then(|v| v.as_object().cloned())
-                        .unwrap_or_default();
-                    if let Some(o) = row.as_object() {
-                        for (k, v) in o {
-                            full.insert(k.clone(), v.clone());
-                        }
-                    }
-                    for (c, v) in meta.keycols.iter().zip(key) {
-                        full.insert(c.clone(), serde_json::Value::String(v.clone()));
-                    }
-                    decision = Some(Decision::Merge(serde_json::Value::Object(full)));
-                    reason = format!("hook {code}");
-                }
-                None => {}
-            }
-        }
-        let decision = match decision {
-            Some(d) => d,
-            None => conflict::decide(self.strategy, &contenders, self.sources, self.newest, conflict::coin()),
+        let (decision, mut reason) = match self.ask_hooks(tab, key, &contenders, rows)? {
+            Some((d, r)) => (d, r),
+            None => (
+                conflict::decide(self.strategy, &contenders, self.sources, self.newest, conflict::coin()),
+                self.strategy.label(),
+            ),
         };
         let winner = match &decision {
             Decision::Winner(i) => self.sources[*i].clone(),
@@ -146,128 +90,146 @@ impl Settle<'_, '_> {
         }
         Ok(decision)
     }
+
+    /// Asks the conflict hooks of this table; `Some` (the decision and its
+    /// reason) when one answered.
+    fn ask_hooks(
+        &mut self,
+        tab: &TableCtx<'_>,
+        key: &[String],
+        contenders: &[Contender],
+        rows: &mut Rows<'_>,
+    ) -> Result<Option<(Decision, String)>> {
+        let tname = tab.human();
+        let keycols = &tab.meta.keycols;
+        if !self.env.hooks.borrow().has("conflict", Some(&tname)) {
+            return Ok(None);
+        }
+        let rows = rows()?;
+        let fill = |lua: &mlua::Lua, ctx: &mlua::Table| -> mlua::Result<()> {
+            let k = lua.create_table()?;
+            for (c, v) in keycols.iter().zip(key) {
+                k.set(c.as_str(), v.as_str())?;
+            }
+            ctx.set("key", k)?;
+            let r = lua.create_table()?;
+            for (db, row) in &rows {
+                if let Some(row) = row {
+                    r.set(db.as_str(), crate::hooks::to_lua(lua, row)?)?;
+                }
+            }
+            ctx.set("rows", r)?;
+            let at = lua.create_table()?;
+            for c in contenders {
+                if let Some(a) = c.at {
+                    at.set(c.db.as_str(), a)?;
+                }
+            }
+            ctx.set("changed_at", at)
+        };
+        let answer = self.env.hooks.borrow_mut().call("conflict", Some(&tname), &fill)?;
+        Ok(match answer {
+            Some((crate::hooks::Answer::Text(db), code)) => match self.sources.iter().position(|s| *s == db) {
+                Some(i) => Some((Decision::Winner(i), format!("hook {code}"))),
+                None => {
+                    return Err(Error::Rejected(format!(
+                        "conflict hook {code} answered {db:?} for {tname}, which is not a source of this sync ({})",
+                        self.sources.join(", ")
+                    )))
+                }
+            },
+            Some((crate::hooks::Answer::Row(row), code)) => {
+                // Columns the hook left out come from the first row.
+                let mut full = rows
+                    .iter()
+                    .find_map(|(_, r)| r.clone())
+                    .and_then(|v| v.as_object().cloned())
+                    .unwrap_or_default();
+                if let Some(o) = row.as_object() {
+                    for (k, v) in o {
+                        full.insert(k.clone(), v.clone());
+                    }
+                }
+                for (c, v) in keycols.iter().zip(key) {
+                    full.insert(c.clone(), serde_json::Value::String(v.clone()));
+                }
+                Some((Decision::Merge(serde_json::Value::Object(full)), format!("hook {code}")))
+            }
+            None => None,
+        })
+    }
 }
 
 /// A source's row for a key, as JSON (None: no such row).
 pub(super) fn row_json(
     tx: &mut Transaction<'_>,
-    t: &Relation,
-    meta: &TableMeta,
+    tab: &TableCtx<'_>,
     types: &[String],
     key: &[String],
 ) -> Result<Option<serde_json::Value>> {
-    let cond: Vec<String> = meta
-        .keycols
-        .iter()
-        .zip(types)
-        .enumerate()
-        .map(|(j, (k, ty))| format!("t.{} = ${}::text::{ty}", quote_ident(k), j + 1))
-        .collect();
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-        key.iter().map(|k| k as &(dyn postgres::types::ToSql + Sync)).collect();
     let r = tx
         .query_opt(
             &format!(
-                "SELECT row_to_json(t)::text FROM {}{} t WHERE {}",
-                meta.only,
-                t.name.sql(),
-                cond.join(" AND ")
+                "SELECT row_to_json(t)::text FROM {} t WHERE {}",
+                tab.tbl(),
+                key_params_eq(&tab.qk, types, "t.")
             ),
-            &params,
+            &text_params(key),
         )
-        .ctx(|| format!("reading a row of {}", t.name.human()))?;
-    Ok(r.and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok()))
+        .ctx(|| format!("reading a row of {}", tab.human()))?;
+    let Some(r) = r else { return Ok(None) };
+    let text: String = r.col(0, "a conflicting row")?;
+    Ok(serde_json::from_str(&text).ok())
+}
+
+/// What conflict detection leaves to apply: per winning source the SQL of
+/// the keys it sends, and rows composed by hooks (key, row).
+pub(super) struct Found {
+    /// Per winning source (its index), the SQL of the keys it sends: a
+    /// query, so the keys stream from its log instead of sitting in memory.
+    pub(super) won: Vec<(usize, String)>,
+    /// Rows composed by hooks: written as they are, on every receiver.
+    pub(super) merged: Vec<(Vec<String>, serde_json::Value)>,
+}
+
+/// The merge of the changers' sorted key streams: per stream the keys read
+/// ahead, and per source the keys it lost or won without changing them.
+struct Merge {
+    heads: Vec<VecDeque<(Vec<String>, Option<f64>)>>,
+    done: Vec<bool>,
+    lost: Vec<Vec<Vec<String>>>,
+    extra: Vec<Vec<Vec<String>>>,
+    merged: Vec<(Vec<String>, serde_json::Value)>,
 }
 
 /// Finds the keys changed on two or more sources (each source's changed
 /// keys stream in key order and are merged here, so memory holds only the
 /// conflicts), settles each, and returns per winning source the SQL of the
-/// keys it sends, plus rows composed by hooks.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// keys it sends, plus rows composed by hooks. `changers` pairs a source
+/// with its captured id of the table.
 pub(super) fn detect(
     st: &mut Settle<'_, '_>,
     srcs: &mut [Src<'_>],
-    changers: &[usize],
-    ids: &[Option<i32>],
-    t: &Relation,
-    meta: &TableMeta,
-    chunk: usize,
+    changers: &[(usize, i32)],
+    tab: &TableCtx<'_>,
     tr: &mut TableReport,
-) -> Result<(Vec<(usize, String)>, Vec<(Vec<String>, serde_json::Value)>)> {
-    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
-    let keys = qk.join(", ");
+) -> Result<Found> {
     let mut portals = Vec::new();
-    for &c in changers {
-        let s = &mut srcs[c];
-        let id = ids[c].expect("changer");
-        // The same key must print the same on every source: numerics lose
-        // trailing zeros (1.50 and 1.5 are one key), timestamps with time
-        // zone print in UTC.
-        let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
-        let text_keys: Vec<String> = qk
-            .iter()
-            .enumerate()
-            .map(|(j, k)| match types.get(j).map(String::as_str) {
-                Some(t) if t.starts_with("numeric") => format!(
-                    "CASE WHEN strpos(d.{k}::text, '.') > 0 THEN rtrim(rtrim(d.{k}::text, '0'), '.') ELSE d.{k}::text END"
-                ),
-                // Whatever each server's TimeZone: UTC, with its offset, so
-                // the text still casts back to the same instant.
-                Some("timestamp with time zone") => format!("((d.{k} AT TIME ZONE 'UTC')::text || '+00')"),
-                _ => format!("d.{k}::text"),
-            })
-            .collect();
-        let order: Vec<String> = text_keys.iter().map(|k| format!("convert_to({k}, 'UTF8')")).collect();
-        let q = format!(
-            "SELECT {}, {} FROM capra.delta_{id} d WHERE {} GROUP BY {} ORDER BY {}",
-            text_keys.join(", "),
-            s.time_expr(),
-            s.window(),
-            qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", "),
-            order.join(", ")
-        );
-        let p =
-            s.tx.bind(q.as_str(), &[])
-                .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
-        portals.push(p);
+    for &(c, id) in changers {
+        portals.push(open_stream(&mut srcs[c], tab, id)?);
     }
-    type Head = VecDeque<(Vec<String>, Option<f64>)>;
-    let mut heads: Vec<Head> = vec![VecDeque::new(); changers.len()];
-    let mut done = vec![false; changers.len()];
-    let n = qk.len();
-    let mut lost: Vec<Vec<Vec<String>>> = vec![Vec::new(); srcs.len()];
-    let mut extra: Vec<Vec<Vec<String>>> = vec![Vec::new(); srcs.len()];
-    let mut merged = Vec::new();
+    let mut m = Merge {
+        heads: vec![VecDeque::new(); changers.len()],
+        done: vec![false; changers.len()],
+        lost: vec![Vec::new(); srcs.len()],
+        extra: vec![Vec::new(); srcs.len()],
+        merged: Vec::new(),
+    };
     loop {
-        for j in 0..changers.len() {
-            if heads[j].is_empty() && !done[j] {
-                let s = &mut srcs[changers[j]];
-                let rows =
-                    s.tx.query_portal(&portals[j], chunk as i32)
-                        .ctx(|| format!("reading changed keys of {} on \"{}\"", t.name.human(), s.db.name))?;
-                if rows.len() < chunk {
-                    done[j] = true;
-                }
-                for r in rows {
-                    let k: Vec<String> = (0..n).map(|i| r.get::<_, String>(i)).collect();
-                    heads[j].push_back((k, r.get::<_, Option<f64>>(n)));
-                }
-            }
-        }
-        let Some(min) = heads.iter().filter_map(|h| h.front().map(|f| f.0.clone())).min() else {
+        m.refill(srcs, changers, &portals, tab, st.env.chunk)?;
+        let Some((min, group)) = m.next_group(srcs, changers) else {
             break;
         };
-        let mut group = Vec::new();
-        for j in 0..changers.len() {
-            if heads[j].front().is_some_and(|f| f.0 == min) {
-                let (_, at) = heads[j].pop_front().expect("front");
-                group.push(Contender {
-                    src: changers[j],
-                    db: srcs[changers[j]].db.name.clone(),
-                    at,
-                });
-            }
-        }
         if group.len() < 2 {
             continue;
         }
@@ -278,66 +240,168 @@ pub(super) fn detect(
                 let mut out = Vec::new();
                 for &c in &who {
                     let name = srcs[c].db.name.clone();
-                    let types = meta.key_types.get(&name).cloned().unwrap_or_default();
-                    out.push((name, row_json(&mut srcs[c].tx, t, meta, &types, &min)?));
+                    let types = tab.types_on(&name);
+                    out.push((name, row_json(&mut srcs[c].tx, tab, &types, &min)?));
                 }
                 Ok(out)
             };
-            st.settle(t, meta, &min, group, &mut rows, None)?
+            st.settle(tab, &min, group, &mut rows, None)?
         };
+        m.record(decision, &who, min);
+    }
+    drop(portals);
+    let won = won_keys(srcs, changers, tab, &m)?;
+    Ok(Found { won, merged: m.merged })
+}
+
+/// Opens a source's stream of changed keys of a table, in key order.
+fn open_stream(s: &mut Src<'_>, tab: &TableCtx<'_>, id: i32) -> Result<Portal> {
+    let qk = &tab.qk;
+    // The same key must print the same on every source: numerics lose
+    // trailing zeros (1.50 and 1.5 are one key), timestamps with time
+    // zone print in UTC.
+    let types = tab.types_on(&s.db.name);
+    let text_keys: Vec<String> = qk
+        .iter()
+        .enumerate()
+        .map(|(j, k)| match types.get(j).map(String::as_str) {
+            Some(t) if t.starts_with("numeric") => format!(
+                "CASE WHEN strpos(d.{k}::text, '.') > 0 THEN rtrim(rtrim(d.{k}::text, '0'), '.') ELSE d.{k}::text END"
+            ),
+            // Whatever each server's TimeZone: UTC, with its offset, so
+            // the text still casts back to the same instant.
+            Some("timestamp with time zone") => format!("((d.{k} AT TIME ZONE 'UTC')::text || '+00')"),
+            _ => format!("d.{k}::text"),
+        })
+        .collect();
+    let order: Vec<String> = text_keys.iter().map(|k| format!("convert_to({k}, 'UTF8')")).collect();
+    let q = format!(
+        "SELECT {}, {} FROM capra.delta_{id} d WHERE {} GROUP BY {} ORDER BY {}",
+        text_keys.join(", "),
+        s.time_expr(),
+        s.window(),
+        tab.keys_of("d"),
+        order.join(", ")
+    );
+    s.tx.bind(q.as_str(), &[])
+        .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.human(), s.db.name))
+}
+
+impl Merge {
+    /// Reads the next chunk of every stream whose read-ahead ran out.
+    fn refill(
+        &mut self,
+        srcs: &mut [Src<'_>],
+        changers: &[(usize, i32)],
+        portals: &[Portal],
+        tab: &TableCtx<'_>,
+        chunk: usize,
+    ) -> Result<()> {
+        let n = tab.qk.len();
+        for j in 0..changers.len() {
+            if !self.heads[j].is_empty() || self.done[j] {
+                continue;
+            }
+            let s = &mut srcs[changers[j].0];
+            let rows =
+                s.tx.query_portal(&portals[j], chunk as i32)
+                    .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.human(), s.db.name))?;
+            if rows.len() < chunk {
+                self.done[j] = true;
+            }
+            for r in rows {
+                let what = "a changed key";
+                let k: Vec<String> = (0..n).map(|i| r.col(i, what)).collect::<Result<_>>()?;
+                self.heads[j].push_back((k, r.col(n, what)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the smallest key off every stream that has it: the key and
+    /// who changed it (None when every stream is done).
+    fn next_group(&mut self, srcs: &[Src<'_>], changers: &[(usize, i32)]) -> Option<(Vec<String>, Vec<Contender>)> {
+        let min = self.heads.iter().filter_map(|h| h.front().map(|f| f.0.clone())).min()?;
+        let mut group = Vec::new();
+        for (j, head) in self.heads.iter_mut().enumerate() {
+            if head.front().is_none_or(|f| f.0 != min) {
+                continue;
+            }
+            if let Some((_, at)) = head.pop_front() {
+                let src = changers[j].0;
+                group.push(Contender {
+                    src,
+                    db: srcs[src].db.name.clone(),
+                    at,
+                });
+            }
+        }
+        Some((min, group))
+    }
+
+    /// Notes what a settled conflict means for each source's keys.
+    fn record(&mut self, decision: Decision, who: &[usize], key: Vec<String>) {
         match decision {
             Decision::Winner(w) => {
-                for &c in &who {
+                for &c in who {
                     if c != w {
-                        lost[c].push(min.clone());
+                        self.lost[c].push(key.clone());
                     }
                 }
                 if !who.contains(&w) {
-                    extra[w].push(min.clone());
+                    self.extra[w].push(key);
                 }
             }
-            Decision::Skip => who.iter().for_each(|c| lost[*c].push(min.clone())),
+            Decision::Skip => who.iter().for_each(|c| self.lost[*c].push(key.clone())),
             Decision::Merge(row) => {
-                who.iter().for_each(|c| lost[*c].push(min.clone()));
-                merged.push((min.clone(), row));
+                who.iter().for_each(|c| self.lost[*c].push(key.clone()));
+                self.merged.push((key, row));
             }
             Decision::Abort => unreachable!("settle returns an error on abort"),
         }
     }
-    drop(portals);
-    // Per source: its changed keys minus those it lost, plus those it won
-    // without changing them (a priority list of one name).
+}
+
+/// Per source: its changed keys minus those it lost, plus those it won
+/// without changing them (a priority list of one name), as SQL over its
+/// read transaction.
+fn won_keys(
+    srcs: &mut [Src<'_>],
+    changers: &[(usize, i32)],
+    tab: &TableCtx<'_>,
+    m: &Merge,
+) -> Result<Vec<(usize, String)>> {
+    let keys = tab.keys();
     let mut won = Vec::new();
     for (i, s) in srcs.iter_mut().enumerate() {
-        let is_changer = changers.contains(&i);
-        if !is_changer && extra[i].is_empty() {
+        let changed = changers.iter().find(|c| c.0 == i).map(|c| c.1);
+        if changed.is_none() && m.extra[i].is_empty() {
             continue;
         }
-        let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
+        let types = tab.types_on(&s.db.name);
         let mut parts = Vec::new();
-        if is_changer {
-            let id = ids[i].expect("changer");
+        if let Some(id) = changed {
             let mut q = format!(
                 "SELECT {} FROM capra.delta_{id} d WHERE {}",
-                qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", "),
+                tab.keys_of("d"),
                 s.window()
             );
-            if !lost[i].is_empty() {
-                temp_keys(&mut s.tx, &s.db.name, "capra_lost", meta, &types, &lost[i])?;
+            if !m.lost[i].is_empty() {
+                temp_keys(&mut s.tx, &s.db.name, "capra_lost", &tab.meta, &types, &m.lost[i])?;
                 q.push_str(&format!(
                     " AND ({}) NOT IN (SELECT {keys} FROM pg_temp.capra_lost)",
-                    qk.iter().map(|k| format!("d.{k}")).collect::<Vec<_>>().join(", ")
+                    tab.keys_of("d")
                 ));
             }
             parts.push(q);
         }
-        if !extra[i].is_empty() {
-            temp_keys(&mut s.tx, &s.db.name, "capra_extra", meta, &types, &extra[i])?;
+        if !m.extra[i].is_empty() {
+            temp_keys(&mut s.tx, &s.db.name, "capra_extra", &tab.meta, &types, &m.extra[i])?;
             parts.push(format!("SELECT {keys} FROM pg_temp.capra_extra"));
         }
         won.push((i, format!("SELECT DISTINCT * FROM ({}) w", parts.join(" UNION ALL "))));
     }
-    Ok((won, merged))
+    Ok(won)
 }
 
 /// A temporary table of keys on a source's read transaction.
@@ -353,7 +417,7 @@ pub(super) fn temp_keys(
         .keycols
         .iter()
         .zip(types)
-        .map(|(k, ty)| format!("{} {ty}", quote_ident(k)))
+        .map(|(k, ty)| format!("{} {ty}", crate::pg::ident::quote_ident(k)))
         .collect();
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS pg_temp.{table}; CREATE TEMP TABLE {table} ({}) ON COMMIT DROP",
@@ -361,13 +425,9 @@ pub(super) fn temp_keys(
     ))
     .ctx(|| format!("preparing the conflict keys on \"{db}\""))?;
     let arrays = key_columns(keys, meta.keycols.len());
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
-        .collect();
     tx.execute(
         &format!("INSERT INTO pg_temp.{table} {}", unnest_select(types, None)),
-        &params,
+        &array_params(&arrays),
     )
     .ctx(|| format!("storing the conflict keys on \"{db}\""))?;
     Ok(())

@@ -6,13 +6,19 @@ use std::collections::{BTreeSet, HashMap};
 
 use postgres::Transaction;
 
-use super::receive::{key_columns, unnest_select};
-use super::run::*;
+use super::context::{RunCache, RunEnv};
+use super::table::{array_params, key_columns, makedelta_any, unnest_select, TableCtx, RUN_MEMORY, TEXT_FORMATS};
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
 use crate::error::{Context, Error, Result};
-use crate::pg::ident::quote_ident;
 use crate::pg::pool::Conn;
+use crate::pg::RowExt;
+
+/// Whether a run reads change logs: a delta sync whose changes someone
+/// receives (a target, or another source).
+pub(super) fn reads_changes(plan: &SyncPlan) -> bool {
+    plan.is_delta() && (!plan.targets.is_empty() || plan.sources.len() > 1)
+}
 
 /// Checks a snapshot string before it is inlined into a COPY query (COPY
 /// takes no parameters); it comes from the server, but trust nothing.
@@ -44,6 +50,8 @@ pub(super) struct Src<'c> {
     pub(super) reraised: Vec<i64>,
     /// Whether the server records commit times.
     pub(super) commit_ts: bool,
+    /// Its clock minus this host's, in milliseconds, at the snapshot.
+    pub(super) clock_skew_ms: f64,
     /// (schema, table) -> (captured id, key columns of its log).
     pub(super) captured: Captured,
     pub(super) changed: BTreeSet<i32>,
@@ -112,6 +120,7 @@ impl Src<'_> {
     }
 }
 
+/// This host's clock, for the skew measured against each source.
 pub(super) fn now_epoch() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -119,16 +128,160 @@ pub(super) fn now_epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The stored position read with a run's snapshot: (this snapshot, the
+/// stored one, whether the server records commit times, its clock).
+type Position = (String, Option<String>, bool, f64);
+
+impl<'c> Src<'c> {
+    /// Opens one source for a run: its read transaction, the tables (and
+    /// change logs) locked before the snapshot, the sync's position there,
+    /// and the clock skew measured against this host.
+    pub(super) fn open(c: &'c mut Conn, db: Db, env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache) -> Result<Self> {
+        let name = plan.name().to_string();
+        let iso = env.isolation.level();
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(iso)
+            .start()
+            .ctx(|| format!("starting the read transaction on \"{}\"", db.name))?;
+        tx.batch_execute(&lock_setup(env, plan, cache, &db.name))
+            .ctx(|| format!("locking the tables of sync \"{name}\" on \"{}\"", db.name))?;
+        let before = now_epoch();
+        let (cur, prev, commit_ts, clock) = read_position(&mut tx, env, plan, &db.name)?;
+        let skew = (clock - (before + now_epoch()) / 2.0) * 1000.0;
+        let prev_lit = match &prev {
+            Some(p) => Some(snapshot_literal(p)?),
+            None => None,
+        };
+        // This sync's own makedelta writes here are not this database's
+        // changes; keys it logged again keep their logged time.
+        let own = if makedelta_any(plan, &db.name) {
+            format!(
+                " AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = {} AND a.sync = {} AND a.txid = d.txid AND a.kind = 'm')",
+                crate::capture::install::sql_literal(env.installation),
+                crate::capture::install::sql_literal(&name)
+            )
+        } else {
+            String::new()
+        };
+        let reraised: Vec<i64> = if plan.is_delta() && commit_ts {
+            tx.query(
+                "SELECT txid FROM capra.applied WHERE installation = $1 AND sync = $2 AND kind = 'r'",
+                &[&env.installation, &name],
+            )
+            .ctx(|| format!("reading what sync \"{name}\" logged again on \"{}\"", db.name))?
+            .iter()
+            .map(|r| r.col(0, "the keys logged again"))
+            .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Src {
+            db,
+            tx,
+            cur,
+            prev_lit,
+            own,
+            reraised,
+            inst: env.installation.to_string(),
+            sync: name,
+            commit_ts,
+            clock_skew_ms: (skew * 10.0).round() / 10.0,
+            captured: HashMap::new(),
+            changed: BTreeSet::new(),
+            truncated: BTreeSet::new(),
+            parts_truncated: BTreeSet::new(),
+            recopy: BTreeSet::new(),
+            recv: None,
+        })
+    }
+}
+
+/// The session settings and locks a source's read transaction starts with.
+///
+/// Keys and rows travel as text: make that text mean the same on every
+/// server whatever its defaults (ISO dates parse under any DateStyle;
+/// floats round-trip exactly). Then take ACCESS SHARE locks on every table
+/// the run reads, before the snapshot (neither SET nor LOCK takes it): a
+/// table rewritten by ALTER ... TYPE, VACUUM FULL or CLUSTER after the
+/// snapshot would otherwise look empty to this run. The locks never block
+/// writers; DDL waits at most for the run, the run waits at most
+/// lock_timeout for DDL and is then retried.
+fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> String {
+    let mut setup = format!(
+        "{TEXT_FORMATS}; {RUN_MEMORY}; SET LOCAL lock_timeout = {}",
+        env.lock_timeout_ms
+    );
+    if !plan.tables.is_empty() {
+        let mut names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
+        if reads_changes(plan) {
+            let logs = cache.logs.get(db).cloned().unwrap_or_default();
+            names.extend(logs.iter().map(|id| crate::capture::install::delta_table(*id)));
+            if !logs.is_empty() {
+                names.push("capra.truncate_log".into());
+            }
+        }
+        setup.push_str(&format!("; LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")));
+    }
+    setup
+}
+
+/// Reads this run's snapshot and, for a delta sync, the stored position
+/// (refusing a position the database has not reached: it was restored).
+fn read_position(tx: &mut Transaction<'_>, env: &RunEnv<'_>, plan: &SyncPlan, db: &str) -> Result<Position> {
+    let name = plan.name();
+    if !plan.is_delta() {
+        let r = tx
+            .query_one(
+                "SELECT txid_current_snapshot()::text, extract(epoch FROM clock_timestamp())::float8",
+                &[],
+            )
+            .ctx(|| format!("reading a snapshot on \"{db}\""))?;
+        let what = "a snapshot";
+        return Ok((r.col(0, what)?, None, false, r.col(1, what)?));
+    }
+    let row = tx
+        .query_opt(
+            "SELECT txid_current_snapshot()::text, c.snapshot::text,
+                    txid_snapshot_xmin(c.snapshot) > txid_snapshot_xmax(txid_current_snapshot()),
+                    coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on',
+                    extract(epoch FROM clock_timestamp())::float8
+               FROM capra.consumer c
+              WHERE c.installation = $1 AND c.sync = $2 FOR UPDATE",
+            &[&env.installation, &name],
+        )
+        .ctx(|| format!("reading sync \"{name}\"'s position on \"{db}\""))?;
+    let Some(r) = row else {
+        return Err(Error::Rejected(format!(
+            "change capture for sync \"{name}\" is not installed on \"{db}\"; run: capra activate {name}"
+        )));
+    };
+    let what = "the sync's position";
+    let cur: String = r.col(0, what)?;
+    let prev: String = r.col(1, what)?;
+    if r.col::<_, bool>(2, what)? && plan.sync.onetimecopy != crate::domain::OneTimeCopy::All {
+        return Err(Error::Rejected(format!(
+            "sync \"{name}\" has applied changes up to transaction {} on \"{db}\", but that database is only at {} (restored from a backup, or a different server?); its change log cannot be trusted: run 'capra update sync {name} onetimecopy=1' for a full copy, after which the sync follows the database from now on",
+            prev.split(':').next().unwrap_or("?"),
+            cur.split(':').nth(1).unwrap_or("?"),
+        )));
+    }
+    Ok((cur, Some(prev), r.col(3, what)?, r.col(4, what)?))
+}
+
 /// Reads which of the plan's tables changed on one source since its
 /// position, and which were truncated.
-pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name: &str, s: &mut Src<'_>) -> Result<()> {
+pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, s: &mut Src<'_>) -> Result<()> {
+    let name = plan.name();
     let window = s.window();
     let stx = &mut s.tx;
     for r in stx
         .query("SELECT id, schemaname, relname, keycols FROM capra.captured", &[])
         .ctx(|| "reading captured tables".into())?
     {
-        s.captured.insert((r.get(1), r.get(2)), (r.get(0), r.get(3)));
+        let what = "capra.captured";
+        s.captured
+            .insert((r.col(1, what)?, r.col(2, what)?), (r.col(0, what)?, r.col(3, what)?));
     }
     // The tables this sync captures, in this run's own snapshot: a table
     // added to the sync since the plan was read must not have its changes
@@ -140,8 +293,8 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
         )
         .ctx(|| "reading the sync's captured tables".into())?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.col(0, "capra.consumer_table"))
+        .collect::<Result<_>>()?;
     let planned: Vec<i32> = plan
         .tables
         .iter()
@@ -154,24 +307,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
     cache.logs.insert(s.db.name.clone(), planned.clone());
     let extra: Vec<i32> = mine.iter().filter(|id| !planned.contains(id)).copied().collect();
     if !extra.is_empty() {
-        let what: Vec<String> = extra
-            .iter()
-            .map(|id| {
-                s.captured
-                    .iter()
-                    .find(|(_, v)| v.0 == *id)
-                    .map(|(k, _)| format!("{}.{}", k.0, k.1))
-                    .unwrap_or_else(|| format!("captured table {id}"))
-            })
-            .collect();
-        return Err(Error::Stale {
-            message: format!(
-                "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
-                what.join(", "),
-                s.db.name
-            ),
-            extra,
-        });
+        return Err(unplanned(s, name, extra));
     }
     let mut parts = Vec::new();
     for t in &plan.tables {
@@ -195,7 +331,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
             .query(parts.join(" UNION ALL ").as_str(), &[])
             .ctx(|| format!("looking for changes on \"{}\"", s.db.name))?
         {
-            s.changed.insert(r.get(0));
+            s.changed.insert(r.col(0, "the changed tables")?);
         }
     }
     for r in stx
@@ -205,15 +341,40 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, name
         )
         .ctx(|| "reading truncations".into())?
     {
-        match r.get::<_, Option<String>>(1).as_deref() {
-            None => s.truncated.insert(r.get(0)),
+        let what = "capra.truncate_log";
+        let id: i32 = r.col(0, what)?;
+        match r.col::<_, Option<String>>(1, what)?.as_deref() {
+            None => s.truncated.insert(id),
             // Capture lost the key (a key column was dropped): only a full
             // copy is exact.
-            Some("*") => s.recopy.insert(r.get(0)),
-            Some(_) => s.parts_truncated.insert(r.get(0)),
+            Some("*") => s.recopy.insert(id),
+            Some(_) => s.parts_truncated.insert(id),
         };
     }
     Ok(())
+}
+
+/// The error for tables this sync captures on a source that its plan does
+/// not know (added since the plan was read): the daemon reads it again.
+fn unplanned(s: &Src<'_>, name: &str, extra: Vec<i32>) -> Error {
+    let what: Vec<String> = extra
+        .iter()
+        .map(|id| {
+            s.captured
+                .iter()
+                .find(|(_, v)| v.0 == *id)
+                .map(|(k, _)| format!("{}.{}", k.0, k.1))
+                .unwrap_or_else(|| format!("captured table {id}"))
+        })
+        .collect();
+    Error::Stale {
+        message: format!(
+            "sync \"{name}\" captures {} on \"{}\", which its plan does not know; reading the sync again",
+            what.join(", "),
+            s.db.name
+        ),
+        extra,
+    }
 }
 
 /// Per source, the newest change time over every table in this run
@@ -239,7 +400,7 @@ pub(super) fn newest_changes(srcs: &mut [Src<'_>], plan: &SyncPlan) -> Result<Ve
         } else {
             s.tx.query_one(&format!("SELECT max(at) FROM ({}) x", parts.join(" UNION ALL ")), &[])
                 .ctx(|| format!("reading the newest change on \"{}\"", s.db.name))?
-                .get(0)
+                .col(0, "the newest change")?
         };
         out.push(at.unwrap_or(f64::NEG_INFINITY));
     }
@@ -264,7 +425,7 @@ pub(super) fn column_signatures(stx: &mut Transaction<'_>, tables: &[Relation]) 
             &[&names],
         )
         .ctx(|| "reading the tables' columns on the source".into())?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| r.col(0, "the tables' columns")).collect()
 }
 
 /// Learns once per controller (and after DDL) which of the plan's tables are
@@ -281,13 +442,14 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
                 &[&names],
             )
             .ctx(|| format!("looking for partitioned tables on \"{db}\""))?;
-        cache.partitioned.insert(
-            db.to_string(),
-            found
-                .iter()
-                .map(|r| plan.tables[r.get::<_, i32>(0) as usize - 1].name.clone())
-                .collect(),
-        );
+        let mut tables = Vec::new();
+        for r in found {
+            let i: i32 = r.col(0, "the partitioned tables")?;
+            if let Some(t) = usize::try_from(i - 1).ok().and_then(|i| plan.tables.get(i)) {
+                tables.push(t.name.clone());
+            }
+        }
+        cache.partitioned.insert(db.to_string(), tables);
     }
     let parts = cache.partitioned.get(db).cloned().unwrap_or_default();
     for t in &parts {
@@ -306,7 +468,8 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
                     &[&t.schema, &t.name],
                 )
                 .ctx(|| "reading capture".into())?
-                .map(|r| r.get(0));
+                .map(|r| r.col(0, "capra.captured"))
+                .transpose()?;
             let Some(id) = id else { break };
             let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true, triggers_only)?;
             tx.commit()
@@ -326,21 +489,13 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
 /// after the position this run stores): the next run sends them again.
 /// The change time kept is the one the source logged for the key, else
 /// `fallback` (say, when it truncated the table), else now.
-pub(super) fn reraise(
-    s: &mut Src<'_>,
-    t: &Relation,
-    meta: &TableMeta,
-    keys: &[Vec<String>],
-    fallback: Option<&str>,
-) -> Result<()> {
+pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>], fallback: Option<&str>) -> Result<()> {
+    let t = tab.t;
     let Some(id) = s.id_of(t) else { return Ok(()) };
-    let types = meta.key_types.get(&s.db.name).cloned().unwrap_or_default();
-    let qk: Vec<String> = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+    let types = tab.types_on(&s.db.name);
+    let qk = &tab.qk;
     let arrays = key_columns(keys, qk.len());
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
-        .collect();
+    let params = array_params(&arrays);
     let names: Vec<String> = (1..=qk.len()).map(|j| format!("a{j}")).collect();
     let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
     let sql = format!(

@@ -1,0 +1,309 @@
+//! The bottom of a run: what a run knows about one table (its shape on the
+//! source and key types on every written database), how a receiver gets
+//! it, and the SQL pieces every layer above builds with (key predicates,
+//! casts, `unnest` of key arrays). Nothing here opens a transaction of its
+//! own; it imports nothing from the other apply modules.
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::Transaction;
+
+use crate::catalog::model::Relation;
+use crate::catalog::plan::SyncPlan;
+use crate::error::{Error, Result};
+use crate::pg::discover;
+use crate::pg::ident::quote_ident;
+
+/// Session settings for every transaction a run opens: the text COPY
+/// carries means the same on every server whatever its defaults, and no
+/// server-side timeout kills a long run in the middle (an idle-in-
+/// transaction target waiting for the source's COPY, a long statement).
+/// (TimeZone is left alone: a timestamptz copied into a timestamp column
+/// keeps its meaning there; keys compared across sources are printed in
+/// UTC where they are compared.)
+pub(super) const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
+     SET LOCAL statement_timeout = 0";
+
+/// Hashing and sorting a batch of keys in memory instead of on disk (a
+/// 100k-key batch spills at the default 4MB and reads 25% slower); never
+/// lowers a server's own larger setting.
+pub(super) const RUN_MEMORY: &str = "SELECT pg_catalog.set_config('work_mem', '64MB', true) \
+     WHERE pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem')) < 67108864";
+
+/// A table's shape, learned once and kept between runs, so a run that
+/// touches a table sends no catalog query for it until its DDL changes.
+#[derive(Clone, Debug)]
+pub(super) struct TableMeta {
+    /// The source's column names and type oids when this was learned: a
+    /// run compares it with the live table and re-learns after DDL.
+    pub(super) signature: String,
+    /// The key columns the key types below are for.
+    pub(super) keycols: Vec<String>,
+    /// Quoted column list (non-generated source columns).
+    pub(super) cols: String,
+    /// The non-key columns among them (unquoted), for in-place updates.
+    pub(super) nonkey: Vec<String>,
+    /// `ONLY ` for plain tables; nothing for partitioned ones.
+    pub(super) only: &'static str,
+    /// Per written database: the key columns' types there (for casts).
+    pub(super) key_types: HashMap<String, Vec<String>>,
+}
+
+/// How a target receives a table in this run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Mode {
+    Delta,
+    Copy,
+    /// A source whose table is empty: a copy from the first source, then
+    /// this run's changes.
+    Seed,
+}
+
+/// One table in one run, as every step of its apply needs it: the plan's
+/// relation, its learned shape, and per receiver where makedelta logs.
+/// Bundled so the steps take one argument instead of five.
+pub(super) struct TableCtx<'a> {
+    /// The plan's relation.
+    pub(super) t: &'a Relation,
+    /// Its shape (a copy: the cache stays free while the table applies).
+    pub(super) meta: TableMeta,
+    /// The key columns, quoted.
+    pub(super) qk: Vec<String>,
+    /// Per source: its captured id of the table, if captured there.
+    pub(super) ids: Vec<Option<i32>>,
+    /// Per receiver: its own change log of this table when makedelta
+    /// applies there (captured, with the same key).
+    pub(super) md: Vec<Option<i32>>,
+}
+
+impl<'a> TableCtx<'a> {
+    /// Bundles a table's run-time facts; the quoted key is derived once.
+    pub(super) fn new(t: &'a Relation, meta: TableMeta, ids: Vec<Option<i32>>, md: Vec<Option<i32>>) -> Self {
+        let qk = meta.keycols.iter().map(|k| quote_ident(k)).collect();
+        TableCtx { t, meta, qk, ids, md }
+    }
+
+    /// `schema.name` for messages.
+    pub(super) fn human(&self) -> String {
+        self.t.name.human()
+    }
+
+    /// The quoted key columns, comma separated.
+    pub(super) fn keys(&self) -> String {
+        self.qk.join(", ")
+    }
+
+    /// The table as a statement names it (`ONLY` for plain tables).
+    pub(super) fn tbl(&self) -> String {
+        format!("{}{}", self.meta.only, self.t.name.sql())
+    }
+
+    /// The quoted key columns, each prefixed by `alias.` (comma separated).
+    pub(super) fn keys_of(&self, alias: &str) -> String {
+        self.qk
+            .iter()
+            .map(|k| format!("{alias}.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `a.k1 = b.k1 AND ...` over this table's key.
+    pub(super) fn on(&self, a: &str, b: &str) -> String {
+        key_eq(&self.qk, a, b)
+    }
+
+    /// The key types on a written database (empty when not written).
+    pub(super) fn types_on(&self, db: &str) -> Vec<String> {
+        self.meta.key_types.get(db).cloned().unwrap_or_default()
+    }
+}
+
+/// `a.k1 = b.k1 AND a.k2 = b.k2 ...` over quoted key columns.
+pub(super) fn key_eq(qk: &[String], a: &str, b: &str) -> String {
+    qk.iter()
+        .map(|k| format!("{a}.{k} = {b}.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `{prefix}k1 = $1::text::t1 AND ...`: one key bound as text parameters,
+/// cast to each key column's type on that database.
+pub(super) fn key_params_eq(qk: &[String], types: &[String], prefix: &str) -> String {
+    qk.iter()
+        .zip(types)
+        .enumerate()
+        .map(|(j, (k, ty))| format!("{prefix}{k} = ${}::text::{ty}", j + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// One key's column texts as statement parameters.
+pub(super) fn text_params(key: &[String]) -> Vec<&(dyn ToSql + Sync)> {
+    key.iter().map(|k| k as &(dyn ToSql + Sync)).collect()
+}
+
+/// Keys (one `Vec` of column texts each) as one text array per key column,
+/// for [`unnest_select`].
+pub(super) fn key_columns(keys: &[Vec<String>], ncols: usize) -> Vec<Vec<String>> {
+    (0..ncols)
+        .map(|j| keys.iter().map(|k| k[j].clone()).collect())
+        .collect()
+}
+
+/// Text arrays (from [`key_columns`]) as statement parameters.
+pub(super) fn array_params(arrays: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {
+    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
+/// `SELECT u.a1::t1, ... FROM unnest($1::text[], ...) AS u(a1, ...)`, with
+/// an optional extra constant column.
+pub(super) fn unnest_select(types: &[String], extra: Option<&str>) -> String {
+    let params: Vec<String> = (1..=types.len()).map(|j| format!("${j}::text[]")).collect();
+    let names: Vec<String> = (1..=types.len()).map(|j| format!("a{j}")).collect();
+    let mut sel: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(j, ty)| format!("u.a{}::{ty}", j + 1))
+        .collect();
+    if let Some(e) = extra {
+        sel.push(e.to_string());
+    }
+    format!(
+        "SELECT {} FROM unnest({}) AS u({})",
+        sel.join(", "),
+        params.join(", "),
+        names.join(", ")
+    )
+}
+
+/// Whether makedelta asks for changes applied to `db` to be logged there
+/// for this table: the sync's flag, the database's, or the table's (`on`,
+/// or a list of database names).
+pub(super) fn makedelta(plan: &SyncPlan, t: &Relation, db: &str) -> bool {
+    plan.sync.makedelta
+        || plan
+            .sources
+            .iter()
+            .chain(&plan.targets)
+            .chain(&plan.fullcopy)
+            .any(|d| d.name == db && d.makedelta)
+        || t.makedelta.as_deref().is_some_and(|m| {
+            let m = m.trim();
+            m.eq_ignore_ascii_case("on")
+                || m == "1"
+                || m.eq_ignore_ascii_case("true")
+                || m.split([' ', ',']).any(|n| n == db)
+        })
+}
+
+/// Whether makedelta applies to any table of the plan on `db`: then the
+/// run marks its own writes there, so this sync never reads them back.
+pub(super) fn makedelta_any(plan: &SyncPlan, db: &str) -> bool {
+    plan.tables.iter().any(|t| makedelta(plan, t, db))
+}
+
+/// What [`table_meta`] compares a cached shape with.
+pub(super) struct Shape<'a> {
+    /// The key the change log was built with.
+    pub(super) keycols: &'a [String],
+    /// The live column signature on the source.
+    pub(super) signature: &'a str,
+}
+
+/// Learns a table's columns on the source and its key types on each written
+/// database, once per controller (and again after DDL or a key change).
+pub(super) fn table_meta(
+    cache: &mut HashMap<i32, TableMeta>,
+    stx: &mut Transaction<'_>,
+    txs: &mut [Transaction<'_>],
+    names: &[String],
+    t: &Relation,
+    shape: &Shape<'_>,
+) -> Result<TableMeta> {
+    if let Some(m) = cache.get(&t.id) {
+        if m.keycols == shape.keycols
+            && m.signature == shape.signature
+            && names.iter().all(|n| m.key_types.contains_key(n))
+        {
+            return Ok(m.clone());
+        }
+    }
+    let kind = discover::kind_of(stx, &t.name)?;
+    if kind.is_none() {
+        return Err(Error::Rejected(format!(
+            "table {} does not exist on the source any more",
+            t.name.human()
+        )));
+    }
+    let src_cols = discover::columns(stx, &t.name)?;
+    let cols: Vec<String> = src_cols
+        .iter()
+        .filter(|c| !c.generated)
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let nonkey: Vec<String> = src_cols
+        .iter()
+        .filter(|c| !c.generated && !shape.keycols.contains(&c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    let mut key_types = HashMap::new();
+    for (tx, n) in txs.iter_mut().zip(names) {
+        key_types.insert(n.clone(), key_types_on(tx, n, t, &src_cols, shape.keycols)?);
+    }
+    let meta = TableMeta {
+        signature: shape.signature.to_string(),
+        keycols: shape.keycols.to_vec(),
+        cols: cols.join(", "),
+        nonkey,
+        only: if kind == Some(discover::Kind::Partitioned) {
+            ""
+        } else {
+            "ONLY "
+        },
+        key_types,
+    };
+    cache.insert(t.id, meta.clone());
+    Ok(meta)
+}
+
+/// Checks that a written database has the table and every source column,
+/// and reads the key columns' types there.
+fn key_types_on(
+    tx: &mut Transaction<'_>,
+    n: &str,
+    t: &Relation,
+    src_cols: &[discover::Column],
+    keycols: &[String],
+) -> Result<Vec<String>> {
+    let tcols = discover::columns(tx, &t.name)?;
+    if tcols.is_empty() {
+        return Err(Error::Rejected(format!(
+            "table {} does not exist in database \"{n}\"; create it there (capra validate lists every difference)",
+            t.name.human()
+        )));
+    }
+    for c in src_cols.iter().filter(|c| !c.generated) {
+        if !tcols.iter().any(|tc| tc.name == c.name) {
+            return Err(Error::Rejected(format!(
+                "column \"{}\" of table {} is missing in database \"{n}\"; add it there (capra validate shows every difference)",
+                c.name,
+                t.name.human()
+            )));
+        }
+    }
+    let mut kt = Vec::new();
+    for k in keycols {
+        let c = tcols.iter().find(|c| &c.name == k).ok_or_else(|| {
+            Error::Rejected(format!(
+                "key column \"{k}\" of table {} is missing in database \"{n}\"",
+                t.name.human()
+            ))
+        })?;
+        // No type modifier: a key widened on one side only still
+        // compares exactly (a cast to varchar(10) would cut it).
+        kt.push(c.base_type.clone());
+    }
+    Ok(kt)
+}
