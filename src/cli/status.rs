@@ -279,7 +279,7 @@ fn settings_rows(rows: &mut Rows, s: &model::Sync, st: &SyncStatus, plan: &SyncP
         .collect::<Vec<_>>()
         .join(",");
     rows.push(("Sync name".into(), s.name.clone()));
-    rows.push(("Current state".into(), st.state.clone()));
+    rows.push(("Current state".into(), st.state.to_string()));
     rows.push(("Source relgroup/database".into(), format!("{} / {src}", s.relgroup)));
     rows.push((
         "Tables in sync".into(),

@@ -593,18 +593,21 @@ impl State {
     }
 
     fn status_report(&mut self) {
-        let body = (|| -> crate::error::Result<String> {
+        let body = (|| -> crate::error::Result<(String, usize)> {
             let mut c = self.control.get()?;
             let daemon_up = crate::catalog::runs::daemon(&mut *c)?.is_some();
             let mut rows = Vec::new();
             for s in crate::catalog::model::syncs(&mut *c)? {
                 rows.push(report::sync_status(&mut *c, &s, daemon_up)?);
             }
-            Ok(report::status_table(&rows))
+            let bad = rows
+                .iter()
+                .filter(|r| matches!(r.state, report::SyncState::Bad { .. }))
+                .count();
+            Ok((report::status_table(&rows), bad))
         })();
         match body {
-            Ok(table) => {
-                let bad = table.lines().filter(|l| l.contains("| Bad")).count();
+            Ok((table, bad)) => {
                 let now = Local::now();
                 let (s, b) = tnm_mail(
                     "capra",
