@@ -37,46 +37,50 @@ pub fn run(ctx: &Ctx, sync: Option<&str>, since: Option<&str>) -> Result<()> {
         return Ok(());
     }
     for r in &rows {
-        let key: Vec<String> = r
-            .key
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| {
-                        format!(
-                            "{k}={}",
-                            v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let who: Vec<String> = r
-            .contenders
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        let at = c["at"]
-                            .as_f64()
-                            .and_then(|a| chrono::DateTime::from_timestamp_micros((a * 1e6) as i64))
-                            .map(|d| d.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
-                            .unwrap_or_else(|| "?".into());
-                        format!("{}@{at}", c["db"].as_str().unwrap_or("?"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         println!(
             "{}  {}  {}  ({})  {}  winner: {}  ({})",
             r.time,
             r.sync,
             r.table,
-            key.join(", "),
-            who.join(" vs "),
+            key_words(&r.key).join(", "),
+            contenders(&r.contenders).join(" vs "),
             r.winner,
             r.reason
         );
     }
     Ok(())
+}
+
+/// A conflict's key as `column=value` words.
+fn key_words(key: &serde_json::Value) -> Vec<String> {
+    key.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The competing databases as `db@time of day` (their change times).
+fn contenders(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let at = c["at"]
+                        .as_f64()
+                        .and_then(|a| chrono::DateTime::from_timestamp_micros((a * 1e6) as i64))
+                        .map(|d| d.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+                        .unwrap_or_else(|| "?".into());
+                    format!("{}@{at}", c["db"].as_str().unwrap_or("?"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

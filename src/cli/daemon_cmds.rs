@@ -90,8 +90,50 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
     }
     let mut cat = ctx.catalog()?;
     let all = model::syncs(&mut cat.client)?;
+    let wanted = kick_targets(&all, &names)?;
+    if runs::daemon(&mut cat.client)?.is_none() {
+        return Err(Error::Rejected(
+            "capra is not running, so nothing can run the kick; start it with capra start".into(),
+        ));
+    }
+    if timeout.is_some() {
+        cat.client
+            .batch_execute(&format!("LISTEN {}", runs::KICK_DONE_CHANNEL))
+            .ctx(|| "waiting for the kick".into())?;
+    }
+    let mut ids = Vec::new();
+    for n in &wanted {
+        let id = runs::request_kick(&mut cat.client, n)?;
+        ids.push((id, n.clone()));
+    }
+    cat.client
+        .batch_execute(&format!("NOTIFY {}, 'kick'", runs::CONTROL_CHANNEL))
+        .ctx(|| "kicking".into())?;
+    let Some(limit) = timeout else {
+        for n in &wanted {
+            ctx.say(format!("Kicked sync {n}"));
+        }
+        return Ok(());
+    };
+    let failed = wait_for_kicks(ctx, &mut cat.client, ids, limit)?;
+    if let Some(first) = failed.first() {
+        let more = if failed.len() > 1 {
+            format!(" (and {} more)", failed.len() - 1)
+        } else {
+            String::new()
+        };
+        return Err(Error::Rejected(format!(
+            "{first}{more}; it is retried automatically (see: capra status)"
+        )));
+    }
+    Ok(())
+}
+
+/// The syncs the words name (`all`: every active one); an unknown or
+/// inactive sync is refused.
+fn kick_targets(all: &[model::Sync], names: &[String]) -> Result<Vec<String>> {
     let mut wanted = Vec::new();
-    for n in &names {
+    for n in names {
         if n == "all" {
             wanted.extend(
                 all.iter()
@@ -125,61 +167,26 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
             Some(_) => wanted.push(n.clone()),
         }
     }
-    if runs::daemon(&mut cat.client)?.is_none() {
-        return Err(Error::Rejected(
-            "capra is not running, so nothing can run the kick; start it with capra start".into(),
-        ));
-    }
-    if timeout.is_some() {
-        cat.client
-            .batch_execute(&format!("LISTEN {}", runs::KICK_DONE_CHANNEL))
-            .ctx(|| "waiting for the kick".into())?;
-    }
-    let mut ids = Vec::new();
-    for n in &wanted {
-        let id = runs::request_kick(&mut cat.client, n)?;
-        ids.push((id, n.clone()));
-    }
-    cat.client
-        .batch_execute(&format!("NOTIFY {}, 'kick'", runs::CONTROL_CHANNEL))
-        .ctx(|| "kicking".into())?;
-    let Some(limit) = timeout else {
-        for n in &wanted {
-            ctx.say(format!("Kicked sync {n}"));
-        }
-        return Ok(());
+    Ok(wanted)
+}
+
+/// Waits until every kicked run ended (or `limit` seconds passed, 0: no
+/// limit), saying DONE or KILLED for each; returns the failures.
+fn wait_for_kicks(ctx: &Ctx, c: &mut postgres::Client, ids: Vec<(i64, String)>, limit: u64) -> Result<Vec<String>> {
+    let mut w = KickWait {
+        ctx,
+        start: Instant::now(),
+        tty: std::io::stdout().is_terminal() && !ctx.quiet,
+        failed: Vec::new(),
     };
-    let start = Instant::now();
-    let tty = std::io::stdout().is_terminal() && !ctx.quiet;
-    let mut left = ids.clone();
-    let mut failed: Vec<String> = Vec::new();
+    let mut left = ids;
     let mut last_alive_check = Instant::now();
     while !left.is_empty() {
-        let mut still = Vec::new();
-        for (id, n) in &left {
-            let Some((ok, error)) = runs::kick_result(&mut cat.client, *id)? else {
-                still.push((*id, n.clone()));
-                continue;
-            };
-            let secs = start.elapsed().as_secs();
-            if tty {
-                print!("\r");
-            }
-            if ok {
-                ctx.say(format!("Kick {n}: [{secs} s] DONE!"));
-            } else {
-                ctx.say(format!("Kick {n}: [{secs} s] KILLED!"));
-                failed.push(format!(
-                    "sync \"{n}\" failed: {}",
-                    error.unwrap_or_else(|| "unknown error".into())
-                ));
-            }
-        }
-        left = still;
+        left = w.finished(c, left)?;
         if left.is_empty() {
             break;
         }
-        if limit > 0 && start.elapsed() >= Duration::from_secs(limit) {
+        if limit > 0 && w.start.elapsed() >= Duration::from_secs(limit) {
             let names: Vec<&str> = left.iter().map(|l| l.1.as_str()).collect();
             return Err(Error::Rejected(format!(
                 "Timed out! sync {} did not finish within {limit}s; it keeps running (see: capra status {})",
@@ -187,30 +194,58 @@ pub fn kick(ctx: &Ctx, words: &[String]) -> Result<()> {
                 names[0]
             )));
         }
-        if tty {
-            print!("\rKick {}: [{} s] ", left[0].1, start.elapsed().as_secs());
+        if w.tty {
+            print!("\rKick {}: [{} s] ", left[0].1, w.start.elapsed().as_secs());
             let _ = std::io::stdout().flush();
         }
         if last_alive_check.elapsed() >= Duration::from_secs(2) {
             last_alive_check = Instant::now();
-            if runs::daemon(&mut cat.client)?.is_none() {
+            if runs::daemon(c)?.is_none() {
                 return Err(Error::Rejected(
                     "the capra daemon stopped while the kick was waiting; start it again with capra start".into(),
                 ));
             }
         }
-        let mut n = cat.client.notifications();
+        let mut n = c.notifications();
         let _ = n.timeout_iter(Duration::from_millis(250)).next();
     }
-    if let Some(first) = failed.first() {
-        let more = if failed.len() > 1 {
-            format!(" (and {} more)", failed.len() - 1)
-        } else {
-            String::new()
-        };
-        return Err(Error::Rejected(format!(
-            "{first}{more}; it is retried automatically (see: capra status)"
-        )));
+    Ok(w.failed)
+}
+
+/// A `kick ... TIMEOUT` waiting for its runs.
+struct KickWait<'a> {
+    ctx: &'a Ctx,
+    start: Instant,
+    /// Progress is redrawn on one line.
+    tty: bool,
+    /// What failed, one sentence per run.
+    failed: Vec<String>,
+}
+
+impl KickWait<'_> {
+    /// Reports the kicks of `left` that have ended and returns those still
+    /// running.
+    fn finished(&mut self, c: &mut postgres::Client, left: Vec<(i64, String)>) -> Result<Vec<(i64, String)>> {
+        let mut still = Vec::new();
+        for (id, n) in left {
+            let Some((ok, error)) = runs::kick_result(c, id)? else {
+                still.push((id, n));
+                continue;
+            };
+            let secs = self.start.elapsed().as_secs();
+            if self.tty {
+                print!("\r");
+            }
+            if ok {
+                self.ctx.say(format!("Kick {n}: [{secs} s] DONE!"));
+            } else {
+                self.ctx.say(format!("Kick {n}: [{secs} s] KILLED!"));
+                self.failed.push(format!(
+                    "sync \"{n}\" failed: {}",
+                    error.unwrap_or_else(|| "unknown error".into())
+                ));
+            }
+        }
+        Ok(still)
     }
-    Ok(())
 }

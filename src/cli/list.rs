@@ -88,45 +88,11 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     }
     let mut cat = ctx.catalog()?;
     let c = &mut cat.client;
-    if what == What::All {
-        let doc = json!({
-            "dbs": model::dbs(c)?,
-            "dbgroups": model::dbgroups(c)?,
-            "tables": model::relations(c, Some(RelType::Table))?,
-            "sequences": model::relations(c, Some(RelType::Sequence))?,
-            "relgroups": model::relgroups(c)?,
-            "syncs": model::syncs(c)?,
-            "customcodes": model::customcodes(c)?,
-            "config": model::config(c)?,
-        });
-        if ctx.json {
-            println!("{}", serde_json::to_string_pretty(&doc).expect("serialisable"));
-            return Ok(());
-        }
-        for (i, w) in [
-            What::Dbs,
-            What::Dbgroups,
-            What::Tables,
-            What::Sequences,
-            What::Relgroups { herd: false },
-            What::Syncs,
-            What::Customcodes,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                println!();
-            }
-            print_list(ctx, c, w, &filters, db_filter.as_deref(), None)?;
-        }
-        return Ok(());
-    }
     print_list(ctx, c, what, &filters, db_filter.as_deref(), status_filter)
 }
 
 fn emit_json(v: Value) {
-    println!("{}", serde_json::to_string_pretty(&v).expect("serialisable"));
+    println!("{v:#}");
 }
 
 /// Every list prints `--json` output or "There are no PLURAL." the same
@@ -152,236 +118,305 @@ fn print_list(
     status: Option<Status>,
 ) -> Result<()> {
     match what {
-        What::Dbs => {
-            let dbs: Vec<_> = model::dbs(c)?
-                .into_iter()
-                .filter(|d| wanted(&d.name, filters))
-                .collect();
-            if json_or_none(ctx, &dbs, "databases") {
-                return Ok(());
-            }
-            let groups = model::dbgroups(c)?;
-            let syncs = model::syncs(c)?;
-            let w = dbs.iter().map(|d| d.name.len()).max().unwrap_or(0);
-            let sw = dbs.iter().map(|d| d.status.as_str().len()).max().unwrap_or(0);
-            for d in &dbs {
-                let mut line = format!(
-                    "Database: {:<w$}  Status: {:<sw$}  Conn: {}",
-                    d.name,
-                    d.status,
-                    d.psql_line()
-                );
-                if !d.server_side_prepares {
-                    line.push_str(" (SSP is off)");
-                }
-                if d.makedelta {
-                    line.push_str(" (makedelta on)");
-                }
-                println!("{}", line.trim_end());
-                if ctx.verbose > 0 {
-                    for g in &groups {
-                        if let Some(m) = g.members.iter().find(|m| m.db == d.name) {
-                            println!("  Belongs to dbgroup {} ({})", g.name, m.role);
-                            for s in syncs.iter().filter(|s| s.dbgroup == g.name) {
-                                println!("  Used in sync {} in a role of {}", s.name, m.role);
-                            }
-                        }
+        What::Dbs => list_dbs(ctx, c, filters),
+        What::Tables => list_relations(ctx, c, RelType::Table, filters, db_filter),
+        What::Sequences => list_relations(ctx, c, RelType::Sequence, filters, db_filter),
+        What::Relgroups { herd } => list_relgroups(ctx, c, herd, filters),
+        What::Dbgroups => list_dbgroups(ctx, c, filters),
+        What::Syncs => list_syncs(ctx, c, filters, status),
+        What::Customcodes => list_customcodes(ctx, c, filters),
+        What::All => list_all(ctx, c, filters, db_filter),
+    }
+}
+
+/// `list all`: one JSON document, or every list in turn.
+fn list_all(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], db_filter: Option<&str>) -> Result<()> {
+    let doc = json!({
+        "dbs": model::dbs(c)?,
+        "dbgroups": model::dbgroups(c)?,
+        "tables": model::relations(c, Some(RelType::Table))?,
+        "sequences": model::relations(c, Some(RelType::Sequence))?,
+        "relgroups": model::relgroups(c)?,
+        "syncs": model::syncs(c)?,
+        "customcodes": model::customcodes(c)?,
+        "config": model::config(c)?,
+    });
+    if ctx.json {
+        emit_json(doc);
+        return Ok(());
+    }
+    for (i, w) in [
+        What::Dbs,
+        What::Dbgroups,
+        What::Tables,
+        What::Sequences,
+        What::Relgroups { herd: false },
+        What::Syncs,
+        What::Customcodes,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            println!();
+        }
+        print_list(ctx, c, w, filters, db_filter, None)?;
+    }
+    Ok(())
+}
+
+/// `list dbs`: one line per database; with -v its dbgroups and syncs.
+fn list_dbs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+    let dbs: Vec<_> = model::dbs(c)?
+        .into_iter()
+        .filter(|d| wanted(&d.name, filters))
+        .collect();
+    if json_or_none(ctx, &dbs, "databases") {
+        return Ok(());
+    }
+    let groups = model::dbgroups(c)?;
+    let syncs = model::syncs(c)?;
+    let w = dbs.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    let sw = dbs.iter().map(|d| d.status.as_str().len()).max().unwrap_or(0);
+    for d in &dbs {
+        let mut line = format!(
+            "Database: {:<w$}  Status: {:<sw$}  Conn: {}",
+            d.name,
+            d.status,
+            d.psql_line()
+        );
+        if !d.server_side_prepares {
+            line.push_str(" (SSP is off)");
+        }
+        if d.makedelta {
+            line.push_str(" (makedelta on)");
+        }
+        println!("{}", line.trim_end());
+        if ctx.verbose > 0 {
+            for g in &groups {
+                if let Some(m) = g.members.iter().find(|m| m.db == d.name) {
+                    println!("  Belongs to dbgroup {} ({})", g.name, m.role);
+                    for s in syncs.iter().filter(|s| s.dbgroup == g.name) {
+                        println!("  Used in sync {} in a role of {}", s.name, m.role);
                     }
                 }
             }
         }
-        What::Tables | What::Sequences => {
-            let kind = if what == What::Tables {
-                RelType::Table
+    }
+    Ok(())
+}
+
+/// How a relation type is labelled in lists.
+fn rel_label(kind: RelType) -> &'static str {
+    match kind {
+        RelType::Table => "Table",
+        RelType::Sequence => "Sequence",
+    }
+}
+
+/// `list tables` / `list sequences`: one line per relation; with -v its
+/// relgroups and syncs.
+fn list_relations(
+    ctx: &Ctx,
+    c: &mut postgres::Client,
+    kind: RelType,
+    filters: &[String],
+    db_filter: Option<&str>,
+) -> Result<()> {
+    let rels: Vec<Relation> = model::relations(c, Some(kind))?
+        .into_iter()
+        .filter(|r| db_filter.is_none_or(|d| r.db == d))
+        .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
+        .collect();
+    if json_or_none(ctx, &rels, &format!("{kind}s")) {
+        return Ok(());
+    }
+    let syncs = model::syncs(c)?;
+    let idw = rels.iter().map(|r| r.id.to_string().len()).max().unwrap_or(1) + 1;
+    let nw = rels.iter().map(|r| r.name.human().len()).max().unwrap_or(0);
+    let dw = rels.iter().map(|r| r.db.len()).max().unwrap_or(0);
+    for r in &rels {
+        let num = format!("{}.", r.id);
+        let label = rel_label(kind);
+        let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.human(), r.db);
+        if kind == RelType::Table {
+            line.push_str(&table_details(r));
+        }
+        println!("{}", line.trim_end());
+        if ctx.verbose > 0 {
+            let used: Vec<&str> = syncs
+                .iter()
+                .filter(|s| r.relgroups.contains(&s.relgroup))
+                .map(|s| s.name.as_str())
+                .collect();
+            if !r.relgroups.is_empty() {
+                println!("  Relgroups: {}", r.relgroups.join(", "));
+            }
+            if !used.is_empty() {
+                println!("  Syncs: {}", used.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A table's key, filter and conflict strategy, as `list tables` appends them.
+fn table_details(r: &Relation) -> String {
+    let key = if r.pkey.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{} ({})",
+            r.pkey.join("|"),
+            r.pkeytype.iter().map(|t| short_type(t)).collect::<Vec<_>>().join("|")
+        )
+    };
+    let mut out = format!("  PK: {key}");
+    if let Some(f) = &r.filter {
+        out.push_str(&format!("  Filter: {f}"));
+    }
+    if let Some(s) = &r.conflict_strategy {
+        out.push_str(&format!("  Conflict: {s}"));
+    }
+    out
+}
+
+/// `list relgroups` (or `herds`): members and the syncs using each.
+fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, filters: &[String]) -> Result<()> {
+    let groups: Vec<_> = model::relgroups(c)?
+        .into_iter()
+        .filter(|g| wanted(&g.name, filters))
+        .collect();
+    let label = if herd { "Herd" } else { "Relgroup" };
+    if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase())) {
+        return Ok(());
+    }
+    let rels = model::relations(c, None)?;
+    for g in &groups {
+        let members: Vec<String> = g
+            .members
+            .iter()
+            .filter_map(|id| rels.iter().find(|r| r.id == *id))
+            .map(|r| r.name.human())
+            .collect();
+        println!(
+            "{label}: {}  DB: {}  Members: {}",
+            g.name,
+            g.db.as_deref().unwrap_or("(none)"),
+            if members.is_empty() {
+                "(none)".to_string()
             } else {
-                RelType::Sequence
-            };
-            let rels: Vec<Relation> = model::relations(c, Some(kind))?
-                .into_iter()
-                .filter(|r| db_filter.is_none_or(|d| r.db == d))
-                .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
-                .collect();
-            if json_or_none(ctx, &rels, &format!("{kind}s")) {
-                return Ok(());
+                members.join(", ")
             }
-            let syncs = model::syncs(c)?;
-            let idw = rels.iter().map(|r| r.id.to_string().len()).max().unwrap_or(1) + 1;
-            let nw = rels.iter().map(|r| r.name.human().len()).max().unwrap_or(0);
-            let dw = rels.iter().map(|r| r.db.len()).max().unwrap_or(0);
-            for r in &rels {
-                let num = format!("{}.", r.id);
-                let label = if kind == RelType::Table { "Table" } else { "Sequence" };
-                let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.human(), r.db);
-                if kind == RelType::Table {
-                    let key = if r.pkey.is_empty() {
-                        "none".to_string()
-                    } else {
-                        format!(
-                            "{} ({})",
-                            r.pkey.join("|"),
-                            r.pkeytype.iter().map(|t| short_type(t)).collect::<Vec<_>>().join("|")
-                        )
-                    };
-                    line.push_str(&format!("  PK: {key}"));
-                    if let Some(f) = &r.filter {
-                        line.push_str(&format!("  Filter: {f}"));
-                    }
-                    if let Some(s) = &r.conflict_strategy {
-                        line.push_str(&format!("  Conflict: {s}"));
-                    }
-                }
-                println!("{}", line.trim_end());
-                if ctx.verbose > 0 {
-                    let used: Vec<&str> = syncs
-                        .iter()
-                        .filter(|s| r.relgroups.contains(&s.relgroup))
-                        .map(|s| s.name.as_str())
-                        .collect();
-                    if !r.relgroups.is_empty() {
-                        println!("  Relgroups: {}", r.relgroups.join(", "));
-                    }
-                    if !used.is_empty() {
-                        println!("  Syncs: {}", used.join(", "));
+        );
+        if !g.syncs.is_empty() {
+            println!("  Used in syncs: {}", g.syncs.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `list dbgroups`: members with their roles and the syncs using each.
+fn list_dbgroups(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+    let groups: Vec<_> = model::dbgroups(c)?
+        .into_iter()
+        .filter(|g| wanted(&g.name, filters))
+        .collect();
+    if json_or_none(ctx, &groups, "dbgroups") {
+        return Ok(());
+    }
+    let syncs = model::syncs(c)?;
+    let w = groups.iter().map(|g| g.name.len()).max().unwrap_or(0);
+    for g in &groups {
+        let m = members_line(g);
+        println!(
+            "Dbgroup: {:<w$}  Members: {}",
+            g.name,
+            if m.is_empty() { "(none)".into() } else { m }
+        );
+        let used: Vec<&str> = syncs
+            .iter()
+            .filter(|s| s.dbgroup == g.name)
+            .map(|s| s.name.as_str())
+            .collect();
+        if !used.is_empty() {
+            println!("  Used in syncs: {}", used.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// A dbgroup's members as `db:role db:role`.
+fn members_line(g: &model::DbGroup) -> String {
+    g.members
+        .iter()
+        .map(|m| format!("{}:{}", m.db, m.role))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `list syncs [STATUS]`: Bucardo's one-line summary; with -v the relations.
+fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], status: Option<Status>) -> Result<()> {
+    let syncs: Vec<_> = model::syncs(c)?
+        .into_iter()
+        .filter(|s| wanted(&s.name, filters))
+        .filter(|s| status.is_none_or(|st| s.status == st))
+        .collect();
+    if json_or_none(ctx, &syncs, "syncs") {
+        return Ok(());
+    }
+    let groups = model::dbgroups(c)?;
+    let rels = model::relations(c, None)?;
+    let rgs = model::relgroups(c)?;
+    for s in &syncs {
+        let g = groups.iter().find(|g| g.name == s.dbgroup);
+        let members = g.map(members_line).unwrap_or_default();
+        let kind = g.map(sync_kind).unwrap_or("sync");
+        let st = if s.status == Status::Active {
+            "Active"
+        } else {
+            "Inactive"
+        };
+        println!(
+            "Sync \"{}\"  Relgroup \"{}\"  DB group \"{}\" {}  ({})  [{st}]",
+            s.name, s.relgroup, s.dbgroup, members, kind
+        );
+        if ctx.verbose > 0 {
+            if let Some(rg) = rgs.iter().find(|r| r.name == s.relgroup) {
+                for id in &rg.members {
+                    if let Some(r) = rels.iter().find(|r| r.id == *id) {
+                        println!("  {} {}", rel_label(r.reltype), r.name.human());
                     }
                 }
             }
         }
-        What::Relgroups { herd } => {
-            let groups: Vec<_> = model::relgroups(c)?
-                .into_iter()
-                .filter(|g| wanted(&g.name, filters))
-                .collect();
-            let label = if herd { "Herd" } else { "Relgroup" };
-            if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase())) {
-                return Ok(());
-            }
-            let rels = model::relations(c, None)?;
-            for g in &groups {
-                let members: Vec<String> = g
-                    .members
-                    .iter()
-                    .filter_map(|id| rels.iter().find(|r| r.id == *id))
-                    .map(|r| r.name.human())
-                    .collect();
-                println!(
-                    "{label}: {}  DB: {}  Members: {}",
-                    g.name,
-                    g.db.as_deref().unwrap_or("(none)"),
-                    if members.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        members.join(", ")
-                    }
-                );
-                if !g.syncs.is_empty() {
-                    println!("  Used in syncs: {}", g.syncs.join(", "));
-                }
-            }
+    }
+    Ok(())
+}
+
+/// `list customcodes`: when each runs, where from; with -vvv the code.
+fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+    let codes: Vec<_> = model::customcodes(c)?
+        .into_iter()
+        .filter(|x| wanted(&x.name, filters))
+        .collect();
+    if json_or_none(ctx, &codes, "customcodes") {
+        return Ok(());
+    }
+    for x in &codes {
+        println!(
+            "Code: {}  When run: {}  Status: {}  Priority: {}  File: {}",
+            x.name, x.whenrun, x.status, x.priority, x.src_file
+        );
+        if !x.syncs.is_empty() {
+            println!("  Syncs: {}", x.syncs.join(", "));
         }
-        What::Dbgroups => {
-            let groups: Vec<_> = model::dbgroups(c)?
-                .into_iter()
-                .filter(|g| wanted(&g.name, filters))
-                .collect();
-            if json_or_none(ctx, &groups, "dbgroups") {
-                return Ok(());
-            }
-            let syncs = model::syncs(c)?;
-            let w = groups.iter().map(|g| g.name.len()).max().unwrap_or(0);
-            for g in &groups {
-                let m: Vec<String> = g.members.iter().map(|m| format!("{}:{}", m.db, m.role)).collect();
-                println!(
-                    "Dbgroup: {:<w$}  Members: {}",
-                    g.name,
-                    if m.is_empty() { "(none)".into() } else { m.join(" ") }
-                );
-                let used: Vec<&str> = syncs
-                    .iter()
-                    .filter(|s| s.dbgroup == g.name)
-                    .map(|s| s.name.as_str())
-                    .collect();
-                if !used.is_empty() {
-                    println!("  Used in syncs: {}", used.join(", "));
-                }
-            }
+        if !x.relations.is_empty() {
+            println!("  Relations: {}", x.relations.join(", "));
         }
-        What::Syncs => {
-            let syncs: Vec<_> = model::syncs(c)?
-                .into_iter()
-                .filter(|s| wanted(&s.name, filters))
-                .filter(|s| status.is_none_or(|st| s.status == st))
-                .collect();
-            if json_or_none(ctx, &syncs, "syncs") {
-                return Ok(());
-            }
-            let groups = model::dbgroups(c)?;
-            let rels = model::relations(c, None)?;
-            let rgs = model::relgroups(c)?;
-            for s in &syncs {
-                let g = groups.iter().find(|g| g.name == s.dbgroup);
-                let members = g
-                    .map(|g| {
-                        g.members
-                            .iter()
-                            .map(|m| format!("{}:{}", m.db, m.role))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                let kind = g.map(sync_kind).unwrap_or("sync");
-                let st = if s.status == Status::Active {
-                    "Active"
-                } else {
-                    "Inactive"
-                };
-                println!(
-                    "Sync \"{}\"  Relgroup \"{}\"  DB group \"{}\" {}  ({})  [{st}]",
-                    s.name, s.relgroup, s.dbgroup, members, kind
-                );
-                if ctx.verbose > 0 {
-                    if let Some(rg) = rgs.iter().find(|r| r.name == s.relgroup) {
-                        for id in &rg.members {
-                            if let Some(r) = rels.iter().find(|r| r.id == *id) {
-                                println!(
-                                    "  {} {}",
-                                    if r.reltype == RelType::Table {
-                                        "Table"
-                                    } else {
-                                        "Sequence"
-                                    },
-                                    r.name.human()
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+        if ctx.verbose > 2 {
+            println!("{}", x.src_code);
         }
-        What::Customcodes => {
-            let codes: Vec<_> = model::customcodes(c)?
-                .into_iter()
-                .filter(|x| wanted(&x.name, filters))
-                .collect();
-            if json_or_none(ctx, &codes, "customcodes") {
-                return Ok(());
-            }
-            for x in &codes {
-                println!(
-                    "Code: {}  When run: {}  Status: {}  Priority: {}  File: {}",
-                    x.name, x.whenrun, x.status, x.priority, x.src_file
-                );
-                if !x.syncs.is_empty() {
-                    println!("  Syncs: {}", x.syncs.join(", "));
-                }
-                if !x.relations.is_empty() {
-                    println!("  Relations: {}", x.relations.join(", "));
-                }
-                if ctx.verbose > 2 {
-                    println!("{}", x.src_code);
-                }
-            }
-        }
-        What::All => unreachable!("handled by run"),
     }
     Ok(())
 }

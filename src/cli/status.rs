@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::capture::{install, purge};
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::{model, runs};
-use crate::domain::{OneTimeCopy, Status};
+use crate::domain::{DbStatus, OneTimeCopy, Role, Status};
 use crate::error::{Error, Result};
 
 use crate::notify::report::{age, status_table, sync_status, SyncStatus};
@@ -21,49 +21,7 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
     let daemon = runs::daemon(&mut cat.client)?;
     let all = model::syncs(&mut cat.client)?;
     if names.is_empty() {
-        let mut rows = Vec::new();
-        for s in &all {
-            rows.push(sync_status(&mut cat.client, s, daemon.is_some())?);
-        }
-        if ctx.json {
-            let d = daemon
-                .as_ref()
-                .map(|d| json!({"pid": d.pid, "host": d.host, "started": d.started, "log": d.logdest}));
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"daemon": d, "syncs": rows})).expect("json")
-            );
-            return Ok(());
-        }
-        match &daemon {
-            Some(d) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
-            None => println!("capra daemon: not running (start it with capra start)"),
-        }
-        // The daemon's own scheduled jobs, when set.
-        for (setting, what) in [
-            ("purge_schedule", "purge"),
-            ("status_report_schedule", "status report mail"),
-            ("tailmail_schedule", "tailmail"),
-        ] {
-            let spec = model::setting(&mut cat.client, setting)?;
-            if spec.trim().is_empty()
-                || (setting == "tailmail_schedule" && model::setting(&mut cat.client, "tailmail_config")?.is_empty())
-            {
-                continue;
-            }
-            if let Some(at) = crate::schedule::cron::Schedule::parse(&spec)
-                .ok()
-                .and_then(|s| s.next_after(&chrono::Local::now()))
-            {
-                println!("Next {what}: {} ({spec})", at.format("%Y-%m-%d %H:%M:%S"));
-            }
-        }
-        if rows.is_empty() {
-            println!("No syncs have been created yet.");
-            return Ok(());
-        }
-        print!("{}", status_table(&rows));
-        return Ok(());
+        return overview(ctx, &mut cat.client, daemon.as_ref(), &all);
     }
     let list: Vec<&model::Sync> = if names.iter().any(|n| n == "all") {
         all.iter().collect()
@@ -80,44 +38,123 @@ pub fn status(ctx: &Ctx, names: &[String]) -> Result<()> {
     };
     let mut docs = Vec::new();
     for (i, s) in list.iter().enumerate() {
-        let st = sync_status(&mut cat.client, s, daemon.is_some())?;
-        let plan = SyncPlan::load(&mut cat.client, &s.name)?;
-        let pending = pending_for(&cat.installation, &plan);
-        let next = next_run(&mut cat.client, s, &st)?;
-        let behind = runs::targets_behind(&mut cat.client, &s.name)?;
-        let mm = if plan.sources.len() > 1 {
-            let strategy = match &s.conflict_strategy {
-                Some(x) => x.to_string(),
-                None => format!(
-                    "{} (default_conflict_strategy)",
-                    crate::catalog::model::setting(&mut cat.client, "default_conflict_strategy")?
-                ),
-            };
-            Some(runs::multi_master(&mut cat.client, &s.name, strategy)?)
-        } else {
-            None
-        };
+        let d = Detail::load(&mut cat.client, &cat.installation, s, daemon.is_some())?;
         if ctx.json {
-            let behind: Vec<Value> = behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
-            docs.push(json!({"status": st, "sync": s, "pending": pending, "next_run": next,
-                "tables": plan.tables.len() + plan.sequences.len(), "targets_behind": behind,
-                "multi_master": mm}));
+            docs.push(d.json(s));
             continue;
         }
         if i > 0 {
             println!();
         }
-        print_detail(s, &st, &plan, &pending, next.as_deref(), &behind, mm.as_ref());
+        print_detail(s, &d);
     }
     if ctx.json {
         let v = if docs.len() == 1 {
-            docs.pop().unwrap()
+            docs.pop().unwrap_or_default()
         } else {
             Value::Array(docs)
         };
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        println!("{v:#}");
     }
     Ok(())
+}
+
+/// `capra status` without names: the daemon, its scheduled jobs and the
+/// table of every sync.
+fn overview(ctx: &Ctx, c: &mut postgres::Client, daemon: Option<&runs::DaemonInfo>, all: &[model::Sync]) -> Result<()> {
+    let mut rows = Vec::new();
+    for s in all {
+        rows.push(sync_status(c, s, daemon.is_some())?);
+    }
+    if ctx.json {
+        let d = daemon.map(|d| json!({"pid": d.pid, "host": d.host, "started": d.started, "log": d.logdest}));
+        println!("{:#}", json!({"daemon": d, "syncs": rows}));
+        return Ok(());
+    }
+    match daemon {
+        Some(d) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
+        None => println!("capra daemon: not running (start it with capra start)"),
+    }
+    print_scheduled_jobs(c)?;
+    if rows.is_empty() {
+        println!("No syncs have been created yet.");
+        return Ok(());
+    }
+    print!("{}", status_table(&rows));
+    Ok(())
+}
+
+/// The daemon's own scheduled jobs, when set: when each runs next.
+fn print_scheduled_jobs(c: &mut postgres::Client) -> Result<()> {
+    for (setting, what) in [
+        ("purge_schedule", "purge"),
+        ("status_report_schedule", "status report mail"),
+        ("tailmail_schedule", "tailmail"),
+    ] {
+        let spec = model::setting(c, setting)?;
+        if spec.trim().is_empty()
+            || (setting == "tailmail_schedule" && model::setting(c, "tailmail_config")?.is_empty())
+        {
+            continue;
+        }
+        if let Some(at) = crate::schedule::cron::Schedule::parse(&spec)
+            .ok()
+            .and_then(|s| s.next_after(&chrono::Local::now()))
+        {
+            println!("Next {what}: {} ({spec})", at.format("%Y-%m-%d %H:%M:%S"));
+        }
+    }
+    Ok(())
+}
+
+/// Everything `capra status SYNC` shows about one sync.
+struct Detail {
+    st: SyncStatus,
+    plan: SyncPlan,
+    pending: Vec<Value>,
+    next: Option<String>,
+    behind: Vec<(String, String)>,
+    mm: Option<runs::MultiMaster>,
+}
+
+impl Detail {
+    /// Reads the sync's state, plan, pending changes and, for a
+    /// multi-master sync, its conflicts.
+    fn load(c: &mut postgres::Client, installation: &str, s: &model::Sync, daemon_up: bool) -> Result<Detail> {
+        let st = sync_status(c, s, daemon_up)?;
+        let plan = SyncPlan::load(c, &s.name)?;
+        let pending = pending_for(installation, &plan);
+        let next = next_run(c, s, &st)?;
+        let behind = runs::targets_behind(c, &s.name)?;
+        let mm = if plan.sources.len() > 1 {
+            let strategy = match &s.conflict_strategy {
+                Some(x) => x.to_string(),
+                None => format!(
+                    "{} (default_conflict_strategy)",
+                    crate::catalog::model::setting(c, "default_conflict_strategy")?
+                ),
+            };
+            Some(runs::multi_master(c, &s.name, strategy)?)
+        } else {
+            None
+        };
+        Ok(Detail {
+            st,
+            plan,
+            pending,
+            next,
+            behind,
+            mm,
+        })
+    }
+
+    /// The `--json` document.
+    fn json(&self, s: &model::Sync) -> Value {
+        let behind: Vec<Value> = self.behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
+        json!({"status": self.st, "sync": s, "pending": self.pending, "next_run": self.next,
+            "tables": self.plan.tables.len() + self.plan.sequences.len(), "targets_behind": behind,
+            "multi_master": self.mm})
+    }
 }
 
 /// Pending changes per source: (db, rows, oldest seconds) or the error.
@@ -171,16 +208,43 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
-fn print_detail(
-    s: &model::Sync,
-    st: &SyncStatus,
-    plan: &SyncPlan,
-    pending: &[Value],
-    next: Option<&str>,
-    behind: &[(String, String)],
-    mm: Option<&runs::MultiMaster>,
-) {
-    let mut rows: Vec<(String, String)> = Vec::new();
+/// Label and value lines of the detail block.
+type Rows = Vec<(String, String)>;
+
+fn print_detail(s: &model::Sync, d: &Detail) {
+    let mut rows: Rows = Vec::new();
+    last_run_rows(&mut rows, &d.st);
+    settings_rows(&mut rows, s, &d.st, &d.plan);
+    // Beyond Bucardo: what a DBA asks next.
+    database_rows(&mut rows, &d.plan, &d.behind);
+    if let Some(mm) = &d.mm {
+        multi_master_rows(&mut rows, s, mm);
+    }
+    pending_rows(&mut rows, &d.pending);
+    if let Some(sch) = &s.schedule {
+        rows.push(("Schedule".into(), sch.clone()));
+    }
+    rows.push((
+        "Next run".into(),
+        d.next.clone().unwrap_or_else(|| {
+            if s.autokick {
+                "when a change commits, or when kicked".into()
+            } else {
+                "when kicked".into()
+            }
+        }),
+    ));
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let rule = "=".repeat(70);
+    println!("{rule}");
+    for (k, v) in rows {
+        println!("{}", format!("{k:<w$} : {v}").trim_end());
+    }
+    println!("{rule}");
+}
+
+/// The last good run (with its row counts) and the last bad one.
+fn last_run_rows(rows: &mut Rows, st: &SyncStatus) {
     if let Some(g) = &st.last_good {
         rows.push((
             "Last good".into(),
@@ -204,6 +268,10 @@ fn print_detail(
             format!("{} (time until fail: {})", b.started, age(b.seconds.round())),
         ));
     }
+}
+
+/// The sync's own settings, in Bucardo's order, and its last error.
+fn settings_rows(rows: &mut Rows, s: &model::Sync, st: &SyncStatus, plan: &SyncPlan) {
     let src = plan
         .sources
         .iter()
@@ -211,7 +279,7 @@ fn print_detail(
         .collect::<Vec<_>>()
         .join(",");
     rows.push(("Sync name".into(), s.name.clone()));
-    rows.push(("Current state".into(), st.state.clone()));
+    rows.push(("Current state".into(), st.state.to_string()));
     rows.push(("Source relgroup/database".into(), format!("{} / {src}", s.relgroup)));
     rows.push((
         "Tables in sync".into(),
@@ -258,14 +326,17 @@ fn print_detail(
             .and_then(|b| b.error.clone())
             .unwrap_or_default(),
     ));
-    // Beyond Bucardo: what a DBA asks next.
+}
+
+/// The databases with their roles, and the targets that fell behind.
+fn database_rows(rows: &mut Rows, plan: &SyncPlan, behind: &[(String, String)]) {
     let dbs: Vec<String> = plan
         .sources
         .iter()
-        .map(|d| format!("{}:source", d.name))
-        .chain(plan.targets.iter().map(|d| format!("{}:target", d.name)))
-        .chain(plan.fullcopy.iter().map(|d| format!("{}:fullcopy", d.name)))
-        .chain(plan.skipped.iter().map(|d| format!("{d}:inactive")))
+        .map(|d| format!("{}:{}", d.name, Role::Source))
+        .chain(plan.targets.iter().map(|d| format!("{}:{}", d.name, Role::Target)))
+        .chain(plan.fullcopy.iter().map(|d| format!("{}:{}", d.name, Role::Fullcopy)))
+        .chain(plan.skipped.iter().map(|d| format!("{d}:{}", DbStatus::Inactive)))
         .collect();
     rows.push(("Databases".into(), dbs.join(" ")));
     if !behind.is_empty() {
@@ -275,23 +346,29 @@ fn print_detail(
             format!("{}; a full copy at the first run that includes them", list.join(", ")),
         ));
     }
-    if let Some(mm) = mm {
-        rows.push(("Conflict strategy".into(), mm.strategy.clone()));
-        rows.push((
-            "Conflicts (24 hours)".into(),
-            match &mm.last_conflict {
-                Some(t) => format!("{}, the last at {t} (capra conflicts {})", mm.conflicts_24h, s.name),
-                None => "0".into(),
-            },
-        ));
-        if let Some(o) = mm.clock_skew_ms.as_object() {
-            let v: Vec<String> = o
-                .iter()
-                .map(|(db, ms)| format!("{db} {:+.1} ms", ms.as_f64().unwrap_or(0.0)))
-                .collect();
-            rows.push(("Clock skew (last run)".into(), v.join(", ")));
-        }
+}
+
+/// A multi-master sync's strategy, recent conflicts and clock skew.
+fn multi_master_rows(rows: &mut Rows, s: &model::Sync, mm: &runs::MultiMaster) {
+    rows.push(("Conflict strategy".into(), mm.strategy.clone()));
+    rows.push((
+        "Conflicts (24 hours)".into(),
+        match &mm.last_conflict {
+            Some(t) => format!("{}, the last at {t} (capra conflicts {})", mm.conflicts_24h, s.name),
+            None => "0".into(),
+        },
+    ));
+    if let Some(o) = mm.clock_skew_ms.as_object() {
+        let v: Vec<String> = o
+            .iter()
+            .map(|(db, ms)| format!("{db} {:+.1} ms", ms.as_f64().unwrap_or(0.0)))
+            .collect();
+        rows.push(("Clock skew (last run)".into(), v.join(", ")));
     }
+}
+
+/// Change rows waiting per source, and the oldest one's age (the lag).
+fn pending_rows(rows: &mut Rows, pending: &[Value]) {
     let per_source: Vec<String> = pending
         .iter()
         .map(|p| {
@@ -318,26 +395,6 @@ fn print_detail(
     {
         rows.push(("Lag".into(), age(lag)));
     }
-    if let Some(sch) = &s.schedule {
-        rows.push(("Schedule".into(), sch.clone()));
-    }
-    rows.push((
-        "Next run".into(),
-        next.map(String::from).unwrap_or_else(|| {
-            if s.autokick {
-                "when a change commits, or when kicked".into()
-            } else {
-                "when kicked".into()
-            }
-        }),
-    ));
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let rule = "=".repeat(70);
-    println!("{rule}");
-    for (k, v) in rows {
-        println!("{}", format!("{k:<w$} : {v}").trim_end());
-    }
-    println!("{rule}");
 }
 
 /// The source databases of this installation's delta syncs (optionally only those named).
@@ -409,10 +466,7 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
         println!("  Total deltas for database {name}: {sum}");
     }
     if ctx.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"total": total, "databases": doc})).expect("json")
-        );
+        println!("{:#}", json!({"total": total, "databases": doc}));
     } else {
         println!("Total deltas across all targets: {total}");
     }

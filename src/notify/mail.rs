@@ -11,8 +11,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SendmailTransport, SmtpTransport, Transport};
 use postgres::GenericClient;
 
+use super::NotifyError;
 use crate::catalog::model;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Where Bucardo (and capra) send nothing: the default recipient.
 pub const NOBODY: &str = "nobody@example.com";
@@ -98,49 +99,56 @@ impl MailSettings {
     /// recipients); returns what the server answered.
     pub fn send(&self, to: Option<&[String]>, subject: &str, body: &str) -> Result<String> {
         let to = to.unwrap_or(&self.to);
-        let bad = |what: &str, e: &dyn std::fmt::Display| Error::Rejected(format!("mail: {what}: {e}"));
         let from = if self.from.is_empty() || self.from == NOBODY {
             format!("capra@{}", crate::sys::hostname())
         } else {
             self.from.clone()
         };
-        let mut m = Message::builder()
-            .from(
-                from.parse()
-                    .map_err(|e| bad(&format!("bad sender {from:?} (default_email_from)"), &e))?,
-            )
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN);
-        for t in to {
-            m = m.to(t
-                .parse()
-                .map_err(|e| bad(&format!("bad recipient {t:?} (default_email_to)"), &e))?);
-        }
-        let msg = m.body(body.to_string()).map_err(|e| bad("building the message", &e))?;
+        let msg = message(&from, to, subject, body)?;
         if !self.debug_file.is_empty() {
-            let text = format!(
-                "From: {from}\nTo: {}\nSubject: {subject}\nDate: {}\n\n{body}\n\n",
-                to.join(", "),
-                chrono::Local::now().to_rfc2822()
-            );
-            if let Err(e) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.debug_file)
-                .and_then(|mut f| f.write_all(text.as_bytes()))
-            {
-                tracing::warn!("Cannot append to email_debug_file {}: {e}", self.debug_file);
-            }
+            self.append_debug_copy(&from, to, subject, body);
         }
         if self.transport == "sendmail" {
             SendmailTransport::new_with_command(&self.sendmail)
                 .send(&msg)
-                .map_err(|e| bad(&format!("sending through {}", self.sendmail), &e))?;
+                .map_err(|cause| NotifyError::Sendmail {
+                    program: self.sendmail.clone(),
+                    cause,
+                })?;
             return Ok(format!("handed to {}", self.sendmail));
         }
+        self.send_smtp(&msg)
+    }
+
+    /// Appends the mail to `email_debug_file` (a failure is only logged).
+    fn append_debug_copy(&self, from: &str, to: &[String], subject: &str, body: &str) {
+        let text = format!(
+            "From: {from}\nTo: {}\nSubject: {subject}\nDate: {}\n\n{body}\n\n",
+            to.join(", "),
+            chrono::Local::now().to_rfc2822()
+        );
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.debug_file)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+        {
+            tracing::warn!("Cannot append to email_debug_file {}: {e}", self.debug_file);
+        }
+    }
+
+    /// Sends through the SMTP server; returns its answer.
+    fn send_smtp(&self, msg: &Message) -> Result<String> {
+        let tls_err = |mode: &'static str| {
+            move |cause| NotifyError::TlsSetup {
+                mode,
+                host: self.host.clone(),
+                cause,
+            }
+        };
         let mut b = match self.tls.as_str() {
-            "tls" => SmtpTransport::relay(&self.host).map_err(|e| bad("TLS setup", &e))?,
-            "starttls" => SmtpTransport::starttls_relay(&self.host).map_err(|e| bad("STARTTLS setup", &e))?,
+            "tls" => SmtpTransport::relay(&self.host).map_err(tls_err("TLS"))?,
+            "starttls" => SmtpTransport::starttls_relay(&self.host).map_err(tls_err("STARTTLS"))?,
             _ => SmtpTransport::builder_dangerous(&self.host),
         }
         .port(self.port)
@@ -148,14 +156,32 @@ impl MailSettings {
         if !self.user.is_empty() {
             b = b.credentials(Credentials::new(self.user.clone(), self.pass.clone()));
         }
-        let resp = b
-            .build()
-            .send(&msg)
-            .map_err(|e| bad(&format!("sending to {}", self.describe()), &e))?;
+        let resp = b.build().send(msg).map_err(|cause| NotifyError::Smtp {
+            server: self.describe(),
+            cause,
+        })?;
         Ok(format!(
             "{} {}",
             resp.code(),
             resp.message().collect::<Vec<_>>().join(" ")
         ))
     }
+}
+
+/// The plain-text mail, its addresses checked.
+fn message(from: &str, to: &[String], subject: &str, body: &str) -> Result<Message> {
+    let mut m = Message::builder()
+        .from(from.parse().map_err(|cause| NotifyError::Sender {
+            from: from.to_string(),
+            cause,
+        })?)
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for t in to {
+        m = m.to(t
+            .parse()
+            .map_err(|cause| NotifyError::Recipient { to: t.clone(), cause })?);
+    }
+    Ok(m.body(body.to_string())
+        .map_err(|cause| NotifyError::Message { cause })?)
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Local};
 
 use crate::domain::Status;
+use crate::error::Context;
 use crate::pg::pool::DbPool;
+use crate::pg::RowExt;
 use crate::schedule::cron::Schedule;
 use mail::MailSettings;
 
@@ -132,7 +134,7 @@ pub struct Notifier {
 impl Notifier {
     /// Hands an alert to the notifier thread.
     pub fn send(&self, a: Alert) {
-        let _ = self.tx.lock().map(|t| t.send(a));
+        let _ = crate::sys::lock(&self.tx).send(a);
     }
 
     /// Whether the notifier thread still runs (it ends after sending what
@@ -152,13 +154,19 @@ impl Notifier {
         let (tx, rx) = channel();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let r2 = running.clone();
-        let _ = std::thread::Builder::new().name("notify".into()).spawn(move || {
+        let spawned = crate::sys::spawn("notify", move || {
             let _r = crate::logging::role("MCP", None);
             let mut s = State::new(control, host);
             s.installation = installation;
             s.run(rx, stop);
             r2.store(false, std::sync::atomic::Ordering::SeqCst);
         });
+        if let Err(e) = spawned {
+            // Replication goes on without mail; nothing waits for a
+            // notifier that never ran.
+            tracing::error!("{e}; no alert mail will be sent");
+            running.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         Notifier {
             tx: Arc::new(Mutex::new(tx)),
             running,
@@ -412,49 +420,51 @@ impl State {
     /// status report schedule.
     fn check(&mut self) {
         let Ok(mut c) = self.control.get() else { return };
-        let late = c.query(
-            "SELECT s.name,
-                    extract(epoch FROM s.overdue)::float8, extract(epoch FROM s.expired)::float8,
-                    extract(epoch FROM now() - coalesce(greatest((SELECT r.ended FROM capra.run r WHERE r.id = st.last_good), st.last_empty), d.started))::float8
-               FROM capra.sync s
-               LEFT JOIN capra.sync_state st ON st.sync = s.name
-               CROSS JOIN (SELECT min(started) AS started FROM capra.daemon) d
-              WHERE s.status = 'active' AND (s.overdue > '0' OR s.expired > '0')",
-            &[],
-        );
+        let late = LateSync::load(&mut *c);
         drop(c);
-        if let Ok(rows) = late {
-            for r in rows {
-                let (sync, overdue, expired, age): (String, f64, f64, Option<f64>) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3));
-                let Some(age) = age else { continue };
-                for (kind, limit) in [("expired", expired), ("overdue", overdue)] {
-                    let key = format!("{kind}:{sync}");
-                    if limit > 0.0 && age > limit {
-                        if !self.incidents.contains_key(&key) {
-                            self.incident(
-                                &key,
-                                &format!("sync {kind}"),
-                                format!(
-                                    "Sync \"{sync}\" is {}: no good run for {:.0} s (limit {:.0} s)",
-                                    if kind == "expired" { "EXPIRED" } else { "overdue" },
-                                    age,
-                                    limit
-                                ),
-                            );
-                        }
-                    } else if self.incidents.contains_key(&key) {
-                        self.resolved(&key, "sync on time", format!("Sync \"{sync}\" is no longer {kind}"));
-                    }
+        match late {
+            Ok(rows) => {
+                for r in rows {
+                    self.lateness(r);
                 }
             }
+            Err(e) => tracing::debug!("Cannot check for late syncs: {e}"),
         }
         self.tailmail();
         if self.last_backlog.elapsed() >= Duration::from_secs(backlog_every()) {
             self.last_backlog = Instant::now();
             self.backlog();
         }
-        // The status report: capra status, on a schedule.
+        self.status_report_due();
+    }
+
+    /// Opens or ends a sync's expired and overdue incidents.
+    fn lateness(&mut self, r: LateSync) {
+        let Some(age) = r.age else { return };
+        let sync = r.sync;
+        for (late, limit) in [(Late::Expired, r.expired), (Late::Overdue, r.overdue)] {
+            let key = format!("{late}:{sync}");
+            if limit > 0.0 && age > limit {
+                if !self.incidents.contains_key(&key) {
+                    self.incident(
+                        &key,
+                        &format!("sync {late}"),
+                        format!(
+                            "Sync \"{sync}\" is {}: no good run for {:.0} s (limit {:.0} s)",
+                            late.shouted(),
+                            age,
+                            limit
+                        ),
+                    );
+                }
+            } else if self.incidents.contains_key(&key) {
+                self.resolved(&key, "sync on time", format!("Sync \"{sync}\" is no longer {late}"));
+            }
+        }
+    }
+
+    /// The status report: capra status, on a schedule.
+    fn status_report_due(&mut self) {
         let spec = self.setting("status_report_schedule").unwrap_or_default();
         if spec != self.report_spec {
             self.report_spec = spec.clone();
@@ -583,18 +593,21 @@ impl State {
     }
 
     fn status_report(&mut self) {
-        let body = (|| -> crate::error::Result<String> {
+        let body = (|| -> crate::error::Result<(String, usize)> {
             let mut c = self.control.get()?;
             let daemon_up = crate::catalog::runs::daemon(&mut *c)?.is_some();
             let mut rows = Vec::new();
             for s in crate::catalog::model::syncs(&mut *c)? {
                 rows.push(report::sync_status(&mut *c, &s, daemon_up)?);
             }
-            Ok(report::status_table(&rows))
+            let bad = rows
+                .iter()
+                .filter(|r| matches!(r.state, report::SyncState::Bad { .. }))
+                .count();
+            Ok((report::status_table(&rows), bad))
         })();
         match body {
-            Ok(table) => {
-                let bad = table.lines().filter(|l| l.contains("| Bad")).count();
+            Ok((table, bad)) => {
                 let now = Local::now();
                 let (s, b) = tnm_mail(
                     "capra",
@@ -660,6 +673,80 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// How late a sync is, by Bucardo's two thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Late {
+    /// Past `overdue`.
+    Overdue,
+    /// Past `expired`.
+    Expired,
+}
+
+impl Late {
+    /// The word in incident keys and mails.
+    fn as_str(self) -> &'static str {
+        match self {
+            Late::Overdue => "overdue",
+            Late::Expired => "expired",
+        }
+    }
+
+    /// The word as the failure mail says it (expired is shouted).
+    fn shouted(self) -> &'static str {
+        match self {
+            Late::Overdue => "overdue",
+            Late::Expired => "EXPIRED",
+        }
+    }
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An active sync with a lateness threshold, and the age of its last good
+/// run (or empty run, or of the daemon).
+struct LateSync {
+    sync: String,
+    /// Seconds; 0 when not set.
+    overdue: f64,
+    /// Seconds; 0 when not set.
+    expired: f64,
+    /// Seconds since the sync was last known good (none: no daemon row).
+    age: Option<f64>,
+}
+
+impl LateSync {
+    /// Every active sync with an overdue or expired threshold.
+    fn load(c: &mut impl postgres::GenericClient) -> crate::error::Result<Vec<LateSync>> {
+        let rows = c
+            .query(
+                "SELECT s.name,
+                    extract(epoch FROM s.overdue)::float8, extract(epoch FROM s.expired)::float8,
+                    extract(epoch FROM now() - coalesce(greatest((SELECT r.ended FROM capra.run r WHERE r.id = st.last_good), st.last_empty), d.started))::float8
+               FROM capra.sync s
+               LEFT JOIN capra.sync_state st ON st.sync = s.name
+               CROSS JOIN (SELECT min(started) AS started FROM capra.daemon) d
+              WHERE s.status = 'active' AND (s.overdue > '0' OR s.expired > '0')",
+                &[],
+            )
+            .ctx(|| "checking for late syncs".into())?;
+        rows.iter().map(LateSync::from_row).collect()
+    }
+
+    fn from_row(r: &postgres::Row) -> crate::error::Result<LateSync> {
+        const WHAT: &str = "reading a sync's lateness";
+        Ok(LateSync {
+            sync: r.col(0, WHAT)?,
+            overdue: r.col(1, WHAT)?,
+            expired: r.col(2, WHAT)?,
+            age: r.col(3, WHAT)?,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ pub struct SyncStatus {
     /// active or inactive.
     pub status: Status,
     /// Good, Bad (N failed runs), Running (since ...), No records found.
-    pub state: String,
+    pub state: SyncState,
     /// The last good run.
     pub last_good: Option<runs::RunInfo>,
     /// The last failed run.
@@ -30,6 +30,48 @@ pub struct SyncStatus {
     pub running_since: Option<String>,
 }
 
+/// How a sync is doing, as the State column says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// A run is in progress (and the daemon runs).
+    Running {
+        /// When it started.
+        since: String,
+    },
+    /// It never ran.
+    NoRecords,
+    /// Its last runs failed.
+    Bad {
+        /// Failed runs in a row.
+        failures: i32,
+    },
+    /// Its last run went well.
+    Good,
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncState::Running { since } => write!(f, "Running (since {since})"),
+            SyncState::NoRecords => f.write_str("No records found"),
+            SyncState::Bad { failures } => {
+                write!(
+                    f,
+                    "Bad ({failures} failed run{})",
+                    if *failures == 1 { "" } else { "s" }
+                )
+            }
+            SyncState::Good => f.write_str("Good"),
+        }
+    }
+}
+
+impl serde::Serialize for SyncState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A sync's status from the catalog (`daemon_up`: a run recorded as
 /// running is only believed while the daemon runs).
 pub fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool) -> Result<SyncStatus> {
@@ -38,16 +80,15 @@ pub fn sync_status(c: &mut impl GenericClient, s: &model::Sync, daemon_up: bool)
     let running = runs::running_since(c, &s.name)?;
     let last_good = runs::run_info(c, good)?;
     let last_bad = runs::run_info(c, bad)?;
-    let state = if running.is_some() && daemon_up {
-        format!("Running (since {})", running.clone().unwrap_or_default())
-    } else {
-        match (&last_good, &last_bad) {
-            (None, None) if empty.is_none() => "No records found".to_string(),
+    let state = match &running {
+        Some(since) if daemon_up => SyncState::Running { since: since.clone() },
+        _ => match (&last_good, &last_bad) {
+            (None, None) if empty.is_none() => SyncState::NoRecords,
             (_, Some(b)) if failures > 0 && last_good.as_ref().is_none_or(|g| g.id < b.id) => {
-                format!("Bad ({failures} failed run{})", if failures == 1 { "" } else { "s" })
+                SyncState::Bad { failures }
             }
-            _ => "Good".to_string(),
-        }
+            _ => SyncState::Good,
+        },
     };
     Ok(SyncStatus {
         name: s.name.clone(),
@@ -110,7 +151,7 @@ pub fn status_table(rows: &[SyncStatus]) -> String {
             let b = r.last_bad.as_ref();
             vec![
                 r.name.clone(),
-                r.state.clone(),
+                r.state.to_string(),
                 g.map(short_time).unwrap_or_else(|| "none".into()),
                 g.map(|g| age(g.age_secs)).unwrap_or_default(),
                 g.map(|g| format!("{:.1}s", g.seconds)).unwrap_or_default(),
@@ -145,4 +186,25 @@ pub fn status_table(rows: &[SyncStatus]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_as_before() {
+        let since = "2026-12-01 10:00:00".to_string();
+        assert_eq!(
+            SyncState::Running { since }.to_string(),
+            "Running (since 2026-12-01 10:00:00)"
+        );
+        assert_eq!(SyncState::NoRecords.to_string(), "No records found");
+        assert_eq!(SyncState::Bad { failures: 1 }.to_string(), "Bad (1 failed run)");
+        assert_eq!(SyncState::Bad { failures: 3 }.to_string(), "Bad (3 failed runs)");
+        assert_eq!(
+            serde_json::to_value(SyncState::Good).unwrap(),
+            serde_json::json!("Good")
+        );
+    }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::Local;
 use regex::Regex;
 
+use super::NotifyError;
 use crate::error::{Error, Result};
 
 /// A parsed tail_n_mail config file.
@@ -227,9 +228,12 @@ fn save_state(config: &Path, cfg: &Config, pos: &BTreeMap<usize, Pos>) -> Result
             }
         }
     }
-    std::fs::write(state_path(config), text).map_err(|source| Error::Io {
-        context: format!("writing {}", state_path(config).display()),
-        source,
+    std::fs::write(state_path(config), text).map_err(|source| {
+        NotifyError::WriteState {
+            path: state_path(config),
+            source,
+        }
+        .into()
     })
 }
 
@@ -444,98 +448,18 @@ impl Digest {
 /// Reads the logs a config names from where the last run stopped and
 /// builds the digest (`Digest::save` then keeps the new position).
 pub fn run(config: &Path) -> Result<Digest> {
-    let text = std::fs::read_to_string(config).map_err(|source| Error::Io {
-        context: format!("reading {}", config.display()),
+    let text = std::fs::read_to_string(config).map_err(|source| NotifyError::ReadConfig {
+        path: config.to_path_buf(),
         source,
     })?;
     let cfg = Config::parse(&text)?;
-    let prefix = prefix_regex(&cfg.log_line_prefix);
     let mut pos = load_state(config, &cfg);
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut per_file: Vec<(String, u64)> = Vec::new();
-    let mut problems = Vec::new();
-    for (n, pattern) in cfg.files.iter().enumerate() {
-        let n = n + 1;
-        let p = pos.get(&n).cloned().unwrap_or_default();
-        let files = files_for(pattern, p.lastfile.as_deref());
-        let mut newpos = p.clone();
-        for f in &files {
-            let fs = f.display().to_string();
-            let offset = if p.lastfile.as_deref() == Some(fs.as_str()) {
-                p.offset
-            } else {
-                0
-            };
-            match read_file(f, offset, &prefix) {
-                Ok((es, end, note)) => {
-                    if let Some(n) = note {
-                        problems.push(n);
-                    }
-                    let kept: Vec<Entry> = es
-                        .into_iter()
-                        .filter(|e| {
-                            let whole = format!("{} {}", e.prefix, e.text);
-                            (cfg.include.is_empty() || cfg.include.iter().any(|r| r.is_match(&whole)))
-                                && !cfg.exclude.iter().any(|r| r.is_match(&whole))
-                        })
-                        .collect();
-                    if !kept.is_empty() {
-                        per_file.push((fs.clone(), kept.len() as u64));
-                    }
-                    entries.extend(kept);
-                    newpos = Pos {
-                        lastfile: Some(fs),
-                        offset: end,
-                    };
-                }
-                Err(e) if f.exists() => {
-                    tracing::error!("tailmail: cannot read {fs}: {e}");
-                    problems.push(format!("!! Cannot read {fs}: {e}"));
-                }
-                Err(_) => {
-                    tracing::warn!("tailmail: {fs} was not found");
-                    problems.push(format!("!! File was not found: {fs}"));
-                }
-            }
-        }
-        pos.insert(n, newpos);
-    }
-    // Group.
-    struct Item {
-        flat: String,
-        first: Entry,
-        last: Entry,
-        count: u64,
-        variants: bool,
-    }
-    let mut items: Vec<Item> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    for e in entries {
-        let flat = flatten(&e.text);
-        match index.get(&flat) {
-            Some(&i) => {
-                let it = &mut items[i];
-                it.count += 1;
-                it.variants |= it.first.text != e.text;
-                it.last = e;
-            }
-            None => {
-                index.insert(flat.clone(), items.len());
-                items.push(Item {
-                    flat,
-                    first: e.clone(),
-                    last: e,
-                    count: 1,
-                    variants: false,
-                });
-            }
-        }
-    }
-    // Most frequent first (tail_n_mail's default sort).
-    items.sort_by(|a, b| b.count.cmp(&a.count).then(a.first.line.cmp(&b.first.line)));
+    let found = read_logs(&cfg, &mut pos);
+    let items = group(found.entries);
     let total: u64 = items.iter().map(|i| i.count).sum();
     let host = crate::sys::hostname();
-    let lastfile = per_file
+    let lastfile = found
+        .per_file
         .last()
         .map(|f| f.0.clone())
         .or_else(|| pos.values().filter_map(|p| p.lastfile.clone()).next_back())
@@ -551,50 +475,12 @@ pub fn run(config: &Path) -> Result<Digest> {
         Local::now().format("%a %b %e %H:%M:%S %Y %Z"),
         items.len()
     );
-    match per_file.as_slice() {
-        [(f, n)] => body.push_str(&format!("Matches from {f}: {n}\n")),
-        many => {
-            for (i, (f, n)) in many.iter().enumerate() {
-                body.push_str(&format!(
-                    "Matches from [{}] {f}: {n}\n",
-                    (b'A' + (i % 26) as u8) as char
-                ));
-            }
-        }
-    }
-    for p in &problems {
+    body.push_str(&matches_per_file(&found.per_file));
+    for p in &found.problems {
         body.push_str(&format!("{p}\n"));
     }
     for (n, it) in items.iter().enumerate() {
-        if it.count == 1 {
-            body.push_str(&format!(
-                "\n[{}] (from line {})\n{}\n{}\n",
-                n + 1,
-                it.first.line,
-                it.first.prefix,
-                it.first.text
-            ));
-        } else {
-            let lines = if it.first.file == it.last.file {
-                format!("between lines {} and {}", it.first.line, it.last.line)
-            } else {
-                format!(
-                    "from line {} of {} to line {} of {}",
-                    it.first.line, it.first.file, it.last.line, it.last.file
-                )
-            };
-            body.push_str(&format!(
-                "\n[{}] ({lines}, occurs {} times)\nFirst: {}\nLast:  {}\n{}\n",
-                n + 1,
-                it.count,
-                it.first.prefix,
-                it.last.prefix,
-                it.flat
-            ));
-            if it.variants {
-                body.push_str(&format!("-\n{}\n", it.first.text));
-            }
-        }
+        body.push_str(&it.render(n + 1));
     }
     Ok(Digest {
         subject,
@@ -608,6 +494,164 @@ pub fn run(config: &Path) -> Result<Digest> {
         cfg,
         pos,
     })
+}
+
+/// What one run found in the logs.
+#[derive(Default)]
+struct Found {
+    /// The entries that passed INCLUDE and EXCLUDE, in file order.
+    entries: Vec<Entry>,
+    /// Matching entries per file read.
+    per_file: Vec<(String, u64)>,
+    /// Files that were missing, unreadable or cut (lines for the mail).
+    problems: Vec<String>,
+}
+
+/// Reads every FILE from its position (moving `pos` to where the reading
+/// stopped).
+fn read_logs(cfg: &Config, pos: &mut BTreeMap<usize, Pos>) -> Found {
+    let prefix = prefix_regex(&cfg.log_line_prefix);
+    let mut found = Found::default();
+    for (n, pattern) in cfg.files.iter().enumerate() {
+        let n = n + 1;
+        let p = pos.get(&n).cloned().unwrap_or_default();
+        let files = files_for(pattern, p.lastfile.as_deref());
+        let mut newpos = p.clone();
+        for f in &files {
+            if let Some(end) = read_one(cfg, f, &p, &prefix, &mut found) {
+                newpos = end;
+            }
+        }
+        pos.insert(n, newpos);
+    }
+    found
+}
+
+/// Reads one log file (from the saved offset if it is the file last read)
+/// into `found`; returns the position after it, or None if it could not
+/// be read.
+fn read_one(cfg: &Config, f: &Path, p: &Pos, prefix: &Regex, found: &mut Found) -> Option<Pos> {
+    let fs = f.display().to_string();
+    let offset = if p.lastfile.as_deref() == Some(fs.as_str()) {
+        p.offset
+    } else {
+        0
+    };
+    match read_file(f, offset, prefix) {
+        Ok((es, end, note)) => {
+            if let Some(n) = note {
+                found.problems.push(n);
+            }
+            let kept: Vec<Entry> = es.into_iter().filter(|e| cfg.keeps(e)).collect();
+            if !kept.is_empty() {
+                found.per_file.push((fs.clone(), kept.len() as u64));
+            }
+            found.entries.extend(kept);
+            Some(Pos {
+                lastfile: Some(fs),
+                offset: end,
+            })
+        }
+        Err(e) if f.exists() => {
+            tracing::error!("tailmail: cannot read {fs}: {e}");
+            found.problems.push(format!("!! Cannot read {fs}: {e}"));
+            None
+        }
+        Err(_) => {
+            tracing::warn!("tailmail: {fs} was not found");
+            found.problems.push(format!("!! File was not found: {fs}"));
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Whether an entry passes INCLUDE (any, if there are some) and no EXCLUDE.
+    fn keeps(&self, e: &Entry) -> bool {
+        let whole = format!("{} {}", e.prefix, e.text);
+        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(&whole)))
+            && !self.exclude.iter().any(|r| r.is_match(&whole))
+    }
+}
+
+/// Similar entries, as one numbered item of the mail.
+struct Group {
+    flat: String,
+    first: Entry,
+    last: Entry,
+    count: u64,
+    /// Not every entry had the first one's exact text.
+    variants: bool,
+}
+
+impl Group {
+    /// The item as the mail shows it, numbered `n`.
+    fn render(&self, n: usize) -> String {
+        if self.count == 1 {
+            return format!(
+                "\n[{n}] (from line {})\n{}\n{}\n",
+                self.first.line, self.first.prefix, self.first.text
+            );
+        }
+        let lines = if self.first.file == self.last.file {
+            format!("between lines {} and {}", self.first.line, self.last.line)
+        } else {
+            format!(
+                "from line {} of {} to line {} of {}",
+                self.first.line, self.first.file, self.last.line, self.last.file
+            )
+        };
+        let mut out = format!(
+            "\n[{n}] ({lines}, occurs {} times)\nFirst: {}\nLast:  {}\n{}\n",
+            self.count, self.first.prefix, self.last.prefix, self.flat
+        );
+        if self.variants {
+            out.push_str(&format!("-\n{}\n", self.first.text));
+        }
+        out
+    }
+}
+
+/// Groups similar entries (literals and numbers flattened), most frequent
+/// first (tail_n_mail's default sort).
+fn group(entries: Vec<Entry>) -> Vec<Group> {
+    let mut items: Vec<Group> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for e in entries {
+        let flat = flatten(&e.text);
+        match index.get(&flat) {
+            Some(&i) => {
+                let it = &mut items[i];
+                it.count += 1;
+                it.variants |= it.first.text != e.text;
+                it.last = e;
+            }
+            None => {
+                index.insert(flat.clone(), items.len());
+                items.push(Group {
+                    flat,
+                    first: e.clone(),
+                    last: e,
+                    count: 1,
+                    variants: false,
+                });
+            }
+        }
+    }
+    items.sort_by(|a, b| b.count.cmp(&a.count).then(a.first.line.cmp(&b.first.line)));
+    items
+}
+
+/// The "Matches from ..." lines: one file plain, several lettered.
+fn matches_per_file(per_file: &[(String, u64)]) -> String {
+    match per_file {
+        [(f, n)] => format!("Matches from {f}: {n}\n"),
+        many => many
+            .iter()
+            .enumerate()
+            .map(|(i, (f, n))| format!("Matches from [{}] {f}: {n}\n", (b'A' + (i % 26) as u8) as char))
+            .collect(),
+    }
 }
 
 /// Whether tail_n_mail would refuse to send for these recipients (an
