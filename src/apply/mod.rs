@@ -17,6 +17,7 @@
 
 mod context;
 pub mod copy;
+mod error;
 pub mod pools;
 mod receive;
 pub mod run;
@@ -24,3 +25,5 @@ pub mod sequences;
 mod settle;
 mod source;
 mod table;
+
+pub use error::ApplyError;

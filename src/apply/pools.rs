@@ -8,7 +8,7 @@ use postgres::CancelToken;
 use postgres_openssl::MakeTlsConnector;
 
 use crate::catalog::model::Db;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pg::pool::{Conn, DbPool};
 
 /// Pools by database name, rebuilt when a database's settings change.
@@ -59,7 +59,7 @@ impl Cancel {
     /// Notes a connection the run uses (refused once stopping).
     pub fn register(&self, c: &postgres::Client) -> Result<()> {
         if self.is_stopped() {
-            return Err(Error::Rejected("the daemon is stopping".into()));
+            return Err(super::ApplyError::Stopping.into());
         }
         crate::sys::lock(&self.tokens).push(c.cancel_token());
         Ok(())

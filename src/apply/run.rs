@@ -30,6 +30,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::copy::pipe;
+use super::error::ApplyError;
 use super::receive::{set_indexes, spare_clause, truncate_or_delete, Batch, Receivers, Recv};
 use super::sequences::{apply_sequence, read_sequences, SeqState};
 use super::settle::{detect, Found, Settle};
@@ -41,7 +42,7 @@ use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
 use crate::domain::conflict::Strategy;
 use crate::domain::OneTimeCopy;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::pg::pool::Conn;
 
 /// Defined at the bottom of apply (every layer uses them), named here,
@@ -199,9 +200,7 @@ impl<'a, 'e> Run<'a, 'e> {
     fn new(env: &'a RunEnv<'e>, plan: &'a SyncPlan) -> Result<Self> {
         let name = plan.name().to_string();
         if plan.sources.is_empty() {
-            return Err(Error::Rejected(format!(
-                "sync \"{name}\" has no active source database; add one (capra update dbgroup ...)"
-            )));
+            return Err(ApplyError::NoSource { sync: name }.into());
         }
         let report = RunReport {
             skipped: plan.skipped.clone(),
@@ -425,10 +424,11 @@ impl<'a, 'e> Run<'a, 'e> {
                     tracing::warn!("Retrying {} as the exception hook asked: {text}", t.name.human());
                 }
                 Some("retry") => {
-                    return Err(Error::Rejected(format!(
-                        "the exception hook retried {} twice and it still fails; giving up: {text}",
-                        t.name.human()
-                    )))
+                    return Err(ApplyError::HookGaveUp {
+                        table: t.name.human(),
+                        error: text,
+                    }
+                    .into())
                 }
                 Some("skip") => {
                     tracing::warn!(
@@ -528,15 +528,14 @@ impl<'a, 'e> Run<'a, 'e> {
         for s in &srcs[1..] {
             if let Some(c) = s.captured.get(&tkey) {
                 if c.1 != keycols {
-                    return Err(Error::Rejected(format!(
-                        "table {} is captured with key ({}) on \"{}\" but ({}) on \"{}\"; every source of a multi-master sync needs the same key (capra update table {} pkey=...)",
-                        t.name.human(),
-                        keycols.join(", "),
-                        srcs[0].db.name,
-                        c.1.join(", "),
-                        s.db.name,
-                        t.name.human()
-                    )));
+                    return Err(ApplyError::KeysDiffer {
+                        table: t.name.human(),
+                        first_db: srcs[0].db.name.clone(),
+                        first_key: keycols,
+                        other_db: s.db.name.clone(),
+                        other_key: c.1.clone(),
+                    }
+                    .into());
                 }
             }
         }
@@ -682,12 +681,11 @@ impl<'a, 'e> Run<'a, 'e> {
             .iter()
             .find(|s| s.id_of(t).is_some_and(|id| s.recopy.contains(&id)))
         {
-            return Err(Error::Rejected(format!(
-                "table {} lost its replication key on source \"{}\" (a key column was dropped), so its changes there cannot be told apart; declare its key (capra update table {} pkey=COLUMNS); multi-master syncs then need the table made equal by hand or with onetimecopy=2 on emptied copies",
-                t.name.human(),
-                s.db.name,
-                t.name.human()
-            )));
+            return Err(ApplyError::KeyLost {
+                table: t.name.human(),
+                db: s.db.name.clone(),
+            }
+            .into());
         }
         Ok(())
     }

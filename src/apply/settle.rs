@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use postgres::{Portal, Transaction};
 
 use super::context::{RunEnv, TableReport};
+use super::error::ApplyError;
 use super::source::Src;
 use super::table::{array_params, key_columns, key_params_eq, text_params, unnest_select, TableCtx, TableMeta};
 use crate::domain::conflict::{self, Contender, Decision, Record, Strategy};
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::pg::RowExt;
 
 /// What settles conflicts in one table: the strategy and the hooks.
@@ -82,11 +83,12 @@ impl Settle<'_, '_> {
         };
         self.env.conflicts.borrow_mut().push(rec);
         if decision == Decision::Abort {
-            return Err(Error::Rejected(format!(
-                "conflict on {tname} ({})=({}) and conflict_strategy is abort: nothing was applied; settle it by choosing another strategy (capra update sync SYNC conflict_strategy=latest, or a list of databases), then the sync goes on",
-                meta.keycols.join(", "),
-                key.join(", ")
-            )));
+            return Err(ApplyError::ConflictAbort {
+                table: tname.to_string(),
+                columns: meta.keycols.clone(),
+                key: key.to_vec(),
+            }
+            .into());
         }
         Ok(decision)
     }
@@ -132,10 +134,13 @@ impl Settle<'_, '_> {
             Some((crate::hooks::Answer::Text(db), code)) => match self.sources.iter().position(|s| *s == db) {
                 Some(i) => Some((Decision::Winner(i), format!("hook {code}"))),
                 None => {
-                    return Err(Error::Rejected(format!(
-                        "conflict hook {code} answered {db:?} for {tname}, which is not a source of this sync ({})",
-                        self.sources.join(", ")
-                    )))
+                    return Err(ApplyError::HookAnsweredStranger {
+                        code,
+                        db,
+                        table: tname.to_string(),
+                        sources: self.sources.to_vec(),
+                    }
+                    .into())
                 }
             },
             Some((crate::hooks::Answer::Row(row), code)) => {

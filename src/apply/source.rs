@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use postgres::Transaction;
 
 use super::context::{RunCache, RunEnv};
+use super::error::ApplyError;
 use super::table::{array_params, key_columns, makedelta_any, unnest_select, TableCtx, RUN_MEMORY, TEXT_FORMATS};
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
@@ -26,7 +27,7 @@ pub(super) fn snapshot_literal(s: &str) -> Result<String> {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ':' || c == ',') {
         Ok(format!("'{s}'::txid_snapshot"))
     } else {
-        Err(Error::Rejected(format!("unexpected snapshot text {s:?}")))
+        Err(ApplyError::BadSnapshot { text: s.to_string() }.into())
     }
 }
 
@@ -252,19 +253,23 @@ fn read_position(tx: &mut Transaction<'_>, env: &RunEnv<'_>, plan: &SyncPlan, db
         )
         .ctx(|| format!("reading sync \"{name}\"'s position on \"{db}\""))?;
     let Some(r) = row else {
-        return Err(Error::Rejected(format!(
-            "change capture for sync \"{name}\" is not installed on \"{db}\"; run: capra activate {name}"
-        )));
+        return Err(ApplyError::NotInstalled {
+            sync: name.to_string(),
+            db: db.to_string(),
+        }
+        .into());
     };
     let what = "the sync's position";
     let cur: String = r.col(0, what)?;
     let prev: String = r.col(1, what)?;
     if r.col::<_, bool>(2, what)? && plan.sync.onetimecopy != crate::domain::OneTimeCopy::All {
-        return Err(Error::Rejected(format!(
-            "sync \"{name}\" has applied changes up to transaction {} on \"{db}\", but that database is only at {} (restored from a backup, or a different server?); its change log cannot be trusted: run 'capra update sync {name} onetimecopy=1' for a full copy, after which the sync follows the database from now on",
-            prev.split(':').next().unwrap_or("?"),
-            cur.split(':').nth(1).unwrap_or("?"),
-        )));
+        return Err(ApplyError::PositionAhead {
+            sync: name.to_string(),
+            db: db.to_string(),
+            applied: prev.split(':').next().unwrap_or("?").to_string(),
+            at: cur.split(':').nth(1).unwrap_or("?").to_string(),
+        }
+        .into());
     }
     Ok((cur, Some(prev), r.col(3, what)?, r.col(4, what)?))
 }
@@ -315,12 +320,10 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, s: &
             .captured
             .get(&(t.name.schema.clone(), t.name.name.clone()))
             .map(|c| c.0)
-            .ok_or_else(|| {
-                Error::Rejected(format!(
-                    "table {} of sync \"{name}\" is not captured on \"{}\"; run: capra activate {name}",
-                    t.name.human(),
-                    s.db.name
-                ))
+            .ok_or_else(|| ApplyError::NotCaptured {
+                table: t.name.human(),
+                sync: name.to_string(),
+                db: s.db.name.clone(),
             })?;
         parts.push(format!(
             "SELECT {id} WHERE EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {window})"

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::Transaction;
 
+use super::error::ApplyError;
 use crate::catalog::model::Relation;
 use crate::catalog::plan::SyncPlan;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pg::discover;
 use crate::pg::ident::quote_ident;
 
@@ -232,10 +233,7 @@ pub(super) fn table_meta(
     }
     let kind = discover::kind_of(stx, &t.name)?;
     if kind.is_none() {
-        return Err(Error::Rejected(format!(
-            "table {} does not exist on the source any more",
-            t.name.human()
-        )));
+        return Err(ApplyError::GoneOnSource { table: t.name.human() }.into());
     }
     let src_cols = discover::columns(stx, &t.name)?;
     let cols: Vec<String> = src_cols
@@ -279,28 +277,32 @@ fn key_types_on(
 ) -> Result<Vec<String>> {
     let tcols = discover::columns(tx, &t.name)?;
     if tcols.is_empty() {
-        return Err(Error::Rejected(format!(
-            "table {} does not exist in database \"{n}\"; create it there (capra validate lists every difference)",
-            t.name.human()
-        )));
+        return Err(ApplyError::TableMissing {
+            table: t.name.human(),
+            db: n.to_string(),
+        }
+        .into());
     }
     for c in src_cols.iter().filter(|c| !c.generated) {
         if !tcols.iter().any(|tc| tc.name == c.name) {
-            return Err(Error::Rejected(format!(
-                "column \"{}\" of table {} is missing in database \"{n}\"; add it there (capra validate shows every difference)",
-                c.name,
-                t.name.human()
-            )));
+            return Err(ApplyError::ColumnMissing {
+                column: c.name.clone(),
+                table: t.name.human(),
+                db: n.to_string(),
+            }
+            .into());
         }
     }
     let mut kt = Vec::new();
     for k in keycols {
-        let c = tcols.iter().find(|c| &c.name == k).ok_or_else(|| {
-            Error::Rejected(format!(
-                "key column \"{k}\" of table {} is missing in database \"{n}\"",
-                t.name.human()
-            ))
-        })?;
+        let c = tcols
+            .iter()
+            .find(|c| &c.name == k)
+            .ok_or_else(|| ApplyError::KeyColumnMissing {
+                column: k.to_string(),
+                table: t.name.human(),
+                db: n.to_string(),
+            })?;
         // No type modifier: a key widened on one side only still
         // compares exactly (a cast to varchar(10) would cut it).
         kt.push(c.base_type.clone());

@@ -454,7 +454,12 @@ pub fn report(e: &Error, verbose: u8) {
         _ => eprintln!("capra: {}", crate::pg::error::flatten(&e.to_string())),
     }
     if verbose > 0 {
-        let mut cur = std::error::Error::source(e);
+        // A failed statement's driver error is not its source (the message
+        // already carries the server's words); -v shows its chain anyway.
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = match e.driver() {
+            Some(d) => Some(d),
+            None => std::error::Error::source(e),
+        };
         while let Some(c) = cur {
             eprintln!("  caused by: {c}");
             cur = c.source();

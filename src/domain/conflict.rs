@@ -74,8 +74,8 @@ impl Strategy {
 impl std::fmt::Display for Strategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Strategy::Priority(n) => f.write_str(&n.join(" ")),
-            other => f.write_str(&other.label()),
+            Strategy::Priority(n) => f.pad(&n.join(" ")),
+            other => f.pad(&other.label()),
         }
     }
 }

@@ -57,7 +57,8 @@ macro_rules! text_enum {
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                // pad, not write_str: tables align these with `{:<w$}`.
+                f.pad(self.as_str())
             }
         }
 
@@ -215,7 +216,7 @@ impl OneTimeCopy {
 
 impl std::fmt::Display for OneTimeCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.as_i16())
+        f.pad(&self.as_i16().to_string())
     }
 }
 
@@ -250,5 +251,9 @@ mod tests {
             assert_eq!(OneTimeCopy::from_i16(n).unwrap().as_i16(), n);
         }
         assert!(OneTimeCopy::from_i16(3).is_err());
+        // Output tables pad these like the strings they replaced.
+        assert_eq!(format!("[{:<8}]", DbStatus::Active), "[active  ]");
+        assert_eq!(format!("[{:>3}]", OneTimeCopy::All), "[  1]");
+        assert_eq!(format!("[{:<6}]", Strategy::Priority(vec!["a".into()])), "[a     ]");
     }
 }

@@ -370,8 +370,18 @@ fn three_way_multi_master_under_pgbench_and_sigkill_converges() {
             runs("bad")
         );
         // Replication kept going under the load: far more good runs than
-        // failed ones (deadlocks and lock waits are retried).
-        assert!(runs("good") > 3 * runs("bad"), "{errors:?}");
+        // failed ones (deadlocks and lock waits are retried). The runs the
+        // SIGKILLs cut short are not failures of replication, and how many
+        // good runs fit in the load's seconds depends on the machine.
+        let killed: i64 = value(
+            a,
+            &c.ctl_db,
+            "SELECT count(*) FROM capra.run WHERE sync = 'mm' AND state = 'bad' AND error LIKE 'the daemon stopped during this run%'",
+        )
+        .parse()
+        .unwrap();
+        let failed = runs("bad") - killed;
+        assert!(runs("good") > 0 && runs("good") > 3 * failed, "{errors:?}");
         // Real conflicts happened and were settled.
         let n: i64 = value(a, &c.ctl_db, "SELECT count(*) FROM capra.conflict WHERE sync = 'mm'")
             .parse()
