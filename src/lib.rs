@@ -6,22 +6,29 @@
 //! daemon that runs syncs when a change commits, when kicked, or on a cron
 //! schedule.
 //!
-//! ## The parts (Bucardo's names in brackets)
+//! ## The parts (Bucardo's names in brackets), lowest layer first
 //!
+//! A part uses only the parts above it in this list (`tests/it/structure.rs`
+//! checks it).
+//!
+//! - [`error`], [`sys`], [`logging`], [`domain`], [`pg`], [`config`],
+//!   [`schedule`], [`hooks`]: the ground floor: errors and their kinds,
+//!   threads and locks, the log, capra's words as types (roles, statuses,
+//!   conflict strategies), PostgreSQL plumbing (connections, pools, quoting,
+//!   reading a live catalog), where settings come from, cron schedules and
+//!   when a sync runs, sandboxed Lua custom code.
 //! - [`catalog`]: the control database: databases, tables, groups, syncs,
 //!   hooks, settings, run history.
-//! - [`capture`]: what capra reads, checks and installs in source databases.
+//! - [`capture`]: what capra checks and installs in source databases.
 //! - [`apply`]: one run of a sync: read a source snapshot, write targets \[KID\].
+//! - [`notify`]: alert and status report mail, tail_n_mail style.
 //! - [`daemon`]: the systemd-native daemon: controllers, workers, watchers,
 //!   purger \[MCP, CTL, VAC\].
-//! - [`schedule`]: cron schedules.
-//! - [`hooks`]: sandboxed Lua custom code.
-//! - [`notify`]: alert and status report mail, tail_n_mail style.
-//! - [`cli`]: everything a user types and sees.
-//! - [`config`]: where settings come from.
-//! - [`pg`]: PostgreSQL plumbing shared by all of the above.
+//! - [`cli`]: everything a user types and sees, including the key=value
+//!   grammar and Bucardo's spellings.
 //!
-//! Errors are typed ([`Error`]) and turned into one line at the CLI edge.
+//! Errors are typed ([`Error`], with each part's own error type and a
+//! [`error::Kind`]) and turned into one line at the CLI edge.
 
 #![warn(missing_docs)]
 
