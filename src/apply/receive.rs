@@ -14,7 +14,7 @@ use super::source::{snapshot_literal, Captured, Src};
 use super::table::{key_params_eq, makedelta, text_params, unnest_select, TableCtx, RUN_MEMORY, TEXT_FORMATS};
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
-use crate::domain::conflict::{Contender, Decision, Record};
+use crate::domain::conflict::{Contender, Decision, Record, Winner};
 use crate::domain::DeleteMethod;
 use crate::error::{Context, Result};
 use crate::pg::ident::quote_ident;
@@ -724,7 +724,7 @@ impl OnSource<'_, '_, '_> {
                     .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
                     .collect(),
                 contenders: vec![mine],
-                winner: db.to_string(),
+                winner: Winner::Db(db.to_string()),
                 reason: "changed again after a merged row was decided".into(),
             };
             st.env.conflicts.borrow_mut().push(rec);

@@ -11,7 +11,7 @@ use super::context::{RunEnv, TableReport};
 use super::error::ApplyError;
 use super::source::Src;
 use super::table::{array_params, key_columns, key_params_eq, text_params, unnest_select, TableCtx, TableMeta};
-use crate::domain::conflict::{self, Contender, Decision, Record, Strategy};
+use crate::domain::conflict::{self, Contender, Decision, Record, Strategy, Winner};
 use crate::error::{Context, Result};
 use crate::pg::RowExt;
 
@@ -51,10 +51,10 @@ impl Settle<'_, '_> {
             ),
         };
         let winner = match &decision {
-            Decision::Winner(i) => self.sources[*i].clone(),
-            Decision::Merge(_) => "merged".into(),
-            Decision::Skip => "skipped".into(),
-            Decision::Abort => "aborted".into(),
+            Decision::Winner(i) => Winner::Db(self.sources[*i].clone()),
+            Decision::Merge(_) => Winner::Merged,
+            Decision::Skip => Winner::Skipped,
+            Decision::Abort => Winner::Aborted,
         };
         if let Some(l) = late {
             reason = format!("{reason}; {l}");

@@ -18,6 +18,7 @@ use crate::capture::install;
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
+use crate::domain::conflict::{Record, Winner};
 use crate::domain::{OneTimeCopy, Role};
 use crate::error::{Context, Error, Result};
 use crate::logging;
@@ -710,9 +711,8 @@ impl<'a> RunRecord<'a> {
 
     /// The conflict history: every settled conflict of a good run; of a
     /// failed run only those that stopped it (the others come again).
-    fn keep_conflicts(&mut self, settled: &[crate::domain::conflict::Record], good: bool) {
-        let keep: Vec<&crate::domain::conflict::Record> =
-            settled.iter().filter(|r| good || r.winner == "aborted").collect();
+    fn keep_conflicts(&mut self, settled: &[Record], good: bool) {
+        let keep: Vec<&Record> = settled.iter().filter(|r| good || r.winner == Winner::Aborted).collect();
         if keep.is_empty() {
             return;
         }

@@ -170,6 +170,36 @@ fn latest(contenders: &[Contender], at: impl Fn(&Contender) -> Option<f64>) -> u
     best.map(|(c, _)| c.src).unwrap_or(0)
 }
 
+/// How a conflict ended, as the history names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Winner {
+    /// This database's row was kept.
+    Db(String),
+    /// A hook composed the row.
+    Merged,
+    /// Nothing was replicated for the key.
+    Skipped,
+    /// The run failed on it (`abort`).
+    Aborted,
+}
+
+impl std::fmt::Display for Winner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Winner::Db(d) => d,
+            Winner::Merged => "merged",
+            Winner::Skipped => "skipped",
+            Winner::Aborted => "aborted",
+        })
+    }
+}
+
+impl Serialize for Winner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// One settled conflict, as kept in the conflict history.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -179,8 +209,8 @@ pub struct Record {
     pub key: serde_json::Map<String, serde_json::Value>,
     /// The sources that changed the row, with their change times.
     pub contenders: Vec<Contender>,
-    /// The winning database, or `merged`, `skipped`, `aborted`.
-    pub winner: String,
+    /// Who won.
+    pub winner: Winner,
     /// What decided: the strategy, or the hook's name and file.
     pub reason: String,
 }
