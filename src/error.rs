@@ -268,6 +268,32 @@ impl Error {
     }
 }
 
+impl Kind {
+    /// The kind's name, as mail shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Connection => "connection",
+            Kind::Input => "input",
+            Kind::Conflict => "conflict",
+            Kind::Server => "server",
+            Kind::System => "system",
+            Kind::Bug => "bug",
+        }
+    }
+
+    /// What it means for whoever reads the alert at 3 a.m.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Kind::Connection => "a database could not be reached; capra keeps retrying and goes on by itself once it is back",
+            Kind::Input => "something typed or configured is wrong; retries cannot help until it is fixed",
+            Kind::Conflict => "the catalog or a database does not match what the sync needs; the error says what to change",
+            Kind::Server => "a server refused a statement (a lock, a constraint, a permission); capra keeps retrying",
+            Kind::System => "this machine refused (a file, a thread, a process)",
+            Kind::Bug => "capra broke one of its own rules; please report it",
+        }
+    }
+}
+
 /// The error type of one part of capra. Each part names its own failures
 /// (and their kind); [`Error`] carries them without depending on the parts,
 /// which sit above it.

@@ -20,7 +20,7 @@ use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
 use crate::domain::conflict::{Record, Winner};
 use crate::domain::{OneTimeCopy, Role};
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::logging;
 use crate::pg::RowExt;
 use crate::schedule::cron::Schedule;
@@ -393,6 +393,7 @@ impl Controller {
                 self.engine.notify.send(crate::notify::Alert::Failed {
                     sync: self.name.clone(),
                     error: text.clone(),
+                    kind: e.kind(),
                     last_good: None,
                 });
                 self.fail_kicks(&text);
@@ -552,7 +553,7 @@ fn execute(
         Err(e) => {
             let text = e.to_string();
             tracing::error!("Run failed: {text}");
-            return rec.failed(&text, None, Mail::WithoutLastGood);
+            return rec.failed(&text, Kind::Input, None, Mail::WithoutLastGood);
         }
     };
     let env = RunEnv {
@@ -594,7 +595,7 @@ fn execute(
             } else {
                 Mail::No
             };
-            let mut o = rec.failed(&text, e.sqlstate(), mail);
+            let mut o = rec.failed(&text, e.kind(), e.sqlstate(), mail);
             o.serialization = retry.serialization();
             o
         }
@@ -617,7 +618,7 @@ impl Retry {
     /// Only a server's refusal can be a conflict of locks; its SQLSTATE
     /// says which.
     fn of(e: &Error) -> Retry {
-        if e.kind() != crate::error::Kind::Server {
+        if e.kind() != Kind::Server {
             return Retry::Backoff;
         }
         match e.sqlstate() {
@@ -827,7 +828,7 @@ impl<'a> RunRecord<'a> {
     }
 
     /// A failed run: mailed as asked, recorded, its kicks answered.
-    fn failed(mut self, text: &str, sqlstate: Option<&SqlState>, mail: Mail) -> Outcome {
+    fn failed(mut self, text: &str, kind: Kind, sqlstate: Option<&SqlState>, mail: Mail) -> Outcome {
         if mail != Mail::No {
             let last_good = if mail == Mail::WithLastGood {
                 self.last_good()
@@ -837,6 +838,7 @@ impl<'a> RunRecord<'a> {
             self.engine.notify.send(crate::notify::Alert::Failed {
                 sync: self.name.to_string(),
                 error: text.to_string(),
+                kind,
                 last_good,
             });
         }

@@ -38,6 +38,8 @@ pub enum Alert {
         sync: String,
         /// The error, on one line.
         error: String,
+        /// What sort of trouble it is (the mail says what that means).
+        kind: crate::error::Kind,
         /// When the sync last ran well, if ever.
         last_good: Option<String>,
     },
@@ -380,11 +382,18 @@ impl State {
 
     fn handle(&mut self, a: Alert) {
         match a {
-            Alert::Failed { sync, error, last_good } => self.incident(
+            Alert::Failed {
+                sync,
+                error,
+                kind,
+                last_good,
+            } => self.incident(
                 &format!("failed:{sync}"),
                 "sync failed",
                 format!(
-                    "Sync \"{sync}\" failed: {error}\nLast good run: {}",
+                    "Sync \"{sync}\" failed: {error}\nKind: {} ({})\nLast good run: {}",
+                    kind.as_str(),
+                    kind.advice(),
                     last_good.unwrap_or_else(|| "never".into())
                 ),
             ),

@@ -135,6 +135,9 @@ fn alerts_come_once_per_incident_then_as_a_digest_and_the_status_report_on_sched
         "{first}"
     );
     assert!(first.contains("Last good run: never"), "{first}");
+    // The mail says what sort of trouble it is: a table missing on the
+    // target contradicts what the sync needs.
+    assert!(first.contains("Kind: conflict (the catalog or a database"), "{first}");
     // Retries keep failing: their count comes in one digest.
     wait_for_showing(
         20,
@@ -282,6 +285,8 @@ fn a_stopped_target_mails_its_failure_and_its_recovery() {
     let m = &smtp.with("sync failed")[0];
     assert!(m.contains("Sync \"s\" failed") && m.contains("tgt"), "{m}");
     assert!(m.contains("Last good run: 20"), "{m}");
+    // A target down is a connection problem that goes away by itself.
+    assert!(m.contains("Kind: connection (a database could not be reached"), "{m}");
     t.resume();
     wait_for_showing(
         60,
