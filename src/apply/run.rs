@@ -158,8 +158,12 @@ struct Run<'a, 'e> {
 /// Every database of a run once the receivers are open: what a table's
 /// apply works on.
 struct Open<'c> {
-    srcs: Vec<Src<'c>>,
+    /// Declared before the sources so that a failed run rolls the
+    /// receivers back first (fields drop in order): a source's rollback
+    /// waits for an abandoned COPY to finish streaming, and the receivers
+    /// must not hold their locks meanwhile.
     rx: Receivers<'c>,
+    srcs: Vec<Src<'c>>,
     /// Per receiver: its change capture, for makedelta.
     rcaptured: Vec<Captured>,
     /// The sources' names, in plan order (conflict winners are indexes).
@@ -174,8 +178,8 @@ impl<'c> Open<'c> {
     fn new(plan: &SyncPlan, srcs: Vec<Src<'c>>, mut rx: Receivers<'c>) -> Result<Self> {
         let rcaptured = rx.captured(plan)?;
         Ok(Open {
-            srcs,
             rx,
+            srcs,
             rcaptured,
             source_names: plan.sources.iter().map(|d| d.name.clone()).collect(),
             newest: None,
