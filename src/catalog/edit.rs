@@ -5,7 +5,8 @@
 use postgres::Transaction;
 
 use super::model::{self, DbGroup, Relation};
-use crate::domain::{RelType, Role, Status};
+use super::settings::Setting;
+use crate::domain::{RelType, Role, Status, Strategy};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
@@ -234,8 +235,9 @@ pub fn add_relations(
     db: &str,
     relgroup: Option<&str>,
     found: &[Found],
-    conflict_strategy: Option<&str>,
+    conflict_strategy: Option<&Strategy>,
 ) -> Result<AddedRelations> {
+    let conflict_strategy = conflict_strategy.map(|s| s.to_string());
     let mut out = AddedRelations::default();
     if let Some(g) = relgroup {
         if let Some(other) = relgroup_db(tx, g)? {
@@ -396,28 +398,6 @@ pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
     tx.execute("DELETE FROM capra.relgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing relgroup \"{name}\""))?;
     Ok(())
-}
-
-/// Canonical role from what users type (Bucardo's aliases).
-pub fn parse_role(s: &str) -> Result<Role> {
-    match s.trim().to_lowercase().as_str() {
-        "source" | "s" | "master" | "primary" | "src" => Ok(Role::Source),
-        "target" | "t" | "slave" | "replica" | "rep" | "standby" | "tgt" => Ok(Role::Target),
-        "fullcopy" | "f" | "copy" | "full" => Ok(Role::Fullcopy),
-        other => Err(Error::Usage(format!(
-            "invalid role {other:?}: use source, target or fullcopy"
-        ))),
-    }
-}
-
-/// Splits `DB[:role]` (also `DB=role`).
-pub fn parse_member(s: &str) -> Result<(String, Option<Role>)> {
-    let (db, role) = match s.split_once([':', '=']) {
-        Some((d, r)) => (d, Some(parse_role(r.split(':').next().unwrap_or(r))?)),
-        None => (s, None),
-    };
-    crate::catalog::kv::check_name("database", db)?;
-    Ok((db.to_string(), role))
 }
 
 /// Creates a dbgroup with members; a member without a role is a target,
@@ -747,9 +727,9 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
     Ok(out)
 }
 
-/// Stores a runtime setting (checked by the caller) in `capra.config`.
-pub fn store_setting(tx: &mut Transaction<'_>, name: &str, value: &str) -> Result<()> {
-    let s = crate::catalog::settings::find(name).ok_or_else(|| Error::Usage(format!("Unknown setting '{name}'")))?;
+/// Stores a runtime setting (its value checked by the caller) in `capra.config`.
+pub fn store_setting(tx: &mut Transaction<'_>, s: &Setting, value: &str) -> Result<()> {
+    let name = s.name;
     tx.execute(
         "INSERT INTO capra.config (name, setting, defval, about)
          SELECT $1, $2, $3, $4 ON CONFLICT (name) DO UPDATE SET setting = EXCLUDED.setting",

@@ -8,7 +8,6 @@ pub mod customcode;
 pub mod edit;
 mod error;
 pub mod install;
-pub mod kv;
 pub mod model;
 pub mod plan;
 pub mod runs;

@@ -1,7 +1,9 @@
 //! Lua hooks: `add customcode`, `update customcode`.
 
-use super::*;
 use crate::catalog::customcode;
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::{Ctx, Words};
+use crate::error::{Error, Result};
 
 pub(super) const CODE_KEYS: &[Key] = &[
     key("whenrun", &["when_run"]),

@@ -1,6 +1,13 @@
 //! Databases: `add db`, `update db` (and Bucardo 4's `add database`).
 
-use super::*;
+use super::warn_inert;
+use crate::catalog::edit::{self, NewDb};
+use crate::catalog::{model, Catalog};
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::sync_opts::parse_role;
+use crate::cli::{Ctx, Words};
+use crate::error::{Error, Result};
+use crate::pg::{self, connect::ConnSpec};
 
 /// Database options kept for Bucardo scripts.
 fn inert(k: &str) -> Option<&'static str> {
@@ -78,7 +85,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let group = match a.get("group") {
         Some(g) => {
             let (gname, role) = match g.split_once(':') {
-                Some((n, r)) => (n.to_string(), Some(edit::parse_role(r)?)),
+                Some((n, r)) => (n.to_string(), Some(parse_role(r)?)),
                 None => (g.to_string(), None),
             };
             check_name("dbgroup", &gname)?;

@@ -1,7 +1,17 @@
 //! Relgroups (herds) and dbgroups.
 
-use super::*;
+use super::db::pick_db;
+use super::edit_with_capture;
+use super::tables::match_live;
+use crate::capture::reconcile;
+use crate::catalog::edit;
+use crate::catalog::model::{self, Relation};
+use crate::cli::kv::{self, check_name, key};
+use crate::cli::sync_opts::parse_member;
+use crate::cli::{Ctx, Words};
 use crate::domain::Role;
+use crate::error::{Error, Result};
+use crate::pg::discover;
 
 pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, &[key("db", &["database"])], "add relgroup")?;
@@ -84,7 +94,7 @@ pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role
         .iter()
         .flat_map(|w| w.split(','))
         .filter(|s| !s.is_empty())
-        .map(edit::parse_member)
+        .map(parse_member)
         .collect()
 }
 

@@ -3,16 +3,11 @@
 
 use postgres::Transaction;
 
-use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
+use super::{AddNoun, Ctx, Noun, Words};
 use crate::capture::reconcile;
-use crate::catalog::edit::{self, NewDb};
-use crate::catalog::kv::{self, check_name, key, Key};
-use crate::catalog::model::{self, Relation};
-use crate::catalog::{settings, sync_opts, Catalog};
+use crate::catalog::{edit, Catalog};
 use crate::domain::RelType;
 use crate::error::{Error, Result};
-use crate::pg::discover::{self, Found};
-use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
 
 mod config;
 mod customcode;
@@ -22,12 +17,7 @@ mod sync;
 mod tables;
 
 pub use config::set;
-use customcode::*;
-use db::*;
-use groups::*;
 pub use sync::set_status;
-use sync::*;
-use tables::*;
 
 /// Prints the one-line warning for each given option that has no effect
 /// (`inert` maps a key to why); the options are still stored, so old
@@ -63,27 +53,27 @@ fn edit_with_capture<T>(
 /// `capra add ...`.
 pub fn add(ctx: &Ctx, noun: AddNoun) -> Result<()> {
     match noun {
-        AddNoun::Db(w) => add_db(ctx, &w),
-        AddNoun::All(a) => add_all(ctx, a),
-        AddNoun::Table(w) => add_relations(ctx, &w, RelType::Table),
-        AddNoun::Sequence(w) => add_relations(ctx, &w, RelType::Sequence),
-        AddNoun::Relgroup(w) => add_relgroup(ctx, &w),
-        AddNoun::Dbgroup(w) => add_dbgroup(ctx, &w),
-        AddNoun::Sync(w) => add_sync(ctx, &w),
-        AddNoun::Customcode(w) => add_customcode(ctx, &w),
+        AddNoun::Db(w) => db::add_db(ctx, &w),
+        AddNoun::All(a) => tables::add_all(ctx, a),
+        AddNoun::Table(w) => tables::add_relations(ctx, &w, RelType::Table),
+        AddNoun::Sequence(w) => tables::add_relations(ctx, &w, RelType::Sequence),
+        AddNoun::Relgroup(w) => groups::add_relgroup(ctx, &w),
+        AddNoun::Dbgroup(w) => groups::add_dbgroup(ctx, &w),
+        AddNoun::Sync(w) => sync::add_sync(ctx, &w),
+        AddNoun::Customcode(w) => customcode::add_customcode(ctx, &w),
     }
 }
 
 /// `capra update ...`.
 pub fn update(ctx: &Ctx, noun: Noun) -> Result<()> {
     match noun {
-        Noun::Db(w) => update_db(ctx, &w),
-        Noun::Sync(w) => update_sync(ctx, &w),
-        Noun::Dbgroup(w) => update_dbgroup(ctx, &w),
-        Noun::Table(w) => update_relation(ctx, &w, RelType::Table),
-        Noun::Sequence(w) => update_relation(ctx, &w, RelType::Sequence),
-        Noun::Customcode(w) => update_customcode(ctx, &w),
-        Noun::Relgroup(w) => update_relgroup(ctx, &w),
+        Noun::Db(w) => db::update_db(ctx, &w),
+        Noun::Sync(w) => sync::update_sync(ctx, &w),
+        Noun::Dbgroup(w) => groups::update_dbgroup(ctx, &w),
+        Noun::Table(w) => tables::update_relation(ctx, &w, RelType::Table),
+        Noun::Sequence(w) => tables::update_relation(ctx, &w, RelType::Sequence),
+        Noun::Customcode(w) => customcode::update_customcode(ctx, &w),
+        Noun::Relgroup(w) => groups::update_relgroup(ctx, &w),
     }
 }
 
@@ -127,8 +117,8 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
-        Noun::Table(w) => remove_relations(&mut cat, &w, RelType::Table)?,
-        Noun::Sequence(w) => remove_relations(&mut cat, &w, RelType::Sequence)?,
+        Noun::Table(w) => tables::remove_relations(&mut cat, &w, RelType::Table)?,
+        Noun::Sequence(w) => tables::remove_relations(&mut cat, &w, RelType::Sequence)?,
         Noun::Relgroup(w) => {
             let names = names_only(&w, "remove relgroup")?;
             cat.edit(|tx| {

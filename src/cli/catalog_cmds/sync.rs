@@ -1,7 +1,16 @@
 //! Syncs: `add sync` in both grammars, `update sync`, `activate`, `deactivate`.
 
-use super::*;
+use postgres::Transaction;
+
+use super::edit_with_capture;
+use crate::catalog::edit;
+use crate::catalog::model::{self, Relation};
+use crate::catalog::sync_opts::Stored;
+use crate::cli::kv::{self, check_name};
+use crate::cli::sync_opts::{self, parse_member};
+use crate::cli::{Ctx, Words};
 use crate::domain::Role;
+use crate::error::{Error, Result};
 
 /// Resolves where a new sync replicates, for both grammars.
 pub(super) fn sync_dbs(
@@ -80,9 +89,25 @@ pub(super) fn sync_dbs(
     let members: Vec<(String, Option<Role>)> = d
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(edit::parse_member)
+        .map(parse_member)
         .collect::<Result<_>>()?;
     Ok((edit::group_for_list(tx, sync, &members, out)?, None))
+}
+
+/// Reads one option against the sync's databases and stores it; returns
+/// the column's text before and after.
+fn store_opt(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    k: &str,
+    v: &str,
+    dbs: &[String],
+) -> Result<(Option<String>, Option<String>)> {
+    let opt = sync_opts::parse(k, v, dbs)?;
+    match crate::catalog::sync_opts::store(tx, sync, &opt)? {
+        Stored::Changed { old, new } => Ok((old, new)),
+        Stored::BadInterval => Err(sync_opts::bad_interval(k, v)),
+    }
 }
 
 pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
@@ -113,22 +138,14 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
         }
         _ => return Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
     };
-    // Check option syntax before touching anything.
+    // Check option syntax before touching anything (conflict lists need
+    // the sync's databases: they are read in the edit).
     let mut opts: Vec<(String, String)> = Vec::new();
     for (k, v) in &a.pairs {
         if sync_opts::is_option(k) {
-            sync_opts::check(k, v, &[]).or_else(|e| {
-                // conflict lists need the sync's databases; checked again below
-                if k == "conflict_strategy" {
-                    Ok(sync_opts::Opt {
-                        column: "conflict_strategy",
-                        value: None,
-                        cast: "text",
-                    })
-                } else {
-                    Err(e)
-                }
-            })?;
+            if k != "conflict_strategy" {
+                sync_opts::parse(k, v, &[])?;
+            }
             opts.push((k.clone(), v.clone()));
         }
     }
@@ -184,7 +201,7 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             let pure_fullcopy = !edit::is_delta(&group);
             edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
             for (k, v) in &opts {
-                sync_opts::store(tx, name, k, v, &dbs)?;
+                store_opt(tx, name, k, v, &dbs)?;
             }
             out.insert(0, format!("Added sync \"{name}\""));
             Ok(out)
@@ -221,7 +238,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     }
     for (k, v) in &a.pairs {
         if sync_opts::is_option(k) && k != "conflict_strategy" {
-            sync_opts::check(k, v, &[])?;
+            sync_opts::parse(k, v, &[])?;
         }
     }
     let mut cat = ctx.catalog()?;
@@ -261,7 +278,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             }
             let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
             for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
-                let (old, new) = sync_opts::store(tx, name, k, v, &dbs)?;
+                let (old, new) = store_opt(tx, name, k, v, &dbs)?;
                 let show = |x: Option<String>| match x.as_deref() {
                     None => "none".to_string(),
                     Some("true") => "1".into(),

@@ -1,7 +1,18 @@
 //! Tables and sequences: `add all tables`, `add table`, `remove table`, `update table`.
 
-use super::*;
-use crate::domain::RelType;
+use super::db::{opt_text, pick_db};
+use super::{edit_with_capture, warn_inert};
+use crate::capture::reconcile;
+use crate::catalog::edit;
+use crate::catalog::model::{self, Relation};
+use crate::catalog::Catalog;
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::sync_opts;
+use crate::cli::{AddAll, AllWhat, Ctx, Words};
+use crate::domain::{RelType, Strategy};
+use crate::error::{Error, Result};
+use crate::pg::discover::{self, Found};
+use crate::pg::ident::split_user_name;
 
 /// Table options kept only for Bucardo scripts (none today: every table
 /// option acts).
@@ -133,14 +144,7 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
             }
         )));
     }
-    let report = store_found(
-        ctx,
-        &mut cat,
-        &db.name,
-        relgroup.as_deref(),
-        &chosen,
-        conflict.as_deref(),
-    )?;
+    let report = store_found(ctx, &mut cat, &db.name, relgroup.as_deref(), &chosen, conflict.as_ref())?;
     for f in &chosen {
         let n = &f.name;
         let new = report.added.contains(n);
@@ -171,7 +175,7 @@ pub(super) fn store_found(
     db: &str,
     relgroup: Option<&str>,
     found: &[Found],
-    conflict: Option<&str>,
+    conflict: Option<&Strategy>,
 ) -> Result<edit::AddedRelations> {
     let rgs: Vec<String> = relgroup.iter().map(|s| s.to_string()).collect();
     let report = edit_with_capture(
@@ -253,14 +257,7 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
         discover::sequences(&mut client)?
     };
     let chosen = match_live(&live, &a.positional, kind.as_str(), &db.name)?;
-    let report = store_found(
-        ctx,
-        &mut cat,
-        &db.name,
-        relgroup.as_deref(),
-        &chosen,
-        conflict.as_deref(),
-    )?;
+    let report = store_found(ctx, &mut cat, &db.name, relgroup.as_deref(), &chosen, conflict.as_ref())?;
     for f in &chosen {
         let n = &f.name;
         match &relgroup {
@@ -371,7 +368,7 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()>
             "conflict_strategy" => {
                 let s = sync_opts::conflict_strategy(v, &[])?;
                 lines.push(format!("Changed {kind} {} conflict_strategy to {s}", rel.name.human()));
-                sets.push((k.clone(), Some(s), "text"));
+                sets.push((k.clone(), Some(s.to_string()), "text"));
             }
             "makedelta" => {
                 sets.push((k.clone(), opt_text(v), "text"));
