@@ -1,9 +1,10 @@
 //! Catalog changes. Each function runs inside the caller's transaction and
-//! returns the lines to show the user; any error leaves the transaction to
+//! returns what it did as [`Event`]s; any error leaves the transaction to
 //! be rolled back, so a failed command changes nothing.
 
 use postgres::Transaction;
 
+use super::event::{Event, Object};
 use super::model::{self, DbGroup, Relation};
 use super::settings::Setting;
 use crate::domain::{RelType, Role, Status, Strategy};
@@ -74,16 +75,27 @@ pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
     Ok(())
 }
 
-/// A change to one column of a database entry: (column, new value, shown value).
-pub type DbChange = (&'static str, Option<String>, String);
+/// A change to one column of a database entry (the column from the
+/// command line's fixed list; None: NULL).
+#[derive(Clone, Debug)]
+pub struct DbChange {
+    /// The column of `capra.db`.
+    pub column: &'static str,
+    /// The new value as text.
+    pub value: Option<String>,
+}
 
-/// Applies changes to a database entry; returns one line per column.
-pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> Result<Vec<String>> {
+/// Applies changes to a database entry; returns one event per column.
+pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> Result<Vec<Event>> {
     let Some(old) = model::db(tx, name)? else {
         return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
     };
     let mut out = Vec::new();
-    for (col, val, shown) in changes {
+    for DbChange {
+        column: col,
+        value: val,
+    } in changes
+    {
         let before = match *col {
             "dbname" => old.dbname.clone(),
             "host" => old.host.clone(),
@@ -98,7 +110,10 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
             _ => None,
         };
         if *col != "dbpass" && before.as_deref() == val.as_deref() {
-            out.push(format!("No change needed for database \"{name}\" {col}"));
+            out.push(Event::DbUnchanged {
+                db: name.into(),
+                column: col,
+            });
             continue;
         }
         let sql = match *col {
@@ -112,12 +127,14 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
         tx.execute(sql.as_str(), &[val, &name])
             .ctx(|| format!("changing {col} of database \"{name}\""))?;
         if *col == "dbpass" {
-            out.push(format!("Changed database \"{name}\" password"));
+            out.push(Event::DbPasswordChanged { db: name.into() });
         } else {
-            out.push(format!(
-                "Changed database \"{name}\" {col} from {} to {shown}",
-                before.unwrap_or_else(|| "(none)".into())
-            ));
+            out.push(Event::DbChanged {
+                db: name.into(),
+                column: col,
+                from: before,
+                to: val.clone(),
+            });
         }
     }
     Ok(out)
@@ -136,7 +153,7 @@ fn active_syncs_using_db(tx: &mut Transaction<'_>, db: &str) -> Result<Vec<Strin
 }
 
 /// Removes a database entry; with `force`, also its tables and group memberships.
-pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<Event>> {
     if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", name)? {
         return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
     }
@@ -178,12 +195,15 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
         tx.execute("DELETE FROM capra.dbmap WHERE db = $1", &[&name])
             .ctx(|| "removing its group memberships".into())?;
         for g in &groups {
-            out.push(format!("Removed database \"{name}\" from dbgroup \"{g}\""));
+            out.push(Event::RemovedMember {
+                db: name.into(),
+                group: g.clone(),
+            });
         }
     }
     tx.execute("DELETE FROM capra.db WHERE name = $1", &[&name])
         .ctx(|| format!("removing database \"{name}\""))?;
-    out.push(format!("Removed database \"{name}\""));
+    out.push(Event::removed(Object::Database, name));
     Ok(out)
 }
 
@@ -379,7 +399,7 @@ pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]
 }
 
 /// Removes a relgroup (refused while a sync uses it).
-pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
+pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<Event> {
     if !exists(tx, "SELECT 1 FROM capra.relgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("relgroup", name, "see: capra list relgroups"));
     }
@@ -397,7 +417,7 @@ pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
     }
     tx.execute("DELETE FROM capra.relgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing relgroup \"{name}\""))?;
-    Ok(())
+    Ok(Event::removed(Object::Relgroup, name))
 }
 
 /// Creates a dbgroup with members; a member without a role is a target,
@@ -407,7 +427,7 @@ pub fn add_dbgroup(
     name: &str,
     members: &[(String, Option<Role>)],
     created_for: Option<&str>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Event>> {
     if exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
         return Err(Error::Duplicate {
             kind: "dbgroup",
@@ -420,7 +440,7 @@ pub fn add_dbgroup(
         &[&name, &created_for],
     )
     .ctx(|| format!("creating dbgroup \"{name}\""))?;
-    let mut out = vec![format!("Created dbgroup \"{name}\"")];
+    let mut out = vec![Event::created(Object::Dbgroup, name)];
     out.extend(set_members(tx, name, members, true)?);
     Ok(out)
 }
@@ -430,7 +450,7 @@ fn set_members(
     group: &str,
     members: &[(String, Option<Role>)],
     first_is_source: bool,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     let mut seen = Vec::new();
     for (i, (db, role)) in members.iter().enumerate() {
@@ -457,14 +477,18 @@ fn set_members(
             &[&group, db, &role, &(i as i32)],
         )
         .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
-        out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+        out.push(Event::AddedMember {
+            db: db.clone(),
+            group: group.into(),
+            role,
+        });
     }
     Ok(out)
 }
 
 /// Replaces a dbgroup's members (a change of sources is refused while an
 /// active sync uses it).
-pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<String>> {
+pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<Event>> {
     let Some(old) = model::dbgroup(tx, name)? else {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     };
@@ -526,14 +550,18 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
                 &[sync, db],
             )
             .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(format!(
-                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
-            ));
+            out.push(Event::JoinsSync {
+                db: db.to_string(),
+                sync: sync.to_string(),
+            });
         }
     }
     for m in &old.members {
         if !members.iter().any(|(d, _)| d == &m.db) {
-            out.push(format!("Removed database \"{}\" from dbgroup \"{name}\"", m.db));
+            out.push(Event::RemovedMember {
+                db: m.db.clone(),
+                group: name.into(),
+            });
         }
     }
     Ok(out)
@@ -567,7 +595,7 @@ fn active_syncs_using_group(tx: &mut Transaction<'_>, group: &str) -> Result<Vec
 }
 
 /// Removes a dbgroup; with `force`, also the inactive syncs that use it.
-pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<Event>> {
     if !exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     }
@@ -597,12 +625,12 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
         for (s, _) in &users {
             tx.execute("DELETE FROM capra.sync WHERE name = $1", &[s])
                 .ctx(|| format!("removing sync \"{s}\""))?;
-            out.push(format!("Removed sync \"{s}\""));
+            out.push(Event::removed(Object::Sync, s.clone()));
         }
     }
     tx.execute("DELETE FROM capra.dbgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing dbgroup \"{name}\""))?;
-    out.push(format!("Removed dbgroup \"{name}\""));
+    out.push(Event::removed(Object::Dbgroup, name));
     Ok(out)
 }
 
@@ -612,7 +640,7 @@ pub fn group_for_list(
     tx: &mut Transaction<'_>,
     sync: &str,
     members: &[(String, Option<Role>)],
-    out: &mut Vec<String>,
+    out: &mut Vec<Event>,
 ) -> Result<String> {
     let resolved: Vec<(String, Role)> = members
         .iter()
@@ -625,7 +653,7 @@ pub fn group_for_list(
         let mut have: Vec<(String, &str)> = g.members.iter().map(|m| (m.db.clone(), m.role.as_str())).collect();
         have.sort();
         if have == want {
-            out.push(format!("Using existing dbgroup \"{}\"", g.name));
+            out.push(Event::UsingDbgroup { group: g.name.clone() });
             return Ok(g.name);
         }
     }
@@ -692,7 +720,7 @@ pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, gr
 }
 
 /// Removes a sync (refused while active), with the groups created just for it.
-pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> {
+pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<Event>> {
     let Some(s) = model::sync(tx, name)? else {
         return Err(Error::not_found_hint("sync", name, "see: capra list syncs"));
     };
@@ -703,7 +731,7 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
     }
     tx.execute("DELETE FROM capra.sync WHERE name = $1", &[&name])
         .ctx(|| format!("removing sync \"{name}\""))?;
-    let mut out = vec![format!("Removed sync \"{name}\"")];
+    let mut out = vec![Event::removed(Object::Sync, name)];
     let n = tx
         .execute(
             "DELETE FROM capra.dbgroup g WHERE g.created_for = $1
@@ -712,7 +740,10 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
         )
         .ctx(|| "removing the sync's own dbgroup".into())?;
     if n > 0 {
-        out.push(format!("Removed dbgroup \"{}\" (created for this sync)", s.dbgroup));
+        out.push(Event::RemovedOwnGroup {
+            object: Object::Dbgroup,
+            name: s.dbgroup.clone(),
+        });
     }
     let n = tx
         .execute(
@@ -722,7 +753,10 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
         )
         .ctx(|| "removing the sync's own relgroup".into())?;
     if n > 0 {
-        out.push(format!("Removed relgroup \"{}\" (created for this sync)", s.relgroup));
+        out.push(Event::RemovedOwnGroup {
+            object: Object::Relgroup,
+            name: s.relgroup.clone(),
+        });
     }
     Ok(out)
 }
@@ -779,7 +813,7 @@ pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Re
 
 /// Adds a database to a dbgroup (created if missing) at the end; without a
 /// role it is the source of a new group and a target otherwise.
-pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<Role>) -> Result<Vec<String>> {
+pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<Role>) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     let active = active_syncs_using_group(tx, group)?;
     if role == Some(Role::Source) && !active.is_empty() {
@@ -791,7 +825,7 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     if model::dbgroup(tx, group)?.is_none() {
         tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[&group])
             .ctx(|| format!("creating dbgroup \"{group}\""))?;
-        out.push(format!("Created dbgroup \"{group}\""));
+        out.push(Event::created(Object::Dbgroup, group));
     }
     let first = tx
         .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[&group])
@@ -804,7 +838,11 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
         &[&group, &db, &role],
     )
     .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
-    out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+    out.push(Event::AddedMember {
+        db: db.into(),
+        group: group.into(),
+        role,
+    });
     if role == Role::Target {
         for sync in syncs_with_position(tx, group)? {
             tx.execute(
@@ -812,9 +850,10 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
                 &[&sync, &db],
             )
             .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(format!(
-                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
-            ));
+            out.push(Event::JoinsSync {
+                db: db.to_string(),
+                sync: sync.to_string(),
+            });
         }
     }
     Ok(out)

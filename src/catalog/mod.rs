@@ -7,6 +7,7 @@
 pub mod customcode;
 pub mod edit;
 mod error;
+pub mod event;
 pub mod install;
 pub mod model;
 pub mod plan;

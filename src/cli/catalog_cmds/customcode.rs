@@ -1,5 +1,6 @@
 //! Lua hooks: `add customcode`, `update customcode`.
 
+use super::render::say_all;
 use crate::catalog::customcode;
 use crate::cli::kv::{self, check_name, key, Key};
 use crate::cli::{Ctx, Words};
@@ -109,9 +110,7 @@ pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         sets.push(("src_file", path.display().to_string(), "text"));
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| customcode::update(tx, name, &sets))?;
-    for l in lines {
-        ctx.say(l);
-    }
+    let events = cat.edit(|tx| customcode::update(tx, name, &sets))?;
+    say_all(ctx, &events);
     Ok(())
 }

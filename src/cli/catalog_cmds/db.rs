@@ -1,5 +1,6 @@
 //! Databases: `add db`, `update db` (and Bucardo 4's `add database`).
 
+use super::render::say_all;
 use super::warn_inert;
 use crate::catalog::edit::{self, NewDb};
 use crate::catalog::{model, Catalog};
@@ -130,7 +131,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
         edit::add_db(tx, &new)?;
         let mut out = vec![format!("Added database \"{name}\"")];
         if let Some((g, role)) = &group {
-            out.extend(edit::join_dbgroup(tx, g, &name, *role)?);
+            out.extend(edit::join_dbgroup(tx, g, &name, *role)?.iter().map(ToString::to_string));
         }
         Ok(out)
     })?;
@@ -217,20 +218,18 @@ pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
             }
             _ => unreachable!("filtered by DB_KEYS"),
         };
-        let shown = if col == "dbpass" {
-            "(hidden)".to_string()
-        } else {
-            val.clone().unwrap_or_else(|| "(none)".into())
-        };
-        changes.push((col, val, shown));
+        changes.push(edit::DbChange {
+            column: col,
+            value: val,
+        });
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| {
+    let events = cat.edit(|tx| {
         let out = edit::update_db(tx, name, &changes)?;
         if !w.force
             && changes
                 .iter()
-                .any(|c| c.0 != "status" && c.0 != "makedelta" && c.0 != "server_side_prepares")
+                .any(|c| c.column != "status" && c.column != "makedelta" && c.column != "server_side_prepares")
         {
             let db = model::db(tx, name)?.expect("updated above");
             db.connect()
@@ -238,9 +237,7 @@ pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
         }
         Ok(out)
     })?;
-    for l in lines {
-        ctx.say(l);
-    }
+    say_all(ctx, &events);
     Ok(())
 }
 

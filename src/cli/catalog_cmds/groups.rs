@@ -2,6 +2,7 @@
 
 use super::db::pick_db;
 use super::edit_with_capture;
+use super::render::say_all;
 use super::tables::match_live;
 use crate::capture::reconcile;
 use crate::catalog::edit;
@@ -112,10 +113,8 @@ pub(super) fn add_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     }
     let members = parse_members(rest)?;
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| edit::add_dbgroup(tx, name, &members, None))?;
-    for l in lines {
-        ctx.say(l);
-    }
+    let events = cat.edit(|tx| edit::add_dbgroup(tx, name, &members, None))?;
+    say_all(ctx, &events);
     Ok(())
 }
 
@@ -132,13 +131,11 @@ pub(super) fn update_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         ));
     }
     let mut cat = ctx.catalog()?;
-    let lines = edit_with_capture(
+    let events = edit_with_capture(
         &mut cat,
         |tx| reconcile::syncs_of_dbgroup(tx, name),
         |tx| edit::update_dbgroup(tx, name, &members),
     )?;
-    for l in lines {
-        ctx.say(l);
-    }
+    say_all(ctx, &events);
     Ok(())
 }

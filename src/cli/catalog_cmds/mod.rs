@@ -5,6 +5,7 @@ use postgres::Transaction;
 
 use super::{AddNoun, Ctx, Noun, Words};
 use crate::capture::reconcile;
+use crate::catalog::event::Event;
 use crate::catalog::{edit, Catalog};
 use crate::domain::RelType;
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ mod config;
 mod customcode;
 mod db;
 mod groups;
+mod render;
 mod sync;
 mod tables;
 
@@ -83,8 +85,8 @@ fn remove_each(
     cat: &mut Catalog,
     names: &[String],
     affected: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
-    remove: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
-) -> Result<Vec<String>> {
+    remove: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<Event>>,
+) -> Result<Vec<Event>> {
     edit_with_capture(
         cat,
         |tx| {
@@ -108,12 +110,12 @@ fn remove_each(
 pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let lines = match noun {
-        Noun::Db(w) => remove_each(
+        Noun::Db(w) => texts(remove_each(
             &mut cat,
             &names_only(&w, "remove db")?,
             |tx, n| reconcile::syncs_of_db(tx, n),
             |tx, n| edit::remove_db(tx, n, w.force),
-        )?,
+        )?),
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
@@ -121,23 +123,24 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
         Noun::Sequence(w) => tables::remove_relations(&mut cat, &w, RelType::Sequence)?,
         Noun::Relgroup(w) => {
             let names = names_only(&w, "remove relgroup")?;
-            cat.edit(|tx| {
+            texts(cat.edit(|tx| {
+                let mut out = Vec::new();
                 for n in &names {
-                    edit::remove_relgroup(tx, n)?;
+                    out.push(edit::remove_relgroup(tx, n)?);
                 }
-                Ok(names.iter().map(|n| format!("Removed relgroup \"{n}\"")).collect())
-            })?
+                Ok(out)
+            })?)
         }
-        Noun::Dbgroup(w) => remove_each(
+        Noun::Dbgroup(w) => texts(remove_each(
             &mut cat,
             &names_only(&w, "remove dbgroup")?,
             |tx, n| reconcile::syncs_of_dbgroup(tx, n),
             |tx, n| edit::remove_dbgroup(tx, n, w.force),
-        )?,
+        )?),
         Noun::Sync(w) => {
             let names = crate::cli::strip_noise(&names_only(&w, "remove sync")?);
             let n2 = names.clone();
-            edit_with_capture(
+            texts(edit_with_capture(
                 &mut cat,
                 |_| Ok(n2),
                 |tx| {
@@ -147,17 +150,22 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
                     }
                     Ok(out)
                 },
-            )?
+            )?)
         }
         Noun::Customcode(w) => {
             let names = names_only(&w, "remove customcode")?;
-            cat.edit(|tx| crate::catalog::customcode::remove(tx, &names))?
+            texts(cat.edit(|tx| crate::catalog::customcode::remove(tx, &names))?)
         }
     };
     for l in lines {
         ctx.say(l);
     }
     Ok(())
+}
+
+/// The lines that show what an edit did.
+fn texts(events: Vec<Event>) -> Vec<String> {
+    events.iter().map(ToString::to_string).collect()
 }
 
 fn names_only(w: &Words, what: &str) -> Result<Vec<String>> {

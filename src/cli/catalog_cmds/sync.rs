@@ -66,7 +66,7 @@ pub(super) fn sync_dbs(
             }
             members.push((d, Some(role)));
         }
-        let g = edit::group_for_list(tx, sync, &members, out)?;
+        let g = group_for_list(tx, sync, &members, out)?;
         return Ok((g, Some(t)));
     }
     let Some(d) = a.get("dbs") else {
@@ -91,7 +91,7 @@ pub(super) fn sync_dbs(
         .filter(|s| !s.is_empty())
         .map(parse_member)
         .collect::<Result<_>>()?;
-    Ok((edit::group_for_list(tx, sync, &members, out)?, None))
+    Ok((group_for_list(tx, sync, &members, out)?, None))
 }
 
 /// Reads one option against the sync's databases and stores it; returns
@@ -108,6 +108,20 @@ fn store_opt(
         Stored::Changed { old, new } => Ok((old, new)),
         Stored::BadInterval => Err(sync_opts::bad_interval(k, v)),
     }
+}
+
+/// The dbgroup with exactly these members (created if none), saying
+/// which in `out`.
+fn group_for_list(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    members: &[(String, Option<Role>)],
+    out: &mut Vec<String>,
+) -> Result<String> {
+    let mut events = Vec::new();
+    let g = edit::group_for_list(tx, sync, members, &mut events)?;
+    out.extend(events.iter().map(ToString::to_string));
+    Ok(g)
 }
 
 pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
