@@ -40,14 +40,7 @@ impl Args {
 
     /// A boolean key, checked.
     pub fn bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => parse_bool(v).map(Some).ok_or_else(|| {
-                Error::Usage(format!(
-                    "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
-                ))
-            }),
-        }
+        self.get(k).map(|v| bool_value(k, v)).transpose()
     }
 
     /// A key restricted to a list of values (case-insensitive).
@@ -83,6 +76,15 @@ pub fn check_choice(k: &str, v: &str, choices: &[&str]) -> Result<String> {
             choices.join(", ")
         )))
     }
+}
+
+/// The value of boolean key `k`, checked.
+pub fn bool_value(k: &str, v: &str) -> Result<bool> {
+    parse_bool(v).ok_or_else(|| {
+        Error::Usage(format!(
+            "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
+        ))
+    })
 }
 
 /// Bucardo's boolean words: t/true/on/yes/1 and f/false/off/no/0.

@@ -65,12 +65,10 @@ fn builtin(bare: &str) -> Option<Strategy> {
 }
 
 fn flag(column: &'static str, k: &str, v: &str) -> Result<SyncOpt> {
-    let on = kv::parse_bool(v).ok_or_else(|| {
-        Error::Usage(format!(
-            "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
-        ))
-    })?;
-    Ok(SyncOpt::Flag { column, on })
+    Ok(SyncOpt::Flag {
+        column,
+        on: kv::bool_value(k, v)?,
+    })
 }
 
 /// Reads a conflict strategy: a built-in name (with or without

@@ -4,7 +4,7 @@ use postgres::Transaction;
 
 use super::edit_with_capture;
 use crate::catalog::edit;
-use crate::catalog::model::{self, Relation};
+use crate::catalog::model::{self, DbGroup, Relation};
 use crate::catalog::sync_opts::Stored;
 use crate::cli::kv::{self, check_name};
 use crate::cli::sync_opts::{self, parse_member};
@@ -124,13 +124,17 @@ fn group_for_list(
     Ok(g)
 }
 
-pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
-    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+/// Warns about each given option that changes nothing in capra.
+fn warn_inert_opts(a: &kv::Args) {
     for (k, _) in &a.pairs {
         if let Some(why) = sync_opts::inert(k) {
             eprintln!("capra: warning: sync option '{k}' has {why}");
         }
     }
+}
+
+/// The new sync's name, checked (not one of Bucardo's words).
+fn new_sync_name(a: &kv::Args) -> Result<&String> {
     let [name] = a.positional.as_slice() else {
         return Err(Error::Usage(
             "usage: capra add sync NAME relgroup=RELGROUP dbs=DBGROUP|DB:role,... [options]".into(),
@@ -142,16 +146,102 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             "\"{name}\" is a reserved word and cannot name a sync"
         )));
     }
-    let rg_arg = match (a.get("relgroup"), a.get("source"), a.get("tables")) {
-        (Some(r), None, None) | (None, Some(r), None) => Some(r.to_string()),
-        (None, None, Some(_)) => None,
-        (None, None, None) => {
-            return Err(Error::Usage(format!(
-                "sync \"{name}\" needs relgroup=RELGROUP (or tables=T1,T2; Bucardo 4: source=HERD)"
-            )))
+    Ok(name)
+}
+
+/// The relgroup named by `relgroup=` (or Bucardo 4's `source=`); None
+/// when `tables=` lists the tables instead.
+fn relgroup_arg(a: &kv::Args, name: &str) -> Result<Option<String>> {
+    match (a.get("relgroup"), a.get("source"), a.get("tables")) {
+        (Some(r), None, None) | (None, Some(r), None) => Ok(Some(r.to_string())),
+        (None, None, Some(_)) => Ok(None),
+        (None, None, None) => Err(Error::Usage(format!(
+            "sync \"{name}\" needs relgroup=RELGROUP (or tables=T1,T2; Bucardo 4: source=HERD)"
+        ))),
+        _ => Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
+    }
+}
+
+/// A relgroup made for a new sync from `tables=T1,T2`, named after it.
+fn relgroup_from_tables(tx: &mut Transaction<'_>, tables: &str, name: &str, out: &mut Vec<String>) -> Result<String> {
+    let all = model::relations(tx, None)?;
+    let mut rels: Vec<Relation> = Vec::new();
+    for t in tables.split(',').filter(|s| !s.is_empty()) {
+        let hits = edit::match_relations(&all, t, None)?;
+        if hits.is_empty() {
+            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
         }
-        _ => return Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
-    };
+        rels.extend(hits.into_iter().cloned());
+    }
+    let mut rg = name.to_string();
+    let mut n = 2;
+    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
+        rg = format!("{name}_{n}");
+        n += 1;
+    }
+    edit::ensure_relgroup(tx, &rg, Some(name))?;
+    let refs: Vec<&Relation> = rels.iter().collect();
+    edit::add_to_relgroup(tx, &rg, &refs)?;
+    out.push(format!("Created a new relgroup named \"{rg}\""));
+    Ok(rg)
+}
+
+/// The dbgroup a sync's checks and options refer to.
+fn dbgroup_of(tx: &mut Transaction<'_>, name: &str) -> Result<DbGroup> {
+    model::dbgroup(tx, name)?.ok_or_else(|| Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"))
+}
+
+/// What `add sync` writes, checked before the catalog is opened.
+struct NewSync<'a> {
+    name: &'a str,
+    args: &'a kv::Args,
+    relgroup: Option<String>,
+    /// Options as given (conflict lists are read against the sync's databases).
+    opts: Vec<(String, String)>,
+}
+
+impl NewSync<'_> {
+    /// Adds the sync (and the groups it needs); returns what to say.
+    fn insert(&self, tx: &mut Transaction<'_>) -> Result<Vec<String>> {
+        let name = self.name;
+        let mut out = Vec::new();
+        if model::sync(tx, name)?.is_some() {
+            return Err(Error::Rejected(format!(
+                "A sync with the name \"{name}\" already exists (see: capra list syncs)"
+            )));
+        }
+        let relgroup = match &self.relgroup {
+            Some(r) => {
+                if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
+                    return Err(Error::not_found_hint(
+                        "relgroup",
+                        r.clone(),
+                        "create it with capra add all tables db=DB relgroup=NAME",
+                    ));
+                }
+                r.clone()
+            }
+            None => relgroup_from_tables(tx, self.args.get("tables").unwrap_or(""), name, &mut out)?,
+        };
+        let (dbgroup, synctype) = sync_dbs(tx, self.args, &relgroup, &mut out, name)?;
+        let group = dbgroup_of(tx, &dbgroup)?;
+        edit::check_sync_shape(tx, name, &relgroup, &group)?;
+        let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+        let pure_fullcopy = !edit::is_delta(&group);
+        edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
+        for (k, v) in &self.opts {
+            store_opt(tx, name, k, v, &dbs)?;
+        }
+        out.insert(0, format!("Added sync \"{name}\""));
+        Ok(out)
+    }
+}
+
+pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
+    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+    warn_inert_opts(&a);
+    let name = new_sync_name(&a)?;
+    let relgroup = relgroup_arg(&a, name)?;
     // Check option syntax before touching anything (conflict lists need
     // the sync's databases: they are read in the edit).
     let mut opts: Vec<(String, String)> = Vec::new();
@@ -163,64 +253,14 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             opts.push((k.clone(), v.clone()));
         }
     }
+    let new = NewSync {
+        name,
+        args: &a,
+        relgroup,
+        opts,
+    };
     let mut cat = ctx.catalog()?;
-    let lines = edit_with_capture(
-        &mut cat,
-        |_| Ok(vec![name.clone()]),
-        |tx| {
-            let mut out = Vec::new();
-            if model::sync(tx, name)?.is_some() {
-                return Err(Error::Rejected(format!(
-                    "A sync with the name \"{name}\" already exists (see: capra list syncs)"
-                )));
-            }
-            let relgroup = match &rg_arg {
-                Some(r) => {
-                    if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
-                        return Err(Error::not_found_hint(
-                            "relgroup",
-                            r.clone(),
-                            "create it with capra add all tables db=DB relgroup=NAME",
-                        ));
-                    }
-                    r.clone()
-                }
-                None => {
-                    let all = model::relations(tx, None)?;
-                    let mut rels: Vec<Relation> = Vec::new();
-                    for t in a.get("tables").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-                        let hits = edit::match_relations(&all, t, None)?;
-                        if hits.is_empty() {
-                            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
-                        }
-                        rels.extend(hits.into_iter().cloned());
-                    }
-                    let mut rg = name.clone();
-                    let mut n = 2;
-                    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
-                        rg = format!("{name}_{n}");
-                        n += 1;
-                    }
-                    edit::ensure_relgroup(tx, &rg, Some(name))?;
-                    let refs: Vec<&Relation> = rels.iter().collect();
-                    edit::add_to_relgroup(tx, &rg, &refs)?;
-                    out.push(format!("Created a new relgroup named \"{rg}\""));
-                    rg
-                }
-            };
-            let (dbgroup, synctype) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
-            let group = model::dbgroup(tx, &dbgroup)?.expect("resolved above");
-            edit::check_sync_shape(tx, name, &relgroup, &group)?;
-            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
-            let pure_fullcopy = !edit::is_delta(&group);
-            edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
-            for (k, v) in &opts {
-                store_opt(tx, name, k, v, &dbs)?;
-            }
-            out.insert(0, format!("Added sync \"{name}\""));
-            Ok(out)
-        },
-    )?;
+    let lines = edit_with_capture(&mut cat, |_| Ok(vec![name.clone()]), |tx| new.insert(tx))?;
     for l in lines {
         ctx.say(l);
     }
@@ -229,11 +269,7 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
 
 pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "update sync")?;
-    for (k, _) in &a.pairs {
-        if let Some(why) = sync_opts::inert(k) {
-            eprintln!("capra: warning: sync option '{k}' has {why}");
-        }
-    }
+    warn_inert_opts(&a);
     let names = crate::cli::strip_noise(&a.positional);
     let [name] = names.as_slice() else {
         return Err(Error::Usage("usage: capra update sync NAME key=value...".into()));
@@ -276,7 +312,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
                 let (g, _) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
                 dbgroup = g;
             }
-            let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
+            let group = dbgroup_of(tx, &dbgroup)?;
             if relgroup != s.relgroup || dbgroup != s.dbgroup {
                 edit::check_sync_shape(tx, name, &relgroup, &group)?;
                 edit::set_sync_groups(tx, name, &relgroup, &dbgroup)?;
@@ -330,7 +366,7 @@ pub fn set_status(ctx: &Ctx, names: &[String], active: bool) -> Result<()> {
                     return Err(Error::not_found_hint("sync", n.clone(), "see: capra list syncs"));
                 };
                 if active {
-                    let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
+                    let group = dbgroup_of(tx, &s.dbgroup)?;
                     edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
                 }
                 edit::set_sync_status(tx, n, active)?;

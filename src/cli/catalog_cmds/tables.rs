@@ -293,6 +293,122 @@ pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> R
     Ok(out)
 }
 
+/// The one catalog relation a user's term names (db= narrows it).
+fn one_relation(cat: &mut Catalog, term: &str, db: Option<&str>, kind: RelType) -> Result<Relation> {
+    let all = model::relations(&mut cat.client, Some(kind))?;
+    let hits = edit::match_relations(&all, term, db)?;
+    match hits.as_slice() {
+        [] => Err(Error::not_found_hint(
+            kind.as_str(),
+            term,
+            format!("see: capra list {kind}s"),
+        )),
+        [one] => Ok((*one).clone()),
+        _ => Err(Error::Rejected(format!(
+            "more than one {kind} matches {term}: use schema.name and db=NAME"
+        ))),
+    }
+}
+
+/// Connects to the database a catalog relation lives in.
+fn connect_to(cat: &mut Catalog, rel: &Relation) -> Result<postgres::Client> {
+    let db = model::db(&mut cat.client, &rel.db)?
+        .ok_or_else(|| Error::not_found_hint("database", rel.db.clone(), "see: capra list dbs"))?;
+    db.connect()
+}
+
+/// The changes `update table` makes to one relation: (column, value,
+/// SQL type) to store, and the lines that say so.
+struct RelUpdate<'a> {
+    kind: RelType,
+    rel: &'a Relation,
+    sets: Vec<(String, Option<String>, &'static str)>,
+    lines: Vec<String>,
+}
+
+impl RelUpdate<'_> {
+    /// `pkey=`: checked against the live table, which must have such a key.
+    fn pkey(&mut self, cat: &mut Catalog, v: &str) -> Result<()> {
+        let (kind, rel) = (self.kind, self.rel);
+        let cols: Vec<String> = v
+            .split([',', '|'])
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut client = connect_to(cat, rel)?;
+        let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
+            Error::Rejected(format!(
+                "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
+                cols.join(", "),
+                rel.name.human(),
+                rel.db,
+                rel.name.sql(),
+                cols.join(", ")
+            ))
+        })?;
+        self.sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
+        self.sets
+            .push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
+        self.sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
+        self.lines.push(format!(
+            "Changed {kind} {} key to {}",
+            rel.name.human(),
+            key.columns.join("|")
+        ));
+        Ok(())
+    }
+
+    /// `filter=`: checked, then tried on the live table; empty or `none` removes it.
+    fn filter(&mut self, cat: &mut Catalog, v: &str) -> Result<()> {
+        let (kind, rel) = (self.kind, self.rel);
+        let f = match v.trim() {
+            "" => None,
+            s if s.eq_ignore_ascii_case("none") => None,
+            s => Some(crate::capture::validate::check_filter(s)?),
+        };
+        if let Some(f) = &f {
+            let mut client = connect_to(cat, rel)?;
+            crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
+        }
+        self.lines.push(match &f {
+            Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
+            None => format!("Removed the filter of {kind} {}", rel.name.human()),
+        });
+        self.sets.push(("filter".into(), f, "text"));
+        Ok(())
+    }
+
+    /// Every other key: checked here, nothing live to ask.
+    fn option(&mut self, k: &str, v: &str) -> Result<()> {
+        let (kind, name) = (self.kind, self.rel.name.human());
+        match k {
+            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
+                let b = kv::bool_value(k, v)?;
+                self.sets.push((k.into(), Some(b.to_string()), "boolean"));
+                self.lines.push(format!("Changed {kind} {name} {k} to {}", b as u8));
+            }
+            "rebuild_index" => {
+                let b = kv::bool_value(k, v)?;
+                self.sets.push((k.into(), Some((b as u8).to_string()), "smallint"));
+                self.lines
+                    .push(format!("Changed {kind} {name} rebuild_index to {}", b as u8));
+            }
+            "conflict_strategy" => {
+                let s = sync_opts::conflict_strategy(v, &[])?;
+                self.lines
+                    .push(format!("Changed {kind} {name} conflict_strategy to {s}"));
+                self.sets.push((k.into(), Some(s.to_string()), "text"));
+            }
+            "makedelta" => {
+                self.sets.push((k.into(), opt_text(v), "text"));
+                self.lines.push(format!("Changed {kind} {name} makedelta to {v}"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, TABLE_UPDATE_KEYS, &format!("update {kind}"))?;
     warn_inert(kind.as_str(), &a.pairs, inert);
@@ -302,107 +418,29 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()>
         )));
     };
     let mut cat = ctx.catalog()?;
-    let all = model::relations(&mut cat.client, Some(kind))?;
-    let hits = edit::match_relations(&all, term, a.get("db"))?;
-    let rel: Relation = match hits.as_slice() {
-        [] => {
-            return Err(Error::not_found_hint(
-                kind.as_str(),
-                term.clone(),
-                format!("see: capra list {kind}s"),
-            ))
-        }
-        [one] => (*one).clone(),
-        _ => {
-            return Err(Error::Rejected(format!(
-                "more than one {kind} matches {term}: use schema.name and db=NAME"
-            )))
-        }
+    let rel = one_relation(&mut cat, term, a.get("db"), kind)?;
+    let mut up = RelUpdate {
+        kind,
+        rel: &rel,
+        sets: Vec::new(),
+        lines: Vec::new(),
     };
-    let mut lines = Vec::new();
-    let mut sets: Vec<(String, Option<String>, &'static str)> = Vec::new();
     for (k, v) in &a.pairs {
         match k.as_str() {
-            "db" => {}
-            "pkey" => {
-                let cols: Vec<String> = v
-                    .split([',', '|'])
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
-                let mut client = db.connect()?;
-                let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
-                    Error::Rejected(format!(
-                        "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
-                        cols.join(", "),
-                        rel.name.human(),
-                        rel.db,
-                        rel.name.sql(),
-                        cols.join(", ")
-                    ))
-                })?;
-                sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
-                sets.push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
-                sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
-                lines.push(format!(
-                    "Changed {kind} {} key to {}",
-                    rel.name.human(),
-                    key.columns.join("|")
-                ));
-            }
-            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
-                let b = a.bool(k)?.expect("given");
-                sets.push((k.clone(), Some(b.to_string()), "boolean"));
-                lines.push(format!("Changed {kind} {} {k} to {}", rel.name.human(), b as u8));
-            }
-            "rebuild_index" => {
-                let b = a.bool(k)?.expect("given");
-                sets.push((k.clone(), Some((b as u8).to_string()), "smallint"));
-                lines.push(format!(
-                    "Changed {kind} {} rebuild_index to {}",
-                    rel.name.human(),
-                    b as u8
-                ));
-            }
-            "conflict_strategy" => {
-                let s = sync_opts::conflict_strategy(v, &[])?;
-                lines.push(format!("Changed {kind} {} conflict_strategy to {s}", rel.name.human()));
-                sets.push((k.clone(), Some(s.to_string()), "text"));
-            }
-            "makedelta" => {
-                sets.push((k.clone(), opt_text(v), "text"));
-                lines.push(format!("Changed {kind} {} makedelta to {v}", rel.name.human()));
-            }
-            "filter" => {
-                let f = match v.trim() {
-                    "" => None,
-                    s if s.eq_ignore_ascii_case("none") => None,
-                    s => Some(crate::capture::validate::check_filter(s)?),
-                };
-                if let Some(f) = &f {
-                    let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
-                    let mut client = db.connect()?;
-                    crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
-                }
-                lines.push(match &f {
-                    Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
-                    None => format!("Removed the filter of {kind} {}", rel.name.human()),
-                });
-                sets.push((k.clone(), f, "text"));
-            }
-            _ => unreachable!(),
+            "pkey" => up.pkey(&mut cat, v)?,
+            "filter" => up.filter(&mut cat, v)?,
+            _ => up.option(k, v)?,
         }
     }
+    let RelUpdate { sets, lines, .. } = up;
     if sets.is_empty() {
         return Err(Error::Usage(format!(
             "nothing to change for {kind} {term}: give key=value pairs"
         )));
     }
-    let rel_id = rel.id;
     edit_with_capture(
         &mut cat,
-        |tx| reconcile::syncs_of_relations(tx, &[rel_id]),
+        |tx| reconcile::syncs_of_relations(tx, &[rel.id]),
         |tx| {
             for (col, val, cast) in &sets {
                 edit::set_relation_column(tx, &rel, col, val, cast)?;
