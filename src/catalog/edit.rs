@@ -11,6 +11,7 @@ use crate::domain::{RelType, Role, Status, Strategy};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
+use crate::pg::RowExt;
 
 /// A database to add.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +38,16 @@ pub struct NewDb {
     pub makedelta: bool,
     /// server_side_prepares.
     pub server_side_prepares: bool,
+}
+
+/// The first column of each row of a query with one text parameter;
+/// `what` says what capra was doing, for errors.
+fn names(tx: &mut Transaction<'_>, sql: &str, param: &str, what: &str) -> Result<Vec<String>> {
+    tx.query(sql, &[&param])
+        .ctx(|| what.into())?
+        .iter()
+        .map(|r| r.col(0, what))
+        .collect()
 }
 
 fn exists(tx: &mut Transaction<'_>, sql: &str, name: &str) -> Result<bool> {
@@ -142,14 +153,13 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
 
 /// Names of active syncs whose dbgroup contains `db`.
 fn active_syncs_using_db(tx: &mut Transaction<'_>, db: &str) -> Result<Vec<String>> {
-    let rows = tx
-        .query(
-            "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup
-              WHERE m.db = $1 AND s.status = 'active' ORDER BY 1",
-            &[&db],
-        )
-        .ctx(|| format!("finding syncs that use database \"{db}\""))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    names(
+        tx,
+        "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup
+          WHERE m.db = $1 AND s.status = 'active' ORDER BY 1",
+        db,
+        &format!("finding syncs that use database \"{db}\""),
+    )
 }
 
 /// Removes a database entry; with `force`, also its tables and group memberships.
@@ -168,13 +178,13 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
     let rels: i64 = tx
         .query_one("SELECT count(*) FROM capra.relation WHERE db = $1", &[&name])
         .ctx(|| "counting tables".into())?
-        .get(0);
-    let groups: Vec<String> = tx
-        .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1 ORDER BY 1", &[&name])
-        .ctx(|| "finding dbgroups".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .col(0, "counting tables")?;
+    let groups = names(
+        tx,
+        "SELECT dbgroup FROM capra.dbmap WHERE db = $1 ORDER BY 1",
+        name,
+        "finding dbgroups",
+    )?;
     if (rels > 0 || !groups.is_empty()) && !force {
         let mut what = Vec::new();
         if rels > 0 {
@@ -239,13 +249,13 @@ pub fn ensure_relgroup(tx: &mut Transaction<'_>, name: &str, created_for: Option
 
 /// The database a relgroup's members come from, if it has members.
 fn relgroup_db(tx: &mut Transaction<'_>, name: &str) -> Result<Option<String>> {
-    Ok(tx
-        .query_one(
-            "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
-            &[&name],
-        )
-        .ctx(|| format!("reading relgroup \"{name}\""))?
-        .get(0))
+    let what = format!("reading relgroup \"{name}\"");
+    tx.query_one(
+        "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+        &[&name],
+    )
+    .ctx(|| what.clone())?
+    .col(0, &what)
 }
 
 /// Adds live tables or sequences of `db` to the catalog (refreshing the key
@@ -285,8 +295,9 @@ pub fn add_relations(
                 &[&db, &f.name.schema, &f.name.name, &f.reltype, &cols, &types, &kind, &conflict_strategy],
             )
             .ctx(|| format!("adding {} {}", f.reltype, f.name.human()))?;
-        let id: i32 = row.get(0);
-        if row.get::<_, bool>(1) {
+        let what = format!("adding {} {}", f.reltype, f.name.human());
+        let id: i32 = row.col(0, &what)?;
+        if row.col::<_, bool>(1, &what)? {
             out.added.push(f.name.clone());
         } else {
             out.already.push(f.name.clone());
@@ -403,12 +414,12 @@ pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<Event> {
     if !exists(tx, "SELECT 1 FROM capra.relgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("relgroup", name, "see: capra list relgroups"));
     }
-    let users: Vec<String> = tx
-        .query("SELECT name FROM capra.sync WHERE relgroup = $1 ORDER BY 1", &[&name])
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let users = names(
+        tx,
+        "SELECT name FROM capra.sync WHERE relgroup = $1 ORDER BY 1",
+        name,
+        "finding syncs",
+    )?;
     if !users.is_empty() {
         return Err(Error::Rejected(format!(
             "cannot remove relgroup \"{name}\": sync {} uses it; remove the sync first",
@@ -570,28 +581,22 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
 /// Syncs of a dbgroup that hold a position on their sources (active, or
 /// run before): a target joining them missed what they applied so far.
 fn syncs_with_position(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
-    Ok(tx
-        .query(
-            "SELECT s.name FROM capra.sync s LEFT JOIN capra.sync_state st ON st.sync = s.name
-              WHERE s.dbgroup = $1 AND (s.status = 'active' OR st.last_good IS NOT NULL) ORDER BY 1",
-            &[&group],
-        )
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    names(
+        tx,
+        "SELECT s.name FROM capra.sync s LEFT JOIN capra.sync_state st ON st.sync = s.name
+          WHERE s.dbgroup = $1 AND (s.status = 'active' OR st.last_good IS NOT NULL) ORDER BY 1",
+        group,
+        "finding syncs",
+    )
 }
 
 fn active_syncs_using_group(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
-    Ok(tx
-        .query(
-            "SELECT name FROM capra.sync WHERE dbgroup = $1 AND status = 'active' ORDER BY 1",
-            &[&group],
-        )
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    names(
+        tx,
+        "SELECT name FROM capra.sync WHERE dbgroup = $1 AND status = 'active' ORDER BY 1",
+        group,
+        "finding syncs",
+    )
 }
 
 /// Removes a dbgroup; with `force`, also the inactive syncs that use it.
@@ -606,8 +611,8 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
         )
         .ctx(|| "finding syncs".into())?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.col(0, "finding syncs")?, r.col(1, "finding syncs")?)))
+        .collect::<Result<_>>()?;
     let mut out = Vec::new();
     if !users.is_empty() {
         let names: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
@@ -830,7 +835,7 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     let first = tx
         .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[&group])
         .ctx(|| "reading dbgroup".into())?
-        .get::<_, bool>(0);
+        .col::<_, bool>(0, "reading dbgroup")?;
     let role = role.unwrap_or(if first { Role::Source } else { Role::Target });
     tx.execute(
         "INSERT INTO capra.dbmap (dbgroup, db, role, position)

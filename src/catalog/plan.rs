@@ -6,6 +6,7 @@ use postgres::GenericClient;
 use crate::catalog::model::{self, Db, Relation};
 use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
+use crate::pg::RowExt;
 
 /// A sync resolved into databases by role and relations in order.
 #[derive(Clone, Debug)]
@@ -84,17 +85,18 @@ impl SyncPlan {
             )
             .ctx(|| format!("reading the hooks of sync \"{name}\""))?
         {
-            let table: Option<String> = match (r.get::<_, Option<String>>(6), r.get::<_, Option<String>>(7)) {
+            let q = &format!("reading the hooks of sync \"{name}\"");
+            let table: Option<String> = match (r.col::<_, Option<String>>(6, q)?, r.col::<_, Option<String>>(7, q)?) {
                 (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
                 _ => None,
             };
             plan.hooks.push(crate::hooks::Code {
-                name: r.get(0),
-                whenrun: r.get(1),
-                file: r.get(2),
-                src: r.get(3),
+                name: r.col(0, q)?,
+                whenrun: r.col(1, q)?,
+                file: r.col(2, q)?,
+                src: r.col(3, q)?,
                 table,
-                priority: r.get(4),
+                priority: r.col(4, q)?,
             });
         }
         for m in &group.members {
@@ -118,12 +120,13 @@ impl SyncPlan {
                 Role::Target => plan.targets.push(db),
             }
         }
+        let what = format!("reading which targets of sync \"{name}\" are behind");
         let behind: Vec<String> = c
             .query("SELECT db FROM capra.target_behind WHERE sync = $1", &[&name])
-            .ctx(|| format!("reading which targets of sync \"{name}\" are behind"))?
+            .ctx(|| what.clone())?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.col(0, &what))
+            .collect::<Result<_>>()?;
         plan.behind = behind
             .into_iter()
             .filter(|b| plan.targets.iter().any(|t| &t.name == b))
