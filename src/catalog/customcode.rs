@@ -4,6 +4,7 @@
 use postgres::Transaction;
 
 use super::edit;
+use super::error::CatalogError;
 use super::event::{Event, Object};
 use super::model;
 use crate::domain::RelType;
@@ -68,9 +69,11 @@ pub fn add(tx: &mut Transaction<'_>, c: &NewCode<'_>) -> Result<()> {
             [one] => *one,
             [] => return Err(Error::not_found_hint("table", t, "see: capra list tables")),
             _ => {
-                return Err(Error::Rejected(format!(
-                    "more than one table matches {t}: use schema.name and db=NAME"
-                )))
+                return Err(CatalogError::AmbiguousMatch {
+                    reltype: RelType::Table,
+                    term: t.into(),
+                }
+                .into())
             }
         };
         tx.execute(

@@ -4,6 +4,7 @@
 
 use postgres::Transaction;
 
+use super::error::CatalogError;
 use super::event::{Event, Object};
 use super::model::{self, DbGroup, Relation};
 use super::settings::Setting;
@@ -60,10 +61,7 @@ fn exists(tx: &mut Transaction<'_>, sql: &str, name: &str) -> Result<bool> {
 /// Adds a database entry.
 pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
     if exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", &db.name)? {
-        return Err(Error::Rejected(format!(
-            "Cannot add database: the name \"{}\" already exists (see: capra list dbs)",
-            db.name
-        )));
+        return Err(CatalogError::DbExists { db: db.name.clone() }.into());
     }
     tx.execute(
         "INSERT INTO capra.db (name, dbname, host, port, dbuser, dbpass, conn, service, status, makedelta, server_side_prepares)
@@ -169,11 +167,11 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
     }
     let active = active_syncs_using_db(tx, name)?;
     if !active.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot remove database \"{name}\": active sync {} uses it; deactivate it first (capra deactivate {})",
-            quote_list(&active),
-            active.join(" ")
-        )));
+        return Err(CatalogError::DbInUse {
+            db: name.into(),
+            syncs: active,
+        }
+        .into());
     }
     let rels: i64 = tx
         .query_one("SELECT count(*) FROM capra.relation WHERE db = $1", &[&name])
@@ -186,17 +184,12 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
         "finding dbgroups",
     )?;
     if (rels > 0 || !groups.is_empty()) && !force {
-        let mut what = Vec::new();
-        if rels > 0 {
-            what.push(format!("{rels} table(s) or sequence(s)"));
+        return Err(CatalogError::DbReferenced {
+            db: name.into(),
+            tables: rels,
+            groups,
         }
-        if !groups.is_empty() {
-            what.push(format!("dbgroup {}", quote_list(&groups)));
-        }
-        return Err(Error::Rejected(format!(
-            "cannot remove database \"{name}\": {} reference it; remove them first or use --force",
-            what.join(" and ")
-        )));
+        .into());
     }
     let mut out = Vec::new();
     if force {
@@ -215,10 +208,6 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
         .ctx(|| format!("removing database \"{name}\""))?;
     out.push(Event::removed(Object::Database, name));
     Ok(out)
-}
-
-fn quote_list(v: &[String]) -> String {
-    v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 /// What `add all tables` / `add table` did.
@@ -272,9 +261,12 @@ pub fn add_relations(
     if let Some(g) = relgroup {
         if let Some(other) = relgroup_db(tx, g)? {
             if other != db {
-                return Err(Error::Rejected(format!(
-                    "relgroup \"{g}\" holds tables from database \"{other}\", not \"{db}\": all tables of a relgroup come from one database; use another relgroup name"
-                )));
+                return Err(CatalogError::RelgroupOfOtherDb {
+                    relgroup: g.into(),
+                    other,
+                    db: db.into(),
+                }
+                .into());
             }
         }
         out.created_relgroup = ensure_relgroup(tx, g, None)?;
@@ -366,10 +358,12 @@ pub fn remove_relations(
         }
         let dbs: std::collections::BTreeSet<&str> = hits.iter().map(|r| r.db.as_str()).collect();
         if dbs.len() > 1 && db.is_none() {
-            return Err(Error::Rejected(format!(
-                "{reltype} {t} is in several databases ({}); say which with db=NAME",
-                dbs.into_iter().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(CatalogError::InSeveralDbs {
+                reltype,
+                term: t.clone(),
+                dbs: dbs.into_iter().map(String::from).collect(),
+            }
+            .into());
         }
         for r in hits {
             if !ids.contains(&r.id) {
@@ -389,11 +383,13 @@ pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]
     for r in rels {
         if let Some(other) = relgroup_db(tx, group)? {
             if other != r.db {
-                return Err(Error::Rejected(format!(
-                    "relgroup \"{group}\" holds tables from database \"{other}\"; {} comes from \"{}\": all tables of a relgroup come from one database",
-                    r.name.human(),
-                    r.db
-                )));
+                return Err(CatalogError::RelgroupMixesDbs {
+                    relgroup: group.into(),
+                    other,
+                    table: r.name.clone(),
+                    db: r.db.clone(),
+                }
+                .into());
             }
         }
         let n = tx
@@ -421,10 +417,11 @@ pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<Event> {
         "finding syncs",
     )?;
     if !users.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot remove relgroup \"{name}\": sync {} uses it; remove the sync first",
-            quote_list(&users)
-        )));
+        return Err(CatalogError::RelgroupInUse {
+            relgroup: name.into(),
+            syncs: users,
+        }
+        .into());
     }
     tx.execute("DELETE FROM capra.relgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing relgroup \"{name}\""))?;
@@ -466,9 +463,11 @@ fn set_members(
     let mut seen = Vec::new();
     for (i, (db, role)) in members.iter().enumerate() {
         if seen.contains(db) {
-            return Err(Error::Rejected(format!(
-                "database \"{db}\" is listed twice for dbgroup \"{group}\"; a database has one role in a group"
-            )));
+            return Err(CatalogError::MemberTwice {
+                db: db.clone(),
+                group: group.into(),
+            }
+            .into());
         }
         seen.push(db.clone());
         if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", db)? {
@@ -530,19 +529,21 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
     new_sources.sort();
     let active = active_syncs_using_group(tx, name)?;
     if !active.is_empty() && old_sources != new_sources {
-        return Err(Error::Rejected(format!(
-            "cannot change the sources of dbgroup \"{name}\": active sync {} uses it; deactivate it first (targets may be added or removed while it runs)",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::SourcesInUse {
+            group: name.into(),
+            syncs: active,
+        }
+        .into());
     }
     let is_target = |role: Option<Role>| role.is_none_or(|r| r == Role::Target);
     let had_targets = old.members.iter().any(|m| m.role == Role::Target);
     let has_targets = resolved.iter().any(|(_, r)| is_target(*r));
     if !active.is_empty() && had_targets && !has_targets {
-        return Err(Error::Rejected(format!(
-            "cannot remove the last target of dbgroup \"{name}\": active sync {} uses it and would lose its position; deactivate it first",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::LastTarget {
+            group: name.into(),
+            syncs: active,
+        }
+        .into());
     }
     // A target joining a running sync missed what the sync applied before:
     // it gets a full copy at the next run (status lists it as behind).
@@ -617,15 +618,18 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
     if !users.is_empty() {
         let names: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
         if !force {
-            return Err(Error::Rejected(format!(
-                "Cannot remove dbgroup \"{name}\": it is being used by sync {}; remove the sync first or use --force",
-                quote_list(&names)
-            )));
+            return Err(CatalogError::DbgroupInUse {
+                group: name.into(),
+                syncs: names,
+            }
+            .into());
         }
         if let Some((s, _)) = users.iter().find(|u| u.1 == Status::Active) {
-            return Err(Error::Rejected(format!(
-                "cannot remove dbgroup \"{name}\": sync \"{s}\" uses it and is active; deactivate it first (capra deactivate {s})"
-            )));
+            return Err(CatalogError::DbgroupOfActiveSync {
+                group: name.into(),
+                sync: s.clone(),
+            }
+            .into());
         }
         for (s, _) in &users {
             tx.execute("DELETE FROM capra.sync WHERE name = $1", &[s])
@@ -682,16 +686,18 @@ pub fn is_delta(group: &DbGroup) -> bool {
 /// Checks the rules a sync's relgroup and dbgroup must meet together.
 pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, group: &DbGroup) -> Result<()> {
     if group.with_role(Role::Source).is_empty() {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": dbgroup \"{}\" has no source database; give one database the role source (capra update dbgroup {} DB:source ...)",
-            group.name, group.name
-        )));
+        return Err(CatalogError::NoSource {
+            sync: sync.into(),
+            group: group.name.clone(),
+        }
+        .into());
     }
     if group.members.len() < 2 {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": dbgroup \"{}\" has only one database; a sync needs a source and at least one other database",
-            group.name
-        )));
+        return Err(CatalogError::OneDatabase {
+            sync: sync.into(),
+            group: group.name.clone(),
+        }
+        .into());
     }
     let rg = model::relgroups(tx)?
         .into_iter()
@@ -704,20 +710,21 @@ pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, gr
             )
         })?;
     if rg.members.is_empty() {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": relgroup \"{relgroup}\" is empty; add tables to it first (capra add table T relgroup={relgroup})"
-        )));
+        return Err(CatalogError::EmptyRelgroup {
+            sync: sync.into(),
+            relgroup: relgroup.into(),
+        }
+        .into());
     }
     if is_delta(group) {
         let rels = model::relations(tx, Some(RelType::Table))?;
         for r in rels.iter().filter(|r| rg.members.contains(&r.id)) {
             if r.pkey.is_empty() {
-                return Err(Error::Rejected(format!(
-                    "sync \"{sync}\": table {} has no primary key or unique key, which delta replication needs; add a key (ALTER TABLE {} ADD PRIMARY KEY (...)), declare one (capra update table {} pkey=COL[,COL]), or replicate it with a fullcopy sync (dbs=SOURCE:source,TARGET:fullcopy)",
-                    r.name.human(),
-                    r.name.sql(),
-                    r.name.human()
-                )));
+                return Err(CatalogError::NoKey {
+                    sync: sync.into(),
+                    table: r.name.clone(),
+                }
+                .into());
             }
         }
     }
@@ -730,9 +737,7 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<Event>> {
         return Err(Error::not_found_hint("sync", name, "see: capra list syncs"));
     };
     if s.status == Status::Active {
-        return Err(Error::Rejected(format!(
-            "Cannot remove active sync \"{name}\": please deactivate it first (capra deactivate {name})"
-        )));
+        return Err(CatalogError::SyncActive { sync: name.into() }.into());
     }
     tx.execute("DELETE FROM capra.sync WHERE name = $1", &[&name])
         .ctx(|| format!("removing sync \"{name}\""))?;
@@ -822,10 +827,11 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     let mut out = Vec::new();
     let active = active_syncs_using_group(tx, group)?;
     if role == Some(Role::Source) && !active.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot add a source to dbgroup \"{group}\": active sync {} uses it; deactivate it first",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::SourceJoinsActive {
+            group: group.into(),
+            syncs: active,
+        }
+        .into());
     }
     if model::dbgroup(tx, group)?.is_none() {
         tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[&group])

@@ -4,6 +4,7 @@
 use postgres::GenericClient;
 
 use crate::catalog::model::{self, Db, Relation};
+use crate::catalog::CatalogError;
 use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
 use crate::pg::RowExt;
@@ -103,10 +104,11 @@ impl SyncPlan {
             let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
             if db.status == DbStatus::Inactive {
                 if m.role == Role::Source {
-                    return Err(Error::Rejected(format!(
-                        "source database \"{}\" of sync \"{name}\" is inactive; activate it (capra update db {} status=active)",
-                        db.name, db.name
-                    )));
+                    return Err(CatalogError::SourceInactive {
+                        sync: name.into(),
+                        db: db.name.clone(),
+                    }
+                    .into());
                 }
                 plan.skipped.push(db.name.clone());
                 if m.role == Role::Target {

@@ -3,7 +3,7 @@
 use super::render::say_all;
 use super::warn_inert;
 use crate::catalog::edit::{self, NewDb};
-use crate::catalog::{model, Catalog};
+use crate::catalog::{model, Catalog, CatalogError};
 use crate::cli::kv::{self, check_name, key, Key};
 use crate::cli::sync_opts::parse_role;
 use crate::cli::{Ctx, Words};
@@ -144,9 +144,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let mut cat = ctx.catalog()?;
     // Refuse duplicates before spending a connection attempt.
     if model::db(&mut cat.client, &name)?.is_some() {
-        return Err(Error::Rejected(format!(
-            "Cannot add database: the name \"{name}\" already exists (see: capra list dbs)"
-        )));
+        return Err(CatalogError::DbExists { db: name }.into());
     }
     if !w.force {
         try_new_db(&new)?;
@@ -289,9 +287,7 @@ pub(super) fn pick_db(cat: &mut Catalog, db: Option<&str>) -> Result<model::Db> 
                     all.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
                 )));
             }
-            all.pop().ok_or_else(|| {
-                Error::Rejected("no databases yet: add one first with capra add db NAME dbname=...".into())
-            })
+            all.pop().ok_or_else(|| CatalogError::NoDatabases.into())
         }
     }
 }

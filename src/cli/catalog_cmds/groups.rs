@@ -5,8 +5,8 @@ use super::edit_with_capture;
 use super::render::say_all;
 use super::tables::match_live;
 use crate::capture::reconcile;
-use crate::catalog::edit;
 use crate::catalog::model::{self, Relation};
+use crate::catalog::{edit, CatalogError};
 use crate::cli::kv::{self, check_name, key};
 use crate::cli::sync_opts::parse_member;
 use crate::cli::{Ctx, Words};
@@ -37,10 +37,11 @@ pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         } else {
             let dbs: std::collections::BTreeSet<&str> = hits.iter().map(|r| r.db.as_str()).collect();
             if dbs.len() > 1 {
-                return Err(Error::Rejected(format!(
-                    "{t} is in several databases ({}); say which with db=NAME",
-                    dbs.into_iter().collect::<Vec<_>>().join(", ")
-                )));
+                return Err(CatalogError::TermInSeveralDbs {
+                    term: t.clone(),
+                    dbs: dbs.into_iter().map(String::from).collect(),
+                }
+                .into());
             }
             known.extend(hits.into_iter().cloned());
         }

@@ -3,9 +3,9 @@
 use postgres::Transaction;
 
 use super::edit_with_capture;
-use crate::catalog::edit;
 use crate::catalog::model::{self, DbGroup, Relation};
 use crate::catalog::sync_opts::Stored;
+use crate::catalog::{edit, CatalogError};
 use crate::cli::kv::{self, check_name};
 use crate::cli::sync_opts::{self, parse_member};
 use crate::cli::{Ctx, Words};
@@ -30,8 +30,9 @@ pub(super) fn sync_dbs(
         let t = a
             .choice("type", &["pushdelta", "fullcopy", "swap"])?
             .unwrap_or_else(|| "pushdelta".into());
-        let src = model::relgroup_db(tx, relgroup)?
-            .ok_or_else(|| Error::Rejected(format!("relgroup \"{relgroup}\" is empty; add tables to it first")))?;
+        let src = model::relgroup_db(tx, relgroup)?.ok_or_else(|| CatalogError::RelgroupEmpty {
+            relgroup: relgroup.into(),
+        })?;
         let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
             (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
             (Some(d), None) => vec![d.to_string()],
@@ -60,9 +61,11 @@ pub(super) fn sync_dbs(
         let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
         for d in targets {
             if d == src {
-                return Err(Error::Rejected(format!(
-                    "Source and target databases cannot be the same: {d} (relgroup \"{relgroup}\" was added from database \"{d}\"; add its tables from the source database instead: capra add all tables db=SOURCE -t ... relgroup={relgroup})"
-                )));
+                return Err(CatalogError::SourceIsTarget {
+                    db: d,
+                    relgroup: relgroup.into(),
+                }
+                .into());
             }
             members.push((d, Some(role)));
         }
@@ -206,9 +209,7 @@ impl NewSync<'_> {
         let name = self.name;
         let mut out = Vec::new();
         if model::sync(tx, name)?.is_some() {
-            return Err(Error::Rejected(format!(
-                "A sync with the name \"{name}\" already exists (see: capra list syncs)"
-            )));
+            return Err(CatalogError::SyncExists { sync: name.into() }.into());
         }
         let relgroup = match &self.relgroup {
             Some(r) => {

@@ -5,7 +5,7 @@ use super::{edit_with_capture, warn_inert};
 use crate::capture::reconcile;
 use crate::catalog::edit;
 use crate::catalog::model::{self, Relation};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::cli::kv::{self, check_name, key, Key};
 use crate::cli::sync_opts;
 use crate::cli::{AddAll, AllWhat, Ctx, Words};
@@ -111,8 +111,8 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
     let (only_t, skip_t) = (split_commas(&a.table), split_commas(&a.exclude_table));
     let (only_n, skip_n) = (split_commas(&a.schema), split_commas(&a.exclude_schema));
     let (kind, live) = match a.what {
-        AllWhat::Tables => ("table", discover::tables(&mut client)?),
-        AllWhat::Sequences => ("sequence", discover::sequences(&mut client)?),
+        AllWhat::Tables => (RelType::Table, discover::tables(&mut client)?),
+        AllWhat::Sequences => (RelType::Sequence, discover::sequences(&mut client)?),
     };
     // Filters that name a table that does not exist are most likely typos.
     for t in only_t.iter().chain(skip_t.iter()) {
@@ -121,10 +121,12 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
                 .iter()
                 .any(|f| passes(f, std::slice::from_ref(t), &[], &[], &[]).unwrap_or(false))
         {
-            return Err(Error::Rejected(format!(
-                "no {kind} named {t} in database \"{}\" (check the -t/-T value; see \\d in psql)",
-                db.name
-            )));
+            return Err(CatalogError::NoSuchLive {
+                reltype: kind,
+                term: t.clone(),
+                db: db.name.clone(),
+            }
+            .into());
         }
     }
     let mut chosen = Vec::new();
@@ -134,15 +136,12 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
         }
     }
     if chosen.is_empty() {
-        return Err(Error::Rejected(format!(
-            "no {kind}s found in database \"{}\"{}",
-            db.name,
-            if only_t.is_empty() && skip_t.is_empty() && only_n.is_empty() && skip_n.is_empty() {
-                String::new()
-            } else {
-                " matching the -t/-T/-n/-N filters".to_string()
-            }
-        )));
+        return Err(CatalogError::NothingFound {
+            reltype: kind,
+            db: db.name.clone(),
+            filtered: !(only_t.is_empty() && skip_t.is_empty() && only_n.is_empty() && skip_n.is_empty()),
+        }
+        .into());
     }
     let report = store_found(ctx, &mut cat, &db.name, relgroup.as_deref(), &chosen, conflict.as_ref())?;
     for f in &chosen {
@@ -224,10 +223,12 @@ pub(super) fn match_live(live: &[Found], terms: &[String], kind: &str, db: &str)
         }
     }
     if !missing.is_empty() {
-        return Err(Error::Rejected(format!(
-            "no {kind} matching {} in database \"{db}\"; nothing was added",
-            missing.join(", ")
-        )));
+        return Err(CatalogError::NoMatchLive {
+            what: kind.into(),
+            terms: missing,
+            db: db.into(),
+        }
+        .into());
     }
     Ok(out)
 }
@@ -304,9 +305,11 @@ fn one_relation(cat: &mut Catalog, term: &str, db: Option<&str>, kind: RelType) 
             format!("see: capra list {kind}s"),
         )),
         [one] => Ok((*one).clone()),
-        _ => Err(Error::Rejected(format!(
-            "more than one {kind} matches {term}: use schema.name and db=NAME"
-        ))),
+        _ => Err(CatalogError::AmbiguousMatch {
+            reltype: kind,
+            term: term.into(),
+        }
+        .into()),
     }
 }
 
@@ -336,15 +339,10 @@ impl RelUpdate<'_> {
             .filter(|c| !c.is_empty())
             .collect();
         let mut client = connect_to(cat, rel)?;
-        let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
-            Error::Rejected(format!(
-                "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
-                cols.join(", "),
-                rel.name.human(),
-                rel.db,
-                rel.name.sql(),
-                cols.join(", ")
-            ))
+        let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| CatalogError::NotAKey {
+            columns: cols.clone(),
+            table: rel.name.clone(),
+            db: rel.db.clone(),
         })?;
         self.sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
         self.sets
