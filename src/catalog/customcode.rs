@@ -7,7 +7,7 @@ use super::edit;
 use super::error::CatalogError;
 use super::event::{Event, Object};
 use super::model;
-use crate::domain::RelType;
+use crate::domain::{RelType, Status};
 use crate::error::{Context, Error, Result};
 
 /// A hook to add (its source already compiled by the CLI).
@@ -24,8 +24,8 @@ pub struct NewCode<'a> {
     pub about: &'a str,
     /// Order among hooks of the same point.
     pub priority: i32,
-    /// active or inactive.
-    pub status: &'a str,
+    /// Whether it runs.
+    pub status: Status,
     /// The sync it attaches to...
     pub sync: Option<&'a str>,
     /// ...or the table (with the db naming it, if ambiguous).

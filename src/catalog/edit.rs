@@ -8,14 +8,14 @@ use super::error::CatalogError;
 use super::event::{Event, Object};
 use super::model::{self, DbGroup, Relation};
 use super::settings::Setting;
-use crate::domain::{RelType, Role, Status, Strategy};
+use crate::domain::{DbStatus, RelType, Role, Status, Strategy};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
 use crate::pg::RowExt;
 
 /// A database to add.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewDb {
     /// capra's name.
     pub name: String,
@@ -33,8 +33,8 @@ pub struct NewDb {
     pub conn: String,
     /// Service.
     pub service: Option<String>,
-    /// active or inactive.
-    pub status: String,
+    /// Active or inactive.
+    pub status: DbStatus,
     /// makedelta.
     pub makedelta: bool,
     /// server_side_prepares.
@@ -815,7 +815,7 @@ pub fn set_sync_groups(tx: &mut Transaction<'_>, name: &str, relgroup: &str, dbg
 pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Result<()> {
     tx.execute(
         "UPDATE capra.sync SET status = $1 WHERE name = $2",
-        &[&if active { "active" } else { "inactive" }, &name],
+        &[&if active { Status::Active } else { Status::Inactive }, &name],
     )
     .ctx(|| format!("changing the status of sync \"{name}\""))?;
     Ok(())

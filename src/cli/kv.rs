@@ -51,6 +51,11 @@ impl Args {
         }
     }
 
+    /// A key restricted to a domain type's words (case-insensitive).
+    pub fn choice_of<T: std::str::FromStr>(&self, k: &str, choices: &[&str]) -> Result<Option<T>> {
+        self.get(k).map(|v| parse_choice(k, v, choices)).transpose()
+    }
+
     /// A non-negative whole number.
     pub fn number(&self, k: &str, max: i64) -> Result<Option<i64>> {
         match self.get(k) {
@@ -83,6 +88,18 @@ pub fn bool_value(k: &str, v: &str) -> Result<bool> {
     parse_bool(v).ok_or_else(|| {
         Error::Usage(format!(
             "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
+        ))
+    })
+}
+
+/// Checks a value against a list (as [`check_choice`]) and reads it as a
+/// domain type whose words the list holds.
+pub fn parse_choice<T: std::str::FromStr>(k: &str, v: &str, choices: &[&str]) -> Result<T> {
+    let c = check_choice(k, v, choices)?;
+    c.parse::<T>().map_err(|_| {
+        Error::Usage(format!(
+            "invalid value for '{k}': {v:?} (must be one of: {})",
+            choices.join(", ")
         ))
     })
 }

@@ -125,18 +125,6 @@ fn schedule(v: &str) -> Result<SyncOpt> {
     Ok(SyncOpt::Schedule(Some(s.as_str().to_string())))
 }
 
-/// A choice among a domain type's words, read through [`kv::check_choice`]
-/// (so the message lists what is allowed).
-fn choice<T: std::str::FromStr>(k: &str, v: &str, choices: &[&str]) -> Result<T> {
-    let c = kv::check_choice(k, v, choices)?;
-    c.parse::<T>().map_err(|_| {
-        Error::Usage(format!(
-            "invalid value for '{k}': {v:?} (must be one of: {})",
-            choices.join(", ")
-        ))
-    })
-}
-
 /// Reads one option. `sync_dbs` are the sync's database names (for
 /// conflict strategy lists). Interval values are checked when stored.
 pub fn parse(k: &str, v: &str, sync_dbs: &[String]) -> Result<SyncOpt> {
@@ -153,22 +141,22 @@ pub fn parse(k: &str, v: &str, sync_dbs: &[String]) -> Result<SyncOpt> {
                 .ok_or_else(|| Error::Usage(format!("invalid value for 'rebuild_index': {v:?} (must be 0 or 1)")))?,
         ),
         "onetimecopy" => {
-            let n: i16 = choice(k, v, &["0", "1", "2"])?;
+            let n: i16 = kv::parse_choice(k, v, &["0", "1", "2"])?;
             SyncOpt::OneTimeCopy(OneTimeCopy::from_i16(n).map_err(|e| Error::Usage(e.to_string()))?)
         }
-        "status" => SyncOpt::Status(choice::<Status>(k, v, &["active", "inactive"])?),
+        "status" => SyncOpt::Status(kv::parse_choice::<Status>(k, v, &["active", "inactive"])?),
         "conflict_strategy" => SyncOpt::ConflictStrategy(conflict_strategy(v, sync_dbs)?),
         "schedule" => schedule(v)?,
         "checktime" => interval("checktime", v, true),
         "lifetime" => interval("lifetime", v, true),
         "overdue" => interval("overdue", v, false),
         "expired" => interval("expired", v, false),
-        "deletemethod" => SyncOpt::DeleteMethod(choice::<DeleteMethod>(
+        "deletemethod" => SyncOpt::DeleteMethod(kv::parse_choice::<DeleteMethod>(
             k,
             v,
             &["delete", "truncate", "truncate_cascade"],
         )?),
-        "isolation_level" => SyncOpt::Isolation(choice::<Isolation>(
+        "isolation_level" => SyncOpt::Isolation(kv::parse_choice::<Isolation>(
             k,
             &v.replace('_', " "),
             &["repeatable read", "serializable"],

@@ -4,6 +4,7 @@ use super::render::say_all;
 use crate::catalog::customcode;
 use crate::cli::kv::{self, check_name, key, Key};
 use crate::cli::{Ctx, Words};
+use crate::domain::Status;
 use crate::error::{Error, Result};
 
 pub(super) const CODE_KEYS: &[Key] = &[
@@ -52,8 +53,8 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let (path, src) = read_hook(file)?;
     let priority = a.number("priority", 1_000_000)?.unwrap_or(0) as i32;
     let status = a
-        .choice("status", &["active", "inactive"])?
-        .unwrap_or_else(|| "active".into());
+        .choice_of("status", &["active", "inactive"])?
+        .unwrap_or(Status::Active);
     let about = a.get("about").unwrap_or("").to_string();
     if a.has("sync") == a.has("relation") {
         return Err(Error::Usage(format!(
@@ -67,7 +68,7 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         src_file: &path.display().to_string(),
         about: &about,
         priority,
-        status: &status,
+        status,
         sync: a.get("sync"),
         relation: a.get("relation"),
         db: a.get("db"),

@@ -7,7 +7,7 @@ use crate::catalog::{model, Catalog, CatalogError};
 use crate::cli::kv::{self, check_name, key, Key};
 use crate::cli::sync_opts::parse_role;
 use crate::cli::{Ctx, Words};
-use crate::domain::Role;
+use crate::domain::{DbStatus, Role};
 use crate::error::{Error, Result};
 use crate::pg::{self, connect::ConnSpec};
 
@@ -87,8 +87,8 @@ fn new_db(ctx: &Ctx, a: &kv::Args) -> Result<NewDb> {
     let conn = a.get("conn").unwrap_or("").to_string();
     check_conn(&conn)?;
     let status = a
-        .choice("status", &["active", "inactive"])?
-        .unwrap_or_else(|| "active".into());
+        .choice_of("status", &["active", "inactive"])?
+        .unwrap_or(DbStatus::Active);
     Ok(NewDb {
         name,
         dbname,
