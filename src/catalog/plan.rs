@@ -73,33 +73,7 @@ impl SyncPlan {
             hooks: Vec::new(),
         };
         let ids: Vec<i32> = plan.tables.iter().map(|t| t.id).collect();
-        for r in c
-            .query(
-                "SELECT c.name, c.whenrun, c.src_file, c.src_code, m.priority,
-                        CASE WHEN m.relation IS NULL THEN NULL ELSE r.schemaname || '.' || r.relname END,
-                        r.schemaname, r.relname
-                   FROM capra.customcode c
-                   JOIN capra.customcode_map m ON m.code = c.name
-                   LEFT JOIN capra.relation r ON r.id = m.relation
-                  WHERE c.status = 'active' AND (m.sync = $1 OR m.relation = ANY($2))",
-                &[&name, &ids],
-            )
-            .ctx(|| format!("reading the hooks of sync \"{name}\""))?
-        {
-            let q = &format!("reading the hooks of sync \"{name}\"");
-            let table: Option<String> = match (r.col::<_, Option<String>>(6, q)?, r.col::<_, Option<String>>(7, q)?) {
-                (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
-                _ => None,
-            };
-            plan.hooks.push(crate::hooks::Code {
-                name: r.col(0, q)?,
-                whenrun: r.col(1, q)?,
-                file: r.col(2, q)?,
-                src: r.col(3, q)?,
-                table,
-                priority: r.col(4, q)?,
-            });
-        }
+        plan.hooks = hooks(c, name, &ids)?;
         for m in &group.members {
             let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
             if db.status == DbStatus::Inactive {
@@ -148,4 +122,37 @@ impl SyncPlan {
         // are switched off.
         !self.targets.is_empty() || !self.skipped_targets.is_empty() || self.sources.len() > 1
     }
+}
+
+/// The active Lua hooks attached to a sync or to its tables (`ids`).
+fn hooks(c: &mut impl GenericClient, name: &str, ids: &[i32]) -> Result<Vec<crate::hooks::Code>> {
+    let q = &format!("reading the hooks of sync \"{name}\"");
+    let mut out = Vec::new();
+    for r in c
+        .query(
+            "SELECT c.name, c.whenrun, c.src_file, c.src_code, m.priority,
+                    CASE WHEN m.relation IS NULL THEN NULL ELSE r.schemaname || '.' || r.relname END,
+                    r.schemaname, r.relname
+               FROM capra.customcode c
+               JOIN capra.customcode_map m ON m.code = c.name
+               LEFT JOIN capra.relation r ON r.id = m.relation
+              WHERE c.status = 'active' AND (m.sync = $1 OR m.relation = ANY($2))",
+            &[&name, &ids],
+        )
+        .ctx(|| q.clone())?
+    {
+        let table: Option<String> = match (r.col::<_, Option<String>>(6, q)?, r.col::<_, Option<String>>(7, q)?) {
+            (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
+            _ => None,
+        };
+        out.push(crate::hooks::Code {
+            name: r.col(0, q)?,
+            whenrun: r.col(1, q)?,
+            file: r.col(2, q)?,
+            src: r.col(3, q)?,
+            table,
+            priority: r.col(4, q)?,
+        });
+    }
+    Ok(out)
 }

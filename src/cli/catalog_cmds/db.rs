@@ -238,7 +238,7 @@ pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
                     "dbtype cannot change (capra replicates PostgreSQL only)".into(),
                 ))
             }
-            _ => unreachable!("filtered by DB_KEYS"),
+            other => return Err(Error::Usage(format!("'{other}' cannot be set this way"))),
         };
         changes.push(edit::DbChange {
             column: col,
