@@ -7,7 +7,7 @@ use crate::cli::{Ctx, Words};
 use crate::domain::Status;
 use crate::error::{Error, Result};
 
-pub(super) const CODE_KEYS: &[Key] = &[
+const CODE_KEYS: &[Key] = &[
     key("whenrun", &["when_run"]),
     key("src_code", &["src", "file"]),
     key("sync", &[]),
@@ -33,6 +33,7 @@ fn read_hook(file: &str) -> Result<(std::path::PathBuf, String)> {
     Ok((path, src))
 }
 
+/// `capra add customcode NAME whenrun=HOOK src_code=FILE.lua (sync=S | relation=T)`.
 pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, CODE_KEYS, "add customcode")?;
     let [name] = a.positional.as_slice() else {
@@ -79,6 +80,7 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update customcode NAME key=value...`.
 pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, CODE_KEYS, "update customcode")?;
     let [name] = a.positional.as_slice() else {

@@ -19,7 +19,7 @@ fn inert(k: &str) -> Option<&'static str> {
     }
 }
 
-pub(super) const DB_KEYS: &[Key] = &[
+const DB_KEYS: &[Key] = &[
     key("dbname", &["db"]),
     key("name", &[]),
     key("host", &["dbhost", "pghost"]),
@@ -133,6 +133,7 @@ fn try_new_db(new: &NewDb) -> Result<()> {
     Ok(())
 }
 
+/// `capra add db NAME dbname=...` (and Bucardo 4's `add database DBNAME name=NAME`).
 pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, DB_KEYS, "add db")?;
     warn_inert("database", &a.pairs, inert);
@@ -165,7 +166,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
 
 /// Checks `conn=` keywords; a password there would be shown wherever the
 /// connection is (list dbs, --json, change messages), so it goes in pass=.
-pub(super) fn check_conn(conn: &str) -> Result<()> {
+fn check_conn(conn: &str) -> Result<()> {
     let kw = pg::connect::parse_keywords(conn).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
     for k in ["password", "host", "port", "dbname", "user", "service"] {
         if kw.contains_key(k) {
@@ -182,7 +183,7 @@ pub(super) fn check_conn(conn: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn parse_port(p: &str) -> Result<i32> {
+fn parse_port(p: &str) -> Result<i32> {
     match p.trim().parse::<i32>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n),
         _ => Err(Error::Usage(format!(
@@ -191,6 +192,7 @@ pub(super) fn parse_port(p: &str) -> Result<i32> {
     }
 }
 
+/// `capra update db NAME key=value...`: checked by connecting unless --force.
 pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, DB_KEYS, "update db")?;
     warn_inert("database", &a.pairs, inert);
@@ -264,6 +266,7 @@ pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// A trimmed value, or None for an empty one (which clears the column).
 pub(super) fn opt_text(v: &str) -> Option<String> {
     let t = v.trim();
     if t.is_empty() {

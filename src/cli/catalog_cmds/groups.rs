@@ -14,6 +14,7 @@ use crate::domain::Role;
 use crate::error::{Error, Result};
 use crate::pg::discover;
 
+/// `capra add relgroup NAME [TABLE...] [db=DB]`.
 pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, &[key("db", &["database"])], "add relgroup")?;
     let Some((name, terms)) = a.positional.split_first() else {
@@ -86,12 +87,13 @@ pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update relgroup NAME TABLE...`: adds members.
 pub(super) fn update_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     // `update relgroup NAME T...` adds members (Bucardo lacks it, #256).
     add_relgroup(ctx, w)
 }
 
-pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role>)>> {
+fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role>)>> {
     words
         .iter()
         .flat_map(|w| w.split(','))
@@ -100,6 +102,7 @@ pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role
         .collect()
 }
 
+/// `capra add dbgroup NAME DB[:role]...`.
 pub(super) fn add_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let Some((name, rest)) = w.words.split_first() else {
         return Err(Error::Usage(
@@ -119,6 +122,7 @@ pub(super) fn add_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update dbgroup NAME DB[:role]...`: the new member list.
 pub(super) fn update_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let Some((name, rest)) = w.words.split_first() else {
         return Err(Error::Usage(

@@ -13,7 +13,7 @@ use crate::domain::Role;
 use crate::error::{Error, Result};
 
 /// Resolves where a new sync replicates, for both grammars.
-pub(super) fn sync_dbs(
+fn sync_dbs(
     tx: &mut Transaction<'_>,
     a: &kv::Args,
     relgroup: &str,
@@ -238,6 +238,7 @@ impl NewSync<'_> {
     }
 }
 
+/// `capra add sync NAME relgroup=RG dbs=...` in both grammars.
 pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
     warn_inert_opts(&a);
@@ -268,6 +269,7 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update sync NAME key=value...`.
 pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "update sync")?;
     warn_inert_opts(&a);

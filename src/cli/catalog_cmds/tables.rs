@@ -20,13 +20,13 @@ fn inert(_k: &str) -> Option<&'static str> {
     None
 }
 
-pub(super) const REL_KEYS: &[Key] = &[
+const REL_KEYS: &[Key] = &[
     key("db", &["database"]),
     key("relgroup", &["herd"]),
     key("standard_conflict", &["conflict_strategy"]),
 ];
 
-pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
+const TABLE_UPDATE_KEYS: &[Key] = &[
     key("db", &["database"]),
     key("pkey", &[]),
     key("autokick", &["ping"]),
@@ -40,7 +40,7 @@ pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
     key("filter", &["where", "row_filter"]),
 ];
 
-pub(super) fn split_commas(v: &[String]) -> Vec<String> {
+fn split_commas(v: &[String]) -> Vec<String> {
     v.iter()
         .flat_map(|s| s.split(','))
         .map(|s| s.trim().to_string())
@@ -49,13 +49,7 @@ pub(super) fn split_commas(v: &[String]) -> Vec<String> {
 }
 
 /// Whether a live relation passes the -t/-T/-n/-N filters.
-pub(super) fn passes(
-    f: &Found,
-    only_t: &[String],
-    skip_t: &[String],
-    only_n: &[String],
-    skip_n: &[String],
-) -> Result<bool> {
+fn passes(f: &Found, only_t: &[String], skip_t: &[String], only_n: &[String], skip_n: &[String]) -> Result<bool> {
     let matches_table = |term: &str| -> Result<bool> {
         let (schema, name) = split_user_name(term).map_err(Error::Usage)?;
         let name_ok = name.matches(&f.name.name) || name.matches_folded(&f.name.name);
@@ -88,6 +82,7 @@ pub(super) fn passes(
     Ok(true)
 }
 
+/// `capra add all tables|sequences [db=DB] [relgroup=RG] [-t/-T/-n/-N ...]`.
 pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
     let kvs = kv::split(&a.words, REL_KEYS, "add all")?;
     warn_inert("table", &kvs.pairs, inert);
@@ -168,7 +163,7 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
 /// Stores live tables or sequences (and their relgroup) in the catalog,
 /// capturing them for syncs already using the relgroup; says when the
 /// relgroup was created.
-pub(super) fn store_found(
+fn store_found(
     ctx: &Ctx,
     cat: &mut Catalog,
     db: &str,
@@ -233,6 +228,7 @@ pub(super) fn match_live(live: &[Found], terms: &[String], kind: &str, db: &str)
     Ok(out)
 }
 
+/// `capra add table|sequence NAME... [db=DB] [relgroup=RG]`.
 pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, REL_KEYS, &format!("add {kind}"))?;
     warn_inert(kind.as_str(), &a.pairs, inert);
@@ -271,6 +267,7 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     Ok(())
 }
 
+/// `capra remove table|sequence NAME... [db=DB]`; returns the lines to show.
 pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> Result<Vec<String>> {
     let a = kv::split(&w.words, &[key("db", &["database"])], &format!("remove {kind}"))?;
     let db = a.get("db").map(String::from);
@@ -407,6 +404,7 @@ impl RelUpdate<'_> {
     }
 }
 
+/// `capra update table|sequence NAME [db=DB] key=value...`.
 pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, TABLE_UPDATE_KEYS, &format!("update {kind}"))?;
     warn_inert(kind.as_str(), &a.pairs, inert);
@@ -453,7 +451,7 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()>
 }
 
 /// A PostgreSQL array literal for text values.
-pub(super) fn pg_array(v: &[String]) -> String {
+fn pg_array(v: &[String]) -> String {
     let items: Vec<String> = v
         .iter()
         .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
