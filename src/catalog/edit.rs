@@ -496,20 +496,28 @@ fn set_members(
     Ok(out)
 }
 
-/// Replaces a dbgroup's members (a change of sources is refused while an
-/// active sync uses it).
-pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<Event>> {
-    let Some(old) = model::dbgroup(tx, name)? else {
-        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
-    };
-    // Unlisted roles keep what they were.
-    let resolved: Vec<(String, Option<Role>)> = members
-        .iter()
-        .map(|(db, role)| {
-            let kept = old.members.iter().find(|m| &m.db == db).map(|m| m.role);
-            (db.clone(), role.or(kept))
-        })
-        .collect();
+/// Notes that target `db` joins `sync` behind: it gets a full copy at the
+/// sync's next run.
+fn note_behind(tx: &mut Transaction<'_>, sync: &str, db: &str) -> Result<Event> {
+    tx.execute(
+        "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&sync, &db],
+    )
+    .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
+    Ok(Event::JoinsSync {
+        db: db.to_string(),
+        sync: sync.to_string(),
+    })
+}
+
+/// Refuses a change of members an active sync of the group cannot follow:
+/// other sources, or no target left.
+fn check_running_change(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    old: &DbGroup,
+    resolved: &[(String, Option<Role>)],
+) -> Result<()> {
     // Targets may come and go while syncs run (a new target then wants
     // onetimecopy=2); the sources define what is captured, so changing
     // them waits for the syncs to be deactivated.
@@ -545,6 +553,25 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
         }
         .into());
     }
+    Ok(())
+}
+
+/// Replaces a dbgroup's members (a change of sources is refused while an
+/// active sync uses it).
+pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<Event>> {
+    let Some(old) = model::dbgroup(tx, name)? else {
+        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
+    };
+    // Unlisted roles keep what they were.
+    let resolved: Vec<(String, Option<Role>)> = members
+        .iter()
+        .map(|(db, role)| {
+            let kept = old.members.iter().find(|m| &m.db == db).map(|m| m.role);
+            (db.clone(), role.or(kept))
+        })
+        .collect();
+    check_running_change(tx, name, &old, &resolved)?;
+    let is_target = |role: Option<Role>| role.is_none_or(|r| r == Role::Target);
     // A target joining a running sync missed what the sync applied before:
     // it gets a full copy at the next run (status lists it as behind).
     let joining: Vec<&String> = resolved
@@ -557,15 +584,7 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
     let mut out = set_members(tx, name, &resolved, false)?;
     for sync in &syncs_with_position(tx, name)? {
         for db in &joining {
-            tx.execute(
-                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[sync, db],
-            )
-            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(Event::JoinsSync {
-                db: db.to_string(),
-                sync: sync.to_string(),
-            });
+            out.push(note_behind(tx, sync, db)?);
         }
     }
     for m in &old.members {
@@ -856,15 +875,7 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
     });
     if role == Role::Target {
         for sync in syncs_with_position(tx, group)? {
-            tx.execute(
-                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&sync, &db],
-            )
-            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(Event::JoinsSync {
-                db: db.to_string(),
-                sync: sync.to_string(),
-            });
+            out.push(note_behind(tx, &sync, db)?);
         }
     }
     Ok(out)

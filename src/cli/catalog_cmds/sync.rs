@@ -12,6 +12,61 @@ use crate::cli::{Ctx, Words};
 use crate::domain::Role;
 use crate::error::{Error, Result};
 
+/// Bucardo 4's `targetdb=`/`targetgroup=` with `type=`: the source is the
+/// database the relgroup's tables come from; returns the dbgroup and type.
+fn bucardo4_dbs(
+    tx: &mut Transaction<'_>,
+    a: &kv::Args,
+    relgroup: &str,
+    out: &mut Vec<String>,
+    sync: &str,
+) -> Result<(String, Option<String>)> {
+    let t = a
+        .choice("type", &["pushdelta", "fullcopy", "swap"])?
+        .unwrap_or_else(|| "pushdelta".into());
+    let src = model::relgroup_db(tx, relgroup)?.ok_or_else(|| CatalogError::RelgroupEmpty {
+        relgroup: relgroup.into(),
+    })?;
+    let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
+        (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
+        (Some(d), None) => vec![d.to_string()],
+        (None, Some(g)) => {
+            if t == "swap" {
+                return Err(Error::Usage("type=swap takes targetdb=, not targetgroup=".into()));
+            }
+            model::dbgroup(tx, g)?
+                .ok_or_else(|| Error::not_found_hint("dbgroup", g, "see: capra list dbgroups"))?
+                .members
+                .into_iter()
+                .map(|m| m.db)
+                .collect()
+        }
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "type={t} needs targetdb=DB or targetgroup=DBGROUP"
+            )))
+        }
+    };
+    let role = match t.as_str() {
+        "fullcopy" => Role::Fullcopy,
+        "swap" => Role::Source,
+        _ => Role::Target,
+    };
+    let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
+    for d in targets {
+        if d == src {
+            return Err(CatalogError::SourceIsTarget {
+                db: d,
+                relgroup: relgroup.into(),
+            }
+            .into());
+        }
+        members.push((d, Some(role)));
+    }
+    let g = group_for_list(tx, sync, &members, out)?;
+    Ok((g, Some(t)))
+}
+
 /// Resolves where a new sync replicates, for both grammars.
 fn sync_dbs(
     tx: &mut Transaction<'_>,
@@ -27,50 +82,7 @@ fn sync_dbs(
         ));
     }
     if four {
-        let t = a
-            .choice("type", &["pushdelta", "fullcopy", "swap"])?
-            .unwrap_or_else(|| "pushdelta".into());
-        let src = model::relgroup_db(tx, relgroup)?.ok_or_else(|| CatalogError::RelgroupEmpty {
-            relgroup: relgroup.into(),
-        })?;
-        let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
-            (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
-            (Some(d), None) => vec![d.to_string()],
-            (None, Some(g)) => {
-                if t == "swap" {
-                    return Err(Error::Usage("type=swap takes targetdb=, not targetgroup=".into()));
-                }
-                model::dbgroup(tx, g)?
-                    .ok_or_else(|| Error::not_found_hint("dbgroup", g, "see: capra list dbgroups"))?
-                    .members
-                    .into_iter()
-                    .map(|m| m.db)
-                    .collect()
-            }
-            (None, None) => {
-                return Err(Error::Usage(format!(
-                    "type={t} needs targetdb=DB or targetgroup=DBGROUP"
-                )))
-            }
-        };
-        let role = match t.as_str() {
-            "fullcopy" => Role::Fullcopy,
-            "swap" => Role::Source,
-            _ => Role::Target,
-        };
-        let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
-        for d in targets {
-            if d == src {
-                return Err(CatalogError::SourceIsTarget {
-                    db: d,
-                    relgroup: relgroup.into(),
-                }
-                .into());
-            }
-            members.push((d, Some(role)));
-        }
-        let g = group_for_list(tx, sync, &members, out)?;
-        return Ok((g, Some(t)));
+        return bucardo4_dbs(tx, a, relgroup, out, sync);
     }
     let Some(d) = a.get("dbs") else {
         return Err(Error::Usage(format!(
