@@ -284,9 +284,13 @@ impl Kind {
     /// What it means for whoever reads the alert at 3 a.m.
     pub fn advice(self) -> &'static str {
         match self {
-            Kind::Connection => "a database could not be reached; capra keeps retrying and goes on by itself once it is back",
+            Kind::Connection => {
+                "a database could not be reached; capra keeps retrying and goes on by itself once it is back"
+            }
             Kind::Input => "something typed or configured is wrong; retries cannot help until it is fixed",
-            Kind::Conflict => "the catalog or a database does not match what the sync needs; the error says what to change",
+            Kind::Conflict => {
+                "the catalog or a database does not match what the sync needs; the error says what to change"
+            }
             Kind::Server => "a server refused a statement (a lock, a constraint, a permission); capra keeps retrying",
             Kind::System => "this machine refused (a file, a thread, a process)",
             Kind::Bug => "capra broke one of its own rules; please report it",

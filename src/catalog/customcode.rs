@@ -4,8 +4,10 @@
 use postgres::Transaction;
 
 use super::edit;
+use super::error::CatalogError;
+use super::event::{Event, Object};
 use super::model;
-use crate::domain::RelType;
+use crate::domain::{RelType, Status};
 use crate::error::{Context, Error, Result};
 
 /// A hook to add (its source already compiled by the CLI).
@@ -22,8 +24,8 @@ pub struct NewCode<'a> {
     pub about: &'a str,
     /// Order among hooks of the same point.
     pub priority: i32,
-    /// active or inactive.
-    pub status: &'a str,
+    /// Whether it runs.
+    pub status: Status,
     /// The sync it attaches to...
     pub sync: Option<&'a str>,
     /// ...or the table (with the db naming it, if ambiguous).
@@ -67,9 +69,11 @@ pub fn add(tx: &mut Transaction<'_>, c: &NewCode<'_>) -> Result<()> {
             [one] => *one,
             [] => return Err(Error::not_found_hint("table", t, "see: capra list tables")),
             _ => {
-                return Err(Error::Rejected(format!(
-                    "more than one table matches {t}: use schema.name and db=NAME"
-                )))
+                return Err(CatalogError::AmbiguousMatch {
+                    reltype: RelType::Table,
+                    term: t.into(),
+                }
+                .into())
             }
         };
         tx.execute(
@@ -82,8 +86,8 @@ pub fn add(tx: &mut Transaction<'_>, c: &NewCode<'_>) -> Result<()> {
 }
 
 /// Changes columns of a hook (`(column, value, SQL type)`, checked by the
-/// caller); returns a line per change.
-pub fn update(tx: &mut Transaction<'_>, name: &str, sets: &[(&str, String, &str)]) -> Result<Vec<String>> {
+/// caller); returns an event per change shown (not the source itself).
+pub fn update(tx: &mut Transaction<'_>, name: &str, sets: &[(&'static str, String, &str)]) -> Result<Vec<Event>> {
     if !exists(tx, name)? {
         return Err(Error::not_found_hint("customcode", name, "see: capra list customcodes"));
     }
@@ -102,14 +106,18 @@ pub fn update(tx: &mut Transaction<'_>, name: &str, sets: &[(&str, String, &str)
             .ctx(|| "changing priority".into())?;
         }
         if *col != "src_code" {
-            out.push(format!("Changed customcode \"{name}\" {col} to {val}"));
+            out.push(Event::CustomcodeChanged {
+                name: name.into(),
+                column: col,
+                value: val.clone(),
+            });
         }
     }
     Ok(out)
 }
 
 /// Removes hooks by name; an unknown name changes nothing.
-pub fn remove(tx: &mut Transaction<'_>, names: &[String]) -> Result<Vec<String>> {
+pub fn remove(tx: &mut Transaction<'_>, names: &[String]) -> Result<Vec<Event>> {
     for n in names {
         let k = tx
             .execute("DELETE FROM capra.customcode WHERE name = $1", &[n])
@@ -122,5 +130,8 @@ pub fn remove(tx: &mut Transaction<'_>, names: &[String]) -> Result<Vec<String>>
             ));
         }
     }
-    Ok(names.iter().map(|n| format!("Removed customcode \"{n}\"")).collect())
+    Ok(names
+        .iter()
+        .map(|n| Event::removed(Object::Customcode, n.clone()))
+        .collect())
 }

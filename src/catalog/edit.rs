@@ -1,17 +1,21 @@
 //! Catalog changes. Each function runs inside the caller's transaction and
-//! returns the lines to show the user; any error leaves the transaction to
+//! returns what it did as [`Event`]s; any error leaves the transaction to
 //! be rolled back, so a failed command changes nothing.
 
 use postgres::Transaction;
 
+use super::error::CatalogError;
+use super::event::{Event, Object};
 use super::model::{self, DbGroup, Relation};
-use crate::domain::{RelType, Role, Status};
+use super::settings::Setting;
+use crate::domain::{DbStatus, RelType, Role, Status, Strategy};
 use crate::error::{Context, Error, Result};
 use crate::pg::discover::Found;
 use crate::pg::ident::{split_user_name, QualName};
+use crate::pg::RowExt;
 
 /// A database to add.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewDb {
     /// capra's name.
     pub name: String,
@@ -29,12 +33,22 @@ pub struct NewDb {
     pub conn: String,
     /// Service.
     pub service: Option<String>,
-    /// active or inactive.
-    pub status: String,
+    /// Active or inactive.
+    pub status: DbStatus,
     /// makedelta.
     pub makedelta: bool,
     /// server_side_prepares.
     pub server_side_prepares: bool,
+}
+
+/// The first column of each row of a query with one text parameter;
+/// `what` says what capra was doing, for errors.
+fn names(tx: &mut Transaction<'_>, sql: &str, param: &str, what: &str) -> Result<Vec<String>> {
+    tx.query(sql, &[&param])
+        .ctx(|| what.into())?
+        .iter()
+        .map(|r| r.col(0, what))
+        .collect()
 }
 
 fn exists(tx: &mut Transaction<'_>, sql: &str, name: &str) -> Result<bool> {
@@ -47,10 +61,7 @@ fn exists(tx: &mut Transaction<'_>, sql: &str, name: &str) -> Result<bool> {
 /// Adds a database entry.
 pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
     if exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", &db.name)? {
-        return Err(Error::Rejected(format!(
-            "Cannot add database: the name \"{}\" already exists (see: capra list dbs)",
-            db.name
-        )));
+        return Err(CatalogError::DbExists { db: db.name.clone() }.into());
     }
     tx.execute(
         "INSERT INTO capra.db (name, dbname, host, port, dbuser, dbpass, conn, service, status, makedelta, server_side_prepares)
@@ -73,16 +84,27 @@ pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
     Ok(())
 }
 
-/// A change to one column of a database entry: (column, new value, shown value).
-pub type DbChange = (&'static str, Option<String>, String);
+/// A change to one column of a database entry (the column from the
+/// command line's fixed list; None: NULL).
+#[derive(Clone, Debug)]
+pub struct DbChange {
+    /// The column of `capra.db`.
+    pub column: &'static str,
+    /// The new value as text.
+    pub value: Option<String>,
+}
 
-/// Applies changes to a database entry; returns one line per column.
-pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> Result<Vec<String>> {
+/// Applies changes to a database entry; returns one event per column.
+pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> Result<Vec<Event>> {
     let Some(old) = model::db(tx, name)? else {
         return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
     };
     let mut out = Vec::new();
-    for (col, val, shown) in changes {
+    for DbChange {
+        column: col,
+        value: val,
+    } in changes
+    {
         let before = match *col {
             "dbname" => old.dbname.clone(),
             "host" => old.host.clone(),
@@ -97,7 +119,10 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
             _ => None,
         };
         if *col != "dbpass" && before.as_deref() == val.as_deref() {
-            out.push(format!("No change needed for database \"{name}\" {col}"));
+            out.push(Event::DbUnchanged {
+                db: name.into(),
+                column: col,
+            });
             continue;
         }
         let sql = match *col {
@@ -111,12 +136,14 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
         tx.execute(sql.as_str(), &[val, &name])
             .ctx(|| format!("changing {col} of database \"{name}\""))?;
         if *col == "dbpass" {
-            out.push(format!("Changed database \"{name}\" password"));
+            out.push(Event::DbPasswordChanged { db: name.into() });
         } else {
-            out.push(format!(
-                "Changed database \"{name}\" {col} from {} to {shown}",
-                before.unwrap_or_else(|| "(none)".into())
-            ));
+            out.push(Event::DbChanged {
+                db: name.into(),
+                column: col,
+                from: before,
+                to: val.clone(),
+            });
         }
     }
     Ok(out)
@@ -124,51 +151,45 @@ pub fn update_db(tx: &mut Transaction<'_>, name: &str, changes: &[DbChange]) -> 
 
 /// Names of active syncs whose dbgroup contains `db`.
 fn active_syncs_using_db(tx: &mut Transaction<'_>, db: &str) -> Result<Vec<String>> {
-    let rows = tx
-        .query(
-            "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup
-              WHERE m.db = $1 AND s.status = 'active' ORDER BY 1",
-            &[&db],
-        )
-        .ctx(|| format!("finding syncs that use database \"{db}\""))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    names(
+        tx,
+        "SELECT DISTINCT s.name FROM capra.sync s JOIN capra.dbmap m ON m.dbgroup = s.dbgroup
+          WHERE m.db = $1 AND s.status = 'active' ORDER BY 1",
+        db,
+        &format!("finding syncs that use database \"{db}\""),
+    )
 }
 
 /// Removes a database entry; with `force`, also its tables and group memberships.
-pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<Event>> {
     if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", name)? {
         return Err(Error::not_found_hint("database", name, "see: capra list dbs"));
     }
     let active = active_syncs_using_db(tx, name)?;
     if !active.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot remove database \"{name}\": active sync {} uses it; deactivate it first (capra deactivate {})",
-            quote_list(&active),
-            active.join(" ")
-        )));
+        return Err(CatalogError::DbInUse {
+            db: name.into(),
+            syncs: active,
+        }
+        .into());
     }
     let rels: i64 = tx
         .query_one("SELECT count(*) FROM capra.relation WHERE db = $1", &[&name])
         .ctx(|| "counting tables".into())?
-        .get(0);
-    let groups: Vec<String> = tx
-        .query("SELECT dbgroup FROM capra.dbmap WHERE db = $1 ORDER BY 1", &[&name])
-        .ctx(|| "finding dbgroups".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .col(0, "counting tables")?;
+    let groups = names(
+        tx,
+        "SELECT dbgroup FROM capra.dbmap WHERE db = $1 ORDER BY 1",
+        name,
+        "finding dbgroups",
+    )?;
     if (rels > 0 || !groups.is_empty()) && !force {
-        let mut what = Vec::new();
-        if rels > 0 {
-            what.push(format!("{rels} table(s) or sequence(s)"));
+        return Err(CatalogError::DbReferenced {
+            db: name.into(),
+            tables: rels,
+            groups,
         }
-        if !groups.is_empty() {
-            what.push(format!("dbgroup {}", quote_list(&groups)));
-        }
-        return Err(Error::Rejected(format!(
-            "cannot remove database \"{name}\": {} reference it; remove them first or use --force",
-            what.join(" and ")
-        )));
+        .into());
     }
     let mut out = Vec::new();
     if force {
@@ -177,17 +198,16 @@ pub fn remove_db(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Ve
         tx.execute("DELETE FROM capra.dbmap WHERE db = $1", &[&name])
             .ctx(|| "removing its group memberships".into())?;
         for g in &groups {
-            out.push(format!("Removed database \"{name}\" from dbgroup \"{g}\""));
+            out.push(Event::RemovedMember {
+                db: name.into(),
+                group: g.clone(),
+            });
         }
     }
     tx.execute("DELETE FROM capra.db WHERE name = $1", &[&name])
         .ctx(|| format!("removing database \"{name}\""))?;
-    out.push(format!("Removed database \"{name}\""));
+    out.push(Event::removed(Object::Database, name));
     Ok(out)
-}
-
-fn quote_list(v: &[String]) -> String {
-    v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 /// What `add all tables` / `add table` did.
@@ -218,13 +238,13 @@ pub fn ensure_relgroup(tx: &mut Transaction<'_>, name: &str, created_for: Option
 
 /// The database a relgroup's members come from, if it has members.
 fn relgroup_db(tx: &mut Transaction<'_>, name: &str) -> Result<Option<String>> {
-    Ok(tx
-        .query_one(
-            "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
-            &[&name],
-        )
-        .ctx(|| format!("reading relgroup \"{name}\""))?
-        .get(0))
+    let what = format!("reading relgroup \"{name}\"");
+    tx.query_one(
+        "SELECT min(r.db) FROM capra.relgroup_member m JOIN capra.relation r ON r.id = m.relation WHERE m.relgroup = $1",
+        &[&name],
+    )
+    .ctx(|| what.clone())?
+    .col(0, &what)
 }
 
 /// Adds live tables or sequences of `db` to the catalog (refreshing the key
@@ -234,15 +254,19 @@ pub fn add_relations(
     db: &str,
     relgroup: Option<&str>,
     found: &[Found],
-    conflict_strategy: Option<&str>,
+    conflict_strategy: Option<&Strategy>,
 ) -> Result<AddedRelations> {
+    let conflict_strategy = conflict_strategy.map(|s| s.to_string());
     let mut out = AddedRelations::default();
     if let Some(g) = relgroup {
         if let Some(other) = relgroup_db(tx, g)? {
             if other != db {
-                return Err(Error::Rejected(format!(
-                    "relgroup \"{g}\" holds tables from database \"{other}\", not \"{db}\": all tables of a relgroup come from one database; use another relgroup name"
-                )));
+                return Err(CatalogError::RelgroupOfOtherDb {
+                    relgroup: g.into(),
+                    other,
+                    db: db.into(),
+                }
+                .into());
             }
         }
         out.created_relgroup = ensure_relgroup(tx, g, None)?;
@@ -263,8 +287,9 @@ pub fn add_relations(
                 &[&db, &f.name.schema, &f.name.name, &f.reltype, &cols, &types, &kind, &conflict_strategy],
             )
             .ctx(|| format!("adding {} {}", f.reltype, f.name.human()))?;
-        let id: i32 = row.get(0);
-        if row.get::<_, bool>(1) {
+        let what = format!("adding {} {}", f.reltype, f.name.human());
+        let id: i32 = row.col(0, &what)?;
+        if row.col::<_, bool>(1, &what)? {
             out.added.push(f.name.clone());
         } else {
             out.already.push(f.name.clone());
@@ -333,10 +358,12 @@ pub fn remove_relations(
         }
         let dbs: std::collections::BTreeSet<&str> = hits.iter().map(|r| r.db.as_str()).collect();
         if dbs.len() > 1 && db.is_none() {
-            return Err(Error::Rejected(format!(
-                "{reltype} {t} is in several databases ({}); say which with db=NAME",
-                dbs.into_iter().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(CatalogError::InSeveralDbs {
+                reltype,
+                term: t.clone(),
+                dbs: dbs.into_iter().map(String::from).collect(),
+            }
+            .into());
         }
         for r in hits {
             if !ids.contains(&r.id) {
@@ -356,11 +383,13 @@ pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]
     for r in rels {
         if let Some(other) = relgroup_db(tx, group)? {
             if other != r.db {
-                return Err(Error::Rejected(format!(
-                    "relgroup \"{group}\" holds tables from database \"{other}\"; {} comes from \"{}\": all tables of a relgroup come from one database",
-                    r.name.human(),
-                    r.db
-                )));
+                return Err(CatalogError::RelgroupMixesDbs {
+                    relgroup: group.into(),
+                    other,
+                    table: r.name.clone(),
+                    db: r.db.clone(),
+                }
+                .into());
             }
         }
         let n = tx
@@ -377,47 +406,26 @@ pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]
 }
 
 /// Removes a relgroup (refused while a sync uses it).
-pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<()> {
+pub fn remove_relgroup(tx: &mut Transaction<'_>, name: &str) -> Result<Event> {
     if !exists(tx, "SELECT 1 FROM capra.relgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("relgroup", name, "see: capra list relgroups"));
     }
-    let users: Vec<String> = tx
-        .query("SELECT name FROM capra.sync WHERE relgroup = $1 ORDER BY 1", &[&name])
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let users = names(
+        tx,
+        "SELECT name FROM capra.sync WHERE relgroup = $1 ORDER BY 1",
+        name,
+        "finding syncs",
+    )?;
     if !users.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot remove relgroup \"{name}\": sync {} uses it; remove the sync first",
-            quote_list(&users)
-        )));
+        return Err(CatalogError::RelgroupInUse {
+            relgroup: name.into(),
+            syncs: users,
+        }
+        .into());
     }
     tx.execute("DELETE FROM capra.relgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing relgroup \"{name}\""))?;
-    Ok(())
-}
-
-/// Canonical role from what users type (Bucardo's aliases).
-pub fn parse_role(s: &str) -> Result<Role> {
-    match s.trim().to_lowercase().as_str() {
-        "source" | "s" | "master" | "primary" | "src" => Ok(Role::Source),
-        "target" | "t" | "slave" | "replica" | "rep" | "standby" | "tgt" => Ok(Role::Target),
-        "fullcopy" | "f" | "copy" | "full" => Ok(Role::Fullcopy),
-        other => Err(Error::Usage(format!(
-            "invalid role {other:?}: use source, target or fullcopy"
-        ))),
-    }
-}
-
-/// Splits `DB[:role]` (also `DB=role`).
-pub fn parse_member(s: &str) -> Result<(String, Option<Role>)> {
-    let (db, role) = match s.split_once([':', '=']) {
-        Some((d, r)) => (d, Some(parse_role(r.split(':').next().unwrap_or(r))?)),
-        None => (s, None),
-    };
-    crate::catalog::kv::check_name("database", db)?;
-    Ok((db.to_string(), role))
+    Ok(Event::removed(Object::Relgroup, name))
 }
 
 /// Creates a dbgroup with members; a member without a role is a target,
@@ -427,7 +435,7 @@ pub fn add_dbgroup(
     name: &str,
     members: &[(String, Option<Role>)],
     created_for: Option<&str>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Event>> {
     if exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
         return Err(Error::Duplicate {
             kind: "dbgroup",
@@ -440,7 +448,7 @@ pub fn add_dbgroup(
         &[&name, &created_for],
     )
     .ctx(|| format!("creating dbgroup \"{name}\""))?;
-    let mut out = vec![format!("Created dbgroup \"{name}\"")];
+    let mut out = vec![Event::created(Object::Dbgroup, name)];
     out.extend(set_members(tx, name, members, true)?);
     Ok(out)
 }
@@ -450,14 +458,16 @@ fn set_members(
     group: &str,
     members: &[(String, Option<Role>)],
     first_is_source: bool,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     let mut seen = Vec::new();
     for (i, (db, role)) in members.iter().enumerate() {
         if seen.contains(db) {
-            return Err(Error::Rejected(format!(
-                "database \"{db}\" is listed twice for dbgroup \"{group}\"; a database has one role in a group"
-            )));
+            return Err(CatalogError::MemberTwice {
+                db: db.clone(),
+                group: group.into(),
+            }
+            .into());
         }
         seen.push(db.clone());
         if !exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", db)? {
@@ -477,25 +487,37 @@ fn set_members(
             &[&group, db, &role, &(i as i32)],
         )
         .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
-        out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+        out.push(Event::AddedMember {
+            db: db.clone(),
+            group: group.into(),
+            role,
+        });
     }
     Ok(out)
 }
 
-/// Replaces a dbgroup's members (a change of sources is refused while an
-/// active sync uses it).
-pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<String>> {
-    let Some(old) = model::dbgroup(tx, name)? else {
-        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
-    };
-    // Unlisted roles keep what they were.
-    let resolved: Vec<(String, Option<Role>)> = members
-        .iter()
-        .map(|(db, role)| {
-            let kept = old.members.iter().find(|m| &m.db == db).map(|m| m.role);
-            (db.clone(), role.or(kept))
-        })
-        .collect();
+/// Notes that target `db` joins `sync` behind: it gets a full copy at the
+/// sync's next run.
+fn note_behind(tx: &mut Transaction<'_>, sync: &str, db: &str) -> Result<Event> {
+    tx.execute(
+        "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&sync, &db],
+    )
+    .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
+    Ok(Event::JoinsSync {
+        db: db.to_string(),
+        sync: sync.to_string(),
+    })
+}
+
+/// Refuses a change of members an active sync of the group cannot follow:
+/// other sources, or no target left.
+fn check_running_change(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    old: &DbGroup,
+    resolved: &[(String, Option<Role>)],
+) -> Result<()> {
     // Targets may come and go while syncs run (a new target then wants
     // onetimecopy=2); the sources define what is captured, so changing
     // them waits for the syncs to be deactivated.
@@ -515,20 +537,41 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
     new_sources.sort();
     let active = active_syncs_using_group(tx, name)?;
     if !active.is_empty() && old_sources != new_sources {
-        return Err(Error::Rejected(format!(
-            "cannot change the sources of dbgroup \"{name}\": active sync {} uses it; deactivate it first (targets may be added or removed while it runs)",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::SourcesInUse {
+            group: name.into(),
+            syncs: active,
+        }
+        .into());
     }
     let is_target = |role: Option<Role>| role.is_none_or(|r| r == Role::Target);
     let had_targets = old.members.iter().any(|m| m.role == Role::Target);
     let has_targets = resolved.iter().any(|(_, r)| is_target(*r));
     if !active.is_empty() && had_targets && !has_targets {
-        return Err(Error::Rejected(format!(
-            "cannot remove the last target of dbgroup \"{name}\": active sync {} uses it and would lose its position; deactivate it first",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::LastTarget {
+            group: name.into(),
+            syncs: active,
+        }
+        .into());
     }
+    Ok(())
+}
+
+/// Replaces a dbgroup's members (a change of sources is refused while an
+/// active sync uses it).
+pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, Option<Role>)]) -> Result<Vec<Event>> {
+    let Some(old) = model::dbgroup(tx, name)? else {
+        return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
+    };
+    // Unlisted roles keep what they were.
+    let resolved: Vec<(String, Option<Role>)> = members
+        .iter()
+        .map(|(db, role)| {
+            let kept = old.members.iter().find(|m| &m.db == db).map(|m| m.role);
+            (db.clone(), role.or(kept))
+        })
+        .collect();
+    check_running_change(tx, name, &old, &resolved)?;
+    let is_target = |role: Option<Role>| role.is_none_or(|r| r == Role::Target);
     // A target joining a running sync missed what the sync applied before:
     // it gets a full copy at the next run (status lists it as behind).
     let joining: Vec<&String> = resolved
@@ -541,19 +584,15 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
     let mut out = set_members(tx, name, &resolved, false)?;
     for sync in &syncs_with_position(tx, name)? {
         for db in &joining {
-            tx.execute(
-                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[sync, db],
-            )
-            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(format!(
-                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
-            ));
+            out.push(note_behind(tx, sync, db)?);
         }
     }
     for m in &old.members {
         if !members.iter().any(|(d, _)| d == &m.db) {
-            out.push(format!("Removed database \"{}\" from dbgroup \"{name}\"", m.db));
+            out.push(Event::RemovedMember {
+                db: m.db.clone(),
+                group: name.into(),
+            });
         }
     }
     Ok(out)
@@ -562,32 +601,26 @@ pub fn update_dbgroup(tx: &mut Transaction<'_>, name: &str, members: &[(String, 
 /// Syncs of a dbgroup that hold a position on their sources (active, or
 /// run before): a target joining them missed what they applied so far.
 fn syncs_with_position(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
-    Ok(tx
-        .query(
-            "SELECT s.name FROM capra.sync s LEFT JOIN capra.sync_state st ON st.sync = s.name
-              WHERE s.dbgroup = $1 AND (s.status = 'active' OR st.last_good IS NOT NULL) ORDER BY 1",
-            &[&group],
-        )
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    names(
+        tx,
+        "SELECT s.name FROM capra.sync s LEFT JOIN capra.sync_state st ON st.sync = s.name
+          WHERE s.dbgroup = $1 AND (s.status = 'active' OR st.last_good IS NOT NULL) ORDER BY 1",
+        group,
+        "finding syncs",
+    )
 }
 
 fn active_syncs_using_group(tx: &mut Transaction<'_>, group: &str) -> Result<Vec<String>> {
-    Ok(tx
-        .query(
-            "SELECT name FROM capra.sync WHERE dbgroup = $1 AND status = 'active' ORDER BY 1",
-            &[&group],
-        )
-        .ctx(|| "finding syncs".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    names(
+        tx,
+        "SELECT name FROM capra.sync WHERE dbgroup = $1 AND status = 'active' ORDER BY 1",
+        group,
+        "finding syncs",
+    )
 }
 
 /// Removes a dbgroup; with `force`, also the inactive syncs that use it.
-pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<String>> {
+pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Result<Vec<Event>> {
     if !exists(tx, "SELECT 1 FROM capra.dbgroup WHERE name = $1", name)? {
         return Err(Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"));
     }
@@ -598,31 +631,34 @@ pub fn remove_dbgroup(tx: &mut Transaction<'_>, name: &str, force: bool) -> Resu
         )
         .ctx(|| "finding syncs".into())?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.col(0, "finding syncs")?, r.col(1, "finding syncs")?)))
+        .collect::<Result<_>>()?;
     let mut out = Vec::new();
     if !users.is_empty() {
         let names: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
         if !force {
-            return Err(Error::Rejected(format!(
-                "Cannot remove dbgroup \"{name}\": it is being used by sync {}; remove the sync first or use --force",
-                quote_list(&names)
-            )));
+            return Err(CatalogError::DbgroupInUse {
+                group: name.into(),
+                syncs: names,
+            }
+            .into());
         }
         if let Some((s, _)) = users.iter().find(|u| u.1 == Status::Active) {
-            return Err(Error::Rejected(format!(
-                "cannot remove dbgroup \"{name}\": sync \"{s}\" uses it and is active; deactivate it first (capra deactivate {s})"
-            )));
+            return Err(CatalogError::DbgroupOfActiveSync {
+                group: name.into(),
+                sync: s.clone(),
+            }
+            .into());
         }
         for (s, _) in &users {
             tx.execute("DELETE FROM capra.sync WHERE name = $1", &[s])
                 .ctx(|| format!("removing sync \"{s}\""))?;
-            out.push(format!("Removed sync \"{s}\""));
+            out.push(Event::removed(Object::Sync, s.clone()));
         }
     }
     tx.execute("DELETE FROM capra.dbgroup WHERE name = $1", &[&name])
         .ctx(|| format!("removing dbgroup \"{name}\""))?;
-    out.push(format!("Removed dbgroup \"{name}\""));
+    out.push(Event::removed(Object::Dbgroup, name));
     Ok(out)
 }
 
@@ -632,7 +668,7 @@ pub fn group_for_list(
     tx: &mut Transaction<'_>,
     sync: &str,
     members: &[(String, Option<Role>)],
-    out: &mut Vec<String>,
+    out: &mut Vec<Event>,
 ) -> Result<String> {
     let resolved: Vec<(String, Role)> = members
         .iter()
@@ -645,7 +681,7 @@ pub fn group_for_list(
         let mut have: Vec<(String, &str)> = g.members.iter().map(|m| (m.db.clone(), m.role.as_str())).collect();
         have.sort();
         if have == want {
-            out.push(format!("Using existing dbgroup \"{}\"", g.name));
+            out.push(Event::UsingDbgroup { group: g.name.clone() });
             return Ok(g.name);
         }
     }
@@ -669,16 +705,18 @@ pub fn is_delta(group: &DbGroup) -> bool {
 /// Checks the rules a sync's relgroup and dbgroup must meet together.
 pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, group: &DbGroup) -> Result<()> {
     if group.with_role(Role::Source).is_empty() {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": dbgroup \"{}\" has no source database; give one database the role source (capra update dbgroup {} DB:source ...)",
-            group.name, group.name
-        )));
+        return Err(CatalogError::NoSource {
+            sync: sync.into(),
+            group: group.name.clone(),
+        }
+        .into());
     }
     if group.members.len() < 2 {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": dbgroup \"{}\" has only one database; a sync needs a source and at least one other database",
-            group.name
-        )));
+        return Err(CatalogError::OneDatabase {
+            sync: sync.into(),
+            group: group.name.clone(),
+        }
+        .into());
     }
     let rg = model::relgroups(tx)?
         .into_iter()
@@ -691,20 +729,21 @@ pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, gr
             )
         })?;
     if rg.members.is_empty() {
-        return Err(Error::Rejected(format!(
-            "sync \"{sync}\": relgroup \"{relgroup}\" is empty; add tables to it first (capra add table T relgroup={relgroup})"
-        )));
+        return Err(CatalogError::EmptyRelgroup {
+            sync: sync.into(),
+            relgroup: relgroup.into(),
+        }
+        .into());
     }
     if is_delta(group) {
         let rels = model::relations(tx, Some(RelType::Table))?;
         for r in rels.iter().filter(|r| rg.members.contains(&r.id)) {
             if r.pkey.is_empty() {
-                return Err(Error::Rejected(format!(
-                    "sync \"{sync}\": table {} has no primary key or unique key, which delta replication needs; add a key (ALTER TABLE {} ADD PRIMARY KEY (...)), declare one (capra update table {} pkey=COL[,COL]), or replicate it with a fullcopy sync (dbs=SOURCE:source,TARGET:fullcopy)",
-                    r.name.human(),
-                    r.name.sql(),
-                    r.name.human()
-                )));
+                return Err(CatalogError::NoKey {
+                    sync: sync.into(),
+                    table: r.name.clone(),
+                }
+                .into());
             }
         }
     }
@@ -712,18 +751,16 @@ pub fn check_sync_shape(tx: &mut Transaction<'_>, sync: &str, relgroup: &str, gr
 }
 
 /// Removes a sync (refused while active), with the groups created just for it.
-pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> {
+pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<Event>> {
     let Some(s) = model::sync(tx, name)? else {
         return Err(Error::not_found_hint("sync", name, "see: capra list syncs"));
     };
     if s.status == Status::Active {
-        return Err(Error::Rejected(format!(
-            "Cannot remove active sync \"{name}\": please deactivate it first (capra deactivate {name})"
-        )));
+        return Err(CatalogError::SyncActive { sync: name.into() }.into());
     }
     tx.execute("DELETE FROM capra.sync WHERE name = $1", &[&name])
         .ctx(|| format!("removing sync \"{name}\""))?;
-    let mut out = vec![format!("Removed sync \"{name}\"")];
+    let mut out = vec![Event::removed(Object::Sync, name)];
     let n = tx
         .execute(
             "DELETE FROM capra.dbgroup g WHERE g.created_for = $1
@@ -732,7 +769,10 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
         )
         .ctx(|| "removing the sync's own dbgroup".into())?;
     if n > 0 {
-        out.push(format!("Removed dbgroup \"{}\" (created for this sync)", s.dbgroup));
+        out.push(Event::RemovedOwnGroup {
+            object: Object::Dbgroup,
+            name: s.dbgroup.clone(),
+        });
     }
     let n = tx
         .execute(
@@ -742,14 +782,17 @@ pub fn remove_sync(tx: &mut Transaction<'_>, name: &str) -> Result<Vec<String>> 
         )
         .ctx(|| "removing the sync's own relgroup".into())?;
     if n > 0 {
-        out.push(format!("Removed relgroup \"{}\" (created for this sync)", s.relgroup));
+        out.push(Event::RemovedOwnGroup {
+            object: Object::Relgroup,
+            name: s.relgroup.clone(),
+        });
     }
     Ok(out)
 }
 
-/// Stores a runtime setting (checked by the caller) in `capra.config`.
-pub fn store_setting(tx: &mut Transaction<'_>, name: &str, value: &str) -> Result<()> {
-    let s = crate::catalog::settings::find(name).ok_or_else(|| Error::Usage(format!("Unknown setting '{name}'")))?;
+/// Stores a runtime setting (its value checked by the caller) in `capra.config`.
+pub fn store_setting(tx: &mut Transaction<'_>, s: &Setting, value: &str) -> Result<()> {
+    let name = s.name;
     tx.execute(
         "INSERT INTO capra.config (name, setting, defval, about)
          SELECT $1, $2, $3, $4 ON CONFLICT (name) DO UPDATE SET setting = EXCLUDED.setting",
@@ -791,7 +834,7 @@ pub fn set_sync_groups(tx: &mut Transaction<'_>, name: &str, relgroup: &str, dbg
 pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Result<()> {
     tx.execute(
         "UPDATE capra.sync SET status = $1 WHERE name = $2",
-        &[&if active { "active" } else { "inactive" }, &name],
+        &[&if active { Status::Active } else { Status::Inactive }, &name],
     )
     .ctx(|| format!("changing the status of sync \"{name}\""))?;
     Ok(())
@@ -799,24 +842,25 @@ pub fn set_sync_status(tx: &mut Transaction<'_>, name: &str, active: bool) -> Re
 
 /// Adds a database to a dbgroup (created if missing) at the end; without a
 /// role it is the source of a new group and a target otherwise.
-pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<Role>) -> Result<Vec<String>> {
+pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Option<Role>) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     let active = active_syncs_using_group(tx, group)?;
     if role == Some(Role::Source) && !active.is_empty() {
-        return Err(Error::Rejected(format!(
-            "cannot add a source to dbgroup \"{group}\": active sync {} uses it; deactivate it first",
-            quote_list(&active)
-        )));
+        return Err(CatalogError::SourceJoinsActive {
+            group: group.into(),
+            syncs: active,
+        }
+        .into());
     }
     if model::dbgroup(tx, group)?.is_none() {
         tx.execute("INSERT INTO capra.dbgroup (name) VALUES ($1)", &[&group])
             .ctx(|| format!("creating dbgroup \"{group}\""))?;
-        out.push(format!("Created dbgroup \"{group}\""));
+        out.push(Event::created(Object::Dbgroup, group));
     }
     let first = tx
         .query_one("SELECT count(*) = 0 FROM capra.dbmap WHERE dbgroup = $1", &[&group])
         .ctx(|| "reading dbgroup".into())?
-        .get::<_, bool>(0);
+        .col::<_, bool>(0, "reading dbgroup")?;
     let role = role.unwrap_or(if first { Role::Source } else { Role::Target });
     tx.execute(
         "INSERT INTO capra.dbmap (dbgroup, db, role, position)
@@ -824,17 +868,14 @@ pub fn join_dbgroup(tx: &mut Transaction<'_>, group: &str, db: &str, role: Optio
         &[&group, &db, &role],
     )
     .ctx(|| format!("adding database \"{db}\" to dbgroup \"{group}\""))?;
-    out.push(format!("Added database \"{db}\" to dbgroup \"{group}\" as {role}"));
+    out.push(Event::AddedMember {
+        db: db.into(),
+        group: group.into(),
+        role,
+    });
     if role == Role::Target {
         for sync in syncs_with_position(tx, group)? {
-            tx.execute(
-                "INSERT INTO capra.target_behind (sync, db) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&sync, &db],
-            )
-            .ctx(|| format!("noting that \"{db}\" joins sync \"{sync}\""))?;
-            out.push(format!(
-                "Database \"{db}\" joins sync \"{sync}\": it gets a full copy at the next run"
-            ));
+            out.push(note_behind(tx, &sync, db)?);
         }
     }
     Ok(out)

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use postgres::Client;
+use postgres::{Client, Transaction};
 
 use super::{current_version, settings, MIGRATIONS};
 use crate::error::{Context, Error, Result};
-use crate::pg::{self, connect::ConnSpec, ident::quote_ident};
+use crate::pg::{self, connect::ConnSpec, ident::quote_ident, RowExt};
 
 /// What install did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,10 +43,11 @@ pub fn install(spec: &ConnSpec, piddir: Option<&str>, out: &mut dyn Write) -> Re
         }
         Err(e) => return Err(e),
     };
+    let what = "reading the server version";
     let version: String = client
         .query_one("SHOW server_version", &[])
-        .ctx(|| "reading the server version".into())?
-        .get(0);
+        .ctx(|| what.into())?
+        .col(0, what)?;
     writeln!(out, "Postgres version is: {version}").ok();
     upgrade(&mut client, &target_db, piddir, out)
 }
@@ -60,18 +61,17 @@ fn open(spec: &ConnSpec, dbname: &str) -> Result<Client> {
 
 /// Whether the connected role is a superuser.
 fn is_superuser(c: &mut Client) -> Result<bool> {
-    Ok(
-        c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-            .ctx(|| "checking privileges".into())?
-            .get(0),
-    )
+    c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .ctx(|| "checking privileges".into())?
+        .col(0, "checking privileges")
 }
 
 fn create_database(admin: &mut Client, name: &str, out: &mut dyn Write) -> Result<()> {
+    let what = "checking the current role";
     let me: String = admin
         .query_one("SELECT current_user::text", &[])
-        .ctx(|| "checking the current role".into())?
-        .get(0);
+        .ctx(|| what.into())?
+        .col(0, what)?;
     let mut owner = me.clone();
     if me != OWNER_ROLE && is_superuser(admin)? {
         let exists = admin
@@ -96,54 +96,43 @@ fn create_database(admin: &mut Client, name: &str, out: &mut dyn Write) -> Resul
         .ctx(|| format!("creating database \"{name}\""))
 }
 
-/// Brings the catalog in the connected database to this build's version.
-pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn Write) -> Result<Outcome> {
-    let mut tx = c.transaction().ctx(|| "starting the install transaction".into())?;
-    // One installer at a time per control database.
-    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('capra install'))")
-        .ctx(|| "locking the control database for install".into())?;
-    let found: Option<i32> = if tx
+/// The version of the catalog already in the database, if there is one.
+fn found_version(tx: &mut Transaction<'_>) -> Result<Option<i32>> {
+    let what = "looking for an existing catalog";
+    let exists: bool = tx
         .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
-        .ctx(|| "looking for an existing catalog".into())?
-        .get(0)
-    {
-        Some(
-            tx.query_one("SELECT version FROM capra.meta", &[])
-                .ctx(|| "reading the catalog version".into())?
-                .get(0),
-        )
-    } else {
-        None
-    };
-    let target = current_version();
-    if let Some(v) = found {
-        if v > target {
-            return Err(Error::CatalogVersion(format!(
-                "the catalog in \"{dbname}\" is version {v}, newer than this capra understands ({target}); upgrade the capra package"
-            )));
-        }
+        .ctx(|| what.into())?
+        .col(0, what)?;
+    if !exists {
+        return Ok(None);
     }
-    // When a superuser installs on behalf of the capra role, the objects must
-    // belong to that role so it can use them.
+    let what = "reading the catalog version";
+    tx.query_one("SELECT version FROM capra.meta", &[])
+        .ctx(|| what.into())?
+        .col(0, what)
+        .map(Some)
+}
+
+/// When a superuser installs on behalf of the capra role, the objects must
+/// belong to that role so it can use them: switch to it.
+fn become_owner(tx: &mut Transaction<'_>) -> Result<()> {
+    let what = "checking the database owner";
     let owner_is_capra: bool = tx
         .query_one(
             "SELECT d.datdba::regrole::text = $1 AND current_user <> $1 FROM pg_database d WHERE d.datname = current_database()",
             &[&OWNER_ROLE],
         )
-        .ctx(|| "checking the database owner".into())?
-        .get(0);
+        .ctx(|| what.into())?
+        .col(0, what)?;
     if owner_is_capra {
         tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(OWNER_ROLE)))
             .ctx(|| format!("switching to role {OWNER_ROLE}"))?;
     }
-    let from = found.unwrap_or(0);
-    if from == 0 {
-        writeln!(
-            out,
-            "Attempting to create and populate the capra catalog (version {target}) in database \"{dbname}\""
-        )
-        .ok();
-    }
+    Ok(())
+}
+
+/// Applies the migrations newer than `from`, recording each version.
+fn migrate(tx: &mut Transaction<'_>, from: i32) -> Result<()> {
     for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
         tx.batch_execute(sql)
             .ctx(|| format!("applying catalog migration {v}"))?;
@@ -159,7 +148,12 @@ pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn
                 .ctx(|| format!("recording catalog version {v}"))?;
         }
     }
-    // Settings added by newer builds appear on upgrade; set values are kept.
+    Ok(())
+}
+
+/// Settings added by newer builds appear on upgrade; set values are kept.
+/// `piddir`, when given, is set (and said so in `out` if it changed).
+fn store_settings(tx: &mut Transaction<'_>, piddir: Option<&str>, out: &mut dyn Write) -> Result<()> {
     for s in settings::SETTINGS {
         tx.execute(
             "INSERT INTO capra.config (name, setting, defval, about) VALUES ($1, $2, $2, $3)
@@ -179,6 +173,35 @@ pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn
             writeln!(out, "Updated configuration setting \"piddir\"").ok();
         }
     }
+    Ok(())
+}
+
+/// Brings the catalog in the connected database to this build's version.
+pub fn upgrade(c: &mut Client, dbname: &str, piddir: Option<&str>, out: &mut dyn Write) -> Result<Outcome> {
+    let mut tx = c.transaction().ctx(|| "starting the install transaction".into())?;
+    // One installer at a time per control database.
+    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('capra install'))")
+        .ctx(|| "locking the control database for install".into())?;
+    let found = found_version(&mut tx)?;
+    let target = current_version();
+    if let Some(v) = found {
+        if v > target {
+            return Err(Error::CatalogVersion(format!(
+                "the catalog in \"{dbname}\" is version {v}, newer than this capra understands ({target}); upgrade the capra package"
+            )));
+        }
+    }
+    become_owner(&mut tx)?;
+    let from = found.unwrap_or(0);
+    if from == 0 {
+        writeln!(
+            out,
+            "Attempting to create and populate the capra catalog (version {target}) in database \"{dbname}\""
+        )
+        .ok();
+    }
+    migrate(&mut tx, from)?;
+    store_settings(&mut tx, piddir, out)?;
     tx.commit().ctx(|| "committing the install".into())?;
     Ok(match found {
         None => Outcome::Created(target),

@@ -7,8 +7,8 @@
 pub mod customcode;
 pub mod edit;
 mod error;
+pub mod event;
 pub mod install;
-pub mod kv;
 pub mod model;
 pub mod plan;
 pub mod runs;
@@ -21,7 +21,7 @@ use postgres::Client;
 
 use crate::config::Settings;
 use crate::error::{Context, Error, Result};
-use crate::pg;
+use crate::pg::{self, RowExt};
 
 /// Numbered migrations; `capra install` applies the ones a database lacks.
 pub const MIGRATIONS: &[(i32, &str)] = &[
@@ -58,7 +58,7 @@ impl Catalog {
         let row = client
             .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
             .ctx(|| "checking the control database".into())?;
-        if !row.get::<_, bool>(0) {
+        if !row.col::<_, bool>(0, "checking the control database")? {
             return Err(Error::CatalogVersion(format!(
                 "database \"{dbname}\" ({}) holds no capra catalog; run 'capra install' first, or name the control database with -d/--dbname",
                 resolved.summary
@@ -67,7 +67,7 @@ impl Catalog {
         let row = client
             .query_one("SELECT version, installation FROM capra.meta", &[])
             .ctx(|| "reading the catalog version".into())?;
-        let version: i32 = row.get(0);
+        let version: i32 = row.col(0, "reading the catalog version")?;
         let cur = current_version();
         if version < cur {
             return Err(Error::CatalogVersion(format!(
@@ -83,7 +83,7 @@ impl Catalog {
         crate::catalog::model::apply_net_settings(&mut client)?;
         Ok(Catalog {
             client,
-            installation: row.get(1),
+            installation: row.col(1, "reading the catalog version")?,
             dbname,
             summary: resolved.summary,
         })

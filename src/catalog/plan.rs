@@ -4,8 +4,10 @@
 use postgres::GenericClient;
 
 use crate::catalog::model::{self, Db, Relation};
+use crate::catalog::CatalogError;
 use crate::domain::{DbStatus, RelType, Role};
 use crate::error::{Context, Error, Result};
+use crate::pg::RowExt;
 
 /// A sync resolved into databases by role and relations in order.
 #[derive(Clone, Debug)]
@@ -71,40 +73,16 @@ impl SyncPlan {
             hooks: Vec::new(),
         };
         let ids: Vec<i32> = plan.tables.iter().map(|t| t.id).collect();
-        for r in c
-            .query(
-                "SELECT c.name, c.whenrun, c.src_file, c.src_code, m.priority,
-                        CASE WHEN m.relation IS NULL THEN NULL ELSE r.schemaname || '.' || r.relname END,
-                        r.schemaname, r.relname
-                   FROM capra.customcode c
-                   JOIN capra.customcode_map m ON m.code = c.name
-                   LEFT JOIN capra.relation r ON r.id = m.relation
-                  WHERE c.status = 'active' AND (m.sync = $1 OR m.relation = ANY($2))",
-                &[&name, &ids],
-            )
-            .ctx(|| format!("reading the hooks of sync \"{name}\""))?
-        {
-            let table: Option<String> = match (r.get::<_, Option<String>>(6), r.get::<_, Option<String>>(7)) {
-                (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
-                _ => None,
-            };
-            plan.hooks.push(crate::hooks::Code {
-                name: r.get(0),
-                whenrun: r.get(1),
-                file: r.get(2),
-                src: r.get(3),
-                table,
-                priority: r.get(4),
-            });
-        }
+        plan.hooks = hooks(c, name, &ids)?;
         for m in &group.members {
             let db = model::db(c, &m.db)?.ok_or_else(|| Error::not_found("database", m.db.clone()))?;
             if db.status == DbStatus::Inactive {
                 if m.role == Role::Source {
-                    return Err(Error::Rejected(format!(
-                        "source database \"{}\" of sync \"{name}\" is inactive; activate it (capra update db {} status=active)",
-                        db.name, db.name
-                    )));
+                    return Err(CatalogError::SourceInactive {
+                        sync: name.into(),
+                        db: db.name.clone(),
+                    }
+                    .into());
                 }
                 plan.skipped.push(db.name.clone());
                 if m.role == Role::Target {
@@ -118,12 +96,13 @@ impl SyncPlan {
                 Role::Target => plan.targets.push(db),
             }
         }
+        let what = format!("reading which targets of sync \"{name}\" are behind");
         let behind: Vec<String> = c
             .query("SELECT db FROM capra.target_behind WHERE sync = $1", &[&name])
-            .ctx(|| format!("reading which targets of sync \"{name}\" are behind"))?
+            .ctx(|| what.clone())?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.col(0, &what))
+            .collect::<Result<_>>()?;
         plan.behind = behind
             .into_iter()
             .filter(|b| plan.targets.iter().any(|t| &t.name == b))
@@ -143,4 +122,37 @@ impl SyncPlan {
         // are switched off.
         !self.targets.is_empty() || !self.skipped_targets.is_empty() || self.sources.len() > 1
     }
+}
+
+/// The active Lua hooks attached to a sync or to its tables (`ids`).
+fn hooks(c: &mut impl GenericClient, name: &str, ids: &[i32]) -> Result<Vec<crate::hooks::Code>> {
+    let q = &format!("reading the hooks of sync \"{name}\"");
+    let mut out = Vec::new();
+    for r in c
+        .query(
+            "SELECT c.name, c.whenrun, c.src_file, c.src_code, m.priority,
+                    CASE WHEN m.relation IS NULL THEN NULL ELSE r.schemaname || '.' || r.relname END,
+                    r.schemaname, r.relname
+               FROM capra.customcode c
+               JOIN capra.customcode_map m ON m.code = c.name
+               LEFT JOIN capra.relation r ON r.id = m.relation
+              WHERE c.status = 'active' AND (m.sync = $1 OR m.relation = ANY($2))",
+            &[&name, &ids],
+        )
+        .ctx(|| q.clone())?
+    {
+        let table: Option<String> = match (r.col::<_, Option<String>>(6, q)?, r.col::<_, Option<String>>(7, q)?) {
+            (Some(s), Some(n)) => Some(crate::pg::ident::QualName::new(s, n).human()),
+            _ => None,
+        };
+        out.push(crate::hooks::Code {
+            name: r.col(0, q)?,
+            whenrun: r.col(1, q)?,
+            file: r.col(2, q)?,
+            src: r.col(3, q)?,
+            table,
+            priority: r.col(4, q)?,
+        });
+    }
+    Ok(out)
 }

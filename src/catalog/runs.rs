@@ -4,6 +4,7 @@
 use postgres::GenericClient;
 
 use crate::error::{Context, Error, Result};
+use crate::pg::RowExt;
 
 /// Advisory lock key the running daemon holds on its control connection;
 /// whoever holds it is "the daemon" for this control database.
@@ -41,7 +42,7 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
             &[&DAEMON_LOCK.0, &DAEMON_LOCK.1],
         )
         .ctx(|| "checking for a running daemon".into())?
-        .get(0);
+        .col(0, "checking for a running daemon")?;
     if !held {
         return Ok(None);
     }
@@ -51,12 +52,13 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
             &[],
         )
         .ctx(|| "reading the daemon row".into())?;
+    const Q: &str = "reading the daemon row";
     Ok(Some(match row {
         Some(r) => DaemonInfo {
-            pid: r.get(0),
-            host: r.get(1),
-            started: r.get(2),
-            logdest: r.get(3),
+            pid: r.col(0, Q)?,
+            host: r.col(1, Q)?,
+            started: r.col(2, Q)?,
+            logdest: r.col(3, Q)?,
         },
         None => DaemonInfo {
             pid: 0,
@@ -69,12 +71,13 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
 
 /// Records the start of a run; returns its id.
 pub fn start_run(c: &mut impl GenericClient, sync: &str, reason: &str, pid: i32, host: &str) -> Result<i64> {
-    Ok(c.query_one(
+    let what = format!("recording a run of sync \"{sync}\"");
+    c.query_one(
         "INSERT INTO capra.run (sync, state, reason, pid, host) VALUES ($1, 'running', $2, $3, $4) RETURNING id",
         &[&sync, &reason, &pid, &host],
     )
-    .ctx(|| format!("recording a run of sync \"{sync}\""))?
-    .get(0))
+    .ctx(|| what.clone())?
+    .col(0, &what)
 }
 
 /// Drops the record of a run that changed nothing and is rerun at once
@@ -88,14 +91,15 @@ pub fn forget_run(c: &mut impl GenericClient, id: i64) -> Result<()> {
 /// Targets of a sync that missed changes while inactive, with since when
 /// (text): each gets a full copy at the first run that includes it.
 pub fn targets_behind(c: &mut impl GenericClient, sync: &str) -> Result<Vec<(String, String)>> {
-    Ok(c.query(
+    let what = format!("reading which targets of sync \"{sync}\" are behind");
+    c.query(
         "SELECT db, to_char(since, 'YYYY-MM-DD HH24:MI:SS') FROM capra.target_behind WHERE sync = $1 ORDER BY db",
         &[&sync],
     )
-    .ctx(|| format!("reading which targets of sync \"{sync}\" are behind"))?
+    .ctx(|| what.clone())?
     .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect())
+    .map(|r| Ok((r.col(0, &what)?, r.col(1, &what)?)))
+    .collect()
 }
 
 /// Totals of a finished run.
@@ -226,6 +230,22 @@ pub struct ConflictRow {
     pub reason: String,
 }
 
+impl ConflictRow {
+    fn from_row(r: &postgres::Row) -> Result<ConflictRow> {
+        const Q: &str = "reading the conflict history";
+        Ok(ConflictRow {
+            time: r.col(0, Q)?,
+            sync: r.col(1, Q)?,
+            run: r.col(2, Q)?,
+            table: r.col(3, Q)?,
+            key: serde_json::from_str(r.col(4, Q)?).unwrap_or_default(),
+            contenders: serde_json::from_str(r.col(5, Q)?).unwrap_or_default(),
+            winner: r.col(6, Q)?,
+            reason: r.col(7, Q)?,
+        })
+    }
+}
+
 /// The conflict history, oldest first; `since` is an interval (`1 hour`)
 /// or a time.
 pub fn conflicts(c: &mut impl GenericClient, sync: Option<&str>, since: Option<&str>) -> Result<Vec<ConflictRow>> {
@@ -257,19 +277,7 @@ pub fn conflicts(c: &mut impl GenericClient, sync: Option<&str>, since: Option<&
                 driver: e,
             },
         })?;
-    Ok(rows
-        .iter()
-        .map(|r| ConflictRow {
-            time: r.get(0),
-            sync: r.get(1),
-            run: r.get(2),
-            table: r.get(3),
-            key: serde_json::from_str(&r.get::<_, String>(4)).unwrap_or_default(),
-            contenders: serde_json::from_str(&r.get::<_, String>(5)).unwrap_or_default(),
-            winner: r.get(6),
-            reason: r.get(7),
-        })
-        .collect())
+    rows.iter().map(ConflictRow::from_row).collect()
 }
 
 /// What `status` shows of a multi-master sync beyond the run counts.
@@ -297,12 +305,13 @@ pub fn multi_master(c: &mut impl GenericClient, sync: &str, strategy: String) ->
             &[&sync],
         )
         .ctx(|| "reading the conflict history".into())?;
+    const Q: &str = "reading the conflict history";
     Ok(MultiMaster {
         strategy,
-        conflicts_24h: r.get(0),
-        last_conflict: r.get(1),
+        conflicts_24h: r.col(0, Q)?,
+        last_conflict: r.col(1, Q)?,
         clock_skew_ms: r
-            .get::<_, Option<String>>(2)
+            .col::<_, Option<String>>(2, Q)?
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(serde_json::Value::Null),
     })
@@ -331,13 +340,12 @@ pub fn finish_kicks(
 
 /// Kick requests not answered yet: (id, sync).
 pub fn pending_kicks(c: &mut impl GenericClient) -> Result<Vec<(i64, String)>> {
-    Ok(
-        c.query("SELECT id, sync FROM capra.kick WHERE done IS NULL ORDER BY id", &[])
-            .ctx(|| "reading kick requests".into())?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect(),
-    )
+    const Q: &str = "reading kick requests";
+    c.query("SELECT id, sync FROM capra.kick WHERE done IS NULL ORDER BY id", &[])
+        .ctx(|| Q.into())?
+        .iter()
+        .map(|r| Ok((r.col(0, Q)?, r.col(1, Q)?)))
+        .collect()
 }
 
 /// Closes runs a previous daemon left open (it died mid-run).
@@ -412,19 +420,23 @@ pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<Ru
             &[&id],
         )
         .ctx(|| "reading run history".into())?;
-    Ok(r.map(|r| RunInfo {
-        id: r.get(0),
-        started: r.get(1),
-        ended: r.get::<_, Option<String>>(2).unwrap_or_default(),
-        age_secs: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
-        seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
-        inserts: r.get(5),
-        deletes: r.get(6),
-        truncates: r.get(7),
-        conflicts: r.get(8),
-        error: r.get(9),
-        today: r.get::<_, Option<bool>>(10).unwrap_or(false),
-    }))
+    const Q: &str = "reading run history";
+    r.map(|r| {
+        Ok(RunInfo {
+            id: r.col(0, Q)?,
+            started: r.col(1, Q)?,
+            ended: r.col::<_, Option<String>>(2, Q)?.unwrap_or_default(),
+            age_secs: r.col::<_, Option<f64>>(3, Q)?.unwrap_or(0.0),
+            seconds: r.col::<_, Option<f64>>(4, Q)?.unwrap_or(0.0),
+            inserts: r.col(5, Q)?,
+            deletes: r.col(6, Q)?,
+            truncates: r.col(7, Q)?,
+            conflicts: r.col(8, Q)?,
+            error: r.col(9, Q)?,
+            today: r.col::<_, Option<bool>>(10, Q)?.unwrap_or(false),
+        })
+    })
+    .transpose()
 }
 
 /// A sync's quick state (`capra.sync_state`).
@@ -444,54 +456,57 @@ pub struct SyncState {
 
 /// Reads a sync's quick state.
 pub fn sync_state(c: &mut impl GenericClient, sync: &str) -> Result<SyncState> {
-    Ok(c.query_opt(
-        "SELECT last_good, last_bad, to_char(last_empty, 'Mon DD, YYYY HH24:MI:SS'), failures,
+    const Q: &str = "reading sync state";
+    let row = c
+        .query_opt(
+            "SELECT last_good, last_bad, to_char(last_empty, 'Mon DD, YYYY HH24:MI:SS'), failures,
                     to_char(next_retry, 'HH24:MI:SS')
                FROM capra.sync_state WHERE sync = $1",
-        &[&sync],
-    )
-    .ctx(|| "reading sync state".into())?
-    .map(|r| SyncState {
-        last_good: r.get(0),
-        last_bad: r.get(1),
-        last_empty: r.get(2),
-        failures: r.get(3),
-        next_retry: r.get(4),
+            &[&sync],
+        )
+        .ctx(|| Q.into())?;
+    let Some(r) = row else {
+        return Ok(SyncState::default());
+    };
+    Ok(SyncState {
+        last_good: r.col(0, Q)?,
+        last_bad: r.col(1, Q)?,
+        last_empty: r.col(2, Q)?,
+        failures: r.col(3, Q)?,
+        next_retry: r.col(4, Q)?,
     })
-    .unwrap_or_default())
 }
 
 /// When the sync's current run started (time of day), if one is recorded
 /// as running.
 pub fn running_since(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
-    Ok(c
-        .query_opt(
+    c.query_opt(
             "SELECT to_char(started, 'HH24:MI:SS') FROM capra.run WHERE sync = $1 AND state = 'running' ORDER BY id DESC LIMIT 1",
             &[&sync],
         )
         .ctx(|| "reading run history".into())?
-        .map(|r| r.get(0)))
+        .map(|r| r.col(0, "reading run history"))
+        .transpose()
 }
 
 /// When checktime next makes the sync run at the latest.
 pub fn checktime_due(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
-    Ok(c.query_one(
+    c.query_one(
         "SELECT to_char(greatest(coalesce((SELECT max(ended) FROM capra.run WHERE sync = $1), now()),
                                      coalesce((SELECT last_empty FROM capra.sync_state WHERE sync = $1), now()))
                             + (SELECT checktime FROM capra.sync WHERE name = $1), 'Mon DD, YYYY HH24:MI:SS')",
         &[&sync],
     )
     .ctx(|| "computing the next run".into())?
-    .get(0))
+    .col(0, "computing the next run")
 }
 
 /// Records a kick request for the daemon; returns its id.
 pub fn request_kick(c: &mut impl GenericClient, sync: &str) -> Result<i64> {
-    Ok(
-        c.query_one("INSERT INTO capra.kick (sync) VALUES ($1) RETURNING id", &[&sync])
-            .ctx(|| format!("kicking sync \"{sync}\""))?
-            .get(0),
-    )
+    let what = format!("kicking sync \"{sync}\"");
+    c.query_one("INSERT INTO capra.kick (sync) VALUES ($1) RETURNING id", &[&sync])
+        .ctx(|| what.clone())?
+        .col(0, &what)
 }
 
 /// How a kick ended: None while it waits; Some((ok, error)) once answered.
@@ -502,5 +517,9 @@ pub fn kick_result(c: &mut impl GenericClient, id: i64) -> Result<Option<(bool, 
             &[&id],
         )
         .ctx(|| "waiting for the kick".into())?;
-    Ok(r.get::<_, bool>(0).then(|| (r.get(1), r.get(2))))
+    const Q: &str = "waiting for the kick";
+    if !r.col::<_, bool>(0, Q)? {
+        return Ok(None);
+    }
+    Ok(Some((r.col(1, Q)?, r.col(2, Q)?)))
 }

@@ -8,8 +8,10 @@ pub mod conflicts;
 pub mod daemon_cmds;
 pub mod help;
 pub mod install;
+pub mod kv;
 pub mod list;
 pub mod status;
+pub mod sync_opts;
 pub mod validate;
 
 use std::path::PathBuf;

@@ -1,9 +1,13 @@
 //! Lua hooks: `add customcode`, `update customcode`.
 
-use super::*;
+use super::render::say_all;
 use crate::catalog::customcode;
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::{Ctx, Words};
+use crate::domain::Status;
+use crate::error::{Error, Result};
 
-pub(super) const CODE_KEYS: &[Key] = &[
+const CODE_KEYS: &[Key] = &[
     key("whenrun", &["when_run"]),
     key("src_code", &["src", "file"]),
     key("sync", &[]),
@@ -29,6 +33,7 @@ fn read_hook(file: &str) -> Result<(std::path::PathBuf, String)> {
     Ok((path, src))
 }
 
+/// `capra add customcode NAME whenrun=HOOK src_code=FILE.lua (sync=S | relation=T)`.
 pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, CODE_KEYS, "add customcode")?;
     let [name] = a.positional.as_slice() else {
@@ -49,8 +54,8 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let (path, src) = read_hook(file)?;
     let priority = a.number("priority", 1_000_000)?.unwrap_or(0) as i32;
     let status = a
-        .choice("status", &["active", "inactive"])?
-        .unwrap_or_else(|| "active".into());
+        .choice_of("status", &["active", "inactive"])?
+        .unwrap_or(Status::Active);
     let about = a.get("about").unwrap_or("").to_string();
     if a.has("sync") == a.has("relation") {
         return Err(Error::Usage(format!(
@@ -64,7 +69,7 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         src_file: &path.display().to_string(),
         about: &about,
         priority,
-        status: &status,
+        status,
         sync: a.get("sync"),
         relation: a.get("relation"),
         db: a.get("db"),
@@ -75,6 +80,7 @@ pub(super) fn add_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update customcode NAME key=value...`.
 pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, CODE_KEYS, "update customcode")?;
     let [name] = a.positional.as_slice() else {
@@ -107,9 +113,7 @@ pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         sets.push(("src_file", path.display().to_string(), "text"));
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| customcode::update(tx, name, &sets))?;
-    for l in lines {
-        ctx.say(l);
-    }
+    let events = cat.edit(|tx| customcode::update(tx, name, &sets))?;
+    say_all(ctx, &events);
     Ok(())
 }

@@ -1,6 +1,15 @@
 //! Databases: `add db`, `update db` (and Bucardo 4's `add database`).
 
-use super::*;
+use super::render::say_all;
+use super::warn_inert;
+use crate::catalog::edit::{self, NewDb};
+use crate::catalog::{model, Catalog, CatalogError};
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::sync_opts::parse_role;
+use crate::cli::{Ctx, Words};
+use crate::domain::{DbStatus, Role};
+use crate::error::{Error, Result};
+use crate::pg::{self, connect::ConnSpec};
 
 /// Database options kept for Bucardo scripts.
 fn inert(k: &str) -> Option<&'static str> {
@@ -10,7 +19,7 @@ fn inert(k: &str) -> Option<&'static str> {
     }
 }
 
-pub(super) const DB_KEYS: &[Key] = &[
+const DB_KEYS: &[Key] = &[
     key("dbname", &["db"]),
     key("name", &[]),
     key("host", &["dbhost", "pghost"]),
@@ -26,10 +35,9 @@ pub(super) const DB_KEYS: &[Key] = &[
     key("group", &["dbgroup"]),
 ];
 
-pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
-    let a = kv::split(&w.words, DB_KEYS, "add db")?;
-    warn_inert("database", &a.pairs, inert);
-    // Bucardo 4: `add database DBNAME name=NAME`; Bucardo 5: `add db NAME dbname=DBNAME`.
+/// capra's name and the real database name, in Bucardo 4's grammar
+/// (`add database DBNAME name=NAME`) or Bucardo 5's (`add db NAME dbname=DBNAME`).
+fn names_of_new_db(a: &kv::Args) -> Result<(String, Option<String>)> {
     let (name, dbname) = match a.get("name") {
         Some(n) => {
             if a.positional.len() > 1 || (a.positional.len() == 1 && a.has("dbname")) {
@@ -58,6 +66,12 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
             "database \"{name}\" needs dbname=DBNAME (or service=NAME)"
         )));
     }
+    Ok((name, dbname))
+}
+
+/// The database entry `add db` describes, checked.
+fn new_db(ctx: &Ctx, a: &kv::Args) -> Result<NewDb> {
+    let (name, dbname) = names_of_new_db(a)?;
     if let Some(t) = a.get("dbtype") {
         let t = t.to_lowercase();
         if !(t.starts_with("pg") || t.starts_with("postgres")) {
@@ -73,21 +87,10 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let conn = a.get("conn").unwrap_or("").to_string();
     check_conn(&conn)?;
     let status = a
-        .choice("status", &["active", "inactive"])?
-        .unwrap_or_else(|| "active".into());
-    let group = match a.get("group") {
-        Some(g) => {
-            let (gname, role) = match g.split_once(':') {
-                Some((n, r)) => (n.to_string(), Some(edit::parse_role(r)?)),
-                None => (g.to_string(), None),
-            };
-            check_name("dbgroup", &gname)?;
-            Some((gname, role))
-        }
-        None => None,
-    };
-    let new = NewDb {
-        name: name.clone(),
+        .choice_of("status", &["active", "inactive"])?
+        .unwrap_or(DbStatus::Active);
+    Ok(NewDb {
+        name,
         dbname,
         host: a.get("host").map(String::from),
         port,
@@ -96,34 +99,62 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
         conn,
         service: a.get("service").map(String::from),
         status,
-        makedelta: a.bool("makedelta")?.unwrap_or(false),
-        server_side_prepares: a.bool("server_side_prepares")?.unwrap_or(true),
+        makedelta: false,
+        server_side_prepares: true,
+    })
+}
+
+/// `group=NAME[:role]`: the dbgroup a new database joins.
+fn group_of_new_db(a: &kv::Args) -> Result<Option<(String, Option<Role>)>> {
+    let Some(g) = a.get("group") else {
+        return Ok(None);
     };
+    let (gname, role) = match g.split_once(':') {
+        Some((n, r)) => (n.to_string(), Some(parse_role(r)?)),
+        None => (g.to_string(), None),
+    };
+    check_name("dbgroup", &gname)?;
+    Ok(Some((gname, role)))
+}
+
+/// Connects to a database about to be added, so a typo is caught now.
+fn try_new_db(new: &NewDb) -> Result<()> {
+    let spec = ConnSpec {
+        host: new.host.clone(),
+        port: new.port.map(|p| p as u16),
+        user: new.user.clone(),
+        dbname: new.dbname.clone(),
+        password: new.pass.clone(),
+        conn: new.conn.clone(),
+        service: new.service.clone(),
+    };
+    pg::connect::open_db(&spec, &new.name)
+        .map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
+    Ok(())
+}
+
+/// `capra add db NAME dbname=...` (and Bucardo 4's `add database DBNAME name=NAME`).
+pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
+    let a = kv::split(&w.words, DB_KEYS, "add db")?;
+    warn_inert("database", &a.pairs, inert);
+    let mut new = new_db(ctx, &a)?;
+    let group = group_of_new_db(&a)?;
+    new.makedelta = a.bool("makedelta")?.unwrap_or(false);
+    new.server_side_prepares = a.bool("server_side_prepares")?.unwrap_or(true);
+    let name = new.name.clone();
     let mut cat = ctx.catalog()?;
     // Refuse duplicates before spending a connection attempt.
     if model::db(&mut cat.client, &name)?.is_some() {
-        return Err(Error::Rejected(format!(
-            "Cannot add database: the name \"{name}\" already exists (see: capra list dbs)"
-        )));
+        return Err(CatalogError::DbExists { db: name }.into());
     }
     if !w.force {
-        let spec = ConnSpec {
-            host: new.host.clone(),
-            port: new.port.map(|p| p as u16),
-            user: new.user.clone(),
-            dbname: new.dbname.clone(),
-            password: new.pass.clone(),
-            conn: new.conn.clone(),
-            service: new.service.clone(),
-        };
-        pg::connect::open_db(&spec, &name)
-            .map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
+        try_new_db(&new)?;
     }
     let lines = cat.edit(|tx| {
         edit::add_db(tx, &new)?;
         let mut out = vec![format!("Added database \"{name}\"")];
         if let Some((g, role)) = &group {
-            out.extend(edit::join_dbgroup(tx, g, &name, *role)?);
+            out.extend(edit::join_dbgroup(tx, g, &name, *role)?.iter().map(ToString::to_string));
         }
         Ok(out)
     })?;
@@ -135,7 +166,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
 
 /// Checks `conn=` keywords; a password there would be shown wherever the
 /// connection is (list dbs, --json, change messages), so it goes in pass=.
-pub(super) fn check_conn(conn: &str) -> Result<()> {
+fn check_conn(conn: &str) -> Result<()> {
     let kw = pg::connect::parse_keywords(conn).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
     for k in ["password", "host", "port", "dbname", "user", "service"] {
         if kw.contains_key(k) {
@@ -152,7 +183,7 @@ pub(super) fn check_conn(conn: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn parse_port(p: &str) -> Result<i32> {
+fn parse_port(p: &str) -> Result<i32> {
     match p.trim().parse::<i32>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n),
         _ => Err(Error::Usage(format!(
@@ -161,6 +192,7 @@ pub(super) fn parse_port(p: &str) -> Result<i32> {
     }
 }
 
+/// `capra update db NAME key=value...`: checked by connecting unless --force.
 pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, DB_KEYS, "update db")?;
     warn_inert("database", &a.pairs, inert);
@@ -208,35 +240,33 @@ pub(super) fn update_db(ctx: &Ctx, w: &Words) -> Result<()> {
                     "dbtype cannot change (capra replicates PostgreSQL only)".into(),
                 ))
             }
-            _ => unreachable!("filtered by DB_KEYS"),
+            other => return Err(Error::Usage(format!("'{other}' cannot be set this way"))),
         };
-        let shown = if col == "dbpass" {
-            "(hidden)".to_string()
-        } else {
-            val.clone().unwrap_or_else(|| "(none)".into())
-        };
-        changes.push((col, val, shown));
+        changes.push(edit::DbChange {
+            column: col,
+            value: val,
+        });
     }
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| {
+    let events = cat.edit(|tx| {
         let out = edit::update_db(tx, name, &changes)?;
         if !w.force
             && changes
                 .iter()
-                .any(|c| c.0 != "status" && c.0 != "makedelta" && c.0 != "server_side_prepares")
+                .any(|c| c.column != "status" && c.column != "makedelta" && c.column != "server_side_prepares")
         {
-            let db = model::db(tx, name)?.expect("updated above");
+            let db = model::db(tx, name)?
+                .ok_or_else(|| Error::not_found_hint("database", name.clone(), "see: capra list dbs"))?;
             db.connect()
                 .map_err(|e| e.with_hint("nothing was changed; use --force to store it anyway"))?;
         }
         Ok(out)
     })?;
-    for l in lines {
-        ctx.say(l);
-    }
+    say_all(ctx, &events);
     Ok(())
 }
 
+/// A trimmed value, or None for an empty one (which clears the column).
 pub(super) fn opt_text(v: &str) -> Option<String> {
     let t = v.trim();
     if t.is_empty() {
@@ -253,17 +283,14 @@ pub(super) fn pick_db(cat: &mut Catalog, db: Option<&str>) -> Result<model::Db> 
             model::db(&mut cat.client, n)?.ok_or_else(|| Error::not_found_hint("database", n, "see: capra list dbs"))
         }
         None => {
-            let all = model::dbs(&mut cat.client)?;
-            match all.len() {
-                0 => Err(Error::Rejected(
-                    "no databases yet: add one first with capra add db NAME dbname=...".into(),
-                )),
-                1 => Ok(all.into_iter().next().unwrap()),
-                _ => Err(Error::Usage(format!(
+            let mut all = model::dbs(&mut cat.client)?;
+            if all.len() > 1 {
+                return Err(Error::Usage(format!(
                     "say which database to read from with db=NAME (one of: {})",
                     all.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
-                ))),
+                )));
             }
+            all.pop().ok_or_else(|| CatalogError::NoDatabases.into())
         }
     }
 }

@@ -1,8 +1,20 @@
 //! Relgroups (herds) and dbgroups.
 
-use super::*;
+use super::db::pick_db;
+use super::edit_with_capture;
+use super::render::say_all;
+use super::tables::match_live;
+use crate::capture::reconcile;
+use crate::catalog::model::{self, Relation};
+use crate::catalog::{edit, CatalogError};
+use crate::cli::kv::{self, check_name, key};
+use crate::cli::sync_opts::parse_member;
+use crate::cli::{Ctx, Words};
 use crate::domain::Role;
+use crate::error::{Error, Result};
+use crate::pg::discover;
 
+/// `capra add relgroup NAME [TABLE...] [db=DB]`.
 pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, &[key("db", &["database"])], "add relgroup")?;
     let Some((name, terms)) = a.positional.split_first() else {
@@ -26,10 +38,11 @@ pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         } else {
             let dbs: std::collections::BTreeSet<&str> = hits.iter().map(|r| r.db.as_str()).collect();
             if dbs.len() > 1 {
-                return Err(Error::Rejected(format!(
-                    "{t} is in several databases ({}); say which with db=NAME",
-                    dbs.into_iter().collect::<Vec<_>>().join(", ")
-                )));
+                return Err(CatalogError::TermInSeveralDbs {
+                    term: t.clone(),
+                    dbs: dbs.into_iter().map(String::from).collect(),
+                }
+                .into());
             }
             known.extend(hits.into_iter().cloned());
         }
@@ -74,20 +87,22 @@ pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     Ok(())
 }
 
+/// `capra update relgroup NAME TABLE...`: adds members.
 pub(super) fn update_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     // `update relgroup NAME T...` adds members (Bucardo lacks it, #256).
     add_relgroup(ctx, w)
 }
 
-pub(super) fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role>)>> {
+fn parse_members(words: &[String]) -> Result<Vec<(String, Option<Role>)>> {
     words
         .iter()
         .flat_map(|w| w.split(','))
         .filter(|s| !s.is_empty())
-        .map(edit::parse_member)
+        .map(parse_member)
         .collect()
 }
 
+/// `capra add dbgroup NAME DB[:role]...`.
 pub(super) fn add_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let Some((name, rest)) = w.words.split_first() else {
         return Err(Error::Usage(
@@ -102,13 +117,12 @@ pub(super) fn add_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     }
     let members = parse_members(rest)?;
     let mut cat = ctx.catalog()?;
-    let lines = cat.edit(|tx| edit::add_dbgroup(tx, name, &members, None))?;
-    for l in lines {
-        ctx.say(l);
-    }
+    let events = cat.edit(|tx| edit::add_dbgroup(tx, name, &members, None))?;
+    say_all(ctx, &events);
     Ok(())
 }
 
+/// `capra update dbgroup NAME DB[:role]...`: the new member list.
 pub(super) fn update_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
     let Some((name, rest)) = w.words.split_first() else {
         return Err(Error::Usage(
@@ -122,13 +136,11 @@ pub(super) fn update_dbgroup(ctx: &Ctx, w: &Words) -> Result<()> {
         ));
     }
     let mut cat = ctx.catalog()?;
-    let lines = edit_with_capture(
+    let events = edit_with_capture(
         &mut cat,
         |tx| reconcile::syncs_of_dbgroup(tx, name),
         |tx| edit::update_dbgroup(tx, name, &members),
     )?;
-    for l in lines {
-        ctx.say(l);
-    }
+    say_all(ctx, &events);
     Ok(())
 }

@@ -3,31 +3,23 @@
 
 use postgres::Transaction;
 
-use super::{AddAll, AddNoun, AllWhat, Ctx, Noun, Words};
+use super::{AddNoun, Ctx, Noun, Words};
 use crate::capture::reconcile;
-use crate::catalog::edit::{self, NewDb};
-use crate::catalog::kv::{self, check_name, key, Key};
-use crate::catalog::model::{self, Relation};
-use crate::catalog::{settings, sync_opts, Catalog};
+use crate::catalog::event::Event;
+use crate::catalog::{edit, Catalog};
 use crate::domain::RelType;
 use crate::error::{Error, Result};
-use crate::pg::discover::{self, Found};
-use crate::pg::{self, connect::ConnSpec, ident::split_user_name};
 
 mod config;
 mod customcode;
 mod db;
 mod groups;
+mod render;
 mod sync;
 mod tables;
 
 pub use config::set;
-use customcode::*;
-use db::*;
-use groups::*;
 pub use sync::set_status;
-use sync::*;
-use tables::*;
 
 /// Prints the one-line warning for each given option that has no effect
 /// (`inert` maps a key to why); the options are still stored, so old
@@ -63,27 +55,27 @@ fn edit_with_capture<T>(
 /// `capra add ...`.
 pub fn add(ctx: &Ctx, noun: AddNoun) -> Result<()> {
     match noun {
-        AddNoun::Db(w) => add_db(ctx, &w),
-        AddNoun::All(a) => add_all(ctx, a),
-        AddNoun::Table(w) => add_relations(ctx, &w, RelType::Table),
-        AddNoun::Sequence(w) => add_relations(ctx, &w, RelType::Sequence),
-        AddNoun::Relgroup(w) => add_relgroup(ctx, &w),
-        AddNoun::Dbgroup(w) => add_dbgroup(ctx, &w),
-        AddNoun::Sync(w) => add_sync(ctx, &w),
-        AddNoun::Customcode(w) => add_customcode(ctx, &w),
+        AddNoun::Db(w) => db::add_db(ctx, &w),
+        AddNoun::All(a) => tables::add_all(ctx, a),
+        AddNoun::Table(w) => tables::add_relations(ctx, &w, RelType::Table),
+        AddNoun::Sequence(w) => tables::add_relations(ctx, &w, RelType::Sequence),
+        AddNoun::Relgroup(w) => groups::add_relgroup(ctx, &w),
+        AddNoun::Dbgroup(w) => groups::add_dbgroup(ctx, &w),
+        AddNoun::Sync(w) => sync::add_sync(ctx, &w),
+        AddNoun::Customcode(w) => customcode::add_customcode(ctx, &w),
     }
 }
 
 /// `capra update ...`.
 pub fn update(ctx: &Ctx, noun: Noun) -> Result<()> {
     match noun {
-        Noun::Db(w) => update_db(ctx, &w),
-        Noun::Sync(w) => update_sync(ctx, &w),
-        Noun::Dbgroup(w) => update_dbgroup(ctx, &w),
-        Noun::Table(w) => update_relation(ctx, &w, RelType::Table),
-        Noun::Sequence(w) => update_relation(ctx, &w, RelType::Sequence),
-        Noun::Customcode(w) => update_customcode(ctx, &w),
-        Noun::Relgroup(w) => update_relgroup(ctx, &w),
+        Noun::Db(w) => db::update_db(ctx, &w),
+        Noun::Sync(w) => sync::update_sync(ctx, &w),
+        Noun::Dbgroup(w) => groups::update_dbgroup(ctx, &w),
+        Noun::Table(w) => tables::update_relation(ctx, &w, RelType::Table),
+        Noun::Sequence(w) => tables::update_relation(ctx, &w, RelType::Sequence),
+        Noun::Customcode(w) => customcode::update_customcode(ctx, &w),
+        Noun::Relgroup(w) => groups::update_relgroup(ctx, &w),
     }
 }
 
@@ -93,8 +85,8 @@ fn remove_each(
     cat: &mut Catalog,
     names: &[String],
     affected: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
-    remove: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<String>>,
-) -> Result<Vec<String>> {
+    remove: impl Fn(&mut Transaction<'_>, &str) -> Result<Vec<Event>>,
+) -> Result<Vec<Event>> {
     edit_with_capture(
         cat,
         |tx| {
@@ -118,36 +110,37 @@ fn remove_each(
 pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let lines = match noun {
-        Noun::Db(w) => remove_each(
+        Noun::Db(w) => texts(remove_each(
             &mut cat,
             &names_only(&w, "remove db")?,
             |tx, n| reconcile::syncs_of_db(tx, n),
             |tx, n| edit::remove_db(tx, n, w.force),
-        )?,
+        )?),
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
-        Noun::Table(w) => remove_relations(&mut cat, &w, RelType::Table)?,
-        Noun::Sequence(w) => remove_relations(&mut cat, &w, RelType::Sequence)?,
+        Noun::Table(w) => tables::remove_relations(&mut cat, &w, RelType::Table)?,
+        Noun::Sequence(w) => tables::remove_relations(&mut cat, &w, RelType::Sequence)?,
         Noun::Relgroup(w) => {
             let names = names_only(&w, "remove relgroup")?;
-            cat.edit(|tx| {
+            texts(cat.edit(|tx| {
+                let mut out = Vec::new();
                 for n in &names {
-                    edit::remove_relgroup(tx, n)?;
+                    out.push(edit::remove_relgroup(tx, n)?);
                 }
-                Ok(names.iter().map(|n| format!("Removed relgroup \"{n}\"")).collect())
-            })?
+                Ok(out)
+            })?)
         }
-        Noun::Dbgroup(w) => remove_each(
+        Noun::Dbgroup(w) => texts(remove_each(
             &mut cat,
             &names_only(&w, "remove dbgroup")?,
             |tx, n| reconcile::syncs_of_dbgroup(tx, n),
             |tx, n| edit::remove_dbgroup(tx, n, w.force),
-        )?,
+        )?),
         Noun::Sync(w) => {
             let names = crate::cli::strip_noise(&names_only(&w, "remove sync")?);
             let n2 = names.clone();
-            edit_with_capture(
+            texts(edit_with_capture(
                 &mut cat,
                 |_| Ok(n2),
                 |tx| {
@@ -157,17 +150,22 @@ pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
                     }
                     Ok(out)
                 },
-            )?
+            )?)
         }
         Noun::Customcode(w) => {
             let names = names_only(&w, "remove customcode")?;
-            cat.edit(|tx| crate::catalog::customcode::remove(tx, &names))?
+            texts(cat.edit(|tx| crate::catalog::customcode::remove(tx, &names))?)
         }
     };
     for l in lines {
         ctx.say(l);
     }
     Ok(())
+}
+
+/// The lines that show what an edit did.
+fn texts(events: Vec<Event>) -> Vec<String> {
+    events.iter().map(ToString::to_string).collect()
 }
 
 fn names_only(w: &Words, what: &str) -> Result<Vec<String>> {

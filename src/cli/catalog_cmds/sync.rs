@@ -1,10 +1,74 @@
 //! Syncs: `add sync` in both grammars, `update sync`, `activate`, `deactivate`.
 
-use super::*;
+use postgres::Transaction;
+
+use super::edit_with_capture;
+use crate::catalog::model::{self, DbGroup, Relation};
+use crate::catalog::sync_opts::Stored;
+use crate::catalog::{edit, CatalogError};
+use crate::cli::kv::{self, check_name};
+use crate::cli::sync_opts::{self, parse_member};
+use crate::cli::{Ctx, Words};
 use crate::domain::Role;
+use crate::error::{Error, Result};
+
+/// Bucardo 4's `targetdb=`/`targetgroup=` with `type=`: the source is the
+/// database the relgroup's tables come from; returns the dbgroup and type.
+fn bucardo4_dbs(
+    tx: &mut Transaction<'_>,
+    a: &kv::Args,
+    relgroup: &str,
+    out: &mut Vec<String>,
+    sync: &str,
+) -> Result<(String, Option<String>)> {
+    let t = a
+        .choice("type", &["pushdelta", "fullcopy", "swap"])?
+        .unwrap_or_else(|| "pushdelta".into());
+    let src = model::relgroup_db(tx, relgroup)?.ok_or_else(|| CatalogError::RelgroupEmpty {
+        relgroup: relgroup.into(),
+    })?;
+    let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
+        (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
+        (Some(d), None) => vec![d.to_string()],
+        (None, Some(g)) => {
+            if t == "swap" {
+                return Err(Error::Usage("type=swap takes targetdb=, not targetgroup=".into()));
+            }
+            model::dbgroup(tx, g)?
+                .ok_or_else(|| Error::not_found_hint("dbgroup", g, "see: capra list dbgroups"))?
+                .members
+                .into_iter()
+                .map(|m| m.db)
+                .collect()
+        }
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "type={t} needs targetdb=DB or targetgroup=DBGROUP"
+            )))
+        }
+    };
+    let role = match t.as_str() {
+        "fullcopy" => Role::Fullcopy,
+        "swap" => Role::Source,
+        _ => Role::Target,
+    };
+    let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
+    for d in targets {
+        if d == src {
+            return Err(CatalogError::SourceIsTarget {
+                db: d,
+                relgroup: relgroup.into(),
+            }
+            .into());
+        }
+        members.push((d, Some(role)));
+    }
+    let g = group_for_list(tx, sync, &members, out)?;
+    Ok((g, Some(t)))
+}
 
 /// Resolves where a new sync replicates, for both grammars.
-pub(super) fn sync_dbs(
+fn sync_dbs(
     tx: &mut Transaction<'_>,
     a: &kv::Args,
     relgroup: &str,
@@ -18,47 +82,7 @@ pub(super) fn sync_dbs(
         ));
     }
     if four {
-        let t = a
-            .choice("type", &["pushdelta", "fullcopy", "swap"])?
-            .unwrap_or_else(|| "pushdelta".into());
-        let src = model::relgroup_db(tx, relgroup)?
-            .ok_or_else(|| Error::Rejected(format!("relgroup \"{relgroup}\" is empty; add tables to it first")))?;
-        let targets: Vec<String> = match (a.get("targetdb"), a.get("targetgroup")) {
-            (Some(_), Some(_)) => return Err(Error::Usage("give targetdb= or targetgroup=, not both".into())),
-            (Some(d), None) => vec![d.to_string()],
-            (None, Some(g)) => {
-                if t == "swap" {
-                    return Err(Error::Usage("type=swap takes targetdb=, not targetgroup=".into()));
-                }
-                model::dbgroup(tx, g)?
-                    .ok_or_else(|| Error::not_found_hint("dbgroup", g, "see: capra list dbgroups"))?
-                    .members
-                    .into_iter()
-                    .map(|m| m.db)
-                    .collect()
-            }
-            (None, None) => {
-                return Err(Error::Usage(format!(
-                    "type={t} needs targetdb=DB or targetgroup=DBGROUP"
-                )))
-            }
-        };
-        let role = match t.as_str() {
-            "fullcopy" => Role::Fullcopy,
-            "swap" => Role::Source,
-            _ => Role::Target,
-        };
-        let mut members: Vec<(String, Option<Role>)> = vec![(src.clone(), Some(Role::Source))];
-        for d in targets {
-            if d == src {
-                return Err(Error::Rejected(format!(
-                    "Source and target databases cannot be the same: {d} (relgroup \"{relgroup}\" was added from database \"{d}\"; add its tables from the source database instead: capra add all tables db=SOURCE -t ... relgroup={relgroup})"
-                )));
-            }
-            members.push((d, Some(role)));
-        }
-        let g = edit::group_for_list(tx, sync, &members, out)?;
-        return Ok((g, Some(t)));
+        return bucardo4_dbs(tx, a, relgroup, out, sync);
     }
     let Some(d) = a.get("dbs") else {
         return Err(Error::Usage(format!(
@@ -80,18 +104,52 @@ pub(super) fn sync_dbs(
     let members: Vec<(String, Option<Role>)> = d
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(edit::parse_member)
+        .map(parse_member)
         .collect::<Result<_>>()?;
-    Ok((edit::group_for_list(tx, sync, &members, out)?, None))
+    Ok((group_for_list(tx, sync, &members, out)?, None))
 }
 
-pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
-    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+/// Reads one option against the sync's databases and stores it; returns
+/// the column's text before and after.
+fn store_opt(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    k: &str,
+    v: &str,
+    dbs: &[String],
+) -> Result<(Option<String>, Option<String>)> {
+    let opt = sync_opts::parse(k, v, dbs)?;
+    match crate::catalog::sync_opts::store(tx, sync, &opt)? {
+        Stored::Changed { old, new } => Ok((old, new)),
+        Stored::BadInterval => Err(sync_opts::bad_interval(k, v)),
+    }
+}
+
+/// The dbgroup with exactly these members (created if none), saying
+/// which in `out`.
+fn group_for_list(
+    tx: &mut Transaction<'_>,
+    sync: &str,
+    members: &[(String, Option<Role>)],
+    out: &mut Vec<String>,
+) -> Result<String> {
+    let mut events = Vec::new();
+    let g = edit::group_for_list(tx, sync, members, &mut events)?;
+    out.extend(events.iter().map(ToString::to_string));
+    Ok(g)
+}
+
+/// Warns about each given option that changes nothing in capra.
+fn warn_inert_opts(a: &kv::Args) {
     for (k, _) in &a.pairs {
         if let Some(why) = sync_opts::inert(k) {
             eprintln!("capra: warning: sync option '{k}' has {why}");
         }
     }
+}
+
+/// The new sync's name, checked (not one of Bucardo's words).
+fn new_sync_name(a: &kv::Args) -> Result<&String> {
     let [name] = a.positional.as_slice() else {
         return Err(Error::Usage(
             "usage: capra add sync NAME relgroup=RELGROUP dbs=DBGROUP|DB:role,... [options]".into(),
@@ -103,106 +161,130 @@ pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             "\"{name}\" is a reserved word and cannot name a sync"
         )));
     }
-    let rg_arg = match (a.get("relgroup"), a.get("source"), a.get("tables")) {
-        (Some(r), None, None) | (None, Some(r), None) => Some(r.to_string()),
-        (None, None, Some(_)) => None,
-        (None, None, None) => {
-            return Err(Error::Usage(format!(
-                "sync \"{name}\" needs relgroup=RELGROUP (or tables=T1,T2; Bucardo 4: source=HERD)"
-            )))
+    Ok(name)
+}
+
+/// The relgroup named by `relgroup=` (or Bucardo 4's `source=`); None
+/// when `tables=` lists the tables instead.
+fn relgroup_arg(a: &kv::Args, name: &str) -> Result<Option<String>> {
+    match (a.get("relgroup"), a.get("source"), a.get("tables")) {
+        (Some(r), None, None) | (None, Some(r), None) => Ok(Some(r.to_string())),
+        (None, None, Some(_)) => Ok(None),
+        (None, None, None) => Err(Error::Usage(format!(
+            "sync \"{name}\" needs relgroup=RELGROUP (or tables=T1,T2; Bucardo 4: source=HERD)"
+        ))),
+        _ => Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
+    }
+}
+
+/// A relgroup made for a new sync from `tables=T1,T2`, named after it.
+fn relgroup_from_tables(tx: &mut Transaction<'_>, tables: &str, name: &str, out: &mut Vec<String>) -> Result<String> {
+    let all = model::relations(tx, None)?;
+    let mut rels: Vec<Relation> = Vec::new();
+    for t in tables.split(',').filter(|s| !s.is_empty()) {
+        let hits = edit::match_relations(&all, t, None)?;
+        if hits.is_empty() {
+            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
         }
-        _ => return Err(Error::Usage("give one of relgroup=, source= or tables=".into())),
-    };
-    // Check option syntax before touching anything.
+        rels.extend(hits.into_iter().cloned());
+    }
+    let mut rg = name.to_string();
+    let mut n = 2;
+    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
+        rg = format!("{name}_{n}");
+        n += 1;
+    }
+    edit::ensure_relgroup(tx, &rg, Some(name))?;
+    let refs: Vec<&Relation> = rels.iter().collect();
+    edit::add_to_relgroup(tx, &rg, &refs)?;
+    out.push(format!("Created a new relgroup named \"{rg}\""));
+    Ok(rg)
+}
+
+/// The dbgroup a sync's checks and options refer to.
+fn dbgroup_of(tx: &mut Transaction<'_>, name: &str) -> Result<DbGroup> {
+    model::dbgroup(tx, name)?.ok_or_else(|| Error::not_found_hint("dbgroup", name, "see: capra list dbgroups"))
+}
+
+/// What `add sync` writes, checked before the catalog is opened.
+struct NewSync<'a> {
+    name: &'a str,
+    args: &'a kv::Args,
+    relgroup: Option<String>,
+    /// Options as given (conflict lists are read against the sync's databases).
+    opts: Vec<(String, String)>,
+}
+
+impl NewSync<'_> {
+    /// Adds the sync (and the groups it needs); returns what to say.
+    fn insert(&self, tx: &mut Transaction<'_>) -> Result<Vec<String>> {
+        let name = self.name;
+        let mut out = Vec::new();
+        if model::sync(tx, name)?.is_some() {
+            return Err(CatalogError::SyncExists { sync: name.into() }.into());
+        }
+        let relgroup = match &self.relgroup {
+            Some(r) => {
+                if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
+                    return Err(Error::not_found_hint(
+                        "relgroup",
+                        r.clone(),
+                        "create it with capra add all tables db=DB relgroup=NAME",
+                    ));
+                }
+                r.clone()
+            }
+            None => relgroup_from_tables(tx, self.args.get("tables").unwrap_or(""), name, &mut out)?,
+        };
+        let (dbgroup, synctype) = sync_dbs(tx, self.args, &relgroup, &mut out, name)?;
+        let group = dbgroup_of(tx, &dbgroup)?;
+        edit::check_sync_shape(tx, name, &relgroup, &group)?;
+        let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
+        let pure_fullcopy = !edit::is_delta(&group);
+        edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
+        for (k, v) in &self.opts {
+            store_opt(tx, name, k, v, &dbs)?;
+        }
+        out.insert(0, format!("Added sync \"{name}\""));
+        Ok(out)
+    }
+}
+
+/// `capra add sync NAME relgroup=RG dbs=...` in both grammars.
+pub(super) fn add_sync(ctx: &Ctx, w: &Words) -> Result<()> {
+    let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "add sync")?;
+    warn_inert_opts(&a);
+    let name = new_sync_name(&a)?;
+    let relgroup = relgroup_arg(&a, name)?;
+    // Check option syntax before touching anything (conflict lists need
+    // the sync's databases: they are read in the edit).
     let mut opts: Vec<(String, String)> = Vec::new();
     for (k, v) in &a.pairs {
         if sync_opts::is_option(k) {
-            sync_opts::check(k, v, &[]).or_else(|e| {
-                // conflict lists need the sync's databases; checked again below
-                if k == "conflict_strategy" {
-                    Ok(sync_opts::Opt {
-                        column: "conflict_strategy",
-                        value: None,
-                        cast: "text",
-                    })
-                } else {
-                    Err(e)
-                }
-            })?;
+            if k != "conflict_strategy" {
+                sync_opts::parse(k, v, &[])?;
+            }
             opts.push((k.clone(), v.clone()));
         }
     }
+    let new = NewSync {
+        name,
+        args: &a,
+        relgroup,
+        opts,
+    };
     let mut cat = ctx.catalog()?;
-    let lines = edit_with_capture(
-        &mut cat,
-        |_| Ok(vec![name.clone()]),
-        |tx| {
-            let mut out = Vec::new();
-            if model::sync(tx, name)?.is_some() {
-                return Err(Error::Rejected(format!(
-                    "A sync with the name \"{name}\" already exists (see: capra list syncs)"
-                )));
-            }
-            let relgroup = match &rg_arg {
-                Some(r) => {
-                    if !model::relgroups(tx)?.iter().any(|g| &g.name == r) {
-                        return Err(Error::not_found_hint(
-                            "relgroup",
-                            r.clone(),
-                            "create it with capra add all tables db=DB relgroup=NAME",
-                        ));
-                    }
-                    r.clone()
-                }
-                None => {
-                    let all = model::relations(tx, None)?;
-                    let mut rels: Vec<Relation> = Vec::new();
-                    for t in a.get("tables").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-                        let hits = edit::match_relations(&all, t, None)?;
-                        if hits.is_empty() {
-                            return Err(Error::not_found_hint("table", t, "add it first with capra add table"));
-                        }
-                        rels.extend(hits.into_iter().cloned());
-                    }
-                    let mut rg = name.clone();
-                    let mut n = 2;
-                    while model::relgroups(tx)?.iter().any(|g| g.name == rg) {
-                        rg = format!("{name}_{n}");
-                        n += 1;
-                    }
-                    edit::ensure_relgroup(tx, &rg, Some(name))?;
-                    let refs: Vec<&Relation> = rels.iter().collect();
-                    edit::add_to_relgroup(tx, &rg, &refs)?;
-                    out.push(format!("Created a new relgroup named \"{rg}\""));
-                    rg
-                }
-            };
-            let (dbgroup, synctype) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
-            let group = model::dbgroup(tx, &dbgroup)?.expect("resolved above");
-            edit::check_sync_shape(tx, name, &relgroup, &group)?;
-            let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
-            let pure_fullcopy = !edit::is_delta(&group);
-            edit::insert_sync(tx, name, &relgroup, &dbgroup, synctype.as_deref(), !pure_fullcopy)?;
-            for (k, v) in &opts {
-                sync_opts::store(tx, name, k, v, &dbs)?;
-            }
-            out.insert(0, format!("Added sync \"{name}\""));
-            Ok(out)
-        },
-    )?;
+    let lines = edit_with_capture(&mut cat, |_| Ok(vec![name.clone()]), |tx| new.insert(tx))?;
     for l in lines {
         ctx.say(l);
     }
     Ok(())
 }
 
+/// `capra update sync NAME key=value...`.
 pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     let a = kv::split(&w.words, sync_opts::SYNC_KEYS, "update sync")?;
-    for (k, _) in &a.pairs {
-        if let Some(why) = sync_opts::inert(k) {
-            eprintln!("capra: warning: sync option '{k}' has {why}");
-        }
-    }
+    warn_inert_opts(&a);
     let names = crate::cli::strip_noise(&a.positional);
     let [name] = names.as_slice() else {
         return Err(Error::Usage("usage: capra update sync NAME key=value...".into()));
@@ -221,7 +303,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
     }
     for (k, v) in &a.pairs {
         if sync_opts::is_option(k) && k != "conflict_strategy" {
-            sync_opts::check(k, v, &[])?;
+            sync_opts::parse(k, v, &[])?;
         }
     }
     let mut cat = ctx.catalog()?;
@@ -245,7 +327,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
                 let (g, _) = sync_dbs(tx, &a, &relgroup, &mut out, name)?;
                 dbgroup = g;
             }
-            let group = model::dbgroup(tx, &dbgroup)?.expect("exists");
+            let group = dbgroup_of(tx, &dbgroup)?;
             if relgroup != s.relgroup || dbgroup != s.dbgroup {
                 edit::check_sync_shape(tx, name, &relgroup, &group)?;
                 edit::set_sync_groups(tx, name, &relgroup, &dbgroup)?;
@@ -261,7 +343,7 @@ pub(super) fn update_sync(ctx: &Ctx, w: &Words) -> Result<()> {
             }
             let dbs: Vec<String> = group.members.iter().map(|m| m.db.clone()).collect();
             for (k, v) in a.pairs.iter().filter(|(k, _)| sync_opts::is_option(k)) {
-                let (old, new) = sync_opts::store(tx, name, k, v, &dbs)?;
+                let (old, new) = store_opt(tx, name, k, v, &dbs)?;
                 let show = |x: Option<String>| match x.as_deref() {
                     None => "none".to_string(),
                     Some("true") => "1".into(),
@@ -299,7 +381,7 @@ pub fn set_status(ctx: &Ctx, names: &[String], active: bool) -> Result<()> {
                     return Err(Error::not_found_hint("sync", n.clone(), "see: capra list syncs"));
                 };
                 if active {
-                    let group = model::dbgroup(tx, &s.dbgroup)?.expect("exists");
+                    let group = dbgroup_of(tx, &s.dbgroup)?;
                     edit::check_sync_shape(tx, n, &s.relgroup, &group)?;
                 }
                 edit::set_sync_status(tx, n, active)?;

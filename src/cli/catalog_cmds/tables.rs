@@ -1,7 +1,18 @@
 //! Tables and sequences: `add all tables`, `add table`, `remove table`, `update table`.
 
-use super::*;
-use crate::domain::RelType;
+use super::db::{opt_text, pick_db};
+use super::{edit_with_capture, warn_inert};
+use crate::capture::reconcile;
+use crate::catalog::edit;
+use crate::catalog::model::{self, Relation};
+use crate::catalog::{Catalog, CatalogError};
+use crate::cli::kv::{self, check_name, key, Key};
+use crate::cli::sync_opts;
+use crate::cli::{AddAll, AllWhat, Ctx, Words};
+use crate::domain::{RelType, Strategy};
+use crate::error::{Error, Result};
+use crate::pg::discover::{self, Found};
+use crate::pg::ident::split_user_name;
 
 /// Table options kept only for Bucardo scripts (none today: every table
 /// option acts).
@@ -9,13 +20,13 @@ fn inert(_k: &str) -> Option<&'static str> {
     None
 }
 
-pub(super) const REL_KEYS: &[Key] = &[
+const REL_KEYS: &[Key] = &[
     key("db", &["database"]),
     key("relgroup", &["herd"]),
     key("standard_conflict", &["conflict_strategy"]),
 ];
 
-pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
+const TABLE_UPDATE_KEYS: &[Key] = &[
     key("db", &["database"]),
     key("pkey", &[]),
     key("autokick", &["ping"]),
@@ -29,7 +40,7 @@ pub(super) const TABLE_UPDATE_KEYS: &[Key] = &[
     key("filter", &["where", "row_filter"]),
 ];
 
-pub(super) fn split_commas(v: &[String]) -> Vec<String> {
+fn split_commas(v: &[String]) -> Vec<String> {
     v.iter()
         .flat_map(|s| s.split(','))
         .map(|s| s.trim().to_string())
@@ -38,13 +49,7 @@ pub(super) fn split_commas(v: &[String]) -> Vec<String> {
 }
 
 /// Whether a live relation passes the -t/-T/-n/-N filters.
-pub(super) fn passes(
-    f: &Found,
-    only_t: &[String],
-    skip_t: &[String],
-    only_n: &[String],
-    skip_n: &[String],
-) -> Result<bool> {
+fn passes(f: &Found, only_t: &[String], skip_t: &[String], only_n: &[String], skip_n: &[String]) -> Result<bool> {
     let matches_table = |term: &str| -> Result<bool> {
         let (schema, name) = split_user_name(term).map_err(Error::Usage)?;
         let name_ok = name.matches(&f.name.name) || name.matches_folded(&f.name.name);
@@ -77,6 +82,7 @@ pub(super) fn passes(
     Ok(true)
 }
 
+/// `capra add all tables|sequences [db=DB] [relgroup=RG] [-t/-T/-n/-N ...]`.
 pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
     let kvs = kv::split(&a.words, REL_KEYS, "add all")?;
     warn_inert("table", &kvs.pairs, inert);
@@ -100,8 +106,8 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
     let (only_t, skip_t) = (split_commas(&a.table), split_commas(&a.exclude_table));
     let (only_n, skip_n) = (split_commas(&a.schema), split_commas(&a.exclude_schema));
     let (kind, live) = match a.what {
-        AllWhat::Tables => ("table", discover::tables(&mut client)?),
-        AllWhat::Sequences => ("sequence", discover::sequences(&mut client)?),
+        AllWhat::Tables => (RelType::Table, discover::tables(&mut client)?),
+        AllWhat::Sequences => (RelType::Sequence, discover::sequences(&mut client)?),
     };
     // Filters that name a table that does not exist are most likely typos.
     for t in only_t.iter().chain(skip_t.iter()) {
@@ -110,10 +116,12 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
                 .iter()
                 .any(|f| passes(f, std::slice::from_ref(t), &[], &[], &[]).unwrap_or(false))
         {
-            return Err(Error::Rejected(format!(
-                "no {kind} named {t} in database \"{}\" (check the -t/-T value; see \\d in psql)",
-                db.name
-            )));
+            return Err(CatalogError::NoSuchLive {
+                reltype: kind,
+                term: t.clone(),
+                db: db.name.clone(),
+            }
+            .into());
         }
     }
     let mut chosen = Vec::new();
@@ -123,24 +131,14 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
         }
     }
     if chosen.is_empty() {
-        return Err(Error::Rejected(format!(
-            "no {kind}s found in database \"{}\"{}",
-            db.name,
-            if only_t.is_empty() && skip_t.is_empty() && only_n.is_empty() && skip_n.is_empty() {
-                String::new()
-            } else {
-                " matching the -t/-T/-n/-N filters".to_string()
-            }
-        )));
+        return Err(CatalogError::NothingFound {
+            reltype: kind,
+            db: db.name.clone(),
+            filtered: !(only_t.is_empty() && skip_t.is_empty() && only_n.is_empty() && skip_n.is_empty()),
+        }
+        .into());
     }
-    let report = store_found(
-        ctx,
-        &mut cat,
-        &db.name,
-        relgroup.as_deref(),
-        &chosen,
-        conflict.as_deref(),
-    )?;
+    let report = store_found(ctx, &mut cat, &db.name, relgroup.as_deref(), &chosen, conflict.as_ref())?;
     for f in &chosen {
         let n = &f.name;
         let new = report.added.contains(n);
@@ -165,13 +163,13 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
 /// Stores live tables or sequences (and their relgroup) in the catalog,
 /// capturing them for syncs already using the relgroup; says when the
 /// relgroup was created.
-pub(super) fn store_found(
+fn store_found(
     ctx: &Ctx,
     cat: &mut Catalog,
     db: &str,
     relgroup: Option<&str>,
     found: &[Found],
-    conflict: Option<&str>,
+    conflict: Option<&Strategy>,
 ) -> Result<edit::AddedRelations> {
     let rgs: Vec<String> = relgroup.iter().map(|s| s.to_string()).collect();
     let report = edit_with_capture(
@@ -220,14 +218,17 @@ pub(super) fn match_live(live: &[Found], terms: &[String], kind: &str, db: &str)
         }
     }
     if !missing.is_empty() {
-        return Err(Error::Rejected(format!(
-            "no {kind} matching {} in database \"{db}\"; nothing was added",
-            missing.join(", ")
-        )));
+        return Err(CatalogError::NoMatchLive {
+            what: kind.into(),
+            terms: missing,
+            db: db.into(),
+        }
+        .into());
     }
     Ok(out)
 }
 
+/// `capra add table|sequence NAME... [db=DB] [relgroup=RG]`.
 pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, REL_KEYS, &format!("add {kind}"))?;
     warn_inert(kind.as_str(), &a.pairs, inert);
@@ -253,14 +254,7 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
         discover::sequences(&mut client)?
     };
     let chosen = match_live(&live, &a.positional, kind.as_str(), &db.name)?;
-    let report = store_found(
-        ctx,
-        &mut cat,
-        &db.name,
-        relgroup.as_deref(),
-        &chosen,
-        conflict.as_deref(),
-    )?;
+    let report = store_found(ctx, &mut cat, &db.name, relgroup.as_deref(), &chosen, conflict.as_ref())?;
     for f in &chosen {
         let n = &f.name;
         match &relgroup {
@@ -273,6 +267,7 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     Ok(())
 }
 
+/// `capra remove table|sequence NAME... [db=DB]`; returns the lines to show.
 pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> Result<Vec<String>> {
     let a = kv::split(&w.words, &[key("db", &["database"])], &format!("remove {kind}"))?;
     let db = a.get("db").map(String::from);
@@ -296,6 +291,120 @@ pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> R
     Ok(out)
 }
 
+/// The one catalog relation a user's term names (db= narrows it).
+fn one_relation(cat: &mut Catalog, term: &str, db: Option<&str>, kind: RelType) -> Result<Relation> {
+    let all = model::relations(&mut cat.client, Some(kind))?;
+    let hits = edit::match_relations(&all, term, db)?;
+    match hits.as_slice() {
+        [] => Err(Error::not_found_hint(
+            kind.as_str(),
+            term,
+            format!("see: capra list {kind}s"),
+        )),
+        [one] => Ok((*one).clone()),
+        _ => Err(CatalogError::AmbiguousMatch {
+            reltype: kind,
+            term: term.into(),
+        }
+        .into()),
+    }
+}
+
+/// Connects to the database a catalog relation lives in.
+fn connect_to(cat: &mut Catalog, rel: &Relation) -> Result<postgres::Client> {
+    let db = model::db(&mut cat.client, &rel.db)?
+        .ok_or_else(|| Error::not_found_hint("database", rel.db.clone(), "see: capra list dbs"))?;
+    db.connect()
+}
+
+/// The changes `update table` makes to one relation: (column, value,
+/// SQL type) to store, and the lines that say so.
+struct RelUpdate<'a> {
+    kind: RelType,
+    rel: &'a Relation,
+    sets: Vec<(String, Option<String>, &'static str)>,
+    lines: Vec<String>,
+}
+
+impl RelUpdate<'_> {
+    /// `pkey=`: checked against the live table, which must have such a key.
+    fn pkey(&mut self, cat: &mut Catalog, v: &str) -> Result<()> {
+        let (kind, rel) = (self.kind, self.rel);
+        let cols: Vec<String> = v
+            .split([',', '|'])
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut client = connect_to(cat, rel)?;
+        let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| CatalogError::NotAKey {
+            columns: cols.clone(),
+            table: rel.name.clone(),
+            db: rel.db.clone(),
+        })?;
+        self.sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
+        self.sets
+            .push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
+        self.sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
+        self.lines.push(format!(
+            "Changed {kind} {} key to {}",
+            rel.name.human(),
+            key.columns.join("|")
+        ));
+        Ok(())
+    }
+
+    /// `filter=`: checked, then tried on the live table; empty or `none` removes it.
+    fn filter(&mut self, cat: &mut Catalog, v: &str) -> Result<()> {
+        let (kind, rel) = (self.kind, self.rel);
+        let f = match v.trim() {
+            "" => None,
+            s if s.eq_ignore_ascii_case("none") => None,
+            s => Some(crate::capture::validate::check_filter(s)?),
+        };
+        if let Some(f) = &f {
+            let mut client = connect_to(cat, rel)?;
+            crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
+        }
+        self.lines.push(match &f {
+            Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
+            None => format!("Removed the filter of {kind} {}", rel.name.human()),
+        });
+        self.sets.push(("filter".into(), f, "text"));
+        Ok(())
+    }
+
+    /// Every other key: checked here, nothing live to ask.
+    fn option(&mut self, k: &str, v: &str) -> Result<()> {
+        let (kind, name) = (self.kind, self.rel.name.human());
+        match k {
+            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
+                let b = kv::bool_value(k, v)?;
+                self.sets.push((k.into(), Some(b.to_string()), "boolean"));
+                self.lines.push(format!("Changed {kind} {name} {k} to {}", b as u8));
+            }
+            "rebuild_index" => {
+                let b = kv::bool_value(k, v)?;
+                self.sets.push((k.into(), Some((b as u8).to_string()), "smallint"));
+                self.lines
+                    .push(format!("Changed {kind} {name} rebuild_index to {}", b as u8));
+            }
+            "conflict_strategy" => {
+                let s = sync_opts::conflict_strategy(v, &[])?;
+                self.lines
+                    .push(format!("Changed {kind} {name} conflict_strategy to {s}"));
+                self.sets.push((k.into(), Some(s.to_string()), "text"));
+            }
+            "makedelta" => {
+                self.sets.push((k.into(), opt_text(v), "text"));
+                self.lines.push(format!("Changed {kind} {name} makedelta to {v}"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `capra update table|sequence NAME [db=DB] key=value...`.
 pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     let a = kv::split(&w.words, TABLE_UPDATE_KEYS, &format!("update {kind}"))?;
     warn_inert(kind.as_str(), &a.pairs, inert);
@@ -305,107 +414,29 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()>
         )));
     };
     let mut cat = ctx.catalog()?;
-    let all = model::relations(&mut cat.client, Some(kind))?;
-    let hits = edit::match_relations(&all, term, a.get("db"))?;
-    let rel: Relation = match hits.as_slice() {
-        [] => {
-            return Err(Error::not_found_hint(
-                kind.as_str(),
-                term.clone(),
-                format!("see: capra list {kind}s"),
-            ))
-        }
-        [one] => (*one).clone(),
-        _ => {
-            return Err(Error::Rejected(format!(
-                "more than one {kind} matches {term}: use schema.name and db=NAME"
-            )))
-        }
+    let rel = one_relation(&mut cat, term, a.get("db"), kind)?;
+    let mut up = RelUpdate {
+        kind,
+        rel: &rel,
+        sets: Vec::new(),
+        lines: Vec::new(),
     };
-    let mut lines = Vec::new();
-    let mut sets: Vec<(String, Option<String>, &'static str)> = Vec::new();
     for (k, v) in &a.pairs {
         match k.as_str() {
-            "db" => {}
-            "pkey" => {
-                let cols: Vec<String> = v
-                    .split([',', '|'])
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
-                let mut client = db.connect()?;
-                let key = discover::is_unique_key(&mut client, &rel.name, &cols)?.ok_or_else(|| {
-                    Error::Rejected(format!(
-                        "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
-                        cols.join(", "),
-                        rel.name.human(),
-                        rel.db,
-                        rel.name.sql(),
-                        cols.join(", ")
-                    ))
-                })?;
-                sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
-                sets.push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
-                sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
-                lines.push(format!(
-                    "Changed {kind} {} key to {}",
-                    rel.name.human(),
-                    key.columns.join("|")
-                ));
-            }
-            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
-                let b = a.bool(k)?.expect("given");
-                sets.push((k.clone(), Some(b.to_string()), "boolean"));
-                lines.push(format!("Changed {kind} {} {k} to {}", rel.name.human(), b as u8));
-            }
-            "rebuild_index" => {
-                let b = a.bool(k)?.expect("given");
-                sets.push((k.clone(), Some((b as u8).to_string()), "smallint"));
-                lines.push(format!(
-                    "Changed {kind} {} rebuild_index to {}",
-                    rel.name.human(),
-                    b as u8
-                ));
-            }
-            "conflict_strategy" => {
-                let s = sync_opts::conflict_strategy(v, &[])?;
-                lines.push(format!("Changed {kind} {} conflict_strategy to {s}", rel.name.human()));
-                sets.push((k.clone(), Some(s), "text"));
-            }
-            "makedelta" => {
-                sets.push((k.clone(), opt_text(v), "text"));
-                lines.push(format!("Changed {kind} {} makedelta to {v}", rel.name.human()));
-            }
-            "filter" => {
-                let f = match v.trim() {
-                    "" => None,
-                    s if s.eq_ignore_ascii_case("none") => None,
-                    s => Some(crate::capture::validate::check_filter(s)?),
-                };
-                if let Some(f) = &f {
-                    let db = model::db(&mut cat.client, &rel.db)?.expect("relation's db exists");
-                    let mut client = db.connect()?;
-                    crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
-                }
-                lines.push(match &f {
-                    Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
-                    None => format!("Removed the filter of {kind} {}", rel.name.human()),
-                });
-                sets.push((k.clone(), f, "text"));
-            }
-            _ => unreachable!(),
+            "pkey" => up.pkey(&mut cat, v)?,
+            "filter" => up.filter(&mut cat, v)?,
+            _ => up.option(k, v)?,
         }
     }
+    let RelUpdate { sets, lines, .. } = up;
     if sets.is_empty() {
         return Err(Error::Usage(format!(
             "nothing to change for {kind} {term}: give key=value pairs"
         )));
     }
-    let rel_id = rel.id;
     edit_with_capture(
         &mut cat,
-        |tx| reconcile::syncs_of_relations(tx, &[rel_id]),
+        |tx| reconcile::syncs_of_relations(tx, &[rel.id]),
         |tx| {
             for (col, val, cast) in &sets {
                 edit::set_relation_column(tx, &rel, col, val, cast)?;
@@ -420,7 +451,7 @@ pub(super) fn update_relation(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()>
 }
 
 /// A PostgreSQL array literal for text values.
-pub(super) fn pg_array(v: &[String]) -> String {
+fn pg_array(v: &[String]) -> String {
     let items: Vec<String> = v
         .iter()
         .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))

@@ -40,14 +40,7 @@ impl Args {
 
     /// A boolean key, checked.
     pub fn bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => parse_bool(v).map(Some).ok_or_else(|| {
-                Error::Usage(format!(
-                    "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
-                ))
-            }),
-        }
+        self.get(k).map(|v| bool_value(k, v)).transpose()
     }
 
     /// A key restricted to a list of values (case-insensitive).
@@ -56,6 +49,11 @@ impl Args {
             None => Ok(None),
             Some(v) => check_choice(k, v, choices).map(Some),
         }
+    }
+
+    /// A key restricted to a domain type's words (case-insensitive).
+    pub fn choice_of<T: std::str::FromStr>(&self, k: &str, choices: &[&str]) -> Result<Option<T>> {
+        self.get(k).map(|v| parse_choice(k, v, choices)).transpose()
     }
 
     /// A non-negative whole number.
@@ -83,6 +81,27 @@ pub fn check_choice(k: &str, v: &str, choices: &[&str]) -> Result<String> {
             choices.join(", ")
         )))
     }
+}
+
+/// The value of boolean key `k`, checked.
+pub fn bool_value(k: &str, v: &str) -> Result<bool> {
+    parse_bool(v).ok_or_else(|| {
+        Error::Usage(format!(
+            "invalid value for '{k}': {v:?} (must be true or false: 1/0, yes/no, on/off)"
+        ))
+    })
+}
+
+/// Checks a value against a list (as [`check_choice`]) and reads it as a
+/// domain type whose words the list holds.
+pub fn parse_choice<T: std::str::FromStr>(k: &str, v: &str, choices: &[&str]) -> Result<T> {
+    let c = check_choice(k, v, choices)?;
+    c.parse::<T>().map_err(|_| {
+        Error::Usage(format!(
+            "invalid value for '{k}': {v:?} (must be one of: {})",
+            choices.join(", ")
+        ))
+    })
 }
 
 /// Bucardo's boolean words: t/true/on/yes/1 and f/false/off/no/0.
