@@ -105,6 +105,16 @@ pub enum Error {
         driver: postgres::Error,
     },
 
+    /// The database answers, but every pooled connection to it is busy
+    /// (or the pool keeps failing to open one).
+    #[error("database \"{db}\": no pooled connection available: {detail}")]
+    PoolExhausted {
+        /// Which database.
+        db: String,
+        /// The pool's reason.
+        detail: String,
+    },
+
     /// A connection description cannot work (bad keyword, missing service).
     #[error("{target}: {source}")]
     ConnSpec {
@@ -254,7 +264,7 @@ impl Error {
                 Kind::Conflict
             }
             Error::CatalogVersion(_) => Kind::Conflict,
-            Error::Connect { .. } => Kind::Connection,
+            Error::Connect { .. } | Error::PoolExhausted { .. } => Kind::Connection,
             Error::Db { driver, .. } => {
                 if driver.is_closed() || driver.as_db_error().is_none() {
                     Kind::Connection

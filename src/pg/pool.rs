@@ -102,11 +102,9 @@ impl DbPool {
             Err(_) => {
                 // Connect directly once, so the error carries the cause.
                 self.dedicated()?;
-                self.pool.get().map_err(|e| {
-                    Error::Rejected(format!(
-                        "database \"{}\": no pooled connection available: {e}",
-                        self.name
-                    ))
+                self.pool.get().map_err(|e| Error::PoolExhausted {
+                    db: self.name.clone(),
+                    detail: e.to_string(),
                 })
             }
         }
