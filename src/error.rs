@@ -291,6 +291,20 @@ impl Kind {
         }
     }
 
+    /// Reads a kind back from its name (as stored with a failed run).
+    pub fn parse(s: &str) -> Option<Kind> {
+        [
+            Kind::Connection,
+            Kind::Input,
+            Kind::Conflict,
+            Kind::Server,
+            Kind::System,
+            Kind::Bug,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
     /// What it means for whoever reads the alert at 3 a.m.
     pub fn advice(self) -> &'static str {
         match self {

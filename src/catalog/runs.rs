@@ -166,12 +166,15 @@ pub fn fail_run(
     sync: &str,
     id: i64,
     error: &str,
+    kind: crate::error::Kind,
     sqlstate: Option<&postgres::error::SqlState>,
     retry_in_secs: f64,
 ) -> Result<()> {
     c.execute(
-        "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3 WHERE id = $1",
-        &[&id, &error, &sqlstate.map(|c| c.code())],
+        "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3,
+                details = pg_catalog.jsonb_build_object('kind', $4::text)
+          WHERE id = $1",
+        &[&id, &error, &sqlstate.map(|c| c.code()), &kind.as_str()],
     )
     .ctx(|| "recording a failed run".into())?;
     c.execute(
@@ -404,6 +407,9 @@ pub struct RunInfo {
     pub conflicts: i64,
     /// error.
     pub error: Option<String>,
+    /// What sort of trouble the error was (failed runs recorded by a
+    /// daemon that knows kinds).
+    pub kind: Option<crate::error::Kind>,
     /// today.
     pub today: bool,
 }
@@ -415,7 +421,8 @@ pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<Ru
         .query_opt(
             "SELECT id, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), to_char(ended, 'Mon DD, YYYY HH24:MI:SS'),
                     extract(epoch FROM now() - ended)::float8, extract(epoch FROM ended - started)::float8,
-                    inserts, deletes, truncates, conflicts, error, ended::date = current_date
+                    inserts, deletes, truncates, conflicts, error, ended::date = current_date,
+                    details->>'kind'
                FROM capra.run WHERE id = $1",
             &[&id],
         )
@@ -434,6 +441,10 @@ pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<Ru
             conflicts: r.col(8, Q)?,
             error: r.col(9, Q)?,
             today: r.col::<_, Option<bool>>(10, Q)?.unwrap_or(false),
+            kind: r
+                .col::<_, Option<String>>(11, Q)?
+                .as_deref()
+                .and_then(crate::error::Kind::parse),
         })
     })
     .transpose()

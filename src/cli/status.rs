@@ -318,14 +318,14 @@ fn settings_rows(rows: &mut Rows, s: &model::Sync, st: &SyncStatus, plan: &SyncP
     if s.vacuum_after_copy {
         rows.push(("Post-copy vacuum".into(), "Yes".into()));
     }
+    let failing = st.last_bad.as_ref().filter(|_| st.failures > 0);
     rows.push((
         "Last error:".into(),
-        st.last_bad
-            .as_ref()
-            .filter(|_| st.failures > 0)
-            .and_then(|b| b.error.clone())
-            .unwrap_or_default(),
+        failing.and_then(|b| b.error.clone()).unwrap_or_default(),
     ));
+    if let Some(k) = failing.and_then(|b| b.kind) {
+        rows.push(("Error kind".into(), format!("{} ({})", k.as_str(), k.advice())));
+    }
 }
 
 /// The databases with their roles, and the targets that fell behind.

@@ -385,7 +385,9 @@ impl Controller {
                 if let Ok(mut c) = self.engine.control.get() {
                     let recorded =
                         runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.pid, &self.engine.host)
-                            .and_then(|id| runs::fail_run(&mut *c, &self.name, id, &text, e.sqlstate(), wait));
+                            .and_then(|id| {
+                                runs::fail_run(&mut *c, &self.name, id, &text, e.kind(), e.sqlstate(), wait)
+                            });
                     if let Err(r) = recorded {
                         tracing::error!("Cannot record the failure: {r}");
                     }
@@ -847,6 +849,7 @@ impl<'a> RunRecord<'a> {
             self.name,
             self.run_id,
             text,
+            kind,
             sqlstate,
             self.retry_in,
         ) {

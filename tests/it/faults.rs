@@ -140,6 +140,11 @@ fn target_outage_mid_run_recovers_without_restart() {
     let st = c.ok(&["status", "bigs"]);
     assert!(st.contains("Last bad"), "{st}");
     assert!(st.contains("Bad ("), "{st}");
+    // And what sort of trouble it is: a target down goes away by itself.
+    assert!(
+        st.contains("Error kind") && st.contains(": connection (a database could not be reached"),
+        "{st}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     t.resume();
     // Same daemon, no restart, no kick: the retry converges.
