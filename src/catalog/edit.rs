@@ -273,7 +273,7 @@ pub fn add_relations(
     }
     for f in found {
         let (cols, types, kind) = match &f.key {
-            Some(k) => (k.columns.clone(), k.types.clone(), Some(k.kind.clone())),
+            Some(k) => (k.columns.clone(), k.types.clone(), Some(k.kind)),
             None => (Vec::new(), Vec::new(), None),
         };
         let row = tx

@@ -3,7 +3,7 @@
 use postgres::GenericClient;
 use serde::Serialize;
 
-use crate::domain::{DbStatus, DeleteMethod, Isolation, OneTimeCopy, RelType, Role, Status, Strategy};
+use crate::domain::{DbStatus, DeleteMethod, Isolation, KeyKind, OneTimeCopy, RelType, Role, Status, Strategy};
 use crate::error::{Context, Result};
 use crate::pg::connect::ConnSpec;
 use crate::pg::ident::QualName;
@@ -219,7 +219,7 @@ pub struct Relation {
     /// Their types.
     pub pkeytype: Vec<String>,
     /// `primary` or `unique` (None when there is no key).
-    pub keykind: Option<String>,
+    pub keykind: Option<KeyKind>,
     /// Per-table autokick override.
     pub autokick: Option<bool>,
     /// Per-table rebuild_index override.

@@ -142,6 +142,16 @@ text_enum! {
 }
 
 text_enum! {
+    /// What identifies a table's rows for capra.
+    KeyKind, "key kind" {
+        /// The primary key.
+        Primary = "primary",
+        /// A unique index whose columns are all NOT NULL.
+        Unique = "unique",
+    }
+}
+
+text_enum! {
     /// How a full copy empties a target's table.
     DeleteMethod, "deletemethod" {
         /// `DELETE FROM`: slow, but fires nothing and locks least.

@@ -17,7 +17,7 @@ pub struct Key {
     /// Column types (`format_type` with modifiers), same order.
     pub types: Vec<String>,
     /// `primary` or `unique`.
-    pub kind: String,
+    pub kind: crate::domain::KeyKind,
 }
 
 /// A table or sequence found in a live database.
@@ -264,7 +264,11 @@ pub fn is_unique_key(c: &mut impl GenericClient, name: &QualName, cols: &[String
             return Ok(Some(Key {
                 columns: cols.to_vec(),
                 types: ordered_types,
-                kind: if r.col::<_, bool>(0, &q)? { "primary" } else { "unique" }.into(),
+                kind: if r.col::<_, bool>(0, &q)? {
+                    crate::domain::KeyKind::Primary
+                } else {
+                    crate::domain::KeyKind::Unique
+                },
             }));
         }
     }

@@ -344,7 +344,7 @@ impl RelUpdate<'_> {
         self.sets.push(("pkey".into(), Some(pg_array(&key.columns)), "text[]"));
         self.sets
             .push(("pkeytype".into(), Some(pg_array(&key.types)), "text[]"));
-        self.sets.push(("keykind".into(), Some(key.kind.clone()), "text"));
+        self.sets.push(("keykind".into(), Some(key.kind.to_string()), "text"));
         self.lines.push(format!(
             "Changed {kind} {} key to {}",
             rel.name.human(),
