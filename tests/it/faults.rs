@@ -241,3 +241,73 @@ fn sigkill_at_random_moments_under_load() {
     c.ok(&["kick", "rk", "120"]);
     assert_eq!(checksum(a, &src, "acc"), checksum(b, &tgt, "acc"), "{}", c.log());
 }
+
+/// Whether `slow` on (cluster, db) can be locked now (no run holds it).
+fn table_free(c: &Cluster, db: &str) -> bool {
+    let mut cl = c.client(db);
+    let mut tx = cl.transaction().expect("a transaction");
+    tx.batch_execute("SET LOCAL lock_timeout = '200ms'; LOCK TABLE slow IN ACCESS SHARE MODE")
+        .is_ok()
+}
+
+/// One target dies in the middle of a full copy to two: the other target
+/// rolls back and frees its table at once, not after the source's COPY has
+/// streamed the rest of the table into nothing (a run's receivers roll back
+/// before its sources).
+#[test]
+fn a_target_dying_mid_copy_frees_the_other_target_at_once() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let src = a.create_db(&unique("free_src"));
+    let (t1, t2) = (b.create_db(&unique("free_t1")), b.create_db(&unique("free_t2")));
+    for (cl, db) in [(a, &src), (b, &t1), (b, &t2)] {
+        cl.exec(db, "CREATE TABLE slow (id int PRIMARY KEY, v text)");
+    }
+    a.exec(
+        &src,
+        "INSERT INTO slow SELECT g, md5(g::text) FROM generate_series(1, 3000) g",
+    );
+    let c = Capra::install(a);
+    c.add_db("src", a, &src);
+    c.add_db("t1", b, &t1);
+    c.add_db("t2", b, &t2);
+    c.ok(&["add", "table", "slow", "db=src", "relgroup=slowg"]);
+    // The source reads a row every 10 ms: the whole copy takes 30 s.
+    c.ok(&[
+        "update",
+        "table",
+        "slow",
+        "filter=pg_catalog.pg_sleep(0.01) IS NOT NULL",
+    ]);
+    c.ok(&[
+        "add",
+        "sync",
+        "slows",
+        "relgroup=slowg",
+        "dbs=src:source,t1:target,t2:target",
+        "autokick=0",
+        "onetimecopy=1",
+    ]);
+    c.ok(&["set", "kid_restart_sleep=60"]);
+    let _d = c.start();
+    c.ok(&["kick", "slows"]);
+    c.wait_for(60, "the copy to reach both targets", || {
+        writing(b, &t1) && writing(b, &t2)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!table_free(b, &t2), "the copy holds t2's table\n{}", c.log());
+    b.exec(
+        "postgres",
+        &format!(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+              WHERE datname = '{t1}' AND application_name = 'capra daemon'"
+        ),
+    );
+    let killed = std::time::Instant::now();
+    // The source still has about 25 s of rows to stream.
+    c.wait_for(15, "t2's table to be freed", || table_free(b, &t2));
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "t2 stayed locked {:?}",
+        killed.elapsed()
+    );
+}
