@@ -789,11 +789,16 @@ pub fn open_db(spec: &ConnSpec, name: &str) -> crate::Result<postgres::Client> {
     open(&resolve_for(spec, "capra", &target)?, &target)
 }
 
-/// Session settings on every connection: nothing the server's defaults
-/// set (idle_in_transaction_session_timeout, transaction_timeout on 17+,
-/// statement_timeout) may kill capra's long transactions; capra sets its
-/// own lock_timeout where it waits for locks.
-const SESSION_SETUP: &str = "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
+/// Session settings on every connection, in this order:
+/// - `search_path` is pinned to `pg_catalog, pg_temp` before anything else
+///   runs, so no operator, function or type that another user creates in a
+///   schema of the default path (`public`, `"$user"`) is ever resolved by
+///   capra's SQL and run with capra's rights;
+/// - nothing the server's defaults set (idle_in_transaction_session_timeout,
+///   transaction_timeout on 17+, statement_timeout) may kill capra's long
+///   transactions; capra sets its own lock_timeout where it waits for locks.
+const SESSION_SETUP: &str = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false); \
+     SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
      WHERE name IN ('idle_in_transaction_session_timeout', 'transaction_timeout', 'statement_timeout')";
 
 /// Opens one connection, bounded as a whole by the connect timeout (the

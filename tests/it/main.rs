@@ -16,6 +16,7 @@ mod multimaster;
 mod packages;
 mod plugins;
 mod replication;
+mod security;
 mod structure;
 mod tailmail;
 mod units;
