@@ -207,12 +207,10 @@ impl<'c> Src<'c> {
 /// table rewritten by ALTER ... TYPE, VACUUM FULL or CLUSTER after the
 /// snapshot would otherwise look empty to this run. The locks never block
 /// writers; DDL waits at most for the run, the run waits at most
-/// lock_timeout for DDL and is then retried.
+/// lock_timeout for DDL and is then retried. `RUN_MEMORY` is a SELECT,
+/// which takes the snapshot: it comes last, after the locks.
 fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> String {
-    let mut setup = format!(
-        "{TEXT_FORMATS}; {RUN_MEMORY}; SET LOCAL lock_timeout = {}",
-        env.lock_timeout_ms
-    );
+    let mut setup = format!("{TEXT_FORMATS}; SET LOCAL lock_timeout = {}", env.lock_timeout_ms);
     if !plan.tables.is_empty() {
         let mut names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
         if reads_changes(plan) {
@@ -224,6 +222,7 @@ fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> 
         }
         setup.push_str(&format!("; LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")));
     }
+    setup.push_str(&format!("; {RUN_MEMORY}"));
     setup
 }
 

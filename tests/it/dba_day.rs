@@ -290,6 +290,46 @@ fn table_rewritten_during_a_run_loses_nothing() {
     assert_eq!(checksum(a, &src, "z9"), checksum(b, &tgt, "z9"));
 }
 
+/// A rewrite already holding its lock when a run starts: the run waits for
+/// it, and must then read the rewritten table. A snapshot taken before the
+/// wait would see the rewritten table empty, and the run would delete the
+/// changed rows on the target and copy nothing back.
+#[test]
+fn a_run_waiting_for_a_rewrite_reads_the_rewritten_table() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE r (id int PRIMARY KEY, n int)";
+    let (c, src, tgt) = fixtures::synced("rewait", ddl, &["r"], &["autokick=0"]);
+    a.exec(&src, "INSERT INTO r SELECT g, 0 FROM generate_series(1, 1000) g");
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(count(b, &tgt, "r"), 1000, "{}", c.log());
+    a.exec(&src, "UPDATE r SET n = 1 WHERE id <= 500");
+    // Another session rewrites r and holds its lock for 3 s (lock_timeout
+    // is 10 s: the run waits for it).
+    let mut cl = a.client(&src);
+    let holder = std::thread::spawn(move || {
+        let mut tx = cl.transaction().expect("a transaction");
+        tx.batch_execute("ALTER TABLE r ALTER COLUMN n TYPE bigint")
+            .expect("the rewrite");
+        std::thread::sleep(Duration::from_secs(3));
+        tx.commit().expect("the rewrite commits");
+    });
+    wait_for(10, "the rewrite to hold r", || {
+        a.query(
+            &src,
+            "SELECT count(*)::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = 'r' AND l.mode = 'AccessExclusiveLock' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )[0]
+        .as_deref()
+            == Some("1")
+    });
+    c.ok(&["kick", "s", "60"]);
+    holder.join().expect("the rewriting session");
+    assert_eq!(count(b, &tgt, "r"), 1000, "rows vanished\n{}", c.log());
+    assert_eq!(checksum(a, &src, "r"), checksum(b, &tgt, "r"), "{}", c.log());
+}
+
 /// Keys widened on both sides: the application's next long-key INSERT
 /// succeeds at once (the change log holds no length limit) and replicates.
 #[test]
