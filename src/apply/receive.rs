@@ -451,7 +451,12 @@ impl<'c> Receivers<'c> {
                 true,
             ));
             sqls.push((
-                format!("INSERT INTO {} ({}) {from_json}", t.name.sql(), tab.meta.cols),
+                // Identity columns keep the source's values.
+                format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE {from_json}",
+                    t.name.sql(),
+                    tab.meta.cols
+                ),
                 false,
             ));
             if let Some(mid) = tab.md[i] {
@@ -561,7 +566,7 @@ impl OnSource<'_, '_, '_> {
     /// Inserts the staged rows whose key is absent here, noting them.
     fn insert_new_sql(&self) -> String {
         format!(
-            "WITH ins AS (INSERT INTO {} ({c}) SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})
+            "WITH ins AS (INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {})
                       RETURNING {keys})
          INSERT INTO pg_temp.capra_inserted SELECT * FROM ins",
             self.tab.t.name.sql(),

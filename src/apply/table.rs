@@ -241,9 +241,11 @@ pub(super) fn table_meta(
         .filter(|c| !c.generated)
         .map(|c| quote_ident(&c.name))
         .collect();
+    // An identity GENERATED ALWAYS column can only be updated to DEFAULT;
+    // its value never changes after the insert, so in-place updates skip it.
     let nonkey: Vec<String> = src_cols
         .iter()
-        .filter(|c| !c.generated && !shape.keycols.contains(&c.name))
+        .filter(|c| !c.generated && !c.identity_always && !shape.keycols.contains(&c.name))
         .map(|c| c.name.clone())
         .collect();
     let mut key_types = HashMap::new();

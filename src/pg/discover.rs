@@ -139,6 +139,9 @@ pub struct Column {
     pub has_default: bool,
     /// Generated column (never written by COPY).
     pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: written only with OVERRIDING
+    /// SYSTEM VALUE, never updated but to DEFAULT.
+    pub identity_always: bool,
 }
 
 /// What kind of relation a name is in a live database.
@@ -184,13 +187,17 @@ pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kin
 pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column>> {
     let v = server_version(c)?;
     let generated = if v >= 120000 { "a.attgenerated <> ''" } else { "false" };
-    let identity = if v >= 100000 { "a.attidentity <> ''" } else { "false" };
+    let (identity, always) = if v >= 100000 {
+        ("a.attidentity <> ''", "a.attidentity = 'a'")
+    } else {
+        ("false", "false")
+    };
     let q = format!("reading the columns of {}", name.human());
     let rows = c
         .query(
             &format!(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                        a.atthasdef OR {identity}, {generated}, format_type(a.atttypid, -1)
+                        a.atthasdef OR {identity}, {generated}, format_type(a.atttypid, -1), {always}
                    FROM pg_attribute a
                    JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
@@ -208,6 +215,7 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
                 has_default: r.col(3, &q)?,
                 generated: r.col(4, &q)?,
                 base_type: r.col(5, &q)?,
+                identity_always: r.col(6, &q)?,
             })
         })
         .collect()

@@ -822,3 +822,62 @@ fn a_row_held_during_a_truncate_replay_keeps_the_later_change() {
     );
     assert_eq!(checksum(a, &names[0], "t"), checksum(b, &names[1], "t"));
 }
+
+/// Identity columns on both sources (issue 17): a `GENERATED ALWAYS AS
+/// IDENTITY` key, and one that is not the key. New rows go to the other
+/// source with their values (OVERRIDING SYSTEM VALUE) and changed rows are
+/// updated in place without touching the identity column, which can only
+/// ever be updated to DEFAULT.
+#[test]
+fn identity_columns_replicate_between_sources() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let ddl = "CREATE TABLE ik (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+               CREATE TABLE inon (k int PRIMARY KEY, serial_no bigint GENERATED ALWAYS AS IDENTITY, v text)";
+    let names = dbs(&c, "idn", ddl, &[a, b]);
+    // Each source draws keys from its own range.
+    b.exec(&names[1], "ALTER TABLE ik ALTER COLUMN id RESTART WITH 1000");
+    c.ok(&["add", "table", "ik", "inon", "db=idn1", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=idn1:source,idn2:source",
+        "autokick=0",
+    ]);
+    let _d = c.start();
+    a.exec(
+        &names[0],
+        "INSERT INTO ik (v) SELECT 'a' FROM generate_series(1, 3); INSERT INTO inon (k, v) VALUES (1, 'a'), (2, 'a')",
+    );
+    b.exec(
+        &names[1],
+        "INSERT INTO ik (v) SELECT 'b' FROM generate_series(1, 3); INSERT INTO inon (k, v) VALUES (3, 'b')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    // Rows changed on the other side than where they were born.
+    b.exec(
+        &names[1],
+        "UPDATE ik SET v = 'b2' WHERE id = 1; UPDATE inon SET v = 'b2' WHERE k = 1",
+    );
+    a.exec(
+        &names[0],
+        "UPDATE ik SET v = 'a2' WHERE id = 1000; UPDATE inon SET v = 'a2' WHERE k = 3",
+    );
+    c.ok(&["kick", "s", "60"]);
+    for t in ["ik", "inon"] {
+        assert_eq!(
+            checksum(a, &names[0], t),
+            checksum(b, &names[1], t),
+            "{t} differs\n{}",
+            c.log()
+        );
+    }
+    assert_eq!(value(a, &names[0], "SELECT count(*) FROM ik"), "6");
+    assert_eq!(
+        value(a, &names[0], "SELECT string_agg(v, ',' ORDER BY k) FROM inon"),
+        "b2,a,a2"
+    );
+    assert!(last_run(&c, "s").starts_with("good"), "{}", c.log());
+}
