@@ -306,7 +306,10 @@ impl<'c> Receivers<'c> {
                     false,
                 ));
             } else {
-                let del = if qk.len() == 1 {
+                // One key column deletes by `= ANY`; an array-typed one
+                // cannot (a text array cast to `t[][]` is `t[]`): it goes
+                // by subscript like a composite key.
+                let del = if qk.len() == 1 && !types[0].ends_with("[]") {
                     format!(
                         "DELETE FROM {} WHERE {} = ANY ($1::text[]::{}[])",
                         tab.tbl(),

@@ -776,6 +776,30 @@ fn char_bit_and_odd_named_keys() {
     assert_eq!(count(b, &tgt, "ck"), 1);
 }
 
+/// A single-column array key (issue 17, item 6): keys travel as text, and
+/// a text array cast to `integer[][]` is still `integer[]`, so deleting by
+/// `= ANY(...)` failed every run; such keys are deleted by subscript.
+#[test]
+fn array_keys_replicate() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE arr (k int[] PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::synced("arrk", ddl, &["arr"], &["autokick=0"]);
+    let _d = c.start();
+    a.exec(
+        &src,
+        "INSERT INTO arr VALUES ('{1,2}', 'a'), ('{3}', 'b'), ('{}', 'empty'), ('{{1,2},{3,4}}', 'grid')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    a.exec(
+        &src,
+        "UPDATE arr SET v = 'a2' WHERE k = '{1,2}'; DELETE FROM arr WHERE k = '{3}';
+         UPDATE arr SET k = '{5,6}' WHERE k = '{}'",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "arr"), checksum(b, &tgt, "arr"), "{}", c.log());
+    assert_eq!(count(b, &tgt, "arr"), 3);
+}
+
 /// A partition attached (with rows) or dropped and re-created while the
 /// daemon is stopped: the start-up's capture check must not swallow the
 /// move; the rows arrive, the dropped ones leave.
