@@ -233,7 +233,7 @@ fn check_relation(
 ) -> Result<()> {
     let present = presence(rel, conns, found)?;
     if rel.reltype == RelType::Sequence {
-        return sequence_rights(scope, rel, conns, &present, found);
+        return rights(scope, rel, conns, &present, found);
     }
     let src_cols = if present[src_idx] {
         Some(discover::columns(&mut conns[src_idx].client, &rel.name)?)
@@ -271,7 +271,7 @@ fn check_relation(
         compare_columns(scope, rel, &src, m, &cols, found);
         extra_columns(rel, &src, m, &cols, found);
     }
-    table_rights(scope, rel, conns, &present, found)
+    rights(scope, rel, conns, &present, found)
 }
 
 /// Per member, whether the relation exists there as the right kind.
@@ -297,36 +297,6 @@ fn presence(rel: &Relation, conns: &mut [Member], found: &mut Findings) -> Resul
         }
     }
     Ok(present)
-}
-
-/// A sequence needs SELECT where it is read and UPDATE where it is set.
-fn sequence_rights(
-    scope: &Scope,
-    rel: &Relation,
-    conns: &mut [Member],
-    present: &[bool],
-    found: &mut Findings,
-) -> Result<()> {
-    for (i, m) in conns.iter_mut().enumerate() {
-        if !present[i] {
-            continue;
-        }
-        let need = if m.role == Role::Source && scope.sources() == 1 {
-            "SELECT"
-        } else {
-            "SELECT,UPDATE"
-        };
-        let missing = missing_privs(&mut m.client, rel, need)?;
-        if !missing.is_empty() {
-            found.problems.push(format!(
-                "the role lacks {} on sequence {} in database \"{}\"; GRANT it",
-                missing.join(", "),
-                rel.name.human(),
-                m.name
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A delta sync needs a declared key that is still a key on the source.
@@ -438,24 +408,33 @@ fn table_privs_needed(scope: &Scope, role: Role) -> String {
     need
 }
 
-/// capra's role needs its table privileges on every member.
-fn table_rights(
-    scope: &Scope,
-    rel: &Relation,
-    conns: &mut [Member],
-    present: &[bool],
-    found: &mut Findings,
-) -> Result<()> {
+/// capra's role needs its privileges on the relation on every member
+/// where it exists: on a sequence SELECT where it is read and UPDATE where
+/// it is set; on a table what the member's role takes.
+fn rights(scope: &Scope, rel: &Relation, conns: &mut [Member], present: &[bool], found: &mut Findings) -> Result<()> {
     for (i, m) in conns.iter_mut().enumerate() {
         if !present[i] {
             continue;
         }
-        let need = table_privs_needed(scope, m.role);
+        let (need, advice) = if rel.reltype == RelType::Sequence {
+            let need = if m.role == Role::Source && scope.sources() == 1 {
+                "SELECT"
+            } else {
+                "SELECT,UPDATE"
+            };
+            (need.to_string(), "GRANT it")
+        } else {
+            (
+                table_privs_needed(scope, m.role),
+                "GRANT it (or connect as the table owner)",
+            )
+        };
         let missing = missing_privs(&mut m.client, rel, &need)?;
         if !missing.is_empty() {
             found.problems.push(format!(
-                "the role lacks {} on table {} in database \"{}\"; GRANT it (or connect as the table owner)",
+                "the role lacks {} on {} {} in database \"{}\"; {advice}",
                 missing.join(", "),
+                rel.reltype,
                 rel.name.human(),
                 m.name
             ));
