@@ -216,7 +216,7 @@ impl Engine {
             age.map(|a| format!("{:.0}s ago", a.max(0.0)))
                 .unwrap_or_else(|| "never".into())
         );
-        *super::engine::lock(&self.status_line) = line;
+        *crate::sys::lock(&self.status_line) = line;
     }
 
     /// Reconnects to the control database and takes the lock again.

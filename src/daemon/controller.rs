@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Local;
 
-use super::engine::{lock, CtlMsg, Engine, Job, Reason};
+use super::engine::{CtlMsg, Engine, Job, Reason};
+use crate::sys::lock;
 use postgres::error::SqlState;
 
 use crate::apply::pools::Cancel;

@@ -33,6 +33,7 @@ use crate::domain::{Isolation, Status, Strategy};
 use crate::error::Result;
 use crate::pg::pool::DbPool;
 pub use crate::schedule::timing::Reason;
+use crate::sys::lock;
 
 /// Settings the engine reads from `capra.config`.
 #[derive(Clone, Debug)]
@@ -220,15 +221,15 @@ impl Engine {
         for i in 0..workers {
             let rx = rx.clone();
             handles.push(crate::sys::spawn(&format!("capra-worker-{i}"), move || loop {
-                let job = { crate::sys::lock(&rx).recv() };
+                let job = { lock(&rx).recv() };
                 match job {
                     Ok(j) => j(),
                     Err(_) => return,
                 }
             })?);
         }
-        *crate::sys::lock(&e.jobs) = Some(tx);
-        *crate::sys::lock(&e.workers) = handles;
+        *lock(&e.jobs) = Some(tx);
+        *lock(&e.workers) = handles;
         Ok(e)
     }
 
@@ -243,7 +244,7 @@ impl Engine {
     }
 
     pub(super) fn submit(&self, job: Job) -> bool {
-        match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.jobs) {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
         }
@@ -356,17 +357,11 @@ impl Engine {
                 let _ = j.join();
             }
         }
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        for w in self.workers.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        lock(&self.jobs).take();
+        for w in lock(&self.workers).drain(..) {
             let _ = w.join();
         }
     }
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding
-/// it (capra's shared state stays valid across a contained panic).
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Engine {

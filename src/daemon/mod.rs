@@ -366,7 +366,7 @@ async fn supervise(
                     return Ok(format!("stop file {} found", stopfile.display()));
                 }
                 dog.feed(&engine);
-                let line = engine::lock(&engine.status_line).clone();
+                let line = crate::sys::lock(&engine.status_line).clone();
                 if !line.is_empty() && line != last_status {
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                     last_status = line;

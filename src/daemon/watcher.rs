@@ -29,9 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::{lock, CtlMsg, Engine, Reason, WatcherHandle};
+use super::engine::{CtlMsg, Engine, Reason, WatcherHandle};
 use crate::catalog::model::Db;
 use crate::logging;
+use crate::sys::lock;
 
 /// Poll interval while changes flow.
 const POLL_BUSY: Duration = Duration::from_millis(2);
