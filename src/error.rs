@@ -11,8 +11,7 @@ use postgres::error::SqlState;
 use crate::pg;
 
 /// What sort of trouble an error is, whatever its wording.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// A database could not be reached or dropped the connection: the
     /// same work may succeed later unchanged.
@@ -247,14 +246,6 @@ impl Error {
         }
     }
 
-    /// Whether the error is a serialization failure or deadlock.
-    pub fn is_serialization(&self) -> bool {
-        matches!(
-            self.sqlstate(),
-            Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
-        )
-    }
-
     /// What sort of trouble this is (see [`Kind`]).
     pub fn kind(&self) -> Kind {
         match self {
@@ -319,6 +310,13 @@ impl Kind {
             Kind::System => "this machine refused (a file, a thread, a process)",
             Kind::Bug => "capra broke one of its own rules; please report it",
         }
+    }
+}
+
+/// JSON (`status --json`) spells a kind as mail does.
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
