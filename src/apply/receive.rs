@@ -52,6 +52,8 @@ pub(super) struct Batch<'a> {
     pub(super) keys_sql: &'a str,
     /// The sending source's index (staged with each key on a source).
     pub(super) from: i32,
+    /// The sending source's name.
+    pub(super) from_db: &'a str,
     /// Keys per statement.
     pub(super) chunk: usize,
 }
@@ -140,7 +142,7 @@ impl<'c> Receivers<'c> {
     pub(super) fn is_empty(&mut self, i: usize, tab: &TableCtx<'_>) -> Result<bool> {
         let name = &self.names[i];
         self.txs[i]
-            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", tab.tbl()), &[])
+            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", tab.tbl_on(name)), &[])
             .ctx(|| format!("checking whether {} is empty on \"{name}\"", tab.human()))?
             .col(0, "whether a table is empty")
     }
@@ -181,7 +183,7 @@ impl<'c> Receivers<'c> {
     /// changes; makedelta logs what was deleted.
     pub(super) fn delete_missing(
         &mut self,
-        stx: &mut Transaction<'_>,
+        (src, stx): (&str, &mut Transaction<'_>),
         idx: &[usize],
         tab: &TableCtx<'_>,
         spare: &[Option<String>],
@@ -191,11 +193,11 @@ impl<'c> Receivers<'c> {
             self.txs[i]
                 .batch_execute(&format!(
                     "DROP TABLE IF EXISTS pg_temp.capra_keys; CREATE TEMP TABLE capra_keys ON COMMIT DROP AS SELECT {keys} FROM {} WITH NO DATA",
-                    tab.tbl()
+                    tab.tbl_on(&self.names[i])
                 ))
                 .ctx(|| format!("preparing to compare keys of {} on \"{}\"", tab.human(), self.names[i]))?;
         }
-        let q = format!("COPY (SELECT {keys} FROM {}) TO STDOUT", tab.tbl());
+        let q = format!("COPY (SELECT {keys} FROM {}) TO STDOUT", tab.tbl_on(src));
         let dests: Vec<(usize, String)> = idx
             .iter()
             .map(|i| (*i, format!("COPY pg_temp.capra_keys ({keys}) FROM STDIN")))
@@ -215,7 +217,7 @@ impl<'c> Receivers<'c> {
                 deleted += n;
                 held.extend(h);
             } else {
-                let mut del = format!("DELETE FROM {} t WHERE {missing}", tab.tbl());
+                let mut del = format!("DELETE FROM {} t WHERE {missing}", tab.tbl_on(db));
                 if let Some(mid) = tab.md[i] {
                     del = format!(
                         "WITH gone AS ({del} RETURNING {}) INSERT INTO capra.delta_{mid} ({keys}) SELECT * FROM gone",
@@ -312,7 +314,7 @@ impl<'c> Receivers<'c> {
                 let del = if qk.len() == 1 && !types[0].ends_with("[]") {
                     format!(
                         "DELETE FROM {} WHERE {} = ANY ($1::text[]::{}[])",
-                        tab.tbl(),
+                        tab.tbl_on(&self.names[i]),
                         qk[0],
                         types[0]
                     )
@@ -324,7 +326,7 @@ impl<'c> Receivers<'c> {
                         .collect();
                     format!(
                         "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM generate_subscripts($1::text[], 1) AS s(i))",
-                        tab.tbl(),
+                        tab.tbl_on(&self.names[i]),
                         keys,
                         sel.join(", ")
                     )
@@ -362,7 +364,7 @@ impl<'c> Receivers<'c> {
         let q = format!(
             "COPY (SELECT {} FROM {} WHERE ({}) IN ({}){}) TO STDOUT",
             tab.meta.cols,
-            tab.tbl(),
+            tab.tbl_on(batch.from_db),
             tab.keys(),
             batch.keys_sql,
             t.filter.as_deref().map(|f| format!(" AND ({f})")).unwrap_or_default()
@@ -450,7 +452,11 @@ impl<'c> Receivers<'c> {
             ));
         } else {
             sqls.push((
-                format!("DELETE FROM {} WHERE {}", tab.tbl(), key_params_eq(&tab.qk, &types, "")),
+                format!(
+                    "DELETE FROM {} WHERE {}",
+                    tab.tbl_on(&self.names[i]),
+                    key_params_eq(&tab.qk, &types, "")
+                ),
                 true,
             ));
             sqls.push((
@@ -495,7 +501,7 @@ impl<'c> Receivers<'c> {
             x,
             tab,
             md: tab.md[r],
-            tbl: tab.tbl(),
+            tbl: tab.tbl_on(&self.names[r]),
         };
         on.lock()?;
         let mut busy = on.set_aside()?;
@@ -745,14 +751,11 @@ impl OnSource<'_, '_, '_> {
             db: srcs[w].db.name.clone(),
             at: change_time(&mut srcs[w], tab, &wtypes, key)?,
         };
-        let types = tab.types_on(db);
         let tx = &mut *self.tx;
         let mut rows = || -> Result<Vec<(String, Option<serde_json::Value>)>> {
             let wname = srcs[w].db.name.clone();
-            Ok(vec![
-                (wname, row_json(&mut srcs[w].tx, tab, &wtypes, key)?),
-                (db.to_string(), row_json(tx, tab, &types, key)?),
-            ])
+            let theirs = row_json(&mut srcs[w].tx, tab, &wname, key)?;
+            Ok(vec![(wname, theirs), (db.to_string(), row_json(tx, tab, db, key)?)])
         };
         st.settle(
             tab,
@@ -923,7 +926,7 @@ fn delete_on_source(
 ) -> Result<(u64, Vec<Vec<String>>)> {
     let keys = tab.keys();
     let tk = tab.keys_of("t");
-    let tbl = tab.tbl();
+    let tbl = tab.tbl_on(db);
     let on = tab.on("t", "l");
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS pg_temp.capra_dlocked; CREATE TEMP TABLE capra_dlocked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
@@ -994,7 +997,7 @@ pub(super) fn truncate_or_delete(
     tab: &TableCtx<'_>,
     method: DeleteMethod,
 ) -> Result<u64> {
-    let tbl = tab.tbl();
+    let tbl = tab.tbl_on(db);
     if method != DeleteMethod::Delete {
         let cascade = if method == DeleteMethod::TruncateCascade {
             " CASCADE"
@@ -1029,7 +1032,7 @@ fn stage_tables(tx: &mut Transaction<'_>, db: &str, tab: &TableCtx<'_>) -> Resul
          CREATE TEMP TABLE capra_in_keys ON COMMIT DROP AS SELECT {keys}, 0::integer AS capra_from FROM {tbl} WITH NO DATA;
          CREATE TEMP TABLE capra_in_rows ON COMMIT DROP AS SELECT {cols} FROM {tbl} WITH NO DATA",
         keys = tab.keys(),
-        tbl = tab.tbl(),
+        tbl = tab.tbl_on(db),
         cols = tab.meta.cols
     ))
     .ctx(|| format!("preparing to apply {} on \"{db}\"", tab.human()))

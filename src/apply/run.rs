@@ -476,9 +476,10 @@ impl<'a, 'e> Run<'a, 'e> {
             keycols: &keycols,
             signature: sig,
         };
+        let src0 = &mut open.srcs[0];
         let meta = table_meta(
             &mut cache.meta,
-            &mut open.srcs[0].tx,
+            (&src0.db.name, &mut src0.tx),
             &mut open.rx.txs,
             &open.rx.names,
             t,
@@ -593,7 +594,7 @@ impl<'a, 'e> Run<'a, 'e> {
         let q = format!(
             "COPY (SELECT {} FROM {}{}) TO STDOUT",
             tab.meta.cols,
-            tab.tbl(),
+            tab.tbl_on(&open.srcs[0].db.name),
             t.filter.as_deref().map(|f| format!(" WHERE ({f})")).unwrap_or_default()
         );
         let into = format!("COPY {} ({}) FROM STDIN", t.name.sql(), tab.meta.cols);
@@ -724,7 +725,8 @@ impl<'a, 'e> Run<'a, 'e> {
             let spare: Vec<Option<String>> = (0..open.rx.txs.len())
                 .map(|i| spare_clause(&open.srcs, open.rx.kinds[i], tab))
                 .collect();
-            let (n, h) = open.rx.delete_missing(&mut open.srcs[si].tx, &recv, tab, &spare)?;
+            let s = &mut open.srcs[si];
+            let (n, h) = open.rx.delete_missing((&s.db.name, &mut s.tx), &recv, tab, &spare)?;
             tr.deleted += n;
             held.extend(h);
             tr.truncated = true;
@@ -801,11 +803,13 @@ impl<'a, 'e> Run<'a, 'e> {
         let mut staged: BTreeSet<usize> = BTreeSet::new();
         for (w, keys_sql) in &found.won {
             let own = open.srcs[*w].recv;
+            let src_name = open.srcs[*w].db.name.clone();
             let recv: Vec<usize> = delta_idx.iter().copied().filter(|i| Some(*i) != own).collect();
             let batch = Batch {
                 recv: &recv,
                 keys_sql,
                 from: *w as i32,
+                from_db: &src_name,
                 chunk: self.env.chunk,
             };
             open.rx
@@ -1020,7 +1024,7 @@ fn after_copy(rx: &mut Receivers<'_>, i: usize, tab: &TableCtx<'_>, rebuild: boo
         rx.txs[i]
             .batch_execute(&format!(
                 "INSERT INTO capra.truncate_log (captured) VALUES ({mid}); INSERT INTO capra.delta_{mid} ({k}) SELECT {k} FROM {}",
-                tab.tbl()
+                tab.tbl_on(&rx.names[i])
             ))
             .ctx(|| format!("logging the copy of {} on \"{}\" (makedelta)", t.name.human(), rx.names[i]))?;
     }

@@ -169,15 +169,16 @@ impl Settle<'_, '_> {
 pub(super) fn row_json(
     tx: &mut Transaction<'_>,
     tab: &TableCtx<'_>,
-    types: &[String],
+    db: &str,
     key: &[String],
 ) -> Result<Option<serde_json::Value>> {
+    let types = tab.types_on(db);
     let r = tx
         .query_opt(
             &format!(
                 "SELECT row_to_json(t)::text FROM {} t WHERE {}",
-                tab.tbl(),
-                key_params_eq(&tab.qk, types, "t.")
+                tab.tbl_on(db),
+                key_params_eq(&tab.qk, &types, "t.")
             ),
             &text_params(key),
         )
@@ -245,8 +246,8 @@ pub(super) fn detect(
                 let mut out = Vec::new();
                 for &c in &who {
                     let name = srcs[c].db.name.clone();
-                    let types = tab.types_on(&name);
-                    out.push((name, row_json(&mut srcs[c].tx, tab, &types, &min)?));
+                    let row = row_json(&mut srcs[c].tx, tab, &name, &min)?;
+                    out.push((name, row));
                 }
                 Ok(out)
             };

@@ -46,8 +46,12 @@ pub(super) struct TableMeta {
     pub(super) cols: String,
     /// The non-key columns among them (unquoted), for in-place updates.
     pub(super) nonkey: Vec<String>,
-    /// `ONLY ` for plain tables; nothing for partitioned ones.
-    pub(super) only: &'static str,
+    /// Per database (the first source and every written one): `ONLY ` where
+    /// the table is plain there, nothing where it is partitioned. Decided
+    /// per side: a plain source may feed a partitioned target (where
+    /// `DELETE FROM ONLY` would delete nothing) and the reverse (where a
+    /// plain target's inheritance children must be left alone).
+    pub(super) only: HashMap<String, &'static str>,
     /// Per written database: the key columns' types there (for casts).
     pub(super) key_types: HashMap<String, Vec<String>>,
 }
@@ -96,9 +100,14 @@ impl<'a> TableCtx<'a> {
         self.qk.join(", ")
     }
 
-    /// The table as a statement names it (`ONLY` for plain tables).
-    pub(super) fn tbl(&self) -> String {
-        format!("{}{}", self.meta.only, self.t.name.sql())
+    /// The table as a statement on database `db` names it (`ONLY` where
+    /// it is a plain table there).
+    pub(super) fn tbl_on(&self, db: &str) -> String {
+        format!(
+            "{}{}",
+            self.meta.only.get(db).copied().unwrap_or("ONLY "),
+            self.t.name.sql()
+        )
     }
 
     /// The quoted key columns, each prefixed by `alias.` (comma separated).
@@ -217,16 +226,18 @@ pub(super) struct Shape<'a> {
 /// database, once per controller (and again after DDL or a key change).
 pub(super) fn table_meta(
     cache: &mut HashMap<i32, TableMeta>,
-    stx: &mut Transaction<'_>,
+    stx: (&str, &mut Transaction<'_>),
     txs: &mut [Transaction<'_>],
     names: &[String],
     t: &Relation,
     shape: &Shape<'_>,
 ) -> Result<TableMeta> {
+    let (src_name, stx) = stx;
     if let Some(m) = cache.get(&t.id) {
         if m.keycols == shape.keycols
             && m.signature == shape.signature
             && names.iter().all(|n| m.key_types.contains_key(n))
+            && m.only.contains_key(src_name)
         {
             return Ok(m.clone());
         }
@@ -249,23 +260,31 @@ pub(super) fn table_meta(
         .map(|c| c.name.clone())
         .collect();
     let mut key_types = HashMap::new();
+    let mut only = HashMap::from([(src_name.to_string(), only_for(kind))]);
     for (tx, n) in txs.iter_mut().zip(names) {
         key_types.insert(n.clone(), key_types_on(tx, n, t, &src_cols, shape.keycols)?);
+        only.insert(n.clone(), only_for(discover::kind_of(tx, &t.name)?));
     }
     let meta = TableMeta {
         signature: shape.signature.to_string(),
         keycols: shape.keycols.to_vec(),
         cols: cols.join(", "),
         nonkey,
-        only: if kind == Some(discover::Kind::Partitioned) {
-            ""
-        } else {
-            "ONLY "
-        },
+        only,
         key_types,
     };
     cache.insert(t.id, meta.clone());
     Ok(meta)
+}
+
+/// `ONLY ` for a plain table (its inheritance children are tables of their
+/// own), nothing for a partitioned one (whose rows are all in partitions).
+fn only_for(kind: Option<discover::Kind>) -> &'static str {
+    if kind == Some(discover::Kind::Partitioned) {
+        ""
+    } else {
+        "ONLY "
+    }
 }
 
 /// Checks that a written database has the table and every source column,

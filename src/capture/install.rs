@@ -39,8 +39,10 @@ use crate::pg::ident::{quote_ident, QualName};
 use crate::pg::RowExt;
 
 /// Version of the source-side objects; bumped when their shape changes.
-/// (6: no NOTIFY in the capture function, row-level UPDATE triggers.)
-pub const CAPTURE_VERSION: i32 = 6;
+/// (6: no NOTIFY in the capture function, row-level UPDATE triggers;
+/// 7: one function for both trigger kinds, inheritance parents row-level,
+/// the DDL follower also watching CREATE TABLE.)
+pub const CAPTURE_VERSION: i32 = 7;
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
@@ -133,6 +135,7 @@ DECLARE
     i integer;
     old_t regtype;
     part record;
+    inh record;
 BEGIN
     -- Its own ALTERs of change logs fire it again: only the outer one acts.
     IF current_setting('capra.following_ddl', true) = 'on'
@@ -161,6 +164,29 @@ BEGIN
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'capra could not note a detached partition (%)', SQLERRM;
+    END;
+    -- A table captured by statement triggers that joined an inheritance
+    -- tree (CREATE TABLE ... INHERITS, ALTER TABLE ... INHERIT, ATTACH
+    -- PARTITION): a statement naming its parent would not fire its
+    -- statement triggers, so it switches to row triggers, which fire on
+    -- the table holding the row. Its capture function serves both kinds;
+    -- its log stays.
+    BEGIN
+        FOR inh IN
+            SELECT c.id, c.relid::regclass::text AS tbl
+              FROM capra.captured c JOIN pg_class r ON r.oid = c.relid
+             WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind = 'r'
+               AND EXISTS (SELECT 1 FROM pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))
+        LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_i ON %s', inh.tbl);
+            EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_d ON %s', inh.tbl);
+            EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_u ON %s', inh.tbl);
+            EXECUTE format('CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE PROCEDURE capra.capture_%s()',
+                           inh.tbl, inh.id);
+            UPDATE capra.captured SET rowlevel = true WHERE id = inh.id;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'capra could not switch an inheritance parent to row triggers (%); run: capra validate', SQLERRM;
     END;
     FOR cap IN
         SELECT c.id, c.keycols, c.keytypes, c.keynums, c.relid, c.schemaname, c.relname
@@ -365,7 +391,7 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
             .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
             continue;
         }
-        let mut sql = function_sql(id, table, &old.keycols, old.rowlevel);
+        let mut sql = function_sql(id, table, &old.keycols);
         if !old.rowlevel && old.exists {
             sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS capra_capture_u ON {};\n{}",
@@ -382,17 +408,20 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
 /// Event triggers need a superuser; without one, validate and the run
 /// name the table and the command after key DDL instead.
 fn install_ddl_follower(c: &mut impl GenericClient) -> Result<()> {
-    let superuser: bool = c
+    // Missing, or from before it watched CREATE TABLE (version 7).
+    let needed: bool = c
         .query_one(
-            "SELECT rolsuper AND NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'capra_follow_ddl')
+            "SELECT rolsuper AND NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'capra_follow_ddl'
+                                                AND 'CREATE TABLE' = ANY (evttags))
                FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .ctx(|| "checking for capra's DDL follower".into())?
         .col(0, "whether capra's DDL follower is needed")?;
-    if superuser {
+    if needed {
         c.batch_execute(
-            "CREATE EVENT TRIGGER capra_follow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+            "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
+             CREATE EVENT TRIGGER capra_follow_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
                  EXECUTE PROCEDURE capra.follow_ddl()",
         )
         .ctx(|| "installing capra's DDL follower".into())?;
@@ -420,17 +449,37 @@ pub enum OnKeyChange {
 }
 
 /// Whether this table needs row-level triggers: servers before PostgreSQL
-/// 10 have no transition tables, and a partitioned table's statement
+/// 10 have no transition tables; a partitioned table's statement
 /// triggers do not fire for writes aimed at a partition, while its row
-/// triggers are cloned to every partition (PostgreSQL 11+).
-/// `CAPRA_ROW_TRIGGERS=1` forces them (to test the path old servers take).
+/// triggers are cloned to every partition (PostgreSQL 11+); and in an
+/// inheritance tree a statement fires only the statement triggers of the
+/// table it names, whose transition tables hold the rows of every
+/// descendant it reached: a `DELETE FROM parent` of a child's row would
+/// never reach the child's log (and land in the parent's). Row triggers
+/// fire on the table that holds the row, so every table with an
+/// inheritance parent or child takes them. `CAPRA_ROW_TRIGGERS=1` forces
+/// them (to test the path old servers take).
 fn use_row_triggers(c: &mut impl GenericClient, table: &QualName) -> Result<bool> {
     let v = discover::server_version(c)?;
-    let partitioned = discover::kind_of(c, table)? == Some(discover::Kind::Partitioned);
+    let kind = discover::kind_of(c, table)?;
+    let partitioned = kind == Some(discover::Kind::Partitioned);
     if partitioned && v < 110000 {
         return Err(CaptureError::PartitionedTooOld { table: table.human() }.into());
     }
-    Ok(partitioned || v < 100000 || std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1"))
+    let inherits = kind == Some(discover::Kind::Table) && in_inheritance_tree(c, table)?;
+    Ok(partitioned || inherits || v < 100000 || std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1"))
+}
+
+/// Whether the plain table `table` inherits from another table or others
+/// inherit from it (a partition counts: it has a parent).
+fn in_inheritance_tree(c: &mut impl GenericClient, table: &QualName) -> Result<bool> {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                         WHERE pg_catalog.to_regclass($1) OPERATOR(pg_catalog.=) ANY (ARRAY[i.inhparent, i.inhrelid]))",
+        &[&table.sql()],
+    )
+    .ctx(|| format!("looking for inheritance around {}", table.human()))?
+    .col(0, "whether a table has inheritance children")
 }
 
 /// The trigger names capra creates on a user table (and nothing else is
@@ -463,7 +512,16 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         .transpose()?;
     let id: i32 = match existing {
         Some(old) => {
-            if old.current(t, rowlevel) && triggers_present(c, &t.name, old.id)? {
+            let present = triggers_present(c, &t.name, old.id)?;
+            if old.current(t, rowlevel) && present {
+                refresh_in_place(c, t, &old, &keytypes)?;
+                return Ok((old.id, false));
+            }
+            if old.current(t, old.rowlevel) && present {
+                // Only the trigger kind changed (say, the table gained or
+                // lost inheritance children): the log and function serve
+                // both kinds, so the triggers are swapped in place.
+                set_trigger_level(c, &t.name, old.id, rowlevel)?;
                 refresh_in_place(c, t, &old, &keytypes)?;
                 return Ok((old.id, false));
             }
@@ -679,27 +737,60 @@ fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> Stri
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))
     );
-    sql.push_str(&function_sql(id, &t.name, &t.keycols, rowlevel));
+    sql.push_str(&function_sql(id, &t.name, &t.keycols));
     let tbl = t.name.sql();
-    let func = format!("capra.capture_{id}");
-    // No trigger names a column (no column list, no WHEN on columns): that
-    // would stop the user from changing a key column's type.
-    if rowlevel {
-        sql.push_str(&format!(
-            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n"
-        ));
-    } else {
-        sql.push_str(&format!(
-            "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
-             CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
-        ));
-        sql.push_str(&update_trigger_sql(&tbl, id));
-    }
+    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel));
     sql.push_str(&format!(
-        "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n"
+        "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n"
     ));
     sql
 }
+
+/// The INSERT, UPDATE and DELETE triggers of a table (`tbl`: its quoted
+/// name): one row-level trigger for all three, or statement-level INSERT
+/// and DELETE with transition tables beside a row-level UPDATE. No trigger
+/// names a column (no column list, no WHEN on columns): that would stop
+/// the user from changing a key column's type.
+fn row_triggers_sql(tbl: &str, id: i32, rowlevel: bool) -> String {
+    let func = format!("capra.capture_{id}");
+    if rowlevel {
+        format!(
+            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n"
+        )
+    } else {
+        format!(
+            "CREATE TRIGGER capra_capture_i AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS capra_new FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n\
+             CREATE TRIGGER capra_capture_d AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS capra_old FOR EACH STATEMENT EXECUTE PROCEDURE {func}();\n{}",
+            update_trigger_sql(tbl, id)
+        )
+    }
+}
+
+/// Swaps a captured table's INSERT/UPDATE/DELETE triggers to the other
+/// kind under a lock that keeps writers out meanwhile (no write goes
+/// uncaptured, none is logged twice); the change log stays.
+fn set_trigger_level(c: &mut impl GenericClient, table: &QualName, id: i32, rowlevel: bool) -> Result<()> {
+    let tbl = table.sql();
+    let mut sql = format!("LOCK TABLE {tbl} IN SHARE ROW EXCLUSIVE MODE;\n");
+    for name in ["capra_capture", "capra_capture_i", "capra_capture_u", "capra_capture_d"] {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {name} ON {tbl};\n"));
+    }
+    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel));
+    c.batch_execute(&sql)
+        .ctx(|| format!("switching the capture triggers of {}", table.human()))?;
+    c.execute(
+        "UPDATE capra.captured SET rowlevel = $2 WHERE id = $1",
+        &[&id, &rowlevel],
+    )
+    .ctx(|| "recording the trigger kind".into())?;
+    tracing::info!(
+        "Capture of {} now uses {} triggers",
+        table.human(),
+        if rowlevel { "row-level" } else { "statement-level" }
+    );
+    Ok(())
+}
+
 /// Records the table's oid and its key columns' numbers for the DDL
 /// follower (see `capra.follow_ddl`).
 fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: &[String]) -> Result<()> {
@@ -935,9 +1026,10 @@ impl PartitionFollower {
 }
 /// The capture function of one table, `capture_N()`: it logs the keys a
 /// statement touched (NEW for INSERT, OLD for DELETE, both for UPDATE so a
-/// key change, even one made by a BEFORE trigger, logs the old key too;
-/// INSERT and DELETE per statement from transition tables, UPDATE per row
-/// (every operation per row where `rowlevel`), and truncations.
+/// key change, even one made by a BEFORE trigger, logs the old key too),
+/// from row triggers or from statement triggers' transition tables, and
+/// truncations. One function serves both trigger kinds, so a table's
+/// triggers can change kind without touching its log.
 ///
 /// It runs as its owner (SECURITY DEFINER), so writers need no rights on
 /// capra's tables and cannot forge change rows, but without a `SET
@@ -947,7 +1039,7 @@ impl PartitionFollower {
 /// keys are compared by `pg_catalog.record_image_eq` (no type's own `=` is
 /// looked up), there are no casts, functions are `pg_catalog.`-qualified,
 /// and column defaults were bound when the log table was created.
-fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -> String {
+fn function_sql(id: i32, table: &QualName, keycols: &[String]) -> String {
     let delta = delta_table(id);
     // A TRUNCATE of the table itself, or of one of its partitions (which
     // carry the same trigger), named so a run empties only that part.
@@ -959,46 +1051,31 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String], rowlevel: bool) -
     );
     let qcols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
     let collist = qcols.join(", ");
-    let new_vals: Vec<String> = qcols.iter().map(|q| format!("NEW.{q}")).collect();
-    let old_vals: Vec<String> = qcols.iter().map(|q| format!("OLD.{q}")).collect();
+    let new = qcols.iter().map(|q| format!("NEW.{q}")).collect::<Vec<_>>().join(", ");
+    let old = qcols.iter().map(|q| format!("OLD.{q}")).collect::<Vec<_>>().join(", ");
     // The old key is logged unless it is byte for byte the new one
     // (record image equality: exact for every type, and no operator or
-    // type looked up by name).
-    let update = format!(
-        "INSERT INTO {delta} ({collist}) VALUES ({new});
+    // type looked up by name). The UPDATE trigger is always row-level.
+    let body = format!(
+        "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        INSERT INTO {delta} ({collist}) VALUES ({new});
         IF NOT pg_catalog.record_image_eq(ROW({old}), ROW({new})) THEN
             INSERT INTO {delta} ({collist}) VALUES ({old});
-        END IF;",
-        new = new_vals.join(", "),
-        old = old_vals.join(", ")
-    );
-    let body = if rowlevel {
-        format!(
-            "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        {update}
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO {delta} ({collist}) VALUES ({new});
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO {delta} ({collist}) VALUES ({old});
-    ELSE
+        END IF;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
         {truncate}
-    END IF;",
-            old = old_vals.join(", "),
-            new = new_vals.join(", ")
-        )
-    } else {
-        format!(
-            "IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        {update}
+    ELSIF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
+        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+            INSERT INTO {delta} ({collist}) VALUES ({new});
+        ELSE
+            INSERT INTO {delta} ({collist}) VALUES ({old});
+        END IF;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_new;
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_old;
     ELSE
-        {truncate}
+        INSERT INTO {delta} ({collist}) SELECT {collist} FROM capra_old;
     END IF;"
-        )
-    };
+    );
     let text = format!("BEGIN\n    {body}\n    RETURN NULL;\nEND\n");
     // Names of columns and tables are inside the body: pick a dollar
     // quote they do not contain.
@@ -1188,7 +1265,8 @@ fn intact(c: &mut impl GenericClient, installation: &str, sync: &str, tables: &[
                        JOIN pg_catalog.pg_attribute s ON s.attrelid = rel.oid AND s.attname = k.name AND NOT s.attisdropped
                        JOIN pg_catalog.pg_attribute d ON d.attrelid = to_regclass('capra.delta_' || cap.id) AND d.attname = k.name
                       WHERE d.atttypid = CASE WHEN s.atttypid IN (21, 23) THEN 20 ELSE s.atttypid END) = cardinality(cap.keycols)
-                AND cap.rowlevel = (current_setting('server_version_num')::int < 100000 OR $4)
+                AND cap.rowlevel = (current_setting('server_version_num')::int < 100000 OR $4
+                                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE rel.oid IN (i.inhparent, i.inhrelid)))
                 AND (SELECT count(*) FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = rel.oid AND NOT tg.tgisinternal
                         AND (tg.tgname, tg.tgtype & 1 = 1) IN (('capra_capture_t', false), ('capra_capture', true),
                                                                ('capra_capture_i', false), ('capra_capture_u', true), ('capra_capture_d', false)))

@@ -11,6 +11,7 @@ mod faults;
 mod field_reports;
 mod install;
 mod knobs;
+mod layouts;
 mod mail;
 mod multimaster;
 mod packages;

@@ -772,7 +772,7 @@ fn capture_version_5_is_upgraded_in_place() {
               WHERE tgrelid = 'kv'::regclass AND tgname = 'capra_capture_u'"
         )[0]
         .as_deref(),
-        Some("6 1"),
+        Some("7 1"),
         "upgraded to a row-level UPDATE trigger"
     );
     let def = a.query(
