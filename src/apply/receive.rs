@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use postgres::error::SqlState;
 use postgres::{Statement, Transaction};
 
 use super::context::{RunEnv, TableReport};
@@ -478,12 +479,14 @@ impl<'c> Receivers<'c> {
         sqls
     }
 
-    /// Applies what was staged on receiver `r`, a receiving source: locks
-    /// the rows, reads its change log again for keys the application
-    /// changed there after this run's snapshot (late changes) and settles
-    /// each as a conflict, then updates existing rows in place, deletes
-    /// rows the winner no longer has and inserts new ones. Returns the keys
-    /// the application held, with the source that won each.
+    /// Applies what was staged on receiver `r`, a receiving source, in the
+    /// order that lets a unique value move between rows within the run:
+    /// the existing rows are locked and checked for late changes (keys the
+    /// application changed there after this run's snapshot, each settled
+    /// as a conflict), rows the winner no longer has are deleted and the
+    /// others updated in place; only then are new rows inserted (and the
+    /// keys they take checked the same way). Returns the keys the
+    /// application held, with the source that won each.
     pub(super) fn finish_source(
         &mut self,
         r: usize,
@@ -505,7 +508,18 @@ impl<'c> Receivers<'c> {
         };
         on.lock()?;
         let mut busy = on.set_aside()?;
-        // New rows go in now, before the late check: from here on an
+        // The rows held now cannot change any more: their late changes are
+        // settled and they are written first, which frees the unique
+        // values they give up for the rows inserted below.
+        on.tx
+            .batch_execute(
+                "DROP TABLE IF EXISTS pg_temp.capra_checked;
+                 CREATE TEMP TABLE capra_checked ON COMMIT DROP AS SELECT * FROM pg_temp.capra_locked",
+            )
+            .ctx(|| "noting the rows held".into())?;
+        on.late_changes(st, srcs, tr, Held::First)?;
+        on.write_held(tr, Held::First)?;
+        // New rows go in before their keys' late check: from here on an
         // application insert of the same key waits for this run.
         let insert_new = on.insert_new_sql();
         tr.copied += on
@@ -514,9 +528,29 @@ impl<'c> Receivers<'c> {
             .ctx(|| format!("inserting rows of {} on \"{}\"", tab.human(), on.db))?;
         on.lock_created()?;
         busy.extend(on.set_aside()?);
-        on.late_changes(st, srcs, tr)?;
+        on.late_changes(st, srcs, tr, Held::Later)?;
         on.apply_staged(&insert_new, tr)?;
         Ok(busy)
+    }
+}
+
+/// Which of a receiving source's rows a step covers: those locked first
+/// (existing when the apply began), or the keys taken later (rows this
+/// run inserted, and rows the application created meanwhile).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    First,
+    Later,
+}
+
+impl Held {
+    /// The condition, over alias `a`, selecting this step's keys.
+    fn cond(self, tab: &TableCtx<'_>, a: &str) -> String {
+        let not = if self == Held::First { "" } else { "NOT " };
+        format!(
+            "{not}EXISTS (SELECT 1 FROM pg_temp.capra_checked c WHERE {})",
+            tab.on("c", a)
+        )
     }
 }
 
@@ -671,7 +705,13 @@ impl OnSource<'_, '_, '_> {
     /// Late changes: keys of the batch logged here after this run's
     /// snapshot of this source; each is settled as a conflict and the
     /// staging tables follow the decision.
-    fn late_changes(&mut self, st: &mut Settle<'_, '_>, srcs: &mut [Src<'_>], tr: &mut TableReport) -> Result<()> {
+    fn late_changes(
+        &mut self,
+        st: &mut Settle<'_, '_>,
+        srcs: &mut [Src<'_>],
+        tr: &mut TableReport,
+        held: Held,
+    ) -> Result<()> {
         let (tab, x, db) = (self.tab, self.x, self.db);
         let (Some(id), true) = (srcs[x].id_of(tab.t), srcs[x].prev_lit.is_some()) else {
             return Ok(());
@@ -684,7 +724,7 @@ impl OnSource<'_, '_, '_> {
                 &format!(
                     "SELECT {}, k.capra_from, {time} FROM pg_temp.capra_in_keys k JOIN capra.delta_{id} d ON {}
                       WHERE d.txid >= txid_snapshot_xmin({cur}) AND NOT txid_visible_in_snapshot(d.txid, {cur})
-                        AND d.txid <> txid_current()
+                        AND d.txid <> txid_current() AND {}
                       GROUP BY {}, k.capra_from",
                     tab.qk
                         .iter()
@@ -692,6 +732,7 @@ impl OnSource<'_, '_, '_> {
                         .collect::<Vec<_>>()
                         .join(", "),
                     tab.on("d", "k"),
+                    held.cond(tab, "k"),
                     tab.keys_of("k")
                 ),
                 &[],
@@ -820,49 +861,16 @@ impl OnSource<'_, '_, '_> {
         Ok(())
     }
 
-    /// Apply, on the rows this run holds: in place where the row exists
-    /// (an application UPDATE queued on the lock then applies on top of
-    /// it), delete what the winner lacks, and insert rows a hook composed
-    /// for keys absent here.
+    /// The rest of the apply: the rows taken later (see [`Held`]) are
+    /// written like the first, then rows a hook composed for keys absent
+    /// here go in, and makedelta logs every key.
     fn apply_staged(&mut self, insert_new: &str, tr: &mut TableReport) -> Result<()> {
-        let (tab, tbl, db) = (self.tab, &self.tbl, self.db);
+        let (tab, db) = (self.tab, self.db);
+        self.write_held(tr, Held::Later)?;
         tr.copied += self
             .tx
             .execute(insert_new, &[])
             .ctx(|| format!("inserting merged rows of {} on \"{db}\"", tab.human()))?;
-        if !tab.meta.nonkey.is_empty() {
-            let set: Vec<String> = tab
-                .meta
-                .nonkey
-                .iter()
-                .map(|c| format!("{0} = s.{0}", quote_ident(c)))
-                .collect();
-            tr.copied += self
-                .tx
-                .execute(
-                    &format!(
-                        "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})",
-                        set.join(", "),
-                        tab.on("t", "s"),
-                        tab.on("l", "t")
-                    ),
-                    &[],
-                )
-                .ctx(|| format!("updating rows of {} on \"{db}\"", tab.human()))?;
-        }
-        tr.deleted += self
-            .tx
-            .execute(
-                &format!(
-                    "DELETE FROM {tbl} t USING pg_temp.capra_in_keys k WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
-                   AND EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})",
-                    tab.on("t", "k"),
-                    tab.on("s", "t"),
-                    tab.on("l", "t")
-                ),
-                &[],
-            )
-            .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.human()))?;
         if let Some(mid) = self.md {
             let keys = tab.keys();
             self.tx
@@ -874,9 +882,105 @@ impl OnSource<'_, '_, '_> {
         }
         self.tx
             .batch_execute(
-                "DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows, pg_temp.capra_locked, pg_temp.capra_inserted",
+                "DROP TABLE pg_temp.capra_in_keys, pg_temp.capra_in_rows, pg_temp.capra_locked, pg_temp.capra_inserted,
+                            pg_temp.capra_checked",
             )
             .ctx(|| "dropping the staging tables".into())?;
+        Ok(())
+    }
+
+    /// Writes the rows this run holds (of one [`Held`] step): deletes
+    /// what the winner no longer has, then updates the others in place
+    /// (an application UPDATE queued on the lock then applies on top of
+    /// it). Rows that trade unique values among themselves (a swap) cannot
+    /// be updated in one statement, as PostgreSQL checks a unique index
+    /// row by row: those are rewritten by delete and insert instead.
+    fn write_held(&mut self, tr: &mut TableReport, held: Held) -> Result<()> {
+        let (tab, tbl, db) = (self.tab, &self.tbl, self.db);
+        let mine = format!(
+            "EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {}) AND {}",
+            tab.on("l", "t"),
+            held.cond(tab, "t")
+        );
+        tr.deleted += self
+            .tx
+            .execute(
+                &format!(
+                    "DELETE FROM {tbl} t USING pg_temp.capra_in_keys k WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
+                   AND {mine}",
+                    tab.on("t", "k"),
+                    tab.on("s", "t"),
+                ),
+                &[],
+            )
+            .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.human()))?;
+        if tab.meta.nonkey.is_empty() {
+            return Ok(());
+        }
+        let set: Vec<String> = tab
+            .meta
+            .nonkey
+            .iter()
+            .map(|c| format!("{0} = s.{0}", quote_ident(c)))
+            .collect();
+        let update = format!(
+            "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND {mine}",
+            set.join(", "),
+            tab.on("t", "s"),
+        );
+        let mut sp = self.tx.savepoint("capra_update").ctx(|| "savepoint".into())?;
+        match sp.execute(&update, &[]) {
+            Ok(n) => {
+                sp.commit().ctx(|| "savepoint".into())?;
+                tr.copied += n;
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::UNIQUE_VIOLATION | &SqlState::EXCLUSION_VIOLATION)
+                ) =>
+            {
+                drop(sp);
+                tracing::info!(
+                    "Rows of {} on \"{db}\" trade unique values ({}); rewriting them by delete and insert",
+                    tab.human(),
+                    crate::pg::error::flatten(&e.to_string())
+                );
+                self.rewrite_held(tr, &mine)
+            }
+            Err(e) => Err(e).ctx(|| format!("updating rows of {} on \"{db}\"", tab.human())),
+        }
+    }
+
+    /// The fallback of [`Self::write_held`]: the held rows that have a
+    /// staged row are deleted, then the staged rows inserted, so values
+    /// they trade are free when taken. (Columns only this database has
+    /// take their defaults, and an application UPDATE queued on one of
+    /// these rows finds it gone; the in-place path is the rule.)
+    fn rewrite_held(&mut self, tr: &mut TableReport, mine: &str) -> Result<()> {
+        let (tab, tbl, db) = (self.tab, &self.tbl, self.db);
+        self.tx
+            .execute(
+                &format!(
+                    "DELETE FROM {tbl} t USING pg_temp.capra_in_rows s WHERE {} AND {mine}",
+                    tab.on("t", "s")
+                ),
+                &[],
+            )
+            .ctx(|| format!("deleting rows of {} to rewrite on \"{db}\"", tab.human()))?;
+        // The same rows, named from the staging side (`t` there).
+        tr.copied += self
+            .tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.capra_in_rows t WHERE {mine}",
+                    tab.t.name.sql(),
+                    c = tab.meta.cols
+                ),
+                &[],
+            )
+            .ctx(|| format!("rewriting rows of {} on \"{db}\"", tab.human()))?;
         Ok(())
     }
 }
