@@ -98,6 +98,71 @@ pub struct RunReport {
     pub again: bool,
     /// Tables an exception hook had skipped in this run.
     pub skipped_tables: Vec<String>,
+    /// Tables that could not be applied in this run and were set aside
+    /// (their changes are tried again by the next run).
+    pub failed_tables: Vec<FailedTable>,
+}
+
+/// A table set aside by a run: status shows it and it is mailed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedTable {
+    /// `schema.name`.
+    pub table: String,
+    /// The error, on one line.
+    pub error: String,
+    /// What sort of trouble it is.
+    pub kind: crate::error::Kind,
+}
+
+/// What the exception hook said of a table's failure.
+enum HookAnswer {
+    /// Try the table again.
+    Retry,
+    /// Leave it out of this run (its changes are not applied).
+    Skip,
+    /// Nothing: the failure stands.
+    None,
+}
+
+/// Whether an error is the table's own (its data or its definition on
+/// some database), not the run's: a lock or serialization failure, a
+/// cancel, a connection or resource error fails the whole run, which is
+/// retried as a whole.
+fn table_alone(e: &crate::error::Error) -> bool {
+    let Some(code) = e.sqlstate().map(|c| c.code()) else {
+        return false;
+    };
+    ["21", "22", "23", "27", "2F", "38", "39", "42", "44", "0A", "P0"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+/// Logs again, on source `s`, every key and truncation of table `t` in
+/// this run's window (with its change time), in the source's read
+/// transaction: they are after the position this run stores, so the next
+/// run applies them.
+fn relog_window(s: &mut Src<'_>, t: &Relation) -> Result<()> {
+    let Some(id) = s.id_of(t) else { return Ok(()) };
+    let tkey = (t.name.schema.clone(), t.name.name.clone());
+    let Some((_, keycols)) = s.captured.get(&tkey).cloned() else {
+        return Ok(());
+    };
+    let keys: Vec<String> = keycols.iter().map(|k| crate::pg::ident::quote_ident(k)).collect();
+    let keys = keys.join(", ");
+    let (window, time) = (s.window(), s.time_expr());
+    s.tx.batch_execute(&format!(
+        "INSERT INTO capra.delta_{id} ({keys}, ts)
+         SELECT {keys}, coalesce(to_timestamp({time}), statement_timestamp()) FROM capra.delta_{id} d WHERE {window} GROUP BY {keys};
+         INSERT INTO capra.truncate_log (captured, part, ts)
+         SELECT d.captured, d.part, d.ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
+    ))
+    .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.human(), s.db.name))?;
+    s.tx.execute(
+        "INSERT INTO capra.applied (installation, sync, txid, kind) VALUES ($1, $2, txid_current(), 'r') ON CONFLICT DO NOTHING",
+        &[&s.inst, &s.sync],
+    )
+    .ctx(|| format!("noting changes logged again on \"{}\"", s.db.name))?;
+    Ok(())
 }
 
 /// Runs a sync once.
@@ -384,9 +449,12 @@ impl<'a, 'e> Run<'a, 'e> {
         Ok(())
     }
 
-    /// One table. With an exception hook, the table's work sits in a
-    /// savepoint on every database, so the hook can have it retried or
-    /// skipped (None: skipped).
+    /// One table. Its work sits in a savepoint on every database when an
+    /// exception hook may have it retried or skipped (None: skipped), and
+    /// when a failure can be set aside: then a table that cannot be
+    /// applied (a unique value two sources claim, a row the target
+    /// rejects) is rolled back alone, its changes are logged again for the
+    /// next run and it is reported, and the other tables go on.
     fn guarded_table(
         &mut self,
         open: &mut Open<'_>,
@@ -394,20 +462,21 @@ impl<'a, 'e> Run<'a, 'e> {
         t: &Relation,
         sig: &str,
     ) -> Result<Option<TableReport>> {
-        let guarded = self.env.hooks.borrow().has("exception", Some(&t.name.human()));
+        let hooked = self.env.hooks.borrow().has("exception", Some(&t.name.human()));
+        let isolated = self.isolable();
+        if !hooked && !isolated {
+            return self.table(open, cache, t, sig).map(Some);
+        }
         let mut attempts = 0;
         loop {
-            if guarded {
-                open.savepoints("SAVEPOINT capra_table")?;
-            }
+            let conflicts = self.env.conflicts.borrow().len();
+            open.savepoints("SAVEPOINT capra_table")?;
             let e = match self.table(open, cache, t, sig) {
                 Ok(tr) => {
-                    if guarded {
-                        open.savepoints("RELEASE SAVEPOINT capra_table")?;
-                    }
+                    open.savepoints("RELEASE SAVEPOINT capra_table")?;
                     return Ok(Some(tr));
                 }
-                Err(e) if guarded && e.sqlstate().is_some() => e,
+                Err(e) if e.sqlstate().is_some() => e,
                 Err(e) => return Err(e),
             };
             // A connection that cannot even roll back fails the run
@@ -415,36 +484,89 @@ impl<'a, 'e> Run<'a, 'e> {
             if open.savepoints("ROLLBACK TO SAVEPOINT capra_table").is_err() {
                 return Err(e);
             }
+            // Conflicts settled in the rolled-back work are settled again.
+            self.env.conflicts.borrow_mut().truncate(conflicts);
             attempts += 1;
-            let text = crate::pg::error::flatten(&e.to_string());
-            let state = e.sqlstate().map(|c| c.code()).unwrap_or_default();
-            let answer = self.env.hook("exception", Some(t), &|_, ctx| {
-                ctx.set("error", text.as_str())?;
-                ctx.set("sqlstate", state)?;
-                ctx.set("attempts", attempts)
-            })?;
-            match answer.as_deref() {
-                Some("retry") if attempts <= 2 => {
-                    tracing::warn!("Retrying {} as the exception hook asked: {text}", t.name.human());
+            if hooked {
+                match self.ask_exception_hook(t, &e, attempts)? {
+                    HookAnswer::Retry => continue,
+                    HookAnswer::Skip => return Ok(None),
+                    HookAnswer::None => {}
                 }
-                Some("retry") => {
-                    return Err(ApplyError::HookGaveUp {
-                        table: t.name.human(),
-                        error: text,
-                    }
-                    .into())
-                }
-                Some("skip") => {
-                    tracing::warn!(
-                        "Skipping {} in this run as the exception hook asked: its changes since the last run are not applied anywhere ({text})",
-                        t.name.human()
-                    );
-                    self.report.skipped_tables.push(t.name.human());
-                    return Ok(None);
-                }
-                _ => return Err(e),
             }
+            if isolated && table_alone(&e) {
+                self.set_aside(open, t, &e)?;
+                return Ok(None);
+            }
+            return Err(e);
         }
+    }
+
+    /// What the exception hook says of a table's failure.
+    fn ask_exception_hook(&mut self, t: &Relation, e: &crate::error::Error, attempts: i32) -> Result<HookAnswer> {
+        let text = crate::pg::error::flatten(&e.to_string());
+        let state = e.sqlstate().map(|c| c.code()).unwrap_or_default();
+        let answer = self.env.hook("exception", Some(t), &|_, ctx| {
+            ctx.set("error", text.as_str())?;
+            ctx.set("sqlstate", state)?;
+            ctx.set("attempts", attempts)
+        })?;
+        match answer.as_deref() {
+            Some("retry") if attempts <= 2 => {
+                tracing::warn!("Retrying {} as the exception hook asked: {text}", t.name.human());
+                Ok(HookAnswer::Retry)
+            }
+            Some("retry") => Err(ApplyError::HookGaveUp {
+                table: t.name.human(),
+                error: text,
+            }
+            .into()),
+            Some("skip") => {
+                tracing::warn!(
+                    "Skipping {} in this run as the exception hook asked: its changes since the last run are not applied anywhere ({text})",
+                    t.name.human()
+                );
+                self.report.skipped_tables.push(t.name.human());
+                Ok(HookAnswer::Skip)
+            }
+            _ => Ok(HookAnswer::None),
+        }
+    }
+
+    /// Whether a table's failure can be set aside in this run: only when
+    /// the sync has other tables (a one-table sync fails and retries as a
+    /// whole, as before) and the run copies nothing whole (a full copy
+    /// must be complete before onetimecopy is cleared or a target caught
+    /// up).
+    fn isolable(&self) -> bool {
+        let plan = self.plan;
+        self.reads
+            && plan.tables.len() > 1
+            && plan.sync.onetimecopy == OneTimeCopy::Off
+            && plan.behind.is_empty()
+            && plan.fullcopy.is_empty()
+    }
+
+    /// Sets a failed table aside (its work already rolled back): every
+    /// change and truncation of it in this run's window is logged again on
+    /// its source, after the position this run stores, so the next run
+    /// tries it again and nothing is lost; the failure is reported.
+    fn set_aside(&mut self, open: &mut Open<'_>, t: &Relation, e: &crate::error::Error) -> Result<()> {
+        for s in open.srcs.iter_mut() {
+            relog_window(s, t)?;
+        }
+        let error = crate::pg::error::flatten(&e.to_string());
+        tracing::error!(
+            "{} cannot be applied in this run; the other tables go on, and its changes are tried again in the next run: {error}",
+            t.name.human()
+        );
+        self.report.failed_tables.push(FailedTable {
+            table: t.name.human(),
+            error,
+            kind: e.kind(),
+        });
+        self.report.again = true;
+        Ok(())
     }
 
     /// One table's part of a run: full copies, truncations, then changes

@@ -412,6 +412,8 @@ pub struct RunInfo {
     pub kind: Option<crate::error::Kind>,
     /// today.
     pub today: bool,
+    /// Tables a good run set aside, each as `table: error`.
+    pub failed_tables: Vec<String>,
 }
 
 /// A run by id (None: no such run).
@@ -422,7 +424,7 @@ pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<Ru
             "SELECT id, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), to_char(ended, 'Mon DD, YYYY HH24:MI:SS'),
                     extract(epoch FROM now() - ended)::float8, extract(epoch FROM ended - started)::float8,
                     inserts, deletes, truncates, conflicts, error, ended::date = current_date,
-                    details->>'kind'
+                    details->>'kind', (details->'failed_tables')::text
                FROM capra.run WHERE id = $1",
             &[&id],
         )
@@ -445,9 +447,25 @@ pub fn run_info(c: &mut impl GenericClient, id: Option<i64>) -> Result<Option<Ru
                 .col::<_, Option<String>>(11, Q)?
                 .as_deref()
                 .and_then(crate::error::Kind::parse),
+            failed_tables: failed_tables(r.col(12, Q)?),
         })
     })
     .transpose()
+}
+
+/// The `failed_tables` of a run's details as `table: error` lines
+/// (details a run of another version wrote may lack them).
+fn failed_tables(json: Option<String>) -> Vec<String> {
+    let list: Vec<serde_json::Value> = json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+    list.iter()
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f["table"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 /// A sync's quick state (`capra.sync_state`).

@@ -326,6 +326,11 @@ fn settings_rows(rows: &mut Rows, s: &model::Sync, st: &SyncStatus, plan: &SyncP
     if let Some(k) = failing.and_then(|b| b.kind) {
         rows.push(("Error kind".into(), format!("{} ({})", k.as_str(), k.advice())));
     }
+    // Tables the last good run set aside: the rest of the sync works.
+    for (i, f) in st.last_good.iter().flat_map(|g| &g.failed_tables).enumerate() {
+        let label = if i == 0 { "Tables set aside" } else { "" };
+        rows.push((label.into(), f.clone()));
+    }
 }
 
 /// The databases with their roles, and the targets that fell behind.

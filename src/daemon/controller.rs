@@ -48,6 +48,8 @@ pub struct Outcome {
     /// Kick requests this run could not answer (the control database was
     /// unreachable); the next run answers them.
     unanswered: Vec<i64>,
+    /// Tables the run set aside (failed alone; the others were applied).
+    failed_tables: Vec<String>,
 }
 
 /// One sync's controller (CTL).
@@ -73,6 +75,10 @@ pub(super) struct Controller {
     /// Captured ids a run found for this sync that its plan lacked; the
     /// next prepare drops those the catalog does not have either.
     prune: Vec<i32>,
+    /// Tables the last good run set aside, and how many runs in a row set
+    /// some aside (the follow-up waits longer each time).
+    failing_tables: Vec<String>,
+    table_fail_runs: u32,
 }
 
 impl Controller {
@@ -99,6 +105,8 @@ impl Controller {
             stale_runs: 0,
             again_runs: 0,
             prune: Vec::new(),
+            failing_tables: Vec::new(),
+            table_fail_runs: 0,
         }
     }
 
@@ -273,6 +281,11 @@ impl Controller {
 
     /// Seconds before the retry of a failed run (from the settings).
     fn backoff(&self, serialization: Option<bool>) -> f64 {
+        self.backoff_after(self.timing.failures(), serialization)
+    }
+
+    /// The wait after `failures` failures in a row (see [`Backoff`]).
+    fn backoff_after(&self, failures: u32, serialization: Option<bool>) -> f64 {
         let cfg = self.engine.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
         Backoff {
             serial_sleep: cfg.serial_sleep,
@@ -280,7 +293,7 @@ impl Controller {
             restart_sleep: cfg.restart_sleep,
             retry_max: cfg.retry_max,
         }
-        .delay(self.timing.failures(), serialization)
+        .delay(failures, serialization)
     }
 
     pub(super) fn run(mut self) {
@@ -503,8 +516,19 @@ impl Controller {
                     tracing::warn!("Re-checking change capture failed: {e}");
                 }
             }
+            self.tables_recovered(&o.failed_tables);
+            if !o.failed_tables.is_empty() {
+                self.table_fail_runs += 1;
+            } else {
+                self.table_fail_runs = 0;
+            }
             if !self.kicks.is_empty() {
                 self.timing.request(Reason::Kick);
+            } else if !o.failed_tables.is_empty() {
+                // A table set aside is tried again like a failed run.
+                let wait = self.backoff_after(self.table_fail_runs, None);
+                tracing::info!("Trying the table(s) set aside again in {wait:.1}s");
+                self.timing.follow_up(now, Duration::from_secs_f64(wait));
             } else if o.again {
                 // Rows the application held were left for the next run:
                 // 0.1 s, then twice as long each time, at most 5 s.
@@ -524,6 +548,21 @@ impl Controller {
             self.capture_ready = false;
             tracing::info!("Retrying in {wait:.1}s");
         }
+    }
+}
+
+impl Controller {
+    /// Mails the recovery of the tables set aside before that the last
+    /// good run applied, and remembers which are set aside now.
+    fn tables_recovered(&mut self, now_failing: &[String]) {
+        for t in self.failing_tables.iter().filter(|t| !now_failing.contains(t)) {
+            tracing::info!("{t} is applied again");
+            self.engine.notify.send(crate::notify::Alert::TableRecovered {
+                sync: self.name.clone(),
+                table: t.clone(),
+            });
+        }
+        self.failing_tables = now_failing.to_vec();
     }
 }
 
@@ -768,6 +807,14 @@ impl<'a> RunRecord<'a> {
         if !rep.caught_up.is_empty() {
             self.caught_up(&rep.caught_up);
         }
+        for f in &rep.failed_tables {
+            self.engine.notify.send(crate::notify::Alert::TableFailed {
+                sync: name.to_string(),
+                table: f.table.clone(),
+                error: f.error.clone(),
+                kind: f.kind,
+            });
+        }
         let run_ref = if rep.empty { None } else { Some(self.run_id) };
         let unanswered = self.answer_kicks(run_ref, true, None);
         Outcome {
@@ -775,6 +822,7 @@ impl<'a> RunRecord<'a> {
             served_otc: rep.onetimecopy_gen,
             recapture: !rep.recaptured.is_empty(),
             again: rep.again,
+            failed_tables: rep.failed_tables.iter().map(|f| f.table.clone()).collect(),
             caught_up: rep.caught_up,
             unanswered,
             ..Default::default()

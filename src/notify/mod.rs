@@ -50,6 +50,24 @@ pub enum Alert {
         /// How many runs had failed.
         failures: u32,
     },
+    /// A run set one table aside (the others were applied).
+    TableFailed {
+        /// The sync.
+        sync: String,
+        /// `schema.name`.
+        table: String,
+        /// The error, on one line.
+        error: String,
+        /// What sort of trouble it is.
+        kind: crate::error::Kind,
+    },
+    /// A table set aside before was applied again.
+    TableRecovered {
+        /// The sync.
+        sync: String,
+        /// `schema.name`.
+        table: String,
+    },
     /// A hook's `ctx.email`.
     Hook {
         /// The sync.
@@ -401,6 +419,25 @@ impl State {
                 &format!("failed:{sync}"),
                 "sync recovered",
                 format!("Sync \"{sync}\" is working again after {failures} failed run(s)"),
+            ),
+            Alert::TableFailed {
+                sync,
+                table,
+                error,
+                kind,
+            } => self.incident(
+                &format!("table:{sync}:{table}"),
+                "table failed",
+                format!(
+                    "Sync \"{sync}\" could not apply table {table} (the other tables were applied; its changes are tried again): {error}\nKind: {} ({})",
+                    kind.as_str(),
+                    kind.advice()
+                ),
+            ),
+            Alert::TableRecovered { sync, table } => self.resolved(
+                &format!("table:{sync}:{table}"),
+                "table recovered",
+                format!("Sync \"{sync}\" applies table {table} again"),
             ),
             Alert::Hook { sync, subject, body } => self.one("hook", format!("Sync \"{sync}\": {subject}\n{body}")),
         }

@@ -375,3 +375,63 @@ fn a_sync_flapping_repeatedly_does_not_mail_each_cycle() {
     assert_eq!(smtp.with("sync recovered").len(), 1, "{:?}", smtp.mails());
     assert_eq!(checksum(b, &tgt, "t"), checksum(a, &src, "t"));
 }
+
+/// One table the target rejects (a CHECK only the target has) never stops
+/// the other tables of the sync (issue 17): the run is good, the other
+/// table arrives, the rejected one is set aside with its changes logged
+/// again (none lost), `status` names it and one mail says so; once the
+/// target accepts the rows, the next tries apply them, a recovery mail
+/// follows, and both tables are equal.
+#[test]
+fn a_table_that_cannot_be_applied_never_stops_the_others() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE good (id int PRIMARY KEY, v text); CREATE TABLE picky (id int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::synced("aside", ddl, &["good", "picky"], &["autokick=0"]);
+    let smtp = Smtp::start();
+    mail_settings(&c, smtp.port);
+    c.ok(&["set", "kid_restart_sleep=0.5", "retry_max_sleep=1"]);
+    b.exec(&tgt, "ALTER TABLE picky ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
+    let _d = c.start();
+    a.exec(
+        &src,
+        "INSERT INTO good SELECT g, 'g' FROM generate_series(1, 10) g;
+         INSERT INTO picky VALUES (1, 'fine'), (2, 'bad'), (3, 'fine')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "good"), checksum(b, &tgt, "good"), "{}", c.log());
+    assert_eq!(checksum(b, &tgt, "picky"), checksum(b, &tgt, "(SELECT 1 WHERE false)"));
+    let status = c.ok(&["status", "s"]);
+    assert!(
+        status.contains("Tables set aside") && status.contains("public.picky: ") && status.contains("no_bad"),
+        "{status}"
+    );
+    wait_for_showing(
+        20,
+        "one mail naming the table",
+        || smtp.with("table failed").len() == 1,
+        || mails_and_log(&smtp, &c),
+    );
+    assert!(smtp.with("table failed")[0].contains("could not apply table public.picky"));
+    // More changes meanwhile, on both tables.
+    a.exec(
+        &src,
+        "INSERT INTO good VALUES (11, 'g'); UPDATE picky SET v = 'fine too' WHERE id = 3",
+    );
+    b.exec(&tgt, "ALTER TABLE picky DROP CONSTRAINT no_bad");
+    wait_for_showing(
+        30,
+        "both tables to converge",
+        || {
+            checksum(a, &src, "picky") == checksum(b, &tgt, "picky")
+                && checksum(a, &src, "good") == checksum(b, &tgt, "good")
+        },
+        || mails_and_log(&smtp, &c),
+    );
+    wait_for_showing(
+        20,
+        "one recovery mail",
+        || smtp.with("table recovered").len() == 1,
+        || mails_and_log(&smtp, &c),
+    );
+    assert!(!c.ok(&["status", "s"]).contains("Tables set aside"));
+}

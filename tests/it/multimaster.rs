@@ -945,3 +945,55 @@ fn unique_values_move_between_rows_within_a_run() {
         "3=q@ex,4=p@ex,5=gone@ex,6=r@ex,7=x@ex"
     );
 }
+
+/// Two sources each insert a different key with the same unique e-mail:
+/// no order of writes can apply both. The table is set aside (the run is
+/// good, the sync's other table is applied, `status` names it), and its
+/// changes are tried again until someone removes one of the two rows;
+/// then the sources converge with nothing lost.
+#[test]
+fn a_unique_value_two_sources_claim_sets_the_table_aside_not_the_sync() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let ddl = "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE);
+               CREATE TABLE kv (k int PRIMARY KEY, v text)";
+    let names = dbs(&c, "claim", ddl, &[a, b]);
+    c.ok(&["add", "table", "u", "kv", "db=claim1", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=claim1:source,claim2:source",
+        "autokick=0",
+    ]);
+    c.ok(&["set", "kid_restart_sleep=0.5", "retry_max_sleep=1"]);
+    let _d = c.start();
+    a.exec(
+        &names[0],
+        "INSERT INTO u VALUES (10, 'c@ex'); INSERT INTO kv VALUES (1, 'a')",
+    );
+    b.exec(
+        &names[1],
+        "INSERT INTO u VALUES (11, 'c@ex'); INSERT INTO kv VALUES (2, 'b')",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert!(last_run(&c, "s").starts_with("good"), "{}", c.log());
+    assert_eq!(
+        checksum(a, &names[0], "kv"),
+        checksum(b, &names[1], "kv"),
+        "{}",
+        c.log()
+    );
+    let status = c.ok(&["status", "s"]);
+    assert!(status.contains("public.u: ") && status.contains("c@ex"), "{status}");
+    // Someone settles it by hand on one source; the next tries converge.
+    b.exec(&names[1], "DELETE FROM u WHERE id = 11");
+    wait_for_showing(
+        30,
+        "u to converge",
+        || checksum(a, &names[0], "u") == checksum(b, &names[1], "u"),
+        || c.log(),
+    );
+    assert_eq!(value(b, &names[1], "SELECT string_agg(id::text, ',') FROM u"), "10");
+}
