@@ -12,7 +12,10 @@ use super::context::{RunEnv, TableReport};
 use super::copy::pipe;
 use super::settle::{row_json, Settle};
 use super::source::{snapshot_literal, Captured, Src};
-use super::table::{key_params_eq, makedelta, text_params, unnest_select, TableCtx, RUN_MEMORY, TEXT_FORMATS};
+use super::table::{
+    copy_encoding, key_in, key_out, key_params_eq, makedelta, text_params, unnest_select, TableCtx, RUN_MEMORY,
+    TEXT_FORMATS,
+};
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
 use crate::domain::conflict::{Contender, Decision, Record, Winner};
@@ -55,6 +58,8 @@ pub(super) struct Batch<'a> {
     pub(super) from: i32,
     /// The sending source's name.
     pub(super) from_db: &'a str,
+    /// Whether the sending source is SQL_ASCII (see [`copy_encoding`]).
+    pub(super) raw: bool,
     /// Keys per statement.
     pub(super) chunk: usize,
 }
@@ -184,7 +189,7 @@ impl<'c> Receivers<'c> {
     /// changes; makedelta logs what was deleted.
     pub(super) fn delete_missing(
         &mut self,
-        (src, stx): (&str, &mut Transaction<'_>),
+        (src, raw, stx): (&str, bool, &mut Transaction<'_>),
         idx: &[usize],
         tab: &TableCtx<'_>,
         spare: &[Option<String>],
@@ -198,10 +203,11 @@ impl<'c> Receivers<'c> {
                 ))
                 .ctx(|| format!("preparing to compare keys of {} on \"{}\"", tab.human(), self.names[i]))?;
         }
-        let q = format!("COPY (SELECT {keys} FROM {}) TO STDOUT", tab.tbl_on(src));
+        let enc = copy_encoding(raw);
+        let q = format!("COPY (SELECT {keys} FROM {}) TO STDOUT{enc}", tab.tbl_on(src));
         let dests: Vec<(usize, String)> = idx
             .iter()
-            .map(|i| (*i, format!("COPY pg_temp.capra_keys ({keys}) FROM STDIN")))
+            .map(|i| (*i, format!("COPY pg_temp.capra_keys ({keys}) FROM STDIN{enc}")))
             .collect();
         pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.human())?;
         let missing = format!(
@@ -256,7 +262,7 @@ impl<'c> Receivers<'c> {
             }
         }
         let stmts = self.key_statements(tab, batch)?;
-        let text_keys: Vec<String> = tab.qk.iter().map(|k| format!("{k}::text")).collect();
+        let text_keys: Vec<String> = tab.qk.iter().map(|k| key_out(k, batch.raw)).collect();
         let portal = stx
             .bind(
                 format!("SELECT {} FROM ({}) k", text_keys.join(", "), batch.keys_sql).as_str(),
@@ -304,7 +310,7 @@ impl<'c> Receivers<'c> {
                 sqls.push((
                     format!(
                         "INSERT INTO pg_temp.capra_in_keys ({keys}, capra_from) {}",
-                        unnest_select(&types, Some(&format!("{}", batch.from)))
+                        unnest_select(&types, Some(&format!("{}", batch.from)), batch.raw)
                     ),
                     false,
                 ));
@@ -312,7 +318,7 @@ impl<'c> Receivers<'c> {
                 // One key column deletes by `= ANY`; an array-typed one
                 // cannot (a text array cast to `t[][]` is `t[]`): it goes
                 // by subscript like a composite key.
-                let del = if qk.len() == 1 && !types[0].ends_with("[]") {
+                let del = if qk.len() == 1 && !types[0].ends_with("[]") && !batch.raw {
                     format!(
                         "DELETE FROM {} WHERE {} = ANY ($1::text[]::{}[])",
                         tab.tbl_on(&self.names[i]),
@@ -323,7 +329,7 @@ impl<'c> Receivers<'c> {
                     let sel: Vec<String> = types
                         .iter()
                         .enumerate()
-                        .map(|(j, ty)| format!("(${}::text[])[s.i]::{ty}", j + 1))
+                        .map(|(j, ty)| format!("({})::{ty}", key_in(&format!("(${}::text[])[s.i]", j + 1), batch.raw)))
                         .collect();
                     format!(
                         "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM generate_subscripts($1::text[], 1) AS s(i))",
@@ -335,7 +341,10 @@ impl<'c> Receivers<'c> {
                 sqls.push((del, true));
                 if let Some(mid) = tab.md[i] {
                     sqls.push((
-                        format!("INSERT INTO capra.delta_{mid} ({keys}) {}", unnest_select(&types, None)),
+                        format!(
+                            "INSERT INTO capra.delta_{mid} ({keys}) {}",
+                            unnest_select(&types, None, batch.raw)
+                        ),
                         false,
                     ));
                 }
@@ -360,10 +369,11 @@ impl<'c> Receivers<'c> {
         tr: &mut TableReport,
     ) -> Result<()> {
         let t = tab.t;
+        let enc = copy_encoding(batch.raw);
         // Keys whose row no longer matches the filter were deleted above and
         // are not copied: a row that stops matching leaves the receivers.
         let q = format!(
-            "COPY (SELECT {} FROM {} WHERE ({}) IN ({}){}) TO STDOUT",
+            "COPY (SELECT {} FROM {} WHERE ({}) IN ({}){}) TO STDOUT{enc}",
             tab.meta.cols,
             tab.tbl_on(batch.from_db),
             tab.keys(),
@@ -379,7 +389,7 @@ impl<'c> Receivers<'c> {
                 } else {
                     t.name.sql()
                 };
-                (*i, format!("COPY {into} ({}) FROM STDIN", tab.meta.cols))
+                (*i, format!("COPY {into} ({}) FROM STDIN{enc}", tab.meta.cols))
             })
             .collect();
         let counts = pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.human())?;

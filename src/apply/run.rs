@@ -37,7 +37,7 @@ use super::settle::{detect, Found, Settle};
 use super::source::{
     column_signatures, follow_partitions, newest_changes, reads_changes, reraise, scan, Captured, Src,
 };
-use super::table::{makedelta, makedelta_any, table_meta, Mode, Shape, TableCtx};
+use super::table::{copy_encoding, makedelta, makedelta_any, table_meta, Mode, Shape, TableCtx};
 use crate::catalog::model::{Db, Relation};
 use crate::catalog::plan::SyncPlan;
 use crate::domain::conflict::Strategy;
@@ -713,13 +713,14 @@ impl<'a, 'e> Run<'a, 'e> {
             }
             tr.full_copies.push(rx.names[i].clone());
         }
+        let enc = copy_encoding(open.srcs[0].raw);
         let q = format!(
-            "COPY (SELECT {} FROM {}{}) TO STDOUT",
+            "COPY (SELECT {} FROM {}{}) TO STDOUT{enc}",
             tab.meta.cols,
             tab.tbl_on(&open.srcs[0].db.name),
             t.filter.as_deref().map(|f| format!(" WHERE ({f})")).unwrap_or_default()
         );
-        let into = format!("COPY {} ({}) FROM STDIN", t.name.sql(), tab.meta.cols);
+        let into = format!("COPY {} ({}) FROM STDIN{enc}", t.name.sql(), tab.meta.cols);
         let dests: Vec<(usize, String)> = copy_idx.iter().map(|i| (*i, into.clone())).collect();
         let rows: u64 = pipe(
             &mut open.srcs[0].tx,
@@ -848,7 +849,9 @@ impl<'a, 'e> Run<'a, 'e> {
                 .map(|i| spare_clause(&open.srcs, open.rx.kinds[i], tab))
                 .collect();
             let s = &mut open.srcs[si];
-            let (n, h) = open.rx.delete_missing((&s.db.name, &mut s.tx), &recv, tab, &spare)?;
+            let (n, h) = open
+                .rx
+                .delete_missing((&s.db.name, s.raw, &mut s.tx), &recv, tab, &spare)?;
             tr.deleted += n;
             held.extend(h);
             tr.truncated = true;
@@ -932,6 +935,7 @@ impl<'a, 'e> Run<'a, 'e> {
                 keys_sql,
                 from: *w as i32,
                 from_db: &src_name,
+                raw: open.srcs[*w].raw,
                 chunk: self.env.chunk,
             };
             open.rx

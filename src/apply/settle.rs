@@ -432,7 +432,7 @@ pub(super) fn temp_keys(
     .ctx(|| format!("preparing the conflict keys on \"{db}\""))?;
     let arrays = key_columns(keys, meta.keycols.len());
     tx.execute(
-        &format!("INSERT INTO pg_temp.{table} {}", unnest_select(types, None)),
+        &format!("INSERT INTO pg_temp.{table} {}", unnest_select(types, None, false)),
         &array_params(&arrays),
     )
     .ctx(|| format!("storing the conflict keys on \"{db}\""))?;

@@ -51,6 +51,9 @@ pub(super) struct Src<'c> {
     pub(super) reraised: Vec<i64>,
     /// Whether the server records commit times.
     pub(super) commit_ts: bool,
+    /// Whether the database is SQL_ASCII: its text may be any bytes, so
+    /// rows travel unchecked and keys escaped (see `table::key_out`).
+    pub(super) raw: bool,
     /// Its clock minus this host's, in milliseconds, at the snapshot.
     pub(super) clock_skew_ms: f64,
     /// (schema, table) -> (captured id, key columns of its log).
@@ -131,7 +134,9 @@ pub(super) fn now_epoch() -> f64 {
 
 /// The stored position read with a run's snapshot: (this snapshot, the
 /// stored one, whether the server records commit times, its clock).
-type Position = (String, Option<String>, bool, f64);
+/// The snapshot now, the stored position, whether commit times are kept,
+/// the server's clock, and whether the database is SQL_ASCII.
+type Position = (String, Option<String>, bool, f64, bool);
 
 impl<'c> Src<'c> {
     /// Opens one source for a run: its read transaction, the tables (and
@@ -148,7 +153,7 @@ impl<'c> Src<'c> {
         tx.batch_execute(&lock_setup(env, plan, cache, &db.name))
             .ctx(|| format!("locking the tables of sync \"{name}\" on \"{}\"", db.name))?;
         let before = now_epoch();
-        let (cur, prev, commit_ts, clock) = read_position(&mut tx, env, plan, &db.name)?;
+        let (cur, prev, commit_ts, clock, raw) = read_position(&mut tx, env, plan, &db.name)?;
         let skew = (clock - (before + now_epoch()) / 2.0) * 1000.0;
         let prev_lit = match &prev {
             Some(p) => Some(snapshot_literal(p)?),
@@ -187,6 +192,7 @@ impl<'c> Src<'c> {
             inst: env.installation.to_string(),
             sync: name,
             commit_ts,
+            raw,
             clock_skew_ms: (skew * 10.0).round() / 10.0,
             captured: HashMap::new(),
             changed: BTreeSet::new(),
@@ -233,19 +239,21 @@ fn read_position(tx: &mut Transaction<'_>, env: &RunEnv<'_>, plan: &SyncPlan, db
     if !plan.is_delta() {
         let r = tx
             .query_one(
-                "SELECT txid_current_snapshot()::text, extract(epoch FROM clock_timestamp())::float8",
+                "SELECT txid_current_snapshot()::text, extract(epoch FROM clock_timestamp())::float8,
+                        current_setting('server_encoding') = 'SQL_ASCII'",
                 &[],
             )
             .ctx(|| format!("reading a snapshot on \"{db}\""))?;
         let what = "a snapshot";
-        return Ok((r.col(0, what)?, None, false, r.col(1, what)?));
+        return Ok((r.col(0, what)?, None, false, r.col(1, what)?, r.col(2, what)?));
     }
     let row = tx
         .query_opt(
             "SELECT txid_current_snapshot()::text, c.snapshot::text,
                     txid_snapshot_xmin(c.snapshot) > txid_snapshot_xmax(txid_current_snapshot()),
                     coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on',
-                    extract(epoch FROM clock_timestamp())::float8
+                    extract(epoch FROM clock_timestamp())::float8,
+                    current_setting('server_encoding') = 'SQL_ASCII'
                FROM capra.consumer c
               WHERE c.installation = $1 AND c.sync = $2 FOR UPDATE",
             &[&env.installation, &name],
@@ -270,7 +278,7 @@ fn read_position(tx: &mut Transaction<'_>, env: &RunEnv<'_>, plan: &SyncPlan, db
         }
         .into());
     }
-    Ok((cur, Some(prev), r.col(3, what)?, r.col(4, what)?))
+    Ok((cur, Some(prev), r.col(3, what)?, r.col(4, what)?, r.col(5, what)?))
 }
 
 /// Reads which of the plan's tables changed on one source since its
@@ -509,7 +517,7 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
         s.window(),
         eq.join(" AND "),
         fallback.unwrap_or("NULL"),
-        unnest_select(&types, None),
+        unnest_select(&types, None, false),
         names.join(", ")
     );
     s.tx.execute(&sql, &params)

@@ -167,15 +167,50 @@ pub(super) fn array_params(arrays: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {
     arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
+/// The option a COPY of a SQL_ASCII source's rows takes at both ends
+/// (`raw`): its bytes pass as they are, never checked as UTF-8 (the
+/// session's client encoding), so a LATIN1 'é' in a SQL_ASCII database
+/// reaches a SQL_ASCII or LATIN1 target byte for byte. Nothing otherwise:
+/// the servers convert between their encodings.
+pub(super) fn copy_encoding(raw: bool) -> &'static str {
+    if raw {
+        " WITH (ENCODING 'SQL_ASCII')"
+    } else {
+        ""
+    }
+}
+
+/// A key column as the text that carries it through capra: its text
+/// form, or for a SQL_ASCII source (`raw`) its bytes escaped to ASCII
+/// (`\351`), since capra's strings must be UTF-8 and such a key need not be.
+pub(super) fn key_out(expr: &str, raw: bool) -> String {
+    if raw {
+        format!("pg_catalog.encode(pg_catalog.convert_to(({expr})::text, 'SQL_ASCII'), 'escape')")
+    } else {
+        format!("{expr}::text")
+    }
+}
+
+/// The inverse of [`key_out`] on the receiving side: text again (still to
+/// be cast to the key's type).
+pub(super) fn key_in(text: &str, raw: bool) -> String {
+    if raw {
+        format!("pg_catalog.convert_from(pg_catalog.decode({text}, 'escape'), 'SQL_ASCII')")
+    } else {
+        text.to_string()
+    }
+}
+
 /// `SELECT u.a1::t1, ... FROM unnest($1::text[], ...) AS u(a1, ...)`, with
-/// an optional extra constant column.
-pub(super) fn unnest_select(types: &[String], extra: Option<&str>) -> String {
+/// an optional extra constant column; `raw`: the texts are [`key_out`]'s
+/// escaped bytes.
+pub(super) fn unnest_select(types: &[String], extra: Option<&str>, raw: bool) -> String {
     let params: Vec<String> = (1..=types.len()).map(|j| format!("${j}::text[]")).collect();
     let names: Vec<String> = (1..=types.len()).map(|j| format!("a{j}")).collect();
     let mut sel: Vec<String> = types
         .iter()
         .enumerate()
-        .map(|(j, ty)| format!("u.a{}::{ty}", j + 1))
+        .map(|(j, ty)| format!("({})::{ty}", key_in(&format!("u.a{}", j + 1), raw)))
         .collect();
     if let Some(e) = extra {
         sel.push(e.to_string());

@@ -156,3 +156,81 @@ fn plain_and_partitioned_layouts_replicate_both_ways() {
     same("a TRUNCATE and new rows");
     assert_eq!(value(b, &tgt, "SELECT count(*) FROM n"), "20");
 }
+
+/// A database in `encoding` (C locale) on `c`, with `ddl`.
+fn db_in(c: &Cluster, prefix: &str, encoding: &str, ddl: &str) -> String {
+    let name = crate::support::unique(prefix);
+    c.exec(
+        "postgres",
+        &format!("CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+    );
+    c.exec(&name, ddl);
+    name
+}
+
+/// The rows of `table` as LATIN1 bytes (converted from the database's own
+/// encoding; SQL_ASCII bytes as they are), counted and hashed: comparable
+/// across the encodings, as every character here is in LATIN1.
+fn latin1_rows(c: &Cluster, db: &str, table: &str) -> String {
+    value(
+        c,
+        db,
+        &format!(
+            "SELECT count(*) || ' rows ' || coalesce(md5(convert_to(string_agg(x::text, '|' ORDER BY x::text COLLATE \"C\"), 'LATIN1')), '-')
+               FROM {table} x"
+        ),
+    )
+}
+
+/// Old databases (issue 17, item 7): a SQL_ASCII source whose keys and
+/// values hold bytes that are not UTF-8 (a LATIN1 'é' as 0xE9), into a
+/// SQL_ASCII target and into a LATIN1 one, byte for byte; and a LATIN1
+/// source into a UTF8 target, converted. Full copy, then changes: a
+/// value, a key change, a delete, a new row, through a text key and a
+/// composite one.
+#[test]
+fn old_encodings_replicate_keys_and_values() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE w (k text PRIMARY KEY, v text);
+               CREATE TABLE wc (a varchar(20), b int, v text, PRIMARY KEY (a, b));";
+    let cases = [("SQL_ASCII", "SQL_ASCII"), ("SQL_ASCII", "LATIN1"), ("LATIN1", "UTF8")];
+    for (from, to) in cases {
+        let src = db_in(a, "enc_src", from, ddl);
+        let tgt = db_in(b, "enc_tgt", to, ddl);
+        let c = crate::support::Capra::install(a);
+        c.add_db("src", a, &src);
+        c.add_db("tgt", b, &tgt);
+        // E'\xe9' is the byte 0xE9 in SQL_ASCII, and 'é' in LATIN1.
+        a.exec(
+            &src,
+            "INSERT INTO w VALUES (E'caf\\xe9', E'cr\\xe8me'), ('plain', 'x'), (E'na\\xefve', 'y');
+             INSERT INTO wc VALUES (E'\\xe9t\\xe9', 1, 'a'), (E'\\xe9t\\xe9', 2, E'\\xff'), ('ascii', 1, 'b')",
+        );
+        fixtures::sync_tables(&c, &["w", "wc"], "s", &["autokick=0", "onetimecopy=1"]);
+        let _d = c.start();
+        c.ok(&["kick", "s", "60"]);
+        let same = |what: &str| {
+            for t in ["w", "wc"] {
+                assert_eq!(
+                    latin1_rows(a, &src, t),
+                    latin1_rows(b, &tgt, t),
+                    "{from} -> {to}, {t} after {what}\n{}",
+                    c.log()
+                );
+            }
+        };
+        same("the full copy");
+        a.exec(
+            &src,
+            "UPDATE w SET v = E'd\\xe9j\\xe0' WHERE k = E'caf\\xe9';
+             UPDATE w SET k = E'na\\xefve2' WHERE k = E'na\\xefve';
+             DELETE FROM w WHERE k = 'plain';
+             INSERT INTO w VALUES (E'\\xfc', 'new');
+             UPDATE wc SET v = 'changed' WHERE a = E'\\xe9t\\xe9' AND b = 1;
+             DELETE FROM wc WHERE a = E'\\xe9t\\xe9' AND b = 2",
+        );
+        c.ok(&["kick", "s", "60"]);
+        same("changes");
+        assert_eq!(value(b, &tgt, "SELECT count(*) FROM w"), "3");
+    }
+}
