@@ -9,6 +9,7 @@ mod daemon;
 mod dba_day;
 mod faults;
 mod field_reports;
+mod fuzz;
 mod install;
 mod knobs;
 mod layouts;
