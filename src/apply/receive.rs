@@ -924,12 +924,12 @@ impl OnSource<'_, '_, '_> {
                 &[],
             )
             .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.human()))?;
-        if tab.meta.nonkey.is_empty() {
+        if tab.meta.settable.is_empty() {
             return Ok(());
         }
         let set: Vec<String> = tab
             .meta
-            .nonkey
+            .settable
             .iter()
             .map(|c| format!("{0} = s.{0}", quote_ident(c)))
             .collect();

@@ -220,6 +220,22 @@ pub(super) fn detect(
     tab: &TableCtx<'_>,
     tr: &mut TableReport,
 ) -> Result<Found> {
+    // Keys print in UTC while they are compared, whatever each server's
+    // TimeZone: a timestamptz inside a range, an array, a composite or a
+    // domain then prints alike on every source. (Rows keep the session's
+    // zone: a timestamptz copied into a timestamp column keeps its meaning.)
+    let mut zones = Vec::new();
+    for &(c, _) in changers {
+        let tx = &mut srcs[c].tx;
+        let zone: String = tx
+            .query_one(
+                "SELECT pg_catalog.current_setting('TimeZone'), pg_catalog.set_config('TimeZone', 'UTC', true)",
+                &[],
+            )
+            .ctx(|| "comparing keys in UTC".into())?
+            .col(0, "the session's time zone")?;
+        zones.push((c, zone));
+    }
     let mut portals = Vec::new();
     for &(c, id) in changers {
         portals.push(open_stream(&mut srcs[c], tab, id)?);
@@ -257,6 +273,12 @@ pub(super) fn detect(
     }
     drop(portals);
     let won = won_keys(srcs, changers, tab, &m)?;
+    for (c, zone) in zones {
+        srcs[c]
+            .tx
+            .execute("SELECT pg_catalog.set_config('TimeZone', $1, true)", &[&zone])
+            .ctx(|| "restoring the session's time zone".into())?;
+    }
     Ok(Found { won, merged: m.merged })
 }
 

@@ -12,9 +12,10 @@ use postgres::Transaction;
 use super::error::ApplyError;
 use crate::catalog::model::Relation;
 use crate::catalog::plan::SyncPlan;
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::pg::discover;
 use crate::pg::ident::quote_ident;
+use crate::pg::RowExt;
 
 /// Session settings for every transaction a run opens: the text COPY
 /// carries means the same on every server whatever its defaults, and no
@@ -25,7 +26,7 @@ use crate::pg::ident::quote_ident;
 /// UTC where they are compared.)
 pub(super) const TEXT_FORMATS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'; \
-     SET LOCAL statement_timeout = 0";
+     SET LOCAL array_nulls = on; SET LOCAL xmloption = content; SET LOCAL statement_timeout = 0";
 
 /// Hashing and sorting a batch of keys in memory instead of on disk (a
 /// 100k-key batch spills at the default 4MB and reads 25% slower); never
@@ -44,8 +45,11 @@ pub(super) struct TableMeta {
     pub(super) keycols: Vec<String>,
     /// Quoted column list (non-generated source columns).
     pub(super) cols: String,
-    /// The non-key columns among them (unquoted), for in-place updates.
-    pub(super) nonkey: Vec<String>,
+    /// The columns an in-place update sets (unquoted): the key columns
+    /// too, so a key that changed to an equal value printed otherwise
+    /// (1.0 and 1.00, -0 and 0, 'x' and 'X' under a nondeterministic
+    /// collation) takes the winner's form.
+    pub(super) settable: Vec<String>,
     /// Per database (the first source and every written one): `ONLY ` where
     /// the table is plain there, nothing where it is partitioned. Decided
     /// per side: a plain source may feed a partitioned target (where
@@ -289,9 +293,9 @@ pub(super) fn table_meta(
         .collect();
     // An identity GENERATED ALWAYS column can only be updated to DEFAULT;
     // its value never changes after the insert, so in-place updates skip it.
-    let nonkey: Vec<String> = src_cols
+    let settable: Vec<String> = src_cols
         .iter()
-        .filter(|c| !c.generated && !c.identity_always && !shape.keycols.contains(&c.name))
+        .filter(|c| !c.generated && !c.identity_always)
         .map(|c| c.name.clone())
         .collect();
     let mut key_types = HashMap::new();
@@ -304,7 +308,7 @@ pub(super) fn table_meta(
         signature: shape.signature.to_string(),
         keycols: shape.keycols.to_vec(),
         cols: cols.join(", "),
-        nonkey,
+        settable,
         only,
         key_types,
     };
@@ -363,5 +367,31 @@ fn key_types_on(
         // compares exactly (a cast to varchar(10) would cut it).
         kt.push(c.base_type.clone());
     }
-    Ok(kt)
+    below_domains(tx, n, kt)
+}
+
+/// The key types with every domain replaced by the type under it (a
+/// domain's values compare as its base type's, and PostgreSQL 10 has no
+/// arrays of domains for `= ANY`).
+fn below_domains(tx: &mut Transaction<'_>, db: &str, types: Vec<String>) -> Result<Vec<String>> {
+    let q = format!("reading the key types on \"{db}\"");
+    tx.query(
+        "WITH RECURSIVE t(i, oid, kind, base) AS (
+             SELECT k.i, y.oid, y.typtype, y.typbasetype
+               FROM unnest($1::text[]) WITH ORDINALITY AS k(name, i)
+               JOIN pg_catalog.pg_type y ON y.oid = pg_catalog.to_regtype(k.name)
+             UNION ALL
+             SELECT t.i, y.oid, y.typtype, y.typbasetype FROM t JOIN pg_catalog.pg_type y ON y.oid = t.base
+              WHERE t.kind = 'd')
+         SELECT k.name, (SELECT pg_catalog.format_type(t.oid, -1) FROM t WHERE t.i = k.i AND t.kind <> 'd')
+           FROM unnest($1::text[]) WITH ORDINALITY AS k(name, i) ORDER BY k.i",
+        &[&types],
+    )
+    .ctx(|| q.clone())?
+    .iter()
+    .map(|r| {
+        let name: String = r.col(0, &q)?;
+        Ok(r.col::<_, Option<String>>(1, &q)?.unwrap_or(name))
+    })
+    .collect()
 }
