@@ -210,15 +210,14 @@ impl<'c> Receivers<'c> {
             .map(|i| (*i, format!("COPY pg_temp.capra_keys ({keys}) FROM STDIN{enc}")))
             .collect();
         pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.human())?;
-        let missing = format!(
-            "NOT EXISTS (SELECT 1 FROM pg_temp.capra_keys k WHERE ({}) = ({}))",
-            tab.keys_of("k"),
-            tab.keys_of("t")
-        );
         let mut deleted = 0;
         let mut held = Vec::new();
         for &i in idx {
             let (tx, db) = (&mut self.txs[i], self.names[i].as_str());
+            let missing = format!(
+                "NOT EXISTS (SELECT 1 FROM pg_temp.capra_keys k WHERE {})",
+                tab.on(db, "k", "t")
+            );
             if let Some(s) = &spare[i] {
                 let (n, h) = delete_on_source(tx, db, tab, &format!("{missing} AND {s}"), tab.md[i])?;
                 deleted += n;
@@ -318,24 +317,29 @@ impl<'c> Receivers<'c> {
                 // One key column deletes by `= ANY`; an array-typed one
                 // cannot (a text array cast to `t[][]` is `t[]`): it goes
                 // by subscript like a composite key.
+                let ops = tab.ops_on(&self.names[i]);
                 let del = if qk.len() == 1 && !types[0].ends_with("[]") && !batch.raw {
                     format!(
-                        "DELETE FROM {} WHERE {} = ANY ($1::text[]::{}[])",
+                        "DELETE FROM {} WHERE {} {} ANY ($1::text[]::{}[])",
                         tab.tbl_on(&self.names[i]),
                         qk[0],
+                        ops[0],
                         types[0]
                     )
                 } else {
-                    let sel: Vec<String> = types
+                    let eq: Vec<String> = types
                         .iter()
+                        .zip(qk.iter().zip(&ops))
                         .enumerate()
-                        .map(|(j, ty)| format!("({})::{ty}", key_in(&format!("(${}::text[])[s.i]", j + 1), batch.raw)))
+                        .map(|(j, (ty, (k, op)))| {
+                            let text = key_in(&format!("(${}::text[])[s.i]", j + 1), batch.raw);
+                            format!("t.{k} {op} ({text})::{ty}")
+                        })
                         .collect();
                     format!(
-                        "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM generate_subscripts($1::text[], 1) AS s(i))",
+                        "DELETE FROM {} t WHERE EXISTS (SELECT 1 FROM generate_subscripts($1::text[], 1) AS s(i) WHERE {})",
                         tab.tbl_on(&self.names[i]),
-                        keys,
-                        sel.join(", ")
+                        eq.join(" AND ")
                     )
                 };
                 sqls.push((del, true));
@@ -373,11 +377,11 @@ impl<'c> Receivers<'c> {
         // Keys whose row no longer matches the filter were deleted above and
         // are not copied: a row that stops matching leaves the receivers.
         let q = format!(
-            "COPY (SELECT {} FROM {} WHERE ({}) IN ({}){}) TO STDOUT{enc}",
+            "COPY (SELECT {} FROM {} t WHERE EXISTS (SELECT 1 FROM ({}) AS w WHERE {}){}) TO STDOUT{enc}",
             tab.meta.cols,
             tab.tbl_on(batch.from_db),
-            tab.keys(),
             batch.keys_sql,
+            tab.on(batch.from_db, "w", "t"),
             t.filter.as_deref().map(|f| format!(" AND ({f})")).unwrap_or_default()
         );
         let dests: Vec<(usize, String)> = batch
@@ -466,7 +470,7 @@ impl<'c> Receivers<'c> {
                 format!(
                     "DELETE FROM {} WHERE {}",
                     tab.tbl_on(&self.names[i]),
-                    key_params_eq(&tab.qk, &types, "")
+                    key_params_eq(&tab.qk, &types, &tab.ops_on(&self.names[i]), "")
                 ),
                 true,
             ));
@@ -555,11 +559,11 @@ enum Held {
 
 impl Held {
     /// The condition, over alias `a`, selecting this step's keys.
-    fn cond(self, tab: &TableCtx<'_>, a: &str) -> String {
+    fn cond(self, tab: &TableCtx<'_>, db: &str, a: &str) -> String {
         let not = if self == Held::First { "" } else { "NOT " };
         format!(
             "{not}EXISTS (SELECT 1 FROM pg_temp.capra_checked c WHERE {})",
-            tab.on("c", a)
+            tab.on(db, "c", a)
         )
     }
 }
@@ -606,8 +610,8 @@ impl OnSource<'_, '_, '_> {
                               AND {staged} (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
                               FOR {mode} OF t SKIP LOCKED)
                  INSERT INTO pg_temp.capra_locked SELECT * FROM l",
-                        tab.on("k", "t"),
-                        tab.on("s", "t")
+                        tab.on(db, "k", "t"),
+                        tab.on(db, "s", "t")
                     ),
                     &[],
                 )
@@ -623,7 +627,7 @@ impl OnSource<'_, '_, '_> {
                       RETURNING {keys})
          INSERT INTO pg_temp.capra_inserted SELECT * FROM ins",
             self.tab.t.name.sql(),
-            self.tab.on("t", "s"),
+            self.tab.on(self.db, "t", "s"),
             c = self.tab.meta.cols,
             tbl = self.tbl,
             keys = self.tab.keys()
@@ -644,9 +648,9 @@ impl OnSource<'_, '_, '_> {
                           FOR UPDATE OF t SKIP LOCKED)
              INSERT INTO pg_temp.capra_locked SELECT * FROM l",
                     tab.keys_of("t"),
-                    tab.on("k", "t"),
-                    tab.on("l", "t"),
-                    tab.on("i", "t")
+                    tab.on(db, "k", "t"),
+                    tab.on(db, "l", "t"),
+                    tab.on(db, "i", "t")
                 ),
                 &[],
             )
@@ -668,9 +672,9 @@ impl OnSource<'_, '_, '_> {
                     AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {})
                     AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_inserted i WHERE {})
               RETURNING {}, k.capra_from",
-                    tab.on("t", "k"),
-                    tab.on("l", "k"),
-                    tab.on("i", "k"),
+                    tab.on(db, "t", "k"),
+                    tab.on(db, "l", "k"),
+                    tab.on(db, "i", "k"),
                     tab.qk
                         .iter()
                         .map(|k| format!("k.{k}::text"))
@@ -692,7 +696,7 @@ impl OnSource<'_, '_, '_> {
             .execute(
                 &format!(
                     "DELETE FROM pg_temp.capra_in_rows s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})",
-                    tab.on("k", "s")
+                    tab.on(db, "k", "s")
                 ),
                 &[],
             )
@@ -741,8 +745,8 @@ impl OnSource<'_, '_, '_> {
                         .map(|k| format!("k.{k}::text"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    tab.on("d", "k"),
-                    held.cond(tab, "k"),
+                    tab.on(db, "d", "k"),
+                    held.cond(tab, db, "k"),
                     tab.keys_of("k")
                 ),
                 &[],
@@ -822,7 +826,7 @@ impl OnSource<'_, '_, '_> {
     /// this run inserted); a merged row replaces the staged one.
     fn follow(&mut self, key: &[String], decision: &Decision, tr: &mut TableReport) -> Result<()> {
         let (tab, db) = (self.tab, self.db);
-        let cond = key_params_eq(&tab.qk, &tab.types_on(db), "");
+        let cond = key_params_eq(&tab.qk, &tab.types_on(db), &tab.ops_on(db), "");
         let params = text_params(key);
         let keep_mine = match decision {
             Decision::Winner(w) => *w == self.x,
@@ -909,8 +913,8 @@ impl OnSource<'_, '_, '_> {
         let (tab, tbl, db) = (self.tab, &self.tbl, self.db);
         let mine = format!(
             "EXISTS (SELECT 1 FROM pg_temp.capra_locked l WHERE {}) AND {}",
-            tab.on("l", "t"),
-            held.cond(tab, "t")
+            tab.on(db, "l", "t"),
+            held.cond(tab, db, "t")
         );
         tr.deleted += self
             .tx
@@ -918,8 +922,8 @@ impl OnSource<'_, '_, '_> {
                 &format!(
                     "DELETE FROM {tbl} t USING pg_temp.capra_in_keys k WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
                    AND {mine}",
-                    tab.on("t", "k"),
-                    tab.on("s", "t"),
+                    tab.on(db, "t", "k"),
+                    tab.on(db, "s", "t"),
                 ),
                 &[],
             )
@@ -936,7 +940,7 @@ impl OnSource<'_, '_, '_> {
         let update = format!(
             "UPDATE {tbl} t SET {} FROM pg_temp.capra_in_rows s WHERE {} AND {mine}",
             set.join(", "),
-            tab.on("t", "s"),
+            tab.on(db, "t", "s"),
         );
         let mut sp = self.tx.savepoint("capra_update").ctx(|| "savepoint".into())?;
         match sp.execute(&update, &[]) {
@@ -974,7 +978,7 @@ impl OnSource<'_, '_, '_> {
             .execute(
                 &format!(
                     "DELETE FROM {tbl} t USING pg_temp.capra_in_rows s WHERE {} AND {mine}",
-                    tab.on("t", "s")
+                    tab.on(db, "t", "s")
                 ),
                 &[],
             )
@@ -1004,7 +1008,7 @@ fn change_time(s: &mut Src<'_>, tab: &TableCtx<'_>, types: &[String], key: &[Str
         "SELECT {} FROM capra.delta_{id} d WHERE {} AND {}",
         s.time_expr(),
         s.window(),
-        key_params_eq(&tab.qk, types, "d.")
+        key_params_eq(&tab.qk, types, &tab.ops_on(&s.db.name), "d.")
     );
     s.tx.query_one(&q, &text_params(key))
         .ctx(|| format!("reading a change time on \"{}\"", s.db.name))?
@@ -1021,7 +1025,7 @@ pub(super) fn spare_clause(srcs: &[Src<'_>], kind: Recv, tab: &TableCtx<'_>) -> 
     // The application's own changes only: not what this sync logged there.
     Some(format!(
         "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}) AND d.txid <> txid_current(){})",
-        tab.on("d", "t"),
+        tab.on(&s.db.name, "d", "t"),
         s.own
     ))
 }
@@ -1041,7 +1045,7 @@ fn delete_on_source(
     let keys = tab.keys();
     let tk = tab.keys_of("t");
     let tbl = tab.tbl_on(db);
-    let on = tab.on("t", "l");
+    let on = tab.on(db, "t", "l");
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS pg_temp.capra_dlocked; CREATE TEMP TABLE capra_dlocked ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
     ))

@@ -178,7 +178,7 @@ pub(super) fn row_json(
             &format!(
                 "SELECT row_to_json(t)::text FROM {} t WHERE {}",
                 tab.tbl_on(db),
-                key_params_eq(&tab.qk, &types, "t.")
+                key_params_eq(&tab.qk, &types, &tab.ops_on(db), "t.")
             ),
             &text_params(key),
         )
@@ -417,8 +417,8 @@ fn won_keys(
             if !m.lost[i].is_empty() {
                 temp_keys(&mut s.tx, &s.db.name, "capra_lost", &tab.meta, &types, &m.lost[i])?;
                 q.push_str(&format!(
-                    " AND ({}) NOT IN (SELECT {keys} FROM pg_temp.capra_lost)",
-                    tab.keys_of("d")
+                    " AND NOT EXISTS (SELECT 1 FROM pg_temp.capra_lost l WHERE {})",
+                    tab.on(&s.db.name, "l", "d")
                 ));
             }
             parts.push(q);

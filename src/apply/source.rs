@@ -507,7 +507,13 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
     let arrays = key_columns(keys, qk.len());
     let params = array_params(&arrays);
     let names: Vec<String> = (1..=qk.len()).map(|j| format!("a{j}")).collect();
-    let eq: Vec<String> = qk.iter().zip(&names).map(|(k, a)| format!("d.{k} = u.{a}")).collect();
+    let ops = tab.ops_on(&s.db.name);
+    let eq: Vec<String> = qk
+        .iter()
+        .zip(&names)
+        .zip(&ops)
+        .map(|((k, a), op)| format!("d.{k} {op} u.{a}"))
+        .collect();
     let sql = format!(
         "INSERT INTO capra.delta_{id} ({}, ts)
          SELECT u.*, coalesce((SELECT to_timestamp({}) FROM capra.delta_{id} d WHERE {} AND {}), {}, statement_timestamp())

@@ -58,6 +58,10 @@ pub(super) struct TableMeta {
     pub(super) only: HashMap<String, &'static str>,
     /// Per written database: the key columns' types there (for casts).
     pub(super) key_types: HashMap<String, Vec<String>>,
+    /// Per database (the first source and every written one): the
+    /// equality operator of each key column, schema-qualified (see
+    /// [`key_ops`]).
+    pub(super) key_ops: HashMap<String, Vec<String>>,
 }
 
 /// How a target receives a table in this run.
@@ -123,9 +127,19 @@ impl<'a> TableCtx<'a> {
             .join(", ")
     }
 
-    /// `a.k1 = b.k1 AND ...` over this table's key.
-    pub(super) fn on(&self, a: &str, b: &str) -> String {
-        key_eq(&self.qk, a, b)
+    /// `a.k1 OPERATOR(s.=) b.k1 AND ...` over this table's key, in a
+    /// statement run on database `db`.
+    pub(super) fn on(&self, db: &str, a: &str, b: &str) -> String {
+        key_eq(&self.qk, &self.ops_on(db), a, b)
+    }
+
+    /// The key columns' equality operators on database `db`.
+    pub(super) fn ops_on(&self, db: &str) -> Vec<String> {
+        self.meta
+            .key_ops
+            .get(db)
+            .cloned()
+            .unwrap_or_else(|| vec![BUILTIN_EQ.to_string(); self.qk.len()])
     }
 
     /// The key types on a written database (empty when not written).
@@ -134,21 +148,27 @@ impl<'a> TableCtx<'a> {
     }
 }
 
-/// `a.k1 = b.k1 AND a.k2 = b.k2 ...` over quoted key columns.
-pub(super) fn key_eq(qk: &[String], a: &str, b: &str) -> String {
+/// The equality of the built-in types, named so that no operator a user
+/// created in a schema on some search_path is ever chosen.
+pub(super) const BUILTIN_EQ: &str = "OPERATOR(pg_catalog.=)";
+
+/// `a.k1 OP1 b.k1 AND a.k2 OP2 b.k2 ...` over quoted key columns.
+pub(super) fn key_eq(qk: &[String], ops: &[String], a: &str, b: &str) -> String {
     qk.iter()
-        .map(|k| format!("{a}.{k} = {b}.{k}"))
+        .zip(ops)
+        .map(|(k, op)| format!("{a}.{k} {op} {b}.{k}"))
         .collect::<Vec<_>>()
         .join(" AND ")
 }
 
-/// `{prefix}k1 = $1::text::t1 AND ...`: one key bound as text parameters,
-/// cast to each key column's type on that database.
-pub(super) fn key_params_eq(qk: &[String], types: &[String], prefix: &str) -> String {
+/// `{prefix}k1 OP1 $1::text::t1 AND ...`: one key bound as text
+/// parameters, cast to each key column's type on that database.
+pub(super) fn key_params_eq(qk: &[String], types: &[String], ops: &[String], prefix: &str) -> String {
     qk.iter()
         .zip(types)
+        .zip(ops)
         .enumerate()
-        .map(|(j, (k, ty))| format!("{prefix}{k} = ${}::text::{ty}", j + 1))
+        .map(|(j, ((k, ty), op))| format!("{prefix}{k} {op} ${}::text::{ty}", j + 1))
         .collect::<Vec<_>>()
         .join(" AND ")
 }
@@ -300,8 +320,23 @@ pub(super) fn table_meta(
         .collect();
     let mut key_types = HashMap::new();
     let mut only = HashMap::from([(src_name.to_string(), only_for(kind))]);
+    let src_types: Vec<String> = shape
+        .keycols
+        .iter()
+        .map(|k| {
+            src_cols
+                .iter()
+                .find(|c| &c.name == k)
+                .map(|c| c.base_type.clone())
+                .unwrap_or_else(|| "text".into())
+        })
+        .collect();
+    let src_types = below_domains(stx, src_name, src_types)?;
+    let mut ops = HashMap::from([(src_name.to_string(), key_ops(stx, src_name, &src_types)?)]);
     for (tx, n) in txs.iter_mut().zip(names) {
-        key_types.insert(n.clone(), key_types_on(tx, n, t, &src_cols, shape.keycols)?);
+        let types = key_types_on(tx, n, t, &src_cols, shape.keycols)?;
+        ops.insert(n.clone(), key_ops(tx, n, &types)?);
+        key_types.insert(n.clone(), types);
         only.insert(n.clone(), only_for(discover::kind_of(tx, &t.name)?));
     }
     let meta = TableMeta {
@@ -311,6 +346,7 @@ pub(super) fn table_meta(
         settable,
         only,
         key_types,
+        key_ops: ops,
     };
     cache.insert(t.id, meta.clone());
     Ok(meta)
@@ -368,6 +404,37 @@ fn key_types_on(
         kt.push(c.base_type.clone());
     }
     below_domains(tx, n, kt)
+}
+
+/// The equality operator of each key type on a database, as its default
+/// btree operator class names it (`OPERATOR(public.=)` for citext: under
+/// capra's pinned search_path an unqualified `=` would find only
+/// pg_catalog's and compare citext as text), else the built-in one.
+/// Operator classes are a superuser's to create, so no tenant can plant
+/// the operator chosen here.
+fn key_ops(tx: &mut Transaction<'_>, db: &str, types: &[String]) -> Result<Vec<String>> {
+    let q = format!("reading the key operators on \"{db}\"");
+    tx.query(
+        "SELECT coalesce((
+             SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname)
+               FROM pg_catalog.pg_opclass oc
+               JOIN pg_catalog.pg_am am ON am.oid OPERATOR(pg_catalog.=) oc.opcmethod
+               JOIN pg_catalog.pg_amop ao ON ao.amopfamily OPERATOR(pg_catalog.=) oc.opcfamily
+                AND ao.amoplefttype OPERATOR(pg_catalog.=) oc.opcintype
+                AND ao.amoprighttype OPERATOR(pg_catalog.=) oc.opcintype
+               JOIN pg_catalog.pg_operator o ON o.oid OPERATOR(pg_catalog.=) ao.amopopr
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace
+              WHERE oc.opcdefault AND am.amname OPERATOR(pg_catalog.=) 'btree'
+                AND ao.amopstrategy OPERATOR(pg_catalog.=) 3
+                AND oc.opcintype OPERATOR(pg_catalog.=) pg_catalog.to_regtype(k.name)
+              LIMIT 1), $2)
+           FROM unnest($1::text[]) WITH ORDINALITY AS k(name, i) ORDER BY k.i",
+        &[&types, &BUILTIN_EQ],
+    )
+    .ctx(|| q.clone())?
+    .iter()
+    .map(|r| r.col(0, &q))
+    .collect()
 }
 
 /// The key types with every domain replaced by the type under it (a
