@@ -19,7 +19,9 @@
 //!   fire only in the `origin` replication role, so rows capra itself
 //!   applies are not logged again (the loop prevention multi-master relies
 //!   on). The functions run as their owner, so writers need (and get) no
-//!   rights on capra's tables.
+//!   rights on capra's tables, its schema or the functions themselves:
+//!   PUBLIC may not execute them, so no one can attach one to a table of
+//!   their own to forge change rows.
 //! - `capra.consumer`: per (installation, sync), the `txid_snapshot` up to
 //!   which that sync has applied this source's changes. A run reads in one
 //!   REPEATABLE READ snapshot `cur` and takes exactly the rows whose txid is
@@ -46,6 +48,10 @@ pub const CAPTURE_VERSION: i32 = 7;
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
+-- Nothing here is for other roles: the capture functions run as their
+-- owner from the trigger mechanism, which checks no schema or function
+-- rights, so writers need none (see revoke_public).
+REVOKE ALL ON SCHEMA capra FROM PUBLIC;
 COMMENT ON SCHEMA capra IS 'capra replication: change capture (remove with capra remove sync ...)';
 CREATE TABLE IF NOT EXISTS capra.capture_meta (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -247,6 +253,7 @@ BEGIN
                      BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
                            RETURN NULL; END $b$',
                     cap.id, cap.id);
+                EXECUTE format('REVOKE ALL ON FUNCTION capra.capture_%s() FROM PUBLIC', cap.id);
                 INSERT INTO capra.truncate_log (captured, part) VALUES (cap.id, '*');
                 UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
                 RAISE WARNING 'capra: cannot follow the key of %.% (%); every write now marks it for a full copy, and its sync stops until you declare its key: capra update table %.% pkey=COLUMNS',
@@ -262,6 +269,7 @@ EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'capra could not follow this DDL (%); run: capra validate', SQLERRM;
 END
 $f$;
+REVOKE ALL ON FUNCTION capra.follow_ddl() FROM PUBLIC;
 "#;
 
 /// A table to capture: its name and replication key.
@@ -299,7 +307,7 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
             .into());
         }
         if v == CAPTURE_VERSION {
-            return Ok(());
+            return revoke_public(c);
         }
     }
     c.batch_execute(BASE_SQL)
@@ -310,7 +318,49 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
         &[&CAPTURE_VERSION],
     )
     .ctx(|| "recording the capture version".into())?;
+    revoke_public(c)?;
     install_ddl_follower(c)
+}
+
+/// Takes EXECUTE on capra's functions and every right on its schema away
+/// from PUBLIC wherever an older capra left them (new functions default to
+/// PUBLIC EXECUTE, and `CREATE OR REPLACE` keeps what a function had).
+/// With EXECUTE, any role that can reach the schema could attach a
+/// SECURITY DEFINER `capture_N()` to a table of its own and forge change
+/// or truncate rows for a synced table; the triggers capra installs need
+/// no EXECUTE (the trigger mechanism does not check it). Looks first, so
+/// an install already in order costs one query and no catalog writes.
+fn revoke_public(c: &mut impl GenericClient) -> Result<()> {
+    let open: Vec<String> = c
+        .query(
+            "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'capra'::pg_catalog.regnamespace
+                AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
+             UNION ALL
+             SELECT 'schema' FROM pg_catalog.pg_namespace n
+              WHERE n.nspname OPERATOR(pg_catalog.=) 'capra'
+                AND (pg_catalog.has_schema_privilege('public', n.oid, 'USAGE')
+                     OR pg_catalog.has_schema_privilege('public', n.oid, 'CREATE'))",
+            &[],
+        )
+        .ctx(|| "checking the rights on capra's capture functions".into())?
+        .iter()
+        .map(|r| r.col(0, "a capture function open to PUBLIC"))
+        .collect::<Result<_>>()?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let sql: String = open
+        .iter()
+        .map(|f| match f.as_str() {
+            "schema" => "REVOKE ALL ON SCHEMA capra FROM PUBLIC;\n".to_string(),
+            f => format!("REVOKE ALL ON FUNCTION {f} FROM PUBLIC;\n"),
+        })
+        .collect();
+    c.batch_execute(&sql)
+        .ctx(|| "revoking PUBLIC's rights on capra's capture functions".into())?;
+    tracing::info!("Revoked PUBLIC's rights on {} of capra's capture objects", open.len());
+    Ok(())
 }
 
 /// The capture version recorded in this database; None when capra's
@@ -386,7 +436,8 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
             // Marking for full copies (the DDL follower lost the key).
             c.batch_execute(&format!(
                 "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
-                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;"
+                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;
+                 REVOKE ALL ON FUNCTION capra.capture_{id}() FROM PUBLIC;"
             ))
             .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
             continue;
@@ -1085,7 +1136,10 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String]) -> String {
         n += 1;
         tag = format!("$f{n}$");
     }
-    format!("CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n")
+    format!(
+        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n\
+         REVOKE ALL ON FUNCTION capra.capture_{id}() FROM PUBLIC;\n"
+    )
 }
 
 /// The row-level UPDATE trigger of a table (`table`: its quoted name) with
