@@ -69,6 +69,21 @@ pub enum CaptureError {
         pending: i64,
     },
 
+    /// Following a key column's new type would convert the change log
+    /// through a cast that a role other than a superuser wrote: that code
+    /// would run with capra's rights.
+    #[error(
+        "the key of {table} changed type, and converting its change log would run {cast}, written by the role \"{owner}\"; drop that cast, or remove the table from its syncs and add it again"
+    )]
+    ForeignCast {
+        /// The table, for people.
+        table: String,
+        /// The cast, `the cast text AS public.mood`.
+        cast: String,
+        /// Who wrote its function.
+        owner: String,
+    },
+
     /// A row filter the server cannot plan on a table. The message carries
     /// the server's words (`detail`), so the driver error is kept for its
     /// SQLSTATE but is not a `source` printed a second time.
@@ -93,7 +108,8 @@ impl AreaError for CaptureError {
             | CaptureError::TableMissing { .. }
             | CaptureError::KeyRenamed { .. }
             | CaptureError::KeyColumnGone { .. }
-            | CaptureError::KeyChangePending { .. } => Kind::Conflict,
+            | CaptureError::KeyChangePending { .. }
+            | CaptureError::ForeignCast { .. } => Kind::Conflict,
             CaptureError::FilterFails { .. } => Kind::Input,
         }
     }

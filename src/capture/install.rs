@@ -241,6 +241,16 @@ BEGIN
                     old_t := NULL;
                 END;
                 IF old_t IS NOT NULL AND old_t <> types[i]::regtype THEN
+                    -- The log is converted through text; a cast another
+                    -- role wrote for either step would run here as this
+                    -- function's owner: give up on the key instead.
+                    IF EXISTS (SELECT 1 FROM pg_cast k JOIN pg_proc p ON p.oid = k.castfunc
+                                 JOIN pg_roles r ON r.oid = p.proowner
+                                WHERE NOT r.rolsuper AND NOT p.prosecdef
+                                  AND ((k.castsource = old_t AND k.casttarget = 'text'::regtype)
+                                       OR (k.castsource = 'text'::regtype AND k.casttarget = types[i]::regtype))) THEN
+                        RAISE EXCEPTION 'converting key column % to % would run a cast of another role', names[i], types[i];
+                    END IF;
                     EXECUTE format('ALTER TABLE capra.%I ALTER COLUMN %I TYPE %s USING %I::text::%s',
                         'delta_' || cap.id, names[i], types[i], names[i], types[i]);
                     UPDATE capra.captured SET keytypes[i] = types[i] WHERE id = cap.id;
@@ -703,6 +713,7 @@ fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, ke
         .ctx(|| "comparing key types".into())?
         .col(0, "whether the key types agree")?;
     if !same_types {
+        refuse_foreign_casts(c, t, &old.keytypes, keytypes)?;
         // A key column changed type (int -> bigint, wider
         // varchar): follow it in place, no rebuild.
         let alters: Vec<String> = t
@@ -721,6 +732,38 @@ fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, ke
     }
     cover_partitions(c, id, &t.name, true, false)?;
     remember_key(c, id, &t.name, &t.keycols)
+}
+
+/// The change log is converted to new key types through text: a cast
+/// between text and either type whose function another role (not a
+/// superuser) wrote, and that runs as its caller, would run with capra's
+/// rights. Refused instead (the DDL follower gives up on the key for the
+/// same reason).
+fn refuse_foreign_casts(c: &mut impl GenericClient, t: &Target, old: &[String], new: &[String]) -> Result<()> {
+    const Q: &str = "looking for casts of the key types";
+    let found = c
+        .query_opt(
+            "SELECT pg_catalog.format('the cast %s AS %s', k.castsource::pg_catalog.regtype, k.casttarget::pg_catalog.regtype),
+                    r.rolname::pg_catalog.text
+               FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS x(o, n)
+               JOIN pg_catalog.pg_cast k
+                 ON (k.castsource OPERATOR(pg_catalog.=) pg_catalog.to_regtype(x.o) AND k.casttarget OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype)
+                 OR (k.castsource OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype AND k.casttarget OPERATOR(pg_catalog.=) pg_catalog.to_regtype(x.n))
+               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) k.castfunc
+               JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner
+              WHERE NOT r.rolsuper AND NOT p.prosecdef LIMIT 1",
+            &[&old, &new],
+        )
+        .ctx(|| Q.into())?;
+    match found {
+        None => Ok(()),
+        Some(r) => Err(CaptureError::ForeignCast {
+            table: t.name.human(),
+            cast: r.col(0, Q)?,
+            owner: r.col(1, Q)?,
+        }
+        .into()),
+    }
 }
 
 /// Locks the table, then counts the changes and truncations in its log

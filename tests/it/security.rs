@@ -755,3 +755,66 @@ fn a_tenants_code_runs_without_superuser_rights_under_a_least_privilege_apply() 
         assert!(!is_super(cl, &role));
     }
 }
+
+/// capra's DDL follower is an event trigger running as its superuser
+/// owner on DDL anyone issues. When a tenant retypes the key of its own
+/// captured table to a type with a cast from text that the tenant wrote,
+/// following the type would convert the change log through that cast, as
+/// the superuser. The follower checks the casts first and gives up on the
+/// key instead (the table is copied whole until capture is rebuilt on the
+/// new type), so the tenant stays a plain user and the table converges.
+#[test]
+fn the_ddl_follower_never_runs_a_tenants_cast() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("follow", "SELECT 1");
+    let role = unique("mallory");
+    tenant(a, &src, &role);
+    let ddl = "CREATE TYPE mood AS ENUM ('a', 'b', 'c'); CREATE TABLE kt (k text PRIMARY KEY, v text)";
+    as_role(
+        a,
+        &src,
+        &role,
+        &format!(
+            "{ddl};
+             CREATE FUNCTION text_mood(text) RETURNS mood LANGUAGE plpgsql AS $f$
+             BEGIN
+                 BEGIN EXECUTE 'ALTER ROLE {role} SUPERUSER'; EXCEPTION WHEN insufficient_privilege THEN NULL; END;
+                 RETURN pg_catalog.enum_in($1::cstring, 'public.mood'::regtype);
+             END $f$;
+             CREATE CAST (text AS mood) WITH FUNCTION text_mood(text);
+             INSERT INTO kt VALUES ('a', 'x'), ('b', 'y')"
+        ),
+    )
+    .unwrap();
+    b.exec(&tgt, ddl);
+    fixtures::sync_tables(&c, &["kt"], "s", &["autokick=0", "onetimecopy=1"]);
+    let installed = value(
+        a,
+        &src,
+        "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'capra_follow_ddl'",
+    );
+    assert_eq!(installed, "1");
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    as_role(
+        a,
+        &src,
+        &role,
+        "INSERT INTO kt VALUES ('c', 'z'); UPDATE kt SET v = 'w' WHERE k = 'a'",
+    )
+    .unwrap();
+    assert_ne!(value(a, &src, "SELECT count(*) FROM capra.delta_1"), "0");
+    b.exec(&tgt, "ALTER TABLE kt ALTER COLUMN k TYPE mood USING k::mood");
+    as_role(a, &src, &role, "ALTER TABLE kt ALTER COLUMN k TYPE mood USING k::mood").unwrap();
+    assert!(
+        !is_super(a, &role),
+        "the DDL follower ran the tenant's cast as a superuser"
+    );
+    c.ok(&["kick", "s", "60"]);
+    c.ok(&["kick", "s", "60"]);
+    as_role(a, &src, &role, "DELETE FROM kt WHERE v = 'y'").unwrap();
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kt"), checksum(b, &tgt, "kt"), "{}", c.log());
+    assert_eq!(value(b, &tgt, "SELECT count(*) FROM kt"), "2");
+    assert!(!is_super(a, &role));
+}
