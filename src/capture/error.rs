@@ -84,6 +84,16 @@ pub enum CaptureError {
         owner: String,
     },
 
+    /// A schema named `capra` already exists in the source and belongs to
+    /// another role, which could replace capra's capture functions there.
+    #[error(
+        "schema capra in this database belongs to the role \"{owner}\", not to capra's role; capra keeps its capture functions there, so its owner could replace them: drop it or ALTER SCHEMA capra OWNER TO capra's role"
+    )]
+    ForeignSchema {
+        /// The schema's owner.
+        owner: String,
+    },
+
     /// A row filter the server cannot plan on a table. The message carries
     /// the server's words (`detail`), so the driver error is kept for its
     /// SQLSTATE but is not a `source` printed a second time.
@@ -109,7 +119,8 @@ impl AreaError for CaptureError {
             | CaptureError::KeyRenamed { .. }
             | CaptureError::KeyColumnGone { .. }
             | CaptureError::KeyChangePending { .. }
-            | CaptureError::ForeignCast { .. } => Kind::Conflict,
+            | CaptureError::ForeignCast { .. }
+            | CaptureError::ForeignSchema { .. } => Kind::Conflict,
             CaptureError::FilterFails { .. } => Kind::Input,
         }
     }

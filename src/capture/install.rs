@@ -320,6 +320,7 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
             return revoke_public(c);
         }
     }
+    refuse_foreign_schema(c)?;
     c.batch_execute(BASE_SQL)
         .ctx(|| "creating capra's capture schema".into())?;
     upgrade_captures(c)?;
@@ -371,6 +372,32 @@ fn revoke_public(c: &mut impl GenericClient) -> Result<()> {
         .ctx(|| "revoking PUBLIC's rights on capra's capture functions".into())?;
     tracing::info!("Revoked PUBLIC's rights on {} of capra's capture objects", open.len());
     Ok(())
+}
+
+/// A `capra` schema that someone else created first (with CREATE on the
+/// database) would hold capra's SECURITY DEFINER functions where its owner
+/// can drop and replace them: refused unless capra's role or a superuser
+/// owns it, or capra's role (not a superuser, for whom membership means
+/// nothing) is a member of the owner role.
+fn refuse_foreign_schema(c: &mut impl GenericClient) -> Result<()> {
+    const Q: &str = "checking the owner of the capra schema";
+    let owner: Option<String> = c
+        .query_opt(
+            "SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_namespace n
+               JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+              WHERE n.nspname OPERATOR(pg_catalog.=) 'capra' AND NOT r.rolsuper
+                AND r.rolname OPERATOR(pg_catalog.<>) current_user
+                AND ((SELECT me.rolsuper FROM pg_catalog.pg_roles me WHERE me.rolname OPERATOR(pg_catalog.=) current_user)
+                     OR NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE'))",
+            &[],
+        )
+        .ctx(|| Q.into())?
+        .map(|r| r.col(0, Q))
+        .transpose()?;
+    match owner {
+        Some(owner) => Err(CaptureError::ForeignSchema { owner }.into()),
+        None => Ok(()),
+    }
 }
 
 /// The capture version recorded in this database; None when capra's

@@ -818,3 +818,73 @@ fn the_ddl_follower_never_runs_a_tenants_cast() {
     assert_eq!(value(b, &tgt, "SELECT count(*) FROM kt"), "2");
     assert!(!is_super(a, &role));
 }
+
+/// Two ways a tenant could take capra's capture out of its hands, each
+/// refused with one line saying what to do: a `capra` schema the tenant
+/// created first (with CREATE on the database), where capra's SECURITY
+/// DEFINER functions would sit under the tenant's ownership, ready to be
+/// dropped and replaced, is refused by `add sync` (nothing is created in
+/// it) and by `validate`; and row-level security on a tenant's target
+/// table, which would make a least-privilege role see and delete only
+/// the rows the tenant's policies allow, is refused by `validate` with
+/// the fix (BYPASSRLS).
+#[test]
+fn a_tenants_capra_schema_and_row_security_are_refused() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("squat", "SELECT 1");
+    let role = unique("mallory");
+    tenant(a, &src, &role);
+    tenant(b, &tgt, &role);
+    a.exec(&src, &format!("GRANT CREATE ON DATABASE \"{src}\" TO {role}"));
+    let ddl = "CREATE TABLE kv (id int PRIMARY KEY, v text)";
+    as_role(a, &src, &role, &format!("{ddl}; CREATE SCHEMA capra")).unwrap();
+    as_role(
+        b,
+        &tgt,
+        &role,
+        &format!("{ddl}; ALTER TABLE kv ENABLE ROW LEVEL SECURITY; CREATE POLICY few ON kv USING (id < 10)"),
+    )
+    .unwrap();
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=g"]);
+    let e = c.fails(&["add", "sync", "s", "relgroup=g", "dbs=src:source,tgt:target"], 1);
+    assert!(
+        e.contains(&format!("schema capra in this database belongs to the role \"{role}\"")),
+        "{e}"
+    );
+    assert_eq!(
+        value(
+            a,
+            &src,
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'capra'::regnamespace"
+        ),
+        "0"
+    );
+    // The sync is there once the schema is gone; then the squatting and
+    // the row security are findings of validate.
+    a.exec(&src, "DROP SCHEMA capra");
+    fixtures::add_sync(&c, "s", &["autokick=0"]);
+    a.exec(&src, &format!("ALTER SCHEMA capra OWNER TO {role}"));
+    let rt = unique("capra_tgt");
+    plain_role(b, &rt);
+    b.exec(
+        &tgt,
+        &format!("GRANT SELECT, INSERT, DELETE, TRUNCATE ON kv TO {rt}; GRANT SET ON PARAMETER session_replication_role TO {rt}"),
+    );
+    c.ok(&["update", "db", "tgt", &format!("user={rt}")]);
+    let r = c.run(&["validate", "s"]);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains(&format!(
+            "schema capra in database \"src\" belongs to the role \"{role}\", not to capra's role \"postgres\""
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "table public.kv in database \"tgt\" has row-level security that applies to the role \"{rt}\", so capra would see and change only the rows its policies allow; fix: ALTER ROLE \"{rt}\" BYPASSRLS"
+        )),
+        "{}",
+        r.stderr
+    );
+}

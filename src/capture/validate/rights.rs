@@ -296,9 +296,11 @@ pub(super) fn database(scope: &Scope, m: &mut Member, found: &mut Findings) -> R
     let r = c
         .query_one(
             "SELECT current_database()::text,
-                    has_database_privilege(current_database(), 'CREATE'),
+                    has_database_privilege(current_database(), 'CREATE')
+                      OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'capra' AND pg_has_role(nspowner, 'USAGE')),
                     (SELECT r.rolname::text FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-                      WHERE n.nspname = 'capra' AND NOT r.rolsuper AND NOT pg_has_role(n.nspowner, 'USAGE'))",
+                      WHERE n.nspname = 'capra' AND NOT r.rolsuper AND r.rolname <> current_user
+                        AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR NOT pg_has_role(n.nspowner, 'USAGE')))",
             &[],
         )
         .ctx(|| "checking privileges".into())?;
