@@ -69,6 +69,31 @@ pub enum CaptureError {
         pending: i64,
     },
 
+    /// Following a key column's new type would convert the change log
+    /// through a cast that a role other than a superuser wrote: that code
+    /// would run with capra's rights.
+    #[error(
+        "the key of {table} changed type, and converting its change log would run {cast}, written by the role \"{owner}\"; drop that cast, or remove the table from its syncs and add it again"
+    )]
+    ForeignCast {
+        /// The table, for people.
+        table: String,
+        /// The cast, `the cast text AS public.mood`.
+        cast: String,
+        /// Who wrote its function.
+        owner: String,
+    },
+
+    /// A schema named `capra` already exists in the source and belongs to
+    /// another role, which could replace capra's capture functions there.
+    #[error(
+        "schema capra in this database belongs to the role \"{owner}\", not to capra's role; capra keeps its capture functions there, so its owner could replace them: drop it or ALTER SCHEMA capra OWNER TO capra's role"
+    )]
+    ForeignSchema {
+        /// The schema's owner.
+        owner: String,
+    },
+
     /// A row filter the server cannot plan on a table. The message carries
     /// the server's words (`detail`), so the driver error is kept for its
     /// SQLSTATE but is not a `source` printed a second time.
@@ -93,7 +118,9 @@ impl AreaError for CaptureError {
             | CaptureError::TableMissing { .. }
             | CaptureError::KeyRenamed { .. }
             | CaptureError::KeyColumnGone { .. }
-            | CaptureError::KeyChangePending { .. } => Kind::Conflict,
+            | CaptureError::KeyChangePending { .. }
+            | CaptureError::ForeignCast { .. }
+            | CaptureError::ForeignSchema { .. } => Kind::Conflict,
             CaptureError::FilterFails { .. } => Kind::Input,
         }
     }

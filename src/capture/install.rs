@@ -19,7 +19,9 @@
 //!   fire only in the `origin` replication role, so rows capra itself
 //!   applies are not logged again (the loop prevention multi-master relies
 //!   on). The functions run as their owner, so writers need (and get) no
-//!   rights on capra's tables.
+//!   rights on capra's tables, its schema or the functions themselves:
+//!   PUBLIC may not execute them, so no one can attach one to a table of
+//!   their own to forge change rows.
 //! - `capra.consumer`: per (installation, sync), the `txid_snapshot` up to
 //!   which that sync has applied this source's changes. A run reads in one
 //!   REPEATABLE READ snapshot `cur` and takes exactly the rows whose txid is
@@ -46,6 +48,10 @@ pub const CAPTURE_VERSION: i32 = 7;
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
+-- Nothing here is for other roles: the capture functions run as their
+-- owner from the trigger mechanism, which checks no schema or function
+-- rights, so writers need none (see revoke_public).
+REVOKE ALL ON SCHEMA capra FROM PUBLIC;
 COMMENT ON SCHEMA capra IS 'capra replication: change capture (remove with capra remove sync ...)';
 CREATE TABLE IF NOT EXISTS capra.capture_meta (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -235,6 +241,16 @@ BEGIN
                     old_t := NULL;
                 END;
                 IF old_t IS NOT NULL AND old_t <> types[i]::regtype THEN
+                    -- The log is converted through text; a cast another
+                    -- role wrote for either step would run here as this
+                    -- function's owner: give up on the key instead.
+                    IF EXISTS (SELECT 1 FROM pg_cast k JOIN pg_proc p ON p.oid = k.castfunc
+                                 JOIN pg_roles r ON r.oid = p.proowner
+                                WHERE NOT r.rolsuper AND NOT p.prosecdef
+                                  AND ((k.castsource = old_t AND k.casttarget = 'text'::regtype)
+                                       OR (k.castsource = 'text'::regtype AND k.casttarget = types[i]::regtype))) THEN
+                        RAISE EXCEPTION 'converting key column % to % would run a cast of another role', names[i], types[i];
+                    END IF;
                     EXECUTE format('ALTER TABLE capra.%I ALTER COLUMN %I TYPE %s USING %I::text::%s',
                         'delta_' || cap.id, names[i], types[i], names[i], types[i]);
                     UPDATE capra.captured SET keytypes[i] = types[i] WHERE id = cap.id;
@@ -247,6 +263,7 @@ BEGIN
                      BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES (%s, ''*'');
                            RETURN NULL; END $b$',
                     cap.id, cap.id);
+                EXECUTE format('REVOKE ALL ON FUNCTION capra.capture_%s() FROM PUBLIC', cap.id);
                 INSERT INTO capra.truncate_log (captured, part) VALUES (cap.id, '*');
                 UPDATE capra.captured SET keynums = NULL WHERE id = cap.id;
                 RAISE WARNING 'capra: cannot follow the key of %.% (%); every write now marks it for a full copy, and its sync stops until you declare its key: capra update table %.% pkey=COLUMNS',
@@ -262,6 +279,7 @@ EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'capra could not follow this DDL (%); run: capra validate', SQLERRM;
 END
 $f$;
+REVOKE ALL ON FUNCTION capra.follow_ddl() FROM PUBLIC;
 "#;
 
 /// A table to capture: its name and replication key.
@@ -299,9 +317,10 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
             .into());
         }
         if v == CAPTURE_VERSION {
-            return Ok(());
+            return revoke_public(c);
         }
     }
+    refuse_foreign_schema(c)?;
     c.batch_execute(BASE_SQL)
         .ctx(|| "creating capra's capture schema".into())?;
     upgrade_captures(c)?;
@@ -310,7 +329,75 @@ pub fn ensure_base(c: &mut impl GenericClient) -> Result<()> {
         &[&CAPTURE_VERSION],
     )
     .ctx(|| "recording the capture version".into())?;
+    revoke_public(c)?;
     install_ddl_follower(c)
+}
+
+/// Takes EXECUTE on capra's functions and every right on its schema away
+/// from PUBLIC wherever an older capra left them (new functions default to
+/// PUBLIC EXECUTE, and `CREATE OR REPLACE` keeps what a function had).
+/// With EXECUTE, any role that can reach the schema could attach a
+/// SECURITY DEFINER `capture_N()` to a table of its own and forge change
+/// or truncate rows for a synced table; the triggers capra installs need
+/// no EXECUTE (the trigger mechanism does not check it). Looks first, so
+/// an install already in order costs one query and no catalog writes.
+fn revoke_public(c: &mut impl GenericClient) -> Result<()> {
+    let open: Vec<String> = c
+        .query(
+            "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'capra'::pg_catalog.regnamespace
+                AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
+             UNION ALL
+             SELECT 'schema' FROM pg_catalog.pg_namespace n
+              WHERE n.nspname OPERATOR(pg_catalog.=) 'capra'
+                AND (pg_catalog.has_schema_privilege('public', n.oid, 'USAGE')
+                     OR pg_catalog.has_schema_privilege('public', n.oid, 'CREATE'))",
+            &[],
+        )
+        .ctx(|| "checking the rights on capra's capture functions".into())?
+        .iter()
+        .map(|r| r.col(0, "a capture function open to PUBLIC"))
+        .collect::<Result<_>>()?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let sql: String = open
+        .iter()
+        .map(|f| match f.as_str() {
+            "schema" => "REVOKE ALL ON SCHEMA capra FROM PUBLIC;\n".to_string(),
+            f => format!("REVOKE ALL ON FUNCTION {f} FROM PUBLIC;\n"),
+        })
+        .collect();
+    c.batch_execute(&sql)
+        .ctx(|| "revoking PUBLIC's rights on capra's capture functions".into())?;
+    tracing::info!("Revoked PUBLIC's rights on {} of capra's capture objects", open.len());
+    Ok(())
+}
+
+/// A `capra` schema that someone else created first (with CREATE on the
+/// database) would hold capra's SECURITY DEFINER functions where its owner
+/// can drop and replace them: refused unless capra's role or a superuser
+/// owns it, or capra's role (not a superuser, for whom membership means
+/// nothing) is a member of the owner role.
+fn refuse_foreign_schema(c: &mut impl GenericClient) -> Result<()> {
+    const Q: &str = "checking the owner of the capra schema";
+    let owner: Option<String> = c
+        .query_opt(
+            "SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_namespace n
+               JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+              WHERE n.nspname OPERATOR(pg_catalog.=) 'capra' AND NOT r.rolsuper
+                AND r.rolname OPERATOR(pg_catalog.<>) current_user
+                AND ((SELECT me.rolsuper FROM pg_catalog.pg_roles me WHERE me.rolname OPERATOR(pg_catalog.=) current_user)
+                     OR NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE'))",
+            &[],
+        )
+        .ctx(|| Q.into())?
+        .map(|r| r.col(0, Q))
+        .transpose()?;
+    match owner {
+        Some(owner) => Err(CaptureError::ForeignSchema { owner }.into()),
+        None => Ok(()),
+    }
 }
 
 /// The capture version recorded in this database; None when capra's
@@ -386,7 +473,8 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
             // Marking for full copies (the DDL follower lost the key).
             c.batch_execute(&format!(
                 "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $b$
-                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;"
+                 BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;
+                 REVOKE ALL ON FUNCTION capra.capture_{id}() FROM PUBLIC;"
             ))
             .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
             continue;
@@ -652,6 +740,7 @@ fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, ke
         .ctx(|| "comparing key types".into())?
         .col(0, "whether the key types agree")?;
     if !same_types {
+        refuse_foreign_casts(c, t, &old.keytypes, keytypes)?;
         // A key column changed type (int -> bigint, wider
         // varchar): follow it in place, no rebuild.
         let alters: Vec<String> = t
@@ -670,6 +759,38 @@ fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, ke
     }
     cover_partitions(c, id, &t.name, true, false)?;
     remember_key(c, id, &t.name, &t.keycols)
+}
+
+/// The change log is converted to new key types through text: a cast
+/// between text and either type whose function another role (not a
+/// superuser) wrote, and that runs as its caller, would run with capra's
+/// rights. Refused instead (the DDL follower gives up on the key for the
+/// same reason).
+fn refuse_foreign_casts(c: &mut impl GenericClient, t: &Target, old: &[String], new: &[String]) -> Result<()> {
+    const Q: &str = "looking for casts of the key types";
+    let found = c
+        .query_opt(
+            "SELECT pg_catalog.format('the cast %s AS %s', k.castsource::pg_catalog.regtype, k.casttarget::pg_catalog.regtype),
+                    r.rolname::pg_catalog.text
+               FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS x(o, n)
+               JOIN pg_catalog.pg_cast k
+                 ON (k.castsource OPERATOR(pg_catalog.=) pg_catalog.to_regtype(x.o) AND k.casttarget OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype)
+                 OR (k.castsource OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype AND k.casttarget OPERATOR(pg_catalog.=) pg_catalog.to_regtype(x.n))
+               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) k.castfunc
+               JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner
+              WHERE NOT r.rolsuper AND NOT p.prosecdef LIMIT 1",
+            &[&old, &new],
+        )
+        .ctx(|| Q.into())?;
+    match found {
+        None => Ok(()),
+        Some(r) => Err(CaptureError::ForeignCast {
+            table: t.name.human(),
+            cast: r.col(0, Q)?,
+            owner: r.col(1, Q)?,
+        }
+        .into()),
+    }
 }
 
 /// Locks the table, then counts the changes and truncations in its log
@@ -1085,7 +1206,10 @@ fn function_sql(id: i32, table: &QualName, keycols: &[String]) -> String {
         n += 1;
         tag = format!("$f{n}$");
     }
-    format!("CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n")
+    format!(
+        "CREATE OR REPLACE FUNCTION capra.capture_{id}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS {tag}\n{text}{tag};\n\
+         REVOKE ALL ON FUNCTION capra.capture_{id}() FROM PUBLIC;\n"
+    )
 }
 
 /// The row-level UPDATE trigger of a table (`table`: its quoted name) with

@@ -2,6 +2,7 @@
 //! checks there (validation) and installs there.
 
 mod error;
+pub mod hazards;
 pub mod install;
 pub mod purge;
 pub mod reconcile;

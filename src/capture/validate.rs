@@ -15,6 +15,8 @@ use crate::pg::RowExt;
 
 use super::CaptureError;
 
+mod rights;
+
 /// Whether two column types are close enough to copy between.
 fn compatible(src: &str, dst: &str) -> bool {
     if src == dst {
@@ -47,49 +49,6 @@ fn typmod(t: &str) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn is_super(c: &mut Client) -> Result<bool> {
-    c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-        .ctx(|| "checking privileges".into())?
-        .col(0, "whether capra's role is a superuser")
-}
-
-fn may_set_replica_role(c: &mut Client) -> Result<bool> {
-    if is_super(c)? {
-        return Ok(true);
-    }
-    if discover::server_version(c)? >= 150000 {
-        return c
-            .query_one("SELECT has_parameter_privilege('session_replication_role', 'SET')", &[])
-            .ctx(|| "checking privileges".into())?
-            .col(0, "whether capra's role may set session_replication_role");
-    }
-    Ok(false)
-}
-
-/// The privileges in `privs` (comma list) the role lacks on a relation.
-/// Each is checked alone: has_*_privilege with a list is true if any is held.
-fn missing_privs(c: &mut Client, rel: &Relation, privs: &str) -> Result<Vec<String>> {
-    let f = if rel.reltype == RelType::Sequence {
-        "has_sequence_privilege"
-    } else {
-        "has_table_privilege"
-    };
-    let mut missing = Vec::new();
-    for p in privs.split(',') {
-        let ok: bool = c
-            .query_one(
-                &format!("SELECT {f}(format('%I.%I', $1::text, $2::text), $3)"),
-                &[&rel.name.schema, &rel.name.name, &p],
-            )
-            .ctx(|| format!("checking privileges on {}", rel.name.human()))?
-            .col(0, "a privilege of capra's role")?;
-        if !ok {
-            missing.push(p.to_string());
-        }
-    }
-    Ok(missing)
-}
-
 /// A member database validation reached.
 struct Member {
     /// Its name in the catalog.
@@ -98,6 +57,8 @@ struct Member {
     role: Role,
     /// The open connection.
     client: Client,
+    /// capra's role there.
+    me: rights::Me,
 }
 
 /// What validation has found so far, in the order found.
@@ -188,9 +149,10 @@ fn connect_members(
             continue;
         }
         match db.connect() {
-            Ok(client) => conns.push(Member {
+            Ok(mut client) => conns.push(Member {
                 name: m.db.clone(),
                 role: m.role,
+                me: rights::Me::read(&mut client)?,
                 client,
             }),
             Err(e) => found.problems.push(crate::pg::error::flatten(&e.to_string())),
@@ -217,7 +179,8 @@ pub fn validate_sync(cat_client: &mut impl GenericClient, sync: &str) -> Result<
         check_relation(&scope, rel, &mut conns, src_idx, &mut found)?;
     }
     for m in conns.iter_mut() {
-        check_database(&scope, m, &mut found)?;
+        rights::database(&scope, m, &mut found)?;
+        commit_times(&scope, m, &mut found)?;
     }
     found.into_result(sync)
 }
@@ -233,7 +196,7 @@ fn check_relation(
 ) -> Result<()> {
     let present = presence(rel, conns, found)?;
     if rel.reltype == RelType::Sequence {
-        return rights(scope, rel, conns, &present, found);
+        return rights::relation(scope, rel, conns, &present, found);
     }
     let src_cols = if present[src_idx] {
         Some(discover::columns(&mut conns[src_idx].client, &rel.name)?)
@@ -271,7 +234,7 @@ fn check_relation(
         compare_columns(scope, rel, &src, m, &cols, found);
         extra_columns(rel, &src, m, &cols, found);
     }
-    rights(scope, rel, conns, &present, found)
+    rights::relation(scope, rel, conns, &present, found)
 }
 
 /// Per member, whether the relation exists there as the right kind.
@@ -388,100 +351,26 @@ fn extra_columns(rel: &Relation, src: &Source<'_>, m: &Member, cols: &[Column], 
     }
 }
 
-/// The table privileges a member in `role` needs (comma list).
-fn table_privs_needed(scope: &Scope, role: Role) -> String {
-    let writes = role != Role::Source || scope.sources() > 1;
-    let mut need = String::from("SELECT");
-    if role == Role::Source && scope.delta {
-        need.push_str(",TRIGGER");
+/// Which change time conflict strategy `latest` compares on each source of
+/// a multi-master sync.
+fn commit_times(scope: &Scope, m: &mut Member, found: &mut Findings) -> Result<()> {
+    if m.role != Role::Source || scope.sources() < 2 {
+        return Ok(());
     }
-    if writes {
-        need.push_str(",INSERT,DELETE");
-        if role == Role::Source {
-            // Rows another source sends are updated in place.
-            need.push_str(",UPDATE");
-        }
-        if role == Role::Fullcopy || scope.sync.onetimecopy.is_on() {
-            need.push_str(",TRUNCATE");
-        }
-    }
-    need
-}
-
-/// capra's role needs its privileges on the relation on every member
-/// where it exists: on a sequence SELECT where it is read and UPDATE where
-/// it is set; on a table what the member's role takes.
-fn rights(scope: &Scope, rel: &Relation, conns: &mut [Member], present: &[bool], found: &mut Findings) -> Result<()> {
-    for (i, m) in conns.iter_mut().enumerate() {
-        if !present[i] {
-            continue;
-        }
-        let (need, advice) = if rel.reltype == RelType::Sequence {
-            let need = if m.role == Role::Source && scope.sources() == 1 {
-                "SELECT"
-            } else {
-                "SELECT,UPDATE"
-            };
-            (need.to_string(), "GRANT it")
-        } else {
-            (
-                table_privs_needed(scope, m.role),
-                "GRANT it (or connect as the table owner)",
-            )
-        };
-        let missing = missing_privs(&mut m.client, rel, &need)?;
-        if !missing.is_empty() {
-            found.problems.push(format!(
-                "the role lacks {} on {} {} in database \"{}\"; {advice}",
-                missing.join(", "),
-                rel.reltype,
-                rel.name.human(),
-                m.name
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Database-wide needs of one member: setting the replication role where
-/// capra writes, commit times between sources, and the capture schema.
-fn check_database(scope: &Scope, m: &mut Member, found: &mut Findings) -> Result<()> {
-    let (dbname, c) = (&m.name, &mut m.client);
-    let writes = m.role != Role::Source || scope.sources() > 1;
-    if writes && !may_set_replica_role(c)? {
-        found.problems.push(format!(
-            "the role cannot set session_replication_role in database \"{dbname}\", which applying changes needs; connect as a superuser or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role"
-        ));
-    }
-    if m.role == Role::Source && scope.sources() > 1 {
-        let on: bool = c
-            .query_one(
-                "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
-                &[],
-            )
-            .ctx(|| "reading track_commit_timestamp".into())?
-            .col(0, "track_commit_timestamp")?;
-        found.notes.push(if on {
-            format!("conflict strategy latest compares commit times on \"{dbname}\" (track_commit_timestamp = on)")
-        } else {
-            format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
-        });
-    }
-    if m.role == Role::Source && scope.delta {
-        let ok: bool = c
-            .query_one(
-                "SELECT has_database_privilege(current_database(), 'CREATE')
-                     OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'capra' AND pg_has_role(nspowner, 'USAGE'))",
-                &[],
-            )
-            .ctx(|| "checking privileges".into())?
-            .col(0, "whether capra's role may create its schema")?;
-        if !ok {
-            found.problems.push(format!(
-                "the role may not create capra's change-capture schema in database \"{dbname}\"; GRANT CREATE ON DATABASE to it"
-            ));
-        }
-    }
+    let dbname = &m.name;
+    let on: bool = m
+        .client
+        .query_one(
+            "SELECT coalesce(current_setting('track_commit_timestamp', true), 'off') = 'on'",
+            &[],
+        )
+        .ctx(|| "reading track_commit_timestamp".into())?
+        .col(0, "track_commit_timestamp")?;
+    found.notes.push(if on {
+        format!("conflict strategy latest compares commit times on \"{dbname}\" (track_commit_timestamp = on)")
+    } else {
+        format!("conflict strategy latest compares the logged change time on \"{dbname}\" (when each statement started, by that server's clock); set track_commit_timestamp = on there to compare commit times")
+    });
     Ok(())
 }
 

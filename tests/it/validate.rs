@@ -67,19 +67,19 @@ fn rights_and_unreachable() {
     assert_eq!(r.code, Some(1));
     assert!(
         r.stderr
-            .contains("the role lacks INSERT, DELETE on table public.bandana in database \"tgt\""),
+            .contains(&format!("the role \"weak_{tgt}\" lacks INSERT, DELETE, TRUNCATE on table public.bandana in database \"tgt\"; fix: GRANT INSERT, DELETE, TRUNCATE ON TABLE \"public\".\"bandana\" TO \"weak_{tgt}\"\n")),
         "{}",
         r.stderr
     );
     assert!(
         r.stderr
-            .contains("the role lacks SELECT, UPDATE on sequence public.content_contentid_seq in database \"tgt\""),
+            .contains(&format!("the role \"weak_{tgt}\" lacks SELECT, UPDATE on sequence public.content_contentid_seq in database \"tgt\"; fix: GRANT SELECT, UPDATE ON SEQUENCE \"public\".\"content_contentid_seq\" TO \"weak_{tgt}\"\n")),
         "{}",
         r.stderr
     );
     assert!(
         r.stderr
-            .contains("cannot set session_replication_role in database \"tgt\""),
+            .contains(&format!("cannot set session_replication_role in database \"tgt\", which applying changes needs; fix: GRANT SET ON PARAMETER session_replication_role TO \"weak_{tgt}\"\n")),
         "{}",
         r.stderr
     );
