@@ -737,8 +737,8 @@ impl OnSource<'_, '_, '_> {
             .query(
                 &format!(
                     "SELECT {}, k.capra_from, {time} FROM pg_temp.capra_in_keys k JOIN capra.delta_{id} d ON {}
-                      WHERE d.txid >= txid_snapshot_xmin({cur}) AND NOT txid_visible_in_snapshot(d.txid, {cur})
-                        AND d.txid <> txid_current() AND {}
+                      WHERE d.capra_txid >= txid_snapshot_xmin({cur}) AND NOT txid_visible_in_snapshot(d.capra_txid, {cur})
+                        AND d.capra_txid <> txid_current() AND {}
                       GROUP BY {}, k.capra_from",
                     tab.qk
                         .iter()
@@ -1024,7 +1024,7 @@ pub(super) fn spare_clause(srcs: &[Src<'_>], kind: Recv, tab: &TableCtx<'_>) -> 
     let p = s.prev_lit.as_deref()?;
     // The application's own changes only: not what this sync logged there.
     Some(format!(
-        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}) AND d.txid <> txid_current(){})",
+        "NOT EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND d.capra_txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.capra_txid, {p}) AND d.capra_txid <> txid_current(){})",
         tab.on(&s.db.name, "d", "t"),
         s.own
     ))

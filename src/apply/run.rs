@@ -151,10 +151,10 @@ fn relog_window(s: &mut Src<'_>, t: &Relation) -> Result<()> {
     let keys = keys.join(", ");
     let (window, time) = (s.window(), s.time_expr());
     s.tx.batch_execute(&format!(
-        "INSERT INTO capra.delta_{id} ({keys}, ts)
+        "INSERT INTO capra.delta_{id} ({keys}, capra_ts)
          SELECT {keys}, coalesce(to_timestamp({time}), statement_timestamp()) FROM capra.delta_{id} d WHERE {window} GROUP BY {keys};
-         INSERT INTO capra.truncate_log (captured, part, ts)
-         SELECT d.captured, d.part, d.ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
+         INSERT INTO capra.truncate_log (captured, part, capra_ts)
+         SELECT d.captured, d.part, d.capra_ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
     ))
     .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.human(), s.db.name))?;
     s.tx.execute(
@@ -863,7 +863,7 @@ impl<'a, 'e> Run<'a, 'e> {
             tr.again = true;
             // They keep the time of the truncation.
             let when = format!(
-                "(SELECT max(d.ts) FROM capra.truncate_log d WHERE d.captured = {id} AND {})",
+                "(SELECT max(d.capra_ts) FROM capra.truncate_log d WHERE d.captured = {id} AND {})",
                 open.srcs[si].window()
             );
             reraise(&mut open.srcs[si], tab, &held, Some(&when))?;

@@ -78,7 +78,7 @@ impl Src<'_> {
     pub(super) fn window(&self) -> String {
         let p = self.prev_lit.as_deref().unwrap_or("NULL");
         format!(
-            "d.txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.txid, {p}){}",
+            "d.capra_txid >= txid_snapshot_xmin({p}) AND NOT txid_visible_in_snapshot(d.capra_txid, {p}){}",
             self.own
         )
     }
@@ -90,13 +90,13 @@ impl Src<'_> {
                 String::new()
             } else {
                 let ids: Vec<String> = self.reraised.iter().map(|t| t.to_string()).collect();
-                format!("WHEN d.txid IN ({}) THEN d.ts ", ids.join(", "))
+                format!("WHEN d.capra_txid IN ({}) THEN d.capra_ts ", ids.join(", "))
             };
             format!(
-                "extract(epoch FROM max(CASE {logged}ELSE coalesce(pg_catalog.pg_xact_commit_timestamp((d.txid % 4294967296)::text::xid), d.ts) END))::float8"
+                "extract(epoch FROM max(CASE {logged}ELSE coalesce(pg_catalog.pg_xact_commit_timestamp((d.capra_txid % 4294967296)::text::xid), d.capra_ts) END))::float8"
             )
         } else {
-            "extract(epoch FROM max(d.ts))::float8".into()
+            "extract(epoch FROM max(d.capra_ts))::float8".into()
         }
     }
 
@@ -163,7 +163,7 @@ impl<'c> Src<'c> {
         // changes; keys it logged again keep their logged time.
         let own = if makedelta_any(plan, &db.name) {
             format!(
-                " AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = {} AND a.sync = {} AND a.txid = d.txid AND a.kind = 'm')",
+                " AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = {} AND a.sync = {} AND a.txid = d.capra_txid AND a.kind = 'm')",
                 crate::capture::install::sql_literal(env.installation),
                 crate::capture::install::sql_literal(&name)
             )
@@ -515,7 +515,7 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
         .map(|((k, a), op)| format!("d.{k} {op} u.{a}"))
         .collect();
     let sql = format!(
-        "INSERT INTO capra.delta_{id} ({}, ts)
+        "INSERT INTO capra.delta_{id} ({}, capra_ts)
          SELECT u.*, coalesce((SELECT to_timestamp({}) FROM capra.delta_{id} d WHERE {} AND {}), {}, statement_timestamp())
            FROM ({}) AS u({})",
         qk.join(", "),

@@ -26,6 +26,15 @@ pub enum CaptureError {
         table: String,
     },
 
+    /// A key column has the name of one of the change log's own columns.
+    #[error("key column \"{column}\" of table {table} has a name capra's change log keeps for itself; rename the column, or declare another key: capra update table {table} pkey=COLUMNS")]
+    ReservedKeyName {
+        /// The table, for people.
+        table: String,
+        /// The column.
+        column: String,
+    },
+
     /// A table to capture is not in the source database.
     #[error("table {table} does not exist in the source database; create it or remove it from the relgroup")]
     TableMissing {
@@ -116,6 +125,7 @@ impl AreaError for CaptureError {
             CaptureError::NewerCapture { .. }
             | CaptureError::PartitionedTooOld { .. }
             | CaptureError::TableMissing { .. }
+            | CaptureError::ReservedKeyName { .. }
             | CaptureError::KeyRenamed { .. }
             | CaptureError::KeyColumnGone { .. }
             | CaptureError::KeyChangePending { .. }

@@ -43,8 +43,14 @@ use crate::pg::RowExt;
 /// Version of the source-side objects; bumped when their shape changes.
 /// (6: no NOTIFY in the capture function, row-level UPDATE triggers;
 /// 7: one function for both trigger kinds, inheritance parents row-level,
-/// the DDL follower also watching CREATE TABLE.)
-pub const CAPTURE_VERSION: i32 = 7;
+/// the DDL follower also watching CREATE TABLE; 8: the logs' own columns
+/// are `capra_txid` and `capra_ts`, so a key column may be called `txid`
+/// or `ts`.)
+pub const CAPTURE_VERSION: i32 = 8;
+
+/// Column names of capra's own in the change logs: a key column may not
+/// take them.
+pub const LOG_COLUMNS: [&str; 2] = ["capra_txid", "capra_ts"];
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
@@ -84,10 +90,26 @@ CREATE TABLE IF NOT EXISTS capra.consumer_table (
 );
 CREATE TABLE IF NOT EXISTS capra.truncate_log (
     captured integer NOT NULL,
-    txid bigint NOT NULL DEFAULT txid_current(),
-    ts timestamptz NOT NULL DEFAULT clock_timestamp()
+    capra_txid bigint NOT NULL DEFAULT txid_current(),
+    capra_ts timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS truncate_log_txid ON capra.truncate_log (txid);
+-- Version 8: the logs' own columns renamed (txid, ts were taken from key
+-- columns of those names), in place: the rows stay.
+DO $m$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT c.oid::regclass AS t FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'capra' AND c.relkind = 'r' AND c.relname ~ '^(delta_[0-9]+|truncate_log)$'
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'txid' AND NOT a.attisdropped)
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN txid TO capra_txid', r.t);
+        EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN ts TO capra_ts', r.t);
+    END LOOP;
+END
+$m$;
+CREATE INDEX IF NOT EXISTS truncate_log_txid ON capra.truncate_log (capra_txid);
 -- Version 2: a TRUNCATE of one partition names it (NULL: the whole table).
 ALTER TABLE capra.truncate_log ADD COLUMN IF NOT EXISTS part text;
 -- The partitions of each captured partitioned table as last seen, so an
@@ -587,6 +609,13 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
     if cols.is_empty() {
         return Err(CaptureError::TableMissing { table: t.name.human() }.into());
     }
+    if let Some(k) = t.keycols.iter().find(|k| LOG_COLUMNS.contains(&k.as_str())) {
+        return Err(CaptureError::ReservedKeyName {
+            table: t.name.human(),
+            column: k.clone(),
+        }
+        .into());
+    }
     let keytypes = log_key_types(c, t, &cols)?;
     let rowlevel = use_row_triggers(c, &t.name)?;
     let existing = c
@@ -808,7 +837,7 @@ fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> 
     // Pending TRUNCATEs count too: rebuilding drops them.
     let unapplied = "EXISTS (SELECT 1 FROM capra.consumer con
                       JOIN capra.consumer_table ct ON ct.installation = con.installation AND ct.sync = con.sync
-                     WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.txid, con.snapshot))";
+                     WHERE ct.captured = $1 AND NOT txid_visible_in_snapshot(d.capra_txid, con.snapshot))";
     // A '*' mark (the DDL follower lost the key) asks for a full
     // copy; it was written after every change still in the logs
     // (the DDL waited for them), so that copy covers them all and
@@ -852,8 +881,8 @@ fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> Stri
         .map(|(k, ty)| format!("{} {ty} NOT NULL", quote_ident(k)))
         .collect();
     let mut sql = format!(
-        "CREATE TABLE {delta} (txid bigint NOT NULL DEFAULT txid_current(), ts timestamptz NOT NULL DEFAULT statement_timestamp(), {});\n\
-         CREATE INDEX delta_{id}_txid ON {delta} (txid);\n\
+        "CREATE TABLE {delta} (capra_txid bigint NOT NULL DEFAULT txid_current(), capra_ts timestamptz NOT NULL DEFAULT statement_timestamp(), {});\n\
+         CREATE INDEX delta_{id}_txid ON {delta} (capra_txid);\n\
          COMMENT ON TABLE {delta} IS {};\n",
         coldefs.join(", "),
         sql_literal(&format!("capra change log of {}", t.name.human()))

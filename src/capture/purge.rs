@@ -50,10 +50,15 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
         let horizon: i64 = r.col(1, "reading consumer positions")?;
         let n = match older_than {
             Some(iv) => c.execute(
-                &format!("DELETE FROM capra.delta_{id} WHERE txid < $1 AND ts < now() - $2::text::interval"),
+                &format!(
+                    "DELETE FROM capra.delta_{id} WHERE capra_txid < $1 AND capra_ts < now() - $2::text::interval"
+                ),
                 &[&horizon, &iv],
             ),
-            None => c.execute(&format!("DELETE FROM capra.delta_{id} WHERE txid < $1"), &[&horizon]),
+            None => c.execute(
+                &format!("DELETE FROM capra.delta_{id} WHERE capra_txid < $1"),
+                &[&horizon],
+            ),
         }
         .ctx(|| format!("purging change log {id}"))?;
         out.rows += n;
@@ -62,7 +67,7 @@ pub fn purge(c: &mut impl GenericClient, older_than: Option<&str>) -> Result<Pur
     // Truncation notes every consumer has seen.
     out.rows += c
         .execute(
-            "DELETE FROM capra.truncate_log WHERE txid < coalesce((SELECT CASE WHEN bool_or(txid_snapshot_xmin(snapshot) > txid_snapshot_xmax(txid_current_snapshot()))
+            "DELETE FROM capra.truncate_log WHERE capra_txid < coalesce((SELECT CASE WHEN bool_or(txid_snapshot_xmin(snapshot) > txid_snapshot_xmax(txid_current_snapshot()))
                     THEN 0 ELSE min(txid_snapshot_xmin(snapshot)) END FROM capra.consumer), 0)",
             &[],
         )
@@ -134,9 +139,9 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
         let w = c
             .query_one(
                 &format!(
-                    "SELECT count(*), extract(epoch from now() - min(ts))::float8 FROM capra.delta_{id}
-                      WHERE txid >= txid_snapshot_xmin($1::text::txid_snapshot)
-                        AND NOT txid_visible_in_snapshot(txid, $1::text::txid_snapshot)"
+                    "SELECT count(*), extract(epoch from now() - min(capra_ts))::float8 FROM capra.delta_{id}
+                      WHERE capra_txid >= txid_snapshot_xmin($1::text::txid_snapshot)
+                        AND NOT txid_visible_in_snapshot(capra_txid, $1::text::txid_snapshot)"
                 ),
                 &[&snap],
             )

@@ -641,14 +641,14 @@ fn question_sql(ids: &[i32]) -> String {
     let mut sql = String::from(
         "SELECT NULL::int, txid_current_snapshot()::text
          UNION ALL SELECT DISTINCT d.captured, NULL FROM capra.truncate_log d
-          WHERE d.txid >= txid_snapshot_xmax($1::text::txid_snapshot) OR d.txid = ANY ($2::bigint[])",
+          WHERE d.capra_txid >= txid_snapshot_xmax($1::text::txid_snapshot) OR d.capra_txid = ANY ($2::bigint[])",
     );
     for id in ids {
         sql.push_str(&format!(
             "\n UNION ALL SELECT {id}, NULL
-                 WHERE EXISTS (SELECT 1 FROM (SELECT d.txid FROM capra.delta_{id} d WHERE d.txid >= txid_snapshot_xmax($1::text::txid_snapshot)
-                                               ORDER BY d.txid LIMIT 1) x)
-                    OR EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE d.txid = ANY ($2::bigint[]))"
+                 WHERE EXISTS (SELECT 1 FROM (SELECT d.capra_txid FROM capra.delta_{id} d WHERE d.capra_txid >= txid_snapshot_xmax($1::text::txid_snapshot)
+                                               ORDER BY d.capra_txid LIMIT 1) x)
+                    OR EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE d.capra_txid = ANY ($2::bigint[]))"
         ));
     }
     sql

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{self, Cluster};
-use crate::support::data::checksum;
+use crate::support::data::{checksum, value};
 use crate::support::{fixtures, load, unique, Capra};
 
 fn seq(c: &Cluster, db: &str, s: &str) -> String {
@@ -772,7 +772,7 @@ fn capture_version_5_is_upgraded_in_place() {
               WHERE tgrelid = 'kv'::regclass AND tgname = 'capra_capture_u'"
         )[0]
         .as_deref(),
-        Some("7 1"),
+        Some("8 1"),
         "upgraded to a row-level UPDATE trigger"
     );
     let def = a.query(
@@ -785,5 +785,51 @@ fn capture_version_5_is_upgraded_in_place() {
     assert!(
         !def.contains("::"),
         "no cast resolves a type through the caller's search_path: {def}"
+    );
+}
+
+/// A source captured by capture version 7, whose change logs still call
+/// their own columns `txid` and `ts`, is upgraded in place when the
+/// daemon attaches: the columns are renamed (`capra_txid`, `capra_ts`), a
+/// change logged before the upgrade still replicates, and so do later ones.
+#[test]
+fn capture_version_7_logs_are_renamed_in_place() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::synced(
+        "upgrade7",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
+    a.exec(&src, "INSERT INTO kv VALUES (1, 'a'), (2, 'b')");
+    let id = a.query(&src, "SELECT id::text FROM capra.captured WHERE relname = 'kv'")[0]
+        .clone()
+        .unwrap();
+    a.exec(
+        &src,
+        &format!(
+            "UPDATE capra.capture_meta SET version = 7;
+             ALTER TABLE capra.delta_{id} RENAME COLUMN capra_txid TO txid;
+             ALTER TABLE capra.delta_{id} RENAME COLUMN capra_ts TO ts;
+             ALTER TABLE capra.truncate_log RENAME COLUMN capra_txid TO txid;
+             ALTER TABLE capra.truncate_log RENAME COLUMN capra_ts TO ts;
+             UPDATE kv SET v = 'logged by v7' WHERE k = 1"
+        ),
+    );
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    a.exec(&src, "DELETE FROM kv WHERE k = 2; INSERT INTO kv VALUES (3, 'c')");
+    c.ok(&["kick", "s", "60"]);
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
+    assert_eq!(
+        value(
+            a,
+            &src,
+            &format!(
+                "SELECT string_agg(attname::text, ',' ORDER BY attnum) FROM pg_attribute
+                  WHERE attrelid = 'capra.delta_{id}'::regclass AND attnum > 0"
+            )
+        ),
+        "capra_txid,capra_ts,k"
     );
 }
