@@ -93,13 +93,17 @@ impl<'c> Receivers<'c> {
                     d.name
                 )
             })?;
+            // Wait at most lock_timeout for a lock: a TRUNCATE or full copy
+            // on a target queued behind a long report would queue every
+            // later reader behind itself (a TRUNCATE that times out falls
+            // back to DELETE); a source is written while its application
+            // writes too.
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", env.lock_timeout_ms))
+                .ctx(|| "setting a lock timeout".into())?;
             if let Recv::Source(i) = kind {
-                // A source is written while its application writes too: wait at
-                // most lock_timeout for a row it holds, and be the one a
-                // deadlock detector picks (where capra's role may set it), so
-                // the application's transaction is never the victim.
-                tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", env.lock_timeout_ms))
-                    .ctx(|| "setting a lock timeout".into())?;
+                // Be the one a deadlock detector picks (where capra's role
+                // may set it), so the application's transaction is never
+                // the victim.
                 let mut sp = tx.savepoint("capra_deadlock").ctx(|| "savepoint".into())?;
                 if sp.batch_execute("SET LOCAL deadlock_timeout = '50ms'").is_ok() {
                     sp.commit().ctx(|| "savepoint".into())?;

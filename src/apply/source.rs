@@ -145,12 +145,13 @@ impl<'c> Src<'c> {
     pub(super) fn open(c: &'c mut Conn, db: Db, env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache) -> Result<Self> {
         let name = plan.name().to_string();
         let iso = env.isolation.level();
+        let logs = logs_to_lock(c, env, plan, cache, &db.name)?;
         let mut tx = c
             .build_transaction()
             .isolation_level(iso)
             .start()
             .ctx(|| format!("starting the read transaction on \"{}\"", db.name))?;
-        tx.batch_execute(&lock_setup(env, plan, cache, &db.name))
+        tx.batch_execute(&lock_setup(env, plan, &logs))
             .ctx(|| format!("locking the tables of sync \"{name}\" on \"{}\"", db.name))?;
         let before = now_epoch();
         let (cur, prev, commit_ts, clock, raw) = read_position(&mut tx, env, plan, &db.name)?;
@@ -215,12 +216,11 @@ impl<'c> Src<'c> {
 /// writers; DDL waits at most for the run, the run waits at most
 /// lock_timeout for DDL and is then retried. `RUN_MEMORY` is a SELECT,
 /// which takes the snapshot: it comes last, after the locks.
-fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> String {
+fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, logs: &[i32]) -> String {
     let mut setup = format!("{TEXT_FORMATS}; SET LOCAL lock_timeout = {}", env.lock_timeout_ms);
     if !plan.tables.is_empty() {
         let mut names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
         if reads_changes(plan) {
-            let logs = cache.logs.get(db).cloned().unwrap_or_default();
             names.extend(logs.iter().map(|id| crate::capture::install::delta_table(*id)));
             if !logs.is_empty() {
                 names.push("capra.truncate_log".into());
@@ -230,6 +230,29 @@ fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> 
     }
     setup.push_str(&format!("; {RUN_MEMORY}"));
     setup
+}
+
+/// The change logs a run locks before its snapshot: those the last run
+/// read, or on the first run after a start, a reload or a failure, the
+/// sync's logs as the source lists them (read outside the run's
+/// transaction, which must not take its snapshot before the locks).
+fn logs_to_lock(c: &mut Conn, env: &RunEnv<'_>, plan: &SyncPlan, cache: &RunCache, db: &str) -> Result<Vec<i32>> {
+    if !reads_changes(plan) {
+        return Ok(Vec::new());
+    }
+    if let Some(logs) = cache.logs.get(db) {
+        return Ok(logs.clone());
+    }
+    c.query(
+        "SELECT ct.captured FROM capra.consumer_table ct
+          WHERE ct.installation = $1 AND ct.sync = $2
+            AND pg_catalog.to_regclass('capra.delta_' || ct.captured) IS NOT NULL",
+        &[&env.installation, &plan.name()],
+    )
+    .ctx(|| format!("reading the change logs of sync \"{}\" on \"{db}\"", plan.name()))?
+    .iter()
+    .map(|r| r.col(0, "capra.consumer_table"))
+    .collect()
 }
 
 /// Reads this run's snapshot and, for a delta sync, the stored position

@@ -219,7 +219,7 @@ pub const SETTINGS: &[Setting] = &[
         "lock_timeout",
         "10",
         Kind::Seconds { allow_minus_one: false },
-        "Seconds a run waits for its shared locks while DDL holds a table (ALTER, VACUUM FULL); it is then retried"
+        "Seconds a run waits for a lock: its shared locks on a source while DDL holds a table (then it is retried), and on a target a TRUNCATE queued behind a long query (then it empties the table with DELETE instead)"
     ),
     s!("log_conflict_file", "bucardo_conflict.log", Kind::Text, COMPAT),
     s!(

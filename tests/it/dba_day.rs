@@ -1034,3 +1034,35 @@ fn partition_detached_changed_and_reattached_between_runs() {
     c.ok(&["kick", "s", "60"]);
     assert_eq!(checksum(a, &src, "m"), checksum(b, &tgt, "m"));
 }
+
+/// A long report holds a target table while the source is truncated: the
+/// replayed TRUNCATE waits at most lock_timeout, then the table is emptied
+/// with DELETE instead, so neither the run nor the readers queued behind a
+/// waiting TRUNCATE are stuck until the report ends.
+#[test]
+fn a_truncate_replay_does_not_queue_behind_a_long_report() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::synced(
+        "report",
+        "CREATE TABLE kv (k int PRIMARY KEY, v text)",
+        &["kv"],
+        &["autokick=0"],
+    );
+    c.ok(&["set", "lock_timeout=1"]);
+    a.exec(&src, "INSERT INTO kv SELECT g, 'a' FROM generate_series(1, 50) g");
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    let mut report = b.client(&tgt);
+    report.batch_execute("BEGIN; SELECT count(*) FROM kv").unwrap();
+    a.exec(&src, "TRUNCATE kv; INSERT INTO kv VALUES (1000, 'after')");
+    let t0 = Instant::now();
+    c.ok(&["kick", "s", "30"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "{:?}\n{}",
+        t0.elapsed(),
+        c.log()
+    );
+    assert_eq!(checksum(a, &src, "kv"), checksum(b, &tgt, "kv"), "{}", c.log());
+    report.batch_execute("COMMIT").unwrap();
+}
