@@ -83,6 +83,24 @@ pub enum ApplyError {
         db: String,
     },
 
+    /// A legacy inheritance parent on the source is partitioned on a
+    /// receiver: there its children's rows are its own, so replaying the
+    /// parent's own changes (a TRUNCATE ONLY, a full copy) would empty them.
+    #[error("table {table} has inheritance children on the source but is partitioned on \"{db}\", where capra cannot tell its own rows from its children's; replicate the children only (remove {table} from the relgroup), or make it a plain table on \"{db}\"")]
+    InheritedIntoPartitioned {
+        /// `schema.table`.
+        table: String,
+        /// The receiver.
+        db: String,
+    },
+
+    /// A sync with several sources has a SQL_ASCII one.
+    #[error("database \"{db}\" is SQL_ASCII: its text need not be UTF-8, and capra replicates such a database to targets only, not between sources; make it a target of this sync, or convert it (pg_dump, then restore into a UTF8 or LATIN1 database)")]
+    SqlAsciiSource {
+        /// The source.
+        db: String,
+    },
+
     /// The table was dropped on the source.
     #[error("table {table} does not exist on the source any more")]
     GoneOnSource {
@@ -170,6 +188,8 @@ impl AreaError for ApplyError {
             | ApplyError::KeysDiffer { .. }
             | ApplyError::KeyLost { .. }
             | ApplyError::GoneOnSource { .. }
+            | ApplyError::InheritedIntoPartitioned { .. }
+            | ApplyError::SqlAsciiSource { .. }
             | ApplyError::TableMissing { .. }
             | ApplyError::ColumnMissing { .. }
             | ApplyError::KeyColumnMissing { .. }

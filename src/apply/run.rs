@@ -35,7 +35,7 @@ use super::receive::{set_indexes, spare_clause, truncate_or_delete, Batch, Recei
 use super::sequences::{apply_sequence, read_sequences, SeqState};
 use super::settle::{detect, Found, Settle};
 use super::source::{
-    column_signatures, follow_partitions, newest_changes, reads_changes, reraise, scan, Captured, Src,
+    column_signatures, follow_partitions, follow_trees, newest_changes, reads_changes, reraise, scan, Captured, Src,
 };
 use super::table::{copy_encoding, makedelta, makedelta_any, table_meta, Mode, Shape, TableCtx};
 use crate::catalog::model::{Db, Relation};
@@ -174,6 +174,9 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     // --- the sources, each in one snapshot ----------------------------------------
     let mut rconns = run.connect_sources(cache)?;
     let mut srcs = run.open_sources(&mut rconns, cache)?;
+    if let Some(s) = srcs.iter().find(|s| s.raw && run.multi) {
+        return Err(ApplyError::SqlAsciiSource { db: s.db.name.clone() }.into());
+    }
     if run.skipped_by_hook(&["before_check_rows"])? {
         return Ok(run.report);
     }
@@ -310,6 +313,7 @@ impl<'a, 'e> Run<'a, 'e> {
             self.env.cancel.register(&c)?;
             if self.reads {
                 follow_partitions(&mut c, self.plan, cache, &s.name)?;
+                follow_trees(&mut c, self.plan, &s.name)?;
             }
             conns.push(c);
         }
@@ -464,7 +468,7 @@ impl<'a, 'e> Run<'a, 'e> {
     ) -> Result<Option<TableReport>> {
         let hooked = self.env.hooks.borrow().has("exception", Some(&t.name.human()));
         let isolated = self.isolable();
-        if !hooked && !isolated {
+        if (!hooked && !isolated) || self.untouched(open, t) {
             return self.table(open, cache, t, sig).map(Some);
         }
         let mut attempts = 0;
@@ -500,6 +504,18 @@ impl<'a, 'e> Run<'a, 'e> {
             }
             return Err(e);
         }
+    }
+
+    /// Whether nothing happened to a table in this run: then it costs
+    /// nothing, no shape learned, no statement (not even a savepoint) sent
+    /// (a run's cost follows what changed, not how many tables the sync has).
+    fn untouched(&self, open: &Open<'_>, t: &Relation) -> bool {
+        let plan = self.plan;
+        self.reads
+            && plan.sync.onetimecopy == OneTimeCopy::Off
+            && plan.behind.is_empty()
+            && plan.fullcopy.is_empty()
+            && open.srcs.iter().all(|s| s.id_of(t).is_some_and(|id| !s.touched(id)))
     }
 
     /// What the exception hook says of a table's failure.
@@ -576,19 +592,7 @@ impl<'a, 'e> Run<'a, 'e> {
         let plan = self.plan;
         let keycols = self.log_key(&open.srcs, t)?;
         let ids: Vec<Option<i32>> = open.srcs.iter().map(|s| s.id_of(t)).collect();
-        // A table nothing happened to costs nothing: no shape learned, no
-        // statement sent (a run's cost follows what changed, not how many
-        // tables the sync has).
-        let untouched = self.reads
-            && plan.sync.onetimecopy == OneTimeCopy::Off
-            && plan.behind.is_empty()
-            && plan.fullcopy.is_empty()
-            && open
-                .srcs
-                .iter()
-                .zip(&ids)
-                .all(|(s, id)| id.is_some_and(|id| !s.touched(id)));
-        if untouched {
+        if self.untouched(open, t) {
             return Ok(TableReport {
                 table: t.name.human(),
                 ..Default::default()

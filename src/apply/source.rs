@@ -518,6 +518,29 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
     Ok(())
 }
 
+/// Before the snapshot, in a transaction of its own: a table of the plan
+/// that joined an inheritance tree while no DDL follower switched its
+/// capture (capra's role is no superuser, or the switch failed) is
+/// switched to row triggers now, and everything it may have missed since
+/// is repaired by the next run (see `capture::install::switch_joined`).
+pub(super) fn follow_trees(conn: &mut Conn, plan: &SyncPlan, db: &str) -> Result<()> {
+    let names: Vec<crate::pg::ident::QualName> = plan.tables.iter().map(|t| t.name.clone()).collect();
+    let mut tx = conn
+        .transaction()
+        .ctx(|| format!("checking the capture of inheritance trees on \"{db}\""))?;
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+        .ctx(|| "setting a lock timeout".into())?;
+    let switched = crate::capture::install::switch_joined(&mut tx, &names)?;
+    tx.commit()
+        .ctx(|| format!("switching capture to row triggers on \"{db}\""))?;
+    for t in switched {
+        tracing::warn!(
+            "{t} joined an inheritance tree on \"{db}\" and its capture switched to row triggers only now; the next run compares all its keys"
+        );
+    }
+    Ok(())
+}
+
 /// Logs keys once more on a source, in its read transaction (so they are
 /// after the position this run stores): the next run sends them again.
 /// The change time kept is the one the source logged for the key, else

@@ -333,11 +333,20 @@ pub(super) fn table_meta(
         .collect();
     let src_types = below_domains(stx, src_name, src_types)?;
     let mut ops = HashMap::from([(src_name.to_string(), key_ops(stx, src_name, &src_types)?)]);
+    let parent = kind == Some(discover::Kind::Table) && has_children(stx, &t.name)?;
     for (tx, n) in txs.iter_mut().zip(names) {
         let types = key_types_on(tx, n, t, &src_cols, shape.keycols)?;
         ops.insert(n.clone(), key_ops(tx, n, &types)?);
         key_types.insert(n.clone(), types);
-        only.insert(n.clone(), only_for(discover::kind_of(tx, &t.name)?));
+        let there = discover::kind_of(tx, &t.name)?;
+        if parent && there == Some(discover::Kind::Partitioned) {
+            return Err(ApplyError::InheritedIntoPartitioned {
+                table: t.name.human(),
+                db: n.clone(),
+            }
+            .into());
+        }
+        only.insert(n.clone(), only_for(there));
     }
     let meta = TableMeta {
         signature: shape.signature.to_string(),
@@ -350,6 +359,18 @@ pub(super) fn table_meta(
     };
     cache.insert(t.id, meta.clone());
     Ok(meta)
+}
+
+/// Whether other tables inherit from the plain table `name`.
+fn has_children(tx: &mut Transaction<'_>, name: &crate::pg::ident::QualName) -> Result<bool> {
+    let q = format!("looking for tables inheriting from {}", name.human());
+    tx.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                         WHERE i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1))",
+        &[&name.sql()],
+    )
+    .ctx(|| q.clone())?
+    .col(0, &q)
 }
 
 /// `ONLY ` for a plain table (its inheritance children are tables of their

@@ -48,9 +48,9 @@ use crate::pg::RowExt;
 /// or `ts`.)
 pub const CAPTURE_VERSION: i32 = 8;
 
-/// Column names of capra's own in the change logs: a key column may not
-/// take them.
-pub const LOG_COLUMNS: [&str; 2] = ["capra_txid", "capra_ts"];
+/// Column names of capra's own in the change logs (and `capra_from` in a
+/// run's staging tables): a key column may not take them.
+pub const LOG_COLUMNS: [&str; 3] = ["capra_txid", "capra_ts", "capra_from"];
 
 const BASE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS capra;
@@ -166,8 +166,13 @@ DECLARE
     inh record;
 BEGIN
     -- Its own ALTERs of change logs fire it again: only the outer one acts.
+    -- A CREATE TABLE matters only when the new table inherits (temporary
+    -- tables, capra's own among them, never do).
     IF current_setting('capra.following_ddl', true) = 'on'
-       OR NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d WHERE d.classid = 'pg_class'::regclass) THEN
+       OR NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
+                       WHERE d.classid = 'pg_class'::regclass
+                         AND (d.command_tag <> 'CREATE TABLE'
+                              OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = d.objid))) THEN
         RETURN;
     END IF;
     PERFORM set_config('capra.following_ddl', 'on', true);
@@ -199,23 +204,25 @@ BEGIN
     -- statement triggers, so it switches to row triggers, which fire on
     -- the table holding the row. Its capture function serves both kinds;
     -- its log stays.
-    BEGIN
-        FOR inh IN
-            SELECT c.id, c.relid::regclass::text AS tbl
-              FROM capra.captured c JOIN pg_class r ON r.oid = c.relid
-             WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind = 'r'
-               AND EXISTS (SELECT 1 FROM pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))
-        LOOP
+    -- Each table on its own: one that cannot switch (a lock) leaves the
+    -- others switched; the next run switches it and repairs what it missed.
+    FOR inh IN
+        SELECT c.id, c.relid::regclass::text AS tbl
+          FROM capra.captured c JOIN pg_class r ON r.oid = c.relid
+         WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind = 'r'
+           AND EXISTS (SELECT 1 FROM pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))
+    LOOP
+        BEGIN
             EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_i ON %s', inh.tbl);
             EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_d ON %s', inh.tbl);
             EXECUTE format('DROP TRIGGER IF EXISTS capra_capture_u ON %s', inh.tbl);
-            EXECUTE format('CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE PROCEDURE capra.capture_%s()',
+            EXECUTE format('CREATE TRIGGER capra_capture_r AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE PROCEDURE capra.capture_%s()',
                            inh.tbl, inh.id);
             UPDATE capra.captured SET rowlevel = true WHERE id = inh.id;
-        END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'capra could not switch an inheritance parent to row triggers (%); run: capra validate', SQLERRM;
-    END;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'capra could not switch the capture of % to row triggers (%); its next run does', inh.tbl, SQLERRM;
+        END;
+    END LOOP;
     FOR cap IN
         SELECT c.id, c.keycols, c.keytypes, c.keynums, c.relid, c.schemaname, c.relname
           FROM capra.captured c
@@ -596,6 +603,7 @@ fn in_inheritance_tree(c: &mut impl GenericClient, table: &QualName) -> Result<b
 /// ever dropped).
 const TRIGGERS: &[&str] = &[
     "capra_capture",
+    "capra_capture_r",
     "capra_capture_i",
     "capra_capture_u",
     "capra_capture_d",
@@ -674,7 +682,8 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
             .ctx(|| format!("registering capture of {}", t.name.human()))?
             .col(0, "the captured id")?,
     };
-    c.batch_execute(&capture_sql(t, id, &keytypes, rowlevel))
+    let partitioned = discover::kind_of(c, &t.name)? == Some(discover::Kind::Partitioned);
+    c.batch_execute(&capture_sql(t, id, &keytypes, rowlevel, partitioned))
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
     // A rebuilt capture keeps its remembered partitions (moves since then
     // are logged); a new one starts remembering now.
@@ -872,7 +881,7 @@ fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> 
 }
 
 /// The change log, capture function and triggers of one table.
-fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> String {
+fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool, partitioned: bool) -> String {
     let delta = delta_table(id);
     let coldefs: Vec<String> = t
         .keycols
@@ -889,7 +898,7 @@ fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> Stri
     );
     sql.push_str(&function_sql(id, &t.name, &t.keycols));
     let tbl = t.name.sql();
-    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel));
+    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel, partitioned));
     sql.push_str(&format!(
         "CREATE TRIGGER capra_capture_t AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE PROCEDURE capra.capture_{id}();\n"
     ));
@@ -901,11 +910,21 @@ fn capture_sql(t: &Target, id: i32, keytypes: &[String], rowlevel: bool) -> Stri
 /// and DELETE with transition tables beside a row-level UPDATE. No trigger
 /// names a column (no column list, no WHEN on columns): that would stop
 /// the user from changing a key column's type.
-fn row_triggers_sql(tbl: &str, id: i32, rowlevel: bool) -> String {
+///
+/// A partitioned table's row trigger is `capra_capture` (PostgreSQL clones
+/// it, name and all, onto every partition); a plain table's is
+/// `capra_capture_r`, so a partition captured by a sync of its own keeps
+/// its trigger beside the clone of its captured parent's.
+fn row_triggers_sql(tbl: &str, id: i32, rowlevel: bool, partitioned: bool) -> String {
     let func = format!("capra.capture_{id}");
     if rowlevel {
+        let name = if partitioned {
+            "capra_capture"
+        } else {
+            "capra_capture_r"
+        };
         format!(
-            "CREATE TRIGGER capra_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n"
+            "CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE PROCEDURE {func}();\n"
         )
     } else {
         format!(
@@ -916,16 +935,69 @@ fn row_triggers_sql(tbl: &str, id: i32, rowlevel: bool) -> String {
     }
 }
 
+/// Switches to row triggers the tables of `names` still captured by
+/// statement triggers although they are now in an inheritance tree (it
+/// happened without the DDL follower: capra's role is no superuser, or the
+/// follower's switch failed). A DELETE through a parent, or an INSERT
+/// routed from a partitioned parent, may have gone uncaptured meanwhile, so
+/// the table is marked as partly truncated (the next run deletes on the
+/// receivers every row whose key it no longer has) and all its keys are
+/// logged (the next run copies every row). Returns the tables switched.
+pub fn switch_joined(c: &mut impl GenericClient, names: &[QualName]) -> Result<Vec<String>> {
+    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
+    let rels: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+    const Q: &str = "looking for captured tables that joined an inheritance tree";
+    let exists: bool = c
+        .query_one("SELECT pg_catalog.to_regclass('capra.captured') IS NOT NULL", &[])
+        .ctx(|| Q.into())?
+        .col(0, Q)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = c
+        .query(
+            "SELECT c.id, c.schemaname, c.relname, c.keycols FROM capra.captured c
+               JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.relid
+              WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind OPERATOR(pg_catalog.=) 'r'
+                AND (c.schemaname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))",
+            &[&schemas, &rels],
+        )
+        .ctx(|| Q.into())?;
+    let mut switched = Vec::new();
+    for r in rows {
+        let id: i32 = r.col(0, Q)?;
+        let table = QualName::new(r.col::<_, String>(1, Q)?, r.col::<_, String>(2, Q)?);
+        let keycols: Vec<String> = r.col(3, Q)?;
+        set_trigger_level(c, &table, id, true)?;
+        let cols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
+        let cols = cols.join(", ");
+        c.batch_execute(&format!(
+            "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, {});
+             INSERT INTO {} ({cols}) SELECT {cols} FROM ONLY {};",
+            sql_literal(&table.human()),
+            delta_table(id),
+            table.sql()
+        ))
+        .ctx(|| format!("marking {} for a comparison of its keys", table.human()))?;
+        switched.push(table.human());
+    }
+    Ok(switched)
+}
+
 /// Swaps a captured table's INSERT/UPDATE/DELETE triggers to the other
 /// kind under a lock that keeps writers out meanwhile (no write goes
 /// uncaptured, none is logged twice); the change log stays.
 fn set_trigger_level(c: &mut impl GenericClient, table: &QualName, id: i32, rowlevel: bool) -> Result<()> {
     let tbl = table.sql();
-    let mut sql = format!("LOCK TABLE {tbl} IN SHARE ROW EXCLUSIVE MODE;\n");
-    for name in ["capra_capture", "capra_capture_i", "capra_capture_u", "capra_capture_d"] {
-        sql.push_str(&format!("DROP TRIGGER IF EXISTS {name} ON {tbl};\n"));
+    c.batch_execute(&format!("LOCK TABLE {tbl} IN SHARE ROW EXCLUSIVE MODE"))
+        .ctx(|| format!("locking {}", table.human()))?;
+    let mut sql = String::new();
+    for name in trigger_names(c, table, id)?.iter().filter(|n| *n != "capra_capture_t") {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {} ON {tbl};\n", quote_ident(name)));
     }
-    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel));
+    // Only plain tables switch: a partitioned one is always row-level.
+    sql.push_str(&row_triggers_sql(&tbl, id, rowlevel, false));
     c.batch_execute(&sql)
         .ctx(|| format!("switching the capture triggers of {}", table.human()))?;
     c.execute(
@@ -1255,13 +1327,16 @@ pub fn sql_literal(s: &str) -> String {
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-fn trigger_names(c: &mut impl GenericClient, table: &QualName) -> Result<Vec<String>> {
+/// Capture `id`'s own triggers on `table` (not a clone of a captured
+/// parent's, which calls the parent's function).
+fn trigger_names(c: &mut impl GenericClient, table: &QualName, id: i32) -> Result<Vec<String>> {
     let q = format!("reading triggers of {}", table.human());
     c.query(
         "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname = ANY($3)",
-        &[&table.schema, &table.name, &TRIGGERS],
+              WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname = ANY($3)
+                AND t.tgfoid = pg_catalog.to_regprocedure($4)",
+        &[&table.schema, &table.name, &TRIGGERS, &format!("capra.capture_{id}()")],
     )
     .ctx(|| q.clone())?
     .iter()
@@ -1270,7 +1345,7 @@ fn trigger_names(c: &mut impl GenericClient, table: &QualName) -> Result<Vec<Str
 }
 
 fn triggers_present(c: &mut impl GenericClient, table: &QualName, id: i32) -> Result<bool> {
-    let names = trigger_names(c, table)?;
+    let names = trigger_names(c, table, id)?;
     let has_log: bool = c
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
         .ctx(|| "checking the change log".into())?
@@ -1289,7 +1364,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         .col(0, "whether the table exists")?;
     let mut sql = String::new();
     if exists {
-        for t in trigger_names(c, table)? {
+        for t in trigger_names(c, table, id)? {
             sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS {} ON {};\n",
                 quote_ident(&t),
@@ -1421,7 +1496,8 @@ fn intact(c: &mut impl GenericClient, installation: &str, sync: &str, tables: &[
                 AND cap.rowlevel = (current_setting('server_version_num')::int < 100000 OR $4
                                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE rel.oid IN (i.inhparent, i.inhrelid)))
                 AND (SELECT count(*) FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = rel.oid AND NOT tg.tgisinternal
-                        AND (tg.tgname, tg.tgtype & 1 = 1) IN (('capra_capture_t', false), ('capra_capture', true),
+                        AND tg.tgfoid = pg_catalog.to_regprocedure('capra.capture_' || cap.id || '()')
+                        AND (tg.tgname, tg.tgtype & 1 = 1) IN (('capra_capture_t', false), ('capra_capture', true), ('capra_capture_r', true),
                                                                ('capra_capture_i', false), ('capra_capture_u', true), ('capra_capture_d', false)))
                     = CASE WHEN cap.rowlevel THEN 2 ELSE 4 END
                 AND EXISTS (SELECT 1 FROM capra.consumer_table ct WHERE ct.installation = $2 AND ct.sync = $3

@@ -525,8 +525,12 @@ impl Controller {
             if !self.kicks.is_empty() {
                 self.timing.request(Reason::Kick);
             } else if !o.failed_tables.is_empty() {
-                // A table set aside is tried again like a failed run.
-                let wait = self.backoff_after(self.table_fail_runs, None);
+                // A table set aside is tried again like a failed run, but
+                // at most AGAIN_MAX later: the healthy tables' changes
+                // wait for that retry too.
+                let wait = self
+                    .backoff_after(self.table_fail_runs, None)
+                    .min(AGAIN_MAX.as_secs_f64());
                 tracing::info!("Trying the table(s) set aside again in {wait:.1}s");
                 self.timing.follow_up(now, Duration::from_secs_f64(wait));
             } else if o.again {
