@@ -965,41 +965,105 @@ impl OnSource<'_, '_, '_> {
                     tab.human(),
                     crate::pg::error::flatten(&e.to_string())
                 );
-                self.rewrite_held(tr, &mine)
+                self.rewrite_held(tr, &mine, &update)
             }
             Err(e) => Err(e).ctx(|| format!("updating rows of {} on \"{db}\"", tab.human())),
         }
     }
 
-    /// The fallback of [`Self::write_held`]: the held rows that have a
-    /// staged row are deleted, then the staged rows inserted, so values
-    /// they trade are free when taken. (Columns only this database has
-    /// take their defaults, and an application UPDATE queued on one of
-    /// these rows finds it gone; the in-place path is the rule.)
-    fn rewrite_held(&mut self, tr: &mut TableReport, mine: &str) -> Result<()> {
+    /// The fallback of [`Self::write_held`] (`update`: its in-place
+    /// UPDATE): only the held rows whose unique-indexed columns change are
+    /// deleted, the others updated in place, then the deleted ones
+    /// inserted from their staged rows, so the values they trade are free
+    /// when taken. (Of those rows, columns only this database has take
+    /// their defaults, and an application UPDATE queued on one finds it
+    /// gone: the in-place path stays the rule.) Without a way to tell
+    /// which columns are unique (an index on an expression), every held
+    /// row is rewritten.
+    fn rewrite_held(&mut self, tr: &mut TableReport, mine: &str, update: &str) -> Result<()> {
+        let unique = self.unique_columns()?;
         let (tab, tbl, db) = (self.tab, &self.tbl, self.db);
+        let moving = match unique {
+            Some(cols) if !cols.is_empty() => {
+                let differ: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("t.{0} IS DISTINCT FROM s.{0}", quote_ident(c)))
+                    .collect();
+                format!(" AND ({})", differ.join(" OR "))
+            }
+            _ => String::new(),
+        };
+        let keys_t = tab.keys_of("t");
         self.tx
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.capra_moved;
+                 CREATE TEMP TABLE capra_moved ON COMMIT DROP AS SELECT {} FROM {tbl} WITH NO DATA",
+                tab.keys()
+            ))
+            .ctx(|| "preparing to rewrite rows".into())?;
+        let moved = self
+            .tx
             .execute(
                 &format!(
-                    "DELETE FROM {tbl} t USING pg_temp.capra_in_rows s WHERE {} AND {mine}",
+                    "WITH gone AS (DELETE FROM {tbl} t USING pg_temp.capra_in_rows s WHERE {} AND {mine}{moving} RETURNING {keys_t})
+                     INSERT INTO pg_temp.capra_moved SELECT * FROM gone",
                     tab.on(db, "t", "s")
                 ),
                 &[],
             )
             .ctx(|| format!("deleting rows of {} to rewrite on \"{db}\"", tab.human()))?;
-        // The same rows, named from the staging side (`t` there).
+        tracing::info!(
+            "Rewriting {moved} row(s) of {} on \"{db}\" by delete and insert",
+            tab.human()
+        );
+        tr.copied += self
+            .tx
+            .execute(update, &[])
+            .ctx(|| format!("updating rows of {} on \"{db}\"", tab.human()))?;
+        // The moved rows, from their staged rows (`t` there).
         tr.copied += self
             .tx
             .execute(
                 &format!(
-                    "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.capra_in_rows t WHERE {mine}",
+                    "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.capra_in_rows t
+                      WHERE EXISTS (SELECT 1 FROM pg_temp.capra_moved m WHERE {})",
                     tab.t.name.sql(),
+                    tab.on(db, "m", "t"),
                     c = tab.meta.cols
                 ),
                 &[],
             )
             .ctx(|| format!("rewriting rows of {} on \"{db}\"", tab.human()))?;
         Ok(())
+    }
+
+    /// The columns of the table's unique indexes and exclusion constraints
+    /// on this database that capra writes; None when one of them is on an
+    /// expression.
+    fn unique_columns(&mut self) -> Result<Option<Vec<String>>> {
+        let (tab, db) = (self.tab, self.db);
+        let q = format!("reading the unique indexes of {} on \"{db}\"", tab.human());
+        let r = self
+            .tx
+            .query_one(
+                "SELECT bool_or(k.n OPERATOR(pg_catalog.=) 0),
+                        array_agg(DISTINCT a.attname::text) FILTER (WHERE a.attname IS NOT NULL)
+                   FROM pg_catalog.pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) AS k(n)
+                   LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                                       AND a.attnum OPERATOR(pg_catalog.=) k.n
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)
+                    AND (i.indisunique OR i.indisexclusion)",
+                &[&tab.t.name.sql()],
+            )
+            .ctx(|| q.clone())?;
+        if r.col::<_, Option<bool>>(0, &q)?.unwrap_or(false) {
+            return Ok(None);
+        }
+        let cols: Vec<String> = r.col::<_, Option<Vec<String>>>(1, &q)?.unwrap_or_default();
+        Ok(Some(
+            cols.into_iter().filter(|c| tab.meta.settable.contains(c)).collect(),
+        ))
     }
 }
 
