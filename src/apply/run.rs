@@ -35,7 +35,8 @@ use super::receive::{set_indexes, spare_clause, truncate_or_delete, Batch, Recei
 use super::sequences::{apply_sequence, read_sequences, SeqState};
 use super::settle::{detect, Found, Settle};
 use super::source::{
-    column_signatures, follow_partitions, follow_trees, newest_changes, reads_changes, reraise, scan, Captured, Src,
+    column_signatures, follow_partitions, follow_trees, newest_changes, note_relogged, reads_changes, reraise, scan,
+    Captured, Src,
 };
 use super::table::{copy_encoding, makedelta, makedelta_any, table_meta, Mode, Shape, TableCtx};
 use crate::catalog::model::{Db, Relation};
@@ -157,11 +158,7 @@ fn relog_window(s: &mut Src<'_>, t: &Relation) -> Result<()> {
          SELECT d.captured, d.part, d.capra_ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
     ))
     .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.human(), s.db.name))?;
-    s.tx.execute(
-        "INSERT INTO capra.applied (installation, sync, txid, kind) VALUES ($1, $2, txid_current(), 'r') ON CONFLICT DO NOTHING",
-        &[&s.inst, &s.sync],
-    )
-    .ctx(|| format!("noting changes logged again on \"{}\"", s.db.name))?;
+    note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }
 

@@ -66,9 +66,6 @@ pub(super) struct Src<'c> {
     pub(super) recopy: BTreeSet<i32>,
     /// Its write transaction, when it receives (multi-master).
     pub(super) recv: Option<usize>,
-    /// This installation and sync, for `capra.applied`.
-    pub(super) inst: String,
-    pub(super) sync: String,
 }
 
 impl Src<'_> {
@@ -190,8 +187,6 @@ impl<'c> Src<'c> {
             prev_lit,
             own,
             reraised,
-            inst: env.installation.to_string(),
-            sync: name,
             commit_ts,
             raw,
             clock_skew_ms: (skew * 10.0).round() / 10.0,
@@ -451,7 +446,9 @@ pub(super) fn column_signatures(stx: &mut Transaction<'_>, tables: &[Relation]) 
     let names: Vec<String> = tables.iter().map(|t| t.name.sql()).collect();
     let rows = stx
         .query(
-            "SELECT coalesce((SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+            "SELECT coalesce((SELECT pg_catalog.format('%s:%s:%s', c.oid, c.relkind, (SELECT count(*) FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid))
+                                FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(n.name)), '') || '|' ||
+                    coalesce((SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
                                 FROM pg_catalog.pg_attribute a
                                WHERE a.attrelid = to_regclass(n.name) AND a.attnum > 0 AND NOT a.attisdropped), '')
                FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i",
@@ -518,6 +515,20 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
     Ok(())
 }
 
+/// Notes, for every sync that reads the change log of captured table `id`
+/// (not only this one), that this transaction logged keys again: their
+/// change time is the one logged, not this transaction's commit.
+pub(super) fn note_relogged(tx: &mut Transaction<'_>, id: i32, db: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO capra.applied (installation, sync, txid, kind)
+         SELECT DISTINCT ct.installation, ct.sync, txid_current(), 'r' FROM capra.consumer_table ct WHERE ct.captured = $1
+         ON CONFLICT DO NOTHING",
+        &[&id],
+    )
+    .ctx(|| format!("noting keys logged again on \"{db}\""))?;
+    Ok(())
+}
+
 /// Before the snapshot, in a transaction of its own: a table of the plan
 /// that joined an inheritance tree while no DDL follower switched its
 /// capture (capra's role is no superuser, or the switch failed) is
@@ -574,10 +585,6 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
     );
     s.tx.execute(&sql, &params)
         .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
-    s.tx.execute(
-        "INSERT INTO capra.applied (installation, sync, txid, kind) VALUES ($1, $2, txid_current(), 'r') ON CONFLICT DO NOTHING",
-        &[&s.inst, &s.sync],
-    )
-    .ctx(|| format!("noting keys logged again on \"{}\"", s.db.name))?;
+    note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }

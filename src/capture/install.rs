@@ -99,6 +99,15 @@ DO $m$
 DECLARE
     r record;
 BEGIN
+    -- Each rename waits briefly for the application's writers (the
+    -- upgrade is retried), and this session is the deadlock victim
+    -- where it may say so, never the application.
+    PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+    BEGIN
+        PERFORM pg_catalog.set_config('deadlock_timeout', '50ms', true);
+    EXCEPTION WHEN OTHERS THEN
+        NULL;
+    END;
     FOR r IN
         SELECT c.oid::regclass AS t FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'capra' AND c.relkind = 'r' AND c.relname ~ '^(delta_[0-9]+|truncate_log)$'
