@@ -272,6 +272,7 @@ pub(super) fn detect(
         m.record(decision, &who, min);
     }
     drop(portals);
+    claims(st, srcs, changers, tab, &mut m, tr)?;
     let won = won_keys(srcs, changers, tab, &m)?;
     for (c, zone) in zones {
         srcs[c]
@@ -388,6 +389,180 @@ impl Merge {
             Decision::Abort => unreachable!("settle returns an error on abort"),
         }
     }
+}
+
+/// One source's claim on a unique value: its key for the row holding it.
+type Claim = (usize, Vec<String>);
+
+/// Unique values two sources claim under different keys in this run (the
+/// same e-mail inserted under id 10 on one and id 11 on the other): no
+/// order of writes applies both, so each is settled as a conflict by the
+/// hooks or the strategy, between the two rows' changes. The losing row
+/// is not sent, and the winner sends its key as a deletion, so the loser's
+/// source drops it and every database ends with the winner's row.
+fn claims(
+    st: &mut Settle<'_, '_>,
+    srcs: &mut [Src<'_>],
+    changers: &[(usize, i32)],
+    tab: &TableCtx<'_>,
+    m: &mut Merge,
+    tr: &mut TableReport,
+) -> Result<()> {
+    let first = changers[0].0;
+    let indexes = unique_indexes(&mut srcs[first], tab)?;
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<(usize, String), Claim> = std::collections::HashMap::new();
+    let mut found: Vec<(String, Claim, Claim)> = Vec::new();
+    for &(s, id) in changers {
+        for (key, values) in claimed_values(&mut srcs[s], tab, id, &indexes)? {
+            if m.lost[s].contains(&key) {
+                continue;
+            }
+            for (i, v) in values.into_iter().enumerate() {
+                let Some(v) = v else { continue };
+                let what = format!("({})=({v})", indexes[i].join(", "));
+                match seen.get(&(i, v.clone())) {
+                    Some((o, okey)) if *o != s && *okey != key => {
+                        found.push((what, (*o, okey.clone()), (s, key.clone())));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((i, v), (s, key.clone()));
+                    }
+                }
+            }
+        }
+    }
+    for (what, (x, kx), (y, ky)) in found {
+        tr.conflicts += 1;
+        let contenders = vec![
+            Contender {
+                src: x,
+                db: srcs[x].db.name.clone(),
+                at: key_time(&mut srcs[x], tab, &kx)?,
+            },
+            Contender {
+                src: y,
+                db: srcs[y].db.name.clone(),
+                at: key_time(&mut srcs[y], tab, &ky)?,
+            },
+        ];
+        let (xname, yname) = (srcs[x].db.name.clone(), srcs[y].db.name.clone());
+        let note = format!(
+            "unique value {what} claimed under two keys: ({}) on {xname} and ({}) on {yname}",
+            kx.join(", "),
+            ky.join(", ")
+        );
+        let decision = {
+            let mut rows = || -> Result<Vec<(String, Option<serde_json::Value>)>> {
+                let rx = row_json(&mut srcs[x].tx, tab, &xname, &kx)?;
+                let ry = row_json(&mut srcs[y].tx, tab, &yname, &ky)?;
+                Ok(vec![(xname.clone(), rx), (yname.clone(), ry)])
+            };
+            st.settle(tab, &kx, contenders, &mut rows, Some(&note))?
+        };
+        match decision {
+            Decision::Winner(w) if w == x => m.record(Decision::Winner(x), &[y], ky),
+            Decision::Winner(w) if w == y => m.record(Decision::Winner(y), &[x], kx),
+            // Both rows stand: the table cannot be applied, and is set aside.
+            _ => tracing::warn!("Unique value {what} of {} stays claimed twice: {note}", tab.human()),
+        }
+    }
+    Ok(())
+}
+
+/// The column lists of the table's unique indexes other than its key's
+/// (plain columns, not partial): the values two sources may claim.
+fn unique_indexes(s: &mut Src<'_>, tab: &TableCtx<'_>) -> Result<Vec<Vec<String>>> {
+    let q = format!("reading the unique indexes of {} on \"{}\"", tab.human(), s.db.name);
+    let rows =
+        s.tx.query(
+            "SELECT array_agg(a.attname::text ORDER BY k.i)
+               FROM pg_catalog.pg_index x
+               CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(n, i)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid
+                                              AND a.attnum OPERATOR(pg_catalog.=) k.n
+              WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) AND x.indisunique
+                AND x.indpred IS NULL AND x.indexprs IS NULL
+              GROUP BY x.indexrelid",
+            &[&tab.t.name.sql()],
+        )
+        .ctx(|| q.clone())?;
+    let mut out = Vec::new();
+    for r in rows {
+        let cols: Vec<String> = r.col(0, &q)?;
+        let mut sorted = cols.clone();
+        sorted.sort();
+        let mut key = tab.meta.keycols.clone();
+        key.sort();
+        if sorted != key && cols.iter().all(|c| tab.meta.settable.contains(c)) {
+            out.push(cols);
+        }
+    }
+    Ok(out)
+}
+
+/// Per row a source changed in this run: its key and, per unique index,
+/// the value it holds there (None when a column is NULL: NULLs never
+/// collide).
+fn claimed_values(
+    s: &mut Src<'_>,
+    tab: &TableCtx<'_>,
+    id: i32,
+    indexes: &[Vec<String>],
+) -> Result<Vec<(Vec<String>, Vec<Option<String>>)>> {
+    let n = tab.qk.len();
+    let keys: Vec<String> = tab.qk.iter().map(|k| format!("t.{k}::text")).collect();
+    let values: Vec<String> = indexes
+        .iter()
+        .map(|cols| {
+            let q: Vec<String> = cols
+                .iter()
+                .map(|c| format!("t.{}", crate::pg::ident::quote_ident(c)))
+                .collect();
+            format!(
+                "CASE WHEN pg_catalog.num_nulls({0}) OPERATOR(pg_catalog.=) 0 THEN ROW({0})::text END",
+                q.join(", ")
+            )
+        })
+        .collect();
+    let q = format!(
+        "SELECT {}, {} FROM {} t WHERE EXISTS (SELECT 1 FROM capra.delta_{id} d WHERE {} AND {})",
+        keys.join(", "),
+        values.join(", "),
+        tab.tbl_on(&s.db.name),
+        s.window(),
+        tab.on(&s.db.name, "d", "t")
+    );
+    let what = format!("reading the unique values of {} on \"{}\"", tab.human(), s.db.name);
+    s.tx.query(&q, &[])
+        .ctx(|| what.clone())?
+        .iter()
+        .map(|r| {
+            let key = (0..n).map(|j| r.col(j, &what)).collect::<Result<Vec<String>>>()?;
+            let vals = (0..indexes.len())
+                .map(|j| r.col(n + j, &what))
+                .collect::<Result<Vec<Option<String>>>>()?;
+            Ok((key, vals))
+        })
+        .collect()
+}
+
+/// The change time a source logged for one key in this run.
+fn key_time(s: &mut Src<'_>, tab: &TableCtx<'_>, key: &[String]) -> Result<Option<f64>> {
+    let Some(id) = s.id_of(tab.t) else { return Ok(None) };
+    let types = tab.types_on(&s.db.name);
+    let q = format!(
+        "SELECT {} FROM capra.delta_{id} d WHERE {} AND {}",
+        s.time_expr(),
+        s.window(),
+        key_params_eq(&tab.qk, &types, &tab.ops_on(&s.db.name), "d.")
+    );
+    s.tx.query_one(&q, &text_params(key))
+        .ctx(|| format!("reading a change time on \"{}\"", s.db.name))?
+        .col(0, "a change time")
 }
 
 /// Per source: its changed keys minus those it lost, plus those it won

@@ -956,16 +956,17 @@ fn unique_values_move_between_rows_within_a_run() {
     );
 }
 
-/// Two sources each insert a different key with the same unique e-mail:
-/// no order of writes can apply both. The table is set aside (the run is
-/// good, the sync's other table is applied, `status` names it), and its
-/// changes are tried again until someone removes one of the two rows;
-/// then the sources converge with nothing lost.
+/// Two sources each insert a different key with the same unique e-mail
+/// (issue 17): no order of writes applies both, so the claim is settled
+/// as a conflict by the sync's strategy (the later change wins, here the
+/// second source's), recorded in the conflict history, and the losing row
+/// is removed from its source: both sources end with the winner's row,
+/// and the run is good. The sync's other table replicates in the same run.
 #[test]
-fn a_unique_value_two_sources_claim_sets_the_table_aside_not_the_sync() {
+fn a_unique_value_two_sources_claim_is_settled_by_the_strategy() {
     let (a, b) = (cluster::a(), cluster::b());
     let c = Capra::install(a);
-    let ddl = "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE);
+    let ddl = "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE, v text);
                CREATE TABLE kv (k int PRIMARY KEY, v text)";
     let names = dbs(&c, "claim", ddl, &[a, b]);
     c.ok(&["add", "table", "u", "kv", "db=claim1", "relgroup=g"]);
@@ -976,34 +977,37 @@ fn a_unique_value_two_sources_claim_sets_the_table_aside_not_the_sync() {
         "relgroup=g",
         "dbs=claim1:source,claim2:source",
         "autokick=0",
+        "conflict_strategy=latest",
     ]);
-    c.ok(&["set", "kid_restart_sleep=0.5", "retry_max_sleep=1"]);
     let _d = c.start();
     a.exec(
         &names[0],
-        "INSERT INTO u VALUES (10, 'c@ex'); INSERT INTO kv VALUES (1, 'a')",
+        "INSERT INTO u VALUES (10, 'c@ex', 'first'), (20, 'd@ex', 'one'); INSERT INTO kv VALUES (1, 'a')",
     );
+    std::thread::sleep(Duration::from_millis(50));
     b.exec(
         &names[1],
-        "INSERT INTO u VALUES (11, 'c@ex'); INSERT INTO kv VALUES (2, 'b')",
+        "INSERT INTO u VALUES (11, 'c@ex', 'second'), (21, 'e@ex', 'two'); INSERT INTO kv VALUES (2, 'b')",
     );
     c.ok(&["kick", "s", "60"]);
     assert!(last_run(&c, "s").starts_with("good"), "{}", c.log());
+    for t in ["u", "kv"] {
+        assert_eq!(checksum(a, &names[0], t), checksum(b, &names[1], t), "{t}\n{}", c.log());
+    }
     assert_eq!(
-        checksum(a, &names[0], "kv"),
-        checksum(b, &names[1], "kv"),
-        "{}",
-        c.log()
+        value(
+            a,
+            &names[0],
+            "SELECT string_agg(id || '=' || email, ',' ORDER BY id) FROM u"
+        ),
+        "11=c@ex,20=d@ex,21=e@ex"
     );
-    let status = c.ok(&["status", "s"]);
-    assert!(status.contains("public.u: ") && status.contains("c@ex"), "{status}");
-    // Someone settles it by hand on one source; the next tries converge.
-    b.exec(&names[1], "DELETE FROM u WHERE id = 11");
-    wait_for_showing(
-        30,
-        "u to converge",
-        || checksum(a, &names[0], "u") == checksum(b, &names[1], "u"),
-        || c.log(),
+    let hist: serde_json::Value = serde_json::from_str(&c.ok(&["conflicts", "s", "--json"])).unwrap();
+    let h = &hist.as_array().unwrap()[0];
+    assert_eq!(h["table"], "public.u", "{hist}");
+    assert!(
+        h["reason"].as_str().unwrap().contains("claimed under two keys"),
+        "{hist}"
     );
-    assert_eq!(value(b, &names[1], "SELECT string_agg(id::text, ',') FROM u"), "10");
+    assert_eq!(h["winner"], "claim2", "{hist}");
 }
