@@ -394,6 +394,9 @@ impl Merge {
 /// One source's claim on a unique value: its key for the row holding it.
 type Claim = (usize, Vec<String>);
 
+/// A changed row's key and, per unique index, its value there.
+type RowValues = (Vec<String>, Vec<Option<String>>);
+
 /// Unique values two sources claim under different keys in this run (the
 /// same e-mail inserted under id 10 on one and id 11 on the other): no
 /// order of writes applies both, so each is settled as a conflict by the
@@ -507,12 +510,7 @@ fn unique_indexes(s: &mut Src<'_>, tab: &TableCtx<'_>) -> Result<Vec<Vec<String>
 /// Per row a source changed in this run: its key and, per unique index,
 /// the value it holds there (None when a column is NULL: NULLs never
 /// collide).
-fn claimed_values(
-    s: &mut Src<'_>,
-    tab: &TableCtx<'_>,
-    id: i32,
-    indexes: &[Vec<String>],
-) -> Result<Vec<(Vec<String>, Vec<Option<String>>)>> {
+fn claimed_values(s: &mut Src<'_>, tab: &TableCtx<'_>, id: i32, indexes: &[Vec<String>]) -> Result<Vec<RowValues>> {
     let n = tab.qk.len();
     let keys: Vec<String> = tab.qk.iter().map(|k| format!("t.{k}::text")).collect();
     let values: Vec<String> = indexes
