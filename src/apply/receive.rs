@@ -604,14 +604,21 @@ impl OnSource<'_, '_, '_> {
          CREATE TEMP TABLE capra_inserted ON COMMIT DROP AS SELECT {keys} FROM {tbl} WITH NO DATA"
             ))
             .ctx(|| "preparing to lock rows".into())?;
-        // Rows to update take the lock an UPDATE needs; rows to delete the one
-        // a DELETE needs (so it never waits later, say for a foreign key check).
+        // Rows to update take the lock an UPDATE needs; rows to delete, and
+        // rows whose key takes another form (1.0 for 1.00: a key update),
+        // the one a DELETE needs (so it never waits later, say for a
+        // foreign key check).
+        let same_key = format!(
+            "pg_catalog.record_image_eq(ROW({}), ROW({}))",
+            tab.keys_of("s"),
+            tab.keys_of("t")
+        );
         for (staged, mode) in [("EXISTS", "NO KEY UPDATE"), ("NOT EXISTS", "UPDATE")] {
             self.tx
                 .execute(
                     &format!(
                         "WITH l AS (SELECT {cols_t} FROM {tbl} t WHERE EXISTS (SELECT 1 FROM pg_temp.capra_in_keys k WHERE {})
-                              AND {staged} (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {})
+                              AND {staged} (SELECT 1 FROM pg_temp.capra_in_rows s WHERE {} AND {same_key})
                               FOR {mode} OF t SKIP LOCKED)
                  INSERT INTO pg_temp.capra_locked SELECT * FROM l",
                         tab.on(db, "k", "t"),

@@ -1011,3 +1011,48 @@ fn a_unique_value_two_sources_claim_is_settled_by_the_strategy() {
     );
     assert_eq!(h["winner"], "claim2", "{hist}");
 }
+
+/// A key that changes only its form (1.0 to 1.00) is a key update for
+/// PostgreSQL, which needs FOR UPDATE: while the application on the
+/// receiving source holds the row FOR KEY SHARE (a foreign key check of an
+/// open transaction), the run skips it instead of waiting out
+/// lock_timeout and failing, and applies it once the application is done.
+#[test]
+fn a_key_changing_form_waits_for_no_application_lock() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let ddl = "CREATE TABLE nk (k numeric PRIMARY KEY, v text); INSERT INTO nk VALUES (1.0, 'a'), (2, 'b')";
+    let names = dbs(&c, "form", ddl, &[a, b]);
+    c.ok(&["add", "table", "nk", "db=form1", "relgroup=g"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=form1:source,form2:source",
+        "autokick=0",
+    ]);
+    c.ok(&["set", "lock_timeout=2"]);
+    let _d = c.start();
+    let mut app = b.client(&names[1]);
+    app.batch_execute("BEGIN; SELECT * FROM nk WHERE k = 1 FOR KEY SHARE")
+        .unwrap();
+    a.exec(
+        &names[0],
+        "UPDATE nk SET k = 1.00, v = 'moved' WHERE k = 1; UPDATE nk SET v = 'c' WHERE k = 2",
+    );
+    c.ok(&["kick", "s", "60"]);
+    assert!(last_run(&c, "s").starts_with("good"), "{}", c.log());
+    assert_eq!(value(b, &names[1], "SELECT v FROM nk WHERE k = 2"), "c");
+    app.batch_execute("COMMIT").unwrap();
+    wait_for_showing(
+        30,
+        "nk to converge",
+        || checksum(a, &names[0], "nk") == checksum(b, &names[1], "nk"),
+        || c.log(),
+    );
+    assert_eq!(
+        value(b, &names[1], "SELECT k::text || v FROM nk WHERE k = 1"),
+        "1.00moved"
+    );
+}
