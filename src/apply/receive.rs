@@ -10,7 +10,7 @@ use postgres::{Statement, Transaction};
 
 use super::context::{RunEnv, TableReport};
 use super::copy::pipe;
-use super::settle::{row_json, Settle};
+use super::settle::{key_time, row_json, Settle};
 use super::source::{snapshot_literal, Captured, Src};
 use super::table::{
     copy_encoding, key_in, key_out, key_params_eq, makedelta, text_params, unnest_select, TableCtx, RUN_MEMORY,
@@ -811,11 +811,10 @@ impl OnSource<'_, '_, '_> {
             return Ok(Decision::Winner(x));
         }
         let w = from as usize;
-        let wtypes = tab.types_on(&srcs[w].db.name);
         let theirs = Contender {
             src: w,
             db: srcs[w].db.name.clone(),
-            at: change_time(&mut srcs[w], tab, &wtypes, key)?,
+            at: key_time(&mut srcs[w], tab, key)?,
         };
         let tx = &mut *self.tx;
         let mut rows = || -> Result<Vec<(String, Option<serde_json::Value>)>> {
@@ -1072,22 +1071,6 @@ impl OnSource<'_, '_, '_> {
             cols.into_iter().filter(|c| tab.meta.settable.contains(c)).collect(),
         ))
     }
-}
-
-/// The change time a source logged for one key in this run's window.
-fn change_time(s: &mut Src<'_>, tab: &TableCtx<'_>, types: &[String], key: &[String]) -> Result<Option<f64>> {
-    let Some(id) = s.id_of(tab.t) else {
-        return Ok(None);
-    };
-    let q = format!(
-        "SELECT {} FROM capra.delta_{id} d WHERE {} AND {}",
-        s.time_expr(),
-        s.window(),
-        key_params_eq(&tab.qk, types, &tab.ops_on(&s.db.name), "d.")
-    );
-    s.tx.query_one(&q, &text_params(key))
-        .ctx(|| format!("reading a change time on \"{}\"", s.db.name))?
-        .col(0, "a change time")
 }
 
 /// The condition keeping a receiving source's own changes since its stored

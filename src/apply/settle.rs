@@ -548,8 +548,8 @@ fn claimed_values(s: &mut Src<'_>, tab: &TableCtx<'_>, id: i32, indexes: &[Vec<S
         .collect()
 }
 
-/// The change time a source logged for one key in this run.
-fn key_time(s: &mut Src<'_>, tab: &TableCtx<'_>, key: &[String]) -> Result<Option<f64>> {
+/// The change time a source logged for one key in this run's window.
+pub(super) fn key_time(s: &mut Src<'_>, tab: &TableCtx<'_>, key: &[String]) -> Result<Option<f64>> {
     let Some(id) = s.id_of(tab.t) else { return Ok(None) };
     let types = tab.types_on(&s.db.name);
     let q = format!(
