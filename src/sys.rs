@@ -41,3 +41,50 @@ where
             source,
         })
 }
+
+/// A password: kept and passed on, never shown. Its `Debug` prints
+/// asterisks, so no derived `Debug` of a struct holding one (a command's
+/// flags, a database to add, the mail settings) can carry it into a log,
+/// an error or a panic message.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The password itself, for the one place that hands it on (a
+    /// connection, an SMTP login, the catalog).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Secret;
+
+    #[test]
+    fn a_secret_never_shows_in_debug() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "\"********\"");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some(\"********\")");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

@@ -28,7 +28,7 @@ pub struct NewDb {
     /// Role.
     pub user: Option<String>,
     /// Password (stored, never shown).
-    pub pass: Option<String>,
+    pub pass: Option<crate::sys::Secret>,
     /// Extra libpq keywords.
     pub conn: String,
     /// Service.
@@ -63,6 +63,7 @@ pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
     if exists(tx, "SELECT 1 FROM capra.db WHERE name = $1", &db.name)? {
         return Err(CatalogError::DbExists { db: db.name.clone() }.into());
     }
+    let pass = db.pass.as_ref().map(|p| p.expose());
     tx.execute(
         "INSERT INTO capra.db (name, dbname, host, port, dbuser, dbpass, conn, service, status, makedelta, server_side_prepares)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -72,7 +73,7 @@ pub fn add_db(tx: &mut Transaction<'_>, db: &NewDb) -> Result<()> {
             &db.host,
             &db.port,
             &db.user,
-            &db.pass,
+            &pass,
             &db.conn,
             &db.service,
             &db.status,

@@ -84,7 +84,7 @@ pub struct Cli {
         hide_env_values = true,
         value_name = "PASS"
     )]
-    pub dbpass: Option<String>,
+    pub dbpass: Option<crate::sys::Secret>,
     /// Config file of `key = value` lines.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -24,7 +24,7 @@ pub struct Flags {
     /// `-d/--dbname`.
     pub dbname: Option<String>,
     /// `-P/--dbpass`.
-    pub dbpass: Option<String>,
+    pub dbpass: Option<crate::sys::Secret>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
 }
@@ -97,7 +97,11 @@ pub fn load(flags: &Flags) -> Result<Settings, file::FileError> {
             port,
             user,
             dbname,
-            password: flags.dbpass.clone().or_else(|| get("dbpass")),
+            password: flags
+                .dbpass
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .or_else(|| get("dbpass")),
             conn: String::new(),
             service: None,
         },
@@ -106,4 +110,19 @@ pub fn load(flags: &Flags) -> Result<Settings, file::FileError> {
         loglevel: get("loglevel"),
         user_defaulted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flags;
+
+    #[test]
+    fn the_password_flag_never_shows_in_debug() {
+        let f = Flags {
+            dbpass: Some(crate::sys::Secret::new("s3cret-pass")),
+            ..Default::default()
+        };
+        let shown = format!("{f:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("********"), "{shown}");
+    }
 }

@@ -35,7 +35,7 @@ pub struct MailSettings {
     /// AUTH user (empty: no AUTH).
     pub user: String,
     /// AUTH password (never printed).
-    pub pass: String,
+    pub pass: crate::sys::Secret,
     /// `smtp` or `sendmail`.
     pub transport: String,
     /// The sendmail program.
@@ -62,7 +62,7 @@ impl MailSettings {
             port: get("default_email_port")?.parse().unwrap_or(25),
             tls: get("email_tls")?,
             user: get("email_auth_user")?,
-            pass: get("email_auth_pass")?,
+            pass: crate::sys::Secret::new(get("email_auth_pass")?),
             transport: get("email_transport")?,
             sendmail: get("email_sendmail")?,
             debug_file: get("email_debug_file")?,
@@ -154,7 +154,7 @@ impl MailSettings {
         .port(self.port)
         .timeout(Some(Duration::from_secs_f64(self.timeout.clamp(1.0, 3600.0))));
         if !self.user.is_empty() {
-            b = b.credentials(Credentials::new(self.user.clone(), self.pass.clone()));
+            b = b.credentials(Credentials::new(self.user.clone(), self.pass.expose().to_string()));
         }
         let resp = b.build().send(msg).map_err(|cause| NotifyError::Smtp {
             server: self.describe(),

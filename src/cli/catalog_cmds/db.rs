@@ -95,7 +95,7 @@ fn new_db(ctx: &Ctx, a: &kv::Args) -> Result<NewDb> {
         host: a.get("host").map(String::from),
         port,
         user: Some(a.get("user").map(String::from).unwrap_or_else(|| ctx.control_user())),
-        pass: a.get("pass").map(String::from),
+        pass: a.get("pass").map(crate::sys::Secret::new),
         conn,
         service: a.get("service").map(String::from),
         status,
@@ -124,7 +124,7 @@ fn try_new_db(new: &NewDb) -> Result<()> {
         port: new.port.map(|p| p as u16),
         user: new.user.clone(),
         dbname: new.dbname.clone(),
-        password: new.pass.clone(),
+        password: new.pass.as_ref().map(|p| p.expose().to_string()),
         conn: new.conn.clone(),
         service: new.service.clone(),
     };
