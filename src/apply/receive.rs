@@ -13,8 +13,8 @@ use super::copy::pipe;
 use super::settle::{key_time, row_json, Settle};
 use super::source::{snapshot_literal, Captured, Src};
 use super::table::{
-    copy_encoding, key_in, key_out, key_params_eq, makedelta, text_params, unnest_select, TableCtx, RUN_MEMORY,
-    TEXT_FORMATS,
+    copy_encoding, key_in, key_out, key_params_eq, makedelta, text_params, unique_indexes, unnest_select, TableCtx,
+    RUN_MEMORY, TEXT_FORMATS,
 };
 use crate::catalog::model::Db;
 use crate::catalog::plan::SyncPlan;
@@ -1048,28 +1048,18 @@ impl OnSource<'_, '_, '_> {
     /// expression.
     fn unique_columns(&mut self) -> Result<Option<Vec<String>>> {
         let (tab, db) = (self.tab, self.db);
-        let q = format!("reading the unique indexes of {} on \"{db}\"", tab.human());
-        let r = self
-            .tx
-            .query_one(
-                "SELECT bool_or(k.n OPERATOR(pg_catalog.=) 0),
-                        array_agg(DISTINCT a.attname::text) FILTER (WHERE a.attname IS NOT NULL)
-                   FROM pg_catalog.pg_index i
-                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) AS k(n)
-                   LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                                                       AND a.attnum OPERATOR(pg_catalog.=) k.n
-                  WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)
-                    AND (i.indisunique OR i.indisexclusion)",
-                &[&tab.t.name.sql()],
-            )
-            .ctx(|| q.clone())?;
-        if r.col::<_, Option<bool>>(0, &q)?.unwrap_or(false) {
+        let indexes = unique_indexes(self.tx, tab, db)?;
+        if indexes.iter().any(|x| x.expression) {
             return Ok(None);
         }
-        let cols: Vec<String> = r.col::<_, Option<Vec<String>>>(1, &q)?.unwrap_or_default();
-        Ok(Some(
-            cols.into_iter().filter(|c| tab.meta.settable.contains(c)).collect(),
-        ))
+        let mut cols: Vec<String> = indexes
+            .into_iter()
+            .flat_map(|x| x.cols)
+            .filter(|c| tab.meta.settable.contains(c))
+            .collect();
+        cols.sort();
+        cols.dedup();
+        Ok(Some(cols))
     }
 }
 

@@ -10,7 +10,9 @@ use postgres::{Portal, Transaction};
 use super::context::{RunEnv, TableReport};
 use super::error::ApplyError;
 use super::source::Src;
-use super::table::{array_params, key_columns, key_params_eq, text_params, unnest_select, TableCtx, TableMeta};
+use super::table::{
+    array_params, key_columns, key_params_eq, text_params, unique_indexes, unnest_select, TableCtx, TableMeta,
+};
 use crate::domain::conflict::{self, Contender, Decision, Record, Strategy, Winner};
 use crate::error::{Context, Result};
 use crate::pg::RowExt;
@@ -412,7 +414,7 @@ fn claims(
     tr: &mut TableReport,
 ) -> Result<()> {
     let first = changers[0].0;
-    let indexes = unique_indexes(&mut srcs[first], tab)?;
+    let indexes = claimable(&mut srcs[first], tab)?;
     if indexes.is_empty() {
         return Ok(());
     }
@@ -478,33 +480,19 @@ fn claims(
 
 /// The column lists of the table's unique indexes other than its key's
 /// (plain columns, not partial): the values two sources may claim.
-fn unique_indexes(s: &mut Src<'_>, tab: &TableCtx<'_>) -> Result<Vec<Vec<String>>> {
-    let q = format!("reading the unique indexes of {} on \"{}\"", tab.human(), s.db.name);
-    let rows =
-        s.tx.query(
-            "SELECT array_agg(a.attname::text ORDER BY k.i)
-               FROM pg_catalog.pg_index x
-               CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(n, i)
-               JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid
-                                              AND a.attnum OPERATOR(pg_catalog.=) k.n
-              WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) AND x.indisunique
-                AND x.indpred IS NULL AND x.indexprs IS NULL
-              GROUP BY x.indexrelid",
-            &[&tab.t.name.sql()],
-        )
-        .ctx(|| q.clone())?;
-    let mut out = Vec::new();
-    for r in rows {
-        let cols: Vec<String> = r.col(0, &q)?;
-        let mut sorted = cols.clone();
-        sorted.sort();
-        let mut key = tab.meta.keycols.clone();
-        key.sort();
-        if sorted != key && cols.iter().all(|c| tab.meta.settable.contains(c)) {
-            out.push(cols);
-        }
-    }
-    Ok(out)
+fn claimable(s: &mut Src<'_>, tab: &TableCtx<'_>) -> Result<Vec<Vec<String>>> {
+    let mut key = tab.meta.keycols.clone();
+    key.sort();
+    Ok(unique_indexes(&mut s.tx, tab, &s.db.name)?
+        .into_iter()
+        .filter(|x| !x.expression && !x.partial && !x.exclusion)
+        .map(|x| x.cols)
+        .filter(|cols| {
+            let mut sorted = cols.clone();
+            sorted.sort();
+            sorted != key && cols.iter().all(|c| tab.meta.settable.contains(c))
+        })
+        .collect())
 }
 
 /// Per row a source changed in this run: its key and, per unique index,

@@ -529,22 +529,24 @@ pub(super) fn note_relogged(tx: &mut Transaction<'_>, id: i32, db: &str) -> Resu
     Ok(())
 }
 
-/// Before the snapshot, in a transaction of its own: a table of the plan
-/// that joined an inheritance tree while no DDL follower switched its
-/// capture (capra's role is no superuser, or the switch failed) is
-/// switched to row triggers now, and everything it may have missed since
-/// is repaired by the next run (see `capture::install::switch_joined`).
+/// Before the snapshot: a table of the plan that joined an inheritance
+/// tree while no DDL follower switched its capture (capra's role is no
+/// superuser, or the switch failed) is switched to row triggers now, in a
+/// transaction of its own, and everything it may have missed since is
+/// repaired by the next run (see `capture::install::switch_joined`). The
+/// question costs one query per run; a transaction only when one switches.
 pub(super) fn follow_trees(conn: &mut Conn, plan: &SyncPlan, db: &str) -> Result<()> {
     let names: Vec<crate::pg::ident::QualName> = plan.tables.iter().map(|t| t.name.clone()).collect();
-    let mut tx = conn
-        .transaction()
-        .ctx(|| format!("checking the capture of inheritance trees on \"{db}\""))?;
-    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
-        .ctx(|| "setting a lock timeout".into())?;
-    let switched = crate::capture::install::switch_joined(&mut tx, &names)?;
-    tx.commit()
-        .ctx(|| format!("switching capture to row triggers on \"{db}\""))?;
-    for t in switched {
+    for j in crate::capture::install::joined_trees(&mut **conn, &names)? {
+        let t = j.table.human();
+        let mut tx = conn
+            .transaction()
+            .ctx(|| format!("switching the capture of {t} to row triggers on \"{db}\""))?;
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+            .ctx(|| "setting a lock timeout".into())?;
+        crate::capture::install::switch_joined(&mut tx, &j)?;
+        tx.commit()
+            .ctx(|| format!("switching the capture of {t} to row triggers on \"{db}\""))?;
         tracing::warn!(
             "{t} joined an inheritance tree on \"{db}\" and its capture switched to row triggers only now; the next run compares all its keys"
         );

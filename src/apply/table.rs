@@ -333,7 +333,7 @@ pub(super) fn table_meta(
         .collect();
     let src_types = below_domains(stx, src_name, src_types)?;
     let mut ops = HashMap::from([(src_name.to_string(), key_ops(stx, src_name, &src_types)?)]);
-    let parent = kind == Some(discover::Kind::Table) && has_children(stx, &t.name)?;
+    let parent = kind == Some(discover::Kind::Table) && discover::inheritance(stx, &t.name)?.1;
     for (tx, n) in txs.iter_mut().zip(names) {
         let types = key_types_on(tx, n, t, &src_cols, shape.keycols)?;
         ops.insert(n.clone(), key_ops(tx, n, &types)?);
@@ -361,16 +361,45 @@ pub(super) fn table_meta(
     Ok(meta)
 }
 
-/// Whether other tables inherit from the plain table `name`.
-fn has_children(tx: &mut Transaction<'_>, name: &crate::pg::ident::QualName) -> Result<bool> {
-    let q = format!("looking for tables inheriting from {}", name.human());
-    tx.query_one(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
-                         WHERE i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1))",
-        &[&name.sql()],
+/// A unique index or exclusion constraint of a table on one database: the
+/// values rows may trade or two sources may claim.
+pub(super) struct UniqueIndex {
+    /// Its plain columns, in index order.
+    pub(super) cols: Vec<String>,
+    /// It also indexes an expression.
+    pub(super) expression: bool,
+    /// It is partial (a WHERE clause).
+    pub(super) partial: bool,
+    /// An exclusion constraint rather than a unique index.
+    pub(super) exclusion: bool,
+}
+
+/// The unique indexes and exclusion constraints of a table, as the
+/// database `db` (in `tx`) has them.
+pub(super) fn unique_indexes(tx: &mut Transaction<'_>, tab: &TableCtx<'_>, db: &str) -> Result<Vec<UniqueIndex>> {
+    let q = format!("reading the unique indexes of {} on \"{db}\"", tab.human());
+    tx.query(
+        "SELECT coalesce(array_agg(a.attname::text ORDER BY k.i) FILTER (WHERE a.attname IS NOT NULL), '{}'),
+                bool_or(k.n OPERATOR(pg_catalog.=) 0), x.indpred IS NOT NULL, NOT x.indisunique
+           FROM pg_catalog.pg_index x
+           CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(n, i)
+           LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid
+                                               AND a.attnum OPERATOR(pg_catalog.=) k.n
+          WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) AND (x.indisunique OR x.indisexclusion)
+          GROUP BY x.indexrelid, x.indpred IS NOT NULL, x.indisunique",
+        &[&tab.t.name.sql()],
     )
     .ctx(|| q.clone())?
-    .col(0, &q)
+    .iter()
+    .map(|r| {
+        Ok(UniqueIndex {
+            cols: r.col(0, &q)?,
+            expression: r.col(1, &q)?,
+            partial: r.col(2, &q)?,
+            exclusion: r.col(3, &q)?,
+        })
+    })
+    .collect()
 }
 
 /// `ONLY ` for a plain table (its inheritance children are tables of their

@@ -585,27 +585,17 @@ pub enum OnKeyChange {
 /// fire on the table that holds the row, so every table with an
 /// inheritance parent or child takes them. `CAPRA_ROW_TRIGGERS=1` forces
 /// them (to test the path old servers take).
-fn use_row_triggers(c: &mut impl GenericClient, table: &QualName) -> Result<bool> {
+/// `partitioned`: the table's kind, which the caller has read.
+fn use_row_triggers(c: &mut impl GenericClient, table: &QualName, partitioned: bool) -> Result<bool> {
     let v = discover::server_version(c)?;
-    let kind = discover::kind_of(c, table)?;
-    let partitioned = kind == Some(discover::Kind::Partitioned);
     if partitioned && v < 110000 {
         return Err(CaptureError::PartitionedTooOld { table: table.human() }.into());
     }
-    let inherits = kind == Some(discover::Kind::Table) && in_inheritance_tree(c, table)?;
+    let inherits = !partitioned && {
+        let (parent, children) = discover::inheritance(c, table)?;
+        parent || children
+    };
     Ok(partitioned || inherits || v < 100000 || std::env::var("CAPRA_ROW_TRIGGERS").as_deref() == Ok("1"))
-}
-
-/// Whether the plain table `table` inherits from another table or others
-/// inherit from it (a partition counts: it has a parent).
-fn in_inheritance_tree(c: &mut impl GenericClient, table: &QualName) -> Result<bool> {
-    c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
-                         WHERE pg_catalog.to_regclass($1) OPERATOR(pg_catalog.=) ANY (ARRAY[i.inhparent, i.inhrelid]))",
-        &[&table.sql()],
-    )
-    .ctx(|| format!("looking for inheritance around {}", table.human()))?
-    .col(0, "whether a table has inheritance children")
 }
 
 /// The trigger names capra creates on a user table (and nothing else is
@@ -634,7 +624,8 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
         .into());
     }
     let keytypes = log_key_types(c, t, &cols)?;
-    let rowlevel = use_row_triggers(c, &t.name)?;
+    let partitioned = discover::kind_of(c, &t.name)? == Some(discover::Kind::Partitioned);
+    let rowlevel = use_row_triggers(c, &t.name, partitioned)?;
     let existing = c
         .query_opt(
             "SELECT id, keycols, keytypes, rowlevel, relid IS NOT NULL AND keynums IS NULL
@@ -691,7 +682,6 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
             .ctx(|| format!("registering capture of {}", t.name.human()))?
             .col(0, "the captured id")?,
     };
-    let partitioned = discover::kind_of(c, &t.name)? == Some(discover::Kind::Partitioned);
     c.batch_execute(&capture_sql(t, id, &keytypes, rowlevel, partitioned))
         .ctx(|| format!("installing change capture on {}", t.name.human()))?;
     // A rebuilt capture keeps its remembered partitions (moves since then
@@ -944,15 +934,22 @@ fn row_triggers_sql(tbl: &str, id: i32, rowlevel: bool, partitioned: bool) -> St
     }
 }
 
-/// Switches to row triggers the tables of `names` still captured by
-/// statement triggers although they are now in an inheritance tree (it
-/// happened without the DDL follower: capra's role is no superuser, or the
-/// follower's switch failed). A DELETE through a parent, or an INSERT
-/// routed from a partitioned parent, may have gone uncaptured meanwhile, so
-/// the table is marked as partly truncated (the next run deletes on the
-/// receivers every row whose key it no longer has) and all its keys are
-/// logged (the next run copies every row). Returns the tables switched.
-pub fn switch_joined(c: &mut impl GenericClient, names: &[QualName]) -> Result<Vec<String>> {
+/// A captured table still on statement triggers although it is now in an
+/// inheritance tree (it joined without the DDL follower: capra's role is no
+/// superuser, or the follower's switch failed).
+pub struct Joined {
+    /// Its captured id.
+    pub id: i32,
+    /// The table.
+    pub table: QualName,
+    /// Its log's key columns.
+    pub keycols: Vec<String>,
+}
+
+/// The tables of `names` that joined an inheritance tree unswitched (see
+/// [`Joined`]): one query, outside any transaction, as a run asks on every
+/// start.
+pub fn joined_trees(c: &mut impl GenericClient, names: &[QualName]) -> Result<Vec<Joined>> {
     let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
     let rels: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
     const Q: &str = "looking for captured tables that joined an inheritance tree";
@@ -963,35 +960,45 @@ pub fn switch_joined(c: &mut impl GenericClient, names: &[QualName]) -> Result<V
     if !exists {
         return Ok(Vec::new());
     }
-    let rows = c
-        .query(
-            "SELECT c.id, c.schemaname, c.relname, c.keycols FROM capra.captured c
-               JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.relid
-              WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind OPERATOR(pg_catalog.=) 'r'
-                AND (c.schemaname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-                AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))",
-            &[&schemas, &rels],
-        )
-        .ctx(|| Q.into())?;
-    let mut switched = Vec::new();
-    for r in rows {
-        let id: i32 = r.col(0, Q)?;
-        let table = QualName::new(r.col::<_, String>(1, Q)?, r.col::<_, String>(2, Q)?);
-        let keycols: Vec<String> = r.col(3, Q)?;
-        set_trigger_level(c, &table, id, true)?;
-        let cols: Vec<String> = keycols.iter().map(|k| quote_ident(k)).collect();
-        let cols = cols.join(", ");
-        c.batch_execute(&format!(
-            "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, {});
-             INSERT INTO {} ({cols}) SELECT {cols} FROM ONLY {};",
-            sql_literal(&table.human()),
-            delta_table(id),
-            table.sql()
-        ))
-        .ctx(|| format!("marking {} for a comparison of its keys", table.human()))?;
-        switched.push(table.human());
-    }
-    Ok(switched)
+    c.query(
+        "SELECT c.id, c.schemaname, c.relname, c.keycols FROM capra.captured c
+           JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.relid
+          WHERE NOT c.rowlevel AND c.keynums IS NOT NULL AND r.relkind OPERATOR(pg_catalog.=) 'r'
+            AND (c.schemaname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE c.relid IN (i.inhparent, i.inhrelid))",
+        &[&schemas, &rels],
+    )
+    .ctx(|| Q.into())?
+    .iter()
+    .map(|r| {
+        Ok(Joined {
+            id: r.col(0, Q)?,
+            table: QualName::new(r.col::<_, String>(1, Q)?, r.col::<_, String>(2, Q)?),
+            keycols: r.col(3, Q)?,
+        })
+    })
+    .collect()
+}
+
+/// Switches a table that joined a tree unswitched to row triggers. A
+/// DELETE through a parent, or an INSERT routed from a partitioned parent,
+/// may have gone uncaptured meanwhile, so the table is marked as partly
+/// truncated (the next run deletes on the receivers every row whose key it
+/// no longer has) and all its keys are logged (the next run copies every
+/// row).
+pub fn switch_joined(c: &mut impl GenericClient, j: &Joined) -> Result<()> {
+    let (id, table) = (j.id, &j.table);
+    set_trigger_level(c, table, id, true)?;
+    let cols: Vec<String> = j.keycols.iter().map(|k| quote_ident(k)).collect();
+    let cols = cols.join(", ");
+    c.batch_execute(&format!(
+        "INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, {});
+         INSERT INTO {} ({cols}) SELECT {cols} FROM ONLY {};",
+        sql_literal(&table.human()),
+        delta_table(id),
+        table.sql()
+    ))
+    .ctx(|| format!("marking {} for a comparison of its keys", table.human()))
 }
 
 /// Swaps a captured table's INSERT/UPDATE/DELETE triggers to the other

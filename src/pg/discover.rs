@@ -183,6 +183,23 @@ pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kin
         .transpose()
 }
 
+/// Where a table stands in an inheritance tree (legacy inheritance or
+/// partitioning): whether it has a parent, and whether it has children.
+/// Capture and apply both ask: statements on a parent reach its children.
+pub fn inheritance(c: &mut impl GenericClient, name: &QualName) -> Result<(bool, bool)> {
+    let q = format!("looking for inheritance around {}", name.human());
+    let r = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                             WHERE i.inhrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                             WHERE i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1))",
+            &[&name.sql()],
+        )
+        .ctx(|| q.clone())?;
+    Ok((r.col(0, &q)?, r.col(1, &q)?))
+}
+
 /// The live columns of a table, in attribute order (dropped columns skipped).
 pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column>> {
     let v = server_version(c)?;
