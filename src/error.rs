@@ -39,6 +39,11 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The command has said all there is to say and ends with this exit
+    /// status (`compare`: 1 when differences remain).
+    #[error("exit status {0}")]
+    Exit(u8),
+
     /// A named object does not exist.
     #[error("{kind} \"{name}\" does not exist{hint}")]
     NotFound {
@@ -179,6 +184,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Exit(code) => *code,
             _ => 1,
         }
     }
@@ -254,7 +260,7 @@ impl Error {
             Error::NotFound { .. } | Error::Duplicate { .. } | Error::Rejected(_) | Error::Stale { .. } => {
                 Kind::Conflict
             }
-            Error::CatalogVersion(_) => Kind::Conflict,
+            Error::CatalogVersion(_) | Error::Exit(_) => Kind::Conflict,
             Error::Connect { .. } | Error::PoolExhausted { .. } => Kind::Connection,
             Error::Db { driver, .. } => {
                 if driver.is_closed() || driver.as_db_error().is_none() {

@@ -21,6 +21,8 @@
 //!   hooks, settings, run history.
 //! - [`capture`]: what capra checks and installs in source databases.
 //! - [`apply`]: one run of a sync: read a source snapshot, write targets \[KID\].
+//! - [`compare`]: compare and repair: prove the copies equal, name the keys
+//!   that differ, repair them through the engine.
 //! - [`notify`]: alert and status report mail, tail_n_mail style.
 //! - [`daemon`]: the systemd-native daemon: controllers, workers, watchers,
 //!   purger \[MCP, CTL, VAC\].
@@ -36,6 +38,7 @@ pub mod apply;
 pub mod capture;
 pub mod catalog;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod daemon;
 pub mod domain;

@@ -24,6 +24,6 @@ pub mod run;
 pub mod sequences;
 mod settle;
 mod source;
-mod table;
+pub(crate) mod table;
 
 pub use error::ApplyError;

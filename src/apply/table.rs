@@ -462,7 +462,7 @@ fn key_types_on(
 /// pg_catalog's and compare citext as text), else the built-in one.
 /// Operator classes are a superuser's to create, so no tenant can plant
 /// the operator chosen here.
-fn key_ops(tx: &mut Transaction<'_>, db: &str, types: &[String]) -> Result<Vec<String>> {
+pub(crate) fn key_ops(tx: &mut Transaction<'_>, db: &str, types: &[String]) -> Result<Vec<String>> {
     let q = format!("reading the key operators on \"{db}\"");
     tx.query(
         "SELECT coalesce((
@@ -490,7 +490,7 @@ fn key_ops(tx: &mut Transaction<'_>, db: &str, types: &[String]) -> Result<Vec<S
 /// The key types with every domain replaced by the type under it (a
 /// domain's values compare as its base type's, and PostgreSQL 10 has no
 /// arrays of domains for `= ANY`).
-fn below_domains(tx: &mut Transaction<'_>, db: &str, types: Vec<String>) -> Result<Vec<String>> {
+pub(crate) fn below_domains(tx: &mut Transaction<'_>, db: &str, types: Vec<String>) -> Result<Vec<String>> {
     let q = format!("reading the key types on \"{db}\"");
     tx.query(
         "WITH RECURSIVE t(i, oid, kind, base) AS (

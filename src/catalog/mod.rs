@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_runs.sql")),
     (3, include_str!("migrations/0003_races.sql")),
     (4, include_str!("migrations/0004_conflicts.sql")),
+    (5, include_str!("migrations/0005_compare.sql")),
 ];
 
 /// The catalog version this build expects.

@@ -552,3 +552,67 @@ pub fn kick_result(c: &mut impl GenericClient, id: i64) -> Result<Option<(bool, 
     }
     Ok(Some((r.col(1, Q)?, r.col(2, Q)?)))
 }
+
+/// The last compare of a sync, as `status SYNC` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LastCompare {
+    /// When it ran (local time, to the second).
+    pub ran_at: String,
+    /// The database taken as right.
+    pub truth: String,
+    /// Tables and databases compared.
+    pub tables: i32,
+    /// Databases compared with the truth.
+    pub dbs: i32,
+    /// Keys that differed (after the repair, if one ran).
+    pub differences: i32,
+    /// Keys still changing when it stopped waiting.
+    pub in_flight: i32,
+    /// Rows repaired, if it repaired.
+    pub repaired: Option<i32>,
+}
+
+impl LastCompare {
+    /// One line for the status block.
+    pub fn line(&self) -> String {
+        let what = if self.differences == 0 {
+            "identical".to_string()
+        } else {
+            format!("{} difference(s)", self.differences)
+        };
+        let mut s = format!(
+            "{} (truth {}): {} table(s) on {} database(s), {what}",
+            self.ran_at, self.truth, self.tables, self.dbs
+        );
+        if let Some(r) = self.repaired {
+            s.push_str(&format!(", repaired {r} rows"));
+        }
+        if self.in_flight > 0 {
+            s.push_str(&format!(", {} key(s) in flight", self.in_flight));
+        }
+        s
+    }
+}
+
+/// Reads a sync's last compare, if it was ever compared.
+pub fn last_compare(c: &mut impl GenericClient, sync: &str) -> Result<Option<LastCompare>> {
+    const Q: &str = "reading the last compare";
+    c.query_opt(
+        "SELECT to_char(ran_at, 'YYYY-MM-DD HH24:MI:SS'), truth, tables, dbs, differences, in_flight, repaired
+           FROM capra.compare_result WHERE sync = $1",
+        &[&sync],
+    )
+    .ctx(|| Q.into())?
+    .map(|r| {
+        Ok(LastCompare {
+            ran_at: r.col(0, Q)?,
+            truth: r.col(1, Q)?,
+            tables: r.col(2, Q)?,
+            dbs: r.col(3, Q)?,
+            differences: r.col(4, Q)?,
+            in_flight: r.col(5, Q)?,
+            repaired: r.col(6, Q)?,
+        })
+    })
+    .transpose()
+}

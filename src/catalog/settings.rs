@@ -74,6 +74,18 @@ pub const SETTINGS: &[Setting] = &[
         "Whether the daemon purges replicated change rows from sources on its own (every vac_sleep seconds)"
     ),
     s!(
+        "compare_schedule",
+        "",
+        Kind::Cron,
+        "When the daemon compares every active sync with its first source, as capra compare SYNC does (a crontab line, server local time; empty: never); differences are mailed"
+    ),
+    s!(
+        "compare_throttle",
+        "0",
+        Kind::Int(0, 60000),
+        "Milliseconds capra compare pauses after each statement that reads a table, to spare busy servers"
+    ),
+    s!(
         "connect_timeout",
         "10",
         Kind::Int(1, 3600),

@@ -4,6 +4,7 @@
 //! call the catalog, capture and daemon modules.
 
 pub mod catalog_cmds;
+pub mod compare;
 pub mod conflicts;
 pub mod daemon_cmds;
 pub mod help;
@@ -197,6 +198,24 @@ pub enum Command {
     Status {
         /// Sync names (or `all`).
         syncs: Vec<String>,
+    },
+    /// Compare a sync's databases with the truth (default: its first
+    /// source), row by row, while it runs; `--repair` makes them equal
+    /// through the daemon's runs. Exit status 0: identical, 1: differences
+    /// remain, 2: bad usage or an error.
+    Compare {
+        /// The sync.
+        sync: String,
+        /// Only these tables (schema-qualified or not).
+        tables: Vec<String>,
+        /// The database taken as right.
+        #[arg(long, value_name = "DB")]
+        truth: Option<String>,
+        /// Make the other databases equal to the truth for the keys that
+        /// differ (as changes from the truth, applied by the next run), then
+        /// compare those keys again.
+        #[arg(long)]
+        repair: bool,
     },
     /// Change rows waiting to replicate, per source and table.
     #[command(alias = "deltas")]
@@ -448,6 +467,7 @@ fn usage_line(e: &clap::Error) -> String {
 /// Prints an error as one line (and its causes with -v).
 pub fn report(e: &Error, verbose: u8) {
     match e {
+        Error::Exit(_) => return,
         Error::Validation { sync, problems } => {
             for p in problems {
                 eprintln!("capra: sync \"{sync}\": {p}");
@@ -514,6 +534,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Kick { words } => daemon_cmds::kick(&ctx, &words),
         Command::Status { syncs } => status::status(&ctx, &syncs),
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
+        Command::Compare {
+            sync,
+            tables,
+            truth,
+            repair,
+        } => {
+            let req = crate::compare::Request { sync, tables, truth };
+            compare::run(&ctx, &req, repair)
+        }
         Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
         Command::Mail { words } => mail_cmd(&ctx, &words),
         Command::Help { words } => help_cmd(&words),

@@ -115,6 +115,7 @@ struct Detail {
     next: Option<String>,
     behind: Vec<(String, String)>,
     mm: Option<runs::MultiMaster>,
+    compared: Option<runs::LastCompare>,
 }
 
 impl Detail {
@@ -138,6 +139,7 @@ impl Detail {
         } else {
             None
         };
+        let compared = runs::last_compare(c, &s.name)?;
         Ok(Detail {
             st,
             plan,
@@ -145,6 +147,7 @@ impl Detail {
             next,
             behind,
             mm,
+            compared,
         })
     }
 
@@ -153,7 +156,7 @@ impl Detail {
         let behind: Vec<Value> = self.behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
         json!({"status": self.st, "sync": s, "pending": self.pending, "next_run": self.next,
             "tables": self.plan.tables.len() + self.plan.sequences.len(), "targets_behind": behind,
-            "multi_master": self.mm})
+            "multi_master": self.mm, "last_compare": self.compared})
     }
 }
 
@@ -221,6 +224,13 @@ fn print_detail(s: &model::Sync, d: &Detail) {
         multi_master_rows(&mut rows, s, mm);
     }
     pending_rows(&mut rows, &d.pending);
+    rows.push((
+        "Last compare".into(),
+        d.compared
+            .as_ref()
+            .map(|c| c.line())
+            .unwrap_or_else(|| "never (capra compare SYNC)".into()),
+    ));
     if let Some(sch) = &s.schedule {
         rows.push(("Schedule".into(), sch.clone()));
     }

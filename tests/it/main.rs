@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog_cli;
+mod compare;
 mod connections;
 mod daemon;
 mod dba_day;

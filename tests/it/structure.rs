@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["catalog"],
     &["capture"],
     &["apply"],
+    &["compare"],
     &["notify"],
     &["daemon"],
     &["cli"],

@@ -1,0 +1,191 @@
+//! `capra compare SYNC [TABLE ...] [--truth DB] [--repair] [--json]`: what
+//! differs between the databases of a sync, and the repair through the
+//! daemon's runs.
+
+use std::time::{Duration, Instant};
+
+use super::Ctx;
+use crate::catalog::runs;
+use crate::compare::{self, Report, Request, TableResult};
+use crate::error::{Context, Error, Result};
+
+/// Keys printed per kind and table before `... and N more`.
+const SHOWN: usize = 20;
+
+/// How long a repair waits for the run that applies it.
+const REPAIR_WAIT: Duration = Duration::from_secs(600);
+
+/// Runs the command; exit status 0 when identical (after the repair, if
+/// asked), 1 when differences remain, 2 on bad usage or an error.
+pub fn run(ctx: &Ctx, req: &Request, repair: bool) -> Result<()> {
+    match compare_and_repair(ctx, req, repair) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Exit(1)),
+        Err(e) => {
+            super::report(&e, ctx.verbose);
+            Err(Error::Exit(2))
+        }
+    }
+}
+
+/// Whether everything is identical in the end.
+fn compare_and_repair(ctx: &Ctx, req: &Request, repair: bool) -> Result<bool> {
+    let mut cat = ctx.catalog()?;
+    if repair && runs::daemon(&mut cat.client)?.is_none() {
+        return Err(Error::Rejected(
+            "capra is not running, so no run can apply a repair; start it (capra start), then compare again with --repair"
+                .into(),
+        ));
+    }
+    let found = compare::compare(&mut cat, req)?;
+    if !repair || found.identical {
+        compare::record(&mut cat.client, &found)?;
+        print(ctx, &found, None);
+        return Ok(found.identical);
+    }
+    let logged = compare::log_repairs(&mut cat, req, &found)?;
+    tracing::info!("logged {logged} key(s) on \"{}\" to repair", found.truth);
+    kick_and_wait(&mut cat.client, &req.sync)?;
+    let after = compare::recheck(&mut cat, req, &found)?;
+    compare::record(&mut cat.client, &after)?;
+    print(ctx, &after, Some(&found));
+    Ok(after.identical)
+}
+
+/// Kicks the sync and waits for its run; an error when the run failed.
+fn kick_and_wait(c: &mut postgres::Client, sync: &str) -> Result<()> {
+    let id = runs::request_kick(c, sync)?;
+    c.batch_execute(&format!("NOTIFY {}, 'kick'", runs::CONTROL_CHANNEL))
+        .ctx(|| "kicking the repair's run".into())?;
+    let start = Instant::now();
+    loop {
+        if let Some((ok, error)) = runs::kick_result(c, id)? {
+            if ok {
+                return Ok(());
+            }
+            return Err(Error::Rejected(format!(
+                "the run applying the repair failed: {}; the keys stay logged and the next good run applies them (see: capra status {sync})",
+                error.unwrap_or_else(|| "unknown error".into())
+            )));
+        }
+        if start.elapsed() >= REPAIR_WAIT {
+            return Err(Error::Rejected(format!(
+                "the run applying the repair did not finish within {} s; it keeps going (see: capra status {sync})",
+                REPAIR_WAIT.as_secs()
+            )));
+        }
+        if runs::daemon(c)?.is_none() {
+            return Err(Error::Rejected(
+                "the capra daemon stopped before the repair ran; the keys stay logged: start it (capra start) and compare again".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints the outcome: text blocks per table and database that differ,
+/// or one JSON document. `before`: what the compare found before a repair.
+fn print(ctx: &Ctx, r: &Report, before: Option<&Report>) {
+    if ctx.json {
+        let mut doc = serde_json::json!({
+            "sync": r.sync,
+            "truth": r.truth,
+            "identical": r.identical,
+            "tables": r.tables.iter().map(table_json).collect::<Vec<_>>(),
+        });
+        if let Some(b) = before {
+            doc["found"] = serde_json::json!(b.differences());
+            doc["repaired"] = serde_json::json!(r.repaired.unwrap_or(0));
+        }
+        println!("{doc}");
+        return;
+    }
+    if let Some(b) = before {
+        for t in &b.tables {
+            block(ctx, t);
+        }
+        ctx.say(format!("repaired {} rows", r.repaired.unwrap_or(0)));
+        if !r.identical {
+            ctx.say("still different after the repair:");
+        }
+    }
+    if before.is_none() || !r.identical {
+        for t in &r.tables {
+            block(ctx, t);
+        }
+    }
+    let (tables, dbs) = before.unwrap_or(r).counts();
+    let n = r.differences();
+    let end = if n == 0 {
+        "identical".to_string()
+    } else {
+        format!("{n} difference{}", if n == 1 { "" } else { "s" })
+    };
+    println!(
+        "compare {}: {tables} table{} on {dbs} database{}, {end}",
+        r.sync,
+        if tables == 1 { "" } else { "s" },
+        if dbs == 1 { "" } else { "s" }
+    );
+}
+
+/// One table's block (nothing when it is equal and nothing is in flight).
+fn block(ctx: &Ctx, t: &TableResult) {
+    if t.differences() > 0 {
+        ctx.say(format!(
+            "{} on {}: {} missing, {} extra, {} different",
+            t.table,
+            t.db,
+            t.missing.len(),
+            t.extra.len(),
+            t.different.len()
+        ));
+        for (kind, keys) in [
+            ("missing ", &t.missing),
+            ("extra   ", &t.extra),
+            ("different", &t.different),
+        ] {
+            for k in keys.iter().take(SHOWN) {
+                ctx.say(format!("  {kind} ({})=({})", t.keycols.join(", "), k.join(", ")));
+            }
+            if keys.len() > SHOWN {
+                ctx.say(format!("  ... and {} more", keys.len() - SHOWN));
+            }
+        }
+    }
+    if !t.in_flight.is_empty() {
+        ctx.say(format!(
+            "{} on {}: {} key{} still changing (not applied yet by the sync), not counted",
+            t.table,
+            t.db,
+            t.in_flight.len(),
+            if t.in_flight.len() == 1 { "" } else { "s" }
+        ));
+    }
+}
+
+/// A table's entry of the JSON document; keys as objects of column texts.
+fn table_json(t: &TableResult) -> serde_json::Value {
+    let keys = |ks: &[Vec<String>]| -> Vec<serde_json::Value> {
+        ks.iter()
+            .map(|k| {
+                let m: serde_json::Map<String, serde_json::Value> = t
+                    .keycols
+                    .iter()
+                    .zip(k)
+                    .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                serde_json::Value::Object(m)
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "table": t.table,
+        "db": t.db,
+        "rows": t.rows,
+        "missing": keys(&t.missing),
+        "extra": keys(&t.extra),
+        "different": keys(&t.different),
+        "in_flight": keys(&t.in_flight),
+    })
+}
