@@ -37,16 +37,16 @@ fn compare_and_repair(ctx: &Ctx, req: &Request, repair: bool) -> Result<bool> {
                 .into(),
         ));
     }
-    let found = compare::compare(&mut cat, req)?;
+    let found = compare::compare(&mut cat.client, &cat.installation.clone(), req)?;
     if !repair || found.identical {
         compare::record(&mut cat.client, &found)?;
         print(ctx, &found, None);
         return Ok(found.identical);
     }
-    let logged = compare::log_repairs(&mut cat, req, &found)?;
+    let logged = compare::log_repairs(&mut cat.client, req, &found)?;
     tracing::info!("logged {logged} key(s) on \"{}\" to repair", found.truth);
     kick_and_wait(&mut cat.client, &req.sync)?;
-    let after = compare::recheck(&mut cat, req, &found)?;
+    let after = compare::recheck(&mut cat.client, &cat.installation.clone(), req, &found)?;
     compare::record(&mut cat.client, &after)?;
     print(ctx, &after, Some(&found));
     Ok(after.identical)

@@ -77,6 +77,15 @@ pub enum CompareError {
         /// Its role.
         role: String,
     },
+    /// A table stayed locked (DDL, an explicit LOCK) past the compare's
+    /// lock_timeout.
+    #[error("{table} is locked on \"{db}\" (DDL or a LOCK TABLE held it past compare's 5 s lock_timeout); compare again once it is released")]
+    Locked {
+        /// `schema.table`.
+        table: String,
+        /// The database.
+        db: String,
+    },
     /// The table is not captured on the truth.
     #[error("table {table} is not captured on \"{db}\" for sync \"{sync}\"; run: capra activate {sync}")]
     NotCaptured {

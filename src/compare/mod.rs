@@ -18,14 +18,13 @@ mod verdict;
 
 use std::time::Duration;
 
-use postgres::Client;
+use postgres::{Client, GenericClient};
 use serde::Serialize;
 
 pub use error::CompareError;
 
 use crate::catalog::model::{self, Db, Relation};
 use crate::catalog::plan::SyncPlan;
-use crate::catalog::Catalog;
 use crate::error::{Context, Result};
 use crate::pg::RowExt;
 use scan::Key;
@@ -145,8 +144,8 @@ struct Session {
 }
 
 impl Session {
-    fn open(cat: &mut Catalog, req: &Request) -> Result<Session> {
-        let plan = SyncPlan::load(&mut cat.client, &req.sync)?;
+    fn open(c: &mut impl GenericClient, installation: &str, req: &Request) -> Result<Session> {
+        let plan = SyncPlan::load(c, &req.sync)?;
         let all: Vec<(&Db, bool)> = plan
             .sources
             .iter()
@@ -173,9 +172,7 @@ impl Session {
             .into());
         }
         let tables = pick_tables(&plan, &req.tables)?;
-        let pause_ms: u64 = model::setting(&mut cat.client, "compare_throttle")?
-            .parse()
-            .unwrap_or(0);
+        let pause_ms: u64 = model::setting(c, "compare_throttle")?.parse().unwrap_or(0);
         let mut links = Vec::new();
         let mut clients = Vec::new();
         for (d, source) in &all {
@@ -196,7 +193,7 @@ impl Session {
             links,
             clients,
             truth,
-            installation: cat.installation.clone(),
+            installation: installation.to_string(),
             pause: Duration::from_millis(pause_ms),
             plan,
         })
@@ -296,6 +293,26 @@ impl Session {
     }
 }
 
+/// A lock_timeout while reading a table, as one line saying what to do.
+fn locked(e: crate::Error, rel: &Relation, db: &str) -> crate::Error {
+    if e.sqlstate() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        let db = match &e {
+            crate::Error::Db { context, .. } => context
+                .rsplit('"')
+                .nth(1)
+                .map(String::from)
+                .unwrap_or_else(|| db.to_string()),
+            _ => db.to_string(),
+        };
+        return CompareError::Locked {
+            table: rel.name.human(),
+            db,
+        }
+        .into();
+    }
+    e
+}
+
 /// Two distinct connections out of the list (the truth and another).
 fn two(clients: &mut [Client], a: usize, b: usize) -> (&mut Client, &mut Client) {
     if a < b {
@@ -344,8 +361,8 @@ fn pick_tables(plan: &SyncPlan, wanted: &[String]) -> Result<Vec<Relation>> {
 
 /// Compares every requested table of the sync on every other active
 /// database with the truth.
-pub fn compare(cat: &mut Catalog, req: &Request) -> Result<Report> {
-    let mut s = Session::open(cat, req)?;
+pub fn compare(c: &mut impl GenericClient, installation: &str, req: &Request) -> Result<Report> {
+    let mut s = Session::open(c, installation, req)?;
     let mut report = Report {
         sync: req.sync.clone(),
         truth: s.links[s.truth].db.name.clone(),
@@ -358,7 +375,8 @@ pub fn compare(cat: &mut Catalog, req: &Request) -> Result<Report> {
     let truth = s.truth;
     for oi in (0..s.links.len()).filter(|i| *i != truth) {
         for rel in &tables {
-            let (r, bytes) = s.table(rel, oi, None)?;
+            let db = s.links[oi].db.name.clone();
+            let (r, bytes) = s.table(rel, oi, None).map_err(|e| locked(e, rel, &db))?;
             report.bytes += bytes;
             report.tables.push(r);
         }
@@ -369,8 +387,8 @@ pub fn compare(cat: &mut Catalog, req: &Request) -> Result<Report> {
 
 /// Compares again only the keys a compare found different (after a
 /// repair): the same report, with what is still different.
-pub fn recheck(cat: &mut Catalog, req: &Request, before: &Report) -> Result<Report> {
-    let mut s = Session::open(cat, req)?;
+pub fn recheck(c: &mut impl GenericClient, installation: &str, req: &Request, before: &Report) -> Result<Report> {
+    let mut s = Session::open(c, installation, req)?;
     let mut report = Report {
         tables: Vec::new(),
         ..before.clone()
@@ -399,8 +417,8 @@ pub fn recheck(cat: &mut Catalog, req: &Request, before: &Report) -> Result<Repo
 /// next run sends the truth's row, or its absence, to every database.
 /// Returns how many keys were logged. A sync with no change capture (a
 /// full copy every run) needs nothing logged.
-pub fn log_repairs(cat: &mut Catalog, req: &Request, report: &Report) -> Result<usize> {
-    let plan = SyncPlan::load(&mut cat.client, &req.sync)?;
+pub fn log_repairs(c: &mut impl GenericClient, req: &Request, report: &Report) -> Result<usize> {
+    let plan = SyncPlan::load(c, &req.sync)?;
     let truth = plan.sources.iter().find(|d| d.name == report.truth);
     if truth.is_none() {
         let role = if plan.targets.iter().any(|d| d.name == report.truth) {
@@ -445,7 +463,7 @@ pub fn log_repairs(cat: &mut Catalog, req: &Request, report: &Report) -> Result<
 
 /// Keeps a compare's outcome as the sync's last compare (`status SYNC`
 /// shows it; the daemon mails when it found differences).
-pub fn record(c: &mut impl postgres::GenericClient, report: &Report) -> Result<()> {
+pub fn record(c: &mut impl GenericClient, report: &Report) -> Result<()> {
     let (tables, dbs) = report.counts();
     let json = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
     c.execute(
@@ -472,9 +490,9 @@ pub fn record(c: &mut impl postgres::GenericClient, report: &Report) -> Result<(
 /// Compares every active sync and records each outcome (the daemon's
 /// `compare_schedule`); a sync that cannot be compared is logged and
 /// skipped.
-pub fn compare_all(cat: &mut Catalog) -> Result<Vec<Report>> {
+pub fn compare_all(c: &mut impl GenericClient, installation: &str) -> Result<Vec<Report>> {
     let mut out = Vec::new();
-    for s in model::syncs(&mut cat.client)?
+    for s in model::syncs(c)?
         .into_iter()
         .filter(|s| s.status == crate::domain::Status::Active)
     {
@@ -482,9 +500,9 @@ pub fn compare_all(cat: &mut Catalog) -> Result<Vec<Report>> {
             sync: s.name.clone(),
             ..Request::default()
         };
-        match compare(cat, &req) {
+        match compare(c, installation, &req) {
             Ok(r) => {
-                record(&mut cat.client, &r)?;
+                record(c, &r)?;
                 out.push(r);
             }
             Err(e) => tracing::error!("Cannot compare sync \"{}\": {e}", s.name),

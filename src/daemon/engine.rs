@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub default_strategy: Strategy,
     /// `purge_schedule`: a crontab line for the purger (empty: vac_sleep).
     pub purge_schedule: String,
+    /// `compare_schedule`: when every active sync is compared (empty: never).
+    pub compare_schedule: String,
 }
 
 impl EngineConfig {
@@ -94,6 +96,7 @@ impl EngineConfig {
             pingtime: f(get("mcp_pingtime")?, 60.0).max(1.0),
             default_strategy: Strategy::parse(&get("default_conflict_strategy")?),
             purge_schedule: get("purge_schedule")?,
+            compare_schedule: get("compare_schedule")?,
         })
     }
 }

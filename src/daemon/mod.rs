@@ -10,6 +10,7 @@
 //! on a dedicated control connection for its whole life. `capra status`,
 //! `kick` and `stop` look at that lock, so they work from any host.
 
+pub mod comparer;
 pub mod control;
 pub mod controller;
 pub mod engine;
@@ -291,6 +292,10 @@ impl Threads {
         let control = crate::sys::spawn("capra-control", move || ctl_engine.control_loop(lock, spec))?;
         let vac_engine = engine.clone();
         let vac = crate::sys::spawn("capra-vac", move || vac_engine.purge_loop())?;
+        // Not joined at stop: a compare only reads, and one in the middle
+        // of a large table must not hold the daemon up.
+        let cmp_engine = engine.clone();
+        crate::sys::spawn("capra-compare", move || cmp_engine.compare_loop())?;
         Ok(Threads { control, vac })
     }
 }

@@ -21,7 +21,7 @@ impl Engine {
         let mut last = Instant::now() - Duration::from_secs(3600);
         let first = Instant::now() + Duration::from_secs(5);
         // With purge_schedule, the purger runs at its slots instead.
-        let mut slot: Option<(String, chrono::DateTime<chrono::Local>)> = None;
+        let mut slot = crate::schedule::cron::Slot::default();
         while !self.is_stopping() {
             std::thread::sleep(Duration::from_millis(250));
             let (vac, every, spec) = {
@@ -32,29 +32,12 @@ impl Engine {
                 continue;
             }
             if spec.trim().is_empty() {
-                slot = None;
+                slot = Default::default();
                 if last.elapsed() < Duration::from_secs_f64(every) {
                     continue;
                 }
-            } else {
-                let now = chrono::Local::now();
-                let due = match &slot {
-                    Some((s, at)) if *s == spec => *at <= now,
-                    _ => {
-                        slot = crate::schedule::cron::Schedule::parse(&spec)
-                            .ok()
-                            .and_then(|s| s.next_after(&now))
-                            .map(|at| (spec.clone(), at));
-                        false
-                    }
-                };
-                if !due {
-                    continue;
-                }
-                slot = crate::schedule::cron::Schedule::parse(&spec)
-                    .ok()
-                    .and_then(|s| s.next_after(&now))
-                    .map(|at| (spec.clone(), at));
+            } else if !slot.due(&spec, chrono::Local::now()) {
+                continue;
             }
             last = Instant::now();
             let (dbs, known) = self.purge_targets();

@@ -79,6 +79,32 @@ pub enum Alert {
     },
 }
 
+/// What a compare with differences says in a mail: per table and database
+/// how many keys differ, and what to run.
+fn compare_text(sync: &str, truth: &str, n: i32, report: &str) -> String {
+    let doc: serde_json::Value = serde_json::from_str(report).unwrap_or_default();
+    let mut lines = vec![format!(
+        "Sync \"{sync}\": capra compare found {n} difference(s) with the truth \"{truth}\""
+    )];
+    for t in doc["tables"].as_array().into_iter().flatten() {
+        let len = |k: &str| t[k].as_array().map(|a| a.len()).unwrap_or(0);
+        if len("missing") + len("extra") + len("different") > 0 {
+            lines.push(format!(
+                "  {} on {}: {} missing, {} extra, {} different",
+                t["table"].as_str().unwrap_or("?"),
+                t["db"].as_str().unwrap_or("?"),
+                len("missing"),
+                len("extra"),
+                len("different")
+            ));
+        }
+    }
+    lines.push(format!(
+        "See the keys: capra compare {sync}; make them equal: capra compare {sync} --repair"
+    ));
+    lines.join("\n")
+}
+
 /// New incidents within this window share one mail.
 const FRESH_WINDOW: Duration = Duration::from_secs(3);
 
@@ -219,6 +245,9 @@ struct State {
     /// Incidents that ended less than an interval ago: one that starts
     /// again meanwhile goes into the digest, not into a mail of its own.
     cooling: BTreeMap<String, (Instant, Incident)>,
+    /// The newest compare outcome already looked at (None before the
+    /// first check: outcomes from before the daemon started are not mailed).
+    compare_seen: Option<String>,
 }
 
 impl State {
@@ -242,6 +271,7 @@ impl State {
             fresh_since: Instant::now(),
             installation: String::new(),
             last_backlog: Instant::now() - Duration::from_secs(3600),
+            compare_seen: None,
         }
     }
 
@@ -482,6 +512,61 @@ impl State {
             self.backlog();
         }
         self.status_report_due();
+        self.compares();
+    }
+
+    /// A compare (`capra compare` or `compare_schedule`) that found
+    /// differences opens an incident for its sync; one that found none
+    /// ends it.
+    fn compares(&mut self) {
+        let Ok(mut c) = self.control.get() else { return };
+        let rows = c.query(
+            "SELECT sync, truth, differences, report::text,
+                    to_char(ran_at, 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM'), to_char(now(), 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM')
+               FROM capra.compare_result WHERE ran_at > coalesce($1::text::timestamptz, now()) ORDER BY ran_at",
+            &[&self.compare_seen],
+        );
+        drop(c);
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("Cannot read compare outcomes: {e}");
+                return;
+            }
+        };
+        if self.compare_seen.is_none() {
+            self.compare_seen = Some(String::new());
+        }
+        for r in rows {
+            let (Ok(sync), Ok(truth), Ok(n), Ok(report), Ok(at)) = (
+                r.try_get::<_, String>(0),
+                r.try_get::<_, String>(1),
+                r.try_get::<_, i32>(2),
+                r.try_get::<_, String>(3),
+                r.try_get::<_, String>(4),
+            ) else {
+                continue;
+            };
+            self.compare_seen = Some(at);
+            let key = format!("compare:{sync}");
+            if n > 0 {
+                self.incident(&key, "compare difference", compare_text(&sync, &truth, n, &report));
+            } else if self.incidents.contains_key(&key) {
+                self.resolved(
+                    &key,
+                    "compare identical",
+                    format!("Sync \"{sync}\" compares identical with \"{truth}\" again"),
+                );
+            }
+        }
+        if self.compare_seen.as_deref() == Some("") {
+            // First look: start from the database's now.
+            if let Ok(mut c) = self.control.get() {
+                if let Ok(r) = c.query_one("SELECT to_char(now(), 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM')", &[]) {
+                    self.compare_seen = r.try_get(0).ok();
+                }
+            }
+        }
     }
 
     /// Opens or ends a sync's expired and overdue incidents.

@@ -9,6 +9,38 @@ use std::str::FromStr;
 use chrono::{DateTime, Local};
 use croner::Cron;
 
+/// The next slot of a schedule given as text that may change at any
+/// time (a setting): a changed text starts anew from now, and a slot that
+/// passed is due once.
+#[derive(Clone, Debug, Default)]
+pub struct Slot {
+    next: Option<(String, chrono::DateTime<chrono::Local>)>,
+}
+
+impl Slot {
+    /// Whether the slot of `spec` has come (then the next one is set).
+    /// An empty or bad `spec` is never due.
+    pub fn due(&mut self, spec: &str, now: chrono::DateTime<chrono::Local>) -> bool {
+        let next = |spec: &str| {
+            Schedule::parse(spec)
+                .ok()
+                .and_then(|s| s.next_after(&now))
+                .map(|at| (spec.to_string(), at))
+        };
+        let due = match &self.next {
+            Some((s, at)) if s == spec => *at <= now,
+            _ => {
+                self.next = next(spec);
+                return false;
+            }
+        };
+        if due {
+            self.next = next(spec);
+        }
+        due
+    }
+}
+
 /// A parsed schedule.
 #[derive(Clone, Debug)]
 pub struct Schedule {

@@ -261,15 +261,27 @@ fn repair_goes_through_the_engine_and_survives_kill_9() {
     assert!(r.stdout.contains(&format!("repaired {n} rows")), "{n}: {}", r.stdout);
     assert!(r.stdout.trim_end().ends_with("identical"), "{}", r.stdout);
     assert!(reported(&c, &[], 0).is_empty());
-    // Killed while the repair waits for its run.
+    // Killed while the repair waits for its run (held up by a row lock on
+    // the target, which compare's reads do not wait for).
     b.exec(&tgt, "UPDATE fz SET t = 'bad again' WHERE id BETWEEN 100 AND 160");
-    c.ok(&["deactivate", "s"]);
-    let child = c.command().args(["compare", "s", "--repair"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut holder = b.client(&tgt);
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("SELECT 1 FROM fz WHERE id = 100 FOR UPDATE").unwrap();
+    let child = c
+        .command()
+        .args(&c.global)
+        .args(["compare", "s", "--repair"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
     d.kill9();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
-    c.ok(&["activate", "s"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("daemon stopped before the repair ran"), "{err}");
+    tx.rollback().unwrap();
     let _d = c.start();
     let r = c.run(&["compare", "s", "--repair"]);
     assert_eq!(r.code, Some(0), "{}\n{}\n{}", r.stdout, r.stderr, c.log());
@@ -346,4 +358,73 @@ fn compare_under_load_reports_no_in_flight_row_and_holds_little() {
         || c.run(&["compare", "bench", "--repair"]).code == Some(0),
         || c.log(),
     );
+}
+
+/// `compare_schedule` runs compare on its own; a compare that finds
+/// differences mails like any incident, and one that finds none again
+/// says so. `compare_throttle` slows compare down by its pause.
+#[test]
+fn scheduled_compare_mails_differences_and_throttle_slows_it() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, _src, tgt) = fuzz_pair(a, b, "cmpsched");
+    let smtp = crate::support::smtp::Smtp::start();
+    c.ok(&[
+        "set",
+        "default_email_host=127.0.0.1",
+        &format!("default_email_port={}", smtp.port),
+        "default_email_to=dba@example.org",
+        "default_email_from=capra@example.org",
+        "compare_schedule=* * * * *",
+    ]);
+    let _d = c.start();
+    b.exec(&tgt, "UPDATE fz SET t = 'tampered' WHERE id = 7");
+    wait_for_showing(
+        100,
+        "a scheduled compare to mail the difference",
+        || !smtp.with("capra compare found 1 difference").is_empty(),
+        || format!("{}\n{:?}", c.log(), smtp.mails()),
+    );
+    let mail = smtp.with("capra compare found 1 difference").remove(0);
+    assert!(
+        mail.contains("public.fz on tgt: 0 missing, 0 extra, 1 different"),
+        "{mail}"
+    );
+    assert!(mail.contains("capra compare s --repair"), "{mail}");
+    let st = c.ok(&["status", "s"]);
+    assert!(st.contains("1 difference(s)"), "{st}");
+    let r = c.run(&["compare", "s", "--repair"]);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("repaired 1 rows"), "{}", r.stdout);
+    wait_for_showing(
+        60,
+        "the mail that the sync compares identical again",
+        || !smtp.with("compares identical").is_empty(),
+        || format!("{}\n{:?}", c.log(), smtp.mails()),
+    );
+    // The throttle: every statement that reads a table pauses.
+    let t0 = Instant::now();
+    c.ok(&["compare", "s"]);
+    let fast = t0.elapsed();
+    c.ok(&["set", "compare_throttle=400"]);
+    let t0 = Instant::now();
+    c.ok(&["compare", "s"]);
+    let slow = t0.elapsed();
+    // Two tables, read on two databases: at least four pauses.
+    assert!(slow >= fast + Duration::from_millis(1500), "{fast:?} vs {slow:?}");
+}
+
+/// A table held by DDL: compare waits its lock_timeout, then says so in
+/// one line (exit 2) instead of queueing the application behind it.
+#[test]
+fn compare_gives_up_on_a_locked_table_in_one_line() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, _src, tgt) = fuzz_pair(a, b, "cmplock");
+    let mut holder = b.client(&tgt);
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE ck IN ACCESS EXCLUSIVE MODE").unwrap();
+    let r = c.run(&["compare", "s"]);
+    tx.rollback().unwrap();
+    assert_eq!(r.code, Some(2), "{}", r.stdout);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("public.ck is locked on \"tgt\""), "{}", r.stderr);
 }
