@@ -813,11 +813,114 @@ fn mm_convergence(capra: &std::path::Path, reps: u32, results: &mut Vec<String>)
     results.push(line);
 }
 
+/// Figure 9: compare of a large table with scattered differences, as a
+/// ratio to `count(*)` of the same table on both servers at once
+/// (alternating, `reps` times); the bytes the servers sent for the
+/// compare; and a repair of the differences through the daemon.
+fn compare_bench(capra: &std::path::Path, rows: u64, reps: usize, results: &mut Vec<String>) {
+    println!("\n== compare: {rows} rows, 1,000 scattered differences");
+    let a = Cluster::start("benchCA", Opts::default());
+    let b = Cluster::start("benchCB", Opts::default());
+    let src = a.create_db("csrc");
+    let tgt = b.create_db("ctgt");
+    let ddl = "CREATE TABLE big (id bigint PRIMARY KEY, v text, n numeric, ts timestamptz)";
+    a.exec(&src, ddl);
+    b.exec(&tgt, ddl);
+    a.exec(
+        &src,
+        &format!(
+            "INSERT INTO big SELECT i, md5(i::text), i / 7.0, '2020-01-01'::timestamptz + i * interval '1 s'
+               FROM generate_series(1, {rows}) i"
+        ),
+    );
+    let mut out = client(&a, "psql");
+    out.args(["-qX", "-d", &src, "-c", "COPY big TO STDOUT"]);
+    let mut into = client(&b, "psql");
+    into.args(["-qX", "-d", &tgt, "-c", "COPY big FROM STDIN"]);
+    shell_pipe(out, into);
+    a.exec(&src, "VACUUM ANALYZE big");
+    b.exec(&tgt, "VACUUM ANALYZE big");
+    let env = Env::installed(capra, &a, "ctlc");
+    add_db(&env, "src", &a, &src);
+    add_db(&env, "tgt", &b, &tgt);
+    env.run(&["add", "table", "big", "db=src", "relgroup=g"]);
+    env.run(&[
+        "add",
+        "sync",
+        "s",
+        "relgroup=g",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let step = (rows / 1000).max(1);
+    b.exec(
+        &tgt,
+        &format!("UPDATE big SET v = 'x' WHERE id % {step} = 7 AND id <= {}", step * 1000),
+    );
+    let count = |c: &Cluster, db: &str| {
+        let mut p = client(c, "psql");
+        p.args(["-qXAt", "-d", db, "-c", "SELECT count(*) FROM big"]);
+        p
+    };
+    let (mut ratios, mut secs, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let mut x = count(&a, &src).stdout(Stdio::null()).spawn().unwrap();
+        let mut y = count(&b, &tgt).stdout(Stdio::null()).spawn().unwrap();
+        assert!(x.wait().unwrap().success() && y.wait().unwrap().success());
+        let reference = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let o = Command::new(capra)
+            .env("HOME", env.home.path())
+            .env("CAPRA_SYSCONF", "/nonexistent")
+            .args(&env.global)
+            .args(["compare", "s", "--json"])
+            .output()
+            .unwrap();
+        let took = t0.elapsed().as_secs_f64();
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let found = doc["tables"][0]["different"].as_array().map(|a| a.len()).unwrap_or(0);
+        assert_eq!(found, 1000, "compare found {found} of 1,000 differences");
+        bytes.push(doc["bytes_received"].as_f64().unwrap_or(f64::NAN) / 1e6);
+        secs.push(took);
+        ratios.push(took / reference);
+    }
+    let line = format!(
+        "compare {rows} rows / count(*) on both servers: {} x; compare {} s; MB sent by the servers {}",
+        spread(&ratios, 2),
+        spread(&secs, 1),
+        spread(&bytes, 2)
+    );
+    println!("{line}");
+    results.push(line);
+    env.run(&["start", "bench"]);
+    let t0 = Instant::now();
+    let o = Command::new(capra)
+        .env("HOME", env.home.path())
+        .env("CAPRA_SYSCONF", "/nonexistent")
+        .args(&env.global)
+        .args(["compare", "s", "--repair"])
+        .output()
+        .unwrap();
+    let repair = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    let line = format!(
+        "compare --repair of 1,000 rows: {repair:.1} s in all ({:.2} x one compare): {}",
+        repair / secs[secs.len() / 2].max(0.001),
+        text.lines().find(|l| l.starts_with("repaired")).unwrap_or("?")
+    );
+    println!("{line}");
+    results.push(line);
+    env.run(&["stop", "bench"]);
+}
+
 fn main() {
     let capra = std::env::args()
         .nth(1)
         .map(std::path::PathBuf::from)
-        .expect("usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [reps=N]");
+        .expect("usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [compare] [rows=N] [reps=N]");
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut scales: Vec<u32> = args.iter().filter_map(|s| s.parse().ok()).collect();
     let reps: usize = args
@@ -826,12 +929,17 @@ fn main() {
         .unwrap_or(5);
     let mm = args.iter().any(|a| a == "mm");
     let thousand_part = args.iter().any(|a| a == "thousand");
+    let compare_part = args.iter().any(|a| a == "compare");
+    let rows: u64 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("rows=").and_then(|v| v.parse().ok()))
+        .unwrap_or(5_000_000);
     let parts: Vec<String> = args
         .iter()
         .filter(|a| ["copy", "lag", "tps"].contains(&a.as_str()))
         .cloned()
         .collect();
-    let all = scales.is_empty() && !mm && !thousand_part && parts.is_empty();
+    let all = scales.is_empty() && !mm && !thousand_part && !compare_part && parts.is_empty();
     if all || (scales.is_empty() && !parts.is_empty()) {
         scales = vec![10];
     }
@@ -844,6 +952,9 @@ fn main() {
     }
     if all || mm {
         mm_convergence(&capra, 3, &mut results);
+    }
+    if all || compare_part {
+        compare_bench(&capra, rows, reps, &mut results);
     }
     println!("\n== summary");
     for r in results {

@@ -92,6 +92,7 @@ fn print(ctx: &Ctx, r: &Report, before: Option<&Report>) {
             "truth": r.truth,
             "identical": r.identical,
             "tables": r.tables.iter().map(table_json).collect::<Vec<_>>(),
+            "bytes_received": r.bytes,
         });
         if let Some(b) = before {
             doc["found"] = serde_json::json!(b.differences());
