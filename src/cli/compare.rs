@@ -31,6 +31,9 @@ pub fn run(ctx: &Ctx, req: &Request, repair: bool) -> Result<()> {
 /// Whether everything is identical in the end.
 fn compare_and_repair(ctx: &Ctx, req: &Request, repair: bool) -> Result<bool> {
     let mut cat = ctx.catalog()?;
+    if repair {
+        compare::repairable(&mut cat.client, req)?;
+    }
     if repair && runs::daemon(&mut cat.client)?.is_none() {
         return Err(Error::Rejected(
             "capra is not running, so no run can apply a repair; start it (capra start), then compare again with --repair"

@@ -408,7 +408,12 @@ pub fn recheck(c: &mut impl GenericClient, installation: &str, req: &Request, be
         report.tables.push(r);
     }
     report.identical = report.differences() == 0;
-    report.repaired = Some(before.differences().saturating_sub(report.differences()));
+    // Keys still changing are not counted as repaired.
+    report.repaired = Some(
+        before
+            .differences()
+            .saturating_sub(report.differences() + report.in_flight()),
+    );
     Ok(report)
 }
 
@@ -418,21 +423,8 @@ pub fn recheck(c: &mut impl GenericClient, installation: &str, req: &Request, be
 /// Returns how many keys were logged. A sync with no change capture (a
 /// full copy every run) needs nothing logged.
 pub fn log_repairs(c: &mut impl GenericClient, req: &Request, report: &Report) -> Result<usize> {
-    let plan = SyncPlan::load(c, &req.sync)?;
+    let plan = repairable(c, req)?;
     let truth = plan.sources.iter().find(|d| d.name == report.truth);
-    if truth.is_none() {
-        let role = if plan.targets.iter().any(|d| d.name == report.truth) {
-            "target"
-        } else {
-            "fullcopy target"
-        };
-        return Err(CompareError::RepairNeedsSource {
-            sync: req.sync.clone(),
-            db: report.truth.clone(),
-            role: role.into(),
-        }
-        .into());
-    }
     if !plan.is_delta() || report.differences() == 0 {
         return Ok(0);
     }
@@ -454,11 +446,42 @@ pub fn log_repairs(c: &mut impl GenericClient, req: &Request, report: &Report) -
         let Some(rel) = plan.tables.iter().find(|t| t.name.human() == table) else {
             continue;
         };
-        logged += shape::log_keys(&mut tx, &db.name, rel, &keys.into_iter().collect::<Vec<_>>())?;
+        logged += shape::log_keys(
+            &mut tx,
+            (&db.name, &req.sync),
+            rel,
+            &keys.into_iter().collect::<Vec<_>>(),
+        )?;
     }
     tx.commit()
         .ctx(|| format!("logging keys to repair on \"{}\"", db.name))?;
     Ok(logged)
+}
+
+/// Checks, before anything is compared, that a repair can go through the
+/// engine: the truth must be a source of the sync (the repair is sent as
+/// its changes). Returns the sync's plan.
+pub fn repairable(c: &mut impl GenericClient, req: &Request) -> Result<SyncPlan> {
+    let plan = SyncPlan::load(c, &req.sync)?;
+    let Some(truth) = req.truth.as_deref() else {
+        return Ok(plan);
+    };
+    if plan.sources.iter().any(|d| d.name == truth) {
+        return Ok(plan);
+    }
+    let role = if plan.targets.iter().any(|d| d.name == truth) {
+        "target"
+    } else if plan.fullcopy.iter().any(|d| d.name == truth) {
+        "fullcopy target"
+    } else {
+        return Ok(plan);
+    };
+    Err(CompareError::RepairNeedsSource {
+        sync: req.sync.clone(),
+        db: truth.to_string(),
+        role: role.into(),
+    }
+    .into())
 }
 
 /// Keeps a compare's outcome as the sync's last compare (`status SYNC`

@@ -122,7 +122,7 @@ impl Shape {
         }
         let mut p = if bounded {
             format!(
-                "pg_catalog.width_bucket(t.{}, $1::text[]::{}[])::pg_catalog.int8",
+                "coalesce(pg_catalog.width_bucket(t.{}, $1::text[]::{}[]), -1)::pg_catalog.int8",
                 self.qk[0], side.key_types[0]
             )
         } else {
@@ -182,7 +182,10 @@ pub(super) fn learn(
         // Floats by their bits: their text differs between major versions.
         let float = |t: &str| t == "double precision" || t == "real";
         cols.push(if float(&c.base_type) && float(&o.base_type) {
-            format!("pg_catalog.float8send(t.{q}::pg_catalog.float8)")
+            // Every NaN as the one NaN a text copy makes: its bits vary.
+            format!(
+                "pg_catalog.float8send(CASE WHEN t.{q}::pg_catalog.float8 = 'NaN'::pg_catalog.float8 THEN 'NaN'::pg_catalog.float8 ELSE t.{q}::pg_catalog.float8 END)"
+            )
         } else {
             format!("t.{q}")
         });
@@ -321,7 +324,7 @@ pub(super) fn key_side(c: &mut Client, db: &str, shape: &Shape) -> Result<(Vec<S
 /// it where the source has none. Returns the number logged.
 pub(super) fn log_keys(
     tx: &mut postgres::Transaction<'_>,
-    db: &str,
+    (db, sync): (&str, &str),
     rel: &Relation,
     keys: &[Vec<String>],
 ) -> Result<usize> {
@@ -337,7 +340,7 @@ pub(super) fn log_keys(
         .ok_or_else(|| CompareError::NotCaptured {
             table: rel.name.human(),
             db: db.into(),
-            sync: String::new(),
+            sync: sync.into(),
         })?;
     let cols = discover::columns(tx, &rel.name)?;
     let mut types = Vec::new();

@@ -128,7 +128,8 @@ fn compare_reports_exactly_the_injected_differences() {
         &src,
         "SET session_replication_role = replica;
          UPDATE fz SET n = 2.50 WHERE id = 3000;
-         INSERT INTO fz (id, t) VALUES (-9223372036854775807, 'only on src')",
+         INSERT INTO fz (id, t) VALUES (-9223372036854775807, 'only on src');
+         UPDATE fz SET f = 'Infinity'::float8 - 'Infinity'::float8 WHERE id = 2  -- another NaN's bits: equal",
     );
     let want = set(&[
         "public.fz:different:1",
@@ -191,8 +192,9 @@ fn compare_refuses_bad_input_in_one_line() {
         ),
         (
             vec!["compare", "s", "--truth", "tgt", "--repair"],
-            "capra is not running",
+            "--repair needs the truth to be a source of sync \"s\"",
         ),
+        (vec!["compare", "s", "--repair"], "capra is not running"),
     ] {
         let r = c.run(&args);
         assert_eq!(r.code, Some(2), "{:?}: {} {}", args, r.stdout, r.stderr);
