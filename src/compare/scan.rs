@@ -26,12 +26,12 @@ const MAX_RANGES: f64 = 4096.0;
 /// Rows per first-level range aimed at.
 const RANGE_ROWS: f64 = 1024.0;
 /// A differing range with at most this many rows sends its pairs.
-const LEAF_ROWS: i32 = 24;
+const LEAF_ROWS: i64 = 24;
 /// Levels below the first, at most (16 parts each).
 const MAX_LEVEL: u32 = 8;
 
 /// Per range: rows and the sum of their digests (mod 2^64).
-type Sums = HashMap<i64, (i32, u64)>;
+type Sums = HashMap<i64, (i64, u64)>;
 
 /// A key's column texts.
 pub(super) type Key = Vec<String>;
@@ -55,26 +55,30 @@ pub(super) struct Pair<'a> {
 
 /// Compares one table: first-level ranges of the first key column (from a
 /// sample of the truth), then 16 parts per differing range by a hash of
-/// the key, until the differing ranges are small.
+/// the key, until the differing ranges are small. Both servers work at
+/// the same time.
 pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Result<Found> {
     let bounds = boundaries(pair.truth, shape, t)?;
     let bounded = !bounds.is_empty();
     let mut bytes = bounds.iter().map(|b| b.len() as u64 + 4).sum::<u64>();
     let mut level = 1;
     let mut wanted: Option<Vec<i64>> = None;
+    let mut first: Vec<i64> = Vec::new();
     let mut rows = 0i64;
+    let pause = pair.pause;
     loop {
         let lv = Level {
             level,
             bounded,
             bounds: &bounds,
             wanted: wanted.as_deref(),
+            first: &first,
         };
-        let (ts, tb) = sums(pair.truth, shape, t, &lv, pair.pause)?;
-        let (os, ob) = sums(pair.other, shape, o, &lv, pair.pause)?;
+        let (ts, os) = both(pair, t, o, |c, side| sums(c, shape, side, &lv, pause))?;
+        let ((ts, tb), (os, ob)) = (ts, os);
         bytes += tb + ob;
         if level == 1 {
-            rows = ts.values().map(|v| i64::from(v.0)).sum();
+            rows = ts.values().map(|v| v.0).sum();
         }
         let all: BTreeSet<i64> = ts.keys().chain(os.keys()).copied().collect();
         let differ: Vec<i64> = all.into_iter().filter(|p| ts.get(p) != os.get(p)).collect();
@@ -84,6 +88,9 @@ pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Re
                 candidates: BTreeSet::new(),
                 bytes,
             });
+        }
+        if level == 1 {
+            first = differ.clone();
         }
         let biggest = differ
             .iter()
@@ -97,11 +104,14 @@ pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Re
             .unwrap_or(0);
         if biggest <= LEAF_ROWS || level > MAX_LEVEL {
             let lv = Level {
+                level,
+                bounded,
+                bounds: &bounds,
                 wanted: Some(&differ),
-                ..lv
+                first: &first,
             };
-            let (tp, tb) = pairs(pair.truth, shape, t, &lv)?;
-            let (op, ob) = pairs(pair.other, shape, o, &lv)?;
+            let (tp, op) = both(pair, t, o, |c, side| pairs(c, shape, side, &lv))?;
+            let ((tp, tb), (op, ob)) = (tp, op);
             bytes += tb + ob;
             let keys: BTreeSet<&Key> = tp.keys().chain(op.keys()).collect();
             let candidates = keys.into_iter().filter(|k| tp.get(*k) != op.get(*k)).cloned().collect();
@@ -114,6 +124,27 @@ pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Re
         wanted = Some(differ);
         level += 1;
     }
+}
+
+/// Runs `f` on the truth and on the other side at the same time.
+fn both<T: Send>(
+    pair: &mut Pair<'_>,
+    t: &Side,
+    o: &Side,
+    f: impl Fn(&mut Client, &Side) -> Result<T> + Sync,
+) -> Result<(T, T)> {
+    let (tc, oc) = (&mut *pair.truth, &mut *pair.other);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| f(oc, o));
+        let truth = f(tc, t);
+        let other = other.join().unwrap_or_else(|_| {
+            Err(crate::Error::Rejected(format!(
+                "reading \"{}\" stopped unexpectedly",
+                o.db
+            )))
+        });
+        Ok((truth?, other?))
+    })
 }
 
 /// The first level's boundaries: about one value of the first key column
@@ -150,21 +181,26 @@ struct Level<'a> {
     bounded: bool,
     bounds: &'a [String],
     wanted: Option<&'a [i64]>,
+    /// The differing ranges of the first level (from the third level on,
+    /// rows outside them are skipped before any key is hashed).
+    first: &'a [i64],
 }
 
 /// Sums per range at `level` of the rows in the ranges `wanted` of the
 /// level above (all rows at level 1), block range by block range. Sent
-/// packed: 20 bytes a range.
+/// packed: 24 bytes a range.
 fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Duration) -> Result<(Sums, u64)> {
     let Level {
         level,
         bounded,
         bounds,
         wanted,
+        first,
     } = *lv;
     let within = match wanted {
         Some(_) => format!(
-            " AND {} = ANY($2::pg_catalog.int8[])",
+            "{} AND {} = ANY($2::pg_catalog.int8[])",
+            coarse(shape, side, level - 1, bounded),
             shape.path(side, level - 1, bounded)
         ),
         None => String::new(),
@@ -175,8 +211,8 @@ fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Durat
     let mut bytes = 0;
     for chunk in &side.chunks {
         let sql = format!(
-            "SELECT pg_catalog.string_agg(pg_catalog.int8send(x.p) || pg_catalog.int4send(x.n) || pg_catalog.int8send(x.s), ''::bytea)
-               FROM (SELECT y.p, count(*)::int4 AS n,
+            "SELECT pg_catalog.string_agg(pg_catalog.int8send(x.p) || pg_catalog.int8send(x.n) || pg_catalog.int8send(x.s), ''::bytea)
+               FROM (SELECT y.p, count(*) AS n,
                             ((sum(y.h) % 18446744073709551616 + 18446744073709551616) % 18446744073709551616 - 9223372036854775808)::int8 AS s
                        FROM (SELECT {} AS p, {} AS h FROM {} WHERE true{}{}{}{}) y GROUP BY y.p) x",
             shape.path(side, level, bounded),
@@ -189,7 +225,7 @@ fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Durat
         );
         let q = format!("summing {} on \"{}\"", shape.rel.name.human(), side.db);
         let rows = if wanted.is_some() {
-            c.query(&sql, &[&bounds, &wparam])
+            c.query(&sql, &[&bounds, &wparam, &first])
         } else {
             c.query(&sql, &[&bounds])
         }
@@ -197,10 +233,10 @@ fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Durat
         let packed: Option<Vec<u8>> = rows.first().map(|r| r.col(0, &q)).transpose()?.flatten();
         let packed = packed.unwrap_or_default();
         bytes += packed.len() as u64;
-        for e in packed.chunks_exact(20) {
+        for e in packed.chunks_exact(24) {
             let p = i64::from_be_bytes(e[0..8].try_into().unwrap_or_default());
-            let n = i32::from_be_bytes(e[8..12].try_into().unwrap_or_default());
-            let s = i64::from_be_bytes(e[12..20].try_into().unwrap_or_default()) as u64 ^ (1 << 63);
+            let n = i64::from_be_bytes(e[8..16].try_into().unwrap_or_default());
+            let s = i64::from_be_bytes(e[16..24].try_into().unwrap_or_default()) as u64 ^ (1 << 63);
             let v = out.entry(p).or_insert((0, 0));
             v.0 += n;
             v.1 = v.1.wrapping_add(s);
@@ -212,6 +248,17 @@ fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Durat
     Ok((out, bytes))
 }
 
+/// From the third level on, `AND` the first level's range is one of the
+/// differing ones (`$3`): checked before a key is hashed. Below that, a
+/// test that `$3` is there (every statement binds it).
+fn coarse(shape: &Shape, side: &Side, level: u32, bounded: bool) -> String {
+    if level >= 2 {
+        format!(" AND {} = ANY($3::pg_catalog.int8[])", shape.path(side, 1, bounded))
+    } else {
+        " AND $3::pg_catalog.int8[] IS NOT NULL".into()
+    }
+}
+
 /// The (key, digest) pairs of the rows in the differing ranges `wanted`
 /// of `level`.
 fn pairs(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>) -> Result<(BTreeMap<Key, i64>, u64)> {
@@ -220,6 +267,7 @@ fn pairs(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>) -> Result<(
         bounded,
         bounds,
         wanted,
+        first,
     } = *lv;
     let wanted = wanted.unwrap_or_default();
     let bparam = if bounded { "" } else { " AND $1::text[] IS NOT NULL" };
@@ -228,17 +276,18 @@ fn pairs(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>) -> Result<(
     let mut bytes = 0u64;
     for chunk in &side.chunks {
         let sql = format!(
-            "SELECT {}, {} FROM {} WHERE {} = ANY($2::pg_catalog.int8[]){}{}{}",
+            "SELECT {}, {} FROM {} WHERE true{} AND {} = ANY($2::pg_catalog.int8[]){}{}{}",
             shape.key_texts().join(", "),
             shape.digest(),
             side.tbl,
+            coarse(shape, side, level, bounded),
             shape.path(side, level, bounded),
             side.filter,
             chunk,
             bparam
         );
         let q = format!("reading keys of {} on \"{}\"", shape.rel.name.human(), side.db);
-        for r in c.query(&sql, &[&bounds, &wanted]).ctx(|| q.clone())? {
+        for r in c.query(&sql, &[&bounds, &wanted, &first]).ctx(|| q.clone())? {
             let mut key = Vec::with_capacity(n);
             for j in 0..n {
                 let v: String = r.col(j, &q)?;
