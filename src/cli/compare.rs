@@ -193,3 +193,98 @@ fn table_json(t: &TableResult) -> serde_json::Value {
         "in_flight": keys(&t.in_flight),
     })
 }
+
+/// `capra kick SYNC... --dry-run [--json]`: the next run of each sync,
+/// previewed without writing.
+pub fn dry_run(ctx: &Ctx, words: &[String]) -> Result<()> {
+    let names = super::strip_noise(words);
+    if names.is_empty() || names.iter().any(|n| n.parse::<u64>().is_ok()) {
+        return Err(Error::Usage(
+            "usage: capra kick SYNC... --dry-run (no timeout: nothing runs)".into(),
+        ));
+    }
+    let mut cat = ctx.catalog()?;
+    let installation = cat.installation.clone();
+    let mut docs = Vec::new();
+    for n in &names {
+        let req = Request {
+            sync: n.clone(),
+            ..Request::default()
+        };
+        let p = compare::preview(&mut cat.client, &installation, &req)?;
+        if ctx.json {
+            docs.push(serde_json::to_value(&p).unwrap_or_default());
+        } else {
+            print_preview(ctx, &p);
+        }
+    }
+    if ctx.json {
+        let doc = if docs.len() == 1 {
+            docs.remove(0)
+        } else {
+            serde_json::Value::Array(docs)
+        };
+        println!("{doc}");
+    }
+    Ok(())
+}
+
+/// The text form of a preview.
+fn print_preview(ctx: &Ctx, p: &compare::Preview) {
+    ctx.say(format!(
+        "Dry run of sync {}: what its next run would do (nothing is written)",
+        p.sync
+    ));
+    let (mut rows, mut copies, mut dbs) = (0u64, 0usize, std::collections::BTreeSet::new());
+    for t in &p.tables {
+        if let Some(why) = &t.full_copy {
+            ctx.say(format!(
+                "  {} on {}: full copy of {} rows ({why})",
+                t.table, t.db, t.inserts
+            ));
+            copies += 1;
+            dbs.insert(t.db.as_str());
+            continue;
+        }
+        if t.inserts + t.updates + t.deletes + t.unchanged == 0 && !t.truncate {
+            continue;
+        }
+        let trunc = if t.truncate { "TRUNCATE, then " } else { "" };
+        ctx.say(format!(
+            "  {} on {}: {trunc}{} insert(s), {} update(s), {} delete(s) ({} unchanged)",
+            t.table, t.db, t.inserts, t.updates, t.deletes, t.unchanged
+        ));
+        rows += t.inserts + t.updates + t.deletes;
+        dbs.insert(t.db.as_str());
+    }
+    for c in &p.conflicts {
+        let who: Vec<String> = c
+            .contenders
+            .iter()
+            .map(|x| {
+                let at =
+                    x.at.and_then(|a| chrono::DateTime::from_timestamp_micros((a * 1e6) as i64))
+                        .map(|d| d.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+                        .unwrap_or_else(|| "?".into());
+                format!("{} at {at}", x.db)
+            })
+            .collect();
+        let cols = p.keycols.get(&c.table).cloned().unwrap_or_default();
+        ctx.say(format!(
+            "  conflict on {} ({})=({}): {}; winner {} ({})",
+            c.table,
+            cols.join(", "),
+            c.key.join(", "),
+            who.join(" vs "),
+            c.winner,
+            c.reason
+        ));
+    }
+    ctx.say(format!(
+        "sync {}: {rows} row(s) to write on {} database(s), {copies} full cop{}, {} conflict(s)",
+        p.sync,
+        dbs.len(),
+        if copies == 1 { "y" } else { "ies" },
+        p.conflicts.len()
+    ));
+}

@@ -191,6 +191,11 @@ pub enum Command {
     },
     /// Run syncs now: `kick SYNC... [TIMEOUT]` (TIMEOUT seconds waits for the result; 0 waits forever).
     Kick {
+        /// Only show what the next run would do (rows per table and
+        /// database, full copies, conflicts and their winners); nothing is
+        /// written and no daemon is needed.
+        #[arg(long = "dry-run", visible_alias = "dryrun")]
+        dry_run: bool,
         /// Sync names, then an optional timeout.
         words: Vec<String>,
     },
@@ -531,7 +536,8 @@ fn run(cli: Cli) -> Result<()> {
             daemon_cmds::start(&ctx, false, &reason, flags.config.as_deref())
         }
         Command::Reload { .. } => daemon_cmds::reload(&ctx),
-        Command::Kick { words } => daemon_cmds::kick(&ctx, &words),
+        Command::Kick { words, dry_run: false } => daemon_cmds::kick(&ctx, &words),
+        Command::Kick { words, dry_run: true } => compare::dry_run(&ctx, &words),
         Command::Status { syncs } => status::status(&ctx, &syncs),
         Command::Delta { dbs } => status::delta(&ctx, &dbs),
         Command::Compare {

@@ -86,6 +86,16 @@ pub enum CompareError {
         /// The database.
         db: String,
     },
+    /// Rows without a key value (a side without a key constraint).
+    #[error("{table} on \"{db}\" has rows whose key ({key}) is NULL, which no key lookup finds; delete or fix them, then compare again")]
+    NullKey {
+        /// `schema.table`.
+        table: String,
+        /// The database.
+        db: String,
+        /// The key columns.
+        key: String,
+    },
     /// The table is not captured on the truth.
     #[error("table {table} is not captured on \"{db}\" for sync \"{sync}\"; run: capra activate {sync}")]
     NotCaptured {

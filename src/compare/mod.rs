@@ -12,6 +12,7 @@
 //!   conflict rules as usual).
 
 mod error;
+mod preview;
 mod scan;
 mod shape;
 mod verdict;
@@ -22,6 +23,7 @@ use postgres::{Client, GenericClient};
 use serde::Serialize;
 
 pub use error::CompareError;
+pub use preview::{preview, ConflictPlan, Preview, TablePlan};
 
 use crate::catalog::model::{self, Db, Relation};
 use crate::catalog::plan::SyncPlan;
@@ -236,10 +238,9 @@ impl Session {
         Ok(logs)
     }
 
-    /// Compares one table on the database `oi` with the truth; `only`
-    /// judges these keys instead of searching (a repair's re-check).
-    fn table(&mut self, rel: &Relation, oi: usize, only: Option<Vec<Key>>) -> Result<(TableResult, u64)> {
-        let ti = self.truth;
+    /// One table's shape and sides between the databases `ti` (read as the
+    /// truth) and `oi`, with the float digits that pair prints alike.
+    fn learn(&mut self, rel: &Relation, ti: usize, oi: usize) -> Result<(shape::Shape, shape::Side, shape::Side)> {
         let (tl, ol) = (&self.links[ti], &self.links[oi]);
         let versions = (tl.version, ol.version);
         let same_encoding = tl.encoding == ol.encoding;
@@ -251,7 +252,15 @@ impl Session {
                 .ctx(|| "setting extra_float_digits".into())?;
         }
         let (tc, oc) = two(&mut self.clients, ti, oi);
-        let (shape, t, o) = shape::learn((&tname, tc, tsrc), (&oname, oc, osrc), rel, versions, same_encoding)?;
+        shape::learn((&tname, tc, tsrc), (&oname, oc, osrc), rel, versions, same_encoding)
+    }
+
+    /// Compares one table on the database `oi` with the truth; `only`
+    /// judges these keys instead of searching (a repair's re-check).
+    fn table(&mut self, rel: &Relation, oi: usize, only: Option<Vec<Key>>) -> Result<(TableResult, u64)> {
+        let ti = self.truth;
+        let (shape, t, o) = self.learn(rel, ti, oi)?;
+        let (tc, oc) = two(&mut self.clients, ti, oi);
         let (rows, candidates, bytes) = match only {
             Some(keys) => (-1, keys, 0),
             None => {
@@ -280,7 +289,7 @@ impl Session {
         Ok((
             TableResult {
                 table: rel.name.human(),
-                db: oname,
+                db: self.links[oi].db.name.clone(),
                 rows,
                 keycols: shape.keycols.clone(),
                 missing: j.missing,

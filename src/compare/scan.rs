@@ -290,12 +290,24 @@ fn pairs(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>) -> Result<(
         for r in c.query(&sql, &[&bounds, &wanted, &first]).ctx(|| q.clone())? {
             let mut key = Vec::with_capacity(n);
             for j in 0..n {
-                let v: String = r.col(j, &q)?;
+                let Some(v) = r.col::<_, Option<String>>(j, &q)? else {
+                    return Err(super::CompareError::NullKey {
+                        table: shape.rel.name.human(),
+                        db: side.db.clone(),
+                        key: shape.keycols.join(", "),
+                    }
+                    .into());
+                };
                 bytes += v.len() as u64 + 4;
                 key.push(v);
             }
             bytes += 19;
-            out.insert(key, r.col::<_, i64>(n, &q)?);
+            // A key held by two rows (no unique key on this side) gets a
+            // digest no single row has.
+            let d: i64 = r.col(n, &q)?;
+            out.entry(key)
+                .and_modify(|v: &mut i64| *v = v.rotate_left(1) ^ d ^ 0x5bd1_e995)
+                .or_insert(d);
         }
     }
     Ok((out, bytes))

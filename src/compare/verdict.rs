@@ -108,33 +108,7 @@ impl Judge<'_> {
 
     /// Each key's digest on one side, found by equality on its key.
     fn lookup(&mut self, link: usize, side: &Side, keys: &[Key]) -> Result<HashMap<usize, i64>> {
-        let shape = self.shape;
-        let (u, names) = unnest(&side.key_types);
-        let on: Vec<String> = shape
-            .qk
-            .iter()
-            .zip(&side.ops)
-            .zip(&names)
-            .map(|((k, op), a)| format!("t.{k} {op} u.{a}"))
-            .collect();
-        let sql = format!(
-            "SELECT u.i, {} FROM ({u}) u JOIN {} ON {} WHERE true{}",
-            shape.digest(),
-            side.tbl,
-            on.join(" AND "),
-            side.filter
-        );
-        let q = format!("looking up keys of {} on \"{}\"", shape.rel.name.human(), side.db);
-        let mut out = HashMap::new();
-        for (b, batch) in keys.chunks(BATCH).enumerate() {
-            let arrays = columns(batch, shape.qk.len());
-            let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            for r in self.links[link].query(&sql, &params).ctx(|| q.clone())? {
-                let i: i64 = r.col(0, &q)?;
-                out.insert(b * BATCH + i as usize - 1, r.col::<_, i64>(1, &q)?);
-            }
-        }
-        Ok(out)
+        lookup(&mut self.links[link], self.shape, side, keys)
     }
 
     /// Per key: whether any source's log holds a change of it this sync has
@@ -204,6 +178,41 @@ impl Judge<'_> {
         }
         Ok(out)
     }
+}
+
+/// Each key's digest on one side (by index into `keys`), found by equality
+/// on its key; absent keys have none. A key held by several rows (a side
+/// without a unique key) gets a digest no single row has.
+pub(super) fn lookup(c: &mut Client, shape: &Shape, side: &Side, keys: &[Key]) -> Result<HashMap<usize, i64>> {
+    let (u, names) = unnest(&side.key_types);
+    let on: Vec<String> = shape
+        .qk
+        .iter()
+        .zip(&side.ops)
+        .zip(&names)
+        .map(|((k, op), a)| format!("t.{k} {op} u.{a}"))
+        .collect();
+    let sql = format!(
+        "SELECT u.i, {} FROM ({u}) u JOIN {} ON {} WHERE true{}",
+        shape.digest(),
+        side.tbl,
+        on.join(" AND "),
+        side.filter
+    );
+    let q = format!("looking up keys of {} on \"{}\"", shape.rel.name.human(), side.db);
+    let mut out = HashMap::new();
+    for (b, batch) in keys.chunks(BATCH).enumerate() {
+        let arrays = columns(batch, shape.qk.len());
+        let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        for r in c.query(&sql, &params).ctx(|| q.clone())? {
+            let i: i64 = r.col(0, &q)?;
+            let d: i64 = r.col(1, &q)?;
+            out.entry(b * BATCH + i as usize - 1)
+                .and_modify(|v: &mut i64| *v = v.rotate_left(1) ^ d ^ 0x5bd1_e995)
+                .or_insert(d);
+        }
+    }
+    Ok(out)
 }
 
 /// `SELECT u.i, (u.a1)::t1 AS a1, ... FROM unnest($1::text[], ...) WITH

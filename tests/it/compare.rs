@@ -431,3 +431,110 @@ fn compare_gives_up_on_a_locked_table_in_one_line() {
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("public.ck is locked on \"tgt\""), "{}", r.stderr);
 }
+
+/// `kick SYNC --dry-run`: the rows the next run would insert, update and
+/// delete per table and database, with nothing written (the same answer
+/// twice, the target untouched), then the real run does exactly that; a
+/// onetimecopy shows as a full copy.
+#[test]
+fn dry_run_shows_the_next_run_without_writing() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fuzz_pair(a, b, "cmpdry");
+    a.exec(
+        &src,
+        "INSERT INTO fz (id, t) VALUES (9001, 'new'), (9002, 'new');
+         UPDATE fz SET t = 'changed' WHERE id IN (100, 101);
+         UPDATE fz SET t = t WHERE id = 102;
+         DELETE FROM fz WHERE id = 103;
+         DELETE FROM ck WHERE a = 1 AND b = 'k1'",
+    );
+    let before = crate::support::data::checksum(b, &tgt, "fz");
+    let dry = |c: &Capra| -> serde_json::Value {
+        let out = c.ok(&["kick", "s", "--dry-run", "--json"]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let first = dry(&c);
+    assert_eq!(first, dry(&c), "a dry run changes nothing");
+    assert_eq!(crate::support::data::checksum(b, &tgt, "fz"), before);
+    let fz = first["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.fz")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            fz["db"].as_str(),
+            fz["inserts"].as_u64(),
+            fz["updates"].as_u64(),
+            fz["deletes"].as_u64(),
+            fz["unchanged"].as_u64()
+        ),
+        (Some("tgt"), Some(2), Some(2), Some(1), Some(1)),
+        "{first}"
+    );
+    let ck = first["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.ck")
+        .unwrap()
+        .clone();
+    assert_eq!(ck["deletes"].as_u64(), Some(1), "{first}");
+    let text = c.ok(&["kick", "s", "--dry-run"]);
+    assert!(
+        text.contains("public.fz on tgt: 2 insert(s), 2 update(s), 1 delete(s) (1 unchanged)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sync s: 6 row(s) to write on 1 database(s), 0 full copies, 0 conflict(s)"),
+        "{text}"
+    );
+    // The real run does what the dry run said.
+    let _d = c.start();
+    c.ok(&["kick", "s", "60"]);
+    assert!(reported(&c, &[], 0).is_empty());
+    c.ok(&["update", "sync", "s", "onetimecopy=1"]);
+    let text = c.ok(&["kick", "s", "--dry-run"]);
+    assert!(
+        text.contains("public.fz on tgt: full copy of 3011 rows (onetimecopy=1)"),
+        "{text}"
+    );
+}
+
+/// Two sources: each conflict with the winner the strategy picks, and the
+/// rows each source would get from the other.
+#[test]
+fn dry_run_shows_conflicts_and_their_winners() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let d = fixtures::dbs(&c, "dry", fixtures::CONFLICT_DDL, &[a, b]);
+    fixtures::conflict_sync(&c, "dry", &["conflict_strategy=latest"]);
+    fixtures::conflicting_writes(a, &d[0], b, &d[1]);
+    let out = c.ok(&["kick", "s_dry", "--dry-run", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let conflicts = doc["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{doc}");
+    assert_eq!(conflicts[0]["key"], serde_json::json!(["1"]), "{doc}");
+    assert_eq!(conflicts[0]["winner"], "dry1", "{doc}");
+    assert_eq!(conflicts[0]["reason"], "latest", "{doc}");
+    let on = |db: &str| {
+        doc["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["db"] == db)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (on("dry1")["inserts"].as_u64(), on("dry1")["deletes"].as_u64()),
+        (Some(1), Some(1)),
+        "{doc}"
+    );
+    assert_eq!(on("dry2")["updates"].as_u64(), Some(2), "{doc}");
+    let text = c.ok(&["kick", "s_dry", "--dry-run"]);
+    assert!(text.contains("conflict on public.t (id)=(1): dry1 at"), "{text}");
+    assert!(text.contains("winner dry1 (latest)"), "{text}");
+}
