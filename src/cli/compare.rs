@@ -144,6 +144,12 @@ fn block(ctx: &Ctx, t: &TableResult) {
             t.extra.len(),
             t.different.len()
         ));
+        if t.unapplied > 0 {
+            ctx.say(format!(
+                "  ({} of them changed on a source and the sync applied nothing while compare waited: is it running? see capra status)",
+                t.unapplied
+            ));
+        }
         for (kind, keys) in [
             ("missing ", &t.missing),
             ("extra   ", &t.extra),
@@ -191,6 +197,7 @@ fn table_json(t: &TableResult) -> serde_json::Value {
         "extra": keys(&t.extra),
         "different": keys(&t.different),
         "in_flight": keys(&t.in_flight),
+        "unapplied": t.unapplied,
     })
 }
 

@@ -68,6 +68,9 @@ pub struct TableResult {
     /// Still changing (changes the sync has not applied yet) when the
     /// compare stopped waiting for them: not differences.
     pub in_flight: Vec<Key>,
+    /// Of the differences, keys changed on a source that the sync did not
+    /// apply while the compare waited (it did not run at all meanwhile).
+    pub unapplied: usize,
 }
 
 impl TableResult {
@@ -296,6 +299,7 @@ impl Session {
                 extra: j.extra,
                 different: j.different,
                 in_flight: j.in_flight,
+                unapplied: j.unapplied,
             },
             bytes,
         ))
@@ -439,6 +443,9 @@ pub fn log_repairs(c: &mut impl GenericClient, req: &Request, report: &Report) -
     }
     let db = truth.cloned().unwrap_or_else(|| plan.sources[0].clone());
     let mut c = db.connect()?;
+    // Key texts were printed under the compare's settings: read them so.
+    c.batch_execute(shape::KEY_TEXT)
+        .ctx(|| format!("setting up the repair session on \"{}\"", db.name))?;
     let mut tx = c
         .transaction()
         .ctx(|| format!("logging keys to repair on \"{}\"", db.name))?;

@@ -26,6 +26,11 @@ pub(super) const PINNED: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle =
      SELECT pg_catalog.set_config('work_mem', '64MB', false) \
       WHERE pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem')) < 67108864";
 
+/// The settings key texts are printed and read back under (a repair's
+/// session reads what a compare printed).
+pub(super) const KEY_TEXT: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
+     SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET TimeZone = 'UTC'; SET extra_float_digits = 3";
+
 /// `extra_float_digits` for a pair of servers: 3 (exact) when both print
 /// floats the same way, 0 when one is older than PostgreSQL 12 and the
 /// other newer (12 prints the shortest exact form, 11 seventeen digits;

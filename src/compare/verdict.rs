@@ -47,6 +47,10 @@ pub(super) struct Judged {
     pub(super) different: Vec<Key>,
     /// Keys still changing when the settling time ran out.
     pub(super) in_flight: Vec<Key>,
+    /// Of the differences, keys with a change the sync did not apply while
+    /// the compare waited for it (no source's position moved meanwhile:
+    /// the sync is not running).
+    pub(super) unapplied: usize,
 }
 
 /// What judging a table needs: every connection, which are the truth and
@@ -65,7 +69,7 @@ pub(super) struct Judge<'a> {
 }
 
 /// Per key: whether a source has an unapplied change of it, and the newest
-/// logged change per source.
+/// logged change of it and TRUNCATE of its table per source.
 type Pending = Vec<(bool, Vec<Option<i64>>)>;
 
 impl Judge<'_> {
@@ -76,26 +80,34 @@ impl Judge<'_> {
         let mut left = keys;
         let start = Instant::now();
         let mut pause = Duration::from_millis(200);
+        let positions = self.positions()?;
         while !left.is_empty() {
             let before = self.pending(&left)?;
             let tv = self.lookup(self.truth, self.t, &left)?;
             let ov = self.lookup(self.other, self.o, &left)?;
             let after = self.pending(&left)?;
             let mut unsettled = Vec::new();
+            let timed_out = start.elapsed() >= settle;
+            // Out of time with the sync standing still: what is left is
+            // judged as it is (a change it does not apply is a difference).
+            let stuck = timed_out && self.positions()? == positions;
             for (i, k) in left.into_iter().enumerate() {
                 let (a, b) = (tv.get(&i), ov.get(&i));
                 if a == b {
                     continue;
                 }
                 let quiet = !before[i].0 && !after[i].0 && before[i].1 == after[i].1;
-                match (quiet, a, b) {
+                if !quiet && stuck {
+                    out.unapplied += 1;
+                }
+                match (quiet || stuck, a, b) {
                     (false, _, _) => unsettled.push(k),
                     (true, Some(_), None) => out.missing.push(k),
                     (true, None, Some(_)) => out.extra.push(k),
                     (true, _, _) => out.different.push(k),
                 }
             }
-            if unsettled.is_empty() || start.elapsed() >= settle {
+            if unsettled.is_empty() || timed_out {
                 out.in_flight = unsettled;
                 break;
             }
@@ -109,6 +121,27 @@ impl Judge<'_> {
     /// Each key's digest on one side, found by equality on its key.
     fn lookup(&mut self, link: usize, side: &Side, keys: &[Key]) -> Result<HashMap<usize, i64>> {
         lookup(&mut self.links[link], self.shape, side, keys)
+    }
+
+    /// The sync's position on every source (to tell a sync that stands
+    /// still from one that applies changes).
+    fn positions(&mut self) -> Result<Vec<Option<String>>> {
+        let (installation, sync) = self.consumer;
+        let mut out = Vec::new();
+        for log in self.logs {
+            let q = format!("reading the position of sync \"{sync}\" on \"{}\"", log.db);
+            out.push(
+                self.links[log.link]
+                    .query_opt(
+                        "SELECT snapshot::text FROM capra.consumer WHERE installation = $1 AND sync = $2",
+                        &[&installation, &sync],
+                    )
+                    .ctx(|| q.clone())?
+                    .map(|r| r.col(0, &q))
+                    .transpose()?,
+            );
+        }
+        Ok(out)
     }
 
     /// Per key: whether any source's log holds a change of it this sync has
@@ -148,7 +181,8 @@ impl Judge<'_> {
                             AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = ${} AND a.sync = ${}
                                               AND a.txid = d.capra_txid AND a.kind = 'm')), false)
                         OR EXISTS (SELECT 1 FROM capra.truncate_log x WHERE x.captured = {id} AND {}),
-                        max(d.capra_txid)
+                        max(d.capra_txid),
+                        (SELECT max(x.capra_txid) FROM capra.truncate_log x WHERE x.captured = {id})
                    FROM ({u}) u LEFT JOIN capra.delta_{id} d ON {}
                   GROUP BY u.i",
                 unapplied("d"),
@@ -172,6 +206,8 @@ impl Judge<'_> {
                     if let Some(e) = out.get_mut(i) {
                         e.0 |= r.col::<_, bool>(1, &q)?;
                         e.1.push(r.col(2, &q)?);
+                        // A TRUNCATE logs no key: its own newest entry.
+                        e.1.push(r.col(3, &q)?);
                     }
                 }
             }

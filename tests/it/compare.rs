@@ -538,3 +538,69 @@ fn dry_run_shows_conflicts_and_their_winners() {
     assert!(text.contains("conflict on public.t (id)=(1): dry1 at"), "{text}");
     assert!(text.contains("winner dry1 (latest)"), "{text}");
 }
+
+/// Changes waiting on the source while no daemon runs never settle: once
+/// compare has waited, they are differences (with the reason said), not
+/// "in flight" forever.
+#[test]
+fn changes_a_stopped_sync_never_applies_are_differences() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fuzz_pair(a, b, "cmpstuck");
+    a.exec(&src, "UPDATE fz SET t = 'waiting' WHERE id IN (100, 101)");
+    b.exec(&tgt, "UPDATE fz SET t = 'tampered' WHERE id = 102");
+    let r = c.run(&["compare", "s", "fz"]);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("public.fz on tgt: 0 missing, 0 extra, 3 different"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("2 of them changed on a source and the sync applied nothing"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// TRUNCATE and refill on the source, over and over, while the daemon
+/// replicates and compare runs: no difference is ever reported.
+#[test]
+fn truncations_in_flight_are_not_differences() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE tr (id int PRIMARY KEY, v text)";
+    let (c, src, _tgt) = fixtures::synced(&unique("cmptrunc"), ddl, &["tr"], &["autokick=1"]);
+    let _ = b;
+    let _d = c.start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, src) = (stop.clone(), src.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                cluster::a().exec(
+                    &src,
+                    &format!(
+                        "BEGIN; TRUNCATE tr; INSERT INTO tr SELECT i, 'r{n}' FROM generate_series(1, 200) i; COMMIT"
+                    ),
+                );
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    for _ in 0..4 {
+        let r = c.run(&["compare", "s", "--json"]);
+        let doc: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap_or_default();
+        assert_eq!(r.code, Some(0), "{}\n{}\n{}", r.stdout, r.stderr, c.log());
+        assert_eq!(doc["identical"], serde_json::json!(true), "{doc}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_for_showing(
+        60,
+        "compare identical once the writes stop",
+        || c.run(&["compare", "s"]).code == Some(0),
+        || c.log(),
+    );
+}
