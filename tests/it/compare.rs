@@ -567,10 +567,8 @@ fn changes_a_stopped_sync_never_applies_are_differences() {
 /// replicates and compare runs: no difference is ever reported.
 #[test]
 fn truncations_in_flight_are_not_differences() {
-    let (a, b) = (cluster::a(), cluster::b());
     let ddl = "CREATE TABLE tr (id int PRIMARY KEY, v text)";
     let (c, src, _tgt) = fixtures::synced(&unique("cmptrunc"), ddl, &["tr"], &["autokick=1"]);
-    let _ = b;
     let _d = c.start();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
