@@ -146,7 +146,7 @@ fn block(ctx: &Ctx, t: &TableResult) {
         ));
         if t.unapplied > 0 {
             ctx.say(format!(
-                "  ({} of them changed on a source and the sync applied nothing while compare waited: is it running? see capra status)",
+                "  ({} of them changed on a source and the sync cannot apply them now: no daemon runs, the sync is inactive or failing, or it set this table aside; see capra status)",
                 t.unapplied
             ));
         }
@@ -253,10 +253,16 @@ fn print_preview(ctx: &Ctx, p: &compare::Preview) {
             dbs.insert(t.db.as_str());
             continue;
         }
-        if t.inserts + t.updates + t.deletes + t.unchanged == 0 && !t.truncate {
+        if t.inserts + t.updates + t.deletes + t.unchanged == 0 && !t.truncate && !t.partition_truncated {
             continue;
         }
-        let trunc = if t.truncate { "TRUNCATE, then " } else { "" };
+        let trunc = if t.truncate {
+            "TRUNCATE, then "
+        } else if t.partition_truncated {
+            "rows of a truncated or dropped partition deleted, then "
+        } else {
+            ""
+        };
         ctx.say(format!(
             "  {} on {}: {trunc}{} insert(s), {} update(s), {} delete(s) ({} unchanged)",
             t.table, t.db, t.inserts, t.updates, t.deletes, t.unchanged

@@ -146,6 +146,11 @@ struct Session {
     truth: usize,
     installation: String,
     pause: Duration,
+    /// No run can apply anything now: no daemon, the sync inactive, or its
+    /// last run failed.
+    standing: bool,
+    /// Tables the sync's last good run set aside.
+    set_aside: Vec<String>,
 }
 
 impl Session {
@@ -177,6 +182,7 @@ impl Session {
             .into());
         }
         let tables = pick_tables(&plan, &req.tables)?;
+        let (standing, set_aside) = standing(c, &plan)?;
         let pause_ms: u64 = model::setting(c, "compare_throttle")?.parse().unwrap_or(0);
         let mut links = Vec::new();
         let mut clients = Vec::new();
@@ -200,6 +206,8 @@ impl Session {
             truth,
             installation: installation.to_string(),
             pause: Duration::from_millis(pause_ms),
+            standing,
+            set_aside,
             plan,
         })
     }
@@ -287,6 +295,7 @@ impl Session {
             o: &o,
             logs: &logs,
             consumer: (&self.installation, &sync),
+            standing: self.standing || self.set_aside.contains(&rel.name.human()),
         };
         let j = judge.judge(candidates, SETTLE)?;
         Ok((
@@ -304,6 +313,29 @@ impl Session {
             bytes,
         ))
     }
+}
+
+/// Whether the sync can apply nothing now (no daemon, inactive, its last
+/// run failed), and the tables its last good run set aside.
+fn standing(c: &mut impl GenericClient, plan: &SyncPlan) -> Result<(bool, Vec<String>)> {
+    let q = format!("reading the state of sync \"{}\"", plan.name());
+    let daemon = crate::catalog::runs::daemon(c)?.is_some();
+    let r = c
+        .query_opt(
+            "SELECT s.failures > 0,
+                    coalesce((SELECT array_agg(f->>'table') FROM capra.run r,
+                                     jsonb_array_elements(coalesce(r.details->'failed_tables', '[]'::jsonb)) f
+                               WHERE r.id = s.last_good), '{}')
+               FROM capra.sync_state s WHERE s.sync = $1",
+            &[&plan.name()],
+        )
+        .ctx(|| q.clone())?;
+    let (failing, aside): (bool, Vec<String>) = match r {
+        Some(r) => (r.col(0, &q)?, r.col(1, &q)?),
+        None => (false, Vec::new()),
+    };
+    let active = plan.sync.status == crate::domain::Status::Active;
+    Ok((!daemon || !active || failing, aside))
 }
 
 /// A lock_timeout while reading a table, as one line saying what to do.

@@ -39,6 +39,9 @@ pub struct TablePlan {
     pub unchanged: u64,
     /// A TRUNCATE on the source would be replayed first.
     pub truncate: bool,
+    /// A partition truncated or dropped on the source: its rows would be
+    /// deleted here first.
+    pub partition_truncated: bool,
     /// Why the table would be copied whole instead (None: changes only).
     pub full_copy: Option<String>,
 }
@@ -87,7 +90,26 @@ pub fn preview(c: &mut impl GenericClient, installation: &str, req: &Request) ->
     };
     let sources: Vec<usize> = (0..s.links.len()).filter(|i| s.links[*i].source).collect();
     let names: Vec<String> = sources.iter().map(|i| s.links[*i].db.name.clone()).collect();
+    // First every table's changes: latest_all_tables ranks sources by
+    // their newest change over all tables of the run.
+    let mut all = Vec::new();
+    let mut newest = vec![f64::NEG_INFINITY; sources.len()];
     for rel in s.tables.clone() {
+        let found = if s.plan.is_delta() {
+            changes(&mut s, &rel, &sources)?
+        } else {
+            Found::default()
+        };
+        for who in found.changed.values() {
+            for (l, at) in who {
+                if let (Some(i), Some(at)) = (sources.iter().position(|x| x == l), at) {
+                    newest[i] = newest[i].max(*at);
+                }
+            }
+        }
+        all.push((rel, found));
+    }
+    for (rel, found) in all {
         let strategy = rel
             .conflict_strategy
             .clone()
@@ -99,15 +121,10 @@ pub fn preview(c: &mut impl GenericClient, installation: &str, req: &Request) ->
             .iter()
             .find(|h| h.whenrun == "conflict" && h.table.as_ref().is_none_or(|t| *t == rel.name.human()))
             .map(|h| h.name.clone());
-        let (changed, truncated) = if s.plan.is_delta() {
-            changes(&mut s, &rel, &sources)?
-        } else {
-            (Changed::new(), Vec::new())
-        };
         out.keycols.insert(rel.name.human(), rel.pkey.clone());
         // Per key: the winning source's link, or None (skipped, aborted).
         let mut winners: BTreeMap<Key, Option<usize>> = BTreeMap::new();
-        for (key, who) in &changed {
+        for (key, who) in &found.changed {
             if who.len() == 1 {
                 winners.insert(key.clone(), Some(who[0].0));
                 continue;
@@ -129,7 +146,7 @@ pub fn preview(c: &mut impl GenericClient, installation: &str, req: &Request) ->
             } else if strategy == Strategy::Random {
                 ("one of them at random".to_string(), strategy.label(), None)
             } else {
-                match conflict::decide(&strategy, &contenders, &names, &[], 0) {
+                match conflict::decide(&strategy, &contenders, &names, &newest, 0) {
                     Decision::Winner(i) => (names[i].clone(), strategy.label(), Some(sources[i])),
                     Decision::Skip => ("none (skipped)".to_string(), strategy.label(), None),
                     Decision::Abort => ("none (the run aborts)".to_string(), strategy.label(), None),
@@ -146,7 +163,7 @@ pub fn preview(c: &mut impl GenericClient, installation: &str, req: &Request) ->
             });
         }
         for r in 0..s.links.len() {
-            if let Some(p) = receiver(&mut s, &rel, r, &winners, &truncated)? {
+            if let Some(p) = receiver(&mut s, &rel, r, &winners, &found)? {
                 out.tables.push(p);
             }
         }
@@ -154,12 +171,24 @@ pub fn preview(c: &mut impl GenericClient, installation: &str, req: &Request) ->
     Ok(out)
 }
 
+/// A table's changes on the sources since the sync's positions.
+#[derive(Default)]
+struct Found {
+    changed: Changed,
+    /// Sources with a TRUNCATE of the table waiting.
+    truncated: Vec<usize>,
+    /// Sources where a partition of it was truncated or dropped (its rows
+    /// are deleted on the receivers, not the whole table).
+    parts: Vec<usize>,
+    /// Sources where capture lost the table's key (it is copied whole).
+    lost: Vec<usize>,
+}
+
 /// Each source's changed keys of a table since the sync's position there
 /// (this sync's own makedelta writes left out), and the sources with a
 /// TRUNCATE waiting.
-fn changes(s: &mut Session, rel: &crate::catalog::model::Relation, sources: &[usize]) -> Result<(Changed, Vec<usize>)> {
-    let mut changed = Changed::new();
-    let mut truncated = Vec::new();
+fn changes(s: &mut Session, rel: &crate::catalog::model::Relation, sources: &[usize]) -> Result<Found> {
+    let mut found = Found::default();
     let first = sources.first().copied().unwrap_or(0);
     let other = (0..s.links.len()).find(|i| *i != first).unwrap_or(first);
     let (shape, _, _) = s.learn(rel, first, other)?;
@@ -186,24 +215,31 @@ fn changes(s: &mut Session, rel: &crate::catalog::model::Relation, sources: &[us
         for r in c.query(&sql, &[&s.installation, &sync]).ctx(|| q.clone())? {
             let n = shape.qk.len();
             let key: Key = (0..n).map(|j| r.col(j, &q)).collect::<Result<_>>()?;
-            changed.entry(key).or_default().push((log.link, r.col(n, &q)?));
+            found.changed.entry(key).or_default().push((log.link, r.col(n, &q)?));
         }
-        let t: bool = c
-            .query_one(
+        // Truncations, as a run reads them: NULL the table, '*' a lost
+        // key, else a partition (this sync's own makedelta ones left out).
+        for r in c
+            .query(
                 &format!(
                     "WITH p AS (SELECT (SELECT c.snapshot FROM capra.consumer c WHERE c.installation = $1 AND c.sync = $2) AS s)
-                     SELECT EXISTS (SELECT 1 FROM capra.truncate_log d, p WHERE d.captured = {} AND {window})",
+                     SELECT DISTINCT coalesce(d.part, '') FROM capra.truncate_log d, p WHERE d.captured = {} AND {window}
+                        AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = $1 AND a.sync = $2
+                                          AND a.txid = d.capra_txid AND a.kind = 'm')",
                     log.id
                 ),
                 &[&s.installation, &sync],
             )
             .ctx(|| q.clone())?
-            .col(0, &q)?;
-        if t {
-            truncated.push(log.link);
+        {
+            match r.col::<_, String>(0, &q)?.as_str() {
+                "" => found.truncated.push(log.link),
+                "*" => found.lost.push(log.link),
+                _ => found.parts.push(log.link),
+            }
         }
     }
-    Ok((changed, truncated))
+    Ok(found)
 }
 
 /// What the next run would do to a table on the database `r`: a full copy,
@@ -214,7 +250,7 @@ fn receiver(
     rel: &crate::catalog::model::Relation,
     r: usize,
     winners: &BTreeMap<Key, Option<usize>>,
-    truncated: &[usize],
+    found: &Found,
 ) -> Result<Option<TablePlan>> {
     let db = s.links[r].db.name.clone();
     let is_source = s.links[r].source;
@@ -224,18 +260,26 @@ fn receiver(
     let mut p = TablePlan {
         table: rel.name.human(),
         db: db.clone(),
-        truncate: truncated.iter().any(|t| *t != r),
+        truncate: found.truncated.iter().any(|t| *t != r),
+        partition_truncated: found.parts.iter().any(|t| *t != r),
         ..TablePlan::default()
     };
     let first_source = (0..s.links.len()).find(|i| s.links[*i].source).unwrap_or(0);
-    p.full_copy = if s.plan.fullcopy.iter().any(|d| d.name == db) {
+    let otc = s.plan.sync.onetimecopy;
+    p.full_copy = if rel.ghost {
+        None
+    } else if found.lost.iter().any(|l| *l != r) {
+        Some("capture lost the table's key on a source".into())
+    } else if s.plan.fullcopy.iter().any(|d| d.name == db) {
         Some("a fullcopy database gets every table whole on every run".into())
     } else if s.plan.behind.contains(&db) {
         Some("this target fell behind while inactive".into())
-    } else if !is_source && s.plan.sync.onetimecopy == OneTimeCopy::All {
+    } else if !is_source && otc == OneTimeCopy::All {
         Some("onetimecopy=1".into())
-    } else if !is_source && s.plan.sync.onetimecopy == OneTimeCopy::IfEmpty && empty(s, rel, r)? {
+    } else if !is_source && otc == OneTimeCopy::IfEmpty && empty(s, rel, r)? {
         Some("onetimecopy=2 and the table is empty here".into())
+    } else if is_source && r != first_source && otc != OneTimeCopy::Off && empty(s, rel, r)? {
+        Some("a source whose table is empty is seeded from the first source".into())
     } else {
         None
     };
@@ -251,7 +295,10 @@ fn receiver(
         }
     }
     for (w, keys) in by_source {
-        let (shape, ws, rs) = s.learn(rel, w, r)?;
+        let (shape, ws, mut rs) = s.learn(rel, w, r)?;
+        // A receiving source gets every row the winner sends, whatever
+        // its own filter says.
+        rs.filter.clear();
         let have = lookup(&mut s.clients[w], &shape, &ws, &keys)?;
         let there = lookup(&mut s.clients[r], &shape, &rs, &keys)?;
         for i in 0..keys.len() {

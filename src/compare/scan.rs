@@ -92,7 +92,9 @@ pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Re
         if level == 1 {
             first = differ.clone();
         }
-        let biggest = differ
+        // The size of most differing ranges decides (a few larger ones
+        // send more pairs rather than cost every range another level).
+        let mut sizes: Vec<i64> = differ
             .iter()
             .map(|p| {
                 ts.get(p)
@@ -100,9 +102,11 @@ pub(super) fn find(pair: &mut Pair<'_>, shape: &Shape, t: &Side, o: &Side) -> Re
                     .unwrap_or(0)
                     .max(os.get(p).map(|v| v.0).unwrap_or(0))
             })
-            .max()
-            .unwrap_or(0);
-        if biggest <= LEAF_ROWS || level > MAX_LEVEL {
+            .collect();
+        sizes.sort_unstable();
+        let typical = sizes[(sizes.len() * 9 / 10).min(sizes.len() - 1)];
+        let biggest = sizes[sizes.len() - 1];
+        if typical <= LEAF_ROWS && biggest <= LEAF_ROWS * 16 || level > MAX_LEVEL {
             let lv = Level {
                 level,
                 bounded,
@@ -148,8 +152,10 @@ fn both<T: Send>(
 }
 
 /// The first level's boundaries: about one value of the first key column
-/// per `RANGE_ROWS` rows, from a block sample of the truth put in the
-/// key's order there (a sort of the sample only). None for a small table.
+/// per `RANGE_ROWS` rows, from a row sample of the truth put in the key's
+/// order there (a sort of the sample only; a row sample, not a block
+/// sample, as neighbouring keys share blocks and would crowd the
+/// boundaries together). None for a small table.
 fn boundaries(c: &mut Client, shape: &Shape, t: &Side) -> Result<Vec<String>> {
     let ranges = (t.rows_estimate / RANGE_ROWS).min(MAX_RANGES).floor();
     if ranges < 2.0 {
@@ -161,7 +167,7 @@ fn boundaries(c: &mut Client, shape: &Shape, t: &Side) -> Result<Vec<String>> {
     let sql = format!(
         "SELECT s.k::text FROM (
              SELECT s.k, pg_catalog.row_number() OVER (ORDER BY s.k) AS n
-               FROM (SELECT DISTINCT t.{k} AS k FROM {} TABLESAMPLE SYSTEM ($1) WHERE true{}) s) s
+               FROM (SELECT DISTINCT t.{k} AS k FROM {} TABLESAMPLE BERNOULLI ($1) WHERE true{}) s) s
           WHERE s.n % 4 = 0 ORDER BY s.n",
         t.tbl, t.filter
     );

@@ -48,8 +48,7 @@ pub(super) struct Judged {
     /// Keys still changing when the settling time ran out.
     pub(super) in_flight: Vec<Key>,
     /// Of the differences, keys with a change the sync did not apply while
-    /// the compare waited for it (no source's position moved meanwhile:
-    /// the sync is not running).
+    /// the compare waited for it (see `Judge::standing`).
     pub(super) unapplied: usize,
 }
 
@@ -66,6 +65,10 @@ pub(super) struct Judge<'a> {
     pub(super) logs: &'a [Log],
     /// (installation, sync): whose position a log row is measured against.
     pub(super) consumer: (&'a str, &'a str),
+    /// The sync cannot apply this table now (no daemon runs, the sync is
+    /// inactive or its last run failed, or its last run set the table
+    /// aside): keys still changing when time runs out are differences.
+    pub(super) standing: bool,
 }
 
 /// Per key: whether a source has an unapplied change of it, and the newest
@@ -80,7 +83,6 @@ impl Judge<'_> {
         let mut left = keys;
         let start = Instant::now();
         let mut pause = Duration::from_millis(200);
-        let positions = self.positions()?;
         while !left.is_empty() {
             let before = self.pending(&left)?;
             let tv = self.lookup(self.truth, self.t, &left)?;
@@ -88,9 +90,10 @@ impl Judge<'_> {
             let after = self.pending(&left)?;
             let mut unsettled = Vec::new();
             let timed_out = start.elapsed() >= settle;
-            // Out of time with the sync standing still: what is left is
-            // judged as it is (a change it does not apply is a difference).
-            let stuck = timed_out && self.positions()? == positions;
+            // Out of time while the sync cannot apply this table (no
+            // daemon, the sync inactive or failing, the table set aside):
+            // what is left is judged as it is.
+            let stuck = timed_out && self.standing;
             for (i, k) in left.into_iter().enumerate() {
                 let (a, b) = (tv.get(&i), ov.get(&i));
                 if a == b {
@@ -121,27 +124,6 @@ impl Judge<'_> {
     /// Each key's digest on one side, found by equality on its key.
     fn lookup(&mut self, link: usize, side: &Side, keys: &[Key]) -> Result<HashMap<usize, i64>> {
         lookup(&mut self.links[link], self.shape, side, keys)
-    }
-
-    /// The sync's position on every source (to tell a sync that stands
-    /// still from one that applies changes).
-    fn positions(&mut self) -> Result<Vec<Option<String>>> {
-        let (installation, sync) = self.consumer;
-        let mut out = Vec::new();
-        for log in self.logs {
-            let q = format!("reading the position of sync \"{sync}\" on \"{}\"", log.db);
-            out.push(
-                self.links[log.link]
-                    .query_opt(
-                        "SELECT snapshot::text FROM capra.consumer WHERE installation = $1 AND sync = $2",
-                        &[&installation, &sync],
-                    )
-                    .ctx(|| q.clone())?
-                    .map(|r| r.col(0, &q))
-                    .transpose()?,
-            );
-        }
-        Ok(out)
     }
 
     /// Per key: whether any source's log holds a change of it this sync has
@@ -180,7 +162,9 @@ impl Judge<'_> {
                         coalesce(bool_or(d.capra_txid IS NOT NULL AND {}
                             AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = ${} AND a.sync = ${}
                                               AND a.txid = d.capra_txid AND a.kind = 'm')), false)
-                        OR EXISTS (SELECT 1 FROM capra.truncate_log x WHERE x.captured = {id} AND {}),
+                        OR EXISTS (SELECT 1 FROM capra.truncate_log x WHERE x.captured = {id} AND {}
+                                     AND NOT EXISTS (SELECT 1 FROM capra.applied a WHERE a.installation = ${} AND a.sync = ${}
+                                                       AND a.txid = x.capra_txid AND a.kind = 'm')),
                         max(d.capra_txid),
                         (SELECT max(x.capra_txid) FROM capra.truncate_log x WHERE x.captured = {id})
                    FROM ({u}) u LEFT JOIN capra.delta_{id} d ON {}
@@ -189,6 +173,8 @@ impl Judge<'_> {
                 n + 1,
                 n + 2,
                 unapplied("x"),
+                n + 1,
+                n + 2,
                 on.join(" AND ")
             );
             let q = format!(

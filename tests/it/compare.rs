@@ -557,7 +557,7 @@ fn changes_a_stopped_sync_never_applies_are_differences() {
     );
     assert!(
         r.stdout
-            .contains("2 of them changed on a source and the sync applied nothing"),
+            .contains("2 of them changed on a source and the sync cannot apply them now"),
         "{}",
         r.stdout
     );
@@ -601,4 +601,38 @@ fn truncations_in_flight_are_not_differences() {
         || c.run(&["compare", "s"]).code == Some(0),
         || c.log(),
     );
+}
+
+/// A table the daemon sets aside (a target constraint rejects a row) keeps
+/// its change unapplied while the rest of the sync runs: compare reports
+/// the row as a difference once it has waited, not as in flight forever.
+#[test]
+fn a_table_set_aside_shows_its_unapplied_rows_as_differences() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let ddl = "CREATE TABLE ok (id int PRIMARY KEY, v text); CREATE TABLE picky (id int PRIMARY KEY, v text)";
+    let (c, src, tgt) = fixtures::synced(&unique("cmpaside"), ddl, &["ok", "picky"], &["autokick=1"]);
+    b.exec(&tgt, "ALTER TABLE picky ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
+    let _d = c.start();
+    a.exec(
+        &src,
+        "INSERT INTO ok VALUES (1, 'fine'); INSERT INTO picky VALUES (1, 'bad')",
+    );
+    wait_for_showing(
+        60,
+        "the table to be set aside",
+        || c.ok(&["status", "s"]).contains("Tables set aside"),
+        || c.log(),
+    );
+    let r = c.run(&["compare", "s", "--json"]);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    let doc: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let picky = doc["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.picky")
+        .unwrap()
+        .clone();
+    assert_eq!(picky["missing"], serde_json::json!([{"id": "1"}]), "{doc}");
+    assert_eq!(picky["unapplied"], serde_json::json!(1), "{doc}");
 }
