@@ -636,3 +636,37 @@ fn a_table_set_aside_shows_its_unapplied_rows_as_differences() {
     assert_eq!(picky["missing"], serde_json::json!([{"id": "1"}]), "{doc}");
     assert_eq!(picky["unapplied"], serde_json::json!(1), "{doc}");
 }
+
+/// latest_all_tables: the dry run names the winner the run then picks (the
+/// source with the newest change over every table, not over the key).
+#[test]
+fn dry_run_winner_is_the_runs_winner_under_latest_all_tables() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let c = Capra::install(a);
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text);
+               INSERT INTO t VALUES (1, 'x'); INSERT INTO u VALUES (1, 'x');";
+    let d = fixtures::dbs(&c, "lat", ddl, &[a, b]);
+    c.ok(&["add", "table", "t", "u", "db=lat1", "relgroup=g_lat"]);
+    c.ok(&[
+        "add",
+        "sync",
+        "s_lat",
+        "relgroup=g_lat",
+        "dbs=lat1:source,lat2:source",
+        "autokick=0",
+        "conflict_strategy=latest_all_tables",
+    ]);
+    a.exec(&d[0], "UPDATE t SET v = 'one' WHERE id = 1");
+    std::thread::sleep(Duration::from_millis(50));
+    b.exec(&d[1], "UPDATE t SET v = 'two' WHERE id = 1");
+    std::thread::sleep(Duration::from_millis(50));
+    a.exec(&d[0], "UPDATE u SET v = 'one later' WHERE id = 1");
+    let out = c.ok(&["kick", "s_lat", "--dry-run", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["conflicts"][0]["winner"], "lat1", "{doc}");
+    let _d = c.start();
+    c.ok(&["kick", "s_lat", "60"]);
+    for (cl, db) in [(a, &d[0]), (b, &d[1])] {
+        assert_eq!(cl.query(db, "SELECT v FROM t WHERE id = 1")[0].as_deref(), Some("one"));
+    }
+}
