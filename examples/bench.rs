@@ -71,14 +71,19 @@ impl Env {
         env
     }
 
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.capra)
+    /// Runs capra and returns what it did, whatever its exit status.
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.capra)
             .env("HOME", self.home.path())
             .env("CAPRA_SYSCONF", "/nonexistent")
             .args(&self.global)
             .args(args)
             .output()
-            .expect("capra runs");
+            .expect("capra runs")
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
         assert!(
             out.status.success(),
             "capra {args:?}: {}{}",
@@ -870,13 +875,7 @@ fn compare_bench(capra: &std::path::Path, rows: u64, reps: usize, results: &mut 
         assert!(x.wait().unwrap().success() && y.wait().unwrap().success());
         let reference = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let o = Command::new(capra)
-            .env("HOME", env.home.path())
-            .env("CAPRA_SYSCONF", "/nonexistent")
-            .args(&env.global)
-            .args(["compare", "s", "--json"])
-            .output()
-            .unwrap();
+        let o = env.output(&["compare", "s", "--json"]);
         let took = t0.elapsed().as_secs_f64();
         assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
         let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -896,13 +895,7 @@ fn compare_bench(capra: &std::path::Path, rows: u64, reps: usize, results: &mut 
     results.push(line);
     env.run(&["start", "bench"]);
     let t0 = Instant::now();
-    let o = Command::new(capra)
-        .env("HOME", env.home.path())
-        .env("CAPRA_SYSCONF", "/nonexistent")
-        .args(&env.global)
-        .args(["compare", "s", "--repair"])
-        .output()
-        .unwrap();
+    let o = env.output(&["compare", "s", "--repair"]);
     let repair = t0.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));

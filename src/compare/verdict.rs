@@ -135,14 +135,7 @@ impl Judge<'_> {
         for log in self.logs {
             let (u, names) = unnest(&log.types);
             let n = names.len();
-            let on: Vec<String> = self
-                .shape
-                .qk
-                .iter()
-                .zip(&log.ops)
-                .zip(&names)
-                .map(|((k, op), a)| format!("d.{k} {op} u.{a}"))
-                .collect();
+            let on = key_on(&self.shape.qk, &log.ops, &names, "d");
             let pos = format!(
                 "(SELECT c.snapshot FROM capra.consumer c WHERE c.installation = ${} AND c.sync = ${})",
                 n + 1,
@@ -175,7 +168,7 @@ impl Judge<'_> {
                 unapplied("x"),
                 n + 1,
                 n + 2,
-                on.join(" AND ")
+                on
             );
             let q = format!(
                 "reading the change log of {} on \"{}\"",
@@ -207,18 +200,12 @@ impl Judge<'_> {
 /// without a unique key) gets a digest no single row has.
 pub(super) fn lookup(c: &mut Client, shape: &Shape, side: &Side, keys: &[Key]) -> Result<HashMap<usize, i64>> {
     let (u, names) = unnest(&side.key_types);
-    let on: Vec<String> = shape
-        .qk
-        .iter()
-        .zip(&side.ops)
-        .zip(&names)
-        .map(|((k, op), a)| format!("t.{k} {op} u.{a}"))
-        .collect();
+    let on = key_on(&shape.qk, &side.ops, &names, "t");
     let sql = format!(
         "SELECT u.i, {} FROM ({u}) u JOIN {} ON {} WHERE true{}",
         shape.digest(),
         side.tbl,
-        on.join(" AND "),
+        on,
         side.filter
     );
     let q = format!("looking up keys of {} on \"{}\"", shape.rel.name.human(), side.db);
@@ -256,6 +243,16 @@ fn unnest(types: &[String]) -> (String, Vec<String>) {
         ),
         names,
     )
+}
+
+/// `{alias}.k1 OP1 u.a1 AND ...`: a table's key equal to the unnested key.
+fn key_on(qk: &[String], ops: &[String], names: &[String], alias: &str) -> String {
+    qk.iter()
+        .zip(ops)
+        .zip(names)
+        .map(|((k, op), a)| format!("{alias}.{k} {op} u.{a}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Keys as one text array per key column.
