@@ -134,6 +134,8 @@ struct Link {
     version: i32,
     encoding: String,
     source: bool,
+    /// How to reach it again (to cancel a statement).
+    tls: postgres_openssl::MakeTlsConnector,
 }
 
 /// Everything one compare works with: the plan, its tables, the truth and
@@ -187,7 +189,9 @@ impl Session {
         let mut links = Vec::new();
         let mut clients = Vec::new();
         for (d, source) in &all {
-            let mut c = d.connect()?;
+            let target = format!("database \"{}\"", d.name);
+            let resolved = crate::pg::connect::resolve_for(&d.conn_spec(), "capra", &target)?;
+            let mut c = crate::pg::connect::open(&resolved, &target)?;
             c.batch_execute(shape::PINNED)
                 .ctx(|| format!("setting up the compare session on \"{}\"", d.name))?;
             let (version, encoding) = shape::server(&mut c, &d.name)?;
@@ -196,6 +200,7 @@ impl Session {
                 version,
                 encoding,
                 source: *source,
+                tls: resolved.tls,
             });
             clients.push(c);
         }
@@ -279,6 +284,7 @@ impl Session {
                     truth: tc,
                     other: oc,
                     pause: self.pause,
+                    tls: (&self.links[ti].tls, &self.links[oi].tls),
                 };
                 let f = scan::find(&mut pair, &shape, &t, &o)?;
                 (f.rows, f.candidates.into_iter().collect(), f.bytes)

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use postgres::Client;
+use postgres_openssl::MakeTlsConnector;
 
 use super::shape::{Shape, Side};
 use crate::error::{Context, Result};
@@ -51,6 +52,9 @@ pub(super) struct Pair<'a> {
     pub(super) truth: &'a mut Client,
     pub(super) other: &'a mut Client,
     pub(super) pause: Duration,
+    /// How to reach each server to cancel its statement (truth, other):
+    /// when one side fails, the other stops too instead of scanning on.
+    pub(super) tls: (&'a MakeTlsConnector, &'a MakeTlsConnector),
 }
 
 /// Compares one table: first-level ranges of the first key column (from a
@@ -138,16 +142,32 @@ fn both<T: Send>(
     f: impl Fn(&mut Client, &Side) -> Result<T> + Sync,
 ) -> Result<(T, T)> {
     let (tc, oc) = (&mut *pair.truth, &mut *pair.other);
+    let (t_stop, o_stop) = (tc.cancel_token(), oc.cancel_token());
+    let (t_tls, o_tls) = pair.tls;
     std::thread::scope(|s| {
-        let other = s.spawn(|| f(oc, o));
+        let other = s.spawn(|| {
+            let r = f(oc, o);
+            if r.is_err() {
+                let _ = t_stop.cancel_query(t_tls.clone());
+            }
+            r
+        });
         let truth = f(tc, t);
+        if truth.is_err() {
+            let _ = o_stop.cancel_query(o_tls.clone());
+        }
         let other = other.join().unwrap_or_else(|_| {
             Err(crate::Error::Rejected(format!(
                 "reading \"{}\" stopped unexpectedly",
                 o.db
             )))
         });
-        Ok((truth?, other?))
+        // The first failure is the one to report (the other side's is
+        // most likely the cancel it caused).
+        match (truth, other) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
     })
 }
 
