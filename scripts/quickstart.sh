@@ -108,6 +108,8 @@ for t in pgbench_accounts pgbench_branches pgbench_tellers '"AO_92296B_AORECENTL
     a=$("${PSQL_A[@]}" -tA shop -c "$q"); b=$("${PSQL_B[@]}" -tA shop -c "$q")
     if [ "$a" = "$b" ]; then printf '  %-32s identical (%s)\n' "$t" "$a"; else printf '  %-32s DIFFERENT: %s vs %s\n' "$t" "$a" "$b"; same=0; fi
 done
+say "the same check by capra: row by row, only differing keys travel"
+run "$CAPRA" "${G[@]}" compare shop_sync || same=0
 echo "pgbench_history (excluded): hostA $("${PSQL_A[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_history') rows, hostB $("${PSQL_B[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_history') rows"
 
 say "status"
