@@ -89,7 +89,7 @@ pub struct Cli {
     /// Config file of `key = value` lines.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Machine-readable output for list, show and status.
+    /// Machine-readable output for list, show, status, compare and kick --dry-run.
     #[arg(long, global = true)]
     pub json: bool,
     /// More detail (repeatable).
