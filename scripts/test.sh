@@ -22,6 +22,30 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# Bucardo 5 for the import tests (tests/it/import.rs), with PL/PerlU for
+# its control database, pinned to the installed server's exact version:
+# unpinned, apt would upgrade the server along with it.
+major=$(ls -d /usr/lib/postgresql/*/bin/initdb | sed 's|/usr/lib/postgresql/\([0-9]*\)/.*|\1|' | sort -n | tail -1)
+if ! command -v bucardo >/dev/null 2>&1 || [ ! -e "/usr/lib/postgresql/$major/lib/plperl.so" ] \
+    || ! perl -MDBD::Pg -e1 >/dev/null 2>&1; then
+    echo "== installing: bucardo, libdbd-pg-perl, postgresql-plperl-$major"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    v=$(dpkg-query -W -f='${Version}' "postgresql-$major")
+    $SUDO apt-get update -qq
+    # Installing bucardo would start its service; nothing may start here.
+    if [ ! -x /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bucardo libdbd-pg-perl "postgresql-plperl-$major=$v" >/dev/null; then
+        # The installed server's version is no longer served: PL/Perl and
+        # the server move to the version that is, together.
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bucardo libdbd-pg-perl \
+            "postgresql-$major" "postgresql-client-$major" libpq5 "postgresql-plperl-$major" >/dev/null
+    fi
+fi
+
 # A packaged PostgreSQL may have started its own cluster; the tests do not
 # need it (they start throwaway ones on free ports).
 

@@ -23,6 +23,8 @@
 //! - [`apply`]: one run of a sync: read a source snapshot, write targets \[KID\].
 //! - [`compare`]: compare and repair: prove the copies equal, name the keys
 //!   that differ, repair them through the engine.
+//! - [`import`]: taking over a running Bucardo in place: its catalog, its
+//!   undelivered changes, and later what it left in the databases.
 //! - [`notify`]: alert and status report mail, tail_n_mail style.
 //! - [`daemon`]: the systemd-native daemon: controllers, workers, watchers,
 //!   purger \[MCP, CTL, VAC\].
@@ -44,6 +46,7 @@ pub mod daemon;
 pub mod domain;
 pub mod error;
 pub mod hooks;
+pub mod import;
 pub mod logging;
 pub mod notify;
 pub mod pg;

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_races.sql")),
     (4, include_str!("migrations/0004_conflicts.sql")),
     (5, include_str!("migrations/0005_compare.sql")),
+    (6, include_str!("migrations/0006_import.sql")),
 ];
 
 /// The catalog version this build expects.

@@ -616,3 +616,32 @@ pub fn last_compare(c: &mut impl GenericClient, sync: &str) -> Result<Option<Las
     })
     .transpose()
 }
+
+/// Where an imported sync came from, while it has had no good run since
+/// (`status` shows it until then).
+pub fn origin(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
+    const Q: &str = "reading where the sync came from";
+    c.query_opt(
+        "SELECT i.origin, i.control, to_char(i.imported_at, 'YYYY-MM-DD HH24:MI:SS'), i.taken_over IS NOT NULL, i.copied
+           FROM capra.imported i
+          WHERE i.sync = $1
+            AND NOT EXISTS (SELECT 1 FROM capra.run r WHERE r.sync = i.sync AND r.state = 'good' AND r.started > i.imported_at)",
+        &[&sync],
+    )
+    .ctx(|| Q.into())?
+    .map(|r| {
+        let (origin, control, at): (String, String, String) = (r.col(0, Q)?, r.col(1, Q)?, r.col(2, Q)?);
+        let taken: bool = r.col(3, Q)?;
+        let copied: Vec<String> = r.col(4, Q)?;
+        let origin = if origin == "bucardo" { "Bucardo" } else { origin.as_str() };
+        let mut s = format!("{origin} ({control}) on {at}; no good run yet");
+        if !taken {
+            s.push_str("; the takeover did not finish: run capra import bucardo again");
+        }
+        if !copied.is_empty() {
+            s.push_str(&format!("; its first run copies {} whole", copied.join(", ")));
+        }
+        Ok(s)
+    })
+    .transpose()
+}

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod conflicts;
 pub mod daemon_cmds;
 pub mod help;
+pub mod import;
 pub mod install;
 pub mod kv;
 pub mod list;
@@ -221,6 +222,27 @@ pub enum Command {
         /// compare those keys again.
         #[arg(long)]
         repair: bool,
+    },
+    /// Take over a running Bucardo 5 installation in place: its databases,
+    /// tables, syncs and options, and every change it captured but had not
+    /// delivered; prints the plan and what cannot come along. Stop Bucardo
+    /// first.
+    Import {
+        /// What to import from: `bucardo`.
+        #[arg(value_name = "bucardo")]
+        what: String,
+        /// Bucardo's control database: libpq keywords or a postgresql://
+        /// URI (default: dbname=bucardo user=bucardo, with the PG*
+        /// variables).
+        #[arg(long, value_name = "CONNINFO")]
+        from: Option<String>,
+        /// Print the plan, checked by capra's validators, and change nothing.
+        #[arg(long = "dry-run", visible_alias = "dryrun")]
+        dry_run: bool,
+        /// After the takeover: drop Bucardo's triggers and its schema from
+        /// the replicated databases (never its control database).
+        #[arg(long)]
+        remove: bool,
     },
     /// Change rows waiting to replicate, per source and table.
     #[command(alias = "deltas")]
@@ -548,6 +570,32 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let req = crate::compare::Request { sync, tables, truth };
             compare::run(&ctx, &req, repair)
+        }
+        Command::Import {
+            what,
+            from,
+            dry_run,
+            remove,
+        } => {
+            if what != "bucardo" {
+                return Err(Error::Usage(format!(
+                    "capra imports from Bucardo only: capra import bucardo (not {what:?})"
+                )));
+            }
+            if dry_run && remove {
+                return Err(Error::Usage(
+                    "--remove takes no --dry-run: it is run once the takeover is done".into(),
+                ));
+            }
+            import::run(
+                &ctx,
+                &import::Request {
+                    from: from.as_deref(),
+                    dry_run,
+                    remove,
+                    config: flags.config.as_deref(),
+                },
+            )
         }
         Command::Conflicts { sync, since } => conflicts::run(&ctx, sync.as_deref(), since.as_deref()),
         Command::Mail { words } => mail_cmd(&ctx, &words),

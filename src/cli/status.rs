@@ -81,6 +81,18 @@ fn overview(ctx: &Ctx, c: &mut postgres::Client, daemon: Option<&runs::DaemonInf
         return Ok(());
     }
     print!("{}", status_table(&rows));
+    let mut fresh = Vec::new();
+    for s in all {
+        if let Some(o) = runs::origin(c, &s.name)? {
+            fresh.push(format!("  {}: imported from {o}", s.name));
+        }
+    }
+    if !fresh.is_empty() {
+        println!("Imported syncs (until their first good run):");
+        for l in fresh {
+            println!("{l}");
+        }
+    }
     Ok(())
 }
 
@@ -116,6 +128,7 @@ struct Detail {
     behind: Vec<(String, String)>,
     mm: Option<runs::MultiMaster>,
     compared: Option<runs::LastCompare>,
+    origin: Option<String>,
 }
 
 impl Detail {
@@ -140,6 +153,7 @@ impl Detail {
             None
         };
         let compared = runs::last_compare(c, &s.name)?;
+        let origin = runs::origin(c, &s.name)?;
         Ok(Detail {
             st,
             plan,
@@ -148,6 +162,7 @@ impl Detail {
             behind,
             mm,
             compared,
+            origin,
         })
     }
 
@@ -156,7 +171,7 @@ impl Detail {
         let behind: Vec<Value> = self.behind.iter().map(|(d, t)| json!({"db": d, "since": t})).collect();
         json!({"status": self.st, "sync": s, "pending": self.pending, "next_run": self.next,
             "tables": self.plan.tables.len() + self.plan.sequences.len(), "targets_behind": behind,
-            "multi_master": self.mm, "last_compare": self.compared})
+            "multi_master": self.mm, "last_compare": self.compared, "imported_from": self.origin})
     }
 }
 
@@ -218,6 +233,9 @@ fn print_detail(s: &model::Sync, d: &Detail) {
     let mut rows: Rows = Vec::new();
     last_run_rows(&mut rows, &d.st);
     settings_rows(&mut rows, s, &d.st, &d.plan);
+    if let Some(o) = &d.origin {
+        rows.push(("Imported from".into(), o.clone()));
+    }
     // Beyond Bucardo: what a DBA asks next.
     database_rows(&mut rows, &d.plan, &d.behind);
     if let Some(mm) = &d.mm {

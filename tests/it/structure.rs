@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["capture"],
     &["apply"],
     &["compare"],
+    &["import"],
     &["notify"],
     &["daemon"],
     &["cli"],

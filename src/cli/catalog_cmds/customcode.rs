@@ -113,6 +113,21 @@ pub(super) fn update_customcode(ctx: &Ctx, w: &Words) -> Result<()> {
         sets.push(("src_file", path.display().to_string(), "text"));
     }
     let mut cat = ctx.catalog()?;
+    // Code is checked when it is added; activating code that never was
+    // (Perl that `import bucardo` saved for porting) is refused here, not
+    // at the sync's next run.
+    if a.get("status") == Some("active") && !a.has("src_code") {
+        if let Some(c) = crate::catalog::model::customcodes(&mut cat.client)?
+            .into_iter()
+            .find(|c| &c.name == name)
+        {
+            crate::hooks::check(&c.src_file, &c.src_code).map_err(|e| {
+                Error::Rejected(format!(
+                    "customcode \"{name}\" cannot be activated: {e}; port it to Lua first (capra update customcode {name} src_code=FILE.lua status=active)"
+                ))
+            })?;
+        }
+    }
     let events = cat.edit(|tx| customcode::update(tx, name, &sets))?;
     say_all(ctx, &events);
     Ok(())

@@ -166,7 +166,7 @@ pub(super) fn add_db(ctx: &Ctx, w: &Words) -> Result<()> {
 
 /// Checks `conn=` keywords; a password there would be shown wherever the
 /// connection is (list dbs, --json, change messages), so it goes in pass=.
-fn check_conn(conn: &str) -> Result<()> {
+pub(crate) fn check_conn(conn: &str) -> Result<()> {
     let kw = pg::connect::parse_keywords(conn).map_err(|e| Error::Usage(format!("invalid value for 'conn': {e}")))?;
     for k in ["password", "host", "port", "dbname", "user", "service"] {
         if kw.contains_key(k) {

@@ -12,11 +12,11 @@ use crate::error::{Error, Result};
 
 mod config;
 mod customcode;
-mod db;
+pub(crate) mod db;
 mod groups;
 mod render;
 mod sync;
-mod tables;
+pub(crate) mod tables;
 
 pub use config::set;
 pub use sync::set_status;

@@ -376,32 +376,37 @@ impl RelUpdate<'_> {
     /// Every other key: checked here, nothing live to ask.
     fn option(&mut self, k: &str, v: &str) -> Result<()> {
         let (kind, name) = (self.kind, self.rel.name.human());
-        match k {
-            "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
-                let b = kv::bool_value(k, v)?;
-                self.sets.push((k.into(), Some(b.to_string()), "boolean"));
-                self.lines.push(format!("Changed {kind} {name} {k} to {}", b as u8));
-            }
-            "rebuild_index" => {
-                let b = kv::bool_value(k, v)?;
-                self.sets.push((k.into(), Some((b as u8).to_string()), "smallint"));
-                self.lines
-                    .push(format!("Changed {kind} {name} rebuild_index to {}", b as u8));
-            }
-            "conflict_strategy" => {
-                let s = sync_opts::conflict_strategy(v, &[])?;
-                self.lines
-                    .push(format!("Changed {kind} {name} conflict_strategy to {s}"));
-                self.sets.push((k.into(), Some(s.to_string()), "text"));
-            }
-            "makedelta" => {
-                self.sets.push((k.into(), opt_text(v), "text"));
-                self.lines.push(format!("Changed {kind} {name} makedelta to {v}"));
-            }
-            _ => {}
+        if let Some((col, val, cast)) = relation_option(k, v)? {
+            let shown = match cast {
+                "boolean" => u8::from(val.as_deref() == Some("true")).to_string(),
+                _ => val.clone().unwrap_or_default(),
+            };
+            self.lines.push(format!("Changed {kind} {name} {k} to {shown}"));
+            self.sets.push((col, val, cast));
         }
         Ok(())
     }
+}
+
+/// One per-table option checked: its column, value and SQL type (None for
+/// keys that are no option). `import bucardo` checks Bucardo's with it.
+pub(crate) fn relation_option(k: &str, v: &str) -> Result<Option<(String, Option<String>, &'static str)>> {
+    Ok(Some(match k {
+        "autokick" | "analyze_after_copy" | "vacuum_after_copy" | "ghost" | "strict_checking" => {
+            let b = kv::bool_value(k, v)?;
+            (k.into(), Some(b.to_string()), "boolean")
+        }
+        "rebuild_index" => {
+            let b = kv::bool_value(k, v)?;
+            (k.into(), Some((b as u8).to_string()), "smallint")
+        }
+        "conflict_strategy" => {
+            let s = sync_opts::conflict_strategy(v, &[])?;
+            (k.into(), Some(s.to_string()), "text")
+        }
+        "makedelta" => (k.into(), opt_text(v), "text"),
+        _ => return Ok(None),
+    }))
 }
 
 /// `capra update table|sequence NAME [db=DB] key=value...`.

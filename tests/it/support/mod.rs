@@ -1,6 +1,7 @@
 //! Test harness: clusters, the capra binary, fixtures, and the reads, loads
 //! and waits the tests share.
 
+pub mod bucardo;
 pub mod capra;
 pub mod cluster;
 pub mod daemon;

@@ -1,0 +1,688 @@
+//! What an import would create in capra's catalog, worked out from
+//! Bucardo's catalog, capra's catalog and the live databases, with every
+//! reason something cannot be carried over. Nothing is written here.
+
+use std::collections::BTreeMap;
+
+use postgres::GenericClient;
+
+use super::bucardo::{self, Snapshot};
+use crate::catalog::edit::NewDb;
+use crate::catalog::model;
+use crate::catalog::sync_opts::SyncOpt;
+use crate::domain::{DbStatus, RelType, Role};
+use crate::error::{Context, Result};
+use crate::pg::discover::{self, Found};
+use crate::pg::ident::QualName;
+use crate::pg::RowExt;
+
+/// How far an earlier import of a sync got.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// Not imported yet.
+    New,
+    /// In capra's catalog, but the takeover did not finish: the import
+    /// finishes it.
+    Resume,
+    /// Taken over (at this time): nothing to do.
+    Done(String),
+}
+
+/// A table or sequence of an imported sync.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// As Bucardo has it.
+    pub goat: bucardo::Goat,
+    /// As the live database has it now (capra's key).
+    pub found: Found,
+    /// Bucardo's herd priority.
+    pub priority: i32,
+    /// capra's key differs from the one Bucardo captured, so Bucardo's
+    /// undelivered changes cannot be named in it: the first run copies the
+    /// table whole.
+    pub copy_whole: bool,
+    /// Per-table options as `key=value` for capra's checks.
+    pub options: Vec<(String, String)>,
+    /// The same, checked (filled by the caller): column, value, SQL type.
+    pub checked: Vec<(String, Option<String>, &'static str)>,
+}
+
+/// One Bucardo sync the import carries over.
+#[derive(Clone, Debug)]
+pub struct SyncImport {
+    /// As Bucardo has it.
+    pub bucardo: bucardo::Sync,
+    /// How far an earlier import got.
+    pub stage: Stage,
+    /// Whether it replicates changes (needs capture and a takeover).
+    pub delta: bool,
+    /// Its databases and their capra roles.
+    pub members: Vec<(String, Role)>,
+    /// Its tables and sequences.
+    pub tables: Vec<Table>,
+    /// Options as `key=value` for capra's checks.
+    pub options: Vec<(String, String)>,
+    /// The same, checked (filled by the caller).
+    pub checked: Vec<SyncOpt>,
+    /// What the plan says about it beyond the obvious.
+    pub notes: Vec<String>,
+}
+
+impl SyncImport {
+    /// Its name (Bucardo's and capra's).
+    pub fn name(&self) -> &str {
+        &self.bucardo.name
+    }
+
+    /// Its source databases.
+    pub fn sources(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|(_, r)| *r == Role::Source)
+            .map(|(d, _)| d.as_str())
+            .collect()
+    }
+}
+
+/// A Perl customcode, saved for porting.
+#[derive(Clone, Debug)]
+pub struct CodeImport {
+    /// As Bucardo has it.
+    pub code: bucardo::Code,
+    /// capra's name for it.
+    pub name: String,
+    /// capra's hook point, if capra has Bucardo's.
+    pub whenrun: Option<&'static str>,
+    /// The imported sync whose plan brought it.
+    pub owner: String,
+    /// The imported sync it is attached to...
+    pub sync: Option<String>,
+    /// ...or the table (database, name).
+    pub table: Option<(String, QualName)>,
+}
+
+/// What an import would do.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Bucardo's version.
+    pub version: String,
+    /// Databases the imported syncs use, as capra would store them, and
+    /// whether capra has them already.
+    pub dbs: Vec<(NewDb, bool)>,
+    /// Syncs carried over (or already carried over).
+    pub syncs: Vec<SyncImport>,
+    /// Custom code saved for porting.
+    pub codes: Vec<CodeImport>,
+    /// What is not carried over, a line each.
+    pub left: Vec<String>,
+}
+
+/// capra's hook point for a Bucardo `whenrun`, where there is one.
+pub fn hook_point(whenrun: &str) -> Option<&'static str> {
+    Some(match whenrun {
+        "before_sync" => "before_sync",
+        "after_sync" => "after_sync",
+        "before_txn" => "before_txn",
+        "after_txn" => "after_txn",
+        "before_check_rows" => "before_check_rows",
+        "after_table_sync" => "after_table_sync",
+        "conflict" => "conflict",
+        "exception" => "exception",
+        _ => return None,
+    })
+}
+
+/// capra's database entry for a Bucardo database: a `dbi:Pg:` DSN is
+/// taken apart; DBD::Pg's `;`-separated extra pairs are libpq keywords;
+/// a pgpass file becomes `passfile`.
+pub fn new_db(d: &bucardo::Db) -> NewDb {
+    let mut dbname = d.dbname.clone();
+    let mut host = Some(d.host.clone()).filter(|h| !h.is_empty());
+    let mut port = d.port.trim().parse::<i32>().ok();
+    let mut user = d.user.clone();
+    let mut service = d.service.clone();
+    let mut conn: Vec<String> = d
+        .conn
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(dsn) = &d.dsn {
+        let body = dsn.split_once(':').map(|x| x.1).unwrap_or(dsn);
+        let body = body.split_once(':').map(|x| x.1).unwrap_or(body);
+        (dbname, host, port, service) = (None, None, None, None);
+        conn.clear();
+        for pair in body.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k.trim().to_lowercase().as_str() {
+                "dbname" | "db" | "database" => dbname = Some(v.to_string()),
+                "host" => host = Some(v.to_string()),
+                "port" => port = v.parse().ok(),
+                "service" => service = Some(v.to_string()),
+                "user" => user = Some(v.to_string()),
+                _ => conn.push(pair.to_string()),
+            }
+        }
+    }
+    if d.pass.is_none() {
+        if let Some(f) = &d.pgpass {
+            conn.push(format!("passfile='{}'", f.replace('\\', "\\\\").replace('\'', "\\'")));
+        }
+    }
+    NewDb {
+        name: d.name.clone(),
+        dbname,
+        host,
+        port,
+        user,
+        pass: d.pass.clone(),
+        conn: conn.join(" "),
+        service,
+        status: if d.status == "inactive" {
+            DbStatus::Inactive
+        } else {
+            DbStatus::Active
+        },
+        makedelta: d.makedelta,
+        server_side_prepares: true,
+    }
+}
+
+fn spec_of(n: &NewDb) -> crate::pg::connect::ConnSpec {
+    crate::pg::connect::ConnSpec {
+        host: n.host.clone(),
+        port: n.port.map(|p| p as u16),
+        user: n.user.clone(),
+        dbname: n.dbname.clone(),
+        password: n.pass.as_ref().map(|p| p.expose().to_string()),
+        conn: n.conn.clone(),
+        service: n.service.clone(),
+    }
+}
+
+/// Connects to a database as capra would store it.
+pub fn connect(n: &NewDb) -> Result<postgres::Client> {
+    crate::pg::connect::open_db(&spec_of(n), &n.name)
+}
+
+/// The syncs an earlier import recorded: name → when it was taken over.
+pub fn imported(c: &mut impl GenericClient) -> Result<BTreeMap<String, Option<String>>> {
+    let what = "reading imported syncs";
+    c.query(
+        "SELECT sync, to_char(taken_over, 'YYYY-MM-DD HH24:MI:SS TZ') FROM capra.imported",
+        &[],
+    )
+    .ctx(|| what.into())?
+    .iter()
+    .map(|r| Ok((r.col(0, what)?, r.col(1, what)?)))
+    .collect()
+}
+
+fn flag(row: &serde_json::Value, k: &str) -> Option<bool> {
+    match row.get(k)? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::Number(n) => Some(n.as_i64() != Some(0)),
+        serde_json::Value::String(s) => Some(s == "1" || s == "t" || s == "true"),
+        _ => None,
+    }
+}
+
+fn text(row: &serde_json::Value, k: &str) -> Option<String> {
+    match row.get(k)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A zero interval as PostgreSQL prints it in JSON.
+fn zero_interval(s: &str) -> bool {
+    s.chars().all(|c| c == '0' || c == ':' || c == ' ') || s == "0 seconds"
+}
+
+/// The sync's options as capra keys, with the ones capra has no use for
+/// (`inert`: the option and why) left aside.
+fn sync_options(
+    row: &serde_json::Value,
+    delta: bool,
+    multi: bool,
+    inert: fn(&str) -> Option<&'static str>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut opts = Vec::new();
+    let mut unused = Vec::new();
+    let mut put = |k: &str, v: String, default: &str| {
+        if v == default {
+            return;
+        }
+        match inert(k) {
+            Some(why) => unused.push(format!("{k}={v} ({why})")),
+            None => opts.push((k.to_string(), v)),
+        }
+    };
+    let b = |x: bool| if x { "true" } else { "false" }.to_string();
+    if delta {
+        if let Some(v) = flag(row, "autokick") {
+            put("autokick", b(v), "true");
+        }
+    }
+    if let Some(v) = row.get("onetimecopy").and_then(serde_json::Value::as_i64) {
+        put("onetimecopy", v.to_string(), "0");
+    }
+    if multi {
+        if let Some(v) = text(row, "conflict_strategy") {
+            put("conflict_strategy", v, "");
+        }
+    }
+    for k in ["checktime", "overdue", "expired", "lifetime"] {
+        if let Some(v) = text(row, k).filter(|v| !zero_interval(v)) {
+            put(k, v, "");
+        }
+    }
+    for (k, d) in [
+        ("stayalive", "true"),
+        ("kidsalive", "true"),
+        ("analyze_after_copy", "true"),
+        ("vacuum_after_copy", "false"),
+        ("makedelta", "false"),
+        ("strict_checking", "true"),
+    ] {
+        if let Some(v) = flag(row, k) {
+            put(k, b(v), d);
+        }
+    }
+    if let Some(v) = row.get("rebuild_index").and_then(serde_json::Value::as_i64) {
+        put("rebuild_index", v.to_string(), "0");
+    }
+    for (k, d) in [("maxkicks", "0"), ("priority", "0")] {
+        if let Some(v) = text(row, k) {
+            put(k, v, d);
+        }
+    }
+    if let Some(v) = text(row, "isolation_level") {
+        put("isolation_level", v, "");
+    }
+    // Bucardo's default is delete, capra's truncate: keep what Bucardo did.
+    put(
+        "deletemethod",
+        text(row, "deletemethod").unwrap_or_else(|| "delete".into()),
+        "",
+    );
+    (opts, unused)
+}
+
+/// A table's own options (NULL: the sync's) as capra keys.
+fn table_options(row: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let b = |x: bool| if x { "true" } else { "false" }.to_string();
+    if let Some(v) = flag(row, "autokick") {
+        out.push(("autokick".into(), b(v)));
+    }
+    if let Some(v) = text(row, "conflict_strategy") {
+        out.push(("conflict_strategy".into(), v));
+    }
+    if let Some(v) = text(row, "makedelta") {
+        out.push(("makedelta".into(), v));
+    }
+    if let Some(v) = row.get("rebuild_index").and_then(serde_json::Value::as_i64) {
+        out.push(("rebuild_index".into(), v.to_string()));
+    }
+    for (k, d) in [
+        ("ghost", false),
+        ("analyze_after_copy", true),
+        ("vacuum_after_copy", true),
+        ("strict_checking", true),
+    ] {
+        if let Some(v) = flag(row, k).filter(|v| *v != d) {
+            out.push((k.into(), b(v)));
+        }
+    }
+    out
+}
+
+/// Live tables, sequences and connection errors of each database, read once.
+#[derive(Default)]
+struct Live(BTreeMap<String, std::result::Result<Vec<Found>, String>>);
+
+impl Live {
+    fn of(&mut self, d: &NewDb) -> &std::result::Result<Vec<Found>, String> {
+        self.0.entry(d.name.clone()).or_insert_with(|| {
+            let mut c = connect(d).map_err(|e| crate::pg::error::flatten(&e.to_string()))?;
+            let mut all = discover::tables(&mut c).map_err(|e| e.to_string())?;
+            all.extend(discover::sequences(&mut c).map_err(|e| e.to_string())?);
+            Ok(all)
+        })
+    }
+}
+
+/// A sync's shape in capra: its members with their roles, whether it
+/// replicates changes, and notes for the plan.
+type Shape = (Vec<(String, Role)>, bool, Vec<String>);
+
+/// A sync's shape in capra, or why it cannot be carried over.
+fn shape(s: &Snapshot, sync: &bucardo::Sync) -> std::result::Result<Shape, String> {
+    let members = s.members_of(sync);
+    if members.is_empty() {
+        return Err(format!("its dbgroup \"{}\" has no databases", sync.dbs));
+    }
+    let mut notes = Vec::new();
+    for m in &members {
+        let Some(d) = s.db(&m.db) else {
+            return Err(format!("database \"{}\" is missing from Bucardo's catalog", m.db));
+        };
+        let t = d.dbtype.to_lowercase();
+        if !(t.starts_with("postgres") || t.starts_with("pg")) {
+            return Err(format!(
+                "database \"{}\" is {}: capra replicates PostgreSQL only; this sync stays in Bucardo",
+                d.name, d.dbtype
+            ));
+        }
+    }
+    let active = |m: &&&bucardo::Member| s.db(&m.db).is_some_and(|d| d.status != "inactive");
+    let sources = members.iter().filter(active).filter(|m| m.role == "source").count();
+    let targets = members.iter().filter(active).filter(|m| m.role == "target").count();
+    let delta = targets > 0 || sources > 1;
+    let mut out = Vec::new();
+    for m in &members {
+        let role = match m.role.as_str() {
+            "source" => Role::Source,
+            // Bucardo sends changes to a fullcopy database of a sync that
+            // has targets or several sources: in capra that is a target.
+            "fullcopy" if delta => {
+                notes.push(format!(
+                    "database \"{}\" is a fullcopy member of a delta sync: Bucardo sends it changes, and so does capra (role target)",
+                    m.db
+                ));
+                Role::Target
+            }
+            "fullcopy" => Role::Fullcopy,
+            _ => Role::Target,
+        };
+        out.push((m.db.clone(), role));
+    }
+    Ok((out, delta, notes))
+}
+
+/// Why a sync's tables or their databases cannot come along, if they
+/// cannot: a `customname` or `customcols` row, an empty relgroup.
+fn unsupported(s: &Snapshot, sync: &bucardo::Sync) -> Option<String> {
+    let goats = s.goats_of(sync);
+    let renamed: Vec<String> = s
+        .renames
+        .iter()
+        .filter(|(g, sy, _)| goats.iter().any(|(x, _)| x.id == *g) && sy.as_ref().is_none_or(|x| *x == sync.name))
+        .map(|(g, _, what)| {
+            let goat = goats.iter().find(|(x, _)| x.id == *g).map(|(x, _)| x);
+            format!(
+                "{what} on {}",
+                goat.map(|x| QualName::new(&x.schema, &x.name).human())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if !renamed.is_empty() {
+        return Some(format!(
+            "it uses {} (target-side names or column lists), which capra has no equivalent for; it stays in Bucardo",
+            renamed.join(", ")
+        ));
+    }
+    if goats.is_empty() {
+        return Some(format!("its relgroup \"{}\" is empty", sync.herd));
+    }
+    None
+}
+
+/// A sync's tables as the live databases have them, with the plan's notes
+/// on tables copied whole; Err says why the sync cannot come along.
+fn tables_of(
+    s: &Snapshot,
+    sync: &bucardo::Sync,
+    delta: bool,
+    multi: bool,
+    live: &mut Live,
+    notes: &mut Vec<String>,
+) -> std::result::Result<Vec<Table>, String> {
+    let mut tables = Vec::new();
+    for (g, priority) in s.goats_of(sync) {
+        let qn = QualName::new(&g.schema, &g.name);
+        let bdb = s.db(&g.db).ok_or_else(|| {
+            format!(
+                "database \"{}\" of {} is missing from Bucardo's catalog",
+                g.db,
+                qn.human()
+            )
+        })?;
+        let found = match live.of(&new_db(bdb)) {
+            Err(e) => return Err(format!("cannot reach database \"{}\": {e}", g.db)),
+            Ok(all) => all
+                .iter()
+                .find(|f| f.name.schema == g.schema && f.name.name == g.name)
+                .cloned(),
+        };
+        let found = found.ok_or_else(|| format!("{} {} no longer exists on \"{}\"", g.reltype, qn.human(), g.db))?;
+        let mut copy_whole = false;
+        if delta && found.reltype == RelType::Table {
+            let key = found.key.as_ref().ok_or_else(|| {
+                format!(
+                    "table {} on \"{}\" has no primary key or unique index on NOT NULL columns, which a delta sync needs; add one (or make the sync fullcopy in Bucardo)",
+                    qn.human(),
+                    g.db
+                )
+            })?;
+            if key.columns != g.pkey {
+                let (now, was) = (key.columns.join(", "), g.pkey.join(", "));
+                if multi {
+                    return Err(format!(
+                        "table {} has the key ({now}) now, not the ({was}) Bucardo captured, and a sync with several sources cannot be copied whole; make the keys agree first",
+                        qn.human()
+                    ));
+                }
+                copy_whole = true;
+                notes.push(format!(
+                    "table {} is copied whole by the first run: its key is ({now}) now, Bucardo captured ({was})",
+                    qn.human()
+                ));
+            }
+        }
+        tables.push(Table {
+            goat: g.clone(),
+            found,
+            priority,
+            copy_whole,
+            options: table_options(&g.row),
+            checked: Vec::new(),
+        });
+    }
+    Ok(tables)
+}
+
+/// One sync's part of the plan; Err says why it cannot come along.
+fn plan_sync(
+    s: &Snapshot,
+    sync: &bucardo::Sync,
+    stage: Stage,
+    live: &mut Live,
+    inert: fn(&str) -> Option<&'static str>,
+    left: &mut Vec<String>,
+) -> std::result::Result<SyncImport, String> {
+    let (members, delta, mut notes) = shape(s, sync)?;
+    if let Some(why) = unsupported(s, sync) {
+        return Err(why);
+    }
+    let multi = members.iter().filter(|(_, r)| *r == Role::Source).count() > 1;
+    let (options, unused) = sync_options(&sync.row, delta, multi, inert);
+    let tables = tables_of(s, sync, delta, multi, live, &mut notes)?;
+    for u in unused {
+        left.push(format!("sync \"{}\": option {u}", sync.name));
+    }
+    Ok(SyncImport {
+        bucardo: sync.clone(),
+        stage,
+        delta,
+        members,
+        tables,
+        options,
+        checked: Vec::new(),
+        notes,
+    })
+}
+
+/// The Perl custom code attached to a sync being imported or to one of
+/// its tables, with capra names that do not collide.
+fn plan_codes(s: &Snapshot, syncs: &[SyncImport]) -> Vec<CodeImport> {
+    let mut out: Vec<CodeImport> = Vec::new();
+    for code in &s.codes {
+        for m in s.code_maps.iter().filter(|m| m.code == code.id) {
+            let sync = m
+                .sync
+                .clone()
+                .filter(|x| syncs.iter().any(|p| p.name() == x && p.stage == Stage::New));
+            let table = m.goat.and_then(|g| {
+                syncs
+                    .iter()
+                    .filter(|p| p.stage == Stage::New)
+                    .find_map(|p| {
+                        p.tables
+                            .iter()
+                            .find(|t| t.goat.id == g)
+                            .map(|t| (p.name().to_string(), t))
+                    })
+                    .map(|(owner, t)| (owner, t.goat.db.clone(), t.found.name.clone()))
+            });
+            let owner = match (&sync, &table) {
+                (Some(s), _) => s.clone(),
+                (None, Some((o, _, _))) => o.clone(),
+                (None, None) => continue,
+            };
+            let mut n: String = code
+                .name
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || ch == '_' {
+                        ch
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if !n.starts_with(|ch: char| ch.is_ascii_alphabetic()) {
+                n = format!("bucardo_{n}");
+            }
+            n.truncate(55);
+            let base = n.clone();
+            let mut i = 2;
+            while out.iter().any(|c| c.name == n) {
+                n = format!("{base}_{i}");
+                i += 1;
+            }
+            out.push(CodeImport {
+                code: code.clone(),
+                name: n,
+                whenrun: hook_point(&code.whenrun),
+                owner,
+                sync,
+                table: table.map(|(_, d, t)| (d, t)),
+            });
+        }
+    }
+    out
+}
+
+/// Works out the plan. `inert` says which sync options capra has no use
+/// for (the command line's list).
+pub fn build(c: &mut impl GenericClient, s: &Snapshot, inert: fn(&str) -> Option<&'static str>) -> Result<Plan> {
+    let done = imported(c)?;
+    let capra_syncs: Vec<String> = model::syncs(c)?.into_iter().map(|x| x.name).collect();
+    let capra_dbs = model::dbs(c)?;
+    let mut plan = Plan {
+        version: s.version.clone(),
+        ..Plan::default()
+    };
+    let mut live = Live::default();
+    for sync in &s.syncs {
+        let name = &sync.name;
+        let stage = match done.get(name) {
+            Some(Some(at)) => Stage::Done(at.clone()),
+            Some(None) => Stage::Resume,
+            None => Stage::New,
+        };
+        if stage == Stage::New && sync.status == "inactive" {
+            plan.left.push(format!(
+                "sync \"{name}\": inactive in Bucardo, so it is not imported (activate it there first, or add it to capra by hand)"
+            ));
+            continue;
+        }
+        if stage == Stage::New && capra_syncs.contains(name) {
+            plan.left.push(format!(
+                "sync \"{name}\": capra already has a sync of that name that no import made; rename or remove it in capra first"
+            ));
+            continue;
+        }
+        if let Stage::Done(_) = stage {
+            // Nothing more to read for it: the second import is quiet.
+            plan.syncs.push(SyncImport {
+                bucardo: sync.clone(),
+                stage,
+                delta: false,
+                members: Vec::new(),
+                tables: Vec::new(),
+                options: Vec::new(),
+                checked: Vec::new(),
+                notes: Vec::new(),
+            });
+            continue;
+        }
+        let si = match plan_sync(s, sync, stage, &mut live, inert, &mut plan.left) {
+            Ok(si) => si,
+            Err(why) => {
+                plan.left.push(format!("sync \"{name}\": {why}"));
+                continue;
+            }
+        };
+        for (d, _) in &si.members {
+            if plan.dbs.iter().any(|(n, _)| &n.name == d) {
+                continue;
+            }
+            if let Some(bdb) = s.db(d) {
+                plan.dbs.push((new_db(bdb), capra_dbs.iter().any(|x| x.name == *d)));
+            }
+        }
+        plan.syncs.push(si);
+    }
+    plan.codes = plan_codes(s, &plan.syncs);
+    Ok(plan)
+}
+
+/// A password-free one-line summary of how a database is reached.
+pub fn reach(n: &NewDb) -> String {
+    let mut v = Vec::new();
+    if let Some(x) = &n.dbname {
+        v.push(format!("dbname={x}"));
+    }
+    if let Some(x) = &n.host {
+        v.push(format!("host={x}"));
+    }
+    if let Some(x) = n.port {
+        v.push(format!("port={x}"));
+    }
+    if let Some(x) = &n.user {
+        v.push(format!("user={x}"));
+    }
+    if let Some(x) = &n.service {
+        v.push(format!("service={x}"));
+    }
+    if !n.conn.is_empty() {
+        let kw = crate::pg::connect::parse_keywords(&n.conn).unwrap_or_default();
+        for (k, val) in kw {
+            if k == "password" {
+                v.push("password=(hidden)".into());
+            } else {
+                v.push(format!("{k}={val}"));
+            }
+        }
+    }
+    if n.pass.is_some() {
+        v.push("password (stored, hidden)".into());
+    }
+    v.join(" ")
+}
