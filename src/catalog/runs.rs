@@ -617,15 +617,15 @@ pub fn last_compare(c: &mut impl GenericClient, sync: &str) -> Result<Option<Las
     .transpose()
 }
 
-/// Where an imported sync came from, while it has had no good run since
-/// (`status` shows it until then).
+/// Where an imported sync came from, until its first good run after the
+/// takeover (`status` shows it until then).
 pub fn origin(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
     const Q: &str = "reading where the sync came from";
     c.query_opt(
         "SELECT i.origin, i.control, to_char(i.imported_at, 'YYYY-MM-DD HH24:MI:SS'), i.taken_over IS NOT NULL, i.copied
            FROM capra.imported i
           WHERE i.sync = $1
-            AND NOT EXISTS (SELECT 1 FROM capra.run r WHERE r.sync = i.sync AND r.state = 'good' AND r.started > i.imported_at)",
+            AND NOT EXISTS (SELECT 1 FROM capra.run r WHERE r.sync = i.sync AND r.state = 'good' AND r.started > i.taken_over)",
         &[&sync],
     )
     .ctx(|| Q.into())?

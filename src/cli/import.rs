@@ -161,10 +161,12 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
         .iter()
         .map(|c| (c.clone(), dir.join(format!("{}.pl", c.name)).display().to_string()))
         .collect();
+    // Capture for the new syncs, and again for those an earlier import
+    // left unfinished (it may have stopped before capture was committed).
     let new: Vec<String> = plan
         .syncs
         .iter()
-        .filter(|s| s.stage == Stage::New)
+        .filter(|s| matches!(s.stage, Stage::New | Stage::Resume))
         .map(|s| s.name().to_string())
         .collect();
     if req.dry_run {

@@ -469,7 +469,11 @@ fn tables_of(
                     g.db
                 )
             })?;
-            if key.columns != g.pkey {
+            // The same columns in another order name the same rows.
+            let (mut a, mut b) = (key.columns.clone(), g.pkey.clone());
+            a.sort();
+            b.sort();
+            if a != b {
                 let (now, was) = (key.columns.join(", "), g.pkey.join(", "));
                 if multi {
                     return Err(format!(
