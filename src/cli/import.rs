@@ -178,7 +178,12 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
         tx.rollback().ctx(|| "rolling back".into())?;
         print_plan(ctx, &plan, &summary, &refused, &files);
         ctx.say("--dry-run: nothing was changed.");
-        return Ok(());
+        // As the import itself would: 1 when capra refuses a sync.
+        return if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Exit(1))
+        };
     }
     if !files.is_empty() {
         save_codes(&dir, &files)?;
