@@ -39,10 +39,8 @@ if ! command -v bucardo >/dev/null 2>&1 || [ ! -e "/usr/lib/postgresql/$major/li
         trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bucardo libdbd-pg-perl "postgresql-plperl-$major=$v" >/dev/null; then
-        # The installed server's version is no longer served: PL/Perl and
-        # the server move to the version that is, together.
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bucardo libdbd-pg-perl \
-            "postgresql-$major" "postgresql-client-$major" libpq5 "postgresql-plperl-$major" >/dev/null
+        echo "postgresql-plperl-$major=$v is not served any more; upgrade postgresql-$major first (apt-get install postgresql-$major), then run this again" >&2
+        exit 1
     fi
 fi
 

@@ -30,12 +30,8 @@ pub struct Request<'a> {
 
 /// A `postgresql://` URI as libpq keywords.
 fn uri_keywords(uri: &str) -> Result<String> {
-    let bad = || {
-        Error::Usage(format!(
-            "--from: cannot read {:?} as a postgresql:// URI",
-            hide_password(uri)
-        ))
-    };
+    // The text may hold a password: the message never repeats it.
+    let bad = || Error::Usage("--from: cannot read it as a postgresql:// URI".into());
     let rest = uri
         .strip_prefix("postgresql://")
         .or_else(|| uri.strip_prefix("postgres://"))
@@ -97,19 +93,6 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn hide_password(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(a), Some(b)) if b > a => {
-            let auth = &uri[a + 3..b];
-            match auth.split_once(':') {
-                Some((u, _)) => format!("{}{u}:(hidden){}", &uri[..a + 3], &uri[b..]),
-                None => uri.to_string(),
-            }
-        }
-        _ => uri.to_string(),
-    }
-}
-
 /// Bucardo's control database: `--from` (keywords or a URI), else
 /// database `bucardo` as user `bucardo`, with the PG* defaults.
 fn control_spec(from: Option<&str>) -> Result<ConnSpec> {
@@ -118,7 +101,11 @@ fn control_spec(from: Option<&str>) -> Result<ConnSpec> {
         Some(f) => f.to_string(),
         None => String::new(),
     };
-    let kw = connect::parse_keywords(&conn).map_err(|e| Error::Usage(format!("--from: {e}")))?;
+    // The text may hold a password: the message never repeats it.
+    let kw = connect::parse_keywords(&conn).map_err(|e| match e {
+        connect::ConnSpecError::UnknownKeyword(k) => Error::Usage(format!("--from: unknown connection keyword '{k}'")),
+        _ => Error::Usage("--from: cannot read it as libpq keywords (key=value ...) or a postgresql:// URI".into()),
+    })?;
     Ok(ConnSpec {
         dbname: (!kw.contains_key("dbname") && std::env::var_os("PGDATABASE").is_none()).then(|| "bucardo".into()),
         user: (!kw.contains_key("user") && std::env::var_os("PGUSER").is_none()).then(|| "bucardo".into()),
@@ -146,62 +133,91 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
     let summary = resolved.summary.clone();
     let mut control = connect::open(&resolved, target)?;
     let snap = bucardo::read(&mut control)?;
-    if let Some(why) = bucardo::running(&mut control)? {
-        return Err(ImportError::Running(why).into());
-    }
+    let running = bucardo::running(&mut control)?;
     let mut cat = ctx.catalog()?;
     if req.remove {
+        if let Some(why) = running {
+            return Err(ImportError::Running(why).into());
+        }
         return remove_cmd(ctx, &mut cat, &snap, &mut control);
     }
     let mut plan = plan::build(&mut cat.client, &snap, sync_opts::inert)?;
     check(&mut plan);
     let dir = code_dir(req.config);
-    let files: Vec<(plan::CodeImport, String)> = plan
-        .codes
-        .iter()
-        .map(|c| (c.clone(), dir.join(format!("{}.pl", c.name)).display().to_string()))
-        .collect();
-    // Capture for the new syncs, and again for those an earlier import
-    // left unfinished (it may have stopped before capture was committed).
-    let new: Vec<String> = plan
-        .syncs
-        .iter()
-        .filter(|s| matches!(s.stage, Stage::New | Stage::Resume))
-        .map(|s| s.name().to_string())
-        .collect();
-    if req.dry_run {
+    let files = |plan: &Plan| -> Vec<(plan::CodeImport, String)> {
+        plan.codes
+            .iter()
+            .map(|c| (c.clone(), dir.join(format!("{}.pl", c.name)).display().to_string()))
+            .collect()
+    };
+    let work = plan.syncs.iter().any(|s| matches!(s.stage, Stage::New | Stage::Resume));
+    if !req.dry_run && work {
+        if let Some(why) = &running {
+            return Err(ImportError::Running(why.clone()).into());
+        }
+    }
+    // The catalog is written in one transaction; a sync capra refuses is
+    // rolled back alone, and so is one chained to it, until nothing more
+    // falls out. A dry run rolls back whatever it wrote.
+    let inst = cat.installation.clone();
+    let (written, refused, pending) = loop {
         let mut tx = cat
             .client
             .transaction()
             .ctx(|| "starting a catalog transaction".into())?;
-        let (_, refused) = takeover::write_catalog(&mut tx, &plan, &summary)?;
-        tx.rollback().ctx(|| "rolling back".into())?;
-        print_plan(ctx, &plan, &summary, &refused, &files);
+        let names: Vec<String> = plan
+            .syncs
+            .iter()
+            .filter(|s| matches!(s.stage, Stage::New | Stage::Resume))
+            .map(|s| s.name().to_string())
+            .collect();
+        let before = reconcile::before(&mut tx, &names)?;
+        let (written, r) = takeover::write_catalog(&mut tx, &plan, &summary)?;
+        let importing: BTreeSet<String> = plan
+            .syncs
+            .iter()
+            .filter(|s| s.stage != Stage::New || written.iter().any(|w| w == s.name()))
+            .map(|s| s.name().to_string())
+            .collect();
+        let mut broken = plan::broken_chains(&snap, &importing);
+        broken.retain(|(n, _)| written.contains(n));
+        if !broken.is_empty() {
+            tx.rollback().ctx(|| "rolling back".into())?;
+            plan.syncs.retain(|s| !broken.iter().any(|(n, _)| n == s.name()));
+            plan.left
+                .extend(broken.into_iter().map(|(n, why)| format!("sync \"{n}\": {why}")));
+            continue;
+        }
+        let kept: Vec<String> = plan.syncs.iter().map(|s| s.name().to_string()).collect();
+        plan.codes.retain(|c| kept.contains(&c.owner));
+        if req.dry_run {
+            tx.rollback().ctx(|| "rolling back".into())?;
+            break (written, r, None);
+        }
+        takeover::write_codes(&mut tx, &files(&plan), &written)?;
+        let pending = reconcile::apply(&mut tx, &inst, &before)?;
+        if !files(&plan).is_empty() {
+            save_codes(&dir, &files(&plan))?;
+        }
+        tx.batch_execute("NOTIFY capra_control, 'reload'")
+            .ctx(|| "notifying the daemon".into())?;
+        tx.commit().ctx(|| "committing the catalog".into())?;
+        break (written, r, Some(pending));
+    };
+    print_plan(ctx, &plan, &summary, &refused, &files(&plan));
+    let status = if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Exit(1))
+    };
+    let Some(pending) = pending else {
+        if let Some(why) = running {
+            ctx.say(format!("Before the import: {why}."));
+        }
         ctx.say("--dry-run: nothing was changed.");
-        // As the import itself would: 1 when capra refuses a sync.
-        return if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Exit(1))
-        };
-    }
-    if !files.is_empty() {
-        save_codes(&dir, &files)?;
-    }
-    let inst = cat.installation.clone();
-    let (written, refused) = cat
-        .edit(|tx| {
-            let before = reconcile::before(tx, &new)?;
-            let (written, refused) = takeover::write_catalog(tx, &plan, &summary)?;
-            takeover::write_codes(tx, &files, &written)?;
-            let pending = reconcile::apply(tx, &inst, &before)?;
-            Ok(((written, refused), pending))
-        })
-        .and_then(|((w, r), pending)| {
-            pending.commit()?;
-            Ok((w, r))
-        })?;
-    print_plan(ctx, &plan, &summary, &refused, &files);
+        return status;
+    };
+    pending.commit()?;
     let mut take: Vec<&plan::SyncImport> = plan
         .syncs
         .iter()
@@ -210,16 +226,31 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
     take.sort_by_key(|s| s.name().to_string());
     if take.is_empty() {
         ctx.say("Nothing to take over.");
-        return if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Exit(1))
-        };
+        return status;
     }
     // Bucardo may have been started while the catalog was written.
     if let Some(why) = bucardo::running(&mut control)? {
         return Err(ImportError::Running(why).into());
     }
+    let names: Vec<String> = take.iter().map(|s| s.name().to_string()).collect();
+    takeover::inactivate(&mut control, &names)?;
+    hand_over_all(ctx, &mut cat, &snap, &take)?;
+    takeover::note_taken_over(&mut cat.client, &names)?;
+    ctx.say(format!(
+        "Took over sync(s) {}; Bucardo's are inactive now. Next: capra start (or capra reload if it runs); later, capra import bucardo --remove",
+        names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    ));
+    status
+}
+
+/// Step 2 of the takeover on every source of the delta syncs taken over,
+/// saying what was handed over where.
+fn hand_over_all(
+    ctx: &Ctx,
+    cat: &mut crate::catalog::Catalog,
+    snap: &bucardo::Snapshot,
+    take: &[&plan::SyncImport],
+) -> Result<()> {
     let imported: BTreeSet<String> = plan::imported(&mut cat.client)?.into_keys().collect();
     let deltas: Vec<&plan::SyncImport> = take.iter().copied().filter(|s| s.delta).collect();
     let mut sources: Vec<&str> = deltas.iter().flat_map(|s| s.sources()).collect();
@@ -228,7 +259,7 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
     for db in sources {
         let d = model::db(&mut cat.client, db)?.ok_or_else(|| Error::not_found("database", db))?;
         let mut c = d.connect()?;
-        let h = takeover::hand_over(&mut c, db, &deltas, &snap, &imported)?;
+        let h = takeover::hand_over(&mut c, db, &deltas, snap, &imported)?;
         let keys: u64 = h.keys.iter().map(|(_, n)| n).sum();
         let per: Vec<String> = h
             .keys
@@ -258,17 +289,7 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
             ));
         }
     }
-    let names: Vec<String> = take.iter().map(|s| s.name().to_string()).collect();
-    takeover::retire(&mut control, &mut cat.client, &names)?;
-    ctx.say(format!(
-        "Took over sync(s) {}; Bucardo's are inactive now. Next: capra start (or capra reload if it runs); later, capra import bucardo --remove",
-        names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
-    ));
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Exit(1))
-    }
+    Ok(())
 }
 
 /// Checks every value the import would store with capra's own validators;
@@ -314,8 +335,11 @@ fn check(plan: &mut Plan) {
         }
         for d in &dbs {
             if let Some((nd, _)) = plan.dbs.iter().find(|(n, _)| &n.name == d) {
-                if let Err(e) = check_conn(&nd.conn) {
-                    problems.push(format!("database \"{d}\": {e}"));
+                // The text may hold a password: the message never repeats it.
+                if check_conn(&nd.conn).is_err() {
+                    problems.push(format!(
+                        "database \"{d}\": its connection settings (dbconn or dbdsn) are not libpq keywords capra accepts; fix them in Bucardo or add the database to capra by hand"
+                    ));
                 }
             }
         }
@@ -483,20 +507,22 @@ fn remove_cmd(
             .into());
         }
     }
-    let mut prepared = Vec::new();
+    let mut clients = Vec::new();
     for db in &dbs {
         let d = model::db(&mut cat.client, db)?.ok_or_else(|| Error::not_found("database", db))?;
-        prepared.push(remove::prepare(d.connect()?, db)?);
+        let mut c = d.connect()?;
+        remove::check(&mut c, db)?;
+        clients.push((db, c));
     }
-    for p in remove::commit(prepared)? {
-        if p.triggers.is_empty() && !p.schema {
-            ctx.say(format!("\"{}\": nothing of Bucardo there", p.db));
+    for (db, mut c) in clients {
+        let r = remove::remove(&mut c, db)?;
+        if r.triggers.is_empty() && !r.schema {
+            ctx.say(format!("\"{db}\": nothing of Bucardo there"));
         } else {
             ctx.say(format!(
-                "\"{}\": dropped {} Bucardo trigger(s){}",
-                p.db,
-                p.triggers.len(),
-                if p.schema { " and schema bucardo" } else { "" }
+                "\"{db}\": dropped {} Bucardo trigger(s){}",
+                r.triggers.len(),
+                if r.schema { " and schema bucardo" } else { "" }
             ));
         }
     }
@@ -518,7 +544,10 @@ mod tests {
         assert_eq!(kw["port"], "5433");
         assert_eq!(kw["dbname"], "bucardo");
         assert_eq!(kw["sslmode"], "require");
-        assert_eq!(hide_password("postgresql://u:pw@h/db"), "postgresql://u:(hidden)@h/db");
+        let e = uri_keywords("postgresql://u:SEKRIT@h/%zz").unwrap_err().to_string();
+        assert!(!e.contains("SEKRIT"), "{e}");
+        let e = control_spec(Some("password=SEKRIT junk")).unwrap_err().to_string();
+        assert!(!e.contains("SEKRIT"), "{e}");
         assert!(uri_keywords("postgresql://h/%zz").is_err());
     }
 

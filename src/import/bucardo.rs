@@ -171,19 +171,36 @@ impl Snapshot {
         v
     }
 
-    /// Other syncs (active or stalled: the ones a started Bucardo runs)
-    /// that use table `goat`'s relation on `db`.
-    pub fn running_users(&self, db: &str, schema: &str, name: &str) -> Vec<&Sync> {
+    /// The syncs that read table `schema.name` on source `db` through
+    /// Bucardo's triggers there: every sync (inactive ones too, which a
+    /// later activation would need) with `db` as a source and the table in
+    /// its relgroup. A multi-source sync's tables are recorded on one of
+    /// its sources only, so the table is matched by name.
+    pub fn users(&self, db: &str, schema: &str, name: &str) -> Vec<&Sync> {
         self.syncs
             .iter()
-            .filter(|s| s.status != "inactive")
             .filter(|s| self.members_of(s).iter().any(|m| m.db == db && m.role == "source"))
             .filter(|s| {
                 self.goats_of(s)
                     .iter()
-                    .any(|(g, _)| g.db == db && g.schema == schema && g.name == name)
+                    .any(|(g, _)| g.schema == schema && g.name == name)
             })
             .collect()
+    }
+
+    /// Whether a sync's changes arriving on `db` are captured there again
+    /// (makedelta on the sync, the database or one of its tables), so a
+    /// sync reading `db` passes them on.
+    pub fn makedelta_into(&self, sync: &Sync, db: &str) -> bool {
+        let on = |v: Option<&Value>| match v {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => !s.is_empty() && s != "off" && s != "0" && s != "false",
+            Some(Value::Number(n)) => n.as_i64() != Some(0),
+            _ => false,
+        };
+        on(sync.row.get("makedelta"))
+            || self.db(db).is_some_and(|d| d.makedelta)
+            || self.goats_of(sync).iter().any(|(g, _)| on(g.row.get("makedelta")))
     }
 }
 

@@ -28,6 +28,12 @@ pub enum ImportError {
         /// The syncs, quoted.
         syncs: String,
     },
+    /// `--remove` on the database that holds Bucardo's own catalog.
+    #[error("not removing Bucardo from \"{db}\": that database holds Bucardo's control catalog (schema bucardo with bucardo_config); remove Bucardo there with Bucardo's own tools (nothing was removed)")]
+    HoldsControl {
+        /// The database.
+        db: String,
+    },
     /// `--remove` with user objects that depend on Bucardo's.
     #[error("not removing Bucardo from \"{db}\": objects of yours depend on Bucardo's ({objects}); drop or change them first (nothing was removed)")]
     Dependents {

@@ -141,12 +141,19 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
     let mut port = d.port.trim().parse::<i32>().ok();
     let mut user = d.user.clone();
     let mut service = d.service.clone();
+    let mut pass = d.pass.clone();
+    // DBD::Pg's pairs are `;`-separated and unquoted; libpq's keywords
+    // are space-separated, so every value is quoted.
+    let quoted = |pair: &str| -> String {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        format!("{}='{}'", k.trim(), v.trim().replace('\\', "\\\\").replace('\'', "\\'"))
+    };
     let mut conn: Vec<String> = d
         .conn
         .split(';')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(String::from)
+        .map(quoted)
         .collect();
     if let Some(dsn) = &d.dsn {
         let body = dsn.split_once(':').map(|x| x.1).unwrap_or(dsn);
@@ -161,11 +168,12 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
                 "port" => port = v.parse().ok(),
                 "service" => service = Some(v.to_string()),
                 "user" => user = Some(v.to_string()),
-                _ => conn.push(pair.to_string()),
+                "password" => pass = Some(crate::sys::Secret::new(v)),
+                _ => conn.push(quoted(pair)),
             }
         }
     }
-    if d.pass.is_none() {
+    if pass.is_none() {
         if let Some(f) = &d.pgpass {
             conn.push(format!("passfile='{}'", f.replace('\\', "\\\\").replace('\'', "\\'")));
         }
@@ -176,7 +184,7 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
         host,
         port,
         user,
-        pass: d.pass.clone(),
+        pass,
         conn: conn.join(" "),
         service,
         status: if d.status == "inactive" {
@@ -386,14 +394,15 @@ fn shape(s: &Snapshot, sync: &bucardo::Sync) -> std::result::Result<Shape, Strin
     for m in &members {
         let role = match m.role.as_str() {
             "source" => Role::Source,
-            // Bucardo sends changes to a fullcopy database of a sync that
-            // has targets or several sources: in capra that is a target.
+            // Bucardo sends nothing to a fullcopy database of a sync that
+            // has targets or several sources: capra leaves it out too,
+            // rather than start writing rows into it.
             "fullcopy" if delta => {
                 notes.push(format!(
-                    "database \"{}\" is a fullcopy member of a delta sync: Bucardo sends it changes, and so does capra (role target)",
+                    "database \"{}\" is a fullcopy member of a delta sync, which Bucardo never writes to: left out",
                     m.db
                 ));
-                Role::Target
+                continue;
             }
             "fullcopy" => Role::Fullcopy,
             _ => Role::Target,
@@ -689,4 +698,105 @@ pub fn reach(n: &NewDb) -> String {
         v.push("password (stored, hidden)".into());
     }
     v.join(" ")
+}
+
+/// Syncs that must not be imported because they pass changes on to, or
+/// take them from, a Bucardo sync that stays (a database one sync writes
+/// with makedelta and another reads): capra's writes are invisible to
+/// Bucardo's capture and Bucardo's to capra's, so such a chain moves
+/// together or not at all. Returns (sync, why).
+pub fn broken_chains(s: &Snapshot, importing: &std::collections::BTreeSet<String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let staying: Vec<&bucardo::Sync> = s
+        .syncs
+        .iter()
+        .filter(|x| x.status != "inactive" && !importing.contains(&x.name))
+        .collect();
+    let shares = |a: &bucardo::Sync, b: &bucardo::Sync| {
+        let bt = s.goats_of(b);
+        s.goats_of(a)
+            .iter()
+            .any(|(g, _)| bt.iter().any(|(h, _)| h.schema == g.schema && h.name == g.name))
+    };
+    for name in importing {
+        let Some(sync) = s.syncs.iter().find(|x| &x.name == name) else {
+            continue;
+        };
+        for other in &staying {
+            if !shares(sync, other) {
+                continue;
+            }
+            let into = |up: &bucardo::Sync, down: &bucardo::Sync| -> Option<String> {
+                s.members_of(up)
+                    .iter()
+                    .filter(|m| m.role != "source")
+                    .find(|m| {
+                        s.members_of(down).iter().any(|d| d.db == m.db && d.role == "source")
+                            && s.makedelta_into(up, &m.db)
+                    })
+                    .map(|m| m.db.clone())
+            };
+            if let Some(db) = into(sync, other).or_else(|| into(other, sync)) {
+                out.push((
+                    name.clone(),
+                    format!(
+                        "it is chained through database \"{db}\" (makedelta) with Bucardo sync \"{}\", which stays in Bucardo; import both or neither",
+                        other.name
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(conn: &str, dsn: Option<&str>) -> bucardo::Db {
+        bucardo::Db {
+            name: "A".into(),
+            dbtype: "postgres".into(),
+            host: "h1".into(),
+            port: "5433".into(),
+            dbname: Some("shop".into()),
+            user: Some("bucardo".into()),
+            pass: None,
+            conn: conn.into(),
+            service: None,
+            dsn: dsn.map(String::from),
+            pgpass: Some("/etc/bucardo/pgpass".into()),
+            status: "active".into(),
+            makedelta: false,
+        }
+    }
+
+    #[test]
+    fn dbd_pg_pairs_and_dsns_become_libpq_keywords() {
+        let n = new_db(&db("sslmode=require;options=-c search_path=x", None));
+        assert_eq!(
+            (n.host.as_deref(), n.port, n.dbname.as_deref()),
+            (Some("h1"), Some(5433), Some("shop"))
+        );
+        let kw = crate::pg::connect::parse_keywords(&n.conn).unwrap();
+        assert_eq!(kw["sslmode"], "require");
+        assert_eq!(kw["options"], "-c search_path=x");
+        assert_eq!(kw["passfile"], "/etc/bucardo/pgpass");
+        let n = new_db(&db(
+            "",
+            Some("dbi:Pg:dbname=other;host=h2;port=6000;password=pw;sslmode=verify-full"),
+        ));
+        assert_eq!(
+            (n.host.as_deref(), n.port, n.dbname.as_deref()),
+            (Some("h2"), Some(6000), Some("other"))
+        );
+        assert_eq!(n.pass.as_ref().map(|p| p.expose()), Some("pw"));
+        let kw = crate::pg::connect::parse_keywords(&n.conn).unwrap();
+        assert_eq!(kw.get("password"), None);
+        assert_eq!(kw.get("passfile"), None, "a password beats the pgpass file");
+        assert_eq!(kw["sslmode"], "verify-full");
+        assert!(!reach(&n).contains("pw "), "{}", reach(&n));
+    }
 }

@@ -5,9 +5,11 @@
 //! Bucardo's control database is never touched, nor the `bucardo` role,
 //! which is cluster-wide.
 //!
-//! Every database is prepared in its own open transaction first; only when
-//! none has a user object depending on Bucardo's are they all committed,
-//! so a refusal removes nothing anywhere.
+//! Every database is checked first, read-only ([`check`]); only when none
+//! has a user object depending on Bucardo's, and none holds Bucardo's
+//! control catalog, is anything dropped ([`remove`]), each trigger in a
+//! short transaction of its own, so the application's tables are locked
+//! one at a time and briefly.
 
 use postgres::Client;
 
@@ -44,27 +46,57 @@ deps AS (
 SELECT DISTINCT pg_catalog.pg_describe_object(deps.classid, deps.objid, 0)
   FROM deps, ns
  WHERE deps.nsp IS DISTINCT FROM ns.oid
+   -- Bucardo's own triggers on the application's tables go first.
+   AND NOT (deps.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) g.tgfoid
+                         WHERE g.oid OPERATOR(pg_catalog.=) deps.objid AND p.pronamespace OPERATOR(pg_catalog.=) ns.oid))
  ORDER BY 1";
 
-/// What removal found on one database.
-pub struct Prepared {
-    /// capra's name for the database.
-    pub db: String,
-    /// The open transaction's connection (committed by [`commit`]).
-    client: Client,
+/// Whether Bucardo can be removed from this database: refuses when it
+/// holds Bucardo's control catalog itself, or when an object of the
+/// user's depends on Bucardo's. Reads only.
+pub fn check(client: &mut Client, db: &str) -> Result<()> {
+    let what = format!("checking what depends on Bucardo in \"{db}\"");
+    let control: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bucardo.bucardo_config') IS NOT NULL",
+            &[],
+        )
+        .ctx(|| what.clone())?
+        .col(0, &what)?;
+    if control {
+        return Err(ImportError::HoldsControl { db: db.into() }.into());
+    }
+    let deps: Vec<String> = client
+        .query(DEPENDENTS, &[])
+        .ctx(|| what.clone())?
+        .iter()
+        .map(|r| r.col(0, &what))
+        .collect::<Result<_>>()?;
+    if !deps.is_empty() {
+        return Err(ImportError::Dependents {
+            db: db.into(),
+            objects: deps.join(", "),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What [`remove`] dropped on one database.
+#[derive(Debug, Default)]
+pub struct Removed {
     /// Triggers dropped, as `table: trigger`.
     pub triggers: Vec<String>,
     /// Whether the `bucardo` schema was there (and is dropped).
     pub schema: bool,
 }
 
-/// Drops Bucardo's triggers and schema on one database inside an open
-/// transaction, refusing if a user object depends on them.
-pub fn prepare(mut client: Client, db: &str) -> Result<Prepared> {
+/// Drops Bucardo's triggers (each in its own transaction, waiting at most
+/// 5 s for the table), then, checked once more, its schema.
+pub fn remove(client: &mut Client, db: &str) -> Result<Removed> {
     let what = format!("removing Bucardo from \"{db}\"");
-    client
-        .batch_execute("BEGIN; SET LOCAL lock_timeout = '5s'")
-        .ctx(|| what.clone())?;
+    client.batch_execute("SET lock_timeout = '5s'").ctx(|| what.clone())?;
     let rows = client
         .query(
             "SELECT t.tgrelid::pg_catalog.regclass::text, t.tgname::text FROM pg_catalog.pg_trigger t
@@ -75,57 +107,41 @@ pub fn prepare(mut client: Client, db: &str) -> Result<Prepared> {
             &[],
         )
         .ctx(|| what.clone())?;
-    let mut triggers = Vec::new();
+    let mut out = Removed::default();
     for r in rows {
         let table: String = r.col(0, &what)?;
         let name: String = r.col(1, &what)?;
         client
-            .batch_execute(&format!("DROP TRIGGER {} ON {table}", quote_ident(&name)))
+            .batch_execute(&format!("DROP TRIGGER IF EXISTS {} ON {table}", quote_ident(&name)))
             .ctx(|| format!("dropping Bucardo's trigger {name} on {table} on \"{db}\""))?;
-        triggers.push(format!("{table}: {name}"));
+        out.triggers.push(format!("{table}: {name}"));
     }
-    let schema: bool = client
+    let mut tx = client.transaction().ctx(|| what.clone())?;
+    out.schema = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bucardo')",
             &[],
         )
         .ctx(|| what.clone())?
         .col(0, &what)?;
-    if schema {
-        let deps: Vec<String> = client
+    if out.schema {
+        let deps: Vec<String> = tx
             .query(DEPENDENTS, &[])
             .ctx(|| what.clone())?
             .iter()
             .map(|r| r.col(0, &what))
             .collect::<Result<_>>()?;
         if !deps.is_empty() {
-            let _ = client.batch_execute("ROLLBACK");
             return Err(ImportError::Dependents {
                 db: db.into(),
                 objects: deps.join(", "),
             }
             .into());
         }
-        client
-            .batch_execute("DROP SCHEMA bucardo CASCADE")
+        tx.batch_execute("DROP SCHEMA bucardo CASCADE")
             .ctx(|| format!("dropping schema bucardo on \"{db}\""))?;
     }
-    Ok(Prepared {
-        db: db.into(),
-        client,
-        triggers,
-        schema,
-    })
-}
-
-/// Commits what [`prepare`] did on each database.
-pub fn commit(all: Vec<Prepared>) -> Result<Vec<Prepared>> {
-    let mut out = Vec::new();
-    for mut p in all {
-        p.client
-            .batch_execute("COMMIT")
-            .ctx(|| format!("committing the removal of Bucardo on \"{}\"", p.db))?;
-        out.push(p);
-    }
+    tx.commit().ctx(|| what.clone())?;
+    client.batch_execute("RESET lock_timeout").ctx(|| what.clone())?;
     Ok(out)
 }

@@ -4,18 +4,21 @@
 //!    each sync in a savepoint and checked by capra's own validator; the
 //!    caller then installs capture on the sources and commits both. From
 //!    that commit on, capra's triggers log every change.
-//! 2. [`hand_over`], per source, in one transaction of its own: the keys
+//! 2. [`hand_over`], per source and table: the keys
 //!    Bucardo captured but had not delivered to every target of the sync
 //!    (a `delta_*` row is delivered once its `track_*` table has the row's
 //!    `txntime` for the sync's `dbgroup <name>`) go into capra's change
 //!    log with Bucardo's change time, pending TRUNCATEs go into capra's
-//!    truncate log, a table whose key differs is marked for one full copy,
-//!    and Bucardo's triggers on those tables are disabled. Changes made
-//!    between 1 and 2 are logged by both and applied twice, which changes
-//!    nothing: a run sends a key's current row, not the change.
-//! 3. [`retire`]: Bucardo's syncs are set inactive (a restarted Bucardo
-//!    runs nothing), then capra notes the takeover. A crash before that
-//!    note leaves the import to be run again, which repeats 2 and 3.
+//!    truncate log (and count as replicated for Bucardo), a table whose
+//!    key differs is marked for one full copy, and Bucardo's triggers on
+//!    those tables are disabled first (their lock waits for writers in
+//!    flight). One short transaction per table. Changes made between 1
+//!    and 2 are logged by both and applied twice, which changes nothing:
+//!    a run sends a key's current row, not the change.
+//! 3. [`note_taken_over`]. Bucardo's syncs were set inactive before 2
+//!    ([`inactivate`]), so a restarted Bucardo runs nothing of them even
+//!    when 2 stopped half way. A crash before the note leaves the import
+//!    to be run again, which repeats 2.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,13 +77,16 @@ fn write_sync(tx: &mut Transaction<'_>, plan: &Plan, s: &SyncImport, control: &s
             }
         }
     }
+    check_collisions(tx, s)?;
     // Bucardo's herds hold the tables of one database each.
     let mut by_db: BTreeMap<&str, Vec<crate::pg::discover::Found>> = BTreeMap::new();
     for t in &s.tables {
         by_db.entry(t.goat.db.as_str()).or_default().push(t.found.clone());
     }
+    let mut added: Vec<(String, QualName)> = Vec::new();
     for (db, found) in &by_db {
-        edit::add_relations(tx, db, Some(&s.bucardo.herd), found, None)?;
+        let a = edit::add_relations(tx, db, Some(&s.bucardo.herd), found, None)?;
+        added.extend(a.added.into_iter().map(|n| (db.to_string(), n)));
     }
     for t in &s.tables {
         let what = format!("setting the options of {}", t.found.name.human());
@@ -96,7 +102,9 @@ fn write_sync(tx: &mut Transaction<'_>, plan: &Plan, s: &SyncImport, control: &s
             ],
         )
         .ctx(|| what.clone())?;
-        for (col, val, cast) in &t.checked {
+        // A table capra had already keeps its own options.
+        let new = added.iter().any(|(d, n)| *d == t.goat.db && *n == t.found.name);
+        for (col, val, cast) in t.checked.iter().filter(|_| new) {
             // Column and type come from the command line's fixed list.
             tx.execute(
                 &format!(
@@ -148,6 +156,54 @@ fn write_sync(tx: &mut Transaction<'_>, plan: &Plan, s: &SyncImport, control: &s
     )
     .ctx(|| format!("noting where sync \"{name}\" came from"))?;
     crate::capture::validate::validate_sync(tx, name)?;
+    Ok(())
+}
+
+/// Refuses to change what capra's own syncs use: a relgroup of the
+/// herd's name with other tables, or a table capra has with another key.
+fn check_collisions(tx: &mut Transaction<'_>, s: &SyncImport) -> Result<()> {
+    let rels = model::relations(tx, None)?;
+    let want: BTreeSet<(&str, &str, &str)> = s
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.goat.db.as_str(),
+                t.found.name.schema.as_str(),
+                t.found.name.name.as_str(),
+            )
+        })
+        .collect();
+    if let Some(rg) = model::relgroups(tx)?.into_iter().find(|g| g.name == s.bucardo.herd) {
+        let have: BTreeSet<(&str, &str, &str)> = rels
+            .iter()
+            .filter(|r| rg.members.contains(&r.id))
+            .map(|r| (r.db.as_str(), r.name.schema.as_str(), r.name.name.as_str()))
+            .collect();
+        if have != want {
+            return Err(Error::Rejected(format!(
+                "capra already has a relgroup \"{}\" with other tables; rename or remove it in capra first",
+                s.bucardo.herd
+            )));
+        }
+    }
+    for t in &s.tables {
+        let Some(key) = &t.found.key else { continue };
+        if let Some(r) = rels
+            .iter()
+            .find(|r| r.db == t.goat.db && r.name == t.found.name && !r.pkey.is_empty())
+        {
+            if r.pkey != key.columns {
+                return Err(Error::Rejected(format!(
+                    "capra already has {} on \"{}\" with the key ({}), not ({}); make them agree first",
+                    t.found.name.human(),
+                    r.db,
+                    r.pkey.join(", "),
+                    key.columns.join(", ")
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -255,15 +311,26 @@ pub fn hand_over(
         }
     }
     let mut out = HandedOver::default();
-    let mut tx = c.transaction().ctx(|| format!("starting the takeover on \"{db}\""))?;
-    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
-        .ctx(|| "setting a lock timeout".into())?;
+    // One short transaction per table: its lock is held only while its
+    // own backlog is copied, and tables are independent (a run repeated
+    // after a failure hands over again, which is harmless).
     for w in &work {
+        let mut tx = c
+            .transaction()
+            .ctx(|| format!("starting the takeover of {} on \"{db}\"", w.table.human()))?;
+        tx.batch_execute(WAIT_SETUP)
+            .ctx(|| "setting lock and deadlock timeouts".into())?;
         take_table(&mut tx, db, w, snap, imported, &mut out)?;
+        tx.commit()
+            .ctx(|| format!("committing the takeover of {} on \"{db}\"", w.table.human()))?;
     }
-    tx.commit().ctx(|| format!("committing the takeover on \"{db}\""))?;
     Ok(out)
 }
+
+/// Waits at most 5 s for a table's lock; and this session, not the
+/// application's, is the deadlock victim where it may say so.
+const WAIT_SETUP: &str = "SET LOCAL lock_timeout = '5s';
+DO $d$ BEGIN PERFORM pg_catalog.set_config('deadlock_timeout', '50ms', true); EXCEPTION WHEN OTHERS THEN NULL; END $d$";
 
 fn take_table(
     tx: &mut Transaction<'_>,
@@ -280,7 +347,7 @@ fn take_table(
             "SELECT c.id, c.keycols, r.oid FROM capra.captured c
                JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) c.schemaname
                JOIN pg_catalog.pg_class r ON r.relnamespace OPERATOR(pg_catalog.=) n.oid AND r.relname OPERATOR(pg_catalog.=) c.relname
-              WHERE c.schemaname = $1 AND c.relname = $2",
+              WHERE c.schemaname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
             &[&w.table.schema, &w.table.name],
         )
         .ctx(|| what.clone())?
@@ -292,6 +359,60 @@ fn take_table(
     let id: i32 = row.col(0, &what)?;
     let keycols: Vec<String> = row.col(1, &what)?;
     let oid: postgres::types::Oid = row.col(2, &what)?;
+    // Bucardo's triggers go first: their lock waits for the writers in
+    // flight, so everything Bucardo captured is committed and visible to
+    // the copy below, and nothing more reaches Bucardo's log after it.
+    let staying: Vec<&crate::import::bucardo::Sync> = snap
+        .users(db, &w.table.schema, &w.table.name)
+        .into_iter()
+        .filter(|s| !imported.contains(&s.name))
+        .collect();
+    let others: Vec<String> = staying.iter().map(|s| s.name.clone()).collect();
+    if others.is_empty() {
+        let triggers: Vec<String> = tx
+            .query(
+                "SELECT t.tgname::text FROM pg_catalog.pg_trigger t
+                   JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+                  WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND n.nspname OPERATOR(pg_catalog.=) 'bucardo'
+                    AND NOT t.tgisinternal AND t.tgenabled OPERATOR(pg_catalog.<>) 'D'
+                  ORDER BY 1",
+                &[&oid],
+            )
+            .ctx(|| what.clone())?
+            .iter()
+            .map(|r| r.col(0, &what))
+            .collect::<Result<_>>()?;
+        for t in &triggers {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {} DISABLE TRIGGER {}",
+                w.table.sql(),
+                quote_ident(t)
+            ))
+            .ctx(|| format!("disabling Bucardo's trigger {t} on {human} on \"{db}\""))?;
+        }
+        if !triggers.is_empty() {
+            out.disabled.push(human.clone());
+        }
+    } else {
+        // Bucardo keeps capturing for the syncs that stay; the taken-over
+        // syncs' targets no longer wait for those rows, so Bucardo's purge
+        // can drop them once the others have them.
+        // A dbgroup a staying sync also uses stays a target.
+        let targets: Vec<String> = w
+            .targets
+            .iter()
+            .filter(|t| !staying.iter().any(|s| **t == format!("dbgroup {}", s.dbs)))
+            .cloned()
+            .collect();
+        tx.execute(
+            "DELETE FROM bucardo.bucardo_delta_targets
+              WHERE tablename OPERATOR(pg_catalog.=) $1 AND target OPERATOR(pg_catalog.=) ANY ($2)",
+            &[&oid, &targets],
+        )
+        .ctx(|| what.clone())?;
+        out.kept.push((human.clone(), others));
+    }
     let logged_again = if w.copy_whole {
         tx.execute(
             "INSERT INTO capra.truncate_log (captured, part) VALUES ($1, '*')",
@@ -306,46 +427,12 @@ fn take_table(
     if logged_again {
         tx.execute(
             "INSERT INTO capra.applied (installation, sync, txid, kind)
-             SELECT DISTINCT ct.installation, ct.sync, txid_current(), 'r' FROM capra.consumer_table ct WHERE ct.captured = $1
+             SELECT DISTINCT ct.installation, ct.sync, pg_catalog.txid_current(), 'r' FROM capra.consumer_table ct
+              WHERE ct.captured OPERATOR(pg_catalog.=) $1
              ON CONFLICT DO NOTHING",
             &[&id],
         )
         .ctx(|| what.clone())?;
-    }
-    let others: Vec<String> = snap
-        .running_users(db, &w.table.schema, &w.table.name)
-        .into_iter()
-        .filter(|s| !imported.contains(&s.name))
-        .map(|s| s.name.clone())
-        .collect();
-    if !others.is_empty() {
-        out.kept.push((human, others));
-        return Ok(());
-    }
-    let triggers: Vec<String> = tx
-        .query(
-            "SELECT t.tgname::text FROM pg_catalog.pg_trigger t
-               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
-               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
-              WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND n.nspname OPERATOR(pg_catalog.=) 'bucardo'
-                AND NOT t.tgisinternal AND t.tgenabled OPERATOR(pg_catalog.<>) 'D'
-              ORDER BY 1",
-            &[&oid],
-        )
-        .ctx(|| what.clone())?
-        .iter()
-        .map(|r| r.col(0, &what))
-        .collect::<Result<_>>()?;
-    for t in &triggers {
-        tx.batch_execute(&format!(
-            "ALTER TABLE {} DISABLE TRIGGER {}",
-            w.table.sql(),
-            quote_ident(t)
-        ))
-        .ctx(|| format!("disabling Bucardo's trigger {t} on {human} on \"{db}\""))?;
-    }
-    if !triggers.is_empty() {
-        out.disabled.push(human);
     }
     Ok(())
 }
@@ -427,6 +514,14 @@ fn hand_over_changes(
             )
             .ctx(|| format!("handing over a pending TRUNCATE of {human}"))?;
         if n > 0 {
+            // Handed over: a Bucardo started again (the way back) must not
+            // replay it over rows written since.
+            tx.execute(
+                "UPDATE bucardo.bucardo_truncate_trigger SET replicated = pg_catalog.now()
+                  WHERE tablename OPERATOR(pg_catalog.=) $1 AND sync OPERATOR(pg_catalog.=) ANY ($2) AND replicated IS NULL",
+                &[&oid, &syncs],
+            )
+            .ctx(|| format!("marking Bucardo's TRUNCATE of {human} as handed over"))?;
             out.truncates.push(human);
             logged = true;
         }
@@ -434,17 +529,25 @@ fn hand_over_changes(
     Ok(logged)
 }
 
-/// Sets Bucardo's syncs inactive (so a restarted Bucardo runs nothing of
-/// them), then notes in capra's catalog that they are taken over.
-pub fn retire(control: &mut Client, cat: &mut impl GenericClient, syncs: &[String]) -> Result<()> {
+/// Sets Bucardo's syncs inactive, so a Bucardo started again runs
+/// nothing of them: done before the hand-over, so a takeover that stops
+/// half way never leaves Bucardo running a sync whose triggers are off.
+pub fn inactivate(control: &mut Client, syncs: &[String]) -> Result<()> {
     control
         .execute(
-            "UPDATE bucardo.sync SET status = 'inactive' WHERE name = ANY ($1) AND status IS DISTINCT FROM 'inactive'",
+            "UPDATE bucardo.sync SET status = 'inactive'
+              WHERE name OPERATOR(pg_catalog.=) ANY ($1) AND status IS DISTINCT FROM 'inactive'",
             &[&syncs],
         )
         .ctx(|| "setting Bucardo's syncs inactive".into())?;
+    Ok(())
+}
+
+/// Notes in capra's catalog that the syncs are taken over.
+pub fn note_taken_over(cat: &mut impl GenericClient, syncs: &[String]) -> Result<()> {
     cat.execute(
-        "UPDATE capra.imported SET taken_over = now() WHERE sync = ANY ($1) AND taken_over IS NULL",
+        "UPDATE capra.imported SET taken_over = pg_catalog.now()
+          WHERE sync OPERATOR(pg_catalog.=) ANY ($1) AND taken_over IS NULL",
         &[&syncs],
     )
     .ctx(|| "noting the takeover".into())?;

@@ -105,6 +105,7 @@ fn bucardo_stopped_under_load_is_taken_over_without_a_full_copy_or_a_lost_row() 
 
     // A second import changes nothing.
     let catalog = c.snapshot();
+    let handed = value(b.cl, &src, "SELECT count(*) FROM capra.applied");
     let again = c.ok(&["import", "bucardo", "--from", &b.from()]);
     assert!(
         again.contains("\"bench\": taken over on") && again.contains("nothing to do"),
@@ -114,7 +115,7 @@ fn bucardo_stopped_under_load_is_taken_over_without_a_full_copy_or_a_lost_row() 
     assert_eq!(c.snapshot(), catalog);
     assert_eq!(
         value(b.cl, &src, "SELECT count(*) FROM capra.applied"),
-        "1",
+        handed,
         "the second import handed nothing over again"
     );
 
@@ -159,6 +160,13 @@ fn the_import_refuses_while_bucardo_runs_or_left_a_run_open() {
     b.start(&["run1"]);
     let c = Capra::install(cluster::a());
     let before = c.snapshot();
+    // The plan can be read before Bucardo stops.
+    let plan = c.ok(&["import", "bucardo", "--from", &b.from(), "--dry-run"]);
+    assert!(
+        plan.contains("\"run1\": delta") && plan.contains("Before the import: Bucardo is running"),
+        "{plan}"
+    );
+    assert_eq!(c.snapshot(), before);
     let err = c.fails(&["import", "bucardo", "--from", &b.from()], 1);
     assert!(
         err.contains("Bucardo is running (bucardo MCP") && err.contains("bucardo stop"),
@@ -179,6 +187,50 @@ fn the_import_refuses_while_bucardo_runs_or_left_a_run_open() {
     assert_eq!(c.snapshot(), before);
     assert_eq!(
         value(b.cl, "bucardo", "SELECT status FROM bucardo.sync WHERE name = 'run1'"),
+        "active"
+    );
+    // Closed by hand, as the message says; a second sync over the same
+    // dbgroup has a column its target lacks: capra takes the first over
+    // and refuses the second in one line, which stays in Bucardo.
+    b.cl.exec(
+        "bucardo",
+        "UPDATE bucardo.syncrun SET ended = now(), status = 'killed' WHERE ended IS NULL",
+    );
+    b.cl.exec(&src, "CREATE TABLE \"Odd Name\" (id int PRIMARY KEY, v text, w int)");
+    b.cl.exec(&tgt, "CREATE TABLE \"Odd Name\" (id int PRIMARY KEY, v text)");
+    b.cli(&["add", "table", "public.Odd Name", "db=rsrc", "relgroup=og"]);
+    b.cli(&["add", "sync", "colmis", "relgroup=og", "dbs=rsrc:source,rtgt:target"]);
+    // It reads table t too, so Bucardo's triggers on t must stay.
+    b.cl.exec(
+        "bucardo",
+        "INSERT INTO bucardo.herdmap (herd, goat) SELECT 'og', id FROM bucardo.goat WHERE tablename = 't'",
+    );
+    let r = c.run(&["import", "bucardo", "--from", &b.from()]);
+    assert_eq!(r.code, Some(1), "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("sync \"colmis\": capra refuses it: column \"w\" of table public.Odd Name is missing in database \"rtgt\"; add it there (ALTER TABLE \"public\".\"Odd Name\" ADD COLUMN"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Took over sync(s) \"run1\""), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Bucardo's triggers on public.t stay: Bucardo sync colmis still reads it"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        value(
+            b.cl,
+            &src,
+            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'bucardo_delta'"
+        ),
+        "O"
+    );
+    let syncs = c.ok(&["list", "syncs"]);
+    assert!(syncs.contains("run1") && !syncs.contains("colmis"), "{syncs}");
+    assert_eq!(
+        value(b.cl, "bucardo", "SELECT status FROM bucardo.sync WHERE name = 'colmis'"),
         "active"
     );
     let err = c.fails(&["import", "bucardo", "--from", "host=127.0.0.1 port=1"], 1);
@@ -310,6 +362,15 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
     assert!(!out.contains(PW_ROLE.1));
     assert!(out.contains("a pending TRUNCATE of public.t_trunc"), "{out}");
     assert!(out.contains("the first run copies public.t_rekey whole"), "{out}");
+    assert_eq!(
+        value(
+            b.cl,
+            &a,
+            "SELECT count(*) FROM bucardo.bucardo_truncate_trigger WHERE replicated IS NULL"
+        ),
+        "0",
+        "a Bucardo started again must not replay the TRUNCATE capra took over"
+    );
     let saved = std::fs::read_to_string(etc.join("bucardo-customcode/audit.pl")).unwrap();
     assert!(saved.contains("warn \"before sync\""), "{saved}");
     let codes = c.ok(&["list", "customcode"]);
@@ -428,4 +489,57 @@ fn a_multi_master_bucardo_sync_is_taken_over_with_both_sides_undelivered_changes
     assert!(same((b.cl, &m1), (cluster::b(), &m2), "acct"));
     assert_eq!(value(b.cl, &m1, "SELECT count(*) FROM acct"), "39");
     assert_eq!(value(cluster::b(), &m2, "SELECT v FROM acct WHERE id = 3"), "m1 later");
+}
+
+#[test]
+fn chained_syncs_move_together_and_capras_own_groups_are_not_changed() {
+    let b = bucardo::install();
+    let (x, y, z) = (unique("cx"), unique("cy"), unique("cz"));
+    for d in [&x, &y, &z] {
+        b.cl.create_db(d);
+        b.cl.exec(d, "CREATE TABLE ct (id int PRIMARY KEY); CREATE TABLE ct2 (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)");
+    }
+    b.add_db("X", b.cl, &x);
+    b.add_db("Y", b.cl, &y);
+    b.add_db("Z", b.cl, &z);
+    // X -> Y with makedelta, Y -> Z: one chain. "down" cannot come along
+    // (customname), so "up" must not either.
+    b.cli(&["add", "table", "ct", "db=X", "relgroup=c1"]);
+    b.cli(&["add", "sync", "up", "relgroup=c1", "dbs=X:source,Y:target"]);
+    b.cl.exec("bucardo", "UPDATE bucardo.db SET makedelta = true WHERE name = 'Y'");
+    b.cli(&["add", "table", "ct", "db=Y", "relgroup=c2"]);
+    b.cli(&["add", "sync", "down", "relgroup=c2", "dbs=Y:source,Z:target"]);
+    b.cl.exec(
+        "bucardo",
+        "INSERT INTO bucardo.customname (goat, newname) SELECT id, 'elsewhere' FROM bucardo.goat WHERE db = 'Y'",
+    );
+    // capra has its own relgroup "taken" (another table): a herd of that
+    // name must not change it.
+    b.cli(&["add", "table", "ct2", "db=X", "relgroup=taken"]);
+    b.cli(&["add", "sync", "coll", "relgroup=taken", "dbs=X:source,Z:target"]);
+    let c = Capra::install(cluster::a());
+    c.add_db("X", b.cl, &x);
+    c.ok(&["add", "table", "other", "db=X", "relgroup=taken"]);
+    let before = c.snapshot();
+    let r = c.run(&["import", "bucardo", "--from", &b.from()]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    for want in [
+        "sync \"up\": it is chained through database \"Y\" (makedelta) with Bucardo sync \"down\", which stays in Bucardo; import both or neither",
+        "sync \"down\": it uses customname on public.ct",
+        "sync \"coll\": capra refuses it: capra already has a relgroup \"taken\" with other tables",
+    ] {
+        assert!(r.stdout.contains(want), "lacks {want:?}:\n{}", r.stdout);
+    }
+    assert!(r.stdout.contains("Nothing to take over."), "{}", r.stdout);
+    assert_eq!(c.snapshot(), before, "nothing was written");
+    for s in ["up", "down", "coll"] {
+        assert_eq!(
+            value(
+                b.cl,
+                "bucardo",
+                &format!("SELECT status FROM bucardo.sync WHERE name = '{s}'")
+            ),
+            "active"
+        );
+    }
 }

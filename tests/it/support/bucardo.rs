@@ -84,6 +84,7 @@ pub fn install() -> Bucardo {
         .args(["--dbuser", "postgres", "--dbname", "postgres", "--piddir"])
         .arg(b.dir.path().join("run"))
         .env("HOME", b.dir.path())
+        .current_dir(b.dir.path())
         .output()
         .expect("bucardo runs");
     let text = format!(
@@ -117,6 +118,8 @@ impl Bucardo {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new("bucardo");
+        // Some of its files are written to the working directory.
+        cmd.current_dir(self.dir.path());
         cmd.args(["--no-bucardorc", "--dbhost", "127.0.0.1", "--dbport"])
             .arg(self.cl.port.to_string())
             .args(["--dbname", "bucardo", "--dbuser", "bucardo"])
