@@ -350,16 +350,44 @@ fn table_options(row: &serde_json::Value) -> Vec<(String, String)> {
 
 /// Live tables, sequences and connection errors of each database, read once.
 #[derive(Default)]
-struct Live(BTreeMap<String, std::result::Result<Vec<Found>, String>>);
+struct Live(BTreeMap<String, std::result::Result<(Vec<Found>, Vec<QualName>), String>>);
 
 impl Live {
-    fn of(&mut self, d: &NewDb) -> &std::result::Result<Vec<Found>, String> {
-        self.0.entry(d.name.clone()).or_insert_with(|| {
-            let mut c = connect(d).map_err(|e| crate::pg::error::flatten(&e.to_string()))?;
-            let mut all = discover::tables(&mut c).map_err(|e| e.to_string())?;
-            all.extend(discover::sequences(&mut c).map_err(|e| e.to_string())?);
-            Ok(all)
-        })
+    fn read(d: &NewDb) -> std::result::Result<(Vec<Found>, Vec<QualName>), String> {
+        let mut c = connect(d).map_err(|e| crate::pg::error::flatten(&e.to_string()))?;
+        let mut all = discover::tables(&mut c).map_err(|e| e.to_string())?;
+        all.extend(discover::sequences(&mut c).map_err(|e| e.to_string())?);
+        // Tables Bucardo's row trigger captures here.
+        let captured = c
+            .query(
+                "SELECT n.nspname::text, r.relname::text FROM pg_catalog.pg_trigger t
+                   JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) t.tgrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
+                   JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
+                   JOIN pg_catalog.pg_namespace pn ON pn.oid OPERATOR(pg_catalog.=) p.pronamespace
+                  WHERE pn.nspname OPERATOR(pg_catalog.=) 'bucardo' AND p.proname OPERATOR(pg_catalog.~~) 'delta\\_%'",
+                &[],
+            )
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        Ok((all, captured))
+    }
+
+    fn of(&mut self, d: &NewDb) -> std::result::Result<&Vec<Found>, String> {
+        match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
+            Ok((all, _)) => Ok(all),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Whether Bucardo captures `t` on `d` (None: unreachable).
+    fn captured(&mut self, d: &NewDb, t: &QualName) -> Option<bool> {
+        match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
+            Ok((_, c)) => Some(c.contains(t)),
+            Err(_) => None,
+        }
     }
 }
 
@@ -495,6 +523,18 @@ fn tables_of(
                     "table {} is copied whole by the first run: its key is ({now}) now, Bucardo captured ({was})",
                     qn.human()
                 ));
+            }
+        }
+        if delta && found.reltype == RelType::Table && !copy_whole {
+            for m in s.members_of(sync).iter().filter(|m| m.role == "source") {
+                let Some(d) = s.db(&m.db) else { continue };
+                if live.captured(&new_db(d), &qn) == Some(false) {
+                    notes.push(format!(
+                        "table {} is not captured by Bucardo on \"{}\" (added to the sync since Bucardo last started?): capra sends its changes from now on, as Bucardo would have; rows written before reach the targets only with onetimecopy",
+                        qn.human(),
+                        m.db
+                    ));
+                }
             }
         }
         tables.push(Table {

@@ -247,6 +247,9 @@ fn the_import_refuses_while_bucardo_runs_or_left_a_run_open() {
     assert!(err.contains("no Bucardo catalog"), "{err}");
 }
 
+/// A name over Bucardo's 57 characters (schema included).
+const LONG: &str = "a_table_name_that_goes_well_past_fifty_seven_characters_xyz";
+
 #[test]
 fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along_then_remove_cleans_up() {
     let b = bucardo::install();
@@ -255,7 +258,9 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
                CREATE TABLE t_trunc (id int PRIMARY KEY, v text);
                CREATE TABLE t_rekey (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
                CREATE TABLE t_full (v text);
-               CREATE SEQUENCE seq1;";
+               CREATE SEQUENCE seq1;
+               CREATE TABLE a_table_name_that_goes_well_past_fifty_seven_characters_xyz (id int PRIMARY KEY, v text);
+               CREATE TABLE t_late (id int PRIMARY KEY, v text);";
     for d in [&a, &p, &r1, &r2] {
         b.cl.create_db(d);
         b.cl.exec(d, ddl);
@@ -277,7 +282,17 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
     b.add_db("F", cluster::b(), &f);
     b.add_db("R1", b.cl, &r1);
     b.add_db("R2", b.cl, &r2);
-    b.cli(&["add", "table", "t_keep", "t_trunc", "t_rekey", "db=A", "relgroup=dg"]);
+    // Bucardo names this table's log by a hash: its name is too long.
+    b.cli(&[
+        "add",
+        "table",
+        "t_keep",
+        "t_trunc",
+        "t_rekey",
+        LONG,
+        "db=A",
+        "relgroup=dg",
+    ]);
     b.cli(&["add", "sequence", "seq1", "db=A", "relgroup=dg"]);
     b.cli(&["add", "table", "t_full", "db=A", "relgroup=fg"]);
     b.cli(&["add", "table", "t_keep", "db=R1", "relgroup=rg"]);
@@ -315,7 +330,8 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
         "INSERT INTO bucardo.customname (goat, newname) SELECT id, 'elsewhere' FROM bucardo.goat WHERE db = 'R1'",
     );
     b.cl.exec(&a, "INSERT INTO t_keep VALUES (1, 'a'), (2, 'b'); INSERT INTO t_trunc SELECT g, 'old' FROM generate_series(1, 50) g;
-                   INSERT INTO t_rekey VALUES (1, 'x', 'one'); INSERT INTO t_full VALUES ('f1'); SELECT nextval('seq1');");
+                   INSERT INTO t_rekey VALUES (1, 'x', 'one'); INSERT INTO t_full VALUES ('f1'); SELECT nextval('seq1');
+                   INSERT INTO a_table_name_that_goes_well_past_fifty_seven_characters_xyz VALUES (1, 'delivered');");
     b.start(&["dsync", "fsync", "renamed"]);
     b.kick("dsync");
     b.kick("fsync");
@@ -327,8 +343,12 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
         "TRUNCATE t_trunc; INSERT INTO t_trunc VALUES (100, 'new');
          UPDATE t_keep SET v = 'changed' WHERE id = 1; INSERT INTO t_keep VALUES (3, 'c');
          ALTER TABLE t_rekey DROP CONSTRAINT t_rekey_pkey; ALTER TABLE t_rekey ADD PRIMARY KEY (code);
-         UPDATE t_rekey SET v = 'rekeyed'; INSERT INTO t_full VALUES ('f2'); SELECT nextval('seq1');",
+         UPDATE t_rekey SET v = 'rekeyed'; INSERT INTO t_full VALUES ('f2'); SELECT nextval('seq1');
+         INSERT INTO a_table_name_that_goes_well_past_fifty_seven_characters_xyz VALUES (2, 'undelivered'); INSERT INTO t_late VALUES (1, 'before capra');",
     );
+    // Added to the sync while Bucardo is stopped: Bucardo never captured it.
+    b.cli(&["add", "table", "t_late", "db=A", "relgroup=dg"]);
+    b.cl.exec(&a, "SELECT 1");
 
     let c = Capra::install(cluster::a());
     let etc = c.home().join("etc");
@@ -341,7 +361,8 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
     dry.push("--dry-run");
     let plan = c.ok(&dry);
     for want in [
-        "\"dsync\": delta, relgroup \"dg\" (3 table(s), 1 sequence(s)), dbs=A:source,P:target",
+        "\"dsync\": delta, relgroup \"dg\" (5 table(s), 1 sequence(s)), dbs=A:source,P:target",
+        "table public.t_late is not captured by Bucardo on \"A\"",
         "\"fsync\": fullcopy, relgroup \"fg\" (1 table(s), 0 sequence(s)), dbs=A:source,F:fullcopy",
         "overdue=01:00:00",
         "vacuum_after_copy=true",
@@ -395,7 +416,7 @@ fn fullcopy_sequences_a_password_options_truncate_rekey_and_perl_code_come_along
     let _d = c.start();
     c.ok(&["kick", "dsync", "60"]);
     c.ok(&["kick", "fsync", "60"]);
-    for t in ["t_keep", "t_trunc", "t_rekey"] {
+    for t in ["t_keep", "t_trunc", "t_rekey", LONG] {
         assert!(same((b.cl, &a), (b.cl, &p), t), "{t} differs on the password target");
     }
     assert_eq!(value(b.cl, &p, "SELECT string_agg(id::text, ',') FROM t_trunc"), "100");
@@ -478,17 +499,45 @@ fn a_multi_master_bucardo_sync_is_taken_over_with_both_sides_undelivered_changes
         "INSERT INTO acct VALUES (200, 'm2 later'); DELETE FROM acct WHERE id = 20",
     );
 
+    // capra's daemon already runs (for other syncs): the import's new
+    // sync starts running as soon as the catalog commits.
     let c = Capra::install(cluster::a());
+    let _d = c.start();
     let out = c.ok(&["import", "bucardo", "--from", &b.from()]);
     assert!(out.contains("dbs=M1:source,M2:source"), "{out}");
     assert!(out.contains("conflict_strategy=bucardo_latest"), "{out}");
     assert!(out.contains("On \"M1\": handed over 6 undelivered key(s)"), "{out}");
     assert!(out.contains("On \"M2\": handed over 2 undelivered key(s)"), "{out}");
-    let _d = c.start();
     c.ok(&["kick", "mm", "60"]);
     assert!(same((b.cl, &m1), (cluster::b(), &m2), "acct"));
     assert_eq!(value(b.cl, &m1, "SELECT count(*) FROM acct"), "39");
     assert_eq!(value(cluster::b(), &m2, "SELECT v FROM acct WHERE id = 3"), "m1 later");
+
+    // An import that stopped after the catalog, before the hand-over (as a
+    // crash would leave it): Bucardo's sync still active, its triggers on,
+    // capturing while the application writes. Importing again finishes.
+    cluster::a().exec(&c.ctl_db, "UPDATE capra.imported SET taken_over = NULL");
+    b.cl.exec("bucardo", "UPDATE bucardo.sync SET status = 'active' WHERE name = 'mm'");
+    for (cl, d) in [(b.cl, &m1), (cluster::b(), &m2)] {
+        cl.exec(d, "ALTER TABLE acct ENABLE TRIGGER ALL");
+    }
+    b.cl.exec(&m1, "UPDATE acct SET v = 'm1 again' WHERE id = 1");
+    cluster::b().exec(&m2, "INSERT INTO acct VALUES (300, 'm2 again')");
+    let out = c.ok(&["import", "bucardo", "--from", &b.from()]);
+    assert!(
+        out.contains("\"mm\" (in capra already; finishing the takeover)"),
+        "{out}"
+    );
+    assert!(out.contains("Took over sync(s) \"mm\""), "{out}");
+    assert_eq!(
+        value(b.cl, "bucardo", "SELECT status FROM bucardo.sync WHERE name = 'mm'"),
+        "inactive"
+    );
+    c.ok(&["kick", "mm", "60"]);
+    assert!(same((b.cl, &m1), (cluster::b(), &m2), "acct"));
+    assert_eq!(value(b.cl, &m1, "SELECT count(*) FROM acct"), "40");
+    let again = c.ok(&["import", "bucardo", "--from", &b.from()]);
+    assert!(again.contains("Nothing to take over."), "{again}");
 }
 
 #[test]
