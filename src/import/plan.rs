@@ -350,10 +350,14 @@ fn table_options(row: &serde_json::Value) -> Vec<(String, String)> {
 
 /// Live tables, sequences and connection errors of each database, read once.
 #[derive(Default)]
-struct Live(BTreeMap<String, std::result::Result<(Vec<Found>, Vec<QualName>), String>>);
+struct Live(BTreeMap<String, std::result::Result<LiveDb, String>>);
+
+/// One database as the plan reads it: its tables and sequences, and the
+/// tables Bucardo's row trigger captures there.
+type LiveDb = (Vec<Found>, Vec<QualName>);
 
 impl Live {
-    fn read(d: &NewDb) -> std::result::Result<(Vec<Found>, Vec<QualName>), String> {
+    fn read(d: &NewDb) -> std::result::Result<LiveDb, String> {
         let mut c = connect(d).map_err(|e| crate::pg::error::flatten(&e.to_string()))?;
         let mut all = discover::tables(&mut c).map_err(|e| e.to_string())?;
         all.extend(discover::sequences(&mut c).map_err(|e| e.to_string())?);
