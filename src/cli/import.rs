@@ -150,12 +150,6 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
             .map(|c| (c.clone(), dir.join(format!("{}.pl", c.name)).display().to_string()))
             .collect()
     };
-    let work = plan.syncs.iter().any(|s| matches!(s.stage, Stage::New | Stage::Resume));
-    if !req.dry_run && work {
-        if let Some(why) = &running {
-            return Err(ImportError::Running(why.clone()).into());
-        }
-    }
     // The catalog is written in one transaction; a sync capra refuses is
     // rolled back alone, and so is one chained to it, until nothing more
     // falls out. A dry run rolls back whatever it wrote.
@@ -187,6 +181,12 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
             plan.left
                 .extend(broken.into_iter().map(|(n, why)| format!("sync \"{n}\": {why}")));
             continue;
+        }
+        // Bucardo may run for syncs that stay; not while any is taken over.
+        let work = !written.is_empty() || plan.syncs.iter().any(|s| s.stage == Stage::Resume);
+        if let (false, true, Some(why)) = (req.dry_run, work, &running) {
+            tx.rollback().ctx(|| "rolling back".into())?;
+            return Err(ImportError::Running(why.clone()).into());
         }
         let kept: Vec<String> = plan.syncs.iter().map(|s| s.name().to_string()).collect();
         plan.codes.retain(|c| kept.contains(&c.owner));

@@ -53,6 +53,8 @@ pub struct Member {
     pub db: String,
     /// source, target or fullcopy.
     pub role: String,
+    /// Bucardo's `priority` (kept; neither Bucardo nor capra orders by it).
+    pub priority: i32,
 }
 
 /// One `bucardo.goat` row: a table or sequence of one database.
@@ -171,14 +173,27 @@ impl Snapshot {
         v
     }
 
+    /// Whether Bucardo runs a sync as a full copy (among its active
+    /// databases: one source, no target): such a sync reads no triggers.
+    pub fn is_fullcopy(&self, sync: &Sync) -> bool {
+        let active: Vec<&Member> = self
+            .members_of(sync)
+            .into_iter()
+            .filter(|m| self.db(&m.db).is_some_and(|d| d.status != "inactive"))
+            .collect();
+        let n = |role: &str| active.iter().filter(|m| m.role == role).count();
+        n("source") == 1 && n("target") == 0
+    }
+
     /// The syncs that read table `schema.name` on source `db` through
-    /// Bucardo's triggers there: every sync (inactive ones too, which a
-    /// later activation would need) with `db` as a source and the table in
-    /// its relgroup. A multi-source sync's tables are recorded on one of
-    /// its sources only, so the table is matched by name.
+    /// Bucardo's triggers there: every delta sync (inactive ones too, which
+    /// a later activation would need) with `db` as a source and the table
+    /// in its relgroup. A multi-source sync's tables are recorded on one
+    /// of its sources only, so the table is matched by name.
     pub fn users(&self, db: &str, schema: &str, name: &str) -> Vec<&Sync> {
         self.syncs
             .iter()
+            .filter(|s| !self.is_fullcopy(s))
             .filter(|s| self.members_of(s).iter().any(|m| m.db == db && m.role == "source"))
             .filter(|s| {
                 self.goats_of(s)
@@ -188,19 +203,24 @@ impl Snapshot {
             .collect()
     }
 
-    /// Whether a sync's changes arriving on `db` are captured there again
-    /// (makedelta on the sync, the database or one of its tables), so a
-    /// sync reading `db` passes them on.
+    /// Whether the changes a sync applies on `db` are captured there again
+    /// (makedelta on the database, or on one of the sync's tables as `on`
+    /// or a list naming `db`), so a sync reading `db` passes them on. A
+    /// full copy never is.
     pub fn makedelta_into(&self, sync: &Sync, db: &str) -> bool {
-        let on = |v: Option<&Value>| match v {
+        if self.is_fullcopy(sync) {
+            return false;
+        }
+        let names = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => {
+                let s = s.trim();
+                s.eq_ignore_ascii_case("on") || s.split([',', ' ']).any(|x| x.trim() == db)
+            }
             Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => !s.is_empty() && s != "off" && s != "0" && s != "false",
-            Some(Value::Number(n)) => n.as_i64() != Some(0),
             _ => false,
         };
-        on(sync.row.get("makedelta"))
-            || self.db(db).is_some_and(|d| d.makedelta)
-            || self.goats_of(sync).iter().any(|(g, _)| on(g.row.get("makedelta")))
+        self.db(db).is_some_and(|d| d.makedelta)
+            || self.goats_of(sync).iter().any(|(g, _)| names(g.row.get("makedelta")))
     }
 }
 
@@ -282,6 +302,7 @@ pub fn read(c: &mut Client) -> Result<Snapshot> {
             group: text(&r, "dbgroup").unwrap_or_default(),
             db: text(&r, "db").unwrap_or_default(),
             role: text(&r, "role").unwrap_or_else(|| "target".into()),
+            priority: int(&r, "priority") as i32,
         });
     }
     for r in rows(&mut tx, "goat", "id")? {

@@ -58,6 +58,8 @@ pub struct SyncImport {
     pub delta: bool,
     /// Its databases and their capra roles.
     pub members: Vec<(String, Role)>,
+    /// Their `dbmap` priorities, where not 0.
+    pub priorities: Vec<(String, i32)>,
     /// Its tables and sequences.
     pub tables: Vec<Table>,
     /// Options as `key=value` for capra's checks.
@@ -132,6 +134,60 @@ pub fn hook_point(whenrun: &str) -> Option<&'static str> {
     })
 }
 
+/// `key=value` pairs as DBD::Pg reads them: a `;` outside single quotes
+/// separates like a space, then libpq's rules (a value in single quotes
+/// may hold spaces, `\\` escapes). Keys are lowercased.
+fn dbd_pairs(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let sep = |c: char| c.is_whitespace() || c == ';';
+    loop {
+        while chars.peek().is_some_and(|c| sep(*c)) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || sep(c) {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            return out;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'=') {
+            chars.next();
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next()),
+                        '\'' => break,
+                        _ => value.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if sep(c) {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+            }
+        }
+        out.push((key.to_lowercase(), value));
+    }
+}
+
 /// capra's database entry for a Bucardo database: a `dbi:Pg:` DSN is
 /// taken apart; DBD::Pg's `;`-separated extra pairs are libpq keywords;
 /// a pgpass file becomes `passfile`.
@@ -142,34 +198,22 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
     let mut user = d.user.clone();
     let mut service = d.service.clone();
     let mut pass = d.pass.clone();
-    // DBD::Pg's pairs are `;`-separated and unquoted; libpq's keywords
-    // are space-separated, so every value is quoted.
-    let quoted = |pair: &str| -> String {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        format!("{}='{}'", k.trim(), v.trim().replace('\\', "\\\\").replace('\'', "\\'"))
-    };
-    let mut conn: Vec<String> = d
-        .conn
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(quoted)
-        .collect();
+    let quoted = |k: &str, v: &str| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut conn: Vec<String> = dbd_pairs(&d.conn).iter().map(|(k, v)| quoted(k, v)).collect();
     if let Some(dsn) = &d.dsn {
         let body = dsn.split_once(':').map(|x| x.1).unwrap_or(dsn);
         let body = body.split_once(':').map(|x| x.1).unwrap_or(body);
         (dbname, host, port, service) = (None, None, None, None);
         conn.clear();
-        for pair in body.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k.trim().to_lowercase().as_str() {
-                "dbname" | "db" | "database" => dbname = Some(v.to_string()),
-                "host" => host = Some(v.to_string()),
+        for (k, v) in dbd_pairs(body) {
+            match k.as_str() {
+                "dbname" | "db" | "database" => dbname = Some(v),
+                "host" => host = Some(v),
                 "port" => port = v.parse().ok(),
-                "service" => service = Some(v.to_string()),
-                "user" => user = Some(v.to_string()),
+                "service" => service = Some(v),
+                "user" => user = Some(v),
                 "password" => pass = Some(crate::sys::Secret::new(v)),
-                _ => conn.push(quoted(pair)),
+                _ => conn.push(quoted(&k, &v)),
             }
         }
     }
@@ -316,6 +360,14 @@ fn sync_options(
         text(row, "deletemethod").unwrap_or_else(|| "delete".into()),
         "",
     );
+    if let Some(v) = text(row, "copyextra") {
+        unused.push(format!(
+            "copyextra={v} (no capra equivalent: its copies take no extra COPY options)"
+        ));
+    }
+    if flag(row, "track_rates") == Some(true) {
+        unused.push("track_rates=true (no effect in Bucardo 5 either)".into());
+    }
     (opts, unused)
 }
 
@@ -352,9 +404,10 @@ fn table_options(row: &serde_json::Value) -> Vec<(String, String)> {
 #[derive(Default)]
 struct Live(BTreeMap<String, std::result::Result<LiveDb, String>>);
 
-/// One database as the plan reads it: its tables and sequences, and the
-/// tables Bucardo's row trigger captures there.
-type LiveDb = (Vec<Found>, Vec<QualName>);
+/// One database as the plan reads it: its tables and sequences, the
+/// tables Bucardo's row trigger captures there, and those of them whose
+/// triggers the connecting role may not alter (it does not own them).
+type LiveDb = (Vec<Found>, Vec<QualName>, Vec<QualName>);
 
 impl Live {
     fn read(d: &NewDb) -> std::result::Result<LiveDb, String> {
@@ -362,9 +415,11 @@ impl Live {
         let mut all = discover::tables(&mut c).map_err(|e| e.to_string())?;
         all.extend(discover::sequences(&mut c).map_err(|e| e.to_string())?);
         // Tables Bucardo's row trigger captures here.
-        let captured = c
+        let rows = c
             .query(
-                "SELECT n.nspname::text, r.relname::text FROM pg_catalog.pg_trigger t
+                "SELECT n.nspname::text, r.relname::text, pg_catalog.pg_has_role(r.relowner, 'USAGE')
+                        AND pg_catalog.has_schema_privilege(p.pronamespace, 'USAGE')
+                   FROM pg_catalog.pg_trigger t
                    JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) t.tgrelid
                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
                    JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
@@ -372,24 +427,25 @@ impl Live {
                   WHERE pn.nspname OPERATOR(pg_catalog.=) 'bucardo' AND p.proname OPERATOR(pg_catalog.~~) 'delta\\_%'",
                 &[],
             )
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|r| QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        Ok((all, captured))
+            .map_err(|e| e.to_string())?;
+        let name = |r: &postgres::Row| QualName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let captured = rows.iter().map(name).collect();
+        let locked = rows.iter().filter(|r| !r.get::<_, bool>(2)).map(name).collect();
+        Ok((all, captured, locked))
     }
 
     fn of(&mut self, d: &NewDb) -> std::result::Result<&Vec<Found>, String> {
         match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
-            Ok((all, _)) => Ok(all),
+            Ok((all, _, _)) => Ok(all),
             Err(e) => Err(e.clone()),
         }
     }
 
-    /// Whether Bucardo captures `t` on `d` (None: unreachable).
-    fn captured(&mut self, d: &NewDb, t: &QualName) -> Option<bool> {
+    /// Whether Bucardo captures `t` on `d`, and whether the role may
+    /// disable its triggers there (None: unreachable).
+    fn captured(&mut self, d: &NewDb, t: &QualName) -> Option<(bool, bool)> {
         match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
-            Ok((_, c)) => Some(c.contains(t)),
+            Ok((_, c, locked)) => Some((c.contains(t), !locked.contains(t))),
             Err(_) => None,
         }
     }
@@ -529,10 +585,19 @@ fn tables_of(
                 ));
             }
         }
-        if delta && found.reltype == RelType::Table && !copy_whole {
+        if delta && found.reltype == RelType::Table {
             for m in s.members_of(sync).iter().filter(|m| m.role == "source") {
                 let Some(d) = s.db(&m.db) else { continue };
-                if live.captured(&new_db(d), &qn) == Some(false) {
+                let seen = live.captured(&new_db(d), &qn);
+                if seen == Some((true, false)) {
+                    return Err(format!(
+                        "the role that reaches \"{}\" ({}) does not own {}, so it cannot disable Bucardo's triggers there; give Bucardo's database entry the table's owner or a superuser",
+                        m.db,
+                        d.user.as_deref().unwrap_or("the default"),
+                        qn.human()
+                    ));
+                }
+                if !copy_whole && seen.is_some_and(|(c, _)| !c) {
                     notes.push(format!(
                         "table {} is not captured by Bucardo on \"{}\" (added to the sync since Bucardo last started?): capra sends its changes from now on, as Bucardo would have; rows written before reach the targets only with onetimecopy",
                         qn.human(),
@@ -572,11 +637,18 @@ fn plan_sync(
     for u in unused {
         left.push(format!("sync \"{}\": option {u}", sync.name));
     }
+    let priorities = s
+        .members_of(sync)
+        .iter()
+        .filter(|m| m.priority != 0 && members.iter().any(|(d, _)| *d == m.db))
+        .map(|m| (m.db.clone(), m.priority))
+        .collect();
     Ok(SyncImport {
         bucardo: sync.clone(),
         stage,
         delta,
         members,
+        priorities,
         tables,
         options,
         checked: Vec::new(),
@@ -682,6 +754,7 @@ pub fn build(c: &mut impl GenericClient, s: &Snapshot, inert: fn(&str) -> Option
                 stage,
                 delta: false,
                 members: Vec::new(),
+                priorities: Vec::new(),
                 tables: Vec::new(),
                 options: Vec::new(),
                 checked: Vec::new(),
@@ -770,10 +843,13 @@ pub fn broken_chains(s: &Snapshot, importing: &std::collections::BTreeSet<String
             if !shares(sync, other) {
                 continue;
             }
+            // Where `up` writes: its targets, and every member when it
+            // has several sources (each one receives the others' changes).
             let into = |up: &bucardo::Sync, down: &bucardo::Sync| -> Option<String> {
+                let multi = s.members_of(up).iter().filter(|m| m.role == "source").count() > 1;
                 s.members_of(up)
                     .iter()
-                    .filter(|m| m.role != "source")
+                    .filter(|m| multi || m.role != "source")
                     .find(|m| {
                         s.members_of(down).iter().any(|d| d.db == m.db && d.role == "source")
                             && s.makedelta_into(up, &m.db)
@@ -819,7 +895,10 @@ mod tests {
 
     #[test]
     fn dbd_pg_pairs_and_dsns_become_libpq_keywords() {
-        let n = new_db(&db("sslmode=require;options=-c search_path=x", None));
+        let n = new_db(&db(
+            "sslmode=require;options='-c search_path=x' application_name=b",
+            None,
+        ));
         assert_eq!(
             (n.host.as_deref(), n.port, n.dbname.as_deref()),
             (Some("h1"), Some(5433), Some("shop"))
@@ -827,20 +906,21 @@ mod tests {
         let kw = crate::pg::connect::parse_keywords(&n.conn).unwrap();
         assert_eq!(kw["sslmode"], "require");
         assert_eq!(kw["options"], "-c search_path=x");
+        assert_eq!(kw["application_name"], "b");
         assert_eq!(kw["passfile"], "/etc/bucardo/pgpass");
         let n = new_db(&db(
             "",
-            Some("dbi:Pg:dbname=other;host=h2;port=6000;password=pw;sslmode=verify-full"),
+            Some("dbi:Pg:db=other;host=h2;port=6000;password='p w';sslmode=verify-full"),
         ));
         assert_eq!(
             (n.host.as_deref(), n.port, n.dbname.as_deref()),
             (Some("h2"), Some(6000), Some("other"))
         );
-        assert_eq!(n.pass.as_ref().map(|p| p.expose()), Some("pw"));
+        assert_eq!(n.pass.as_ref().map(|p| p.expose()), Some("p w"));
         let kw = crate::pg::connect::parse_keywords(&n.conn).unwrap();
         assert_eq!(kw.get("password"), None);
         assert_eq!(kw.get("passfile"), None, "a password beats the pgpass file");
         assert_eq!(kw["sslmode"], "verify-full");
-        assert!(!reach(&n).contains("pw "), "{}", reach(&n));
+        assert!(!reach(&n).contains("p w"), "{}", reach(&n));
     }
 }

@@ -133,6 +133,13 @@ fn write_sync(tx: &mut Transaction<'_>, plan: &Plan, s: &SyncImport, control: &s
             }
         }
     }
+    for (d, p) in &s.priorities {
+        tx.execute(
+            "UPDATE capra.dbmap SET priority = $1 WHERE dbgroup = $2 AND db = $3",
+            &[p, &s.bucardo.dbs, d],
+        )
+        .ctx(|| format!("setting the priority of \"{d}\" in dbgroup \"{}\"", s.bucardo.dbs))?;
+    }
     let group = model::dbgroup(tx, &s.bucardo.dbs)?.ok_or_else(|| Error::not_found("dbgroup", &s.bucardo.dbs))?;
     edit::check_sync_shape(tx, name, &s.bucardo.herd, &group)?;
     edit::insert_sync(tx, name, &s.bucardo.herd, &s.bucardo.dbs, None, s.delta)?;
@@ -395,35 +402,28 @@ fn take_table(
             out.disabled.push(human.clone());
         }
     } else {
-        // Bucardo keeps capturing for the syncs that stay; the taken-over
-        // syncs' targets no longer wait for those rows, so Bucardo's purge
-        // can drop them once the others have them.
-        // A dbgroup a staying sync also uses stays a target.
-        let targets: Vec<String> = w
-            .targets
-            .iter()
-            .filter(|t| !staying.iter().any(|s| **t == format!("dbgroup {}", s.dbs)))
-            .cloned()
-            .collect();
-        tx.execute(
-            "DELETE FROM bucardo.bucardo_delta_targets
-              WHERE tablename OPERATOR(pg_catalog.=) $1 AND target OPERATOR(pg_catalog.=) ANY ($2)",
-            &[&oid, &targets],
-        )
-        .ctx(|| what.clone())?;
         out.kept.push((human.clone(), others));
     }
+    let delta = bucardo_log(tx, oid, &what)?;
     let logged_again = if w.copy_whole {
+        // Once: a resumed import must not copy the table again.
         tx.execute(
-            "INSERT INTO capra.truncate_log (captured, part) VALUES ($1, '*')",
+            "INSERT INTO capra.truncate_log (captured, part)
+             SELECT $1, '*' WHERE NOT EXISTS (SELECT 1 FROM capra.truncate_log
+                                               WHERE captured OPERATOR(pg_catalog.=) $1 AND part OPERATOR(pg_catalog.=) '*')",
             &[&id],
         )
         .ctx(|| what.clone())?;
         out.copies.push(human.clone());
         false
     } else {
-        hand_over_changes(tx, id, &keycols, oid, w, out, &what)?
+        hand_over_changes(tx, id, &keycols, oid, delta.as_deref(), w, out, &what)?
     };
+    if !staying.is_empty() {
+        if let Some(delta) = &delta {
+            forget_targets(tx, oid, delta, w, &staying, &what)?;
+        }
+    }
     if logged_again {
         tx.execute(
             "INSERT INTO capra.applied (installation, sync, txid, kind)
@@ -437,21 +437,67 @@ fn take_table(
     Ok(())
 }
 
-/// Copies the undelivered keys and the pending TRUNCATE of one table from
-/// Bucardo's logs into capra's; returns whether anything was logged.
-fn hand_over_changes(
+/// Where Bucardo keeps capturing a table for syncs that stay, it stops
+/// counting the taken-over syncs' dbgroups as its targets there, and drops
+/// their delivery marks with them: Bucardo's purge deletes a change once
+/// it has as many marks as the table has targets, so both go together (a
+/// dbgroup a staying sync uses stays).
+fn forget_targets(
     tx: &mut Transaction<'_>,
-    id: i32,
-    keycols: &[String],
     oid: postgres::types::Oid,
+    delta: &str,
     w: &Work<'_>,
-    out: &mut HandedOver,
+    staying: &[&crate::import::bucardo::Sync],
     what: &str,
-) -> Result<bool> {
-    let human = w.table.human();
-    // Bucardo's per-table objects are named by a function of the table's
-    // name; its row trigger calls the function named like the delta table.
-    let delta: Option<String> = tx
+) -> Result<()> {
+    let gone: Vec<String> = w
+        .targets
+        .iter()
+        .filter(|t| !staying.iter().any(|s| **t == format!("dbgroup {}", s.dbs)))
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let suffix = &delta[6..];
+    for t in [
+        "bucardo_delta_targets".to_string(),
+        format!("track_{suffix}"),
+        format!("stage_{suffix}"),
+    ] {
+        let exists: bool = tx
+            .query_one(
+                "SELECT pg_catalog.to_regclass(pg_catalog.format('bucardo.%I', $1::text)) IS NOT NULL",
+                &[&t],
+            )
+            .ctx(|| what.into())?
+            .col(0, what)?;
+        if !exists {
+            continue;
+        }
+        let only_this = if t == "bucardo_delta_targets" {
+            "tablename OPERATOR(pg_catalog.=) $2 AND "
+        } else {
+            ""
+        };
+        let sql = format!(
+            "DELETE FROM bucardo.{} WHERE {only_this}target OPERATOR(pg_catalog.=) ANY ($1)",
+            quote_ident(&t)
+        );
+        if only_this.is_empty() {
+            tx.execute(sql.as_str(), &[&gone])
+        } else {
+            tx.execute(sql.as_str(), &[&gone, &oid])
+        }
+        .ctx(|| what.into())?;
+    }
+    Ok(())
+}
+
+/// The name of Bucardo's change log of a table (its row trigger's
+/// function is named like it), when Bucardo captures the table here.
+fn bucardo_log(tx: &mut Transaction<'_>, oid: postgres::types::Oid, what: &str) -> Result<Option<String>> {
+    tx
         .query_opt(
             "SELECT p.proname::text FROM pg_catalog.pg_trigger t
                JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
@@ -465,7 +511,23 @@ fn hand_over_changes(
         )
         .ctx(|| what.into())?
         .map(|r| r.col(0, what))
-        .transpose()?;
+        .transpose()
+}
+
+/// Copies the undelivered keys and the pending TRUNCATE of one table from
+/// Bucardo's logs into capra's; returns whether anything was logged.
+#[allow(clippy::too_many_arguments)]
+fn hand_over_changes(
+    tx: &mut Transaction<'_>,
+    id: i32,
+    keycols: &[String],
+    oid: postgres::types::Oid,
+    delta: Option<&str>,
+    w: &Work<'_>,
+    out: &mut HandedOver,
+    what: &str,
+) -> Result<bool> {
+    let human = w.table.human();
     let mut logged = false;
     if let Some(delta) = delta {
         let track = format!("track_{}", &delta[6..]);
@@ -484,7 +546,7 @@ fn hand_over_changes(
                       GROUP BY {dk}",
                     k = keys.join(", "),
                     dk = dkeys.join(", "),
-                    delta = quote_ident(&delta),
+                    delta = quote_ident(delta),
                     track = quote_ident(&track),
                 ),
                 &[&targets],

@@ -562,6 +562,25 @@ fn chained_syncs_move_together_and_capras_own_groups_are_not_changed() {
         "bucardo",
         "INSERT INTO bucardo.customname (goat, newname) SELECT id, 'elsewhere' FROM bucardo.goat WHERE db = 'Y'",
     );
+    // A multi-source sync writes every source: P <-> Q, Q makedelta,
+    // Q -> R staying in Bucardo.
+    let (pp, qq, rr) = (unique("cp"), unique("cq"), unique("cr"));
+    for d in [&pp, &qq, &rr] {
+        b.cl.create_db(d);
+        b.cl.exec(d, "CREATE TABLE mt (id int PRIMARY KEY)");
+    }
+    b.add_db("P", b.cl, &pp);
+    b.add_db("Q", b.cl, &qq);
+    b.add_db("R", b.cl, &rr);
+    b.cli(&["add", "table", "mt", "db=P", "relgroup=m1"]);
+    b.cli(&["add", "sync", "mmup", "relgroup=m1", "dbs=P:source,Q:source"]);
+    b.cli(&["add", "table", "mt", "db=Q", "relgroup=m2"]);
+    b.cli(&["add", "sync", "qdown", "relgroup=m2", "dbs=Q:source,R:target"]);
+    b.cl.exec(
+        "bucardo",
+        "UPDATE bucardo.db SET makedelta = true WHERE name = 'Q';
+         INSERT INTO bucardo.customname (goat, newname) SELECT id, 'mt' FROM bucardo.goat WHERE db = 'Q'",
+    );
     // capra has its own relgroup "taken" (another table): a herd of that
     // name must not change it.
     b.cli(&["add", "table", "ct2", "db=X", "relgroup=taken"]);
@@ -576,12 +595,13 @@ fn chained_syncs_move_together_and_capras_own_groups_are_not_changed() {
         "sync \"up\": it is chained through database \"Y\" (makedelta) with Bucardo sync \"down\", which stays in Bucardo; import both or neither",
         "sync \"down\": it uses customname on public.ct",
         "sync \"coll\": capra refuses it: capra already has a relgroup \"taken\" with other tables",
+        "sync \"mmup\": it is chained through database \"Q\" (makedelta) with Bucardo sync \"qdown\"",
     ] {
         assert!(r.stdout.contains(want), "lacks {want:?}:\n{}", r.stdout);
     }
     assert!(r.stdout.contains("Nothing to take over."), "{}", r.stdout);
     assert_eq!(c.snapshot(), before, "nothing was written");
-    for s in ["up", "down", "coll"] {
+    for s in ["up", "down", "coll", "mmup", "qdown"] {
         assert_eq!(
             value(
                 b.cl,
@@ -591,4 +611,55 @@ fn chained_syncs_move_together_and_capras_own_groups_are_not_changed() {
             "active"
         );
     }
+}
+
+#[test]
+fn a_sync_that_stays_in_bucardo_on_a_shared_table_keeps_every_row_through_its_purge() {
+    let b = bucardo::install();
+    let (a, t1, t2) = (unique("sa"), unique("sb"), unique("sc"));
+    for d in [&a, &t1, &t2] {
+        b.cl.create_db(d);
+        b.cl.exec(d, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    }
+    b.add_db("A", b.cl, &a);
+    b.add_db("B", b.cl, &t1);
+    b.add_db("C", b.cl, &t2);
+    b.cli(&["add", "table", "t", "db=A", "relgroup=rg"]);
+    b.cli(&["add", "sync", "s1", "relgroup=rg", "dbs=A:source,B:target"]);
+    b.cli(&["add", "sync", "s2", "relgroup=rg", "dbs=A:source,C:target"]);
+    b.start(&["s1", "s2"]);
+    b.cl.exec(&a, "INSERT INTO t SELECT g, 'first' FROM generate_series(1, 5) g");
+    b.kick("s1");
+    b.kick("s2");
+    b.stop();
+    // s2 pauses while s1 delivers more: rows s1 has and s2 has not.
+    b.cl.exec(
+        "bucardo",
+        "UPDATE bucardo.sync SET status = 'inactive' WHERE name = 's2'",
+    );
+    b.start(&["s1"]);
+    b.cl.exec(&a, "INSERT INTO t SELECT g, 'second' FROM generate_series(6, 10) g");
+    b.kick("s1");
+    b.stop();
+
+    let c = Capra::install(cluster::a());
+    let out = c.ok(&["import", "bucardo", "--from", &b.from()]);
+    assert!(out.contains("sync \"s2\": inactive in Bucardo"), "{out}");
+    assert!(
+        out.contains("Bucardo's triggers on public.t stay: Bucardo sync s2 still reads it"),
+        "{out}"
+    );
+    b.cl.exec(&a, "INSERT INTO t SELECT g, 'third' FROM generate_series(11, 12) g");
+
+    // Back in Bucardo, s2 runs and Bucardo purges what it counts delivered:
+    // nothing s2 lacks may go.
+    b.cl.exec("bucardo", "UPDATE bucardo.sync SET status = 'active' WHERE name = 's2'");
+    b.start(&["s2"]);
+    b.cl.exec(&a, "SELECT bucardo.bucardo_purge_delta('0 seconds')");
+    b.kick("s2");
+    assert!(same((b.cl, &a), (b.cl, &t2), "t"), "Bucardo's s2 lost rows");
+    b.stop();
+    let _d = c.start();
+    c.ok(&["kick", "s1", "60"]);
+    assert!(same((b.cl, &a), (b.cl, &t1), "t"), "capra's s1");
 }
