@@ -653,9 +653,9 @@ fn a_sync_that_stays_in_bucardo_on_a_shared_table_keeps_every_row_through_its_pu
 
     // Back in Bucardo, s2 runs and Bucardo purges what it counts delivered:
     // nothing s2 lacks may go.
+    b.cl.exec(&a, "SELECT bucardo.bucardo_purge_delta('0 seconds')");
     b.cl.exec("bucardo", "UPDATE bucardo.sync SET status = 'active' WHERE name = 's2'");
     b.start(&["s2"]);
-    b.cl.exec(&a, "SELECT bucardo.bucardo_purge_delta('0 seconds')");
     b.kick("s2");
     assert!(same((b.cl, &a), (b.cl, &t2), "t"), "Bucardo's s2 lost rows");
     b.stop();
