@@ -41,6 +41,21 @@ pub struct NewDb {
     pub server_side_prepares: bool,
 }
 
+impl NewDb {
+    /// How to reach it, before it is stored (to try the settings).
+    pub fn conn_spec(&self) -> crate::pg::connect::ConnSpec {
+        crate::pg::connect::ConnSpec {
+            host: self.host.clone(),
+            port: self.port.map(|p| p as u16),
+            user: self.user.clone(),
+            dbname: self.dbname.clone(),
+            password: self.pass.as_ref().map(|p| p.expose().to_string()),
+            conn: self.conn.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
 /// The first column of each row of a query with one text parameter;
 /// `what` says what capra was doing, for errors.
 fn names(tx: &mut Transaction<'_>, sql: &str, param: &str, what: &str) -> Result<Vec<String>> {

@@ -241,21 +241,9 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
     }
 }
 
-fn spec_of(n: &NewDb) -> crate::pg::connect::ConnSpec {
-    crate::pg::connect::ConnSpec {
-        host: n.host.clone(),
-        port: n.port.map(|p| p as u16),
-        user: n.user.clone(),
-        dbname: n.dbname.clone(),
-        password: n.pass.as_ref().map(|p| p.expose().to_string()),
-        conn: n.conn.clone(),
-        service: n.service.clone(),
-    }
-}
-
 /// Connects to a database as capra would store it.
 pub fn connect(n: &NewDb) -> Result<postgres::Client> {
-    crate::pg::connect::open_db(&spec_of(n), &n.name)
+    crate::pg::connect::open_db(&n.conn_spec(), &n.name)
 }
 
 /// The syncs an earlier import recorded: name → when it was taken over.

@@ -67,20 +67,26 @@ pub fn check(client: &mut Client, db: &str) -> Result<()> {
     if control {
         return Err(ImportError::HoldsControl { db: db.into() }.into());
     }
+    refuse_dependents(client, db)
+}
+
+/// Refuses when an object of the user's depends on Bucardo's.
+fn refuse_dependents(client: &mut impl postgres::GenericClient, db: &str) -> Result<()> {
+    let what = format!("checking what depends on Bucardo in \"{db}\"");
     let deps: Vec<String> = client
         .query(DEPENDENTS, &[])
         .ctx(|| what.clone())?
         .iter()
         .map(|r| r.col(0, &what))
         .collect::<Result<_>>()?;
-    if !deps.is_empty() {
-        return Err(ImportError::Dependents {
-            db: db.into(),
-            objects: deps.join(", "),
-        }
-        .into());
+    if deps.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(ImportError::Dependents {
+        db: db.into(),
+        objects: deps.join(", "),
+    }
+    .into())
 }
 
 /// What [`remove`] dropped on one database.
@@ -125,19 +131,7 @@ pub fn remove(client: &mut Client, db: &str) -> Result<Removed> {
         .ctx(|| what.clone())?
         .col(0, &what)?;
     if out.schema {
-        let deps: Vec<String> = tx
-            .query(DEPENDENTS, &[])
-            .ctx(|| what.clone())?
-            .iter()
-            .map(|r| r.col(0, &what))
-            .collect::<Result<_>>()?;
-        if !deps.is_empty() {
-            return Err(ImportError::Dependents {
-                db: db.into(),
-                objects: deps.join(", "),
-            }
-            .into());
-        }
+        refuse_dependents(&mut tx, db)?;
         tx.batch_execute("DROP SCHEMA bucardo CASCADE")
             .ctx(|| format!("dropping schema bucardo on \"{db}\""))?;
     }

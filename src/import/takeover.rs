@@ -417,7 +417,13 @@ fn take_table(
         out.copies.push(human.clone());
         false
     } else {
-        hand_over_changes(tx, id, &keycols, oid, delta.as_deref(), w, out, &what)?
+        let t = Logs {
+            id,
+            keycols: &keycols,
+            oid,
+            delta: delta.as_deref(),
+        };
+        hand_over_changes(tx, &t, w, out, &what)?
     };
     if !staying.is_empty() {
         if let Some(delta) = &delta {
@@ -514,19 +520,25 @@ fn bucardo_log(tx: &mut Transaction<'_>, oid: postgres::types::Oid, what: &str) 
         .transpose()
 }
 
+/// One table's change logs on a source: capra's (its captured id and key
+/// columns) and Bucardo's (the table's oid and its log's name, if any).
+struct Logs<'a> {
+    id: i32,
+    keycols: &'a [String],
+    oid: postgres::types::Oid,
+    delta: Option<&'a str>,
+}
+
 /// Copies the undelivered keys and the pending TRUNCATE of one table from
 /// Bucardo's logs into capra's; returns whether anything was logged.
-#[allow(clippy::too_many_arguments)]
 fn hand_over_changes(
     tx: &mut Transaction<'_>,
-    id: i32,
-    keycols: &[String],
-    oid: postgres::types::Oid,
-    delta: Option<&str>,
+    t: &Logs<'_>,
     w: &Work<'_>,
     out: &mut HandedOver,
     what: &str,
 ) -> Result<bool> {
+    let (id, keycols, oid, delta) = (t.id, t.keycols, t.oid, t.delta);
     let human = w.table.human();
     let mut logged = false;
     if let Some(delta) = delta {

@@ -9,7 +9,7 @@ use crate::cli::sync_opts::parse_role;
 use crate::cli::{Ctx, Words};
 use crate::domain::{DbStatus, Role};
 use crate::error::{Error, Result};
-use crate::pg::{self, connect::ConnSpec};
+use crate::pg;
 
 /// Database options kept for Bucardo scripts.
 fn inert(k: &str) -> Option<&'static str> {
@@ -119,16 +119,7 @@ fn group_of_new_db(a: &kv::Args) -> Result<Option<(String, Option<Role>)>> {
 
 /// Connects to a database about to be added, so a typo is caught now.
 fn try_new_db(new: &NewDb) -> Result<()> {
-    let spec = ConnSpec {
-        host: new.host.clone(),
-        port: new.port.map(|p| p as u16),
-        user: new.user.clone(),
-        dbname: new.dbname.clone(),
-        password: new.pass.as_ref().map(|p| p.expose().to_string()),
-        conn: new.conn.clone(),
-        service: new.service.clone(),
-    };
-    pg::connect::open_db(&spec, &new.name)
+    pg::connect::open_db(&new.conn_spec(), &new.name)
         .map_err(|e| e.with_hint("check the settings, or add it anyway with --force"))?;
     Ok(())
 }
