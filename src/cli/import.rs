@@ -71,7 +71,7 @@ fn uri_keywords(uri: &str) -> Result<String> {
     }
     Ok(kw
         .iter()
-        .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+        .map(|(k, v)| connect::keyword(k, v))
         .collect::<Vec<_>>()
         .join(" "))
 }

@@ -198,7 +198,7 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
     let mut user = d.user.clone();
     let mut service = d.service.clone();
     let mut pass = d.pass.clone();
-    let quoted = |k: &str, v: &str| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let quoted = crate::pg::connect::keyword;
     let mut conn: Vec<String> = dbd_pairs(&d.conn).iter().map(|(k, v)| quoted(k, v)).collect();
     if let Some(dsn) = &d.dsn {
         let body = dsn.split_once(':').map(|x| x.1).unwrap_or(dsn);
@@ -219,7 +219,7 @@ pub fn new_db(d: &bucardo::Db) -> NewDb {
     }
     if pass.is_none() {
         if let Some(f) = &d.pgpass {
-            conn.push(format!("passfile='{}'", f.replace('\\', "\\\\").replace('\'', "\\'")));
+            conn.push(quoted("passfile", f));
         }
     }
     NewDb {

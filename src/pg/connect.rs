@@ -169,6 +169,12 @@ impl fmt::Debug for Resolved {
     }
 }
 
+/// One `key='value'` pair as [`parse_keywords`] reads it back, whatever
+/// the value holds (spaces, quotes, backslashes).
+pub fn keyword(key: &str, value: &str) -> String {
+    format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Parses `conn=` text: `sslmode=require`, `sslmode=require;connect_timeout=5`,
 /// `sslmode=require sslrootcert='/etc/x y.crt'`.
 pub fn parse_keywords(text: &str) -> Result<BTreeMap<String, String>, ConnSpecError> {
@@ -854,6 +860,8 @@ mod tests {
             Err(ConnSpecError::UnknownKeyword(_))
         ));
         assert!(parse_keywords("sslmode").is_err());
+        let odd = r"a b'c\d";
+        assert_eq!(parse_keywords(&keyword("options", odd)).unwrap()["options"], odd);
         assert!(parse_keywords("a='x").is_err());
     }
 
