@@ -35,8 +35,7 @@ use super::receive::{set_indexes, spare_clause, truncate_or_delete, Batch, Recei
 use super::sequences::{apply_sequence, read_sequences, SeqState};
 use super::settle::{detect, Found, Settle};
 use super::source::{
-    column_signatures, follow_partitions, follow_trees, newest_changes, note_relogged, reads_changes, reraise, scan,
-    Captured, Src,
+    column_signatures, follow_partitions, follow_trees, newest_changes, reads_changes, reraise, scan, Captured, Src,
 };
 use super::table::{copy_encoding, makedelta, makedelta_any, table_meta, Mode, Shape, TableCtx};
 use crate::catalog::model::{Db, Relation};
@@ -158,7 +157,7 @@ fn relog_window(s: &mut Src<'_>, t: &Relation) -> Result<()> {
          SELECT d.captured, d.part, d.capra_ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
     ))
     .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.human(), s.db.name))?;
-    note_relogged(&mut s.tx, id, &s.db.name)?;
+    crate::capture::install::note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }
 

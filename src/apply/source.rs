@@ -515,20 +515,6 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
     Ok(())
 }
 
-/// Notes, for every sync that reads the change log of captured table `id`
-/// (not only this one), that this transaction logged keys again: their
-/// change time is the one logged, not this transaction's commit.
-pub(super) fn note_relogged(tx: &mut Transaction<'_>, id: i32, db: &str) -> Result<()> {
-    tx.execute(
-        "INSERT INTO capra.applied (installation, sync, txid, kind)
-         SELECT DISTINCT ct.installation, ct.sync, txid_current(), 'r' FROM capra.consumer_table ct WHERE ct.captured = $1
-         ON CONFLICT DO NOTHING",
-        &[&id],
-    )
-    .ctx(|| format!("noting keys logged again on \"{db}\""))?;
-    Ok(())
-}
-
 /// Before the snapshot: a table of the plan that joined an inheritance
 /// tree while no DDL follower switched its capture (capra's role is no
 /// superuser, or the switch failed) is switched to row triggers now, in a
@@ -587,6 +573,6 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
     );
     s.tx.execute(&sql, &params)
         .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
-    note_relogged(&mut s.tx, id, &s.db.name)?;
+    crate::capture::install::note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }

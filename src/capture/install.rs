@@ -1337,6 +1337,23 @@ fn update_trigger_sql(table: &str, id: i32) -> String {
     )
 }
 
+/// Notes, for every sync that reads the change log of captured table `id`
+/// (not only the one writing), that this transaction logged keys again:
+/// their change time is the one logged, not this transaction's commit.
+/// A run logging keys for its next run and the Bucardo import handing
+/// over Bucardo's both log this way.
+pub fn note_relogged(c: &mut impl GenericClient, id: i32, db: &str) -> Result<()> {
+    c.execute(
+        "INSERT INTO capra.applied (installation, sync, txid, kind)
+         SELECT DISTINCT ct.installation, ct.sync, pg_catalog.txid_current(), 'r' FROM capra.consumer_table ct
+          WHERE ct.captured OPERATOR(pg_catalog.=) $1
+         ON CONFLICT DO NOTHING",
+        &[&id],
+    )
+    .ctx(|| format!("noting keys logged again on \"{db}\""))?;
+    Ok(())
+}
+
 /// A SQL string literal that means the same whatever
 /// standard_conforming_strings is (an E'' string with backslashes doubled).
 pub fn sql_literal(s: &str) -> String {

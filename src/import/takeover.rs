@@ -431,14 +431,7 @@ fn take_table(
         }
     }
     if logged_again {
-        tx.execute(
-            "INSERT INTO capra.applied (installation, sync, txid, kind)
-             SELECT DISTINCT ct.installation, ct.sync, pg_catalog.txid_current(), 'r' FROM capra.consumer_table ct
-              WHERE ct.captured OPERATOR(pg_catalog.=) $1
-             ON CONFLICT DO NOTHING",
-            &[&id],
-        )
-        .ctx(|| what.clone())?;
+        crate::capture::install::note_relogged(tx, id, db)?;
     }
     Ok(())
 }
