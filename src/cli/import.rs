@@ -177,9 +177,7 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
         broken.retain(|(n, _)| written.contains(n));
         if !broken.is_empty() {
             tx.rollback().ctx(|| "rolling back".into())?;
-            plan.syncs.retain(|s| !broken.iter().any(|(n, _)| n == s.name()));
-            plan.left
-                .extend(broken.into_iter().map(|(n, why)| format!("sync \"{n}\": {why}")));
+            plan.drop_syncs(broken);
             continue;
         }
         // Bucardo may run for syncs that stay; not while any is taken over.
@@ -188,11 +186,11 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
             tx.rollback().ctx(|| "rolling back".into())?;
             return Err(ImportError::Running(why.clone()).into());
         }
-        let kept: Vec<String> = plan.syncs.iter().map(|s| s.name().to_string()).collect();
-        plan.codes.retain(|c| kept.contains(&c.owner));
+        let refused = !r.is_empty();
+        plan.drop_syncs(r);
         if req.dry_run {
             tx.rollback().ctx(|| "rolling back".into())?;
-            break (written, r, None);
+            break (written, refused, None);
         }
         takeover::write_codes(&mut tx, &files(&plan), &written)?;
         let pending = reconcile::apply(&mut tx, &inst, &before)?;
@@ -202,14 +200,10 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
         tx.batch_execute("NOTIFY capra_control, 'reload'")
             .ctx(|| "notifying the daemon".into())?;
         tx.commit().ctx(|| "committing the catalog".into())?;
-        break (written, r, Some(pending));
+        break (written, refused, Some(pending));
     };
-    print_plan(ctx, &plan, &summary, &refused, &files(&plan));
-    let status = if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Exit(1))
-    };
+    print_plan(ctx, &plan, &summary, &files(&plan));
+    let status = if !refused { Ok(()) } else { Err(Error::Exit(1)) };
     let Some(pending) = pending else {
         if let Some(why) = running {
             ctx.say(format!("Before the import: {why}."));
@@ -295,10 +289,11 @@ fn hand_over_all(
 /// Checks every value the import would store with capra's own validators;
 /// a sync with a value capra refuses is not carried over.
 fn check(plan: &mut Plan) {
-    let mut left = Vec::new();
-    plan.syncs.retain_mut(|s| {
+    let mut gone = Vec::new();
+    let Plan { syncs, dbs: known, .. } = &mut *plan;
+    for s in syncs.iter_mut() {
         if s.stage != Stage::New {
-            return true;
+            continue;
         }
         let dbs: Vec<String> = s.members.iter().map(|(d, _)| d.clone()).collect();
         let mut problems = Vec::new();
@@ -334,7 +329,7 @@ fn check(plan: &mut Plan) {
             }
         }
         for d in &dbs {
-            if let Some((nd, _)) = plan.dbs.iter().find(|(n, _)| &n.name == d) {
+            if let Some((nd, _)) = known.iter().find(|(n, _)| &n.name == d) {
                 // The text may hold a password: the message never repeats it.
                 if check_conn(&nd.conn).is_err() {
                     problems.push(format!(
@@ -343,22 +338,11 @@ fn check(plan: &mut Plan) {
                 }
             }
         }
-        if problems.is_empty() {
-            true
-        } else {
-            left.push(format!("sync \"{}\": {}", s.name(), problems.join("; ")));
-            false
+        if !problems.is_empty() {
+            gone.push((s.name().to_string(), problems.join("; ")));
         }
-    });
-    plan.left.extend(left);
-    let kept: Vec<String> = plan.syncs.iter().map(|s| s.name().to_string()).collect();
-    plan.codes.retain(|c| kept.contains(&c.owner));
-    let used: BTreeSet<&str> = plan
-        .syncs
-        .iter()
-        .flat_map(|s| s.members.iter().map(|(d, _)| d.as_str()))
-        .collect();
-    plan.dbs.retain(|(d, _)| used.contains(d.name.as_str()));
+    }
+    plan.drop_syncs(gone);
 }
 
 fn save_codes(dir: &Path, files: &[(plan::CodeImport, String)]) -> Result<()> {
@@ -382,7 +366,7 @@ fn save_codes(dir: &Path, files: &[(plan::CodeImport, String)]) -> Result<()> {
     Ok(())
 }
 
-fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, refused: &[String], files: &[(plan::CodeImport, String)]) {
+fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, files: &[(plan::CodeImport, String)]) {
     ctx.say(format!("Bucardo {} at {summary}", plan.version));
     if !plan.dbs.is_empty() {
         ctx.say("Databases:");
@@ -396,9 +380,6 @@ fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, refused: &[String], files: 
         let name = s.name();
         if let Stage::Done(at) = &s.stage {
             ctx.say(format!("  \"{name}\": taken over on {at}; nothing to do"));
-            continue;
-        }
-        if refused.iter().any(|r| r.starts_with(&format!("sync \"{name}\":"))) {
             continue;
         }
         let members: Vec<String> = s.members.iter().map(|(d, r)| format!("{d}:{r}")).collect();
@@ -448,7 +429,6 @@ fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, refused: &[String], files: 
         }
     }
     let mut left: Vec<String> = plan.left.clone();
-    left.extend(refused.iter().cloned());
     for (c, f) in files.iter().filter(|(c, _)| c.whenrun.is_none()) {
         left.push(format!(
             "customcode \"{}\": capra has no hook point {}; its source is saved to {f}",

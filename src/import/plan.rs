@@ -119,6 +119,27 @@ pub struct Plan {
     pub left: Vec<String>,
 }
 
+/// Syncs that cannot come along, each with why.
+pub type Dropped = Vec<(String, String)>;
+
+impl Plan {
+    /// Takes syncs out of the plan, each with why (a line under "Not
+    /// carried over"); the custom code they brought and the databases no
+    /// remaining sync uses go with them.
+    pub fn drop_syncs(&mut self, gone: Dropped) {
+        if gone.is_empty() {
+            return;
+        }
+        self.syncs.retain(|s| !gone.iter().any(|(n, _)| n == s.name()));
+        self.left
+            .extend(gone.into_iter().map(|(n, why)| format!("sync \"{n}\": {why}")));
+        let syncs = &self.syncs;
+        self.codes.retain(|c| syncs.iter().any(|s| s.name() == c.owner));
+        self.dbs
+            .retain(|(d, _)| syncs.iter().any(|s| s.members.iter().any(|(m, _)| *m == d.name)));
+    }
+}
+
 /// capra's hook point for a Bucardo `whenrun`, where there is one.
 pub fn hook_point(whenrun: &str) -> Option<&'static str> {
     Some(match whenrun {
@@ -810,7 +831,7 @@ pub fn reach(n: &NewDb) -> String {
 /// with makedelta and another reads): capra's writes are invisible to
 /// Bucardo's capture and Bucardo's to capra's, so such a chain moves
 /// together or not at all. Returns (sync, why).
-pub fn broken_chains(s: &Snapshot, importing: &std::collections::BTreeSet<String>) -> Vec<(String, String)> {
+pub fn broken_chains(s: &Snapshot, importing: &std::collections::BTreeSet<String>) -> Dropped {
     let mut out = Vec::new();
     let staying: Vec<&bucardo::Sync> = s
         .syncs

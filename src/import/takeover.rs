@@ -34,8 +34,9 @@ use crate::pg::RowExt;
 
 /// Writes the new syncs of `plan` (with their databases, tables, groups
 /// and options) into capra's catalog; a sync capra refuses is rolled back
-/// alone and reported. Returns the syncs written and the refusals.
-pub fn write_catalog(tx: &mut Transaction<'_>, plan: &Plan, control: &str) -> Result<(Vec<String>, Vec<String>)> {
+/// alone and reported. Returns the syncs written and the refused ones,
+/// each with why.
+pub fn write_catalog(tx: &mut Transaction<'_>, plan: &Plan, control: &str) -> Result<(Vec<String>, plan::Dropped)> {
     let mut written = Vec::new();
     let mut refused = Vec::new();
     for s in plan.syncs.iter().filter(|s| s.stage == Stage::New) {
@@ -51,7 +52,7 @@ pub fn write_catalog(tx: &mut Transaction<'_>, plan: &Plan, control: &str) -> Re
                     Error::Validation { problems, .. } => problems.join("; "),
                     e => crate::pg::error::flatten(&e.to_string()),
                 };
-                refused.push(format!("sync \"{}\": capra refuses it: {why}", s.name()));
+                refused.push((s.name().to_string(), format!("capra refuses it: {why}")));
             }
         }
     }
