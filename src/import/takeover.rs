@@ -367,6 +367,19 @@ fn take_table(
     let id: i32 = row.col(0, &what)?;
     let keycols: Vec<String> = row.col(1, &what)?;
     let oid: postgres::types::Oid = row.col(2, &what)?;
+    // The positions of the syncs reading this log first: a run holds its
+    // position FOR UPDATE while its receivers write this table, so taking
+    // the table's lock before them (noting keys logged again checks them)
+    // would wait on a run that waits on this transaction.
+    tx.execute(
+        "SELECT 1 FROM capra.consumer c
+          WHERE EXISTS (SELECT 1 FROM capra.consumer_table ct
+                         WHERE ct.installation OPERATOR(pg_catalog.=) c.installation
+                           AND ct.sync OPERATOR(pg_catalog.=) c.sync AND ct.captured OPERATOR(pg_catalog.=) $1)
+            FOR KEY SHARE",
+        &[&id],
+    )
+    .ctx(|| what.clone())?;
     // Bucardo's triggers go first: their lock waits for the writers in
     // flight, so everything Bucardo captured is committed and visible to
     // the copy below, and nothing more reaches Bucardo's log after it.
