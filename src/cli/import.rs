@@ -139,7 +139,7 @@ pub fn run(ctx: &Ctx, req: &Request<'_>) -> Result<()> {
         if let Some(why) = running {
             return Err(ImportError::Running(why).into());
         }
-        return remove_cmd(ctx, &mut cat, &snap, &mut control);
+        return remove_cmd(ctx, &mut cat, &snap);
     }
     let mut plan = plan::build(&mut cat.client, &snap, sync_opts::inert)?;
     check(&mut plan);
@@ -445,12 +445,7 @@ fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, files: &[(plan::CodeImport,
 
 /// `--remove`: Bucardo's triggers and schema on the databases of the
 /// syncs capra took over.
-fn remove_cmd(
-    ctx: &Ctx,
-    cat: &mut crate::catalog::Catalog,
-    snap: &bucardo::Snapshot,
-    _control: &mut postgres::Client,
-) -> Result<()> {
+fn remove_cmd(ctx: &Ctx, cat: &mut crate::catalog::Catalog, snap: &bucardo::Snapshot) -> Result<()> {
     let done: Vec<String> = plan::imported(&mut cat.client)?
         .into_iter()
         .filter(|(_, at)| at.is_some())

@@ -106,8 +106,6 @@ pub struct Code {
     pub about: String,
     /// Order among codes of one hook point.
     pub priority: i32,
-    /// Whether Bucardo ran it.
-    pub active: bool,
 }
 
 /// One `bucardo.customcode_map` row.
@@ -119,8 +117,6 @@ pub struct CodeMap {
     pub sync: Option<String>,
     /// ...or the table.
     pub goat: Option<i64>,
-    /// Whether the attachment is on.
-    pub active: bool,
 }
 
 /// Everything the import reads from Bucardo's control database.
@@ -173,16 +169,22 @@ impl Snapshot {
         v
     }
 
-    /// Whether Bucardo runs a sync as a full copy (among its active
-    /// databases: one source, no target): such a sync reads no triggers.
-    pub fn is_fullcopy(&self, sync: &Sync) -> bool {
+    /// How many sources and targets of a sync are active databases (Bucardo
+    /// leaves inactive ones out of its runs).
+    pub fn active_roles(&self, sync: &Sync) -> (usize, usize) {
         let active: Vec<&Member> = self
             .members_of(sync)
             .into_iter()
             .filter(|m| self.db(&m.db).is_some_and(|d| d.status != "inactive"))
             .collect();
         let n = |role: &str| active.iter().filter(|m| m.role == role).count();
-        n("source") == 1 && n("target") == 0
+        (n("source"), n("target"))
+    }
+
+    /// Whether Bucardo runs a sync as a full copy (among its active
+    /// databases: one source, no target): such a sync reads no triggers.
+    pub fn is_fullcopy(&self, sync: &Sync) -> bool {
+        self.active_roles(sync) == (1, 0)
     }
 
     /// The syncs that read table `schema.name` on source `db` through
@@ -341,7 +343,6 @@ pub fn read(c: &mut Client) -> Result<Snapshot> {
             src: text(&r, "src_code").unwrap_or_default(),
             about: text(&r, "about").unwrap_or_default(),
             priority: int(&r, "priority") as i32,
-            active: text(&r, "status").as_deref() != Some("inactive"),
         });
     }
     for r in rows(&mut tx, "customcode_map", "code")? {
@@ -349,7 +350,6 @@ pub fn read(c: &mut Client) -> Result<Snapshot> {
             code: int(&r, "code"),
             sync: text(&r, "sync"),
             goat: r.get("goat").and_then(Value::as_i64),
-            active: r.get("active").and_then(Value::as_bool).unwrap_or(true),
         });
     }
     for (table, what) in [("customname", "customname"), ("customcols", "customcols")] {

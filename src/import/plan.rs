@@ -443,8 +443,12 @@ impl Live {
         Ok((all, captured, locked))
     }
 
+    fn get(&mut self, d: &NewDb) -> &std::result::Result<LiveDb, String> {
+        self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d))
+    }
+
     fn of(&mut self, d: &NewDb) -> std::result::Result<&Vec<Found>, String> {
-        match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
+        match self.get(d) {
             Ok((all, _, _)) => Ok(all),
             Err(e) => Err(e.clone()),
         }
@@ -453,7 +457,7 @@ impl Live {
     /// Whether Bucardo captures `t` on `d`, and whether the role may
     /// disable its triggers there (None: unreachable).
     fn captured(&mut self, d: &NewDb, t: &QualName) -> Option<(bool, bool)> {
-        match self.0.entry(d.name.clone()).or_insert_with(|| Self::read(d)) {
+        match self.get(d) {
             Ok((_, c, locked)) => Some((c.contains(t), !locked.contains(t))),
             Err(_) => None,
         }
@@ -483,9 +487,7 @@ fn shape(s: &Snapshot, sync: &bucardo::Sync) -> std::result::Result<Shape, Strin
             ));
         }
     }
-    let active = |m: &&&bucardo::Member| s.db(&m.db).is_some_and(|d| d.status != "inactive");
-    let sources = members.iter().filter(active).filter(|m| m.role == "source").count();
-    let targets = members.iter().filter(active).filter(|m| m.role == "target").count();
+    let (sources, targets) = s.active_roles(sync);
     let delta = targets > 0 || sources > 1;
     let mut out = Vec::new();
     for m in &members {
@@ -593,8 +595,6 @@ fn tables_of(
                     qn.human()
                 ));
             }
-        }
-        if delta && found.reltype == RelType::Table {
             for m in s.members_of(sync).iter().filter(|m| m.role == "source") {
                 let Some(d) = s.db(&m.db) else { continue };
                 let seen = live.captured(&new_db(d), &qn);

@@ -217,21 +217,14 @@ fn check_collisions(tx: &mut Transaction<'_>, s: &SyncImport) -> Result<()> {
 
 /// Adds the Perl custom code attached to the syncs written, inactive,
 /// pointing at the file its source was saved to.
-pub fn write_codes(
-    tx: &mut Transaction<'_>,
-    codes: &[(CodeImport, String)],
-    written: &[String],
-) -> Result<Vec<String>> {
-    let mut out = Vec::new();
+pub fn write_codes(tx: &mut Transaction<'_>, codes: &[(CodeImport, String)], written: &[String]) -> Result<()> {
+    let have: Vec<String> = model::customcodes(tx)?.into_iter().map(|x| x.name).collect();
     for (c, file) in codes {
         let Some(whenrun) = c.whenrun else { continue };
-        if !written.contains(&c.owner) {
+        if !written.contains(&c.owner) || have.contains(&c.name) {
             continue;
         }
         let (sync, table) = (c.sync.as_deref(), c.table.as_ref());
-        if model::customcodes(tx)?.iter().any(|x| x.name == c.name) {
-            continue;
-        }
         let rel = table.map(|(_, t)| t.human());
         customcode::add(
             tx,
@@ -248,9 +241,8 @@ pub fn write_codes(
                 db: table.map(|(d, _)| d.as_str()),
             },
         )?;
-        out.push(c.name.clone());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One table's part of a takeover on one source.
