@@ -617,22 +617,24 @@ pub fn last_compare(c: &mut impl GenericClient, sync: &str) -> Result<Option<Las
     .transpose()
 }
 
-/// Where an imported sync came from, until its first good run after the
-/// takeover (`status` shows it until then).
-pub fn origin(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {
-    const Q: &str = "reading where the sync came from";
-    c.query_opt(
-        "SELECT i.origin, i.control, to_char(i.imported_at, 'YYYY-MM-DD HH24:MI:SS'), i.taken_over IS NOT NULL, i.copied
+/// Where imported syncs came from (one sync, or all), each until its
+/// first good run after the takeover: `status` shows it until then.
+pub fn origins(c: &mut impl GenericClient, sync: Option<&str>) -> Result<Vec<(String, String)>> {
+    const Q: &str = "reading where the syncs came from";
+    c.query(
+        "SELECT i.sync, i.origin, i.control, to_char(i.imported_at, 'YYYY-MM-DD HH24:MI:SS'), i.taken_over IS NOT NULL, i.copied
            FROM capra.imported i
-          WHERE i.sync = $1
-            AND NOT EXISTS (SELECT 1 FROM capra.run r WHERE r.sync = i.sync AND r.state = 'good' AND r.started > i.taken_over)",
+          WHERE ($1::text IS NULL OR i.sync = $1)
+            AND NOT EXISTS (SELECT 1 FROM capra.run r WHERE r.sync = i.sync AND r.state = 'good' AND r.started > i.taken_over)
+          ORDER BY i.sync",
         &[&sync],
     )
     .ctx(|| Q.into())?
+    .iter()
     .map(|r| {
-        let (origin, control, at): (String, String, String) = (r.col(0, Q)?, r.col(1, Q)?, r.col(2, Q)?);
-        let taken: bool = r.col(3, Q)?;
-        let copied: Vec<String> = r.col(4, Q)?;
+        let (origin, control, at): (String, String, String) = (r.col(1, Q)?, r.col(2, Q)?, r.col(3, Q)?);
+        let taken: bool = r.col(4, Q)?;
+        let copied: Vec<String> = r.col(5, Q)?;
         let origin = if origin == "bucardo" { "Bucardo" } else { origin.as_str() };
         let mut s = format!("{origin} ({control}) on {at}; no good run yet");
         if !taken {
@@ -641,7 +643,7 @@ pub fn origin(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> 
         if !copied.is_empty() {
             s.push_str(&format!("; its first run copies {} whole", copied.join(", ")));
         }
-        Ok(s)
+        Ok((r.col(0, Q)?, s))
     })
-    .transpose()
+    .collect()
 }

@@ -81,16 +81,11 @@ fn overview(ctx: &Ctx, c: &mut postgres::Client, daemon: Option<&runs::DaemonInf
         return Ok(());
     }
     print!("{}", status_table(&rows));
-    let mut fresh = Vec::new();
-    for s in all {
-        if let Some(o) = runs::origin(c, &s.name)? {
-            fresh.push(format!("  {}: imported from {o}", s.name));
-        }
-    }
+    let fresh = runs::origins(c, None)?;
     if !fresh.is_empty() {
         println!("Imported syncs (until their first good run):");
-        for l in fresh {
-            println!("{l}");
+        for (name, o) in fresh {
+            println!("  {name}: imported from {o}");
         }
     }
     Ok(())
@@ -153,7 +148,7 @@ impl Detail {
             None
         };
         let compared = runs::last_compare(c, &s.name)?;
-        let origin = runs::origin(c, &s.name)?;
+        let origin = runs::origins(c, Some(&s.name))?.pop().map(|(_, o)| o);
         Ok(Detail {
             st,
             plan,

@@ -102,6 +102,11 @@ fn bucardo_stopped_under_load_is_taken_over_without_a_full_copy_or_a_lost_row() 
         status.contains("Imported from") && status.contains("Bucardo (host=127.0.0.1"),
         "{status}"
     );
+    let all = c.ok(&["status"]);
+    assert!(
+        all.contains("Imported syncs (until their first good run):\n  bench: imported from Bucardo (host=127.0.0.1"),
+        "{all}"
+    );
 
     // A second import changes nothing.
     let catalog = c.snapshot();
@@ -146,6 +151,7 @@ fn bucardo_stopped_under_load_is_taken_over_without_a_full_copy_or_a_lost_row() 
         !status.contains("Imported from"),
         "shown only until the first good run: {status}"
     );
+    assert!(!c.ok(&["status"]).contains("Imported syncs"));
 }
 
 #[test]
