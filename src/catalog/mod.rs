@@ -9,6 +9,7 @@ pub mod edit;
 mod error;
 pub mod event;
 pub mod install;
+pub mod lease;
 pub mod model;
 pub mod plan;
 pub mod runs;
@@ -31,6 +32,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/0004_conflicts.sql")),
     (5, include_str!("migrations/0005_compare.sql")),
     (6, include_str!("migrations/0006_import.sql")),
+    (7, include_str!("migrations/0007_ha.sql")),
 ];
 
 /// The catalog version this build expects.

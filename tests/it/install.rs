@@ -10,7 +10,7 @@ fn batch_install_creates_then_says_current() {
     assert!(out.contains("Failed to connect to database"), "{out}");
     assert!(out.contains("Installation is now complete."), "{out}");
     let again = c.ok(&["install", "--batch"]);
-    assert!(again.contains("is current (version 6)"), "{again}");
+    assert!(again.contains("is current (version 7)"), "{again}");
     // The catalog answers and holds Bucardo's settings with their defaults.
     let show = c.ok(&["show", "all"]);
     assert!(show.contains("statement_chunk_size      = 6000"), "{show}");
@@ -110,7 +110,7 @@ fn upgrades_an_older_catalog_in_place() {
     );
     let out = c.ok(&["install", "--batch"]);
     assert!(out.contains("Upgraded the capra catalog in database"), "{out}");
-    assert!(out.contains("from version 1 to 6"), "{out}");
+    assert!(out.contains("from version 1 to 7"), "{out}");
     assert!(c.ok(&["list", "dbs"]).contains("Database: kept"));
     assert_eq!(
         a.query(&c.ctl_db, "SELECT to_regclass('capra.run')::text"),
@@ -124,5 +124,5 @@ fn upgrades_an_older_catalog_in_place() {
         c.ok(&["show", "vac_sleep"]).contains("120"),
         "settings added on upgrade"
     );
-    assert!(c.ok(&["install", "--batch"]).contains("is current (version 6)"));
+    assert!(c.ok(&["install", "--batch"]).contains("is current (version 7)"));
 }

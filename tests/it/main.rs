@@ -11,6 +11,7 @@ mod dba_day;
 mod faults;
 mod field_reports;
 mod fuzz;
+mod ha;
 mod import;
 mod install;
 mod knobs;

@@ -1,0 +1,144 @@
+//! Leadership among several daemons on one control database: a lease in
+//! `capra.lease`, taken and renewed by one conditional UPDATE timed by the
+//! control server's clock only, so no daemon's clock (or pause) decides
+//! who leads. The epoch only grows; a new leader's writes carry it, so the
+//! old leader's can be fenced off on every database capra writes.
+//!
+//! A standby takes the lease when it is free (released by a clean stop),
+//! expired, or at once when the holder's lease session is provably gone:
+//! its backend pid and start time are absent from `pg_stat_activity` and
+//! it started after the server did (a restarted control server forgets
+//! every session, which proves nothing about the holder).
+
+use postgres::GenericClient;
+
+use crate::error::{Context, Result};
+use crate::pg::RowExt;
+
+/// Who asks for the lease.
+#[derive(Clone, Debug)]
+pub struct Claimant<'a> {
+    /// This daemon process's random id.
+    pub id: &'a str,
+    /// Its host.
+    pub host: &'a str,
+    /// Its pid.
+    pub pid: i32,
+}
+
+/// The lease as held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The term: above every earlier one.
+    pub epoch: i64,
+    /// When this term began, as the server tells it.
+    pub since: String,
+}
+
+/// What a take-or-renew asks.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask {
+    /// The epoch this daemon holds (0: none).
+    pub held: i64,
+    /// The highest fence epoch this daemon has seen: a new term is above it.
+    pub floor: i64,
+    /// Whether it may take a lease it does not hold (false: renew only).
+    pub may_take: bool,
+    /// How long the lease lasts from now, in seconds.
+    pub secs: f64,
+}
+
+/// Takes the lease (free, expired, or its holder's session provably gone)
+/// or renews this daemon's own; None when another holds it. The lease
+/// session must be a direct one (not through a transaction pooler): its
+/// backend is what a standby looks for.
+pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) -> Result<Option<Held>> {
+    const Q: &str = "taking or renewing the lease";
+    let row = c
+        .query_opt(
+            "UPDATE capra.lease l SET
+                 epoch = CASE WHEN l.holder = $1 AND l.epoch = $2 THEN l.epoch
+                              ELSE GREATEST(l.epoch, $3::bigint) + 1 END,
+                 since = CASE WHEN l.holder = $1 AND l.epoch = $2 THEN l.since
+                              ELSE pg_catalog.clock_timestamp() END,
+                 holder = $1, host = $4, pid = $5,
+                 backend_pid = pg_catalog.pg_backend_pid(),
+                 backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a
+                                   WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()),
+                 lease_until = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => $6),
+                 renewed = pg_catalog.clock_timestamp()
+             WHERE (l.holder = $1 AND l.epoch = $2)
+                OR ($7 AND (l.holder IS NULL
+                            OR l.lease_until <= pg_catalog.clock_timestamp()
+                            OR (l.backend_start > pg_catalog.pg_postmaster_start_time()
+                                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                                 WHERE a.pid OPERATOR(pg_catalog.=) l.backend_pid
+                                                   AND a.backend_start OPERATOR(pg_catalog.=) l.backend_start))))
+             RETURNING l.epoch, pg_catalog.to_char(l.since, 'YYYY-MM-DD HH24:MI:SS.MS')",
+            &[
+                &me.id,
+                &ask.held,
+                &ask.floor,
+                &me.host,
+                &me.pid,
+                &ask.secs,
+                &ask.may_take,
+            ],
+        )
+        .ctx(|| Q.into())?;
+    row.map(|r| {
+        Ok(Held {
+            epoch: r.col(0, Q)?,
+            since: r.col(1, Q)?,
+        })
+    })
+    .transpose()
+}
+
+/// Gives the lease up at once (a clean stop, a handover), if still held.
+pub fn release(c: &mut impl GenericClient, me: &Claimant<'_>, epoch: i64) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE capra.lease SET holder = NULL, lease_until = pg_catalog.clock_timestamp()
+          WHERE holder = $1 AND epoch = $2",
+        &[&me.id, &epoch],
+    )
+    .ctx(|| "releasing the lease".into())?
+        > 0)
+}
+
+/// The lease as the server sees it now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    /// The current (or last) term.
+    pub epoch: i64,
+    /// Its holder's id, host and pid, while held.
+    pub holder: Option<(String, String, i32)>,
+    /// Seconds left before it expires (negative: expired).
+    pub left: Option<f64>,
+}
+
+/// Reads the lease.
+pub fn read(c: &mut impl GenericClient) -> Result<Lease> {
+    const Q: &str = "reading the lease";
+    let r = c
+        .query_one(
+            "SELECT epoch, holder, host, pid,
+                    extract(epoch FROM lease_until - pg_catalog.clock_timestamp())::float8
+               FROM capra.lease",
+            &[],
+        )
+        .ctx(|| Q.into())?;
+    let holder: Option<String> = r.col(1, Q)?;
+    Ok(Lease {
+        epoch: r.col(0, Q)?,
+        holder: match holder {
+            Some(h) => Some((
+                h,
+                r.col::<_, Option<String>>(2, Q)?.unwrap_or_default(),
+                r.col::<_, Option<i32>>(3, Q)?.unwrap_or(0),
+            )),
+            None => None,
+        },
+        left: r.col(4, Q)?,
+    })
+}
