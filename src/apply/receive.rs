@@ -73,6 +73,7 @@ impl<'c> Receivers<'c> {
         conns: &'c mut [Conn],
         dbs: &[(Db, Recv)],
         env: &RunEnv<'_>,
+        sync: &str,
         srcs: &mut [Src<'_>],
     ) -> Result<Self> {
         let mut rx = Receivers {
@@ -85,7 +86,8 @@ impl<'c> Receivers<'c> {
                 .transaction()
                 .ctx(|| format!("starting the apply transaction on \"{}\"", d.name))?;
             tx.batch_execute(&format!(
-                "SET LOCAL session_replication_role = replica; {TEXT_FORMATS}; {RUN_MEMORY}"
+                "SET LOCAL session_replication_role = replica; {TEXT_FORMATS}; {}; {RUN_MEMORY}",
+                super::source::run_name(sync)
             ))
             .ctx(|| {
                 format!(

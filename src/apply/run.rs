@@ -190,7 +190,7 @@ pub fn run(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache) -> Result<Ru
     // --- the receiving databases -------------------------------------------------
     let wdbs = run.receiving_dbs();
     let mut wconns = run.connect(&wdbs)?;
-    let rx = Receivers::open(&mut wconns, &wdbs, env, &mut srcs)?;
+    let rx = Receivers::open(&mut wconns, &wdbs, env, plan.name(), &mut srcs)?;
     let mut open = Open::new(plan, srcs, rx)?;
     run.apply_tables(&mut open, cache)?;
     run.write_sequences(&mut open.rx, &seqs, cache)?;

@@ -202,6 +202,16 @@ impl<'c> Src<'c> {
 
 /// The session settings and locks a source's read transaction starts with.
 ///
+/// Names a run's session for its transaction, `capra KID (pid N) SYNC`
+/// as Bucardo's KIDs do, so a DBA (or an audit trigger) can tell which
+/// daemon and sync write.
+pub(super) fn run_name(sync: &str) -> String {
+    format!(
+        "SET LOCAL application_name = {}",
+        crate::capture::install::sql_literal(&format!("capra KID (pid {}) {sync}", std::process::id()))
+    )
+}
+
 /// Keys and rows travel as text: make that text mean the same on every
 /// server whatever its defaults (ISO dates parse under any DateStyle;
 /// floats round-trip exactly). Then take ACCESS SHARE locks on every table
@@ -212,7 +222,11 @@ impl<'c> Src<'c> {
 /// lock_timeout for DDL and is then retried. `RUN_MEMORY` is a SELECT,
 /// which takes the snapshot: it comes last, after the locks.
 fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, logs: &[i32]) -> String {
-    let mut setup = format!("{TEXT_FORMATS}; SET LOCAL lock_timeout = {}", env.lock_timeout_ms);
+    let mut setup = format!(
+        "{TEXT_FORMATS}; SET LOCAL lock_timeout = {}; {}",
+        env.lock_timeout_ms,
+        run_name(plan.name())
+    );
     if !plan.tables.is_empty() {
         let mut names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
         if reads_changes(plan) {

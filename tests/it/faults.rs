@@ -48,7 +48,7 @@ fn writing(c: &Cluster, db: &str) -> bool {
     c.query(
         "postgres",
         &format!(
-            "SELECT count(*)::text FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'capra daemon'
+            "SELECT count(*)::text FROM pg_stat_activity WHERE datname = '{db}' AND application_name LIKE 'capra KID %'
                 AND state = 'active' AND (query LIKE 'COPY%' OR query LIKE 'DELETE%')"
         ),
     )[0]
@@ -299,7 +299,7 @@ fn a_target_dying_mid_copy_frees_the_other_target_at_once() {
         "postgres",
         &format!(
             "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-              WHERE datname = '{t1}' AND application_name = 'capra daemon'"
+              WHERE datname = '{t1}' AND application_name LIKE 'capra KID %'"
         ),
     );
     let killed = std::time::Instant::now();

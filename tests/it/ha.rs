@@ -144,3 +144,23 @@ fn two_standbys_racing_for_a_free_lease_get_one_leader() {
         cluster::a().exec(&c.ctl_db, "UPDATE capra.lease SET holder = NULL");
     }
 }
+
+#[test]
+fn each_run_names_its_daemon_and_sync_on_the_databases_it_writes() {
+    let (c, src, tgt) =
+        crate::support::fixtures::synced("kidname", "CREATE TABLE t (id int PRIMARY KEY, v text)", &["t"], &[]);
+    // An audit trigger on the target, firing even for a replica's writes.
+    cluster::b().exec(
+        &tgt,
+        "CREATE TABLE audit (who text, at timestamptz DEFAULT clock_timestamp());
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO public.audit (who) VALUES (current_setting('application_name')); RETURN NULL; END $$;
+         CREATE TRIGGER note AFTER INSERT OR UPDATE OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER note;",
+    );
+    let d = c.start();
+    cluster::a().exec(&src, "INSERT INTO t VALUES (1, 'a'), (2, 'b')");
+    c.ok(&["kick", "s", "60"]);
+    let who = cluster::b().query(&tgt, "SELECT DISTINCT who FROM audit");
+    assert_eq!(who, vec![Some(format!("capra KID (pid {}) s", d.pid))]);
+}
