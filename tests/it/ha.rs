@@ -164,3 +164,70 @@ fn each_run_names_its_daemon_and_sync_on_the_databases_it_writes() {
     let who = cluster::b().query(&tgt, "SELECT DISTINCT who FROM audit");
     assert_eq!(who, vec![Some(format!("capra KID (pid {}) s", d.pid))]);
 }
+
+#[test]
+fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
+    use capra::capture::fence::{self, Raised, Term};
+    let db = cluster::b().create_db(&crate::support::unique("fenced"));
+    cluster::b().exec(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let term = |epoch: i64, holder: &str| Term {
+        installation: "inst".into(),
+        epoch,
+        holder: holder.into(),
+    };
+    let (old, new) = (term(1, "daemon-a"), term(2, "daemon-b"));
+    let mut a = cluster::b().client(&db);
+    fence::ensure(&mut a).unwrap();
+    assert_eq!(
+        fence::raise(&mut a, cluster::b().client(&db), &old, "h1", 1).unwrap(),
+        Raised::Ours
+    );
+    // The old leader is frozen with a write open.
+    a.batch_execute(&format!("BEGIN; {}; INSERT INTO t VALUES (1)", fence::check_sql(&old)))
+        .unwrap();
+    // The new leader raises the fence: it does not wait for the frozen
+    // one, it ends its transaction.
+    let mut b = cluster::b().client(&db);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        fence::raise(&mut b, cluster::b().client(&db), &new, "h2", 2).unwrap(),
+        Raised::Ours
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.batch_execute("COMMIT").is_err(),
+        "the old leader's write can never commit"
+    );
+    assert_eq!(
+        cluster::b().query(&db, "SELECT count(*) FROM t"),
+        vec![Some("0".into())]
+    );
+    // Its next write is refused at once, with the fence's SQLSTATE.
+    let mut again = cluster::b().client(&db);
+    let e = again
+        .batch_execute(&format!("BEGIN; {}; INSERT INTO t VALUES (2)", fence::check_sql(&old)))
+        .unwrap_err();
+    assert!(fence::is_fenced(&e), "{e:?}");
+    let _ = again.batch_execute("ROLLBACK");
+    // The new term writes; the old one cannot raise the fence back.
+    b.batch_execute(&format!(
+        "BEGIN; {}; INSERT INTO t VALUES (3); COMMIT",
+        fence::check_sql(&new)
+    ))
+    .unwrap();
+    assert_eq!(
+        fence::raise(&mut again, cluster::b().client(&db), &old, "h1", 1).unwrap(),
+        Raised::Above {
+            epoch: 2,
+            holder: "daemon-b".into()
+        }
+    );
+    assert_eq!(
+        fence::raise(&mut b, cluster::b().client(&db), &new, "h2", 2).unwrap(),
+        Raised::Ours
+    );
+}

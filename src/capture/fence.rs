@@ -1,0 +1,148 @@
+//! Fencing: on every database a capra daemon writes, a row in
+//! `capra.fence` says which leader's term (epoch and holder) may write
+//! there. Each of a daemon's write transactions first locks that row FOR
+//! SHARE and aborts unless it names its own term ([`check_sql`]); a new
+//! leader raises the fence before its first write ([`raise`]), which waits
+//! out the old leader's open transactions, and ends them if they do not
+//! end on their own (a leader frozen past its lease), so replication goes
+//! on while the old one stays frozen, and that one can never commit again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::Client;
+
+use super::install::sql_literal;
+use crate::error::{Context, Result};
+use crate::pg::RowExt;
+
+/// SQLSTATE of a write refused by the fence.
+pub const FENCED: &str = "CF001";
+
+/// A leader's term, as fences carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    /// capra's installation (several may write one database).
+    pub installation: String,
+    /// The lease epoch.
+    pub epoch: i64,
+    /// The daemon process's id.
+    pub holder: String,
+}
+
+/// What raising the fence found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Raised {
+    /// The fence names this term now.
+    Ours,
+    /// Another term is at or above this one: this daemon lost its term
+    /// (or a control database that failed over forgot it).
+    Above {
+        /// The fence's epoch.
+        epoch: i64,
+        /// Its holder.
+        holder: String,
+    },
+}
+
+/// Creates the fence table if it is missing (in capra's own schema, which
+/// nothing but capra's role may use).
+pub fn ensure(c: &mut Client) -> Result<()> {
+    c.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS capra;
+         REVOKE ALL ON SCHEMA capra FROM PUBLIC;
+         CREATE TABLE IF NOT EXISTS capra.fence (
+             installation text PRIMARY KEY,
+             epoch bigint NOT NULL,
+             holder text NOT NULL,
+             host text,
+             pid integer,
+             raised timestamptz NOT NULL DEFAULT now())",
+    )
+    .ctx(|| "creating capra's fence".into())
+}
+
+/// The statement that opens every write transaction of a term: it holds
+/// the fence row FOR SHARE to the end of the transaction (so a raise waits
+/// for it), and aborts with [`FENCED`] unless the fence names this term.
+pub fn check_sql(t: &Term) -> String {
+    format!(
+        "DO $capra_fence$ BEGIN
+           PERFORM 1 FROM capra.fence WHERE installation = {} AND epoch = {} AND holder = {} FOR SHARE;
+           IF NOT FOUND THEN
+             RAISE EXCEPTION 'capra: fenced: epoch % may not write here any more', {} USING ERRCODE = '{FENCED}';
+           END IF;
+         END $capra_fence$",
+        sql_literal(&t.installation),
+        t.epoch,
+        sql_literal(&t.holder),
+        t.epoch
+    )
+}
+
+/// Whether an error is the fence refusing a write.
+pub fn is_fenced(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == FENCED)
+}
+
+/// Raises the fence to term `t` on the database `c` is connected to. While
+/// it waits for the old term's open transactions, `monitor` (a second
+/// connection as the same role) ends the ones holding it up.
+pub fn raise(c: &mut Client, monitor: Client, t: &Term, host: &str, pid: i32) -> Result<Raised> {
+    const Q: &str = "raising capra's fence";
+    let me: i32 = c
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .ctx(|| Q.into())?
+        .col(0, Q)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let done = done.clone();
+        crate::sys::spawn("capra-fence", move || end_blockers(monitor, me, &done))?
+    };
+    let row = c.query_opt(
+        "INSERT INTO capra.fence (installation, epoch, holder, host, pid) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (installation) DO UPDATE
+            SET epoch = EXCLUDED.epoch, holder = EXCLUDED.holder, host = EXCLUDED.host,
+                pid = EXCLUDED.pid, raised = pg_catalog.now()
+          WHERE capra.fence.epoch OPERATOR(pg_catalog.<) EXCLUDED.epoch
+         RETURNING epoch",
+        &[&t.installation, &t.epoch, &t.holder, &host, &pid],
+    );
+    done.store(true, Ordering::SeqCst);
+    let _ = watch.join();
+    if row.ctx(|| Q.into())?.is_some() {
+        return Ok(Raised::Ours);
+    }
+    let r = c
+        .query_one(
+            "SELECT epoch, holder FROM capra.fence WHERE installation = $1",
+            &[&t.installation],
+        )
+        .ctx(|| Q.into())?;
+    let (epoch, holder): (i64, String) = (r.col(0, Q)?, r.col(1, Q)?);
+    if epoch == t.epoch && holder == t.holder {
+        Ok(Raised::Ours)
+    } else {
+        Ok(Raised::Above { epoch, holder })
+    }
+}
+
+/// Ends, every 100 ms until `done`, the sessions of capra's own role that
+/// block backend `waiter`: the old term's transactions holding the fence.
+fn end_blockers(mut monitor: Client, waiter: i32, done: &AtomicBool) {
+    while !done.load(Ordering::SeqCst) {
+        let r = monitor.execute(
+            "SELECT pg_catalog.pg_terminate_backend(b)
+               FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids($1)) AS b
+               JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b
+              WHERE a.usename OPERATOR(pg_catalog.=) CURRENT_USER",
+            &[&waiter],
+        );
+        if let Err(e) = r {
+            tracing::warn!("capra could not end the old leader's sessions: {e}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
