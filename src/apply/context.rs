@@ -20,6 +20,9 @@ use crate::error::Result;
 pub struct RunEnv<'a> {
     /// Connection pools.
     pub pools: &'a Pools,
+    /// The statement that opens each write transaction: the leader's
+    /// fence check (see `capture::fence`).
+    pub fence: &'a str,
     /// This installation (tags the consumer on sources).
     pub installation: &'a str,
     /// Keys per DELETE statement.

@@ -308,8 +308,8 @@ impl<'a, 'e> Run<'a, 'e> {
             let mut c = self.env.pools.get(s)?;
             self.env.cancel.register(&c)?;
             if self.reads {
-                follow_partitions(&mut c, self.plan, cache, &s.name)?;
-                follow_trees(&mut c, self.plan, &s.name)?;
+                follow_partitions(&mut c, self.env, self.plan, cache, &s.name)?;
+                follow_trees(&mut c, self.env, self.plan, &s.name)?;
             }
             conns.push(c);
         }

@@ -200,8 +200,6 @@ impl<'c> Src<'c> {
     }
 }
 
-/// The session settings and locks a source's read transaction starts with.
-///
 /// Names a run's session for its transaction, `capra KID (pid N) SYNC`
 /// as Bucardo's KIDs do, so a DBA (or an audit trigger) can tell which
 /// daemon and sync write.
@@ -212,6 +210,8 @@ pub(super) fn run_name(sync: &str) -> String {
     )
 }
 
+/// The session settings and locks a source's read transaction starts with.
+///
 /// Keys and rows travel as text: make that text mean the same on every
 /// server whatever its defaults (ISO dates parse under any DateStyle;
 /// floats round-trip exactly). Then take ACCESS SHARE locks on every table
@@ -219,8 +219,9 @@ pub(super) fn run_name(sync: &str) -> String {
 /// table rewritten by ALTER ... TYPE, VACUUM FULL or CLUSTER after the
 /// snapshot would otherwise look empty to this run. The locks never block
 /// writers; DDL waits at most for the run, the run waits at most
-/// lock_timeout for DDL and is then retried. `RUN_MEMORY` is a SELECT,
-/// which takes the snapshot: it comes last, after the locks.
+/// lock_timeout for DDL and is then retried. The fence check (the
+/// transaction writes positions) is the first query, so it takes the
+/// snapshot, after the locks.
 fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, logs: &[i32]) -> String {
     let mut setup = format!(
         "{TEXT_FORMATS}; SET LOCAL lock_timeout = {}; {}",
@@ -237,7 +238,7 @@ fn lock_setup(env: &RunEnv<'_>, plan: &SyncPlan, logs: &[i32]) -> String {
         }
         setup.push_str(&format!("; LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")));
     }
-    setup.push_str(&format!("; {RUN_MEMORY}"));
+    setup.push_str(&format!("; {}; {RUN_MEMORY}", env.fence));
     setup
 }
 
@@ -476,7 +477,13 @@ pub(super) fn column_signatures(stx: &mut Transaction<'_>, tables: &[Relation]) 
 /// partitioned on the source, then on every run follows their partitions
 /// before the snapshot: new partitions get a TRUNCATE trigger, and rows
 /// that came or went with an ATTACH or DETACH are logged as changes.
-pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut RunCache, db: &str) -> Result<()> {
+pub(super) fn follow_partitions(
+    conn: &mut Conn,
+    env: &RunEnv<'_>,
+    plan: &SyncPlan,
+    cache: &mut RunCache,
+    db: &str,
+) -> Result<()> {
     if !cache.partitioned.contains_key(db) {
         let names: Vec<String> = plan.tables.iter().map(|t| t.name.sql()).collect();
         let found = conn
@@ -504,7 +511,7 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
             let mut tx = conn
                 .transaction()
                 .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
-            tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+            tx.batch_execute(&format!("{}; SET LOCAL lock_timeout = '5s'", env.fence))
                 .ctx(|| "setting a lock timeout".into())?;
             let id: Option<i32> = tx
                 .query_opt(
@@ -535,14 +542,14 @@ pub(super) fn follow_partitions(conn: &mut Conn, plan: &SyncPlan, cache: &mut Ru
 /// transaction of its own, and everything it may have missed since is
 /// repaired by the next run (see `capture::install::switch_joined`). The
 /// question costs one query per run; a transaction only when one switches.
-pub(super) fn follow_trees(conn: &mut Conn, plan: &SyncPlan, db: &str) -> Result<()> {
+pub(super) fn follow_trees(conn: &mut Conn, env: &RunEnv<'_>, plan: &SyncPlan, db: &str) -> Result<()> {
     let names: Vec<crate::pg::ident::QualName> = plan.tables.iter().map(|t| t.name.clone()).collect();
     for j in crate::capture::install::joined_trees(&mut **conn, &names)? {
         let t = j.table.human();
         let mut tx = conn
             .transaction()
             .ctx(|| format!("switching the capture of {t} to row triggers on \"{db}\""))?;
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+        tx.batch_execute(&format!("{}; SET LOCAL lock_timeout = '5s'", env.fence))
             .ctx(|| "setting a lock timeout".into())?;
         crate::capture::install::switch_joined(&mut tx, &j)?;
         tx.commit()

@@ -46,21 +46,40 @@ pub enum Raised {
     },
 }
 
-/// Creates the fence table if it is missing (in capra's own schema, which
-/// nothing but capra's role may use).
+/// Creates the fence table if it is missing, in capra's own schema (which
+/// nothing but capra's role may use): an existing fence needs no right
+/// beyond using it, a missing schema needs CREATE on the database.
 pub fn ensure(c: &mut Client) -> Result<()> {
-    c.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS capra;
-         REVOKE ALL ON SCHEMA capra FROM PUBLIC;
-         CREATE TABLE IF NOT EXISTS capra.fence (
+    const Q: &str = "looking for capra's fence";
+    let r = c
+        .query_one(
+            "SELECT pg_catalog.to_regclass('capra.fence') IS NOT NULL,
+                    pg_catalog.to_regnamespace('capra') IS NOT NULL",
+            &[],
+        )
+        .ctx(|| Q.into())?;
+    let (fence, schema): (bool, bool) = (r.col(0, Q)?, r.col(1, Q)?);
+    if fence {
+        return Ok(());
+    }
+    let mut tx = c.transaction().ctx(|| "creating capra's fence".into())?;
+    if schema {
+        super::install::refuse_foreign_schema(&mut tx)?;
+    } else {
+        tx.batch_execute("CREATE SCHEMA IF NOT EXISTS capra; REVOKE ALL ON SCHEMA capra FROM PUBLIC")
+            .ctx(|| "creating capra's schema for its fence".into())?;
+    }
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS capra.fence (
              installation text PRIMARY KEY,
              epoch bigint NOT NULL,
              holder text NOT NULL,
              host text,
              pid integer,
-             raised timestamptz NOT NULL DEFAULT now())",
+             raised timestamptz NOT NULL DEFAULT pg_catalog.now())",
     )
-    .ctx(|| "creating capra's fence".into())
+    .ctx(|| "creating capra's fence".into())?;
+    tx.commit().ctx(|| "creating capra's fence".into())
 }
 
 /// The statement that opens every write transaction of a term: it holds
@@ -69,11 +88,15 @@ pub fn ensure(c: &mut Client) -> Result<()> {
 pub fn check_sql(t: &Term) -> String {
     format!(
         "DO $capra_fence$ BEGIN
+           IF pg_catalog.to_regclass('capra.fence') IS NULL THEN
+             RAISE EXCEPTION 'capra: fenced: no fence here for epoch %', {} USING ERRCODE = '{FENCED}';
+           END IF;
            PERFORM 1 FROM capra.fence WHERE installation = {} AND epoch = {} AND holder = {} FOR SHARE;
            IF NOT FOUND THEN
              RAISE EXCEPTION 'capra: fenced: epoch % may not write here any more', {} USING ERRCODE = '{FENCED}';
            END IF;
          END $capra_fence$",
+        t.epoch,
         sql_literal(&t.installation),
         t.epoch,
         sql_literal(&t.holder),
@@ -89,7 +112,10 @@ pub fn is_fenced(e: &postgres::Error) -> bool {
 /// Raises the fence to term `t` on the database `c` is connected to. While
 /// it waits for the old term's open transactions, `monitor` (a second
 /// connection as the same role) ends the ones holding it up.
-pub fn raise(c: &mut Client, monitor: Client, t: &Term, host: &str, pid: i32) -> Result<Raised> {
+pub fn raise<M>(c: &mut Client, monitor: M, t: &Term, host: &str, pid: i32) -> Result<Raised>
+where
+    M: std::ops::DerefMut<Target = Client> + Send + 'static,
+{
     const Q: &str = "raising capra's fence";
     let me: i32 = c
         .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
@@ -130,7 +156,7 @@ pub fn raise(c: &mut Client, monitor: Client, t: &Term, host: &str, pid: i32) ->
 
 /// Ends, every 100 ms until `done`, the sessions of capra's own role that
 /// block backend `waiter`: the old term's transactions holding the fence.
-fn end_blockers(mut monitor: Client, waiter: i32, done: &AtomicBool) {
+fn end_blockers<M: std::ops::DerefMut<Target = Client>>(mut monitor: M, waiter: i32, done: &AtomicBool) {
     while !done.load(Ordering::SeqCst) {
         let r = monitor.execute(
             "SELECT pg_catalog.pg_terminate_backend(b)

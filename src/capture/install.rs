@@ -417,7 +417,7 @@ fn revoke_public(c: &mut impl GenericClient) -> Result<()> {
 /// can drop and replace them: refused unless capra's role or a superuser
 /// owns it, or capra's role (not a superuser, for whom membership means
 /// nothing) is a member of the owner role.
-fn refuse_foreign_schema(c: &mut impl GenericClient) -> Result<()> {
+pub(super) fn refuse_foreign_schema(c: &mut impl GenericClient) -> Result<()> {
     const Q: &str = "checking the owner of the capra schema";
     let owner: Option<String> = c
         .query_opt(
@@ -1647,12 +1647,14 @@ fn still_unused(c: &mut impl GenericClient, id: i32) -> Result<bool> {
     )
 }
 
-/// Drops capra's own shared objects; the schema goes too unless someone
+/// Drops capra's own shared objects (the fence too: a leader that still
+/// writes here finds it gone, which refuses the write, and raises it
+/// again before its next run); the schema goes too unless someone
 /// else put something in it.
 fn drop_base(c: &mut impl GenericClient) -> Result<()> {
     c.batch_execute(
         "DROP EVENT TRIGGER IF EXISTS capra_follow_ddl;
-         DROP TABLE IF EXISTS capra.applied, capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta;
+         DROP TABLE IF EXISTS capra.applied, capra.consumer_table, capra.consumer, capra.truncate_log, capra.captured_part, capra.captured, capra.capture_meta, capra.fence;
          DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
     )
     .ctx(|| "removing capra's capture tables".into())?;

@@ -49,7 +49,10 @@ pub struct Ask {
 }
 
 /// Takes the lease (free, expired, or its holder's session provably gone)
-/// or renews this daemon's own; None when another holds it. The lease
+/// or renews this daemon's own; None when another holds it. A daemon of
+/// capra before several daemons existed holds an advisory lock instead:
+/// while one does, nobody takes the lease (it would run the syncs twice).
+/// The lease
 /// session must be a direct one (not through a transaction pooler): its
 /// backend is what a standby looks for.
 pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) -> Result<Option<Held>> {
@@ -66,9 +69,15 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
                  backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a
                                    WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()),
                  lease_until = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => $6),
-                 renewed = pg_catalog.clock_timestamp()
+                 renewed = pg_catalog.clock_timestamp(), released = NULL
              WHERE (l.holder = $1 AND l.epoch = $2)
-                OR ($7 AND (l.holder IS NULL
+                OR ($7 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks k
+                                        WHERE k.locktype = 'advisory' AND k.granted
+                                          AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                                             WHERE d.datname = pg_catalog.current_database())
+                                          AND k.classid::bigint = $8::int::bigint
+                                          AND k.objid::bigint = $9::int::bigint AND k.objsubid = 2)
+                       AND (l.holder IS NULL
                             OR l.lease_until <= pg_catalog.clock_timestamp()
                             OR (l.backend_start > pg_catalog.pg_postmaster_start_time()
                                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
@@ -83,6 +92,8 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
                 &me.pid,
                 &ask.secs,
                 &ask.may_take,
+                &super::runs::DAEMON_LOCK.0,
+                &super::runs::DAEMON_LOCK.1,
             ],
         )
         .ctx(|| Q.into())?;
@@ -95,12 +106,13 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
     .transpose()
 }
 
-/// Gives the lease up at once (a clean stop, a handover), if still held.
-pub fn release(c: &mut impl GenericClient, me: &Claimant<'_>, epoch: i64) -> Result<bool> {
+/// Gives the lease up at once, if still held; `why` ("stop", "handover")
+/// tells the next leader whether it takes over or merely starts.
+pub fn release(c: &mut impl GenericClient, me: &Claimant<'_>, epoch: i64, why: &str) -> Result<bool> {
     Ok(c.execute(
-        "UPDATE capra.lease SET holder = NULL, lease_until = pg_catalog.clock_timestamp()
+        "UPDATE capra.lease SET holder = NULL, lease_until = pg_catalog.clock_timestamp(), released = $3
           WHERE holder = $1 AND epoch = $2",
-        &[&me.id, &epoch],
+        &[&me.id, &epoch, &why],
     )
     .ctx(|| "releasing the lease".into())?
         > 0)
@@ -115,6 +127,11 @@ pub struct Lease {
     pub holder: Option<(String, String, i32)>,
     /// Seconds left before it expires (negative: expired).
     pub left: Option<f64>,
+    /// The last holder's host and pid, and why it let go (None: it did
+    /// not, or there never was one).
+    pub last: Option<(String, i32, Option<String>)>,
+    /// Whether the holder's lease session is provably gone.
+    pub session_gone: bool,
 }
 
 /// Reads the lease.
@@ -123,13 +140,21 @@ pub fn read(c: &mut impl GenericClient) -> Result<Lease> {
     let r = c
         .query_one(
             "SELECT epoch, holder, host, pid,
-                    extract(epoch FROM lease_until - pg_catalog.clock_timestamp())::float8
-               FROM capra.lease",
+                    extract(epoch FROM lease_until - pg_catalog.clock_timestamp())::float8, released,
+                    (backend_start > pg_catalog.pg_postmaster_start_time()
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                      WHERE a.pid OPERATOR(pg_catalog.=) l.backend_pid
+                                        AND a.backend_start OPERATOR(pg_catalog.=) l.backend_start)) IS TRUE
+               FROM capra.lease l",
             &[],
         )
         .ctx(|| Q.into())?;
     let holder: Option<String> = r.col(1, Q)?;
+    let host: Option<String> = r.col(2, Q)?;
+    let pid: Option<i32> = r.col(3, Q)?;
     Ok(Lease {
+        last: host.clone().map(|h| (h, pid.unwrap_or(0), r.col(5, Q).ok().flatten())),
+        session_gone: r.col(6, Q)?,
         epoch: r.col(0, Q)?,
         holder: match holder {
             Some(h) => Some((

@@ -32,18 +32,38 @@ pub struct DaemonInfo {
     pub logdest: Option<String>,
 }
 
-/// The daemon holding the lock on this control database, if one does.
+/// The leading daemon of this control database, if one leads: the holder
+/// of an unexpired lease (a daemon of capra before several daemons holds
+/// [`DAEMON_LOCK`] instead, and counts too).
 pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
-    let held: bool = c
+    const Q: &str = "checking for a running daemon";
+    let row = c
+        .query_opt(
+            "SELECT l.pid, l.host, to_char(l.since, 'Mon DD, YYYY HH24:MI:SS'), d.logdest
+               FROM capra.lease l
+               LEFT JOIN capra.daemon d ON d.pid = l.pid AND d.host = l.host
+              WHERE l.holder IS NOT NULL AND l.lease_until > pg_catalog.clock_timestamp()",
+            &[],
+        )
+        .ctx(|| Q.into())?;
+    if let Some(r) = row {
+        return Ok(Some(DaemonInfo {
+            pid: r.col(0, Q)?,
+            host: r.col(1, Q)?,
+            started: r.col(2, Q)?,
+            logdest: r.col(3, Q)?,
+        }));
+    }
+    let legacy: bool = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  AND classid::bigint = $1::int::bigint AND objid::bigint = $2::int::bigint AND objsubid = 2)",
             &[&DAEMON_LOCK.0, &DAEMON_LOCK.1],
         )
-        .ctx(|| "checking for a running daemon".into())?
-        .col(0, "checking for a running daemon")?;
-    if !held {
+        .ctx(|| Q.into())?
+        .col(0, Q)?;
+    if !legacy {
         return Ok(None);
     }
     let row = c
@@ -51,8 +71,7 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
             "SELECT pid, host, to_char(started, 'Mon DD, YYYY HH24:MI:SS'), logdest FROM capra.daemon",
             &[],
         )
-        .ctx(|| "reading the daemon row".into())?;
-    const Q: &str = "reading the daemon row";
+        .ctx(|| Q.into())?;
     Ok(Some(match row {
         Some(r) => DaemonInfo {
             pid: r.col(0, Q)?,
@@ -69,15 +88,84 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
     }))
 }
 
-/// Records the start of a run; returns its id.
-pub fn start_run(c: &mut impl GenericClient, sync: &str, reason: &str, pid: i32, host: &str) -> Result<i64> {
-    let what = format!("recording a run of sync \"{sync}\"");
-    c.query_one(
-        "INSERT INTO capra.run (sync, state, reason, pid, host) VALUES ($1, 'running', $2, $3, $4) RETURNING id",
-        &[&sync, &reason, &pid, &host],
+/// One daemon of this control database, leader or standby.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Member {
+    /// Its host.
+    pub host: String,
+    /// Its pid.
+    pub pid: i32,
+    /// "leader" or "standby".
+    pub role: String,
+    /// Since when it leads (leader) or runs (standby).
+    pub since: String,
+    /// Seconds of lease left (the leader only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_left: Option<f64>,
+}
+
+/// Every daemon alive (heartbeat in the last 15 s), the leader first.
+pub fn daemons(c: &mut impl GenericClient) -> Result<Vec<Member>> {
+    const Q: &str = "listing the daemons";
+    c.query(
+        "SELECT d.host, d.pid, CASE WHEN lead THEN 'leader' ELSE 'standby' END,
+                to_char(CASE WHEN lead THEN l.since ELSE d.started END, 'YYYY-MM-DD HH24:MI:SS'),
+                CASE WHEN lead THEN extract(epoch FROM l.lease_until - pg_catalog.clock_timestamp())::float8 END
+           FROM capra.daemons d
+           CROSS JOIN capra.lease l
+           CROSS JOIN LATERAL (SELECT d.id = l.holder AND l.lease_until > pg_catalog.clock_timestamp() IS TRUE AS lead) x
+          WHERE d.heartbeat > pg_catalog.clock_timestamp() - interval '15 seconds' OR lead
+          ORDER BY lead DESC, d.started, d.host, d.pid",
+        &[],
     )
-    .ctx(|| what.clone())?
-    .col(0, &what)
+    .ctx(|| Q.into())?
+    .iter()
+    .map(|r| {
+        Ok(Member {
+            host: r.col(0, Q)?,
+            pid: r.col(1, Q)?,
+            role: r.col(2, Q)?,
+            since: r.col(3, Q)?,
+            lease_left: r.col(4, Q)?,
+        })
+    })
+    .collect()
+}
+
+/// Who starts a run: the leading daemon, in its term.
+#[derive(Clone, Copy, Debug)]
+pub struct Runner<'a> {
+    /// Its pid.
+    pub pid: i32,
+    /// Its host.
+    pub host: &'a str,
+    /// Its lease holder id.
+    pub holder: &'a str,
+    /// Its term.
+    pub epoch: i64,
+}
+
+/// Records the start of a run; returns its id, or an error when this
+/// daemon no longer holds the lease of its term (a deposed leader starts
+/// nothing).
+pub fn start_run(c: &mut impl GenericClient, sync: &str, reason: &str, who: Runner<'_>) -> Result<i64> {
+    let what = format!("recording a run of sync \"{sync}\"");
+    let row = c
+        .query_opt(
+            "INSERT INTO capra.run (sync, state, reason, pid, host, epoch)
+             SELECT $1, 'running', $2, $3, $4, $6 FROM capra.lease
+              WHERE holder = $5 AND epoch = $6 AND lease_until > pg_catalog.clock_timestamp()
+             RETURNING id",
+            &[&sync, &reason, &who.pid, &who.host, &who.holder, &who.epoch],
+        )
+        .ctx(|| what.clone())?;
+    match row {
+        Some(r) => r.col(0, &what),
+        None => Err(Error::Rejected(format!(
+            "not {what}: this daemon (pid {}) no longer leads (epoch {})",
+            who.pid, who.epoch
+        ))),
+    }
 }
 
 /// Drops the record of a run that changed nothing and is rerun at once
@@ -139,7 +227,7 @@ pub fn finish_run(
     }
     c.execute(
         "UPDATE capra.run SET state = 'good', ended = clock_timestamp(), inserts = $2, deletes = $3, truncates = $4,
-                conflicts = $5, tables = $6, details = $7 WHERE id = $1",
+                conflicts = $5, tables = $6, details = $7 WHERE id = $1 AND state = 'running'",
         &[
             &id,
             &t.inserts,
@@ -173,7 +261,7 @@ pub fn fail_run(
     c.execute(
         "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3,
                 details = pg_catalog.jsonb_build_object('kind', $4::text)
-          WHERE id = $1",
+          WHERE id = $1 AND state = 'running'",
         &[&id, &error, &sqlstate.map(|c| c.code()), &kind.as_str()],
     )
     .ctx(|| "recording a failed run".into())?;
@@ -352,12 +440,14 @@ pub fn pending_kicks(c: &mut impl GenericClient) -> Result<Vec<(i64, String)>> {
 }
 
 /// Closes runs a previous daemon left open (it died mid-run).
-pub fn close_stale_runs(c: &mut impl GenericClient) -> Result<u64> {
+pub fn close_stale_runs(c: &mut impl GenericClient, who: Runner<'_>) -> Result<u64> {
     c.execute(
         "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(),
-                error = 'the daemon stopped during this run (pid ' || coalesce(pid::text, '?') || '); it was rolled back and is re-run'
-          WHERE state = 'running'",
-        &[],
+                error = 'the daemon stopped during this run (pid ' || coalesce(pid::text, '?') || ' on '
+                        || coalesce(host, '?') || '); it was rolled back and is re-run by pid ' || $1::int::text
+                        || ' on ' || $2
+          WHERE state = 'running' AND coalesce(epoch, 0) < $3",
+        &[&who.pid, &who.host, &who.epoch],
     )
     .ctx(|| "closing runs of a previous daemon".into())
 }

@@ -190,6 +190,12 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s!("endsync_sleep", "1.0", Kind::Seconds { allow_minus_one: false }, COMPAT),
     s!(
+        "ha_lease",
+        "10",
+        Kind::Int(3, 600),
+        "Seconds the leading daemon's lease lasts: it renews every third of it, stops writing before it runs out, and a standby takes over once it has (at once after a kill)"
+    ),
+    s!(
         "host_safety_check",
         "",
         Kind::Text,

@@ -23,8 +23,14 @@ pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std
     }
     ctx.say("Checking for existing processes");
     ctx.say("Starting capra");
-    let (pid, log) = daemon::spawn_detached(&ctx.settings, &reason, config)?;
-    ctx.say(format!("capra is running (pid {pid}); log: {log}"));
+    let d = daemon::spawn_detached(&ctx.settings, &reason, config)?;
+    match d.status.strip_prefix("standby, ") {
+        Some(leader) => ctx.say(format!(
+            "capra is running (pid {}) as a standby; {leader}; log: {}",
+            d.pid, d.log
+        )),
+        None => ctx.say(format!("capra is running (pid {}); log: {}", d.pid, d.log)),
+    }
     Ok(())
 }
 
@@ -37,10 +43,56 @@ pub fn stop(ctx: &Ctx, reason: &[String]) -> Result<()> {
     };
     let mut cat = ctx.catalog()?;
     match daemon::stop(&mut cat, &reason, Duration::from_secs(90))? {
-        Some(d) => ctx.say(format!("Stopped capra (pid {} on {})", d.pid, d.host)),
+        Some(s) if s.standbys > 0 => ctx.say(format!(
+            "Stopped capra (pid {} on {}) and {} standby daemon(s)",
+            s.daemon.pid, s.daemon.host, s.standbys
+        )),
+        Some(s) => ctx.say(format!("Stopped capra (pid {} on {})", s.daemon.pid, s.daemon.host)),
         None => ctx.say("capra is not running"),
     }
     Ok(())
+}
+
+/// `capra ha handover`: the leader steps down, a standby takes over; waits
+/// until one leads and says which.
+pub fn handover(ctx: &Ctx) -> Result<()> {
+    let mut cat = ctx.catalog()?;
+    let Some(old) = runs::daemon(&mut cat.client)? else {
+        return Err(Error::Rejected(
+            "capra is not running; nothing to hand over (start it with capra start)".into(),
+        ));
+    };
+    if !runs::daemons(&mut cat.client)?.iter().any(|m| m.role == "standby") {
+        return Err(Error::Rejected(format!(
+            "no standby daemon runs to take over from pid {} on {}; start one first (capra start with a piddir of its own, or on another host)",
+            old.pid, old.host
+        )));
+    }
+    let before = crate::catalog::lease::read(&mut cat.client)?.epoch;
+    let started = std::time::Instant::now();
+    cat.client
+        .execute("SELECT pg_notify($1, 'handover')", &[&runs::CONTROL_CHANNEL])
+        .ctx(|| "asking the leader to hand over".into())?;
+    while started.elapsed() < Duration::from_secs(30) {
+        let l = crate::catalog::lease::read(&mut cat.client)?;
+        if l.epoch > before && l.left.is_some_and(|s| s > 0.0) {
+            if let Some((_, host, pid)) = l.holder {
+                ctx.say(format!(
+                    "Handed over in {:.1}s: pid {pid} on {host} leads now (epoch {}); pid {} on {} stands by",
+                    started.elapsed().as_secs_f64(),
+                    l.epoch,
+                    old.pid,
+                    old.host
+                ));
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(Error::Rejected(format!(
+        "no daemon took over within 30s after pid {} on {} was asked to hand over; see capra status and the daemons' logs",
+        old.pid, old.host
+    )))
 }
 
 /// `capra reload [config|SYNC...]`: the daemon re-reads settings and syncs.

@@ -107,6 +107,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `capra ha ...`.
+#[derive(Subcommand, Debug)]
+pub enum HaAction {
+    /// The leader cancels its runs and gives the lease up now; a standby
+    /// takes over within a second (refused when no standby runs).
+    Handover,
+}
+
 /// Top-level commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -184,6 +192,13 @@ pub enum Command {
     Restart {
         /// Why.
         reason: Vec<String>,
+    },
+    /// Several daemons: `ha handover` makes the leader step down at once;
+    /// a standby takes over.
+    Ha {
+        /// What to do.
+        #[command(subcommand)]
+        action: HaAction,
     },
     /// Make the daemon re-read settings and syncs (`reload config` too).
     Reload {
@@ -558,6 +573,9 @@ fn run(cli: Cli) -> Result<()> {
             daemon_cmds::start(&ctx, false, &reason, flags.config.as_deref())
         }
         Command::Reload { .. } => daemon_cmds::reload(&ctx),
+        Command::Ha {
+            action: HaAction::Handover,
+        } => daemon_cmds::handover(&ctx),
         Command::Kick { words, dry_run: false } => daemon_cmds::kick(&ctx, &words),
         Command::Kick { words, dry_run: true } => compare::dry_run(&ctx, &words),
         Command::Status { syncs } => status::status(&ctx, &syncs),

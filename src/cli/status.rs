@@ -66,14 +66,29 @@ fn overview(ctx: &Ctx, c: &mut postgres::Client, daemon: Option<&runs::DaemonInf
     for s in all {
         rows.push(sync_status(c, s, daemon.is_some())?);
     }
+    let members = runs::daemons(c)?;
     if ctx.json {
         let d = daemon.map(|d| json!({"pid": d.pid, "host": d.host, "started": d.started, "log": d.logdest}));
-        println!("{:#}", json!({"daemon": d, "syncs": rows}));
+        println!("{:#}", json!({"daemon": d, "daemons": members, "syncs": rows}));
         return Ok(());
     }
-    match daemon {
-        Some(d) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
-        None => println!("capra daemon: not running (start it with capra start)"),
+    let leader = members.iter().find(|m| m.role == "leader");
+    match (daemon, leader) {
+        (Some(d), Some(l)) => println!(
+            "PID of capra daemon: {} (host {}, since {}), leader, lease left {:.0}s",
+            d.pid,
+            d.host,
+            d.started,
+            l.lease_left.unwrap_or(0.0).max(0.0)
+        ),
+        (Some(d), None) => println!("PID of capra daemon: {} (host {}, since {})", d.pid, d.host, d.started),
+        (None, _) if !members.is_empty() => {
+            println!("capra daemon: no leader right now (a standby takes over within ha_lease)")
+        }
+        (None, _) => println!("capra daemon: not running (start it with capra start)"),
+    }
+    for m in members.iter().filter(|m| m.role != "leader") {
+        println!("Standby capra daemon: {} (host {}, since {})", m.pid, m.host, m.since);
     }
     print_scheduled_jobs(c)?;
     if rows.is_empty() {

@@ -1,6 +1,6 @@
-//! The control thread (Bucardo's MCP main loop): holds the daemon's lock on
-//! the control database, answers kick, reload and stop requests, writes the
-//! heartbeat and prunes run history.
+//! The leader's control thread (Bucardo's MCP main loop): answers kick,
+//! reload and stop requests on the control database, writes the heartbeat
+//! and prunes run history.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -70,14 +70,9 @@ struct ControlState {
 }
 
 impl Engine {
-    /// The control thread: holds the advisory lock, answers requests,
-    /// writes the heartbeat. `client` already holds the lock; it is handed
-    /// back on stop so the lock outlives every other thread.
-    pub fn control_loop(
-        self: Arc<Self>,
-        mut client: postgres::Client,
-        spec: crate::pg::connect::ConnSpec,
-    ) -> Option<postgres::Client> {
+    /// The control thread: answers requests, writes the heartbeat.
+    /// `client` listens on the control channel already.
+    pub fn control_loop(self: Arc<Self>, mut client: postgres::Client, spec: crate::pg::connect::ConnSpec) {
         let _r = logging::role("MCP", None);
         let mut st = ControlState {
             dispatched: HashSet::new(),
@@ -92,7 +87,7 @@ impl Engine {
         let wedge = std::env::var_os("CAPRA_TEST_WEDGE").map(std::path::PathBuf::from);
         loop {
             if self.is_stopping() {
-                return Some(client);
+                return;
             }
             while wedge.as_ref().is_some_and(|w| w.exists()) && !self.is_stopping() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -108,7 +103,7 @@ impl Engine {
                         client = c;
                         continue;
                     }
-                    None => return None,
+                    None => return,
                 }
             }
             if let Some(r) = req.stop {
@@ -211,15 +206,17 @@ impl Engine {
             return;
         };
         let line = format!(
-            "{n} sync{} active, last good {}, {failing} failing",
+            "{n} sync{} active, last good {}, {failing} failing; {}",
             if n == 1 { "" } else { "s" },
             age.map(|a| format!("{:.0}s ago", a.max(0.0)))
-                .unwrap_or_else(|| "never".into())
+                .unwrap_or_else(|| "never".into()),
+            self.role.describe()
         );
         *crate::sys::lock(&self.status_line) = line;
     }
 
-    /// Reconnects to the control database and takes the lock again.
+    /// Reconnects to the control database (the lease thread, not this
+    /// connection, decides whether this daemon still leads).
     fn reconnect_control(&self, spec: &crate::pg::connect::ConnSpec) -> Option<postgres::Client> {
         tracing::warn!("Lost the connection to the control database; reconnecting");
         loop {
@@ -229,16 +226,10 @@ impl Engine {
                 return None;
             }
             let wait = self.cfg.read().unwrap_or_else(|e| e.into_inner()).dbproblem_sleep;
-            match super::lock_control(spec) {
-                Ok(Some(c)) => {
+            match super::control_connection(spec) {
+                Ok(c) => {
                     tracing::info!("Reconnected to the control database");
                     return Some(c);
-                }
-                Ok(None) => {
-                    self.send_event(Event::Fatal(
-                        "another capra daemon took over this control database while it was unreachable".into(),
-                    ));
-                    return None;
                 }
                 Err(e) => {
                     tracing::warn!("Control database still unreachable: {e}");

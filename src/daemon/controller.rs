@@ -205,10 +205,13 @@ impl Controller {
     /// missing, dropping what an interrupted edit left); true when a key
     /// change waits for the old log to drain.
     fn attach_source(&mut self, plan: &SyncPlan, src: &Db) -> Result<bool> {
+        self.engine.fence(src)?;
         let mut conn = self.engine.pools.get(src)?;
         let mut tx = conn
             .transaction()
             .ctx(|| format!("checking change capture on \"{}\"", src.name))?;
+        tx.batch_execute(&self.engine.fence_sql)
+            .ctx(|| format!("checking capra's fence on \"{}\"", src.name))?;
         let had: bool = tx
             .query_one("SELECT to_regclass('capra.consumer') IS NOT NULL", &[])
             .ctx(|| "checking capture".into())?
@@ -389,6 +392,11 @@ impl Controller {
 
     fn start_run(&mut self) {
         let reason = self.timing.begin();
+        if !self.engine.role.may_write() {
+            // The term is ending: the next leader runs every sync.
+            self.timing.not_started();
+            return;
+        }
         if !self.capture_ready || self.plan.is_none() {
             if let Err(e) = self.prepare() {
                 tracing::error!("Cannot prepare sync: {e}");
@@ -397,9 +405,8 @@ impl Controller {
                 // Recorded like a failed run, so status and kick show why.
                 let text = crate::pg::error::flatten(&e.to_string());
                 if let Ok(mut c) = self.engine.control.get() {
-                    let recorded =
-                        runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.pid, &self.engine.host)
-                            .and_then(|id| {
+                    let recorded = runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.runner())
+                        .and_then(|id| {
                                 runs::fail_run(&mut *c, &self.name, id, &text, e.kind(), e.sqlstate(), wait)
                             });
                     if let Err(r) = recorded {
@@ -602,8 +609,17 @@ fn execute(
             return rec.failed(&text, Kind::Input, None, Mail::WithoutLastGood);
         }
     };
+    // The term's first write on each database waits for its fence.
+    for db in plan.sources.iter().chain(&plan.targets).chain(&plan.fullcopy) {
+        if let Err(e) = engine.fence(db) {
+            let text = crate::pg::error::flatten(&e.to_string());
+            tracing::error!("Run failed: {text}");
+            return rec.failed(&text, e.kind(), e.sqlstate(), Mail::No);
+        }
+    }
     let env = RunEnv {
         pools: &engine.pools,
+        fence: &engine.fence_sql,
         installation: &engine.installation,
         chunk: cfg.chunk,
         // The sync's own isolation_level wins over the setting.
@@ -633,6 +649,11 @@ fn execute(
         Err(e) => {
             let text = crate::pg::error::flatten(&e.to_string());
             let retry = Retry::of(&e);
+            if e.sqlstate().is_some_and(|s| s.code() == crate::capture::fence::FENCED) {
+                // Raised again before the next run: recreated if dropped,
+                // or found higher, which ends this term.
+                engine.forget_fences();
+            }
             tracing::error!("Run failed: {text}");
             // Retried conflicts of locks, and runs cancelled by a stop or
             // a deactivation, are not incidents; the rest mail.
@@ -668,6 +689,7 @@ impl Retry {
             return Retry::Backoff;
         }
         match e.sqlstate() {
+            Some(s) if s.code() == crate::capture::fence::FENCED => Retry::Lock,
             Some(&SqlState::T_R_SERIALIZATION_FAILURE) => Retry::Serialization,
             Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::LOCK_NOT_AVAILABLE) => Retry::Lock,
             _ => Retry::Backoff,
@@ -724,7 +746,7 @@ impl<'a> RunRecord<'a> {
                 return None;
             }
         };
-        match runs::start_run(&mut *control, name, reason.as_str(), engine.pid, &engine.host) {
+        match runs::start_run(&mut *control, name, reason.as_str(), engine.runner()) {
             Ok(run_id) => Some(RunRecord {
                 engine,
                 control,

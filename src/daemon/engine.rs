@@ -72,6 +72,8 @@ pub struct EngineConfig {
     pub purge_schedule: String,
     /// `compare_schedule`: when every active sync is compared (empty: never).
     pub compare_schedule: String,
+    /// `ha_lease`: seconds a leader's lease lasts without a renew.
+    pub ha_lease: f64,
 }
 
 impl EngineConfig {
@@ -97,6 +99,7 @@ impl EngineConfig {
             default_strategy: Strategy::parse(&get("default_conflict_strategy")?),
             purge_schedule: get("purge_schedule")?,
             compare_schedule: get("compare_schedule")?,
+            ha_lease: get("ha_lease")?.parse::<f64>().unwrap_or(10.0).clamp(3.0, 600.0),
         })
     }
 }
@@ -123,6 +126,12 @@ pub enum Event {
     Stop(String),
     /// The daemon cannot go on.
     Fatal(String),
+    /// This daemon took the lease: it leads from now on.
+    Lead(super::ha::Took),
+    /// This daemon lost its term (why): it stops writing and stands by.
+    StepDown(String),
+    /// `capra ha handover`: the leader steps down at once.
+    Handover,
 }
 
 /// A running controller, as the engine holds it.
@@ -173,6 +182,14 @@ pub struct Engine {
     pub(super) beats: Mutex<HashMap<String, Instant>>,
     /// A one-line health summary for systemd's STATUS=.
     pub(super) status_line: Mutex<String>,
+    /// This daemon's role and lease (runs start only while it may write).
+    pub role: Arc<super::ha::Role>,
+    /// The term every write of this daemon is fenced with.
+    pub term: crate::capture::fence::Term,
+    /// The statement that opens each write transaction (the fence check).
+    pub fence_sql: String,
+    /// The databases whose fence names this term already.
+    pub(super) raised: Mutex<HashSet<String>>,
 }
 
 fn lenient_tls() -> Result<MakeTlsConnector> {
@@ -190,13 +207,15 @@ fn lenient_tls() -> Result<MakeTlsConnector> {
 impl Engine {
     /// Builds the engine and starts its worker pool.
     pub fn new(
-        installation: String,
         control: DbPool,
         cfg: EngineConfig,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
         notify: crate::notify::Notifier,
+        term: crate::capture::fence::Term,
+        role: Arc<super::ha::Role>,
     ) -> Result<Arc<Engine>> {
         let workers = cfg.workers;
+        let installation = term.installation.clone();
         let e = Arc::new(Engine {
             installation,
             control,
@@ -217,6 +236,10 @@ impl Engine {
             notify,
             beats: Mutex::new(HashMap::new()),
             status_line: Mutex::new(String::new()),
+            fence_sql: crate::capture::fence::check_sql(&term),
+            term,
+            role,
+            raised: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));

@@ -15,26 +15,21 @@ pub enum DaemonError {
         host: String,
     },
 
-    /// Another daemon holds this control database's lock.
-    #[error("capra is already running for this control database{}; stop it first with capra stop", holder(.pid, .host, .started))]
-    AlreadyRunning {
-        /// Its process id, when its registration could be read.
-        pid: Option<i32>,
-        /// Its host.
-        host: String,
-        /// When it started.
-        started: String,
+    /// Another daemon uses this PID directory (one daemon per piddir; a
+    /// daemon with a piddir of its own becomes a standby instead).
+    #[error("capra is already running with piddir {piddir} (pid {pid}); stop it first with capra stop, or give another daemon a piddir of its own to run it as a standby")]
+    PiddirInUse {
+        /// The PID directory.
+        piddir: String,
+        /// The pid in its pid file.
+        pid: String,
     },
 
-    /// `capra start` found a daemon already registered.
-    #[error("Cannot start: capra is already running for this control database (pid {pid} on {host} since {started})")]
-    StartRefused {
-        /// Its process id.
-        pid: i32,
-        /// Its host.
-        host: String,
-        /// When it started.
-        started: String,
+    /// The lease connection could not start.
+    #[error("capra could not take part in leading this control database: {why}")]
+    Lease {
+        /// What failed.
+        why: String,
     },
 
     /// The detached daemon exited before it was ready.
@@ -78,22 +73,16 @@ pub enum DaemonError {
     Fatal(String),
 }
 
-fn holder(pid: &Option<i32>, host: &str, started: &str) -> String {
-    match pid {
-        Some(p) => format!(" (pid {p} on {host} since {started})"),
-        None => String::new(),
-    }
-}
-
 impl AreaError for DaemonError {
     fn kind(&self) -> Kind {
         match self {
             DaemonError::HostNotAllowed { .. } => Kind::Input,
-            DaemonError::AlreadyRunning { .. } | DaemonError::StartRefused { .. } => Kind::Conflict,
+            DaemonError::PiddirInUse { .. } => Kind::Conflict,
             DaemonError::StartFailed { .. }
             | DaemonError::NotReady { .. }
             | DaemonError::StopTimeout { .. }
             | DaemonError::Tls { .. }
+            | DaemonError::Lease { .. }
             | DaemonError::Fatal(_) => Kind::System,
         }
     }

@@ -6,15 +6,20 @@
 //! reports READY through the same sd_notify protocol systemd uses, or
 //! fails, so it returns only once the daemon is up or has said why not.
 //!
-//! Exactly one daemon serves a control database: it holds an advisory lock
-//! on a dedicated control connection for its whole life. `capra status`,
-//! `kick` and `stop` look at that lock, so they work from any host.
+//! Any number of daemons may serve one control database, one per PID
+//! directory (a flock on its pid file): exactly one leads, by a lease in
+//! the control database, and runs syncs; the others stand by and take over
+//! when it dies, hangs or loses the control database (see `ha`). A leader
+//! that loses its term re-executes itself and comes back as a standby.
+//! `capra status`, `kick` and `stop` look at the lease, so they work from
+//! any host.
 
 pub mod comparer;
 pub mod control;
 pub mod controller;
 pub mod engine;
 mod error;
+pub mod ha;
 pub mod purger;
 pub mod watcher;
 
@@ -29,26 +34,15 @@ use crate::catalog::{model, runs, Catalog};
 use crate::config::Settings;
 use crate::error::{Context, Error, Result};
 use crate::logging;
-use crate::pg::{self, connect::ConnSpec, RowExt};
+use crate::pg::{self, connect::ConnSpec};
 
-/// Tries to open a control connection holding the daemon lock: Ok(None) if
-/// another daemon holds it.
-pub fn lock_control(spec: &ConnSpec) -> Result<Option<postgres::Client>> {
-    let r = pg::connect::resolve_for(spec, "capra daemon", "control database")?;
+/// Opens the control loop's connection, listening for requests.
+pub fn control_connection(spec: &ConnSpec) -> Result<postgres::Client> {
+    let r = pg::connect::resolve_for(spec, &format!("capra daemon (pid {})", std::process::id()), "control database")?;
     let mut c = pg::connect::open(&r, "the control database")?;
-    let got: bool = c
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&runs::DAEMON_LOCK.0, &runs::DAEMON_LOCK.1],
-        )
-        .ctx(|| "taking the daemon lock".into())?
-        .col(0, "taking the daemon lock")?;
-    if !got {
-        return Ok(None);
-    }
     c.batch_execute(&format!("LISTEN {}", runs::CONTROL_CHANNEL))
         .ctx(|| "listening for requests".into())?;
-    Ok(Some(c))
+    Ok(c)
 }
 
 /// Sends sd_notify states (no-op without NOTIFY_SOCKET).
@@ -99,47 +93,21 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let _r = logging::role("MCP", None);
     let host = check_host(&mut cat.client)?;
     let files = Files::read(settings, &mut cat.client)?;
-    let Some(mut lock) = lock_control(&settings.control)? else {
-        return Err(already_running(&mut cat.client)?.into());
-    };
+    let _pidlock = files.lock()?;
     files.claim(reason);
-    let closed = runs::close_stale_runs(&mut lock)?;
-    if closed > 0 {
-        tracing::warn!("Closed {closed} run(s) left open by a daemon that stopped mid-run; they are re-run now");
-    }
-    register(&mut lock, &host, reason, &dest)?;
-
-    let cfg = engine::EngineConfig::load(&mut cat.client)?;
-    // Every running run holds one control connection; controllers, the
-    // purger and reloads need a few more.
-    let control_pool = pg::pool::DbPool::new("control", &settings.control, "capra daemon", cfg.workers as u32 + 4)?;
+    let lease_secs = engine::EngineConfig::load(&mut cat.client)?.ha_lease;
+    let handoff = Handoff::from_env();
+    let role = ha::Role::new(host.clone(), lease_secs, handoff.floor);
+    ha::register(&mut cat.client, &role, &files.piddir.display().to_string())?;
     let installation = cat.installation.clone();
     drop(cat);
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let notify_stop = Arc::new(AtomicBool::new(false));
-    let notifier = crate::notify::Notifier::start(
-        control_pool.clone(),
-        crate::sys::hostname(),
-        installation.clone(),
-        notify_stop.clone(),
-    );
-    let engine = engine::Engine::new(installation, control_pool, cfg, events_tx, notifier)?;
     tracing::info!(
         "capra {} starting (pid {}, host {host}, reason: {reason})",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
-    let active = engine.sync_controllers()?;
-    tracing::info!(
-        "Active syncs: {}",
-        if active.is_empty() {
-            "none".into()
-        } else {
-            active.join(",")
-        }
-    );
-    let threads = Threads::start(&engine, lock, settings.control.clone())?;
-
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let lease = ha::LeaseThread::start(settings.control.clone(), role.clone(), events_tx.clone(), handoff.cooloff_ms)?;
     // The supervisor: signals, stop file, watchdog. No PostgreSQL calls here.
     // Its signal handlers are installed before READY: a reload (SIGHUP)
     // right after start must not hit the default action, which kills.
@@ -150,15 +118,289 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             context: "starting the supervisor".into(),
             source,
         })?;
-    let signals = rt.block_on(Signals::install()).map_err(|source| Error::Io {
+    let mut signals = rt.block_on(Signals::install()).map_err(|source| Error::Io {
         context: "installing signal handlers".into(),
         source,
     })?;
-    announce_ready(&engine, active.len());
+    let took = match rt.block_on(stand_by(&role, &mut signals, &mut events_rx, &files.stopfile)) {
+        Ok(t) => t,
+        Err(why) => {
+            lease.stop();
+            ha::leave(&settings.control, &role, "stop");
+            files.release(&why);
+            tracing::info!("Stopped ({why})");
+            return Ok(());
+        }
+    };
+    let term = Term {
+        role,
+        took,
+        installation,
+        host,
+        reason: reason.to_string(),
+        dest,
+    };
+    let ending = lead(settings, &term, events_tx, events_rx, &rt, signals, &files);
+    lease.stop();
+    match ending {
+        Ending::Stopped(why) => {
+            ha::leave(&settings.control, &term.role, "stop");
+            files.release(&why);
+            tracing::info!("Stopped");
+            Ok(())
+        }
+        Ending::Fatal(e) => {
+            ha::leave(&settings.control, &term.role, "stop");
+            files.release(&format!("fatal: {e}"));
+            Err(DaemonError::Fatal(e).into())
+        }
+        Ending::Handover => {
+            ha::leave(&settings.control, &term.role, "handover");
+            files.release("handover");
+            Err(Handoff::restart(term.role.floor().max(term.took.epoch), true))
+        }
+        Ending::StepDown(why) => {
+            ha::leave(&settings.control, &term.role, "lost");
+            files.release(&format!("stepped down: {why}"));
+            Err(Handoff::restart(term.role.floor().max(term.took.epoch), false))
+        }
+    }
+}
+
+/// What a leader's term needs from the daemon's start.
+struct Term {
+    role: Arc<ha::Role>,
+    took: ha::Took,
+    installation: String,
+    host: String,
+    reason: String,
+    dest: logging::Dest,
+}
+
+/// How a leader's term ended.
+enum Ending {
+    /// Told to stop (why).
+    Stopped(String),
+    /// The engine failed.
+    Fatal(String),
+    /// `capra ha handover`.
+    Handover,
+    /// The term was lost (why).
+    StepDown(String),
+}
+
+/// What a daemon that stepped down passes to itself when it starts again
+/// as a standby (in the environment of the re-executed binary).
+struct Handoff {
+    /// The highest epoch it saw: its next term goes above it.
+    floor: i64,
+    /// CLOCK_BOOTTIME before which it takes no lease (after a handover).
+    cooloff_ms: u64,
+}
+
+impl Handoff {
+    const FLOOR: &'static str = "CAPRA_HA_FLOOR";
+    const COOLOFF: &'static str = "CAPRA_HA_COOLOFF_MS";
+
+    fn from_env() -> Handoff {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Handoff {
+            floor: num(Self::FLOOR) as i64,
+            cooloff_ms: num(Self::COOLOFF),
+        }
+    }
+
+    /// Re-executes this binary with the same arguments (same pid, so
+    /// systemd and the pid file still know it): it comes back as a
+    /// standby. Returns only if that fails.
+    fn restart(floor: i64, handover: bool) -> Error {
+        use std::os::unix::process::CommandExt;
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(source) => {
+                return Error::Io {
+                    context: "finding the capra binary to start again as a standby".into(),
+                    source,
+                }
+            }
+        };
+        let cooloff = if handover { ha::boottime_ms() + 3000 } else { 0 };
+        tracing::info!("Starting again as a standby");
+        let source = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(Self::FLOOR, floor.to_string())
+            .env(Self::COOLOFF, cooloff.to_string())
+            .exec();
+        Error::Io {
+            context: "starting again as a standby".into(),
+            source,
+        }
+    }
+}
+
+/// Stands by until this daemon takes the lease (Ok) or is told to stop
+/// (Err with why). READY goes out once the first attempt has told whether
+/// it leads; a daemon that leads at once announces READY later, as leader.
+async fn stand_by(
+    role: &ha::Role,
+    sig: &mut Signals,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    stopfile: &Path,
+) -> std::result::Result<ha::Took, String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut announced = false;
+    let mut last_status = String::new();
+    let dog = sd_notify::watchdog_enabled();
+    loop {
+        tokio::select! {
+            _ = sig.term.recv() => return Err("SIGTERM".to_string()),
+            _ = sig.int.recv() => return Err("SIGINT".to_string()),
+            _ = sig.hup.recv() => tracing::info!("SIGHUP: a standby has nothing to reload"),
+            ev = events.recv() => match ev {
+                Some(engine::Event::Lead(t)) => return Ok(t),
+                Some(engine::Event::Stop(why)) => return Err(why),
+                Some(engine::Event::Fatal(msg)) => return Err(format!("fatal: {msg}")),
+                Some(_) => {}
+                None => return Err("lease thread ended".into()),
+            },
+            _ = tick.tick() => {
+                if stopfile.exists() {
+                    return Err(format!("stop file {} found", stopfile.display()));
+                }
+                if !role.looked() {
+                    continue;
+                }
+                let line = role.describe();
+                if !announced {
+                    tracing::info!("Standing by: {line}");
+                    notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::MainPid(std::process::id()),
+                        sd_notify::NotifyState::Status(&line),
+                    ]);
+                    announced = true;
+                } else if line != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                }
+                last_status = line;
+                // The watchdog is fed while the lease thread goes round.
+                if dog.is_some_and(|w| role.turned_within(w / 2)) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+}
+
+/// The leader's term: the takeover duties, then the engine until the term
+/// ends.
+fn lead(
+    settings: &Settings,
+    t: &Term,
+    events_tx: tokio::sync::mpsc::UnboundedSender<engine::Event>,
+    events_rx: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    rt: &tokio::runtime::Runtime,
+    signals: Signals,
+    files: &Files,
+) -> Ending {
+    let notify_stop = Arc::new(AtomicBool::new(false));
+    let engine = match take_over(settings, t, events_tx, &notify_stop) {
+        Ok(e) => e,
+        Err(e) => return Ending::Fatal(pg::error::flatten(&e.to_string())),
+    };
+    let threads = match Threads::start(&engine, settings.control.clone()) {
+        Ok(th) => th,
+        Err(e) => return Ending::Fatal(e.to_string()),
+    };
+    announce_ready(&engine, crate::sys::lock(&engine.controllers).len());
     tracing::info!("Entering main loop");
-    let outcome = rt.block_on(supervise(engine.clone(), signals, events_rx, files.stopfile.clone()));
-    shut_down(&engine, threads, &notify_stop, &files, &outcome);
-    outcome.map(|_| ()).map_err(|e| DaemonError::Fatal(e).into())
+    let ending = rt.block_on(supervise(engine.clone(), signals, events_rx, files.stopfile.clone()));
+    // A term that ended cancels its runs at once; a stop lets them finish.
+    let grace = match ending {
+        Ending::Stopped(_) => Duration::from_secs(10),
+        _ => Duration::ZERO,
+    };
+    shut_down(&engine, threads, grace, &notify_stop, &ending);
+    ending
+}
+
+/// The takeover duties, in order: close the runs earlier terms left open,
+/// start the engine, raise the fences on every database the syncs write,
+/// start the controllers, and after a takeover kick every sync and mail.
+fn take_over(
+    settings: &Settings,
+    t: &Term,
+    events_tx: tokio::sync::mpsc::UnboundedSender<engine::Event>,
+    notify_stop: &Arc<AtomicBool>,
+) -> Result<Arc<engine::Engine>> {
+    let epoch = t.took.epoch;
+    let who = runs::Runner {
+        pid: t.role.pid,
+        host: &t.host,
+        holder: &t.role.id,
+        epoch,
+    };
+    let mut c = control_connection(&settings.control)?;
+    let closed = runs::close_stale_runs(&mut c, who)?;
+    if closed > 0 {
+        tracing::warn!("Closed {closed} run(s) left open by a daemon that stopped mid-run; they are re-run now");
+    }
+    register(&mut c, &t.host, &t.reason, &t.dest)?;
+    let cfg = engine::EngineConfig::load(&mut c)?;
+    drop(c);
+    // Every running run holds one control connection; controllers, the
+    // purger and reloads need a few more.
+    let control_pool = pg::pool::DbPool::new(
+        "control",
+        &settings.control,
+        &format!("capra daemon (pid {})", t.role.pid),
+        cfg.workers as u32 + 4,
+    )?;
+    let notifier = crate::notify::Notifier::start(
+        control_pool.clone(),
+        crate::sys::hostname(),
+        t.installation.clone(),
+        notify_stop.clone(),
+    );
+    let term = crate::capture::fence::Term {
+        installation: t.installation.clone(),
+        epoch,
+        holder: t.role.id.clone(),
+    };
+    let engine = engine::Engine::new(control_pool, cfg, events_tx, notifier, term, t.role.clone())?;
+    let started = Instant::now();
+    engine.fence_all(engine.written_dbs());
+    let active = engine.sync_controllers()?;
+    tracing::info!(
+        "Active syncs: {}",
+        if active.is_empty() {
+            "none".into()
+        } else {
+            active.join(",")
+        }
+    );
+    match &t.took.from {
+        Some(p) => {
+            for s in &active {
+                engine.tell(s, engine::CtlMsg::Kick(engine::Reason::Takeover, None));
+            }
+            tracing::warn!(
+                "Leading (epoch {epoch}): took over from pid {} on {} ({}); fences raised in {:.1}s; every sync kicked",
+                p.pid,
+                p.host,
+                t.took.how,
+                started.elapsed().as_secs_f64()
+            );
+            engine.notify.send(crate::notify::Alert::Takeover {
+                epoch,
+                old_pid: p.pid,
+                old_host: p.host.clone(),
+                how: t.took.how.clone(),
+            });
+        }
+        None => tracing::info!("Leading (epoch {epoch}; {})", t.took.how),
+    }
+    Ok(engine)
 }
 
 /// Starts logging as configured (the config file's level overrides the
@@ -195,22 +437,6 @@ fn check_host(c: &mut postgres::Client) -> Result<String> {
     Ok(host)
 }
 
-/// Who holds the daemon lock, as far as the catalog knows.
-fn already_running(c: &mut postgres::Client) -> Result<DaemonError> {
-    Ok(match runs::daemon(c)? {
-        Some(d) => DaemonError::AlreadyRunning {
-            pid: Some(d.pid),
-            host: d.host,
-            started: d.started,
-        },
-        None => DaemonError::AlreadyRunning {
-            pid: None,
-            host: String::new(),
-            started: String::new(),
-        },
-    })
-}
-
 /// The daemon's files in its PID directory (Bucardo's pid, stop and
 /// reason files).
 struct Files {
@@ -232,18 +458,45 @@ impl Files {
         })
     }
 
-    /// Once the lock is held: a stale stop file goes, the pid file and the
-    /// start reason are written (trouble here is logged, never fatal).
-    fn claim(&self, reason: &str) {
-        if let Err(e) = std::fs::create_dir_all(&self.piddir) {
-            tracing::warn!("Cannot create the PID directory {}: {e}", self.piddir.display());
+    /// Locks the pid file for this process's life (one daemon per PID
+    /// directory) and writes this pid into it; the lock goes with the
+    /// process, however it ends.
+    fn lock(&self) -> Result<std::fs::File> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        let io = |context: String| move |source| Error::Io { context, source };
+        std::fs::create_dir_all(&self.piddir).map_err(io(format!("creating the PID directory {}", self.piddir.display())))?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.pidfile)
+            .map_err(io(format!("opening {}", self.pidfile.display())))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(DaemonError::PiddirInUse {
+                piddir: self.piddir.display().to_string(),
+                pid: pid.trim().to_string(),
+            }
+            .into());
         }
+        let wrote = f
+            .set_len(0)
+            .and_then(|()| f.rewind())
+            .and_then(|()| writeln!(f, "{}", std::process::id()));
+        wrote.map_err(io(format!("writing {}", self.pidfile.display())))?;
+        Ok(f)
+    }
+
+    /// Once the pid file is locked: a stale stop file goes, the start
+    /// reason is written.
+    fn claim(&self, reason: &str) {
         if self.stopfile.exists() {
             tracing::info!("Removing {}", self.stopfile.display());
             let _ = std::fs::remove_file(&self.stopfile);
-        }
-        if let Err(e) = std::fs::write(&self.pidfile, format!("{}\n", std::process::id())) {
-            tracing::warn!("Cannot write {}: {e}", self.pidfile.display());
         }
         logging::note_reason(&self.reason_file, "start", reason);
     }
@@ -256,7 +509,8 @@ impl Files {
     }
 }
 
-/// Registers this daemon in the catalog (status and `stop` read it).
+/// Registers the leader in the catalog (status shows its log; `stop`
+/// reads it).
 fn register(lock: &mut postgres::Client, host: &str, reason: &str, dest: &logging::Dest) -> Result<()> {
     let logdest = match dest {
         logging::Dest::File(p) => p.display().to_string(),
@@ -280,16 +534,17 @@ fn register(lock: &mut postgres::Client, host: &str, reason: &str, dest: &loggin
     Ok(())
 }
 
-/// The control loop (holding the lock connection) and the purger.
+/// The control loop and the purger.
 struct Threads {
-    control: std::thread::JoinHandle<Option<postgres::Client>>,
+    control: std::thread::JoinHandle<()>,
     vac: std::thread::JoinHandle<()>,
 }
 
 impl Threads {
-    fn start(engine: &Arc<engine::Engine>, lock: postgres::Client, spec: ConnSpec) -> Result<Threads> {
+    fn start(engine: &Arc<engine::Engine>, spec: ConnSpec) -> Result<Threads> {
+        let client = control_connection(&spec)?;
         let ctl_engine = engine.clone();
-        let control = crate::sys::spawn("capra-control", move || ctl_engine.control_loop(lock, spec))?;
+        let control = crate::sys::spawn("capra-control", move || ctl_engine.control_loop(client, spec))?;
         let vac_engine = engine.clone();
         let vac = crate::sys::spawn("capra-vac", move || vac_engine.purge_loop())?;
         // Not joined at stop: a compare only reads, and one in the middle
@@ -335,26 +590,29 @@ fn announce_ready(engine: &engine::Engine, active: usize) {
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::MainPid(std::process::id()),
-        sd_notify::NotifyState::Status(&format!("{active} sync(s) active, starting")),
+        sd_notify::NotifyState::Status(&format!(
+            "{active} sync(s) active, starting; {}",
+            engine.role.describe()
+        )),
     ]);
 }
 
-/// The main loop: waits for a signal, a stop request, the stop file or a
-/// fatal engine event, and keeps systemd's watchdog and status fed.
-/// Returns why it stopped (Err: the engine failed).
+/// The main loop: waits for a signal, a stop request, the stop file, the
+/// end of the term or a fatal engine event, and keeps systemd's watchdog
+/// and status fed. Returns how the term ends.
 async fn supervise(
     engine: Arc<engine::Engine>,
     mut sig: Signals,
     mut events: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
     stopfile: PathBuf,
-) -> std::result::Result<String, String> {
+) -> Ending {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut dog = Watchdog::new();
     let mut last_status = String::new();
     loop {
         tokio::select! {
-            _ = sig.term.recv() => return Ok("SIGTERM".to_string()),
-            _ = sig.int.recv() => return Ok("SIGINT".to_string()),
+            _ = sig.term.recv() => return Ending::Stopped("SIGTERM".to_string()),
+            _ = sig.int.recv() => return Ending::Stopped("SIGINT".to_string()),
             _ = sig.hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 notify(&[sd_notify::NotifyState::Reloading]);
@@ -362,13 +620,19 @@ async fn supervise(
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             ev = events.recv() => match ev {
-                Some(engine::Event::Stop(why)) => return Ok(why),
-                Some(engine::Event::Fatal(msg)) => return Err(msg),
-                None => return Err("engine channel closed".into()),
+                Some(engine::Event::Stop(why)) => return Ending::Stopped(why),
+                Some(engine::Event::Fatal(msg)) => return Ending::Fatal(msg),
+                Some(engine::Event::StepDown(why)) => return Ending::StepDown(why),
+                Some(engine::Event::Handover) => return Ending::Handover,
+                Some(engine::Event::Lead(_)) => {}
+                None => return Ending::Fatal("engine channel closed".into()),
             },
             _ = tick.tick() => {
                 if stopfile.exists() {
-                    return Ok(format!("stop file {} found", stopfile.display()));
+                    return Ending::Stopped(format!("stop file {} found", stopfile.display()));
+                }
+                if engine.role.epoch() > 0 && !engine.role.may_write() {
+                    return Ending::StepDown("the lease ran out".into());
                 }
                 dog.feed(&engine);
                 let line = crate::sys::lock(&engine.status_line).clone();
@@ -419,25 +683,30 @@ impl Watchdog {
     }
 }
 
-/// Stops the engine, its threads and the notifier in order, keeping the
-/// lock connection until everything else has finished, so `capra stop`
-/// returns only once the daemon is really done.
+/// Stops the engine, its threads and the notifier in order, so `capra
+/// stop` returns only once the daemon is really done. Runs still going
+/// after `grace` are cancelled.
 fn shut_down(
     engine: &Arc<engine::Engine>,
     threads: Threads,
+    grace: Duration,
     notify_stop: &AtomicBool,
-    files: &Files,
-    outcome: &std::result::Result<String, String>,
+    ending: &Ending,
 ) {
-    let why = match outcome {
-        Ok(w) => w.clone(),
-        Err(e) => format!("fatal: {e}"),
+    let why = match ending {
+        Ending::Stopped(w) => w.clone(),
+        Ending::Fatal(e) => format!("fatal: {e}"),
+        Ending::Handover => "handing over to a standby".into(),
+        Ending::StepDown(w) => format!("stepping down: {w}"),
     };
-    tracing::info!("Stopping ({why})");
+    match ending {
+        Ending::StepDown(_) | Ending::Fatal(_) => tracing::warn!("Stopping ({why})"),
+        _ => tracing::info!("Stopping ({why})"),
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     engine.begin_stop();
-    let lock = threads.control.join().ok().flatten();
-    engine.shutdown(Duration::from_secs(10));
+    let _ = threads.control.join();
+    engine.shutdown(grace);
     let _ = threads.vac.join();
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -445,9 +714,6 @@ fn shut_down(
     while engine.notify.running() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    files.release(&why);
-    tracing::info!("Stopped");
-    drop(lock);
 }
 
 /// Bucardo's host_safety_check: exact name, `=a,b,c`, or `~regex`-ish
@@ -462,19 +728,22 @@ fn host_allowed(rule: &str, host: &str) -> bool {
     }
 }
 
+/// A detached daemon that reported READY.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Its pid.
+    pub pid: u32,
+    /// Its log file.
+    pub log: String,
+    /// Its status line at READY (a standby's names the leader).
+    pub status: String,
+}
+
 /// `capra start` without `--foreground`: re-executes detached and waits for
-/// READY (or the child's reason for failing). Returns (pid, log file).
-pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) -> Result<(u32, String)> {
+/// READY (or the child's reason for failing).
+pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) -> Result<Started> {
     use std::os::unix::net::UnixDatagram;
     let mut cat = Catalog::open(settings, "capra")?;
-    if let Some(d) = runs::daemon(&mut cat.client)? {
-        return Err(DaemonError::StartRefused {
-            pid: d.pid,
-            host: d.host,
-            started: d.started,
-        }
-        .into());
-    }
     let pd = piddir(settings, &mut cat.client)?;
     drop(cat);
     let _ = std::fs::create_dir_all(&pd);
@@ -505,7 +774,11 @@ pub fn spawn_detached(settings: &Settings, reason: &str, config: Option<&Path>) 
         })?;
     let waited = wait_ready(&mut child, &sock, &logfile);
     let _ = std::fs::remove_dir_all(&sockdir);
-    waited.map(|()| (child.id(), logfile.display().to_string()))
+    waited.map(|status| Started {
+        pid: child.id(),
+        log: logfile.display().to_string(),
+        status,
+    })
 }
 
 /// The command that runs this binary as a detached foreground daemon: the
@@ -569,20 +842,22 @@ fn detached_command(
 
 /// Waits until the child says READY=1 (Ok), exits (its last STATUS= line
 /// says why) or takes longer than two minutes.
-fn wait_ready(child: &mut std::process::Child, sock: &std::os::unix::net::UnixDatagram, logfile: &Path) -> Result<()> {
+fn wait_ready(child: &mut std::process::Child, sock: &std::os::unix::net::UnixDatagram, logfile: &Path) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut status = String::new();
     let mut buf = [0u8; 4096];
     loop {
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let mut ready = false;
             for line in msg.lines() {
                 if let Some(s) = line.strip_prefix("STATUS=") {
                     status = s.to_string();
                 }
-                if line == "READY=1" {
-                    return Ok(());
-                }
+                ready |= line == "READY=1";
+            }
+            if ready {
+                return Ok(status);
             }
         }
         if let Ok(Some(code)) = child.try_wait() {
@@ -626,32 +901,68 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(base)
 }
 
-/// Asks the daemon to stop and waits until it is gone (or `timeout`).
-pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option<runs::DaemonInfo>> {
-    let Some(d) = runs::daemon(&mut cat.client)? else {
-        return Ok(None);
+/// Who `capra stop` stopped: the leader (or, with none, a standby) and
+/// how many standbys besides.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    /// The leader, or the first standby when none led.
+    pub daemon: runs::DaemonInfo,
+    /// Standbys stopped besides it.
+    pub standbys: usize,
+}
+
+/// Asks every daemon of this control database to stop (the request
+/// reaches leader and standbys alike; `systemctl stop` on one host stops
+/// only that one, and a standby takes over) and waits until all are gone
+/// (or `timeout`).
+pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option<Stopped>> {
+    let leader = runs::daemon(&mut cat.client)?;
+    let members = runs::daemons(&mut cat.client)?;
+    let standbys: Vec<runs::Member> = members.iter().filter(|m| m.role != "leader").cloned().collect();
+    let d = match (leader, standbys.first()) {
+        (Some(d), _) => d,
+        (None, Some(m)) => runs::DaemonInfo {
+            pid: m.pid,
+            host: m.host.clone(),
+            started: m.since.clone(),
+            logdest: None,
+        },
+        (None, None) => return Ok(None),
     };
     let payload = format!("stop {reason}");
     cat.client
         .execute("SELECT pg_notify($1, $2)", &[&runs::CONTROL_CHANNEL, &payload])
         .ctx(|| "asking the daemon to stop".into())?;
     let end = Instant::now() + timeout;
-    let local = d.host == crate::sys::hostname() && d.pid > 0;
+    let me = crate::sys::hostname();
+    let mut local: Vec<i32> = members.iter().filter(|m| m.host == me && m.pid > 0).map(|m| m.pid).collect();
+    if d.host == me && d.pid > 0 && !local.contains(&d.pid) {
+        local.push(d.pid);
+    }
     // The request carries the reason; a local daemon that has not reacted
     // within a few seconds (control database trouble) also gets SIGTERM.
     let signal_at = Instant::now() + Duration::from_secs(5);
     let mut signalled = false;
     while Instant::now() < end {
-        if local && !signalled && Instant::now() >= signal_at {
-            // SAFETY: signalling a pid; harmless if it is gone.
-            unsafe {
-                libc::kill(d.pid, libc::SIGTERM);
+        if !signalled && Instant::now() >= signal_at {
+            for pid in local.iter().filter(|p| process_running(**p)) {
+                // SAFETY: signalling a pid; harmless if it is gone.
+                unsafe {
+                    libc::kill(*pid, libc::SIGTERM);
+                }
             }
             signalled = true;
         }
-        // The lock goes last; then, for a local daemon, the process itself.
-        if runs::daemon(&mut cat.client)?.is_none() && !(local && process_running(d.pid)) {
-            return Ok(Some(d));
+        // The lease and the daemons' rows go last; then, for local
+        // daemons, the processes themselves.
+        if runs::daemon(&mut cat.client)?.is_none()
+            && runs::daemons(&mut cat.client)?.is_empty()
+            && !local.iter().any(|p| process_running(*p))
+        {
+            return Ok(Some(Stopped {
+                daemon: d,
+                standbys: standbys.len(),
+            }));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -28,7 +28,10 @@ impl Engine {
                 let c = self.cfg.read().unwrap_or_else(|e| e.into_inner());
                 (c.vac, c.vac_sleep, c.purge_schedule.clone())
             };
-            if !vac || Instant::now() < first {
+            // A leader whose lease ran out purges nothing (purging is safe
+            // for anyone, since it deletes only what every consumer has
+            // applied, but a deposed leader keeps its hands off).
+            if !vac || Instant::now() < first || !self.role.may_write() {
                 continue;
             }
             if spec.trim().is_empty() {
@@ -50,9 +53,11 @@ impl Engine {
                         if self.sync_exists(&o) != Some(false) {
                             continue;
                         }
-                        // One transaction, so its re-checks under lock hold.
+                        // One transaction, so its re-checks under lock hold;
+                        // fenced like every write of the leader.
+                        self.fence(&db)?;
                         let mut tx = c.transaction().ctx(|| "starting a cleanup".into())?;
-                        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+                        tx.batch_execute(&format!("{}; SET LOCAL lock_timeout = '5s'", self.fence_sql))
                             .ctx(|| "setting a lock timeout".into())?;
                         install::detach_consumer(&mut tx, &self.installation, &o)?;
                         tx.commit().ctx(|| "committing a cleanup".into())?;

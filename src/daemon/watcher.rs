@@ -69,7 +69,7 @@ pub(super) fn server_key(db: &Db) -> String {
 /// (hung, or behind a network that swallows packets while the kernel still
 /// acknowledges them) costs a bounded wait instead of a stuck watcher. An
 /// abandoned thread ends once its query returns or its connection dies.
-struct Bounded {
+pub(super) struct Bounded {
     tx: std::sync::mpsc::Sender<Work>,
 }
 
@@ -77,7 +77,7 @@ struct Bounded {
 type Work = Box<dyn FnOnce(&mut postgres::Client) + Send>;
 
 impl Bounded {
-    fn new(mut client: postgres::Client) -> Result<Bounded, String> {
+    pub(super) fn new(mut client: postgres::Client) -> Result<Bounded, String> {
         let (tx, rx) = std::sync::mpsc::channel::<Work>();
         crate::sys::spawn("capra-watch-conn", move || {
             while let Ok(f) = rx.recv() {
@@ -91,8 +91,24 @@ impl Bounded {
         Ok(Bounded { tx })
     }
 
+    /// Runs `f`, whose errors are already text, on the connection; an
+    /// error once `within` has passed.
+    pub(super) fn call_text<R: Send + 'static>(
+        &self,
+        within: Duration,
+        f: impl FnOnce(&mut postgres::Client) -> Result<R, String> + Send + 'static,
+    ) -> Result<R, String> {
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Box::new(move |c| {
+                let _ = rtx.send(f(c));
+            }))
+            .map_err(|_| "connection closed".to_string())?;
+        Pending(rrx).wait(within)
+    }
+
     /// Runs `f` on the connection; an error once `within` has passed.
-    fn call<R: Send + 'static>(
+    pub(super) fn call<R: Send + 'static>(
         &self,
         within: Duration,
         f: impl FnOnce(&mut postgres::Client) -> Result<R, postgres::Error> + Send + 'static,

@@ -77,6 +77,18 @@ pub enum Alert {
         /// Body.
         body: String,
     },
+    /// This daemon took over from a leader that died, hung, lost the
+    /// control database or handed over.
+    Takeover {
+        /// The new term.
+        epoch: i64,
+        /// The old leader's pid.
+        old_pid: i32,
+        /// Its host.
+        old_host: String,
+        /// How its lease came free.
+        how: String,
+    },
 }
 
 /// What a compare with differences says in a mail: per table and database
@@ -470,6 +482,19 @@ impl State {
                 format!("Sync \"{sync}\" applies table {table} again"),
             ),
             Alert::Hook { sync, subject, body } => self.one("hook", format!("Sync \"{sync}\": {subject}\n{body}")),
+            Alert::Takeover {
+                epoch,
+                old_pid,
+                old_host,
+                how,
+            } => self.one(
+                "takeover",
+                format!(
+                    "capra on {} (pid {}) took over as leader (epoch {epoch}) from pid {old_pid} on {old_host}: {how}.\nIts runs were aborted and every sync is run again; nothing needs doing unless the old host keeps failing (see capra status).",
+                    self.host,
+                    std::process::id()
+                ),
+            ),
         }
     }
 

@@ -24,6 +24,8 @@ pub enum Reason {
     Schedule,
     /// Retry after a failure.
     Retry,
+    /// A new leader took over from one that died, hung or handed over.
+    Takeover,
 }
 
 impl Reason {
@@ -36,6 +38,7 @@ impl Reason {
             Reason::Checktime => "checktime",
             Reason::Schedule => "schedule",
             Reason::Retry => "retry",
+            Reason::Takeover => "takeover",
         }
     }
 }

@@ -88,7 +88,7 @@ fn the_lease_is_taken_once_renewed_by_its_holder_and_taken_over_only_when_lost()
 
     // A release frees it at once; a floor lifts the next term above every
     // fence seen (a control database that forgot the last term).
-    assert!(lease::release(&mut one, &a, 3).unwrap());
+    assert!(lease::release(&mut one, &a, 3, "stop").unwrap());
     let mut three = cluster::a().client(&c.ctl_db);
     let high = lease::take_or_renew(
         &mut three,
@@ -179,7 +179,7 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     let mut a = cluster::b().client(&db);
     fence::ensure(&mut a).unwrap();
     assert_eq!(
-        fence::raise(&mut a, cluster::b().client(&db), &old, "h1", 1).unwrap(),
+        fence::raise(&mut a, Box::new(cluster::b().client(&db)), &old, "h1", 1).unwrap(),
         Raised::Ours
     );
     // The old leader is frozen with a write open.
@@ -190,7 +190,7 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     let mut b = cluster::b().client(&db);
     let started = std::time::Instant::now();
     assert_eq!(
-        fence::raise(&mut b, cluster::b().client(&db), &new, "h2", 2).unwrap(),
+        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2).unwrap(),
         Raised::Ours
     );
     assert!(
@@ -220,14 +220,14 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     ))
     .unwrap();
     assert_eq!(
-        fence::raise(&mut again, cluster::b().client(&db), &old, "h1", 1).unwrap(),
+        fence::raise(&mut again, Box::new(cluster::b().client(&db)), &old, "h1", 1).unwrap(),
         Raised::Above {
             epoch: 2,
             holder: "daemon-b".into()
         }
     );
     assert_eq!(
-        fence::raise(&mut b, cluster::b().client(&db), &new, "h2", 2).unwrap(),
+        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2).unwrap(),
         Raised::Ours
     );
 }

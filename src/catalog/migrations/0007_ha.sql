@@ -14,7 +14,9 @@ CREATE TABLE capra.lease (
     backend_start timestamptz,
     since         timestamptz,
     lease_until   timestamptz,
-    renewed       timestamptz
+    renewed       timestamptz,
+    -- Why the last holder let go ('stop', 'handover'); NULL while held.
+    released      text
 );
 INSERT INTO capra.lease DEFAULT VALUES;
 
