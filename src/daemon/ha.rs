@@ -54,11 +54,16 @@ pub struct Role {
     leader: Mutex<String>,
     /// CLOCK_BOOTTIME ms of the lease thread's last turn (0: none yet).
     turn_ms: AtomicU64,
+    /// Whether the daemon stands by, engine stopped, so it may take the
+    /// lease (false while a term's engine is still running or stopping).
+    standing: AtomicBool,
+    /// A handover asked the lease thread to give the lease up.
+    release: AtomicBool,
 }
 
 impl Role {
     /// A new daemon's role: standby until it takes the lease.
-    pub fn new(host: String, lease_secs: f64, floor: i64) -> Arc<Role> {
+    pub fn new(host: String, lease_secs: f64) -> Arc<Role> {
         Arc::new(Role {
             id: random_id(),
             host,
@@ -66,10 +71,24 @@ impl Role {
             lease_secs,
             epoch: AtomicI64::new(0),
             until_ms: AtomicU64::new(0),
-            floor: AtomicI64::new(floor),
+            floor: AtomicI64::new(0),
             leader: Mutex::new(String::new()),
             turn_ms: AtomicU64::new(0),
+            standing: AtomicBool::new(false),
+            release: AtomicBool::new(false),
         })
+    }
+
+    /// The engine has stopped (or never started): the lease thread may
+    /// take the lease.
+    pub fn stand_by(&self) {
+        self.standing.store(true, Ordering::SeqCst);
+    }
+
+    /// The engine stopped for a handover: the lease thread gives the
+    /// lease up and takes none for a few seconds, so a standby wins.
+    pub fn hand_over(&self) {
+        self.release.store(true, Ordering::SeqCst);
     }
 
     /// Whether the lease thread has made its first attempt (so whether
@@ -139,6 +158,14 @@ impl Role {
     /// The term is over: nothing writes any more.
     fn drop_term(&self) {
         self.until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// The term is over and the lease thread stands by; the engine may
+    /// still be stopping, so nothing is taken until [`Role::stand_by`].
+    fn end_term(&self) {
+        self.standing.store(false, Ordering::SeqCst);
+        self.drop_term();
+        self.epoch.store(0, Ordering::SeqCst);
     }
 }
 
@@ -223,14 +250,8 @@ pub struct LeaseThread {
 }
 
 impl LeaseThread {
-    /// Starts it. `cooloff_ms`: CLOCK_BOOTTIME before which it takes
-    /// nothing (after a handover, so a standby wins).
-    pub fn start(
-        spec: ConnSpec,
-        role: Arc<Role>,
-        events: tokio::sync::mpsc::UnboundedSender<Event>,
-        cooloff_ms: u64,
-    ) -> Result<LeaseThread> {
+    /// Starts it.
+    pub fn start(spec: ConnSpec, role: Arc<Role>, events: tokio::sync::mpsc::UnboundedSender<Event>) -> Result<LeaseThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let join = crate::sys::spawn("capra-lease", move || {
@@ -241,7 +262,7 @@ impl LeaseThread {
                 events,
                 stop: s,
                 conn: None,
-                cooloff_ms,
+                cooloff_ms: 0,
                 next_renew_ms: 0,
                 last_beat_ms: 0,
                 last: None,
@@ -290,12 +311,13 @@ impl Keeper {
                 if let Err(e) = self.connect() {
                     self.trouble(&e);
                     self.role.turn_ms.store(boottime_ms(), Ordering::SeqCst);
-                    if self.check_deadline() {
-                        return;
-                    }
+                    self.check_deadline();
                     std::thread::sleep(STANDBY_POLL);
                     continue;
                 }
+            }
+            if self.role.release.swap(false, Ordering::SeqCst) {
+                self.give_up();
             }
             let turn = if self.role.epoch() == 0 {
                 self.stand_by()
@@ -307,11 +329,27 @@ impl Keeper {
                 self.trouble(&e);
             }
             self.role.turn_ms.store(boottime_ms(), Ordering::SeqCst);
-            if self.check_deadline() {
-                return;
-            }
+            self.check_deadline();
             self.listen();
         }
+    }
+
+    /// A handover: the lease goes (if the control database answers; else
+    /// it expires), and this daemon takes none for 3 s.
+    fn give_up(&mut self) {
+        let (role, epoch) = (self.role.clone(), self.role.epoch());
+        if epoch > 0 {
+            if let Some(conn) = &self.conn {
+                let r = conn.call_text(self.bound(), move |c| {
+                    lease::release(c, &role.claimant(), epoch, "handover").map_err(text)
+                });
+                if let Err(e) = r {
+                    tracing::warn!("Could not give the lease up at once ({e}); a standby takes over when it expires");
+                }
+            }
+        }
+        self.role.end_term();
+        self.cooloff_ms = boottime_ms() + 3000;
     }
 
     fn trouble(&mut self, e: &str) {
@@ -321,20 +359,18 @@ impl Keeper {
         }
     }
 
-    /// A leader past its deadline steps down (its runs are cancelled and
-    /// it starts again as a standby); true when it did.
-    fn check_deadline(&mut self) -> bool {
+    /// A leader past its deadline steps down: its runs are cancelled and
+    /// it stands by.
+    fn check_deadline(&mut self) {
         if self.role.epoch() > 0 && !self.role.may_write() {
-            self.role.drop_term();
             let why = format!(
                 "could not renew the lease of epoch {} in time (ha_lease {}s)",
                 self.role.epoch(),
                 self.role.lease_secs
             );
+            self.role.end_term();
             let _ = self.events.send(Event::StepDown(why));
-            return true;
         }
-        false
     }
 
     fn connect(&mut self) -> std::result::Result<(), String> {
@@ -367,6 +403,7 @@ impl Keeper {
     /// A standby's turn: read who leads, take the lease if it is free.
     fn stand_by(&mut self) -> std::result::Result<(), String> {
         let (role, cooloff) = (self.role.clone(), self.cooloff_ms);
+        let may_take = self.role.standing.load(Ordering::SeqCst);
         let beat = self.beat_due();
         let Some(conn) = &self.conn else { return Ok(()) };
         let (before, took) = conn.call_text(self.bound(), move |c| {
@@ -381,7 +418,7 @@ impl Keeper {
             let ask = Ask {
                 held: 0,
                 floor: role.floor(),
-                may_take: boottime_ms() >= cooloff,
+                may_take: may_take && boottime_ms() >= cooloff,
                 secs: role.lease_secs,
             };
             let sent = boottime_ms();
@@ -393,6 +430,7 @@ impl Keeper {
             None => String::new(),
         };
         if let Some((held, sent)) = took {
+            self.role.standing.store(false, Ordering::SeqCst);
             self.role.hold(held.epoch, sent);
             self.next_renew_ms = sent + (self.role.lease_secs * 1000.0 / 3.0) as u64;
             let _ = self.events.send(Event::Lead(took_from(held.epoch, &before)));
@@ -434,11 +472,10 @@ impl Keeper {
                 Ok(())
             }
             Ok(_) => {
-                self.role.drop_term();
+                self.role.end_term();
                 let _ = self.events.send(Event::StepDown(format!(
                     "another daemon holds the lease now (this one led epoch {epoch})"
                 )));
-                self.stop.store(true, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
@@ -566,6 +603,8 @@ impl super::engine::Engine {
                     "database \"{}\" is fenced by epoch {epoch} (holder {holder}), above or beside this daemon's epoch {}; the control database may have failed over and forgotten a term",
                     db.name, self.term.epoch
                 );
+                // The lease thread sees the lease gone or renews it
+                // pointlessly; either way this term writes nothing more.
                 self.role.drop_term();
                 self.send_event(Event::StepDown(why.clone()));
                 Err(crate::Error::Rejected(why))

@@ -10,7 +10,7 @@
 //! directory (a flock on its pid file): exactly one leads, by a lease in
 //! the control database, and runs syncs; the others stand by and take over
 //! when it dies, hangs or loses the control database (see `ha`). A leader
-//! that loses its term re-executes itself and comes back as a standby.
+//! that loses its term stops its engine and stands by again.
 //! `capra status`, `kick` and `stop` look at the lease, so they work from
 //! any host.
 
@@ -96,8 +96,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let _pidlock = files.lock()?;
     files.claim(reason);
     let lease_secs = engine::EngineConfig::load(&mut cat.client)?.ha_lease;
-    let handoff = Handoff::from_env();
-    let role = ha::Role::new(host.clone(), lease_secs, handoff.floor);
+    let role = ha::Role::new(host.clone(), lease_secs);
     ha::register(&mut cat.client, &role, &files.piddir.display().to_string())?;
     let installation = cat.installation.clone();
     drop(cat);
@@ -107,7 +106,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
         std::process::id()
     );
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let lease = ha::LeaseThread::start(settings.control.clone(), role.clone(), events_tx.clone(), handoff.cooloff_ms)?;
+    let lease = ha::LeaseThread::start(settings.control.clone(), role.clone(), events_tx.clone())?;
     // The supervisor: signals, stop file, watchdog. No PostgreSQL calls here.
     // Its signal handlers are installed before READY: a reload (SIGHUP)
     // right after start must not hit the default action, which kills.
@@ -122,48 +121,52 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
         context: "installing signal handlers".into(),
         source,
     })?;
-    let took = match rt.block_on(stand_by(&role, &mut signals, &mut events_rx, &files.stopfile)) {
-        Ok(t) => t,
-        Err(why) => {
-            lease.stop();
-            ha::leave(&settings.control, &role, "stop");
-            files.release(&why);
-            tracing::info!("Stopped ({why})");
-            return Ok(());
+    let mut announced = false;
+    let ending = loop {
+        role.stand_by();
+        let took = match rt.block_on(stand_by(&role, &mut signals, &mut events_rx, &files.stopfile, &mut announced)) {
+            Ok(t) => t,
+            Err(why) => break Ending::Stopped(why),
+        };
+        let term = Term {
+            role: role.clone(),
+            took,
+            installation: installation.clone(),
+            host: host.clone(),
+            reason: reason.to_string(),
+            dest: dest.clone(),
+        };
+        let ctx = Supervision {
+            rt: &rt,
+            events_tx: &events_tx,
+            events_rx: &mut events_rx,
+            signals: &mut signals,
+            stopfile: &files.stopfile,
+        };
+        match lead(settings, &term, ctx) {
+            Ending::Handover => {
+                role.hand_over();
+                tracing::info!("Handed over; standing by");
+            }
+            Ending::StepDown(why) => tracing::warn!("Standing by again: {why}"),
+            other => break other,
         }
+        // Ready again as a standby: the next READY is this one's.
+        announced = true;
     };
-    let term = Term {
-        role,
-        took,
-        installation,
-        host,
-        reason: reason.to_string(),
-        dest,
-    };
-    let ending = lead(settings, &term, events_tx, events_rx, &rt, signals, &files);
     lease.stop();
+    ha::leave(&settings.control, &role, "stop");
     match ending {
+        Ending::Fatal(e) => {
+            files.release(&format!("fatal: {e}"));
+            Err(DaemonError::Fatal(e).into())
+        }
         Ending::Stopped(why) => {
-            ha::leave(&settings.control, &term.role, "stop");
             files.release(&why);
             tracing::info!("Stopped");
             Ok(())
         }
-        Ending::Fatal(e) => {
-            ha::leave(&settings.control, &term.role, "stop");
-            files.release(&format!("fatal: {e}"));
-            Err(DaemonError::Fatal(e).into())
-        }
-        Ending::Handover => {
-            ha::leave(&settings.control, &term.role, "handover");
-            files.release("handover");
-            Err(Handoff::restart(term.role.floor().max(term.took.epoch), true))
-        }
-        Ending::StepDown(why) => {
-            ha::leave(&settings.control, &term.role, "lost");
-            files.release(&format!("stepped down: {why}"));
-            Err(Handoff::restart(term.role.floor().max(term.took.epoch), false))
-        }
+        Ending::Handover | Ending::StepDown(_) => Ok(()),
     }
 }
 
@@ -175,6 +178,15 @@ struct Term {
     host: String,
     reason: String,
     dest: logging::Dest,
+}
+
+/// The supervisor's means, lent to each term.
+struct Supervision<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    events_tx: &'a tokio::sync::mpsc::UnboundedSender<engine::Event>,
+    events_rx: &'a mut tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    signals: &'a mut Signals,
+    stopfile: &'a Path,
 }
 
 /// How a leader's term ended.
@@ -189,55 +201,6 @@ enum Ending {
     StepDown(String),
 }
 
-/// What a daemon that stepped down passes to itself when it starts again
-/// as a standby (in the environment of the re-executed binary).
-struct Handoff {
-    /// The highest epoch it saw: its next term goes above it.
-    floor: i64,
-    /// CLOCK_BOOTTIME before which it takes no lease (after a handover).
-    cooloff_ms: u64,
-}
-
-impl Handoff {
-    const FLOOR: &'static str = "CAPRA_HA_FLOOR";
-    const COOLOFF: &'static str = "CAPRA_HA_COOLOFF_MS";
-
-    fn from_env() -> Handoff {
-        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Handoff {
-            floor: num(Self::FLOOR) as i64,
-            cooloff_ms: num(Self::COOLOFF),
-        }
-    }
-
-    /// Re-executes this binary with the same arguments (same pid, so
-    /// systemd and the pid file still know it): it comes back as a
-    /// standby. Returns only if that fails.
-    fn restart(floor: i64, handover: bool) -> Error {
-        use std::os::unix::process::CommandExt;
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(source) => {
-                return Error::Io {
-                    context: "finding the capra binary to start again as a standby".into(),
-                    source,
-                }
-            }
-        };
-        let cooloff = if handover { ha::boottime_ms() + 3000 } else { 0 };
-        tracing::info!("Starting again as a standby");
-        let source = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env(Self::FLOOR, floor.to_string())
-            .env(Self::COOLOFF, cooloff.to_string())
-            .exec();
-        Error::Io {
-            context: "starting again as a standby".into(),
-            source,
-        }
-    }
-}
-
 /// Stands by until this daemon takes the lease (Ok) or is told to stop
 /// (Err with why). READY goes out once the first attempt has told whether
 /// it leads; a daemon that leads at once announces READY later, as leader.
@@ -246,9 +209,9 @@ async fn stand_by(
     sig: &mut Signals,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
     stopfile: &Path,
+    announced: &mut bool,
 ) -> std::result::Result<ha::Took, String> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut announced = false;
     let mut last_status = String::new();
     let dog = sd_notify::watchdog_enabled();
     loop {
@@ -271,14 +234,14 @@ async fn stand_by(
                     continue;
                 }
                 let line = role.describe();
-                if !announced {
+                if !*announced {
                     tracing::info!("Standing by: {line}");
                     notify(&[
                         sd_notify::NotifyState::Ready,
                         sd_notify::NotifyState::MainPid(std::process::id()),
                         sd_notify::NotifyState::Status(&line),
                     ]);
-                    announced = true;
+                    *announced = true;
                 } else if line != last_status {
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                 }
@@ -294,17 +257,9 @@ async fn stand_by(
 
 /// The leader's term: the takeover duties, then the engine until the term
 /// ends.
-fn lead(
-    settings: &Settings,
-    t: &Term,
-    events_tx: tokio::sync::mpsc::UnboundedSender<engine::Event>,
-    events_rx: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
-    rt: &tokio::runtime::Runtime,
-    signals: Signals,
-    files: &Files,
-) -> Ending {
+fn lead(settings: &Settings, t: &Term, s: Supervision<'_>) -> Ending {
     let notify_stop = Arc::new(AtomicBool::new(false));
-    let engine = match take_over(settings, t, events_tx, &notify_stop) {
+    let engine = match take_over(settings, t, s.events_tx.clone(), &notify_stop) {
         Ok(e) => e,
         Err(e) => return Ending::Fatal(pg::error::flatten(&e.to_string())),
     };
@@ -314,7 +269,9 @@ fn lead(
     };
     announce_ready(&engine, crate::sys::lock(&engine.controllers).len());
     tracing::info!("Entering main loop");
-    let ending = rt.block_on(supervise(engine.clone(), signals, events_rx, files.stopfile.clone()));
+    let ending = s
+        .rt
+        .block_on(supervise(engine.clone(), s.signals, s.events_rx, s.stopfile));
     // A term that ended cancels its runs at once; a stop lets them finish.
     let grace = match ending {
         Ending::Stopped(_) => Duration::from_secs(10),
@@ -602,9 +559,9 @@ fn announce_ready(engine: &engine::Engine, active: usize) {
 /// and status fed. Returns how the term ends.
 async fn supervise(
     engine: Arc<engine::Engine>,
-    mut sig: Signals,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
-    stopfile: PathBuf,
+    sig: &mut Signals,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    stopfile: &Path,
 ) -> Ending {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut dog = Watchdog::new();

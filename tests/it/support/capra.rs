@@ -75,6 +75,17 @@ impl Capra {
         }
     }
 
+    /// Another host's (or piddir's) capra on the same control database:
+    /// same options, a HOME of its own.
+    pub fn sibling(&self) -> Capra {
+        Capra {
+            ctl_db: self.ctl_db.clone(),
+            global: self.global.clone(),
+            home: tempfile::tempdir().unwrap(),
+            env: self.env.clone(),
+        }
+    }
+
     /// A command with the isolated environment (no global options added).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin());

@@ -56,6 +56,14 @@ impl Capra {
     }
 }
 
+impl<'a> Daemon<'a> {
+    /// A daemon started by hand (`capra start` whose output the test
+    /// reads), guarded like one from [`Capra::start`].
+    pub fn adopt(capra: &'a Capra, pid: i32) -> Daemon<'a> {
+        Daemon { capra, pid }
+    }
+}
+
 impl Daemon<'_> {
     /// Whether the process still runs (an unreaped zombie does not: the
     /// detached daemon's parent is gone and PID 1 may reap late).
