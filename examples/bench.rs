@@ -82,6 +82,38 @@ impl Env {
             .expect("capra runs")
     }
 
+    /// Another daemon's HOME (piddir and log of its own) on the same
+    /// control database: a second host.
+    fn sibling(&self) -> Env {
+        let env = Env {
+            capra: self.capra.clone(),
+            home: tempfile::tempdir().unwrap(),
+            global: self.global.clone(),
+        };
+        let run = env.home.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            env.home.path().join(".caprarc"),
+            format!(
+                "piddir = {}\nlogdest = {}\n",
+                run.display(),
+                env.home.path().join("capra.log").display()
+            ),
+        )
+        .unwrap();
+        env
+    }
+
+    /// Starts a daemon (detached) and returns its pid.
+    fn start(&self) -> i32 {
+        let out = self.run(&["start", "bench"]);
+        out.split("pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {out}"))
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = self.output(args);
         assert!(
@@ -909,11 +941,157 @@ fn compare_bench(capra: &std::path::Path, rows: u64, reps: usize, results: &mut 
     env.run(&["stop", "bench"]);
 }
 
+/// The leader's pid by the lease, if one leads.
+fn lease_holder(a: &Cluster, ctl: &str) -> Option<i32> {
+    a.query(
+        ctl,
+        "SELECT pid::text FROM capra.lease WHERE holder IS NOT NULL AND lease_until > clock_timestamp()",
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .and_then(|p| p.parse().ok())
+}
+
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// Seconds until `cond` holds (polled every 10 ms, at most `max`).
+fn until(max: f64, mut cond: impl FnMut() -> bool) -> f64 {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed().as_secs_f64() < max, "waited {max}s in vain");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+fn summary(v: &mut [f64]) -> String {
+    v.sort_by(|x, y| x.total_cmp(y));
+    format!(
+        "median {:.2} s, p95 {:.2} s, max {:.2} s over {}",
+        pct(v, 0.5),
+        pct(v, 0.95),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
+}
+
+/// Two daemons on one control database under pgbench load: the leader is
+/// killed with -9 `kills` times (and frozen with SIGSTOP three times, a
+/// silent failure); each time, how long until a standby holds the lease and
+/// until its first good run, then the killed one comes back as a standby.
+/// Ends with a compare of every table.
+fn ha_bench(capra: &std::path::Path, kills: usize, results: &mut Vec<String>) {
+    println!("\n== ha: {kills} kills -9 and 3 SIGSTOPs of the leader under pgbench load (ha_lease 10 s)");
+    let a = Cluster::start("benchHA", Opts::default());
+    let b = Cluster::start("benchHB", Opts::default());
+    let src = a.create_db("hsrc");
+    pgbench(&a, &src, &["-i", "-q", "-s", "1"]);
+    let tgt = b.create_db("htgt");
+    schema_copy(&a, &src, &b, &tgt);
+    let first = Env::installed(capra, &a, "ctlha");
+    add_db(&first, "src", &a, &src);
+    add_db(&first, "tgt", &b, &tgt);
+    first.run(&[
+        "add",
+        "all",
+        "tables",
+        "db=src",
+        "relgroup=bench",
+        "-T",
+        "pgbench_history",
+    ]);
+    first.run(&[
+        "add",
+        "sync",
+        "bench",
+        "relgroup=bench",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
+    let homes = [first.sibling(), first.sibling()];
+    let mut pids = [homes[0].start(), homes[1].start()];
+    homes[0].run(&["kick", "bench", "300"]);
+    let mut load = client(&a, "pgbench");
+    load.args(["-n", "-c", "2", "-R", "100", "-T", "100000", &src])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut load = load.spawn().unwrap();
+    let good_runs = |pid: i32| -> i64 {
+        a.query(
+            "ctlha",
+            &format!("SELECT count(*)::text FROM capra.run WHERE state = 'good' AND pid = {pid}"),
+        )[0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0)
+    };
+    let (mut lease_t, mut run_t, mut silent_t) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..kills + 3 {
+        std::thread::sleep(Duration::from_secs(2));
+        until(30.0, || lease_holder(&a, "ctlha").is_some());
+        let old = lease_holder(&a, "ctlha").unwrap();
+        let k = pids.iter().position(|p| *p == old).expect("the leader is one of ours");
+        let silent = round >= kills;
+        let t0 = Instant::now();
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(old, if silent { libc::SIGSTOP } else { libc::SIGKILL }) };
+        until(120.0, || lease_holder(&a, "ctlha").is_some_and(|p| p != old));
+        let took = t0.elapsed().as_secs_f64();
+        let new = lease_holder(&a, "ctlha").unwrap();
+        until(120.0, || good_runs(new) > 0);
+        if silent {
+            silent_t.push(took);
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(old, libc::SIGCONT) };
+            std::thread::sleep(Duration::from_secs(3));
+        } else {
+            lease_t.push(took);
+            run_t.push(t0.elapsed().as_secs_f64());
+            until(10.0, || !process_alive(old));
+            pids[k] = homes[k].start();
+        }
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    homes[0].run(&["kick", "bench", "300"]);
+    let o = homes[0].output(&["compare", "bench"]);
+    let compared = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or("?")
+        .to_string();
+    for line in [
+        format!("ha: lease taken after kill -9 of the leader: {}", summary(&mut lease_t)),
+        format!(
+            "ha: first good run of the new leader after kill -9: {}",
+            summary(&mut run_t)
+        ),
+        format!(
+            "ha: lease taken after SIGSTOP of the leader (ha_lease 10 s): {}",
+            summary(&mut silent_t)
+        ),
+        format!(
+            "ha: compare after {} takeovers under load: {compared} (exit {:?})",
+            kills + 3,
+            o.status.code()
+        ),
+    ] {
+        println!("{line}");
+        results.push(line);
+    }
+    first.run(&["stop", "bench"]);
+}
+
 fn main() {
-    let capra = std::env::args()
-        .nth(1)
-        .map(std::path::PathBuf::from)
-        .expect("usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [compare] [rows=N] [reps=N]");
+    let capra = std::env::args().nth(1).map(std::path::PathBuf::from).expect(
+        "usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [compare] [ha] [rows=N] [reps=N]",
+    );
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut scales: Vec<u32> = args.iter().filter_map(|s| s.parse().ok()).collect();
     let reps: usize = args
@@ -923,6 +1101,7 @@ fn main() {
     let mm = args.iter().any(|a| a == "mm");
     let thousand_part = args.iter().any(|a| a == "thousand");
     let compare_part = args.iter().any(|a| a == "compare");
+    let ha_part = args.iter().any(|a| a == "ha");
     let rows: u64 = args
         .iter()
         .find_map(|a| a.strip_prefix("rows=").and_then(|v| v.parse().ok()))
@@ -932,7 +1111,7 @@ fn main() {
         .filter(|a| ["copy", "lag", "tps"].contains(&a.as_str()))
         .cloned()
         .collect();
-    let all = scales.is_empty() && !mm && !thousand_part && !compare_part && parts.is_empty();
+    let all = scales.is_empty() && !mm && !thousand_part && !compare_part && !ha_part && parts.is_empty();
     if all || (scales.is_empty() && !parts.is_empty()) {
         scales = vec![10];
     }
@@ -948,6 +1127,9 @@ fn main() {
     }
     if all || compare_part {
         compare_bench(&capra, rows, reps, &mut results);
+    }
+    if all || ha_part {
+        ha_bench(&capra, 20, &mut results);
     }
     println!("\n== summary");
     for r in results {

@@ -100,8 +100,11 @@ impl<'c> Receivers<'c> {
             // later reader behind itself (a TRUNCATE that times out falls
             // back to DELETE); a source is written while its application
             // writes too. Then the leader's fence, held to the end.
-            tx.batch_execute(&format!("SET LOCAL lock_timeout = {}; {}", env.lock_timeout_ms, env.fence))
-                .ctx(|| format!("checking capra's fence on \"{}\"", d.name))?;
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}; {}",
+                env.lock_timeout_ms, env.fence
+            ))
+            .ctx(|| format!("checking capra's fence on \"{}\"", d.name))?;
             if let Recv::Source(i) = kind {
                 // Be the one a deadlock detector picks (where capra's role
                 // may set it), so the application's transaction is never

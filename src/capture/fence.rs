@@ -104,6 +104,32 @@ pub fn check_sql(t: &Term) -> String {
     )
 }
 
+/// Takes this installation's fence off a database capra no longer writes
+/// (`capra remove db`): its row, the table once no other installation has
+/// one, and capra's schema once nothing else is in it.
+pub fn remove(c: &mut Client, installation: &str) -> Result<()> {
+    const Q: &str = "removing capra's fence";
+    let there: bool = c
+        .query_one("SELECT pg_catalog.to_regclass('capra.fence') IS NOT NULL", &[])
+        .ctx(|| Q.into())?
+        .col(0, Q)?;
+    if !there {
+        return Ok(());
+    }
+    let mut tx = c.transaction().ctx(|| Q.into())?;
+    tx.execute("DELETE FROM capra.fence WHERE installation = $1", &[&installation])
+        .ctx(|| Q.into())?;
+    let left: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM capra.fence)", &[])
+        .ctx(|| Q.into())?
+        .col(0, Q)?;
+    if !left {
+        tx.batch_execute("DROP TABLE capra.fence").ctx(|| Q.into())?;
+        super::install::drop_schema_if_empty(&mut tx)?;
+    }
+    tx.commit().ctx(|| Q.into())
+}
+
 /// Whether an error is the fence refusing a write.
 pub fn is_fenced(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == FENCED)
@@ -111,12 +137,20 @@ pub fn is_fenced(e: &postgres::Error) -> bool {
 
 /// Raises the fence to term `t` on the database `c` is connected to. While
 /// it waits for the old term's open transactions, `monitor` (a second
-/// connection as the same role) ends the ones holding it up.
-pub fn raise<M>(c: &mut Client, monitor: M, t: &Term, host: &str, pid: i32) -> Result<Raised>
+/// connection as the same role) ends the ones holding it up; it waits at
+/// most `wait_ms` in all (then an error: the next run tries again). A fence
+/// that names the term already is left alone: raising it again would wait
+/// for, and end, this term's own transactions.
+pub fn raise<M>(c: &mut Client, monitor: M, t: &Term, host: &str, pid: i32, wait_ms: u64) -> Result<Raised>
 where
     M: std::ops::DerefMut<Target = Client> + Send + 'static,
 {
     const Q: &str = "raising capra's fence";
+    if let Some(now) = read(c, t)? {
+        if now == (t.epoch, t.holder.clone()) {
+            return Ok(Raised::Ours);
+        }
+    }
     let me: i32 = c
         .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
         .ctx(|| Q.into())?
@@ -124,50 +158,72 @@ where
     let done = Arc::new(AtomicBool::new(false));
     let watch = {
         let done = done.clone();
-        crate::sys::spawn("capra-fence", move || end_blockers(monitor, me, &done))?
+        crate::sys::spawn("capra-fence", move || end_blockers(monitor, me, pid, &done))?
     };
-    let row = c.query_opt(
-        "INSERT INTO capra.fence (installation, epoch, holder, host, pid) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (installation) DO UPDATE
-            SET epoch = EXCLUDED.epoch, holder = EXCLUDED.holder, host = EXCLUDED.host,
-                pid = EXCLUDED.pid, raised = pg_catalog.now()
-          WHERE capra.fence.epoch OPERATOR(pg_catalog.<) EXCLUDED.epoch
-         RETURNING epoch",
-        &[&t.installation, &t.epoch, &t.holder, &host, &pid],
-    );
+    let row = c.transaction().and_then(|mut tx| {
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = {wait_ms}"))?;
+        let row = tx.query_opt(
+            "INSERT INTO capra.fence (installation, epoch, holder, host, pid) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (installation) DO UPDATE
+                SET epoch = EXCLUDED.epoch, holder = EXCLUDED.holder, host = EXCLUDED.host,
+                    pid = EXCLUDED.pid, raised = pg_catalog.now()
+              WHERE capra.fence.epoch OPERATOR(pg_catalog.<) EXCLUDED.epoch
+             RETURNING epoch",
+            &[&t.installation, &t.epoch, &t.holder, &host, &pid],
+        )?;
+        tx.commit()?;
+        Ok(row)
+    });
     done.store(true, Ordering::SeqCst);
     let _ = watch.join();
     if row.ctx(|| Q.into())?.is_some() {
         return Ok(Raised::Ours);
     }
-    let r = c
-        .query_one(
-            "SELECT epoch, holder FROM capra.fence WHERE installation = $1",
-            &[&t.installation],
-        )
-        .ctx(|| Q.into())?;
-    let (epoch, holder): (i64, String) = (r.col(0, Q)?, r.col(1, Q)?);
-    if epoch == t.epoch && holder == t.holder {
-        Ok(Raised::Ours)
-    } else {
-        Ok(Raised::Above { epoch, holder })
+    match read(c, t)? {
+        Some((epoch, holder)) if epoch == t.epoch && holder == t.holder => Ok(Raised::Ours),
+        Some((epoch, holder)) => Ok(Raised::Above { epoch, holder }),
+        None => Ok(Raised::Above {
+            epoch: t.epoch,
+            holder: "(none)".into(),
+        }),
     }
+}
+
+/// The fence of `t`'s installation, unlocked: (epoch, holder).
+fn read(c: &mut Client, t: &Term) -> Result<Option<(i64, String)>> {
+    const Q: &str = "reading capra's fence";
+    c.query_opt(
+        "SELECT epoch, holder FROM capra.fence WHERE installation = $1",
+        &[&t.installation],
+    )
+    .ctx(|| Q.into())?
+    .map(|r| Ok((r.col(0, Q)?, r.col(1, Q)?)))
+    .transpose()
 }
 
 /// Ends, every 100 ms until `done`, the sessions of capra's own role that
 /// block backend `waiter`: the old term's transactions holding the fence.
-fn end_blockers<M: std::ops::DerefMut<Target = Client>>(mut monitor: M, waiter: i32, done: &AtomicBool) {
+/// This daemon's own sessions (named `... (pid PID) ...`) are never ended.
+fn end_blockers<M: std::ops::DerefMut<Target = Client>>(mut monitor: M, waiter: i32, pid: i32, done: &AtomicBool) {
+    let own = format!("capra % (pid {pid})%");
+    let mut warned = false;
     while !done.load(Ordering::SeqCst) {
         let r = monitor.execute(
             "SELECT pg_catalog.pg_terminate_backend(b)
                FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids($1)) AS b
                JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b
-              WHERE a.usename OPERATOR(pg_catalog.=) CURRENT_USER",
-            &[&waiter],
+              WHERE a.usename OPERATOR(pg_catalog.=) CURRENT_USER
+                AND a.application_name NOT LIKE $2",
+            &[&waiter, &own],
         );
         if let Err(e) = r {
-            tracing::warn!("capra could not end the old leader's sessions: {e}");
-            return;
+            if !warned {
+                tracing::warn!(
+                    "capra could not end the old leader's sessions: {}",
+                    crate::pg::error::describe(&e)
+                );
+                warned = true;
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1658,6 +1658,12 @@ fn drop_base(c: &mut impl GenericClient) -> Result<()> {
          DROP FUNCTION IF EXISTS capra.kick(), capra.follow_ddl();",
     )
     .ctx(|| "removing capra's capture tables".into())?;
+    drop_schema_if_empty(c)
+}
+
+/// Drops the `capra` schema unless something is left in it (someone
+/// else's object, or another part of capra's).
+pub(super) fn drop_schema_if_empty(c: &mut impl GenericClient) -> Result<()> {
     let others: i64 = c
         .query_one(
             "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'capra'))

@@ -8,12 +8,23 @@
 //! expired, or at once when the holder's lease session is provably gone:
 //! its backend pid and start time are absent from `pg_stat_activity` and
 //! it started after the server did (a restarted control server forgets
-//! every session, which proves nothing about the holder).
+//! every session, which proves nothing about the holder). A daemon that
+//! may not see another role's session start time (no `pg_read_all_stats`)
+//! goes by the pid alone.
 
 use postgres::GenericClient;
 
 use crate::error::{Context, Result};
 use crate::pg::RowExt;
+
+/// SQL over the lease row `l`: its holder's lease session is provably
+/// gone (its backend pid and start time are absent, and it started after
+/// the server did; a daemon that may not see another role's start times
+/// goes by the pid alone).
+pub(crate) const HOLDER_GONE: &str = "(l.backend_start > pg_catalog.pg_postmaster_start_time()
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                       WHERE a.pid OPERATOR(pg_catalog.=) l.backend_pid
+                         AND (a.backend_start OPERATOR(pg_catalog.=) l.backend_start OR a.backend_start IS NULL)))";
 
 /// Who asks for the lease.
 #[derive(Clone, Debug)]
@@ -59,7 +70,8 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
     const Q: &str = "taking or renewing the lease";
     let row = c
         .query_opt(
-            "UPDATE capra.lease l SET
+            &format!(
+                "UPDATE capra.lease l SET
                  epoch = CASE WHEN l.holder = $1 AND l.epoch = $2 THEN l.epoch
                               ELSE GREATEST(l.epoch, $3::bigint) + 1 END,
                  since = CASE WHEN l.holder = $1 AND l.epoch = $2 THEN l.since
@@ -79,11 +91,9 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
                                           AND k.objid::bigint = $9::int::bigint AND k.objsubid = 2)
                        AND (l.holder IS NULL
                             OR l.lease_until <= pg_catalog.clock_timestamp()
-                            OR (l.backend_start > pg_catalog.pg_postmaster_start_time()
-                                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                                 WHERE a.pid OPERATOR(pg_catalog.=) l.backend_pid
-                                                   AND a.backend_start OPERATOR(pg_catalog.=) l.backend_start))))
-             RETURNING l.epoch, pg_catalog.to_char(l.since, 'YYYY-MM-DD HH24:MI:SS.MS')",
+                            OR {HOLDER_GONE}))
+             RETURNING l.epoch, pg_catalog.to_char(l.since, 'YYYY-MM-DD HH24:MI:SS.MS')"
+            ),
             &[
                 &me.id,
                 &ask.held,
@@ -106,13 +116,17 @@ pub fn take_or_renew(c: &mut impl GenericClient, me: &Claimant<'_>, ask: Ask) ->
     .transpose()
 }
 
-/// Gives the lease up at once, if still held; `why` ("stop", "handover")
-/// tells the next leader whether it takes over or merely starts.
-pub fn release(c: &mut impl GenericClient, me: &Claimant<'_>, epoch: i64, why: &str) -> Result<bool> {
+/// Gives the lease up at once, if still held; `why` ("stop", "handover",
+/// "lost") tells the next leader whether it takes over or merely starts.
+/// `floor`, the highest fence epoch this daemon saw, is kept as the epoch,
+/// so the next term is above every fence (a control database that failed
+/// over may have forgotten terms).
+pub fn release(c: &mut impl GenericClient, me: &Claimant<'_>, epoch: i64, why: &str, floor: i64) -> Result<bool> {
     Ok(c.execute(
-        "UPDATE capra.lease SET holder = NULL, lease_until = pg_catalog.clock_timestamp(), released = $3
+        "UPDATE capra.lease SET holder = NULL, lease_until = pg_catalog.clock_timestamp(), released = $3,
+                epoch = GREATEST(epoch, $4::bigint)
           WHERE holder = $1 AND epoch = $2",
-        &[&me.id, &epoch, &why],
+        &[&me.id, &epoch, &why, &floor],
     )
     .ctx(|| "releasing the lease".into())?
         > 0)
@@ -139,13 +153,12 @@ pub fn read(c: &mut impl GenericClient) -> Result<Lease> {
     const Q: &str = "reading the lease";
     let r = c
         .query_one(
-            "SELECT epoch, holder, host, pid,
-                    extract(epoch FROM lease_until - pg_catalog.clock_timestamp())::float8, released,
-                    (backend_start > pg_catalog.pg_postmaster_start_time()
-                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                      WHERE a.pid OPERATOR(pg_catalog.=) l.backend_pid
-                                        AND a.backend_start OPERATOR(pg_catalog.=) l.backend_start)) IS TRUE
-               FROM capra.lease l",
+            &format!(
+                "SELECT epoch, holder, host, pid,
+                        extract(epoch FROM lease_until - pg_catalog.clock_timestamp())::float8, released,
+                        {HOLDER_GONE} IS TRUE
+                   FROM capra.lease l"
+            ),
             &[],
         )
         .ctx(|| Q.into())?;

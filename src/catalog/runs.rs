@@ -37,12 +37,15 @@ pub struct DaemonInfo {
 /// [`DAEMON_LOCK`] instead, and counts too).
 pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
     const Q: &str = "checking for a running daemon";
+    let leads = leads();
     let row = c
         .query_opt(
-            "SELECT l.pid, l.host, to_char(l.since, 'Mon DD, YYYY HH24:MI:SS'), d.logdest
+            &format!(
+                "SELECT l.pid, l.host, to_char(l.since, 'Mon DD, YYYY HH24:MI:SS'), d.logdest
                FROM capra.lease l
                LEFT JOIN capra.daemon d ON d.pid = l.pid AND d.host = l.host
-              WHERE l.holder IS NOT NULL AND l.lease_until > pg_catalog.clock_timestamp()",
+              WHERE {leads}"
+            ),
             &[],
         )
         .ctx(|| Q.into())?;
@@ -88,6 +91,15 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
     }))
 }
 
+/// SQL over the lease row `l`: someone leads (held, not run out, and its
+/// holder's lease session not provably gone, as after a kill -9).
+fn leads() -> String {
+    format!(
+        "l.holder IS NOT NULL AND l.lease_until > pg_catalog.clock_timestamp() AND NOT {}",
+        super::lease::HOLDER_GONE
+    )
+}
+
 /// One daemon of this control database, leader or standby.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Member {
@@ -107,15 +119,18 @@ pub struct Member {
 /// Every daemon alive (heartbeat in the last 15 s), the leader first.
 pub fn daemons(c: &mut impl GenericClient) -> Result<Vec<Member>> {
     const Q: &str = "listing the daemons";
+    let leads = leads();
     c.query(
-        "SELECT d.host, d.pid, CASE WHEN lead THEN 'leader' ELSE 'standby' END,
+        &format!(
+            "SELECT d.host, d.pid, CASE WHEN lead THEN 'leader' ELSE 'standby' END,
                 to_char(CASE WHEN lead THEN l.since ELSE d.started END, 'YYYY-MM-DD HH24:MI:SS'),
                 CASE WHEN lead THEN extract(epoch FROM l.lease_until - pg_catalog.clock_timestamp())::float8 END
            FROM capra.daemons d
            CROSS JOIN capra.lease l
-           CROSS JOIN LATERAL (SELECT d.id = l.holder AND l.lease_until > pg_catalog.clock_timestamp() IS TRUE AS lead) x
+           CROSS JOIN LATERAL (SELECT (d.id = l.holder AND {leads}) IS TRUE AS lead) x
           WHERE d.heartbeat > pg_catalog.clock_timestamp() - interval '15 seconds' OR lead
-          ORDER BY lead DESC, d.started, d.host, d.pid",
+          ORDER BY lead DESC, d.started, d.host, d.pid"
+        ),
         &[],
     )
     .ctx(|| Q.into())?
@@ -225,7 +240,9 @@ pub fn finish_run(
         .ctx(|| "recording an empty run".into())?;
         return Ok(());
     }
-    c.execute(
+    // A run a new leader closed meanwhile stays closed, and says nothing
+    // about the sync's state.
+    let n = c.execute(
         "UPDATE capra.run SET state = 'good', ended = clock_timestamp(), inserts = $2, deletes = $3, truncates = $4,
                 conflicts = $5, tables = $6, details = $7 WHERE id = $1 AND state = 'running'",
         &[
@@ -239,6 +256,9 @@ pub fn finish_run(
         ],
     )
     .ctx(|| "recording a good run".into())?;
+    if n == 0 {
+        return Ok(());
+    }
     c.execute(
         "INSERT INTO capra.sync_state (sync, last_good, failures) VALUES ($1, $2, 0)
          ON CONFLICT (sync) DO UPDATE SET last_good = $2, failures = 0, next_retry = NULL",
@@ -258,13 +278,17 @@ pub fn fail_run(
     sqlstate: Option<&postgres::error::SqlState>,
     retry_in_secs: f64,
 ) -> Result<()> {
-    c.execute(
-        "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3,
-                details = pg_catalog.jsonb_build_object('kind', $4::text)
-          WHERE id = $1 AND state = 'running'",
-        &[&id, &error, &sqlstate.map(|c| c.code()), &kind.as_str()],
-    )
-    .ctx(|| "recording a failed run".into())?;
+    let n = c
+        .execute(
+            "UPDATE capra.run SET state = 'bad', ended = clock_timestamp(), error = $2, sqlstate = $3,
+                    details = pg_catalog.jsonb_build_object('kind', $4::text)
+              WHERE id = $1 AND state = 'running'",
+            &[&id, &error, &sqlstate.map(|c| c.code()), &kind.as_str()],
+        )
+        .ctx(|| "recording a failed run".into())?;
+    if n == 0 {
+        return Ok(());
+    }
     c.execute(
         "INSERT INTO capra.sync_state (sync, last_bad, failures, next_retry)
          VALUES ($1, $2, 1, now() + make_interval(secs => $3))

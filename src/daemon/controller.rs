@@ -406,9 +406,7 @@ impl Controller {
                 let text = crate::pg::error::flatten(&e.to_string());
                 if let Ok(mut c) = self.engine.control.get() {
                     let recorded = runs::start_run(&mut *c, &self.name, reason.as_str(), self.engine.runner())
-                        .and_then(|id| {
-                                runs::fail_run(&mut *c, &self.name, id, &text, e.kind(), e.sqlstate(), wait)
-                            });
+                        .and_then(|id| runs::fail_run(&mut *c, &self.name, id, &text, e.kind(), e.sqlstate(), wait));
                     if let Err(r) = recorded {
                         tracing::error!("Cannot record the failure: {r}");
                     }
@@ -609,12 +607,21 @@ fn execute(
             return rec.failed(&text, Kind::Input, None, Mail::WithoutLastGood);
         }
     };
-    // The term's first write on each database waits for its fence.
-    for db in plan.sources.iter().chain(&plan.targets).chain(&plan.fullcopy) {
+    // The term's first write on each database waits for its fence (a
+    // fullcopy sync only reads its source).
+    let sources = if plan.is_delta() { &plan.sources[..] } else { &[] };
+    for db in sources.iter().chain(&plan.targets).chain(&plan.fullcopy) {
         if let Err(e) = engine.fence(db) {
             let text = crate::pg::error::flatten(&e.to_string());
             tracing::error!("Run failed: {text}");
-            return rec.failed(&text, e.kind(), e.sqlstate(), Mail::No);
+            // A term that ended is no incident; a fence that cannot be put
+            // up (no CREATE right on the database) is.
+            let mail = if engine.role.may_write() {
+                Mail::WithLastGood
+            } else {
+                Mail::No
+            };
+            return rec.failed(&text, e.kind(), e.sqlstate(), mail);
         }
     }
     let env = RunEnv {

@@ -18,10 +18,10 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::engine::Event;
 use super::watcher::Bounded;
+use crate::capture::fence;
 use crate::catalog::lease::{self, Ask, Claimant, Lease};
 use crate::catalog::runs;
 use crate::error::{Context, Result};
-use crate::capture::fence;
 use crate::pg::connect::ConnSpec;
 
 /// The part of the lease the leader may use: writes stop at 80 % of it
@@ -57,8 +57,10 @@ pub struct Role {
     /// Whether the daemon stands by, engine stopped, so it may take the
     /// lease (false while a term's engine is still running or stopping).
     standing: AtomicBool,
-    /// A handover asked the lease thread to give the lease up.
-    release: AtomicBool,
+    /// The main thread asked the lease thread to give the lease up (after
+    /// a handover, a lost term or a failed takeover): the reason, and for
+    /// how many ms after it this daemon takes none.
+    resign: Mutex<Option<(&'static str, u64)>>,
 }
 
 impl Role {
@@ -75,7 +77,7 @@ impl Role {
             leader: Mutex::new(String::new()),
             turn_ms: AtomicU64::new(0),
             standing: AtomicBool::new(false),
-            release: AtomicBool::new(false),
+            resign: Mutex::new(None),
         })
     }
 
@@ -85,10 +87,13 @@ impl Role {
         self.standing.store(true, Ordering::SeqCst);
     }
 
-    /// The engine stopped for a handover: the lease thread gives the
-    /// lease up and takes none for a few seconds, so a standby wins.
-    pub fn hand_over(&self) {
-        self.release.store(true, Ordering::SeqCst);
+    /// The engine of a term has stopped for good: the lease thread gives
+    /// the lease up (`why`: "handover", "lost") if it still holds it, so the
+    /// term cannot come back by a late renew, and takes none for
+    /// `cooloff_ms` (a handover's gives a standby the lead).
+    pub fn resign(&self, why: &'static str, cooloff_ms: u64) {
+        self.drop_term();
+        *crate::sys::lock(&self.resign) = Some((why, cooloff_ms));
     }
 
     /// Whether the lease thread has made its first attempt (so whether
@@ -163,7 +168,6 @@ impl Role {
     /// The term is over and the lease thread stands by; the engine may
     /// still be stopping, so nothing is taken until [`Role::stand_by`].
     fn end_term(&self) {
-        self.standing.store(false, Ordering::SeqCst);
         self.drop_term();
         self.epoch.store(0, Ordering::SeqCst);
     }
@@ -214,8 +218,14 @@ pub struct Previous {
     pub pid: i32,
 }
 
-/// Registers this daemon in `capra.daemons` (status lists it).
+/// Registers this daemon in `capra.daemons` (status lists it); rows of
+/// daemons gone for ten minutes (killed, so they never left) go.
 pub fn register(c: &mut impl postgres::GenericClient, role: &Role, piddir: &str) -> Result<()> {
+    c.execute(
+        "DELETE FROM capra.daemons WHERE heartbeat < pg_catalog.clock_timestamp() - interval '10 minutes'",
+        &[],
+    )
+    .ctx(|| "registering the daemon".into())?;
     c.execute(
         "INSERT INTO capra.daemons (id, host, pid, piddir, version, role) VALUES ($1, $2, $3, $4, $5, 'standby')",
         &[&role.id, &role.host, &role.pid, &piddir, &env!("CARGO_PKG_VERSION")],
@@ -231,7 +241,7 @@ pub fn leave(spec: &ConnSpec, role: &Role, why: &str) {
         .and_then(|r| crate::pg::connect::open(&r, "the control database"))
         .and_then(|mut c| {
             if role.epoch() > 0 {
-                lease::release(&mut c, &role.claimant(), role.epoch(), why)?;
+                lease::release(&mut c, &role.claimant(), role.epoch(), why, role.floor())?;
             }
             c.execute("DELETE FROM capra.daemons WHERE id = $1", &[&role.id])
                 .ctx(|| "leaving the daemons list".into())?;
@@ -251,7 +261,11 @@ pub struct LeaseThread {
 
 impl LeaseThread {
     /// Starts it.
-    pub fn start(spec: ConnSpec, role: Arc<Role>, events: tokio::sync::mpsc::UnboundedSender<Event>) -> Result<LeaseThread> {
+    pub fn start(
+        spec: ConnSpec,
+        role: Arc<Role>,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> Result<LeaseThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let join = crate::sys::spawn("capra-lease", move || {
@@ -316,8 +330,9 @@ impl Keeper {
                     continue;
                 }
             }
-            if self.role.release.swap(false, Ordering::SeqCst) {
-                self.give_up();
+            let resign = crate::sys::lock(&self.role.resign).take();
+            if let Some((why, cooloff)) = resign {
+                self.give_up(why, cooloff);
             }
             let turn = if self.role.epoch() == 0 {
                 self.stand_by()
@@ -325,8 +340,7 @@ impl Keeper {
                 self.renew()
             };
             if let Err(e) = turn {
-                self.conn = None;
-                self.trouble(&e);
+                self.failed(&e);
             }
             self.role.turn_ms.store(boottime_ms(), Ordering::SeqCst);
             self.check_deadline();
@@ -334,14 +348,16 @@ impl Keeper {
         }
     }
 
-    /// A handover: the lease goes (if the control database answers; else
-    /// it expires), and this daemon takes none for 3 s.
-    fn give_up(&mut self) {
+    /// The term is over: the lease goes (if the control database answers;
+    /// else it expires), carrying the highest fence epoch seen so the next
+    /// leader's term is above it, and this daemon takes none for a while.
+    fn give_up(&mut self, why: &'static str, cooloff: u64) {
         let (role, epoch) = (self.role.clone(), self.role.epoch());
         if epoch > 0 {
             if let Some(conn) = &self.conn {
+                let floor = role.floor();
                 let r = conn.call_text(self.bound(), move |c| {
-                    lease::release(c, &role.claimant(), epoch, "handover").map_err(text)
+                    lease::release(c, &role.claimant(), epoch, why, floor).map_err(text)
                 });
                 if let Err(e) = r {
                     tracing::warn!("Could not give the lease up at once ({e}); a standby takes over when it expires");
@@ -349,7 +365,7 @@ impl Keeper {
             }
         }
         self.role.end_term();
-        self.cooloff_ms = boottime_ms() + 3000;
+        self.cooloff_ms = boottime_ms() + cooloff;
     }
 
     fn trouble(&mut self, e: &str) {
@@ -466,6 +482,10 @@ impl Keeper {
         });
         match got {
             Ok(Some(h)) if h.epoch == epoch => {
+                if crate::sys::lock(&self.role.resign).is_some() {
+                    // Ended by the main thread meanwhile: no comeback.
+                    return Ok(());
+                }
                 self.role.hold(epoch, now);
                 self.next_renew_ms = now + (self.role.lease_secs * 1000.0 / 3.0) as u64;
                 self.last_beat_ms = now;
@@ -528,11 +548,19 @@ impl Keeper {
                     }
                 }
             }
-            Err(e) => {
-                self.conn = None;
-                self.trouble(&e);
-            }
+            Err(e) => self.failed(&e),
         }
+    }
+
+    /// A call failed: a broken connection is opened again; a slow answer
+    /// keeps it (the next call queues behind the slow one), since closing
+    /// it would end the holder's backend and let a standby take over while
+    /// this leader may still write.
+    fn failed(&mut self, e: &str) {
+        if !e.starts_with("no answer within") {
+            self.conn = None;
+        }
+        self.trouble(e);
     }
 }
 
@@ -588,7 +616,8 @@ impl super::engine::Engine {
         let mut c = self.pools.get(db)?;
         fence::ensure(&mut c)?;
         let monitor = self.pools.get(db)?;
-        match fence::raise(&mut c, monitor, &self.term, &self.host, self.pid)? {
+        let wait_ms = (self.role.lease_secs * 2000.0) as u64;
+        match fence::raise(&mut c, monitor, &self.term, &self.host, self.pid, wait_ms)? {
             fence::Raised::Ours if self.role.may_write() => {
                 crate::sys::lock(&self.raised).insert(db.name.clone());
                 Ok(())
@@ -643,15 +672,18 @@ impl super::engine::Engine {
         }
     }
 
-    /// Every database the active syncs write: their sources (positions,
-    /// capture) and their targets.
+    /// Every database the active syncs write: their targets, and the
+    /// sources of delta syncs (positions, capture).
     pub fn written_dbs(&self) -> Vec<crate::catalog::model::Db> {
         let mut out: Vec<crate::catalog::model::Db> = Vec::new();
         let Ok(mut c) = self.control.get() else { return out };
-        let Ok(syncs) = crate::catalog::model::syncs(&mut *c) else { return out };
+        let Ok(syncs) = crate::catalog::model::syncs(&mut *c) else {
+            return out;
+        };
         for s in syncs.iter().filter(|s| s.status == crate::domain::Status::Active) {
             if let Ok(p) = crate::catalog::plan::SyncPlan::load(&mut *c, &s.name) {
-                for d in p.sources.into_iter().chain(p.targets).chain(p.fullcopy) {
+                let sources = if p.is_delta() { p.sources } else { Vec::new() };
+                for d in sources.into_iter().chain(p.targets).chain(p.fullcopy) {
                     if !out.iter().any(|o| o.name == d.name) {
                         out.push(d);
                     }

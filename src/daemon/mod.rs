@@ -38,7 +38,11 @@ use crate::pg::{self, connect::ConnSpec};
 
 /// Opens the control loop's connection, listening for requests.
 pub fn control_connection(spec: &ConnSpec) -> Result<postgres::Client> {
-    let r = pg::connect::resolve_for(spec, &format!("capra daemon (pid {})", std::process::id()), "control database")?;
+    let r = pg::connect::resolve_for(
+        spec,
+        &format!("capra daemon (pid {})", std::process::id()),
+        "control database",
+    )?;
     let mut c = pg::connect::open(&r, "the control database")?;
     c.batch_execute(&format!("LISTEN {}", runs::CONTROL_CHANNEL))
         .ctx(|| "listening for requests".into())?;
@@ -124,7 +128,13 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let mut announced = false;
     let ending = loop {
         role.stand_by();
-        let took = match rt.block_on(stand_by(&role, &mut signals, &mut events_rx, &files.stopfile, &mut announced)) {
+        let took = match rt.block_on(stand_by(
+            &role,
+            &mut signals,
+            &mut events_rx,
+            &files.stopfile,
+            &mut announced,
+        )) {
             Ok(t) => t,
             Err(why) => break Ending::Stopped(why),
         };
@@ -145,10 +155,13 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
         };
         match lead(settings, &term, ctx) {
             Ending::Handover => {
-                role.hand_over();
+                role.resign("handover", 3000);
                 tracing::info!("Handed over; standing by");
             }
-            Ending::StepDown(why) => tracing::warn!("Standing by again: {why}"),
+            Ending::StepDown(why) => {
+                role.resign("lost", 1000);
+                tracing::warn!("Standing by again: {why}");
+            }
             other => break other,
         }
         // Ready again as a standby: the next READY is this one's.
@@ -259,19 +272,25 @@ async fn stand_by(
 /// ends.
 fn lead(settings: &Settings, t: &Term, s: Supervision<'_>) -> Ending {
     let notify_stop = Arc::new(AtomicBool::new(false));
+    // A takeover that fails (the control database refusing connections
+    // just when the old leader died) gives the lease up and stands by
+    // again: another daemon, or this one a moment later, tries again.
     let engine = match take_over(settings, t, s.events_tx.clone(), &notify_stop) {
         Ok(e) => e,
-        Err(e) => return Ending::Fatal(pg::error::flatten(&e.to_string())),
+        Err(e) => return Ending::StepDown(format!("could not take over: {}", pg::error::flatten(&e.to_string()))),
     };
     let threads = match Threads::start(&engine, settings.control.clone()) {
         Ok(th) => th,
-        Err(e) => return Ending::Fatal(e.to_string()),
+        Err(e) => {
+            engine.shutdown(Duration::ZERO);
+            notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Ending::StepDown(format!("could not take over: {}", pg::error::flatten(&e.to_string())));
+        }
     };
     announce_ready(&engine, crate::sys::lock(&engine.controllers).len());
     tracing::info!("Entering main loop");
-    let ending = s
-        .rt
-        .block_on(supervise(engine.clone(), s.signals, s.events_rx, s.stopfile));
+    let ending =
+        s.rt.block_on(supervise(engine.clone(), s.signals, s.events_rx, s.stopfile));
     // A term that ended cancels its runs at once; a stop lets them finish.
     let grace = match ending {
         Ending::Stopped(_) => Duration::from_secs(10),
@@ -281,8 +300,8 @@ fn lead(settings: &Settings, t: &Term, s: Supervision<'_>) -> Ending {
     ending
 }
 
-/// The takeover duties, in order: close the runs earlier terms left open,
-/// start the engine, raise the fences on every database the syncs write,
+/// The takeover duties, in order: start the engine, raise the fences on
+/// every database the syncs write, close the runs earlier terms left open,
 /// start the controllers, and after a takeover kick every sync and mail.
 fn take_over(
     settings: &Settings,
@@ -298,13 +317,8 @@ fn take_over(
         epoch,
     };
     let mut c = control_connection(&settings.control)?;
-    let closed = runs::close_stale_runs(&mut c, who)?;
-    if closed > 0 {
-        tracing::warn!("Closed {closed} run(s) left open by a daemon that stopped mid-run; they are re-run now");
-    }
     register(&mut c, &t.host, &t.reason, &t.dest)?;
     let cfg = engine::EngineConfig::load(&mut c)?;
-    drop(c);
     // Every running run holds one control connection; controllers, the
     // purger and reloads need a few more.
     let control_pool = pg::pool::DbPool::new(
@@ -326,8 +340,25 @@ fn take_over(
     };
     let engine = engine::Engine::new(control_pool, cfg, events_tx, notifier, term, t.role.clone())?;
     let started = Instant::now();
+    // Fences first: once they are up no run of an earlier term can commit,
+    // so the runs still open in the catalog are really over.
     engine.fence_all(engine.written_dbs());
-    let active = engine.sync_controllers()?;
+    let closed = runs::close_stale_runs(&mut c, who);
+    drop(c);
+    let active = closed.and_then(|n| {
+        if n > 0 {
+            tracing::warn!("Closed {n} run(s) left open by a daemon that stopped mid-run; they are re-run now");
+        }
+        engine.sync_controllers()
+    });
+    let active = match active {
+        Ok(a) => a,
+        Err(e) => {
+            engine.shutdown(Duration::ZERO);
+            notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
+        }
+    };
     tracing::info!(
         "Active syncs: {}",
         if active.is_empty() {
@@ -422,7 +453,8 @@ impl Files {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
         let io = |context: String| move |source| Error::Io { context, source };
-        std::fs::create_dir_all(&self.piddir).map_err(io(format!("creating the PID directory {}", self.piddir.display())))?;
+        std::fs::create_dir_all(&self.piddir)
+            .map_err(io(format!("creating the PID directory {}", self.piddir.display())))?;
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -799,7 +831,11 @@ fn detached_command(
 
 /// Waits until the child says READY=1 (Ok), exits (its last STATUS= line
 /// says why) or takes longer than two minutes.
-fn wait_ready(child: &mut std::process::Child, sock: &std::os::unix::net::UnixDatagram, logfile: &Path) -> Result<String> {
+fn wait_ready(
+    child: &mut std::process::Child,
+    sock: &std::os::unix::net::UnixDatagram,
+    logfile: &Path,
+) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut status = String::new();
     let mut buf = [0u8; 4096];
@@ -874,7 +910,11 @@ pub struct Stopped {
 /// (or `timeout`).
 pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option<Stopped>> {
     let leader = runs::daemon(&mut cat.client)?;
-    let members = runs::daemons(&mut cat.client)?;
+    let me = crate::sys::hostname();
+    let members: Vec<runs::Member> = runs::daemons(&mut cat.client)?
+        .into_iter()
+        .filter(|m| m.host != me || process_running(m.pid))
+        .collect();
     let standbys: Vec<runs::Member> = members.iter().filter(|m| m.role != "leader").cloned().collect();
     let d = match (leader, standbys.first()) {
         (Some(d), _) => d,
@@ -891,8 +931,11 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
         .execute("SELECT pg_notify($1, $2)", &[&runs::CONTROL_CHANNEL, &payload])
         .ctx(|| "asking the daemon to stop".into())?;
     let end = Instant::now() + timeout;
-    let me = crate::sys::hostname();
-    let mut local: Vec<i32> = members.iter().filter(|m| m.host == me && m.pid > 0).map(|m| m.pid).collect();
+    let mut local: Vec<i32> = members
+        .iter()
+        .filter(|m| m.host == me && m.pid > 0)
+        .map(|m| m.pid)
+        .collect();
     if d.host == me && d.pid > 0 && !local.contains(&d.pid) {
         local.push(d.pid);
     }
@@ -912,10 +955,13 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
         }
         // The lease and the daemons' rows go last; then, for local
         // daemons, the processes themselves.
-        if runs::daemon(&mut cat.client)?.is_none()
-            && runs::daemons(&mut cat.client)?.is_empty()
-            && !local.iter().any(|p| process_running(*p))
-        {
+        // A daemon of this host whose process is gone (killed) has
+        // stopped, whatever its row says.
+        let left = runs::daemons(&mut cat.client)?
+            .into_iter()
+            .filter(|m| m.host != me || process_running(m.pid))
+            .count();
+        if runs::daemon(&mut cat.client)?.is_none() && left == 0 && !local.iter().any(|p| process_running(*p)) {
             return Ok(Some(Stopped {
                 daemon: d,
                 standbys: standbys.len(),

@@ -94,7 +94,7 @@ fn the_lease_is_taken_once_renewed_by_its_holder_and_taken_over_only_when_lost()
 
     // A release frees it at once; a floor lifts the next term above every
     // fence seen (a control database that forgot the last term).
-    assert!(lease::release(&mut one, &a, 3, "stop").unwrap());
+    assert!(lease::release(&mut one, &a, 3, "stop", 0).unwrap());
     let mut three = cluster::a().client(&c.ctl_db);
     let high = lease::take_or_renew(
         &mut three,
@@ -185,7 +185,7 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     let mut a = cluster::b().client(&db);
     fence::ensure(&mut a).unwrap();
     assert_eq!(
-        fence::raise(&mut a, Box::new(cluster::b().client(&db)), &old, "h1", 1).unwrap(),
+        fence::raise(&mut a, Box::new(cluster::b().client(&db)), &old, "h1", 1, 10_000).unwrap(),
         Raised::Ours
     );
     // The old leader is frozen with a write open.
@@ -196,7 +196,7 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     let mut b = cluster::b().client(&db);
     let started = std::time::Instant::now();
     assert_eq!(
-        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2).unwrap(),
+        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2, 10_000).unwrap(),
         Raised::Ours
     );
     assert!(
@@ -226,14 +226,14 @@ fn a_raised_fence_ends_the_old_terms_open_writes_and_refuses_its_next_ones() {
     ))
     .unwrap();
     assert_eq!(
-        fence::raise(&mut again, Box::new(cluster::b().client(&db)), &old, "h1", 1).unwrap(),
+        fence::raise(&mut again, Box::new(cluster::b().client(&db)), &old, "h1", 1, 10_000).unwrap(),
         Raised::Above {
             epoch: 2,
             holder: "daemon-b".into()
         }
     );
     assert_eq!(
-        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2).unwrap(),
+        fence::raise(&mut b, Box::new(cluster::b().client(&db)), &new, "h2", 2, 10_000).unwrap(),
         Raised::Ours
     );
 }
@@ -304,13 +304,14 @@ fn old_writes_end_before_new_ones(cl: &Cluster, db: &str, old: i32, new: i32) {
             "SELECT concat_ws(' | ',
                     max(at) FILTER (WHERE app LIKE 'capra KID (pid {old}) %'),
                     min(at) FILTER (WHERE app LIKE 'capra KID (pid {new}) %'),
-                    max(at) FILTER (WHERE app LIKE 'capra KID (pid {old}) %')
-                      < min(at) FILTER (WHERE app LIKE 'capra KID (pid {new}) %'))
+                    coalesce(max(at) FILTER (WHERE app LIKE 'capra KID (pid {old}) %')
+                               < min(at) FILTER (WHERE app LIKE 'capra KID (pid {new}) %'),
+                             count(*) FILTER (WHERE app LIKE 'capra KID (pid {old}) %') = 0))
                FROM public.audit"
         ),
     );
     let line = r[0].clone().unwrap_or_default();
-    println!("last write of the old leader | first of the new | in order: {line}");
+    println!("last write of the old leader | first of the new | in order (no old write counts): {line}");
     assert!(
         line.ends_with("| t"),
         "the old leader (pid {old}) wrote after the new one (pid {new}) began: {line}"
@@ -358,7 +359,10 @@ fn standbys_take_over_from_a_killed_leader_within_seconds_and_nothing_is_lost() 
         st.contains(&format!("PID of capra daemon: {} (host", first.pid)) && st.contains("leader, lease left"),
         "{st}"
     );
-    assert!(st.contains(&format!("Standby capra daemon: {} (host", second.pid)), "{st}");
+    assert!(
+        st.contains(&format!("Standby capra daemon: {} (host", second.pid)),
+        "{st}"
+    );
     let doc: serde_json::Value = serde_json::from_str(&c.ok(&["--json", "status"])).unwrap();
     let roles: Vec<(i64, String)> = doc["daemons"]
         .as_array()
@@ -406,7 +410,10 @@ fn standbys_take_over_from_a_killed_leader_within_seconds_and_nothing_is_lost() 
         running[i] = None;
         let k = running.iter().position(|d| d.is_none()).unwrap();
         running[k] = Some(homes[k].start());
-        println!("round {round}: pid {old} killed, pid {new} leads after {:.2}s", times[round]);
+        println!(
+            "round {round}: pid {old} killed, pid {new} leads after {:.2}s",
+            times[round]
+        );
     }
     println!("takeover after kill -9: {times:?} s");
     assert!(
@@ -470,7 +477,8 @@ fn a_leader_frozen_past_its_lease_never_commits_after_the_new_one_begins() {
     signal(one.pid, libc::SIGCONT);
     c.wait_for(30, "the old leader to stand by", || {
         c.log().contains("Standing by again")
-            && c.ok(&["status"]).contains(&format!("Standby capra daemon: {} (host", one.pid))
+            && c.ok(&["status"])
+                .contains(&format!("Standby capra daemon: {} (host", one.pid))
     });
     assert!(one.alive());
     converged(&c, "bench", load);
@@ -495,8 +503,23 @@ fn a_partition_from_one_target_keeps_the_leader_and_one_from_the_control_databas
     l.global[at] = pctl.port.to_string();
     c.add_db("src", a, &src);
     c.ok(&["add", "db", "tgt", "service=tgt"]);
-    c.ok(&["add", "all", "tables", "db=src", "relgroup=bench", "-T", "pgbench_history"]);
-    c.ok(&["add", "sync", "bench", "relgroup=bench", "dbs=src:source,tgt:target", "onetimecopy=1"]);
+    c.ok(&[
+        "add",
+        "all",
+        "tables",
+        "db=src",
+        "relgroup=bench",
+        "-T",
+        "pgbench_history",
+    ]);
+    c.ok(&[
+        "add",
+        "sync",
+        "bench",
+        "relgroup=bench",
+        "dbs=src:source,tgt:target",
+        "onetimecopy=1",
+    ]);
     c.ok(&["set", "ha_lease=3"]);
     let lead = l.start();
     l.ok(&["kick", "bench", "120"]);
@@ -529,7 +552,8 @@ fn a_partition_from_one_target_keeps_the_leader_and_one_from_the_control_databas
     pctl.thaw();
     l.wait_for(40, "the old leader to stand by", || {
         l.log().contains("Standing by again")
-            && c.ok(&["status"]).contains(&format!("Standby capra daemon: {} (host", lead.pid))
+            && c.ok(&["status"])
+                .contains(&format!("Standby capra daemon: {} (host", lead.pid))
     });
     converged(&c, "bench", load);
     old_writes_end_before_new_ones(b, &tgt, lead.pid, stand.pid);
@@ -558,10 +582,24 @@ fn handover_terminated_lease_session_and_control_restart_leave_one_leader() {
     s1.private_rc();
     let out = s1.ok(&["start", "test"]);
     assert!(out.contains("as a standby; leader pid"), "{out}");
-    let two_pid: i32 = out.split("pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+    let two_pid: i32 = out
+        .split("pid ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let two = Daemon::adopt(&s1, two_pid);
     let arrives = |v: &str| {
-        a.exec(&src, &format!("INSERT INTO t VALUES ({}, '{v}')", v.len() as i32 * 1000 + v.as_bytes()[0] as i32));
+        a.exec(
+            &src,
+            &format!(
+                "INSERT INTO t VALUES ({}, '{v}')",
+                v.len() as i32 * 1000 + v.as_bytes()[0] as i32
+            ),
+        );
         c.ok(&["kick", "s", "60"]);
         let n = b.query(&tgt, &format!("SELECT count(*)::text FROM t WHERE v = '{v}'"));
         assert_eq!(n[0].as_deref(), Some("1"), "{v} did not arrive");
@@ -570,13 +608,42 @@ fn handover_terminated_lease_session_and_control_restart_leave_one_leader() {
 
     // Handover: the standby leads within a second or two, the roles swap.
     let out = c.ok(&["ha", "handover"]);
-    assert!(out.contains(&format!("pid {} on", two.pid)) && out.contains("leads now"), "{out}");
+    assert!(
+        out.contains(&format!("pid {} on", two.pid)) && out.contains("leads now"),
+        "{out}"
+    );
     let st = c.ok(&["status"]);
     assert!(st.contains(&format!("PID of capra daemon: {} (host", two.pid)), "{st}");
     c.wait_for(10, "the old leader listed as a standby", || {
-        c.ok(&["status"]).contains(&format!("Standby capra daemon: {} (host", one.pid))
+        c.ok(&["status"])
+            .contains(&format!("Standby capra daemon: {} (host", one.pid))
     });
     arrives("handed");
+
+    // The daemon that handed over is a standby like any other: when the
+    // new leader dies, it takes over again.
+    std::thread::sleep(Duration::from_millis(3500)); // the handover's cool-off
+    two.kill9();
+    wait_for(5, "the old leader to lead again", || leader(&ctl, &c) == Some(one.pid));
+    drop(two);
+    let two = s1.start();
+    arrives("again");
+
+    // A fence above the leader's term (a control database that forgot
+    // terms): the leader stands by and gives the lease up with that epoch,
+    // the next term goes above it, and replication goes on.
+    let e0 = epoch(&ctl, &c);
+    b.exec(&tgt, "UPDATE capra.fence SET epoch = epoch + 100");
+    a.exec(&src, "INSERT INTO t VALUES (-1, 'fenced')");
+    c.wait_for(60, "the row written after the fence was raised by hand", || {
+        b.query(&tgt, "SELECT count(*)::text FROM t WHERE v = 'fenced'")[0].as_deref() == Some("1")
+    });
+    let e1 = epoch(&ctl, &c);
+    assert!(e1 > e0 + 100, "epoch {e0} -> {e1}");
+    c.wait_for(15, "both daemons listed again", || {
+        let st = c.ok(&["status"]);
+        st.contains("PID of capra daemon:") && st.contains("Standby capra daemon:")
+    });
 
     // The leader's lease session ended by a DBA: the standby takes over at
     // once, unless the leader reconnects and renews first; either way one
@@ -612,4 +679,13 @@ fn handover_terminated_lease_session_and_control_restart_leave_one_leader() {
     arrives("restarted");
     drop(two);
     drop(one);
+
+    // The target kept only capra's fence, which goes with the database.
+    let fence = b.query(&tgt, "SELECT to_regclass('capra.fence')::text");
+    assert_eq!(fence[0].as_deref(), Some("capra.fence"));
+    c.ok(&["deactivate", "s"]);
+    c.ok(&["remove", "sync", "s"]);
+    c.ok(&["remove", "db", "tgt"]);
+    let left = b.query(&tgt, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'capra'");
+    assert_eq!(left[0].as_deref(), Some("0"), "capra's schema is left on the target");
 }

@@ -275,6 +275,7 @@ fn a_least_privilege_role_replicates_to_a_15_target() {
             format!("GRANT SELECT, INSERT, DELETE, TRUNCATE ON TABLE \"public\".\"kv\" TO \"{rt}\""),
             format!("GRANT SELECT, UPDATE ON SEQUENCE \"public\".\"sq\" TO \"{rt}\""),
             format!("GRANT SET ON PARAMETER session_replication_role TO \"{rt}\""),
+            format!("GRANT CREATE ON DATABASE \"{tgt}\" TO \"{rt}\""),
         ],
         "{}",
         r.stderr
@@ -681,7 +682,8 @@ fn a_tenants_code_runs_without_superuser_rights_under_a_least_privilege_apply() 
         &tgt,
         &format!(
             "GRANT SELECT, INSERT, DELETE, TRUNCATE ON {list} TO {rt};
-             GRANT SET ON PARAMETER session_replication_role TO {rt}"
+             GRANT SET ON PARAMETER session_replication_role TO {rt};
+             GRANT CREATE ON DATABASE \"{tgt}\" TO {rt}"
         ),
     );
     c.ok(&["update", "db", "src", &format!("user={rs}")]);

@@ -290,7 +290,11 @@ pub(super) fn database(scope: &Scope, m: &mut Member, found: &mut Findings) -> R
             me.user
         ));
     }
-    if role != Role::Source || !scope.delta {
+    // capra writes every database but a fullcopy sync's source: each needs
+    // capra's schema (a source's change capture; everywhere, the fence that
+    // keeps a deposed leader from writing).
+    let capture = role == Role::Source && scope.delta;
+    if role == Role::Source && !scope.delta {
         return Ok(());
     }
     let r = c
@@ -314,11 +318,19 @@ pub(super) fn database(scope: &Scope, m: &mut Member, found: &mut Findings) -> R
         ));
     } else if !create {
         found.problems.push(format!(
-            "the role \"{}\" may not create capra's change-capture schema in database \"{dbname}\"; fix: GRANT CREATE ON DATABASE {} TO {}",
+            "the role \"{}\" may not create capra's {} in database \"{dbname}\"; fix: GRANT CREATE ON DATABASE {} TO {}",
             me.user,
+            if capture {
+                "change-capture schema"
+            } else {
+                "schema, which holds the fence that keeps a daemon that lost its lease from writing"
+            },
             quote_ident(&datname),
             me.sql()
         ));
+    }
+    if !capture {
+        return Ok(());
     }
     if !me.superuser {
         found.notes.push(format!(

@@ -6,7 +6,7 @@ use postgres::Transaction;
 use super::{AddNoun, Ctx, Noun, Words};
 use crate::capture::reconcile;
 use crate::catalog::event::Event;
-use crate::catalog::{edit, Catalog};
+use crate::catalog::{edit, model, Catalog};
 use crate::domain::RelType;
 use crate::error::{Error, Result};
 
@@ -106,16 +106,43 @@ fn remove_each(
     )
 }
 
+/// A removed database keeps nothing of this installation: its fence (see
+/// `capture::fence`) goes; one that cannot be reached is named with the
+/// statement that does it by hand.
+fn remove_fence(db: &model::Db, installation: &str) {
+    let done = db
+        .connect()
+        .and_then(|mut c| crate::capture::fence::remove(&mut c, installation));
+    if let Err(e) = done {
+        eprintln!(
+            "capra: could not remove capra's fence from database \"{}\" ({}); remove it there by hand: DELETE FROM capra.fence WHERE installation = '{installation}'",
+            db.name,
+            crate::pg::error::flatten(&e.to_string())
+        );
+    }
+}
+
 /// `capra remove ...`.
 pub fn remove(ctx: &Ctx, noun: Noun) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let lines = match noun {
-        Noun::Db(w) => texts(remove_each(
-            &mut cat,
-            &names_only(&w, "remove db")?,
-            |tx, n| reconcile::syncs_of_db(tx, n),
-            |tx, n| edit::remove_db(tx, n, w.force),
-        )?),
+        Noun::Db(w) => {
+            let names = names_only(&w, "remove db")?;
+            let mut dbs = Vec::new();
+            for n in &names {
+                dbs.extend(model::db(&mut cat.client, n)?);
+            }
+            let lines = texts(remove_each(
+                &mut cat,
+                &names,
+                |tx, n| reconcile::syncs_of_db(tx, n),
+                |tx, n| edit::remove_db(tx, n, w.force),
+            )?);
+            for db in dbs {
+                remove_fence(&db, &cat.installation);
+            }
+            lines
+        }
         Noun::Table(w) | Noun::Sequence(w) if w.words.is_empty() => {
             return Err(Error::Usage("name the tables or sequences to remove".into()))
         }
