@@ -39,22 +39,36 @@ impl Env {
     /// A private HOME (piddir and log inside it) and a control database
     /// `ctl` installed on cluster `c`.
     fn installed(capra: &std::path::Path, c: &Cluster, ctl: &str) -> Env {
+        let global = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            ctl,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let env = Env::with_home(capra, global);
+        env.run(&["install", "--batch"]);
+        env
+    }
+
+    /// Another daemon's HOME (piddir and log of its own) on the same
+    /// control database: a second host.
+    fn sibling(&self) -> Env {
+        Env::with_home(&self.capra, self.global.clone())
+    }
+
+    /// A fresh HOME whose ~/.caprarc puts the piddir and the log inside it.
+    fn with_home(capra: &std::path::Path, global: Vec<String>) -> Env {
         let env = Env {
             capra: capra.to_path_buf(),
             home: tempfile::tempdir().unwrap(),
-            global: [
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &c.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                ctl,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            global,
         };
         let run = env.home.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
@@ -67,7 +81,6 @@ impl Env {
             ),
         )
         .unwrap();
-        env.run(&["install", "--batch"]);
         env
     }
 
@@ -80,28 +93,6 @@ impl Env {
             .args(args)
             .output()
             .expect("capra runs")
-    }
-
-    /// Another daemon's HOME (piddir and log of its own) on the same
-    /// control database: a second host.
-    fn sibling(&self) -> Env {
-        let env = Env {
-            capra: self.capra.clone(),
-            home: tempfile::tempdir().unwrap(),
-            global: self.global.clone(),
-        };
-        let run = env.home.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        std::fs::write(
-            env.home.path().join(".caprarc"),
-            format!(
-                "piddir = {}\nlogdest = {}\n",
-                run.display(),
-                env.home.path().join("capra.log").display()
-            ),
-        )
-        .unwrap();
-        env
     }
 
     /// Starts a daemon (detached) and returns its pid.
