@@ -92,8 +92,8 @@ impl Role {
     /// term cannot come back by a late renew, and takes none for
     /// `cooloff_ms` (a handover's gives a standby the lead).
     pub fn resign(&self, why: &'static str, cooloff_ms: u64) {
-        self.drop_term();
         *crate::sys::lock(&self.resign) = Some((why, cooloff_ms));
+        self.drop_term();
     }
 
     /// Whether the lease thread has made its first attempt (so whether
@@ -378,6 +378,10 @@ impl Keeper {
     /// A leader past its deadline steps down: its runs are cancelled and
     /// it stands by.
     fn check_deadline(&mut self) {
+        // A term the main thread ended is given up (released) instead.
+        if crate::sys::lock(&self.role.resign).is_some() {
+            return;
+        }
         if self.role.epoch() > 0 && !self.role.may_write() {
             let why = format!(
                 "could not renew the lease of epoch {} in time (ha_lease {}s)",
@@ -632,9 +636,9 @@ impl super::engine::Engine {
                     "database \"{}\" is fenced by epoch {epoch} (holder {holder}), above or beside this daemon's epoch {}; the control database may have failed over and forgotten a term",
                     db.name, self.term.epoch
                 );
-                // The lease thread sees the lease gone or renews it
-                // pointlessly; either way this term writes nothing more.
-                self.role.drop_term();
+                // The term writes nothing more; the lease thread gives the
+                // lease up carrying that epoch, so the next term is above it.
+                self.role.resign("lost", 1000);
                 self.send_event(Event::StepDown(why.clone()));
                 Err(crate::Error::Rejected(why))
             }
