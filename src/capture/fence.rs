@@ -158,7 +158,7 @@ where
     let done = Arc::new(AtomicBool::new(false));
     let watch = {
         let done = done.clone();
-        crate::sys::spawn("capra-fence", move || end_blockers(monitor, me, pid, &done))?
+        crate::sys::spawn("capra-fence", move || end_blockers(monitor, me, &done))?
     };
     let row = c.transaction().and_then(|mut tx| {
         tx.batch_execute(&format!("SET LOCAL lock_timeout = {wait_ms}"))?;
@@ -203,18 +203,18 @@ fn read(c: &mut Client, t: &Term) -> Result<Option<(i64, String)>> {
 
 /// Ends, every 100 ms until `done`, the sessions of capra's own role that
 /// block backend `waiter`: the old term's transactions holding the fence.
-/// This daemon's own sessions (named `... (pid PID) ...`) are never ended.
-fn end_blockers<M: std::ops::DerefMut<Target = Client>>(mut monitor: M, waiter: i32, pid: i32, done: &AtomicBool) {
-    let own = format!("capra % (pid {pid})%");
+/// None of this term's can be among them: its check locks the row only
+/// when the row names this term, which a raise only happens without (and
+/// the caller raises once per database at a time).
+fn end_blockers<M: std::ops::DerefMut<Target = Client>>(mut monitor: M, waiter: i32, done: &AtomicBool) {
     let mut warned = false;
     while !done.load(Ordering::SeqCst) {
         let r = monitor.execute(
             "SELECT pg_catalog.pg_terminate_backend(b)
                FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids($1)) AS b
                JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b
-              WHERE a.usename OPERATOR(pg_catalog.=) CURRENT_USER
-                AND a.application_name NOT LIKE $2",
-            &[&waiter, &own],
+              WHERE a.usename OPERATOR(pg_catalog.=) CURRENT_USER",
+            &[&waiter],
         );
         if let Err(e) = r {
             if !warned {

@@ -95,7 +95,7 @@ pub fn daemon(c: &mut impl GenericClient) -> Result<Option<DaemonInfo>> {
 /// holder's lease session not provably gone, as after a kill -9).
 fn leads() -> String {
     format!(
-        "l.holder IS NOT NULL AND l.lease_until > pg_catalog.clock_timestamp() AND NOT {}",
+        "l.holder IS NOT NULL AND l.lease_until > pg_catalog.clock_timestamp() AND NOT ({} IS TRUE)",
         super::lease::HOLDER_GONE
     )
 }
@@ -114,6 +114,9 @@ pub struct Member {
     /// Seconds of lease left (the leader only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_left: Option<f64>,
+    /// Seconds since its last heartbeat.
+    #[serde(skip)]
+    pub beat_age: f64,
 }
 
 /// Every daemon alive (heartbeat in the last 15 s), the leader first.
@@ -124,7 +127,8 @@ pub fn daemons(c: &mut impl GenericClient) -> Result<Vec<Member>> {
         &format!(
             "SELECT d.host, d.pid, CASE WHEN lead THEN 'leader' ELSE 'standby' END,
                 to_char(CASE WHEN lead THEN l.since ELSE d.started END, 'YYYY-MM-DD HH24:MI:SS'),
-                CASE WHEN lead THEN extract(epoch FROM l.lease_until - pg_catalog.clock_timestamp())::float8 END
+                CASE WHEN lead THEN extract(epoch FROM l.lease_until - pg_catalog.clock_timestamp())::float8 END,
+                extract(epoch FROM pg_catalog.clock_timestamp() - d.heartbeat)::float8
            FROM capra.daemons d
            CROSS JOIN capra.lease l
            CROSS JOIN LATERAL (SELECT (d.id = l.holder AND {leads}) IS TRUE AS lead) x
@@ -142,6 +146,7 @@ pub fn daemons(c: &mut impl GenericClient) -> Result<Vec<Member>> {
             role: r.col(2, Q)?,
             since: r.col(3, Q)?,
             lease_left: r.col(4, Q)?,
+            beat_age: r.col(5, Q)?,
         })
     })
     .collect()
@@ -230,8 +235,12 @@ pub fn finish_run(
     empty: bool,
 ) -> Result<()> {
     if empty {
-        c.execute("DELETE FROM capra.run WHERE id = $1", &[&id])
+        let n = c
+            .execute("DELETE FROM capra.run WHERE id = $1 AND state = 'running'", &[&id])
             .ctx(|| "recording an empty run".into())?;
+        if n == 0 {
+            return Ok(());
+        }
         c.execute(
             "INSERT INTO capra.sync_state (sync, last_empty, failures) VALUES ($1, now(), 0)
              ON CONFLICT (sync) DO UPDATE SET last_empty = now(), failures = 0, next_retry = NULL",

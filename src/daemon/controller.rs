@@ -392,7 +392,7 @@ impl Controller {
 
     fn start_run(&mut self) {
         let reason = self.timing.begin();
-        if !self.engine.role.may_write() {
+        if !self.engine.may_write() {
             // The term is ending: the next leader runs every sync.
             self.timing.not_started();
             return;
@@ -616,7 +616,7 @@ fn execute(
             tracing::error!("Run failed: {text}");
             // A term that ended is no incident; a fence that cannot be put
             // up (no CREATE right on the database) is.
-            let mail = if engine.role.may_write() {
+            let mail = if engine.may_write() {
                 Mail::WithLastGood
             } else {
                 Mail::No

@@ -190,6 +190,8 @@ pub struct Engine {
     pub fence_sql: String,
     /// The databases whose fence names this term already.
     pub(super) raised: Mutex<HashSet<String>>,
+    /// Per database, the lock one raise of its fence holds.
+    pub(super) raising: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn lenient_tls() -> Result<MakeTlsConnector> {
@@ -240,6 +242,7 @@ impl Engine {
             term,
             role,
             raised: Mutex::new(HashSet::new()),
+            raising: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));

@@ -92,7 +92,8 @@ impl Role {
     /// term cannot come back by a late renew, and takes none for
     /// `cooloff_ms` (a handover's gives a standby the lead).
     pub fn resign(&self, why: &'static str, cooloff_ms: u64) {
-        *crate::sys::lock(&self.resign) = Some((why, cooloff_ms));
+        let mut r = crate::sys::lock(&self.resign);
+        *r = Some((why, cooloff_ms));
         self.drop_term();
     }
 
@@ -321,6 +322,10 @@ impl Keeper {
 
     fn run(mut self) {
         while !self.stop.load(Ordering::SeqCst) {
+            let resign = crate::sys::lock(&self.role.resign).take();
+            if let Some((why, cooloff)) = resign {
+                self.give_up(why, cooloff);
+            }
             if self.conn.is_none() {
                 if let Err(e) = self.connect() {
                     self.trouble(&e);
@@ -329,10 +334,6 @@ impl Keeper {
                     std::thread::sleep(STANDBY_POLL);
                     continue;
                 }
-            }
-            let resign = crate::sys::lock(&self.role.resign).take();
-            if let Some((why, cooloff)) = resign {
-                self.give_up(why, cooloff);
             }
             let turn = if self.role.epoch() == 0 {
                 self.stand_by()
@@ -449,6 +450,21 @@ impl Keeper {
             Some((_, host, pid)) => format!("pid {pid} on {host}"),
             None => String::new(),
         };
+        if took.is_none() {
+            if let Some((id, _, _)) = &before.holder {
+                if *id == self.role.id {
+                    // Held by this daemon, which leads nothing (an answer
+                    // that came after its call had timed out): let it go.
+                    let (role, floor) = (self.role.clone(), self.role.floor());
+                    if let Some(conn) = &self.conn {
+                        conn.call_text(self.bound(), move |c| {
+                            let epoch = before_epoch(c)?;
+                            lease::release(c, &role.claimant(), epoch, "lost", floor).map_err(text)
+                        })?;
+                    }
+                }
+            }
+        }
         if let Some((held, sent)) = took {
             self.role.standing.store(false, Ordering::SeqCst);
             self.role.hold(held.epoch, sent);
@@ -486,11 +502,14 @@ impl Keeper {
         });
         match got {
             Ok(Some(h)) if h.epoch == epoch => {
-                if crate::sys::lock(&self.role.resign).is_some() {
-                    // Ended by the main thread meanwhile: no comeback.
+                // Checked and held under one lock: a term the main thread
+                // ended meanwhile never comes back.
+                let resigning = crate::sys::lock(&self.role.resign);
+                if resigning.is_some() || self.role.epoch() != epoch {
                     return Ok(());
                 }
                 self.role.hold(epoch, now);
+                drop(resigning);
                 self.next_renew_ms = now + (self.role.lease_secs * 1000.0 / 3.0) as u64;
                 self.last_beat_ms = now;
                 Ok(())
@@ -561,11 +580,23 @@ impl Keeper {
     /// it would end the holder's backend and let a standby take over while
     /// this leader may still write.
     fn failed(&mut self, e: &str) {
-        if !e.starts_with("no answer within") {
+        let leading = self.role.epoch() > 0;
+        if !leading || !e.starts_with("no answer within") {
             self.conn = None;
+            if leading {
+                // Its backend is gone, which a standby may take for the
+                // holder's: renew at once on a new connection.
+                self.next_renew_ms = 0;
+            }
         }
         self.trouble(e);
     }
+}
+
+/// The epoch of the lease row now (to release a lease this daemon holds
+/// without knowing its term).
+fn before_epoch(c: &mut postgres::Client) -> std::result::Result<i64, String> {
+    lease::read(c).map(|l| l.epoch).map_err(text)
 }
 
 fn text<E: std::fmt::Display>(e: E) -> String {
@@ -617,12 +648,22 @@ impl super::engine::Engine {
         if crate::sys::lock(&self.raised).contains(&db.name) {
             return Ok(());
         }
+        // One raise per database at a time in this process: a second one
+        // would wait for, and end, the first one's session.
+        let gate = crate::sys::lock(&self.raising)
+            .entry(db.name.clone())
+            .or_default()
+            .clone();
+        let _one = crate::sys::lock(&gate);
+        if crate::sys::lock(&self.raised).contains(&db.name) {
+            return Ok(());
+        }
         let mut c = self.pools.get(db)?;
         fence::ensure(&mut c)?;
         let monitor = self.pools.get(db)?;
-        let wait_ms = (self.role.lease_secs * 2000.0) as u64;
+        let wait_ms = (self.role.lease_secs * 2000.0).min(20_000.0) as u64;
         match fence::raise(&mut c, monitor, &self.term, &self.host, self.pid, wait_ms)? {
-            fence::Raised::Ours if self.role.may_write() => {
+            fence::Raised::Ours if self.may_write() => {
                 crate::sys::lock(&self.raised).insert(db.name.clone());
                 Ok(())
             }
@@ -638,8 +679,12 @@ impl super::engine::Engine {
                 );
                 // The term writes nothing more; the lease thread gives the
                 // lease up carrying that epoch, so the next term is above it.
-                self.role.resign("lost", 1000);
-                self.send_event(Event::StepDown(why.clone()));
+                // (An engine of an earlier term in this process, still
+                // winding down, must not end the current one.)
+                if self.role.epoch() == self.term.epoch {
+                    self.role.resign("lost", 1000);
+                    self.send_event(Event::StepDown(why.clone()));
+                }
                 Err(crate::Error::Rejected(why))
             }
         }
@@ -664,6 +709,12 @@ impl super::engine::Engine {
         for h in handles {
             let _ = h.join();
         }
+    }
+
+    /// Whether this engine's term is the one held and its lease has not
+    /// run out: an engine of an earlier term (still winding down) may not.
+    pub fn may_write(&self) -> bool {
+        self.role.epoch() == self.term.epoch && self.role.may_write()
     }
 
     /// Who records runs: this leader in its term.

@@ -620,7 +620,7 @@ async fn supervise(
                 if stopfile.exists() {
                     return Ending::Stopped(format!("stop file {} found", stopfile.display()));
                 }
-                if engine.role.epoch() > 0 && !engine.role.may_write() {
+                if !engine.may_write() {
                     return Ending::StepDown("the lease ran out".into());
                 }
                 dog.feed(&engine);
@@ -870,6 +870,22 @@ fn wait_ready(
     }
 }
 
+/// A daemon of this host whose process is gone (killed) and whose
+/// heartbeat stopped: stopped, whatever its row says. (A process this
+/// one cannot see, in another pid namespace, still beats.)
+fn gone_here(m: &runs::Member, me: &str) -> bool {
+    m.host == me && m.beat_age > 3.0 && !process_running(m.pid)
+}
+
+/// Whether `pid` is a capra process (before signalling it: a pid may have
+/// been reused).
+fn is_capra(pid: i32) -> bool {
+    process_running(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("capra"))
+            .unwrap_or(false)
+}
+
 /// Whether a process runs (zombies do not count).
 fn process_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -913,7 +929,7 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
     let me = crate::sys::hostname();
     let members: Vec<runs::Member> = runs::daemons(&mut cat.client)?
         .into_iter()
-        .filter(|m| m.host != me || process_running(m.pid))
+        .filter(|m| !gone_here(m, &me))
         .collect();
     let standbys: Vec<runs::Member> = members.iter().filter(|m| m.role != "leader").cloned().collect();
     let d = match (leader, standbys.first()) {
@@ -945,7 +961,7 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
     let mut signalled = false;
     while Instant::now() < end {
         if !signalled && Instant::now() >= signal_at {
-            for pid in local.iter().filter(|p| process_running(**p)) {
+            for pid in local.iter().filter(|p| is_capra(**p)) {
                 // SAFETY: signalling a pid; harmless if it is gone.
                 unsafe {
                     libc::kill(*pid, libc::SIGTERM);
@@ -959,7 +975,7 @@ pub fn stop(cat: &mut Catalog, reason: &str, timeout: Duration) -> Result<Option
         // stopped, whatever its row says.
         let left = runs::daemons(&mut cat.client)?
             .into_iter()
-            .filter(|m| m.host != me || process_running(m.pid))
+            .filter(|m| !gone_here(m, &me))
             .count();
         if runs::daemon(&mut cat.client)?.is_none() && left == 0 && !local.iter().any(|p| process_running(*p)) {
             return Ok(Some(Stopped {

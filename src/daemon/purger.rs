@@ -31,7 +31,7 @@ impl Engine {
             // A leader whose lease ran out purges nothing (purging is safe
             // for anyone, since it deletes only what every consumer has
             // applied, but a deposed leader keeps its hands off).
-            if !vac || Instant::now() < first || !self.role.may_write() {
+            if !vac || Instant::now() < first || !self.may_write() {
                 continue;
             }
             if spec.trim().is_empty() {

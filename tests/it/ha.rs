@@ -382,7 +382,7 @@ fn standbys_take_over_from_a_killed_leader_within_seconds_and_nothing_is_lost() 
 
     // Under load, kill -9 whoever leads, three times; each killed daemon
     // comes back as a standby.
-    let load = load::pgbench_for(a, src.clone(), 30, 200);
+    let load = load::pgbench_for(a, src.clone(), 15, 200);
     let mut running: Vec<Option<Daemon<'_>>> = vec![Some(first), Some(second), None];
     let mut times = Vec::new();
     for round in 0..3 {
@@ -441,7 +441,7 @@ fn a_leader_frozen_past_its_lease_never_commits_after_the_new_one_begins() {
     c.ok(&["kick", "bench", "120"]);
     audit(b, &tgts[0], 0.003);
     let two = s1.start();
-    let load = load::pgbench_for(a, src.clone(), 40, 200);
+    let load = load::pgbench_for(a, src.clone(), 25, 200);
 
     // Freeze the leader while it holds a transaction open on the target.
     let in_tx = format!(
@@ -525,7 +525,7 @@ fn a_partition_from_one_target_keeps_the_leader_and_one_from_the_control_databas
     l.ok(&["kick", "bench", "120"]);
     audit(b, &tgt, 0.0);
     let stand = c.start();
-    let load = load::pgbench_for(a, src.clone(), 45, 200);
+    let load = load::pgbench_for(a, src.clone(), 32, 200);
     std::thread::sleep(Duration::from_secs(2));
 
     // The leader loses only the target for three leases: it keeps leading.
