@@ -25,13 +25,6 @@ pub enum DaemonError {
         pid: String,
     },
 
-    /// The lease connection could not start.
-    #[error("capra could not take part in leading this control database: {why}")]
-    Lease {
-        /// What failed.
-        why: String,
-    },
-
     /// The detached daemon exited before it was ready.
     #[error("could not start: {why}")]
     StartFailed {
@@ -82,7 +75,6 @@ impl AreaError for DaemonError {
             | DaemonError::NotReady { .. }
             | DaemonError::StopTimeout { .. }
             | DaemonError::Tls { .. }
-            | DaemonError::Lease { .. }
             | DaemonError::Fatal(_) => Kind::System,
         }
     }

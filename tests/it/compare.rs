@@ -370,14 +370,8 @@ fn scheduled_compare_mails_differences_and_throttle_slows_it() {
     let (a, b) = (cluster::a(), cluster::b());
     let (c, _src, tgt) = fuzz_pair(a, b, "cmpsched");
     let smtp = crate::support::smtp::Smtp::start();
-    c.ok(&[
-        "set",
-        "default_email_host=127.0.0.1",
-        &format!("default_email_port={}", smtp.port),
-        "default_email_to=dba@example.org",
-        "default_email_from=capra@example.org",
-        "compare_schedule=* * * * *",
-    ]);
+    crate::support::smtp::mail_settings(&c, smtp.port);
+    c.ok(&["set", "compare_schedule=* * * * *"]);
     let _d = c.start();
     b.exec(&tgt, "UPDATE fz SET t = 'tampered' WHERE id = 7");
     wait_for_showing(

@@ -9,7 +9,7 @@ use capra::catalog::lease::{self, Ask, Claimant};
 use crate::support::cluster::{Cluster, Opts};
 use crate::support::daemon::{wait_for, Daemon};
 use crate::support::proxy::Proxy;
-use crate::support::smtp::Smtp;
+use crate::support::smtp::{mail_settings, Smtp};
 use crate::support::{cluster, fixtures, load, Capra};
 
 fn ask(held: i64, secs: f64) -> Ask {
@@ -340,13 +340,7 @@ fn standbys_take_over_from_a_killed_leader_within_seconds_and_nothing_is_lost() 
     let (c, src, _tgts) = fixtures::pgbench_sync(&[cluster::b()], &["onetimecopy=1"]);
     c.ok(&["set", "ha_lease=3"]);
     let smtp = Smtp::start();
-    c.ok(&[
-        "set",
-        "default_email_host=127.0.0.1",
-        &format!("default_email_port={}", smtp.port),
-        "default_email_to=dba@example.org",
-        "default_email_from=capra@example.org",
-    ]);
+    mail_settings(&c, smtp.port);
     let (s1, s2) = (c.sibling(), c.sibling());
     let homes = [&c, &s1, &s2];
     let first = c.start();

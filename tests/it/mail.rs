@@ -8,18 +8,8 @@ use std::time::Duration;
 use crate::support::cluster;
 use crate::support::daemon::{wait_for, wait_for_showing};
 use crate::support::data::checksum;
-use crate::support::smtp::Smtp;
+use crate::support::smtp::{mail_settings, Smtp};
 use crate::support::{fixtures, Capra};
-
-fn mail_settings(c: &Capra, port: u16) {
-    c.ok(&[
-        "set",
-        "default_email_host=127.0.0.1",
-        &format!("default_email_port={port}"),
-        "default_email_to=dba@example.org",
-        "default_email_from=capra@example.org",
-    ]);
-}
 
 /// A closed local port (bound, then released).
 fn dead_port() -> u16 {

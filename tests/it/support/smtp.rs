@@ -68,3 +68,15 @@ impl Smtp {
         self.mails().into_iter().filter(|m| m.contains(s)).collect()
     }
 }
+
+/// Points capra's alert mail at the SMTP server on loopback `port` (from
+/// and to example.org).
+pub fn mail_settings(c: &super::Capra, port: u16) {
+    c.ok(&[
+        "set",
+        "default_email_host=127.0.0.1",
+        &format!("default_email_port={port}"),
+        "default_email_to=dba@example.org",
+        "default_email_from=capra@example.org",
+    ]);
+}
