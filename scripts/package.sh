@@ -31,6 +31,9 @@ for u in units/*.service units/*.timer; do
     install -D -m 0644 "$u" "$STAGE/usr/lib/systemd/system/$(basename "$u")"
 done
 install -D -m 0640 packaging/etc/capra.conf "$STAGE/etc/capra/capra.conf"
+# Prometheus rules and Grafana dashboard (docs/metrics.md).
+install -D -m 0644 packaging/prometheus/capra-rules.yml "$STAGE/usr/share/capra/prometheus/capra-rules.yml"
+install -D -m 0644 packaging/grafana/capra.json "$STAGE/usr/share/capra/grafana/capra.json"
 # The man page and completions come from the CLI definitions themselves.
 "$BIN" generate-docs "$STAGE/gen"
 install -D -m 0644 "$STAGE/gen/capra.1" "$STAGE/usr/share/man/man1/capra.1"

@@ -12,11 +12,12 @@
 //! checks it).
 //!
 //! - [`error`], [`sys`], [`logging`], [`domain`], [`pg`], [`config`],
-//!   [`schedule`], [`hooks`]: the ground floor: errors and their kinds,
-//!   threads and locks, the log, capra's words as types (roles, statuses,
-//!   conflict strategies), PostgreSQL plumbing (connections, pools, quoting,
-//!   reading a live catalog), where settings come from, cron schedules and
-//!   when a sync runs, sandboxed Lua custom code.
+//!   [`schedule`], [`hooks`], [`metrics`]: the ground floor: errors and
+//!   their kinds, threads and locks, the log, capra's words as types (roles,
+//!   statuses, conflict strategies), PostgreSQL plumbing (connections,
+//!   pools, quoting, reading a live catalog), where settings come from, cron
+//!   schedules and when a sync runs, sandboxed Lua custom code, the
+//!   Prometheus figures and their scrape endpoint.
 //! - [`catalog`]: the control database: databases, tables, groups, syncs,
 //!   hooks, settings, run history.
 //! - [`capture`]: what capra checks and installs in source databases.
@@ -48,6 +49,7 @@ pub mod error;
 pub mod hooks;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod pg;
 pub mod schedule;

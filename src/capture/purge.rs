@@ -109,6 +109,41 @@ pub struct Waiting {
     pub oldest_secs: Option<f64>,
 }
 
+/// One sync's waiting changes on one source, over all its tables: what
+/// `status` shows and the metrics export, from one computation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pending {
+    /// Change rows not yet applied.
+    pub rows: i64,
+    /// Seconds since the oldest of them was written; None when none waits.
+    pub oldest_secs: Option<f64>,
+}
+
+/// Sums [`waiting`]'s rows per sync.
+pub fn pending_by_sync(w: &[Waiting]) -> std::collections::BTreeMap<String, Pending> {
+    let mut out: std::collections::BTreeMap<String, Pending> = std::collections::BTreeMap::new();
+    for x in w {
+        let p = out.entry(x.sync.clone()).or_default();
+        p.rows += x.rows;
+        if let Some(o) = x.oldest_secs {
+            p.oldest_secs = Some(p.oldest_secs.map_or(o, |a| a.max(o)));
+        }
+    }
+    out
+}
+
+/// Rows in this source's change logs, from PostgreSQL's statistics: cheap
+/// at any log size, and a second or so behind.
+pub fn log_rows(c: &mut impl GenericClient) -> Result<i64> {
+    c.query_one(
+        "SELECT coalesce(sum(n_live_tup), 0)::int8 FROM pg_catalog.pg_stat_user_tables
+          WHERE schemaname = 'capra' AND relname OPERATOR(pg_catalog.~) '^delta_[0-9]+$'",
+        &[],
+    )
+    .ctx(|| "counting capra's change log rows".into())?
+    .col(0, "counting capra's change log rows")
+}
+
 /// What waits on this source for the given installation's syncs (all when
 /// `syncs` is empty).
 pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String]) -> Result<Vec<Waiting>> {

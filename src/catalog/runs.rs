@@ -629,6 +629,21 @@ pub fn sync_state(c: &mut impl GenericClient, sync: &str) -> Result<SyncState> {
     })
 }
 
+/// When each sync's last good run ended (seconds since 1970): the end
+/// `status` shows as "Last good", for the metrics.
+pub fn last_good_times(c: &mut impl GenericClient) -> Result<Vec<(String, f64)>> {
+    const Q: &str = "reading the last good runs";
+    c.query(
+        "SELECT s.sync, extract(epoch FROM r.ended)::float8 FROM capra.sync_state s
+           JOIN capra.run r ON r.id = s.last_good WHERE r.ended IS NOT NULL ORDER BY 1",
+        &[],
+    )
+    .ctx(|| Q.into())?
+    .iter()
+    .map(|r| Ok((r.col(0, Q)?, r.col(1, Q)?)))
+    .collect()
+}
+
 /// When the sync's current run started (time of day), if one is recorded
 /// as running.
 pub fn running_since(c: &mut impl GenericClient, sync: &str) -> Result<Option<String>> {

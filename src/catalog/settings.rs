@@ -27,6 +27,8 @@ pub enum Kind {
     Text,
     /// An absolute path, or empty.
     Path,
+    /// `HOST:PORT` to listen on, or empty (off).
+    Listen,
 }
 
 /// One setting.
@@ -292,6 +294,18 @@ pub const SETTINGS: &[Setting] = &[
         "Seconds between checks of each connection watching a source for changes (reconnected when a check fails); each check also runs that source's autokick syncs, the safety net that bounds how long any missed change waits"
     ),
     s!("mcp_vactime", "60", Kind::Seconds { allow_minus_one: false }, COMPAT),
+    s!(
+        "metrics_listen",
+        "",
+        Kind::Listen,
+        "Where the daemon serves Prometheus metrics (HOST:PORT, http://HOST:PORT/metrics; empty: off); metrics_listen in a daemon's config file overrides it for that daemon; takes effect at daemon start"
+    ),
+    s!(
+        "metrics_refresh",
+        "15",
+        Kind::Int(1, 3600),
+        "Seconds between the daemon's refreshes of the metrics that need the databases (pending changes, lag, database_up, change log rows); takes effect on reload"
+    ),
     s!(
         "piddir",
         "/var/run/capra",

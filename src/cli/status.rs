@@ -198,12 +198,8 @@ fn pending_for(installation: &str, plan: &SyncPlan) -> Vec<Value> {
                 .and_then(|mut s| purge::waiting(&mut s, installation, &[plan.name().to_string()]))
             {
                 Ok(w) => {
-                    let rows: i64 = w.iter().map(|x| x.rows).sum();
-                    let oldest = w
-                        .iter()
-                        .filter_map(|x| x.oldest_secs)
-                        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-                    json!({"db": src.name, "rows": rows, "oldest_secs": oldest})
+                    let p = purge::pending_by_sync(&w).remove(plan.name()).unwrap_or_default();
+                    json!({"db": src.name, "rows": p.rows, "oldest_secs": p.oldest_secs})
                 }
                 Err(e) => json!({"db": src.name, "error": crate::pg::error::flatten(&e.to_string())}),
             }

@@ -5,7 +5,15 @@ use std::path::Path;
 
 /// Keys a config file may set.
 pub const KNOWN_KEYS: &[&str] = &[
-    "dbhost", "dbport", "dbuser", "dbname", "dbpass", "piddir", "logdest", "loglevel",
+    "dbhost",
+    "dbport",
+    "dbuser",
+    "dbname",
+    "dbpass",
+    "piddir",
+    "logdest",
+    "loglevel",
+    "metrics_listen",
 ];
 
 /// A bad line in a config file.

@@ -40,6 +40,9 @@ pub struct Settings {
     pub logdest: Option<String>,
     /// Log level word.
     pub loglevel: Option<String>,
+    /// Where this daemon serves metrics, if a file said (else the
+    /// catalog's `metrics_listen`): daemons sharing a host need their own.
+    pub metrics_listen: Option<String>,
     /// Whether the control user is capra's default (nobody named one).
     pub user_defaulted: bool,
 }
@@ -108,6 +111,7 @@ pub fn load(flags: &Flags) -> Result<Settings, file::FileError> {
         piddir: get("piddir").map(PathBuf::from),
         logdest: get("logdest"),
         loglevel: get("loglevel"),
+        metrics_listen: get("metrics_listen"),
         user_defaulted,
     })
 }

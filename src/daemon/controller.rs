@@ -23,6 +23,7 @@ use crate::domain::conflict::{Record, Winner};
 use crate::domain::{OneTimeCopy, Role};
 use crate::error::{Context, Error, Kind, Result};
 use crate::logging;
+use crate::metrics::RunResult;
 use crate::pg::RowExt;
 use crate::schedule::cron::Schedule;
 use crate::schedule::timing::{Backoff, Timing};
@@ -301,6 +302,9 @@ impl Controller {
 
     pub(super) fn run(mut self) {
         let _r = logging::role("CTL", Some(&self.name));
+        if let Some(m) = &self.engine.metrics {
+            m.declare_sync(&self.name);
+        }
         match self.prepare() {
             Ok(()) => {
                 if let Some(p) = self.plan.as_ref() {
@@ -398,6 +402,7 @@ impl Controller {
             return;
         }
         if !self.capture_ready || self.plan.is_none() {
+            let began = Instant::now();
             if let Err(e) = self.prepare() {
                 tracing::error!("Cannot prepare sync: {e}");
                 let wait = self.backoff(None);
@@ -410,6 +415,9 @@ impl Controller {
                     if let Err(r) = recorded {
                         tracing::error!("Cannot record the failure: {r}");
                     }
+                }
+                if let Some(m) = &self.engine.metrics {
+                    m.record_run(&self.name, crate::metrics::Run::bad(began.elapsed().as_secs_f64()));
                 }
                 self.engine.notify.send(crate::notify::Alert::Failed {
                     sync: self.name.clone(),
@@ -740,6 +748,7 @@ struct RunRecord<'a> {
     run_id: i64,
     kicks: &'a [i64],
     retry_in: f64,
+    started: Instant,
 }
 
 impl<'a> RunRecord<'a> {
@@ -761,6 +770,7 @@ impl<'a> RunRecord<'a> {
                 run_id,
                 kicks,
                 retry_in,
+                started: Instant::now(),
             }),
             Err(e) => {
                 tracing::error!("Cannot record the run: {e}");
@@ -834,6 +844,13 @@ impl<'a> RunRecord<'a> {
         if let Err(e) = runs::finish_run(&mut *self.control, name, self.run_id, &totals, &details, rep.empty) {
             tracing::error!("Cannot record the run: {e}");
         }
+        self.count(crate::metrics::Run {
+            result: if rep.empty { RunResult::Empty } else { RunResult::Good },
+            inserts: rep.inserts,
+            deletes: rep.deletes,
+            conflicts: rep.conflicts,
+            seconds: self.started.elapsed().as_secs_f64(),
+        });
         if let Some(g) = rep.onetimecopy_gen {
             self.onetimecopy_served(g);
         }
@@ -938,10 +955,18 @@ impl<'a> RunRecord<'a> {
             // The daemon's next start closes the run as failed.
             tracing::error!("Cannot record the failed run: {r}");
         }
+        self.count(crate::metrics::Run::bad(self.started.elapsed().as_secs_f64()));
         let unanswered = self.answer_kicks(Some(self.run_id), false, Some(text));
         Outcome {
             unanswered,
             ..Default::default()
+        }
+    }
+
+    /// Counts the run in the metrics, when they are served.
+    fn count(&self, run: crate::metrics::Run) {
+        if let Some(m) = &self.engine.metrics {
+            m.record_run(self.name, run);
         }
     }
 

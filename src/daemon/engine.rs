@@ -74,6 +74,12 @@ pub struct EngineConfig {
     pub compare_schedule: String,
     /// `ha_lease`: seconds a leader's lease lasts without a renew.
     pub ha_lease: f64,
+    /// `metrics_refresh`: seconds between refreshes of the gauges that
+    /// need the databases.
+    pub metrics_refresh: f64,
+    /// The catalog's `metrics_listen` (read at start; kept to tell a
+    /// reload that changed it to restart).
+    pub metrics_listen: String,
 }
 
 impl EngineConfig {
@@ -100,6 +106,11 @@ impl EngineConfig {
             purge_schedule: get("purge_schedule")?,
             compare_schedule: get("compare_schedule")?,
             ha_lease: get("ha_lease")?.parse::<f64>().unwrap_or(10.0).clamp(3.0, 600.0),
+            metrics_refresh: get("metrics_refresh")?
+                .parse::<f64>()
+                .unwrap_or(15.0)
+                .clamp(1.0, 3600.0),
+            metrics_listen: get("metrics_listen")?.trim().to_string(),
         })
     }
 }
@@ -188,6 +199,8 @@ pub struct Engine {
     pub term: crate::capture::fence::Term,
     /// The statement that opens each write transaction (the fence check).
     pub fence_sql: String,
+    /// The Prometheus figures, when `metrics_listen` serves them.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The databases whose fence names this term already.
     pub(super) raised: Mutex<HashSet<String>>,
     /// Per database, the lock one raise of its fence holds.
@@ -215,6 +228,7 @@ impl Engine {
         notify: crate::notify::Notifier,
         term: crate::capture::fence::Term,
         role: Arc<super::ha::Role>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Result<Arc<Engine>> {
         let workers = cfg.workers;
         let installation = term.installation.clone();
@@ -241,6 +255,7 @@ impl Engine {
             fence_sql: crate::capture::fence::check_sql(&term),
             term,
             role,
+            metrics,
             raised: Mutex::new(HashSet::new()),
             raising: Mutex::new(HashMap::new()),
         });
@@ -286,7 +301,17 @@ impl Engine {
     /// Starts, reloads or stops controllers to match the active syncs.
     pub fn sync_controllers(self: &Arc<Self>) -> Result<Vec<String>> {
         let mut c = self.control.get()?;
-        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = EngineConfig::load(&mut *c)?;
+        let cfg = EngineConfig::load(&mut *c)?;
+        {
+            let mut now = self.cfg.write().unwrap_or_else(|e| e.into_inner());
+            if now.metrics_listen != cfg.metrics_listen {
+                tracing::warn!(
+                    "metrics_listen is now \"{}\"; restart the daemon for it to take effect",
+                    cfg.metrics_listen
+                );
+            }
+            *now = cfg;
+        }
         let active: Vec<String> = model::syncs(&mut *c)?
             .into_iter()
             .filter(|s| s.status == Status::Active)

@@ -60,6 +60,30 @@ pub enum DaemonError {
         source: openssl::error::ErrorStack,
     },
 
+    /// `metrics_listen` cannot be served: the port is taken, or the name
+    /// does not resolve.
+    #[error("cannot serve metrics on {addr} ({origin}): {source}{hint}; choose another with capra set metrics_listen=HOST:PORT, or metrics_listen in this daemon's config file")]
+    MetricsListen {
+        /// The `metrics_listen` value.
+        addr: String,
+        /// Where it was set.
+        origin: String,
+        /// The operating system's answer.
+        #[source]
+        source: std::io::Error,
+        /// What usually causes it.
+        hint: &'static str,
+    },
+
+    /// `metrics_listen` in a config file is not `HOST:PORT`.
+    #[error("invalid metrics_listen {value:?} in the config file ({why})")]
+    MetricsListenInvalid {
+        /// The value.
+        value: String,
+        /// What is allowed.
+        why: String,
+    },
+
     /// The engine stopped itself (its control connection is gone for good,
     /// or a part of it ended).
     #[error("{0}")]
@@ -69,12 +93,16 @@ pub enum DaemonError {
 impl AreaError for DaemonError {
     fn kind(&self) -> Kind {
         match self {
-            DaemonError::HostNotAllowed { .. } => Kind::Input,
+            DaemonError::HostNotAllowed { .. } | DaemonError::MetricsListenInvalid { .. } => Kind::Input,
+            DaemonError::MetricsListen { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                Kind::Conflict
+            }
             DaemonError::PiddirInUse { .. } => Kind::Conflict,
             DaemonError::StartFailed { .. }
             | DaemonError::NotReady { .. }
             | DaemonError::StopTimeout { .. }
             | DaemonError::Tls { .. }
+            | DaemonError::MetricsListen { .. }
             | DaemonError::Fatal(_) => Kind::System,
         }
     }

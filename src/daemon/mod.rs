@@ -20,6 +20,7 @@ pub mod controller;
 pub mod engine;
 mod error;
 pub mod ha;
+pub mod metrics;
 pub mod purger;
 pub mod watcher;
 
@@ -102,6 +103,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     let lease_secs = engine::EngineConfig::load(&mut cat.client)?.ha_lease;
     let role = ha::Role::new(host.clone(), lease_secs);
     ha::register(&mut cat.client, &role, &files.piddir.display().to_string())?;
+    let metrics = serve_metrics(settings, &mut cat.client, &role)?;
     let installation = cat.installation.clone();
     drop(cat);
     tracing::info!(
@@ -145,6 +147,7 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
             host: host.clone(),
             reason: reason.to_string(),
             dest: dest.clone(),
+            metrics: metrics.clone(),
         };
         let ctx = Supervision {
             rt: &rt,
@@ -191,6 +194,50 @@ struct Term {
     host: String,
     reason: String,
     dest: logging::Dest,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// Binds the metrics endpoint when `metrics_listen` (this daemon's config
+/// file first, then the catalog) names one; before READY, so a taken port
+/// fails the start.
+fn serve_metrics(
+    settings: &Settings,
+    c: &mut impl postgres::GenericClient,
+    role: &Arc<ha::Role>,
+) -> Result<Option<Arc<crate::metrics::Metrics>>> {
+    let (addr, origin) = match &settings.metrics_listen {
+        Some(a) => (a.trim().to_string(), "metrics_listen in the config file"),
+        None => (
+            model::setting(c, "metrics_listen")?.trim().to_string(),
+            "metrics_listen",
+        ),
+    };
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    crate::metrics::check_listen(&addr).map_err(|why| DaemonError::MetricsListenInvalid {
+        value: addr.clone(),
+        why,
+    })?;
+    let failed = |source: std::io::Error| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => " (another program or capra daemon on this host has it)",
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root)",
+            _ => "",
+        };
+        DaemonError::MetricsListen {
+            addr: addr.clone(),
+            origin: origin.to_string(),
+            source,
+            hint,
+        }
+    };
+    let listener = crate::metrics::http::bind(&addr).map_err(failed)?;
+    let r = role.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::new(move || r.may_write()));
+    crate::metrics::http::serve(listener, metrics.clone()).map_err(failed)?;
+    tracing::info!("Serving metrics on http://{addr}/metrics");
+    Ok(Some(metrics))
 }
 
 /// The supervisor's means, lent to each term.
@@ -338,7 +385,15 @@ fn take_over(
         epoch,
         holder: t.role.id.clone(),
     };
-    let engine = engine::Engine::new(control_pool, cfg, events_tx, notifier, term, t.role.clone())?;
+    let engine = engine::Engine::new(
+        control_pool,
+        cfg,
+        events_tx,
+        notifier,
+        term,
+        t.role.clone(),
+        t.metrics.clone(),
+    )?;
     let started = Instant::now();
     // Fences first: once they are up no run of an earlier term can commit,
     // so the runs still open in the catalog are really over.
@@ -523,10 +578,11 @@ fn register(lock: &mut postgres::Client, host: &str, reason: &str, dest: &loggin
     Ok(())
 }
 
-/// The control loop and the purger.
+/// The control loop, the purger and the metrics refresher.
 struct Threads {
     control: std::thread::JoinHandle<()>,
     vac: std::thread::JoinHandle<()>,
+    metrics: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Threads {
@@ -536,11 +592,18 @@ impl Threads {
         let control = crate::sys::spawn("capra-control", move || ctl_engine.control_loop(client, spec))?;
         let vac_engine = engine.clone();
         let vac = crate::sys::spawn("capra-vac", move || vac_engine.purge_loop())?;
+        let metrics = match engine.metrics {
+            Some(_) => {
+                let m_engine = engine.clone();
+                Some(crate::sys::spawn("capra-refresh", move || m_engine.metrics_loop())?)
+            }
+            None => None,
+        };
         // Not joined at stop: a compare only reads, and one in the middle
         // of a large table must not hold the daemon up.
         let cmp_engine = engine.clone();
         crate::sys::spawn("capra-compare", move || cmp_engine.compare_loop())?;
-        Ok(Threads { control, vac })
+        Ok(Threads { control, vac, metrics })
     }
 }
 
@@ -697,6 +760,12 @@ fn shut_down(
     let _ = threads.control.join();
     engine.shutdown(grace);
     let _ = threads.vac.join();
+    if let Some(m) = threads.metrics {
+        let _ = m.join();
+    }
+    if let Some(m) = &engine.metrics {
+        m.term_ended();
+    }
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let until = Instant::now() + Duration::from_secs(5);

@@ -40,6 +40,9 @@ fn set_warns_for_inert_settings_only() {
         "email_auth_user=capra",
         "email_alert_interval=60",
         "status_report_schedule=0 8 * * *",
+        "metrics_refresh=5",
+        "metrics_listen=127.0.0.1:9187",
+        "metrics_listen=",
     ] {
         let r = c.run(&["set", acting]);
         assert_eq!(r.code, Some(0), "{}", r.stderr);

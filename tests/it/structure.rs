@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first; a module may use its own layer and lower ones.
 const LAYERS: &[&[&str]] = &[
-    &["error", "sys", "logging", "domain", "pg", "config", "schedule", "hooks"],
+    &[
+        "error", "sys", "logging", "domain", "pg", "config", "schedule", "hooks", "metrics",
+    ],
     &["catalog"],
     &["capture"],
     &["apply"],

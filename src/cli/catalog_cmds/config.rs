@@ -104,6 +104,9 @@ fn normalise(s: &Setting, value: &str) -> Result<String, String> {
                 ))
             }
         }
+        Kind::Listen => crate::metrics::check_listen(v)
+            .map(|()| v.to_string())
+            .map_err(|e| format!("invalid value for '{}': {v:?} ({e})", s.name)),
     }
 }
 
