@@ -52,6 +52,11 @@ fi
 echo "== PostgreSQL 10, 12, 17, 18 for the cross-version tests"
 scripts/pg-versions.sh 10 12 17 18
 
+# promtool for the metrics tests (from Debian's prometheus package, unpacked
+# into target/tools: installing the package would start a server).
+echo "== promtool (scripts/promtool.sh)"
+scripts/promtool.sh
+
 # The .deb and .rpm the package tests inspect (glibc 2.28 build with zig).
 echo "== packages (scripts/package.sh)"
 scripts/package.sh

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::engine::Engine;
@@ -16,10 +16,15 @@ use crate::catalog::plan::SyncPlan;
 use crate::catalog::runs;
 use crate::logging;
 use crate::metrics::Refreshed;
+use crate::sys::lock;
 
 /// The longest a pass waits for the databases' answers; a database that
 /// has not answered by then counts as down.
 const PASS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a pass waits for the catalog's list of databases before it
+/// probes the ones the last list named.
+const CATALOG_WAIT: Duration = Duration::from_secs(1);
 
 /// What one database's probe reports.
 enum Heard {
@@ -34,6 +39,7 @@ enum Heard {
 }
 
 /// The databases the syncs name, and which of them delta syncs read.
+#[derive(Clone)]
 struct Wanted {
     dbs: Vec<(Db, bool)>,
     /// (sync, source db) pairs whose pending changes are exported.
@@ -41,22 +47,34 @@ struct Wanted {
     last_success: Vec<(String, f64)>,
 }
 
+/// What the refresher keeps between passes.
+#[derive(Default)]
+struct Memory {
+    /// Probes still waiting on a database, from earlier passes: a hung
+    /// database gets no second probe, and reads as down meanwhile.
+    busy: HashMap<String, Arc<AtomicBool>>,
+    /// The last answer of the catalog reader: with the control database
+    /// down, the databases it named are still probed.
+    wanted: Arc<Mutex<Option<Wanted>>>,
+    /// Whether the catalog reader still runs.
+    reading: Arc<AtomicBool>,
+    /// Whether the last catalog read failed (warned once per outage).
+    failing: Arc<AtomicBool>,
+}
+
 impl Engine {
     /// The refresher's loop (only started when metrics are served).
     pub fn metrics_loop(self: Arc<Self>) {
         let Some(m) = self.metrics.clone() else { return };
         let _r = logging::role("MET", None);
-        // Probes still waiting on a database, from earlier passes: a hung
-        // database gets no second probe, and reads as down meanwhile.
-        let mut busy: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+        let mut mem = Memory::default();
         let mut last: Option<Instant> = None;
         while !self.is_stopping() {
             let every = self.cfg.read().unwrap_or_else(|e| e.into_inner()).metrics_refresh;
             let due = last.is_none_or(|l| l.elapsed() >= Duration::from_secs_f64(every));
             if due && self.may_write() {
                 last = Some(Instant::now());
-                let r = self.metrics_pass(&mut busy);
-                if let Some(r) = r {
+                if let Some(r) = self.metrics_pass(&mut mem) {
                     if !self.is_stopping() && self.may_write() {
                         m.refreshed(&r);
                     }
@@ -66,20 +84,44 @@ impl Engine {
         }
     }
 
-    /// One pass: None when the control database cannot say what to read.
-    fn metrics_pass(self: &Arc<Self>, busy: &mut HashMap<String, Arc<AtomicBool>>) -> Option<Refreshed> {
-        let wanted = match self.metrics_wanted() {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("Cannot refresh the metrics: {e}");
-                return None;
+    /// One pass: None until the catalog has said once what to read.
+    fn metrics_pass(self: &Arc<Self>, mem: &mut Memory) -> Option<Refreshed> {
+        if !mem.reading.swap(true, Ordering::SeqCst) {
+            let (engine, slot, reading, failing) = (
+                self.clone(),
+                mem.wanted.clone(),
+                mem.reading.clone(),
+                mem.failing.clone(),
+            );
+            let spawned = crate::sys::spawn("capra-refresh-catalog", move || {
+                match engine.metrics_wanted() {
+                    Ok(w) => {
+                        *lock(&slot) = Some(w);
+                        failing.store(false, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        if !failing.swap(true, Ordering::SeqCst) {
+                            tracing::warn!("Metrics: cannot read the syncs, probing the databases known before: {e}");
+                        }
+                    }
+                }
+                reading.store(false, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                mem.reading.store(false, Ordering::SeqCst);
             }
-        };
-        busy.retain(|_, b| b.load(Ordering::SeqCst));
+        }
+        // A second for the catalog's answer; a slow one serves the next pass.
+        let until = Instant::now() + CATALOG_WAIT;
+        while mem.reading.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wanted = lock(&mem.wanted).clone()?;
+        mem.busy.retain(|_, b| b.load(Ordering::SeqCst));
         let (tx, rx) = mpsc::channel();
         let mut waiting: HashSet<String> = HashSet::new();
         for (db, source) in &wanted.dbs {
-            if busy.contains_key(&db.name) {
+            if mem.busy.contains_key(&db.name) {
                 continue;
             }
             let flag = Arc::new(AtomicBool::new(true));
@@ -93,7 +135,7 @@ impl Engine {
                 })
             };
             if spawned.is_ok() {
-                busy.insert(db.name.clone(), flag);
+                mem.busy.insert(db.name.clone(), flag);
                 waiting.insert(db.name.clone());
             }
         }

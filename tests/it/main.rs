@@ -17,6 +17,7 @@ mod install;
 mod knobs;
 mod layouts;
 mod mail;
+mod metrics;
 mod multimaster;
 mod packages;
 mod plugins;

@@ -42,6 +42,8 @@ fn the_deb_has_what_a_server_needs_and_installs_upgrades_and_purges_cleanly() {
         "./usr/share/bash-completion/completions/capra",
         "./usr/share/doc/capra/examples/plugins/latest_wins.lua",
         "./usr/share/doc/capra/copyright",
+        "./usr/share/capra/prometheus/capra-rules.yml",
+        "./usr/share/capra/grafana/capra.json",
     ] {
         assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing:\n{list}");
     }
@@ -103,6 +105,7 @@ fn the_deb_has_what_a_server_needs_and_installs_upgrades_and_purges_cleanly() {
         "var/log/capra",
         "usr/lib/systemd/system/capra.service",
         "usr/share/doc/capra",
+        "usr/share/capra",
     ] {
         assert!(!r.join(p).exists(), "{p} left after purge");
     }
@@ -118,6 +121,8 @@ fn the_rpm_has_its_files_config_and_scriptlets() {
         "/usr/lib/systemd/system/capra.service",
         "/etc/capra/capra.conf",
         "/usr/share/man/man1/capra.1.gz",
+        "/usr/share/capra/prometheus/capra-rules.yml",
+        "/usr/share/capra/grafana/capra.json",
     ] {
         assert!(files.lines().any(|l| l == f), "{f} missing:\n{files}");
     }
