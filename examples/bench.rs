@@ -971,6 +971,166 @@ fn summary(v: &mut [f64]) -> String {
     )
 }
 
+/// One GET on the metrics port: (seconds, body bytes).
+fn get(port: u16, path: &str) -> (f64, usize) {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics port answers");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    (t.elapsed().as_secs_f64(), out.len())
+}
+
+/// The metrics' cost: the delta-apply rate of a 100k-change backlog with
+/// metrics off and on (refreshed every second, scraped every second),
+/// alternating, as a ratio; then a scrape's time with 50 syncs, against a
+/// 404 from the same endpoint (the HTTP round trip alone).
+fn metrics_bench(capra: &std::path::Path, reps: usize, results: &mut Vec<String>) {
+    println!("\n== metrics: delta apply with metrics off and on; scrapes with 50 syncs");
+    let a = Cluster::start("benchMA", Opts::default());
+    let b = Cluster::start("benchMB", Opts::default());
+    let (src, tgt) = (a.create_db("src"), b.create_db("tgt"));
+    pgbench(&a, &src, &["-i", "-q", "-s", "10"]);
+    let mut ddl = String::new();
+    for i in 0..49 {
+        ddl.push_str(&format!("CREATE TABLE small{i} (k int PRIMARY KEY, v text);\n"));
+    }
+    a.exec(&src, &ddl);
+    schema_copy(&a, &src, &b, &tgt);
+    let env = Env::installed(capra, &a, "ctlm");
+    add_db(&env, "src", &a, &src);
+    add_db(&env, "tgt", &b, &tgt);
+    let bench_tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
+    let mut args = vec!["add", "table"];
+    args.extend(bench_tables);
+    args.extend(["db=src", "relgroup=bench"]);
+    env.run(&args);
+    env.run(&[
+        "add",
+        "sync",
+        "bench",
+        "relgroup=bench",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    env.run(&["set", "bucardo_vac=0", "metrics_refresh=1"]);
+    let port = cluster::free_port();
+    let listen = format!("metrics_listen=127.0.0.1:{port}");
+    env.run(&["start", "bench"]);
+    env.run(&["update", "sync", "bench", "onetimecopy=1"]);
+    env.run(&["kick", "bench", "0"]);
+    env.run(&["stop"]);
+    let mut ratios = Vec::new();
+    let mut lo = 1i64;
+    for rep in 1..=reps {
+        let mut rate = [0.0f64; 2];
+        // Alternate which goes first, so a drift of the machine favours neither.
+        let order = if rep % 2 == 1 { [false, true] } else { [true, false] };
+        for on in order {
+            env.run(&["set", if on { listen.as_str() } else { "metrics_listen=" }]);
+            env.run(&["start", "bench"]);
+            let stop = Arc::new(AtomicBool::new(false));
+            let scraper = on.then(|| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        get(port, "/metrics");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+            });
+            a.exec(
+                &src,
+                &format!(
+                    "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN {lo} AND {}",
+                    lo + 99_999
+                ),
+            );
+            lo = lo % 900_000 + 100_000;
+            env.run(&["kick", "bench", "0"]);
+            let (secs, ins, _) = last_run_secs(&a, "ctlm");
+            assert_eq!(ins, 100_000, "a backlog applies every changed row");
+            rate[usize::from(on)] = 100_000.0 / secs;
+            stop.store(true, Ordering::SeqCst);
+            if let Some(t) = scraper {
+                t.join().unwrap();
+            }
+            env.run(&["stop"]);
+        }
+        println!(
+            "  rep {rep}: off {:.0} rows/s, on {:.0} rows/s ({:.3}x)",
+            rate[0],
+            rate[1],
+            rate[1] / rate[0]
+        );
+        ratios.push(rate[1] / rate[0]);
+    }
+    let line = format!(
+        "metrics: delta apply rows/s with metrics on / off: {} (goal >= 0.99)",
+        spread(&ratios, 3)
+    );
+    println!("{line}");
+    results.push(line);
+
+    // 50 syncs: the bench sync and one per small table.
+    for i in 0..49 {
+        env.run(&[
+            "add",
+            "table",
+            &format!("public.small{i}"),
+            "db=src",
+            &format!("relgroup=s{i}"),
+        ]);
+        env.run(&[
+            "add",
+            "sync",
+            &format!("s{i}"),
+            &format!("relgroup=s{i}"),
+            "dbs=src:source,tgt:target",
+        ]);
+        a.exec(&src, &format!("INSERT INTO small{i} VALUES (1, 'x')"));
+    }
+    env.run(&["set", &listen]);
+    env.run(&["start", "bench"]);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        let body = {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        if body.matches("capra_sync_pending_changes{").count() >= 50 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut scrape, mut reference, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..200 {
+        let (t, n) = get(port, "/metrics");
+        scrape.push(t * 1000.0);
+        bytes = n;
+        reference.push(get(port, "/nothing").0 * 1000.0);
+    }
+    env.run(&["stop"]);
+    let (mut s2, mut r2) = (scrape.clone(), reference.clone());
+    s2.sort_by(|x, y| x.total_cmp(y));
+    r2.sort_by(|x, y| x.total_cmp(y));
+    let line = format!(
+        "metrics: scrape with 50 syncs ({bytes} bytes): p50 {:.2} ms, p99 {:.2} ms; a 404 from the same endpoint: p50 {:.2} ms, p99 {:.2} ms (goal: scrape p99 < 100 ms)",
+        pct(&s2, 0.5),
+        pct(&s2, 0.99),
+        pct(&r2, 0.5),
+        pct(&r2, 0.99)
+    );
+    println!("{line}");
+    results.push(line);
+}
+
 /// Two daemons on one control database under pgbench load: the leader is
 /// killed with -9 `kills` times (and frozen with SIGSTOP three times, a
 /// silent failure); each time, how long until a standby holds the lease and
@@ -1081,7 +1241,7 @@ fn ha_bench(capra: &std::path::Path, kills: usize, results: &mut Vec<String>) {
 
 fn main() {
     let capra = std::env::args().nth(1).map(std::path::PathBuf::from).expect(
-        "usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [compare] [ha] [rows=N] [reps=N]",
+        "usage: bench CAPRA_BINARY [SCALE...] [copy] [lag] [tps] [mm] [thousand] [compare] [ha] [metrics] [rows=N] [reps=N]",
     );
     let args: Vec<String> = std::env::args().skip(2).collect();
     let mut scales: Vec<u32> = args.iter().filter_map(|s| s.parse().ok()).collect();
@@ -1093,6 +1253,7 @@ fn main() {
     let thousand_part = args.iter().any(|a| a == "thousand");
     let compare_part = args.iter().any(|a| a == "compare");
     let ha_part = args.iter().any(|a| a == "ha");
+    let metrics_part = args.iter().any(|a| a == "metrics");
     let rows: u64 = args
         .iter()
         .find_map(|a| a.strip_prefix("rows=").and_then(|v| v.parse().ok()))
@@ -1102,7 +1263,8 @@ fn main() {
         .filter(|a| ["copy", "lag", "tps"].contains(&a.as_str()))
         .cloned()
         .collect();
-    let all = scales.is_empty() && !mm && !thousand_part && !compare_part && !ha_part && parts.is_empty();
+    let all =
+        scales.is_empty() && !mm && !thousand_part && !compare_part && !ha_part && !metrics_part && parts.is_empty();
     if all || (scales.is_empty() && !parts.is_empty()) {
         scales = vec![10];
     }
@@ -1121,6 +1283,9 @@ fn main() {
     }
     if all || ha_part {
         ha_bench(&capra, 20, &mut results);
+    }
+    if all || metrics_part {
+        metrics_bench(&capra, reps, &mut results);
     }
     println!("\n== summary");
     for r in results {

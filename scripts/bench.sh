@@ -3,9 +3,9 @@
 # clusters, and prints figures (initial copy vs a psql pipe, delta apply
 # rows/s, lag under pgbench load, source TPS with and without capture,
 # daemon memory, multi-master convergence, compare of a large table,
-# takeover times of a standby daemon).
+# takeover times of a standby daemon, the metrics' cost).
 # Usage: scripts/bench.sh [SCALE...] [copy] [lag] [tps] [mm] [thousand]
-#   [compare] [ha] [rows=N (compare's table, default 5000000)] [reps=N]
+#   [compare] [ha] [metrics] [rows=N (compare's table, default 5000000)] [reps=N]
 #   (default: everything at scale 10, 5 repetitions; naming parts runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -191,3 +191,33 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_sums_rows_and_keeps_the_oldest_age_per_sync() {
+        let w = |sync: &str, table: &str, rows: i64, oldest: Option<f64>| Waiting {
+            sync: sync.into(),
+            table: table.into(),
+            rows,
+            oldest_secs: oldest,
+        };
+        let p = pending_by_sync(&[
+            w("a", "t1", 3, Some(2.0)),
+            w("a", "t2", 4, Some(9.5)),
+            w("a", "t3", 0, None),
+            w("b", "t1", 0, None),
+        ]);
+        assert_eq!(
+            p["a"],
+            Pending {
+                rows: 7,
+                oldest_secs: Some(9.5)
+            }
+        );
+        assert_eq!(p["b"], Pending::default());
+        assert_eq!(p.len(), 2);
+    }
+}

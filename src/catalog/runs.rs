@@ -225,7 +225,8 @@ pub struct Totals {
     pub tables: i32,
 }
 
-/// Records a good run (or drops the row of an empty one).
+/// Records a good run (or drops the row of an empty one); false when the
+/// run was closed meanwhile (a new leader closed it as failed).
 pub fn finish_run(
     c: &mut impl GenericClient,
     sync: &str,
@@ -233,13 +234,13 @@ pub fn finish_run(
     t: &Totals,
     details: &serde_json::Value,
     empty: bool,
-) -> Result<()> {
+) -> Result<bool> {
     if empty {
         let n = c
             .execute("DELETE FROM capra.run WHERE id = $1 AND state = 'running'", &[&id])
             .ctx(|| "recording an empty run".into())?;
         if n == 0 {
-            return Ok(());
+            return Ok(false);
         }
         c.execute(
             "INSERT INTO capra.sync_state (sync, last_empty, failures) VALUES ($1, now(), 0)
@@ -247,7 +248,7 @@ pub fn finish_run(
             &[&sync],
         )
         .ctx(|| "recording an empty run".into())?;
-        return Ok(());
+        return Ok(true);
     }
     // A run a new leader closed meanwhile stays closed, and says nothing
     // about the sync's state.
@@ -266,7 +267,7 @@ pub fn finish_run(
     )
     .ctx(|| "recording a good run".into())?;
     if n == 0 {
-        return Ok(());
+        return Ok(false);
     }
     c.execute(
         "INSERT INTO capra.sync_state (sync, last_good, failures) VALUES ($1, $2, 0)
@@ -274,7 +275,7 @@ pub fn finish_run(
         &[&sync, &id],
     )
     .ctx(|| "recording a good run".into())?;
-    Ok(())
+    Ok(true)
 }
 
 /// Records a failed run with its error and when it will be retried.

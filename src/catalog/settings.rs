@@ -304,7 +304,7 @@ pub const SETTINGS: &[Setting] = &[
         "metrics_refresh",
         "15",
         Kind::Int(1, 3600),
-        "Seconds between the daemon's refreshes of the metrics that need the databases (pending changes, lag, database_up, change log rows); takes effect on reload"
+        "Seconds between the daemon's refreshes of the metrics that need the databases (pending changes, lag, last good run, database_up, change log rows); takes effect on reload"
     ),
     s!(
         "piddir",

@@ -303,7 +303,7 @@ impl Controller {
     pub(super) fn run(mut self) {
         let _r = logging::role("CTL", Some(&self.name));
         if let Some(m) = &self.engine.metrics {
-            m.declare_sync(&self.name);
+            m.figures.declare_sync(&self.name);
         }
         match self.prepare() {
             Ok(()) => {
@@ -417,7 +417,8 @@ impl Controller {
                     }
                 }
                 if let Some(m) = &self.engine.metrics {
-                    m.record_run(&self.name, crate::metrics::Run::bad(began.elapsed().as_secs_f64()));
+                    m.figures
+                        .record_run(&self.name, crate::metrics::Run::bad(began.elapsed().as_secs_f64()));
                 }
                 self.engine.notify.send(crate::notify::Alert::Failed {
                     sync: self.name.clone(),
@@ -446,10 +447,16 @@ impl Controller {
         let job: Job = Box::new(move || {
             let _r = logging::role("KID", Some(&name));
             // A panic must not leave the controller waiting forever.
+            let began = Instant::now();
             let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 execute(&engine, &plan, &cache, &cancel, reason, &kicks, retry_in)
             }))
             .unwrap_or_else(|p| {
+                // The next start closes its record as failed: bad, there too.
+                if let Some(m) = &engine.metrics {
+                    m.figures
+                        .record_run(&name, crate::metrics::Run::bad(began.elapsed().as_secs_f64()));
+                }
                 let what = p
                     .downcast_ref::<String>()
                     .cloned()
@@ -841,15 +848,26 @@ impl<'a> RunRecord<'a> {
             );
         }
         let details = serde_json::to_value(&rep).unwrap_or(serde_json::Value::Null);
-        if let Err(e) = runs::finish_run(&mut *self.control, name, self.run_id, &totals, &details, rep.empty) {
-            tracing::error!("Cannot record the run: {e}");
-        }
-        self.count(crate::metrics::Run {
-            result: if rep.empty { RunResult::Empty } else { RunResult::Good },
-            inserts: rep.inserts,
-            deletes: rep.deletes,
-            conflicts: rep.conflicts,
-            seconds: self.started.elapsed().as_secs_f64(),
+        let recorded = match runs::finish_run(&mut *self.control, name, self.run_id, &totals, &details, rep.empty) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("Cannot record the run: {e}");
+                false
+            }
+        };
+        // Counted as the history has it: a run a new leader closed, or one
+        // the next start closes as failed, is bad there.
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.count(if recorded {
+            crate::metrics::Run {
+                result: if rep.empty { RunResult::Empty } else { RunResult::Good },
+                inserts: rep.inserts,
+                deletes: rep.deletes,
+                conflicts: rep.conflicts,
+                seconds,
+            }
+        } else {
+            crate::metrics::Run::bad(seconds)
         });
         if let Some(g) = rep.onetimecopy_gen {
             self.onetimecopy_served(g);
@@ -966,7 +984,7 @@ impl<'a> RunRecord<'a> {
     /// Counts the run in the metrics, when they are served.
     fn count(&self, run: crate::metrics::Run) {
         if let Some(m) = &self.engine.metrics {
-            m.record_run(self.name, run);
+            m.figures.record_run(self.name, run);
         }
     }
 

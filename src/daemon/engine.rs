@@ -200,7 +200,7 @@ pub struct Engine {
     /// The statement that opens each write transaction (the fence check).
     pub fence_sql: String,
     /// The Prometheus figures, when `metrics_listen` serves them.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<super::metrics::Served>,
     /// The databases whose fence names this term already.
     pub(super) raised: Mutex<HashSet<String>>,
     /// Per database, the lock one raise of its fence holds.
@@ -228,7 +228,7 @@ impl Engine {
         notify: crate::notify::Notifier,
         term: crate::capture::fence::Term,
         role: Arc<super::ha::Role>,
-        metrics: Option<Arc<crate::metrics::Metrics>>,
+        metrics: Option<super::metrics::Served>,
     ) -> Result<Arc<Engine>> {
         let workers = cfg.workers;
         let installation = term.installation.clone();
@@ -304,7 +304,7 @@ impl Engine {
         let cfg = EngineConfig::load(&mut *c)?;
         {
             let mut now = self.cfg.write().unwrap_or_else(|e| e.into_inner());
-            if now.metrics_listen != cfg.metrics_listen {
+            if now.metrics_listen != cfg.metrics_listen && super::metrics::listen_changed(&cfg.metrics_listen) {
                 tracing::warn!(
                     "metrics_listen is now \"{}\"; restart the daemon for it to take effect",
                     cfg.metrics_listen
@@ -312,10 +312,11 @@ impl Engine {
             }
             *now = cfg;
         }
-        let active: Vec<String> = model::syncs(&mut *c)?
-            .into_iter()
+        let all = model::syncs(&mut *c)?;
+        let active: Vec<String> = all
+            .iter()
             .filter(|s| s.status == Status::Active)
-            .map(|s| s.name)
+            .map(|s| s.name.clone())
             .collect();
         drop(c);
         let mut ctls = lock(&self.controllers);
@@ -329,15 +330,31 @@ impl Engine {
                 if let Some(c) = lock(&h.cancel).as_ref() {
                     c.cancel(&self.tls);
                 }
+                // A removed sync's series go once its last run is counted;
+                // an inactive one keeps them (it may come back).
+                let removed = !all.iter().any(|s| s.name == name);
+                let figures = self.metrics.as_ref().filter(|_| removed).map(|m| m.figures.clone());
+                let gone_name = name.clone();
                 if let Some(j) = h.join.take() {
                     if let Err(e) = crate::sys::spawn("capra-ctl-join", move || {
                         let _ = j.join();
+                        if let Some(f) = figures {
+                            f.forget_sync(&gone_name);
+                        }
                     }) {
                         tracing::warn!("Not waiting for the old controller: {e}");
                     }
                 }
             }
             self.forget_routes(&name);
+        }
+        // Series of syncs removed while inactive (no controller to wait for).
+        if let Some(m) = &self.metrics {
+            for name in m.figures.declared() {
+                if !all.iter().any(|s| s.name == name) && !ctls.contains_key(&name) {
+                    m.figures.forget_sync(&name);
+                }
+            }
         }
         for name in &active {
             if let Some(h) = ctls.get(name) {

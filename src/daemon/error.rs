@@ -75,11 +75,14 @@ pub enum DaemonError {
         hint: &'static str,
     },
 
-    /// `metrics_listen` in a config file is not `HOST:PORT`.
-    #[error("invalid metrics_listen {value:?} in the config file ({why})")]
+    /// `metrics_listen` is not `HOST:PORT` (a config file's, or one the
+    /// catalog got before `capra set` checked it).
+    #[error("invalid {origin} {value:?} ({why})")]
     MetricsListenInvalid {
         /// The value.
         value: String,
+        /// Where it was set.
+        origin: String,
         /// What is allowed.
         why: String,
     },

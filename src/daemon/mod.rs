@@ -102,8 +102,9 @@ fn run_inner(settings: &Settings, reason: &str) -> Result<()> {
     files.claim(reason);
     let lease_secs = engine::EngineConfig::load(&mut cat.client)?.ha_lease;
     let role = ha::Role::new(host.clone(), lease_secs);
-    ha::register(&mut cat.client, &role, &files.piddir.display().to_string())?;
+    // Bound before the daemon is registered: a taken port leaves no trace.
     let metrics = serve_metrics(settings, &mut cat.client, &role)?;
+    ha::register(&mut cat.client, &role, &files.piddir.display().to_string())?;
     let installation = cat.installation.clone();
     drop(cat);
     tracing::info!(
@@ -194,7 +195,7 @@ struct Term {
     host: String,
     reason: String,
     dest: logging::Dest,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<metrics::Served>,
 }
 
 /// Binds the metrics endpoint when `metrics_listen` (this daemon's config
@@ -204,19 +205,26 @@ fn serve_metrics(
     settings: &Settings,
     c: &mut impl postgres::GenericClient,
     role: &Arc<ha::Role>,
-) -> Result<Option<Arc<crate::metrics::Metrics>>> {
+) -> Result<Option<metrics::Served>> {
     let (addr, origin) = match &settings.metrics_listen {
-        Some(a) => (a.trim().to_string(), "metrics_listen in the config file"),
+        Some(a) => {
+            metrics::note_listen(None);
+            (a.trim().to_string(), "metrics_listen in the config file")
+        }
         None => (
             model::setting(c, "metrics_listen")?.trim().to_string(),
             "metrics_listen",
         ),
     };
+    if settings.metrics_listen.is_none() {
+        metrics::note_listen(Some(addr.clone()));
+    }
     if addr.is_empty() {
         return Ok(None);
     }
     crate::metrics::check_listen(&addr).map_err(|why| DaemonError::MetricsListenInvalid {
         value: addr.clone(),
+        origin: origin.to_string(),
         why,
     })?;
     let failed = |source: std::io::Error| {
@@ -234,10 +242,10 @@ fn serve_metrics(
     };
     let listener = crate::metrics::http::bind(&addr).map_err(failed)?;
     let r = role.clone();
-    let metrics = Arc::new(crate::metrics::Metrics::new(move || r.may_write()));
-    crate::metrics::http::serve(listener, metrics.clone()).map_err(failed)?;
+    let figures = Arc::new(crate::metrics::Metrics::new(move || r.may_write()));
+    crate::metrics::http::serve(listener, figures.clone()).map_err(failed)?;
     tracing::info!("Serving metrics on http://{addr}/metrics");
-    Ok(Some(metrics))
+    Ok(Some(metrics::Served::new(figures)))
 }
 
 /// The supervisor's means, lent to each term.
@@ -764,7 +772,7 @@ fn shut_down(
         let _ = m.join();
     }
     if let Some(m) = &engine.metrics {
-        m.term_ended();
+        m.figures.term_ended();
     }
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Metrics;
 
@@ -37,33 +37,59 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()
         .name("capra-metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let Ok(stream) = stream else {
+                    // Out of file descriptors, say: wait rather than spin.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
                 // Wait for a free slot: a slow client holds one slot for at
                 // most CLIENT_TIMEOUT, never the whole endpoint.
                 while busy.load(Ordering::SeqCst) >= MAX_CLIENTS {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                busy.fetch_add(1, Ordering::SeqCst);
-                let (m, b) = (metrics.clone(), busy.clone());
-                let spawned = std::thread::Builder::new().name("capra-scrape".into()).spawn(move || {
+                let slot = Slot::take(&busy);
+                let m = metrics.clone();
+                let _ = std::thread::Builder::new().name("capra-scrape".into()).spawn(move || {
+                    let _slot = slot;
                     answer(stream, &m);
-                    b.fetch_sub(1, Ordering::SeqCst);
                 });
-                if spawned.is_err() {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                }
             }
         })
         .map(|_| ())
 }
 
-/// Reads one request head and answers it; errors just close the connection.
+/// One of the MAX_CLIENTS slots, given back when dropped (a panic too).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Slot {
+        busy.fetch_add(1, Ordering::SeqCst);
+        Slot(busy.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The time left before `deadline`, None once it passed.
+fn left(deadline: Instant) -> Option<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    (!d.is_zero()).then_some(d)
+}
+
+/// Reads one request head and answers it, all within CLIENT_TIMEOUT
+/// however slowly the client sends or reads; errors just close the
+/// connection.
 fn answer(mut s: TcpStream, metrics: &Metrics) {
-    let _ = s.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let _ = s.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let Some(t) = left(deadline) else { return };
+        let _ = s.set_read_timeout(Some(t));
         match s.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -81,8 +107,13 @@ fn answer(mut s: TcpStream, metrics: &Metrics) {
     if !head.starts_with(b"HEAD ") {
         out.extend_from_slice(&body);
     }
-    let _ = s.write_all(&out);
-    let _ = s.flush();
+    for chunk in out.chunks(16 * 1024) {
+        let Some(t) = left(deadline) else { return };
+        let _ = s.set_write_timeout(Some(t));
+        if s.write_all(chunk).is_err() {
+            return;
+        }
+    }
 }
 
 /// The status line, extra header lines and body for a request head.
@@ -154,6 +185,40 @@ mod tests {
             "{got}"
         );
         assert!(ask(addr, b"hello\r\n\r\n").starts_with("HTTP/1.1 400"));
+    }
+
+    /// Clients that send a byte a second hold their slot for at most
+    /// CLIENT_TIMEOUT: with every slot taken by them, a scrape still gets
+    /// its answer within about that time.
+    #[test]
+    fn dribbling_clients_cannot_stall_the_endpoint() {
+        let l = bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        serve(l, Arc::new(Metrics::new(|| true))).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut dribblers = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            let stop = stop.clone();
+            let mut c = TcpStream::connect(addr).unwrap();
+            dribblers.push(std::thread::spawn(move || {
+                let t = Instant::now();
+                while !stop.load(Ordering::SeqCst) && c.write_all(b"G").is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                t.elapsed()
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        let got = ask(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        let waited = t.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        assert!(got.contains("capra_daemon_leader 1\n"), "{got}");
+        assert!(waited < CLIENT_TIMEOUT + Duration::from_secs(1), "{waited:?}");
+        for d in dribblers {
+            // Each was cut off at its deadline (a write fails once closed).
+            assert!(d.join().unwrap() < CLIENT_TIMEOUT + Duration::from_secs(2));
+        }
     }
 
     #[test]

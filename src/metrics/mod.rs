@@ -101,6 +101,8 @@ pub struct Metrics {
     /// Held for writing while the refreshed gauges are replaced, so a
     /// scrape never sees them half-filled.
     gate: RwLock<()>,
+    /// The syncs whose counters are shown.
+    declared: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Metrics {
@@ -171,6 +173,7 @@ impl Metrics {
                 &["db"],
             ),
             gate: RwLock::new(()),
+            declared: Default::default(),
             registry,
         };
         let families: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -195,6 +198,7 @@ impl Metrics {
     /// Shows a sync's counters at 0 from the start, so `rate()` and
     /// `increase()` see its first run.
     pub fn declare_sync(&self, sync: &str) {
+        crate::sys::lock(&self.declared).insert(sync.to_string());
         for r in [RunResult::Good, RunResult::Bad, RunResult::Empty] {
             self.runs.with_label_values(&[sync, r.label()]);
         }
@@ -216,18 +220,43 @@ impl Metrics {
             self.rows.with_label_values(&[sync, "insert"]).inc_by(run.inserts);
             self.rows.with_label_values(&[sync, "delete"]).inc_by(run.deletes);
             self.conflicts.with_label_values(&[sync]).inc_by(run.conflicts);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-            self.last_success.with_label_values(&[sync]).set(now);
         }
+    }
+
+    /// A sync was removed from the catalog: its series go, so dashboards
+    /// stop listing it.
+    pub fn forget_sync(&self, sync: &str) {
+        crate::sys::lock(&self.declared).remove(sync);
+        for r in [RunResult::Good, RunResult::Bad, RunResult::Empty] {
+            let _ = self.runs.remove_label_values(&[sync, r.label()]);
+        }
+        for op in ["insert", "delete"] {
+            let _ = self.rows.remove_label_values(&[sync, op]);
+        }
+        let _ = self.conflicts.remove_label_values(&[sync]);
+        let _ = self.duration.remove_label_values(&[sync]);
+    }
+
+    /// The syncs whose counters are shown.
+    pub fn declared(&self) -> Vec<String> {
+        crate::sys::lock(&self.declared).iter().cloned().collect()
     }
 
     /// Replaces every refreshed gauge with what one pass read.
     pub fn refreshed(&self, r: &Refreshed) {
         let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        // The end of the last good run never moves back (a catalog read
+        // from an earlier pass may be older than the one shown).
+        let shown: Vec<f64> = r
+            .last_success
+            .iter()
+            .map(|(s, _)| {
+                self.last_success
+                    .get_metric_with_label_values(&[s])
+                    .map(|g| g.get())
+                    .unwrap_or(0.0)
+            })
+            .collect();
         self.clear_refreshed();
         for (db, up) in &r.up {
             self.up.with_label_values(&[db]).set(i64::from(*up));
@@ -239,8 +268,8 @@ impl Metrics {
         for (db, rows) in &r.log_rows {
             self.log_rows.with_label_values(&[db]).set(*rows);
         }
-        for (sync, t) in &r.last_success {
-            self.last_success.with_label_values(&[sync]).set(*t);
+        for ((sync, t), before) in r.last_success.iter().zip(shown) {
+            self.last_success.with_label_values(&[sync]).set(t.max(before));
         }
     }
 
@@ -429,5 +458,33 @@ capra_sync_runs_total{{result="good",{l}}} 1
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains("capra_database_up{") && !text.contains("capra_sync_lag_seconds{"));
         assert!(text.contains(r#"capra_sync_runs_total{result="good","#));
+        // A removed sync's series go.
+        m.forget_sync(odd);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("capra_sync_"), "{text}");
+    }
+
+    /// The end of the last good run never moves back, whatever order the
+    /// catalog's answers come in.
+    #[test]
+    fn last_success_never_goes_back() {
+        let m = Metrics::new(|| true);
+        let at = |t: f64| Refreshed {
+            last_success: vec![("s".into(), t)],
+            ..Default::default()
+        };
+        m.refreshed(&at(200.0));
+        m.refreshed(&at(100.0));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("capra_sync_last_success_timestamp_seconds{sync=\"s\"} 200\n"),
+            "{text}"
+        );
+        m.refreshed(&at(300.0));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("capra_sync_last_success_timestamp_seconds{sync=\"s\"} 300\n"),
+            "{text}"
+        );
     }
 }

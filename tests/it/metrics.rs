@@ -249,6 +249,10 @@ fn metrics_follow_the_runs_and_agree_with_status() {
         r.stderr
     );
     drop(held);
+    assert!(
+        !c.ok(&["status"]).contains("Standby capra daemon"),
+        "a daemon that could not bind is not listed"
+    );
     let d = c.start();
     assert_eq!(listening(d.pid).len(), 1, "one listening socket");
 
@@ -331,6 +335,30 @@ fn metrics_follow_the_runs_and_agree_with_status() {
         value(&samples(&scrape(port).body), "capra_capture_log_rows", &[("db", "src")]) == Some(total)
     });
 
+    // A change log locked for longer than a count may wait: the database
+    // stays up and lazy's figures stay.
+    let lazy_log = a.query(
+        &src,
+        "SELECT 'capra.delta_' || id FROM capra.captured WHERE relname = 'lazy'",
+    )[0]
+    .clone()
+    .unwrap();
+    let mut locker = a.client(&src);
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {lazy_log} IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let s = samples(&scrape(port).body);
+        assert_eq!(value(&s, "capra_database_up", &[("db", "src")]), Some(1.0));
+        assert_eq!(
+            value(&s, "capra_sync_pending_changes", &[("sync", "lazy"), ("db", "src")]),
+            Some(7.0)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tx.rollback().unwrap();
+
     // A kick applies lazy's 7 rows: pending and lag go to 0, rows count them.
     c.ok(&["kick", "lazy", "60"]);
     c.wait_for(10, "lazy's pending changes to read 0", || {
@@ -357,6 +385,14 @@ fn metrics_follow_the_runs_and_agree_with_status() {
     });
 
     promtool_checks(&scrape(port).body);
+
+    // A removed sync's series go, counters and gauges alike.
+    c.ok(&["deactivate", "lazy"]);
+    c.ok(&["remove", "sync", "lazy"]);
+    c.ok(&["reload"]);
+    c.wait_for(10, "the removed sync's series to go", || {
+        !scrape(port).body.contains("sync=\"lazy\"")
+    });
     drop(d);
 }
 
@@ -373,15 +409,33 @@ fn metrics_answer_at_once_with_every_database_down() {
     let c = Capra::install(&own);
     c.add_db("src", &own, &src);
     c.add_db("tgt", &own, &tgt);
-    fixtures::sync_tables(&c, &["kv"], "s", &[]);
+    fixtures::sync_tables(&c, &["kv"], "s", &["autokick=0"]);
     let port = free_port();
     c.ok(&[
         "set",
         &format!("metrics_listen=127.0.0.1:{port}"),
-        "metrics_refresh=1",
+        "metrics_refresh=3600",
         "ha_lease=60",
     ]);
     let _d = c.start();
+    let pending = || {
+        value(
+            &samples(&scrape(port).body),
+            "capra_sync_pending_changes",
+            &[("sync", "s"), ("db", "src")],
+        )
+    };
+    c.wait_for(20, "the first refresh", || pending() == Some(0.0));
+    // metrics_refresh is real: at an hour nothing moves; set to a second
+    // and reloaded, the gauges follow.
+    own.exec(&src, "INSERT INTO kv SELECT generate_series(1, 3)");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pending(), Some(0.0), "refreshed although metrics_refresh is an hour");
+    c.ok(&["set", "metrics_refresh=1"]);
+    c.ok(&["reload"]);
+    c.wait_for(5, "the gauges to follow once metrics_refresh is 1", || {
+        pending() == Some(3.0)
+    });
     let up = |want: f64| {
         let s = samples(&scrape(port).body);
         value(&s, "capra_database_up", &[("db", "src")]) == Some(want)
@@ -435,12 +489,26 @@ fn a_standby_answers_leader_zero_and_the_roles_swap_on_handover() {
             && !body.contains("capra_database_up{")
             && !body.contains("capra_sync_pending_changes{")
             && !body.contains("capra_sync_lag_seconds{")
+            && !body.contains("capra_sync_last_success_timestamp_seconds{")
+            && !body.contains("capra_capture_log_rows{")
     };
     c.wait_for(20, "the first daemon to lead and the second to stand by", || {
         leads(p1) && stands_by(p2)
     });
     // Conflicts: counted by the leader exactly as the run recorded them.
     fixtures::conflicting_writes(a, &d[0], b, &d[1]);
+    // Before the kick, both sources' pending changes are what status says.
+    c.wait_for(10, "pending on both sources to equal status --json", || {
+        let st: serde_json::Value = serde_json::from_str(&c.ok(&["status", "s_mmet", "--json"])).unwrap();
+        let s = samples(&scrape(p1).body);
+        let both = st["pending"].as_array().unwrap();
+        both.len() == 2
+            && both.iter().all(|p| {
+                let db = p["db"].as_str().unwrap();
+                p["rows"].as_f64().is_some_and(|r| r > 0.0)
+                    && value(&s, "capra_sync_pending_changes", &[("sync", "s_mmet"), ("db", db)]) == p["rows"].as_f64()
+            })
+    });
     c.ok(&["kick", "s_mmet", "60"]);
     let recorded = catalog_f64(
         a,
