@@ -45,6 +45,12 @@ impl Pools {
     pub fn get(&self, db: &Db) -> Result<Conn> {
         self.pool(db)?.get()
     }
+
+    /// Drops the pools of databases not named in `keep` (a pool retries a
+    /// database that refused it for as long as it exists).
+    pub fn retain(&self, keep: &[&str]) {
+        crate::sys::lock(&self.map).retain(|name, _| keep.contains(&name.as_str()));
+    }
 }
 
 /// Cancel handles of the connections a run is using, so stopping the daemon

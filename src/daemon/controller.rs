@@ -447,16 +447,10 @@ impl Controller {
         let job: Job = Box::new(move || {
             let _r = logging::role("KID", Some(&name));
             // A panic must not leave the controller waiting forever.
-            let began = Instant::now();
             let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 execute(&engine, &plan, &cache, &cancel, reason, &kicks, retry_in)
             }))
             .unwrap_or_else(|p| {
-                // The next start closes its record as failed: bad, there too.
-                if let Some(m) = &engine.metrics {
-                    m.figures
-                        .record_run(&name, crate::metrics::Run::bad(began.elapsed().as_secs_f64()));
-                }
                 let what = p
                     .downcast_ref::<String>()
                     .cloned()
@@ -756,6 +750,18 @@ struct RunRecord<'a> {
     kicks: &'a [i64],
     retry_in: f64,
     started: Instant,
+    /// Whether the metrics counted the run; one dropped uncounted (a
+    /// panic) counts as bad, as the next start records it.
+    counted: bool,
+}
+
+impl Drop for RunRecord<'_> {
+    fn drop(&mut self) {
+        if !self.counted {
+            let seconds = self.started.elapsed().as_secs_f64();
+            self.count(crate::metrics::Run::bad(seconds));
+        }
+    }
 }
 
 impl<'a> RunRecord<'a> {
@@ -778,6 +784,7 @@ impl<'a> RunRecord<'a> {
                 kicks,
                 retry_in,
                 started: Instant::now(),
+                counted: false,
             }),
             Err(e) => {
                 tracing::error!("Cannot record the run: {e}");
@@ -934,6 +941,8 @@ impl<'a> RunRecord<'a> {
     /// The catalog changed under the run, which changed nothing: its record
     /// goes and the controller reruns at once.
     fn stale(mut self, message: &str, extra: Vec<i32>) -> Outcome {
+        // Its record goes: not a run the history keeps.
+        self.counted = true;
         tracing::info!("{message}");
         if let Err(e) = runs::forget_run(&mut *self.control, self.run_id) {
             tracing::warn!("Cannot drop the record of a run that changed nothing: {e}");
@@ -982,7 +991,8 @@ impl<'a> RunRecord<'a> {
     }
 
     /// Counts the run in the metrics, when they are served.
-    fn count(&self, run: crate::metrics::Run) {
+    fn count(&mut self, run: crate::metrics::Run) {
+        self.counted = true;
         if let Some(m) = &self.engine.metrics {
             m.figures.record_run(self.name, run);
         }

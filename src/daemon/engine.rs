@@ -304,7 +304,7 @@ impl Engine {
         let cfg = EngineConfig::load(&mut *c)?;
         {
             let mut now = self.cfg.write().unwrap_or_else(|e| e.into_inner());
-            if now.metrics_listen != cfg.metrics_listen && super::metrics::listen_changed(&cfg.metrics_listen) {
+            if super::metrics::listen_changed(&cfg.metrics_listen) {
                 tracing::warn!(
                     "metrics_listen is now \"{}\"; restart the daemon for it to take effect",
                     cfg.metrics_listen
@@ -333,13 +333,17 @@ impl Engine {
                 // A removed sync's series go once its last run is counted;
                 // an inactive one keeps them (it may come back).
                 let removed = !all.iter().any(|s| s.name == name);
-                let figures = self.metrics.as_ref().filter(|_| removed).map(|m| m.figures.clone());
-                let gone_name = name.clone();
+                let forget = (removed && self.metrics.is_some()).then(|| (self.clone(), name.clone()));
                 if let Some(j) = h.join.take() {
                     if let Err(e) = crate::sys::spawn("capra-ctl-join", move || {
                         let _ = j.join();
-                        if let Some(f) = figures {
-                            f.forget_sync(&gone_name);
+                        // Unless a sync of that name came back meanwhile.
+                        if let Some((engine, name)) = forget {
+                            if !lock(&engine.controllers).contains_key(&name) {
+                                if let Some(m) = &engine.metrics {
+                                    m.figures.forget_sync(&name);
+                                }
+                            }
                         }
                     }) {
                         tracing::warn!("Not waiting for the old controller: {e}");

@@ -8,7 +8,7 @@
 //! a connection a run needs and a hung database holds one probe only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::domain::Status;
 use crate::error::Context;
 use crate::logging;
 use crate::metrics::{Metrics, Refreshed};
+use crate::pg::pool::DbPool;
 use crate::sys::lock;
 
 /// How long a database may take to accept a connection before it reads as
@@ -32,8 +33,12 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 /// probes the ones the last list named.
 const CATALOG_WAIT: Duration = Duration::from_secs(1);
 
-/// The longest a count of waiting changes may run on a source.
+/// The longest one statement of a count of waiting changes may run.
 const COUNT_TIMEOUT: &str = "60s";
+
+/// How long a count's figures stand beyond two refreshes when the counts
+/// after it fail: then pending and lag go, rather than freeze.
+const COUNT_AGE: Duration = Duration::from_secs(60);
 
 /// The catalog's `metrics_listen` when the daemon started, if the catalog
 /// chose the address (a config file's `metrics_listen` wins over it).
@@ -44,10 +49,22 @@ pub(super) fn note_listen(catalog_value: Option<String>) {
     let _ = CATALOG_LISTEN.set(catalog_value);
 }
 
+/// The last `metrics_listen` a reload warned about.
+static WARNED_LISTEN: Mutex<Option<String>> = Mutex::new(None);
+
 /// Whether a reload's `metrics_listen` differs from the one this daemon
-/// started with, so the reload says a restart is needed.
+/// started with (and was not warned about yet), so the reload says a
+/// restart is needed.
 pub(super) fn listen_changed(now: &str) -> bool {
-    matches!(CATALOG_LISTEN.get(), Some(Some(at_start)) if at_start != now)
+    match CATALOG_LISTEN.get() {
+        Some(Some(at_start)) if at_start != now => {
+            let mut w = lock(&WARNED_LISTEN);
+            let new = w.as_deref() != Some(now);
+            *w = Some(now.to_string());
+            new
+        }
+        _ => false,
+    }
 }
 
 /// One database as the probes last saw it.
@@ -64,8 +81,12 @@ struct Seen {
     pending: Option<BTreeMap<String, purge::Pending>>,
     /// The last size of the change logs.
     log_rows: Option<i64>,
-    /// Whether the last failure was logged (once per outage).
-    warned: bool,
+    /// When the last count finished (older ones are not shown).
+    counted_at: Option<Instant>,
+    /// Whether the database being down was logged (once per outage).
+    warned_down: bool,
+    /// Whether a failing count was logged (once until one works).
+    warned_count: bool,
 }
 
 /// The databases the syncs name, and which of them delta syncs read.
@@ -91,11 +112,17 @@ pub struct Served {
     catalog_failing: Arc<AtomicBool>,
     /// One connection per database, for the probes alone.
     pools: Arc<Pools>,
+    /// One control connection, for the catalog reader alone (runs need
+    /// the engine's).
+    control: DbPool,
+    /// Bumped by every answer: the gauges are published again.
+    changed: Arc<AtomicU64>,
 }
 
 impl Served {
-    /// Wraps the figures the endpoint serves.
-    pub fn new(figures: Arc<Metrics>) -> Served {
+    /// Wraps the figures the endpoint serves; `control` is the refresher's
+    /// own connection to the control database.
+    pub fn new(figures: Arc<Metrics>, control: DbPool) -> Served {
         Served {
             figures,
             seen: Default::default(),
@@ -103,57 +130,105 @@ impl Served {
             reading: Default::default(),
             catalog_failing: Default::default(),
             pools: Arc::new(Pools::new(1)),
+            control,
+            changed: Default::default(),
         }
+    }
+
+    /// A term ended: the gauges go, the probes' connections close, and
+    /// what they saw is forgotten (a probe still running keeps its place).
+    pub fn term_ended(&self) {
+        self.figures.term_ended();
+        self.pools.retain(&[]);
+        for s in lock(&self.seen).values_mut() {
+            s.up = false;
+            s.pending = None;
+            s.log_rows = None;
+            s.counted_at = None;
+        }
+    }
+
+    fn bump(&self) {
+        self.changed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Gives a probe's place back when its thread ends, even by a panic.
+struct ProbeDone {
+    served: Served,
+    db: String,
+}
+
+impl Drop for ProbeDone {
+    fn drop(&mut self) {
+        if let Some(s) = lock(&self.served.seen).get_mut(&self.db) {
+            s.busy = false;
+            s.connecting = false;
+        }
+        self.served.bump();
     }
 }
 
 impl Engine {
-    /// The refresher's loop (only started when metrics are served).
+    /// The refresher's loop (only started when metrics are served): a pass
+    /// every `metrics_refresh` seconds, and the gauges published again
+    /// whenever an answer comes in.
     pub fn metrics_loop(self: Arc<Self>) {
         let Some(m) = self.metrics.clone() else { return };
         let _r = logging::role("MET", None);
         let mut last: Option<Instant> = None;
+        let mut published = u64::MAX;
         while !self.is_stopping() {
-            let every = self.cfg.read().unwrap_or_else(|e| e.into_inner()).metrics_refresh;
-            let due = last.is_none_or(|l| l.elapsed() >= Duration::from_secs_f64(every));
-            if due && self.may_write() {
-                last = Some(Instant::now());
-                if let Some(r) = self.metrics_pass(&m) {
-                    if !self.is_stopping() && self.may_write() {
-                        m.figures.refreshed(&r);
-                    }
-                }
-            }
             std::thread::sleep(Duration::from_millis(100));
+            if !self.may_write() {
+                continue;
+            }
+            let every = self.cfg.read().unwrap_or_else(|e| e.into_inner()).metrics_refresh;
+            if last.is_none_or(|l| l.elapsed() >= Duration::from_secs_f64(every)) && self.metrics_pass(&m) {
+                last = Some(Instant::now());
+            }
+            let now = m.changed.load(Ordering::SeqCst);
+            if now == published {
+                continue;
+            }
+            published = now;
+            let Some(wanted) = lock(&m.wanted).clone() else {
+                continue;
+            };
+            let max_age = Duration::from_secs_f64(2.0 * every) + COUNT_AGE;
+            let r = gather(&names(&wanted), &wanted, &lock(&m.seen), max_age);
+            if !self.is_stopping() && self.may_write() {
+                m.figures.refreshed(&r);
+            }
         }
     }
 
-    /// One pass: None until the catalog has said once what to read.
-    fn metrics_pass(self: &Arc<Self>, m: &Served) -> Option<Refreshed> {
+    /// One pass: reads the catalog and starts the probes; false until the
+    /// catalog has said once what to read (tried again at once).
+    fn metrics_pass(self: &Arc<Self>, m: &Served) -> bool {
         self.read_wanted(m);
         // A second for the catalog's answer; a slow one serves the next pass.
         let until = Instant::now() + CATALOG_WAIT;
         while m.reading.load(Ordering::SeqCst) && Instant::now() < until && !self.is_stopping() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let wanted = lock(&m.wanted).clone()?;
+        let Some(wanted) = lock(&m.wanted).clone() else {
+            return false;
+        };
         for (db, source) in &wanted.dbs {
             self.start_probe(m, db, *source);
         }
-        // Wait until every probe has connected, or the deadline passed.
+        // Until every probe has connected, or the deadline passed: then a
+        // database still connecting reads as down.
         let until = Instant::now() + CONNECT_DEADLINE;
         while Instant::now() < until && !self.is_stopping() {
-            let connecting = lock(&m.seen).values().any(|s| s.busy && s.connecting);
-            if !connecting {
+            if !lock(&m.seen).values().any(|s| s.busy && s.connecting) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Counts still running get until the next pass; their last answer
-        // stands meanwhile.
-        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-        let names: Vec<(String, bool)> = wanted.dbs.iter().map(|(d, s)| (d.name.clone(), *s)).collect();
-        Some(gather(&names, &wanted, &lock(&m.seen)))
+        m.bump();
+        true
     }
 
     /// Starts the catalog reader unless it still runs.
@@ -161,10 +236,15 @@ impl Engine {
         if m.reading.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (engine, served) = (self.clone(), m.clone());
+        let served = m.clone();
         let spawned = crate::sys::spawn("capra-refresh-catalog", move || {
-            match engine.metrics_wanted() {
+            match wanted(&served.control) {
                 Ok(w) => {
+                    // Databases no sync names any more: their pools and
+                    // what was seen of them go.
+                    let keep: Vec<&str> = w.dbs.iter().map(|(d, _)| d.name.as_str()).collect();
+                    served.pools.retain(&keep);
+                    lock(&served.seen).retain(|k, s| s.busy || keep.contains(&k.as_str()));
                     *lock(&served.wanted) = Some(w);
                     served.catalog_failing.store(false, Ordering::SeqCst);
                 }
@@ -175,45 +255,11 @@ impl Engine {
                 }
             }
             served.reading.store(false, Ordering::SeqCst);
+            served.bump();
         });
         if spawned.is_err() {
             m.reading.store(false, Ordering::SeqCst);
         }
-    }
-
-    /// Reads the active syncs' databases and the last good runs from the
-    /// catalog. An inactive sync was stopped on purpose: it exports no
-    /// lag and its databases no `up`, so nobody is paged for it.
-    fn metrics_wanted(&self) -> crate::error::Result<Wanted> {
-        let mut c = self.control.get()?;
-        let mut w = Wanted::default();
-        let mut active = Vec::new();
-        for s in model::syncs(&mut *c)? {
-            if s.status != Status::Active {
-                continue;
-            }
-            // A sync removed or broken since the list was read is skipped.
-            let Ok(p) = SyncPlan::load(&mut *c, &s.name) else {
-                continue;
-            };
-            active.push(s.name.clone());
-            let delta = p.is_delta();
-            for d in p.sources.iter().chain(&p.targets).chain(&p.fullcopy) {
-                let is_source = delta && p.sources.iter().any(|x| x.name == d.name);
-                match w.dbs.iter_mut().find(|(x, _)| x.name == d.name) {
-                    Some(e) => e.1 |= is_source,
-                    None => w.dbs.push((d.clone(), is_source)),
-                }
-                if is_source && !w.pairs.iter().any(|(s, db)| s == p.name() && *db == d.name) {
-                    w.pairs.push((p.name().to_string(), d.name.clone()));
-                }
-            }
-        }
-        w.last_success = runs::last_good_times(&mut *c)?
-            .into_iter()
-            .filter(|(s, _)| active.contains(s))
-            .collect();
-        Ok(w)
     }
 
     /// Starts a probe of one database unless one still runs there.
@@ -227,68 +273,112 @@ impl Engine {
             s.busy = true;
             s.connecting = true;
         }
-        let (engine, served, db2) = (self.clone(), m.clone(), db.clone());
-        let spawned = crate::sys::spawn("capra-probe", move || {
-            engine.probe(&served, &db2, source);
-            if let Some(s) = lock(&served.seen).get_mut(&db2.name) {
-                s.busy = false;
-                s.connecting = false;
-            }
+        let done = ProbeDone {
+            served: m.clone(),
+            db: db.name.clone(),
+        };
+        let (installation, db2) = (self.installation.clone(), db.clone());
+        // If the thread cannot start, `done` is dropped with the closure.
+        let _ = crate::sys::spawn("capra-probe", move || {
+            probe(&done.served, &installation, &db2, source);
+            drop(done);
         });
-        if spawned.is_err() {
-            if let Some(s) = lock(&m.seen).get_mut(&db.name) {
-                s.busy = false;
-                s.connecting = false;
+    }
+}
+
+/// Reads the active syncs' databases and the last good runs from the
+/// catalog. An inactive sync was stopped on purpose: it exports no lag and
+/// its databases no `up`, so nobody is paged for it.
+fn wanted(control: &DbPool) -> crate::error::Result<Wanted> {
+    let mut c = control.get()?;
+    let mut w = Wanted::default();
+    let mut active = Vec::new();
+    for s in model::syncs(&mut *c)? {
+        if s.status != Status::Active {
+            continue;
+        }
+        let p = match SyncPlan::load(&mut *c, &s.name) {
+            Ok(p) => p,
+            Err(e) => {
+                // Removed meanwhile, or broken: its controller reports it.
+                tracing::debug!("Metrics: skipping sync \"{}\": {e}", s.name);
+                continue;
+            }
+        };
+        active.push(s.name.clone());
+        let delta = p.is_delta();
+        for d in p.sources.iter().chain(&p.targets).chain(&p.fullcopy) {
+            let is_source = delta && p.sources.iter().any(|x| x.name == d.name);
+            match w.dbs.iter_mut().find(|(x, _)| x.name == d.name) {
+                Some(e) => e.1 |= is_source,
+                None => w.dbs.push((d.clone(), is_source)),
+            }
+            if is_source && !w.pairs.iter().any(|(s, db)| s == p.name() && *db == d.name) {
+                w.pairs.push((p.name().to_string(), d.name.clone()));
             }
         }
     }
+    w.last_success = runs::last_good_times(&mut *c)?
+        .into_iter()
+        .filter(|(s, _)| active.contains(s))
+        .collect();
+    Ok(w)
+}
 
-    /// Connects to one database and reads what its gauges need, noting
-    /// each answer as it comes.
-    fn probe(&self, m: &Served, db: &Db, source: bool) {
-        let note = |f: &mut dyn FnMut(&mut Seen)| {
-            if let Some(s) = lock(&m.seen).get_mut(&db.name) {
-                f(s);
-            }
-        };
-        let mut c = match m.pools.get(db) {
-            Ok(c) => c,
-            Err(e) => {
-                note(&mut |s| {
-                    s.up = false;
-                    s.connecting = false;
-                    s.pending = None;
-                    s.log_rows = None;
-                    if !s.warned {
-                        s.warned = true;
-                        tracing::warn!("Metrics: database \"{}\" is down: {e}", db.name);
-                    }
-                });
-                return;
-            }
-        };
-        note(&mut |s| {
-            s.up = true;
-            s.connecting = false;
-            s.warned = false;
-        });
-        if !source {
+/// The database names to gather, and whether each is a delta source.
+fn names(w: &Wanted) -> Vec<(String, bool)> {
+    w.dbs.iter().map(|(d, s)| (d.name.clone(), *s)).collect()
+}
+
+/// Connects to one database and reads what its gauges need, noting each
+/// answer as it comes.
+fn probe(m: &Served, installation: &str, db: &Db, source: bool) {
+    let note = |f: &mut dyn FnMut(&mut Seen)| {
+        if let Some(s) = lock(&m.seen).get_mut(&db.name) {
+            f(s);
+        }
+        m.bump();
+    };
+    let mut c = match m.pools.get(db) {
+        Ok(c) => c,
+        Err(e) => {
+            note(&mut |s| {
+                s.up = false;
+                s.connecting = false;
+                s.pending = None;
+                s.log_rows = None;
+                s.counted_at = None;
+                if !s.warned_down {
+                    s.warned_down = true;
+                    tracing::warn!("Metrics: database \"{}\" is down: {e}", db.name);
+                }
+            });
             return;
         }
-        match count(&mut c, &self.installation) {
-            Ok((p, n)) => note(&mut |s| {
-                s.pending = Some(p.clone());
-                s.log_rows = Some(n);
-            }),
-            // The last figures stand (a lock on a change log, a count cut
-            // short): the gauges go only with the database.
-            Err(e) => note(&mut |s| {
-                if !s.warned {
-                    s.warned = true;
-                    tracing::warn!("Metrics: cannot count the changes waiting on \"{}\": {e}", db.name);
-                }
-            }),
-        }
+    };
+    note(&mut |s| {
+        s.up = true;
+        s.connecting = false;
+        s.warned_down = false;
+    });
+    if !source {
+        return;
+    }
+    match count(&mut c, installation) {
+        Ok((p, n)) => note(&mut |s| {
+            s.pending = Some(p.clone());
+            s.log_rows = Some(n);
+            s.counted_at = Some(Instant::now());
+            s.warned_count = false;
+        }),
+        // The last figures stand for a while (a lock on a change log, a
+        // count cut short): see COUNT_AGE.
+        Err(e) => note(&mut |s| {
+            if !s.warned_count {
+                s.warned_count = true;
+                tracing::warn!("Metrics: cannot count the changes waiting on \"{}\": {e}", db.name);
+            }
+        }),
     }
 }
 
@@ -311,28 +401,28 @@ fn count(
 
 /// The gauges from what the probes saw: a database counts as up when its
 /// last connection worked and no probe is still trying to connect; a
-/// source's pending changes are its last finished count.
-fn gather(dbs: &[(String, bool)], wanted: &Wanted, seen: &HashMap<String, Seen>) -> Refreshed {
+/// source's pending changes are its last finished count, if younger than
+/// `max_age`, and only for the syncs that count saw.
+fn gather(dbs: &[(String, bool)], wanted: &Wanted, seen: &HashMap<String, Seen>, max_age: Duration) -> Refreshed {
     let mut r = Refreshed {
         last_success: wanted.last_success.clone(),
         ..Default::default()
     };
+    let is_up = |s: &Seen| s.up && !(s.busy && s.connecting);
+    let fresh = |s: &Seen| s.counted_at.is_some_and(|t| t.elapsed() <= max_age);
     for (db, source) in dbs {
         let s = seen.get(db);
-        let up = s.is_some_and(|s| s.up && !(s.busy && s.connecting));
+        let up = s.is_some_and(is_up);
         r.up.push((db.clone(), up));
-        if let (true, true, Some(n)) = (*source, up, s.and_then(|s| s.log_rows)) {
+        if let Some(n) = s.filter(|s| *source && up && fresh(s)).and_then(|s| s.log_rows) {
             r.log_rows.push((db.clone(), n));
         }
     }
-    // A source that is up gives every sync reading it a figure, 0 when
-    // nothing waits; one that is down gives none (database_up says why).
     for (sync, db) in &wanted.pairs {
-        let Some(s) = seen.get(db).filter(|s| s.up && !(s.busy && s.connecting)) else {
+        let Some(s) = seen.get(db).filter(|s| is_up(s) && fresh(s)) else {
             continue;
         };
-        if let Some(p) = &s.pending {
-            let w = p.get(sync).cloned().unwrap_or_default();
+        if let Some(w) = s.pending.as_ref().and_then(|p| p.get(sync)) {
             r.pending
                 .push((sync.clone(), db.clone(), w.rows, w.oldest_secs.unwrap_or(0.0)));
         }
@@ -370,6 +460,7 @@ mod tests {
                 up: true,
                 pending: Some(p),
                 log_rows: Some(9),
+                counted_at: Some(Instant::now()),
                 ..Default::default()
             },
         );
@@ -382,16 +473,20 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = gather(&dbs, &wanted, &seen);
+        let r = gather(&dbs, &wanted, &seen, Duration::from_secs(60));
         assert_eq!(
             r.up,
             vec![("src".into(), true), ("tgt".into(), false), ("new".into(), false)]
         );
-        assert_eq!(
-            r.pending,
-            vec![("s".into(), "src".into(), 7, 3.5), ("t".into(), "src".into(), 0, 0.0)]
-        );
+        // Sync t, which the count did not see (not registered yet), gets
+        // no figure rather than a false 0.
+        assert_eq!(r.pending, vec![("s".into(), "src".into(), 7, 3.5)]);
         assert_eq!(r.log_rows, vec![("src".into(), 9)]);
         assert_eq!(r.last_success, vec![("s".into(), 5.0)]);
+        // A count older than max_age is not shown.
+        seen.get_mut("src").unwrap().counted_at = Some(Instant::now() - Duration::from_secs(120));
+        let r = gather(&dbs, &wanted, &seen, Duration::from_secs(60));
+        assert!(r.pending.is_empty() && r.log_rows.is_empty());
+        assert_eq!(r.up[0], ("src".into(), true));
     }
 }

@@ -245,7 +245,13 @@ fn serve_metrics(
     let figures = Arc::new(crate::metrics::Metrics::new(move || r.may_write()));
     crate::metrics::http::serve(listener, figures.clone()).map_err(failed)?;
     tracing::info!("Serving metrics on http://{addr}/metrics");
-    Ok(Some(metrics::Served::new(figures)))
+    let control = pg::pool::DbPool::new(
+        "control",
+        &settings.control,
+        &format!("capra metrics (pid {})", std::process::id()),
+        1,
+    )?;
+    Ok(Some(metrics::Served::new(figures, control)))
 }
 
 /// The supervisor's means, lent to each term.
@@ -765,6 +771,11 @@ fn shut_down(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     engine.begin_stop();
+    // The gauges go at once: a daemon that no longer leads must not show
+    // what it saw while the shutdown takes its time.
+    if let Some(m) = &engine.metrics {
+        m.term_ended();
+    }
     let _ = threads.control.join();
     engine.shutdown(grace);
     let _ = threads.vac.join();
@@ -772,7 +783,7 @@ fn shut_down(
         let _ = m.join();
     }
     if let Some(m) = &engine.metrics {
-        m.figures.term_ended();
+        m.term_ended();
     }
     // The last alerts and the digest go out before the daemon is gone.
     notify_stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -209,8 +209,13 @@ impl Metrics {
         self.duration.with_label_values(&[sync]);
     }
 
-    /// Counts a run the daemon recorded.
+    /// Counts a run the daemon recorded (not for a sync already removed:
+    /// a late run must not bring its series back).
     pub fn record_run(&self, sync: &str, run: Run) {
+        let declared = crate::sys::lock(&self.declared);
+        if !declared.contains(sync) {
+            return;
+        }
         self.runs.with_label_values(&[sync, run.result.label()]).inc();
         if run.result == RunResult::Empty {
             return;
