@@ -566,7 +566,16 @@ fn server_cpu_secs(c: &Cluster) -> f64 {
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
         .unwrap_or(0);
-    let mut total = cpu_secs(pm);
+    // The postmaster's own time and that of the backends it reaped (a
+    // backend that exits between two readings must not lower the sum).
+    let pm_stat = std::fs::read_to_string(format!("/proc/{pm}/stat")).unwrap_or_default();
+    let f: Vec<&str> = pm_stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let reaped: f64 = [13, 14]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 100.0;
+    let mut total = cpu_secs(pm) + reaped;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
