@@ -58,7 +58,24 @@ impl Catalog {
     pub fn open(settings: &Settings, application_name: &str) -> Result<Catalog> {
         let resolved = pg::connect::resolve_for(&settings.control, application_name, "control database")?;
         let dbname = resolved.config.get_dbname().unwrap_or("capra").to_string();
-        let mut client = pg::connect::open(&resolved, &format!("the control database \"{dbname}\""))?;
+        let mut client = pg::connect::open(&resolved, &format!("the control database \"{dbname}\"")).map_err(|e| match e {
+            // Where it looked is in the summary; say how to look elsewhere.
+            Error::Connect {
+                target,
+                summary,
+                detail,
+                source,
+            } => Error::Connect {
+                target,
+                summary,
+                detail: format!(
+                    "{detail}; point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {}), or create it with capra install",
+                    crate::config::system_config_path().display()
+                ),
+                source,
+            },
+            other => other,
+        })?;
         let row = client
             .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
             .ctx(|| "checking the control database".into())?;

@@ -421,9 +421,18 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// Why setting a value changes nothing (Bucardo-only names, and features
-/// a later release wires), for the one-line warning `set` prints.
-pub fn inert(s: &Setting) -> Option<&'static str> {
-    (s.about.starts_with(COMPAT) || s.about.starts_with(LATER)).then_some(s.about)
+/// a later release wires), as the end of the one-line warning `set`
+/// prints after "has no effect in capra": it never says that twice.
+pub fn inert(s: &Setting) -> Option<String> {
+    if let Some(rest) = s.about.strip_prefix(COMPAT) {
+        let rest = rest.trim();
+        return Some(if rest.is_empty() {
+            " (a Bucardo setting, kept for old scripts)".to_string()
+        } else {
+            format!(" {rest}")
+        });
+    }
+    s.about.strip_prefix(LATER).map(|rest| format!(" yet{rest}"))
 }
 
 /// Looks a setting up by name (case-insensitive).

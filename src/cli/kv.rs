@@ -134,6 +134,19 @@ pub fn split(words: &[String], keys: &[Key], what: &str) -> Result<Args> {
         else {
             let mut names: Vec<&str> = keys.iter().map(|k| k.name).collect();
             names.sort();
+            let known = keys
+                .iter()
+                .flat_map(|k| std::iter::once(k.name).chain(k.aliases.iter().copied()));
+            if let Some(best) = crate::cli::suggest::nearest(&norm, known) {
+                let best = keys
+                    .iter()
+                    .find(|k| k.name == best || k.aliases.contains(&best))
+                    .map_or(best, |k| k.name);
+                return Err(Error::Usage(format!(
+                    "unknown option '{}' for '{what}': did you mean '{best}'?",
+                    k.trim()
+                )));
+            }
             return Err(Error::Usage(format!(
                 "unknown option '{}' for '{what}' (valid: {})",
                 k.trim(),

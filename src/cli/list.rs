@@ -96,17 +96,40 @@ fn emit_json(v: Value) {
 }
 
 /// Every list prints `--json` output or "There are no PLURAL." the same
-/// way; true when that was all there was to print.
-fn json_or_none<T: serde::Serialize>(ctx: &Ctx, items: &[T], plural: &str) -> bool {
+/// way; when names were given and none matched, it says so and lists the
+/// names there are (`all`). True when that was all there was to print.
+fn json_or_none<T: serde::Serialize>(
+    ctx: &Ctx,
+    items: &[T],
+    plural: &str,
+    filters: &[String],
+    all: impl FnOnce() -> Vec<String>,
+) -> bool {
     if ctx.json {
         emit_json(json!(items));
         return true;
     }
     if items.is_empty() {
-        println!("There are no {plural}.");
+        let all = if filters.is_empty() { Vec::new() } else { all() };
+        if all.is_empty() {
+            println!("There are no {plural}.");
+        } else {
+            const SHOWN: usize = 20;
+            let more = all.len().saturating_sub(SHOWN);
+            let mut names = all.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                names.push_str(&format!(" and {more} more"));
+            }
+            println!("No {plural} match {}; there are: {names}", filters.join(", "));
+        }
         return true;
     }
     false
+}
+
+/// The names of everything a list could show, for "no match".
+fn names_of<T>(items: Result<Vec<T>>, name: impl Fn(&T) -> String) -> Vec<String> {
+    items.map(|v| v.iter().map(name).collect()).unwrap_or_default()
 }
 
 fn print_list(
@@ -171,7 +194,9 @@ fn list_dbs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<(
         .into_iter()
         .filter(|d| wanted(&d.name, filters))
         .collect();
-    if json_or_none(ctx, &dbs, "databases") {
+    if json_or_none(ctx, &dbs, "databases", filters, || {
+        names_of(model::dbs(c), |d| d.name.clone())
+    }) {
         return Ok(());
     }
     let groups = model::dbgroups(c)?;
@@ -228,7 +253,9 @@ fn list_relations(
         .filter(|r| db_filter.is_none_or(|d| r.db == d))
         .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
         .collect();
-    if json_or_none(ctx, &rels, &format!("{kind}s")) {
+    if json_or_none(ctx, &rels, &format!("{kind}s"), filters, || {
+        names_of(model::relations(c, Some(kind)), |r| r.name.human())
+    }) {
         return Ok(());
     }
     let syncs = model::syncs(c)?;
@@ -288,7 +315,9 @@ fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, filters: &[St
         .filter(|g| wanted(&g.name, filters))
         .collect();
     let label = if herd { "Herd" } else { "Relgroup" };
-    if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase())) {
+    if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase()), filters, || {
+        names_of(model::relgroups(c), |g| g.name.clone())
+    }) {
         return Ok(());
     }
     let rels = model::relations(c, None)?;
@@ -322,7 +351,9 @@ fn list_dbgroups(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Res
         .into_iter()
         .filter(|g| wanted(&g.name, filters))
         .collect();
-    if json_or_none(ctx, &groups, "dbgroups") {
+    if json_or_none(ctx, &groups, "dbgroups", filters, || {
+        names_of(model::dbgroups(c), |g| g.name.clone())
+    }) {
         return Ok(());
     }
     let syncs = model::syncs(c)?;
@@ -362,7 +393,9 @@ fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], status: O
         .filter(|s| wanted(&s.name, filters))
         .filter(|s| status.is_none_or(|st| s.status == st))
         .collect();
-    if json_or_none(ctx, &syncs, "syncs") {
+    if json_or_none(ctx, &syncs, "syncs", filters, || {
+        names_of(model::syncs(c), |s| s.name.clone())
+    }) {
         return Ok(());
     }
     let groups = model::dbgroups(c)?;
@@ -400,7 +433,9 @@ fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> 
         .into_iter()
         .filter(|x| wanted(&x.name, filters))
         .collect();
-    if json_or_none(ctx, &codes, "customcodes") {
+    if json_or_none(ctx, &codes, "customcodes", filters, || {
+        names_of(model::customcodes(c), |x| x.name.clone())
+    }) {
         return Ok(());
     }
     for x in &codes {
@@ -442,7 +477,12 @@ pub fn show(ctx: &Ctx, names: &[String]) -> Result<()> {
     let pick: Vec<_> = if names.is_empty() || names.iter().any(|n| n == "all") {
         rows
     } else if names.iter().any(|n| n == "changed") {
-        rows.into_iter().filter(|r| r.setting != r.defval).collect()
+        let changed: Vec<_> = rows.into_iter().filter(|r| r.setting != r.defval).collect();
+        if changed.is_empty() && !ctx.json {
+            println!("No setting differs from its default (capra show all lists them).");
+            return Ok(());
+        }
+        changed
     } else {
         let sel: Vec<_> = rows
             .into_iter()
@@ -458,10 +498,16 @@ pub fn show(ctx: &Ctx, names: &[String]) -> Result<()> {
             })
             .collect();
         if sel.is_empty() {
-            return Err(Error::Usage(format!(
-                "no setting matches {}; see: capra show all",
-                names.join(", ")
-            )));
+            let near = names.iter().find_map(|n| {
+                crate::cli::suggest::nearest(n, crate::catalog::settings::SETTINGS.iter().map(|s| s.name))
+            });
+            return Err(Error::Usage(match near {
+                Some(n) => format!(
+                    "no setting matches {}: did you mean '{n}'? (see: capra show all)",
+                    names.join(", ")
+                ),
+                None => format!("no setting matches {}; see: capra show all", names.join(", ")),
+            }));
         }
         sel
     };

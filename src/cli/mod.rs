@@ -13,6 +13,7 @@ pub mod install;
 pub mod kv;
 pub mod list;
 pub mod status;
+pub mod suggest;
 pub mod sync_opts;
 pub mod validate;
 
@@ -479,12 +480,26 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> u8 {
     if !matches!(cli.command, Command::Start { foreground: true, .. }) {
         crate::logging::init_cli(verbose);
     }
+    let flags = flags_of(&cli);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
+            let e = suggest::enrich(&flags, e);
             report(&e, verbose);
             e.exit_code()
         }
+    }
+}
+
+/// The connection options the command line gave.
+fn flags_of(cli: &Cli) -> config::Flags {
+    config::Flags {
+        dbhost: cli.dbhost.clone(),
+        dbport: cli.dbport,
+        dbuser: cli.dbuser.clone(),
+        dbname: cli.dbname.clone(),
+        dbpass: cli.dbpass.clone(),
+        config: cli.config.clone(),
     }
 }
 
@@ -532,14 +547,7 @@ pub fn report(e: &Error, verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let flags = config::Flags {
-        dbhost: cli.dbhost.clone(),
-        dbport: cli.dbport,
-        dbuser: cli.dbuser.clone(),
-        dbname: cli.dbname.clone(),
-        dbpass: cli.dbpass.clone(),
-        config: cli.config.clone(),
-    };
+    let flags = flags_of(&cli);
     let settings = config::load(&flags)?;
     let ctx = Ctx {
         settings,

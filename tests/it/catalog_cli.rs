@@ -411,3 +411,84 @@ fn customcode_is_compiled_when_added() {
     c.ok(&["remove", "customcode", "hello"]);
     assert!(!c.ok(&["list", "code"]).contains("hello"));
 }
+
+/// The first hour (issue 22): a typo gets the nearest name, a list that
+/// matches nothing says what exists, `show changed` says when nothing
+/// changed, an inert setting warns once, and an unreachable control
+/// database says how to point capra elsewhere.
+#[test]
+fn typos_and_empty_answers_say_what_to_do() {
+    let (c, _, _) = fixtures::pair("first", "CREATE TABLE kv (k int PRIMARY KEY)");
+    c.ok(&["add", "table", "kv", "db=src", "relgroup=shop_tables"]);
+    let out = c.ok(&["show", "changed"]);
+    assert_eq!(
+        out.trim(),
+        "No setting differs from its default (capra show all lists them).",
+        "{out}"
+    );
+    c.ok(&[
+        "add",
+        "sync",
+        "shop_sync",
+        "relgroup=shop_tables",
+        "dbs=src:source,tgt:target",
+        "autokick=0",
+    ]);
+    let err = c.fails(&["status", "shop_snyc"], 1);
+    assert!(
+        err.contains("sync \"shop_snyc\" does not exist; did you mean \"shop_sync\"? (see: capra list syncs)"),
+        "{err}"
+    );
+    let err = c.fails(&["remove", "relgroup", "shop_tabels"], 1);
+    assert!(err.contains("did you mean \"shop_tables\"?"), "{err}");
+    let err = c.fails(
+        &[
+            "add",
+            "sync",
+            "other",
+            "relgroup=shop_tables",
+            "dbs=src:source,tgt:target",
+            "autokik=1",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("unknown option 'autokik' for 'add sync': did you mean 'autokick'?"),
+        "{err}"
+    );
+    let err = c.fails(&["set", "kid_slep=1"], 2);
+    assert!(
+        err.contains("Unknown setting 'kid_slep': did you mean 'kid_sleep'?"),
+        "{err}"
+    );
+    let err = c.fails(&["show", "vac_slep"], 2);
+    assert!(err.contains("did you mean 'vac_sleep'?"), "{err}");
+    // Far from everything: no guess.
+    let err = c.fails(&["status", "zzzzzz"], 1);
+    assert!(!err.contains("did you mean"), "{err}");
+
+    let r = c.run(&["set", "kid_sleep=1"]);
+    assert_eq!(r.stderr.matches("no effect").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim(),
+        "capra: warning: setting \"kid_sleep\" has no effect in capra (a Bucardo setting, kept for old scripts)"
+    );
+
+    let out = c.ok(&["list", "relgroups", "rg2"]);
+    assert_eq!(out.trim(), "No relgroups match rg2; there are: shop_tables", "{out}");
+    assert_eq!(
+        c.ok(&["list", "syncs", "nope"]).trim(),
+        "No syncs match nope; there are: shop_sync"
+    );
+
+    let mut far = Capra::uninstalled(cluster::a());
+    let at = far.global.iter().position(|g| g == "-p").unwrap() + 1;
+    far.global[at] = cluster::free_port().to_string();
+    let err = far.fails(&["status"], 1);
+    assert!(
+        err.contains("cannot connect to the control database")
+            && err.contains("point capra at it with -h/-p/-d (or CAPRA_DBHOST")
+            && err.contains("or create it with capra install"),
+        "{err}"
+    );
+}

@@ -15,8 +15,16 @@ pub fn set(ctx: &Ctx, pairs: &[String]) -> Result<()> {
         let Some((k, v)) = p.split_once('=') else {
             return Err(Error::Usage(format!("malformed setting {p:?}: expected name=value")));
         };
-        let s = settings::find(k.trim())
-            .ok_or_else(|| Error::Usage(format!("Unknown setting '{}' (see: capra show all)", k.trim())))?;
+        let s = settings::find(k.trim()).ok_or_else(|| {
+            let near = crate::cli::suggest::nearest(k.trim(), settings::SETTINGS.iter().map(|s| s.name));
+            Error::Usage(match near {
+                Some(n) => format!(
+                    "Unknown setting '{}': did you mean '{n}'? (see: capra show all)",
+                    k.trim()
+                ),
+                None => format!("Unknown setting '{}' (see: capra show all)", k.trim()),
+            })
+        })?;
         let v = normalise(s, v).map_err(Error::Usage)?;
         checked.push((s, v));
     }
@@ -37,7 +45,7 @@ pub fn set(ctx: &Ctx, pairs: &[String]) -> Result<()> {
         };
         ctx.say(format!("Set \"{n}\" to \"{shown}\""));
         if let Some(why) = settings::inert(s) {
-            eprintln!("capra: warning: setting \"{n}\" has no effect in capra: {why}");
+            eprintln!("capra: warning: setting \"{n}\" has no effect in capra{why}");
         }
     }
     Ok(())
