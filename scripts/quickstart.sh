@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # capra quickstart: two throwaway PostgreSQL clusters on loopback ports stand
 # for two hosts; capra replicates pgbench data from one to the other.
-# Everything lives under one temp directory and is removed at the end
-# (KEEP=1 keeps the clusters running and prints how to reach them).
+# Everything, the daemon's pid file and log included, lives under one temp
+# directory and is removed at the end (KEEP=1 keeps the clusters and the
+# daemon running and prints the capra options that reach them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -45,8 +46,12 @@ EOF
 }
 cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then
-        echo; echo "Clusters kept under $WORK (ports ${PORTS[*]}). Stop them with:"
+        echo; echo "Kept under $WORK: the clusters (ports ${PORTS[*]}) and the daemon. Use capra with:"
+        echo "  $CAPRA ${G[*]} status"
+        echo "Stop everything with:"
+        echo "  $CAPRA ${G[*]} stop"
         for c in hostA hostB; do echo "  ${AS_PG[*]} $PGBIN/pg_ctl -D $WORK/$c stop"; done
+        echo "  rm -rf $WORK"
         return
     fi
     "$CAPRA" "${G[@]}" stop >/dev/null 2>&1 || true
@@ -73,7 +78,10 @@ for p in "$A" "$B"; do "$PGBIN/createdb" -h 127.0.0.1 -p "$p" -U postgres shop; 
 "$PGBIN/pg_dump" -h 127.0.0.1 -p "$A" -U postgres --schema-only shop | "${PSQL_B[@]}" shop >/dev/null
 
 # capra's control database lives on hostA; these are its global options.
-G=(-h 127.0.0.1 -p "$A" -U capra -d capra)
+# A config file of its own keeps the daemon's pid file and log in $WORK.
+mkdir -p "$WORK/run"
+printf 'piddir = %s\nlogdest = %s\n' "$WORK/run" "$WORK/capra.log" > "$WORK/capra.conf"
+G=(-h 127.0.0.1 -p "$A" -U capra -d capra --config "$WORK/capra.conf")
 say "installing capra's control database"
 run "$CAPRA" -h 127.0.0.1 -p "$A" -U postgres -d capra install --batch
 
@@ -90,6 +98,7 @@ run "$CAPRA" "${G[@]}" list syncs
 say "starting the daemon (it copies the tables into the empty target first: onetimecopy=2)"
 START_OUT=$("$CAPRA" "${G[@]}" start "quickstart"); printf '$ %s\n%s\n' "$CAPRA ${G[*]} start quickstart" "$START_OUT"
 LOG=${START_OUT##*log: }
+LOG=${LOG%% (*}
 DAEMON_PID=$(printf '%s' "$START_OUT" | sed -n 's/.*(pid \([0-9]*\)).*/\1/p')
 run "$CAPRA" "${G[@]}" kick shop_sync 60
 echo "rows on hostB now: $("${PSQL_B[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_accounts')  (hostA: $("${PSQL_A[@]}" -tA shop -c 'SELECT count(*) FROM pgbench_accounts'))"
@@ -119,8 +128,10 @@ run "$CAPRA" "${G[@]}" delta
 echo "last lines of the daemon log ($LOG):"
 grep "^($DAEMON_PID) " "$LOG" 2>/dev/null | grep -E " (KID|CTL) " | tail -n 6 || true
 
-say "stopping the daemon"
-run "$CAPRA" "${G[@]}" stop "quickstart done"
+if [ "${KEEP:-0}" != 1 ]; then
+    say "stopping the daemon"
+    run "$CAPRA" "${G[@]}" stop "quickstart done"
+fi
 if [ "$same" = 1 ]; then
     say "done: every replicated table is identical on hostB"
 else

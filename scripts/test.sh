@@ -15,6 +15,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
 command -v rpmbuild >/dev/null 2>&1 || need_apt+=(rpm)
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"

@@ -24,12 +24,18 @@ pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std
     ctx.say("Checking for existing processes");
     ctx.say("Starting capra");
     let d = daemon::spawn_detached(&ctx.settings, &reason, config)?;
+    // Where the log went, and why there: one rule, as capra.conf says.
+    let why = if ctx.settings.logdest.is_some() {
+        "logdest"
+    } else {
+        "the default; logdest in capra.conf changes it"
+    };
     match d.status.strip_prefix("standby, ") {
         Some(leader) => ctx.say(format!(
-            "capra is running (pid {}) as a standby; {leader}; log: {}",
+            "capra is running (pid {}) as a standby; {leader}; log: {} ({why})",
             d.pid, d.log
         )),
-        None => ctx.say(format!("capra is running (pid {}); log: {}", d.pid, d.log)),
+        None => ctx.say(format!("capra is running (pid {}); log: {} ({why})", d.pid, d.log)),
     }
     Ok(())
 }

@@ -749,6 +749,76 @@ fn help_cmd(words: &[String]) -> Result<()> {
 }
 
 /// Writes `capra.1` and the bash, zsh and fish completions into `dir`.
+/// The one man page: clap's sections, the commands listed in it (no
+/// per-command pages are shipped, so none is named), and every command's
+/// options, wrapped to fit 80 columns.
+fn man_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
+    let m = clap_mangen::Man::new(cmd.clone());
+    let mut man = Vec::new();
+    m.render_title(&mut man)?;
+    m.render_name_section(&mut man)?;
+    m.render_synopsis_section(&mut man)?;
+    m.render_description_section(&mut man)?;
+    m.render_options_section(&mut man)?;
+    let mut text = String::from(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        text.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", sub.get_name(), roff_text(&about)));
+    }
+    text.push_str(".SH \"COMMAND OPTIONS\"\n");
+    for part in [help::sync(), help::db(), help::table_opts(), help::customcode()] {
+        text.push_str(".nf\n");
+        for line in part.lines() {
+            for piece in wrap(line, 72) {
+                text.push_str(&roff_text(&piece));
+                text.push('\n');
+            }
+        }
+        text.push_str(".fi\n");
+    }
+    man.extend_from_slice(text.as_bytes());
+    // The Bucardo spellings (after_long_help), once.
+    m.render_extra_section(&mut man)?;
+    m.render_version_section(&mut man)?;
+    Ok(man)
+}
+
+/// Text safe in a roff line: backslashes escaped, no leading control dot.
+fn roff_text(s: &str) -> String {
+    let s = s.replace('\\', "\\e");
+    if s.starts_with('.') || s.starts_with('\'') {
+        format!("\\&{s}")
+    } else {
+        s
+    }
+}
+
+/// A line broken at spaces into pieces of at most `width` columns, the
+/// later ones indented two more than the first.
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    if line.chars().count() <= width {
+        return vec![line.to_string()];
+    }
+    let indent = line.len() - line.trim_start().len();
+    let more = " ".repeat(indent + 2);
+    let mut out = Vec::new();
+    let mut cur = line[..indent].to_string();
+    let mut empty = true;
+    for word in line.split_whitespace() {
+        if !empty && cur.chars().count() + 1 + word.chars().count() > width {
+            out.push(std::mem::replace(&mut cur, more.clone()));
+            empty = true;
+        }
+        if !empty {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+        empty = false;
+    }
+    out.push(cur);
+    out
+}
+
 fn generate_docs(dir: &std::path::Path) -> Result<()> {
     use clap::CommandFactory;
     let io = |context: &str| {
@@ -760,22 +830,11 @@ fn generate_docs(dir: &std::path::Path) -> Result<()> {
     };
     std::fs::create_dir_all(dir).map_err(io("creating the output directory"))?;
     let cmd = Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .render(&mut man)
-        .map_err(io("rendering the man page"))?;
-    // Every subcommand's options and the option tables, in the same page.
-    let mut extra = String::from(".SH \"COMMAND OPTIONS\"\n");
-    for part in [help::sync(), help::db(), help::table_opts(), help::customcode()] {
-        extra.push_str(".nf\n");
-        extra.push_str(&part.replace('\\', "\\e"));
-        extra.push_str(".fi\n");
-    }
-    extra.push_str(".SH \"BUCARDO SPELLINGS\"\n.nf\n");
-    extra.push_str(&help::TOPICS.replace('\\', "\\e"));
-    extra.push_str(".fi\n");
-    man.extend_from_slice(extra.as_bytes());
-    std::fs::write(dir.join("capra.1"), man).map_err(io("writing capra.1"))?;
+    std::fs::write(
+        dir.join("capra.1"),
+        man_page(&cmd).map_err(io("rendering the man page"))?,
+    )
+    .map_err(io("writing capra.1"))?;
     for (shell, file) in [
         (clap_complete::Shell::Bash, "capra.bash"),
         (clap_complete::Shell::Zsh, "_capra"),

@@ -492,3 +492,47 @@ fn typos_and_empty_answers_say_what_to_do() {
         "{err}"
     );
 }
+
+/// The man page (issue 22): no reference to per-command pages that are
+/// not shipped, the Bucardo spellings once, nothing wider than 80 columns,
+/// and no warning from man.
+#[test]
+fn the_man_page_fits_and_names_no_missing_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::capra::bin())
+        .arg("generate-docs")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = dir.path().join("capra.1");
+    let shown = std::process::Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "80")
+        .output()
+        .unwrap();
+    let warnings = String::from_utf8_lossy(&shown.stderr);
+    assert!(shown.status.success() && warnings.trim().is_empty(), "{warnings}");
+    // Without a terminal man overstrikes bold text (c BACKSPACE c).
+    let mut text = String::new();
+    for ch in String::from_utf8_lossy(&shown.stdout).chars() {
+        if ch == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(ch);
+        }
+    }
+    let wide: Vec<&str> = text.lines().filter(|l| l.chars().count() > 80).collect();
+    assert!(wide.is_empty(), "lines wider than 80 columns: {wide:#?}");
+    let refs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("capra-") && l.contains("(1)"))
+        .collect();
+    assert!(refs.is_empty(), "references to pages that are not shipped: {refs:?}");
+    assert_eq!(text.matches("Bucardo 5 spellings").count(), 1, "{text}");
+    assert!(
+        text.contains("COMMAND OPTIONS") && text.contains("onetimecopy="),
+        "{text}"
+    );
+}
