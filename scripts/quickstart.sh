@@ -46,10 +46,13 @@ EOF
 }
 cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then
-        echo; echo "Kept under $WORK: the clusters (ports ${PORTS[*]}) and the daemon. Use capra with:"
-        echo "  $CAPRA ${G[*]} status"
+        echo; echo "Kept under $WORK: the clusters (ports ${PORTS[*]}) and, if it started, the daemon."
+        if [ ${#G[@]} -gt 0 ]; then
+            echo "Use capra with:"
+            echo "  $CAPRA ${G[*]} status"
+        fi
         echo "Stop everything with:"
-        echo "  $CAPRA ${G[*]} stop"
+        [ ${#G[@]} -gt 0 ] && echo "  $CAPRA ${G[*]} stop"
         for c in hostA hostB; do echo "  ${AS_PG[*]} $PGBIN/pg_ctl -D $WORK/$c stop"; done
         echo "  rm -rf $WORK"
         return

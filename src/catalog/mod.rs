@@ -65,15 +65,25 @@ impl Catalog {
                 summary,
                 detail,
                 source,
-            } => Error::Connect {
-                target,
-                summary,
-                detail: format!(
-                    "{detail}; point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {}), or create it with capra install",
-                    crate::config::system_config_path().display()
-                ),
-                source,
-            },
+            } => {
+                let conf = crate::config::system_config_path().display().to_string();
+                let hint = match source.pg().and_then(|e| e.code()).map(|c| c.code()) {
+                    // Refused the login: the role or its password.
+                    Some("28P01" | "28000") => format!(
+                        "check the role and its password: -U (or CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}), and ~/.pgpass or dbpass"
+                    ),
+                    Some("3D000") => "create it with capra install (as a role that may create databases, e.g. capra -U postgres install)".to_string(),
+                    _ => format!(
+                        "point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {conf}), or create it with capra install"
+                    ),
+                };
+                Error::Connect {
+                    target,
+                    summary,
+                    detail: format!("{detail}; {hint}"),
+                    source,
+                }
+            }
             other => other,
         })?;
         let row = client

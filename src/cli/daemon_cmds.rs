@@ -25,17 +25,20 @@ pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std
     ctx.say("Starting capra");
     let d = daemon::spawn_detached(&ctx.settings, &reason, config)?;
     // Where the log went, and why there: one rule, as capra.conf says.
-    let why = if ctx.settings.logdest.is_some() {
-        "logdest"
-    } else {
-        "the default; logdest in capra.conf changes it"
+    let log = match ctx.settings.logdest.as_deref().map(crate::logging::Dest::parse) {
+        None => format!("{} (the default; logdest in capra.conf changes it)", d.log),
+        Some(crate::logging::Dest::File(_)) => format!("{} (logdest)", d.log),
+        Some(crate::logging::Dest::Stderr) => format!("{} (logdest = stderr)", d.log),
+        Some(crate::logging::Dest::Journald) => {
+            format!("journald (logdest; output before logging starts goes to {})", d.log)
+        }
     };
     match d.status.strip_prefix("standby, ") {
         Some(leader) => ctx.say(format!(
-            "capra is running (pid {}) as a standby; {leader}; log: {} ({why})",
-            d.pid, d.log
+            "capra is running (pid {}) as a standby; {leader}; log: {log}",
+            d.pid
         )),
-        None => ctx.say(format!("capra is running (pid {}); log: {} ({why})", d.pid, d.log)),
+        None => ctx.say(format!("capra is running (pid {}); log: {log}", d.pid)),
     }
     Ok(())
 }

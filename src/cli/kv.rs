@@ -136,12 +136,8 @@ pub fn split(words: &[String], keys: &[Key], what: &str) -> Result<Args> {
             names.sort();
             let known = keys
                 .iter()
-                .flat_map(|k| std::iter::once(k.name).chain(k.aliases.iter().copied()));
-            if let Some(best) = crate::cli::suggest::nearest(&norm, known) {
-                let best = keys
-                    .iter()
-                    .find(|k| k.name == best || k.aliases.contains(&best))
-                    .map_or(best, |k| k.name);
+                .flat_map(|k| std::iter::once((k.name, k.name)).chain(k.aliases.iter().map(|a| (*a, k.name))));
+            if let Some(best) = crate::cli::suggest::nearest_mapped(&norm, known) {
                 return Err(Error::Usage(format!(
                     "unknown option '{}' for '{what}': did you mean '{best}'?",
                     k.trim()

@@ -251,21 +251,26 @@ fn list_relations(
     let rels: Vec<Relation> = model::relations(c, Some(kind))?
         .into_iter()
         .filter(|r| db_filter.is_none_or(|d| r.db == d))
-        .filter(|r| filters.is_empty() || wanted(&r.name.human(), filters) || wanted(&r.name.name, filters))
+        .filter(|r| {
+            filters.is_empty()
+                || wanted(&r.name.human(), filters)
+                || wanted(&r.name.shown(), filters)
+                || wanted(&r.name.name, filters)
+        })
         .collect();
     if json_or_none(ctx, &rels, &format!("{kind}s"), filters, || {
-        names_of(model::relations(c, Some(kind)), |r| r.name.human())
+        names_of(model::relations(c, Some(kind)), |r| r.name.shown())
     }) {
         return Ok(());
     }
     let syncs = model::syncs(c)?;
     let idw = rels.iter().map(|r| r.id.to_string().len()).max().unwrap_or(1) + 1;
-    let nw = rels.iter().map(|r| r.name.human().len()).max().unwrap_or(0);
+    let nw = rels.iter().map(|r| r.name.shown().len()).max().unwrap_or(0);
     let dw = rels.iter().map(|r| r.db.len()).max().unwrap_or(0);
     for r in &rels {
         let num = format!("{}.", r.id);
         let label = rel_label(kind);
-        let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.human(), r.db);
+        let mut line = format!("{num:<idw$} {label}: {:<nw$}  DB: {:<dw$}", r.name.shown(), r.db);
         if kind == RelType::Table {
             line.push_str(&table_details(r));
         }
@@ -326,7 +331,7 @@ fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, filters: &[St
             .members
             .iter()
             .filter_map(|id| rels.iter().find(|r| r.id == *id))
-            .map(|r| r.name.human())
+            .map(|r| r.name.shown())
             .collect();
         println!(
             "{label}: {}  DB: {}  Members: {}",
@@ -418,7 +423,7 @@ fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], status: O
             if let Some(rg) = rgs.iter().find(|r| r.name == s.relgroup) {
                 for id in &rg.members {
                     if let Some(r) = rels.iter().find(|r| r.id == *id) {
-                        println!("  {} {}", rel_label(r.reltype), r.name.human());
+                        println!("  {} {}", rel_label(r.reltype), r.name.shown());
                     }
                 }
             }

@@ -748,10 +748,10 @@ fn help_cmd(words: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `capra.1` and the bash, zsh and fish completions into `dir`.
 /// The one man page: clap's sections, the commands listed in it (no
-/// per-command pages are shipped, so none is named), and every command's
-/// options, wrapped to fit 80 columns.
+/// per-command pages are shipped, so none is named), every command's
+/// options and the Bucardo spellings as preformatted text, wrapped to fit
+/// 80 columns.
 fn man_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     let m = clap_mangen::Man::new(cmd.clone());
     let mut man = Vec::new();
@@ -763,50 +763,88 @@ fn man_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     let mut text = String::from(".SH COMMANDS\n");
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-        text.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", sub.get_name(), roff_text(&about)));
+        text.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            roff_text(sub.get_name()),
+            roff_text(&about)
+        ));
     }
-    text.push_str(".SH \"COMMAND OPTIONS\"\n");
-    for part in [help::sync(), help::db(), help::table_opts(), help::customcode()] {
-        text.push_str(".nf\n");
-        for line in part.lines() {
+    if let Some(env) = cmd.get_after_help() {
+        text.push_str(".SH ENVIRONMENT\n");
+        text.push_str(&roff_text(&env.to_string().replace('\n', " ")));
+        text.push('\n');
+    }
+    let preformatted = |title: &str, body: &str, text: &mut String| {
+        text.push_str(&format!(".SH \"{title}\"\n.nf\n"));
+        for line in body.lines() {
             for piece in wrap(line, 72) {
                 text.push_str(&roff_text(&piece));
                 text.push('\n');
             }
         }
         text.push_str(".fi\n");
-    }
+    };
+    let options = [help::sync(), help::db(), help::table_opts(), help::customcode()].join("\n");
+    preformatted("COMMAND OPTIONS", &options, &mut text);
+    preformatted("BUCARDO SPELLINGS", help::TOPICS, &mut text);
     man.extend_from_slice(text.as_bytes());
-    // The Bucardo spellings (after_long_help), once.
-    m.render_extra_section(&mut man)?;
     m.render_version_section(&mut man)?;
     Ok(man)
 }
 
-/// Text safe in a roff line: backslashes escaped, no leading control dot.
+/// Text safe in a roff line and pasteable from the page: backslashes
+/// escaped, hyphens and quotes kept ASCII, no leading control character.
 fn roff_text(s: &str) -> String {
-    let s = s.replace('\\', "\\e");
-    if s.starts_with('.') || s.starts_with('\'') {
+    let s = s.replace('\\', "\\e").replace('-', "\\-").replace('\'', "\\(aq");
+    if s.starts_with('.') {
         format!("\\&{s}")
     } else {
         s
     }
 }
 
-/// A line broken at spaces into pieces of at most `width` columns, the
-/// later ones indented two more than the first.
+/// A line of at most `width` columns, or broken into such lines. A table
+/// row (`key  default  meaning`, columns two spaces apart) keeps its key
+/// and default on the first line and takes its meaning to the next ones,
+/// indented; other text is wrapped at words.
 fn wrap(line: &str, width: usize) -> Vec<String> {
     if line.chars().count() <= width {
         return vec![line.to_string()];
     }
     let indent = line.len() - line.trim_start().len();
-    let more = " ".repeat(indent + 2);
+    let fields: Vec<&str> = line
+        .trim()
+        .split("  ")
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    if fields.len() < 2 {
+        return words(line, width, indent + 2);
+    }
+    let (head, meaning) = match fields.as_slice() {
+        [key, default, rest @ ..] if !rest.is_empty() => (format!("{key}  {default}"), rest.join(" ")),
+        [key, rest @ ..] => (key.to_string(), rest.join(" ")),
+        [] => return vec![line.to_string()],
+    };
+    let mut out = words(&format!("{}{head}", " ".repeat(indent)), width, indent + 2);
+    out.extend(words(
+        &format!("{}{meaning}", " ".repeat(indent + 4)),
+        width,
+        indent + 4,
+    ));
+    out
+}
+
+/// Words of `line` (its indent kept) filled into lines of `width`, the
+/// later ones indented by `cont`.
+fn words(line: &str, width: usize, cont: usize) -> Vec<String> {
+    let indent = line.len() - line.trim_start().len();
     let mut out = Vec::new();
     let mut cur = line[..indent].to_string();
     let mut empty = true;
     for word in line.split_whitespace() {
         if !empty && cur.chars().count() + 1 + word.chars().count() > width {
-            out.push(std::mem::replace(&mut cur, more.clone()));
+            out.push(std::mem::replace(&mut cur, " ".repeat(cont)));
             empty = true;
         }
         if !empty {
@@ -819,6 +857,7 @@ fn wrap(line: &str, width: usize) -> Vec<String> {
     out
 }
 
+/// Writes `capra.1` and the bash, zsh and fish completions into `dir`.
 fn generate_docs(dir: &std::path::Path) -> Result<()> {
     use clap::CommandFactory;
     let io = |context: &str| {

@@ -5,39 +5,60 @@ use crate::catalog::{model, Catalog};
 use crate::config;
 use crate::error::Error;
 
-/// The edit distance between two names (case-insensitive).
+/// The edit distance between two names (case-insensitive), a swap of two
+/// neighbouring letters counting as one edit.
 fn distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.to_lowercase().chars().collect();
     let b: Vec<char> = b.to_lowercase().chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
-/// The known name nearest to `word`, if it is near enough to be a typo
-/// (a third of its letters at most, and at least one) and the only one
-/// that near.
+/// The known name nearest to `word`, if it is near enough to be a typo (a
+/// third of its letters at most) and the only one that near.
 pub fn nearest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
+    nearest_mapped(word, known.into_iter().map(|k| (k, k)))
+}
+
+/// [`nearest`] over (spelling, name) pairs: an option's aliases lead to
+/// its name, and spellings of one name never tie with each other.
+pub fn nearest_mapped<'a>(word: &str, known: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<&'a str> {
+    let len = word.chars().count();
+    if len < 3 || word.contains(['*', '%']) {
+        return None;
+    }
+    let limit = (len / 3).max(1);
     let mut best: Option<(usize, &str)> = None;
     let mut tie = false;
-    for k in known {
-        let d = distance(word, k);
-        if d == 0 || d > limit {
+    for (spelling, name) in known {
+        if spelling == word {
+            continue;
+        }
+        let d = distance(word, spelling);
+        if d > limit {
             continue;
         }
         match best {
-            Some((bd, _)) if d > bd => {}
-            Some((bd, _)) if d == bd => tie = true,
+            Some((bd, b)) if d == bd && b != name => tie = true,
+            Some((bd, _)) if d >= bd => {}
             _ => {
-                best = Some((d, k));
+                best = Some((d, name));
                 tie = false;
             }
         }
@@ -75,11 +96,17 @@ fn names_of(c: &mut postgres::Client, kind: &str) -> Option<Vec<String>> {
         "relgroup" => model::relgroups(c).ok()?.into_iter().map(|g| g.name).collect(),
         "dbgroup" => model::dbgroups(c).ok()?.into_iter().map(|g| g.name).collect(),
         "customcode" => model::customcodes(c).ok()?.into_iter().map(|g| g.name).collect(),
-        "table" | "sequence" => model::relations(c, None)
-            .ok()?
-            .into_iter()
-            .flat_map(|r| [r.name.human(), r.name.name.clone()])
-            .collect(),
+        "table" | "sequence" => {
+            let mut names: Vec<String> = model::relations(c, None)
+                .ok()?
+                .into_iter()
+                .filter(|r| r.reltype.as_str() == kind)
+                .map(|r| r.name.human())
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        }
         _ => return None,
     })
 }
@@ -93,8 +120,21 @@ mod tests {
         let known = ["shop_sync", "shop_tables", "autokick", "checktime"];
         assert_eq!(nearest("shop_snyc", known), Some("shop_sync"));
         assert_eq!(nearest("autokik", known), Some("autokick"));
-        assert_eq!(nearest("AUTOKICK", known), None, "the same name is not a suggestion");
+        assert_eq!(
+            nearest("SHOP_SYNC", known),
+            Some("shop_sync"),
+            "names are case-sensitive"
+        );
+        assert_eq!(nearest("shop_sync", known), None, "the name itself is no suggestion");
+        assert_eq!(nearest("hots", ["host", "port"]), Some("host"), "a swap is one edit");
         assert_eq!(nearest("zzz", known), None);
-        assert_eq!(nearest("ab", ["ac", "ad"]), None, "a tie suggests nothing");
+        assert_eq!(nearest("s1", ["s2"]), None, "too short to guess");
+        assert_eq!(nearest("abcd", ["abce", "abcf"]), None, "a tie suggests nothing");
+        assert_eq!(nearest("shop*", known), None, "a pattern is no typo");
+        assert_eq!(
+            nearest_mapped("dbz", [("dbs", "dbs"), ("db", "dbs")]),
+            Some("dbs"),
+            "an option's spellings do not tie"
+        );
     }
 }

@@ -19,6 +19,126 @@ pub fn quote_ident(name: &str) -> String {
     out
 }
 
+/// PostgreSQL's reserved key words: as identifiers they need quotes.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// One identifier as a user pastes it into psql: bare when PostgreSQL
+/// reads it back unchanged (lower case, not a reserved word), else quoted.
+pub fn show_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !RESERVED.contains(&name);
+    if plain {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
+}
+
 /// A schema-qualified relation name; `Display` renders it quoted for SQL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct QualName {
@@ -37,10 +157,17 @@ impl QualName {
         }
     }
 
-    /// The name as a user reads it: `public.AO_92296B_AORECENTLY_VIEWED`,
-    /// matching Bucardo's messages (unquoted, even when mixed case).
+    /// The name unquoted (`public.AO_92296B_AORECENTLY_VIEWED`), for logs in
+    /// Bucardo's format and for matching what a user typed; output meant
+    /// for pasting uses [`QualName::shown`].
     pub fn human(&self) -> String {
         format!("{}.{}", self.schema, self.name)
+    }
+
+    /// The name as printed for a user to paste into psql:
+    /// `public."AO_92296B_AORECENTLY_VIEWED"`, `public.kv`.
+    pub fn shown(&self) -> String {
+        format!("{}.{}", show_ident(&self.schema), show_ident(&self.name))
     }
 
     /// The name as SQL needs it, both parts quoted.
@@ -164,6 +291,19 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_names_paste_into_psql() {
+        assert_eq!(QualName::new("public", "kv").shown(), "public.kv");
+        assert_eq!(
+            QualName::new("public", "AO_92296B_AORECENTLY_VIEWED").shown(),
+            r#"public."AO_92296B_AORECENTLY_VIEWED""#
+        );
+        assert_eq!(show_ident("user"), r#""user""#, "a reserved word");
+        assert_eq!(show_ident("1abc"), r#""1abc""#);
+        assert_eq!(show_ident("a b\"c"), r#""a b""c""#);
+        assert_eq!(show_ident("_x$1"), "_x$1");
+    }
 
     #[test]
     fn quotes_everything() {

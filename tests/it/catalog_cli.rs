@@ -256,7 +256,7 @@ fn mixed_case_and_quoted_names() {
         "relgroup=odd",
     ]);
     assert!(
-        out.contains("Added table public.AO_92296B_AORECENTLY_VIEWED to relgroup odd"),
+        out.contains("Added table public.\"AO_92296B_AORECENTLY_VIEWED\" to relgroup odd"),
         "{out}"
     );
     // Unquoted, case-folded typing finds it too (exact match first).
@@ -264,12 +264,15 @@ fn mixed_case_and_quoted_names() {
     assert!(out.contains("AO_9412A1_AOREGISTRATION"), "{out}");
     let list = c.ok(&["list", "tables"]);
     assert!(
-        list.contains("Table: public.AO_92296B_AORECENTLY_VIEWED  DB: src  PK: ID (bigint)"),
+        list.contains("Table: public.\"AO_92296B_AORECENTLY_VIEWED\"  DB: src  PK: ID (bigint)"),
         "{list}"
     );
     assert!(list.contains("PK: ID (varchar)"), "{list}");
     let out = c.ok(&["remove", "table", "public.\"AO_92296B_AORECENTLY_VIEWED\""]);
-    assert!(out.contains("public.AO_92296B_AORECENTLY_VIEWED (DB: src)"), "{out}");
+    assert!(
+        out.contains("public.\"AO_92296B_AORECENTLY_VIEWED\" (DB: src)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -531,6 +534,15 @@ fn the_man_page_fits_and_names_no_missing_pages() {
         .collect();
     assert!(refs.is_empty(), "references to pages that are not shipped: {refs:?}");
     assert_eq!(text.matches("Bucardo 5 spellings").count(), 1, "{text}");
+    assert!(text.contains("BUCARDO SPELLINGS"), "{text}");
+    // A row of the option tables keeps its key and default together, and
+    // its meaning follows on the next lines.
+    assert!(
+        text.contains("autokick= (ping=) 1 (fullcopy: 0)\n") && text.contains("run when a change commits on a source"),
+        "{text}"
+    );
+    // Options stay ASCII, so they can be pasted.
+    assert!(text.contains("--dry-run"), "{text}");
     assert!(
         text.contains("COMMAND OPTIONS") && text.contains("onetimecopy="),
         "{text}"

@@ -337,7 +337,10 @@ fn journald_entries_carry_sync_run_and_db_fields() {
     let out = c.ok(&["start", "test"]);
     assert!(out.contains("pid"), "{out}");
     // The log's place and why it is there.
-    assert!(out.contains("log: journald (logdest)"), "{out}");
+    assert!(
+        out.contains("log: journald (logdest; output before logging starts goes to "),
+        "{out}"
+    );
     cluster::a().exec(&src, "INSERT INTO kv VALUES (1, 'j')");
     c.ok(&["kick", "kv", "30"]);
     let mut entries: Vec<Vec<(String, String)>> = Vec::new();

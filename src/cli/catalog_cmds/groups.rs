@@ -70,12 +70,12 @@ pub(super) fn add_relgroup(ctx: &Ctx, w: &Words) -> Result<()> {
             }
             let refs: Vec<&Relation> = known.iter().collect();
             for n in edit::add_to_relgroup(tx, name, &refs)? {
-                out.push(format!("Added {} to relgroup {name}", n.human()));
+                out.push(format!("Added {} to relgroup {name}", n.shown()));
             }
             if let Some(db) = &live_db {
                 let r = edit::add_relations(tx, db, Some(name), &live_found, None)?;
                 for n in r.grouped {
-                    out.push(format!("Added {} to relgroup {name}", n.human()));
+                    out.push(format!("Added {} to relgroup {name}", n.shown()));
                 }
             }
             Ok(out)

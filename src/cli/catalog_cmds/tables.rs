@@ -144,11 +144,11 @@ pub(super) fn add_all(ctx: &Ctx, a: AddAll) -> Result<()> {
         let new = report.added.contains(n);
         let grouped = report.grouped.contains(n);
         match (&relgroup, new, grouped) {
-            (Some(g), _, true) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.human())),
-            (None, true, _) => ctx.say(format!("Added {kind} {}", n.human())),
+            (Some(g), _, true) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.shown())),
+            (None, true, _) => ctx.say(format!("Added {kind} {}", n.shown())),
             _ => {
                 if ctx.verbose > 0 {
-                    ctx.say(format!("Already added: {kind} {}", n.human()))
+                    ctx.say(format!("Already added: {kind} {}", n.shown()))
                 }
             }
         }
@@ -258,10 +258,10 @@ pub(super) fn add_relations(ctx: &Ctx, w: &Words, kind: RelType) -> Result<()> {
     for f in &chosen {
         let n = &f.name;
         match &relgroup {
-            Some(g) if report.grouped.contains(n) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.human())),
-            Some(g) => ctx.say(format!("{kind} {} is already in relgroup {g}", n.human())),
-            None if report.added.contains(n) => ctx.say(format!("Added {kind} {}", n.human())),
-            None => ctx.say(format!("{kind} {} was already added (key refreshed)", n.human())),
+            Some(g) if report.grouped.contains(n) => ctx.say(format!("Added {kind} {} to relgroup {g}", n.shown())),
+            Some(g) => ctx.say(format!("{kind} {} is already in relgroup {g}", n.shown())),
+            None if report.added.contains(n) => ctx.say(format!("Added {kind} {}", n.shown())),
+            None => ctx.say(format!("{kind} {} was already added (key refreshed)", n.shown())),
         }
     }
     Ok(())
@@ -286,7 +286,7 @@ pub(super) fn remove_relations(cat: &mut Catalog, w: &Words, kind: RelType) -> R
     )?;
     let mut out = vec![format!("Removed the following {kind}s:")];
     for (n, d) in removed {
-        out.push(format!("  {} (DB: {d})", n.human()));
+        out.push(format!("  {} (DB: {d})", n.shown()));
     }
     Ok(out)
 }
@@ -347,7 +347,7 @@ impl RelUpdate<'_> {
         self.sets.push(("keykind".into(), Some(key.kind.to_string()), "text"));
         self.lines.push(format!(
             "Changed {kind} {} key to {}",
-            rel.name.human(),
+            rel.name.shown(),
             key.columns.join("|")
         ));
         Ok(())
@@ -366,8 +366,8 @@ impl RelUpdate<'_> {
             crate::capture::validate::try_filter(&mut client, &rel.name, f, &rel.db)?;
         }
         self.lines.push(match &f {
-            Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.human()),
-            None => format!("Removed the filter of {kind} {}", rel.name.human()),
+            Some(f) => format!("Changed {kind} {} filter to {f}", rel.name.shown()),
+            None => format!("Removed the filter of {kind} {}", rel.name.shown()),
         });
         self.sets.push(("filter".into(), f, "text"));
         Ok(())
@@ -375,7 +375,7 @@ impl RelUpdate<'_> {
 
     /// Every other key: checked here, nothing live to ask.
     fn option(&mut self, k: &str, v: &str) -> Result<()> {
-        let (kind, name) = (self.kind, self.rel.name.human());
+        let (kind, name) = (self.kind, self.rel.name.shown());
         if let Some((col, val, cast)) = relation_option(k, v)? {
             let shown = match cast {
                 "boolean" => u8::from(val.as_deref() == Some("true")).to_string(),
