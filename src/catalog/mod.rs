@@ -53,38 +53,32 @@ pub struct Catalog {
     pub summary: String,
 }
 
+/// What to do when the control database refused or could not be reached,
+/// by cause: where it looked is already in the error's summary.
+fn control_hint(e: &Error) -> String {
+    let conf = crate::config::system_config_path().display().to_string();
+    match e.sqlstate().map(|c| c.code()) {
+        // Refused the login: the role or its password.
+        Some("28P01" | "28000") => format!(
+            "check the role and its password: -U (or CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}), and ~/.pgpass or dbpass"
+        ),
+        Some("3D000") => {
+            "create it with capra install (as a role that may create databases, e.g. capra -U postgres install)".into()
+        }
+        _ => format!(
+            "point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {conf}), or create it with capra install"
+        ),
+    }
+}
+
 impl Catalog {
     /// Connects to the control database named by the settings and checks it.
     pub fn open(settings: &Settings, application_name: &str) -> Result<Catalog> {
         let resolved = pg::connect::resolve_for(&settings.control, application_name, "control database")?;
         let dbname = resolved.config.get_dbname().unwrap_or("capra").to_string();
-        let mut client = pg::connect::open(&resolved, &format!("the control database \"{dbname}\"")).map_err(|e| match e {
-            // Where it looked is in the summary; say how to look elsewhere.
-            Error::Connect {
-                target,
-                summary,
-                detail,
-                source,
-            } => {
-                let conf = crate::config::system_config_path().display().to_string();
-                let hint = match source.pg().and_then(|e| e.code()).map(|c| c.code()) {
-                    // Refused the login: the role or its password.
-                    Some("28P01" | "28000") => format!(
-                        "check the role and its password: -U (or CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}), and ~/.pgpass or dbpass"
-                    ),
-                    Some("3D000") => "create it with capra install (as a role that may create databases, e.g. capra -U postgres install)".to_string(),
-                    _ => format!(
-                        "point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {conf}), or create it with capra install"
-                    ),
-                };
-                Error::Connect {
-                    target,
-                    summary,
-                    detail: format!("{detail}; {hint}"),
-                    source,
-                }
-            }
-            other => other,
+        let mut client = pg::connect::open(&resolved, &format!("the control database \"{dbname}\"")).map_err(|e| {
+            let hint = control_hint(&e);
+            e.with_hint(&hint)
         })?;
         let row = client
             .query_one("SELECT to_regclass('capra.meta') IS NOT NULL", &[])
