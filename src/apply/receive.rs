@@ -158,7 +158,7 @@ impl<'c> Receivers<'c> {
         let name = &self.names[i];
         self.txs[i]
             .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", tab.tbl_on(name)), &[])
-            .ctx(|| format!("checking whether {} is empty on \"{name}\"", tab.human()))?
+            .ctx(|| format!("checking whether {} is empty on \"{name}\"", tab.shown()))?
             .col(0, "whether a table is empty")
     }
 
@@ -183,7 +183,7 @@ impl<'c> Receivers<'c> {
                 truncate_or_delete(tx, db, tab, DeleteMethod::Truncate)?;
                 if let Some(mid) = md {
                     tx.execute("INSERT INTO capra.truncate_log (captured) VALUES ($1)", &[&mid])
-                        .ctx(|| format!("logging a TRUNCATE of {} on \"{db}\" (makedelta)", tab.human()))?;
+                        .ctx(|| format!("logging a TRUNCATE of {} on \"{db}\" (makedelta)", tab.shown()))?;
                 }
             }
         }
@@ -210,7 +210,7 @@ impl<'c> Receivers<'c> {
                     "DROP TABLE IF EXISTS pg_temp.capra_keys; CREATE TEMP TABLE capra_keys ON COMMIT DROP AS SELECT {keys} FROM {} WITH NO DATA",
                     tab.tbl_on(&self.names[i])
                 ))
-                .ctx(|| format!("preparing to compare keys of {} on \"{}\"", tab.human(), self.names[i]))?;
+                .ctx(|| format!("preparing to compare keys of {} on \"{}\"", tab.shown(), self.names[i]))?;
         }
         let enc = copy_encoding(raw);
         let q = format!("COPY (SELECT {keys} FROM {}) TO STDOUT{enc}", tab.tbl_on(src));
@@ -241,7 +241,7 @@ impl<'c> Receivers<'c> {
                 }
                 deleted += tx
                     .execute(&del, &[])
-                    .ctx(|| format!("deleting rows of {} the source no longer has on \"{db}\"", tab.human()))?;
+                    .ctx(|| format!("deleting rows of {} the source no longer has on \"{db}\"", tab.shown()))?;
             }
             tx.batch_execute("DROP TABLE pg_temp.capra_keys")
                 .ctx(|| "dropping the key table".into())?;
@@ -276,11 +276,11 @@ impl<'c> Receivers<'c> {
                 format!("SELECT {} FROM ({}) k", text_keys.join(", "), batch.keys_sql).as_str(),
                 &[],
             )
-            .ctx(|| format!("reading changed keys of {}", tab.human()))?;
+            .ctx(|| format!("reading changed keys of {}", tab.shown()))?;
         loop {
             let rows = stx
                 .query_portal(&portal, batch.chunk as i32)
-                .ctx(|| format!("reading changed keys of {}", tab.human()))?;
+                .ctx(|| format!("reading changed keys of {}", tab.shown()))?;
             if rows.is_empty() {
                 break;
             }
@@ -293,7 +293,7 @@ impl<'c> Receivers<'c> {
             for (i, stmt, counts) in &stmts {
                 let n = self.txs[*i]
                     .execute(stmt, &params[..stmt.params().len()])
-                    .ctx(|| format!("applying changed rows of {} on \"{}\"", tab.human(), self.names[*i]))?;
+                    .ctx(|| format!("applying changed rows of {} on \"{}\"", tab.shown(), self.names[*i]))?;
                 if *counts {
                     tr.deleted += n;
                 }
@@ -365,7 +365,7 @@ impl<'c> Receivers<'c> {
             for (sql, counts) in sqls {
                 let stmt = self.txs[i]
                     .prepare(&sql)
-                    .ctx(|| format!("preparing to apply {} on \"{}\"", tab.human(), self.names[i]))?;
+                    .ctx(|| format!("preparing to apply {} on \"{}\"", tab.shown(), self.names[i]))?;
                 stmts.push((i, stmt, counts));
             }
         }
@@ -435,7 +435,7 @@ impl<'c> Receivers<'c> {
                         if *by_key { text_params(key) } else { vec![&text] };
                     self.txs[i]
                         .execute(sql.as_str(), &params)
-                        .ctx(|| format!("writing a merged row of {} on \"{}\"", tab.human(), self.names[i]))?;
+                        .ctx(|| format!("writing a merged row of {} on \"{}\"", tab.shown(), self.names[i]))?;
                 }
                 if !self.is_source(i) {
                     tr.copied += 1;
@@ -548,7 +548,7 @@ impl<'c> Receivers<'c> {
         tr.copied += on
             .tx
             .execute(&insert_new, &[])
-            .ctx(|| format!("inserting rows of {} on \"{}\"", tab.human(), on.db))?;
+            .ctx(|| format!("inserting rows of {} on \"{}\"", tab.shown(), on.db))?;
         on.lock_created()?;
         busy.extend(on.set_aside()?);
         on.late_changes(st, srcs, tr, Held::Later)?;
@@ -631,7 +631,7 @@ impl OnSource<'_, '_, '_> {
                     ),
                     &[],
                 )
-                .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", tab.human()))?;
+                .ctx(|| format!("locking the rows of {} about to change on \"{db}\"", tab.shown()))?;
         }
         Ok(())
     }
@@ -670,7 +670,7 @@ impl OnSource<'_, '_, '_> {
                 ),
                 &[],
             )
-            .ctx(|| format!("locking the rows of {} created meanwhile on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("locking the rows of {} created meanwhile on \"{db}\"", tab.shown()))?;
         Ok(())
     }
 
@@ -702,7 +702,7 @@ impl OnSource<'_, '_, '_> {
             .ctx(|| {
                 format!(
                     "setting aside rows of {} held by the application on \"{db}\"",
-                    tab.human()
+                    tab.shown()
                 )
             })?;
         if rows.is_empty() {
@@ -767,7 +767,7 @@ impl OnSource<'_, '_, '_> {
                 ),
                 &[],
             )
-            .ctx(|| format!("looking for late changes of {} on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("looking for late changes of {} on \"{db}\"", tab.shown()))?;
         let n = tab.qk.len();
         for r in late {
             let what = "a late change";
@@ -870,7 +870,7 @@ impl OnSource<'_, '_, '_> {
             if n > 0 {
                 self.tx
                     .execute(&format!("DELETE FROM {} WHERE {cond}", self.tbl), &params)
-                    .ctx(|| format!("taking back a row of {} on \"{db}\"", tab.human()))?;
+                    .ctx(|| format!("taking back a row of {} on \"{db}\"", tab.shown()))?;
                 tr.copied = tr.copied.saturating_sub(1);
             }
         }
@@ -899,7 +899,7 @@ impl OnSource<'_, '_, '_> {
         tr.copied += self
             .tx
             .execute(insert_new, &[])
-            .ctx(|| format!("inserting merged rows of {} on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("inserting merged rows of {} on \"{db}\"", tab.shown()))?;
         if let Some(mid) = self.md {
             let keys = tab.keys();
             self.tx
@@ -907,7 +907,7 @@ impl OnSource<'_, '_, '_> {
                     &format!("INSERT INTO capra.delta_{mid} ({keys}) SELECT {keys} FROM pg_temp.capra_in_keys"),
                     &[],
                 )
-                .ctx(|| format!("logging the rows of {} applied on \"{db}\" (makedelta)", tab.human()))?;
+                .ctx(|| format!("logging the rows of {} applied on \"{db}\" (makedelta)", tab.shown()))?;
         }
         self.tx
             .batch_execute(
@@ -942,7 +942,7 @@ impl OnSource<'_, '_, '_> {
                 ),
                 &[],
             )
-            .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.shown()))?;
         if tab.meta.settable.is_empty() {
             return Ok(());
         }
@@ -978,7 +978,7 @@ impl OnSource<'_, '_, '_> {
                 );
                 self.rewrite_held(tr, &mine, &update)
             }
-            Err(e) => Err(e).ctx(|| format!("updating rows of {} on \"{db}\"", tab.human())),
+            Err(e) => Err(e).ctx(|| format!("updating rows of {} on \"{db}\"", tab.shown())),
         }
     }
 
@@ -1022,7 +1022,7 @@ impl OnSource<'_, '_, '_> {
                 ),
                 &[],
             )
-            .ctx(|| format!("deleting rows of {} to rewrite on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("deleting rows of {} to rewrite on \"{db}\"", tab.shown()))?;
         tracing::info!(
             "Rewriting {moved} row(s) of {} on \"{db}\" by delete and insert",
             tab.human()
@@ -1030,7 +1030,7 @@ impl OnSource<'_, '_, '_> {
         tr.copied += self
             .tx
             .execute(update, &[])
-            .ctx(|| format!("updating rows of {} on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("updating rows of {} on \"{db}\"", tab.shown()))?;
         // The moved rows, from their staged rows (`t` there).
         tr.copied += self
             .tx
@@ -1044,7 +1044,7 @@ impl OnSource<'_, '_, '_> {
                 ),
                 &[],
             )
-            .ctx(|| format!("rewriting rows of {} on \"{db}\"", tab.human()))?;
+            .ctx(|| format!("rewriting rows of {} on \"{db}\"", tab.shown()))?;
         Ok(())
     }
 
@@ -1109,7 +1109,7 @@ fn delete_on_source(
         ),
         &[],
     )
-    .ctx(|| format!("locking rows of {} to delete on \"{db}\"", tab.human()))?;
+    .ctx(|| format!("locking rows of {} to delete on \"{db}\"", tab.shown()))?;
     let del = format!("DELETE FROM {tbl} t USING pg_temp.capra_dlocked l WHERE {on} AND {cond}");
     let sql = match md {
         Some(mid) => {
@@ -1119,7 +1119,7 @@ fn delete_on_source(
     };
     let n = tx
         .execute(&sql, &[])
-        .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.human()))?;
+        .ctx(|| format!("deleting rows of {} on \"{db}\"", tab.shown()))?;
     let n_keys = tab.qk.len();
     let held: Vec<Vec<String>> = tx
         .query(
@@ -1133,7 +1133,7 @@ fn delete_on_source(
             ),
             &[],
         )
-        .ctx(|| format!("reading rows of {} held by the application on \"{db}\"", tab.human()))?
+        .ctx(|| format!("reading rows of {} held by the application on \"{db}\"", tab.shown()))?
         .iter()
         .map(|r| (0..n_keys).map(|j| r.col(j, "a row held by the application")).collect())
         .collect::<Result<_>>()?;
@@ -1153,7 +1153,7 @@ pub(super) fn set_indexes(tx: &mut Transaction<'_>, db: &str, tab: &TableCtx<'_>
     .ctx(|| {
         format!(
             "switching the indexes of {} {} on \"{db}\" (rebuild_index needs a superuser)",
-            t.name.human(),
+            t.name.shown(),
             if on { "back on" } else { "off" }
         )
     })?;
@@ -1192,7 +1192,7 @@ pub(super) fn truncate_or_delete(
         }
     }
     tx.execute(&format!("DELETE FROM {tbl}"), &[])
-        .ctx(|| format!("emptying {} on \"{db}\"", tab.human()))
+        .ctx(|| format!("emptying {} on \"{db}\"", tab.shown()))
 }
 
 /// Creates the staging tables on a receiving source: the keys to apply
@@ -1206,5 +1206,5 @@ fn stage_tables(tx: &mut Transaction<'_>, db: &str, tab: &TableCtx<'_>) -> Resul
         tbl = tab.tbl_on(db),
         cols = tab.meta.cols
     ))
-    .ctx(|| format!("preparing to apply {} on \"{db}\"", tab.human()))
+    .ctx(|| format!("preparing to apply {} on \"{db}\"", tab.shown()))
 }

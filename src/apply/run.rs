@@ -156,7 +156,7 @@ fn relog_window(s: &mut Src<'_>, t: &Relation) -> Result<()> {
          INSERT INTO capra.truncate_log (captured, part, capra_ts)
          SELECT d.captured, d.part, d.capra_ts FROM capra.truncate_log d WHERE d.captured = {id} AND {window}"
     ))
-    .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.human(), s.db.name))?;
+    .ctx(|| format!("logging the changes of {} again on \"{}\"", t.name.shown(), s.db.name))?;
     crate::capture::install::note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }
@@ -529,7 +529,7 @@ impl<'a, 'e> Run<'a, 'e> {
                 Ok(HookAnswer::Retry)
             }
             Some("retry") => Err(ApplyError::HookGaveUp {
-                table: t.name.human(),
+                table: t.name.shown(),
                 error: text,
             }
             .into()),
@@ -656,7 +656,7 @@ impl<'a, 'e> Run<'a, 'e> {
             if let Some(c) = s.captured.get(&tkey) {
                 if c.1 != keycols {
                     return Err(ApplyError::KeysDiffer {
-                        table: t.name.human(),
+                        table: t.name.shown(),
                         first_db: srcs[0].db.name.clone(),
                         first_key: keycols,
                         other_db: s.db.name.clone(),
@@ -810,7 +810,7 @@ impl<'a, 'e> Run<'a, 'e> {
             .find(|s| s.id_of(t).is_some_and(|id| s.recopy.contains(&id)))
         {
             return Err(ApplyError::KeyLost {
-                table: t.name.human(),
+                table: t.name.shown(),
                 db: s.db.name.clone(),
             }
             .into());
@@ -1142,7 +1142,7 @@ fn after_copy(rx: &mut Receivers<'_>, i: usize, tab: &TableCtx<'_>, rebuild: boo
         set_indexes(&mut rx.txs[i], &rx.names[i], tab, true)?;
         rx.txs[i]
             .batch_execute(&format!("REINDEX TABLE {}", t.name.sql()))
-            .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.human(), rx.names[i]))?;
+            .ctx(|| format!("rebuilding the indexes of {} on \"{}\"", t.name.shown(), rx.names[i]))?;
     }
     if let Some(mid) = tab.md[i] {
         // Downstream: a truncation, then every key.
@@ -1152,7 +1152,7 @@ fn after_copy(rx: &mut Receivers<'_>, i: usize, tab: &TableCtx<'_>, rebuild: boo
                 "INSERT INTO capra.truncate_log (captured) VALUES ({mid}); INSERT INTO capra.delta_{mid} ({k}) SELECT {k} FROM {}",
                 tab.tbl_on(&rx.names[i])
             ))
-            .ctx(|| format!("logging the copy of {} on \"{}\" (makedelta)", t.name.human(), rx.names[i]))?;
+            .ctx(|| format!("logging the copy of {} on \"{}\" (makedelta)", t.name.shown(), rx.names[i]))?;
     }
     Ok(())
 }

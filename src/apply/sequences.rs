@@ -25,14 +25,14 @@ pub(crate) fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Re
     for s in seqs {
         let r = stx
             .query_one(&format!("SELECT last_value, is_called FROM {}", s.name.sql()), &[])
-            .ctx(|| format!("reading sequence {}", s.name.human()))?;
+            .ctx(|| format!("reading sequence {}", s.name.shown()))?;
         let attrs = if v >= 100000 {
             stx.query_opt(
                 "SELECT start_value, increment_by, min_value, max_value, cache_size, cycle FROM pg_catalog.pg_sequences
                   WHERE schemaname = $1 AND sequencename = $2",
                 &[&s.name.schema, &s.name.name],
             )
-            .ctx(|| format!("reading sequence {}", s.name.human()))?
+            .ctx(|| format!("reading sequence {}", s.name.shown()))?
             .map(|a| settings(&a))
             .transpose()?
         } else {
@@ -44,7 +44,7 @@ pub(crate) fn read_sequences(stx: &mut Transaction<'_>, seqs: &[Relation]) -> Re
                     ),
                     &[],
                 )
-                .ctx(|| format!("reading sequence {}", s.name.human()))?;
+                .ctx(|| format!("reading sequence {}", s.name.shown()))?;
             Some(settings(&a)?)
         };
         out.push(SeqState {
@@ -83,13 +83,13 @@ pub(crate) fn apply_sequence(tx: &mut Transaction<'_>, db: &str, s: &Relation, v
                 v.last_value,
                 if cycle { "" } else { "NO " }
             ))
-            .ctx(|| format!("changing the settings of sequence {} on \"{db}\"", s.name.human()))?;
+            .ctx(|| format!("changing the settings of sequence {} on \"{db}\"", s.name.shown()))?;
         }
     }
     tx.query_one(
         "SELECT setval($1::text::regclass, $2, $3)",
         &[&s.name.sql(), &v.last_value, &v.is_called],
     )
-    .ctx(|| format!("setting sequence {} on \"{db}\"", s.name.human()))?;
+    .ctx(|| format!("setting sequence {} on \"{db}\"", s.name.shown()))?;
     Ok(())
 }

@@ -184,7 +184,7 @@ pub(super) fn row_json(
             ),
             &text_params(key),
         )
-        .ctx(|| format!("reading a row of {}", tab.human()))?;
+        .ctx(|| format!("reading a row of {}", tab.shown()))?;
     let Some(r) = r else { return Ok(None) };
     let text: String = r.col(0, "a conflicting row")?;
     Ok(serde_json::from_str(&text).ok())
@@ -315,7 +315,7 @@ fn open_stream(s: &mut Src<'_>, tab: &TableCtx<'_>, id: i32) -> Result<Portal> {
         order.join(", ")
     );
     s.tx.bind(q.as_str(), &[])
-        .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.human(), s.db.name))
+        .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.shown(), s.db.name))
 }
 
 impl Merge {
@@ -336,7 +336,7 @@ impl Merge {
             let s = &mut srcs[changers[j].0];
             let rows =
                 s.tx.query_portal(&portals[j], chunk as i32)
-                    .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.human(), s.db.name))?;
+                    .ctx(|| format!("reading changed keys of {} on \"{}\"", tab.shown(), s.db.name))?;
             if rows.len() < chunk {
                 self.done[j] = true;
             }
@@ -522,7 +522,7 @@ fn claimed_values(s: &mut Src<'_>, tab: &TableCtx<'_>, id: i32, indexes: &[Vec<S
         s.window(),
         tab.on(&s.db.name, "d", "t")
     );
-    let what = format!("reading the unique values of {} on \"{}\"", tab.human(), s.db.name);
+    let what = format!("reading the unique values of {} on \"{}\"", tab.shown(), s.db.name);
     s.tx.query(&q, &[])
         .ctx(|| what.clone())?
         .iter()

@@ -364,7 +364,7 @@ pub(super) fn scan(env: &RunEnv<'_>, plan: &SyncPlan, cache: &mut RunCache, s: &
             .get(&(t.name.schema.clone(), t.name.name.clone()))
             .map(|c| c.0)
             .ok_or_else(|| ApplyError::NotCaptured {
-                table: t.name.human(),
+                table: t.name.shown(),
                 sync: name.to_string(),
                 db: s.db.name.clone(),
             })?;
@@ -513,7 +513,7 @@ pub(super) fn follow_partitions(
         for triggers_only in [true, false] {
             let mut tx = conn
                 .transaction()
-                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.shown()))?;
             tx.batch_execute(&format!("{}; SET LOCAL lock_timeout = '5s'", env.fence))
                 .ctx(|| "setting a lock timeout".into())?;
             let id: Option<i32> = tx
@@ -527,7 +527,7 @@ pub(super) fn follow_partitions(
             let Some(id) = id else { break };
             let moved = crate::capture::install::cover_partitions(&mut tx, id, t, true, triggers_only)?;
             tx.commit()
-                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.human()))?;
+                .ctx(|| format!("following the partitions of {} on \"{db}\"", t.shown()))?;
             if moved > 0 {
                 tracing::info!(
                     "{moved} partition(s) of {} attached, detached or dropped on \"{db}\"; their rows replicate as changes",
@@ -548,7 +548,7 @@ pub(super) fn follow_partitions(
 pub(super) fn follow_trees(conn: &mut Conn, env: &RunEnv<'_>, plan: &SyncPlan, db: &str) -> Result<()> {
     let names: Vec<crate::pg::ident::QualName> = plan.tables.iter().map(|t| t.name.clone()).collect();
     for j in crate::capture::install::joined_trees(&mut **conn, &names)? {
-        let t = j.table.human();
+        let t = j.table.shown();
         let mut tx = conn
             .transaction()
             .ctx(|| format!("switching the capture of {t} to row triggers on \"{db}\""))?;
@@ -596,7 +596,7 @@ pub(super) fn reraise(s: &mut Src<'_>, tab: &TableCtx<'_>, keys: &[Vec<String>],
         names.join(", ")
     );
     s.tx.execute(&sql, &params)
-        .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.human(), s.db.name))?;
+        .ctx(|| format!("logging keys of {} again on \"{}\"", t.name.shown(), s.db.name))?;
     crate::capture::install::note_relogged(&mut s.tx, id, &s.db.name)?;
     Ok(())
 }

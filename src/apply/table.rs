@@ -98,9 +98,14 @@ impl<'a> TableCtx<'a> {
         TableCtx { t, meta, qk, ids, md }
     }
 
-    /// `schema.name` for messages.
+    /// `schema.name` unquoted, for logs in Bucardo's format and hook keys.
     pub(super) fn human(&self) -> String {
         self.t.name.human()
+    }
+
+    /// The name as a user pastes it into psql, for error messages.
+    pub(super) fn shown(&self) -> String {
+        self.t.name.shown()
     }
 
     /// The quoted key columns, comma separated.
@@ -303,7 +308,7 @@ pub(super) fn table_meta(
     }
     let kind = discover::kind_of(stx, &t.name)?;
     if kind.is_none() {
-        return Err(ApplyError::GoneOnSource { table: t.name.human() }.into());
+        return Err(ApplyError::GoneOnSource { table: t.name.shown() }.into());
     }
     let src_cols = discover::columns(stx, &t.name)?;
     let cols: Vec<String> = src_cols
@@ -341,7 +346,7 @@ pub(super) fn table_meta(
         let there = discover::kind_of(tx, &t.name)?;
         if parent && there == Some(discover::Kind::Partitioned) {
             return Err(ApplyError::InheritedIntoPartitioned {
-                table: t.name.human(),
+                table: t.name.shown(),
                 db: n.clone(),
             }
             .into());
@@ -377,7 +382,7 @@ pub(super) struct UniqueIndex {
 /// The unique indexes and exclusion constraints of a table, as the
 /// database `db` (in `tx`) has them.
 pub(super) fn unique_indexes(tx: &mut Transaction<'_>, tab: &TableCtx<'_>, db: &str) -> Result<Vec<UniqueIndex>> {
-    let q = format!("reading the unique indexes of {} on \"{db}\"", tab.human());
+    let q = format!("reading the unique indexes of {} on \"{db}\"", tab.shown());
     tx.query(
         "SELECT coalesce(array_agg(a.attname::text ORDER BY k.i) FILTER (WHERE a.attname IS NOT NULL), '{}'),
                 bool_or(k.n OPERATOR(pg_catalog.=) 0), x.indpred IS NOT NULL, NOT x.indisunique
@@ -424,7 +429,7 @@ fn key_types_on(
     let tcols = discover::columns(tx, &t.name)?;
     if tcols.is_empty() {
         return Err(ApplyError::TableMissing {
-            table: t.name.human(),
+            table: t.name.shown(),
             db: n.to_string(),
         }
         .into());
@@ -433,7 +438,7 @@ fn key_types_on(
         if !tcols.iter().any(|tc| tc.name == c.name) {
             return Err(ApplyError::ColumnMissing {
                 column: c.name.clone(),
-                table: t.name.human(),
+                table: t.name.shown(),
                 db: n.to_string(),
             }
             .into());
@@ -446,7 +451,7 @@ fn key_types_on(
             .find(|c| &c.name == k)
             .ok_or_else(|| ApplyError::KeyColumnMissing {
                 column: k.to_string(),
-                table: t.name.human(),
+                table: t.name.shown(),
                 db: n.to_string(),
             })?;
         // No type modifier: a key widened on one side only still

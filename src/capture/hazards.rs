@@ -30,7 +30,7 @@ use crate::pg::RowExt;
 /// converting its columns' types would run, each with the role that owns
 /// it: "trigger x (ENABLE ALWAYS) calls public.f()", "mallory".
 pub fn find(c: &mut impl GenericClient, table: &QualName, writes: bool) -> Result<Vec<(String, String)>> {
-    let q = format!("looking for other roles' code on {}", table.human());
+    let q = format!("looking for other roles' code on {}", table.shown());
     c.query(HAZARDS_SQL, &[&table.schema, &table.name, &writes])
         .ctx(|| q.clone())?
         .iter()
@@ -41,7 +41,7 @@ pub fn find(c: &mut impl GenericClient, table: &QualName, writes: bool) -> Resul
 /// The owner of a table when it is not a superuser (it could attach code
 /// to the table at any time).
 pub fn untrusted_owner(c: &mut impl GenericClient, table: &QualName) -> Result<Option<String>> {
-    let q = format!("reading the owner of {}", table.human());
+    let q = format!("reading the owner of {}", table.shown());
     c.query_opt(
         "SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner

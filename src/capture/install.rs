@@ -514,7 +514,7 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
                  BEGIN INSERT INTO capra.truncate_log (captured, part) VALUES ({id}, '*'); RETURN NULL; END $b$;
                  REVOKE ALL ON FUNCTION capra.capture_{id}() FROM PUBLIC;"
             ))
-            .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
+            .ctx(|| format!("upgrading capra's capture of {}", table.shown()))?;
             continue;
         }
         let mut sql = function_sql(id, table, &old.keycols);
@@ -526,7 +526,7 @@ fn upgrade_captures(c: &mut impl GenericClient) -> Result<()> {
             ));
         }
         c.batch_execute(&sql)
-            .ctx(|| format!("upgrading capra's capture of {}", table.human()))?;
+            .ctx(|| format!("upgrading capra's capture of {}", table.shown()))?;
     }
     Ok(())
 }
@@ -589,7 +589,7 @@ pub enum OnKeyChange {
 fn use_row_triggers(c: &mut impl GenericClient, table: &QualName, partitioned: bool) -> Result<bool> {
     let v = discover::server_version(c)?;
     if partitioned && v < 110000 {
-        return Err(CaptureError::PartitionedTooOld { table: table.human() }.into());
+        return Err(CaptureError::PartitionedTooOld { table: table.shown() }.into());
     }
     let inherits = !partitioned && {
         let (parent, children) = discover::inheritance(c, table)?;
@@ -614,11 +614,11 @@ const TRIGGERS: &[&str] = &[
 pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKeyChange) -> Result<(i32, bool)> {
     let cols = discover::columns(c, &t.name)?;
     if cols.is_empty() {
-        return Err(CaptureError::TableMissing { table: t.name.human() }.into());
+        return Err(CaptureError::TableMissing { table: t.name.shown() }.into());
     }
     if let Some(k) = t.keycols.iter().find(|k| LOG_COLUMNS.contains(&k.as_str())) {
         return Err(CaptureError::ReservedKeyName {
-            table: t.name.human(),
+            table: t.name.shown(),
             column: k.clone(),
         }
         .into());
@@ -632,7 +632,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                FROM capra.captured WHERE schemaname = $1 AND relname = $2",
             &[&t.name.schema, &t.name.name],
         )
-        .ctx(|| format!("reading capture of {}", t.name.human()))?
+        .ctx(|| format!("reading capture of {}", t.name.shown()))?
         .map(|r| Registered::from_row(&r, t))
         .transpose()?;
     let id: i32 = match existing {
@@ -658,7 +658,7 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 match on_key_change {
                     OnKeyChange::Refuse => {
                         return Err(CaptureError::KeyChangePending {
-                            table: t.name.human(),
+                            table: t.name.shown(),
                             pending,
                         }
                         .into())
@@ -679,11 +679,11 @@ pub fn capture_table(c: &mut impl GenericClient, t: &Target, on_key_change: OnKe
                 "INSERT INTO capra.captured (schemaname, relname, keycols, keytypes, rowlevel) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 &[&t.name.schema, &t.name.name, &t.keycols, &keytypes, &rowlevel],
             )
-            .ctx(|| format!("registering capture of {}", t.name.human()))?
+            .ctx(|| format!("registering capture of {}", t.name.shown()))?
             .col(0, "the captured id")?,
     };
     c.batch_execute(&capture_sql(t, id, &keytypes, rowlevel, partitioned))
-        .ctx(|| format!("installing change capture on {}", t.name.human()))?;
+        .ctx(|| format!("installing change capture on {}", t.name.shown()))?;
     // A rebuilt capture keeps its remembered partitions (moves since then
     // are logged); a new one starts remembering now.
     cover_partitions(c, id, &t.name, false, false)?;
@@ -717,11 +717,11 @@ fn key_gone(c: &mut impl GenericClient, t: &Target, cols: &[Column], k: &str) ->
         .and_then(|r| r.col(0, "the key the DDL follower recorded").ok());
     match now.filter(|n| n.iter().all(|k| cols.iter().any(|c| &c.name == k))) {
         Some(now) => CaptureError::KeyRenamed {
-            table: t.name.human(),
+            table: t.name.shown(),
             now,
         },
         None => CaptureError::KeyColumnGone {
-            table: t.name.human(),
+            table: t.name.shown(),
             column: k.to_string(),
         },
     }
@@ -743,7 +743,7 @@ struct Registered {
 
 impl Registered {
     fn from_row(r: &postgres::Row, t: &Target) -> Result<Self> {
-        let q = format!("reading capture of {}", t.name.human());
+        let q = format!("reading capture of {}", t.name.shown());
         Ok(Registered {
             id: r.col(0, &q)?,
             keycols: r.col(1, &q)?,
@@ -787,7 +787,7 @@ fn refresh_in_place(c: &mut impl GenericClient, t: &Target, old: &Registered, ke
             .map(|(k, ty)| format!("ALTER COLUMN {0} TYPE {ty} USING {0}::text::{ty}", quote_ident(k)))
             .collect();
         c.batch_execute(&format!("ALTER TABLE {} {}", delta_table(id), alters.join(", ")))
-            .ctx(|| format!("following the key type change of {}", t.name.human()))?;
+            .ctx(|| format!("following the key type change of {}", t.name.shown()))?;
         c.execute(
             "UPDATE capra.captured SET keytypes = $2 WHERE id = $1",
             &[&id, &keytypes],
@@ -822,7 +822,7 @@ fn refuse_foreign_casts(c: &mut impl GenericClient, t: &Target, old: &[String], 
     match found {
         None => Ok(()),
         Some(r) => Err(CaptureError::ForeignCast {
-            table: t.name.human(),
+            table: t.name.shown(),
             cast: r.col(0, Q)?,
             owner: r.col(1, Q)?,
         }
@@ -837,7 +837,7 @@ fn refuse_foreign_casts(c: &mut impl GenericClient, t: &Target, old: &[String], 
 fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> Result<i64> {
     let id = old.id;
     c.batch_execute(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.name.sql()))
-        .ctx(|| format!("locking {}", t.name.human()))?;
+        .ctx(|| format!("locking {}", t.name.shown()))?;
     let log_exists: bool = c
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&delta_table(id)])
         .ctx(|| "checking the change log".into())?
@@ -855,7 +855,7 @@ fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> 
             &format!("SELECT EXISTS (SELECT 1 FROM capra.truncate_log d WHERE d.captured = $1 AND d.part = '*' AND {unapplied})"),
             &[&id],
         )
-        .ctx(|| format!("reading the marks of {}", t.name.human()))?
+        .ctx(|| format!("reading the marks of {}", t.name.shown()))?
         .col(0, "whether a full-copy mark is pending")?;
     let mut pending: i64 = 0;
     if !old.marked && !mark_pending {
@@ -864,7 +864,7 @@ fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> 
                 &format!("SELECT count(*) FROM capra.truncate_log d WHERE d.captured = $1 AND {unapplied}"),
                 &[&id],
             )
-            .ctx(|| format!("counting pending truncations of {}", t.name.human()))?
+            .ctx(|| format!("counting pending truncations of {}", t.name.shown()))?
             .col::<_, i64>(0, "the pending truncations")?;
         if log_exists {
             pending += c
@@ -872,7 +872,7 @@ fn pending_changes(c: &mut impl GenericClient, t: &Target, old: &Registered) -> 
                     &format!("SELECT count(*) FROM {} d WHERE {unapplied}", delta_table(id)),
                     &[&id],
                 )
-                .ctx(|| format!("counting pending changes of {}", t.name.human()))?
+                .ctx(|| format!("counting pending changes of {}", t.name.shown()))?
                 .col::<_, i64>(0, "the pending changes")?;
         }
     }
@@ -998,7 +998,7 @@ pub fn switch_joined(c: &mut impl GenericClient, j: &Joined) -> Result<()> {
         delta_table(id),
         table.sql()
     ))
-    .ctx(|| format!("marking {} for a comparison of its keys", table.human()))
+    .ctx(|| format!("marking {} for a comparison of its keys", table.shown()))
 }
 
 /// Swaps a captured table's INSERT/UPDATE/DELETE triggers to the other
@@ -1007,7 +1007,7 @@ pub fn switch_joined(c: &mut impl GenericClient, j: &Joined) -> Result<()> {
 fn set_trigger_level(c: &mut impl GenericClient, table: &QualName, id: i32, rowlevel: bool) -> Result<()> {
     let tbl = table.sql();
     c.batch_execute(&format!("LOCK TABLE {tbl} IN SHARE ROW EXCLUSIVE MODE"))
-        .ctx(|| format!("locking {}", table.human()))?;
+        .ctx(|| format!("locking {}", table.shown()))?;
     let mut sql = String::new();
     for name in trigger_names(c, table, id)?.iter().filter(|n| *n != "capra_capture_t") {
         sql.push_str(&format!("DROP TRIGGER IF EXISTS {} ON {tbl};\n", quote_ident(name)));
@@ -1015,7 +1015,7 @@ fn set_trigger_level(c: &mut impl GenericClient, table: &QualName, id: i32, rowl
     // Only plain tables switch: a partitioned one is always row-level.
     sql.push_str(&row_triggers_sql(&tbl, id, rowlevel, false));
     c.batch_execute(&sql)
-        .ctx(|| format!("switching the capture triggers of {}", table.human()))?;
+        .ctx(|| format!("switching the capture triggers of {}", table.shown()))?;
     c.execute(
         "UPDATE capra.captured SET rowlevel = $2 WHERE id = $1",
         &[&id, &rowlevel],
@@ -1039,7 +1039,7 @@ fn remember_key(c: &mut impl GenericClient, id: i32, table: &QualName, keycols: 
           WHERE id = $1",
         &[&id, &table.sql(), &keycols],
     )
-    .ctx(|| format!("recording the key of {}", table.human()))?;
+    .ctx(|| format!("recording the key of {}", table.shown()))?;
     Ok(())
 }
 
@@ -1099,7 +1099,7 @@ pub fn cover_partitions(
     }
     if !f.sql.is_empty() {
         c.batch_execute(&f.sql)
-            .ctx(|| format!("following the partitions of {}", table.human()))?;
+            .ctx(|| format!("following the partitions of {}", table.shown()))?;
     }
     Ok(f.moved)
 }
@@ -1136,7 +1136,7 @@ impl KnownPartition {
 /// Every partition (at any depth) of `table` that is not a foreign table,
 /// with whether it has capture `id`'s TRUNCATE trigger `trigger`.
 fn live_partitions(c: &mut impl GenericClient, id: i32, table: &QualName, trigger: &str) -> Result<Vec<LivePartition>> {
-    let q = format!("reading the partitions of {}", table.human());
+    let q = format!("reading the partitions of {}", table.shown());
     c.query(
         "WITH RECURSIVE tree(oid) AS (
              SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::text::regclass
@@ -1363,7 +1363,7 @@ pub fn sql_literal(s: &str) -> String {
 /// Capture `id`'s own triggers on `table` (not a clone of a captured
 /// parent's, which calls the parent's function).
 fn trigger_names(c: &mut impl GenericClient, table: &QualName, id: i32) -> Result<Vec<String>> {
-    let q = format!("reading triggers of {}", table.human());
+    let q = format!("reading triggers of {}", table.shown());
     c.query(
         "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -1406,7 +1406,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         }
     }
     // The TRUNCATE triggers on partitions call the same function.
-    let q = format!("reading the partition triggers of {}", table.human());
+    let q = format!("reading the partition triggers of {}", table.shown());
     for r in c
         .query(
             "SELECT g.tgrelid::regclass::text, g.tgname::text FROM pg_trigger g
@@ -1427,7 +1427,7 @@ fn drop_capture_objects(c: &mut impl GenericClient, table: &QualName, id: i32) -
         delta_table(id)
     ));
     c.batch_execute(&sql)
-        .ctx(|| format!("removing change capture from {}", table.human()))
+        .ctx(|| format!("removing change capture from {}", table.shown()))
 }
 
 /// Makes a sync's consumer on this source cover `tables` (capturing each;

@@ -215,7 +215,7 @@ fn check_relation(
                     found.problems.push(format!(
                         "{}; change it (capra update table {} filter=...)",
                         crate::pg::error::flatten(&e.to_string()),
-                        rel.name.human()
+                        rel.name.shown()
                     ));
                 }
             }
@@ -247,14 +247,14 @@ fn presence(rel: &Relation, conns: &mut [Member], found: &mut Findings) -> Resul
             None => found.problems.push(format!(
                 "{} {} does not exist in database \"{dbname}\"; create it there (for example pg_dump --schema-only -t '{}' from the source)",
                 rel.reltype,
-                rel.name.human(),
+                rel.name.shown(),
                 rel.name.sql()
             )),
             Some(Kind::Sequence) if want_seq => present[i] = true,
             Some(Kind::Table | Kind::Partitioned) if !want_seq => present[i] = true,
             Some(_) => found.problems.push(format!(
                 "{} in database \"{dbname}\" is not a {}",
-                rel.name.human(),
+                rel.name.shown(),
                 rel.reltype
             )),
         }
@@ -267,16 +267,16 @@ fn check_key(rel: &Relation, src: &mut Member, src_present: bool, found: &mut Fi
     if rel.pkey.is_empty() {
         found.problems.push(format!(
             "table {} has no primary key or unique key, which delta replication needs; add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or replicate it with a fullcopy sync",
-            rel.name.human(),
+            rel.name.shown(),
             rel.name.sql()
         ));
     } else if src_present && discover::is_unique_key(&mut src.client, &rel.name, &rel.pkey)?.is_none() {
         found.problems.push(format!(
             "key {} of table {} is no longer a primary or unique key in database \"{}\"; re-add the table (capra add table {}) to refresh its key",
             rel.pkey.join("|"),
-            rel.name.human(),
+            rel.name.shown(),
             src.name,
-            rel.name.human()
+            rel.name.shown()
         ));
     }
     Ok(())
@@ -299,19 +299,19 @@ fn compare_columns(scope: &Scope, rel: &Relation, src: &Source<'_>, m: &Member, 
             None => found.problems.push(format!(
                 "column \"{}\" of table {} is missing in database \"{dbname}\"; add it there (ALTER TABLE {} ADD COLUMN ...)",
                 sc.name,
-                rel.name.human(),
+                rel.name.shown(),
                 rel.name.sql()
             )),
             Some(tc) if tc.generated => found.problems.push(format!(
                 "column \"{}\" of table {} is generated in database \"{dbname}\" but not in \"{src_name}\"",
                 sc.name,
-                rel.name.human()
+                rel.name.shown()
             )),
             Some(tc) if !compatible(&sc.type_name, &tc.type_name) || (m.role == Role::Source && !compatible(&tc.type_name, &sc.type_name)) => {
                 let what = format!(
                     "column \"{}\" of table {} is {} in database \"{src_name}\" but {} in \"{dbname}\"",
                     sc.name,
-                    rel.name.human(),
+                    rel.name.shown(),
                     sc.type_name,
                     tc.type_name
                 );
@@ -339,13 +339,13 @@ fn extra_columns(rel: &Relation, src: &Source<'_>, m: &Member, cols: &[Column], 
             found.problems.push(format!(
                 "column \"{}\" of table {} exists only in database \"{dbname}\" and is NOT NULL without a default, so rows from \"{src_name}\" cannot be written; drop it or give it a default",
                 tc.name,
-                rel.name.human()
+                rel.name.shown()
             ));
         } else {
             found.notes.push(format!(
                 "column \"{}\" of table {} exists only in database \"{dbname}\"; it is left as is",
                 tc.name,
-                rel.name.human()
+                rel.name.shown()
             ));
         }
     }
@@ -437,7 +437,7 @@ pub fn try_filter(c: &mut impl GenericClient, table: &QualName, filter: &str, db
         .map(|_| ())
         .map_err(|driver| {
             CaptureError::FilterFails {
-                table: table.human(),
+                table: table.shown(),
                 db: db.to_string(),
                 detail: crate::pg::error::describe(&driver),
                 driver,

@@ -302,8 +302,8 @@ pub fn add_relations(
                  RETURNING id, (xmax = 0)",
                 &[&db, &f.name.schema, &f.name.name, &f.reltype, &cols, &types, &kind, &conflict_strategy],
             )
-            .ctx(|| format!("adding {} {}", f.reltype, f.name.human()))?;
-        let what = format!("adding {} {}", f.reltype, f.name.human());
+            .ctx(|| format!("adding {} {}", f.reltype, f.name.shown()))?;
+        let what = format!("adding {} {}", f.reltype, f.name.shown());
         let id: i32 = row.col(0, &what)?;
         if row.col::<_, bool>(1, &what)? {
             out.added.push(f.name.clone());
@@ -316,7 +316,7 @@ pub fn add_relations(
                     "INSERT INTO capra.relgroup_member (relgroup, relation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&g, &id],
                 )
-                .ctx(|| format!("adding {} to relgroup \"{g}\"", f.name.human()))?;
+                .ctx(|| format!("adding {} to relgroup \"{g}\"", f.name.shown()))?;
             if n > 0 {
                 out.grouped.push(f.name.clone());
             }
@@ -413,7 +413,7 @@ pub fn add_to_relgroup(tx: &mut Transaction<'_>, group: &str, rels: &[&Relation]
                 "INSERT INTO capra.relgroup_member (relgroup, relation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&group, &r.id],
             )
-            .ctx(|| format!("adding {} to relgroup \"{group}\"", r.name.human()))?;
+            .ctx(|| format!("adding {} to relgroup \"{group}\"", r.name.shown()))?;
         if n > 0 {
             added.push(r.name.clone());
         }
@@ -910,6 +910,6 @@ pub fn set_relation_column(
         &format!("UPDATE capra.relation SET {col} = $1::text::{cast} WHERE id = $2"),
         &[val, &rel.id],
     )
-    .ctx(|| format!("changing {col} of {}", rel.name.human()))?;
+    .ctx(|| format!("changing {col} of {}", rel.name.shown()))?;
     Ok(())
 }

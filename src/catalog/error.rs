@@ -76,7 +76,7 @@ pub enum CatalogError {
     /// A table from another database cannot join a relgroup.
     #[error(
         "relgroup \"{relgroup}\" holds tables from database \"{other}\"; {} comes from \"{db}\": all tables of a relgroup come from one database",
-        .table.human()
+        .table.shown()
     )]
     RelgroupMixesDbs {
         /// The relgroup.
@@ -222,9 +222,9 @@ pub enum CatalogError {
     /// Delta replication needs a key on every table.
     #[error(
         "sync \"{sync}\": table {} has no primary key or unique key, which delta replication needs; add a key (ALTER TABLE {} ADD PRIMARY KEY (...)), declare one (capra update table {} pkey=COL[,COL]), or replicate it with a fullcopy sync (dbs=SOURCE:source,TARGET:fullcopy)",
-        .table.human(),
+        .table.shown(),
         .table.sql(),
-        .table.human()
+        .table.shown()
     )]
     NoKey {
         /// The sync.
@@ -329,7 +329,7 @@ pub enum CatalogError {
     #[error(
         "columns {} of {} are not a primary key or a unique key on NOT NULL columns in database \"{db}\"; create one first (CREATE UNIQUE INDEX ... ON {} ({}))",
         .columns.join(", "),
-        .table.human(),
+        .table.shown(),
         .table.sql(),
         .columns.join(", ")
     )]

@@ -585,7 +585,7 @@ fn failed_tables(json: Option<String>) -> Vec<String> {
         .map(|f| {
             format!(
                 "{}: {}",
-                f["table"].as_str().unwrap_or("?"),
+                crate::pg::ident::show_qualified(f["table"].as_str().unwrap_or("?")),
                 f["error"].as_str().unwrap_or("")
             )
         })

@@ -138,7 +138,7 @@ fn block(ctx: &Ctx, t: &TableResult) {
     if t.differences() > 0 {
         ctx.say(format!(
             "{} on {}: {} missing, {} extra, {} different",
-            t.table,
+            crate::pg::ident::show_qualified(&t.table),
             t.db,
             t.missing.len(),
             t.extra.len(),
@@ -166,7 +166,7 @@ fn block(ctx: &Ctx, t: &TableResult) {
     if !t.in_flight.is_empty() {
         ctx.say(format!(
             "{} on {}: {} key{} still changing (not applied yet by the sync), not counted",
-            t.table,
+            crate::pg::ident::show_qualified(&t.table),
             t.db,
             t.in_flight.len(),
             if t.in_flight.len() == 1 { "" } else { "s" }
@@ -247,7 +247,9 @@ fn print_preview(ctx: &Ctx, p: &compare::Preview) {
         if let Some(why) = &t.full_copy {
             ctx.say(format!(
                 "  {} on {}: full copy of {} rows ({why})",
-                t.table, t.db, t.inserts
+                crate::pg::ident::show_qualified(&t.table),
+                t.db,
+                t.inserts
             ));
             copies += 1;
             dbs.insert(t.db.as_str());
@@ -265,7 +267,12 @@ fn print_preview(ctx: &Ctx, p: &compare::Preview) {
         };
         ctx.say(format!(
             "  {} on {}: {trunc}{} insert(s), {} update(s), {} delete(s) ({} unchanged)",
-            t.table, t.db, t.inserts, t.updates, t.deletes, t.unchanged
+            crate::pg::ident::show_qualified(&t.table),
+            t.db,
+            t.inserts,
+            t.updates,
+            t.deletes,
+            t.unchanged
         ));
         rows += t.inserts + t.updates + t.deletes;
         dbs.insert(t.db.as_str());
@@ -285,7 +292,7 @@ fn print_preview(ctx: &Ctx, p: &compare::Preview) {
         let cols = p.keycols.get(&c.table).cloned().unwrap_or_default();
         ctx.say(format!(
             "  conflict on {} ({})=({}): {}; winner {} ({})",
-            c.table,
+            crate::pg::ident::show_qualified(&c.table),
             cols.join(", "),
             c.key.join(", "),
             who.join(" vs "),

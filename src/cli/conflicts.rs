@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx, sync: Option<&str>, since: Option<&str>) -> Result<()> {
             "{}  {}  {}  ({})  {}  winner: {}  ({})",
             r.time,
             r.sync,
-            r.table,
+            crate::pg::ident::show_qualified(&r.table),
             key_words(&r.key).join(", "),
             contenders(&r.contenders).join(" vs "),
             r.winner,

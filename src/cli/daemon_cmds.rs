@@ -24,15 +24,7 @@ pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std
     ctx.say("Checking for existing processes");
     ctx.say("Starting capra");
     let d = daemon::spawn_detached(&ctx.settings, &reason, config)?;
-    // Where the log went, and why there: one rule, as capra.conf says.
-    let log = match ctx.settings.logdest.as_deref().map(crate::logging::Dest::parse) {
-        None => format!("{} (the default; logdest in capra.conf changes it)", d.log),
-        Some(crate::logging::Dest::File(_)) => format!("{} (logdest)", d.log),
-        Some(crate::logging::Dest::Stderr) => format!("{} (logdest = stderr)", d.log),
-        Some(crate::logging::Dest::Journald) => {
-            format!("journald (logdest; output before logging starts goes to {})", d.log)
-        }
-    };
+    let log = log_place(ctx.settings.logdest.as_deref(), &d.log);
     match d.status.strip_prefix("standby, ") {
         Some(leader) => ctx.say(format!(
             "capra is running (pid {}) as a standby; {leader}; log: {log}",
@@ -41,6 +33,19 @@ pub fn start(ctx: &Ctx, foreground: bool, reason: &[String], config: Option<&std
         None => ctx.say(format!("capra is running (pid {}); log: {log}", d.pid)),
     }
     Ok(())
+}
+
+/// Where the detached daemon's log went (`file`), and why there: one
+/// rule, as capra.conf and the README say.
+fn log_place(logdest: Option<&str>, file: &str) -> String {
+    match logdest.map(crate::logging::Dest::parse) {
+        None => format!("{file} (the default; logdest in capra.conf changes it)"),
+        Some(crate::logging::Dest::File(_)) => format!("{file} (logdest)"),
+        Some(crate::logging::Dest::Stderr) => format!("{file} (logdest = stderr)"),
+        Some(crate::logging::Dest::Journald) => {
+            format!("journald (logdest; output before logging starts goes to {file})")
+        }
+    }
 }
 
 /// `capra stop [REASON]`.
@@ -308,5 +313,28 @@ impl KickWait<'_> {
             }
         }
         Ok(still)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_says_where_the_log_went_and_why() {
+        let f = "/var/log/capra/capra.log";
+        assert_eq!(
+            log_place(None, f),
+            "/var/log/capra/capra.log (the default; logdest in capra.conf changes it)"
+        );
+        assert_eq!(log_place(Some("/tmp/c.log"), "/tmp/c.log"), "/tmp/c.log (logdest)");
+        assert_eq!(
+            log_place(Some("stderr"), f),
+            "/var/log/capra/capra.log (logdest = stderr)"
+        );
+        assert_eq!(
+            log_place(Some("journald"), f),
+            "journald (logdest; output before logging starts goes to /var/log/capra/capra.log)"
+        );
     }
 }

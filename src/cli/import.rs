@@ -324,7 +324,7 @@ fn check(plan: &mut Plan) {
                 match relation_option(k, v) {
                     Ok(Some(x)) => t.checked.push(x),
                     Ok(None) => {}
-                    Err(e) => problems.push(format!("{}: {e}", t.found.name.human())),
+                    Err(e) => problems.push(format!("{}: {e}", t.found.name.shown())),
                 }
             }
         }
@@ -406,7 +406,7 @@ fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, files: &[(plan::CodeImport,
         }
         for t in s.tables.iter().filter(|t| !t.options.is_empty()) {
             let o: Vec<String> = t.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            ctx.say(format!("    {}: {}", t.found.name.human(), o.join(" ")));
+            ctx.say(format!("    {}: {}", t.found.name.shown(), o.join(" ")));
         }
         for n in &s.notes {
             ctx.say(format!("    {n}"));
@@ -420,7 +420,7 @@ fn print_plan(ctx: &Ctx, plan: &Plan, summary: &str, files: &[(plan::CodeImport,
                 .sync
                 .as_ref()
                 .map(|s| format!("sync \"{s}\""))
-                .or_else(|| c.table.as_ref().map(|(_, t)| t.human()))
+                .or_else(|| c.table.as_ref().map(|(_, t)| t.shown()))
                 .unwrap_or_default();
             ctx.say(format!(
                 "  \"{}\" (whenrun {}, {on}): source saved to {f}",

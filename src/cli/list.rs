@@ -1,6 +1,8 @@
 //! `capra list ...` and `capra show ...`: the catalog as people read it
 //! (Bucardo's layouts) or as scripts read it (`--json`).
 
+use std::cell::Cell;
+
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 
@@ -88,43 +90,90 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     }
     let mut cat = ctx.catalog()?;
     let c = &mut cat.client;
-    print_list(ctx, c, what, &filters, db_filter.as_deref(), status_filter)
+    print_list(ctx, c, what, &filters, db_filter.as_deref(), status_filter, None)
 }
 
 fn emit_json(v: Value) {
     println!("{v:#}");
 }
 
+/// What one list was asked for: the names or patterns typed, the other
+/// conditions as the user typed them (`db=shop`, `status inactive`), and,
+/// inside `list all`, whether an earlier kind printed anything (for the
+/// blank line between kinds, and to say once that nothing matched).
+struct Asked<'a> {
+    names: &'a [String],
+    also: Vec<String>,
+    in_all: Option<&'a Cell<bool>>,
+}
+
+impl Asked<'_> {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.also.is_empty()
+    }
+
+    /// `shop_sync, status inactive`.
+    fn describe(&self) -> String {
+        self.names
+            .iter()
+            .chain(&self.also)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Inside `list all`: a blank line before every kind but the first
+    /// printed.
+    fn separate(&self) {
+        if let Some(p) = self.in_all {
+            if p.replace(true) {
+                println!();
+            }
+        }
+    }
+}
+
 /// Every list prints `--json` output or "There are no PLURAL." the same
-/// way; when names were given and none matched, it says so and lists the
-/// names there are (`all`). True when that was all there was to print.
+/// way; when something was asked for and nothing matched, it says what was
+/// asked and lists every name there is (`all`, with the attribute that
+/// did not match). Inside `list all` a kind with no match prints nothing.
+/// True when that was all there was to print.
 fn json_or_none<T: serde::Serialize>(
     ctx: &Ctx,
     items: &[T],
     plural: &str,
-    filters: &[String],
+    asked: &Asked<'_>,
     all: impl FnOnce() -> Vec<String>,
 ) -> bool {
     if ctx.json {
         emit_json(json!(items));
         return true;
     }
-    if items.is_empty() {
-        let all = if filters.is_empty() { Vec::new() } else { all() };
-        if all.is_empty() {
-            println!("There are no {plural}.");
-        } else {
-            const SHOWN: usize = 20;
-            let more = all.len().saturating_sub(SHOWN);
-            let mut names = all.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
-            if more > 0 {
-                names.push_str(&format!(" and {more} more"));
-            }
-            println!("No {plural} match {}; there are: {names}", filters.join(", "));
-        }
+    if !items.is_empty() {
+        asked.separate();
+        return false;
+    }
+    if asked.is_empty() {
+        asked.separate();
+        println!("There are no {plural}.");
         return true;
     }
-    false
+    if asked.in_all.is_some() {
+        return true;
+    }
+    let all = all();
+    if all.is_empty() {
+        println!("There are no {plural}.");
+    } else {
+        const SHOWN: usize = 20;
+        let more = all.len().saturating_sub(SHOWN);
+        let mut names = all.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            names.push_str(&format!(" and {more} more"));
+        }
+        println!("No {plural} match {}; all {plural}: {names}", asked.describe());
+    }
+    true
 }
 
 /// The names of everything a list could show, for "no match".
@@ -139,15 +188,27 @@ fn print_list(
     filters: &[String],
     db_filter: Option<&str>,
     status: Option<Status>,
+    in_all: Option<&Cell<bool>>,
 ) -> Result<()> {
+    let mut asked = Asked {
+        names: filters,
+        also: Vec::new(),
+        in_all,
+    };
     match what {
-        What::Dbs => list_dbs(ctx, c, filters),
-        What::Tables => list_relations(ctx, c, RelType::Table, filters, db_filter),
-        What::Sequences => list_relations(ctx, c, RelType::Sequence, filters, db_filter),
-        What::Relgroups { herd } => list_relgroups(ctx, c, herd, filters),
-        What::Dbgroups => list_dbgroups(ctx, c, filters),
-        What::Syncs => list_syncs(ctx, c, filters, status),
-        What::Customcodes => list_customcodes(ctx, c, filters),
+        What::Tables | What::Sequences => asked.also.extend(db_filter.map(|d| format!("db={d}"))),
+        What::Syncs => asked.also.extend(status.map(|s| format!("status {s}"))),
+        _ => {}
+    }
+    let asked = &asked;
+    match what {
+        What::Dbs => list_dbs(ctx, c, asked),
+        What::Tables => list_relations(ctx, c, RelType::Table, asked, db_filter),
+        What::Sequences => list_relations(ctx, c, RelType::Sequence, asked, db_filter),
+        What::Relgroups { herd } => list_relgroups(ctx, c, herd, asked),
+        What::Dbgroups => list_dbgroups(ctx, c, asked),
+        What::Syncs => list_syncs(ctx, c, asked, status),
+        What::Customcodes => list_customcodes(ctx, c, asked),
         What::All => list_all(ctx, c, filters, db_filter),
     }
 }
@@ -168,7 +229,8 @@ fn list_all(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], db_filter: 
         emit_json(doc);
         return Ok(());
     }
-    for (i, w) in [
+    let printed = Cell::new(false);
+    for w in [
         What::Dbs,
         What::Dbgroups,
         What::Tables,
@@ -176,25 +238,29 @@ fn list_all(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], db_filter: 
         What::Relgroups { herd: false },
         What::Syncs,
         What::Customcodes,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if i > 0 {
-            println!();
-        }
-        print_list(ctx, c, w, filters, db_filter, None)?;
+    ] {
+        print_list(ctx, c, w, filters, db_filter, None, Some(&printed))?;
+    }
+    if !printed.get() {
+        let asked: Vec<String> = filters
+            .iter()
+            .cloned()
+            .chain(db_filter.map(|d| format!("db={d}")))
+            .collect();
+        println!("Nothing matches {}; capra list all shows everything", asked.join(", "));
     }
     Ok(())
 }
 
 /// `list dbs`: one line per database; with -v its dbgroups and syncs.
-fn list_dbs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+fn list_dbs(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
+    let filters = asked.names;
+
     let dbs: Vec<_> = model::dbs(c)?
         .into_iter()
         .filter(|d| wanted(&d.name, filters))
         .collect();
-    if json_or_none(ctx, &dbs, "databases", filters, || {
+    if json_or_none(ctx, &dbs, "databases", asked, || {
         names_of(model::dbs(c), |d| d.name.clone())
     }) {
         return Ok(());
@@ -245,9 +311,10 @@ fn list_relations(
     ctx: &Ctx,
     c: &mut postgres::Client,
     kind: RelType,
-    filters: &[String],
+    asked: &Asked<'_>,
     db_filter: Option<&str>,
 ) -> Result<()> {
+    let filters = asked.names;
     let rels: Vec<Relation> = model::relations(c, Some(kind))?
         .into_iter()
         .filter(|r| db_filter.is_none_or(|d| r.db == d))
@@ -258,8 +325,11 @@ fn list_relations(
                 || wanted(&r.name.name, filters)
         })
         .collect();
-    if json_or_none(ctx, &rels, &format!("{kind}s"), filters, || {
-        names_of(model::relations(c, Some(kind)), |r| r.name.shown())
+    if json_or_none(ctx, &rels, &format!("{kind}s"), asked, || {
+        names_of(model::relations(c, Some(kind)), |r| match db_filter {
+            Some(_) => format!("{} (DB: {})", r.name.shown(), r.db),
+            None => r.name.shown(),
+        })
     }) {
         return Ok(());
     }
@@ -314,13 +384,15 @@ fn table_details(r: &Relation) -> String {
 }
 
 /// `list relgroups` (or `herds`): members and the syncs using each.
-fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, filters: &[String]) -> Result<()> {
+fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, asked: &Asked<'_>) -> Result<()> {
+    let filters = asked.names;
+
     let groups: Vec<_> = model::relgroups(c)?
         .into_iter()
         .filter(|g| wanted(&g.name, filters))
         .collect();
     let label = if herd { "Herd" } else { "Relgroup" };
-    if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase()), filters, || {
+    if json_or_none(ctx, &groups, &format!("{}s", label.to_lowercase()), asked, || {
         names_of(model::relgroups(c), |g| g.name.clone())
     }) {
         return Ok(());
@@ -351,12 +423,14 @@ fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, filters: &[St
 }
 
 /// `list dbgroups`: members with their roles and the syncs using each.
-fn list_dbgroups(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+fn list_dbgroups(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
+    let filters = asked.names;
+
     let groups: Vec<_> = model::dbgroups(c)?
         .into_iter()
         .filter(|g| wanted(&g.name, filters))
         .collect();
-    if json_or_none(ctx, &groups, "dbgroups", filters, || {
+    if json_or_none(ctx, &groups, "dbgroups", asked, || {
         names_of(model::dbgroups(c), |g| g.name.clone())
     }) {
         return Ok(());
@@ -392,14 +466,19 @@ fn members_line(g: &model::DbGroup) -> String {
 }
 
 /// `list syncs [STATUS]`: Bucardo's one-line summary; with -v the relations.
-fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], status: Option<Status>) -> Result<()> {
+fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>, status: Option<Status>) -> Result<()> {
+    let filters = asked.names;
+
     let syncs: Vec<_> = model::syncs(c)?
         .into_iter()
         .filter(|s| wanted(&s.name, filters))
         .filter(|s| status.is_none_or(|st| s.status == st))
         .collect();
-    if json_or_none(ctx, &syncs, "syncs", filters, || {
-        names_of(model::syncs(c), |s| s.name.clone())
+    if json_or_none(ctx, &syncs, "syncs", asked, || {
+        names_of(model::syncs(c), |s| match status {
+            Some(_) => format!("{} ({})", s.name, s.status),
+            None => s.name.clone(),
+        })
     }) {
         return Ok(());
     }
@@ -433,12 +512,14 @@ fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], status: O
 }
 
 /// `list customcodes`: when each runs, where from; with -vvv the code.
-fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> Result<()> {
+fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
+    let filters = asked.names;
+
     let codes: Vec<_> = model::customcodes(c)?
         .into_iter()
         .filter(|x| wanted(&x.name, filters))
         .collect();
-    if json_or_none(ctx, &codes, "customcodes", filters, || {
+    if json_or_none(ctx, &codes, "customcodes", asked, || {
         names_of(model::customcodes(c), |x| x.name.clone())
     }) {
         return Ok(());
@@ -452,7 +533,12 @@ fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, filters: &[String]) -> 
             println!("  Syncs: {}", x.syncs.join(", "));
         }
         if !x.relations.is_empty() {
-            println!("  Relations: {}", x.relations.join(", "));
+            let shown: Vec<String> = x
+                .relations
+                .iter()
+                .map(|r| crate::pg::ident::show_qualified(r))
+                .collect();
+            println!("  Relations: {}", shown.join(", "));
         }
         if ctx.verbose > 2 {
             println!("{}", x.src_code);

@@ -494,13 +494,14 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
             continue;
         }
         println!("Database {name}:");
-        let tw = w.iter().map(|x| x.table.len()).max().unwrap_or(0);
-        for x in w.iter().filter(|x| x.rows > 0 || ctx.verbose > 0) {
+        let shown: Vec<String> = w.iter().map(|x| crate::pg::ident::show_qualified(&x.table)).collect();
+        let tw = shown.iter().map(|t| t.len()).max().unwrap_or(0);
+        for (x, table) in w.iter().zip(&shown).filter(|(x, _)| x.rows > 0 || ctx.verbose > 0) {
             let oldest = x
                 .oldest_secs
                 .map(|o| format!(", oldest {} ago", age(o)))
                 .unwrap_or_default();
-            println!("  {:<tw$}  {:>8}  (sync {}{oldest})", x.table, x.rows, x.sync);
+            println!("  {table:<tw$}  {:>8}  (sync {}{oldest})", x.rows, x.sync);
         }
         println!("  Total deltas for database {name}: {sum}");
     }

@@ -225,7 +225,7 @@ impl Session {
         }
         for (i, l) in self.links.iter().enumerate().filter(|(_, l)| l.source) {
             let c = &mut self.clients[i];
-            let q = format!("reading the capture of {} on \"{}\"", rel.name.human(), l.db.name);
+            let q = format!("reading the capture of {} on \"{}\"", rel.name.shown(), l.db.name);
             let id: Option<i32> = c
                 .query_opt(
                     "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
@@ -236,7 +236,7 @@ impl Session {
                 .transpose()?;
             let Some(id) = id else {
                 return Err(CompareError::NotCaptured {
-                    table: rel.name.human(),
+                    table: rel.name.shown(),
                     db: l.db.name.clone(),
                     sync: self.plan.name().to_string(),
                 }
@@ -356,7 +356,7 @@ fn locked(e: crate::Error, rel: &Relation, db: &str) -> crate::Error {
             _ => db.to_string(),
         };
         return CompareError::Locked {
-            table: rel.name.human(),
+            table: rel.name.shown(),
             db,
         }
         .into();

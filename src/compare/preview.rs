@@ -210,7 +210,7 @@ fn changes(s: &mut Session, rel: &crate::catalog::model::Relation, sources: &[us
             keys.join(", "),
             id = log.id
         );
-        let q = format!("reading the changes of {} on \"{}\"", rel.name.human(), log.db);
+        let q = format!("reading the changes of {} on \"{}\"", rel.name.shown(), log.db);
         let c = &mut s.clients[log.link];
         for r in c.query(&sql, &[&s.installation, &sync]).ctx(|| q.clone())? {
             let n = shape.qk.len();
@@ -316,7 +316,7 @@ fn receiver(
 
 /// Whether a table is empty on database `i`.
 fn empty(s: &mut Session, rel: &crate::catalog::model::Relation, i: usize) -> Result<bool> {
-    let q = format!("looking into {} on \"{}\"", rel.name.human(), s.links[i].db.name);
+    let q = format!("looking into {} on \"{}\"", rel.name.shown(), s.links[i].db.name);
     s.clients[i]
         .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {})", rel.name.sql()), &[])
         .ctx(|| q.clone())?
@@ -325,7 +325,7 @@ fn empty(s: &mut Session, rel: &crate::catalog::model::Relation, i: usize) -> Re
 
 /// The rows of a table on database `i` (what a full copy would write).
 fn rows(s: &mut Session, rel: &crate::catalog::model::Relation, i: usize) -> Result<u64> {
-    let q = format!("counting {} on \"{}\"", rel.name.human(), s.links[i].db.name);
+    let q = format!("counting {} on \"{}\"", rel.name.shown(), s.links[i].db.name);
     let filter = match &rel.filter {
         Some(f) => format!(" WHERE ({f})"),
         None => String::new(),

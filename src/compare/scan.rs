@@ -191,7 +191,7 @@ fn boundaries(c: &mut Client, shape: &Shape, t: &Side) -> Result<Vec<String>> {
           WHERE s.n % 4 = 0 ORDER BY s.n",
         t.tbl, t.filter
     );
-    let q = format!("sampling the keys of {} on \"{}\"", shape.rel.name.human(), t.db);
+    let q = format!("sampling the keys of {} on \"{}\"", shape.rel.name.shown(), t.db);
     c.query(&sql, &[&percent])
         .ctx(|| q.clone())?
         .iter()
@@ -257,7 +257,7 @@ fn sums(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>, pause: Durat
             within,
             bparam,
         );
-        let q = format!("summing {} on \"{}\"", shape.rel.name.human(), side.db);
+        let q = format!("summing {} on \"{}\"", shape.rel.name.shown(), side.db);
         let rows = if wanted.is_some() {
             c.query(&sql, &[&bounds, &wparam, &first])
         } else {
@@ -324,13 +324,13 @@ fn pairs(c: &mut Client, shape: &Shape, side: &Side, lv: &Level<'_>) -> Result<(
             chunk,
             bparam
         );
-        let q = format!("reading keys of {} on \"{}\"", shape.rel.name.human(), side.db);
+        let q = format!("reading keys of {} on \"{}\"", shape.rel.name.shown(), side.db);
         for r in c.query(&sql, &[&bounds, &wanted, &first]).ctx(|| q.clone())? {
             let mut key = Vec::with_capacity(n);
             for j in 0..n {
                 let Some(v) = r.col::<_, Option<String>>(j, &q)? else {
                     return Err(super::CompareError::NullKey {
-                        table: shape.rel.name.human(),
+                        table: shape.rel.name.shown(),
                         db: side.db.clone(),
                         key: shape.keycols.join(", "),
                     }

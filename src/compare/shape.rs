@@ -173,14 +173,14 @@ pub(super) fn learn(
     let ocols = discover::columns(oc, &rel.name)?;
     if tcols.is_empty() {
         return Err(CompareError::TableMissing {
-            table: rel.name.human(),
+            table: rel.name.shown(),
             db: tname.into(),
         }
         .into());
     }
     if ocols.is_empty() {
         return Err(CompareError::TableMissing {
-            table: rel.name.human(),
+            table: rel.name.shown(),
             db: oname.into(),
         }
         .into());
@@ -189,7 +189,7 @@ pub(super) fn learn(
     for c in tcols.iter().filter(|c| !c.generated) {
         let Some(o) = ocols.iter().find(|o| o.name == c.name) else {
             return Err(CompareError::ColumnMissing {
-                table: rel.name.human(),
+                table: rel.name.shown(),
                 column: c.name.clone(),
                 db: oname.into(),
                 truth: tname.into(),
@@ -211,7 +211,7 @@ pub(super) fn learn(
     let keycols = rel.pkey.clone();
     if keycols.is_empty() {
         return Err(CompareError::NoKey {
-            table: rel.name.human(),
+            table: rel.name.shown(),
         }
         .into());
     }
@@ -248,10 +248,10 @@ fn side(
         .build_transaction()
         .read_only(true)
         .start()
-        .ctx(|| format!("reading {} on \"{db}\"", rel.name.human()))?;
+        .ctx(|| format!("reading {} on \"{db}\"", rel.name.shown()))?;
     let kind = discover::kind_of(&mut tx, &rel.name)?;
     let partitioned = kind == Some(discover::Kind::Partitioned);
-    let q = format!("sizing {} on \"{db}\"", rel.name.human());
+    let q = format!("sizing {} on \"{db}\"", rel.name.shown());
     // A plain table is read without its inheritance children (they are
     // tables of their own); a partitioned one with all its partitions.
     let r = tx
@@ -313,7 +313,7 @@ fn key_types(c: &mut Client, db: &str, shape: &Shape, cols: &[discover::Column])
             .iter()
             .find(|c| &c.name == k)
             .ok_or_else(|| CompareError::KeyColumnMissing {
-                table: rel.name.human(),
+                table: rel.name.shown(),
                 column: k.clone(),
                 db: db.into(),
             })?;
@@ -323,11 +323,11 @@ fn key_types(c: &mut Client, db: &str, shape: &Shape, cols: &[discover::Column])
         .build_transaction()
         .read_only(true)
         .start()
-        .ctx(|| format!("reading the key of {} on \"{db}\"", rel.name.human()))?;
+        .ctx(|| format!("reading the key of {} on \"{db}\"", rel.name.shown()))?;
     let types = below_domains(&mut tx, db, types)?;
     let ops = key_ops(&mut tx, db, &types)?;
     tx.commit()
-        .ctx(|| format!("reading the key of {} on \"{db}\"", rel.name.human()))?;
+        .ctx(|| format!("reading the key of {} on \"{db}\"", rel.name.shown()))?;
     Ok((types, ops))
 }
 
@@ -346,7 +346,7 @@ pub(super) fn log_keys(
     rel: &Relation,
     keys: &[Vec<String>],
 ) -> Result<usize> {
-    let q = format!("logging keys of {} to repair on \"{db}\"", rel.name.human());
+    let q = format!("logging keys of {} to repair on \"{db}\"", rel.name.shown());
     let id: i32 = tx
         .query_opt(
             "SELECT id FROM capra.captured WHERE schemaname = $1 AND relname = $2",
@@ -356,7 +356,7 @@ pub(super) fn log_keys(
         .map(|r| r.col(0, &q))
         .transpose()?
         .ok_or_else(|| CompareError::NotCaptured {
-            table: rel.name.human(),
+            table: rel.name.shown(),
             db: db.into(),
             sync: sync.into(),
         })?;

@@ -172,7 +172,7 @@ impl Judge<'_> {
             );
             let q = format!(
                 "reading the change log of {} on \"{}\"",
-                self.shape.rel.name.human(),
+                self.shape.rel.name.shown(),
                 log.db
             );
             for (b, batch) in keys.chunks(BATCH).enumerate() {
@@ -208,7 +208,7 @@ pub(super) fn lookup(c: &mut Client, shape: &Shape, side: &Side, keys: &[Key]) -
         on,
         side.filter
     );
-    let q = format!("looking up keys of {} on \"{}\"", shape.rel.name.human(), side.db);
+    let q = format!("looking up keys of {} on \"{}\"", shape.rel.name.shown(), side.db);
     let mut out = HashMap::new();
     for (b, batch) in keys.chunks(BATCH).enumerate() {
         let arrays = columns(batch, shape.qk.len());

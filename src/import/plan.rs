@@ -523,7 +523,7 @@ fn unsupported(s: &Snapshot, sync: &bucardo::Sync) -> Option<String> {
             let goat = goats.iter().find(|(x, _)| x.id == *g).map(|(x, _)| x);
             format!(
                 "{what} on {}",
-                goat.map(|x| QualName::new(&x.schema, &x.name).human())
+                goat.map(|x| QualName::new(&x.schema, &x.name).shown())
                     .unwrap_or_default()
             )
         })
@@ -557,7 +557,7 @@ fn tables_of(
             format!(
                 "database \"{}\" of {} is missing from Bucardo's catalog",
                 g.db,
-                qn.human()
+                qn.shown()
             )
         })?;
         let found = match live.of(&new_db(bdb)) {
@@ -567,13 +567,13 @@ fn tables_of(
                 .find(|f| f.name.schema == g.schema && f.name.name == g.name)
                 .cloned(),
         };
-        let found = found.ok_or_else(|| format!("{} {} no longer exists on \"{}\"", g.reltype, qn.human(), g.db))?;
+        let found = found.ok_or_else(|| format!("{} {} no longer exists on \"{}\"", g.reltype, qn.shown(), g.db))?;
         let mut copy_whole = false;
         if delta && found.reltype == RelType::Table {
             let key = found.key.as_ref().ok_or_else(|| {
                 format!(
                     "table {} on \"{}\" has no primary key or unique index on NOT NULL columns, which a delta sync needs; add one (or make the sync fullcopy in Bucardo)",
-                    qn.human(),
+                    qn.shown(),
                     g.db
                 )
             })?;
@@ -586,13 +586,13 @@ fn tables_of(
                 if multi {
                     return Err(format!(
                         "table {} has the key ({now}) now, not the ({was}) Bucardo captured, and a sync with several sources cannot be copied whole; make the keys agree first",
-                        qn.human()
+                        qn.shown()
                     ));
                 }
                 copy_whole = true;
                 notes.push(format!(
                     "table {} is copied whole by the first run: its key is ({now}) now, Bucardo captured ({was})",
-                    qn.human()
+                    qn.shown()
                 ));
             }
             for m in s.members_of(sync).iter().filter(|m| m.role == "source") {
@@ -603,13 +603,13 @@ fn tables_of(
                         "the role that reaches \"{}\" ({}) does not own {}, so it cannot disable Bucardo's triggers there; give Bucardo's database entry the table's owner or a superuser",
                         m.db,
                         d.user.as_deref().unwrap_or("the default"),
-                        qn.human()
+                        qn.shown()
                     ));
                 }
                 if !copy_whole && seen.is_some_and(|(c, _)| !c) {
                     notes.push(format!(
                         "table {} is not captured by Bucardo on \"{}\" (added to the sync since Bucardo last started?): capra sends its changes from now on, as Bucardo would have; rows written before reach the targets only with onetimecopy",
-                        qn.human(),
+                        qn.shown(),
                         m.db
                     ));
                 }

@@ -90,7 +90,7 @@ fn write_sync(tx: &mut Transaction<'_>, plan: &Plan, s: &SyncImport, control: &s
         added.extend(a.added.into_iter().map(|n| (db.to_string(), n)));
     }
     for t in &s.tables {
-        let what = format!("setting the options of {}", t.found.name.human());
+        let what = format!("setting the options of {}", t.found.name.shown());
         tx.execute(
             "UPDATE capra.relgroup_member m SET priority = $1 FROM capra.relation r
               WHERE m.relgroup = $2 AND m.relation = r.id AND r.db = $3 AND r.schemaname = $4 AND r.relname = $5",
@@ -204,7 +204,7 @@ fn check_collisions(tx: &mut Transaction<'_>, s: &SyncImport) -> Result<()> {
             if r.pkey != key.columns {
                 return Err(Error::Rejected(format!(
                     "capra already has {} on \"{}\" with the key ({}), not ({}); make them agree first",
-                    t.found.name.human(),
+                    t.found.name.shown(),
                     r.db,
                     r.pkey.join(", "),
                     key.columns.join(", ")
@@ -317,12 +317,12 @@ pub fn hand_over(
     for w in &work {
         let mut tx = c
             .transaction()
-            .ctx(|| format!("starting the takeover of {} on \"{db}\"", w.table.human()))?;
+            .ctx(|| format!("starting the takeover of {} on \"{db}\"", w.table.shown()))?;
         tx.batch_execute(WAIT_SETUP)
             .ctx(|| "setting lock and deadlock timeouts".into())?;
         take_table(&mut tx, db, w, snap, imported, &mut out)?;
         tx.commit()
-            .ctx(|| format!("committing the takeover of {} on \"{db}\"", w.table.human()))?;
+            .ctx(|| format!("committing the takeover of {} on \"{db}\"", w.table.shown()))?;
     }
     Ok(out)
 }
@@ -340,7 +340,7 @@ fn take_table(
     imported: &BTreeSet<String>,
     out: &mut HandedOver,
 ) -> Result<()> {
-    let human = w.table.human();
+    let human = w.table.shown();
     let what = format!("handing over {human} on \"{db}\"");
     let row = tx
         .query_opt(
@@ -538,7 +538,7 @@ fn hand_over_changes(
     what: &str,
 ) -> Result<bool> {
     let (id, keycols, oid, delta) = (t.id, t.keycols, t.oid, t.delta);
-    let human = w.table.human();
+    let human = w.table.shown();
     let mut logged = false;
     if let Some(delta) = delta {
         let track = format!("track_{}", &delta[6..]);

@@ -471,7 +471,8 @@ impl State {
                 &format!("table:{sync}:{table}"),
                 "table failed",
                 format!(
-                    "Sync \"{sync}\" could not apply table {table} (the other tables were applied; its changes are tried again): {error}\nKind: {} ({})",
+                    "Sync \"{sync}\" could not apply table {} (the other tables were applied; its changes are tried again): {error}\nKind: {} ({})",
+                    crate::pg::ident::show_qualified(&table),
                     kind.as_str(),
                     kind.advice()
                 ),
@@ -479,7 +480,10 @@ impl State {
             Alert::TableRecovered { sync, table } => self.resolved(
                 &format!("table:{sync}:{table}"),
                 "table recovered",
-                format!("Sync \"{sync}\" applies table {table} again"),
+                format!(
+                    "Sync \"{sync}\" applies table {} again",
+                    crate::pg::ident::show_qualified(&table)
+                ),
             ),
             Alert::Hook { sync, subject, body } => self.one("hook", format!("Sync \"{sync}\": {subject}\n{body}")),
             Alert::Takeover {

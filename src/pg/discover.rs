@@ -171,7 +171,7 @@ impl Kind {
 
 /// Looks one relation up; None when it does not exist.
 pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kind>> {
-    let q = format!("looking up {}", name.human());
+    let q = format!("looking up {}", name.shown());
     let row = c
         .query_opt(
             "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -187,7 +187,7 @@ pub fn kind_of(c: &mut impl GenericClient, name: &QualName) -> Result<Option<Kin
 /// partitioning): whether it has a parent, and whether it has children.
 /// Capture and apply both ask: statements on a parent reach its children.
 pub fn inheritance(c: &mut impl GenericClient, name: &QualName) -> Result<(bool, bool)> {
-    let q = format!("looking for inheritance around {}", name.human());
+    let q = format!("looking for inheritance around {}", name.shown());
     let r = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
@@ -209,7 +209,7 @@ pub fn columns(c: &mut impl GenericClient, name: &QualName) -> Result<Vec<Column
     } else {
         ("false", "false")
     };
-    let q = format!("reading the columns of {}", name.human());
+    let q = format!("reading the columns of {}", name.shown());
     let rows = c
         .query(
             &format!(
@@ -267,8 +267,8 @@ pub fn is_unique_key(c: &mut impl GenericClient, name: &QualName, cols: &[String
               GROUP BY i.indexrelid, i.indisprimary",
             &[&name.schema, &name.name],
         )
-        .ctx(|| format!("reading the unique keys of {}", name.human()))?;
-    let q = format!("reading the unique keys of {}", name.human());
+        .ctx(|| format!("reading the unique keys of {}", name.shown()))?;
+    let q = format!("reading the unique keys of {}", name.shown());
     let mut want = cols.to_vec();
     want.sort();
     for r in rows {

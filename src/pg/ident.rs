@@ -139,6 +139,16 @@ pub fn show_ident(name: &str) -> String {
     }
 }
 
+/// A `schema.table` kept as text (run history, conflict records, keys of
+/// reports) as a user pastes it into psql. The first dot splits it: a table
+/// name may hold dots, a schema capra replicates from in practice does not.
+pub fn show_qualified(human: &str) -> String {
+    match human.split_once('.') {
+        Some((schema, name)) => format!("{}.{}", show_ident(schema), show_ident(name)),
+        None => show_ident(human),
+    }
+}
+
 /// A schema-qualified relation name; `Display` renders it quoted for SQL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct QualName {
@@ -303,6 +313,9 @@ mod tests {
         assert_eq!(show_ident("1abc"), r#""1abc""#);
         assert_eq!(show_ident("a b\"c"), r#""a b""c""#);
         assert_eq!(show_ident("_x$1"), "_x$1");
+        assert_eq!(show_qualified("public.AO_X"), r#"public."AO_X""#);
+        assert_eq!(show_qualified("public.Odd.Name"), r#"public."Odd.Name""#);
+        assert_eq!(show_qualified("public.kv"), "public.kv");
     }
 
     #[test]

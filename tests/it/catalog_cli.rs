@@ -421,8 +421,13 @@ fn customcode_is_compiled_when_added() {
 /// database says how to point capra elsewhere.
 #[test]
 fn typos_and_empty_answers_say_what_to_do() {
-    let (c, _, _) = fixtures::pair("first", "CREATE TABLE kv (k int PRIMARY KEY)");
+    let (c, src, _) = fixtures::pair("first", "CREATE TABLE kv (k int PRIMARY KEY)");
     c.ok(&["add", "table", "kv", "db=src", "relgroup=shop_tables"]);
+    // A mixed-case name, only on the source: every message names it as
+    // psql needs it.
+    cluster::a().exec(&src, r#"CREATE TABLE "AO_Miss" (k int PRIMARY KEY)"#);
+    let out = c.ok(&["add", "table", "AO_Miss", "db=src", "relgroup=shop_tables"]);
+    assert!(out.contains(r#"public."AO_Miss""#), "{out}");
     let out = c.ok(&["show", "changed"]);
     assert_eq!(
         out.trim(),
@@ -477,12 +482,45 @@ fn typos_and_empty_answers_say_what_to_do() {
         "capra: warning: setting \"kid_sleep\" has no effect in capra (a Bucardo setting, kept for old scripts)"
     );
 
+    let v = c.run(&["validate", "shop_sync"]);
+    assert!(
+        v.code == Some(1)
+            && v.stderr
+                .contains(r#"table public."AO_Miss" does not exist in database "tgt""#),
+        "{}",
+        v.stderr
+    );
+
     let out = c.ok(&["list", "relgroups", "rg2"]);
-    assert_eq!(out.trim(), "No relgroups match rg2; there are: shop_tables", "{out}");
+    assert_eq!(
+        out.trim(),
+        "No relgroups match rg2; all relgroups: shop_tables",
+        "{out}"
+    );
     assert_eq!(
         c.ok(&["list", "syncs", "nope"]).trim(),
-        "No syncs match nope; there are: shop_sync"
+        "No syncs match nope; all syncs: shop_sync"
     );
+    // Another condition than the name: the names listed say why they
+    // did not match.
+    assert_eq!(
+        c.ok(&["list", "syncs", "shop_sync", "inactive"]).trim(),
+        "No syncs match shop_sync, status inactive; all syncs: shop_sync (active)"
+    );
+    assert_eq!(
+        c.ok(&["list", "tables", "kv", "db=tgt"]).trim(),
+        r#"No tables match kv, db=tgt; all tables: public."AO_Miss" (DB: src), public.kv (DB: src)"#
+    );
+    // list all says once that nothing matched, and skips kinds with no match.
+    assert_eq!(
+        c.ok(&["list", "all", "nope"]).trim(),
+        "Nothing matches nope; capra list all shows everything"
+    );
+    assert_eq!(
+        c.ok(&["list", "all", "kv"]).trim(),
+        "1. Table: public.kv  DB: src  PK: k (integer)"
+    );
+    assert_eq!(c.ok(&["--json", "list", "syncs", "nope"]).trim(), "[]");
 
     let mut far = Capra::uninstalled(cluster::a());
     let at = far.global.iter().position(|g| g == "-p").unwrap() + 1;
@@ -492,6 +530,21 @@ fn typos_and_empty_answers_say_what_to_do() {
         err.contains("cannot connect to the control database")
             && err.contains("point capra at it with -h/-p/-d (or CAPRA_DBHOST")
             && err.contains("or create it with capra install"),
+        "{err}"
+    );
+    // The server answers but has no such database: create it.
+    let err = Capra::uninstalled(cluster::a()).fails(&["status"], 1);
+    assert!(
+        err.contains("create it with capra install (as a role that may create databases"),
+        "{err}"
+    );
+    // The server refuses the role: the role and its password.
+    let mut nobody = Capra::uninstalled(cluster::a());
+    let at = nobody.global.iter().position(|g| g == "-U").unwrap() + 1;
+    nobody.global[at] = "no_such_role_here".into();
+    let err = nobody.fails(&["status"], 1);
+    assert!(
+        err.contains("check the role and its password: -U (or CAPRA_DBUSER"),
         "{err}"
     );
 }

@@ -217,7 +217,7 @@ fn the_import_refuses_while_bucardo_runs_or_left_a_run_open() {
     let r = c.run(&["import", "bucardo", "--from", &b.from()]);
     assert_eq!(r.code, Some(1), "{} {}", r.stdout, r.stderr);
     assert!(
-        r.stdout.contains("sync \"colmis\": capra refuses it: column \"w\" of table public.Odd Name is missing in database \"rtgt\"; add it there (ALTER TABLE \"public\".\"Odd Name\" ADD COLUMN"),
+        r.stdout.contains("sync \"colmis\": capra refuses it: column \"w\" of table public.\"Odd Name\" is missing in database \"rtgt\"; add it there (ALTER TABLE \"public\".\"Odd Name\" ADD COLUMN"),
         "{}",
         r.stdout
     );

@@ -92,7 +92,7 @@ fn missing_privs(c: &mut Client, rel: &Relation, privs: &str) -> Result<Vec<Stri
                 &format!("SELECT {f}({REL_OID}, $3)"),
                 &[&rel.name.schema, &rel.name.name, &p],
             )
-            .ctx(|| format!("checking privileges on {}", rel.name.human()))?
+            .ctx(|| format!("checking privileges on {}", rel.name.shown()))?
             .col(0, "a privilege of capra's role")?;
         if !ok {
             missing.push(p.to_string());
@@ -174,7 +174,7 @@ fn privileges(scope: &Scope, rel: &Relation, m: &mut Member, found: &mut Finding
             m.me.user,
             missing.join(", "),
             rel.reltype,
-            rel.name.human(),
+            rel.name.shown(),
             m.name,
             missing.join(", "),
             rel.name.sql(),
@@ -200,12 +200,12 @@ fn row_security(rel: &Relation, m: &mut Member, found: &mut Findings) -> Result<
             ),
             &[&rel.name.schema, &rel.name.name],
         )
-        .ctx(|| format!("checking row-level security on {}", rel.name.human()))?
+        .ctx(|| format!("checking row-level security on {}", rel.name.shown()))?
         .col(0, "whether row-level security applies")?;
     if applies {
         found.problems.push(format!(
             "table {} in database \"{}\" has row-level security that applies to the role \"{}\", so capra would see and change only the rows its policies allow; fix: ALTER ROLE {} BYPASSRLS",
-            rel.name.human(),
+            rel.name.shown(),
             m.name,
             m.me.user,
             m.me.sql()
@@ -226,7 +226,7 @@ fn foreign_code(scope: &Scope, rel: &Relation, m: &mut Member, found: &mut Findi
     for (what, owner) in &found_code {
         let line = format!(
             "{what} on table {} in database \"{}\" is code of role \"{owner}\", which is not a superuser",
-            rel.name.human(),
+            rel.name.shown(),
             m.name
         );
         if m.me.superuser {
@@ -245,7 +245,7 @@ fn foreign_code(scope: &Scope, rel: &Relation, m: &mut Member, found: &mut Findi
         if let Some(owner) = hazards::untrusted_owner(&mut m.client, &rel.name)? {
             found.notes.push(format!(
                 "table {} in database \"{}\" is owned by \"{owner}\", who is not a superuser, while capra connects there as the superuser \"{}\": \"{owner}\" could attach code that capra would run as a superuser; connect as a role that is not a superuser (docs/security.md)",
-                rel.name.human(),
+                rel.name.shown(),
                 m.name,
                 m.me.user
             ));
