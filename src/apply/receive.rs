@@ -218,7 +218,7 @@ impl<'c> Receivers<'c> {
             .iter()
             .map(|i| (*i, format!("COPY pg_temp.capra_keys ({keys}) FROM STDIN{enc}")))
             .collect();
-        pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.human())?;
+        pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.shown())?;
         let mut deleted = 0;
         let mut held = Vec::new();
         for &i in idx {
@@ -405,7 +405,7 @@ impl<'c> Receivers<'c> {
                 (*i, format!("COPY {into} ({}) FROM STDIN{enc}", tab.meta.cols))
             })
             .collect();
-        let counts = pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.human())?;
+        let counts = pipe(stx, &q, &mut self.txs, &dests, &self.names, &tab.shown())?;
         for ((i, _), n) in dests.iter().zip(counts) {
             if !self.is_source(*i) {
                 tr.copied += n;

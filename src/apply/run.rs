@@ -728,7 +728,7 @@ impl<'a, 'e> Run<'a, 'e> {
             &mut rx.txs,
             &dests,
             &rx.names,
-            &t.name.human(),
+            &t.name.shown(),
         )?
         .iter()
         .sum();

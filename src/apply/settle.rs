@@ -86,7 +86,7 @@ impl Settle<'_, '_> {
         self.env.conflicts.borrow_mut().push(rec);
         if decision == Decision::Abort {
             return Err(ApplyError::ConflictAbort {
-                table: tname.to_string(),
+                table: tab.shown(),
                 columns: meta.keycols.clone(),
                 key: key.to_vec(),
             }
@@ -139,7 +139,7 @@ impl Settle<'_, '_> {
                     return Err(ApplyError::HookAnsweredStranger {
                         code,
                         db,
-                        table: tname.to_string(),
+                        table: tab.shown(),
                         sources: self.sources.to_vec(),
                     }
                     .into())

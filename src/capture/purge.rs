@@ -180,8 +180,16 @@ pub fn waiting(c: &mut impl GenericClient, installation: &str, syncs: &[String])
                 ),
                 &[&snap],
             )
-            .ctx(|| format!("counting waiting changes of {table}"))?;
-        let counted = format!("counting waiting changes of {table}");
+            .ctx(|| {
+                format!(
+                    "counting waiting changes of {}",
+                    crate::pg::ident::show_qualified(&table)
+                )
+            })?;
+        let counted = format!(
+            "counting waiting changes of {}",
+            crate::pg::ident::show_qualified(&table)
+        );
         out.push(Waiting {
             sync: r.col(0, Q)?,
             rows: w.col(0, &counted)?,

@@ -431,7 +431,7 @@ mod tests {
         };
         assert!(
             e.to_string()
-                .starts_with("sync \"s\": table public.T has no primary key"),
+                .starts_with("sync \"s\": table public.\"T\" has no primary key"),
             "{e}"
         );
         assert!(

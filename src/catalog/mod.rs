@@ -58,13 +58,17 @@ pub struct Catalog {
 fn control_hint(e: &Error) -> String {
     let conf = crate::config::system_config_path().display().to_string();
     match e.sqlstate().map(|c| c.code()) {
-        // Refused the login: the role or its password.
-        Some("28P01" | "28000") => format!(
+        // A wrong password.
+        Some("28P01") => format!(
             "check the role and its password: -U (or CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}), and ~/.pgpass or dbpass"
         ),
-        Some("3D000") => {
-            "create it with capra install (as a role that may create databases, e.g. capra -U postgres install)".into()
-        }
+        // No such role, or pg_hba.conf lets no one in this way.
+        Some("28000") => format!(
+            "check the role (-U, CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}) and that the server's pg_hba.conf lets it in from this host"
+        ),
+        Some("3D000") => format!(
+            "name the right one with -d (or CAPRA_DBNAME, dbname in ~/.caprarc or {conf}), or create it with capra install (as a role that may create databases, e.g. capra -U postgres install)"
+        ),
         _ => format!(
             "point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {conf}), or create it with capra install"
         ),

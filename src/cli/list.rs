@@ -90,6 +90,12 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     }
     let mut cat = ctx.catalog()?;
     let c = &mut cat.client;
+    // A typo'd db= would read as "nothing matches": name it instead.
+    if let Some(d) = db_filter.as_deref() {
+        if model::db(c, d)?.is_none() {
+            return Err(Error::not_found_hint("database", d, "see: capra list dbs"));
+        }
+    }
     print_list(ctx, c, what, &filters, db_filter.as_deref(), status_filter, None)
 }
 
@@ -533,10 +539,14 @@ fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> R
             println!("  Syncs: {}", x.syncs.join(", "));
         }
         if !x.relations.is_empty() {
+            // `schema.table@db`: the name as psql needs it, then the database.
             let shown: Vec<String> = x
                 .relations
                 .iter()
-                .map(|r| crate::pg::ident::show_qualified(r))
+                .map(|r| match r.rsplit_once('@') {
+                    Some((t, db)) => format!("{}@{db}", crate::pg::ident::show_qualified(t)),
+                    None => crate::pg::ident::show_qualified(r),
+                })
                 .collect();
             println!("  Relations: {}", shown.join(", "));
         }

@@ -79,36 +79,43 @@ pub fn enrich(flags: &config::Flags, e: Error) -> Error {
         .and_then(|mut cat| names_of(&mut cat.client, kind));
     let best = known
         .as_ref()
-        .and_then(|k| nearest(&name, k.iter().map(String::as_str)));
+        .and_then(|k| nearest_mapped(&name, k.iter().map(|(s, n)| (s.as_str(), n.as_str()))));
     let hint = match (best, hint.strip_prefix("; ")) {
-        (Some(b), Some(rest)) => format!("; did you mean \"{b}\"? ({rest})"),
-        (Some(b), None) => format!("; did you mean \"{b}\"?"),
+        (Some(b), Some(rest)) => format!("; did you mean {b}? ({rest})"),
+        (Some(b), None) => format!("; did you mean {b}?"),
         (None, _) => hint,
     };
     Error::NotFound { kind, name, hint }
 }
 
-/// The catalog's names of one kind of object.
-fn names_of(c: &mut postgres::Client, kind: &str) -> Option<Vec<String>> {
-    Some(match kind {
+/// The catalog's names of one kind of object, as (spelling a user may
+/// have meant, the name as the suggestion prints it): objects named in
+/// double quotes as the errors name them; tables and sequences as psql
+/// needs them, reached from the bare name or `schema.name` alike.
+fn names_of(c: &mut postgres::Client, kind: &str) -> Option<Vec<(String, String)>> {
+    let plain: Vec<String> = match kind {
         "sync" => model::syncs(c).ok()?.into_iter().map(|s| s.name).collect(),
         "database" => model::dbs(c).ok()?.into_iter().map(|d| d.name).collect(),
         "relgroup" => model::relgroups(c).ok()?.into_iter().map(|g| g.name).collect(),
         "dbgroup" => model::dbgroups(c).ok()?.into_iter().map(|g| g.name).collect(),
         "customcode" => model::customcodes(c).ok()?.into_iter().map(|g| g.name).collect(),
         "table" | "sequence" => {
-            let mut names: Vec<String> = model::relations(c, None)
+            let mut names: Vec<(String, String)> = model::relations(c, None)
                 .ok()?
                 .into_iter()
                 .filter(|r| r.reltype.as_str() == kind)
-                .map(|r| r.name.human())
+                .flat_map(|r| {
+                    let shown = r.name.shown();
+                    [(r.name.name.clone(), shown.clone()), (r.name.human(), shown)]
+                })
                 .collect();
             names.sort();
             names.dedup();
-            names
+            return Some(names);
         }
         _ => return None,
-    })
+    };
+    Some(plain.into_iter().map(|n| (n.clone(), format!("\"{n}\""))).collect())
 }
 
 #[cfg(test)]

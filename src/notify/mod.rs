@@ -103,7 +103,7 @@ fn compare_text(sync: &str, truth: &str, n: i32, report: &str) -> String {
         if len("missing") + len("extra") + len("different") > 0 {
             lines.push(format!(
                 "  {} on {}: {} missing, {} extra, {} different",
-                t["table"].as_str().unwrap_or("?"),
+                crate::pg::ident::show_qualified(t["table"].as_str().unwrap_or("?")),
                 t["db"].as_str().unwrap_or("?"),
                 len("missing"),
                 len("extra"),

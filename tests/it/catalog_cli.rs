@@ -428,6 +428,17 @@ fn typos_and_empty_answers_say_what_to_do() {
     cluster::a().exec(&src, r#"CREATE TABLE "AO_Miss" (k int PRIMARY KEY)"#);
     let out = c.ok(&["add", "table", "AO_Miss", "db=src", "relgroup=shop_tables"]);
     assert!(out.contains(r#"public."AO_Miss""#), "{out}");
+    let code = c.home_file("c.lua", "return function(ctx)\n  return 'src'\nend\n");
+    c.ok(&[
+        "add",
+        "customcode",
+        "odd",
+        "whenrun=conflict",
+        &format!("src_code={}", code.display()),
+        "relation=AO_Miss",
+    ]);
+    let out = c.ok(&["list", "customcodes", "odd"]);
+    assert!(out.contains(r#"  Relations: public."AO_Miss"@src"#), "{out}");
     let out = c.ok(&["show", "changed"]);
     assert_eq!(
         out.trim(),
@@ -482,6 +493,12 @@ fn typos_and_empty_answers_say_what_to_do() {
         "capra: warning: setting \"kid_sleep\" has no effect in capra (a Bucardo setting, kept for old scripts)"
     );
 
+    // A table's typo: the suggestion as psql needs it, from the bare name.
+    let err = c.fails(&["update", "table", "AO_Mis", "pkey=k"], 1);
+    assert!(
+        err.contains(r#"table "AO_Mis" does not exist; did you mean public."AO_Miss"? (see: capra list tables)"#),
+        "{err}"
+    );
     let v = c.run(&["validate", "shop_sync"]);
     assert!(
         v.code == Some(1)
@@ -511,6 +528,11 @@ fn typos_and_empty_answers_say_what_to_do() {
         c.ok(&["list", "tables", "kv", "db=tgt"]).trim(),
         r#"No tables match kv, db=tgt; all tables: public."AO_Miss" (DB: src), public.kv (DB: src)"#
     );
+    let err = c.fails(&["list", "tables", "db=srcc"], 1);
+    assert!(
+        err.contains(r#"database "srcc" does not exist; did you mean "src"? (see: capra list dbs)"#),
+        "{err}"
+    );
     // list all says once that nothing matched, and skips kinds with no match.
     assert_eq!(
         c.ok(&["list", "all", "nope"]).trim(),
@@ -535,7 +557,8 @@ fn typos_and_empty_answers_say_what_to_do() {
     // The server answers but has no such database: create it.
     let err = Capra::uninstalled(cluster::a()).fails(&["status"], 1);
     assert!(
-        err.contains("create it with capra install (as a role that may create databases"),
+        err.contains("name the right one with -d (or CAPRA_DBNAME")
+            && err.contains("or create it with capra install (as a role that may create databases"),
         "{err}"
     );
     // The server refuses the role: the role and its password.
@@ -544,7 +567,7 @@ fn typos_and_empty_answers_say_what_to_do() {
     nobody.global[at] = "no_such_role_here".into();
     let err = nobody.fails(&["status"], 1);
     assert!(
-        err.contains("check the role and its password: -U (or CAPRA_DBUSER"),
+        err.contains("check the role (-U, CAPRA_DBUSER") && err.contains("pg_hba.conf lets it in"),
         "{err}"
     );
 }

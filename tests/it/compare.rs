@@ -661,3 +661,28 @@ fn dry_run_winner_is_the_runs_winner_under_latest_all_tables() {
         assert_eq!(cl.query(db, "SELECT v FROM t WHERE id = 1")[0].as_deref(), Some("one"));
     }
 }
+
+/// A mixed-case table is named as psql needs it (issue 22) by the dry run,
+/// compare and delta alike.
+#[test]
+fn mixed_case_tables_are_named_as_psql_needs_them() {
+    let (a, b) = (cluster::a(), cluster::b());
+    let (c, src, tgt) = fixtures::pair("cmpodd", r#"CREATE TABLE "Odd" (k int PRIMARY KEY, v text)"#);
+    fixtures::sync_tables(&c, &["Odd"], "s", &["autokick=0"]);
+    b.exec(&tgt, r#"INSERT INTO "Odd" VALUES (2, 'extra')"#);
+    let r = c.run(&["compare", "s"]);
+    assert!(
+        r.stdout
+            .contains(r#"public."Odd" on tgt: 0 missing, 1 extra, 0 different"#),
+        "{}",
+        r.stdout
+    );
+    a.exec(&src, r#"INSERT INTO "Odd" VALUES (1, 'new')"#);
+    let text = c.ok(&["kick", "s", "--dry-run"]);
+    assert!(
+        text.contains(r#"public."Odd" on tgt: 1 insert(s), 0 update(s), 0 delete(s) (0 unchanged)"#),
+        "{text}"
+    );
+    let text = c.ok(&["delta"]);
+    assert!(text.contains(r#"  public."Odd"         1  (sync s"#), "{text}");
+}
