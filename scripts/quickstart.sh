@@ -21,7 +21,7 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
 say "building capra"
 cargo build --quiet
-CAPRA="$ROOT/target/debug/capra"
+CAPRA="${CARGO_TARGET_DIR:-$ROOT/target}/debug/capra"
 
 WORK=$(mktemp -d /tmp/capra-quickstart.XXXXXX)
 chmod 755 "$WORK"
