@@ -19,11 +19,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
-say "building capra"
-cargo build --quiet
-CAPRA="${CARGO_TARGET_DIR:-$ROOT/target}/debug/capra"
+# CAPRA_BIN=PATH runs that binary instead of building one (the test suite
+# runs this script with the binary it built).
+if [ -n "${CAPRA_BIN:-}" ]; then
+    CAPRA=$CAPRA_BIN
+else
+    say "building capra"
+    cargo build --quiet
+    CAPRA="${CARGO_TARGET_DIR:-$ROOT/target}/debug/capra"
+fi
 
-WORK=$(mktemp -d /tmp/capra-quickstart.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/capra-quickstart.XXXXXX")
 chmod 755 "$WORK"
 AS_PG=()
 if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); chown postgres: "$WORK"; fi

@@ -21,6 +21,7 @@ mod metrics;
 mod multimaster;
 mod packages;
 mod plugins;
+mod quickstart;
 mod replication;
 mod security;
 mod structure;
