@@ -117,7 +117,12 @@ say "changing data on hostA: pgbench transactions, an update, a delete, a key ch
 "${PSQL_A[@]}" shop -c "UPDATE pgbench_branches SET filler = 'changed by the quickstart' WHERE bid = 1;
   DELETE FROM \"AO_92296B_AORECENTLY_VIEWED\" WHERE \"ID\" <= 10;
   UPDATE \"AO_92296B_AORECENTLY_VIEWED\" SET \"ID\" = \"ID\" + 100000 WHERE \"ID\" = 11;"
-sleep 1   # autokick: each commit starts a run within moments; no kick needed
+# autokick: each commit starts a run within moments; no kick needed. Wait
+# (at most 60 s, on a busy machine) until capra delta shows nothing waiting.
+for _ in $(seq 600); do
+    "$CAPRA" "${G[@]}" delta 2>/dev/null | grep -q '^Total deltas across all targets: 0$' && break
+    sleep 0.1
+done
 
 say "comparing hostA and hostB (ordered checksums of every table)"
 same=1
