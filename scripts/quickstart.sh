@@ -17,7 +17,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql postgresql-contrib libssl-dev pkg-config >/dev/null
 fi
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGBIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 
 # CAPRA_BIN=PATH runs that binary instead of building one (the test suite
 # runs this script with the binary it built).
@@ -37,16 +37,22 @@ if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); chown postgres: "$
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORTS=()
 start_cluster() { # name -> sets port in PORTS
-    local name=$1 port; port=$(free_port)
+    local name=$1 port try
     "${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/$name" --no-sync -A trust -E UTF8 --locale=C.UTF-8 -U postgres >/dev/null
     cat >>"$WORK/$name/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
-port = $port
 unix_socket_directories = '$WORK'
 fsync = off
 synchronous_commit = off
 EOF
-    "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/$name" -l "$WORK/$name.log" -w start >/dev/null
+    # The port is picked just before the start; on a busy machine another
+    # program may take it meanwhile, so a second one is tried.
+    for try in 1 2; do
+        port=$(free_port)
+        echo "port = $port" >>"$WORK/$name/postgresql.conf"   # the last line wins
+        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/$name" -l "$WORK/$name.log" -w start >/dev/null && break
+        if [ "$try" = 2 ]; then echo "cannot start the cluster $name (see $WORK/$name.log)" >&2; exit 1; fi
+    done
     "$PGBIN/psql" -qX -h 127.0.0.1 -p "$port" -U postgres -c "CREATE ROLE capra SUPERUSER LOGIN" postgres
     PORTS+=("$port")
 }
@@ -63,7 +69,8 @@ cleanup() {
         echo "  rm -rf $WORK"
         return
     fi
-    "$CAPRA" "${G[@]}" stop >/dev/null 2>&1 || true
+    # Only the daemon this script started (G is set once its catalog is).
+    if [ ${#G[@]} -gt 0 ]; then "$CAPRA" "${G[@]}" stop >/dev/null 2>&1 || true; fi
     for c in hostA hostB; do
         [ -f "$WORK/$c/postmaster.pid" ] && "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$WORK/$c" -m fast stop >/dev/null 2>&1 || true
     done
@@ -118,9 +125,14 @@ say "changing data on hostA: pgbench transactions, an update, a delete, a key ch
   DELETE FROM \"AO_92296B_AORECENTLY_VIEWED\" WHERE \"ID\" <= 10;
   UPDATE \"AO_92296B_AORECENTLY_VIEWED\" SET \"ID\" = \"ID\" + 100000 WHERE \"ID\" = 11;"
 # autokick: each commit starts a run within moments; no kick needed. Wait
-# (at most 60 s, on a busy machine) until capra delta shows nothing waiting.
-for _ in $(seq 600); do
-    "$CAPRA" "${G[@]}" delta 2>/dev/null | grep -q '^Total deltas across all targets: 0$' && break
+# (at most 60 s, on a busy machine) until capra delta shows nothing waiting
+# (it says "unknown" and fails when a source does not answer).
+deadline=$((SECONDS + 60))
+until "$CAPRA" "${G[@]}" delta 2>/dev/null | grep -q '^Total deltas across all targets: 0$'; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "changes still waiting after 60 s:"; "$CAPRA" "${G[@]}" delta || true
+        break
+    fi
     sleep 0.1
 done
 

@@ -67,7 +67,7 @@ fn control_hint(e: &Error) -> String {
             "check the role (-U, CAPRA_DBUSER, dbuser in ~/.caprarc or {conf}) and that the server's pg_hba.conf lets it in from this host"
         ),
         Some("3D000") => format!(
-            "name the right one with -d (or CAPRA_DBNAME, dbname in ~/.caprarc or {conf}), or create it with capra install (as a role that may create databases, e.g. capra -U postgres install)"
+            "name the right one with -d (or CAPRA_DBNAME, dbname in ~/.caprarc, {conf} or a --config file), or create it with capra install (as a role that may create databases, e.g. capra -U postgres install)"
         ),
         _ => format!(
             "point capra at it with -h/-p/-d (or CAPRA_DBHOST, CAPRA_DBPORT, CAPRA_DBNAME, or dbhost/dbport/dbname in ~/.caprarc or {conf}), or create it with capra install"

@@ -73,6 +73,11 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     let db_filter: Option<String> = a.names.iter().find_map(|n| n.strip_prefix("db=").map(String::from));
     let mut status_filter: Option<Status> = None;
     let mut filters: Vec<String> = Vec::new();
+    if db_filter.is_some() && !matches!(what, What::Tables | What::Sequences | What::All) {
+        return Err(Error::Usage(format!(
+            "db=NAME narrows tables and sequences only, not {w}"
+        )));
+    }
     for n in &a.names {
         if n.starts_with("db=") {
             continue;

@@ -468,6 +468,7 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
     let mut cat = ctx.catalog()?;
     let srcs = sources(&mut cat.client, dbs)?;
     let mut total = 0i64;
+    let mut unknown = 0usize;
     let mut doc = Vec::new();
     for (name, db) in &srcs {
         let w = match db
@@ -484,6 +485,7 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
                         crate::pg::error::flatten(&e.to_string())
                     );
                 }
+                unknown += 1;
                 continue;
             }
         };
@@ -505,10 +507,20 @@ pub fn delta(ctx: &Ctx, dbs: &[String]) -> Result<()> {
         }
         println!("  Total deltas for database {name}: {sum}");
     }
+    // A source that did not answer makes the total a floor, not a count:
+    // a script waiting for 0 must not read it as "all applied".
     if ctx.json {
+        let total = if unknown == 0 { json!(total) } else { json!(null) };
         println!("{:#}", json!({"total": total, "databases": doc}));
-    } else {
+    } else if unknown == 0 {
         println!("Total deltas across all targets: {total}");
+    } else {
+        println!(
+            "Total deltas across all targets: unknown ({unknown} database(s) did not answer; {total} on the others)"
+        );
+    }
+    if unknown > 0 {
+        return Err(Error::Exit(1));
     }
     Ok(())
 }

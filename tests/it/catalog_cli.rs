@@ -528,6 +528,11 @@ fn typos_and_empty_answers_say_what_to_do() {
         c.ok(&["list", "tables", "kv", "db=tgt"]).trim(),
         r#"No tables match kv, db=tgt; all tables: public."AO_Miss" (DB: src), public.kv (DB: src)"#
     );
+    let err = c.fails(&["list", "syncs", "db=src"], 2);
+    assert!(
+        err.contains("db=NAME narrows tables and sequences only, not syncs"),
+        "{err}"
+    );
     let err = c.fails(&["list", "tables", "db=srcc"], 1);
     assert!(
         err.contains(r#"database "srcc" does not exist; did you mean "src"? (see: capra list dbs)"#),

@@ -685,4 +685,21 @@ fn mixed_case_tables_are_named_as_psql_needs_them() {
     );
     let text = c.ok(&["delta"]);
     assert!(text.contains(r#"  public."Odd"         1  (sync s"#), "{text}");
+    // A source that does not answer makes the total unknown, not a count
+    // a script waiting for 0 could take for "all applied".
+    c.ok(&[
+        "update",
+        "db",
+        "src",
+        &format!("port={}", cluster::free_port()),
+        "--force",
+    ]);
+    let r = c.run(&["delta"]);
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Total deltas across all targets: unknown (1 database(s) did not answer; 0 on the others)"),
+        "{}",
+        r.stdout
+    );
 }
