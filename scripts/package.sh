@@ -6,7 +6,8 @@
 # with cargo-zigbuild and OpenSSL linked statically (feature
 # static-openssl), so it runs on the releases the packages are for, not only
 # on the Debian 12 it is built on. Tools it needs are installed when missing:
-# zig (PyPI: ziglang), cargo-zigbuild (crates.io), rpm (Debian: rpmbuild).
+# zig (PyPI: ziglang), cargo-zigbuild (PyPI's prebuilt binary, pinned: CI
+# need not compile it on every fresh machine), rpm (Debian: rpmbuild).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -16,7 +17,10 @@ OUT=target/packages
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_PKG:-$ROOT/target/pkg}
 
 python3 -c 'import ziglang' 2>/dev/null || python3 -m pip install -q ziglang
-command -v cargo-zigbuild >/dev/null || cargo install --locked -q cargo-zigbuild
+if ! command -v cargo-zigbuild >/dev/null; then
+    python3 -m pip install -q cargo-zigbuild==0.24.1
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
 command -v rpmbuild >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null; }
 
 echo "== building capra $VERSION for glibc 2.28"
