@@ -53,6 +53,10 @@ pub enum Error {
         name: String,
         /// What to do, starting with "; " (may be empty).
         hint: String,
+        /// The nearest name was looked for where this was raised, among
+        /// the names that fit (a db= narrows them): the CLI edge adds no
+        /// "did you mean" of its own.
+        looked: bool,
     },
 
     /// A name is taken.
@@ -195,6 +199,7 @@ impl Error {
             kind,
             name: name.into(),
             hint: String::new(),
+            looked: false,
         }
     }
 
@@ -204,6 +209,18 @@ impl Error {
             kind,
             name: name.into(),
             hint: format!("; {}", hint.as_ref()),
+            looked: false,
+        }
+    }
+
+    /// [`Error::not_found_hint`] whose hint already holds the nearest
+    /// name, if any fit.
+    pub fn not_found_looked(kind: &'static str, name: impl Into<String>, hint: impl AsRef<str>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            hint: format!("; {}", hint.as_ref()),
+            looked: true,
         }
     }
 

@@ -217,6 +217,7 @@ fn kick_targets(all: &[model::Sync], names: &[String]) -> Result<Vec<String>> {
                     .collect();
                 return Err(Error::NotFound {
                     kind: "sync",
+                    looked: false,
                     name: n.clone(),
                     hint: if active.is_empty() {
                         "; there are no active syncs".into()

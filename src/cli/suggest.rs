@@ -70,7 +70,13 @@ pub fn nearest_mapped<'a>(word: &str, known: impl IntoIterator<Item = (&'a str, 
 /// catalog has of that kind; any other error, or no near name, is left as
 /// it was.
 pub fn enrich(flags: &config::Flags, e: Error) -> Error {
-    let Error::NotFound { kind, name, hint } = e else {
+    let Error::NotFound {
+        kind,
+        name,
+        hint,
+        looked: false,
+    } = e
+    else {
         return e;
     };
     let known = config::load(flags)
@@ -85,7 +91,12 @@ pub fn enrich(flags: &config::Flags, e: Error) -> Error {
         (Some(b), None) => format!("; did you mean {b}?"),
         (None, _) => hint,
     };
-    Error::NotFound { kind, name, hint }
+    Error::NotFound {
+        kind,
+        name,
+        hint,
+        looked: true,
+    }
 }
 
 /// The catalog's names of one kind of object, as (spelling a user may
@@ -100,22 +111,34 @@ fn names_of(c: &mut postgres::Client, kind: &str) -> Option<Vec<(String, String)
         "dbgroup" => model::dbgroups(c).ok()?.into_iter().map(|g| g.name).collect(),
         "customcode" => model::customcodes(c).ok()?.into_iter().map(|g| g.name).collect(),
         "table" | "sequence" => {
-            let mut names: Vec<(String, String)> = model::relations(c, None)
-                .ok()?
-                .into_iter()
-                .filter(|r| r.reltype.as_str() == kind)
-                .flat_map(|r| {
-                    let shown = r.name.shown();
-                    [(r.name.name.clone(), shown.clone()), (r.name.human(), shown)]
-                })
-                .collect();
-            names.sort();
-            names.dedup();
-            return Some(names);
+            let rels = model::relations(c, None).ok()?;
+            return Some(spellings(rels.iter().filter(|r| r.reltype.as_str() == kind)));
         }
         _ => return None,
     };
     Some(plain.into_iter().map(|n| (n.clone(), format!("\"{n}\""))).collect())
+}
+
+/// Tables and sequences as (bare name or `schema.name`, the name as psql
+/// needs it).
+fn spellings<'a>(rels: impl Iterator<Item = &'a model::Relation>) -> Vec<(String, String)> {
+    let mut names: Vec<(String, String)> = rels
+        .flat_map(|r| {
+            let shown = r.name.shown();
+            [(r.name.name.clone(), shown.clone()), (r.name.human(), shown)]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The relation of `rels` (on database `db` when given) nearest to a
+/// typo'd `word`, as psql needs it: for lookups that have the catalog's
+/// relations at hand and a db= that narrows them.
+pub fn nearest_relation(rels: &[model::Relation], word: &str, db: Option<&str>) -> Option<String> {
+    let names = spellings(rels.iter().filter(|r| db.is_none_or(|d| r.db == d)));
+    nearest_mapped(word, names.iter().map(|(s, n)| (s.as_str(), n.as_str()))).map(String::from)
 }
 
 #[cfg(test)]

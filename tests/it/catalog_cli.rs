@@ -499,6 +499,12 @@ fn typos_and_empty_answers_say_what_to_do() {
         err.contains(r#"table "AO_Mis" does not exist; did you mean public."AO_Miss"? (see: capra list tables)"#),
         "{err}"
     );
+    // db= narrows the names a suggestion comes from.
+    let err = c.fails(&["update", "table", "AO_Mis", "db=tgt", "pkey=k"], 1);
+    assert!(
+        err.contains(r#"table "AO_Mis" does not exist; see: capra list tables"#),
+        "{err}"
+    );
     let v = c.run(&["validate", "shop_sync"]);
     assert!(
         v.code == Some(1)

@@ -296,10 +296,13 @@ fn one_relation(cat: &mut Catalog, term: &str, db: Option<&str>, kind: RelType) 
     let all = model::relations(&mut cat.client, Some(kind))?;
     let hits = edit::match_relations(&all, term, db)?;
     match hits.as_slice() {
-        [] => Err(Error::not_found_hint(
+        [] => Err(Error::not_found_looked(
             kind.as_str(),
             term,
-            format!("see: capra list {kind}s"),
+            match crate::cli::suggest::nearest_relation(&all, term, db) {
+                Some(near) => format!("did you mean {near}? (see: capra list {kind}s)"),
+                None => format!("see: capra list {kind}s"),
+            },
         )),
         [one] => Ok((*one).clone()),
         _ => Err(CatalogError::AmbiguousMatch {
