@@ -253,12 +253,12 @@ fn list_all(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], db_filter: 
         print_list(ctx, c, w, filters, db_filter, None, Some(&printed))?;
     }
     if !printed.get() {
-        let asked: Vec<String> = filters
-            .iter()
-            .cloned()
-            .chain(db_filter.map(|d| format!("db={d}")))
-            .collect();
-        println!("Nothing matches {}; capra list all shows everything", asked.join(", "));
+        let asked = Asked {
+            names: filters,
+            also: db_filter.map(|d| format!("db={d}")).into_iter().collect(),
+            in_all: None,
+        };
+        println!("Nothing matches {}; capra list all shows everything", asked.describe());
     }
     Ok(())
 }
@@ -266,7 +266,6 @@ fn list_all(ctx: &Ctx, c: &mut postgres::Client, filters: &[String], db_filter: 
 /// `list dbs`: one line per database; with -v its dbgroups and syncs.
 fn list_dbs(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
     let filters = asked.names;
-
     let dbs: Vec<_> = model::dbs(c)?
         .into_iter()
         .filter(|d| wanted(&d.name, filters))
@@ -397,7 +396,6 @@ fn table_details(r: &Relation) -> String {
 /// `list relgroups` (or `herds`): members and the syncs using each.
 fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, asked: &Asked<'_>) -> Result<()> {
     let filters = asked.names;
-
     let groups: Vec<_> = model::relgroups(c)?
         .into_iter()
         .filter(|g| wanted(&g.name, filters))
@@ -436,7 +434,6 @@ fn list_relgroups(ctx: &Ctx, c: &mut postgres::Client, herd: bool, asked: &Asked
 /// `list dbgroups`: members with their roles and the syncs using each.
 fn list_dbgroups(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
     let filters = asked.names;
-
     let groups: Vec<_> = model::dbgroups(c)?
         .into_iter()
         .filter(|g| wanted(&g.name, filters))
@@ -479,7 +476,6 @@ fn members_line(g: &model::DbGroup) -> String {
 /// `list syncs [STATUS]`: Bucardo's one-line summary; with -v the relations.
 fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>, status: Option<Status>) -> Result<()> {
     let filters = asked.names;
-
     let syncs: Vec<_> = model::syncs(c)?
         .into_iter()
         .filter(|s| wanted(&s.name, filters))
@@ -525,7 +521,6 @@ fn list_syncs(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>, status: Op
 /// `list customcodes`: when each runs, where from; with -vvv the code.
 fn list_customcodes(ctx: &Ctx, c: &mut postgres::Client, asked: &Asked<'_>) -> Result<()> {
     let filters = asked.names;
-
     let codes: Vec<_> = model::customcodes(c)?
         .into_iter()
         .filter(|x| wanted(&x.name, filters))
